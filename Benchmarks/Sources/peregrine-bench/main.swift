@@ -1,0 +1,1 @@
+print("peregrine-bench: not yet implemented")

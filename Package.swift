@@ -1,0 +1,52 @@
+// swift-tools-version:6.0
+// Peregrine: a high-volume mail transfer agent. No Swift package dependencies:
+// the toolchain (Foundation, Dispatch, Glibc, Synchronization, Swift Testing)
+// plus Debian's liburing and OpenSSL through system library targets.
+import PackageDescription
+
+// The I/O layer and the executables use the Swift 5 language mode: the event
+// loops hand non-Sendable closures around on their own thread by design, and
+// their thread-safety is proven by the conformance suite, not by the checker.
+// Pure protocol code (PeregrineSMTP) is compiled in the Swift 6 mode.
+let loopSettings: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+let testSettings: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+
+let package = Package(
+    name: "Peregrine",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "peregrine", targets: ["Peregrine"]),
+        .executable(name: "peregrine-sink", targets: ["peregrine-sink"]),
+        .executable(name: "peregrine-loadgen", targets: ["peregrine-loadgen"]),
+        .executable(name: "peregrine-bench", targets: ["peregrine-bench"]),
+        .library(name: "PeregrineIO", targets: ["PeregrineIO"]),
+        .library(name: "PeregrineSMTP", targets: ["PeregrineSMTP"]),
+        .library(name: "PeregrineCore", targets: ["PeregrineCore"]),
+    ],
+    targets: [
+        .systemLibrary(name: "CURing", path: "Sources/CURing", pkgConfig: "liburing",
+                       providers: [.apt(["liburing-dev"])]),
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
+
+        .target(name: "PeregrineIO", dependencies: ["CURing"], swiftSettings: loopSettings),
+        .target(name: "PeregrineSMTP", swiftSettings: [.swiftLanguageMode(.v6)]),
+        .target(name: "PeregrineCore", dependencies: ["PeregrineIO", "PeregrineSMTP"],
+                swiftSettings: loopSettings),
+        .executableTarget(name: "Peregrine", dependencies: ["PeregrineCore"], swiftSettings: loopSettings),
+
+        .target(name: "PeregrineSink", dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineCore"],
+                path: "sink/Sources/PeregrineSink", swiftSettings: loopSettings),
+        .executableTarget(name: "peregrine-sink", dependencies: ["PeregrineSink"],
+                          path: "sink/Sources/peregrine-sink", swiftSettings: loopSettings),
+        .executableTarget(name: "peregrine-loadgen", dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineCore"],
+                          path: "loadgen/Sources/peregrine-loadgen", swiftSettings: loopSettings),
+        .executableTarget(name: "peregrine-bench", dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineCore"],
+                          path: "Benchmarks/Sources/peregrine-bench", swiftSettings: loopSettings),
+
+        .testTarget(name: "PeregrineIOTests", dependencies: ["PeregrineIO"], swiftSettings: testSettings),
+        .testTarget(name: "PeregrineSMTPTests", dependencies: ["PeregrineSMTP", "PeregrineIO"], swiftSettings: testSettings),
+        .testTarget(name: "PeregrineCoreTests", dependencies: ["PeregrineCore"], swiftSettings: testSettings),
+        .testTarget(name: "EndToEndTests", dependencies: ["PeregrineCore", "PeregrineSink"], swiftSettings: testSettings),
+    ]
+)

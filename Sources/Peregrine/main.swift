@@ -1,0 +1,1 @@
+print("peregrine: not yet implemented")

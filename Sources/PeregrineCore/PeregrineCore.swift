@@ -1,0 +1,1 @@
+// PeregrineCore: the engine (spool, queues, throttles, routing, accounting, config).

@@ -1,0 +1,1 @@
+// PeregrineSMTP: SMTP as pure state machines (bytes in, bytes and events out).

@@ -1,0 +1,1 @@
+print("peregrine-loadgen: not yet implemented")

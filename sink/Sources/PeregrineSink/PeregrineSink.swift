@@ -1,0 +1,1 @@
+// PeregrineSink: multi-ISP receiver emulation.

@@ -1,0 +1,1 @@
+print("peregrine-sink: not yet implemented")
