@@ -1,0 +1,141 @@
+/// A hashed timing wheel for the loop-driven backends (epoll, io_uring).
+///
+/// SMTP sessions re-arm an idle timeout on every command, so most timers are
+/// cancelled long before they fire: scheduling and cancelling are O(1) here
+/// and allocate nothing once the slab has grown. Resolution is one tick
+/// (1 ms); a timer never fires early. Entries further away than one
+/// revolution stay in their slot and are skipped until their round comes.
+public struct TimerWheel {
+    public static let tickNanoseconds: UInt64 = 1_000_000
+    @usableFromInline static let slotCount = 4096  // power of two: ~4 s per revolution
+
+    @usableFromInline
+    struct Entry {
+        var deadline: UInt64
+        var sequence: UInt64
+        var generation: UInt32
+        var next: Int32          // next entry in the same slot, -1 = end
+        var live: Bool
+        var callback: (() -> Void)?
+    }
+
+    @usableFromInline var entries: [Entry] = []
+    @usableFromInline var freeList: [Int32] = []
+    @usableFromInline var slotHeads: [Int32]
+    /// The last tick whose slot has been processed.
+    @usableFromInline var processedTick: UInt64
+    @usableFromInline var sequence: UInt64 = 0
+    public private(set) var liveCount = 0
+    /// Reused between turns: the callbacks due in this turn, sorted before firing.
+    var due: [(deadline: UInt64, sequence: UInt64, index: Int32)] = []
+
+    public init(now: UInt64) {
+        slotHeads = Array(repeating: -1, count: Self.slotCount)
+        processedTick = now / Self.tickNanoseconds
+    }
+
+    /// Schedules `callback` at absolute monotonic time `deadline`.
+    public mutating func schedule(at deadline: UInt64, _ callback: @escaping () -> Void) -> TimerHandle {
+        let index: Int32
+        if let reused = freeList.popLast() {
+            index = reused
+        } else {
+            index = Int32(entries.count)
+            entries.append(Entry(deadline: 0, sequence: 0, generation: 0, next: -1, live: false, callback: nil))
+        }
+        sequence &+= 1
+        // A deadline inside an already-processed tick goes into the next tick's slot.
+        let tick = max(deadline / Self.tickNanoseconds + (deadline % Self.tickNanoseconds == 0 ? 0 : 1),
+                       processedTick + 1)
+        let slot = Int(tick & UInt64(Self.slotCount - 1))
+        entries[Int(index)].deadline = deadline
+        entries[Int(index)].sequence = sequence
+        entries[Int(index)].generation &+= 1
+        entries[Int(index)].live = true
+        entries[Int(index)].callback = callback
+        entries[Int(index)].next = slotHeads[slot]
+        slotHeads[slot] = index
+        liveCount += 1
+        return TimerHandle(id: UInt64(entries[Int(index)].generation) << 32 | UInt64(UInt32(index)))
+    }
+
+    /// Cancels a timer; a stale or already-fired handle is ignored. The entry's
+    /// slot is reclaimed lazily when the wheel next passes it.
+    public mutating func cancel(_ handle: TimerHandle) {
+        let index = Int(UInt32(truncatingIfNeeded: handle.id))
+        let generation = UInt32(truncatingIfNeeded: handle.id >> 32)
+        guard index < entries.count, entries[index].generation == generation, entries[index].live else { return }
+        entries[index].live = false
+        entries[index].callback = nil
+        liveCount -= 1
+    }
+
+    /// Nanoseconds until the loop should wake for timers (nil: no live timers).
+    /// May be early (an entry for a later revolution), never late.
+    public func nanosecondsUntilNextTick(now: UInt64) -> UInt64? {
+        guard liveCount > 0 else { return nil }
+        var tick = processedTick + 1
+        let limit = processedTick + UInt64(Self.slotCount)
+        while tick <= limit {
+            var i = slotHeads[Int(tick & UInt64(Self.slotCount - 1))]
+            while i >= 0 {
+                if entries[Int(i)].live {
+                    let at = tick * Self.tickNanoseconds
+                    return at > now ? at - now : 0
+                }
+                i = entries[Int(i)].next
+            }
+            tick += 1
+        }
+        let at = limit * Self.tickNanoseconds
+        return at > now ? at - now : 0
+    }
+
+    /// Advances to `now` and returns the due callbacks, in deadline order
+    /// (ties in scheduling order), removed from the wheel. The caller fires them
+    /// (they may schedule or cancel timers meanwhile).
+    public mutating func advance(to now: UInt64, into fired: inout [() -> Void]) {
+        let nowTick = now / Self.tickNanoseconds
+        guard nowTick > processedTick else { return }
+        let span = min(nowTick - processedTick, UInt64(Self.slotCount))
+        var tick = nowTick - span + 1
+        while tick <= nowTick {
+            collect(slot: Int(tick & UInt64(Self.slotCount - 1)), now: now)
+            tick += 1
+        }
+        processedTick = nowTick
+        if due.isEmpty { return }
+        due.sort { $0.deadline != $1.deadline ? $0.deadline < $1.deadline : $0.sequence < $1.sequence }
+        for d in due {
+            if let cb = entries[Int(d.index)].callback { fired.append(cb) }
+            entries[Int(d.index)].callback = nil
+            entries[Int(d.index)].live = false
+            freeList.append(d.index)
+        }
+        due.removeAll(keepingCapacity: true)
+    }
+
+    @usableFromInline
+    mutating func collect(slot: Int, now: UInt64) {
+        var previous: Int32 = -1
+        var i = slotHeads[slot]
+        while i >= 0 {
+            let next = entries[Int(i)].next
+            let e = entries[Int(i)]
+            if !e.live || e.deadline <= now {
+                // Unlink: dead entries are reclaimed, due ones are queued for firing.
+                if previous < 0 { slotHeads[slot] = next } else { entries[Int(previous)].next = next }
+                entries[Int(i)].next = -1
+                if e.live {
+                    due.append((e.deadline, e.sequence, i))
+                    liveCount -= 1
+                } else {
+                    freeList.append(i)
+                }
+            } else {
+                previous = i
+            }
+            i = next
+        }
+    }
+}
