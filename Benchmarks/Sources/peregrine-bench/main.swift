@@ -1,1 +1,30 @@
-print("peregrine-bench: not yet implemented")
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// peregrine-bench SCENARIO [options]: named benchmark scenarios. Each scenario
+// lives in its own file as `run<Name>Bench(arguments:) -> Int32` and writes
+// its JSON under results/.
+
+let usage = """
+usage: peregrine-bench SCENARIO [options]
+scenarios:
+  echo        echo request/response over each I/O backend, side by side
+"""
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+guard let scenario = arguments.first else {
+    fputs(usage + "\n", stderr)
+    exit(2)
+}
+let rest = Array(arguments.dropFirst())
+let status: Int32
+switch scenario {
+case "-h", "--help", "help":
+    print(usage)
+    status = 0
+default:
+    fputs("peregrine-bench: unknown scenario '\(scenario)'\n\(usage)\n", stderr)
+    status = 2
+}
+exit(status)
