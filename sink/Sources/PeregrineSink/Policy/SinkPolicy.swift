@@ -1,0 +1,374 @@
+import Foundation
+
+/// A reply the sink decided to give, rendered for one connection/recipient.
+public struct SinkRenderedReply: Hashable, Sendable {
+    public var code: Int
+    public var enhanced: String?
+    /// Text of each line, without code or enhanced code.
+    public var lines: [String]
+    /// Close the connection once the reply is sent.
+    public var close: Bool
+    public var reason: SinkReason
+
+    /// One-line form for logs and tests: "421 4.7.0 text".
+    public var text: String {
+        var s = String(code)
+        if let e = enhanced { s += " " + e }
+        let t = lines.joined(separator: " ")
+        if !t.isEmpty { s += " " + t }
+        return s
+    }
+}
+
+/// What to do with an event.
+public enum SinkDecision: Hashable, Sendable {
+    /// Go on with the normal positive reply.
+    case accept
+    /// Answer with this reply (and close if it says so).
+    case reply(SinkRenderedReply)
+    /// Close the connection without a reply (a drop during DATA).
+    case drop
+
+    public var reply: SinkRenderedReply? {
+        if case .reply(let r) = self { return r }
+        return nil
+    }
+}
+
+/// Per sending IP state at one provider.
+public final class SinkIPState {
+    public let ip: String
+    public internal(set) var open = 0
+    public internal(set) var counters = SinkCounters()
+    var rate: SinkTokenBucket?
+    var penaltyUntil: UInt64 = 0
+    var penaltyAllow: SinkTokenBucket?
+    init(ip: String) { self.ip = ip }
+}
+
+/// One provider at run time: its profile with every time constant scaled to
+/// nanoseconds, and the state of its sending IPs, mailboxes and greylist.
+public final class SinkProvider {
+    public let profile: SinkISPProfile
+    public let index: Int
+    public private(set) var ips: [String: SinkIPState] = [:]
+    public internal(set) var open = 0
+    public internal(set) var peakOpen = 0
+    /// Tokens per emission interval, in ns.
+    let rateInterval: UInt64
+    let penaltyNanos: UInt64
+    let penaltyAllowInterval: UInt64
+    let greylistNanos: UInt64
+    let mailboxInterval: UInt64
+    let scale: Double
+    var mailboxes: [String: SinkTokenBucket] = [:]
+    var greylist: [String: UInt64] = [:]
+
+    init(profile: SinkISPProfile, index: Int, scale: Double) {
+        self.profile = profile
+        self.index = index
+        self.scale = scale
+        func ns(_ seconds: Double) -> UInt64 { SinkProvider.nanos(seconds, scale) }
+        func interval(_ r: SinkRate?) -> UInt64 { r.map { ns($0.seconds / Double($0.count)) } ?? 0 }
+        rateInterval = interval(profile.messageRate?.rate)
+        penaltyNanos = ns(profile.penaltyBox?.seconds ?? 0)
+        penaltyAllowInterval = interval(profile.penaltyBox?.allow)
+        greylistNanos = ns(profile.greylist?.seconds ?? 0)
+        mailboxInterval = interval(profile.mailboxRate?.rate)
+    }
+
+    static func nanos(_ seconds: Double, _ scale: Double) -> UInt64 {
+        let v = seconds * scale * 1e9
+        guard v.isFinite, v > 0 else { return 0 }
+        return v >= 1.8e19 ? UInt64.max / 2 : UInt64(v)
+    }
+
+    func ipState(_ ip: String) -> SinkIPState {
+        if let s = ips[ip] { return s }
+        let s = SinkIPState(ip: ip)
+        if let r = profile.messageRate { s.rate = SinkTokenBucket(interval: rateInterval, burst: r.rate.burst) }
+        ips[ip] = s
+        return s
+    }
+
+    /// Totals over every IP.
+    public var totals: SinkCounters {
+        var t = SinkCounters()
+        for s in ips.values { t.merge(s.counters) }
+        t.peakConcurrentConnections = peakOpen
+        return t
+    }
+}
+
+/// One SMTP connection as the policy sees it.
+public final class SinkConnection {
+    public let provider: SinkProvider
+    public let ipState: SinkIPState
+    /// Messages accepted on this connection.
+    public internal(set) var messages = 0
+    var overConnectionLimit = false
+    var sender = ""
+    public internal(set) var acceptedRecipients = 0
+    var closed = false
+    init(provider: SinkProvider, ipState: SinkIPState) {
+        self.provider = provider
+        self.ipState = ipState
+    }
+    public var ip: String { ipState.ip }
+}
+
+/// The ISP policy engine: pure, deterministic (seeded), clock passed in.
+/// Given an event of an SMTP session it says accept, reply (and maybe close),
+/// or drop, and counts what happened. Not thread-safe: a server with several
+/// loops guards it with a lock.
+public final class SinkPolicy {
+    public let providers: [SinkProvider]
+    public let timeScale: Double
+    var random: SinkRandom
+
+    public init(profiles: [SinkISPProfile], timeScale: Double = 1, seed: UInt64 = 1) {
+        self.timeScale = timeScale
+        self.providers = profiles.enumerated().map { SinkProvider(profile: $0.element, index: $0.offset, scale: timeScale) }
+        self.random = SinkRandom(seed: seed)
+    }
+
+    public func provider(named name: String) -> SinkProvider? {
+        providers.first { $0.profile.name == name }
+    }
+
+    // MARK: Events
+
+    /// A new connection from `ip`; the decision is the greeting's.
+    public func connect(provider: SinkProvider, ip: String, now: UInt64) -> (SinkConnection, SinkDecision) {
+        let s = provider.ipState(ip)
+        let c = SinkConnection(provider: provider, ipState: s)
+        s.open += 1
+        s.counters.sessions &+= 1
+        if s.open > s.counters.peakConcurrentConnections { s.counters.peakConcurrentConnections = s.open }
+        provider.open += 1
+        if provider.open > provider.peakOpen { provider.peakOpen = provider.open }
+        if let limit = provider.profile.maxConnections, s.open > limit.value {
+            c.overConnectionLimit = true
+        }
+        return (c, check(.greeting, c, rcpt: nil, now: now) ?? .accept)
+    }
+
+    /// HELO/EHLO.
+    public func helo(_ c: SinkConnection, now: UInt64) -> SinkDecision {
+        check(.helo, c, rcpt: nil, now: now) ?? .accept
+    }
+
+    /// MAIL FROM (`sender` without brackets; empty for the null sender).
+    public func mailFrom(_ c: SinkConnection, sender: String, now: UInt64) -> SinkDecision {
+        c.sender = sender
+        c.acceptedRecipients = 0
+        return check(.mail, c, rcpt: nil, now: now) ?? .accept
+    }
+
+    /// RCPT TO (`recipient` without brackets).
+    public func rcptTo(_ c: SinkConnection, recipient: String, now: UInt64) -> SinkDecision {
+        if let d = check(.rcpt, c, rcpt: recipient, now: now) { return d }
+        let p = c.provider
+        let profile = p.profile
+        let at = recipient.utf8.lastIndex(of: UInt8(ascii: "@")) ?? recipient.utf8.endIndex
+        let local = recipient.utf8[recipient.utf8.startIndex..<at]
+
+        if profile.scriptedReplies, let code = SinkPolicy.scriptedCode(local), code >= 400 {
+            let cls = code / 100
+            let t = SinkReplyTemplate(code: code, enhanced: "\(cls).0.0",
+                                      lines: ["Scripted reply for <{rcpt}>"])
+            return refuse(.rcpt, .scripted, t, c, rcpt: recipient, penalty: false, now: now)
+        }
+        for rule in profile.recipientRules where rule.patterns.contains(where: { $0.matches(local) }) {
+            return refuse(.rcpt, SinkReason(rule.kind), rule.reply, c, rcpt: recipient, penalty: false, now: now)
+        }
+        if let g = profile.greylist, g.patterns.contains(where: { $0.matches(local) }) {
+            let key = c.ip + "\u{0}" + c.sender.lowercased() + "\u{0}" + recipient.lowercased()
+            if let first = p.greylist[key] {
+                if now &- first < p.greylistNanos {
+                    return refuse(.rcpt, .greylisted, g.reply, c, rcpt: recipient, penalty: false, now: now)
+                }
+            } else {
+                p.greylist[key] = now
+                return refuse(.rcpt, .greylisted, g.reply, c, rcpt: recipient, penalty: false, now: now)
+            }
+        }
+        if let m = profile.mailboxRate, m.patterns.contains(where: { $0.matches(local) }) {
+            let key = recipient.lowercased()
+            var bucket = p.mailboxes[key] ?? SinkTokenBucket(interval: p.mailboxInterval, burst: m.rate.burst)
+            let ok = bucket.take(now: now)
+            p.mailboxes[key] = bucket
+            if !ok { return refuse(.rcpt, .mailboxRate, m.reply, c, rcpt: recipient, penalty: false, now: now) }
+        }
+        c.acceptedRecipients += 1
+        c.ipState.counters.recipientsAccepted &+= 1
+        return .accept
+    }
+
+    /// The DATA command (after at least one accepted recipient): `.drop` means
+    /// the connection is to be dropped while the body arrives.
+    public func dataCommand(_ c: SinkConnection, now: UInt64) -> SinkDecision {
+        let p = c.provider.profile.dropDuringData
+        if p > 0, random.unit() < p {
+            c.ipState.counters.messagesDropped &+= 1
+            return .drop
+        }
+        return .accept
+    }
+
+    /// The end of DATA, `size` bytes received.
+    public func endOfData(_ c: SinkConnection, size: Int, now: UInt64) -> SinkDecision {
+        if let d = check(.data, c, rcpt: nil, now: now) {
+            c.acceptedRecipients = 0
+            return d
+        }
+        c.acceptedRecipients = 0
+        c.messages += 1
+        let counters = c.ipState
+        counters.counters.messagesAccepted &+= 1
+        counters.counters.bytesAccepted &+= UInt64(max(0, size))
+        if c.messages > counters.counters.maxMessagesOnOneConnection {
+            counters.counters.maxMessagesOnOneConnection = c.messages
+        }
+        return .accept
+    }
+
+    /// RSET.
+    public func reset(_ c: SinkConnection) {
+        c.acceptedRecipients = 0
+        c.sender = ""
+    }
+
+    /// The connection closed (either side). Safe to call more than once.
+    public func disconnect(_ c: SinkConnection) {
+        guard !c.closed else { return }
+        c.closed = true
+        c.ipState.open -= 1
+        c.provider.open -= 1
+    }
+
+    /// How long to wait before answering at `phase` (banner, a command, end of DATA), in ns.
+    public func latency(_ c: SinkConnection, _ phase: SinkPhase) -> UInt64 {
+        let profile = c.provider.profile
+        let l: SinkLatency
+        switch phase {
+        case .greeting: l = profile.bannerLatency
+        case .helo, .mail, .rcpt: l = profile.commandLatency
+        case .data: l = profile.dataLatency
+        }
+        let seconds: Double
+        switch l {
+        case .none: return 0
+        case .fixed(let s): seconds = s
+        case .uniform(let a, let b): seconds = a + (b - a) * random.unit()
+        case .exponential(let mean): seconds = -mean * Foundation.log(1 - random.unit())
+        }
+        return SinkProvider.nanos(seconds, timeScale)
+    }
+
+    // MARK: Limits
+
+    /// Evaluates every limit that answers at `phase`; nil means none applies.
+    func check(_ phase: SinkPhase, _ c: SinkConnection, rcpt: String?, now: UInt64) -> SinkDecision? {
+        let p = c.provider
+        let profile = p.profile
+        let s = c.ipState
+        if let l = profile.maxConnections, l.phase == phase, c.overConnectionLimit {
+            return refuse(phase, .maxConnections, l.reply, c, rcpt: rcpt, penalty: l.penalty, now: now)
+        }
+        if let box = profile.penaltyBox, box.phase == phase, now < s.penaltyUntil {
+            let allowed = s.penaltyAllow?.take(now: now) ?? false
+            if !allowed {
+                return refuse(phase, .penaltyBox, box.reply, c, rcpt: rcpt, penalty: false, now: now)
+            }
+        }
+        if let l = profile.maxMessagesPerConnection, l.phase == phase, c.messages >= l.value {
+            return refuse(phase, .maxMessagesPerConnection, l.reply, c, rcpt: rcpt, penalty: l.penalty, now: now)
+        }
+        if let r = profile.messageRate, r.phase == phase, s.rate?.take(now: now) == false {
+            return refuse(phase, .messageRate, r.reply, c, rcpt: rcpt, penalty: r.penalty, now: now)
+        }
+        for f in profile.randomFailures where f.phase == phase && f.probability > 0 {
+            if random.unit() < f.probability {
+                return refuse(phase, .randomFailure, f.reply, c, rcpt: rcpt, penalty: false, now: now)
+            }
+        }
+        return nil
+    }
+
+    func refuse(_ phase: SinkPhase, _ reason: SinkReason, _ template: SinkReplyTemplate, _ c: SinkConnection,
+                rcpt: String?, penalty: Bool, now: UInt64) -> SinkDecision {
+        let s = c.ipState
+        if penalty, let box = c.provider.profile.penaltyBox, now >= s.penaltyUntil {
+            s.penaltyUntil = now &+ c.provider.penaltyNanos
+            if let allow = box.allow {
+                // The first allowed message comes one interval after the trip.
+                var b = SinkTokenBucket(interval: c.provider.penaltyAllowInterval, burst: allow.burst)
+                _ = b.take(now: now)
+                s.penaltyAllow = b
+            } else {
+                s.penaltyAllow = nil
+            }
+        }
+        let permanent = template.code >= 500
+        switch phase {
+        case .greeting, .helo:
+            s.counters.sessionsRefused.add(reason)
+        case .mail, .data:
+            if permanent { s.counters.messagesRejected.add(reason) } else { s.counters.messagesDeferred.add(reason) }
+        case .rcpt:
+            if permanent { s.counters.recipientsRejected.add(reason) } else { s.counters.recipientsDeferred.add(reason) }
+        }
+        return .reply(render(template, c, rcpt: rcpt, reason: reason))
+    }
+
+    /// Substitutes `{ip}`, `{rcpt}`, `{local}`, `{domain}`, `{sender}`, `{host}`.
+    public func render(_ t: SinkReplyTemplate, _ c: SinkConnection, rcpt: String?, reason: SinkReason) -> SinkRenderedReply {
+        let profile = c.provider.profile
+        func fill(_ line: String) -> String {
+            guard line.contains("{") else { return line }
+            let r = rcpt ?? ""
+            let parts = r.split(separator: "@", maxSplits: 1, omittingEmptySubsequences: false)
+            let local = parts.first.map(String.init) ?? ""
+            let domain = parts.count > 1 ? String(parts[1]) : (profile.domains.first ?? "")
+            return line.replacingAll("{ip}", c.ip)
+                .replacingAll("{rcpt}", r)
+                .replacingAll("{local}", local)
+                .replacingAll("{domain}", domain)
+                .replacingAll("{sender}", c.sender)
+                .replacingAll("{host}", profile.hostname)
+        }
+        var lines = t.lines.map(fill)
+        if t.continued { lines.append(profile.replySuffix ?? profile.hostname) }
+        return SinkRenderedReply(code: t.code, enhanced: t.enhanced, lines: lines, close: t.close, reason: reason)
+    }
+
+    /// `450-anything` → 450; `550` → 550; nil if the local part does not start with a reply code.
+    static func scriptedCode(_ local: Substring.UTF8View) -> Int? {
+        var it = local.makeIterator()
+        var v = 0
+        for _ in 0..<3 {
+            guard let b = it.next(), b >= 48, b <= 57 else { return nil }
+            v = v * 10 + Int(b - 48)
+        }
+        if let sep = it.next(), sep != UInt8(ascii: "-"), sep != UInt8(ascii: "_"), sep != UInt8(ascii: ".") { return nil }
+        guard (200...599).contains(v) else { return nil }
+        return v
+    }
+}
+
+
+extension String {
+    func replacingAll(_ target: String, _ replacement: String) -> String {
+        guard !target.isEmpty, self.contains(target) else { return self }
+        var out = ""
+        var rest = Substring(self)
+        while let r = rest.firstRange(of: target) {
+            out += rest[..<r.lowerBound]
+            out += replacement
+            rest = rest[r.upperBound...]
+        }
+        out += rest
+        return out
+    }
+}

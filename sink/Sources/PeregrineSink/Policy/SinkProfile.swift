@@ -1,0 +1,285 @@
+import Foundation
+
+/// The phase of an SMTP session at which a receiver gives a reply. Real
+/// providers answer connection limits at the greeting, reputation deferrals at
+/// MAIL FROM and per-recipient limits at RCPT TO (see DOMAIN.md).
+public enum SinkPhase: String, CaseIterable, Sendable {
+    case greeting
+    case helo
+    case mail
+    case rcpt
+    /// The reply to the end of DATA (the final dot).
+    case data
+}
+
+/// A reply a profile gives, as written in the profile: code, optional enhanced
+/// code, text lines that may contain placeholders (`{ip}`, `{rcpt}`, `{local}`,
+/// `{domain}`, `{sender}`, `{host}`).
+public struct SinkReplyTemplate: Hashable, Sendable {
+    public var code: Int
+    public var enhanced: String?
+    public var lines: [String]
+    /// Set when the text ends with a `code-` continuation (Gmail style): a last
+    /// line with the provider's `reply-suffix` is added when rendering.
+    public var continued: Bool
+    /// Close the connection after this reply (always for 421).
+    public var close: Bool
+
+    public init(code: Int, enhanced: String? = nil, lines: [String], continued: Bool = false, close: Bool? = nil) {
+        self.code = code
+        self.enhanced = enhanced
+        self.lines = lines.isEmpty ? [""] : lines
+        self.continued = continued
+        self.close = close ?? (code == 421)
+    }
+
+    /// Parses `421-4.7.0 Try again later, closing connection.`; several lines
+    /// may be separated by `\n` (the two characters or a real newline):
+    /// `421-gmx.net (mxgmx114) Nemesis ESMTP Service not available\n421 Reject due to policy restrictions.`
+    /// Returns nil with a reason on malformed text.
+    public static func parse(_ text: String) -> Result<SinkReplyTemplate, SinkProfileError> {
+        let normalized = text.replacingOccurrences(of: "\\n", with: "\n")
+        var code: Int? = nil
+        var enhanced: String? = nil
+        var lines: [String] = []
+        var lastSeparator: Character = " "
+        for raw in normalized.split(separator: "\n", omittingEmptySubsequences: true) {
+            let line = Substring(raw.trimmingTrailingWhitespace())
+            let digits = line.prefix(3)
+            guard digits.count == 3, digits.allSatisfy({ $0.isASCII && $0.isNumber }),
+                  let value = Int(digits), (200...599).contains(value) else {
+                return .failure(SinkProfileError("reply \"\(text)\" must start with a 3-digit code 200-599"))
+            }
+            if let c = code, c != value {
+                return .failure(SinkProfileError("reply \"\(text)\" mixes codes \(c) and \(value)"))
+            }
+            code = value
+            var rest = line.dropFirst(3)
+            lastSeparator = " "
+            if let sep = rest.first {
+                guard sep == " " || sep == "-" else {
+                    return .failure(SinkProfileError("reply \"\(text)\": expected ' ' or '-' after the code"))
+                }
+                lastSeparator = sep
+                rest = rest.dropFirst()
+            }
+            // An enhanced code `x.y.z` whose class matches the reply's.
+            let firstWord = rest.prefix(while: { $0 != " " })
+            if isEnhancedCode(firstWord), let cls = firstWord.first, cls == String(value).first {
+                if enhanced == nil { enhanced = String(firstWord) }
+                rest = rest.dropFirst(firstWord.count)
+                if rest.first == " " { rest = rest.dropFirst() }
+            }
+            lines.append(String(rest))
+        }
+        guard let value = code else {
+            return .failure(SinkProfileError("empty reply text"))
+        }
+        return .success(SinkReplyTemplate(code: value, enhanced: enhanced, lines: lines,
+                                          continued: lastSeparator == "-"))
+    }
+
+    static func isEnhancedCode(_ word: Substring) -> Bool {
+        let parts = word.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3 else { return false }
+        guard parts[0].count == 1, let c = parts[0].first, c == "2" || c == "4" || c == "5" else { return false }
+        return parts[1...].allSatisfy { !$0.isEmpty && $0.count <= 3 && $0.allSatisfy { $0.isASCII && $0.isNumber } }
+    }
+}
+
+extension Substring {
+    func trimmingTrailingWhitespace() -> Substring {
+        var s = self
+        while let last = s.last, last == " " || last == "\t" || last == "\r" { s = s.dropLast() }
+        return s
+    }
+}
+
+/// An error in a profile's meaning (the parser adds `file:line:`).
+public struct SinkProfileError: Error, Hashable, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A message rate: `count` per `seconds` (real time), with a burst.
+public struct SinkRate: Hashable, Sendable {
+    public var count: Int
+    public var seconds: Double
+    public var burst: Int
+    public init(count: Int, seconds: Double, burst: Int? = nil) {
+        self.count = max(1, count)
+        self.seconds = seconds
+        self.burst = max(1, burst ?? count)
+    }
+}
+
+/// A delay distribution, in real seconds (the time scale applies).
+public enum SinkLatency: Hashable, Sendable {
+    case none
+    case fixed(Double)
+    case uniform(Double, Double)
+    /// Exponential with this mean.
+    case exponential(Double)
+}
+
+/// A limit per sending IP: its value, the phase it answers at, the reply, and
+/// whether tripping it puts the IP in the penalty box.
+public struct SinkLimit: Hashable, Sendable {
+    public var value: Int
+    public var phase: SinkPhase
+    public var reply: SinkReplyTemplate
+    public var penalty: Bool
+    public init(value: Int, phase: SinkPhase, reply: SinkReplyTemplate, penalty: Bool = false) {
+        self.value = value; self.phase = phase; self.reply = reply; self.penalty = penalty
+    }
+}
+
+public struct SinkRateLimit: Hashable, Sendable {
+    public var rate: SinkRate
+    public var phase: SinkPhase
+    public var reply: SinkReplyTemplate
+    public var penalty: Bool
+    public init(rate: SinkRate, phase: SinkPhase, reply: SinkReplyTemplate, penalty: Bool = false) {
+        self.rate = rate; self.phase = phase; self.reply = reply; self.penalty = penalty
+    }
+}
+
+/// Once a limit marked `penalty` trips, the IP is deferred for `seconds` at
+/// `phase` with `reply` — or, with `allow`, held to that rate (Outlook's
+/// "1 message/minute for 90 minutes").
+public struct SinkPenaltyBox: Hashable, Sendable {
+    public var seconds: Double
+    public var phase: SinkPhase
+    public var reply: SinkReplyTemplate
+    public var allow: SinkRate?
+    public init(seconds: Double, phase: SinkPhase, reply: SinkReplyTemplate, allow: SinkRate? = nil) {
+        self.seconds = seconds; self.phase = phase; self.reply = reply; self.allow = allow
+    }
+}
+
+/// A glob over recipient local parts: `*` any run, `?` one character; case-insensitive.
+public struct SinkPattern: Hashable, Sendable, CustomStringConvertible {
+    public let text: String
+    let bytes: [UInt8]
+    public init(_ text: String) {
+        self.text = text
+        self.bytes = Array(text.lowercased().utf8)
+    }
+    public var description: String { text }
+
+    public func matches(_ subject: some Collection<UInt8>) -> Bool {
+        let s = Array(subject)
+        var p = 0, i = 0
+        var star = -1, mark = 0
+        while i < s.count {
+            let c = SinkPattern.lower(s[i])
+            if p < bytes.count, bytes[p] == UInt8(ascii: "?") || bytes[p] == c {
+                p += 1; i += 1
+            } else if p < bytes.count, bytes[p] == UInt8(ascii: "*") {
+                star = p; mark = i; p += 1
+            } else if star >= 0 {
+                p = star + 1; mark += 1; i = mark
+            } else {
+                return false
+            }
+        }
+        while p < bytes.count, bytes[p] == UInt8(ascii: "*") { p += 1 }
+        return p == bytes.count
+    }
+
+    @inline(__always) static func lower(_ c: UInt8) -> UInt8 {
+        (c >= 65 && c <= 90) ? c + 32 : c
+    }
+}
+
+/// What a recipient rule does.
+public enum SinkRecipientKind: String, Hashable, Sendable, CaseIterable {
+    case unknownUser = "unknown-user"
+    case mailboxFull = "mailbox-full"
+    case inactive = "inactive"
+}
+
+public struct SinkRecipientRule: Hashable, Sendable {
+    public var kind: SinkRecipientKind
+    public var patterns: [SinkPattern]
+    public var reply: SinkReplyTemplate
+    public init(kind: SinkRecipientKind, patterns: [SinkPattern], reply: SinkReplyTemplate) {
+        self.kind = kind; self.patterns = patterns; self.reply = reply
+    }
+}
+
+/// A rate per recipient mailbox (Gmail's 450-4.2.1), for recipients matching `patterns`.
+public struct SinkMailboxRate: Hashable, Sendable {
+    public var rate: SinkRate
+    public var patterns: [SinkPattern]
+    public var reply: SinkReplyTemplate
+    public init(rate: SinkRate, patterns: [SinkPattern], reply: SinkReplyTemplate) {
+        self.rate = rate; self.patterns = patterns; self.reply = reply
+    }
+}
+
+/// Greylisting of (sender, recipient, IP) triples for recipients matching `patterns`.
+public struct SinkGreylist: Hashable, Sendable {
+    public var seconds: Double
+    public var patterns: [SinkPattern]
+    public var reply: SinkReplyTemplate
+    public init(seconds: Double, patterns: [SinkPattern], reply: SinkReplyTemplate) {
+        self.seconds = seconds; self.patterns = patterns; self.reply = reply
+    }
+}
+
+/// A random transient failure at a phase.
+public struct SinkRandomFailure: Hashable, Sendable {
+    public var probability: Double
+    public var phase: SinkPhase
+    public var reply: SinkReplyTemplate
+    public init(probability: Double, phase: SinkPhase, reply: SinkReplyTemplate) {
+        self.probability = probability; self.phase = phase; self.reply = reply
+    }
+}
+
+/// One simulated provider.
+public struct SinkISPProfile: Hashable, Sendable {
+    public var name: String
+    /// Domains it serves (for DNS); `*` alone means any domain.
+    public var domains: [String] = []
+    /// Numeric addresses its MX hosts listen on.
+    public var mx: [String] = []
+    public var port: UInt16 = 25
+    /// The name in the banner and in multi-line reply suffixes.
+    public var hostname: String
+    /// The last line added to `code-` replies (Gmail: `gsmtp`); default the hostname.
+    public var replySuffix: String?
+    public var banner: String?
+
+    public var maxConnections: SinkLimit?
+    public var maxMessagesPerConnection: SinkLimit?
+    public var messageRate: SinkRateLimit?
+    public var penaltyBox: SinkPenaltyBox?
+    public var recipientRules: [SinkRecipientRule] = []
+    public var mailboxRate: SinkMailboxRate?
+    public var greylist: SinkGreylist?
+    public var bannerLatency: SinkLatency = .none
+    public var commandLatency: SinkLatency = .none
+    public var dataLatency: SinkLatency = .none
+    public var randomFailures: [SinkRandomFailure] = []
+    /// Probability that the connection is dropped during DATA (no reply).
+    public var dropDuringData: Double = 0
+    /// `450-anything@…` local parts answer with that code.
+    public var scriptedReplies: Bool = true
+
+    public init(name: String) {
+        self.name = name
+        self.hostname = "mx.\(name).sink"
+    }
+
+    /// A profile that accepts everything, for `--accept-all`.
+    public static func acceptAll(hostname: String = "accept-all.sink") -> SinkISPProfile {
+        var p = SinkISPProfile(name: "accept-all")
+        p.domains = ["*"]
+        p.hostname = hostname
+        p.scriptedReplies = false
+        return p
+    }
+}

@@ -1,0 +1,107 @@
+/// Why the sink refused something; the keys of the counters in `/stats`.
+public enum SinkReason: Int, CaseIterable, Sendable {
+    case maxConnections
+    case maxMessagesPerConnection
+    case messageRate
+    case penaltyBox
+    case unknownUser
+    case mailboxFull
+    case inactive
+    case mailboxRate
+    case greylisted
+    case randomFailure
+    case scripted
+    case droppedDuringData
+
+    public var name: String {
+        switch self {
+        case .maxConnections: return "max-connections"
+        case .maxMessagesPerConnection: return "max-msg-per-connection"
+        case .messageRate: return "max-msg-rate"
+        case .penaltyBox: return "penalty-box"
+        case .unknownUser: return "unknown-user"
+        case .mailboxFull: return "mailbox-full"
+        case .inactive: return "inactive"
+        case .mailboxRate: return "mailbox-rate"
+        case .greylisted: return "greylist"
+        case .randomFailure: return "random-failure"
+        case .scripted: return "scripted"
+        case .droppedDuringData: return "dropped-during-data"
+        }
+    }
+
+    init(_ kind: SinkRecipientKind) {
+        switch kind {
+        case .unknownUser: self = .unknownUser
+        case .mailboxFull: self = .mailboxFull
+        case .inactive: self = .inactive
+        }
+    }
+}
+
+/// Counts per reason, in a fixed array (no dictionary per event).
+public struct SinkReasonCounts: Sendable, Equatable {
+    public private(set) var counts = [UInt64](repeating: 0, count: SinkReason.allCases.count)
+    public init() {}
+    public subscript(reason: SinkReason) -> UInt64 { counts[reason.rawValue] }
+    mutating func add(_ reason: SinkReason) { counts[reason.rawValue] &+= 1 }
+    public var total: UInt64 { counts.reduce(0, &+) }
+    mutating func merge(_ other: SinkReasonCounts) {
+        for i in counts.indices { counts[i] &+= other.counts[i] }
+    }
+    /// Non-zero entries by name, for JSON.
+    public var byName: [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for r in SinkReason.allCases where counts[r.rawValue] > 0 { out[r.name] = counts[r.rawValue] }
+        return out
+    }
+}
+
+/// What the sink saw from one sending IP at one provider (or a provider in total).
+public struct SinkCounters: Sendable, Equatable {
+    public var sessions: UInt64 = 0
+    public var sessionsRefused = SinkReasonCounts()
+    public var messagesAccepted: UInt64 = 0
+    public var messagesDeferred = SinkReasonCounts()
+    public var messagesRejected = SinkReasonCounts()
+    public var messagesDropped: UInt64 = 0
+    public var recipientsAccepted: UInt64 = 0
+    public var recipientsDeferred = SinkReasonCounts()
+    public var recipientsRejected = SinkReasonCounts()
+    public var bytesAccepted: UInt64 = 0
+    public var peakConcurrentConnections: Int = 0
+    public var maxMessagesOnOneConnection: Int = 0
+    public init() {}
+
+    mutating func merge(_ o: SinkCounters) {
+        sessions &+= o.sessions
+        sessionsRefused.merge(o.sessionsRefused)
+        messagesAccepted &+= o.messagesAccepted
+        messagesDeferred.merge(o.messagesDeferred)
+        messagesRejected.merge(o.messagesRejected)
+        messagesDropped &+= o.messagesDropped
+        recipientsAccepted &+= o.recipientsAccepted
+        recipientsDeferred.merge(o.recipientsDeferred)
+        recipientsRejected.merge(o.recipientsRejected)
+        bytesAccepted &+= o.bytesAccepted
+        maxMessagesOnOneConnection = max(maxMessagesOnOneConnection, o.maxMessagesOnOneConnection)
+    }
+
+    /// A JSON-ready dictionary.
+    public var jsonObject: [String: Any] {
+        [
+            "sessions": sessions,
+            "sessions_refused": sessionsRefused.byName,
+            "messages_accepted": messagesAccepted,
+            "messages_deferred": messagesDeferred.byName,
+            "messages_rejected": messagesRejected.byName,
+            "messages_dropped": messagesDropped,
+            "recipients_accepted": recipientsAccepted,
+            "recipients_deferred": recipientsDeferred.byName,
+            "recipients_rejected": recipientsRejected.byName,
+            "bytes_accepted": bytesAccepted,
+            "peak_concurrent_connections": peakConcurrentConnections,
+            "max_messages_on_one_connection": maxMessagesOnOneConnection,
+        ]
+    }
+}
