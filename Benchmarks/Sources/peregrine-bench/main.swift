@@ -23,6 +23,8 @@ switch scenario {
 case "-h", "--help", "help":
     print(usage)
     status = 0
+case "echo":
+    status = runEchoBench(arguments: rest)
 default:
     fputs("peregrine-bench: unknown scenario '\(scenario)'\n\(usage)\n", stderr)
     status = 2
