@@ -1,0 +1,240 @@
+/// On-disk framing of spool records.
+///
+/// ```
+/// header (16 bytes, little-endian)
+///   0  magic     UInt32  0x31475250 ("PRG1")
+///   4  kind      UInt8   1 = message, 2 = outcome
+///   5  version   UInt8   0
+///   6  reserved  UInt16  0
+///   8  length    UInt32  payload length
+///  12  crc       UInt32  CRC32C of header bytes 4..<12, then the payload
+/// payload
+///   message: id.hi u64, id.lo u64, receivedAt i64,
+///            sender, vmta, jobID, envID (each varint length + bytes),
+///            recipient count varint, per recipient: address, orcpt
+///            (varint length + bytes), notify u8, state u8; then the body
+///            (the rest of the payload).
+///   outcome: id.hi u64, id.lo u64, recipient index u32, state u8
+/// ```
+/// A reader accepts a record only if the magic, kind, length bound and
+/// checksum all agree, which is also how it resynchronises after a corrupt
+/// record: scan forward for the next offset where they do.
+public enum SpoolRecordFormat {
+    public static let magic: UInt32 = 0x3147_5250
+    public static let headerSize = 16
+    /// Sanity bound on one record's payload (a message is one record).
+    public static let maxPayload = 512 * 1024 * 1024
+    public static let outcomePayloadSize = 21
+    public static let outcomeRecordSize = headerSize + outcomePayloadSize
+
+    public enum Kind: UInt8, Sendable {
+        case message = 1
+        case outcome = 2
+    }
+
+    // MARK: Sizes
+
+    @inlinable static func varintSize(_ v: Int) -> Int {
+        var n = 1
+        var x = UInt64(v) >> 7
+        while x != 0 { n += 1; x >>= 7 }
+        return n
+    }
+
+    @inlinable static func fieldSize(_ bytes: [UInt8]) -> Int { varintSize(bytes.count) + bytes.count }
+
+    /// Payload bytes of a message record before the body.
+    public static func envelopeSize(_ env: SpoolEnvelope) -> Int {
+        var n = 24 + fieldSize(env.sender) + fieldSize(env.vmta) + fieldSize(env.jobID) + fieldSize(env.envID)
+        n += varintSize(env.recipients.count)
+        for r in env.recipients { n += fieldSize(r.address) + fieldSize(r.orcpt) + 2 }
+        return n
+    }
+
+    // MARK: Encoding
+
+    /// Encodes a whole message record at `out` (which must have room for
+    /// `headerSize + envelopeSize(env) + body.count` bytes). Returns the record length.
+    /// `states` (optional) gives per-recipient states (compaction rewrites); default all pending.
+    @discardableResult
+    public static func encodeMessage(id: MessageID, envelope env: SpoolEnvelope, states: RecipientStates?,
+                                     body: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) -> Int {
+        var w = ByteWriter(out + headerSize)
+        w.u64(id.hi); w.u64(id.lo); w.u64(UInt64(bitPattern: env.receivedAt))
+        w.field(env.sender); w.field(env.vmta); w.field(env.jobID); w.field(env.envID)
+        w.varint(env.recipients.count)
+        for (i, r) in env.recipients.enumerated() {
+            w.field(r.address); w.field(r.orcpt); w.u8(r.notify.rawValue)
+            w.u8(states?[i].rawValue ?? 0)
+        }
+        w.bytes(body)
+        let payload = w.position
+        finishHeader(kind: .message, payloadLength: payload, at: out)
+        return headerSize + payload
+    }
+
+    /// Encodes an outcome record (37 bytes) at `out`.
+    public static func encodeOutcome(id: MessageID, recipient: Int, state: RecipientState,
+                                     into out: UnsafeMutableRawPointer) {
+        var w = ByteWriter(out + headerSize)
+        w.u64(id.hi); w.u64(id.lo); w.u32(UInt32(truncatingIfNeeded: recipient)); w.u8(state.rawValue)
+        finishHeader(kind: .outcome, payloadLength: outcomePayloadSize, at: out)
+    }
+
+    static func finishHeader(kind: Kind, payloadLength: Int, at out: UnsafeMutableRawPointer) {
+        out.storeBytes(of: magic.littleEndian, as: UInt32.self)
+        out.storeBytes(of: kind.rawValue, toByteOffset: 4, as: UInt8.self)
+        out.storeBytes(of: 0, toByteOffset: 5, as: UInt8.self)
+        out.storeBytes(of: UInt16(0), toByteOffset: 6, as: UInt16.self)
+        out.storeBytes(of: UInt32(payloadLength).littleEndian, toByteOffset: 8, as: UInt32.self)
+        var crc = CRC32C.checksum(UnsafeRawBufferPointer(start: out + 4, count: 8))
+        crc = CRC32C.checksum(UnsafeRawBufferPointer(start: out + headerSize, count: payloadLength), continuing: crc)
+        out.storeBytes(of: crc.littleEndian, toByteOffset: 12, as: UInt32.self)
+    }
+
+    // MARK: Decoding
+
+    public enum Frame {
+        /// A whole, verified record: kind and payload length.
+        case record(Kind, payloadLength: Int)
+        /// Not enough bytes to tell (or to hold the declared record).
+        case incomplete(needed: Int)
+        /// Bytes here are not a valid record.
+        case invalid
+    }
+
+    /// Checks the record starting at `bytes[0]`: magic, kind, length and checksum.
+    public static func frame(_ bytes: UnsafeRawBufferPointer) -> Frame {
+        guard bytes.count >= headerSize, let base = bytes.baseAddress else {
+            if bytes.count >= 4, bytes.loadUnaligned(as: UInt32.self).littleEndian != magic { return .invalid }
+            return .incomplete(needed: headerSize)
+        }
+        guard base.loadUnaligned(as: UInt32.self).littleEndian == magic,
+              let kind = Kind(rawValue: base.load(fromByteOffset: 4, as: UInt8.self)),
+              base.load(fromByteOffset: 5, as: UInt8.self) == 0,
+              base.loadUnaligned(fromByteOffset: 6, as: UInt16.self) == 0 else { return .invalid }
+        let length = Int(base.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian)
+        guard length <= maxPayload else { return .invalid }
+        if kind == .outcome && length != outcomePayloadSize { return .invalid }
+        if kind == .message && length < 25 { return .invalid }
+        guard bytes.count >= headerSize + length else { return .incomplete(needed: headerSize + length) }
+        let stored = base.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian
+        var crc = CRC32C.checksum(UnsafeRawBufferPointer(start: base + 4, count: 8))
+        crc = CRC32C.checksum(UnsafeRawBufferPointer(start: base + headerSize, count: length), continuing: crc)
+        return crc == stored ? .record(kind, payloadLength: length) : .invalid
+    }
+
+    /// A decoded message record (envelope copied out; body stays in place).
+    public struct DecodedMessage {
+        public var id: MessageID
+        public var envelope: SpoolEnvelope
+        public var states: RecipientStates
+        /// Offset of the body from the record start.
+        public var bodyOffset: Int
+    }
+
+    /// Decodes a verified message payload. Nil if the payload's inner structure is malformed.
+    public static func decodeMessage(payload: UnsafeRawBufferPointer) -> DecodedMessage? {
+        var r = ByteReader(payload)
+        guard let hi = r.u64(), let lo = r.u64(), let t = r.u64(),
+              let sender = r.field(), let vmta = r.field(), let job = r.field(), let envid = r.field(),
+              let count = r.varint(), count <= payload.count else { return nil }
+        var rcpts: [SpoolRecipient] = []
+        rcpts.reserveCapacity(count)
+        var states = RecipientStates(count: count)
+        for i in 0..<count {
+            guard let a = r.field(), let o = r.field(), let n = r.u8(), let s = r.u8(),
+                  let st = RecipientState(rawValue: s) else { return nil }
+            rcpts.append(SpoolRecipient(address: a, orcpt: o, notify: NotifyFlags(rawValue: n)))
+            if st != .pending { states[i] = st }
+        }
+        let env = SpoolEnvelope(sender: sender, recipients: rcpts, vmta: vmta, jobID: job, envID: envid,
+                                receivedAt: Int64(bitPattern: t))
+        return DecodedMessage(id: MessageID(hi: hi, lo: lo), envelope: env, states: states,
+                              bodyOffset: headerSize + r.position)
+    }
+
+    /// Reads only the id of a message payload (no allocation).
+    public static func messageID(payload: UnsafeRawBufferPointer) -> MessageID? {
+        var r = ByteReader(payload)
+        guard let hi = r.u64(), let lo = r.u64() else { return nil }
+        return MessageID(hi: hi, lo: lo)
+    }
+
+    public static func decodeOutcome(payload: UnsafeRawBufferPointer) -> (MessageID, Int, RecipientState)? {
+        var r = ByteReader(payload)
+        guard let hi = r.u64(), let lo = r.u64(), let idx = r.u32(), let s = r.u8(),
+              let st = RecipientState(rawValue: s) else { return nil }
+        return (MessageID(hi: hi, lo: lo), Int(idx), st)
+    }
+}
+
+/// Unchecked little-endian writer: the caller sized the buffer.
+@usableFromInline
+struct ByteWriter {
+    @usableFromInline let base: UnsafeMutableRawPointer
+    @usableFromInline var position = 0
+    @inlinable init(_ base: UnsafeMutableRawPointer) { self.base = base }
+    @inlinable mutating func u8(_ v: UInt8) { base.storeBytes(of: v, toByteOffset: position, as: UInt8.self); position += 1 }
+    @inlinable mutating func u32(_ v: UInt32) {
+        withUnsafeBytes(of: v.littleEndian) { (base + position).copyMemory(from: $0.baseAddress!, byteCount: 4) }
+        position += 4
+    }
+    @inlinable mutating func u64(_ v: UInt64) {
+        withUnsafeBytes(of: v.littleEndian) { (base + position).copyMemory(from: $0.baseAddress!, byteCount: 8) }
+        position += 8
+    }
+    @inlinable mutating func varint(_ v: Int) {
+        var x = UInt64(v)
+        while x >= 0x80 { u8(UInt8(x & 0x7F) | 0x80); x >>= 7 }
+        u8(UInt8(x))
+    }
+    @inlinable mutating func bytes(_ b: UnsafeRawBufferPointer) {
+        if let src = b.baseAddress, b.count > 0 { (base + position).copyMemory(from: src, byteCount: b.count) }
+        position += b.count
+    }
+    @inlinable mutating func field(_ b: [UInt8]) {
+        varint(b.count)
+        b.withUnsafeBytes { bytes($0) }
+    }
+}
+
+/// Bounds-checked little-endian reader over bytes from disk: nil, never a trap.
+@usableFromInline
+struct ByteReader {
+    @usableFromInline let buf: UnsafeRawBufferPointer
+    @usableFromInline var position = 0
+    @inlinable init(_ buf: UnsafeRawBufferPointer) { self.buf = buf }
+    @inlinable var remaining: Int { buf.count - position }
+    @inlinable mutating func u8() -> UInt8? {
+        guard remaining >= 1 else { return nil }
+        defer { position += 1 }
+        return buf[position]
+    }
+    @inlinable mutating func u32() -> UInt32? {
+        guard remaining >= 4 else { return nil }
+        defer { position += 4 }
+        return buf.loadUnaligned(fromByteOffset: position, as: UInt32.self).littleEndian
+    }
+    @inlinable mutating func u64() -> UInt64? {
+        guard remaining >= 8 else { return nil }
+        defer { position += 8 }
+        return buf.loadUnaligned(fromByteOffset: position, as: UInt64.self).littleEndian
+    }
+    @inlinable mutating func varint() -> Int? {
+        var x: UInt64 = 0
+        var shift: UInt64 = 0
+        while shift < 63 {
+            guard let b = u8() else { return nil }
+            x |= UInt64(b & 0x7F) << shift
+            if b & 0x80 == 0 { return x <= UInt64(Int32.max) ? Int(x) : nil }
+            shift += 7
+        }
+        return nil
+    }
+    @inlinable mutating func field() -> [UInt8]? {
+        guard let n = varint(), n <= remaining else { return nil }
+        defer { position += n }
+        return Array(UnsafeRawBufferPointer(rebasing: buf[position ..< position + n]))
+    }
+}

@@ -1,0 +1,231 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A live message found at start-up: what the queues are rebuilt from.
+public struct RecoveredMessage: Sendable {
+    public var id: MessageID
+    public var envelope: SpoolEnvelope
+    public var location: MessageLocation
+    public var states: RecipientStates
+}
+
+/// One segment file as recovery saw it.
+public struct RecoveredSegment: Sendable {
+    public var number: UInt32
+    public var path: String
+    /// File size after any torn tail was cut.
+    public var bytes: Int64
+    public var messageRecords: Int
+    public var outcomeRecords: Int
+}
+
+/// The state of one stream directory (`DIR/loop-N`) after recovery.
+public struct SpoolStreamRecovery {
+    public var directory: String
+    public var segments: [RecoveredSegment]
+    /// Live messages (some recipient pending), ordered by location.
+    public var messages: [RecoveredMessage]
+    /// The bookkeeping a `SpoolWriter` for this stream continues from.
+    public var liveSet: SpoolLiveSet
+    /// The number the writer's first new segment gets.
+    public var nextSegment: UInt32
+    /// Corrupt records skipped and torn tails cut, with path and offset.
+    public var problems: [SpoolError]
+}
+
+/// Start-up recovery: scans all segments in order with plain synchronous reads
+/// (it runs before the loops start), verifies every record, rebuilds the live set.
+/// A torn tail is cut (logged to stderr) in `.repair` mode; a corrupt record
+/// in the middle is reported, skipped, and scanning resynchronises on the next
+/// valid record.
+public enum SpoolRecovery {
+    public enum Mode: Sendable {
+        /// Truncate torn tails (start-up).
+        case repair
+        /// Change nothing (`peregrine spool-check`).
+        case readOnly
+    }
+
+    public static func segmentPath(directory: String, number: UInt32) -> String {
+        let s = String(number)
+        return directory + "/" + String(repeating: "0", count: max(0, 6 - s.count)) + s + ".seg"
+    }
+
+    /// Segment numbers present in `directory`, sorted. Missing directory = none.
+    public static func listSegments(directory: String) -> [UInt32] {
+        guard let d = opendir(directory) else { return [] }
+        defer { closedir(d) }
+        var result: [UInt32] = []
+        while let ent = readdir(d) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard name.hasSuffix(".seg"), let n = UInt32(name.dropLast(4)) else { continue }
+            result.append(n)
+        }
+        return result.sorted()
+    }
+
+    /// Stream directories `loop-N` under a spool directory, sorted by N.
+    public static func listStreams(spoolDirectory: String) -> [String] {
+        guard let d = opendir(spoolDirectory) else { return [] }
+        defer { closedir(d) }
+        var result: [(Int, String)] = []
+        while let ent = readdir(d) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard name.hasPrefix("loop-"), let n = Int(name.dropFirst(5)) else { continue }
+            result.append((n, spoolDirectory + "/" + name))
+        }
+        return result.sorted { $0.0 < $1.0 }.map(\.1)
+    }
+
+    /// Recovers every `loop-N` stream under `spoolDirectory`.
+    public static func recoverAll(spoolDirectory: String, mode: Mode = .repair,
+                                  log: (String) -> Void = logToStderr) -> Result<[SpoolStreamRecovery], SpoolError> {
+        var out: [SpoolStreamRecovery] = []
+        for dir in listStreams(spoolDirectory: spoolDirectory) {
+            switch recover(directory: dir, mode: mode, log: log) {
+            case .success(let r): out.append(r)
+            case .failure(let e): return .failure(e)
+            }
+        }
+        return .success(out)
+    }
+
+    public static func logToStderr(_ line: String) {
+        fputs("peregrine spool: \(line)\n", stderr)
+    }
+
+    /// Recovers one stream directory. Fails only when a file cannot be read at
+    /// all; damaged content is reported in `problems`.
+    public static func recover(directory: String, mode: Mode = .repair,
+                               log: (String) -> Void = logToStderr) -> Result<SpoolStreamRecovery, SpoolError> {
+        let live = SpoolLiveSet()
+        var envelopes: [MessageID: SpoolEnvelope] = [:]
+        /// Outcomes seen before their message's (compacted) record: applied when it appears.
+        var early: [MessageID: [(Int, RecipientState)]] = [:]
+        var segments: [RecoveredSegment] = []
+        var problems: [SpoolError] = []
+        let numbers = listSegments(directory: directory)
+
+        for n in numbers {
+            let path = segmentPath(directory: directory, number: n)
+            let fd = open(path, mode == .repair ? O_RDWR : O_RDONLY)
+            if fd < 0 { return .failure(.io(path: path, operation: "open", errno: errno)) }
+            defer { close(fd) }
+            var st = stat()
+            if fstat(fd, &st) != 0 { return .failure(.io(path: path, operation: "fstat", errno: errno)) }
+            let size = Int(st.st_size)
+            let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 16)
+            defer { raw.deallocate() }
+            var got = 0
+            while got < size {
+                let r = pread(fd, raw.baseAddress! + got, size - got, off_t(got))
+                if r < 0 {
+                    if errno == EINTR { continue }
+                    return .failure(.io(path: path, operation: "read", errno: errno))
+                }
+                if r == 0 { break }
+                got += r
+            }
+            let bytes = UnsafeRawBufferPointer(rebasing: raw[0 ..< got])
+            live.addSegment(n)
+            var seg = RecoveredSegment(number: n, path: path, bytes: Int64(got), messageRecords: 0, outcomeRecords: 0)
+
+            var offset = 0
+            scan: while offset < got {
+                let here = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+                switch SpoolRecordFormat.frame(here) {
+                case .record(let kind, let length):
+                    let recLen = SpoolRecordFormat.headerSize + length
+                    let payload = UnsafeRawBufferPointer(rebasing: here[SpoolRecordFormat.headerSize ..< recLen])
+                    live.noteWritten(segment: n, bytes: recLen)
+                    switch kind {
+                    case .message:
+                        guard let m = SpoolRecordFormat.decodeMessage(payload: payload) else {
+                            // Checksum good but structure bad: a writer bug, not disk damage. Skip the record.
+                            problems.append(.segmentCorrupt(path: path, offset: Int64(offset)))
+                            log("\(path): malformed message record at offset \(offset), skipped")
+                            offset += recLen
+                            continue scan
+                        }
+                        seg.messageRecords += 1
+                        var states = m.states
+                        if let pend = early.removeValue(forKey: m.id) {
+                            for (i, s) in pend where states[i] == .pending { states[i] = s }
+                        }
+                        let loc = MessageLocation(segment: n, offset: Int64(offset), recordLength: UInt32(recLen),
+                                                  bodyOffset: UInt32(m.bodyOffset))
+                        if live.place(m.id, at: loc, states: states) {
+                            envelopes[m.id] = m.envelope
+                        } else {
+                            envelopes[m.id] = nil
+                        }
+                    case .outcome:
+                        guard let (id, idx, state) = SpoolRecordFormat.decodeOutcome(payload: payload) else {
+                            problems.append(.segmentCorrupt(path: path, offset: Int64(offset)))
+                            offset += recLen
+                            continue scan
+                        }
+                        seg.outcomeRecords += 1
+                        if let pending = live.applyOutcome(id, recipient: idx, state: state, writtenIn: n) {
+                            if pending == 0 { envelopes[id] = nil }
+                        } else if state.isFinal {
+                            early[id, default: []].append((idx, state))
+                        }
+                    }
+                    offset += recLen
+                case .incomplete, .invalid:
+                    if let next = resync(bytes, after: offset) {
+                        problems.append(.segmentCorrupt(path: path, offset: Int64(offset)))
+                        log("\(path): corrupt record at offset \(offset), skipped \(next - offset) bytes")
+                        offset = next
+                    } else {
+                        let dropped = Int64(got - offset)
+                        problems.append(.tornTail(path: path, offset: Int64(offset), droppedBytes: dropped))
+                        if mode == .repair {
+                            if ftruncate(fd, off_t(offset)) != 0 {
+                                return .failure(.io(path: path, operation: "ftruncate", errno: errno))
+                            }
+                            _ = fsync(fd)
+                            log("\(path): torn tail at offset \(offset), truncated \(dropped) bytes")
+                            seg.bytes = Int64(offset)
+                        } else {
+                            log("\(path): torn tail at offset \(offset) (\(dropped) bytes)")
+                        }
+                        break scan
+                    }
+                }
+            }
+            segments.append(seg)
+        }
+
+        var messages: [RecoveredMessage] = []
+        messages.reserveCapacity(live.liveMessageCount)
+        for (id, e) in live.messages {
+            guard let env = envelopes[id] else { continue }
+            messages.append(RecoveredMessage(id: id, envelope: env, location: e.location, states: e.states))
+        }
+        messages.sort { ($0.location.segment, $0.location.offset) < ($1.location.segment, $1.location.offset) }
+        let next = (numbers.last ?? 0) + 1
+        return .success(SpoolStreamRecovery(directory: directory, segments: segments, messages: messages,
+                                            liveSet: live, nextSegment: next, problems: problems))
+    }
+
+    /// The next offset after `offset` where a whole valid record starts, if any.
+    static func resync(_ bytes: UnsafeRawBufferPointer, after offset: Int) -> Int? {
+        let m0: UInt8 = 0x50 // first byte of the little-endian magic
+        var p = offset + 1
+        let end = bytes.count - SpoolRecordFormat.headerSize
+        while p <= end {
+            if bytes[p] == m0 {
+                if case .record = SpoolRecordFormat.frame(UnsafeRawBufferPointer(rebasing: bytes[p...])) { return p }
+            }
+            p += 1
+        }
+        return nil
+    }
+}
