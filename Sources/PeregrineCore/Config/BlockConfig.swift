@@ -17,7 +17,9 @@ import Foundation
 ///
 /// This layer knows no directive names: it produces a tree of `ConfigNode`s
 /// with file and line, and rejects only structural mistakes (unclosed, stray or
-/// mismatched blocks, malformed tags, bad quoting). Consumers walk the tree and
+/// mismatched blocks, malformed tags, bad quoting). A line that starts with a
+/// `/REGEX/` literal (as in `<bounce-category-patterns>`) is a directive whose
+/// name is that literal, verbatim. Consumers walk the tree and
 /// reject what they do not know, using `ConfigNode.error(_:)` for the message.
 public enum BlockConfig {
     /// Parses config text; `file` is used in locations only.
@@ -55,12 +57,14 @@ public enum BlockConfig {
             if first.quoted {
                 throw ConfigError(location, first.text.isEmpty ? "empty directive name" : "a directive name cannot be quoted (\"\(first.text)\")")
             }
-            guard isValidName(first.text) else {
+            // `/REGEX/ category` lines (bounce-category-patterns) keep the regex verbatim as the name.
+            let isPatternLine = first.text.hasPrefix("/")
+            guard isPatternLine || isValidName(first.text) else {
                 throw ConfigError(location, "'\(first.text)' is not a directive name")
             }
             let raw = rawText(chars, from: first.end, to: tokens.last?.end ?? first.end)
             stack[stack.count - 1].children.append(
-                ConfigNode(kind: .directive, name: first.text.lowercased(),
+                ConfigNode(kind: .directive, name: isPatternLine ? first.text : first.text.lowercased(),
                            arguments: tokens.dropFirst().map(\.text), rawArguments: raw, location: location))
         }
         if stack.count > 1, let open = stack.last {

@@ -2,7 +2,8 @@
 /// (`max-smtp-out 5`) or a block (`<domain gmail.com>` … `</domain>`) with children.
 ///
 /// Names are lower-cased (directives and block names are case-insensitive, as
-/// in PowerMTA); arguments keep their case. Regex literals (`/a b/`) and quoted
+/// in PowerMTA), except a leading `/REGEX/` which is kept verbatim as the name;
+/// arguments keep their case. Regex literals (`/a b/`) and quoted
 /// strings (`"a b"`) are single arguments, with the quotes removed but the
 /// slashes kept, so a consumer can tell a regex from a word.
 public struct ConfigNode: Hashable, Sendable {
