@@ -1,1 +1,0 @@
-// PeregrineSMTP: SMTP as pure state machines (bytes in, bytes and events out).

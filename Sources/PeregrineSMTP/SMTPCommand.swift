@@ -1,0 +1,222 @@
+/// A parsed SMTP command line (server side).
+public enum SMTPCommand: Sendable, Hashable {
+    case helo(SMTPHelo)
+    case mail(SMTPMailFrom)
+    case rcpt(SMTPRcptTo)
+    case data
+    case rset
+    case noop
+    case quit
+    case vrfy
+    case expn
+    case help
+    /// AUTH mechanism [initial-response]
+    case auth(mechanism: String, initialResponse: [UInt8]?)
+    case startTLS
+    case bdat
+    /// A verb we do not know.
+    case unknown
+}
+
+/// Parses one command line (without its line end). Failures carry the reply to send.
+public enum SMTPCommandParser {
+    public static func parse(_ line: [UInt8]) -> Result<SMTPCommand, SMTPReply> {
+        line.withUnsafeBytes { parse($0) }
+    }
+
+    public static func parse(_ line: UnsafeRawBufferPointer) -> Result<SMTPCommand, SMTPReply> {
+        var verbEnd = 0
+        while verbEnd < line.count, line[verbEnd] != 0x20 { verbEnd += 1 }
+        let verb = UnsafeRawBufferPointer(rebasing: line[0..<verbEnd])
+        let args = verbEnd < line.count ? UnsafeRawBufferPointer(rebasing: line[(verbEnd + 1)...]) : UnsafeRawBufferPointer(rebasing: line[line.count...])
+        guard verb.count == 4 || verb.count == 8 else { return .success(.unknown) }
+        func upper(_ b: UInt8) -> UInt8 { (b >= 0x61 && b <= 0x7a) ? b - 32 : b }
+        var key: UInt32 = 0
+        for k in 0..<4 { key = key << 8 | UInt32(upper(verb[k])) }
+        if verb.count == 8 {
+            let rest = (4..<8).map { upper(verb[$0]) }
+            if key == fourCC("STAR"), rest == Array("TTLS".utf8) {
+                return trimmed(args).isEmpty ? .success(.startTLS) : .failure(Replies.syntaxNoParameters)
+            }
+            return .success(.unknown)
+        }
+        switch key {
+        case fourCC("EHLO"), fourCC("HELO"):
+            let a = trimmed(args)
+            var end = 0
+            while end < a.count, a[end] != 0x20 { end += 1 }
+            guard end > 0 else {
+                return .failure(SMTPReply(501, "5.5.4", key == fourCC("EHLO") ? "Syntax: EHLO hostname" : "Syntax: HELO hostname"))
+            }
+            let domain = String(decoding: UnsafeRawBufferPointer(rebasing: a[0..<end]), as: UTF8.self)
+            return .success(.helo(SMTPHelo(domain: domain, isExtended: key == fourCC("EHLO"))))
+        case fourCC("MAIL"): return parseMail(args)
+        case fourCC("RCPT"): return parseRcpt(args)
+        case fourCC("DATA"): return trimmed(args).isEmpty ? .success(.data) : .failure(Replies.syntaxNoParameters)
+        case fourCC("RSET"): return trimmed(args).isEmpty ? .success(.rset) : .failure(Replies.syntaxNoParameters)
+        case fourCC("QUIT"): return trimmed(args).isEmpty ? .success(.quit) : .failure(Replies.syntaxNoParameters)
+        case fourCC("NOOP"): return .success(.noop)
+        case fourCC("HELP"): return .success(.help)
+        case fourCC("VRFY"):
+            return trimmed(args).isEmpty ? .failure(SMTPReply(501, "5.5.4", "Syntax: VRFY address")) : .success(.vrfy)
+        case fourCC("EXPN"): return .success(.expn)
+        case fourCC("BDAT"): return .success(.bdat)
+        case fourCC("AUTH"):
+            let a = trimmed(args)
+            var end = 0
+            while end < a.count, a[end] != 0x20 { end += 1 }
+            guard end > 0 else { return .failure(SMTPReply(501, "5.5.4", "Syntax: AUTH mechanism")) }
+            let mech = String(decoding: UnsafeRawBufferPointer(rebasing: a[0..<end]).map(upper), as: UTF8.self)
+            let rest = trimmed(UnsafeRawBufferPointer(rebasing: a[end...]))
+            return .success(.auth(mechanism: mech, initialResponse: rest.isEmpty ? nil : Array(rest)))
+        default:
+            return .success(.unknown)
+        }
+    }
+
+    static func fourCC(_ s: StaticString) -> UInt32 {
+        var k: UInt32 = 0
+        s.withUTF8Buffer { for b in $0 { k = k << 8 | UInt32(b) } }
+        return k
+    }
+
+    static func trimmed(_ p: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        var s = 0, e = p.count
+        while s < e, p[s] == 0x20 || p[s] == 0x09 { s += 1 }
+        while e > s, p[e - 1] == 0x20 || p[e - 1] == 0x09 { e -= 1 }
+        return UnsafeRawBufferPointer(rebasing: p[s..<e])
+    }
+
+    /// Matches a case-insensitive ASCII prefix ("FROM:").
+    static func hasPrefix(_ p: UnsafeRawBufferPointer, _ prefix: StaticString) -> Bool {
+        prefix.withUTF8Buffer { pre in
+            guard p.count >= pre.count else { return false }
+            for k in 0..<pre.count {
+                var b = p[k]
+                if b >= 0x61 && b <= 0x7a { b -= 32 }
+                if b != pre[k] { return false }
+            }
+            return true
+        }
+    }
+
+    /// Splits "<path> params" into the path (without brackets and source route) and parameter tokens.
+    static func parsePath(_ p: UnsafeRawBufferPointer) -> (path: [UInt8], params: [[UInt8]])? {
+        let a = trimmed(p)
+        guard !a.isEmpty else { return nil }
+        var pathBytes: UnsafeRawBufferPointer
+        var restStart: Int
+        if a[0] == UInt8(ascii: "<") {
+            guard let close = a.firstIndex(of: UInt8(ascii: ">")) else { return nil }
+            pathBytes = UnsafeRawBufferPointer(rebasing: a[1..<close])
+            restStart = close + 1
+            if restStart < a.count && a[restStart] != 0x20 { return nil }
+        } else {
+            var end = 0
+            while end < a.count, a[end] != 0x20 { end += 1 }
+            pathBytes = UnsafeRawBufferPointer(rebasing: a[0..<end])
+            restStart = end
+        }
+        // Drop an RFC 5321 source route "@a,@b:".
+        if pathBytes.first == UInt8(ascii: "@"), let colon = pathBytes.firstIndex(of: UInt8(ascii: ":")) {
+            pathBytes = UnsafeRawBufferPointer(rebasing: pathBytes[(colon + 1)...])
+        }
+        guard pathBytes.count <= 256 else { return nil }
+        for b in pathBytes where b <= 0x20 || b == 0x7f || b == UInt8(ascii: "<") || b == UInt8(ascii: ">") {
+            return nil
+        }
+        var params: [[UInt8]] = []
+        var i = restStart
+        while i < a.count {
+            while i < a.count, a[i] == 0x20 { i += 1 }
+            let s = i
+            while i < a.count, a[i] != 0x20 { i += 1 }
+            if i > s { params.append(Array(a[s..<i])) }
+        }
+        return (Array(pathBytes), params)
+    }
+
+    static func splitParam(_ t: [UInt8]) -> (key: String, value: [UInt8]?) {
+        if let eq = t.firstIndex(of: UInt8(ascii: "=")) {
+            return (String(decoding: t[..<eq], as: UTF8.self).uppercased(), Array(t[(eq + 1)...]))
+        }
+        return (String(decoding: t, as: UTF8.self).uppercased(), nil)
+    }
+
+    static func parseMail(_ args: UnsafeRawBufferPointer) -> Result<SMTPCommand, SMTPReply> {
+        let a = trimmed(args)
+        guard hasPrefix(a, "FROM:") else { return .failure(SMTPReply(501, "5.5.4", "Syntax: MAIL FROM:<address>")) }
+        guard let (path, params) = parsePath(UnsafeRawBufferPointer(rebasing: a[5...])) else {
+            return .failure(SMTPReply(501, "5.1.7", "Bad sender address syntax"))
+        }
+        var mail = SMTPMailFrom(reversePath: String(decoding: path, as: UTF8.self))
+        for t in params {
+            let (key, value) = splitParam(t)
+            switch key {
+            case "SIZE":
+                guard let v = value, !v.isEmpty, v.count <= 18, v.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                      let n = Int(String(decoding: v, as: UTF8.self)) else { return .failure(Replies.badParameterValue) }
+                mail.size = n
+            case "BODY":
+                guard let v = value else { return .failure(Replies.badParameterValue) }
+                switch String(decoding: v, as: UTF8.self).uppercased() {
+                case "7BIT": mail.body = .sevenBit
+                case "8BITMIME": mail.body = .eightBitMIME
+                default: return .failure(Replies.badParameterValue)
+                }
+            case "ENVID":
+                guard let v = value, !v.isEmpty, v.count <= 100, let d = XText.decode(v) else { return .failure(Replies.badParameterValue) }
+                mail.envelopeID = String(decoding: d, as: UTF8.self)
+            case "RET":
+                guard let v = value else { return .failure(Replies.badParameterValue) }
+                switch String(decoding: v, as: UTF8.self).uppercased() {
+                case "FULL": mail.ret = .full
+                case "HDRS": mail.ret = .headers
+                default: return .failure(Replies.badParameterValue)
+                }
+            case "AUTH":
+                guard let v = value else { return .failure(Replies.badParameterValue) }
+                mail.auth = String(decoding: v, as: UTF8.self)
+            default:
+                return .failure(Replies.unsupportedParameter)
+            }
+        }
+        return .success(.mail(mail))
+    }
+
+    static func parseRcpt(_ args: UnsafeRawBufferPointer) -> Result<SMTPCommand, SMTPReply> {
+        let a = trimmed(args)
+        guard hasPrefix(a, "TO:") else { return .failure(SMTPReply(501, "5.5.4", "Syntax: RCPT TO:<address>")) }
+        guard let (path, params) = parsePath(UnsafeRawBufferPointer(rebasing: a[3...])), !path.isEmpty else {
+            return .failure(SMTPReply(501, "5.1.3", "Bad recipient address syntax"))
+        }
+        var rcpt = SMTPRcptTo(forwardPath: String(decoding: path, as: UTF8.self))
+        for t in params {
+            let (key, value) = splitParam(t)
+            switch key {
+            case "NOTIFY":
+                guard let v = value, !v.isEmpty else { return .failure(Replies.badParameterValue) }
+                var n: SMTPDSNNotify = []
+                for item in v.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
+                    switch String(decoding: item, as: UTF8.self).uppercased() {
+                    case "NEVER": n.insert(.never)
+                    case "SUCCESS": n.insert(.success)
+                    case "FAILURE": n.insert(.failure)
+                    case "DELAY": n.insert(.delay)
+                    default: return .failure(Replies.badParameterValue)
+                    }
+                }
+                if n.contains(.never) && n != .never { return .failure(Replies.badParameterValue) }
+                rcpt.notify = n
+            case "ORCPT":
+                guard let v = value, let semi = v.firstIndex(of: UInt8(ascii: ";")), semi > 0,
+                      let d = XText.decode(v[(semi + 1)...]), !d.isEmpty else { return .failure(Replies.badParameterValue) }
+                rcpt.originalRecipient = .init(addressType: String(decoding: v[..<semi], as: UTF8.self),
+                                               address: String(decoding: d, as: UTF8.self))
+            default:
+                return .failure(Replies.unsupportedParameter)
+            }
+        }
+        return .success(.rcpt(rcpt))
+    }
+}
