@@ -1,1 +1,53 @@
-print("peregrine: not yet implemented")
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// peregrine SUBCOMMAND [options]. Each subcommand lives in its own file as a
+// `run…(arguments:) -> Int32` function and is listed in `subcommands` below;
+// adding one (run, check-config, ctl, …) is one line here.
+
+struct Subcommand {
+    let name: String
+    let usage: String
+    let summary: String
+    /// Hidden subcommands (test helpers) are not listed in the usage text.
+    var hidden = false
+    let run: ([String]) -> Int32
+}
+
+let subcommands: [Subcommand] = [
+    Subcommand(name: "spool-check", usage: "spool-check DIR",
+               summary: "show what a spool directory holds: segments, live messages, recipients by state, bytes",
+               run: runSpoolCheck(arguments:)),
+    Subcommand(name: "spool-crash-writer",
+               usage: "spool-crash-writer --dir DIR --backend B [--recipients N] [--body-size N]",
+               summary: "crash-test helper: spool messages as fast as possible, print each id once durable",
+               hidden: true, run: runSpoolCrashWriter(arguments:)),
+]
+
+func usageText() -> String {
+    var s = "usage: peregrine SUBCOMMAND [options]\nsubcommands:\n"
+    for c in subcommands where !c.hidden {
+        s += "  " + c.usage.padding(toLength: 28) + "  " + c.summary + "\n"
+    }
+    return s
+}
+
+extension String {
+    func padding(toLength n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
+}
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+guard let name = arguments.first else {
+    fputs(usageText(), stderr)
+    exit(2)
+}
+if name == "-h" || name == "--help" || name == "help" {
+    print(usageText(), terminator: "")
+    exit(0)
+}
+guard let command = subcommands.first(where: { $0.name == name }) else {
+    fputs("peregrine: unknown subcommand '\(name)'\n" + usageText(), stderr)
+    exit(2)
+}
+exit(command.run(Array(arguments.dropFirst())))
