@@ -1,0 +1,246 @@
+import PeregrineIO
+
+/// The management HTTP listener (`http-mgmt-port`): accepts connections on
+/// one loop, parses requests with `HTTPRequestParser`, hands each to the
+/// daemon's handler and writes its response. Keep-alive and pipelined
+/// requests are served in order, one at a time per connection; a malformed
+/// request gets its 4xx/5xx and the connection is closed.
+///
+/// Every method must be called on the loop's thread (`loop.execute` from elsewhere).
+public final class ManagementServer<Loop: EventLoop> {
+    /// Synchronous handler: returns the response at once.
+    public typealias Handler = (HTTPRequest) -> HTTPResponse
+    /// Deferred handler: call `respond` exactly once, later, on the loop's thread
+    /// (for answers gathered from other loops). Extra calls are ignored.
+    public typealias DeferredHandler = (HTTPRequest, _ respond: @escaping (HTTPResponse) -> Void) -> Void
+
+    public struct Options {
+        /// Where to listen; loopback unless the configuration says otherwise.
+        public var address: SocketAddress
+        public var limits: HTTPParserLimits
+        /// A connection with no request in progress is closed after this many nanoseconds.
+        public var idleTimeout: UInt64
+        /// Connections beyond this are closed as soon as they are accepted.
+        public var maxConnections: Int
+        /// Serve several requests per connection (HTTP/1.1 default) or close after each.
+        public var keepAlive: Bool
+
+        public init(address: SocketAddress, limits: HTTPParserLimits = HTTPParserLimits(),
+                    idleTimeout: UInt64 = 30_000_000_000, maxConnections: Int = 64, keepAlive: Bool = true) {
+            self.address = address; self.limits = limits; self.idleTimeout = idleTimeout
+            self.maxConnections = maxConnections; self.keepAlive = keepAlive
+        }
+
+        /// `127.0.0.1:PORT`.
+        public static func loopback(port: UInt16) -> Options {
+            // A literal numeric address cannot fail to parse.
+            let addr = (try? SocketAddress(ip: "127.0.0.1", port: port)) ?? .v4(.init())
+            return Options(address: addr)
+        }
+    }
+
+    public let loop: Loop
+    public let options: Options
+    private let handler: DeferredHandler
+    private var listener: Listener?
+    private var connections: [Int32: Connection] = [:]
+    /// Requests answered so far (including parse errors).
+    public private(set) var requestsServed: Int = 0
+    /// Called with accept and connection errors (for the daemon's log).
+    public var onError: ((IOError) -> Void)?
+
+    public init(loop: Loop, options: Options, handler: @escaping Handler) {
+        self.loop = loop
+        self.options = options
+        self.handler = { request, respond in respond(handler(request)) }
+    }
+
+    public init(loop: Loop, options: Options, deferredHandler: @escaping DeferredHandler) {
+        self.loop = loop
+        self.options = options
+        self.handler = deferredHandler
+    }
+
+    /// The address actually bound (the kernel's port when 0 was asked), once started.
+    public var boundAddress: SocketAddress? { listener?.address }
+    public var connectionCount: Int { connections.count }
+
+    /// Binds and starts accepting.
+    public func start() throws(IOError) {
+        guard listener == nil else { return }
+        listener = try loop.listen(on: options.address, options: ListenOptions(backlog: 128)) { [weak self] result in
+            guard let self else { return }
+            switch result {
+            case .success(let accepted):
+                self.accept(accepted)
+            case .failure(let error):
+                if !error.isCancelled { self.onError?(error) }
+            }
+        }
+    }
+
+    /// Stops accepting and closes every connection (in-flight responses are dropped).
+    public func stop() {
+        if let l = listener {
+            loop.closeListener(l)
+            listener = nil
+        }
+        for c in Array(connections.values) { c.close() }
+    }
+
+    private func accept(_ accepted: AcceptedConnection) {
+        guard listener != nil, connections.count < options.maxConnections else {
+            loop.close(accepted.socket)
+            return
+        }
+        let c = Connection(server: self, socket: accepted.socket)
+        connections[accepted.socket.fd] = c
+        c.begin()
+    }
+
+    fileprivate func connectionClosed(_ c: Connection) {
+        if connections[c.socket.fd] === c { connections[c.socket.fd] = nil }
+    }
+
+    fileprivate func dispatch(_ request: HTTPRequest, _ respond: @escaping (HTTPResponse) -> Void) {
+        requestsServed += 1
+        handler(request, respond)
+    }
+
+    fileprivate func countError() { requestsServed += 1 }
+
+    // MARK: Connection
+
+    fileprivate final class Connection {
+        /// Strong: a closed connection drops out of `connections`, which breaks the cycle.
+        let server: ManagementServer
+        let socket: Socket
+        var loop: Loop { server.loop }
+        let receiveBuffer: UnsafeMutableRawBufferPointer
+        var parser: HTTPRequestParser
+        /// Operations the loop still owns (receive, send); the buffer is freed at 0 after close.
+        var outstanding = 0
+        var receiving = false
+        var busy = false          // a request is with the handler or its response is being sent
+        var peerClosed = false
+        var closed = false
+        var idleTimer: TimerHandle?
+        var lastActivity: UInt64 = 0
+
+        init(server: ManagementServer, socket: Socket) {
+            self.server = server
+            self.socket = socket
+            self.receiveBuffer = .allocate(byteCount: 16 * 1024, alignment: 8)
+            self.parser = HTTPRequestParser(limits: server.options.limits)
+        }
+
+        func begin() {
+            lastActivity = loop.now
+            armIdleTimer(after: server.options.idleTimeout)
+            processNext()
+        }
+
+        func armIdleTimer(after delay: UInt64) {
+            idleTimer = loop.scheduleTimer(after: delay) { [weak self] in
+                guard let self, !self.closed else { return }
+                self.idleTimer = nil
+                let idle = self.loop.now &- self.lastActivity
+                if self.busy || idle < self.server.options.idleTimeout {
+                    let remaining = self.busy ? self.server.options.idleTimeout
+                                              : self.server.options.idleTimeout - idle
+                    self.armIdleTimer(after: max(remaining, 1_000_000))
+                } else {
+                    self.close()
+                }
+            }
+        }
+
+        /// Serves the next buffered request, or reads more bytes.
+        func processNext() {
+            guard !closed, !busy else { return }
+            switch parser.next() {
+            case .none:
+                if peerClosed { close(); return }
+                startReceive()
+            case .request(let request)?:
+                busy = true
+                let keepAlive = server.options.keepAlive && request.keepAlive && !peerClosed
+                let isHead = request.method == "HEAD"
+                var answered = false
+                server.dispatch(request) { [weak self] response in
+                    guard let self, !answered else { return }
+                    answered = true
+                    self.send(response.serialize(keepAlive: keepAlive, includeBody: !isHead), thenClose: !keepAlive)
+                }
+            case .failure(let error)?:
+                busy = true
+                server.countError()
+                send(error.response.serialize(keepAlive: false), thenClose: true)
+            }
+        }
+
+        func startReceive() {
+            guard !receiving, !closed else { return }
+            receiving = true
+            outstanding += 1
+            loop.receive(socket, into: receiveBuffer) { [self] result in
+                outstanding -= 1
+                receiving = false
+                if closed { releaseIfDone(); return }
+                switch result {
+                case .success(0):
+                    peerClosed = true
+                    // A request may still be complete in the parser (sent before the FIN).
+                    processNext()
+                case .success(let n):
+                    lastActivity = loop.now
+                    parser.feed(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]))
+                    processNext()
+                case .failure(let error):
+                    if !error.isCancelled { server.onError?(error) }
+                    close()
+                }
+            }
+        }
+
+        func send(_ bytes: [UInt8], thenClose: Bool) {
+            guard !closed else { return }
+            let out = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
+            bytes.withUnsafeBytes { out.copyMemory(from: $0) }
+            outstanding += 1
+            loop.send(socket, UnsafeRawBufferPointer(rebasing: out[0..<bytes.count])) { [self] result in
+                out.deallocate()
+                outstanding -= 1
+                if closed { releaseIfDone(); return }
+                busy = false
+                lastActivity = loop.now
+                switch result {
+                case .success:
+                    if thenClose { close() } else { processNext() }
+                case .failure(let error):
+                    if !error.isCancelled { server.onError?(error) }
+                    close()
+                }
+            }
+        }
+
+        func close() {
+            guard !closed else { return }
+            closed = true
+            if let t = idleTimer { loop.cancelTimer(t); idleTimer = nil }
+            loop.close(socket)
+            server.connectionClosed(self)
+            releaseIfDone()
+        }
+
+        /// Frees the receive buffer once the loop has given back every operation
+        /// (pending callbacks retain the connection until then).
+        func releaseIfDone() {
+            if outstanding == 0 && !bufferFreed {
+                bufferFreed = true
+                receiveBuffer.deallocate()
+            }
+        }
+        var bufferFreed = false
+    }
+}
