@@ -59,6 +59,7 @@ public final class URingLoop: EventLoop {
     private let wakeFD: Int32
     private let wakeBuffer: UnsafeMutablePointer<UInt64>
     private var ringEnabled = false
+    private var runThread: pthread_t? = nil
     private let stopRequested = Atomic<Bool>(false)
     private let inbox = HandoffInbox()
     private var inboxBatch: [@Sendable () -> Void] = []
@@ -86,7 +87,9 @@ public final class URingLoop: EventLoop {
         ring.initialize(to: io_uring())
         let coop = PEREGRINE_IORING_SETUP_COOP_TASKRUN
         let deferTaskrun = PEREGRINE_IORING_SETUP_SINGLE_ISSUER | PEREGRINE_IORING_SETUP_DEFER_TASKRUN
-        let attempts: [UInt32] = [deferTaskrun | coop, deferTaskrun, coop, 0]
+        // SUBMIT_ALL: one bad SQE must not hold back the rest of the turn's batch.
+        let submitAll = PEREGRINE_IORING_SETUP_SUBMIT_ALL
+        let attempts: [UInt32] = [deferTaskrun | coop | submitAll, deferTaskrun | submitAll, coop | submitAll, 0]
         var accepted: UInt32? = nil
         var lastError: Int32 = 0
         for extra in attempts {
@@ -193,6 +196,12 @@ public final class URingLoop: EventLoop {
                 return
             }
             ringEnabled = true
+            runThread = pthread_self()
+        } else if setupFlags & PEREGRINE_IORING_SETUP_SINGLE_ISSUER != 0,
+                  let owner = runThread, pthread_equal(owner, pthread_self()) == 0 {
+            // The kernel would refuse every submission (EEXIST): say so instead of spinning.
+            fputs("peregrine: an io_uring loop (SINGLE_ISSUER) must always be run on the thread that first ran it\n", stderr)
+            return
         }
         while !stopRequested.load(ordering: .acquiring) {
             turn()
