@@ -209,4 +209,73 @@ struct DispatchSpecificTests {
         #expect(ok == true)
         h.stop()
     }
+
+    @Test func peerClosesMidSendFailsEachSendOnce() throws {
+        let h = try DispatchHarness()
+        defer { h.stop() }
+        let big = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 << 20, alignment: 16)
+        big.initializeMemory(as: UInt8.self, repeating: 0x41)
+        defer { big.deallocate() }
+        let result: String? = h.await(20) { loop, reply in
+            do {
+                let l = try loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0)) { r in
+                    if case .success(let c) = r {
+                        loop.scheduleTimer(after: 10_000_000) { loop.close(c.socket) }
+                    }
+                }
+                loop.connect(to: l.address, from: nil, timeout: 1_000_000_000) { r in
+                    guard case .success(let s) = r else { reply("connect failed"); return }
+                    var calls = [0, 0, 0]
+                    var failures = 0
+                    for i in 0..<3 {
+                        loop.send(s, UnsafeRawBufferPointer(big)) { r in
+                            calls[i] += 1
+                            if case .failure = r {
+                                failures += 1
+                                loop.close(s)  // closing from inside a send callback
+                            }
+                        }
+                    }
+                    loop.scheduleTimer(after: 300_000_000) {
+                        loop.closeListener(l)
+                        reply("\(calls) \(failures == 3)")
+                    }
+                }
+            } catch { reply("\(error)") }
+        }
+        #expect(result == "[1, 1, 1] true")
+    }
+
+    @Test func fiveHundredConnections() throws {
+        let h = try DispatchHarness()
+        defer { h.stop() }
+        let n = 500
+        let result: Int? = h.await(30) { loop, reply in
+            do {
+                var echoed = 0
+                let l = try loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0)) { r in
+                    guard case .success(let c) = r else { return }
+                    let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 8)
+                    loop.receive(c.socket, into: buf) { r in
+                        guard case .success(let k) = r, k > 0 else { loop.close(c.socket); return }
+                        loop.send(c.socket, UnsafeRawBufferPointer(rebasing: buf[0..<k])) { _ in loop.close(c.socket) }
+                    }
+                }
+                for _ in 0..<n {
+                    loop.connect(to: l.address, from: nil, timeout: 5_000_000_000) { r in
+                        guard case .success(let s) = r else { return }
+                        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 8)
+                        buf[0] = 7
+                        loop.send(s, UnsafeRawBufferPointer(rebasing: buf[0..<1])) { _ in }
+                        loop.receive(s, into: buf) { r in
+                            if case .success(1) = r { echoed += 1 }
+                            loop.close(s)
+                            if echoed == n { loop.closeListener(l); reply(echoed) }
+                        }
+                    }
+                }
+            } catch { reply(-1) }
+        }
+        #expect(result == n)
+    }
 }

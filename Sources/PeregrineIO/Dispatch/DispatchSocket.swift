@@ -56,6 +56,8 @@ final class DispatchSocket {
     // MARK: Sources
 
     func wantRead(_ loop: DispatchLoop) {
+        // After close the sources are cancelled and resumed for good.
+        if closed { return }
         if readSource == nil {
             let s = DispatchSource.makeReadSource(fileDescriptor: fd, queue: loop.queue)
             s.setEventHandler { [weak loop, weak self] in
@@ -73,6 +75,8 @@ final class DispatchSocket {
     }
 
     func idleRead() {
+        // After close the sources are cancelled and resumed for good.
+        if closed { return }
         if !readSuspended, let s = readSource {
             readSuspended = true
             s.suspend()
@@ -80,6 +84,8 @@ final class DispatchSocket {
     }
 
     func wantWrite(_ loop: DispatchLoop) {
+        // After close the sources are cancelled and resumed for good.
+        if closed { return }
         if writeSource == nil {
             let s = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: loop.queue)
             s.setEventHandler { [weak loop, weak self] in
@@ -97,6 +103,8 @@ final class DispatchSocket {
     }
 
     func idleWrite() {
+        // After close the sources are cancelled and resumed for good.
+        if closed { return }
         if !writeSuspended, let s = writeSource {
             writeSuspended = true
             s.suspend()
