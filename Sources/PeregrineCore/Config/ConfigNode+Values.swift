@@ -46,3 +46,15 @@ extension ConfigNode {
         return children
     }
 }
+
+extension ConfigNode {
+    /// The single argument as a whole number within `range`.
+    public func integer(in range: ClosedRange<Int>) throws(ConfigError) -> Int {
+        let text = try singleArgument()
+        do {
+            return try ConfigValue.integer(text, in: range)
+        } catch {
+            throw self.error("\(displayName): \(error.message)")
+        }
+    }
+}

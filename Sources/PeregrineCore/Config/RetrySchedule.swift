@@ -1,3 +1,5 @@
+import Foundation
+
 /// The `retry-after` list: the delay before each further attempt; the last
 /// entry repeats (`10m,20m,1h` waits 10m, 20m, then 1h forever).
 public struct RetrySchedule: Hashable, Sendable, CustomStringConvertible {
