@@ -16,6 +16,8 @@ public struct TimerWheel {
         var generation: UInt32
         var next: Int32          // next entry in the same slot, -1 = end
         var live: Bool
+        /// Due and handed out by `advance(to:due:)`, not yet taken or cancelled.
+        var firing: Bool = false
         var callback: (() -> Void)?
     }
 
@@ -67,7 +69,13 @@ public struct TimerWheel {
         guard index < entries.count, entries[index].generation == generation, entries[index].live else { return }
         entries[index].live = false
         entries[index].callback = nil
-        liveCount -= 1
+        if entries[index].firing {
+            // Already unlinked and counted out by `advance(to:due:)`: reclaim now.
+            entries[index].firing = false
+            freeList.append(Int32(index))
+        } else {
+            liveCount -= 1
+        }
     }
 
     /// Nanoseconds until the loop should wake for timers (nil: no live timers).
@@ -91,9 +99,50 @@ public struct TimerWheel {
         return at > now ? at - now : 0
     }
 
+    /// Advances to `now` and returns the handles of the due timers, in deadline
+    /// order (ties in scheduling order). The caller fires them one by one with
+    /// `takeDue(_:)`, which returns nil for a timer cancelled meanwhile (e.g.
+    /// by an earlier callback of the same batch). Prefer this over
+    /// `advance(to:into:)`: it keeps the contract "a cancelled timer never fires".
+    public mutating func advance(to now: UInt64, due handles: inout [TimerHandle]) {
+        let nowTick = now / Self.tickNanoseconds
+        guard nowTick > processedTick else { return }
+        let span = min(nowTick - processedTick, UInt64(Self.slotCount))
+        var tick = nowTick - span + 1
+        while tick <= nowTick {
+            collect(slot: Int(tick & UInt64(Self.slotCount - 1)), now: now)
+            tick += 1
+        }
+        processedTick = nowTick
+        if due.isEmpty { return }
+        due.sort { $0.deadline != $1.deadline ? $0.deadline < $1.deadline : $0.sequence < $1.sequence }
+        for d in due {
+            entries[Int(d.index)].firing = true
+            handles.append(TimerHandle(id: UInt64(entries[Int(d.index)].generation) << 32 | UInt64(UInt32(d.index))))
+        }
+        due.removeAll(keepingCapacity: true)
+    }
+
+    /// Takes the callback of a timer handed out by `advance(to:due:)`; nil when it
+    /// was cancelled since (or the handle is stale). The entry is reclaimed.
+    public mutating func takeDue(_ handle: TimerHandle) -> (() -> Void)? {
+        let index = Int(UInt32(truncatingIfNeeded: handle.id))
+        let generation = UInt32(truncatingIfNeeded: handle.id >> 32)
+        guard index < entries.count, entries[index].generation == generation,
+              entries[index].live, entries[index].firing else { return nil }
+        let cb = entries[index].callback
+        entries[index].callback = nil
+        entries[index].live = false
+        entries[index].firing = false
+        freeList.append(Int32(index))
+        return cb
+    }
+
     /// Advances to `now` and returns the due callbacks, in deadline order
     /// (ties in scheduling order), removed from the wheel. The caller fires them
     /// (they may schedule or cancel timers meanwhile).
+    /// Caveat: a timer of this batch cancelled by an earlier callback of the
+    /// same batch still fires; use `advance(to:due:)` + `takeDue(_:)` instead.
     public mutating func advance(to now: UInt64, into fired: inout [() -> Void]) {
         let nowTick = now / Self.tickNanoseconds
         guard nowTick > processedTick else { return }
