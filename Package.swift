@@ -28,8 +28,10 @@ let package = Package(
                        providers: [.apt(["liburing-dev"])]),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
                        providers: [.apt(["libssl-dev"])]),
+        // epoll, eventfd, accept4: Linux APIs the Glibc module does not map.
+        .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
 
-        .target(name: "PeregrineIO", dependencies: ["CURing"], swiftSettings: loopSettings),
+        .target(name: "PeregrineIO", dependencies: ["CURing", "CLinux"], swiftSettings: loopSettings),
         .target(name: "PeregrineSMTP", swiftSettings: [.swiftLanguageMode(.v6)]),
         .target(name: "PeregrineCore", dependencies: ["PeregrineIO", "PeregrineSMTP"],
                 swiftSettings: loopSettings),
