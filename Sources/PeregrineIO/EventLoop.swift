@@ -19,6 +19,10 @@
 /// each of their callbacks is still invoked exactly once, with
 /// `IOError(.cancelled, …)`, possibly in a later loop turn.
 ///
+/// Completions are never delivered re-entrantly: a callback does not run
+/// inside the call that started its operation, even when the operation could
+/// complete at once (so an echo loop does not recurse on the stack).
+///
 /// Engines are generic over `Loop: EventLoop` and specialised at start-up,
 /// so there is no existential call per event.
 public protocol EventLoop: AnyObject {
@@ -44,8 +48,10 @@ public protocol EventLoop: AnyObject {
 
     // MARK: Timers
 
-    /// One-shot timer. `fire` runs once, after at least `delay` nanoseconds,
-    /// unless cancelled first. Timers due in the same turn fire in deadline order
+    /// One-shot timer. `fire` runs once, after at least `delay` nanoseconds
+    /// counted from the loop's `now` (as libuv does: timers scheduled in one
+    /// turn share a time base, so their relative order is exact), unless
+    /// cancelled first, also by another callback of the same turn. Timers due in the same turn fire in deadline order
     /// (ties in scheduling order).
     @discardableResult
     func scheduleTimer(after delay: UInt64, _ fire: @escaping () -> Void) -> TimerHandle
