@@ -10,6 +10,7 @@ let usage = """
 usage: peregrine-bench SCENARIO [options]
 scenarios:
   echo        echo request/response over each I/O backend, side by side
+  spool       spool append throughput (group commit vs fsync per message), recovery time, RSS
 """
 
 let arguments = Array(CommandLine.arguments.dropFirst())
@@ -25,6 +26,8 @@ case "-h", "--help", "help":
     status = 0
 case "echo":
     status = runEchoBench(arguments: rest)
+case "spool":
+    status = runSpoolBench(arguments: rest)
 default:
     fputs("peregrine-bench: unknown scenario '\(scenario)'\n\(usage)\n", stderr)
     status = 2
