@@ -1,1 +1,6 @@
-print("peregrine-sink: not yet implemented")
+#if canImport(Glibc)
+import Glibc
+#endif
+import PeregrineSink
+
+exit(SinkMain.run(arguments: Array(CommandLine.arguments.dropFirst())))

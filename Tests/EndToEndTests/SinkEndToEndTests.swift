@@ -1,0 +1,391 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import PeregrineIO
+@testable import PeregrineSink
+
+/// The real `peregrine-sink` driven over loopback by a scripted SMTP client,
+/// one shipped profile after another: each provider's reply arrives at the
+/// phase DOMAIN.md says, with the provider's text.
+@Suite struct SinkEndToEndTests {
+    static let providers = ["gmail", "yahoo", "outlook", "icloud", "comcast", "gmx", "orange"]
+
+    /// The shipped profiles without their random failures and drops, so that
+    /// a scripted run is deterministic (everything else is as shipped).
+    static let deterministicProfiles: String = {
+        let dir = NSTemporaryDirectory() + "sink-profiles-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let source = SinkProfileTests.profilesDir
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: source)) ?? [] where name.hasSuffix(".conf") {
+            let text = (try? String(contentsOfFile: source + "/" + name, encoding: .utf8)) ?? ""
+            let kept = text.split(separator: "\n", omittingEmptySubsequences: false).filter {
+                let t = $0.trimmingCharacters(in: .whitespaces)
+                return !t.hasPrefix("random-failure") && !t.hasPrefix("drop-during-data")
+            }
+            try? kept.joined(separator: "\n").write(toFile: dir + "/" + name, atomically: true, encoding: .utf8)
+        }
+        return dir
+    }()
+
+    static let shipped: [String: SinkISPProfile] = {
+        let set = try? SinkProfileParser.load(path: SinkProfileTests.profilesDir + "/all.conf")
+        var out: [String: SinkISPProfile] = [:]
+        for p in set?.profiles ?? [] { out[p.name] = p }
+        return out
+    }()
+
+    func profile(_ name: String) throws -> SinkISPProfile {
+        try #require(Self.shipped[name])
+    }
+
+    func sink(_ name: String, _ extra: [String] = []) throws -> SinkProcess {
+        try SinkProcess(["--profile", Self.deterministicProfiles + "/\(name).conf", "--port", "0", "--backend", Self.backend.rawValue] + extra)
+    }
+
+    /// The backend the scenario tests run on: io_uring when this kernel has it.
+    static let backend: BackendKind = {
+        for kind in [BackendKind.ioUring, .epoll, .dispatch] where (try? kind.loopType.init()) != nil { return kind }
+        return .dispatch
+    }()
+
+    /// The reply is the template's: same code, enhanced code and text up to the first placeholder.
+    func expect(_ reply: WireReply?, is t: SinkReplyTemplate, _ what: String,
+                sourceLocation: SourceLocation = #_sourceLocation) {
+        guard let reply else {
+            Issue.record("\(what): connection closed, expected \(t.code)", sourceLocation: sourceLocation)
+            return
+        }
+        #expect(reply.code == t.code, "\(what): \(reply)", sourceLocation: sourceLocation)
+        let first = reply.lines[0]
+        var body = first.count > 4 ? String(first.dropFirst(4)) : ""
+        if let e = t.enhanced {
+            #expect(body.hasPrefix(e + " "), "\(what): enhanced code \(e) missing in \(reply)", sourceLocation: sourceLocation)
+            body = String(body.dropFirst(e.count + 1))
+        }
+        let fixed = String(t.lines[0].prefix { $0 != "{" })
+        #expect(body.hasPrefix(fixed), "\(what): expected text \"\(fixed)…\", got \(reply)", sourceLocation: sourceLocation)
+        if t.continued {
+            #expect(reply.lines.count >= 2 && first.dropFirst(3).first == "-", "\(what): \(reply)", sourceLocation: sourceLocation)
+        }
+    }
+
+    // MARK: Connection limit at the greeting
+
+    @Test(arguments: SinkEndToEndTests.providers)
+    func connectionBeyondTheLimitIsRefusedAtTheGreeting(_ name: String) throws {
+        let p = try profile(name)
+        let limit = try #require(p.maxConnections)
+        #expect(limit.phase == .greeting)
+        let sink = try sink(name)
+        defer { sink.terminate() }
+        let (ip, port) = try sink.address(name)
+        var open: [SinkTestClient] = []
+        for i in 0..<limit.value {
+            let c = try SinkTestClient(ip, port)
+            let g = try c.reply()
+            #expect(g?.code == 220, "connection \(i + 1) of \(limit.value): \(String(describing: g))")
+            open.append(c)
+        }
+        let extra = try SinkTestClient(ip, port)
+        expect(try extra.reply(), is: limit.reply, "\(name) connection \(limit.value + 1)")
+        #expect(try extra.reply() == nil, "the refused connection is closed")
+        // Once one closes, a new connection is greeted again (the sink saw the close).
+        open.removeFirst()
+        var greeted = false
+        for _ in 0..<100 where !greeted {
+            let again = try SinkTestClient(ip, port)
+            greeted = try again.reply()?.code == 220
+            if !greeted { usleep(50_000) }
+        }
+        #expect(greeted)
+        withExtendedLifetime(open) {}
+    }
+
+    // MARK: Messages per connection
+
+    @Test(arguments: SinkEndToEndTests.providers)
+    func messageAfterThePerConnectionCapIsRefused(_ name: String) throws {
+        let p = try profile(name)
+        let cap = try #require(p.maxMessagesPerConnection)
+        // Rates × 100000 so only the per-connection cap can trip.
+        let sink = try sink(name, ["--time-scale", "0.00001"])
+        defer { sink.terminate() }
+        let (ip, port) = try sink.address(name)
+        let c = try SinkTestClient(ip, port)
+        #expect(try c.start()?.code == 220)
+        let rcpt = "someone@\(p.domains[0])"
+        for i in 0..<cap.value {
+            let failure = try c.sendMessage(to: rcpt)
+            #expect(failure == nil, "message \(i + 1) of \(cap.value): \(String(describing: failure))")
+            if failure != nil { return }
+        }
+        let refused = try c.sendMessage(to: rcpt)
+        #expect(refused?.0 == cap.phase.rawValue, "\(name): refused at \(String(describing: refused?.0))")
+        expect(refused?.1, is: cap.reply, "\(name) message \(cap.value + 1)")
+        if cap.reply.code == 421 { #expect(c.isClosedByPeer()) }
+        // A new connection may send again.
+        let c2 = try SinkTestClient(ip, port)
+        #expect(try c2.start()?.code == 220)
+        #expect(try c2.sendMessage(to: rcpt) == nil)
+    }
+
+    // MARK: Rate, penalty box
+
+    /// Sends as fast as one pipelining client can, over fresh connections as
+    /// the caps require, until the rate limit answers.
+    @Test(arguments: SinkEndToEndTests.providers)
+    func rateOverflowIsDeferredThenThePenaltyBoxLifts(_ name: String) throws {
+        let p = try profile(name)
+        let rate = try #require(p.messageRate)
+        let box = try #require(p.penaltyBox)
+        #expect(rate.penalty)
+        // Scale so that the rate allows one message per 2 ms: faster than this client.
+        let interval = rate.rate.seconds / Double(rate.rate.count)
+        let scale = 0.002 / interval
+        let sink = try sink(name, ["--time-scale", String(scale)])
+        defer { sink.terminate() }
+        let (ip, port) = try sink.address(name)
+        let rcpt = "someone@\(p.domains[0])"
+
+        func connect() throws -> SinkTestClient? {
+            let c = try SinkTestClient(ip, port)
+            guard let g = try c.reply() else { return nil }
+            if g.code != 220 { lastRefusal = ("greeting", g); return nil }
+            _ = try c.command("EHLO client.test")
+            return c
+        }
+        var lastRefusal: (String, WireReply?)? = nil
+
+        // 1. Overflow: the first refusal is the rate's text at the rate's phase.
+        var client: SinkTestClient? = nil
+        var sent = 0
+        var tripped: (String, WireReply?)? = nil
+        var onConnection = 0
+        while tripped == nil && sent < 20_000 {
+            if client == nil || onConnection >= (p.maxMessagesPerConnection?.value ?? .max) {
+                client = try connect(); onConnection = 0
+                guard client != nil else { tripped = lastRefusal; break }
+            }
+            guard let c = client else { break }
+            if let f = try c.sendMessage(to: rcpt) { tripped = f } else { sent += 1; onConnection += 1 }
+        }
+        let first = try #require(tripped, "\(name): no rate refusal after \(sent) messages")
+        #expect(first.0 == rate.phase.rawValue, "\(name): rate answered at \(first.0)")
+        expect(first.1, is: rate.reply, "\(name) rate overflow after \(sent) messages")
+
+        // 2. In the box: the next attempt gets the penalty text at the box's phase.
+        client = nil
+        var boxed: (String, WireReply?)? = nil
+        if let c = try connect() {
+            boxed = try c.sendMessage(to: rcpt)
+            client = c
+        } else {
+            boxed = lastRefusal
+        }
+        let inBox = try #require(boxed, "\(name): accepted right after the rate tripped")
+        #expect(inBox.0 == box.phase.rawValue)
+        expect(inBox.1, is: box.reply, "\(name) penalty box")
+
+        // 3. The box lifts: retry (bounded) until a message is accepted.
+        let penalty = box.seconds * scale
+        let deadline = Date().addingTimeInterval(penalty * 3 + 20)
+        var accepted = false
+        while !accepted && Date() < deadline {
+            usleep(100_000)
+            if client == nil || client?.isClosedByPeer() == true { client = try connect() }
+            guard let c = client else { continue }
+            if let f = try c.sendMessage(to: rcpt) {
+                if f.1 == nil { client = nil }
+            } else {
+                accepted = true
+            }
+        }
+        #expect(accepted, "\(name): still refused after \(penalty * 3 + 20) s (penalty \(penalty) s)")
+    }
+
+    // MARK: Recipients
+
+    @Test(arguments: SinkEndToEndTests.providers)
+    func recipientRulesAnswerAtRcpt(_ name: String) throws {
+        let p = try profile(name)
+        #expect(p.recipientRules.contains { $0.kind == .unknownUser })
+        let sink = try sink(name, ["--time-scale", "0.00001"])
+        defer { sink.terminate() }
+        let (ip, port) = try sink.address(name)
+        let c = try SinkTestClient(ip, port)
+        #expect(try c.start()?.code == 220)
+        #expect(try c.command("MAIL FROM:<s@example.com>")?.code == 250)
+        for rule in p.recipientRules {
+            let pattern = rule.patterns[0].text.replacingOccurrences(of: "*", with: "-7").replacingOccurrences(of: "?", with: "x")
+            let r = try c.command("RCPT TO:<\(pattern)@\(p.domains[0])>")
+            expect(r, is: rule.reply, "\(name) \(rule.kind.rawValue)")
+        }
+        // Scripted local parts.
+        let scripted = try c.command("RCPT TO:<450-anything@\(p.domains[0])>")
+        #expect(scripted?.code == 450 && scripted?.lines[0].hasPrefix("450 4.0.0") == true, "\(String(describing: scripted))")
+        #expect(try c.command("RCPT TO:<552-full@\(p.domains.last ?? "x")>")?.code == 552)
+        // An ordinary recipient is accepted.
+        #expect(try c.command("RCPT TO:<jane.doe@\(p.domains[0])>")?.code == 250)
+    }
+
+    @Test(arguments: SinkEndToEndTests.providers)
+    func greylistingPassesOnTheRetry(_ name: String) throws {
+        let p = try profile(name)
+        let grey = try #require(p.greylist)
+        let scale = 0.3 / grey.seconds   // the delay becomes 0.3 s
+        let sink = try sink(name, ["--time-scale", String(scale)])
+        defer { sink.terminate() }
+        let (ip, port) = try sink.address(name)
+        let c = try SinkTestClient(ip, port)
+        #expect(try c.start()?.code == 220)
+        let rcpt = "grey-1@\(p.domains[0])"
+        #expect(try c.command("MAIL FROM:<s@example.com>")?.code == 250)
+        expect(try c.command("RCPT TO:<\(rcpt)>"), is: grey.reply, "\(name) first try")
+        _ = try c.command("RSET")
+        var passed = false
+        for _ in 0..<100 where !passed {
+            usleep(100_000)
+            if let f = try c.sendMessage(to: rcpt) {
+                #expect(f.1?.code == grey.reply.code, "\(name) retry: \(String(describing: f))")
+            } else {
+                passed = true
+            }
+        }
+        #expect(passed)
+    }
+
+    // MARK: DNS
+
+    static func dnsQuery(port: UInt16, name: String, type: UInt16) throws -> [UInt8] {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { Glibc.close(fd) }
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var q: [UInt8] = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]
+        for label in name.split(separator: ".") { q.append(UInt8(label.utf8.count)); q += label.utf8 }
+        q += [0, UInt8(type >> 8), UInt8(type & 0xff), 0, 1]
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = port.bigEndian
+        inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr)
+        for _ in 0..<3 {
+            _ = withUnsafePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, q, q.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            var buf = [UInt8](repeating: 0, count: 1500)
+            let n = recv(fd, &buf, buf.count, 0)
+            if n > 0 { return Array(buf[0..<n]) }
+        }
+        throw SinkTestError("no DNS answer for \(name)")
+    }
+
+    static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+        guard needle.count <= haystack.count else { return false }
+        return (0...(haystack.count - needle.count)).contains { Array(haystack[$0..<($0 + needle.count)]) == needle }
+    }
+
+    @Test func dnsAnswersMXAndAForEveryProfileDomain() throws {
+        let sink = try SinkProcess(["--profile", Self.deterministicProfiles + "/all.conf", "--port", "0",
+                                    "--dns", "127.0.0.1:0", "--backend", Self.backend.rawValue])
+        defer { sink.terminate() }
+        let port = try #require(sink.dnsPort)
+        for (name, p) in Self.shipped where name != "accept-all" {
+            for domain in p.domains {
+                let r = try Self.dnsQuery(port: port, name: domain, type: 15)
+                #expect(r[0] == 0x12 && r[1] == 0x34 && r[2] & 0x80 != 0, "\(domain): not a response")
+                #expect(r[3] & 0x0f == 0, "\(domain): rcode \(r[3] & 0x0f)")
+                #expect(Int(r[6]) << 8 | Int(r[7]) == p.mx.count, "\(domain): answer count")
+                #expect(Self.contains(r, [3] + Array("mx1".utf8) + [UInt8(name.utf8.count)] + Array(name.utf8) + [4] + Array("sink".utf8)))
+                let first = p.mx[0].split(separator: ".").compactMap { UInt8($0) }
+                #expect(Self.contains(r, [0, 4] + first), "\(domain): glue A \(p.mx[0]) missing")
+            }
+        }
+        // A record of an MX host.
+        let a = try Self.dnsQuery(port: port, name: "mx2.gmail.sink", type: 1)
+        #expect(a[3] & 0x0f == 0 && a[7] == 1 && Array(a.suffix(4)) == [127, 0, 1, 2])
+        // Unknown .sink names are NXDOMAIN; other domains go to accept-all (domains *).
+        #expect(try Self.dnsQuery(port: port, name: "nothing.sink", type: 15)[3] & 0x0f == 3)
+        let other = try Self.dnsQuery(port: port, name: "example.org", type: 15)
+        #expect(Self.contains(other, Array("accept-all".utf8)))
+    }
+
+    @Test func dnsWithoutACatchAllSaysNXDOMAIN() throws {
+        let sink = try SinkProcess(["--profile", Self.deterministicProfiles + "/gmail.conf", "--port", "0",
+                                    "--dns", "127.0.0.1:0", "--backend", Self.backend.rawValue])
+        defer { sink.terminate() }
+        let port = try #require(sink.dnsPort)
+        #expect(try Self.dnsQuery(port: port, name: "example.org", type: 15)[3] & 0x0f == 3)
+        let mx = try Self.dnsQuery(port: port, name: "GoogleMail.com", type: 15)
+        #expect(mx[3] & 0x0f == 0 && mx[7] == 2)
+    }
+
+    // MARK: Accept-all, ids, stats, every backend
+
+    @Test(arguments: BackendKind.allCases)
+    func acceptAllRecordsIdsAndCountsOnEveryBackend(_ kind: BackendKind) throws {
+        guard (try? kind.loopType.init()) != nil else { return }  // backend not available on this machine/build
+        let ids = NSTemporaryDirectory() + "sink-ids-\(getpid())-\(kind.rawValue).txt"
+        defer { try? FileManager.default.removeItem(atPath: ids) }
+        let sink = try SinkProcess(["--accept-all", "--listen", "127.0.0.1:0", "--backend", kind.rawValue,
+                                    "--threads", "2", "--stats-port", "127.0.0.1:0", "--record-ids", ids])
+        let (ip, port) = try sink.address("accept-all")
+        var sentIds: [String] = []
+        for conn in 0..<3 {
+            let c = try SinkTestClient(ip, port)
+            #expect(try c.start()?.code == 220)
+            for i in 0..<5 {
+                let id = "msg-\(conn)-\(i)"
+                #expect(try c.sendMessage(to: "r\(i)@anything.example", id: id) == nil)
+                sentIds.append(id)
+            }
+            #expect(try c.command("QUIT")?.code == 221)
+        }
+        // GET /stats while running.
+        let statsAddr = try #require(sink.statsAddress)
+        let colon = try #require(statsAddr.lastIndex(of: ":"))
+        let http = try SinkTestClient(String(statsAddr[..<colon]), UInt16(statsAddr[statsAddr.index(after: colon)...]) ?? 0)
+        try http.send("GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        var response = ""
+        while let line = try? http.reply(), !line.lines.isEmpty {
+            response += line.lines.joined(separator: "\n") + "\n"
+            if http.closedByPeer { break }
+        }
+        #expect(response.hasPrefix("HTTP/1.1 200 OK"))
+        let body = try #require(response.split(separator: "\n").last)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
+        let totals = try #require(json["totals"] as? [String: Any])
+        #expect(totals["messages_accepted"] as? Int == 15)
+        #expect(totals["sessions"] as? Int == 3)
+
+        // SIGTERM: the counters are printed and the ids flushed.
+        let out = sink.terminate()
+        #expect(sink.process.terminationStatus == 0)
+        #expect(out.contains("\"messages_accepted\" : 15"))
+        let recorded = (try? String(contentsOfFile: ids, encoding: .utf8)) ?? ""
+        #expect(recorded.split(separator: "\n").map(String.init).sorted() == sentIds.sorted())
+    }
+
+    // MARK: Command line
+
+    @Test func badFlagsAndProfilesExitNonZeroWithAClearMessage() throws {
+        let r1 = SinkProcess.runToExit(["--frobnicate"])
+        #expect(r1.status == 2 && r1.stderr.contains("unknown option '--frobnicate'"))
+        let r2 = SinkProcess.runToExit(["--accept-all"])
+        #expect(r2.status == 2 && r2.stderr.contains("--accept-all needs --listen"))
+        let r3 = SinkProcess.runToExit(["--accept-all", "--listen", "127.0.0.1:0", "--backend", "kqueue"])
+        #expect(r3.status == 2 && r3.stderr.contains("unknown backend 'kqueue'"))
+        let r4 = SinkProcess.runToExit([])
+        #expect(r4.status == 2 && r4.stderr.contains("nothing to serve"))
+        let bad = NSTemporaryDirectory() + "sink-bad-\(getpid()).conf"
+        try "<isp x>\n  domains x.com\n  max-connections 5 greeting\n</isp>\n".write(toFile: bad, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: bad) }
+        let r5 = SinkProcess.runToExit(["--profile", bad])
+        #expect(r5.status == 1 && r5.stderr.hasPrefix("\(bad):3: max-connections needs a quoted reply"), "\(r5.stderr)")
+        let r6 = SinkProcess.runToExit(["--profile", "/nonexistent.conf"])
+        #expect(r6.status == 1 && r6.stderr.contains("/nonexistent.conf:0: cannot read file"))
+        let r7 = SinkProcess.runToExit(["--help"])
+        #expect(r7.status == 0 && r7.stdout.contains("usage: peregrine-sink"))
+    }
+}

@@ -1,0 +1,101 @@
+import PeregrineIO
+import PeregrineSMTP
+
+/// Where one listener sends its connections.
+public struct SinkBinding: Sendable {
+    public var address: SocketAddress
+    public var providerIndex: Int
+    public init(address: SocketAddress, providerIndex: Int) {
+        self.address = address; self.providerIndex = providerIndex
+    }
+}
+
+/// The sink on one event loop: its listeners (one per MX address of every
+/// profile, SO_REUSEPORT so that every loop has its own), its connections,
+/// and on the first loop the stats port and the DNS responder.
+public final class SinkServer<Loop: EventLoop> {
+    public let loop: Loop
+    let shared: SinkShared
+    private(set) var listeners: [Listener] = []
+    private var providerByListener: [Int32: SinkProvider] = [:]
+    private var configurations: [SMTPServerConfiguration] = []
+    private var connections: [ObjectIdentifier: SinkSMTPConnection<Loop>] = [:]
+    private var stats: SinkStatsHTTP<Loop>?
+    private var dns: SinkDNSResponder<Loop>?
+
+    public init(loop: Loop, shared: SinkShared) {
+        self.loop = loop
+        self.shared = shared
+        configurations = shared.policy.providers.map { p in
+            var c = SMTPServerConfiguration(hostname: p.profile.hostname)
+            c.banner = p.profile.banner ?? "ESMTP peregrine-sink (\(p.profile.name))"
+            return c
+        }
+    }
+
+    /// Binds every listener; returns what was bound (ports chosen by the kernel when 0 was asked).
+    @discardableResult
+    public func listen(_ bindings: [SinkBinding], reusePort: Bool) throws(IOError) -> [SinkBinding] {
+        var bound: [SinkBinding] = []
+        for b in bindings {
+            let provider = shared.policy.providers[b.providerIndex]
+            let l = try loop.listen(on: b.address, options: ListenOptions(backlog: 4096, reusePort: reusePort)) { [unowned self] r in
+                self.accepted(r, provider: provider)
+            }
+            listeners.append(l)
+            providerByListener[l.fd] = provider
+            bound.append(SinkBinding(address: l.address, providerIndex: b.providerIndex))
+        }
+        return bound
+    }
+
+    public func serveStats(on address: SocketAddress) throws(IOError) -> SocketAddress {
+        let s = SinkStatsHTTP(loop: loop, shared: shared)
+        let a = try s.listen(on: address)
+        stats = s
+        return a
+    }
+
+    public func serveDNS(on address: SocketAddress) throws(IOError) -> SocketAddress {
+        let zone = SinkDNSZone(profiles: shared.policy.providers.map(\.profile))
+        let d = SinkDNSResponder(loop: loop, zone: zone)
+        let a = try d.start(on: address)
+        dns = d
+        return a
+    }
+
+    private func accepted(_ result: Result<AcceptedConnection, IOError>, provider: SinkProvider) {
+        guard case .success(let a) = result else { return }
+        let ip = a.peer.ip
+        let now = loop.now
+        var greeting: SinkDecision = .accept
+        var latency: UInt64 = 0
+        var conn: SinkConnection?
+        shared.lock.withLock {
+            let (c, d) = shared.policy.connect(provider: provider, ip: ip, now: now)
+            conn = c
+            greeting = d
+            latency = shared.policy.latency(c, .greeting)
+        }
+        guard let conn else { loop.close(a.socket); return }
+        let handler = SinkSMTPConnection(loop: loop, socket: a.socket, shared: shared, conn: conn,
+                                         configuration: configurations[provider.index], server: self)
+        connections[ObjectIdentifier(handler)] = handler
+        handler.start(greeting: greeting, latency: latency)
+    }
+
+    func connectionFinished(_ c: SinkSMTPConnection<Loop>) {
+        connections[ObjectIdentifier(c)] = nil
+    }
+
+    /// Closes listeners and every connection (on the loop's thread).
+    public func shutdown() {
+        for l in listeners { loop.closeListener(l) }
+        listeners.removeAll()
+        for c in Array(connections.values) { c.forceClose() }
+        stats?.shutdown()
+        dns?.shutdown()
+    }
+
+    public var openConnections: Int { connections.count }
+}

@@ -1,0 +1,118 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import PeregrineIO
+
+/// What every loop of a sink run shares: the policy (behind a lock, since
+/// per-IP limits span loops), the recorded message ids and the stats.
+public final class SinkShared: @unchecked Sendable {
+    let lock = SinkLock()
+    let policy: SinkPolicy
+    let startedAt = monotonicNanoseconds()
+
+    // Recorded ids (behind `idLock`): a byte buffer flushed to `idFD` in large writes.
+    private let idLock = SinkLock()
+    private var idFD: Int32 = -1
+    private var idBuffer: [UInt8] = []
+    private var idsRecorded: UInt64 = 0
+    private var idsMissing: UInt64 = 0
+    private var idWriteError: String?
+    static let idFlushThreshold = 64 * 1024
+
+    public init(policy: SinkPolicy) {
+        self.policy = policy
+    }
+
+    /// Opens (truncating) the file accepted message ids are written to.
+    public func recordIds(to path: String) throws(IOError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw IOError.lastErrno("open \(path)") }
+        idFD = fd
+        idBuffer.reserveCapacity(Self.idFlushThreshold * 2)
+    }
+
+    public var isRecordingIds: Bool { idFD >= 0 }
+
+    /// Adds one accepted message's id (nil: the message had no X-Loadgen-Id header).
+    func record(id: ArraySlice<UInt8>?) {
+        idLock.withLock {
+            guard let id else { idsMissing &+= 1; return }
+            idBuffer.append(contentsOf: id)
+            idBuffer.append(10)
+            idsRecorded &+= 1
+            if idBuffer.count >= Self.idFlushThreshold { flushIdsLocked() }
+        }
+    }
+
+    private func flushIdsLocked() {
+        guard idFD >= 0, !idBuffer.isEmpty else { return }
+        var off = 0
+        idBuffer.withUnsafeBytes { raw in
+            while off < raw.count {
+                let n = write(idFD, raw.baseAddress! + off, raw.count - off)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    idWriteError = String(cString: strerror(errno))
+                    break
+                }
+                off += n
+            }
+        }
+        idBuffer.removeAll(keepingCapacity: true)
+    }
+
+    /// Writes out buffered ids and closes the file (at exit).
+    public func finishIds() {
+        idLock.withLock {
+            flushIdsLocked()
+            if idFD >= 0 { close(idFD); idFD = -1 }
+        }
+    }
+
+    // MARK: Stats
+
+    /// Everything counted so far, as a JSON-ready object.
+    public func statsObject() -> [String: Any] {
+        var providers: [String: Any] = [:]
+        var total = SinkCounters()
+        var peak = 0
+        lock.withLock {
+            for p in policy.providers {
+                let t = p.totals
+                total.merge(t)
+                peak += p.peakOpen
+                var ips: [String: Any] = [:]
+                for (ip, s) in p.ips { ips[ip] = s.counters.jsonObject }
+                var obj = t.jsonObject
+                obj["open_connections"] = p.open
+                obj["ips"] = ips
+                providers[p.profile.name] = obj
+            }
+        }
+        total.peakConcurrentConnections = peak
+        var out: [String: Any] = [
+            "uptime_seconds": Double(monotonicNanoseconds() - startedAt) / 1e9,
+            "time_scale": policy.timeScale,
+            "providers": providers,
+            "totals": total.jsonObject,
+        ]
+        idLock.withLock {
+            if idFD >= 0 || idsRecorded > 0 {
+                var ids: [String: Any] = ["recorded": idsRecorded, "missing_header": idsMissing]
+                if let e = idWriteError { ids["write_error"] = e }
+                out["record_ids"] = ids
+            }
+        }
+        return out
+    }
+
+    public func statsJSON(pretty: Bool = false) -> [UInt8] {
+        var options: JSONSerialization.WritingOptions = [.sortedKeys]
+        if pretty { options.insert(.prettyPrinted) }
+        guard let data = try? JSONSerialization.data(withJSONObject: statsObject(), options: options) else {
+            return Array("{}".utf8)
+        }
+        return [UInt8](data)
+    }
+}

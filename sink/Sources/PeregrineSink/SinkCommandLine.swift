@@ -1,0 +1,120 @@
+import PeregrineIO
+
+/// `peregrine-sink` options.
+public struct SinkOptions: Equatable, Sendable {
+    public var profiles: [String] = []
+    public var acceptAll = false
+    public var listen: String?
+    /// Overrides every profile's port (0: the kernel picks one per address).
+    public var port: UInt16?
+    public var backend: BackendKind = .epoll
+    public var threads = 1
+    public var stats: String?
+    public var dns: String?
+    public var recordIds: String?
+    public var timeScale: Double?
+    public var seed: UInt64 = 1
+    public var quiet = false
+    public var help = false
+    public init() {}
+
+    public static let usage = """
+    usage: peregrine-sink [--profile FILE]... [--accept-all --listen ADDR:PORT]
+                          [--backend io_uring|epoll|dispatch] [--threads N] [--port N]
+                          [--stats-port [ADDR:]PORT] [--dns ADDR:PORT] [--record-ids FILE]
+                          [--time-scale X] [--seed N] [--quiet]
+
+      --profile FILE       ISP profiles (sink/profiles/all.conf has every shipped one); repeatable
+      --accept-all         accept everything on --listen, no profile needed
+      --listen ADDR:PORT   where --accept-all listens
+      --port N             listen on port N for every profile MX address instead of the profile's (0: any free port)
+      --backend B          I/O backend (default epoll)
+      --threads N          event loops, each with its own SO_REUSEPORT listeners (default 1)
+      --stats-port P       serve GET /stats as JSON on 127.0.0.1:P (or ADDR:P)
+      --dns ADDR:PORT      answer MX/A queries for every profile domain over UDP
+      --record-ids FILE    write the X-Loadgen-Id of every accepted message, one a line
+      --time-scale X       multiply every time constant by X (profiles may set time-scale; 1 = real)
+      --seed N             seed for the random choices (latency, random failures)
+    Stops on SIGTERM/SIGINT and prints the counters as JSON.
+    """
+
+    public struct Error: Swift.Error, Equatable, CustomStringConvertible {
+        public var message: String
+        public var description: String { message }
+    }
+
+    public static func parse(_ args: [String]) -> Result<SinkOptions, Error> {
+        var o = SinkOptions()
+        var i = 0
+        func fail(_ m: String) -> Result<SinkOptions, Error> { .failure(Error(message: m)) }
+        while i < args.count {
+            var arg = args[i]
+            var inline: String? = nil
+            if arg.hasPrefix("--"), let eq = arg.firstIndex(of: "=") {
+                inline = String(arg[arg.index(after: eq)...])
+                arg = String(arg[..<eq])
+            }
+            func value() -> String? {
+                if let v = inline { return v }
+                guard i + 1 < args.count else { return nil }
+                i += 1
+                return args[i]
+            }
+            switch arg {
+            case "--profile":
+                guard let v = value() else { return fail("--profile needs a FILE") }
+                o.profiles.append(v)
+            case "--accept-all": o.acceptAll = true
+            case "--listen":
+                guard let v = value() else { return fail("--listen needs ADDR:PORT") }
+                do { _ = try SocketAddress(parsing: v) } catch { return fail("--listen: \(error)") }
+                o.listen = v
+            case "--port":
+                guard let v = value(), let p = UInt16(v) else { return fail("--port needs a number 0-65535") }
+                o.port = p
+            case "--backend":
+                guard let v = value() else { return fail("--backend needs io_uring, epoll or dispatch") }
+                switch BackendKind.parse(v) {
+                case .success(let k): o.backend = k
+                case .failure(let e): return fail("--backend: \(e)")
+                }
+            case "--threads":
+                guard let v = value(), let n = Int(v), (1...256).contains(n) else { return fail("--threads needs a number 1-256") }
+                o.threads = n
+            case "--stats-port", "--stats":
+                guard let v = value() else { return fail("--stats-port needs a PORT or ADDR:PORT") }
+                let text = v.contains(":") ? v : "127.0.0.1:\(v)"
+                do { _ = try SocketAddress(parsing: text) } catch { return fail("--stats-port: \(error)") }
+                o.stats = text
+            case "--dns":
+                guard let v = value() else { return fail("--dns needs ADDR:PORT") }
+                do { _ = try SocketAddress(parsing: v) } catch { return fail("--dns: \(error)") }
+                o.dns = v
+            case "--record-ids":
+                guard let v = value(), !v.isEmpty else { return fail("--record-ids needs a FILE") }
+                o.recordIds = v
+            case "--time-scale":
+                guard let v = value(), let x = Double(v), x.isFinite, x > 0 else { return fail("--time-scale needs a number above 0") }
+                o.timeScale = x
+            case "--seed":
+                guard let v = value(), let n = UInt64(v) else { return fail("--seed needs a whole number") }
+                o.seed = n
+            case "--quiet", "-q": o.quiet = true
+            case "--help", "-h": o.help = true
+            default:
+                return fail("unknown option '\(args[i])' (see --help)")
+            }
+            if inline != nil, ["--accept-all", "--quiet", "--help"].contains(arg) {
+                return fail("\(arg) takes no value")
+            }
+            i += 1
+        }
+        if o.help { return .success(o) }
+        if o.acceptAll && o.listen == nil { return fail("--accept-all needs --listen ADDR:PORT") }
+        if o.listen != nil && !o.acceptAll { return fail("--listen is for --accept-all (profiles listen on their mx addresses)") }
+        if o.profiles.isEmpty && !o.acceptAll {
+            return fail("nothing to serve: give --profile FILE or --accept-all --listen ADDR:PORT")
+        }
+        return .success(o)
+    }
+}

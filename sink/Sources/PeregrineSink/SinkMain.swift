@@ -1,0 +1,192 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Foundation
+import PeregrineCore
+import PeregrineIO
+
+/// The `peregrine-sink` program, as a library function so tests can run it in-process too.
+public enum SinkMain {
+    static func say(_ s: String) {
+        FileHandle.standardOutput.write((s + "\n").data(using: .utf8) ?? Data())
+    }
+    static func complain(_ s: String) {
+        FileHandle.standardError.write(("peregrine-sink: " + s + "\n").data(using: .utf8) ?? Data())
+    }
+
+    /// Runs until SIGTERM/SIGINT; returns the exit status.
+    public static func run(arguments: [String]) -> Int32 {
+        let options: SinkOptions
+        switch SinkOptions.parse(arguments) {
+        case .failure(let e): complain(e.message); return 2
+        case .success(let o): options = o
+        }
+        if options.help { say(SinkOptions.usage); return 0 }
+
+        var set = SinkProfileSet()
+        if !options.profiles.isEmpty {
+            do { set = try SinkProfileParser.load(paths: options.profiles) } catch {
+                FileHandle.standardError.write((error.description + "\n").data(using: .utf8) ?? Data())
+                return 1
+            }
+        }
+        var bindings: [SinkBinding] = []
+        var seen: [SocketAddress: String] = [:]
+        for (index, p) in set.profiles.enumerated() {
+            for ip in p.mx {
+                let address: SocketAddress
+                do { address = try SocketAddress(ip: ip, port: options.port ?? p.port) } catch {
+                    complain("<isp \(p.name)>: mx \(ip): \(error)"); return 1
+                }
+                if let other = seen[address], address.port != 0 {
+                    complain("<isp \(p.name)> and <isp \(other)> both listen on \(address)"); return 1
+                }
+                seen[address] = p.name
+                bindings.append(SinkBinding(address: address, providerIndex: index))
+            }
+        }
+        if options.acceptAll, let listen = options.listen {
+            var p = SinkISPProfile.acceptAll()
+            if set.profiles.contains(where: { $0.name == p.name }) { p.name = "accept-all-listen" }
+            guard let address = try? SocketAddress(parsing: listen) else { complain("--listen: bad address"); return 2 }
+            p.mx = [address.ip]
+            p.port = address.port
+            bindings.append(SinkBinding(address: address, providerIndex: set.profiles.count))
+            set.profiles.append(p)
+        }
+        if bindings.isEmpty { complain("no profile has an mx address to listen on"); return 1 }
+
+        let scale = options.timeScale ?? set.timeScale ?? 1
+        let policy = SinkPolicy(profiles: set.profiles, timeScale: scale, seed: options.seed)
+        let shared = SinkShared(policy: policy)
+        if let path = options.recordIds {
+            do { try shared.recordIds(to: path) } catch { complain("--record-ids: \(error)"); return 1 }
+        }
+        Posix.ignoreSIGPIPE()
+        return open(options.backend.loopType, options: options, shared: shared, bindings: bindings)
+    }
+
+    static func open<L: EventLoop>(_ type: L.Type, options: SinkOptions, shared: SinkShared, bindings: [SinkBinding]) -> Int32 {
+        SinkRunner<L>(options: options, shared: shared, bindings: bindings).run()
+    }
+}
+
+/// Starts the loops on their threads, waits for a signal, stops, reports.
+final class SinkRunner<L: EventLoop>: @unchecked Sendable {
+    let options: SinkOptions
+    let shared: SinkShared
+    var bindings: [SinkBinding]
+    private let lock = SinkLock()
+    private var loops: [L] = []
+    private var servers: [SinkServer<L>] = []
+    private var startupError: String?
+    private var startupNotes: [String] = []
+    private let started = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(options: SinkOptions, shared: SinkShared, bindings: [SinkBinding]) {
+        self.options = options
+        self.shared = shared
+        self.bindings = bindings
+    }
+
+    func run() -> Int32 {
+        // Signals first, so that a TERM during start-up is not lost.
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        let stopRequested = DispatchSemaphore(value: 0)
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { stopRequested.signal() }
+            s.resume()
+            sources.append(s)
+        }
+
+        // Loop 0 binds first: with --port 0 its ports are what the others reuse.
+        var threadsStarted = 0
+        for i in 0..<options.threads {
+            startThread(index: i)
+            threadsStarted += 1
+            started.wait()
+            if lock.withLock({ startupError }) != nil { break }
+        }
+        if let e = lock.withLock({ startupError }) {
+            SinkMain.complain(e)
+            stopAll()
+            for _ in 0..<threadsStarted { finished.wait() }
+            return 1
+        }
+        if !options.quiet {
+            for note in lock.withLock({ startupNotes }) { SinkMain.say(note) }
+        }
+        SinkMain.say("peregrine-sink: ready (backend \(L.kind), \(options.threads) thread\(options.threads == 1 ? "" : "s"), time-scale \(shared.policy.timeScale))")
+        fflush(stdout)
+
+        stopRequested.wait()
+        stopAll()
+        for _ in 0..<threadsStarted { finished.wait() }
+        shared.finishIds()
+        SinkMain.say(String(decoding: shared.statsJSON(pretty: true), as: UTF8.self))
+        fflush(stdout)
+        _ = sources
+        return 0
+    }
+
+    private func startThread(index: Int) {
+        let t = Thread { [self] in
+            let loop: L
+            do { loop = try L() } catch {
+                lock.withLock { startupError = "backend \(L.kind): \(error)" }
+                started.signal(); finished.signal()
+                return
+            }
+            let server = SinkServer(loop: loop, shared: shared)
+            do {
+                let bound = try server.listen(bindings, reusePort: options.threads > 1)
+                var notes: [String] = []
+                if index == 0 {
+                    bindings = bound   // concrete ports for the other loops
+                    for b in bound {
+                        notes.append("peregrine-sink: listening \(shared.policy.providers[b.providerIndex].profile.name) \(b.address)")
+                    }
+                    if let s = options.stats {
+                        let a = try server.serveStats(on: try SocketAddress(parsing: s))
+                        notes.append("peregrine-sink: stats http://\(a)/stats")
+                    }
+                    if let d = options.dns {
+                        let a = try server.serveDNS(on: try SocketAddress(parsing: d))
+                        notes.append("peregrine-sink: dns \(a)")
+                    }
+                }
+                lock.withLock {
+                    loops.append(loop)
+                    servers.append(server)
+                    startupNotes += notes
+                }
+            } catch {
+                lock.withLock { startupError = "listen: \(error)" }
+                server.shutdown()
+                started.signal(); finished.signal()
+                return
+            }
+            started.signal()
+            loop.run()
+            finished.signal()
+        }
+        t.stackSize = 8 << 20
+        t.name = "sink-loop-\(index)"
+        t.start()
+    }
+
+    private func stopAll() {
+        let pairs = lock.withLock { Array(zip(loops, servers)) }
+        for (loop, server) in pairs {
+            loop.execute {
+                server.shutdown()
+                loop.stop()
+            }
+        }
+    }
+}
