@@ -48,10 +48,10 @@ public protocol EventLoop: AnyObject {
 
     // MARK: Timers
 
-    /// One-shot timer. `fire` runs once, after at least `delay` nanoseconds
-    /// counted from the loop's `now` (as libuv does: timers scheduled in one
-    /// turn share a time base, so their relative order is exact), unless
-    /// cancelled first, also by another callback of the same turn. Timers due in the same turn fire in deadline order
+    /// One-shot timer. `fire` runs once, no earlier than `now + delay`, unless
+    /// cancelled first (also by another callback of the same turn). epoll
+    /// counts from `now` exactly, as libuv does; a backend may count from a
+    /// fresher clock reading. Timers due in the same turn fire in deadline order
     /// (ties in scheduling order).
     @discardableResult
     func scheduleTimer(after delay: UInt64, _ fire: @escaping () -> Void) -> TimerHandle
