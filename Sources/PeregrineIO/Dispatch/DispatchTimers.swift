@@ -101,9 +101,9 @@ struct DispatchTimers {
 
 extension DispatchLoop {
     public func scheduleTimer(after delay: UInt64, _ fire: @escaping () -> Void) -> TimerHandle {
-        // A fresh reading, not the turn's `now`: "at least `delay`" from this call.
-        let base = monotonicNanoseconds()
-        let (deadline, overflow) = base.addingReportingOverflow(delay)
+        // Counted from the turn's `now` (the contract's time base): timers
+        // scheduled in one turn keep their relative order exactly.
+        let (deadline, overflow) = now.addingReportingOverflow(delay)
         let handle = timers.schedule(at: overflow ? UInt64.max : deadline, fire)
         rearmTimerSource()
         return handle
