@@ -178,4 +178,33 @@ import PeregrineIO
         }
         try SpoolLoops.forEachBackend(V())
     }
+
+    @Test func bodyChunksAreGatheredIntoOneRecord() throws {
+        struct V: SpoolLoopVisitor {
+            func visit<L: EventLoop>(_ type: L.Type, kind: BackendKind) throws {
+                guard let loop = SpoolLoops.makeLoop(type) else { return }
+                let tmp = SpoolTempDir("chunks"); defer { tmp.remove() }
+                let w = try SpoolWriter(loop: loop, directory: tmp.path + "/loop-0")
+                let body = SpoolTestBody.make(id: MessageID(hi: 3, lo: 3), size: 10_000)
+                var got: [UInt8] = []
+                SpoolLoops.run(loop) { finish in
+                    let id = body.withUnsafeBytes { b in
+                        w.append(envelope: SpoolFixtures.envelope(5),
+                                 bodyChunks: [UnsafeRawBufferPointer(rebasing: b[0..<1]), UnsafeRawBufferPointer(rebasing: b[1..<1]),
+                                              UnsafeRawBufferPointer(rebasing: b[1..<7000]), UnsafeRawBufferPointer(rebasing: b[7000...])]) { _ in }
+                    }
+                    w.flush { _ in
+                        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 20_000, alignment: 16)
+                        w.readBody(id, into: buf) { r in
+                            if case .success(let b) = r { got = Array(b) }
+                            buf.deallocate()
+                            finish()
+                        }
+                    }
+                }
+                #expect(got == body, "\(kind)")
+            }
+        }
+        try SpoolLoops.forEachBackend(V())
+    }
 }

@@ -59,6 +59,19 @@ public enum SpoolRecordFormat {
     @discardableResult
     public static func encodeMessage(id: MessageID, envelope env: SpoolEnvelope, states: RecipientStates?,
                                      body: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) -> Int {
+        encodeMessage(id: id, envelope: env, states: states, into: out) { w in w.bytes(body) }
+    }
+
+    /// Same, with the body given as consecutive chunks (gathered, no concatenation first).
+    @discardableResult
+    public static func encodeMessage(id: MessageID, envelope env: SpoolEnvelope, states: RecipientStates?,
+                                     bodyChunks: [UnsafeRawBufferPointer], into out: UnsafeMutableRawPointer) -> Int {
+        encodeMessage(id: id, envelope: env, states: states, into: out) { w in for c in bodyChunks { w.bytes(c) } }
+    }
+
+    @inline(__always)
+    static func encodeMessage(id: MessageID, envelope env: SpoolEnvelope, states: RecipientStates?,
+                              into out: UnsafeMutableRawPointer, body: (inout ByteWriter) -> Void) -> Int {
         var w = ByteWriter(out + headerSize)
         w.u64(id.hi); w.u64(id.lo); w.u64(UInt64(bitPattern: env.receivedAt))
         w.field(env.sender); w.field(env.vmta); w.field(env.jobID); w.field(env.envID)
@@ -67,7 +80,7 @@ public enum SpoolRecordFormat {
             w.field(r.address); w.field(r.orcpt); w.u8(r.notify.rawValue)
             w.u8(states?[i].rawValue ?? 0)
         }
-        w.bytes(body)
+        body(&w)
         let payload = w.position
         finishHeader(kind: .message, payloadLength: payload, at: out)
         return headerSize + payload

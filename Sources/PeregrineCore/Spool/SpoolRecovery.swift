@@ -110,6 +110,9 @@ public enum SpoolRecovery {
         var segments: [RecoveredSegment] = []
         var problems: [SpoolError] = []
         let numbers = listSegments(directory: directory)
+        // One read buffer for all segments (they are read one at a time).
+        var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1, alignment: 4096)
+        defer { scratch.deallocate() }
 
         for n in numbers {
             let path = segmentPath(directory: directory, number: n)
@@ -119,8 +122,11 @@ public enum SpoolRecovery {
             var st = stat()
             if fstat(fd, &st) != 0 { return .failure(.io(path: path, operation: "fstat", errno: errno)) }
             let size = Int(st.st_size)
-            let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 16)
-            defer { raw.deallocate() }
+            if scratch.count < size {
+                scratch.deallocate()
+                scratch = .allocate(byteCount: size, alignment: 4096)
+            }
+            let raw = scratch
             var got = 0
             while got < size {
                 let r = pread(fd, raw.baseAddress! + got, size - got, off_t(got))

@@ -168,12 +168,36 @@ public final class SpoolWriter<Loop: EventLoop> {
         return id
     }
 
+    /// Appends a new message whose body arrives as consecutive chunks (e.g. the
+    /// receive buffers of a DATA phase); they are gathered straight into the
+    /// record, never concatenated first. Same contract as `append(envelope:body:durable:)`.
+    @discardableResult
+    public func append(envelope: SpoolEnvelope, bodyChunks: [UnsafeRawBufferPointer],
+                       durable: @escaping Durable) -> MessageID {
+        let id = makeID()
+        var total = 0
+        for c in bodyChunks { total += c.count }
+        appendRecord(id: id, envelope: envelope, states: nil, bodyLength: total, place: true, durable: durable) { p in
+            SpoolRecordFormat.encodeMessage(id: id, envelope: envelope, states: nil, bodyChunks: bodyChunks, into: p)
+        }
+        return id
+    }
+
     /// Appends a message under a given id (tests, tools, compaction).
     public func append(id: MessageID, envelope: SpoolEnvelope, states: RecipientStates?, body: UnsafeRawBufferPointer,
                        place: Bool, durable: @escaping Durable) {
+        appendRecord(id: id, envelope: envelope, states: states, bodyLength: body.count, place: place,
+                     durable: durable) { p in
+            SpoolRecordFormat.encodeMessage(id: id, envelope: envelope, states: states, body: body, into: p)
+        }
+    }
+
+    private func appendRecord(id: MessageID, envelope: SpoolEnvelope, states: RecipientStates?, bodyLength: Int,
+                              place: Bool, durable: @escaping Durable,
+                              encode: (UnsafeMutableRawPointer) -> Int) {
         if let failure { deferCall { durable(.failure(failure)) }; return }
         let envSize = SpoolRecordFormat.envelopeSize(envelope)
-        let length = SpoolRecordFormat.headerSize + envSize + body.count
+        let length = SpoolRecordFormat.headerSize + envSize + bodyLength
         guard length - SpoolRecordFormat.headerSize <= SpoolRecordFormat.maxPayload, envelope.recipients.count > 0 else {
             deferCall { durable(.failure(.invalidMessage(envelope.recipients.isEmpty ? "no recipients" : "too large"))) }
             return
@@ -182,7 +206,7 @@ public final class SpoolWriter<Loop: EventLoop> {
             if let e = rollover() { deferCall { durable(.failure(e)) }; return }
         }
         let (ptr, offset) = reserve(length)
-        SpoolRecordFormat.encodeMessage(id: id, envelope: envelope, states: states, body: body, into: ptr)
+        _ = encode(ptr)
         let loc = MessageLocation(segment: active.number, offset: offset, recordLength: UInt32(length),
                                   bodyOffset: UInt32(SpoolRecordFormat.headerSize + envSize))
         liveSet.noteWritten(segment: active.number, bytes: length)
