@@ -36,7 +36,9 @@
 //   IORING_OP_FSYNC (DATASYNC) SQE is held back until no write of an epoch up
 //   to its own is still in flight. Unlike IOSQE_IO_DRAIN this does not stall
 //   the sockets sharing the ring, and later writes are not delayed.
-// - Timers: the shared TimerWheel; wait timeout = next tick. Wake-ups from
+// - Timers: the shared TimerWheel (advance(to:due:) + takeDue, so a timer
+//   cancelled by an earlier callback of the same turn never fires); wait
+//   timeout = next tick. Wake-ups from
 //   other threads (`execute`, `stop`) write an eventfd whose read is kept armed
 //   in the ring.
 #if canImport(Glibc)
@@ -64,10 +66,7 @@ public final class URingLoop: EventLoop {
     private let inbox = HandoffInbox()
     private var inboxBatch: [@Sendable () -> Void] = []
     private var wheel: TimerWheel
-    private var firedTimers: [(TimerHandle, () -> Void)] = []
-    /// Timers cancelled while a batch of due timers is being fired.
-    private var cancelledWhileFiring: [TimerHandle] = []
-    private var firingTimers = false
+    private var dueTimers: [TimerHandle] = []
     /// Completions decided without the kernel (errors on submit, ops on a
     /// closing fd): run at the start of the next turn, never re-entrantly.
     var deferred: [() -> Void] = []
@@ -234,13 +233,13 @@ public final class URingLoop: EventLoop {
     /// submit-and-wait, then every completion that is ready.
     private func turn() {
         now = monotonicNanoseconds()
-        wheel.advanceWithHandles(to: now, into: &firedTimers)
-        if !firedTimers.isEmpty {
-            firingTimers = true
-            for (handle, fire) in firedTimers where !cancelledWhileFiring.contains(handle) { fire() }
-            firingTimers = false
-            firedTimers.removeAll(keepingCapacity: true)
-            cancelledWhileFiring.removeAll(keepingCapacity: true)
+        wheel.advance(to: now, due: &dueTimers)
+        if !dueTimers.isEmpty {
+            // takeDue returns nil for a timer cancelled by an earlier callback of this batch.
+            for handle in dueTimers {
+                if let fire = wheel.takeDue(handle) { fire() }
+            }
+            dueTimers.removeAll(keepingCapacity: true)
         }
         inbox.drain(into: &inboxBatch)
         if !inboxBatch.isEmpty {
@@ -411,12 +410,11 @@ public final class URingLoop: EventLoop {
 
     @discardableResult
     public func scheduleTimer(after delay: UInt64, _ fire: @escaping () -> Void) -> TimerHandle {
-        // A fresh clock read: `now` may be a whole turn old, and a timer must never fire early.
-        wheel.schedule(at: monotonicNanoseconds() &+ delay, fire)
+        // Counted from the turn's `now` (the contract's time base, as in libuv).
+        wheel.schedule(at: now &+ delay, fire)
     }
 
     public func cancelTimer(_ timer: TimerHandle) {
-        if firingTimers { cancelledWhileFiring.append(timer) }
         wheel.cancel(timer)
     }
 }
