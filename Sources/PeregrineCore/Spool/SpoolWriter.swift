@@ -333,14 +333,17 @@ public final class SpoolWriter<Loop: EventLoop> {
         }
         commitInFlight = true
         stats.commits += 1
-        var remaining = segments.count
-        for s in segments {
-            stats.fsyncs += 1
-            loop.fdatasync(s.handle) { [self] result in
-                if case .failure(let e) = result { fail(.loop(path: s.path, e)) }
-                remaining -= 1
-                if remaining == 0 { finishCommit(cover) }
-            }
+        syncSegments(segments[...], cover: cover)
+    }
+
+    /// One fdatasync at a time: after a rollover the old segment is synced
+    /// first, then the new one, within the same commit.
+    private func syncSegments(_ segments: ArraySlice<Segment>, cover: UInt64) {
+        guard let s = segments.first else { finishCommit(cover); return }
+        stats.fsyncs += 1
+        loop.fdatasync(s.handle) { [self] result in
+            if case .failure(let e) = result { fail(.loop(path: s.path, e)); finishCommit(cover); return }
+            syncSegments(segments.dropFirst(), cover: cover)
         }
     }
 
