@@ -271,3 +271,35 @@ struct HTTPServerTests {
         #expect((served ?? 0) >= 9)
     }
 }
+
+@Suite("HTTP management server, deferred answers", .timeLimit(.minutes(1)))
+struct HTTPDeferredServerTests {
+    @Test(arguments: BackendKind.allCases)
+    func deferredHandlerAnswersLater(_ kind: BackendKind) throws { try deferred(kind.loopType) }
+
+    func deferred<L: EventLoop>(_ type: L.Type) throws {
+        guard let h = CoreLoopHarness(type) else { return }
+        defer { h.stop() }
+        let started: ManagementServer<L>?? = h.sync { loop -> ManagementServer<L>? in
+            // Answers from a timer, as the daemon does after gathering counters from its other loops.
+            let server = ManagementServer(loop: loop, options: .loopback(port: 0)) { req, respond in
+                loop.scheduleTimer(after: 5_000_000) {
+                    respond(.json("{\"path\":\"\(req.path)\"}"))
+                    respond(.json("{\"ignored\":true}"))   // a second answer is dropped
+                }
+            }
+            do { try server.start() } catch { return nil }
+            return server
+        }
+        let server = try #require(started ?? nil)
+        let port = try #require(h.sync { _ in server.boundAddress?.port } ?? nil)
+        let reply = String(decoding: rawTCPExchange(port: port, Array(
+            "GET /queues HTTP/1.1\r\nHost: x\r\n\r\nHEAD /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8)), as: UTF8.self)
+        #expect(reply.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        #expect(reply.contains("{\"path\":\"/queues\"}HTTP/1.1 200 OK\r\n"))
+        #expect(!reply.contains("ignored"))
+        // HEAD: headers with the length, no body, then the connection closes.
+        #expect(reply.hasSuffix("Content-Length: 18\r\nConnection: close\r\n\r\n"))
+        _ = h.sync { _ in server.stop() }
+    }
+}
