@@ -18,6 +18,8 @@ enum TestReply {
     case noData(negativeTTL: UInt32)
     case nxdomain(negativeTTL: UInt32)
     case servfail
+    /// NOERROR with the TC bit and nothing in it.
+    case truncatedEmpty
     /// Never answers.
     case drop
 }
@@ -173,6 +175,7 @@ struct DNSResolverTests {
         let out: [String]? = h.await { loop, reply in
             guard let f = try? ResolverFixture(loop: loop) else { reply(["fixture failed"]); return }
             f.responder.set("broken.example", typeMX, .servfail)
+            f.responder.set("tc.example", typeMX, .truncatedEmpty)
             var results: [String] = []
             f.resolver.resolveMX("nowhere.example") { r in
                 if case .failure(let e) = r { results.append("\(e) permanent=\(e.isPermanent)") }
@@ -182,8 +185,11 @@ struct DNSResolverTests {
                     f.resolver.resolveMX("nowhere.example") { _ in
                         results.append("nowhere queries: \(f.responder.count("nowhere.example/MX"))")
                         results.append("broken queries: \(f.responder.count("broken.example/MX"))")
-                        reply(results)
-                        f.close()
+                        f.resolver.resolveMX("tc.example") { r in
+                            if case .failure(let e) = r { results.append("\(e) permanent=\(e.isPermanent)") }
+                            reply(results)
+                            f.close()
+                        }
                     }
                 }
             }
@@ -193,6 +199,7 @@ struct DNSResolverTests {
             "broken.example: DNS server failure (RCODE 2) permanent=false",
             "nowhere queries: 1",
             "broken queries: 3",
+            "tc.example: truncated DNS answer permanent=false",
         ])
     }
 
@@ -344,6 +351,9 @@ enum TestDNSWire {
             m.authorities = [soa(ttl)]
         case .servfail:
             m = DNSMessage.response(to: query, code: .serverFailure)
+        case .truncatedEmpty:
+            m = DNSMessage.response(to: query)
+            m.isTruncated = true
         case .drop:
             return nil
         }

@@ -266,6 +266,7 @@ public final class DNSResolver<Loop: EventLoop> {
         var timer: TimerHandle?
         var waiters: [(Outcome) -> Void] = []
         var lastRcode: Int? = nil
+        var wasTruncated = false
         init(key: DNSCacheKey, server: SocketAddress) { self.key = key; self.server = server }
         func finish(_ o: Outcome) {
             let w = waiters
@@ -343,6 +344,8 @@ public final class DNSResolver<Loop: EventLoop> {
         }
         if let rcode = q.lastRcode {
             complete(q, .failure(.serverFailure(domain: q.key.name, rcode: rcode)))
+        } else if q.wasTruncated {
+            complete(q, .failure(.truncated(domain: q.key.name)))
         } else {
             complete(q, .failure(.timedOut(domain: q.key.name, attempts: q.attempt)))
         }
@@ -397,7 +400,13 @@ public final class DNSResolver<Loop: EventLoop> {
                 }
             }
             if relevant.isEmpty || (!hasAsked && DNSResolver.chainEnd(q.key.name, relevant) == q.key.name) {
-                if r.truncated { retryOrFail(q, timedOut: false); return }
+                if r.truncated {
+                    // Nothing usable in a truncated answer; no TCP fallback yet: try again.
+                    q.wasTruncated = true
+                    if let t = q.timer { loop.cancelTimer(t); q.timer = nil }
+                    retryOrFail(q, timedOut: false)
+                    return
+                }
                 cache.store(q.key, .noData, ttl: r.negativeTTL ?? options.defaultNegativeTTL, now: now)
                 complete(q, .noData)
             } else {
