@@ -58,6 +58,19 @@ import Testing
         #expect(SMTPPatternAction.disableSourceIP(nil).description == "disable-source-ip")
     }
 
+    @Test func compiledRegexSyntax() throws {
+        #expect(try CompiledRegex(#"^4\d\d 4\.7\.\d+"#).matches("421 4.7.28 slow down"))
+        #expect(try !CompiledRegex(#"^4\d\d"#).matches("250 ok"))
+        #expect(CompiledRegex.translate(#"a\d[\d]\D\/b"#) == #"a[0-9][\d][^0-9]/b"#)
+        #expect(try CompiledRegex(#"https?:\/\/postmaster"#).matches("see https://postmaster.example"))
+        #expect(try CompiledRegex(#"\bspam\b"#, caseInsensitive: true).matches("Rejected as SPAM."))
+        #expect(try !CompiledRegex(#"\bspam\b"#).matches("antispam"))
+        #expect(try CompiledRegex("TSS04", caseInsensitive: true) == CompiledRegex("TSS04", caseInsensitive: true))
+        #expect(try CompiledRegex("x", caseInsensitive: true).description == "/x/i")
+        #expect(throws: ConfigValueError.self) { try CompiledRegex("a(b") }
+        #expect(throws: ConfigValueError.self) { try CompiledRegex("[z-a]") }
+    }
+
     @Test func patternListErrors() {
         #expect(error("<smtp-pattern-list>\n</smtp-pattern-list>") == "p.conf:1: <smtp-pattern-list> expects one list name, as in <smtp-pattern-list NAME>, got ''")
         #expect(error("<smtp-pattern-list a>\nmatch /x/ bounce\n</smtp-pattern-list>") == "p.conf:2: unknown directive 'match' in <smtp-pattern-list a> (expected: reply /REGEX/ ACTION…)")
