@@ -159,6 +159,7 @@ extension EpollLoop {
 
     /// Tries the parked receive once; leaves it parked on EAGAIN.
     func attemptReceive(_ s: EpollSlot) {
+        guard s.readable else { return }  // parked until the next edge
         if let done = s.receiveDone {
             var n: Int
             repeat {
@@ -166,7 +167,7 @@ extension EpollLoop {
             } while n < 0 && errno == EINTR
             if n < 0 {
                 let e = errno
-                if e == EAGAIN || e == EWOULDBLOCK { return }
+                if e == EAGAIN || e == EWOULDBLOCK { s.readable = false; return }
                 s.receiveDone = nil
                 s.receiveBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
                 complete(.count(done, .failure(IOError(.errno(e), "receive"))))
@@ -188,7 +189,7 @@ extension EpollLoop {
             } while n < 0 && errno == EINTR
             if n < 0 {
                 let e = errno
-                if e == EAGAIN || e == EWOULDBLOCK { return }
+                if e == EAGAIN || e == EWOULDBLOCK { s.readable = false; return }
                 s.receiveFromDone = nil
                 s.receiveBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
                 complete(.datagram(done, .failure(IOError(.errno(e), "receiveDatagram"))))
@@ -233,10 +234,12 @@ extension EpollLoop {
 
     /// Writes queued data until the queue is empty or the socket would block.
     func flushWrites(_ s: EpollSlot) {
+        guard s.writable else { return }  // parked until the next EPOLLOUT edge
         while s.writeHead < s.writes.count {
             let outcome = attemptWrite(s.fd, &s.writes[s.writeHead])
             switch outcome {
             case .wouldBlock:
+                s.writable = false
                 return
             case .finished(let result):
                 let done = s.writes[s.writeHead].done

@@ -232,6 +232,8 @@ public final class EpollLoop: EventLoop {
         case .connecting:
             if writable { finishConnect(s) }
         case .stream, .datagram:
+            if readable { s.readable = true }
+            if writable { s.writable = true }
             if readable && s.hasReceive { attemptReceive(s) }
             if writable && s.writeHead < s.writes.count { flushWrites(s) }
         case .closed:

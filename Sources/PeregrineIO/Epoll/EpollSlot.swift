@@ -16,6 +16,10 @@ final class EpollSlot {
     var receiveDone: ((Result<Int, IOError>) -> Void)?
     var receiveFromDone: ((Result<(Int, SocketAddress), IOError>) -> Void)?
     var hasReceive: Bool { receiveDone != nil || receiveFromDone != nil }
+    /// False from an EAGAIN until the next edge: an operation parks without
+    /// a syscall that would fail anyway (the edge will retry it).
+    var readable = true
+    var writable = true
 
     // Send side: a FIFO of writes, `writeHead` is the one in progress.
     var writes: [EpollWrite] = []
@@ -36,6 +40,8 @@ final class EpollSlot {
     func open(kind: Kind) {
         self.kind = kind
         generation &+= 1
+        readable = true
+        writable = true
     }
 
     /// Forgets everything (the callbacks must have been taken out first).
