@@ -278,6 +278,7 @@ struct HTTPDeferredServerTests {
     func deferredHandlerAnswersLater(_ kind: BackendKind) throws { try deferred(kind.loopType) }
 
     func deferred<L: EventLoop>(_ type: L.Type) throws {
+        let peerBox = HTTPTestPeers()
         guard let h = CoreLoopHarness(type) else { return }
         defer { h.stop() }
         let started: ManagementServer<L>?? = h.sync { loop -> ManagementServer<L>? in
@@ -285,6 +286,7 @@ struct HTTPDeferredServerTests {
             let server = ManagementServer(loop: loop, options: .loopback(port: 0)) { req, respond in
                 loop.scheduleTimer(after: 5_000_000) {
                     respond(.json("{\"path\":\"\(req.path)\"}"))
+                    peerBox.list.append(req.remoteAddress?.ip ?? "none")
                     respond(.json("{\"ignored\":true}"))   // a second answer is dropped
                 }
             }
@@ -293,6 +295,7 @@ struct HTTPDeferredServerTests {
         }
         let server = try #require(started ?? nil)
         let port = try #require(h.sync { _ in server.boundAddress?.port } ?? nil)
+        defer { _ = h.sync { _ in peerBox.list.removeAll() } }
         let reply = String(decoding: rawTCPExchange(port: port, Array(
             "GET /queues HTTP/1.1\r\nHost: x\r\n\r\nHEAD /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8)), as: UTF8.self)
         #expect(reply.hasPrefix("HTTP/1.1 200 OK\r\n"))
@@ -300,6 +303,10 @@ struct HTTPDeferredServerTests {
         #expect(!reply.contains("ignored"))
         // HEAD: headers with the length, no body, then the connection closes.
         #expect(reply.hasSuffix("Content-Length: 18\r\nConnection: close\r\n\r\n"))
+        #expect(h.sync { _ in peerBox.list } == ["127.0.0.1", "127.0.0.1"])
         _ = h.sync { _ in server.stop() }
     }
 }
+
+/// Peer addresses the handler saw (touched only on the loop thread).
+final class HTTPTestPeers: @unchecked Sendable { var list: [String] = [] }

@@ -1,3 +1,5 @@
+import PeregrineIO
+
 /// A parsed HTTP/1.1 request (the management API's input).
 public struct HTTPRequest: Hashable, Sendable {
     /// `GET`, `POST`, … as sent (methods are case-sensitive, RFC 9110 §9.1).
@@ -13,6 +15,8 @@ public struct HTTPRequest: Hashable, Sendable {
     /// Header fields in order; names as sent, values trimmed.
     public var headers: [(name: String, value: String)]
     public var body: [UInt8]
+    /// The client's address, set by `ManagementServer` (for `http-access` checks); nil from the bare parser.
+    public var remoteAddress: SocketAddress? = nil
 
     public init(method: String, target: String, path: String, query: [(name: String, value: String)] = [],
                 version: (major: Int, minor: Int) = (1, 1), headers: [(name: String, value: String)] = [],

@@ -93,7 +93,7 @@ public final class ManagementServer<Loop: EventLoop> {
             loop.close(accepted.socket)
             return
         }
-        let c = Connection(server: self, socket: accepted.socket)
+        let c = Connection(server: self, socket: accepted.socket, peer: accepted.peer)
         connections[accepted.socket.fd] = c
         c.begin()
     }
@@ -115,6 +115,7 @@ public final class ManagementServer<Loop: EventLoop> {
         /// Strong: a closed connection drops out of `connections`, which breaks the cycle.
         let server: ManagementServer
         let socket: Socket
+        let peer: SocketAddress
         var loop: Loop { server.loop }
         let receiveBuffer: UnsafeMutableRawBufferPointer
         var parser: HTTPRequestParser
@@ -127,9 +128,10 @@ public final class ManagementServer<Loop: EventLoop> {
         var idleTimer: TimerHandle?
         var lastActivity: UInt64 = 0
 
-        init(server: ManagementServer, socket: Socket) {
+        init(server: ManagementServer, socket: Socket, peer: SocketAddress) {
             self.server = server
             self.socket = socket
+            self.peer = peer
             self.receiveBuffer = .allocate(byteCount: 16 * 1024, alignment: 8)
             self.parser = HTTPRequestParser(limits: server.options.limits)
         }
@@ -162,7 +164,8 @@ public final class ManagementServer<Loop: EventLoop> {
             case .none:
                 if peerClosed { close(); return }
                 startReceive()
-            case .request(let request)?:
+            case .request(var request)?:
+                request.remoteAddress = peer
                 busy = true
                 let keepAlive = server.options.keepAlive && request.keepAlive && !peerClosed
                 let isHead = request.method == "HEAD"
