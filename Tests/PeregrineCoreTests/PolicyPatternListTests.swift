@@ -1,4 +1,5 @@
 import Testing
+import PeregrineSMTP
 @testable import PeregrineCore
 
 @Suite struct PolicyPatternListTests {
@@ -56,6 +57,15 @@ import Testing
         #expect(patterns.actions(for: ReplyText(code: 250, lines: ["2.0.0 OK"])).isEmpty)
         #expect(SMTPPatternAction.suspend(.seconds(7200)).description == "suspend=2h")
         #expect(SMTPPatternAction.disableSourceIP(nil).description == "disable-source-ip")
+    }
+
+    @Test func acceptsPeregrineSMTPReplies() throws {
+        let reply = SMTPReply(code: 421, enhancedCode: EnhancedStatusCode("4.7.0"), lines: ["Try again later,", "closing connection."])
+        #expect(ReplyText(reply).full == "421 4.7.0 Try again later, closing connection.")
+        #expect(ReplyText(reply).full == reply.description)
+        let patterns = try list("<smtp-pattern-list p>\nreply /^421 4\\.7\\.0 Try again/ mode=backoff\n</smtp-pattern-list>")
+        #expect(patterns.actions(for: reply) == [.backoff])
+        #expect(BounceClassifier().classify(SMTPReply(550, "5.1.1", "no such user")) == .badMailbox)
     }
 
     @Test func compiledRegexSyntax() throws {
