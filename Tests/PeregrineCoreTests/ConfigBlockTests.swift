@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import PeregrineCore
 
@@ -100,6 +101,15 @@ import Testing
         #expect(throws: ConfigError(ConfigLocation(file: "v.conf", line: 5), "block <e> is not allowed inside <d>")) { try nodes[3].directivesOnly() }
         #expect(throws: ConfigError(ConfigLocation(file: "v.conf", line: 2), "b expects NAME, got '1 2'")) {
             try nodes[1].arguments(count: 1...1, usage: "NAME")
+        }
+    }
+
+    @Test func loadReportsInvalidUTF8() throws {
+        let path = "/tmp/peregrine-block-utf8-\(UInt32.random(in: 0...UInt32.max)).conf"
+        #expect(FileManager.default.createFile(atPath: path, contents: Data([0x61, 0x20, 0xFF, 0xFE, 0x0A])))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(throws: ConfigError(ConfigLocation(file: path, line: 1), "file is not valid UTF-8")) {
+            try BlockConfig.load(path: path)
         }
     }
 
