@@ -104,7 +104,11 @@ public enum SpoolRecovery {
     public static func recover(directory: String, mode: Mode = .repair,
                                log: (String) -> Void = logToStderr) -> Result<SpoolStreamRecovery, SpoolError> {
         let live = SpoolLiveSet()
-        var envelopes: [MessageID: SpoolEnvelope] = [:]
+        // Live candidates in scan order, indexed by id; locations and states are
+        // taken from the live set at the end, dead ones dropped in place.
+        var found: [RecoveredMessage] = []
+        var index: [MessageID: Int] = [:]
+        let released = SpoolEnvelope(sender: [], recipients: [], receivedAt: 0)
         /// Outcomes seen before their message's (compacted) record: applied when it appears.
         var early: [MessageID: [(Int, RecipientState)]] = [:]
         var segments: [RecoveredSegment] = []
@@ -166,9 +170,12 @@ public enum SpoolRecovery {
                         let loc = MessageLocation(segment: n, offset: Int64(offset), recordLength: UInt32(recLen),
                                                   bodyOffset: UInt32(m.bodyOffset))
                         if live.place(m.id, at: loc, states: states) {
-                            envelopes[m.id] = m.envelope
+                            if let i = index[m.id] { found[i].envelope = m.envelope } else {
+                                index[m.id] = found.count
+                                found.append(RecoveredMessage(id: m.id, envelope: m.envelope, location: loc, states: states))
+                            }
                         } else {
-                            envelopes[m.id] = nil
+                            if let i = index[m.id] { found[i].envelope = released }
                         }
                     case .outcome:
                         guard let (id, idx, state) = SpoolRecordFormat.decodeOutcome(payload: payload) else {
@@ -178,7 +185,7 @@ public enum SpoolRecovery {
                         }
                         seg.outcomeRecords += 1
                         if let pending = live.applyOutcome(id, recipient: idx, state: state, writtenIn: n) {
-                            if pending == 0 { envelopes[id] = nil }
+                            if pending == 0, let i = index[id] { found[i].envelope = released }
                         } else if state.isFinal {
                             early[id, default: []].append((idx, state))
                         }
@@ -209,13 +216,13 @@ public enum SpoolRecovery {
             segments.append(seg)
         }
 
-        var messages: [RecoveredMessage] = []
-        messages.reserveCapacity(live.liveMessageCount)
-        for (id, e) in live.messages {
-            guard let env = envelopes[id] else { continue }
-            messages.append(RecoveredMessage(id: id, envelope: env, location: e.location, states: e.states))
+        index = [:]
+        found.removeAll { live.entry($0.id) == nil }
+        for i in found.indices {
+            if let e = live.entry(found[i].id) { found[i].location = e.location; found[i].states = e.states }
         }
-        messages.sort { ($0.location.segment, $0.location.offset) < ($1.location.segment, $1.location.offset) }
+        found.sort { ($0.location.segment, $0.location.offset) < ($1.location.segment, $1.location.offset) }
+        let messages = found
         let next = (numbers.last ?? 0) + 1
         return .success(SpoolStreamRecovery(directory: directory, segments: segments, messages: messages,
                                             liveSet: live, nextSegment: next, problems: problems))
