@@ -152,4 +152,42 @@ import Testing
         #expect(live.deletableSegments(active: 3) == [1, 2])
         #expect(live.deletableSegments(active: 1) == [])
     }
+
+    /// A crash in the middle of compaction: the copy in a later segment and the
+    /// original may both exist, or only the copy with outcomes for it in an
+    /// older segment. Either way the message is recovered once, states merged.
+    @Test func recoveryMergesCompactedCopies() throws {
+        let tmp = SpoolTempDir(); defer { tmp.remove() }
+        let a = SpoolFixtures.id(1), b = SpoolFixtures.id(2)
+        let w = try SpoolSyncWriter(directory: tmp.path)
+        let envA = SpoolFixtures.envelope(1, recipients: 3), envB = SpoolFixtures.envelope(2, recipients: 2)
+        let bodyA = SpoolFixtures.body(for: a, size: 100), bodyB = SpoolFixtures.body(for: b, size: 100)
+        _ = try w.append(id: a, envelope: envA, body: bodyA)            // segment 1
+        _ = try w.append(id: b, envelope: envB, body: bodyB)
+        try w.roll()
+        try w.appendOutcome(id: a, recipient: 0, state: .delivered)     // segment 2
+        try w.appendOutcome(id: b, recipient: 0, state: .bounced)
+        try w.roll()
+        var statesA = RecipientStates(count: 3); statesA[0] = .delivered
+        let copyA = try bodyA.withUnsafeBytes { try w.append(id: a, envelope: envA, body: $0, states: statesA) }  // segment 3
+        let copyB = try bodyB.withUnsafeBytes { try w.append(id: b, envelope: envB, body: $0, states: RecipientStates(count: 2)) }
+        try w.appendOutcome(id: a, recipient: 2, state: .expired)
+        try w.sync()
+
+        // Both originals and copies present.
+        var r = try SpoolRecovery.recover(directory: tmp.path, log: { _ in }).get()
+        #expect(r.messages.map(\.id) == [a, b])
+        #expect(r.messages.map(\.location) == [copyA, copyB])
+        #expect(r.messages[0].states[0] == .delivered && r.messages[0].states[1] == .pending && r.messages[0].states[2] == .expired)
+        #expect(r.messages[1].states[0] == .bounced)   // from segment 2, merged into the copy's pending state
+        #expect(r.liveSet.segments[1]?.liveMessages == 0)
+
+        // Original segment already deleted: outcomes in segment 2 precede the copies.
+        _ = unlink(SpoolRecovery.segmentPath(directory: tmp.path, number: 1))
+        r = try SpoolRecovery.recover(directory: tmp.path, log: { _ in }).get()
+        #expect(r.messages.map(\.id) == [a, b])
+        #expect(r.messages[1].states[0] == .bounced)
+        #expect(r.messages[0].states.pendingCount == 1)
+        #expect(r.problems.isEmpty)
+    }
 }

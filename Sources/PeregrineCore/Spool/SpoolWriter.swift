@@ -51,6 +51,23 @@ public struct SpoolWriterStats: Sendable {
 /// along with the next commit (or a lazy one after `outcomeFlushDelay`).
 ///
 /// All methods must be called on the loop's thread.
+///
+/// Daemon wiring, per loop `i`:
+/// ```
+/// let streams = try SpoolRecovery.recoverAll(spoolDirectory: dir).get()   // before the loops start
+/// // stream i (DIR/loop-i) → its queues get streams[i].messages (envelope, states; bodies stay on disk)
+/// let spool = try SpoolWriter(loop: loop, directory: SpoolFiles.streamDirectory(spool: dir, loop: i),
+///                             recovered: streams[i], options: SpoolWriterOptions(loopIndex: i))
+/// let id = spool.append(envelope: env, bodyChunks: chunks) { result in /* 250 on .success, 451 on .failure */ }
+/// spool.recordOutcome(id, recipient: k, state: .delivered)                   // not waited for
+/// spool.readBody(id, into: buffer) { result in /* body slice, valid until buffer is reused */ }
+/// ```
+/// A message's outcomes and body reads go through the writer of the stream
+/// that holds it (hand them to that loop with `execute` when its recipients
+/// are queued on another loop).
+/// If there are more `loop-N` streams on disk than loops (thread count
+/// lowered), open a writer for each extra stream on some loop too, so its
+/// messages are delivered and its segments compacted away.
 public final class SpoolWriter<Loop: EventLoop> {
     public typealias Durable = (Result<MessageLocation, SpoolError>) -> Void
 
@@ -433,6 +450,8 @@ public final class SpoolWriter<Loop: EventLoop> {
     /// Runs after commits when something died; call it to force a pass.
     public func maintain() {
         maintenanceDue = false
+        var deleted = false
+        defer { if deleted { SpoolFiles.syncDirectory(directory) } }
         for n in liveSet.deletableSegments(active: active.number) where n != compacting {
             // Only segments whose writes are all synced (not still in a commit).
             if dirty.contains(where: { $0.number == n }) { continue }
@@ -443,6 +462,7 @@ public final class SpoolWriter<Loop: EventLoop> {
             }
             liveSet.removeSegment(n)
             stats.segmentsDeleted += 1
+            deleted = true
         }
         if compacting == nil, !commitInFlight,
            let n = liveSet.compactionCandidates(threshold: options.compactionThreshold, active: active.number)
