@@ -24,6 +24,9 @@ public struct TimerWheel {
     @usableFromInline var entries: [Entry] = []
     @usableFromInline var freeList: [Int32] = []
     @usableFromInline var slotHeads: [Int32]
+    /// One bit per slot that may hold entries: finding the next timer skips
+    /// empty stretches a word at a time instead of visiting every slot.
+    @usableFromInline var occupied: [UInt64]
     /// The last tick whose slot has been processed.
     @usableFromInline var processedTick: UInt64
     @usableFromInline var sequence: UInt64 = 0
@@ -33,6 +36,7 @@ public struct TimerWheel {
 
     public init(now: UInt64) {
         slotHeads = Array(repeating: -1, count: Self.slotCount)
+        occupied = Array(repeating: 0, count: Self.slotCount / 64)
         processedTick = now / Self.tickNanoseconds
     }
 
@@ -57,6 +61,7 @@ public struct TimerWheel {
         entries[Int(index)].callback = callback
         entries[Int(index)].next = slotHeads[slot]
         slotHeads[slot] = index
+        occupied[slot >> 6] |= 1 << UInt64(slot & 63)
         liveCount += 1
         return TimerHandle(id: UInt64(entries[Int(index)].generation) << 32 | UInt64(UInt32(index)))
     }
@@ -82,10 +87,19 @@ public struct TimerWheel {
     /// May be early (an entry for a later revolution), never late.
     public func nanosecondsUntilNextTick(now: UInt64) -> UInt64? {
         guard liveCount > 0 else { return nil }
+        let mask = UInt64(Self.slotCount - 1)
         var tick = processedTick + 1
         let limit = processedTick + UInt64(Self.slotCount)
         while tick <= limit {
-            var i = slotHeads[Int(tick & UInt64(Self.slotCount - 1))]
+            let slot = Int(tick & mask)
+            let bits = occupied[slot >> 6] >> UInt64(slot & 63)
+            if bits == 0 {
+                tick += UInt64(64 - (slot & 63))
+                continue
+            }
+            tick += UInt64(bits.trailingZeroBitCount)
+            if tick > limit { break }
+            var i = slotHeads[Int(tick & mask)]
             while i >= 0 {
                 if entries[Int(i)].live {
                     let at = tick * Self.tickNanoseconds
@@ -186,5 +200,6 @@ public struct TimerWheel {
             }
             i = next
         }
+        if slotHeads[slot] < 0 { occupied[slot >> 6] &= ~(1 << UInt64(slot & 63)) }
     }
 }
