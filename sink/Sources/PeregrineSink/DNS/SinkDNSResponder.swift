@@ -43,15 +43,7 @@ final class SinkDNSResponder<Loop: EventLoop> {
 
     private func handle(_ n: Int, from: SocketAddress) {
         guard let s = socket else { return }
-        let packet = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
-        let reply: [UInt8]
-        switch SinkDNSCodec.parse(packet) {
-        case .ignore: return
-        case .malformed(let id): reply = SinkDNSCodec.formatError(id: id)
-        case .query(let q):
-            let question = UnsafeRawBufferPointer(rebasing: packet[12..<q.questionEnd])
-            reply = SinkDNSCodec.response(to: q, question: question, answer: zone.answer(name: q.name, type: q.type))
-        }
+        guard let reply = zone.reply(to: Array(receiveBuffer[0..<n])) else { return }
         let count = min(reply.count, sendBuffer.count)
         UnsafeMutableRawBufferPointer(rebasing: sendBuffer[0..<count]).copyBytes(from: reply[0..<count])
         sending = true

@@ -1,4 +1,5 @@
 import Foundation
+import PeregrineCore
 
 /// A reply the sink decided to give, rendered for one connection/recipient.
 public struct SinkRenderedReply: Hashable, Sendable {
@@ -40,9 +41,9 @@ public final class SinkIPState {
     public let ip: String
     public internal(set) var open = 0
     public internal(set) var counters = SinkCounters()
-    var rate: SinkTokenBucket?
+    var rate: RateLimiter?
     var penaltyUntil: UInt64 = 0
-    var penaltyAllow: SinkTokenBucket?
+    var penaltyAllow: RateLimiter?
     init(ip: String) { self.ip = ip }
 }
 
@@ -61,7 +62,7 @@ public final class SinkProvider {
     let greylistNanos: UInt64
     let mailboxInterval: UInt64
     let scale: Double
-    var mailboxes: [String: SinkTokenBucket] = [:]
+    var mailboxes: [String: RateLimiter] = [:]
     var greylist: [String: UInt64] = [:]
 
     init(profile: SinkISPProfile, index: Int, scale: Double) {
@@ -86,7 +87,7 @@ public final class SinkProvider {
     func ipState(_ ip: String) -> SinkIPState {
         if let s = ips[ip] { return s }
         let s = SinkIPState(ip: ip)
-        if let r = profile.messageRate { s.rate = SinkTokenBucket(interval: rateInterval, burst: r.rate.burst) }
+        if let r = profile.messageRate { s.rate = RateLimiter(intervalNanos: rateInterval, burst: r.rate.burst) }
         ips[ip] = s
         return s
     }
@@ -195,8 +196,8 @@ public final class SinkPolicy {
         }
         if let m = profile.mailboxRate, m.patterns.contains(where: { $0.matches(local) }) {
             let key = recipient.lowercased()
-            var bucket = p.mailboxes[key] ?? SinkTokenBucket(interval: p.mailboxInterval, burst: m.rate.burst)
-            let ok = bucket.take(now: now)
+            var bucket = p.mailboxes[key] ?? RateLimiter(intervalNanos: p.mailboxInterval, burst: m.rate.burst)
+            let ok = bucket.tryAcquire(now: now)
             p.mailboxes[key] = bucket
             if !ok { return refuse(.rcpt, .mailboxRate, m.reply, c, rcpt: recipient, penalty: false, now: now) }
         }
@@ -277,7 +278,7 @@ public final class SinkPolicy {
             return refuse(phase, .maxConnections, l.reply, c, rcpt: rcpt, penalty: l.penalty, now: now)
         }
         if let box = profile.penaltyBox, box.phase == phase, now < s.penaltyUntil {
-            let allowed = s.penaltyAllow?.take(now: now) ?? false
+            let allowed = s.penaltyAllow?.tryAcquire(now: now) ?? false
             if !allowed {
                 return refuse(phase, .penaltyBox, box.reply, c, rcpt: rcpt, penalty: false, now: now)
             }
@@ -285,7 +286,7 @@ public final class SinkPolicy {
         if let l = profile.maxMessagesPerConnection, l.phase == phase, c.messages >= l.value {
             return refuse(phase, .maxMessagesPerConnection, l.reply, c, rcpt: rcpt, penalty: l.penalty, now: now)
         }
-        if let r = profile.messageRate, r.phase == phase, s.rate?.take(now: now) == false {
+        if let r = profile.messageRate, r.phase == phase, s.rate?.tryAcquire(now: now) == false {
             return refuse(phase, .messageRate, r.reply, c, rcpt: rcpt, penalty: r.penalty, now: now)
         }
         for f in profile.randomFailures where f.phase == phase && f.probability > 0 {
@@ -303,8 +304,8 @@ public final class SinkPolicy {
             s.penaltyUntil = now &+ c.provider.penaltyNanos
             if let allow = box.allow {
                 // The first allowed message comes one interval after the trip.
-                var b = SinkTokenBucket(interval: c.provider.penaltyAllowInterval, burst: allow.burst)
-                _ = b.take(now: now)
+                var b = RateLimiter(intervalNanos: c.provider.penaltyAllowInterval, burst: allow.burst)
+                _ = b.tryAcquire(now: now)
                 s.penaltyAllow = b
             } else {
                 s.penaltyAllow = nil
@@ -370,5 +371,13 @@ extension String {
         }
         out += rest
         return out
+    }
+}
+
+extension RateLimiter {
+    /// A GCRA limiter with `intervalNanos` between events (already time-scaled).
+    init(intervalNanos: UInt64, burst: Int) {
+        let ns = Int64(clamping: max(1, intervalNanos))
+        self.init(rate: .limited(count: 1, per: .nanoseconds(ns)), burst: burst)
     }
 }
