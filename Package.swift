@@ -33,7 +33,7 @@ let package = Package(
 
         .target(name: "PeregrineIO", dependencies: ["CURing", "CLinux"], swiftSettings: loopSettings),
         .target(name: "PeregrineSMTP", swiftSettings: [.swiftLanguageMode(.v6)]),
-        .target(name: "PeregrineCore", dependencies: ["PeregrineIO", "PeregrineSMTP"],
+        .target(name: "PeregrineCore", dependencies: ["PeregrineIO", "PeregrineSMTP", "COpenSSL"],
                 swiftSettings: loopSettings),
         .executableTarget(name: "Peregrine", dependencies: ["PeregrineCore"], swiftSettings: loopSettings),
 
