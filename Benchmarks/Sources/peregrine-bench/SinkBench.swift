@@ -11,14 +11,14 @@ import Foundation
 
 private let sinkBenchUsage = """
 usage: peregrine-bench sink [--messages N] [--sessions S] [--size BYTES] [--rounds R]
-                            [--backends io_uring,epoll,dispatch] [--threads T]
+                            [--backends io_uring,epoll,dispatch] [--threads 1,2]
                             [--sink PATH] [--output FILE]
   --messages N   messages per run (default 50000)
   --sessions S   smtp-source concurrent sessions (default 20)
   --size BYTES   message size (default 4096)
   --rounds R     rounds; each round runs every contestant once (default 3)
   --backends L   peregrine-sink backends to run (default io_uring,epoll,dispatch)
-  --threads T    peregrine-sink --threads (default 1)
+  --threads L    peregrine-sink --threads values to run (default 1,2)
   --sink PATH    the peregrine-sink executable (default: next to peregrine-bench)
   --output FILE  JSON path (default results/sink-<YYYY-MM-DD>.json)
 """
@@ -26,6 +26,7 @@ usage: peregrine-bench sink [--messages N] [--sessions S] [--size BYTES] [--roun
 private struct SinkBenchRun {
     var server: String
     var backend: String?
+    var threads: Int?
     var round: Int
     var seconds: Double
     var messages: Int
@@ -33,12 +34,16 @@ private struct SinkBenchRun {
     var status: String
 
     var rate: Double { seconds > 0 ? Double(messages) / seconds : 0 }
-    var label: String { backend.map { "\(server)/\($0)" } ?? server }
+    var label: String {
+        guard let b = backend else { return server }
+        return "\(server)/\(b)" + (threads.map { "/t\($0)" } ?? "")
+    }
 
     var json: [String: Any] {
         var o: [String: Any] = ["server": server, "round": round, "seconds": (seconds * 1000).rounded() / 1000,
                                 "messages": messages, "messages_per_second": rate.rounded(), "status": status]
         if let b = backend { o["backend"] = b }
+        if let t = threads { o["threads"] = t }
         if let a = accepted { o["accepted"] = a }
         return o
     }
@@ -121,7 +126,8 @@ private func sinkBenchMedian(_ xs: [Double]) -> Double {
 }
 
 func runSinkBench(arguments: [String]) -> Int32 {
-    var messages = 50_000, sessions = 20, size = 4096, rounds = 3, threads = 1
+    var messages = 50_000, sessions = 20, size = 4096, rounds = 3
+    var threadCounts = [1, 2]
     var backends = ["io_uring", "epoll", "dispatch"]
     var output: String? = nil
     var sinkPath = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
@@ -140,7 +146,11 @@ func runSinkBench(arguments: [String]) -> Int32 {
         case "--sessions": guard let v = intArg("--sessions") else { return 2 }; sessions = v
         case "--size": guard let v = intArg("--size") else { return 2 }; size = v
         case "--rounds": guard let v = intArg("--rounds") else { return 2 }; rounds = v
-        case "--threads": guard let v = intArg("--threads") else { return 2 }; threads = v
+        case "--threads":
+            guard i + 1 < arguments.count else { fputs("--threads needs a list such as 1,2\n", stderr); return 2 }
+            let list = arguments[i + 1].split(separator: ",").compactMap { Int($0) }.filter { $0 > 0 }
+            guard !list.isEmpty else { fputs("--threads needs a list such as 1,2\n", stderr); return 2 }
+            threadCounts = list; i += 1
         case "--backends":
             guard i + 1 < arguments.count else { fputs("--backends needs a list\n", stderr); return 2 }
             backends = arguments[i + 1].split(separator: ",").map(String.init); i += 1
@@ -172,7 +182,7 @@ func runSinkBench(arguments: [String]) -> Int32 {
             p.arguments = (getuid() == 0 ? ["-u", "nobody"] : []) + ["127.0.0.1:\(port)", "1024"]
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
-            var run = SinkBenchRun(server: "smtp-sink", backend: nil, round: round, seconds: 0, messages: messages, accepted: nil, status: "did not start")
+            var run = SinkBenchRun(server: "smtp-sink", backend: nil, threads: nil, round: round, seconds: 0, messages: messages, accepted: nil, status: "did not start")
             if (try? p.run()) != nil, sinkBenchWaitForListener(port), let (s, status) = sinkBenchSource(port: port, messages: messages, sessions: sessions, size: size) {
                 run.seconds = s; run.status = status
             }
@@ -180,6 +190,7 @@ func runSinkBench(arguments: [String]) -> Int32 {
             print(String(format: "round %d  %-26@ %8.0f msg/s  (%@)", round, run.label, run.rate, run.status))
             runs.append(run)
         }
+        for threads in threadCounts {
         for backend in backends {
             guard let port = sinkBenchFreePort() else { continue }
             let p = Process()
@@ -189,7 +200,7 @@ func runSinkBench(arguments: [String]) -> Int32 {
             let out = Pipe()
             p.standardOutput = out
             p.standardError = FileHandle.nullDevice
-            var run = SinkBenchRun(server: "peregrine-sink", backend: backend, round: round, seconds: 0, messages: messages, accepted: nil, status: "did not start")
+            var run = SinkBenchRun(server: "peregrine-sink", backend: backend, threads: threads, round: round, seconds: 0, messages: messages, accepted: nil, status: "did not start")
             if (try? p.run()) != nil, sinkBenchWaitForListener(port), let (s, status) = sinkBenchSource(port: port, messages: messages, sessions: sessions, size: size) {
                 run.seconds = s; run.status = status
             }
@@ -205,6 +216,7 @@ func runSinkBench(arguments: [String]) -> Int32 {
             print(String(format: "round %d  %-26@ %8.0f msg/s  (%@)", round, run.label, run.rate, run.status))
             runs.append(run)
         }
+        }
     }
 
     var medians: [String: Double] = [:]
@@ -213,13 +225,15 @@ func runSinkBench(arguments: [String]) -> Int32 {
     }
     let reference = medians["smtp-sink"] ?? 0
     var verdicts: [String: Any] = [:]
-    for b in backends {
-        let m = medians["peregrine-sink/\(b)"] ?? 0
-        verdicts[b] = ["median_messages_per_second": m,
+    for t in threadCounts {
+      for b in backends {
+        let m = medians["peregrine-sink/\(b)/t\(t)"] ?? 0
+        verdicts["\(b)/t\(t)"] = ["median_messages_per_second": m,
                        "ratio_to_smtp_sink": reference > 0 ? (m / reference * 100).rounded() / 100 : 0,
                        "at_least_smtp_sink": m >= reference && m > 0]
+      }
     }
-    let best = backends.compactMap { medians["peregrine-sink/\($0)"] }.max() ?? 0
+    let best = medians.filter { $0.key.hasPrefix("peregrine-sink/") }.map(\.value).max() ?? 0
     let date: String = {
         let f = DateFormatter()
         f.dateFormat = "yyyy-MM-dd"
@@ -235,7 +249,7 @@ func runSinkBench(arguments: [String]) -> Int32 {
         "machine": ["cpus": ProcessInfo.processInfo.activeProcessorCount, "kernel": kernel,
                     "loadavg_start": loadStart, "loadavg_end": sinkBenchLoadAverage()],
         "parameters": ["messages": messages, "sessions": sessions, "size": size, "rounds": rounds,
-                       "threads": threads, "feeder": "smtp-source -d -s \(sessions) -l \(size) -m \(messages)"],
+                       "threads": threadCounts, "feeder": "smtp-source -d -s \(sessions) -l \(size) -m \(messages)"],
         "runs": runs.map(\.json),
         "median_messages_per_second": medians,
         "peregrine_sink": verdicts,
