@@ -219,8 +219,17 @@ import PeregrineIO
         #expect(try c.command("MAIL FROM:<s@example.com>")?.code == 250)
         for rule in p.recipientRules {
             let pattern = rule.patterns[0].text.replacingOccurrences(of: "*", with: "-7").replacingOccurrences(of: "?", with: "x")
-            let r = try c.command("RCPT TO:<\(pattern)@\(p.domains[0])>")
-            expect(r, is: rule.reply, "\(name) \(rule.kind.rawValue)")
+            let rcpt = "\(pattern)@\(p.domains[0])"
+            if rule.phase == .data {
+                // Accepted at RCPT, the whole message refused at the end of DATA.
+                _ = try c.command("RSET")
+                let refused = try c.sendMessage(to: rcpt)
+                #expect(refused?.0 == "data", "\(name) \(rule.kind.rawValue): \(String(describing: refused))")
+                expect(refused?.1, is: rule.reply, "\(name) \(rule.kind.rawValue) at end of DATA")
+                #expect(try c.command("MAIL FROM:<s@example.com>")?.code == 250)
+            } else {
+                expect(try c.command("RCPT TO:<\(rcpt)>"), is: rule.reply, "\(name) \(rule.kind.rawValue)")
+            }
         }
         // Scripted local parts.
         let scripted = try c.command("RCPT TO:<450-anything@\(p.domains[0])>")

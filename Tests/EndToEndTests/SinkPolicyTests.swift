@@ -165,6 +165,22 @@ import Testing
         #expect(counters.recipientsAccepted == 2)
     }
 
+    @Test func recipientRuleAtDataAcceptsTheRcptAndRefusesTheMessage() {
+        var p = Self.gmailLike()
+        p.recipientRules = [SinkRecipientRule(kind: .unknownUser, patterns: [SinkPattern("unknown*")],
+                                              reply: Self.reply("554 delivery error: dd This user doesn't have a {domain} account ({rcpt})"),
+                                              phase: .data)]
+        let (policy, yahoo) = policy(p)
+        let (c, _) = policy.connect(provider: yahoo, ip: "10.0.0.1", now: 0)
+        _ = policy.mailFrom(c, sender: "s@example.com", now: 0)
+        #expect(policy.rcptTo(c, recipient: "unknown1@yahoo.com", now: 0) == .accept)
+        let r = policy.endOfData(c, size: 10, now: 0).reply
+        #expect(r?.text == "554 delivery error: dd This user doesn't have a yahoo.com account (unknown1@yahoo.com)")
+        #expect(yahoo.ips["10.0.0.1"]?.counters.messagesRejected[.unknownUser] == 1)
+        // The next transaction starts clean.
+        #expect(send(policy, c, at: 1) == nil)
+    }
+
     @Test func greylistDefersTheFirstTryAndPassesTheRetryAfterTheDelay() {
         let (policy, gmail) = policy()
         let (c, _) = policy.connect(provider: gmail, ip: "10.0.0.1", now: 0)

@@ -17,6 +17,14 @@ public enum SinkMain {
 
     /// Runs until SIGTERM/SIGINT; returns the exit status.
     public static func run(arguments: [String]) -> Int32 {
+        // Block SIGTERM/SIGINT before any thread exists, so that every thread
+        // inherits the mask and the runner's sigwait is the only receiver.
+        // (An ignored signal never reaches a Dispatch signal source on Linux.)
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGTERM)
+        sigaddset(&stopSignals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
         let options: SinkOptions
         switch SinkOptions.parse(arguments) {
         case .failure(let e): complain(e.message); return 2
@@ -92,18 +100,8 @@ final class SinkRunner<L: EventLoop>: @unchecked Sendable {
     }
 
     func run() -> Int32 {
-        // Signals first, so that a TERM during start-up is not lost.
-        signal(SIGTERM, SIG_IGN)
-        signal(SIGINT, SIG_IGN)
-        let stopRequested = DispatchSemaphore(value: 0)
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGTERM, SIGINT] {
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { stopRequested.signal() }
-            s.resume()
-            sources.append(s)
-        }
-
+        // SIGTERM/SIGINT are blocked in every thread (see SinkMain.run): a
+        // TERM during start-up stays pending and is taken by sigwait below.
         // Loop 0 binds first: with --port 0 its ports are what the others reuse.
         var threadsStarted = 0
         for i in 0..<options.threads {
@@ -124,13 +122,17 @@ final class SinkRunner<L: EventLoop>: @unchecked Sendable {
         SinkMain.say("peregrine-sink: ready (backend \(L.kind), \(options.threads) thread\(options.threads == 1 ? "" : "s"), time-scale \(shared.policy.timeScale))")
         fflush(stdout)
 
-        stopRequested.wait()
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGTERM)
+        sigaddset(&stopSignals, SIGINT)
+        var received: Int32 = 0
+        while sigwait(&stopSignals, &received) != 0 {}
         stopAll()
         for _ in 0..<threadsStarted { finished.wait() }
         shared.finishIds()
         SinkMain.say(String(decoding: shared.statsJSON(pretty: true), as: UTF8.self))
         fflush(stdout)
-        _ = sources
         return 0
     }
 

@@ -110,6 +110,8 @@ public final class SinkConnection {
     var overConnectionLimit = false
     var sender = ""
     public internal(set) var acceptedRecipients = 0
+    /// A recipient rule that refuses this transaction at the end of DATA.
+    var refuseAtData: (SinkRecipientRule, String)?
     var closed = false
     init(provider: SinkProvider, ipState: SinkIPState) {
         self.provider = provider
@@ -163,6 +165,7 @@ public final class SinkPolicy {
     public func mailFrom(_ c: SinkConnection, sender: String, now: UInt64) -> SinkDecision {
         c.sender = sender
         c.acceptedRecipients = 0
+        c.refuseAtData = nil
         return check(.mail, c, rcpt: nil, now: now) ?? .accept
     }
 
@@ -181,6 +184,12 @@ public final class SinkPolicy {
             return refuse(.rcpt, .scripted, t, c, rcpt: recipient, penalty: false, now: now)
         }
         for rule in profile.recipientRules where rule.patterns.contains(where: { $0.matches(local) }) {
+            if rule.phase == .data {
+                // Accepted now, refused with the whole message at the end of DATA.
+                if c.refuseAtData == nil { c.refuseAtData = (rule, recipient) }
+                c.acceptedRecipients += 1
+                return .accept
+            }
             return refuse(.rcpt, SinkReason(rule.kind), rule.reply, c, rcpt: recipient, penalty: false, now: now)
         }
         if let g = profile.greylist, g.patterns.contains(where: { $0.matches(local) }) {
@@ -221,7 +230,13 @@ public final class SinkPolicy {
     public func endOfData(_ c: SinkConnection, size: Int, now: UInt64) -> SinkDecision {
         if let d = check(.data, c, rcpt: nil, now: now) {
             c.acceptedRecipients = 0
+            c.refuseAtData = nil
             return d
+        }
+        if let (rule, rcpt) = c.refuseAtData {
+            c.acceptedRecipients = 0
+            c.refuseAtData = nil
+            return refuse(.data, SinkReason(rule.kind), rule.reply, c, rcpt: rcpt, penalty: false, now: now)
         }
         c.acceptedRecipients = 0
         c.messages += 1
@@ -237,6 +252,7 @@ public final class SinkPolicy {
     /// RSET.
     public func reset(_ c: SinkConnection) {
         c.acceptedRecipients = 0
+        c.refuseAtData = nil
         c.sender = ""
     }
 

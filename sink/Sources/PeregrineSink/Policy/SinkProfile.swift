@@ -200,12 +200,16 @@ public enum SinkRecipientKind: String, Hashable, Sendable, CaseIterable {
     case inactive = "inactive"
 }
 
+/// A recipient rule answers at RCPT, or (`phase` data, as Yahoo does with
+/// its "dd" unknown-user reply) accepts the recipient and refuses the whole
+/// message at the end of DATA.
 public struct SinkRecipientRule: Hashable, Sendable {
     public var kind: SinkRecipientKind
     public var patterns: [SinkPattern]
     public var reply: SinkReplyTemplate
-    public init(kind: SinkRecipientKind, patterns: [SinkPattern], reply: SinkReplyTemplate) {
-        self.kind = kind; self.patterns = patterns; self.reply = reply
+    public var phase: SinkPhase
+    public init(kind: SinkRecipientKind, patterns: [SinkPattern], reply: SinkReplyTemplate, phase: SinkPhase = .rcpt) {
+        self.kind = kind; self.patterns = patterns; self.reply = reply; self.phase = phase
     }
 }
 

@@ -27,7 +27,7 @@ public struct SinkProfileSet: Sendable {
 ///     max-msg-per-connection 50 mail "421 4.7.0 Try again later, closing connection."
 ///     max-msg-rate 3000/h mail "421-4.7.28 Gmail has detected …" burst 100 penalty
 ///     penalty-box 10m mail "421-4.7.28 …" [allow 1/m]
-///     unknown-user "550-5.1.1 The email account …" unknown* nouser*
+///     unknown-user "550-5.1.1 The email account …" unknown* nouser*   # [data]: refuse at end of DATA
 ///     mailbox-full "452-4.2.2 …" full*
 ///     inactive "550 5.2.1 …" inactive*
 ///     mailbox-rate 60/m "450-4.2.1 …" [PATTERN…]     # default: every mailbox
@@ -157,11 +157,21 @@ public enum SinkProfileParser {
                 p.penaltyBox = try penaltyBox(node)
             case "unknown-user", "mailbox-full", "inactive":
                 guard let kind = SinkRecipientKind(rawValue: node.name) else { throw node.error("internal: \(node.name)") }
-                let (reply, rest) = try replyAndRest(node)
-                guard !rest.isEmpty else {
+                let (reply, words) = try replyAndRest(node)
+                // `rcpt` (the default) or `data` among the patterns picks the phase.
+                var phase = SinkPhase.rcpt
+                var patterns: [String] = []
+                for w in words {
+                    switch w.lowercased() {
+                    case "rcpt": phase = .rcpt
+                    case "data": phase = .data
+                    default: patterns.append(w)
+                    }
+                }
+                guard !patterns.isEmpty else {
                     throw node.error("\(node.name) needs local-part patterns after the reply, e.g. \(node.name) \"550 5.1.1 …\" unknown*")
                 }
-                p.recipientRules.append(SinkRecipientRule(kind: kind, patterns: rest.map(SinkPattern.init), reply: reply))
+                p.recipientRules.append(SinkRecipientRule(kind: kind, patterns: patterns.map(SinkPattern.init), reply: reply, phase: phase))
             case "mailbox-rate":
                 guard let first = args.first else { throw node.error("mailbox-rate needs RATE \"REPLY\" [PATTERN…]") }
                 let rate = try sinkRate(node, first, burst: nil)
