@@ -1,0 +1,189 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `peregrine ctl …`: the operator's console. Talks JSON to the daemon's
+/// management port (http-mgmt-port) and prints tables, or the raw JSON with --json.
+///
+///   ctl show status|queues|topqueues
+///   ctl pause|resume|schedule|delete QUEUE        (QUEUE may be a pattern: gmail.com/*)
+///   ctl set-mode normal|backoff QUEUE
+///   ctl reload
+/// Options: --host ADDR (default 127.0.0.1), --port N (default 8080), --json.
+enum CtlCommand {
+    static let usage = """
+    usage: peregrine ctl [--host ADDR] [--port N] [--json] COMMAND
+      show status | show queues | show topqueues
+      pause QUEUE | resume QUEUE | schedule QUEUE | delete QUEUE
+      set-mode normal|backoff QUEUE
+      reload
+    QUEUE is domain/vmta and may use * (gmail.com/*).
+    """
+
+    static func run(_ arguments: [String]) -> Int32 {
+        var host = "127.0.0.1", port: UInt16 = 8080, json = false
+        var words: [String] = []
+        var i = 0
+        while i < arguments.count {
+            let a = arguments[i]
+            switch a {
+            case "--host":
+                guard i + 1 < arguments.count else { return fail("--host needs a value") }
+                host = arguments[i + 1]; i += 2
+            case "--port":
+                guard i + 1 < arguments.count, let p = UInt16(arguments[i + 1]) else { return fail("--port needs a number 1-65535") }
+                port = p; i += 2
+            case "--json":
+                json = true; i += 1
+            case "-h", "--help":
+                print(usage); return 0
+            default:
+                words.append(a); i += 1
+            }
+        }
+        let request: (method: String, path: String, body: String?)
+        switch words.first {
+        case "show":
+            guard words.count == 2, ["status", "queues", "topqueues"].contains(words[1]) else {
+                return fail("show takes status, queues or topqueues")
+            }
+            request = ("GET", "/" + words[1], nil)
+        case "pause", "resume", "schedule", "delete":
+            guard words.count == 2 else { return fail("\(words[0]) takes one QUEUE (domain/vmta, * allowed)") }
+            request = ("POST", "/queues/\(words[0])", jsonObject(["queue": words[1]]))
+        case "set-mode":
+            guard words.count == 3, ["normal", "backoff"].contains(words[1]) else {
+                return fail("set-mode takes normal|backoff and a QUEUE")
+            }
+            request = ("POST", "/queues/set-mode", jsonObject(["queue": words[2], "mode": words[1]]))
+        case "reload":
+            request = ("POST", "/reload", "{}")
+        case nil:
+            return fail("missing command")
+        default:
+            return fail("unknown command '\(words[0])'")
+        }
+        switch httpRequest(host: host, port: port, method: request.method, path: request.path, body: request.body) {
+        case .failure(let message):
+            fputs("peregrine ctl: \(message)\n", stderr)
+            return 1
+        case .success(let (status, body)):
+            if json || status >= 300 {
+                print(body)
+                return status >= 300 ? 1 : 0
+            }
+            print(render(path: request.path, body: body))
+            return 0
+        }
+    }
+
+    static func fail(_ message: String) -> Int32 {
+        fputs("peregrine ctl: \(message)\n\(usage)\n", stderr)
+        return 2
+    }
+
+    static func jsonObject(_ fields: [String: String]) -> String {
+        (try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]))
+            .flatMap { String(data: $0, encoding: .utf8) } ?? "{}"
+    }
+
+    enum HTTPResult { case success((Int, String)), failure(String) }
+
+    /// A blocking HTTP/1.0 exchange (the CLI edge: one request, then exit).
+    static func httpRequest(host: String, port: UInt16, method: String, path: String, body: String?) -> HTTPResult {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else { return .failure("'\(host)' is not a numeric IPv4 address") }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return .failure("socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else {
+            return .failure("cannot reach the management port \(host):\(port): \(String(cString: strerror(errno))) (is the daemon running? http-mgmt-port)")
+        }
+        let payload = body ?? ""
+        var text = "\(method) \(path) HTTP/1.0\r\nHost: \(host)\r\nAccept: application/json\r\n"
+        if body != nil { text += "Content-Type: application/json\r\nContent-Length: \(payload.utf8.count)\r\n" }
+        text += "\r\n" + payload
+        let bytes = Array(text.utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return .failure("send: \(String(cString: strerror(errno)))") }
+            sent += n
+        }
+        var response: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 { return .failure("recv: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            response.append(contentsOf: chunk[0..<n])
+        }
+        let whole = String(decoding: response, as: UTF8.self)
+        guard let headerEnd = whole.range(of: "\r\n\r\n") else { return .failure("malformed HTTP response") }
+        let statusLine = whole[..<headerEnd.lowerBound].split(separator: "\r\n").first ?? ""
+        let parts = statusLine.split(separator: " ")
+        guard parts.count >= 2, let status = Int(parts[1]) else { return .failure("malformed status line '\(statusLine)'") }
+        return .success((status, String(whole[headerEnd.upperBound...])))
+    }
+
+    /// Tables for people; scripts use --json.
+    static func render(path: String, body: String) -> String {
+        guard let data = body.data(using: .utf8),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return body }
+        switch path {
+        case "/queues", "/topqueues":
+            let queues = object["queues"] as? [[String: Any]] ?? []
+            var rows = [["QUEUE", "MODE", "READY", "DELAYED", "CONN", "DELIVERED", "BOUNCED", "DEFERRED", "LAST REPLY"]]
+            for q in queues {
+                var mode = q["mode"] as? String ?? "?"
+                if (q["paused"] as? Bool) == true { mode += ",paused" }
+                if let s = q["suspendedSeconds"] as? Double, s > 0 { mode += ",suspended \(Int(s))s" }
+                rows.append([q["queue"] as? String ?? "?", mode, num(q["ready"]), num(q["delayed"]), num(q["connections"]),
+                             num(q["delivered"]), num(q["bounced"]), num(q["deferred"]),
+                             String((q["lastReply"] as? String ?? "").prefix(60))])
+            }
+            return table(rows)
+        case "/status":
+            var rows = [["KEY", "VALUE"]]
+            for key in object.keys.sorted() {
+                if let nested = object[key] as? [String: Any] {
+                    for k in nested.keys.sorted() { rows.append(["\(key).\(k)", describe(nested[k])]) }
+                } else {
+                    rows.append([key, describe(object[key])])
+                }
+            }
+            return table(rows)
+        default:
+            return object.keys.sorted().map { "\($0): \(describe(object[$0]))" }.joined(separator: "\n")
+        }
+    }
+
+    static func num(_ v: Any?) -> String { describe(v) }
+
+    static func describe(_ v: Any?) -> String {
+        switch v {
+        case let n as NSNumber: return n.stringValue
+        case let s as String: return s
+        case let other?: return "\(other)"
+        case nil: return ""
+        }
+    }
+
+    static func table(_ rows: [[String]]) -> String {
+        guard let first = rows.first else { return "" }
+        var widths = Array(repeating: 0, count: first.count)
+        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+        return rows.map { r in
+            r.enumerated().map { i, c in i == r.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+                .joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+}

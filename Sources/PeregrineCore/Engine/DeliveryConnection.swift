@@ -1,0 +1,272 @@
+import PeregrineIO
+import PeregrineSMTP
+
+/// One outbound SMTP connection of a queue: connects (bound to the VMTA's
+/// source IP, trying the queue's hosts in MX order), drives an
+/// `SMTPClientSession`, and asks its queue for work each time the session is
+/// ready. Completion closures are created once per connection, not per event.
+final class DeliveryConnection<Loop: EventLoop> {
+    unowned let engine: DeliveryEngine<Loop>
+    let loop: Loop
+    let queue: DeliveryQueue
+    let vmta: VirtualMTA
+    let hosts: [RouteHost]
+    private var hostIndex = 0
+    private(set) var socket: Socket?
+    private var session: SMTPClientSession
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    private let sendBuffer = OwnedBuffer(capacity: 4096)
+    private let bodyBuffer = OwnedBuffer(capacity: 8192)
+    private var pendingOutput = ByteBuffer(capacity: 1024)
+    private var sending = false
+    private var receiving = false
+    private var closing = false
+    private(set) var closed = false
+    private var timer: TimerHandle?
+    private var idleTimer: TimerHandle?
+    private var current: DeliveryItem?
+    private(set) var messagesSent = 0
+    private(set) var isIdle = false
+    private var everReady = false
+    private var attemptInfo: DeliveryAttemptInfo?
+    /// Operations whose callbacks are still to come: the engine keeps this
+    /// object alive until they have all run (their closures capture it unowned).
+    private var connecting = false
+    private var readingBody = false
+
+    private var onReceive: ((Result<Int, IOError>) -> Void)!
+    private var onSent: ((Result<Void, IOError>) -> Void)!
+    private var onTimer: (() -> Void)!
+
+    init(engine: DeliveryEngine<Loop>, loop: Loop, queue: DeliveryQueue, vmta: VirtualMTA, hosts: [RouteHost],
+         configuration: SMTPClientConfiguration) {
+        self.engine = engine
+        self.loop = loop
+        self.queue = queue
+        self.vmta = vmta
+        self.hosts = hosts
+        self.session = SMTPClientSession(configuration: configuration)
+        self.receiveBuffer = .allocate(byteCount: 16384, alignment: 16)
+        onReceive = { [unowned self] r in self.received(r) }
+        onSent = { [unowned self] r in self.sent(r) }
+        onTimer = { [unowned self] in self.timer = nil; self.session.timedOut(); self.pump() }
+    }
+
+    deinit { receiveBuffer.deallocate() }
+
+    // MARK: Connecting
+
+    func start() { connectNext(lastError: nil) }
+
+    private func connectNext(lastError: String?) {
+        guard hostIndex < hosts.count else {
+            finishClosed(connectFailure: lastError ?? "no host to connect to")
+            return
+        }
+        let host = hosts[hostIndex]
+        hostIndex += 1
+        connecting = true
+        loop.connect(to: host.address, from: vmta.sourceAddress, timeout: queue.policy.connectTimeout) { [unowned self] result in
+            self.connecting = false
+            defer { self.releaseIfDone() }
+            switch result {
+            case .success(let s):
+                if self.closing { self.loop.close(s); self.finishClosed(connectFailure: nil); return }
+                self.socket = s
+                self.attemptInfo = DeliveryAttemptInfo(sourceAddress: self.loop.localAddress(of: s), destination: host.address,
+                                                       destinationName: host.name, esmtp: false)
+                self.session.start()
+                self.receive()
+                self.pump()
+            case .failure(let e):
+                if self.closing { self.finishClosed(connectFailure: nil); return }
+                self.connectNext(lastError: "\(host.name) (\(host.address)): \(e)")
+            }
+        }
+    }
+
+    // MARK: Driving the session
+
+    private func receive() {
+        guard let s = socket, !receiving, !closed else { return }
+        receiving = true
+        loop.receive(s, into: receiveBuffer, onReceive)
+    }
+
+    private func received(_ result: Result<Int, IOError>) {
+        receiving = false
+        defer { releaseIfDone() }
+        switch result {
+        case .success(let n) where n > 0:
+            session.receive(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]))
+            pump()
+            if !session.isClosed { receive() }
+        default:
+            session.connectionClosed()
+            pump()
+        }
+    }
+
+    /// Handles the session's events and writes its output.
+    private func pump() {
+        while let event = session.nextEvent() {
+            switch event {
+            case .setTimer(_, let ns):
+                if let t = timer { loop.cancelTimer(t) }
+                timer = loop.scheduleTimer(after: ns, onTimer)
+            case .cancelTimer:
+                if let t = timer { loop.cancelTimer(t); timer = nil }
+            case .ready(let ext):
+                everReady = true
+                attemptInfo?.esmtp = ext.isESMTP
+                askForWork()
+            case .sendBody:
+                session.appendBody(bodyBuffer.bytes)
+                session.finishBody()
+                bodyBuffer.clear()
+            case .messageCompleted(let result):
+                if let item = current {
+                    current = nil
+                    messagesSent += 1
+                    engine.complete(item, result: result, on: self, info: attemptInfo)
+                }
+            case .closed(let reason):
+                flush()
+                closeAfterFlush(reason: reason)
+            }
+        }
+        flush()
+    }
+
+    private func flush() {
+        guard !sending, let s = socket, !closed else { return }
+        session.swapOutput(&pendingOutput)
+        guard !pendingOutput.isEmpty else { return }
+        sendBuffer.clear()
+        pendingOutput.withUnsafeReadableBytes { sendBuffer.append($0) }
+        sending = true
+        loop.send(s, sendBuffer.bytes, onSent)
+    }
+
+    private func sent(_ result: Result<Void, IOError>) {
+        sending = false
+        defer { releaseIfDone() }
+        switch result {
+        case .success:
+            if closing { finishClose() } else { flush() }
+        case .failure:
+            session.connectionClosed()
+            pump()
+            if closing { finishClose() }
+        }
+    }
+
+    /// Called when the session is ready: take the next item from the queue.
+    func askForWork() {
+        guard session.isReady, current == nil, !closing else { return }
+        if engine.isStopping { quit(); return }
+        if let t = idleTimer { loop.cancelTimer(t); idleTimer = nil }
+        switch queue.take(now: loop.now, messagesOnConnection: messagesSent) {
+        case .item(let item):
+            if isIdle { isIdle = false; queue.idleConnections -= 1 }
+            begin(item)
+        case .wait(let until):
+            becomeIdle()
+            let delay = until > loop.now ? until - loop.now : 0
+            idleTimer = loop.scheduleTimer(after: delay) { [unowned self] in self.idleTimer = nil; self.askForWork() }
+        case .idle:
+            becomeIdle()
+            idleTimer = loop.scheduleTimer(after: queue.policy.idleTimeout) { [unowned self] in
+                self.idleTimer = nil
+                if self.isIdle { self.quit() }
+            }
+        case .close:
+            quit()
+        }
+    }
+
+    private func becomeIdle() {
+        if !isIdle { isIdle = true; queue.idleConnections += 1 }
+    }
+
+    private func begin(_ item: DeliveryItem) {
+        current = item
+        let message = item.message
+        bodyBuffer.clear()
+        bodyBuffer.reserve(message.bodySize)
+        readingBody = true
+        engine.bodySource.readBody(of: message, into: UnsafeMutableRawBufferPointer(rebasing: bodyBuffer.memory[0..<message.bodySize])) {
+            [unowned self] result in
+            self.readingBody = false
+            defer { self.releaseIfDone() }
+            guard !self.closed, let item = self.current else { return }
+            switch result {
+            case .success:
+                self.bodyBuffer.setCount(message.bodySize)
+                let rcpts = item.recipients.map { message.recipients[$0].address }
+                let envelope = SMTPClientEnvelope(mailFrom: message.sender, recipients: rcpts, size: message.bodySize,
+                                                  envelopeID: message.envId)
+                if self.session.send(envelope) {
+                    self.pump()
+                } else {
+                    self.current = nil
+                    self.queue.putBack(item)
+                    self.quit()
+                }
+            case .failure(let e):
+                // The body cannot be read: a local problem, not the receiver's.
+                self.current = nil
+                self.engine.bodyUnreadable(item, error: e)
+                self.askForWork()
+            }
+        }
+    }
+
+    /// Ends the connection politely (QUIT) or, before the session started, at once.
+    func quit() {
+        guard !closing else { return }
+        if socket == nil { closing = true; return }  // still connecting: closed when connect completes
+        session.quit()
+        pump()
+    }
+
+    private var closeReason: SMTPClientCloseReason?
+
+    private func closeAfterFlush(reason: SMTPClientCloseReason) {
+        closeReason = reason
+        closing = true
+        if !sending { finishClose() }
+    }
+
+    private func finishClose() {
+        guard !closed else { return }
+        if let s = socket { loop.close(s) }
+        socket = nil
+        finishClosed(connectFailure: nil)
+    }
+
+    private func finishClosed(connectFailure: String?) {
+        guard !closed else { return }
+        closed = true
+        closing = true
+        if let t = timer { loop.cancelTimer(t); timer = nil }
+        if let t = idleTimer { loop.cancelTimer(t); idleTimer = nil }
+        if isIdle { isIdle = false; queue.idleConnections -= 1 }
+        if let item = current {
+            // Should not happen (the session completes the message before closing), but never lose it.
+            current = nil
+            queue.putBack(item)
+        }
+        engine.connectionClosed(self, reason: closeReason, connectFailure: connectFailure, everReady: everReady)
+        releaseIfDone()
+    }
+
+    private var released = false
+
+    /// Hands the connection back to the engine once closed and no callback is outstanding.
+    private func releaseIfDone() {
+        guard closed, !released, !receiving, !sending, !connecting, !readingBody else { return }
+        released = true
+        engine.release(self)
+    }
+}

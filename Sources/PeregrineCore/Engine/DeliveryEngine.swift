@@ -1,0 +1,375 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PeregrineIO
+import PeregrineSMTP
+
+/// The delivery side of one event loop: the queues sharded to this loop, their
+/// connections, and the reaction to every reply. Everything runs on `loop`'s
+/// thread; work from other loops arrives through `loop.execute`.
+public final class DeliveryEngine<Loop: EventLoop> {
+    public let loop: Loop
+    let policies: DeliveryPolicySource
+    let router: DeliveryRouter
+    let bodySource: DeliveryBodySource
+    unowned let observer: DeliveryObserver
+
+    public private(set) var queues: [QueueKey: DeliveryQueue] = [:]
+    private var connections: [ObjectIdentifier: DeliveryConnection<Loop>] = [:]
+    private var queueTimers: [QueueKey: (at: UInt64, handle: TimerHandle)] = [:]
+    /// Source IPs a pattern list disabled, per queue, until a time.
+    private var disabledUntil: [QueueKey: UInt64] = [:]
+    private var expiredScratch: [DeliveryItem] = []
+    private var stopping = false
+    private var stopped: (() -> Void)?
+
+    public init(loop: Loop, policies: DeliveryPolicySource, router: DeliveryRouter, bodySource: DeliveryBodySource,
+                observer: DeliveryObserver) {
+        self.loop = loop
+        self.policies = policies
+        self.router = router
+        self.bodySource = bodySource
+        self.observer = observer
+    }
+
+    public var connectionCount: Int { connections.count }
+    var isStopping: Bool { stopping }
+
+    // MARK: Work in
+
+    /// Takes a message's recipients for the queues of this loop. `recipients`
+    /// are indexes into `message.recipients`, all with pending state; they are
+    /// grouped per domain into transactions of at most max-rcpt-per-transaction.
+    public func submit(_ message: QueuedMessage, recipients: [Int], vmta: String, notBefore: UInt64? = nil) {
+        var byDomain: [String: [Int]] = [:]
+        for r in recipients { byDomain[message.recipients[r].domain, default: []].append(r) }
+        for (domain, rcpts) in byDomain {
+            let key = QueueKey(domain: domain, vmta: vmta)
+            let q = queue(for: key)
+            let maxRcpt = max(1, q.policy.maxRecipientsPerTransaction)
+            var start = 0
+            while start < rcpts.count {
+                let slice = Array(rcpts[start..<min(start + maxRcpt, rcpts.count)])
+                let item = DeliveryItem(message: message, recipients: slice)
+                if let t = notBefore, t > loop.now { q.delayUntil(item, t) } else { q.enqueue(item) }
+                start += maxRcpt
+            }
+            kick(q)
+        }
+    }
+
+    public func queue(for key: QueueKey) -> DeliveryQueue {
+        if let q = queues[key] { return q }
+        let q = DeliveryQueue(key: key, policy: policies.policy(for: key))
+        queues[key] = q
+        return q
+    }
+
+    /// Re-reads every queue's policy (config reload) without touching connections.
+    public func reloadPolicies() {
+        for (key, q) in queues { q.update(policy: policies.policy(for: key), now: loop.now) }
+        for q in queues.values { kick(q) }
+    }
+
+    // MARK: Scheduling
+
+    /// Re-evaluates a queue: promote due items, expire old ones, open
+    /// connections, wake idle ones, and arm the queue's timer for the next change.
+    public func kick(_ q: DeliveryQueue) {
+        let now = loop.now
+        q.checkBackoffExpiry(now: now)
+        q.promoteDue(now: now, expired: &expiredScratch)
+        if !expiredScratch.isEmpty {
+            let expired = expiredScratch
+            expiredScratch.removeAll(keepingCapacity: true)
+            for item in expired { expire(item, queue: q) }
+        }
+        if !stopping {
+            // Idle connections take work first; new connections only if still needed.
+            if q.readyItems > 0 && q.idleConnections > 0 {
+                for c in connections.values where c.queue === q && c.isIdle { c.askForWork() }
+            }
+            let n = q.connectionsToOpen(now: now)
+            if n > 0 { open(n, for: q) }
+            else if q.readyItems > 0 && q.connections < q.policy.effectiveMaxSmtpOut(backoff: q.isBackoff) && q.isSendable(now: now) {
+                // Held back by max-connect-rate: come back when it allows.
+                armTimer(q, at: q.nextConnectAllowed(now: now))
+            }
+        }
+        var next = q.nextWakeup(now: now)
+        if let b = q.backoffEnds() { next = min(next ?? .max, b) }
+        if let t = next { armTimer(q, at: t) }
+    }
+
+    private func armTimer(_ q: DeliveryQueue, at when: UInt64) {
+        let key = q.key
+        if let existing = queueTimers[key] {
+            if existing.at <= when && existing.at > loop.now { return }
+            loop.cancelTimer(existing.handle)
+        }
+        let delay = when > loop.now ? when - loop.now : 0
+        let handle = loop.scheduleTimer(after: delay) { [unowned self] in
+            self.queueTimers[key] = nil
+            if let q = self.queues[key] { self.kick(q) }
+        }
+        queueTimers[key] = (when, handle)
+    }
+
+    private func open(_ count: Int, for q: DeliveryQueue) {
+        guard let vmta = policies.virtualMTA(named: q.key.vmta) else {
+            // A queue for an unknown VMTA cannot be delivered; hold it and say why.
+            q.lastReply = "no virtual-mta named \(q.key.vmta)"
+            return
+        }
+        q.connections += count
+        router.hosts(for: q.key) { [unowned self] result in
+            switch result {
+            case .success(let hosts) where !hosts.isEmpty:
+                var config = SMTPClientConfiguration(heloName: vmta.hostname)
+                config.timeouts.greeting = q.policy.greetingTimeout
+                config.timeouts.dataBlock = q.policy.dataSendTimeout
+                for _ in 0..<count {
+                    let c = DeliveryConnection(engine: self, loop: self.loop, queue: q, vmta: vmta, hosts: hosts,
+                                               configuration: config)
+                    self.connections[ObjectIdentifier(c)] = c
+                    c.start()
+                }
+            case .success:
+                q.connections -= count
+                self.noMailHost(q, reason: "no mail host for \(q.key.domain)")
+            case .failure(.noMailHost(let why)):
+                q.connections -= count
+                self.noMailHost(q, reason: why)
+            case .failure(.temporary(let why)):
+                q.connections -= count
+                self.deferQueue(q, reason: "DNS: \(why)")
+            }
+        }
+    }
+
+    // MARK: Outcomes
+
+    func complete(_ item: DeliveryItem, result: SMTPMessageResult, on connection: DeliveryConnection<Loop>,
+                  info: DeliveryAttemptInfo?) {
+        let q = connection.queue
+        let now = loop.now
+        let message = item.message
+        if message.firstAttemptWall == 0 { message.firstAttemptWall = wallClockSeconds() }
+        var retry: [Int] = []
+        var deliveredCount = 0, bouncedCount = 0
+        var forceBounce = false
+        // Pattern lists look at every remote reply of the transaction.
+        var seen = Set<String>()
+        for r in result.recipients where !r.isLocal {
+            let text = r.reply.description
+            if seen.insert(text).inserted { if applyPatterns(r.reply, queue: q, now: now) { forceBounce = true } }
+        }
+        for (k, r) in result.recipients.enumerated() {
+            let index = item.recipients[k]
+            q.lastReply = r.reply.description
+            switch r.status {
+            case .delivered:
+                if message.finish(recipient: index, as: .delivered) {
+                    deliveredCount += 1
+                    observer.delivered(message, recipient: index, queue: q, reply: r.reply,
+                                       connection: info ?? DeliveryAttemptInfo(sourceAddress: nil, destination: connection.hosts[0].address,
+                                                                               destinationName: connection.hosts[0].name, esmtp: false))
+                }
+            case .permanentFailure:
+                if message.finish(recipient: index, as: .bounced) {
+                    bouncedCount += 1
+                    observer.bounced(message, recipient: index, queue: q, reply: r.reply,
+                                     category: policies.bounceCategory(for: r.reply), connection: info)
+                }
+            case .transientFailure:
+                if forceBounce && !r.isLocal {
+                    if message.finish(recipient: index, as: .bounced) {
+                        bouncedCount += 1
+                        observer.bounced(message, recipient: index, queue: q, reply: r.reply,
+                                         category: policies.bounceCategory(for: r.reply), connection: info)
+                    }
+                } else {
+                    retry.append(index)
+                    observer.deferred(message, recipient: index, queue: q, reply: r.reply, connection: info)
+                }
+            }
+        }
+        if deliveredCount > 0 { q.noteDelivered(deliveredCount, now: now) }
+        if bouncedCount > 0 { q.noteBounced(bouncedCount) }
+        if !retry.isEmpty {
+            var again = item
+            again.recipients = retry
+            q.deferItem(again, now: now)
+        }
+        if message.isComplete { observer.messageCompleted(message) }
+        kick(q)
+    }
+
+    /// Applies pattern-list actions; returns true when the reply must bounce.
+    private func applyPatterns(_ reply: SMTPReply, queue q: DeliveryQueue, now: UInt64) -> Bool {
+        var bounce = false
+        for action in policies.actions(for: reply, queue: q.key) {
+            switch action {
+            case .backoff: q.enterBackoff(now: now)
+            case .suspend(let ns): q.suspend(until: now &+ ns, reason: reply.description)
+            case .disableSourceIP(let ns):
+                disabledUntil[q.key] = now &+ ns
+                q.suspend(until: now &+ ns, reason: "source IP disabled: \(reply.description)")
+            case .bounce: bounce = true
+            }
+        }
+        return bounce
+    }
+
+    func bodyUnreadable(_ item: DeliveryItem, error: IOError) {
+        // Keep the recipients: a read error may be transient (EIO, ENOMEM); retry on schedule.
+        let q = queue(for: QueueKey(domain: item.message.recipients[item.recipients[0]].domain, vmta: item.message.vmta))
+        q.lastReply = "local: cannot read the spooled body: \(error)"
+        q.deferItem(item, now: loop.now)
+    }
+
+    func connectionClosed(_ c: DeliveryConnection<Loop>, reason: SMTPClientCloseReason?, connectFailure: String?, everReady: Bool) {
+        let q = c.queue
+        q.connections -= 1
+        let now = loop.now
+        if let failure = connectFailure {
+            // Every host refused or timed out: the queue as a whole waits (one tq record).
+            deferQueue(q, reason: failure)
+            return
+        }
+        if let reason {
+            switch reason {
+            case .greetingRefused(let r), .heloRefused(let r), .serviceClosing(let r):
+                q.lastReply = r.description
+                if applyPatterns(r, queue: q, now: now) { /* bounce applies to messages, none in flight here */ }
+                if !everReady {
+                    // Refused before any transaction (e.g. too many connections at the greeting):
+                    // back off this queue briefly instead of reconnecting in a tight loop.
+                    q.suspend(until: now &+ min(q.policy.retryDelay(afterAttempt: 1), 5_000_000_000), reason: r.description)
+                }
+            case .timedOut(let phase):
+                q.lastReply = "timeout in \(phase.rawValue)"
+            case .protocolError(let why):
+                q.lastReply = "protocol error: \(why)"
+            case .connectionLost, .quit:
+                break
+            }
+        }
+        if stopping { checkStopped() } else { kick(q) }
+    }
+
+    func release(_ c: DeliveryConnection<Loop>) {
+        connections[ObjectIdentifier(c)] = nil
+        if stopping { checkStopped() }
+    }
+
+    private func deferQueue(_ q: DeliveryQueue, reason: String) {
+        let delay = q.isBackoff ? q.policy.backoffRetryAfter : q.policy.retryDelay(afterAttempt: 1)
+        q.lastReply = reason
+        q.suspend(until: loop.now &+ delay, reason: reason)
+        observer.queueDeferred(q, reason: reason)
+        kick(q)
+    }
+
+    private func noMailHost(_ q: DeliveryQueue, reason: String) {
+        guard q.policy.bounceUponNoMX else { deferQueue(q, reason: reason); return }
+        let reply = SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 1, 2), reason)
+        for item in q.removeAll() {
+            for r in item.recipients where item.message.finish(recipient: r, as: .bounced) {
+                observer.bounced(item.message, recipient: r, queue: q, reply: reply, category: "bad-domain", connection: nil)
+            }
+            if item.message.isComplete { observer.messageCompleted(item.message) }
+        }
+    }
+
+    private func expire(_ item: DeliveryItem, queue q: DeliveryQueue) {
+        let reply = SMTPReply(code: 554, enhancedCode: EnhancedStatusCode(5, 4, 7),
+                              "delivery time expired (bounce-after); last reply: \(q.lastReply)")
+        for r in item.recipients where item.message.finish(recipient: r, as: .expired) {
+            observer.bounced(item.message, recipient: r, queue: q, reply: reply, category: "message-expired", connection: nil)
+        }
+        q.noteBounced(item.recipients.count)
+        if item.message.isComplete { observer.messageCompleted(item.message) }
+    }
+
+    // MARK: Management
+
+    /// Queues matching a pattern like `gmail.com/*`.
+    public func queues(matching pattern: String) -> [DeliveryQueue] {
+        queues.values.filter { $0.key.matches(pattern: pattern) }.sorted { $0.key < $1.key }
+    }
+
+    public func pause(_ pattern: String) -> Int {
+        let qs = queues(matching: pattern)
+        for q in qs { q.isPaused = true; kick(q) }
+        return qs.count
+    }
+
+    public func resume(_ pattern: String) -> Int {
+        let qs = queues(matching: pattern)
+        for q in qs { q.resume(); kick(q) }
+        return qs.count
+    }
+
+    public func schedule(_ pattern: String) -> Int {
+        let qs = queues(matching: pattern)
+        for q in qs { q.retryNow(); kick(q) }
+        return qs.count
+    }
+
+    public func setMode(_ pattern: String, backoff: Bool) -> Int {
+        let qs = queues(matching: pattern)
+        for q in qs {
+            if backoff { q.enterBackoff(now: loop.now) } else { q.leaveBackoff(now: loop.now) }
+            kick(q)
+        }
+        return qs.count
+    }
+
+    /// Deletes every recipient of matching queues, bouncing nothing (an operator's choice,
+    /// recorded as bounces with category "other" so the accounting stays complete).
+    public func delete(_ pattern: String) -> Int {
+        var n = 0
+        let reply = SMTPReply(code: 554, enhancedCode: EnhancedStatusCode(5, 0, 0), "deleted by the operator")
+        for q in queues(matching: pattern) {
+            for item in q.removeAll() {
+                for r in item.recipients where item.message.finish(recipient: r, as: .bounced) {
+                    n += 1
+                    observer.bounced(item.message, recipient: r, queue: q, reply: reply, category: "other", connection: nil)
+                }
+                if item.message.isComplete { observer.messageCompleted(item.message) }
+            }
+        }
+        return n
+    }
+
+    // MARK: Shutdown
+
+    /// Stops opening connections, lets in-flight transactions finish, quits idle
+    /// connections; `done` runs when no connection is left.
+    public func shutdown(_ done: @escaping () -> Void) {
+        stopping = true
+        stopped = done
+        for (_, t) in queueTimers { loop.cancelTimer(t.handle) }
+        queueTimers.removeAll()
+        for c in connections.values where c.isIdle { c.quit() }
+        checkStopped()
+    }
+
+    private func checkStopped() {
+        if connections.isEmpty, let done = stopped {
+            stopped = nil
+            done()
+        } else if stopping {
+            for c in connections.values where c.isIdle { c.quit() }
+        }
+    }
+}
+
+/// Wall-clock seconds since 1970 (accounting timestamps).
+@inlinable
+public func wallClockSeconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec)
+}

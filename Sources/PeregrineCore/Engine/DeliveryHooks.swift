@@ -1,0 +1,85 @@
+import PeregrineIO
+import PeregrineSMTP
+
+/// A virtual MTA: the source IP a queue's connections bind to and the name
+/// they say in EHLO (`smtp-source-host IP HOSTNAME`).
+public struct VirtualMTA: Sendable, Equatable {
+    public var name: String
+    public var sourceAddress: SocketAddress?
+    public var hostname: String
+    public init(name: String, sourceAddress: SocketAddress?, hostname: String) {
+        self.name = name; self.sourceAddress = sourceAddress; self.hostname = hostname
+    }
+}
+
+/// One host to try for a queue, in MX preference order.
+public struct RouteHost: Sendable, Equatable {
+    public var name: String
+    public var address: SocketAddress
+    public init(name: String, address: SocketAddress) { self.name = name; self.address = address }
+}
+
+public enum RouteFailure: Error, Sendable, Equatable {
+    /// The domain has no MX and no A (or does not exist): bounce if bounce-upon-no-mx.
+    case noMailHost(String)
+    /// DNS timed out or failed: try the queue again later.
+    case temporary(String)
+}
+
+/// What a pattern-list match asks the engine to do to a queue.
+public enum QueueAction: Sendable, Equatable {
+    case backoff
+    case suspend(nanoseconds: UInt64)
+    case disableSourceIP(nanoseconds: UInt64)
+    case bounce
+}
+
+/// Where the engine's decisions go: the daemon writes accounting records and
+/// spool outcome records from these. Called on the engine's loop.
+public protocol DeliveryObserver: AnyObject {
+    /// A recipient is delivered (2xx after DATA).
+    func delivered(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply, connection: DeliveryAttemptInfo)
+    /// A recipient is bounced: a 5xx, a pattern-list `bounce`, no mail host, or expiry (`category` message-expired).
+    func bounced(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply, category: String?,
+                 connection: DeliveryAttemptInfo?)
+    /// A recipient got a transient failure and will be retried.
+    func deferred(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply, connection: DeliveryAttemptInfo?)
+    /// The whole queue could not be reached (every MX failed): one `tq` record, not one per recipient.
+    func queueDeferred(_ queue: DeliveryQueue, reason: String)
+    /// A message has no pending recipient left anywhere: its spool space may be reclaimed.
+    func messageCompleted(_ message: QueuedMessage)
+}
+
+/// Facts about the connection a result came over (accounting's dlv* fields).
+public struct DeliveryAttemptInfo: Sendable {
+    public var sourceAddress: SocketAddress?
+    public var destination: SocketAddress
+    public var destinationName: String
+    public var esmtp: Bool
+    public init(sourceAddress: SocketAddress?, destination: SocketAddress, destinationName: String, esmtp: Bool) {
+        self.sourceAddress = sourceAddress; self.destination = destination
+        self.destinationName = destinationName; self.esmtp = esmtp
+    }
+}
+
+/// The engine's view of the spool: reading a body back when its attempt is due.
+public protocol DeliveryBodySource: AnyObject {
+    /// Reads the message body (exactly `message.bodySize` bytes) into `buffer`.
+    func readBody(of message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
+                  _ done: @escaping (Result<Void, IOError>) -> Void)
+}
+
+/// Routing (static `route` directives, then DNS MX) as the engine needs it.
+public protocol DeliveryRouter: AnyObject {
+    func hosts(for queue: QueueKey, _ done: @escaping (Result<[RouteHost], RouteFailure>) -> Void)
+}
+
+/// Settings per queue, pattern lists and classification: answered from the config.
+public protocol DeliveryPolicySource: AnyObject {
+    func policy(for queue: QueueKey) -> QueuePolicy
+    func virtualMTA(named: String) -> VirtualMTA?
+    /// Pattern-list actions for a remote reply on this queue.
+    func actions(for reply: SMTPReply, queue: QueueKey) -> [QueueAction]
+    /// Bounce category for a permanent failure.
+    func bounceCategory(for reply: SMTPReply) -> String
+}

@@ -1,0 +1,30 @@
+import Testing
+@testable import PeregrineCore
+
+@Suite struct EngineHeaderTests {
+    @Test func findsFoldedFieldsCaseInsensitively() {
+        let msg = Array("From: a@b\r\nX-Virtual-MTA: vmta2\r\nSubject: hello\r\n  world\r\nx-job: J42\r\n\r\nbody: not a header\r\n".utf8)
+        let h = HeaderSection(msg)
+        #expect(h.fields.count == 4)
+        let v = h.first(named: "X-Virtual-MTA", in: msg)
+        #expect(v.map { HeaderSection.string($0.value, in: msg) } == "vmta2")
+        let s = h.first(named: "subject", in: msg)
+        #expect(s.map { HeaderSection.string($0.value, in: msg) } == "hello  world")
+        #expect(h.first(named: "X-JOB", in: msg).map { HeaderSection.string($0.value, in: msg) } == "J42")
+        #expect(Array(msg[h.bodyStart...]) == Array("body: not a header\r\n".utf8))
+        #expect(h.first(named: "body", in: msg) == nil)
+    }
+
+    @Test func malformedHeaderEndsSection() {
+        let msg = Array("From: a@b\r\nthis line has no colon\r\nX-Job: 1\r\n".utf8)
+        let h = HeaderSection(msg)
+        #expect(h.fields.count == 1)
+        #expect(h.first(named: "X-Job", in: msg) == nil)
+    }
+
+    @Test func messageWithoutBody() {
+        let msg = Array("Subject: x\r\n".utf8)
+        let h = HeaderSection(msg)
+        #expect(h.fields.count == 1 && h.bodyStart == msg.count)
+    }
+}
