@@ -1,9 +1,9 @@
 /// A binary min-heap of values keyed by a deadline (ties in insertion order):
 /// a queue's delayed recipients, waiting for their retry time.
 public struct DeadlineHeap<Element> {
-    @usableFromInline struct Node { var deadline: UInt64; var sequence: UInt64; var element: Element }
-    @usableFromInline var nodes: [Node] = []
-    @usableFromInline var sequence: UInt64 = 0
+    struct Node { var deadline: UInt64; var sequence: UInt64; var element: Element }
+    var nodes: [Node] = []
+    var sequence: UInt64 = 0
 
     public init() {}
 
@@ -54,7 +54,7 @@ public struct DeadlineHeap<Element> {
         return all.map(\.element)
     }
 
-    @inlinable func less(_ a: Int, _ b: Int) -> Bool {
+    func less(_ a: Int, _ b: Int) -> Bool {
         nodes[a].deadline != nodes[b].deadline ? nodes[a].deadline < nodes[b].deadline
                                                : nodes[a].sequence < nodes[b].sequence
     }
