@@ -57,7 +57,7 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
         var p = QueuePolicy()
         p.maxMessageRate = .limited(count: 10, per: .seconds(1))
         let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: p)
-        for i in 1...100 { q.enqueue(item(UInt64(i))) }
+        for i in 1...300 { q.enqueue(item(UInt64(i))) }
         var now: UInt64 = 1_000 * second
         var sent = 0
         // Over 10 simulated seconds at most ~10/s (plus the burst the limiter allows) get through.
