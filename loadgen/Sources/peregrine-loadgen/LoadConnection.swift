@@ -1,0 +1,166 @@
+import PeregrineIO
+import PeregrineSMTP
+
+/// One injecting SMTP connection: connects, sends messages while the generator
+/// grants them, QUITs after messages-per-connection, and reports every reply.
+final class LoadConnection<Loop: EventLoop> {
+    unowned let generator: LoadGenerator<Loop>
+    let loop: Loop
+    private var session: SMTPClientSession
+    private var socket: Socket?
+    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16384, alignment: 16)
+    private var sendMemory = UnsafeMutableRawBufferPointer.allocate(byteCount: 16384, alignment: 16)
+    private var output = ByteBuffer(capacity: 8192)
+    private var sending = false
+    private var receiving = false
+    private var connecting = false
+    private(set) var finished = false
+    private var timer: TimerHandle?
+    private var messagesOnConnection = 0
+    private var current: (id: String, started: UInt64, size: Int)?
+    private var waitingForGrant = false
+    private var onReceive: ((Result<Int, IOError>) -> Void)!
+    private var onSent: ((Result<Void, IOError>) -> Void)!
+    private var onTimer: (() -> Void)!
+
+    init(generator: LoadGenerator<Loop>, loop: Loop) {
+        self.generator = generator
+        self.loop = loop
+        var config = SMTPClientConfiguration(heloName: generator.options.heloName)
+        config.usePipelining = generator.options.pipelining
+        session = SMTPClientSession(configuration: config)
+        onReceive = { [unowned self] in self.received($0) }
+        onSent = { [unowned self] in self.sent($0) }
+        onTimer = { [unowned self] in self.timer = nil; self.session.timedOut(); self.pump() }
+    }
+
+    deinit {
+        receiveBuffer.deallocate()
+        sendMemory.deallocate()
+    }
+
+    var isBusy: Bool { socket != nil || connecting }
+
+    func start() {
+        guard !connecting, socket == nil else { return }
+        var config = SMTPClientConfiguration(heloName: generator.options.heloName)
+        config.usePipelining = generator.options.pipelining
+        session = SMTPClientSession(configuration: config)
+        messagesOnConnection = 0
+        connecting = true
+        loop.connect(to: generator.options.target, from: generator.options.source, timeout: 10_000_000_000) { [unowned self] r in
+            self.connecting = false
+            switch r {
+            case .success(let s):
+                self.socket = s
+                self.generator.stats.connectionsOpened += 1
+                self.session.start()
+                self.receive()
+                self.pump()
+            case .failure(let e):
+                self.generator.stats.connectionErrors += 1
+                self.generator.stats.lastConnectionError = "\(e)"
+                self.generator.connectionEnded(self, failed: true)
+            }
+        }
+    }
+
+    private func receive() {
+        guard let s = socket, !receiving else { return }
+        receiving = true
+        loop.receive(s, into: receiveBuffer, onReceive)
+    }
+
+    private func received(_ r: Result<Int, IOError>) {
+        receiving = false
+        switch r {
+        case .success(let n) where n > 0:
+            session.receive(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]))
+            pump()
+            if socket != nil && !session.isClosed { receive() }
+        default:
+            session.connectionClosed()
+            pump()
+        }
+        finishIfQuiet()
+    }
+
+    /// The generator granted a message (rate and count budget allow one).
+    func grant() {
+        waitingForGrant = false
+        guard session.isReady, socket != nil else { generator.returnGrant(); return }
+        let (envelope, id, size) = generator.makeEnvelope()
+        current = (id, loop.now, size)
+        generator.stats.sent += 1
+        session.send(envelope)
+        pump()
+    }
+
+    private func pump() {
+        while let e = session.nextEvent() {
+            switch e {
+            case .setTimer(_, let ns):
+                if let t = timer { loop.cancelTimer(t) }
+                timer = loop.scheduleTimer(after: min(ns, 60_000_000_000), onTimer)
+            case .cancelTimer:
+                if let t = timer { loop.cancelTimer(t); timer = nil }
+            case .ready:
+                let cap = generator.options.messagesPerConnection
+                if (cap > 0 && messagesOnConnection >= cap) || generator.isDone {
+                    session.quit()
+                } else if !waitingForGrant {
+                    waitingForGrant = true
+                    generator.requestGrant(self)
+                }
+            case .sendBody:
+                if let c = current { generator.writeBody(id: c.id, size: c.size) { session.appendBody($0) } }
+                session.finishBody()
+            case .messageCompleted(let result):
+                messagesOnConnection += 1
+                if let c = current {
+                    current = nil
+                    let reply = result.finalReply ?? result.recipients.first?.reply ?? result.mailReply
+                    generator.messageCompleted(id: c.id, started: c.started, reply: reply, result: result)
+                }
+            case .closed:
+                break
+            }
+        }
+        flush()
+        if session.isClosed && !sending, let s = socket {
+            loop.close(s)
+            socket = nil
+            if waitingForGrant { generator.cancelGrantRequest(self); waitingForGrant = false }
+            finishIfQuiet()
+        }
+    }
+
+    private func finishIfQuiet() {
+        if socket == nil && !receiving && !sending && !connecting && session.isClosed && !finished {
+            finished = true
+            generator.connectionEnded(self, failed: false)
+            finished = false
+        }
+    }
+
+    private func flush() {
+        guard !sending, let s = socket else { return }
+        session.swapOutput(&output)
+        guard !output.isEmpty else { return }
+        let n = output.readableBytes
+        if n > sendMemory.count {
+            sendMemory.deallocate()
+            sendMemory = .allocate(byteCount: max(n, sendMemory.count * 2), alignment: 16)
+        }
+        output.withUnsafeReadableBytes { src in sendMemory.copyMemory(from: src) }
+        sending = true
+        loop.send(s, UnsafeRawBufferPointer(rebasing: sendMemory[0..<n]), onSent)
+    }
+
+    private func sent(_ r: Result<Void, IOError>) {
+        sending = false
+        if case .failure = r { session.connectionClosed() }
+        pump()
+        finishIfQuiet()
+    }
+}

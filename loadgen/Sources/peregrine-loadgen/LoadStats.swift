@@ -1,0 +1,24 @@
+/// Counters and latencies of a run, kept on the generator's loop thread.
+final class LoadStats {
+    var connectionsOpened = 0
+    var connectionErrors = 0
+    var lastConnectionError = ""
+    var sent = 0
+    var accepted = 0
+    var deferred = 0
+    var rejected = 0
+    var sessionErrors = 0
+    var byCode: [Int: Int] = [:]
+    /// Injection latency (send of MAIL FROM → reply after the final dot), microseconds.
+    var latenciesMicros: [UInt32] = []
+    var acceptedIDs: [String] = []
+    var recordIDs = false
+
+    init(expected: Int) { latenciesMicros.reserveCapacity(min(expected, 10_000_000)) }
+
+    func percentile(_ p: Double, sorted: [UInt32]) -> Double {
+        guard !sorted.isEmpty else { return 0 }
+        let rank = min(sorted.count - 1, max(0, Int((p / 100 * Double(sorted.count)).rounded(.up)) - 1))
+        return Double(sorted[rank]) / 1000
+    }
+}
