@@ -90,7 +90,7 @@ final class LoadConnection<Loop: EventLoop> {
         waitingForGrant = false
         guard session.isReady, socket != nil else { generator.returnGrant(); return }
         let (envelope, id, size) = generator.makeEnvelope()
-        current = (id, loop.now, size)
+        current = (id, monotonicNanoseconds(), size)
         generator.stats.sent += 1
         session.send(envelope)
         pump()

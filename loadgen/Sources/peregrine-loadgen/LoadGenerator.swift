@@ -153,7 +153,7 @@ final class LoadGenerator<Loop: EventLoop> {
         } else {
             stats.deferred += 1
         }
-        let micros = (loop.now - started) / 1000
+        let micros = (monotonicNanoseconds() - started) / 1000
         stats.latenciesMicros.append(UInt32(min(micros, UInt64(UInt32.max))))
     }
 
