@@ -4,9 +4,9 @@ import Testing
 private let second: UInt64 = 1_000_000_000
 
 private func message(_ id: UInt64, rcpts: [String], receivedAt: UInt64 = 0) -> QueuedMessage {
-    QueuedMessage(id: id, sender: "s@example.com", recipients: rcpts.map { .init(address: $0) },
+    QueuedMessage(id: MessageID(hi: 0, lo: id), sender: "s@example.com", recipients: rcpts.map { .init(address: $0) },
                   vmta: "vmta1", jobId: nil, envId: nil, receivedAtWall: 0, receivedAt: receivedAt,
-                  bodySize: 100, bodyLocation: SpoolBodyLocation(stream: 0, segment: 0, offset: 0, length: 100))
+                  bodySize: 100, stream: 0)
 }
 
 private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
@@ -32,7 +32,7 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
         for i in 1...3 { q.enqueue(item(UInt64(i))) }
         guard case .item(let a) = q.take(now: 0, messagesOnConnection: 0) else { Issue.record("expected item"); return }
         guard case .item(let b) = q.take(now: 0, messagesOnConnection: 1) else { Issue.record("expected item"); return }
-        #expect(a.message.id == 1 && b.message.id == 2)
+        #expect(a.message.id.lo == 1 && b.message.id.lo == 2)
         guard case .close = q.take(now: 0, messagesOnConnection: 2) else { Issue.record("cap must close"); return }
         #expect(q.readyRecipients == 1)
     }
@@ -143,8 +143,8 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
         for i in 1...4 { q.enqueue(item(UInt64(i))) }
         q.delayUntil(item(5), 10 * second)
         q.delayUntil(item(6), 20 * second)
-        let removed = q.remove { $0.id % 2 == 0 }
-        #expect(Set(removed.map(\.message.id)) == [2, 4, 6])
+        let removed = q.remove { $0.id.lo % 2 == 0 }
+        #expect(Set(removed.map(\.message.id.lo)) == [2, 4, 6])
         #expect(q.readyRecipients == 2 && q.delayedRecipients == 1)
         #expect(q.removeAll().count == 3)
         #expect(q.isEmpty)

@@ -1,11 +1,7 @@
 /// A message as the scheduler holds it while any recipient is still pending:
 /// envelope and scheduling state only. The body stays in the spool and is
-/// read back (by `bodyLocation`) when a delivery attempt is due.
+/// read back from its spool stream by id when a delivery attempt is due.
 public final class QueuedMessage {
-    public enum RecipientState: UInt8, Sendable {
-        case pending, delivered, bounced, expired
-    }
-
     public struct Recipient: Sendable, Equatable {
         public var address: String
         public var orcpt: String?
@@ -20,7 +16,7 @@ public final class QueuedMessage {
         }
     }
 
-    public let id: UInt64
+    public let id: MessageID
     public let sender: String
     public let recipients: [Recipient]
     public private(set) var states: [RecipientState]
@@ -33,14 +29,14 @@ public final class QueuedMessage {
     /// Monotonic nanoseconds (expiry).
     public let receivedAt: UInt64
     public let bodySize: Int
-    /// Where the body lives in the spool; opaque to the scheduler.
-    public var bodyLocation: SpoolBodyLocation
+    /// The spool stream (loop) whose segments hold the body.
+    public let stream: Int
     /// Wall-clock seconds of the first delivery attempt (accounting), 0 = none yet.
     public var firstAttemptWall: Int64 = 0
 
-    public init(id: UInt64, sender: String, recipients: [Recipient], vmta: String, jobId: String?,
+    public init(id: MessageID, sender: String, recipients: [Recipient], vmta: String, jobId: String?,
                 envId: String?, receivedAtWall: Int64, receivedAt: UInt64, bodySize: Int,
-                bodyLocation: SpoolBodyLocation, states: [RecipientState]? = nil) {
+                stream: Int, states: [RecipientState]? = nil) {
         self.id = id
         self.sender = sender
         self.recipients = recipients
@@ -50,7 +46,7 @@ public final class QueuedMessage {
         self.receivedAtWall = receivedAtWall
         self.receivedAt = receivedAt
         self.bodySize = bodySize
-        self.bodyLocation = bodyLocation
+        self.stream = stream
         let s = states ?? Array(repeating: .pending, count: recipients.count)
         self.states = s
         self.pendingCount = s.reduce(0) { $0 + ($1 == .pending ? 1 : 0) }
@@ -67,17 +63,6 @@ public final class QueuedMessage {
     }
 
     public var isComplete: Bool { pendingCount == 0 }
-}
-
-/// Where a message body lives in the spool (segment, offset, length).
-public struct SpoolBodyLocation: Hashable, Sendable {
-    public var stream: UInt32
-    public var segment: UInt64
-    public var offset: UInt64
-    public var length: UInt64
-    public init(stream: UInt32, segment: UInt64, offset: UInt64, length: UInt64) {
-        self.stream = stream; self.segment = segment; self.offset = offset; self.length = length
-    }
 }
 
 /// One transaction's worth of work: a message and its recipients in one queue
