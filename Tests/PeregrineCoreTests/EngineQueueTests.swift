@@ -26,8 +26,8 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
     }
 
     @Test func readyItemsComeOutInOrderAndCapPerConnection() {
-        var p = QueuePolicy()
-        p.maxMessagesPerConnection = 2
+        var p = DomainSettings()
+        p.maxMsgPerConnection = 2
         let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: p)
         for i in 1...3 { q.enqueue(item(UInt64(i))) }
         guard case .item(let a) = q.take(now: 0, messagesOnConnection: 0) else { Issue.record("expected item"); return }
@@ -38,9 +38,9 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
     }
 
     @Test func connectionsToOpenHonoursMaxSmtpOutAndBackoff() {
-        var p = QueuePolicy()
-        p.maxSmtpOut = 5
-        p.backoffMaxSmtpOut = 1
+        var p = DomainSettings()
+        p.maxSMTPOut = 5
+        p.backoffMaxSMTPOut = 1
         let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: p)
         for i in 1...50 { q.enqueue(item(UInt64(i))) }
         #expect(q.connectionsToOpen(now: 0) == 5)
@@ -54,8 +54,8 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
     }
 
     @Test func messageRateIsPaced() {
-        var p = QueuePolicy()
-        p.maxMessageRate = .limited(count: 10, per: .seconds(1))
+        var p = DomainSettings()
+        p.maxMsgRate = .limited(count: 10, per: .seconds(1))
         let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: p)
         for i in 1...300 { q.enqueue(item(UInt64(i))) }
         var now: UInt64 = 1_000 * second
@@ -73,9 +73,9 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
     }
 
     @Test func transientFailureFollowsRetryScheduleThenExpires() {
-        var p = QueuePolicy()
-        p.retryAfter = [10 * second, 20 * second]
-        p.bounceAfter = 45 * second
+        var p = DomainSettings()
+        p.retryAfter = RetrySchedule([.seconds(10), .seconds(20)])
+        p.bounceAfter = .seconds(45)
         let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: p)
         q.enqueue(item(1, receivedAt: 0))
         guard case .item(let it) = q.take(now: 0, messagesOnConnection: 0) else { Issue.record("item"); return }
@@ -99,9 +99,9 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
     }
 
     @Test func backoffUsesBackoffRetryAndReturnsToNormal() {
-        var p = QueuePolicy()
-        p.backoffRetryAfter = 60 * second
-        p.backoffToNormalAfter = 120 * second
+        var p = DomainSettings()
+        p.backoffRetryAfter = RetrySchedule([.seconds(60)])
+        p.backoffToNormalAfter = .seconds(120)
         let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: p)
         q.enterBackoff(now: 5 * second)
         q.deferItem(item(1, receivedAt: 0), now: 5 * second)
@@ -114,7 +114,7 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
     }
 
     @Test func backoffToNormalAfterDelivery() {
-        var p = QueuePolicy()
+        var p = DomainSettings()
         p.backoffToNormalAfterDelivery = true
         let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: p)
         q.enterBackoff(now: 0)
@@ -123,7 +123,7 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
     }
 
     @Test func pausedAndSuspendedQueuesSendNothing() {
-        let q = DeliveryQueue(key: QueueKey(domain: "yahoo.com", vmta: "v"), policy: QueuePolicy())
+        let q = DeliveryQueue(key: QueueKey(domain: "yahoo.com", vmta: "v"), policy: DomainSettings())
         q.enqueue(item(1))
         q.isPaused = true
         #expect(q.connectionsToOpen(now: 0) == 0)
@@ -139,7 +139,7 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
     }
 
     @Test func deleteByPredicateAndAll() {
-        let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: QueuePolicy())
+        let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: DomainSettings())
         for i in 1...4 { q.enqueue(item(UInt64(i))) }
         q.delayUntil(item(5), 10 * second)
         q.delayUntil(item(6), 20 * second)

@@ -66,7 +66,7 @@ final class DeliveryConnection<Loop: EventLoop> {
         let host = hosts[hostIndex]
         hostIndex += 1
         connecting = true
-        loop.connect(to: host.address, from: vmta.sourceAddress, timeout: queue.policy.connectTimeout) { [unowned self] result in
+        loop.connect(to: host.address, from: vmta.sourceAddress, timeout: queue.policy.connectTimeout.nanoseconds) { [unowned self] result in
             self.connecting = false
             defer { self.releaseIfDone() }
             switch result {
@@ -176,7 +176,7 @@ final class DeliveryConnection<Loop: EventLoop> {
             idleTimer = loop.scheduleTimer(after: delay) { [unowned self] in self.idleTimer = nil; self.askForWork() }
         case .idle:
             becomeIdle()
-            idleTimer = loop.scheduleTimer(after: queue.policy.idleTimeout) { [unowned self] in
+            idleTimer = loop.scheduleTimer(after: engine.idleTimeout) { [unowned self] in
                 self.idleTimer = nil
                 if self.isIdle { self.quit() }
             }

@@ -34,6 +34,8 @@ public final class DeliveryEngine<Loop: EventLoop> {
 
     public var connectionCount: Int { connections.count }
     var isStopping: Bool { stopping }
+    /// How long a connection with nothing to send stays open for new work before QUIT.
+    public var idleTimeout: UInt64 = 2_000_000_000
 
     // MARK: Work in
 
@@ -46,7 +48,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
         for (domain, rcpts) in byDomain {
             let key = QueueKey(domain: domain, vmta: vmta)
             let q = queue(for: key)
-            let maxRcpt = max(1, q.policy.maxRecipientsPerTransaction)
+            let maxRcpt = max(1, q.policy.maxRcptPerTransaction)
             var start = 0
             while start < rcpts.count {
                 let slice = Array(rcpts[start..<min(start + maxRcpt, rcpts.count)])
@@ -91,7 +93,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
             }
             let n = q.connectionsToOpen(now: now)
             if n > 0 { open(n, for: q) }
-            else if q.readyItems > 0 && q.connections < q.policy.effectiveMaxSmtpOut(backoff: q.isBackoff) && q.isSendable(now: now) {
+            else if q.readyItems > 0 && q.connections < q.policy.maxSMTPOut(inBackoff: q.isBackoff) && q.isSendable(now: now) {
                 // Held back by max-connect-rate: come back when it allows.
                 armTimer(q, at: q.nextConnectAllowed(now: now))
             }
@@ -126,8 +128,8 @@ public final class DeliveryEngine<Loop: EventLoop> {
             switch result {
             case .success(let hosts) where !hosts.isEmpty:
                 var config = SMTPClientConfiguration(heloName: vmta.hostname)
-                config.timeouts.greeting = q.policy.greetingTimeout
-                config.timeouts.dataBlock = q.policy.dataSendTimeout
+                config.timeouts.greeting = q.policy.smtpGreetingTimeout.nanoseconds
+                config.timeouts.dataBlock = q.policy.dataSendTimeout.nanoseconds
                 for _ in 0..<count {
                     let c = DeliveryConnection(engine: self, loop: self.loop, queue: q, vmta: vmta, hosts: hosts,
                                                configuration: config)
@@ -245,7 +247,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
                 if !everReady {
                     // Refused before any transaction (e.g. too many connections at the greeting):
                     // back off this queue briefly instead of reconnecting in a tight loop.
-                    q.suspend(until: now &+ min(q.policy.retryDelay(afterAttempt: 1), 5_000_000_000), reason: r.description)
+                    q.suspend(until: now &+ min(q.policy.retryAfter.delay(afterFailures: 1).nanoseconds, 5_000_000_000), reason: r.description)
                 }
             case .timedOut(let phase):
                 q.lastReply = "timeout in \(phase.rawValue)"
@@ -264,7 +266,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
     }
 
     private func deferQueue(_ q: DeliveryQueue, reason: String) {
-        let delay = q.isBackoff ? q.policy.backoffRetryAfter : q.policy.retryDelay(afterAttempt: 1)
+        let delay = q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds
         q.lastReply = reason
         q.suspend(until: loop.now &+ delay, reason: reason)
         observer.queueDeferred(q, reason: reason)

@@ -76,7 +76,7 @@ public protocol DeliveryRouter: AnyObject {
 
 /// Settings per queue, pattern lists and classification: answered from the config.
 public protocol DeliveryPolicySource: AnyObject {
-    func policy(for queue: QueueKey) -> QueuePolicy
+    func policy(for queue: QueueKey) -> DomainSettings
     func virtualMTA(named: String) -> VirtualMTA?
     /// Pattern-list actions for a remote reply on this queue.
     func actions(for reply: SMTPReply, queue: QueueKey) -> [QueueAction]

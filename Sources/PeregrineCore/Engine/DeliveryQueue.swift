@@ -18,7 +18,7 @@ public final class DeliveryQueue {
     }
 
     public let key: QueueKey
-    public private(set) var policy: QueuePolicy
+    public private(set) var policy: DomainSettings
     public private(set) var mode: Mode = .normal
     public private(set) var backoffSince: UInt64 = 0
     public var isPaused = false
@@ -47,10 +47,10 @@ public final class DeliveryQueue {
     public private(set) var deferred: UInt64 = 0
     public var lastReply = ""
 
-    public init(key: QueueKey, policy: QueuePolicy) {
+    public init(key: QueueKey, policy: DomainSettings) {
         self.key = key
         self.policy = policy
-        messagePacer = RateLimiter(rate: policy.maxMessageRate)
+        messagePacer = RateLimiter(rate: policy.maxMsgRate)
         connectPacer = RateLimiter(rate: policy.maxConnectRate)
     }
 
@@ -59,7 +59,7 @@ public final class DeliveryQueue {
     public var isEmpty: Bool { ready.isEmpty && delayed.isEmpty }
 
     /// Applies reloaded settings without dropping state.
-    public func update(policy newPolicy: QueuePolicy, now: UInt64) {
+    public func update(policy newPolicy: DomainSettings, now: UInt64) {
         policy = newPolicy
         applyRates(now: now)
     }
@@ -83,7 +83,7 @@ public final class DeliveryQueue {
     public func deferItem(_ item: DeliveryItem, now: UInt64) {
         var item = item
         item.attempts += 1
-        let delay = isBackoff ? policy.backoffRetryAfter : policy.retryDelay(afterAttempt: item.attempts)
+        let delay = policy.retryAfter(inBackoff: isBackoff).delay(afterFailures: item.attempts).nanoseconds
         let expiry = expiryTime(of: item.message)
         delayUntil(item, min(now &+ delay, max(expiry, now)))
     }
@@ -96,7 +96,7 @@ public final class DeliveryQueue {
     }
 
     public func expiryTime(of message: QueuedMessage) -> UInt64 {
-        message.receivedAt &+ policy.bounceAfter
+        message.receivedAt &+ policy.bounceAfter.nanoseconds
     }
 
     /// Moves delayed items whose time has come to the ready list. Items past
@@ -164,7 +164,7 @@ public final class DeliveryQueue {
     /// suspended, throttled or when the existing ones suffice).
     public func connectionsToOpen(now: UInt64) -> Int {
         guard isSendable(now: now), !ready.isEmpty else { return 0 }
-        let cap = policy.effectiveMaxSmtpOut(backoff: isBackoff)
+        let cap = policy.maxSMTPOut(inBackoff: isBackoff)
         let wanted = min(cap, ready.count) - connections
         guard wanted > 0, idleConnections == 0 else { return 0 }
         var n = 0
@@ -178,8 +178,8 @@ public final class DeliveryQueue {
     /// The next item for a connection that has sent `messagesOnConnection` so far.
     public func take(now: UInt64, messagesOnConnection: Int) -> Take {
         if !isSendable(now: now) { return .close }
-        if connections > policy.effectiveMaxSmtpOut(backoff: isBackoff) { return .close }
-        let cap = policy.maxMessagesPerConnection
+        if connections > policy.maxSMTPOut(inBackoff: isBackoff) { return .close }
+        let cap = policy.maxMsgPerConnection
         if cap > 0 && messagesOnConnection >= cap { return .close }
         guard !ready.isEmpty else { return .idle }
         if !messagePacer.tryAcquire(now: now) {
@@ -226,14 +226,14 @@ public final class DeliveryQueue {
     /// Returns to normal mode when backoff-to-normal-after has elapsed; the
     /// engine calls this from its queue timer.
     public func checkBackoffExpiry(now: UInt64) {
-        if isBackoff, let after = policy.backoffToNormalAfter, now >= backoffSince &+ after {
+        if isBackoff, let after = policy.backoffToNormalAfter?.nanoseconds, now >= backoffSince &+ after {
             leaveBackoff(now: now)
         }
     }
 
     /// When backoff-to-normal-after will flip the queue back, if ever.
     public func backoffEnds() -> UInt64? {
-        guard isBackoff, let after = policy.backoffToNormalAfter else { return nil }
+        guard isBackoff, let after = policy.backoffToNormalAfter?.nanoseconds else { return nil }
         return backoffSince &+ after
     }
 
@@ -253,7 +253,7 @@ public final class DeliveryQueue {
     }
 
     private func applyRates(now: UInt64) {
-        messagePacer.setRate(policy.effectiveMessageRate(backoff: isBackoff), now: now)
-        connectPacer.setRate(policy.effectiveConnectRate(backoff: isBackoff), now: now)
+        messagePacer.setRate(policy.maxMsgRate(inBackoff: isBackoff), now: now)
+        connectPacer.setRate(policy.maxConnectRate(inBackoff: isBackoff), now: now)
     }
 }
