@@ -213,8 +213,12 @@ public final class DeliveryEngine<Loop: EventLoop> {
         for action in policies.actions(for: reply, queue: q.key) {
             switch action {
             case .backoff: q.enterBackoff(now: now)
-            case .suspend(let ns): q.suspend(until: now &+ ns, reason: reply.description)
-            case .disableSourceIP(let ns):
+            case .normal: q.leaveBackoff(now: now)
+            case .suspend(let d): q.suspend(until: now &+ d.nanoseconds, reason: reply.description)
+            case .disableSourceIP(let d):
+                // The pool stops using this source for the domain for a while: with one
+                // VMTA per queue that means the queue (domain/vmta) pauses.
+                let ns = d?.nanoseconds ?? 3_600_000_000_000
                 disabledUntil[q.key] = now &+ ns
                 q.suspend(until: now &+ ns, reason: "source IP disabled: \(reply.description)")
             case .bounce: bounce = true

@@ -26,14 +26,6 @@ public enum RouteFailure: Error, Sendable, Equatable {
     case temporary(String)
 }
 
-/// What a pattern-list match asks the engine to do to a queue.
-public enum QueueAction: Sendable, Equatable {
-    case backoff
-    case suspend(nanoseconds: UInt64)
-    case disableSourceIP(nanoseconds: UInt64)
-    case bounce
-}
-
 /// Where the engine's decisions go: the daemon writes accounting records and
 /// spool outcome records from these. Called on the engine's loop.
 public protocol DeliveryObserver: AnyObject {
@@ -79,7 +71,7 @@ public protocol DeliveryPolicySource: AnyObject {
     func policy(for queue: QueueKey) -> DomainSettings
     func virtualMTA(named: String) -> VirtualMTA?
     /// Pattern-list actions for a remote reply on this queue.
-    func actions(for reply: SMTPReply, queue: QueueKey) -> [QueueAction]
+    func actions(for reply: SMTPReply, queue: QueueKey) -> [SMTPPatternAction]
     /// Bounce category for a permanent failure.
     func bounceCategory(for reply: SMTPReply) -> String
 }

@@ -1,0 +1,69 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PeregrineIO
+import PeregrineSMTP
+
+/// Answers the delivery engine's policy questions from the loaded config:
+/// effective `<domain>` settings per queue, VMTAs, pattern lists, bounce
+/// categories. One per loop (no sharing across threads); replaced on reload.
+public final class ConfigPolicySource: DeliveryPolicySource {
+    public private(set) var config: PeregrineConfig
+    private var settingsCache: [QueueKey: DomainSettings] = [:]
+    private var vmtaCache: [String: VirtualMTA] = [:]
+    /// The VMTA used when the config defines none: no source binding, the host's name.
+    public static let defaultVMTAName = "default"
+
+    public init(config: PeregrineConfig) {
+        self.config = config
+    }
+
+    public func reload(_ newConfig: PeregrineConfig) {
+        config = newConfig
+        settingsCache.removeAll()
+        vmtaCache.removeAll()
+    }
+
+    public func policy(for queue: QueueKey) -> DomainSettings {
+        if let s = settingsCache[queue] { return s }
+        let s = config.settings(forDomain: queue.domain, vmta: queue.vmta)
+        settingsCache[queue] = s
+        return s
+    }
+
+    public func virtualMTA(named name: String) -> VirtualMTA? {
+        if let v = vmtaCache[name] { return v }
+        let hostname = config.hostName ?? Self.systemHostName()
+        var result: VirtualMTA?
+        if let v = config.virtualMTA(named: name) {
+            let source = v.sourceIP.flatMap { try? SocketAddress(ip: $0, port: 0) }
+            result = VirtualMTA(name: v.name, sourceAddress: source, hostname: v.hostName ?? hostname)
+        } else if name == Self.defaultVMTAName {
+            result = VirtualMTA(name: name, sourceAddress: nil, hostname: hostname)
+        }
+        if let result { vmtaCache[name] = result }
+        return result
+    }
+
+    public func actions(for reply: SMTPReply, queue: QueueKey) -> [SMTPPatternAction] {
+        guard let list = config.patternList(for: policy(for: queue)) else { return [] }
+        return list.actions(for: ReplyText(reply))
+    }
+
+    public func bounceCategory(for reply: SMTPReply) -> String {
+        config.bounceClassifier.classify(ReplyText(reply)).rawValue
+    }
+
+    static func systemHostName() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buf, buf.count) == 0 else { return "localhost" }
+        return String(cString: buf)
+    }
+}
+
+extension ReplyText {
+    /// The parsed reply in the form pattern lists and the classifier match.
+    public init(_ reply: SMTPReply) {
+        self.init(code: reply.code, enhancedCode: reply.enhancedCode?.description, lines: reply.lines)
+    }
+}

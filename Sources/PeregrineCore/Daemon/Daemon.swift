@@ -1,0 +1,298 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Dispatch
+import PeregrineIO
+import PeregrineSMTP
+
+/// The `peregrine run` daemon: recovers the spool, starts one worker per
+/// thread (each owning an event loop of the chosen backend), listens, delivers,
+/// serves the management API, and shuts down cleanly on SIGTERM.
+public final class Daemon<Loop: EventLoop> {
+    public struct Options: Sendable {
+        public var configPath: String
+        public var threads: Int
+        public var log: @Sendable (String) -> Void = { fputs("peregrine: \($0)\n", stderr) }
+        public init(configPath: String, threads: Int) { self.configPath = configPath; self.threads = threads }
+    }
+
+    public let options: Options
+    public private(set) var config: PeregrineConfig
+    public let accounting: AccountingLog
+    public let hostName: String
+    public private(set) var workers: [LoopWorker<Loop>] = []
+    private var threads: [Thread] = []
+    private var management: ManagementServer<Loop>?
+    private var signalSources: [DispatchSourceSignal] = []
+    private let startedAt = monotonicNanoseconds()
+    private var shuttingDown = false
+    private let exited = DispatchSemaphore(value: 0)
+    private var pendingStops = 0
+    private let lock = NSLock()
+
+    public init(config: PeregrineConfig, options: Options) throws {
+        self.config = config
+        self.options = options
+        self.hostName = config.hostName ?? ConfigPolicySource.systemHostName()
+        var writers: [AccountingWriter] = []
+        for file in config.accountingFiles {
+            writers.append(try AccountingWriter(options: file))
+        }
+        self.accounting = AccountingLog(writers: writers)
+    }
+
+    func log(_ line: String) { options.log(line) }
+
+    // MARK: Sharding
+
+    /// The worker that owns a queue: a stable hash of its name, so a queue's
+    /// throttles live on exactly one loop.
+    func owner(of key: QueueKey) -> LoopWorker<Loop> {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in key.description.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return workers[Int(h % UInt64(workers.count))]
+    }
+
+    func worker(forStream stream: Int) -> LoopWorker<Loop> { workers[stream % workers.count] }
+
+    /// Hands a durable message's recipients to the workers owning their queues.
+    func dispatch(_ message: QueuedMessage) {
+        var byOwner: [Int: [Int]] = [:]
+        for (i, r) in message.recipients.enumerated() where message.states[i] == .pending {
+            let key = QueueKey(domain: r.domain, vmta: message.vmta)
+            byOwner[owner(of: key).index, default: []].append(i)
+        }
+        for (ownerIndex, rcpts) in byOwner {
+            let w = workers[ownerIndex]
+            // Each owner gets its own copy: a message object is only ever touched by one loop.
+            let part = byOwner.count == 1 ? message : message.part(keeping: rcpts)
+            // Callers run on the loop of the message's spool stream.
+            if w === worker(forStream: message.stream) {
+                w.engine.submit(part, recipients: rcpts, vmta: part.vmta)
+            } else {
+                w.loop.execute { w.engine.submit(part, recipients: rcpts, vmta: part.vmta) }
+            }
+        }
+    }
+
+    // MARK: Running
+
+    /// Runs until SIGTERM/SIGINT; returns the exit status.
+    public func run() -> Int32 {
+        Posix.ignoreSIGPIPE()
+        let spoolDir = config.spoolPath
+        do {
+            try FileManager.default.createDirectory(atPath: spoolDir, withIntermediateDirectories: true)
+        } catch {
+            log("cannot create spool directory \(spoolDir): \(error)")
+            return 1
+        }
+        let recovered: [SpoolStreamRecovery]
+        switch SpoolRecovery.recoverAll(spoolDirectory: spoolDir, log: { [options] in options.log("spool: \($0)") }) {
+        case .success(let r): recovered = r
+        case .failure(let e):
+            log("spool recovery failed: \(e)")
+            return 1
+        }
+        let n = max(1, options.threads)
+        // Loops are created on their own threads (io_uring's single-issuer rings
+        // belong to the thread that runs them); each signals when it is ready.
+        let ready = DispatchSemaphore(value: 0)
+        var creationErrors: [String] = []
+        var loops = [Loop?](repeating: nil, count: n)
+        for i in 0..<n {
+            let t = Thread { [self] in
+                do {
+                    let loop = try Loop()
+                    lock.lock(); loops[i] = loop; lock.unlock()
+                    ready.signal()
+                    loop.run()
+                } catch {
+                    lock.lock(); creationErrors.append("\(error)"); lock.unlock()
+                    ready.signal()
+                    return
+                }
+                self.loopExited()
+            }
+            t.name = "peregrine-loop-\(i)"
+            threads.append(t)
+            t.start()
+        }
+        for _ in 0..<n { ready.wait() }
+        guard creationErrors.isEmpty else {
+            log("cannot start the \(Loop.kind) backend: \(creationErrors.joined(separator: "; "))")
+            for l in loops { l?.stop() }
+            return 1
+        }
+        workers = loops.enumerated().compactMap { i, l in l.map { LoopWorker(index: i, loop: $0, daemon: self, config: config) } }
+        pendingStops = workers.count
+
+        // Set up each worker on its own loop, then wait for all of them.
+        let setupDone = DispatchSemaphore(value: 0)
+        var setupErrors: [String] = []
+        let streamsByWorker = Dictionary(grouping: recovered.indices) { streamIndex(of: recovered[$0]) % n }
+        for w in workers {
+            let mine = streamsByWorker[w.index] ?? []
+            w.loop.execute { [self] in
+                do {
+                    try self.setUp(w, recovered: mine.map { recovered[$0] })
+                } catch {
+                    lock.lock(); setupErrors.append("loop \(w.index): \(error)"); lock.unlock()
+                }
+                setupDone.signal()
+            }
+        }
+        for _ in workers { setupDone.wait() }
+        if !setupErrors.isEmpty {
+            for e in setupErrors { log(e) }
+            for w in workers { w.loop.stop() }
+            return 1
+        }
+        // Re-queue what the spool still holds, now that every engine exists.
+        for w in workers {
+            w.loop.execute { [self] in self.requeueRecovered(on: w, recovered: recovered) }
+        }
+        installSignalHandlers()
+        let addresses = workers.first?.listenerAddresses.map(\.description).joined(separator: ", ") ?? ""
+        log("running: backend \(Loop.kind), \(workers.count) loop(s), listening on \(addresses)")
+        exited.wait()
+        accounting.close()
+        log("stopped")
+        return 0
+    }
+
+    private func streamIndex(of r: SpoolStreamRecovery) -> Int {
+        Int((r.directory as NSString).lastPathComponent.dropFirst(5)) ?? 0
+    }
+
+    private func setUp(_ w: LoopWorker<Loop>, recovered: [SpoolStreamRecovery]) throws {
+        var options = SpoolWriterOptions(maxCommitDelay: 0, loopIndex: w.index)
+        options.loopIndex = w.index
+        let primaryDir = config.spoolPath + "/loop-\(w.index)"
+        let own = recovered.first { streamIndex(of: $0) == w.index }
+        w.spools[w.index] = try SpoolWriter(loop: w.loop, directory: primaryDir, recovered: own, options: options)
+        for r in recovered where streamIndex(of: r) != w.index {
+            var o = options
+            o.loopIndex = streamIndex(of: r) & 0xFF
+            w.spools[streamIndex(of: r)] = try SpoolWriter(loop: w.loop, directory: r.directory, recovered: r, options: o)
+        }
+        let resolver = DaemonResolver(loop: w.loop, servers: config.dnsServers)
+        let router = DaemonRouter(policies: w.policies, mxLookup: resolver.mxLookup, addressLookup: resolver.addressLookup)
+        w.setUp(router: router)
+        accounting.startPeriodicFlush(on: w.loop)
+        let listeners = config.smtpListeners.isEmpty ? [try SocketAddress(ip: "0.0.0.0", port: 25)] : config.smtpListeners
+        try w.startListening(on: listeners, reusePort: workers.count > 1)
+        if w.index == 0, let mgmt = config.httpManagement {
+            let server = ManagementServer(loop: w.loop, options: .init(address: mgmt)) { [unowned self] request, respond in
+                self.handleManagement(request, respond: respond)
+            }
+            try server.start()
+            management = server
+        }
+    }
+
+    private func requeueRecovered(on w: LoopWorker<Loop>, recovered: [SpoolStreamRecovery]) {
+        var count = 0
+        for r in recovered where worker(forStream: streamIndex(of: r)) === w {
+            let stream = streamIndex(of: r)
+            for m in r.messages where m.states.pendingCount > 0 {
+                let message = w.makeMessage(id: m.id, envelope: m.envelope, stream: stream, size: m.location.bodyLength,
+                                            receivedAt: w.loop.now, states: m.states)
+                dispatch(message)
+                count += 1
+            }
+        }
+        if count > 0 { log("loop \(w.index): re-queued \(count) message(s) from the spool") }
+    }
+
+    // MARK: Shutdown and reload
+
+    private func installSignalHandlers() {
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [unowned self] in
+                if sig == SIGHUP { _ = self.reload() } else { self.shutdown() }
+            }
+            source.resume()
+            signalSources.append(source)
+        }
+    }
+
+    /// Stops accepting, lets in-flight deliveries finish, flushes the spool and
+    /// accounting, and stops every loop. Thread-safe, idempotent.
+    public func shutdown() {
+        lock.lock()
+        if shuttingDown { lock.unlock(); return }
+        shuttingDown = true
+        lock.unlock()
+        log("shutting down")
+        for w in workers {
+            w.loop.execute { [self] in
+                w.stopListening()
+                if w.index == 0 { management?.stop() }
+                // Injection sessions waiting for a durable 250 get it; the rest are closed after the engine stops.
+                w.engine.shutdown {
+                    w.closeInjections()
+                    self.flushAndStop(w)
+                }
+            }
+        }
+    }
+
+    private func flushAndStop(_ w: LoopWorker<Loop>) {
+        var remaining = w.spools.count
+        if remaining == 0 { w.loop.stop(); return }
+        for spool in w.spools.values {
+            spool.flush { _ in
+                remaining -= 1
+                if remaining == 0 { w.loop.stop() }
+            }
+        }
+    }
+
+    func injectionClosed(on w: LoopWorker<Loop>) {}
+
+    private func loopExited() {
+        lock.lock()
+        pendingStops -= 1
+        let last = pendingStops == 0
+        lock.unlock()
+        if last { exited.signal() }
+    }
+
+    /// Re-reads the config file and applies domain, pattern-list and VMTA
+    /// settings to every loop without dropping connections. Listeners, spool
+    /// and threads keep their start-up values.
+    public func reload() -> Result<Void, ConfigError> {
+        let newConfig: PeregrineConfig
+        do { newConfig = try PeregrineConfig.load(path: options.configPath) } catch {
+            log("reload failed, keeping the running config: \(error)")
+            return .failure(error)
+        }
+        lock.lock(); config = newConfig; lock.unlock()
+        for w in workers {
+            w.loop.execute {
+                w.policies.reload(newConfig)
+                w.engine.reloadPolicies()
+            }
+        }
+        log("reloaded \(options.configPath)")
+        return .success(())
+    }
+
+    var uptimeSeconds: Double { Double(monotonicNanoseconds() - startedAt) / 1e9 }
+}
+
+extension QueuedMessage {
+    /// A copy for another loop holding only `recipients` as pending (the others
+    /// belong to other loops' queues and are marked final in this copy only).
+    func part(keeping recipients: [Int]) -> QueuedMessage {
+        let keep = Set(recipients)
+        let s: [RecipientState] = (0..<self.recipients.count).map { keep.contains($0) ? states[$0] : .delivered }
+        return QueuedMessage(id: id, sender: sender, recipients: self.recipients, vmta: vmta, jobId: jobId, envId: envId,
+                             receivedAtWall: receivedAtWall, receivedAt: receivedAt, bodySize: bodySize, stream: stream,
+                             states: s)
+    }
+}
