@@ -16,6 +16,13 @@ struct Subcommand {
 }
 
 let subcommands: [Subcommand] = [
+    Subcommand(name: "run", usage: "run --config FILE [--backend B] [--threads N]",
+               summary: "run the MTA daemon (backend: io_uring, epoll or dispatch)", run: runDaemon(arguments:)),
+    Subcommand(name: "check-config", usage: "check-config FILE",
+               summary: "validate a configuration file without starting", run: runCheckConfig(arguments:)),
+    Subcommand(name: "ctl", usage: "ctl [--port N] COMMAND",
+               summary: "operator console: show status|queues|topqueues, pause, resume, schedule, set-mode, delete, reload",
+               run: runCtl(arguments:)),
     Subcommand(name: "spool-check", usage: "spool-check DIR",
                summary: "show what a spool directory holds: segments, live messages, recipients by state, bytes",
                run: runSpoolCheck(arguments:)),
