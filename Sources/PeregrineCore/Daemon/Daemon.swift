@@ -198,7 +198,8 @@ public final class Daemon<Loop: EventLoop> {
             let stream = streamIndex(of: r)
             for m in r.messages where m.states.pendingCount > 0 {
                 let message = w.makeMessage(id: m.id, envelope: m.envelope, stream: stream, size: m.location.bodyLength,
-                                            receivedAt: w.loop.now, states: m.states)
+                                            recordLength: Int(m.location.recordLength), receivedAt: w.loop.now,
+                                            states: m.states)
                 dispatch(message)
                 count += 1
             }
@@ -292,7 +293,7 @@ extension QueuedMessage {
         let keep = Set(recipients)
         let s: [RecipientState] = (0..<self.recipients.count).map { keep.contains($0) ? states[$0] : .delivered }
         return QueuedMessage(id: id, sender: sender, recipients: self.recipients, vmta: vmta, jobId: jobId, envId: envId,
-                             receivedAtWall: receivedAtWall, receivedAt: receivedAt, bodySize: bodySize, stream: stream,
-                             states: s)
+                             receivedAtWall: receivedAtWall, receivedAt: receivedAt, bodySize: bodySize,
+                             recordLength: recordLength, stream: stream, states: s)
     }
 }

@@ -122,11 +122,11 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         var assignedID: MessageID?
         assignedID = spool.append(envelope: envelope, body: body) { [unowned self] result in
             switch result {
-            case .success:
+            case .success(let location):
                 guard let id = assignedID else { return }
                 self.received += 1
                 let message = self.makeMessage(id: id, envelope: envelope, stream: self.index, size: size,
-                                               receivedAt: receivedAt, states: nil)
+                                               recordLength: Int(location.recordLength), receivedAt: receivedAt, states: nil)
                 self.logReceived(message, peer: peer)
                 self.daemon.dispatch(message)
                 done(.success(id))
@@ -136,8 +136,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         }
     }
 
-    func makeMessage(id: MessageID, envelope: SpoolEnvelope, stream: Int, size: Int, receivedAt: UInt64,
-                     states: RecipientStates?) -> QueuedMessage {
+    func makeMessage(id: MessageID, envelope: SpoolEnvelope, stream: Int, size: Int, recordLength: Int,
+                     receivedAt: UInt64, states: RecipientStates?) -> QueuedMessage {
         let recipients = envelope.recipients.map {
             QueuedMessage.Recipient(address: String(decoding: $0.address, as: UTF8.self),
                                     orcpt: $0.orcpt.isEmpty ? nil : String(decoding: $0.orcpt, as: UTF8.self),
@@ -151,7 +151,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                              jobId: envelope.jobID.isEmpty ? nil : String(decoding: envelope.jobID, as: UTF8.self),
                              envId: envelope.envID.isEmpty ? nil : String(decoding: envelope.envID, as: UTF8.self),
                              receivedAtWall: envelope.receivedAt / 1000, receivedAt: receivedAt, bodySize: size,
-                             stream: stream, states: s)
+                             recordLength: recordLength, stream: stream, states: s)
     }
 
     // MARK: Spool access for any worker (runs on this loop)
@@ -161,7 +161,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     }
 
     public func readBody(of message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
-                         _ done: @escaping (Result<Void, IOError>) -> Void) {
+                         _ done: @escaping (Result<UnsafeRawBufferPointer, IOError>) -> Void) {
         let owner = daemon.worker(forStream: message.stream)
         if owner === self {
             readLocal(message, into: buffer, done)
@@ -174,14 +174,14 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     }
 
     func readLocal(_ message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
-                   _ done: @escaping (Result<Void, IOError>) -> Void) {
+                   _ done: @escaping (Result<UnsafeRawBufferPointer, IOError>) -> Void) {
         guard let spool = spools[message.stream] else {
             done(.failure(IOError(.invalidArgument("no spool stream \(message.stream)"), "readBody")))
             return
         }
         spool.readBody(message.id, into: buffer) { result in
             switch result {
-            case .success: done(.success(()))
+            case .success(let body): done(.success(body))
             case .failure(let e): done(.failure(IOError(.invalidArgument("\(e)"), "readBody")))
             }
         }

@@ -17,6 +17,7 @@ final class DeliveryConnection<Loop: EventLoop> {
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private let sendBuffer = OwnedBuffer(capacity: 4096)
     private let bodyBuffer = OwnedBuffer(capacity: 8192)
+    private var body = UnsafeRawBufferPointer(start: nil, count: 0)
     private var pendingOutput = ByteBuffer(capacity: 1024)
     private var sending = false
     private var receiving = false
@@ -121,9 +122,9 @@ final class DeliveryConnection<Loop: EventLoop> {
                 attemptInfo?.esmtp = ext.isESMTP
                 askForWork()
             case .sendBody:
-                session.appendBody(bodyBuffer.bytes)
+                session.appendBody(body)
                 session.finishBody()
-                bodyBuffer.clear()
+                body = UnsafeRawBufferPointer(start: nil, count: 0)
             case .messageCompleted(let result):
                 if let item = current {
                     current = nil
@@ -193,16 +194,16 @@ final class DeliveryConnection<Loop: EventLoop> {
         current = item
         let message = item.message
         bodyBuffer.clear()
-        bodyBuffer.reserve(message.bodySize)
+        bodyBuffer.reserve(message.recordLength)
         readingBody = true
-        engine.bodySource.readBody(of: message, into: UnsafeMutableRawBufferPointer(rebasing: bodyBuffer.memory[0..<message.bodySize])) {
+        engine.bodySource.readBody(of: message, into: bodyBuffer.memory) {
             [unowned self] result in
             self.readingBody = false
             defer { self.releaseIfDone() }
             guard !self.closed, let item = self.current else { return }
             switch result {
-            case .success:
-                self.bodyBuffer.setCount(message.bodySize)
+            case .success(let body):
+                self.body = body
                 let rcpts = item.recipients.map { message.recipients[$0].address }
                 let envelope = SMTPClientEnvelope(mailFrom: message.sender, recipients: rcpts, size: message.bodySize,
                                                   envelopeID: message.envId)

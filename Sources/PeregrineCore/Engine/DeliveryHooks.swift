@@ -56,9 +56,10 @@ public struct DeliveryAttemptInfo: Sendable {
 
 /// The engine's view of the spool: reading a body back when its attempt is due.
 public protocol DeliveryBodySource: AnyObject {
-    /// Reads the message body (exactly `message.bodySize` bytes) into `buffer`.
+    /// Reads the message into `buffer` (at least `message.recordLength` bytes)
+    /// and hands back the body: a slice of `buffer`.
     func readBody(of message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
-                  _ done: @escaping (Result<Void, IOError>) -> Void)
+                  _ done: @escaping (Result<UnsafeRawBufferPointer, IOError>) -> Void)
 }
 
 /// Routing (static `route` directives, then DNS MX) as the engine needs it.

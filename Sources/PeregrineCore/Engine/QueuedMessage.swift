@@ -29,6 +29,8 @@ public final class QueuedMessage {
     /// Monotonic nanoseconds (expiry).
     public let receivedAt: UInt64
     public let bodySize: Int
+    /// Size of the message's whole spool record: the buffer a body read needs.
+    public let recordLength: Int
     /// The spool stream (loop) whose segments hold the body.
     public let stream: Int
     /// Wall-clock seconds of the first delivery attempt (accounting), 0 = none yet.
@@ -36,7 +38,7 @@ public final class QueuedMessage {
 
     public init(id: MessageID, sender: String, recipients: [Recipient], vmta: String, jobId: String?,
                 envId: String?, receivedAtWall: Int64, receivedAt: UInt64, bodySize: Int,
-                stream: Int, states: [RecipientState]? = nil) {
+                recordLength: Int? = nil, stream: Int, states: [RecipientState]? = nil) {
         self.id = id
         self.sender = sender
         self.recipients = recipients
@@ -46,6 +48,7 @@ public final class QueuedMessage {
         self.receivedAtWall = receivedAtWall
         self.receivedAt = receivedAt
         self.bodySize = bodySize
+        self.recordLength = recordLength ?? bodySize
         self.stream = stream
         let s = states ?? Array(repeating: .pending, count: recipients.count)
         self.states = s
