@@ -11,6 +11,8 @@ usage: peregrine-bench SCENARIO [options]
 scenarios:
   echo        echo request/response over each I/O backend, side by side
   spool       spool append throughput (group commit vs fsync per message), recovery time, RSS
+  relay       loadgen → MTA → sink, 4 KB, durable, per backend (and --peer postfix), side by side
+  relay-100k  the same with 100 KB messages
 """
 
 let arguments = Array(CommandLine.arguments.dropFirst())
@@ -28,6 +30,8 @@ case "echo":
     status = runEchoBench(arguments: rest)
 case "spool":
     status = runSpoolBench(arguments: rest)
+case "relay", "relay-100k":
+    status = runRelayBench(arguments: rest, scenario: scenario)
 default:
     fputs("peregrine-bench: unknown scenario '\(scenario)'\n\(usage)\n", stderr)
     status = 2

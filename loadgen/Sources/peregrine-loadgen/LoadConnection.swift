@@ -17,7 +17,7 @@ final class LoadConnection<Loop: EventLoop> {
     private(set) var finished = false
     private var timer: TimerHandle?
     private var messagesOnConnection = 0
-    private var current: (id: String, started: UInt64, size: Int)?
+    private var current: (id: String, started: UInt64, size: Int, sentWall: Int64)?
     private var waitingForGrant = false
     private var onReceive: ((Result<Int, IOError>) -> Void)!
     private var onSent: ((Result<Void, IOError>) -> Void)!
@@ -90,7 +90,7 @@ final class LoadConnection<Loop: EventLoop> {
         waitingForGrant = false
         guard session.isReady, socket != nil else { generator.returnGrant(); return }
         let (envelope, id, size) = generator.makeEnvelope()
-        current = (id, monotonicNanoseconds(), size)
+        current = (id, monotonicNanoseconds(), size, realtimeNanoseconds())
         generator.stats.sent += 1
         session.send(envelope)
         pump()
@@ -113,14 +113,14 @@ final class LoadConnection<Loop: EventLoop> {
                     generator.requestGrant(self)
                 }
             case .sendBody:
-                if let c = current { generator.writeBody(id: c.id, size: c.size) { session.appendBody($0) } }
+                if let c = current { generator.writeBody(id: c.id, size: c.size, sentWall: c.sentWall) { session.appendBody($0) } }
                 session.finishBody()
             case .messageCompleted(let result):
                 messagesOnConnection += 1
                 if let c = current {
                     current = nil
                     let reply = result.finalReply ?? result.recipients.first?.reply ?? result.mailReply
-                    generator.messageCompleted(id: c.id, started: c.started, reply: reply, result: result)
+                    generator.messageCompleted(id: c.id, started: c.started, sentWall: c.sentWall, reply: reply, result: result)
                 }
             case .closed:
                 break

@@ -126,10 +126,7 @@ final class LoadGenerator<Loop: EventLoop> {
     }
 
     /// Writes the message: a header block carrying the id and the send time, then filler up to `size`.
-    func writeBody(id: String, size: Int, _ sink: (UnsafeRawBufferPointer) -> Void) {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        let sentNanos = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    func writeBody(id: String, size: Int, sentWall sentNanos: Int64, _ sink: (UnsafeRawBufferPointer) -> Void) {
         headerScratch.removeAll(keepingCapacity: true)
         func put(_ s: String) { var s = s; s.withUTF8 { headerScratch.append(contentsOf: $0) } }
         put("From: <\(options.sender)>\r\nTo: <undisclosed-recipients:;>\r\nSubject: Peregrine load test \(id)\r\n")
@@ -142,12 +139,13 @@ final class LoadGenerator<Loop: EventLoop> {
         }
     }
 
-    func messageCompleted(id: String, started: UInt64, reply: SMTPReply?, result: SMTPMessageResult) {
+    func messageCompleted(id: String, started: UInt64, sentWall: Int64, reply: SMTPReply?, result: SMTPMessageResult) {
         let code = reply?.code ?? 0
         stats.byCode[code, default: 0] += 1
         if result.deliveredCount > 0 && reply?.isPositiveCompletion == true {
             stats.accepted += 1
-            if stats.recordIDs { stats.acceptedIDs.append(id) }
+            // "ID SENT-UNIX-NS": the benchmark pairs it with the sink's arrival time.
+            if stats.recordIDs { stats.acceptedIDs.append("\(id) \(sentWall)") }
         } else if reply?.isPermanentFailure == true {
             stats.rejected += 1
         } else {
@@ -241,4 +239,11 @@ struct SplitMix64 {
         return z ^ (z >> 31)
     }
     mutating func nextDouble() -> Double { Double(next() >> 11) / Double(1 << 53) }
+}
+
+/// CLOCK_REALTIME in nanoseconds: the send timestamp carried in X-Loadgen-Sent.
+func realtimeNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }

@@ -48,7 +48,7 @@ struct LoadgenOptions {
       --source IP                bind connections to this local address
       --backend io_uring|epoll|dispatch   (epoll)
       --json FILE                write the JSON summary there ('-' = stdout)
-      --ids FILE                 write the X-Loadgen-Id of every accepted message
+      --ids FILE                 write "ID SEND-UNIX-NS" for every accepted message
       --progress | --no-progress live progress line (default: on a terminal)
       --seed N                   PRNG seed for the domain and size draws (1)
     """

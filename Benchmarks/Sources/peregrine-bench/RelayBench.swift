@@ -1,0 +1,380 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import PeregrineIO
+
+/// `peregrine-bench relay`: loadgen → MTA → accept-all sink on one machine,
+/// with a durable spool, for each backend and (with --peer postfix) for
+/// Postfix in the MTA's place, side by side in one run.
+///
+/// Reconciliation: every id the MTA accepted (loadgen's list) must show up at
+/// the sink (the sink's list); lost = accepted but never delivered,
+/// duplicates = delivered more than once.
+struct RelayBenchOptions {
+    var scenario = "relay"
+    var backends: [BackendKind] = BackendKind.allCases
+    var peers: [String] = []
+    var duration = 60.0
+    var messageSize = 4096
+    var connections = 32
+    var threads = 1
+    var drainTimeout = 120.0
+    var outputDir = "results"
+    var writeResults = true
+
+    static let usage = """
+    usage: peregrine-bench relay|relay-100k [--backend all|io_uring|epoll|dispatch] [--peer postfix]
+                                 [--duration S] [--connections N] [--threads N] [--size BYTES]
+                                 [--drain-timeout S] [--output-dir DIR] [--no-results]
+    """
+
+    static func parse(_ args: [String], scenario: String) -> Result<RelayBenchOptions, String> {
+        var o = RelayBenchOptions()
+        o.scenario = scenario
+        if scenario == "relay-100k" { o.messageSize = 100 * 1024 }
+        var i = 0
+        func value() -> String? { i + 1 < args.count ? args[i + 1] : nil }
+        while i < args.count {
+            let a = args[i]
+            switch a {
+            case "--backend":
+                guard let v = value() else { return .failure("--backend needs a value") }
+                if v == "all" { o.backends = BackendKind.allCases }
+                else if v == "none" { o.backends = [] }
+                else {
+                    switch BackendKind.parse(v) {
+                    case .success(let k): o.backends = [k]
+                    case .failure(let e): return .failure("\(e)")
+                    }
+                }
+            case "--peer":
+                guard let v = value(), v == "postfix" else { return .failure("--peer takes postfix") }
+                o.peers = ["postfix"]
+            case "--duration":
+                guard let v = value(), let d = Double(v), d > 0 else { return .failure("--duration needs seconds > 0") }
+                o.duration = d
+            case "--connections":
+                guard let v = value(), let n = Int(v), n > 0 else { return .failure("--connections needs a number") }
+                o.connections = n
+            case "--threads":
+                guard let v = value(), let n = Int(v), n > 0 else { return .failure("--threads needs a number") }
+                o.threads = n
+            case "--size":
+                guard let v = value(), let n = Int(v), n > 0 else { return .failure("--size needs bytes") }
+                o.messageSize = n
+            case "--drain-timeout":
+                guard let v = value(), let d = Double(v), d > 0 else { return .failure("--drain-timeout needs seconds") }
+                o.drainTimeout = d
+            case "--output-dir":
+                guard let v = value() else { return .failure("--output-dir needs a directory") }
+                o.outputDir = v
+            case "--no-results":
+                o.writeResults = false; i += 1; continue
+            default:
+                return .failure("unknown option '\(a)'\n\(usage)")
+            }
+            i += 2
+        }
+        return .success(o)
+    }
+}
+
+/// One run's figures.
+struct RelayRun {
+    var target: String
+    var figures: [String: Any] = [:]
+    var error: String?
+    var lost = 0
+    var duplicates = 0
+}
+
+func runRelayBench(arguments: [String], scenario: String) -> Int32 {
+    let options: RelayBenchOptions
+    switch RelayBenchOptions.parse(arguments, scenario: scenario) {
+    case .success(let o): options = o
+    case .failure(let m):
+        fputs("peregrine-bench \(scenario): \(m)\n", stderr)
+        return 2
+    }
+    var runs: [RelayRun] = []
+    for kind in options.backends { runs.append(RelayRunner(options: options, target: kind.rawValue).run()) }
+    for peer in options.peers { runs.append(RelayRunner(options: options, target: peer).run()) }
+    printRelayTable(runs, options: options)
+    var failed = false
+    for r in runs {
+        if let e = r.error { fputs("\(r.target): \(e)\n", stderr); failed = true }
+        if r.lost > 0 { fputs("\(r.target): \(r.lost) accepted message(s) never reached the sink\n", stderr); failed = true }
+    }
+    return failed ? 1 : 0
+}
+
+private func printRelayTable(_ runs: [RelayRun], options: RelayBenchOptions) {
+    let header = ["target", "injected/s", "delivered/s", "CPU s/10k", "peak RSS MB", "p50 ms", "p99 ms", "lost", "dup", "sink CPU%", "loadgen CPU%"]
+    var rows = [header]
+    for r in runs {
+        let f = r.figures
+        func num(_ k: String, _ digits: Int = 0) -> String {
+            guard let v = f[k] as? Double else { return r.error == nil ? "-" : "error" }
+            return String(format: "%.\(digits)f", v)
+        }
+        let lat = f["injectToDeliverMs"] as? [String: Double]
+        rows.append([r.target, num("injectedPerSecond"), num("deliveredPerSecond"), num("mtaCpuSecondsPer10k", 2),
+                     num("mtaPeakRSSMB", 1), lat.map { String(format: "%.1f", $0["p50"] ?? 0) } ?? "-",
+                     lat.map { String(format: "%.1f", $0["p99"] ?? 0) } ?? "-", "\(r.lost)", "\(r.duplicates)",
+                     num("sinkCpuPercent", 0), num("loadgenCpuPercent", 0)])
+    }
+    var widths = Array(repeating: 0, count: header.count)
+    for row in rows { for (i, c) in row.enumerated() { widths[i] = max(widths[i], c.count) } }
+    print("\n\(options.scenario): \(options.messageSize) byte messages, \(options.connections) injecting connections, "
+          + "\(Int(options.duration)) s, durable spool")
+    for row in rows {
+        print(row.enumerated().map { i, c in i == 0 ? c.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+                                                    : String(repeating: " ", count: widths[i] - c.count) + c }
+                .joined(separator: "  "))
+    }
+}
+
+/// Runs one target: starts the sink and the MTA (Peregrine on a backend, or Postfix),
+/// injects for the duration, waits for the drain, reconciles, writes the JSON.
+final class RelayRunner {
+    let options: RelayBenchOptions
+    let target: String
+    let bin = BenchEnvironment.binDirectory()
+    let ip = "127.0.0.1"
+    var work = ""
+    var processes: [BenchProcess] = []
+    var postfixDir: String?
+
+    init(options: RelayBenchOptions, target: String) {
+        self.options = options
+        self.target = target
+    }
+
+    func run() -> RelayRun {
+        var result = RelayRun(target: target)
+        let template = NSTemporaryDirectory() + "peregrine-bench-XXXXXX"
+        var chars = Array(template.utf8CString)
+        guard let made = mkdtemp(&chars) else { result.error = "mkdtemp failed"; return result }
+        work = String(cString: made)
+        defer { cleanUp() }
+        fputs("== \(options.scenario) on \(target): \(Int(options.duration)) s\n", stderr)
+        do {
+            result.figures = try measure(&result)
+        } catch {
+            result.error = "\(error)"
+        }
+        if options.writeResults && result.error == nil {
+            let path = "\(options.outputDir)/\(options.scenario)-\(target)-\(BenchEnvironment.today()).json"
+            var doc = result.figures
+            doc["scenario"] = options.scenario
+            doc["target"] = target
+            doc["date"] = BenchEnvironment.today()
+            doc["machine"] = BenchEnvironment.machine()
+            doc["gitCommit"] = BenchEnvironment.gitCommit()
+            doc["lost"] = result.lost
+            doc["duplicates"] = result.duplicates
+            if !BenchEnvironment.writeJSON(doc, to: path) { fputs("cannot write \(path)\n", stderr) }
+            else { fputs("   wrote \(path)\n", stderr) }
+        }
+        return result
+    }
+
+    struct Failure: Error, CustomStringConvertible { var description: String }
+
+    private func measure(_ result: inout RelayRun) throws -> [String: Any] {
+        guard let sinkPort = BenchNet.freePort(ip: ip), let statsPort = BenchNet.freePort(ip: ip),
+              let mtaPort = BenchNet.freePort(ip: ip), let mgmtPort = BenchNet.freePort(ip: ip) else {
+            throw Failure(description: "no free port")
+        }
+        // The sink: accept-all, recording every id it accepts.
+        let sinkIDs = work + "/sink-ids.txt"
+        let sink = BenchProcess(name: "sink", executable: bin + "/peregrine-sink",
+                                arguments: ["--accept-all", "--listen", "\(ip):\(sinkPort)", "--record-ids", sinkIDs,
+                                            "--stats-port", "\(ip):\(statsPort)", "--backend", "epoll", "--quiet"],
+                                logPath: work + "/sink.log")
+        try sink.start(); processes.append(sink)
+        guard BenchNet.waitForListener(ip: ip, port: sinkPort, timeout: 20) else {
+            throw Failure(description: "sink did not start: \(sink.logTail)")
+        }
+        // The MTA under test.
+        var config: [String: Any] = [:]
+        let mtaPid: Int32
+        var mta: BenchProcess?
+        if target == "postfix" {
+            let dir = work + "/postfix"
+            postfixDir = dir
+            let setup = BenchProcess(name: "postfix-setup", executable: "/bin/bash",
+                                     arguments: [postfixScript(), "start", dir, "\(ip):\(mtaPort)", "\(ip):\(sinkPort)"],
+                                     logPath: work + "/postfix-setup.log")
+            try setup.start()
+            setup.wait(timeout: 60)
+            guard BenchNet.waitForListener(ip: ip, port: mtaPort, timeout: 30),
+                  let pidText = try? String(contentsOfFile: dir + "/queue/pid/master.pid", encoding: .utf8),
+                  let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+                throw Failure(description: "postfix did not start: \(setup.logTail)")
+            }
+            mtaPid = pid
+            config = ["mta": "postfix", "version": BenchEnvironment.commandOutput("/usr/sbin/postconf", ["-h", "mail_version"])?
+                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?", "queue": "durable (Postfix default)"]
+        } else {
+            let spool = work + "/spool"
+            let confText = """
+            smtp-listener \(ip):\(mtaPort)
+            http-mgmt-port \(ip):\(mgmtPort)
+            spool \(spool)
+            host-name mta.peregrine.test
+            threads \(options.threads)
+            <source 127.0.0.0/8>
+                always-allow-relaying yes
+                process-x-virtual-mta yes
+                process-x-job yes
+            </source>
+            <acct-file \(work)/acct.csv>
+                records d,b
+            </acct-file>
+            <domain *>
+                route [\(ip)]:\(sinkPort)
+                max-smtp-out 32
+                max-msg-per-connection 0
+            </domain>
+            """
+            let confPath = work + "/peregrine.conf"
+            try confText.write(toFile: confPath, atomically: true, encoding: .utf8)
+            let p = BenchProcess(name: "peregrine", executable: bin + "/peregrine",
+                                 arguments: ["run", "--config", confPath, "--backend", target], logPath: work + "/peregrine.log")
+            try p.start(); processes.append(p)
+            mta = p
+            guard BenchNet.waitForListener(ip: ip, port: mtaPort, timeout: 30) else {
+                throw Failure(description: "peregrine did not start: \(p.logTail)")
+            }
+            mtaPid = p.pid
+            config = ["mta": "peregrine", "backend": target, "threads": options.threads, "config": confText]
+        }
+        // Baselines, then the load.
+        func mtaUsage() -> ProcessUsage {
+            var total = ProcessUsage.read(pid: mtaPid) ?? ProcessUsage(cpuSeconds: 0, rssBytes: 0, peakRSSBytes: 0)
+            if target == "postfix" {
+                for c in ProcessUsage.descendants(of: mtaPid) {
+                    if let u = ProcessUsage.read(pid: c) { total.cpuSeconds += u.cpuSeconds; total.rssBytes += u.rssBytes }
+                }
+                total.peakRSSBytes = max(total.peakRSSBytes, total.rssBytes)
+            }
+            return total
+        }
+        let mta0 = mtaUsage()
+        let sink0 = ProcessUsage.read(pid: sink.pid)?.cpuSeconds ?? 0
+        let loadIDs = work + "/loadgen-ids.txt"
+        let loadJSON = work + "/loadgen.json"
+        let loadgen = BenchProcess(name: "loadgen", executable: bin + "/peregrine-loadgen",
+                                   arguments: ["--target", "\(ip):\(mtaPort)", "--duration", "\(options.duration)",
+                                               "--connections", "\(options.connections)", "--messages-per-connection", "0",
+                                               "--size", "\(options.messageSize)", "--ids", loadIDs, "--json", loadJSON,
+                                               "--no-progress", "--backend", "epoll"],
+                                   logPath: work + "/loadgen.log")
+        let start = Date()
+        try loadgen.start(); processes.append(loadgen)
+        var peakRSS = 0
+        var loadgenCPU = 0.0
+        while loadgen.isRunning {
+            usleep(200_000)
+            if let u = ProcessUsage.read(pid: loadgen.pid) { loadgenCPU = u.cpuSeconds }
+            peakRSS = max(peakRSS, mtaUsage().rssBytes)
+            if Date().timeIntervalSince(start) > options.duration + 120 { loadgen.stop(); break }
+        }
+        let injectEnd = Date()
+        guard let data = FileManager.default.contents(atPath: loadJSON),
+              let summary = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let accepted = summary["accepted"] as? Int else {
+            throw Failure(description: "loadgen produced no summary: \(loadgen.logTail)")
+        }
+        // Drain: wait until the sink has everything the MTA accepted.
+        var delivered = 0
+        var lastChange = Date()
+        var lastDelivery = injectEnd
+        let drainDeadline = Date().addingTimeInterval(options.drainTimeout)
+        while Date() < drainDeadline {
+            let stats = BenchNet.getJSON(ip: ip, port: statsPort, path: "/stats")
+            let now = (stats?["record_ids"] as? [String: Any])?["recorded"] as? Int ?? delivered
+            if now != delivered { delivered = now; lastChange = Date(); lastDelivery = Date() }
+            peakRSS = max(peakRSS, mtaUsage().rssBytes)
+            if delivered >= accepted { break }
+            if Date().timeIntervalSince(lastChange) > 30 { break }
+            usleep(100_000)
+        }
+        let mta1 = mtaUsage()
+        let sink1 = ProcessUsage.read(pid: sink.pid)?.cpuSeconds ?? sink0
+        peakRSS = max(peakRSS, mta1.peakRSSBytes, mta1.rssBytes)
+        // Stop everything; the sink writes its id list on exit.
+        if let mta { mta.stop() }
+        if let dir = postfixDir { _ = BenchEnvironment.commandOutput("/bin/bash", [postfixScript(), "stop", dir]) }
+        sink.stop()
+        let sent = Self.readIDs(loadIDs)
+        let seen = Self.readIDs(sinkIDs)
+        var seenCount: [String: Int] = [:]
+        for (id, _) in seen { seenCount[id, default: 0] += 1 }
+        result.lost = sent.reduce(0) { $0 + (seenCount[$1.0] == nil ? 1 : 0) }
+        result.duplicates = seenCount.values.reduce(0) { $0 + max(0, $1 - 1) }
+        // Inject→deliver latency from the loadgen's send time and the sink's arrival time.
+        var sentAt: [String: Int64] = [:]
+        for (id, t) in sent { if let t { sentAt[id] = t } }
+        var latencies: [Double] = []
+        for (id, t) in seen { if let t, let s = sentAt[id] { latencies.append(Double(t - s) / 1e6) } }
+        latencies.sort()
+        func pct(_ p: Double) -> Double {
+            latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p / 100))]
+        }
+        let injectSeconds = summary["elapsedSeconds"] as? Double ?? injectEnd.timeIntervalSince(start)
+        let endToEnd = max(lastDelivery.timeIntervalSince(start), 0.001)
+        let mtaCPU = mta1.cpuSeconds - mta0.cpuSeconds
+        let wall = max(lastDelivery.timeIntervalSince(start), 0.001)
+        var figures: [String: Any] = [
+            "config": config,
+            "durationSeconds": options.duration,
+            "messageSize": options.messageSize,
+            "connections": options.connections,
+            "accepted": accepted,
+            "deliveredAtSink": delivered,
+            "injectedPerSecond": Double(accepted) / max(injectSeconds, 0.001),
+            "deliveredPerSecond": Double(delivered) / endToEnd,
+            "endToEndSeconds": endToEnd,
+            "mtaCpuSeconds": mtaCPU,
+            "mtaCpuSecondsPer10k": delivered > 0 ? mtaCPU / Double(delivered) * 10_000 : 0,
+            "mtaPeakRSSMB": Double(peakRSS) / 1_048_576,
+            "sinkCpuPercent": (sink1 - sink0) / wall * 100,
+            "loadgenCpuPercent": loadgenCPU / max(injectSeconds, 0.001) * 100,
+            "loadgen": summary,
+        ]
+        if !latencies.isEmpty {
+            figures["injectToDeliverMs"] = ["p50": pct(50), "p90": pct(90), "p99": pct(99), "max": latencies.last ?? 0]
+        }
+        if delivered < accepted && result.lost == 0 { result.lost = accepted - delivered }
+        return figures
+    }
+
+    /// Reads "ID [unix-nanoseconds]" lines.
+    static func readIDs(_ path: String) -> [(String, Int64?)] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").map { line in
+            let parts = line.split(separator: " ")
+            return (String(parts[0]), parts.count > 1 ? Int64(parts[1]) : nil)
+        }
+    }
+
+    private func postfixScript() -> String {
+        // scripts/ sits at the package root; the bench runs from there (scripts/bench) or finds it upwards.
+        var dir = FileManager.default.currentDirectoryPath
+        for _ in 0..<6 {
+            let candidate = dir + "/scripts/postfix-instance"
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+            dir = (dir as NSString).deletingLastPathComponent
+        }
+        return "scripts/postfix-instance"
+    }
+
+    private func cleanUp() {
+        for p in processes.reversed() { p.stop(grace: 5) }
+        if let dir = postfixDir { _ = BenchEnvironment.commandOutput("/bin/bash", [postfixScript(), "stop", dir]) }
+        if !work.isEmpty && getenv("PEREGRINE_BENCH_KEEP") == nil { try? FileManager.default.removeItem(atPath: work) }
+    }
+}
