@@ -373,7 +373,10 @@ import PeregrineIO
         #expect(sink.process.terminationStatus == 0)
         #expect(out.contains("\"messages_accepted\" : 15"))
         let recorded = (try? String(contentsOfFile: ids, encoding: .utf8)) ?? ""
-        #expect(recorded.split(separator: "\n").map(String.init).sorted() == sentIds.sorted())
+        // Each line is "ID ARRIVAL-UNIX-NS".
+        let lines = recorded.split(separator: "\n")
+        #expect(lines.allSatisfy { $0.split(separator: " ").count == 2 && Int64($0.split(separator: " ")[1]) != nil })
+        #expect(lines.map { String($0.split(separator: " ")[0]) }.sorted() == sentIds.sorted())
     }
 
     // MARK: Command line

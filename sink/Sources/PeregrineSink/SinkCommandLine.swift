@@ -32,7 +32,7 @@ public struct SinkOptions: Equatable, Sendable {
       --threads N          event loops, each with its own SO_REUSEPORT listeners (default 1)
       --stats-port P       serve GET /stats as JSON on 127.0.0.1:P (or ADDR:P)
       --dns ADDR:PORT      answer MX/A queries for every profile domain over UDP
-      --record-ids FILE    write the X-Loadgen-Id of every accepted message, one a line
+      --record-ids FILE    write "X-Loadgen-Id ARRIVAL-UNIX-NS" for every accepted message, one a line
       --time-scale X       multiply every time constant by X (profiles may set time-scale; 1 = real)
       --seed N             seed for the random choices (latency, random failures)
     Stops on SIGTERM/SIGINT and prints the counters as JSON.

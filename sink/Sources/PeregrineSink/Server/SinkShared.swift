@@ -34,11 +34,20 @@ public final class SinkShared: @unchecked Sendable {
 
     public var isRecordingIds: Bool { idFD >= 0 }
 
-    /// Adds one accepted message's id (nil: the message had no X-Loadgen-Id header).
+    /// Adds one accepted message's id (nil: the message had no X-Loadgen-Id header),
+    /// as "ID ARRIVAL-UNIX-NS": the benchmark pairs it with the loadgen's send time.
     func record(id: ArraySlice<UInt8>?) {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let arrival = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
         idLock.withLock {
             guard let id else { idsMissing &+= 1; return }
             idBuffer.append(contentsOf: id)
+            idBuffer.append(32)
+            var digits = [UInt8]()
+            var v = arrival
+            repeat { digits.append(UInt8(48 + v % 10)); v /= 10 } while v > 0
+            idBuffer.append(contentsOf: digits.reversed())
             idBuffer.append(10)
             idsRecorded &+= 1
             if idBuffer.count >= Self.idFlushThreshold { flushIdsLocked() }
