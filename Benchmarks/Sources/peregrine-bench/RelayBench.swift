@@ -29,7 +29,7 @@ struct RelayBenchOptions {
                                  [--drain-timeout S] [--output-dir DIR] [--no-results]
     """
 
-    static func parse(_ args: [String], scenario: String) -> Result<RelayBenchOptions, String> {
+    static func parse(_ args: [String], scenario: String) -> Result<RelayBenchOptions, BenchUsageError> {
         var o = RelayBenchOptions()
         o.scenario = scenario
         if scenario == "relay-100k" { o.messageSize = 100 * 1024 }
@@ -39,45 +39,50 @@ struct RelayBenchOptions {
             let a = args[i]
             switch a {
             case "--backend":
-                guard let v = value() else { return .failure("--backend needs a value") }
+                guard let v = value() else { return .failure(BenchUsageError("--backend needs a value")) }
                 if v == "all" { o.backends = BackendKind.allCases }
                 else if v == "none" { o.backends = [] }
                 else {
                     switch BackendKind.parse(v) {
                     case .success(let k): o.backends = [k]
-                    case .failure(let e): return .failure("\(e)")
+                    case .failure(let e): return .failure(BenchUsageError("\(e)"))
                     }
                 }
             case "--peer":
-                guard let v = value(), v == "postfix" else { return .failure("--peer takes postfix") }
+                guard let v = value(), v == "postfix" else { return .failure(BenchUsageError("--peer takes postfix")) }
                 o.peers = ["postfix"]
             case "--duration":
-                guard let v = value(), let d = Double(v), d > 0 else { return .failure("--duration needs seconds > 0") }
+                guard let v = value(), let d = Double(v), d > 0 else { return .failure(BenchUsageError("--duration needs seconds > 0")) }
                 o.duration = d
             case "--connections":
-                guard let v = value(), let n = Int(v), n > 0 else { return .failure("--connections needs a number") }
+                guard let v = value(), let n = Int(v), n > 0 else { return .failure(BenchUsageError("--connections needs a number")) }
                 o.connections = n
             case "--threads":
-                guard let v = value(), let n = Int(v), n > 0 else { return .failure("--threads needs a number") }
+                guard let v = value(), let n = Int(v), n > 0 else { return .failure(BenchUsageError("--threads needs a number")) }
                 o.threads = n
             case "--size":
-                guard let v = value(), let n = Int(v), n > 0 else { return .failure("--size needs bytes") }
+                guard let v = value(), let n = Int(v), n > 0 else { return .failure(BenchUsageError("--size needs bytes")) }
                 o.messageSize = n
             case "--drain-timeout":
-                guard let v = value(), let d = Double(v), d > 0 else { return .failure("--drain-timeout needs seconds") }
+                guard let v = value(), let d = Double(v), d > 0 else { return .failure(BenchUsageError("--drain-timeout needs seconds")) }
                 o.drainTimeout = d
             case "--output-dir":
-                guard let v = value() else { return .failure("--output-dir needs a directory") }
+                guard let v = value() else { return .failure(BenchUsageError("--output-dir needs a directory")) }
                 o.outputDir = v
             case "--no-results":
                 o.writeResults = false; i += 1; continue
             default:
-                return .failure("unknown option '\(a)'\n\(usage)")
+                return .failure(BenchUsageError("unknown option '\(a)'\n\(usage)"))
             }
             i += 2
         }
         return .success(o)
     }
+}
+
+struct BenchUsageError: Error {
+    var message: String
+    init(_ message: String) { self.message = message }
 }
 
 /// One run's figures.
@@ -94,7 +99,7 @@ func runRelayBench(arguments: [String], scenario: String) -> Int32 {
     switch RelayBenchOptions.parse(arguments, scenario: scenario) {
     case .success(let o): options = o
     case .failure(let m):
-        fputs("peregrine-bench \(scenario): \(m)\n", stderr)
+        fputs("peregrine-bench \(scenario): \(m.message)\n", stderr)
         return 2
     }
     var runs: [RelayRun] = []
