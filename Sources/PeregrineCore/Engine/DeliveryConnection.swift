@@ -268,6 +268,7 @@ final class DeliveryConnection<Loop: EventLoop> {
     private func releaseIfDone() {
         guard closed, !released, !receiving, !sending, !connecting, !readingBody else { return }
         released = true
-        engine.release(self)
+        // Dropped on a later turn: callers up the stack (a completion's defer) may still use self.
+        loop.scheduleTimer(after: 0) { [engine, self] in engine.release(self) }
     }
 }
