@@ -60,10 +60,3 @@ public final class ConfigPolicySource: DeliveryPolicySource {
         return String(cString: buf)
     }
 }
-
-extension ReplyText {
-    /// The parsed reply in the form pattern lists and the classifier match.
-    public init(_ reply: SMTPReply) {
-        self.init(code: reply.code, enhancedCode: reply.enhancedCode?.description, lines: reply.lines)
-    }
-}
