@@ -265,6 +265,24 @@ import PeregrineIO
         #expect(passed)
     }
 
+    @Test func idleConnectionsAreClosedWith421() throws {
+        let profile = NSTemporaryDirectory() + "sink-idle-\(getpid()).conf"
+        try "<isp idle>\n  domains idle.test\n  mx 127.0.8.9\n  idle-timeout 300ms\n</isp>\n"
+            .write(toFile: profile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: profile) }
+        let sink = try SinkProcess(["--profile", profile, "--port", "0", "--backend", Self.backend.rawValue])
+        let (ip, port) = try sink.address("idle")
+        let c = try SinkTestClient(ip, port)
+        #expect(try c.start()?.code == 220)
+        // A busy connection is not idle.
+        #expect(try c.sendMessage(to: "a@idle.test") == nil)
+        let r = try c.reply()   // nothing sent: the sink times us out
+        #expect(r?.code == 421 && r?.lines[0].hasPrefix("421 4.4.2") == true, "\(String(describing: r))")
+        #expect(c.isClosedByPeer())
+        let out = sink.terminate()
+        #expect(out.contains("\"sessions_timed_out\" : 1"))
+    }
+
     // MARK: DNS
 
     static func dnsQuery(port: UInt16, name: String, type: UInt16) throws -> [UInt8] {

@@ -61,6 +61,8 @@ public final class SinkProvider {
     let penaltyAllowInterval: UInt64
     let greylistNanos: UInt64
     let mailboxInterval: UInt64
+    /// Idle timeout in ns; 0 when none.
+    public let idleNanos: UInt64
     let scale: Double
     var mailboxes: [String: RateLimiter] = [:]
     var greylist: [String: UInt64] = [:]
@@ -76,6 +78,7 @@ public final class SinkProvider {
         penaltyAllowInterval = interval(profile.penaltyBox?.allow)
         greylistNanos = ns(profile.greylist?.seconds ?? 0)
         mailboxInterval = interval(profile.mailboxRate?.rate)
+        idleNanos = ns(profile.idleTimeout ?? 0)
     }
 
     static func nanos(_ seconds: Double, _ scale: Double) -> UInt64 {
@@ -254,6 +257,11 @@ public final class SinkPolicy {
         c.acceptedRecipients = 0
         c.refuseAtData = nil
         c.sender = ""
+    }
+
+    /// The sink closed the connection for idling.
+    public func timedOut(_ c: SinkConnection) {
+        c.ipState.counters.sessionsTimedOut &+= 1
     }
 
     /// The connection closed (either side). Safe to call more than once.

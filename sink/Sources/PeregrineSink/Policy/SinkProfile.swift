@@ -272,6 +272,8 @@ public struct SinkISPProfile: Hashable, Sendable {
     public var dropDuringData: Double = 0
     /// `450-anything@…` local parts answer with that code.
     public var scriptedReplies: Bool = true
+    /// Close a connection that sent nothing for this long (421 4.4.2), in real seconds.
+    public var idleTimeout: Double?
 
     public init(name: String) {
         self.name = name

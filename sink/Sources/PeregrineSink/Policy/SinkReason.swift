@@ -61,6 +61,8 @@ public struct SinkReasonCounts: Sendable, Equatable {
 public struct SinkCounters: Sendable, Equatable {
     public var sessions: UInt64 = 0
     public var sessionsRefused = SinkReasonCounts()
+    /// Connections the sink closed for idling (`idle-timeout`).
+    public var sessionsTimedOut: UInt64 = 0
     public var messagesAccepted: UInt64 = 0
     public var messagesDeferred = SinkReasonCounts()
     public var messagesRejected = SinkReasonCounts()
@@ -76,6 +78,7 @@ public struct SinkCounters: Sendable, Equatable {
     mutating func merge(_ o: SinkCounters) {
         sessions &+= o.sessions
         sessionsRefused.merge(o.sessionsRefused)
+        sessionsTimedOut &+= o.sessionsTimedOut
         messagesAccepted &+= o.messagesAccepted
         messagesDeferred.merge(o.messagesDeferred)
         messagesRejected.merge(o.messagesRejected)
@@ -92,6 +95,7 @@ public struct SinkCounters: Sendable, Equatable {
         [
             "sessions": sessions,
             "sessions_refused": sessionsRefused.byName,
+            "sessions_timed_out": sessionsTimedOut,
             "messages_accepted": messagesAccepted,
             "messages_deferred": messagesDeferred.byName,
             "messages_rejected": messagesRejected.byName,

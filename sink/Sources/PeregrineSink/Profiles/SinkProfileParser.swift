@@ -36,6 +36,7 @@ public struct SinkProfileSet: Sendable {
 ///     random-failure 0.001 data "451 4.3.0 Temporary failure"
 ///     drop-during-data 0.0005
 ///     scripted-replies yes               # `450-x@…` answers 450
+///     idle-timeout 5m                    # 421 4.4.2 and close after this long without input
 /// </isp>
 /// ```
 /// Arguments after a limit's value may come in any order: the phase is one of
@@ -203,6 +204,10 @@ public enum SinkProfileParser {
                 p.randomFailures.append(SinkRandomFailure(probability: prob, phase: phase, reply: reply))
             case "drop-during-data":
                 p.dropDuringData = try node.value(probabilityLike(range: 0...1, what: "probability"))
+            case "idle-timeout":
+                let secs = try seconds(node, try node.singleArgument())
+                guard secs > 0 else { throw node.error("idle-timeout must be longer than zero") }
+                p.idleTimeout = secs
             case "scripted-replies":
                 p.scriptedReplies = try node.value(ConfigValue.bool)
             default:

@@ -43,6 +43,9 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
     private var onReceive: ((Result<Int, IOError>) -> Void)!
     private var onSend: ((Result<Void, IOError>) -> Void)!
     private var onTimer: (() -> Void)!
+    private var onIdleTimer: (() -> Void)!
+    private var idleTimer: TimerHandle?
+    private var lastActivity: UInt64 = 0
 
     init(loop: Loop, socket: Socket, shared: SinkShared, conn: SinkConnection,
          configuration: SMTPServerConfiguration, server: SinkServer<Loop>) {
@@ -59,6 +62,7 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
         onReceive = { [unowned self] r in self.received(r) }
         onSend = { [unowned self] r in self.sent(r) }
         onTimer = { [unowned self] in self.timerFired() }
+        onIdleTimer = { [unowned self] in self.idleCheck() }
     }
 
     deinit {
@@ -70,6 +74,9 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
     func start(greeting: SinkDecision, latency: UInt64) {
         greetingDecision = greeting
         greetingLatency = latency
+        lastActivity = loop.now
+        let idle = conn.provider.idleNanos
+        if idle > 0 { idleTimer = loop.scheduleTimer(after: idle, onIdleTimer) }
         handle(session.start())
         receiveMore()
     }
@@ -185,6 +192,7 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
         case .failure, .success(0):
             finish()
         case .success(let n):
+            lastActivity = loop.now
             let actions = session.receive(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]))
             if dropNow {
                 // A drop during DATA: no reply, the connection just goes away.
@@ -230,11 +238,27 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
         if closeAfterSend { finish() }
     }
 
+    /// One timer per connection, re-armed for the remaining time rather than
+    /// moved on every read: no timer work per received chunk.
+    private func idleCheck() {
+        idleTimer = nil
+        guard !closed else { return }
+        let idle = conn.provider.idleNanos
+        let quiet = loop.now &- lastActivity
+        if quiet < idle || session.isAwaitingDecision || sending {
+            idleTimer = loop.scheduleTimer(after: quiet < idle ? idle - quiet : idle, onIdleTimer)
+            return
+        }
+        shared.lock.withLock { shared.policy.timedOut(conn) }
+        handle(session.timedOut())
+    }
+
     /// Closes the socket and releases the policy's connection slot.
     func finish() {
         guard !closed else { return }
         closed = true
         if let t = pendingTimer { loop.cancelTimer(t); pendingTimer = nil }
+        if let t = idleTimer { loop.cancelTimer(t); idleTimer = nil }
         session.connectionClosed()
         shared.lock.withLock { shared.policy.disconnect(conn) }
         loop.close(socket)
