@@ -44,10 +44,11 @@ public final class SinkShared: @unchecked Sendable {
             guard let id else { idsMissing &+= 1; return }
             idBuffer.append(contentsOf: id)
             idBuffer.append(32)
-            var digits = [UInt8]()
+            // Decimal digits written in place and reversed: no array per message.
+            let start = idBuffer.count
             var v = arrival
-            repeat { digits.append(UInt8(48 + v % 10)); v /= 10 } while v > 0
-            idBuffer.append(contentsOf: digits.reversed())
+            repeat { idBuffer.append(UInt8(48 + v % 10)); v /= 10 } while v > 0
+            idBuffer[start...].reverse()
             idBuffer.append(10)
             idsRecorded &+= 1
             if idBuffer.count >= Self.idFlushThreshold { flushIdsLocked() }
