@@ -25,8 +25,9 @@ extension Daemon {
 
     /// Collects one snapshot per worker, then calls `done` on worker 0's loop.
     func gather(_ done: @escaping ([WorkerSnapshot]) -> Void) {
-        var results = [WorkerSnapshot?](repeating: nil, count: workers.count)
-        var remaining = workers.count
+        // Both only ever touched on worker 0's loop (the replies are handed there).
+        let results = LoopConfined([WorkerSnapshot?](repeating: nil, count: workers.count))
+        let remaining = LoopConfined(workers.count)
         let home = workers[0]
         for w in workers {
             w.loop.execute {
@@ -43,10 +44,11 @@ extension Daemon {
                                                   connections: q.connections, delivered: q.delivered, bounced: q.bounced,
                                                   deferred: q.deferred, lastReply: q.lastReply))
                 }
+                let snapshot = LoopConfined(s)
                 home.loop.execute {
-                    results[w.index] = s
-                    remaining -= 1
-                    if remaining == 0 { done(results.compactMap { $0 }) }
+                    results.value[w.index] = snapshot.value
+                    remaining.value -= 1
+                    if remaining.value == 0 { done(results.value.compactMap { $0 }) }
                 }
             }
         }
@@ -54,21 +56,31 @@ extension Daemon {
 
     /// Applies `action` on every loop; `done` gets the summed count on worker 0's loop.
     func broadcast(_ action: @escaping (LoopWorker<Loop>) -> Int, _ done: @escaping (Int) -> Void) {
-        var total = 0, remaining = workers.count
+        let total = LoopConfined(0), remaining = LoopConfined(workers.count)
         let home = workers[0]
         for w in workers {
             w.loop.execute {
                 let n = action(w)
                 home.loop.execute {
-                    total += n
-                    remaining -= 1
-                    if remaining == 0 { done(total) }
+                    total.value += n
+                    remaining.value -= 1
+                    if remaining.value == 0 { done(total.value) }
                 }
             }
         }
     }
 
     func handleManagement(_ request: HTTPRequest, respond: @escaping (HTTPResponse) -> Void) {
+        // http-access: monitor may read, admin may also act; with no rules only loopback is admin.
+        let level = request.remoteAddress.map { config.httpAccessLevel(forIP: $0.ip) } ?? .none
+        if level == .none {
+            respond(.error(403, "access denied for \(request.remoteAddress?.ip ?? "unknown client") (http-access)"))
+            return
+        }
+        if request.method != "GET" && request.method != "HEAD" && level != .admin {
+            respond(.error(403, "monitor access is read-only (http-access)"))
+            return
+        }
         switch (request.method, request.path) {
         case ("GET", "/status"):
             gather { snaps in respond(Self.json(self.statusJSON(snaps))) }

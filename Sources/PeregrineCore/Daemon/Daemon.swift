@@ -99,17 +99,17 @@ public final class Daemon<Loop: EventLoop> {
         // Loops are created on their own threads (io_uring's single-issuer rings
         // belong to the thread that runs them); each signals when it is ready.
         let ready = DispatchSemaphore(value: 0)
-        var creationErrors: [String] = []
-        var loops = [Loop?](repeating: nil, count: n)
+        let creationErrors = Locked<[String]>([])
+        let loops = Locked([Loop?](repeating: nil, count: n))
         for i in 0..<n {
             let t = Thread { [self] in
                 do {
                     let loop = try Loop()
-                    lock.lock(); loops[i] = loop; lock.unlock()
+                    loops.withLock { $0[i] = loop }
                     ready.signal()
                     loop.run()
                 } catch {
-                    lock.lock(); creationErrors.append("\(error)"); lock.unlock()
+                    creationErrors.withLock { $0.append("\(error)") }
                     ready.signal()
                     return
                 }
@@ -120,17 +120,19 @@ public final class Daemon<Loop: EventLoop> {
             t.start()
         }
         for _ in 0..<n { ready.wait() }
-        guard creationErrors.isEmpty else {
-            log("cannot start the \(Loop.kind) backend: \(creationErrors.joined(separator: "; "))")
-            for l in loops { l?.stop() }
+        let created = loops.withLock { $0 }
+        let failures = creationErrors.withLock { $0 }
+        guard failures.isEmpty else {
+            log("cannot start the \(Loop.kind) backend: \(failures.joined(separator: "; "))")
+            for l in created { l?.stop() }
             return 1
         }
-        workers = loops.enumerated().compactMap { i, l in l.map { LoopWorker(index: i, loop: $0, daemon: self, config: config) } }
+        workers = created.enumerated().compactMap { i, l in l.map { LoopWorker(index: i, loop: $0, daemon: self, config: config) } }
         pendingStops = workers.count
 
         // Set up each worker on its own loop, then wait for all of them.
         let setupDone = DispatchSemaphore(value: 0)
-        var setupErrors: [String] = []
+        let setupErrors = Locked<[String]>([])
         let streamsByWorker = Dictionary(grouping: recovered.indices) { streamIndex(of: recovered[$0]) % n }
         for w in workers {
             let mine = streamsByWorker[w.index] ?? []
@@ -138,14 +140,15 @@ public final class Daemon<Loop: EventLoop> {
                 do {
                     try self.setUp(w, recovered: mine.map { recovered[$0] })
                 } catch {
-                    lock.lock(); setupErrors.append("loop \(w.index): \(error)"); lock.unlock()
+                    setupErrors.withLock { $0.append("loop \(w.index): \(error)") }
                 }
                 setupDone.signal()
             }
         }
         for _ in workers { setupDone.wait() }
-        if !setupErrors.isEmpty {
-            for e in setupErrors { log(e) }
+        let setupFailures = setupErrors.withLock { $0 }
+        if !setupFailures.isEmpty {
+            for e in setupFailures { log(e) }
             for w in workers { w.loop.stop() }
             return 1
         }

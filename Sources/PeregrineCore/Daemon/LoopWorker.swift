@@ -166,9 +166,14 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         if owner === self {
             readLocal(message, into: buffer, done)
         } else {
+            // The buffer belongs to the asking connection until `done` runs back on its loop.
             let me = self
+            let request = LoopConfined((buffer, done))
             owner.loop.execute {
-                owner.readLocal(message, into: buffer) { result in me.loop.execute { done(result) } }
+                owner.readLocal(message, into: request.value.0) { result in
+                    let reply = LoopConfined(result)
+                    me.loop.execute { request.value.1(reply.value) }
+                }
             }
         }
     }
