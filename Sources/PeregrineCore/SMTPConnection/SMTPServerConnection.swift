@@ -22,21 +22,36 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     public var idleTimeout: UInt64 = 300_000_000_000
     /// Reading pauses while more than this many received bytes wait for a decision.
     public var maxBufferedInput = 1 << 20
+    /// TLS for STARTTLS (set before `start()`). Without it an accepted STARTTLS ends the connection.
+    public var tlsContext: TLSContext?
+    /// Start TLS before the greeting (port-465 style); needs `tlsContext`. Give
+    /// that session a configuration with STARTTLS disabled.
+    public var implicitTLS = false
+    /// Called once the TLS handshake has completed (`tls` has the protocol and cipher).
+    public var onTLSEstablished: ((SMTPServerConnection<Loop>) -> Void)?
+    /// The TLS layer once STARTTLS was accepted (or from the start with `implicitTLS`).
+    public internal(set) var tls: TLSConnection?
 
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer = ByteBuffer(capacity: 4096)
     private var receiving = false
-    private var sending = false
-    private var closeAfterFlush = false
-    private var closed = false
+    var sending = false
+    var closeAfterFlush = false
+    var closed = false
     private var finished = false
     private var lastActivity: UInt64 = 0
     private var timer: TimerHandle?
     private var onReceive: ((Result<Int, IOError>) -> Void)!
-    private var onSend: ((Result<Void, IOError>) -> Void)!
+    var onSend: ((Result<Void, IOError>) -> Void)!
     private var onTimer: (() -> Void)!
     /// Self-reference while the socket is in use (released in `finish`).
     private var keepAlive: SMTPServerConnection<Loop>?
+    // TLS (see TLS/SMTPServerConnection+TLS.swift).
+    var tlsStarting = false
+    var closeNotifyQueued = false
+    var tlsPlaintext: UnsafeMutableRawBufferPointer?
+    var tlsCiphertext: UnsafeMutableRawBufferPointer?
+    var tlsOutput = ByteBuffer(capacity: 0)
 
     public init(loop: Loop, socket: Socket, session: SMTPServerSession, receiveBufferSize: Int = 65536) {
         self.loop = loop
@@ -50,6 +65,8 @@ public final class SMTPServerConnection<Loop: EventLoop> {
 
     deinit {
         receiveBuffer.deallocate()
+        tlsPlaintext?.deallocate()
+        tlsCiphertext?.deallocate()
     }
 
     /// Greets and starts reading.
@@ -57,6 +74,9 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         keepAlive = self
         lastActivity = loop.now
         timer = loop.scheduleTimer(after: idleTimeout, onTimer)
+        if implicitTLS {
+            guard beginTLS(afterPlaintext: false) else { close(); return }
+        }
         apply(session.start())
         readIfWanted()
     }
@@ -99,22 +119,26 @@ public final class SMTPServerConnection<Loop: EventLoop> {
             close()
         case .success(let n):
             lastActivity = loop.now
-            apply(session.receive(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])))
+            let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
+            if let tls { receivedCiphertext(bytes, tls) } else { apply(session.receive(bytes)) }
             readIfWanted()
         }
     }
 
-    private func apply(_ actions: SMTPServerActions) {
-        if actions.shouldClose || actions.shouldStartTLS {
-            // TLS is a separate layer (not wired yet): a STARTTLS accepted by the owner ends the connection.
-            closeAfterFlush = true
+    func apply(_ actions: SMTPServerActions) {
+        if actions.shouldStartTLS {
+            // The 220 goes out in plain text; every byte received from now on is TLS.
+            if tls != nil || !beginTLS(afterPlaintext: true) { closeAfterFlush = true }
         }
+        if actions.shouldClose { closeAfterFlush = true }
         flush()
         if closeAfterFlush && !sending { close() }
     }
 
-    private func flush() {
-        guard !sending, !closed, !session.output.isEmpty else { return }
+    func flush() {
+        guard !sending, !closed else { return }
+        if let tls, !tlsStarting { flushTLS(tls); return }
+        guard !session.output.isEmpty else { return }
         session.swapOutput(&sendBuffer)
         sending = true
         // The array storage stays put until `sent` runs: nothing mutates `sendBuffer` meanwhile.
@@ -125,7 +149,8 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         sending = false
         guard !closed else { finishIfIdle(); return }
         if case .failure = result { close(); return }
-        if !session.output.isEmpty { flush(); return }
+        if tlsStarting && session.output.isEmpty { tlsStarting = false } // the 220 is out
+        if !session.output.isEmpty || (tls?.pendingCiphertextBytes ?? 0) > 0 { flush(); if sending { return } }
         if closeAfterFlush { close() }
     }
 

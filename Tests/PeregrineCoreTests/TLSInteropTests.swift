@@ -1,0 +1,290 @@
+import Foundation
+import PeregrineCore
+import PeregrineIO
+import PeregrineSMTP
+import Testing
+
+// STARTTLS and implicit TLS of SMTPServerConnection against software nobody
+// here wrote: openssl s_client, Python smtplib, swaks. Loopback only, bounded
+// time, for every I/O backend.
+
+/// What the TLS test server saw (written on the loop thread, read by the test).
+final class TLSServerRecord: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _messages = 0
+    private var _handshakes: [String] = []
+    private var _tlsAtMessage: [Bool] = []
+    func message(tls: Bool) { lock.lock(); _messages += 1; _tlsAtMessage.append(tls); lock.unlock() }
+    func handshake(_ description: String) { lock.lock(); _handshakes.append(description); lock.unlock() }
+    var messages: Int { lock.lock(); defer { lock.unlock() }; return _messages }
+    var handshakes: [String] { lock.lock(); defer { lock.unlock() }; return _handshakes }
+    var tlsAtMessage: [Bool] { lock.lock(); defer { lock.unlock() }; return _tlsAtMessage }
+}
+
+/// Accepts everything, STARTTLS included; notes whether each message came over TLS.
+final class TLSAcceptingPolicy: SMTPServerSessionDelegate {
+    let record: TLSServerRecord
+    init(record: TLSServerRecord) { self.record = record }
+    func smtpSession(_ session: SMTPServerSession, decide request: SMTPServerRequest) -> SMTPServerDecision {
+        if case .endOfData = request { record.message(tls: session.isTLSActive) }
+        return .accept
+    }
+}
+
+struct TLSUnchecked<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
+
+/// A Peregrine SMTP listener with TLS on its own loop thread.
+final class TLSTestServer<Loop: EventLoop>: @unchecked Sendable {
+    let loop: Loop
+    let record = TLSServerRecord()
+    private let finished = DispatchSemaphore(value: 0)
+    private(set) var port: UInt16 = 0
+    private var listener: Listener?
+
+    init(context: TLSContext, implicitTLS: Bool) throws {
+        loop = try Loop()
+        let loop = self.loop
+        let finished = self.finished
+        Thread { loop.run(); finished.signal() }.start()
+        let ready = DispatchSemaphore(value: 0)
+        let box = TLSUnchecked(self)
+        let ctx = TLSUnchecked(context)
+        loop.execute {
+            let me = box.value
+            var config = SMTPServerConfiguration(hostname: "mx.test")
+            config.startTLSEnabled = !implicitTLS
+            do {
+                let l = try me.loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0)) { result in
+                    guard case .success(let accepted) = result else { return }
+                    let policy = TLSAcceptingPolicy(record: me.record)
+                    let session = SMTPServerSession(configuration: config, delegate: policy)
+                    let conn = SMTPServerConnection(loop: me.loop, socket: accepted.socket, session: session)
+                    conn.tlsContext = ctx.value
+                    conn.implicitTLS = implicitTLS
+                    conn.onTLSEstablished = { c in
+                        me.record.handshake("\(c.tls?.negotiatedProtocol ?? "?") \(c.tls?.negotiatedCipher ?? "?")")
+                    }
+                    conn.onClose = { _ in _ = policy }
+                    conn.start()
+                }
+                me.listener = l
+                me.port = l.address.port
+            } catch {}
+            ready.signal()
+        }
+        _ = ready.wait(timeout: .now() + 10)
+    }
+
+    func stop() {
+        let box = TLSUnchecked(self)
+        loop.execute { if let l = box.value.listener { box.value.loop.closeListener(l) } }
+        loop.stop()
+        _ = finished.wait(timeout: .now() + 10)
+    }
+}
+
+/// Runs a program with a deadline; returns (status, stdout+stderr). Always reaps it.
+func tlsRunTool(_ path: String, _ args: [String], stdin: String? = nil, seconds: Double = 60) -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    let input = Pipe()
+    p.standardInput = input
+    do { try p.run() } catch { return (-1, "cannot start \(path): \(error)") }
+    let collected = TLSUnchecked(NSMutableData())
+    let done = DispatchSemaphore(value: 0)
+    Thread {
+        collected.value.append(out.fileHandleForReading.readDataToEndOfFile())
+        done.signal()
+    }.start()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try? input.fileHandleForWriting.close()
+    let deadline = Date().addingTimeInterval(seconds)
+    while p.isRunning && Date() < deadline { usleep(20_000) }
+    if p.isRunning { p.terminate(); usleep(200_000); if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+    p.waitUntilExit()
+    _ = done.wait(timeout: .now() + 5)
+    return (p.terminationStatus, String(decoding: collected.value as Data, as: UTF8.self))
+}
+
+func tlsTool(_ name: String) -> String? {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init) {
+        let p = dir + "/" + name
+        if FileManager.default.isExecutableFile(atPath: p) { return p }
+    }
+    return nil
+}
+
+func tlsEventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline { if condition() { return true }; usleep(10_000) }
+    return condition()
+}
+
+/// Runs `body` against a TLS server on backend `kind` (a backend that cannot start here is skipped).
+func withTLSServer(_ kind: BackendKind, implicitTLS: Bool = false,
+                   _ body: (UInt16, TLSServerRecord) throws -> Void) throws {
+    let context = try TLSTestCertificates.serverContext()
+    func open<L: EventLoop>(_ type: L.Type) throws {
+        let server: TLSTestServer<L>
+        do { server = try TLSTestServer<L>(context: context, implicitTLS: implicitTLS) } catch let e as IOError {
+            if case .unsupported = e.kind { return }
+            throw e
+        }
+        defer { server.stop() }
+        try #require(server.port != 0)
+        try body(server.port, server.record)
+    }
+    try open(kind.loopType)
+}
+
+let tlsSmtplibScript = #"""
+import smtplib, ssl, sys
+port, implicit = int(sys.argv[1]), sys.argv[2] == "implicit"
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+for i in range(2):   # the second connection may resume
+    if implicit:
+        s = smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=ctx)
+    else:
+        s = smtplib.SMTP("127.0.0.1", port, timeout=20)
+        s.ehlo("client.test")
+        assert s.has_extn("starttls"), "STARTTLS not offered"
+        code, _ = s.starttls(context=ctx)
+        assert code == 220, code
+        s.ehlo("client.test")
+        assert not s.has_extn("starttls"), "STARTTLS offered again over TLS"
+    print("VERSION", s.sock.version(), s.sock.cipher()[0])
+    s.sendmail("a@src.test", ["b@dst.test"], "Subject: t\r\n\r\n" + ("x" * 70 + "\r\n") * 1000)
+    s.quit()
+print("DONE")
+"""#
+
+/// RFC 3207 §6: commands pipelined after STARTTLS must not be answered after the handshake.
+let tlsInjectionScript = #"""
+import socket, ssl, sys
+port = int(sys.argv[1])
+sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+f = sock.makefile("rb")
+def reply():
+    lines = []
+    while True:
+        line = f.readline()
+        if not line: raise SystemExit("EOF")
+        lines.append(line.decode())
+        if line[3:4] != b"-": return lines
+print("GREETING", reply()[0].strip())
+sock.sendall(b"EHLO client.test\r\n"); reply()
+sock.sendall(b"STARTTLS\r\nRSET\r\n")          # one packet: the injection
+r = reply()
+print("STARTTLS", r[0].strip())
+assert r[0].startswith("220"), r
+# Nothing may be left in plain text either (the RSET answered before the handshake).
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(sock, server_hostname="mx.test")
+tf = t.makefile("rb")
+t.sendall(b"EHLO client.test\r\n")
+first = tf.readline().decode()
+print("FIRST", first.strip())
+assert first.startswith("250-"), "first reply after the handshake is not the EHLO reply: " + first
+print("DONE")
+"""#
+
+@Suite(.serialized) struct TLSInteropTests {
+    @Test(arguments: BackendKind.allCases)
+    func opensslSClientStartTLS(kind: BackendKind) throws {
+        guard let openssl = tlsTool("openssl") else { Issue.record("openssl not installed"); return }
+        try withTLSServer(kind) { port, record in
+            for version in ["-tls1_3", "-tls1_2"] {
+                let (status, out) = tlsRunTool(openssl, ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(port)",
+                                                          version, "-crlf", "-ign_eof", "-servername", "mx.test"],
+                                               stdin: "EHLO client.test\nNOOP\nQUIT\n", seconds: 30)
+                #expect(status == 0, "\(out)")
+                #expect(out.contains(version == "-tls1_3" ? "TLSv1.3" : "TLSv1.2"), "\(out)")
+                #expect(out.contains("250 "), "\(out)")
+                #expect(out.contains("221"), "\(out)")
+            }
+            #expect(tlsEventually { record.handshakes.count == 2 })
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func pythonSmtplibStartTLS(kind: BackendKind) throws {
+        guard let python = tlsTool("python3") else { Issue.record("python3 not installed"); return }
+        try withTLSServer(kind) { port, record in
+            let (status, out) = tlsRunTool(python, ["-c", tlsSmtplibScript, String(port), "starttls"], seconds: 60)
+            #expect(status == 0, "\(out)")
+            #expect(out.contains("VERSION TLSv1.3"), "\(out)")
+            #expect(out.contains("DONE"), "\(out)")
+            #expect(tlsEventually { record.messages == 2 })
+            #expect(record.tlsAtMessage == [true, true])
+            #expect(record.handshakes.count == 2)
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func pythonSmtplibImplicitTLS(kind: BackendKind) throws {
+        guard let python = tlsTool("python3") else { Issue.record("python3 not installed"); return }
+        try withTLSServer(kind, implicitTLS: true) { port, record in
+            let (status, out) = tlsRunTool(python, ["-c", tlsSmtplibScript, String(port), "implicit"], seconds: 60)
+            #expect(status == 0, "\(out)")
+            #expect(out.contains("DONE"), "\(out)")
+            #expect(tlsEventually { record.messages == 2 })
+            #expect(record.handshakes.count == 2)
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func swaksTLS(kind: BackendKind) throws {
+        guard let swaks = tlsTool("swaks") else { Issue.record("swaks not installed"); return }
+        try withTLSServer(kind) { port, record in
+            let (status, out) = tlsRunTool(swaks, ["--server", "127.0.0.1:\(port)", "--tls", "--from", "a@src.test",
+                                                   "--to", "b@dst.test", "--helo", "swaks.test"], seconds: 30)
+            #expect(status == 0, "\(out)")
+            #expect(out.contains("TLS started"), "\(out)")
+            #expect(tlsEventually { record.messages == 1 })
+            #expect(record.tlsAtMessage == [true])
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func commandsPipelinedAfterStartTLSAreDiscarded(kind: BackendKind) throws {
+        guard let python = tlsTool("python3") else { Issue.record("python3 not installed"); return }
+        try withTLSServer(kind) { port, _ in
+            let (status, out) = tlsRunTool(python, ["-c", tlsInjectionScript, String(port)], seconds: 30)
+            #expect(status == 0, "\(out)")
+            #expect(out.contains("FIRST 250-mx.test"), "\(out)")
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func plainTextAfterStartTLSFailsTheHandshakeAndCloses(kind: BackendKind) throws {
+        guard let python = tlsTool("python3") else { Issue.record("python3 not installed"); return }
+        let script = #"""
+        import socket, sys
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+        f = s.makefile("rb")
+        f.readline(); s.sendall(b"EHLO c\r\n")
+        while f.readline()[3:4] == b"-": pass
+        s.sendall(b"STARTTLS\r\n"); print(f.readline().decode().strip())
+        s.sendall(b"MAIL FROM:<a@b>\r\n")   # plain text where a ClientHello belongs
+        rest = s.recv(4096)
+        while True:
+            more = s.recv(4096)
+            if not more: break
+            rest += more
+        print("CLOSED", rest[:1] == b"\x15" or rest == b"")   # a TLS alert record, or nothing
+        """#
+        try withTLSServer(kind) { port, record in
+            let (status, out) = tlsRunTool(python, ["-c", script, String(port)], seconds: 30)
+            #expect(status == 0, "\(out)")
+            #expect(out.contains("220"), "\(out)")
+            #expect(out.contains("CLOSED True"), "\(out)")
+            #expect(record.handshakes.isEmpty)
+        }
+    }
+}
