@@ -9,7 +9,7 @@
 /// A 421 at any point, `timedOut()` or `connectionClosed()` completes the
 /// current message with per-recipient results and ends with `.closed`.
 public final class SMTPClientSession {
-    enum State { case notStarted, greeting, ehlo, helo, idle, transaction, body, dataEnd, rset, quit, closed }
+    enum State { case notStarted, greeting, ehlo, helo, idle, transaction, body, dataEnd, rset, quit, startTLS, tlsHandshake, closed }
     enum Expect { case mail, rcpt(Int), data }
 
     public let configuration: SMTPClientConfiguration
@@ -17,6 +17,8 @@ public final class SMTPClientSession {
     public private(set) var extensions = SMTPExtensions()
     /// The server's greeting.
     public private(set) var greeting: SMTPReply?
+    /// True once `tlsEstablished()` was called: the session runs over TLS.
+    public private(set) var isTLSActive = false
 
     var state: State = .notStarted
     var parser = SMTPReplyParser()
@@ -81,11 +83,19 @@ public final class SMTPClientSession {
 
     public func receive(_ bytes: UnsafeRawBufferPointer) {
         guard state != .closed else { return }
+        guard state != .tlsHandshake else { return } // those bytes belong to TLS
         parser.feed(bytes)
         while state != .closed, let r = parser.next() {
             switch r {
             case .success(let reply): handle(reply)
             case .failure(let e): fail(.protocolError("unparsable reply: \(e)"), synthetic: Self.localReply("protocol error"))
+            }
+            if state == .tlsHandshake {
+                // RFC 3207 §5: anything after the 220 was sent in plain text
+                // before the handshake; acting on it would let a man in the
+                // middle inject replies. Drop it.
+                parser = SMTPReplyParser()
+                break
             }
         }
     }
@@ -136,6 +146,37 @@ public final class SMTPClientSession {
         wait(.dataEnd)
     }
 
+    /// Asks for TLS (RFC 3207): when idle and the server offered STARTTLS
+    /// over a plain connection. The answer arrives as `.startTLS(reply)`.
+    /// Returns false (and does nothing) otherwise.
+    @discardableResult
+    public func startTLS() -> Bool {
+        guard state == .idle, extensions.startTLS, !isTLSActive else { return false }
+        writeLine("STARTTLS")
+        state = .startTLS
+        wait(.startTLS)
+        return true
+    }
+
+    /// The TLS handshake after a 220 to STARTTLS completed: everything learnt
+    /// in plain text is forgotten and EHLO is sent again (RFC 3207 §4.2),
+    /// now to be written through TLS.
+    public func tlsEstablished() {
+        guard state == .tlsHandshake else { return }
+        isTLSActive = true
+        extensions = SMTPExtensions()
+        parser = SMTPReplyParser()
+        writeLine("EHLO \(configuration.heloName)")
+        state = .ehlo
+        wait(.ehlo)
+    }
+
+    /// The TLS handshake failed: the connection is unusable (close it).
+    public func tlsFailed(_ description: String) {
+        guard state == .tlsHandshake else { return }
+        fail(.protocolError("TLS handshake failed: \(description)"), synthetic: Self.localReply("TLS handshake failed"))
+    }
+
     /// Ends the session politely.
     public func quit() {
         switch state {
@@ -176,6 +217,7 @@ public final class SMTPClientSession {
         case .dataEnd: return .dataEnd
         case .rset: return .rset
         case .quit: return .quit
+        case .startTLS, .tlsHandshake: return .startTLS
         case .idle, .notStarted, .closed: return nil
         }
     }
@@ -242,6 +284,17 @@ public final class SMTPClientSession {
             completeMessage()
         case .rset:
             becomeIdle()
+        case .startTLS:
+            if reply.code == 220 {
+                state = .tlsHandshake
+                emit(.startTLS(reply))
+                wait(.startTLS) // the handshake gets the phase's time
+            } else {
+                emit(.startTLS(reply))
+                becomeIdle()
+            }
+        case .tlsHandshake:
+            break // not reached: receive() ignores bytes during the handshake
         case .quit:
             close(.quit(reply))
         }

@@ -1,6 +1,8 @@
 /// The phase a client session waits in; each has its own timeout (RFC 5321 §4.5.3.2).
 public enum SMTPClientPhase: String, Sendable, Hashable {
     case greeting, ehlo, helo, mail, rcpt, dataInit, dataBlock, dataEnd, rset, quit
+    /// The reply to STARTTLS, then the owner's TLS handshake.
+    case startTLS
 }
 
 /// Per-phase timeouts in nanoseconds. Defaults are RFC 5321 §4.5.3.2's.
@@ -15,6 +17,8 @@ public struct SMTPClientTimeouts: Sendable, Hashable {
     public var dataEnd: UInt64 = 10 * minute
     public var rset: UInt64 = 5 * minute
     public var quit: UInt64 = 2 * minute
+    /// STARTTLS reply plus the TLS handshake.
+    public var startTLS: UInt64 = 2 * minute
     public init() {}
 
     public func timeout(for phase: SMTPClientPhase) -> UInt64 {
@@ -28,6 +32,7 @@ public struct SMTPClientTimeouts: Sendable, Hashable {
         case .dataEnd: dataEnd
         case .rset: rset
         case .quit: quit
+        case .startTLS: startTLS
         }
     }
 }
@@ -164,6 +169,12 @@ public enum SMTPClientEvent: Sendable, Hashable {
     case ready(SMTPExtensions)
     /// The server said 354: stream the body with `appendBody` and `finishBody`.
     case sendBody
+    /// The server answered our STARTTLS (`startTLS()`). 220: run the TLS
+    /// handshake now (the session's timer covers it), then call
+    /// `tlsEstablished()` or `tlsFailed(_:)`; bytes received meanwhile are
+    /// TLS, not for `receive`. Any other reply: the session stays in plain
+    /// text and `.ready` follows.
+    case startTLS(SMTPReply)
     case messageCompleted(SMTPMessageResult)
     case closed(SMTPClientCloseReason)
 }

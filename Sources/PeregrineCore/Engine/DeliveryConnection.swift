@@ -121,6 +121,8 @@ final class DeliveryConnection<Loop: EventLoop> {
                 everReady = true
                 attemptInfo?.esmtp = ext.isESMTP
                 askForWork()
+            case .startTLS:
+                break // STARTTLS is not requested yet (see TLS/SMTPClientConnection+TLS.swift for the steps)
             case .sendBody:
                 session.appendBody(body)
                 session.finishBody()

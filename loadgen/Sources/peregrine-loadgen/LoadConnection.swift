@@ -122,6 +122,8 @@ final class LoadConnection<Loop: EventLoop> {
                     let reply = result.finalReply ?? result.recipients.first?.reply ?? result.mailReply
                     generator.messageCompleted(id: c.id, started: c.started, sentWall: c.sentWall, reply: reply, result: result)
                 }
+            case .startTLS:
+                break // loadgen does not request STARTTLS (yet: --starttls)
             case .closed:
                 break
             }
