@@ -41,7 +41,7 @@ final class TLSTestServer<Loop: EventLoop>: @unchecked Sendable {
     private(set) var port: UInt16 = 0
     private var listener: Listener?
 
-    init(context: TLSContext, implicitTLS: Bool) throws {
+    init(context: TLSContext, implicitTLS: Bool, offerStartTLS: Bool = true) throws {
         loop = try Loop()
         let loop = self.loop
         let finished = self.finished
@@ -52,7 +52,7 @@ final class TLSTestServer<Loop: EventLoop>: @unchecked Sendable {
         loop.execute {
             let me = box.value
             var config = SMTPServerConfiguration(hostname: "mx.test")
-            config.startTLSEnabled = !implicitTLS
+            config.startTLSEnabled = !implicitTLS && offerStartTLS
             do {
                 let l = try me.loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0)) { result in
                     guard case .success(let accepted) = result else { return }
@@ -125,12 +125,12 @@ func tlsEventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
 }
 
 /// Runs `body` against a TLS server on backend `kind` (a backend that cannot start here is skipped).
-func withTLSServer(_ kind: BackendKind, implicitTLS: Bool = false,
+func withTLSServer(_ kind: BackendKind, implicitTLS: Bool = false, offerStartTLS: Bool = true,
                    _ body: (UInt16, TLSServerRecord) throws -> Void) throws {
     let context = try TLSTestCertificates.serverContext()
     func open<L: EventLoop>(_ type: L.Type) throws {
         let server: TLSTestServer<L>
-        do { server = try TLSTestServer<L>(context: context, implicitTLS: implicitTLS) } catch let e as IOError {
+        do { server = try TLSTestServer<L>(context: context, implicitTLS: implicitTLS, offerStartTLS: offerStartTLS) } catch let e as IOError {
             if case .unsupported = e.kind { return }
             throw e
         }

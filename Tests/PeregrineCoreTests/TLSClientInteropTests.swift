@@ -1,0 +1,184 @@
+import Foundation
+import PeregrineCore
+import PeregrineIO
+import PeregrineSMTP
+import Testing
+
+/// What one client connection did.
+struct TLSDeliveryOutcome: Sendable {
+    var delivered = 0
+    var finalCodes: [Int] = []
+    var close: SMTPClientCloseReason?
+    var tlsProtocol: String?
+    var tlsCipher: String?
+    var resumed = false
+    var tlsFailure: String?
+}
+
+final class TLSOutcomeBox: @unchecked Sendable {
+    let lock = NSLock()
+    var outcome = TLSDeliveryOutcome()
+    func update(_ f: (inout TLSDeliveryOutcome) -> Void) { lock.lock(); f(&outcome); lock.unlock() }
+    var value: TLSDeliveryOutcome { lock.lock(); defer { lock.unlock() }; return outcome }
+}
+
+/// Delivers `messages` messages over one SMTPClientConnection on a fresh loop
+/// of type `L`. Nil when the backend cannot start here.
+func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?, policy: SMTPClientTLSPolicy,
+                              serverName: String = "mx.test", messages: Int = 1) throws -> TLSDeliveryOutcome? {
+    let loop: L
+    do { loop = try L() } catch { if case .unsupported = error.kind { return nil }; throw error }
+    let finished = DispatchSemaphore(value: 0)
+    Thread { loop.run(); finished.signal() }.start()
+    let box = TLSOutcomeBox()
+    let done = DispatchSemaphore(value: 0)
+    let ctx = TLSUnchecked(context)
+    let address = try SocketAddress(ip: "127.0.0.1", port: port)
+    let loopBox = TLSUnchecked(loop)
+    loop.execute {
+        let conn = SMTPClientConnection(loop: loopBox.value, configuration: SMTPClientConfiguration(heloName: "peregrine.test"))
+        conn.tlsContext = ctx.value
+        conn.tlsPolicy = policy
+        conn.tlsServerName = serverName
+        var sent = 0
+        conn.nextMessage = {
+            guard sent < messages else { return nil }
+            sent += 1
+            let body = Array("Subject: tls \(sent)\r\n\r\n".utf8) + Array(String(repeating: String(repeating: "y", count: 70) + "\r\n", count: 300).utf8)
+            return SMTPOutgoingMessage(envelope: SMTPClientEnvelope(mailFrom: "a@src.test", recipients: ["b@dst.test"]), body: body)
+        }
+        conn.onResult = { r in box.update { $0.delivered += r.deliveredCount; $0.finalCodes.append(r.finalReply?.code ?? 0) } }
+        conn.onTLSEstablished = { c in
+            box.update { $0.tlsProtocol = c.tls?.negotiatedProtocol; $0.tlsCipher = c.tls?.negotiatedCipher; $0.resumed = c.tls?.wasResumed ?? false }
+        }
+        conn.onClose = { reason in
+            let failure = conn.tlsFailure
+            box.update { $0.close = reason; $0.tlsFailure = failure }
+            done.signal()
+        }
+        conn.connect(to: address, timeout: 10_000_000_000)
+    }
+    let inTime = done.wait(timeout: .now() + 60) == .success
+    loop.stop()
+    _ = finished.wait(timeout: .now() + 10)
+    #expect(inTime, "the client connection did not finish")
+    return box.value
+}
+
+/// Peregrine's client side of STARTTLS against Peregrine's server and a real Postfix smtpd.
+@Suite(.serialized) struct TLSClientInteropTests {
+    @Test(arguments: BackendKind.allCases)
+    func clientStartTLSToPeregrineServerAndResumes(kind: BackendKind) throws {
+        let client = try TLSContext.client()
+        try withTLSServer(kind) { port, record in
+            func run<L: EventLoop>(_ t: L.Type) throws {
+                guard let first = try tlsDeliver(t, port: port, context: client, policy: .required, messages: 2) else { return }
+                #expect(first.delivered == 2)
+                #expect(first.tlsProtocol == "TLSv1.3")
+                #expect(first.tlsFailure == nil)
+                #expect(!first.resumed)
+                #expect(first.close == .quit(SMTPReply(221, "2.0.0", "Bye")) || { if case .quit = first.close { return true }; return false }())
+                let second = try #require(try tlsDeliver(t, port: port, context: client, policy: .opportunistic))
+                #expect(second.delivered == 1)
+                #expect(second.resumed, "the second connection should resume the cached session")
+                #expect(tlsEventually { record.messages == 3 })
+                #expect(record.tlsAtMessage == [true, true, true])
+            }
+            try run(kind.loopType)
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func requiredWithoutOfferSendsNothingOpportunisticFallsBack(kind: BackendKind) throws {
+        let client = try TLSContext.client()
+        try withTLSServer(kind, offerStartTLS: false) { port, record in
+            func run<L: EventLoop>(_ t: L.Type) throws {
+                guard let required = try tlsDeliver(t, port: port, context: client, policy: .required) else { return }
+                #expect(required.delivered == 0)
+                #expect(required.tlsFailure == "STARTTLS not offered")
+                #expect(required.tlsProtocol == nil)
+                let opportunistic = try #require(try tlsDeliver(t, port: port, context: client, policy: .opportunistic))
+                #expect(opportunistic.delivered == 1)
+                #expect(opportunistic.tlsProtocol == nil)
+                #expect(tlsEventually { record.messages == 1 })
+                #expect(record.tlsAtMessage == [false])
+            }
+            try run(kind.loopType)
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func handshakeFailureIsReportedNotTrapped(kind: BackendKind) throws {
+        // The server only speaks TLS 1.3; this client only 1.2.
+        let client = try TLSContext.client(maximumVersion: .tls12)
+        let server = try TLSTestCertificates.serverContext(minimumVersion: .tls13)
+        func run<L: EventLoop>(_ t: L.Type) throws {
+            let s: TLSTestServer<L>
+            do { s = try TLSTestServer<L>(context: server, implicitTLS: false) } catch { return }
+            defer { s.stop() }
+            guard let out = try tlsDeliver(t, port: s.port, context: client, policy: .opportunistic) else { return }
+            #expect(out.delivered == 0)
+            #expect(out.tlsFailure?.contains("handshake") == true, "\(String(describing: out.tlsFailure))")
+            guard case .protocolError = out.close else { Issue.record("close: \(String(describing: out.close))"); return }
+            #expect(s.record.messages == 0)
+        }
+        try run(kind.loopType)
+    }
+
+    /// Peregrine → Postfix smtpd (STARTTLS, throwaway certificate) → relayed on to a Peregrine server.
+    @Test(arguments: BackendKind.allCases)
+    func clientStartTLSToPostfix(kind: BackendKind) throws {
+        guard tlsTool("postfix") != nil, getuid() == 0 else { Issue.record("postfix (as root) not available"); return }
+        let files = try #require(TLSTestCertificates.files)
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/postfix-instance").path
+        try #require(FileManager.default.fileExists(atPath: script))
+        let client = try TLSContext.client()
+        try withTLSServer(kind) { sinkPort, record in
+            let dir = files.directory + "/postfix-\(kind)"
+            try? FileManager.default.removeItem(atPath: dir)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o755])
+            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: files.directory)
+            try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: files.key)
+            let port = tlsFreePort()
+            setenv("POSTFIX_TLS_CERT", files.certificate, 1)
+            setenv("POSTFIX_TLS_KEY", files.key, 1)
+            let (status, out) = tlsRunTool("/bin/bash", [script, "start", dir, "127.0.0.1:\(port)", "127.0.0.1:\(sinkPort)"], seconds: 60)
+            unsetenv("POSTFIX_TLS_CERT"); unsetenv("POSTFIX_TLS_KEY")
+            defer { _ = tlsRunTool("/bin/bash", [script, "stop", dir], seconds: 60) }
+            try #require(status == 0, "\(out)")
+            func run<L: EventLoop>(_ t: L.Type) throws {
+                var outcome: TLSDeliveryOutcome?
+                // Postfix's master may take a moment to listen.
+                for _ in 0..<50 {
+                    outcome = try tlsDeliver(t, port: port, context: client, policy: .required, serverName: "postfix-peer.peregrine.test")
+                    if case .connectionLost = outcome?.close, outcome?.tlsProtocol == nil { usleep(100_000); continue }
+                    break
+                }
+                guard let o = outcome else { return }
+                #expect(o.delivered == 1, "\(o)")
+                #expect(o.tlsProtocol == "TLSv1.3", "\(o)")
+                #expect(o.tlsFailure == nil)
+                #expect(tlsEventually(30) { record.messages == 1 }, "Postfix did not relay the message")
+                let log = (try? String(contentsOfFile: dir + "/maillog", encoding: .utf8)) ?? ""
+                #expect(log.contains("TLS connection established from"), "\(log.suffix(2000))")
+            }
+            try run(kind.loopType)
+        }
+    }
+}
+
+/// An unused loopback TCP port (bound and released).
+func tlsFreePort() -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return UInt16(bigEndian: addr.sin_port)
+}
