@@ -37,9 +37,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
     let loopBox = TLSUnchecked(loop)
     loop.execute {
         let conn = SMTPClientConnection(loop: loopBox.value, configuration: SMTPClientConfiguration(heloName: "peregrine.test"))
-        conn.tlsContext = ctx.value
-        conn.tlsPolicy = policy
-        conn.tlsServerName = serverName
+        conn.tls = SMTPClientTLS(policy: policy, context: ctx.value, serverName: serverName)
         var sent = 0
         conn.nextMessage = {
             guard sent < messages else { return nil }
@@ -49,10 +47,10 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
         }
         conn.onResult = { r in box.update { $0.delivered += r.deliveredCount; $0.finalCodes.append(r.finalReply?.code ?? 0) } }
         conn.onTLSEstablished = { c in
-            box.update { $0.tlsProtocol = c.tls?.negotiatedProtocol; $0.tlsCipher = c.tls?.negotiatedCipher; $0.resumed = c.tls?.wasResumed ?? false }
+            box.update { $0.tlsProtocol = c.tls?.negotiatedProtocol; $0.tlsCipher = c.tls?.negotiatedCipher; $0.resumed = c.tls?.connection?.wasResumed ?? false }
         }
         conn.onClose = { reason in
-            let failure = conn.tlsFailure
+            let failure = conn.tls?.failure
             box.update { $0.close = reason; $0.tlsFailure = failure }
             done.signal()
         }
@@ -100,6 +98,25 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
                 let opportunistic = try #require(try tlsDeliver(t, port: port, context: client, policy: .opportunistic))
                 #expect(opportunistic.delivered == 1)
                 #expect(opportunistic.tlsProtocol == nil)
+                #expect(tlsEventually { record.messages == 1 })
+                #expect(record.tlsAtMessage == [false])
+            }
+            try run(kind.loopType)
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func refusedStartTLSRequiredQuitsOpportunisticSendsPlain(kind: BackendKind) throws {
+        let client = try TLSContext.client()
+        try withTLSServer(kind, refuseStartTLS: true) { port, record in
+            func run<L: EventLoop>(_ t: L.Type) throws {
+                guard let required = try tlsDeliver(t, port: port, context: client, policy: .required) else { return }
+                #expect(required.delivered == 0)
+                #expect(required.tlsFailure?.hasPrefix("STARTTLS refused: 454") == true, "\(String(describing: required.tlsFailure))")
+                guard case .quit = required.close else { Issue.record("close: \(String(describing: required.close))"); return }
+                let opportunistic = try #require(try tlsDeliver(t, port: port, context: client, policy: .opportunistic))
+                #expect(opportunistic.delivered == 1)
+                #expect(opportunistic.tlsFailure?.hasPrefix("STARTTLS refused") == true)
                 #expect(tlsEventually { record.messages == 1 })
                 #expect(record.tlsAtMessage == [false])
             }

@@ -24,9 +24,11 @@ final class TLSServerRecord: @unchecked Sendable {
 /// Accepts everything, STARTTLS included; notes whether each message came over TLS.
 final class TLSAcceptingPolicy: SMTPServerSessionDelegate {
     let record: TLSServerRecord
-    init(record: TLSServerRecord) { self.record = record }
+    let refuseStartTLS: Bool
+    init(record: TLSServerRecord, refuseStartTLS: Bool = false) { self.record = record; self.refuseStartTLS = refuseStartTLS }
     func smtpSession(_ session: SMTPServerSession, decide request: SMTPServerRequest) -> SMTPServerDecision {
         if case .endOfData = request { record.message(tls: session.isTLSActive) }
+        if case .startTLS = request, refuseStartTLS { return .reply(SMTPReply(454, "4.7.0", "TLS not available due to temporary reason")) }
         return .accept
     }
 }
@@ -41,7 +43,7 @@ final class TLSTestServer<Loop: EventLoop>: @unchecked Sendable {
     private(set) var port: UInt16 = 0
     private var listener: Listener?
 
-    init(context: TLSContext, implicitTLS: Bool, offerStartTLS: Bool = true) throws {
+    init(context: TLSContext, implicitTLS: Bool, offerStartTLS: Bool = true, refuseStartTLS: Bool = false) throws {
         loop = try Loop()
         let loop = self.loop
         let finished = self.finished
@@ -56,7 +58,7 @@ final class TLSTestServer<Loop: EventLoop>: @unchecked Sendable {
             do {
                 let l = try me.loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0)) { result in
                     guard case .success(let accepted) = result else { return }
-                    let policy = TLSAcceptingPolicy(record: me.record)
+                    let policy = TLSAcceptingPolicy(record: me.record, refuseStartTLS: refuseStartTLS)
                     let session = SMTPServerSession(configuration: config, delegate: policy)
                     let conn = SMTPServerConnection(loop: me.loop, socket: accepted.socket, session: session)
                     conn.tlsContext = ctx.value
@@ -125,12 +127,12 @@ func tlsEventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
 }
 
 /// Runs `body` against a TLS server on backend `kind` (a backend that cannot start here is skipped).
-func withTLSServer(_ kind: BackendKind, implicitTLS: Bool = false, offerStartTLS: Bool = true,
+func withTLSServer(_ kind: BackendKind, implicitTLS: Bool = false, offerStartTLS: Bool = true, refuseStartTLS: Bool = false,
                    _ body: (UInt16, TLSServerRecord) throws -> Void) throws {
     let context = try TLSTestCertificates.serverContext()
     func open<L: EventLoop>(_ type: L.Type) throws {
         let server: TLSTestServer<L>
-        do { server = try TLSTestServer<L>(context: context, implicitTLS: implicitTLS, offerStartTLS: offerStartTLS) } catch let e as IOError {
+        do { server = try TLSTestServer<L>(context: context, implicitTLS: implicitTLS, offerStartTLS: offerStartTLS, refuseStartTLS: refuseStartTLS) } catch let e as IOError {
             if case .unsupported = e.kind { return }
             throw e
         }

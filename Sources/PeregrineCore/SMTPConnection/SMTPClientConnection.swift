@@ -23,39 +23,24 @@ public final class SMTPClientConnection<Loop: EventLoop> {
     public var onResult: (SMTPMessageResult) -> Void = { _ in }
     /// Called once at the end (connect failures become `.connectionLost`).
     public var onClose: (SMTPClientCloseReason) -> Void = { _ in }
-    /// STARTTLS (needs `tlsContext`): off, opportunistic, or required.
-    public var tlsPolicy: SMTPClientTLSPolicy = .off
-    public var tlsContext: TLSContext?
-    /// SNI and the session-cache key (the MX host name).
-    public var tlsServerName: String?
-    /// Verify the server's certificate against this name (the context needs a trust store).
-    public var tlsVerifyHostname: String?
-    /// Called once the handshake has completed (`tls` has the protocol and cipher).
+    /// STARTTLS policy and state (nil: plain text only). Set before `connect`.
+    public var tls: SMTPClientTLS?
+    /// Called once the TLS handshake has completed.
     public var onTLSEstablished: ((SMTPClientConnection<Loop>) -> Void)?
-    /// The TLS layer after a 220 to STARTTLS.
-    public internal(set) var tls: TLSConnection?
-    /// Why TLS was not used or failed (for the accounting record), if it was wanted.
-    public internal(set) var tlsFailure: String?
 
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer = ByteBuffer(capacity: 4096)
     private var currentBody: [UInt8] = []
     private var receiving = false
-    var sending = false
-    var closed = false
+    private var sending = false
+    private var closed = false
     private var reported = false
     private var timer: TimerHandle?
-    var reason: SMTPClientCloseReason?
+    private var reason: SMTPClientCloseReason?
     private var onReceive: ((Result<Int, IOError>) -> Void)!
-    var onSend: ((Result<Void, IOError>) -> Void)!
+    private var onSend: ((Result<Void, IOError>) -> Void)!
     private var onTimer: (() -> Void)!
     private var keepAlive: SMTPClientConnection<Loop>?
-    // TLS (see TLS/SMTPClientConnection+TLS.swift).
-    var tlsAttempted = false
-    var closeNotifyQueued = false
-    var tlsPlaintext: UnsafeMutableRawBufferPointer?
-    var tlsCiphertext: UnsafeMutableRawBufferPointer?
-    var tlsOutput = ByteBuffer(capacity: 0)
 
     public init(loop: Loop, configuration: SMTPClientConfiguration, receiveBufferSize: Int = 16384) {
         self.loop = loop
@@ -66,11 +51,7 @@ public final class SMTPClientConnection<Loop: EventLoop> {
         onTimer = { [unowned self] in self.timer = nil; self.session.timedOut(); self.pump() }
     }
 
-    deinit {
-        receiveBuffer.deallocate()
-        tlsPlaintext?.deallocate()
-        tlsCiphertext?.deallocate()
-    }
+    deinit { receiveBuffer.deallocate() }
 
     public func connect(to address: SocketAddress, from source: SocketAddress? = nil, timeout: UInt64 = 120_000_000_000) {
         keepAlive = self
@@ -102,14 +83,18 @@ public final class SMTPClientConnection<Loop: EventLoop> {
             session.connectionClosed()
         case .success(let n):
             let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
-            if let tls { receivedCiphertext(bytes, tls) } else { session.receive(bytes) }
+            if let tls, tls.isActive {
+                if tls.receive(bytes, session: session) { onTLSEstablished?(self) }
+            } else {
+                session.receive(bytes)
+            }
         }
         pump()
         readIfWanted()
     }
 
     /// Handles every pending session event, then writes what the session produced.
-    func pump() {
+    private func pump() {
         while let e = session.nextEvent() {
             switch e {
             case .setTimer(_, let ns):
@@ -118,7 +103,7 @@ public final class SMTPClientConnection<Loop: EventLoop> {
             case .cancelTimer:
                 if let t = timer { loop.cancelTimer(t); timer = nil }
             case .ready(let ext):
-                if startTLSIfWanted(ext) { break }
+                if let tls, tls.ready(ext, session: session) { break }
                 if let m = nextMessage() {
                     currentBody = m.body
                     session.send(m.envelope)
@@ -130,7 +115,7 @@ public final class SMTPClientConnection<Loop: EventLoop> {
                 currentBody = []
                 session.finishBody()
             case .startTLS(let reply):
-                startTLSReplied(reply)
+                tls?.startTLSReplied(reply, session: session)
             case .messageCompleted(let r):
                 onResult(r)
             case .closed(let why):
@@ -142,7 +127,13 @@ public final class SMTPClientConnection<Loop: EventLoop> {
     }
 
     private func flush() {
-        if let tls, !sending, !closed { flushTLS(tls); return }
+        if let tls, tls.isActive {
+            guard !sending, !closed, let s = socket,
+                  let cipher = tls.nextCiphertext(session: session, closing: reason != nil) else { return }
+            sending = true
+            loop.send(s, cipher, onSend)
+            return
+        }
         guard !sending, !closed, let s = socket, !session.output.isEmpty else { return }
         session.swapOutput(&sendBuffer)
         sending = true
