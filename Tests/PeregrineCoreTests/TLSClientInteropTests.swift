@@ -163,7 +163,10 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
             setenv("POSTFIX_TLS_KEY", files.key, 1)
             let (status, out) = tlsRunTool("/bin/bash", [script, "start", dir, "127.0.0.1:\(port)", "127.0.0.1:\(sinkPort)"], seconds: 60)
             unsetenv("POSTFIX_TLS_CERT"); unsetenv("POSTFIX_TLS_KEY")
-            defer { _ = tlsRunTool("/bin/bash", [script, "stop", dir], seconds: 60) }
+            defer {
+                _ = tlsRunTool("/bin/bash", [script, "stop", dir], seconds: 60)
+                try? FileManager.default.removeItem(atPath: dir)
+            }
             try #require(status == 0, "\(out)")
             func run<L: EventLoop>(_ t: L.Type) throws {
                 var outcome: TLSDeliveryOutcome?

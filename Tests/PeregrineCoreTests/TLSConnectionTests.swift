@@ -170,6 +170,7 @@ import Testing
             #expect(error.operation.contains("missing.pem"))
         }
         let other = try #require(TLSTestCertificates.generate(commonName: "other.test"))
+        defer { try? FileManager.default.removeItem(atPath: other.directory) }
         do {
             _ = try TLSContext.server(certificateFile: files.certificate, keyFile: other.key)
             Issue.record("mismatched key accepted")

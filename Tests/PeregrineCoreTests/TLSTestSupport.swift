@@ -12,7 +12,12 @@ enum TLSTestCertificates {
     }
 
     /// CN=mx.test, subjectAltName DNS:mx.test, valid one day.
-    static let files: Files? = generate(commonName: "mx.test")
+    static let files: Files? = {
+        let f = generate(commonName: "mx.test")
+        // Throwaway files (and Postfix instances under them) go with the test process.
+        atexit { if let d = TLSTestCertificates.files?.directory { try? FileManager.default.removeItem(atPath: d) } }
+        return f
+    }()
 
     static func generate(commonName: String) -> Files? {
         let dir = FileManager.default.temporaryDirectory
