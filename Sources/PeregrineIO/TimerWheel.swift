@@ -116,8 +116,8 @@ public struct TimerWheel {
     /// Advances to `now` and returns the handles of the due timers, in deadline
     /// order (ties in scheduling order). The caller fires them one by one with
     /// `takeDue(_:)`, which returns nil for a timer cancelled meanwhile (e.g.
-    /// by an earlier callback of the same batch). Prefer this over
-    /// `advance(to:into:)`: it keeps the contract "a cancelled timer never fires".
+    /// by an earlier callback of the same batch): the contract "a cancelled
+    /// timer never fires" holds within a batch too.
     public mutating func advance(to now: UInt64, due handles: inout [TimerHandle]) {
         let nowTick = now / Self.tickNanoseconds
         guard nowTick > processedTick else { return }
@@ -150,32 +150,6 @@ public struct TimerWheel {
         entries[index].firing = false
         freeList.append(Int32(index))
         return cb
-    }
-
-    /// Advances to `now` and returns the due callbacks, in deadline order
-    /// (ties in scheduling order), removed from the wheel. The caller fires them
-    /// (they may schedule or cancel timers meanwhile).
-    /// Caveat: a timer of this batch cancelled by an earlier callback of the
-    /// same batch still fires; use `advance(to:due:)` + `takeDue(_:)` instead.
-    public mutating func advance(to now: UInt64, into fired: inout [() -> Void]) {
-        let nowTick = now / Self.tickNanoseconds
-        guard nowTick > processedTick else { return }
-        let span = min(nowTick - processedTick, UInt64(Self.slotCount))
-        var tick = nowTick - span + 1
-        while tick <= nowTick {
-            collect(slot: Int(tick & UInt64(Self.slotCount - 1)), now: now)
-            tick += 1
-        }
-        processedTick = nowTick
-        if due.isEmpty { return }
-        due.sort { $0.deadline != $1.deadline ? $0.deadline < $1.deadline : $0.sequence < $1.sequence }
-        for d in due {
-            if let cb = entries[Int(d.index)].callback { fired.append(cb) }
-            entries[Int(d.index)].callback = nil
-            entries[Int(d.index)].live = false
-            freeList.append(d.index)
-        }
-        due.removeAll(keepingCapacity: true)
     }
 
     @usableFromInline

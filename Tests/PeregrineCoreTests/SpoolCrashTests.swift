@@ -38,7 +38,7 @@ import PeregrineIO
         }
         let seed = UInt64(ProcessInfo.processInfo.environment["SPOOL_CRASH_SEED"].flatMap { UInt64($0) }
                           ?? UInt64(truncatingIfNeeded: time(nil)))
-        var rng = SplitMix(seed: seed ^ UInt64(backend.rawValue.utf8.reduce(0) { $0 &* 31 &+ UInt64($1) }))
+        var rng = SeededRandom(seed: seed ^ UInt64(backend.rawValue.utf8.reduce(0) { $0 &* 31 &+ UInt64($1) }))
         print("spool crash test \(backend): seed \(seed) (set SPOOL_CRASH_SEED to replay)")
         var totalChecked = 0
         for run in 0 ..< Self.runsPerBackend {
@@ -148,18 +148,5 @@ import PeregrineIO
             checked += 1
         }
         return checked
-    }
-}
-
-/// Seeded generator for the kill moments (replayable from the logged seed).
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

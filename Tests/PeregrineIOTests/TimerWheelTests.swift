@@ -127,18 +127,6 @@ struct TimerWheelTests {
         }
     }
 
-    @Test func legacyAdvanceStillWorks() {
-        var wheel = TimerWheel(now: t0)
-        let log = Log()
-        _ = wheel.schedule(at: t0 + 2 * ms) { log.names.append("b") }
-        _ = wheel.schedule(at: t0 + 1 * ms) { log.names.append("a") }
-        var fired: [() -> Void] = []
-        wheel.advance(to: t0 + 3 * ms, into: &fired)
-        fired.forEach { $0() }
-        #expect(log.names == ["a", "b"])
-        #expect(wheel.liveCount == 0)
-    }
-
     @Test func manyScheduleCancelCyclesReuseEntries() {
         var wheel = TimerWheel(now: t0)
         var fired = 0

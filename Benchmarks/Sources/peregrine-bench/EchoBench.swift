@@ -335,33 +335,6 @@ private func measure<L: EventLoop>(_ type: L.Type, _ c: Int, _ d: Double, _ r: I
 
 // MARK: Entry point
 
-private func commandOutput(_ path: String, _ args: [String]) -> String? {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = FileHandle.nullDevice
-    do { try p.run() } catch { return nil }
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { return nil }
-    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-}
-
-private func gitCommit() -> String? {
-    for git in ["/usr/bin/git", "/usr/local/bin/git", "/bin/git"] where access(git, X_OK) == 0 {
-        return commandOutput(git, ["rev-parse", "HEAD"])
-    }
-    return nil
-}
-
-private func kernelRelease() -> String {
-    var u = utsname()
-    uname(&u)
-    return withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-}
-
 func runEchoBench(arguments: [String]) -> Int32 {
     var connections = 64
     var duration = 5.0
@@ -418,7 +391,7 @@ func runEchoBench(arguments: [String]) -> Int32 {
     }
 
     let cores = ProcessInfo.processInfo.activeProcessorCount
-    let kernel = kernelRelease()
+    let kernel = BenchEnvironment.kernelRelease()
     let mode = requestLimit.map { "\($0) requests (cap \(duration) s)" } ?? "\(duration) s"
     print("echo: \(connections) connections, \(requestSize)-byte request / \(replySize)-byte reply, \(mode) per backend")
     print("      server loop thread + client loop thread of the same backend, in one process")
@@ -451,17 +424,10 @@ func runEchoBench(arguments: [String]) -> Int32 {
     print("CPU = getrusage(RUSAGE_SELF) user+system of the whole process (server and client loops together).")
 
     // JSON
-    let date: String = {
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = "yyyy-MM-dd"
-        return f.string(from: Date())
-    }()
+    let date = BenchEnvironment.today()
     let path = output ?? "results/echo-\(date).json"
     var machine: [String: Any] = ["cores": cores, "kernel": kernel]
-    var u = utsname(); uname(&u)
-    machine["arch"] = withUnsafeBytes(of: &u.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    machine["arch"] = BenchEnvironment.machine()["machine"] ?? "?"
     var doc: [String: Any] = [
         "benchmark": "echo",
         "date": date,
@@ -488,7 +454,7 @@ func runEchoBench(arguments: [String]) -> Int32 {
             return d
         },
     ]
-    doc["git_commit"] = gitCommit() ?? NSNull()
+    doc["git_commit"] = BenchEnvironment.gitCommit()
     do {
         let dir = (path as NSString).deletingLastPathComponent
         if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }

@@ -98,10 +98,6 @@ private func sinkBenchStop(_ p: Process) {
     p.waitUntilExit()
 }
 
-private func sinkBenchLoadAverage() -> String {
-    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
-}
-
 /// Runs smtp-source against 127.0.0.1:port; returns wall seconds, or nil on failure.
 private func sinkBenchSource(port: UInt16, messages: Int, sessions: Int, size: Int) -> (Double, String)? {
     let p = Process()
@@ -171,7 +167,7 @@ func runSinkBench(arguments: [String]) -> Int32 {
         return 1
     }
     signal(SIGPIPE, SIG_IGN)
-    let loadStart = sinkBenchLoadAverage()
+    let loadStart = BenchEnvironment.loadAverage()
     var runs: [SinkBenchRun] = []
 
     for round in 1...rounds {
@@ -234,20 +230,13 @@ func runSinkBench(arguments: [String]) -> Int32 {
       }
     }
     let best = medians.filter { $0.key.hasPrefix("peregrine-sink/") }.map(\.value).max() ?? 0
-    let date: String = {
-        let f = DateFormatter()
-        f.dateFormat = "yyyy-MM-dd"
-        f.timeZone = TimeZone(identifier: "UTC")
-        return f.string(from: Date())
-    }()
-    var uts = utsname()
-    uname(&uts)
-    let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    let date = BenchEnvironment.today()
+    let kernel = BenchEnvironment.kernelRelease()
     let result: [String: Any] = [
         "scenario": "sink-vs-smtp-sink",
         "date": ISO8601DateFormatter().string(from: Date()),
         "machine": ["cpus": ProcessInfo.processInfo.activeProcessorCount, "kernel": kernel,
-                    "loadavg_start": loadStart, "loadavg_end": sinkBenchLoadAverage()],
+                    "loadavg_start": loadStart, "loadavg_end": BenchEnvironment.loadAverage()],
         "parameters": ["messages": messages, "sessions": sessions, "size": size, "rounds": rounds,
                        "threads": threadCounts, "feeder": "smtp-source -d -s \(sessions) -l \(size) -m \(messages)"],
         "runs": runs.map(\.json),

@@ -62,10 +62,6 @@ private func cpuSeconds() -> Double {
     return s(u.ru_utime) + s(u.ru_stime)
 }
 
-private func loadAverage() -> String {
-    ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "").split(separator: " ").prefix(3).joined(separator: " ")
-}
-
 /// Appends `count` messages of ~`bodyBytes` with `inFlight` outstanding; timed from
 /// the first append to the last durable callback.
 private func appendRun<L: EventLoop>(_ type: L.Type, dir: String, bodyBytes: Int, count: Int, inFlight: Int,
@@ -154,7 +150,7 @@ func runSpoolBench(arguments: [String]) -> Int32 {
         i += 2
     }
 
-    let loadBefore = loadAverage()
+    let loadBefore = BenchEnvironment.loadAverage()
     var appendResults: [AppendFigures] = []
     print("spool append (bodies on \(dir)):")
     print("backend    body     mode                 msgs/s      MB/s   msgs/fsync")
@@ -183,15 +179,8 @@ func runSpoolBench(arguments: [String]) -> Int32 {
         recovery = recoveryBench(dir: dir + "/recovery", messages: recoveryMessages)
     }
 
-    let date: String = {
-        let f = DateFormatter()
-        f.dateFormat = "yyyy-MM-dd"
-        f.timeZone = TimeZone(identifier: "UTC")
-        return f.string(from: Date())
-    }()
-    var uts = utsname()
-    uname(&uts)
-    let kernel = withUnsafeBytes(of: uts.release) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+    let date = BenchEnvironment.today()
+    let kernel = BenchEnvironment.kernelRelease()
     let doc: [String: Any] = [
         "scenario": "spool",
         "date": ISO8601DateFormatter().string(from: Date()),
@@ -199,7 +188,7 @@ func runSpoolBench(arguments: [String]) -> Int32 {
         "cpus": sysconf(Int32(_SC_NPROCESSORS_ONLN)),
         "directory": dir,
         "load_average_start": loadBefore,
-        "load_average_end": loadAverage(),
+        "load_average_end": BenchEnvironment.loadAverage(),
         "append": appendResults.map(\.json),
         "recovery": recovery,
         "notes": "group-commit: \(inFlight) appends in flight, maxCommitDelay 0; fsync-per-message: one append "

@@ -19,7 +19,7 @@ final class LoadGenerator<Loop: EventLoop> {
     private var interval: UInt64 = 0
     private var grantTimer: TimerHandle?
     private var progressTimer: TimerHandle?
-    private var rng: SplitMix64
+    private var rng: SeededRandom
     private var headerScratch: [UInt8] = []
     private var fillers: [Int: [UInt8]] = [:]
     private var domainTable: [(String, Double)]
@@ -34,7 +34,7 @@ final class LoadGenerator<Loop: EventLoop> {
         self.options = options
         self.stats = LoadStats(expected: options.count ?? 100_000)
         self.stats.recordIDs = options.idsPath != nil || options.jsonPath != nil
-        self.rng = SplitMix64(seed: options.seed)
+        self.rng = SeededRandom(seed: options.seed)
         self.domainTable = Self.cumulative(options.domains)
         self.sizeTable = Self.cumulative(options.sizes)
         self.showProgress = options.progress ?? (isatty(STDERR_FILENO) != 0)
@@ -118,10 +118,10 @@ final class LoadGenerator<Loop: EventLoop> {
         var rcpts: [String] = []
         rcpts.reserveCapacity(options.recipientsPerMessage)
         for _ in 0..<options.recipientsPerMessage {
-            let domain = Self.draw(domainTable, rng.nextDouble())
+            let domain = Self.draw(domainTable, rng.unit())
             rcpts.append("u\(rng.next() % 100_000)@\(domain)")
         }
-        let size = Self.draw(sizeTable, rng.nextDouble())
+        let size = Self.draw(sizeTable, rng.unit())
         return (SMTPClientEnvelope(mailFrom: options.sender, recipients: rcpts, size: size), id, size)
     }
 
@@ -225,20 +225,6 @@ final class LoadGenerator<Loop: EventLoop> {
 func format1(_ x: Double) -> String {
     let tenths = Int((x * 10).rounded())
     return "\(tenths / 10).\(tenths % 10)"
-}
-
-/// A small, fast, seedable PRNG (SplitMix64) so runs are reproducible.
-struct SplitMix64 {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func nextDouble() -> Double { Double(next() >> 11) / Double(1 << 53) }
 }
 
 /// CLOCK_REALTIME in nanoseconds: the send timestamp carried in X-Loadgen-Sent.

@@ -1,5 +1,6 @@
 import Foundation
 import PeregrineCore
+import PeregrineIO
 
 /// A reply the sink decided to give, rendered for one connection/recipient.
 public struct SinkRenderedReply: Hashable, Sendable {
@@ -130,12 +131,12 @@ public final class SinkConnection {
 public final class SinkPolicy {
     public let providers: [SinkProvider]
     public let timeScale: Double
-    var random: SinkRandom
+    var random: SeededRandom
 
     public init(profiles: [SinkISPProfile], timeScale: Double = 1, seed: UInt64 = 1) {
         self.timeScale = timeScale
         self.providers = profiles.enumerated().map { SinkProvider(profile: $0.element, index: $0.offset, scale: timeScale) }
-        self.random = SinkRandom(seed: seed)
+        self.random = SeededRandom(seed: seed)
     }
 
     public func provider(named name: String) -> SinkProvider? {

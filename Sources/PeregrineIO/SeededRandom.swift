@@ -1,8 +1,11 @@
-/// SplitMix64: a small, fast, seedable generator, so a sink run with `--seed N`
-/// makes the same random choices for the same sequence of events.
-public struct SinkRandom: RandomNumberGenerator, Sendable {
+/// SplitMix64: a small, fast, seedable generator. Everything that must be
+/// reproducible from a seed (the sink's random choices, the load generator's
+/// draws, fuzz and crash tests) uses this one.
+public struct SeededRandom: RandomNumberGenerator, Sendable {
     private var state: UInt64
+
     public init(seed: UInt64) { state = seed }
+
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
@@ -10,6 +13,7 @@ public struct SinkRandom: RandomNumberGenerator, Sendable {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
+
     /// Uniform in [0, 1).
     public mutating func unit() -> Double {
         Double(next() >> 11) * (1.0 / 9_007_199_254_740_992.0)
