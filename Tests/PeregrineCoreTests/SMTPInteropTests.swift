@@ -288,9 +288,43 @@ struct SMTPInteropTests {
         usleep(300_000)
         try deliverToSink(kind.loopType, port: port)
     }
+
+    /// Peregrine's client → a real Postfix smtpd (private instance) → relayed on to a
+    /// Peregrine server that counts: every message accepted by Postfix arrives.
+    @Test(arguments: BackendKind.allCases)
+    func peregrineClientAgainstPostfixSmtpd(kind: BackendKind) throws {
+        guard tool("postfix") != nil, getuid() == 0 else { Issue.record("postfix (as root) not available"); return }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/postfix-instance").path
+        try withServer(kind, SMTPServerConfiguration(hostname: "counter.peregrine.test")) { counterPort, counters in
+            let dir = NSTemporaryDirectory() + "peregrine-postfix-\(getpid())-\(kind.rawValue)"
+            let smtpdPort = UInt16.random(in: 30000...60000)
+            let (status, output) = runTool("/bin/bash", [script, "start", dir, "127.0.0.1:\(smtpdPort)", "127.0.0.1:\(counterPort)"])
+            defer {
+                _ = runTool("/bin/bash", [script, "stop", dir])
+                try? FileManager.default.removeItem(atPath: dir)
+            }
+            #expect(status == 0, "postfix did not start: \(output)")
+            guard status == 0 else { return }
+            #expect(eventually(20) { canConnect(port: smtpdPort) }, "postfix smtpd is not listening")
+            try deliverToSink(kind.loopType, port: smtpdPort, connections: 4, perConnection: 50)
+            // Postfix queued every message durably; it relays all 200 (2 recipients each) to the counter.
+            #expect(eventually(90) { counters.messages >= 200 }, "relayed \(counters.messages) of 200")
+            #expect(counters.recipients == 400, "recipients \(counters.recipients)")
+        }
+    }
 }
 
-func deliverToSink<L: EventLoop>(_ type: L.Type, port: UInt16) throws {
+/// True when something accepts TCP connections on 127.0.0.1:port.
+func canConnect(port: UInt16) -> Bool {
+    guard let address = try? SocketAddress(ip: "127.0.0.1", port: port) else { return false }
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    return address.withSockAddr { connect(fd, $0, $1) } == 0
+}
+
+func deliverToSink<L: EventLoop>(_ type: L.Type, port: UInt16, connections: Int = 4, perConnection: Int = 250) throws {
             let loop: L
             do { loop = try L() } catch { Issue.record("backend \(L.kind) cannot start here: \(error)"); return }
             let done = DispatchSemaphore(value: 0)
@@ -299,7 +333,6 @@ func deliverToSink<L: EventLoop>(_ type: L.Type, port: UInt16) throws {
             t.start()
             let results = Unchecked(NSMutableArray())
             let reasons = Unchecked(NSMutableArray())
-            let connections = 4, perConnection = 250
             let box = Unchecked(loop)
             loop.execute {
                 let loop = box.value

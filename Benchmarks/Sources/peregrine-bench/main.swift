@@ -11,6 +11,7 @@ usage: peregrine-bench SCENARIO [options]
 scenarios:
   echo        echo request/response over each I/O backend, side by side
   spool       spool append throughput (group commit vs fsync per message), recovery time, RSS
+  smtp-parser SMTP server parsing: commands/s and MB/s through dot-unstuffing and stuffing
   sink        accept-all peregrine-sink vs Postfix's smtp-sink, fed by smtp-source -d
   relay       loadgen → MTA → sink, 4 KB, durable, per backend (and --peer postfix), side by side
   relay-100k  the same with 100 KB messages
@@ -31,6 +32,8 @@ case "echo":
     status = runEchoBench(arguments: rest)
 case "spool":
     status = runSpoolBench(arguments: rest)
+case "smtp-parser":
+    status = runSMTPParserBench(arguments: rest)
 case "sink", "sink-vs-smtp-sink":
     status = runSinkBench(arguments: rest)
 case "relay", "relay-100k":
