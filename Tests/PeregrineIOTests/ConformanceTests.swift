@@ -42,6 +42,9 @@ struct ConformanceTests {
     func manyTimers(_ kind: BackendKind) { checkManyTimers(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
+    func zeroDelayTimerChainDoesNotStarveTheLoop(_ kind: BackendKind) { checkZeroDelayTimerChain(kind.loopType) }
+
+    @Test(arguments: conformanceBackends)
     func udpRoundTrip(_ kind: BackendKind) { checkUdpRoundTrip(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
@@ -534,6 +537,61 @@ func checkFileRoundTrip<L: EventLoop>(_: L.Type) {
         #expect(String(decoding: head, as: UTF8.self) == "hello world")
         Glibc.close(fd)
     }
+}
+
+/// A callback that keeps re-arming a zero-delay timer (the delivery engine's
+/// queue timer once did, while every connection was busy) must not starve the
+/// loop: a socket round trip and a hand-off from another thread still complete
+/// while the chain runs. Each re-armed timer belongs to a later turn. Bounded:
+/// the chain gives up after 3 s, and the test checks that the I/O finished
+/// while it was still going (before the fix the Dispatch loop ran the chain
+/// inside one block and nothing else ever ran).
+func checkZeroDelayTimerChain<L: EventLoop>(_: L.Type) {
+    let failures = Failures()
+    let outcome = Box("not finished")
+    LoopHarness.run(L.self, timeout: 20) { loop, finish in
+        guard let listener = startEchoListener(loop, failures: failures) else { return finish() }
+        let start = monotonicNanoseconds()
+        var echoed = false
+        let handedOff = Box(false)
+        var fires = 0
+        func spin() {
+            fires += 1
+            if echoed && handedOff.value {
+                outcome.value = "ok"
+                loop.closeListener(listener)
+                return finish()
+            }
+            if monotonicNanoseconds() - start > 3 * seconds {
+                outcome.value = "starved: echo done \(echoed), hand-off done \(handedOff.value) after \(fires) timer callbacks"
+                loop.closeListener(listener)
+                return finish()
+            }
+            loop.scheduleTimer(after: 0) { spin() }
+        }
+        loop.scheduleTimer(after: 0) { spin() }
+        let carried = Unchecked(value: loop)
+        Thread.detachNewThread {
+            usleep(10_000)
+            carried.value.execute { handedOff.value = true }
+        }
+        let ping = Bytes("ping")
+        let pong = Bytes(count: 4)
+        loop.connect(to: listener.address, from: nil, timeout: 5 * seconds) { connected in
+            guard case .success(let socket) = connected else { return failures.add("connect: \(connected)") }
+            loop.send(socket, ping.raw) { sent in
+                if case .failure(let e) = sent { failures.add("send: \(e)") }
+            }
+            receiveExactly(loop, socket, pong, count: 4) { r in
+                _ = ping
+                if case .failure(let e) = r { failures.add("receive: \(e)") }
+                echoed = true
+                loop.close(socket)
+            }
+        }
+    }
+    #expect(failures.messages == [])
+    #expect(outcome.value == "ok")
 }
 
 func checkHandOff<L: EventLoop>(_: L.Type, producers: Int, perProducer: Int) {

@@ -51,9 +51,14 @@ struct DispatchTimers {
         return nil
     }
 
-    /// Removes and returns the next entry due at `now` (live or not).
-    mutating func popDue(now: UInt64) -> Entry? {
-        guard let top = heap.first, top.deadline <= now else { return nil }
+    /// Removes and returns the next entry due at `now` (live or not) that was
+    /// scheduled no later than `scheduledBy` (an id: ids are the scheduling sequence).
+    /// Entries scheduled after that stay in the heap for a later batch, even when
+    /// due. Stopping at the first such entry skips no older due one: a timer
+    /// scheduled during the batch has a deadline of at least `now`, so it sorts
+    /// after every older entry due at `now` (ties go by id).
+    mutating func popDue(now: UInt64, scheduledBy limit: UInt64 = .max) -> Entry? {
+        guard let top = heap.first, top.deadline <= now, top.id <= limit else { return nil }
         return pop()
     }
 
@@ -116,9 +121,18 @@ extension DispatchLoop {
 
     /// The timer source's handler (inside a turn): fires every timer due at
     /// `now` in deadline order, then re-arms for the next one.
+    ///
+    /// Only timers scheduled before this batch started fire in it, as on the
+    /// epoll and io_uring loops (which snapshot the due list). A timer armed by
+    /// a callback of the batch, even with a zero delay, waits for the next timer
+    /// turn, so sockets, hand-offs and file completions queued meanwhile run
+    /// first. Without that cut-off a callback that re-arms itself at `now` (the
+    /// delivery engine's queue timer did) kept this block running forever: the
+    /// serial queue never ran anything else and the loop looked dead.
     func fireDueTimers() {
         timers.armedDeadline = nil
-        while let e = timers.popDue(now: now) {
+        let scheduledBy = timers.nextID
+        while let e = timers.popDue(now: now, scheduledBy: scheduledBy) {
             // Looked up at firing time: a timer cancelled by an earlier callback never fires.
             guard let fire = timers.callbacks.removeValue(forKey: e.id) else { continue }
             fire()
