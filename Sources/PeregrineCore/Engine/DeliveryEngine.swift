@@ -94,8 +94,13 @@ public final class DeliveryEngine<Loop: EventLoop> {
             let n = q.connectionsToOpen(now: now)
             if n > 0 { open(n, for: q) }
             else if q.readyItems > 0 && q.connections < q.policy.maxSMTPOut(inBackoff: q.isBackoff) && q.isSendable(now: now) {
-                // Held back by max-connect-rate: come back when it allows.
-                armTimer(q, at: q.nextConnectAllowed(now: now))
+                // Held back by max-connect-rate: come back when it allows. Only
+                // then: when the open connections suffice (all busy, or idle ones
+                // were just asked), a finished transaction or a closed connection
+                // kicks the queue again, and a timer at `now` would re-kick it on
+                // every loop turn (a busy spin; on Dispatch it starved the loop).
+                let allowed = q.nextConnectAllowed(now: now)
+                if allowed > now { armTimer(q, at: allowed) }
             }
         }
         var next = q.nextWakeup(now: now)
