@@ -1,0 +1,65 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import PeregrineIO
+
+/// The short version of the `relay` benchmark (issue 7): loadgen → peregrine →
+/// accept-all sink on loopback with a durable spool, per backend. It asserts
+/// only that nothing accepted was lost or duplicated and that mail flowed —
+/// no timing figure is checked here (those live in results/).
+@Suite(.serialized) struct RelaySmokeTests {
+    static var benchExecutable: String {
+        let arg0 = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = arg0.deletingLastPathComponent()
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent("peregrine-bench").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return repo.appendingPathComponent(".build/debug/peregrine-bench").path
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func relayLosesNothing(_ kind: BackendKind) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.benchExecutable)
+        p.arguments = ["relay", "--backend", kind.rawValue, "--duration", "5", "--connections", "8", "--no-results",
+                       "--drain-timeout", "60"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        // Drain both pipes while it runs so a chatty child never blocks on a full pipe.
+        var stdoutData = Data(), stderrData = Data()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { stdoutData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        group.enter()
+        DispatchQueue.global().async { stderrData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let deadline = Date().addingTimeInterval(180)
+        while p.isRunning && Date() < deadline { usleep(50_000) }
+        if p.isRunning {
+            kill(p.processIdentifier, SIGTERM)
+            Issue.record("peregrine-bench relay did not finish within 180 s")
+        }
+        p.waitUntilExit()
+        group.wait()
+        let stdout = String(decoding: stdoutData, as: UTF8.self)
+        let stderr = String(decoding: stderrData, as: UTF8.self)
+        #expect(p.terminationStatus == 0, "exit \(p.terminationStatus)\n\(stdout)\n\(stderr)")
+        // The table row: target injected/s delivered/s CPU RSS p50 p99 lost dup …
+        let row = stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true) }
+            .first { $0.first.map(String.init) == kind.rawValue }
+        guard let row, row.count >= 9 else {
+            Issue.record("no result row for \(kind):\n\(stdout)\n\(stderr)")
+            return
+        }
+        #expect(Double(row[1]) ?? 0 > 0, "nothing was injected: \(row)")
+        #expect(Double(row[2]) ?? 0 > 0, "nothing was delivered: \(row)")
+        #expect(row[7] == "0", "lost messages: \(row)")
+        #expect(row[8] == "0", "duplicates: \(row)")
+    }
+}
