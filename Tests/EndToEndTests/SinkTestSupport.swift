@@ -150,6 +150,18 @@ final class SinkTestClient {
         let r = withUnsafePointer(to: &sa) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
+        if r != 0 && errno == EINTR {
+            // A signal (Foundation's SIGCHLD handler, a child of a parallel test exiting)
+            // interrupted the connect; it goes on in the background: wait for it.
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            var err: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            var n: Int32
+            repeat { n = poll(&p, 1, 15_000) } while n < 0 && errno == EINTR
+            if n == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0 { return }
+            Glibc.close(fd)
+            throw SinkTestError("connect \(ip):\(port) failed after EINTR: \(n == 1 ? "errno \(err)" : "timed out")")
+        }
         guard r == 0 else { Glibc.close(fd); throw SinkTestError("connect \(ip):\(port) failed: errno \(errno)") }
     }
 
