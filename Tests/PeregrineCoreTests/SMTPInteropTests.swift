@@ -276,7 +276,7 @@ struct SMTPInteropTests {
     @Test(arguments: BackendKind.allCases)
     func peregrineClientAgainstPostfixSmtpSink(kind: BackendKind) throws {
         guard let sink = tool("smtp-sink") else { Issue.record("smtp-sink not installed"); return }
-        let port = UInt16.random(in: 30000...60000)
+        let port = freeLoopbackPort()
         // smtp-sink: -c counts; answers every command; runs until killed.
         let sinkProcess = Process()
         sinkProcess.executableURL = URL(fileURLWithPath: sink)
@@ -298,7 +298,7 @@ struct SMTPInteropTests {
             .deletingLastPathComponent().appendingPathComponent("scripts/postfix-instance").path
         try withServer(kind, SMTPServerConfiguration(hostname: "counter.peregrine.test")) { counterPort, counters in
             let dir = NSTemporaryDirectory() + "peregrine-postfix-\(getpid())-\(kind.rawValue)"
-            let smtpdPort = UInt16.random(in: 30000...60000)
+            let smtpdPort = freeLoopbackPort()
             let (status, output) = runTool("/bin/bash", [script, "start", dir, "127.0.0.1:\(smtpdPort)", "127.0.0.1:\(counterPort)"])
             defer {
                 _ = runTool("/bin/bash", [script, "stop", dir])

@@ -158,7 +158,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
                                                     attributes: [.posixPermissions: 0o755])
             try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: files.directory)
             try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: files.key)
-            let port = tlsFreePort()
+            let port = freeLoopbackPort()
             setenv("POSTFIX_TLS_CERT", files.certificate, 1)
             setenv("POSTFIX_TLS_KEY", files.key, 1)
             let (status, out) = tlsRunTool("/bin/bash", [script, "start", dir, "127.0.0.1:\(port)", "127.0.0.1:\(sinkPort)"], seconds: 60)
@@ -190,7 +190,8 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
 }
 
 /// An unused loopback TCP port (bound and released).
-func tlsFreePort() -> UInt16 {
+/// A port the kernel says is free on 127.0.0.1 (random picks collide with ephemeral client ports).
+func freeLoopbackPort() -> UInt16 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
     var addr = sockaddr_in()
