@@ -53,6 +53,24 @@ private func item(_ id: UInt64, receivedAt: UInt64 = 0) -> DeliveryItem {
         #expect(q.connectionsToOpen(now: 0) == 1)
     }
 
+    @Test func aLearnedConnectionLimitCapsOpeningUntilItExpires() {
+        var p = DomainSettings()
+        p.maxSMTPOut = 6
+        let q = DeliveryQueue(key: QueueKey(domain: "gmail.com", vmta: "v"), policy: p)
+        for i in 1...50 { q.enqueue(item(UInt64(i))) }
+        // Three of six connections were refused at the greeting: three remain.
+        q.connections = 3
+        q.limitConnections(to: 3, until: 10 * second)
+        #expect(q.maxConnections(now: 0) == 3)
+        #expect(q.connectionsToOpen(now: 0) == 0)
+        // The open ones keep taking work (no close, no suspension).
+        guard case .item = q.take(now: 0, messagesOnConnection: 0) else { Issue.record("expected item"); return }
+        #expect(q.isSendable(now: 0))
+        // Once the limit expires, max-smtp-out applies again.
+        #expect(q.maxConnections(now: 10 * second) == 6)
+        #expect(q.connectionsToOpen(now: 10 * second) == 3)
+    }
+
     @Test func messageRateIsPaced() {
         var p = DomainSettings()
         p.maxMsgRate = .limited(count: 10, per: .seconds(1))

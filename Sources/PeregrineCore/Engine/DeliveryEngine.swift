@@ -93,7 +93,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
             }
             let n = q.connectionsToOpen(now: now)
             if n > 0 { open(n, for: q) }
-            else if q.readyItems > 0 && q.connections < q.policy.maxSMTPOut(inBackoff: q.isBackoff) && q.isSendable(now: now) {
+            else if q.readyItems > 0 && q.connections < q.maxConnections(now: now) && q.isSendable(now: now) {
                 // Held back by max-connect-rate: come back when it allows. Only
                 // then: when the open connections suffice (all busy, or idle ones
                 // were just asked), a finished transaction or a closed connection
@@ -254,9 +254,18 @@ public final class DeliveryEngine<Loop: EventLoop> {
                 q.lastReply = r.description
                 if applyPatterns(r, queue: q, now: now) { /* bounce applies to messages, none in flight here */ }
                 if !everReady {
-                    // Refused before any transaction (e.g. too many connections at the greeting):
-                    // back off this queue briefly instead of reconnecting in a tight loop.
-                    q.suspend(until: now &+ min(q.policy.retryAfter.delay(afterFailures: 1).nanoseconds, 5_000_000_000), reason: r.description)
+                    let retry = q.policy.retryAfter.delay(afterFailures: 1).nanoseconds
+                    if q.connections > 0 {
+                        // Refused while other connections of the queue are open (too many
+                        // connections at the greeting): keep those working and open no more
+                        // for a while. Suspending here would make the working connections
+                        // quit too, and every reconnect wave would be refused again (livelock).
+                        q.limitConnections(to: q.connections, until: now &+ retry)
+                    } else {
+                        // Refused before any transaction with nothing else open: back off this
+                        // queue briefly instead of reconnecting in a tight loop.
+                        q.suspend(until: now &+ min(retry, 5_000_000_000), reason: r.description)
+                    }
                 }
             case .timedOut(let phase):
                 q.lastReply = "timeout in \(phase.rawValue)"

@@ -36,6 +36,12 @@ public final class DeliveryQueue {
     private var messagePacer: RateLimiter
     private var connectPacer: RateLimiter
 
+    /// A lower connection cap learned from a receiver that refused a
+    /// connection while others of this queue were open ("too many
+    /// connections"), in force until `learnedCapUntil`; 0 = none.
+    public private(set) var learnedConnectionCap = 0
+    public private(set) var learnedCapUntil: UInt64 = 0
+
     /// Connections open or being opened for this queue (maintained by the engine).
     public var connections = 0
     /// Of those, how many are idle waiting for work.
@@ -160,11 +166,27 @@ public final class DeliveryQueue {
         !isPaused && now >= suspendedUntil
     }
 
+    /// The connection cap now: max-smtp-out (backoff-max-smtp-out in backoff),
+    /// lowered while a learned receiver limit is in force.
+    public func maxConnections(now: UInt64) -> Int {
+        let cap = policy.maxSMTPOut(inBackoff: isBackoff)
+        guard learnedConnectionCap > 0, now < learnedCapUntil else { return cap }
+        return min(cap, learnedConnectionCap)
+    }
+
+    /// A connection was refused before its first transaction while `open`
+    /// others of this queue remain: the receiver takes no more than those for
+    /// now, so open no more until `until` (the open ones keep working).
+    public func limitConnections(to open: Int, until: UInt64) {
+        learnedConnectionCap = max(1, open)
+        learnedCapUntil = until
+    }
+
     /// How many new connections the engine should open now (0 while paused,
     /// suspended, throttled or when the existing ones suffice).
     public func connectionsToOpen(now: UInt64) -> Int {
         guard isSendable(now: now), !ready.isEmpty else { return 0 }
-        let cap = policy.maxSMTPOut(inBackoff: isBackoff)
+        let cap = maxConnections(now: now)
         let wanted = min(cap, ready.count) - connections
         guard wanted > 0, idleConnections == 0 else { return 0 }
         var n = 0
@@ -178,7 +200,7 @@ public final class DeliveryQueue {
     /// The next item for a connection that has sent `messagesOnConnection` so far.
     public func take(now: UInt64, messagesOnConnection: Int) -> Take {
         if !isSendable(now: now) { return .close }
-        if connections > policy.maxSMTPOut(inBackoff: isBackoff) { return .close }
+        if connections > maxConnections(now: now) { return .close }
         let cap = policy.maxMsgPerConnection
         if cap > 0 && messagesOnConnection >= cap { return .close }
         guard !ready.isEmpty else { return .idle }
