@@ -158,7 +158,9 @@ public final class Daemon<Loop: EventLoop> {
         }
         installSignalHandlers()
         let addresses = workers.first?.listenerAddresses.map(\.description).joined(separator: ", ") ?? ""
-        log("running: backend \(Loop.kind), \(workers.count) loop(s), listening on \(addresses)")
+        var line = "running: backend \(Loop.kind), \(workers.count) loop(s), listening on \(addresses)"
+        if let m = management?.boundAddress { line += ", management on \(m)" }
+        log(line)
         exited.wait()
         accounting.close()
         log("stopped")
