@@ -1,0 +1,344 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import PeregrineCore
+import PeregrineIO
+@testable import PeregrineSink
+
+// Helpers for the daemon end-to-end tests: the real `peregrine` executable
+// against the real `peregrine-sink`, on 127.0.0.0/8 only, every process
+// stopped (SIGTERM, then SIGKILL) and every temp dir removed.
+
+enum E2E {
+    /// A built executable next to the test bundle (or in .build/debug).
+    static func executable(_ name: String) -> String {
+        let arg0 = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = arg0.deletingLastPathComponent()
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent(name).path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return repo.appendingPathComponent(".build/debug/\(name)").path
+    }
+
+    /// Polls `condition` until it holds or `timeout` seconds pass (a deadline
+    /// against hanging, never a timing assertion).
+    @discardableResult
+    static func waitUntil(_ timeout: Double, every interval: Double = 0.1, _ condition: () throws -> Bool) rethrows -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if try condition() { return true }
+            if Date() >= deadline { return false }
+            usleep(UInt32(interval * 1_000_000))
+        }
+    }
+
+    /// A loopback address unique to a scenario and backend (127.77.SCENARIO.BACKEND),
+    /// so that scenarios and backends can run side by side.
+    static func ip(_ scenario: Int, _ kind: BackendKind, host: Int = 0) -> String {
+        let b = (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1
+        return "127.77.\(scenario).\(b * 10 + host)"
+    }
+
+    /// Plain HTTP GET on loopback (bounded); returns the body.
+    static func httpGet(_ address: String, _ path: String) throws -> Data {
+        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
+            throw SinkTestError("bad address \(address)")
+        }
+        let client = try SinkTestClient(String(address[..<colon]), port)
+        try client.send("GET \(path) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(client.fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            bytes += buf[0..<n]
+        }
+        let text = Data(bytes)
+        guard let sep = text.range(of: Data("\r\n\r\n".utf8)) else { throw SinkTestError("no HTTP response from \(address)\(path)") }
+        return text.subdata(in: sep.upperBound..<text.count)
+    }
+
+    static func json(_ data: Data) throws -> [String: Any] {
+        guard let o = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw SinkTestError("not a JSON object") }
+        return o
+    }
+
+    /// Runs an executable to completion (bounded); stdout and stderr go to files.
+    static func run(_ executable: String, _ args: [String], timeout: Double = 60) -> (status: Int32, stdout: String, stderr: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = args
+        let base = NSTemporaryDirectory() + "e2e-run-\(getpid())-\(UUID().uuidString)"
+        FileManager.default.createFile(atPath: base + ".out", contents: nil)
+        FileManager.default.createFile(atPath: base + ".err", contents: nil)
+        defer {
+            try? FileManager.default.removeItem(atPath: base + ".out")
+            try? FileManager.default.removeItem(atPath: base + ".err")
+        }
+        guard let out = FileHandle(forWritingAtPath: base + ".out"), let err = FileHandle(forWritingAtPath: base + ".err") else {
+            return (-1, "", "cannot create output files")
+        }
+        p.standardOutput = out
+        p.standardError = err
+        do { try p.run() } catch { return (-1, "", "\(error)") }
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        if p.isRunning {
+            kill(p.processIdentifier, SIGTERM)
+            let d2 = Date().addingTimeInterval(5)
+            while p.isRunning && Date() < d2 { usleep(20_000) }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        }
+        p.waitUntilExit()
+        try? out.close(); try? err.close()
+        let o = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
+        let e = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
+        return (p.terminationStatus, o, e)
+    }
+}
+
+/// A temporary directory, removed when the object goes.
+final class TestDirectory {
+    let path: String
+    init(_ tag: String) throws {
+        path = NSTemporaryDirectory() + "peregrine-e2e-\(tag)-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    func file(_ name: String) -> String { path + "/" + name }
+    func write(_ name: String, _ text: String) throws -> String {
+        let p = file(name)
+        try text.write(toFile: p, atomically: true, encoding: .utf8)
+        return p
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// A sink profile for one scenario: explicit CI-sized times (time-scale 1).
+func sinkProfile(_ name: String, domains: String, mx: [String], _ rules: String = "") -> String {
+    """
+    <isp \(name)>
+        domains \(domains)
+        mx \(mx.joined(separator: " "))
+        port 2525
+        hostname mx.\(name).sink
+    \(rules)
+    </isp>
+
+    """
+}
+
+/// Starts a sink from profile text written into `dir` (kernel-picked port unless given).
+func startSink(_ dir: TestDirectory, _ profiles: String, port: UInt16 = 0, dns: Bool = false,
+               ids: String? = nil, tag: String = "sink") throws -> SinkProcess {
+    let path = try dir.write("\(tag).conf", "time-scale 1\n\n" + profiles)
+    var args = ["--profile", path, "--port", "\(port)", "--stats-port", "127.0.0.1:0", "--backend", "epoll"]
+    if dns { args += ["--dns", "127.0.0.1:0"] }
+    if let ids { args += ["--record-ids", ids] }
+    return try SinkProcess(args)
+}
+
+extension SinkProcess {
+    /// GET /stats as JSON.
+    func stats() throws -> [String: Any] {
+        guard let a = statsAddress else { throw SinkTestError("sink has no stats port") }
+        return try E2E.json(try E2E.httpGet(a, "/stats"))
+    }
+
+    /// The counters one provider keeps for one sending IP (empty when it never connected).
+    func ipStats(_ provider: String, _ ip: String) throws -> [String: Any] {
+        let providers = try stats()["providers"] as? [String: Any]
+        let p = providers?[provider] as? [String: Any]
+        return (p?["ips"] as? [String: Any])?[ip] as? [String: Any] ?? [:]
+    }
+
+    func providerStats(_ provider: String) throws -> [String: Any] {
+        let providers = try stats()["providers"] as? [String: Any]
+        return providers?[provider] as? [String: Any] ?? [:]
+    }
+}
+
+/// The daemon configuration every scenario starts from: listener and
+/// management on a loopback address of the scenario's own, two VMTAs and a pool,
+/// relaying for 127.0.0.0/8, all accounting record types.
+func daemonConfig(_ dir: TestDirectory, listen ip: String, dns: UInt16? = nil, defaultVMTA: String = "vmta1",
+                  _ rest: String) -> String {
+    """
+    smtp-listener \(ip):2525
+    http-mgmt-port \(ip):8125
+    spool \(dir.file("spool"))
+    \(dns.map { "dns-server 127.0.0.1:\($0)" } ?? "")
+    <source 127.0.0.0/8>
+        always-allow-relaying yes
+        process-x-virtual-mta yes
+        default-virtual-mta \(defaultVMTA)
+    </source>
+    <virtual-mta vmta1>
+        smtp-source-host 127.0.0.10 vmta1.test
+    </virtual-mta>
+    <virtual-mta vmta2>
+        smtp-source-host 127.0.0.11 vmta2.test
+    </virtual-mta>
+    <virtual-mta-pool pool1>
+        virtual-mta vmta1
+        virtual-mta vmta2
+    </virtual-mta-pool>
+    <acct-file \(dir.file("acct.csv"))>
+        records r,d,b,t,tq
+    </acct-file>
+    \(rest)
+
+    """
+}
+
+/// Runs `peregrine run` for a test: waits (bounded) for its "running" line,
+/// reads the bound listener and management addresses from it, and is always
+/// stopped (SIGTERM then SIGKILL).
+final class DaemonProcess {
+    let process = Process()
+    let logPath: String
+    let configPath: String
+    private(set) var listenIP = ""
+    private(set) var listenPort: UInt16 = 0
+    private(set) var management = ""
+    private var finished = false
+
+    init(configPath: String, backend: BackendKind, threads: Int = 2, logPath: String) throws {
+        self.configPath = configPath
+        self.logPath = logPath
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        guard let handle = FileHandle(forWritingAtPath: logPath) else { throw SinkTestError("cannot write \(logPath)") }
+        handle.seekToEndOfFile()
+        process.executableURL = URL(fileURLWithPath: E2E.executable("peregrine"))
+        process.arguments = ["run", "--config", configPath, "--backend", backend.rawValue, "--threads", "\(threads)"]
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        try? handle.close()
+        var line: Substring?
+        E2E.waitUntil(30, every: 0.05) {
+            line = self.log.split(separator: "\n").last { $0.contains("peregrine: running:") }
+            return line != nil || !process.isRunning
+        }
+        guard let line, let range = line.range(of: "listening on ") else {
+            terminate()
+            throw SinkTestError("daemon did not start: \(self.log)")
+        }
+        let rest = line[range.upperBound...]
+        let listen = rest.split(separator: ",").first.map { String($0).trimmingCharacters(in: .whitespaces) } ?? ""
+        if let c = listen.lastIndex(of: ":") {
+            listenIP = String(listen[..<c])
+            listenPort = UInt16(listen[listen.index(after: c)...]) ?? 0
+        }
+        if let m = rest.range(of: "management on ") {
+            management = String(rest[m.upperBound...]).trimmingCharacters(in: .whitespaces)
+        }
+        guard listenPort != 0, !management.isEmpty else {
+            terminate()
+            throw SinkTestError("daemon running line without addresses: \(line)")
+        }
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    var managementPort: String { String(management.split(separator: ":").last ?? "") }
+
+    /// A client connected to the daemon's SMTP listener, past EHLO.
+    func client() throws -> DaemonInjector { try DaemonInjector(listenIP, listenPort) }
+
+    /// `peregrine ctl --port P ARGS… --json` → the JSON it prints.
+    func ctl(_ args: [String]) throws -> [String: Any] {
+        let host = String(management.split(separator: ":").first ?? "127.0.0.1")
+        let r = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", host, "--port", managementPort, "--json"] + args,
+                        timeout: 20)
+        guard r.status == 0 else { throw SinkTestError("ctl \(args) failed (\(r.status)): \(r.stderr)") }
+        return try E2E.json(Data(r.stdout.utf8))
+    }
+
+    /// The queues as `ctl show queues --json` reports them, by name.
+    func queues() throws -> [String: [String: Any]] {
+        let list = try ctl(["show", "queues"])["queues"] as? [[String: Any]] ?? []
+        var out: [String: [String: Any]] = [:]
+        for q in list { if let name = q["queue"] as? String { out[name] = q } }
+        return out
+    }
+
+    /// SIGKILL: a crash.
+    func crash() {
+        guard !finished else { return }
+        finished = true
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    /// SIGTERM, wait (bounded), SIGKILL if needed.
+    func terminate() {
+        guard !finished else { return }
+        finished = true
+        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(20)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    deinit { terminate() }
+}
+
+/// Injects messages into the daemon over SMTP, one transaction at a time,
+/// several recipients each, optional extra headers and a loadgen-style id.
+final class DaemonInjector {
+    let client: SinkTestClient
+    init(_ ip: String, _ port: UInt16) throws {
+        client = try SinkTestClient(ip, port)
+        guard try client.start()?.code == 220 else { throw SinkTestError("no 220 greeting from the daemon") }
+    }
+
+    /// Returns nil when the message was accepted (250 after DATA), else what went wrong.
+    func send(to recipients: [String], id: String, from: String = "sender@peregrine.test",
+              headers: [String] = []) throws -> String? {
+        guard let m = try client.command("MAIL FROM:<\(from)>"), m.code == 250 else { return "MAIL refused" }
+        for r in recipients {
+            guard let reply = try client.command("RCPT TO:<\(r)>"), reply.code == 250 else {
+                _ = try? client.command("RSET")
+                return "RCPT \(r) refused"
+            }
+        }
+        guard let d = try client.command("DATA"), d.code == 354 else { return "DATA refused" }
+        var body = ""
+        for h in headers { body += h + "\r\n" }
+        body += "X-Loadgen-Id: \(id)\r\nFrom: <\(from)>\r\nSubject: e2e \(id)\r\n\r\nHello from the end-to-end test.\r\n.\r\n"
+        try client.send(body)
+        guard let e = try client.reply() else { return "closed after DATA" }
+        return e.code == 250 ? nil : "DATA: \(e)"
+    }
+
+    func quit() { _ = try? client.command("QUIT") }
+}
+
+/// The accounting file as records (empty until the first flush).
+func accounting(_ path: String) -> [AccountingRecord] {
+    guard FileManager.default.fileExists(atPath: path) else { return [] }
+    return (try? AccountingCSVReader.readRecords(path: path)) ?? []
+}
+
+extension Array where Element == AccountingRecord {
+    func of(_ type: AccountingRecordType) -> [AccountingRecord] { filter { $0.type == type } }
+    var finals: [AccountingRecord] { filter { $0.type == .delivered || $0.type == .bounced } }
+}
+
+/// Sorted ids from a sink --record-ids file ("ID ARRIVAL-NS" lines).
+func recordedIds(_ path: String) -> [(id: String, at: Int64)] {
+    let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").compactMap { line in
+        let w = line.split(separator: " ")
+        guard w.count == 2, let t = Int64(w[1]) else { return nil }
+        return (String(w[0]), t)
+    }
+}
+
+/// Names `domain/vmta` in accounting and /queues.
+func queueName(_ domain: String, _ vmta: String = "vmta1") -> String { "\(domain)/\(vmta)" }
