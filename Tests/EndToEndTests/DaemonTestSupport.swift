@@ -320,6 +320,53 @@ final class DaemonInjector {
     func quit() { _ = try? client.command("QUIT") }
 }
 
+/// Trips a sink's per-IP message rate from `source` (the VMTA's address) by
+/// pipelining MAIL/RSET pairs, so that its penalty box is on before the
+/// daemon sends anything; returns the refusal it got (nil if none).
+func tripSinkRate(_ ip: String, _ port: UInt16, from source: String, pairs: Int = 12) throws -> String? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw SinkTestError("socket failed") }
+    defer { close(fd) }
+    var tv = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    func sockaddr4(_ ip: String, _ port: UInt16) -> sockaddr_in {
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = port.bigEndian
+        inet_pton(AF_INET, ip, &sa.sin_addr)
+        return sa
+    }
+    var local = sockaddr4(source, 0), remote = sockaddr4(ip, port)
+    let size = socklen_t(MemoryLayout<sockaddr_in>.size)
+    guard withUnsafePointer(to: &local, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) } }) == 0 else {
+        throw SinkTestError("bind \(source) failed: errno \(errno)")
+    }
+    var r: Int32
+    repeat {
+        r = withUnsafePointer(to: &remote) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, size) } }
+    } while r != 0 && errno == EINTR
+    guard r == 0 else { throw SinkTestError("connect \(ip):\(port) failed: errno \(errno)") }
+    let script = "EHLO trip.test\r\n" + String(repeating: "MAIL FROM:<trip@peregrine.test>\r\nRSET\r\n", count: pairs)
+    let bytes = Array(script.utf8)
+    var off = 0
+    while off < bytes.count {
+        let n = bytes[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { break }
+        off += n
+    }
+    var text = ""
+    var buf = [UInt8](repeating: 0, count: 4096)
+    // Lines end in CRLF, one Character in Swift: match on "\r\n", not "\n".
+    while !text.contains("\r\n421 ") && !text.hasPrefix("421 ") {
+        let n = recv(fd, &buf, buf.count, 0)
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        text += String(decoding: buf[0..<n], as: UTF8.self)
+    }
+    return text.components(separatedBy: "\r\n").first { $0.hasPrefix("421") }
+}
+
 /// The accounting file as records (empty until the first flush).
 func accounting(_ path: String) -> [AccountingRecord] {
     guard FileManager.default.fileExists(atPath: path) else { return [] }
