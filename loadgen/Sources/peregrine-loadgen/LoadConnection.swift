@@ -47,6 +47,7 @@ final class LoadConnection<Loop: EventLoop> {
         config.usePipelining = generator.options.pipelining
         session = SMTPClientSession(configuration: config)
         messagesOnConnection = 0
+        finished = false
         connecting = true
         loop.connect(to: generator.options.target, from: generator.options.source, timeout: 10_000_000_000) { [unowned self] r in
             self.connecting = false
@@ -139,9 +140,11 @@ final class LoadConnection<Loop: EventLoop> {
 
     private func finishIfQuiet() {
         if socket == nil && !receiving && !sending && !connecting && session.isClosed && !finished {
+            // Stays set until the next start(): received() and pump() may both
+            // get here for one close, and a second connectionEnded would count
+            // the connection out twice (the run then stopped before the last reply).
             finished = true
             generator.connectionEnded(self, failed: false)
-            finished = false
         }
     }
 
