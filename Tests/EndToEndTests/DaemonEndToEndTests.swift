@@ -449,7 +449,7 @@ import PeregrineIO
         // Under load a reply may come too late for the loadgen while the daemon
         // did accept the message: the daemon's `r` records are the reference,
         // and they cover at least what the loadgen saw accepted.
-        #expect(accepted > 0 && injected.count == accepted, "\(report)")
+        #expect(accepted == 120 && injected.count == accepted, "\(report)")
         var received: [AccountingRecord] = []
         E2E.waitUntil(20) { received = s.records.of(.received); return received.count >= accepted * 2 }
         #expect(received.count >= accepted * 2 && received.count <= 240)
@@ -458,6 +458,8 @@ import PeregrineIO
         usleep(300_000)  // a late duplicate would show up within a flush or two
         let records = s.records
         let finals = records.finals
+        received = records.of(.received)  // read again: a late `r` may have been flushed meanwhile
+        #expect(received.count <= 240)
         // Exactly one final record per accepted recipient (multisets: addresses may repeat).
         #expect(finals.map(\.rcpt).sorted() == received.map(\.rcpt).sorted())
         #expect(finals.of(.bounced).allSatisfy { $0.rcpt.hasSuffix("@bad.test") && $0.bounceCat == "bad-mailbox" })
