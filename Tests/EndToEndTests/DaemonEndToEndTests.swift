@@ -68,7 +68,7 @@ import PeregrineIO
         let s = try Scenario("caps", 1, kind)
         let ipA = E2E.ip(1, kind, host: 1), ipB = E2E.ip(1, kind, host: 2)
         let limit = "max-connections 3 greeting \"421 4.7.0 Too many connections from {ip}, try again later\"\n    latency data fixed 40ms"
-        let sink = try startSink(s.dir, sinkProfile("capa", domains: "capa.test", mx: [ipA], limit)
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("capa", domains: "capa.test", mx: [ipA], limit)
                                       + sinkProfile("capb", domains: "capb.test", mx: [ipB], limit))
         s.sink = sink
         let (_, portA) = try sink.address("capa"), (_, portB) = try sink.address("capb")
@@ -122,7 +122,7 @@ import PeregrineIO
         guard Self.available(kind) else { return }
         let s = try Scenario("yahoo", 2, kind)
         let ip = E2E.ip(2, kind)
-        let sink = try startSink(s.dir, sinkProfile("yahoo", domains: "yahoo.test", mx: [ip], """
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("yahoo", domains: "yahoo.test", mx: [ip], """
                 max-msg-per-connection 20 mail "421 Max message per connection reached, closing transmission channel"
             """))
         s.sink = sink
@@ -163,7 +163,7 @@ import PeregrineIO
         let ip = E2E.ip(3, kind)
         let text = "421-4.7.28 Gmail has detected an unusual rate of unsolicited email originating from your IP address. To protect our users from spam, email sent from your IP address has been temporarily rate limited."
         let ids = s.dir.file("sink-ids.txt")
-        let sink = try startSink(s.dir, sinkProfile("gmail", domains: "gmail.test", mx: [ip], """
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("gmail", domains: "gmail.test", mx: [ip], """
                 max-msg-rate 20/s mail burst 10 penalty "\(text)"
                 penalty-box 2s mail "\(text)"
             """), ids: ids)
@@ -238,7 +238,7 @@ import PeregrineIO
         guard Self.available(kind) else { return }
         let s = try Scenario("unknown", 4, kind)
         let ipG = E2E.ip(4, kind, host: 1), ipY = E2E.ip(4, kind, host: 2)
-        let sink = try startSink(s.dir,
+        let sink = try startSink(s.dir, serviceIP: s.listenIP,
             sinkProfile("gmail", domains: "gmail.test", mx: [ipG], """
                 unknown-user "550-5.1.1 The email account that you tried to reach does not exist." unknown*
             """) + sinkProfile("yahoo", domains: "yahoo.test", mx: [ipY], """
@@ -276,7 +276,7 @@ import PeregrineIO
         guard Self.available(kind) else { return }
         let s = try Scenario("grey", 5, kind)
         let ip = E2E.ip(5, kind)
-        let sink = try startSink(s.dir, sinkProfile("grey", domains: "grey.test", mx: [ip], """
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("grey", domains: "grey.test", mx: [ip], """
                 greylist 1s "450 4.2.0 <{rcpt}>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/{domain}.html" grey*
             """))
         s.sink = sink
@@ -311,7 +311,7 @@ import PeregrineIO
         guard Self.available(kind) else { return }
         let s = try Scenario("expiry", 6, kind)
         let ip = E2E.ip(6, kind)
-        let sink = try startSink(s.dir, sinkProfile("full", domains: "full.test", mx: [ip], """
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("full", domains: "full.test", mx: [ip], """
                 mailbox-full "452 4.2.2 Mailbox is full ({rcpt})" full*
             """))
         s.sink = sink
@@ -346,7 +346,7 @@ import PeregrineIO
         guard Self.available(kind) else { return }
         let s = try Scenario("pool", 7, kind)
         let ip = E2E.ip(7, kind)
-        let sink = try startSink(s.dir, sinkProfile("pool", domains: "pool.test", mx: [ip]))
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("pool", domains: "pool.test", mx: [ip]))
         s.sink = sink
         let (_, port) = try sink.address("pool")
         let d = try s.startDaemon(daemonConfig(s.dir, listen: s.listenIP, """
@@ -380,12 +380,12 @@ import PeregrineIO
         let primary = E2E.ip(8, kind, host: 1), secondary = E2E.ip(8, kind, host: 2)
         // The DNS sink names both MX hosts for mx.test but listens on another
         // port; the second sink listens on the secondary's port 25.
-        let dnsSink = try startSink(s.dir, sinkProfile("zone", domains: "mx.test", mx: [primary, secondary]), dns: true, tag: "dns")
-        let sink = try startSink(s.dir, sinkProfile("secondary", domains: "other.test", mx: [secondary]), port: 25)
+        let dnsSink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("zone", domains: "mx.test", mx: [primary, secondary]), dns: true, tag: "dns")
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("secondary", domains: "other.test", mx: [secondary]), port: 25)
         s.sink = sink
         defer { dnsSink.terminate() }
         let dnsPort = try #require(dnsSink.dnsPort)
-        let d = try s.startDaemon(daemonConfig(s.dir, listen: s.listenIP, dns: dnsPort, """
+        let d = try s.startDaemon(daemonConfig(s.dir, listen: s.listenIP, dns: "\(s.listenIP):\(dnsPort)", """
             <domain mx.test>
                 connect-timeout 5s
                 retry-after 1s
@@ -413,7 +413,7 @@ import PeregrineIO
         let s = try Scenario("reconcile", 9, kind)
         let ipOK = E2E.ip(9, kind, host: 1), ipBad = E2E.ip(9, kind, host: 2), ipGrey = E2E.ip(9, kind, host: 3)
         let sinkIds = s.dir.file("sink-ids.txt")
-        let sink = try startSink(s.dir,
+        let sink = try startSink(s.dir, serviceIP: s.listenIP,
             sinkProfile("ok", domains: "ok.test", mx: [ipOK])
             + sinkProfile("bad", domains: "bad.test", mx: [ipBad], """
                 unknown-user "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown" u*
@@ -510,7 +510,7 @@ import PeregrineIO
         d = try s.startDaemon(config)
         #expect(d.log.contains("re-queued"), "\(d.log)")
         let sinkIds = s.dir.file("sink-ids.txt")
-        s.sink = try startSink(s.dir, sinkProfile("restart", domains: "restart.test", mx: [ip]), port: 25, ids: sinkIds)
+        s.sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("restart", domains: "restart.test", mx: [ip]), port: 25, ids: sinkIds)
         #expect(s.waitForFinals(30), "\(s.diagnostics)")
         usleep(300_000)
         let finals = s.records.finals

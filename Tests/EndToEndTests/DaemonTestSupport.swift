@@ -134,11 +134,13 @@ func sinkProfile(_ name: String, domains: String, mx: [String], _ rules: String 
 }
 
 /// Starts a sink from profile text written into `dir` (kernel-picked port unless given).
-func startSink(_ dir: TestDirectory, _ profiles: String, port: UInt16 = 0, dns: Bool = false,
+/// Its stats and DNS ports are kernel-picked on `serviceIP` (the scenario's
+/// own address), so they never take a port on 127.0.0.1 another test wants.
+func startSink(_ dir: TestDirectory, serviceIP: String, _ profiles: String, port: UInt16 = 0, dns: Bool = false,
                ids: String? = nil, tag: String = "sink") throws -> SinkProcess {
     let path = try dir.write("\(tag).conf", "time-scale 1\n\n" + profiles)
-    var args = ["--profile", path, "--port", "\(port)", "--stats-port", "127.0.0.1:0", "--backend", "epoll"]
-    if dns { args += ["--dns", "127.0.0.1:0"] }
+    var args = ["--profile", path, "--port", "\(port)", "--stats-port", "\(serviceIP):0", "--backend", "epoll"]
+    if dns { args += ["--dns", "\(serviceIP):0"] }
     if let ids { args += ["--record-ids", ids] }
     return try SinkProcess(args)
 }
@@ -166,13 +168,13 @@ extension SinkProcess {
 /// The daemon configuration every scenario starts from: listener and
 /// management on a loopback address of the scenario's own, two VMTAs and a pool,
 /// relaying for 127.0.0.0/8, all accounting record types.
-func daemonConfig(_ dir: TestDirectory, listen ip: String, dns: UInt16? = nil, defaultVMTA: String = "vmta1",
+func daemonConfig(_ dir: TestDirectory, listen ip: String, dns: String? = nil, defaultVMTA: String = "vmta1",
                   _ rest: String) -> String {
     """
     smtp-listener \(ip):2525
     http-mgmt-port \(ip):8125
     spool \(dir.file("spool"))
-    \(dns.map { "dns-server 127.0.0.1:\($0)" } ?? "")
+    \(dns.map { "dns-server \($0)" } ?? "")
     <source 127.0.0.0/8>
         always-allow-relaying yes
         process-x-virtual-mta yes
