@@ -520,4 +520,52 @@ import PeregrineIO
         s.sink?.terminate()
         #expect(recordedIds(sinkIds).map(\.id).sorted() == ids.sorted())
     }
+
+    // MARK: Reload
+
+    /// `ctl reload` applies new domain settings to the running daemon without
+    /// dropping the injecting connection; a broken file is refused with its
+    /// file:line error and the running settings stay.
+    @Test(arguments: BackendKind.allCases)
+    func reloadAppliesDomainSettingsWithoutDroppingConnections(_ kind: BackendKind) throws {
+        guard Self.available(kind) else { return }
+        let s = try Scenario("reload", 11, kind)
+        let ipA = E2E.ip(11, kind, host: 1), ipB = E2E.ip(11, kind, host: 2)
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("first", domains: "first.test", mx: [ipA])
+                                     + sinkProfile("second", domains: "second.test", mx: [ipB]))
+        s.sink = sink
+        let (_, portA) = try sink.address("first"), (_, portB) = try sink.address("second")
+        func config(routeTo ip: String, _ port: UInt16) -> String {
+            daemonConfig(s.dir, listen: s.listenIP, """
+                <domain reload.test>
+                    route [\(ip)]:\(port)
+                    retry-after 1s
+                </domain>
+                """)
+        }
+        let d = try s.startDaemon(config(routeTo: ipA, portA))
+        let c = try d.client()
+        for m in 0..<3 { #expect(try c.send(to: ["a\(m)@reload.test"], id: "r-a\(m)") == nil) }
+        #expect(s.waitForFinals(3), "\(s.diagnostics)")
+        #expect((try sink.providerStats("first")["messages_accepted"] as? Int ?? 0) == 3)
+
+        // New route, same injecting connection.
+        _ = try s.dir.write("peregrine.conf", config(routeTo: ipB, portB))
+        #expect((try d.ctl(["reload"])["reloaded"] as? Bool) == true)
+        for m in 0..<3 { #expect(try c.send(to: ["b\(m)@reload.test"], id: "r-b\(m)") == nil) }
+        #expect(s.waitForFinals(6), "\(s.diagnostics)")
+        #expect((try sink.providerStats("second")["messages_accepted"] as? Int ?? 0) == 3)
+        #expect((try sink.providerStats("first")["messages_accepted"] as? Int ?? 0) == 3)
+
+        // A broken file: refused with file:line, the daemon keeps running on what it had.
+        _ = try s.dir.write("peregrine.conf", config(routeTo: ipB, portB) + "\nmax-smtp-out 5\n")
+        let r = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", String(d.management.split(separator: ":").first ?? ""),
+                                                       "--port", d.managementPort, "reload"], timeout: 20)
+        #expect(r.status != 0)
+        #expect(r.stdout.contains("peregrine.conf:") && r.stdout.contains("max-smtp-out"), "\(r.stdout) \(r.stderr)")
+        #expect(try c.send(to: ["c0@reload.test"], id: "r-c0") == nil)
+        #expect(s.waitForFinals(7), "\(s.diagnostics)")
+        c.quit()
+        #expect(s.records.finals.count == 7 && s.records.finals.allSatisfy { $0.type == .delivered })
+    }
 }

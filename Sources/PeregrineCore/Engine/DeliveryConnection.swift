@@ -167,7 +167,7 @@ final class DeliveryConnection<Loop: EventLoop> {
     /// Called when the session is ready: take the next item from the queue.
     func askForWork() {
         guard session.isReady, current == nil, !closing else { return }
-        if engine.isStopping { quit(); return }
+        if engine.isStopping || retired { quit(); return }
         if let t = idleTimer { loop.cancelTimer(t); idleTimer = nil }
         switch queue.take(now: loop.now, messagesOnConnection: messagesSent) {
         case .item(let item):
@@ -223,6 +223,14 @@ final class DeliveryConnection<Loop: EventLoop> {
                 self.askForWork()
             }
         }
+    }
+
+    private var retired = false
+
+    /// After a reload: finish the current transaction, then QUIT (idle: QUIT now).
+    func retire() {
+        retired = true
+        if isIdle || current == nil && session.isReady { quit() }
     }
 
     /// Ends the connection politely (QUIT) or, before the session started, at once.

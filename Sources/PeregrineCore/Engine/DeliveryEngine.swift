@@ -70,6 +70,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
     /// Re-reads every queue's policy (config reload) without touching connections.
     public func reloadPolicies() {
         for (key, q) in queues { q.update(policy: policies.policy(for: key), now: loop.now) }
+        // Open connections were made under the old settings (route, VMTA, timeouts):
+        // each finishes the transaction it is in, then QUITs; new ones use the new settings.
+        for c in connections.values { c.retire() }
         for q in queues.values { kick(q) }
     }
 
