@@ -15,6 +15,10 @@ scenarios:
   sink        accept-all peregrine-sink vs Postfix's smtp-sink, fed by smtp-source -d
   relay       loadgen → MTA → sink, 4 KB, durable, per backend (and --peer postfix), side by side
   relay-100k  the same with 100 KB messages
+  isp-mix     shipped ISP profiles + DNS, consumer mix with unknown/greylisted share: delivered, bounced, deferrals, lost
+  backlog     sink down while N messages queue (RSS), then up (drain rate); lost = 0
+  crash       SIGKILL the daemon during injection, restart on the same spool, drain; lost = 0 (--rounds)
+  summarize   regenerate results/README.md from results/*.json
 """
 
 let arguments = Array(CommandLine.arguments.dropFirst())
@@ -38,6 +42,10 @@ case "sink", "sink-vs-smtp-sink":
     status = runSinkBench(arguments: rest)
 case "relay", "relay-100k":
     status = runRelayBench(arguments: rest, scenario: scenario)
+case "isp-mix": status = runIspMixBench(arguments: rest)
+case "backlog": status = runBacklogBench(arguments: rest)
+case "crash": status = runCrashBench(arguments: rest)
+case "summarize": status = runSummarize(arguments: rest)
 default:
     fputs("peregrine-bench: unknown scenario '\(scenario)'\n\(usage)\n", stderr)
     status = 2

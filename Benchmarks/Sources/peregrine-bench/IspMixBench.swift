@@ -1,0 +1,311 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `peregrine-bench isp-mix`: the sink with every shipped ISP profile (CI-sized
+/// time constants) and its DNS responder; the daemon resolves MX through it and
+/// runs the shaping operators start from (DOMAIN.md), with pattern lists for
+/// the real deferral texts; loadgen injects the consumer mix, and the bench
+/// adds a small share of unknown users and greylisted recipients. The run
+/// lasts until every accepted message is delivered or bounced (or a deadline),
+/// then reconciles ids (sink), bounces (accounting) and deferrals (sink stats,
+/// `t` records).
+///
+/// The sink's profiles say `time-scale 0.01`; the daemon's time constants are
+/// scaled the same way by hand (Yahoo's 2 h suspension → 72 s, Outlook's 90 min
+/// of 1/min → 54 s of 100/min).
+func runIspMixBench(arguments: [String]) -> Int32 {
+    let usage = """
+    usage: peregrine-bench isp-mix [--backend epoll|io_uring|dispatch|all] [--count N] [--rate N/s]
+                                   [--special-percent P] [--deadline S] [--seed N] [--output-dir DIR]
+    """
+    let defaults = ["backend": "epoll", "count": "5000", "rate": "500/s", "special-percent": "2", "deadline": "600",
+                    "seed": "1", "output-dir": "results", "connections": "8"]
+    let options: ScenarioOptions
+    switch ScenarioOptions.parse(arguments, defaults: defaults, usage: usage) {
+    case .success(let o): options = o
+    case .failure(let e): fputs("peregrine-bench isp-mix: \(e.message)\n", stderr); return 2
+    }
+    var rows: [[String]] = []
+    var failed = false
+    do {
+        for backend in try options.backends() {
+            let r = try IspMixRun(options: options, backend: backend).run()
+            rows.append(r.row)
+            if !r.ok { failed = true }
+        }
+    } catch {
+        fputs("peregrine-bench isp-mix: \(error)\n", stderr)
+        return 1
+    }
+    printBenchTable(title: "isp-mix: shipped ISP profiles (time-scale 0.01), MX via the sink's DNS, consumer mix + unknown/greylisted",
+                    header: IspMixRun.header, rows: rows)
+    return failed ? 1 : 0
+}
+
+/// Where the package's files are (sink/profiles, scripts): upwards from the
+/// working directory, else upwards from the executable (.build/release/..).
+func packageRoot() -> String {
+    for start in [FileManager.default.currentDirectoryPath, BenchEnvironment.binDirectory()] {
+        var dir = start
+        for _ in 0..<8 {
+            if FileManager.default.fileExists(atPath: dir + "/sink/profiles/all.conf") { return dir }
+            dir = (dir as NSString).deletingLastPathComponent
+        }
+    }
+    return FileManager.default.currentDirectoryPath
+}
+
+struct IspMixRun {
+    let options: ScenarioOptions
+    let backend: String
+
+    static let header = ["backend", "injected", "delivered", "bounced", "deferrals@sink", "t records", "lost", "dup",
+                         "unexpected bounces", "elapsed s", "drained"]
+
+    struct Outcome { var row: [String]; var ok: Bool }
+
+    func run() throws -> Outcome {
+        let rig = try ScenarioRig(scenario: "isp-mix")
+        defer { rig.cleanUp() }
+        let count = try options.int("count")
+        let specialPercent = try options.double("special-percent")
+        let deadline = try options.double("deadline")
+        let root = packageRoot()
+        fputs("== isp-mix on \(backend): \(count) messages at \(options.string("rate")), scratch \(rig.work)\n", stderr)
+
+        // MX answers carry port 25 (the daemon, like any MTA, delivers to MX hosts on 25).
+        if BenchNet.canConnect(ip: "127.0.1.1", port: 25) {
+            throw ScenarioRig.Failure(description: "something already listens on 127.0.1.1:25 (another sink?); isp-mix needs the profile addresses on port 25")
+        }
+        let dnsPort = try rig.freePort(), statsPort = try rig.freePort(), mtaPort = try rig.freePort(), mgmtPort = try rig.freePort()
+        let sinkIDs = rig.work + "/sink-ids.txt"
+        let sink = try rig.startSink(["--profile", root + "/sink/profiles/all.conf", "--port", "25",
+                                      "--dns", "\(rig.ip):\(dnsPort)", "--stats-port", "\(rig.ip):\(statsPort)",
+                                      "--record-ids", sinkIDs, "--seed", options.string("seed"), "--backend", "epoll"])
+        let acct = rig.work + "/acct.csv"
+        let config = Self.config(ip: rig.ip, mtaPort: mtaPort, mgmtPort: mgmtPort, dnsPort: dnsPort,
+                                 spool: rig.work + "/spool", acct: acct)
+        let configPath = rig.work + "/peregrine.conf"
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        let daemon = try rig.startDaemon(configPath: configPath, backend: backend, smtpPort: mtaPort)
+        let cpu0 = ProcessUsage.read(pid: daemon.pid)?.cpuSeconds ?? 0
+        var peakRSS = 0
+        let start = Date()
+
+        // The hand-addressed share: unknown users (bounce) and greylisted recipients (deliver after a retry).
+        let specialDomains = ["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "comcast.net", "gmx.net", "orange.fr"]
+        let specialCount = Int((Double(count) * specialPercent / 100).rounded())
+        var specialAccepted: [(id: String, rcpt: String, expect: String)] = []
+        var specialRefused = 0
+        if specialCount > 0 {
+            let injector = try BenchSMTPInjector(ip: rig.ip, port: mtaPort)
+            for i in 0..<specialCount {
+                let unknown = i % 2 == 0
+                let rcpt = "\(unknown ? "unknown" : "grey")-\(i)@\(specialDomains[(i / 2) % specialDomains.count])"
+                let id = "special-\(i)"
+                if try injector.send(id: id, from: "bench@peregrine.test", to: rcpt) {
+                    specialAccepted.append((id, rcpt, unknown ? "bounce" : "deliver"))
+                } else { specialRefused += 1 }
+            }
+            injector.quit()
+        }
+
+        let loadIDs = rig.work + "/loadgen-ids.txt"
+        let summary = try rig.runLoadgen(["--target", "\(rig.ip):\(mtaPort)", "--count", "\(count)", "--rate", options.string("rate"),
+                                          "--connections", options.string("connections"), "--ids", loadIDs,
+                                          "--seed", options.string("seed"), "--backend", "epoll"],
+                                         jsonPath: rig.work + "/loadgen.json", timeout: deadline) { _ in
+            peakRSS = max(peakRSS, rssBytes(daemon.pid))
+        }
+        let injectSeconds = Date().timeIntervalSince(start)
+
+        // Until the daemon has nothing queued and has settled every message it received.
+        var drained = false
+        var lastStatus: [String: Any] = [:]
+        var samples: [[String: Any]] = []
+        var lastSample = Date.distantPast
+        while Date().timeIntervalSince(start) < deadline {
+            peakRSS = max(peakRSS, rssBytes(daemon.pid))
+            if let s = rig.status(mgmtPort: mgmtPort) {
+                lastStatus = s
+                let received = s["received"] as? Int ?? 0
+                let settled = (s["delivered"] as? Int ?? 0) + (s["bounced"] as? Int ?? 0)
+                let queued = s["queued"] as? [String: Any]
+                let waiting = (queued?["ready"] as? Int ?? 0) + (queued?["delayed"] as? Int ?? 0)
+                if Date().timeIntervalSince(lastSample) >= 5 {
+                    lastSample = Date()
+                    samples.append(["t": Int(Date().timeIntervalSince(start)), "delivered": s["delivered"] ?? 0, "bounced": s["bounced"] ?? 0,
+                                    "deferrals": s["deferrals"] ?? 0, "ready": queued?["ready"] ?? 0, "delayed": queued?["delayed"] ?? 0])
+                }
+                if received > 0 && settled >= received && waiting == 0 { drained = true; break }
+            }
+            if !daemon.isRunning { break }
+            usleep(250_000)
+        }
+        let elapsed = Date().timeIntervalSince(start)
+        let cpu = (ProcessUsage.read(pid: daemon.pid)?.cpuSeconds ?? cpu0) - cpu0
+        let sinkStats = BenchNet.getJSON(ip: rig.ip, port: statsPort, path: "/stats") ?? [:]
+        let queues = BenchNet.getJSON(ip: rig.ip, port: mgmtPort, path: "/queues")
+        daemon.stop()
+        sink.stop()
+        let daemonAlive = lastStatus.isEmpty ? "no status" : "ok"
+
+        // Reconcile.
+        let acctCounts = ScenarioRig.accounting(acct)
+        let loadAccepted = ScenarioRig.ids(loadIDs)
+        let seen = ScenarioRig.ids(sinkIDs)
+        let accepted = loadAccepted + specialAccepted.map(\.id)
+        let rec = ScenarioRig.reconcile(accepted: accepted, seen: seen)
+        let specialByID = Dictionary(uniqueKeysWithValues: specialAccepted.map { ($0.id, $0) })
+        var lost: [String] = []
+        for id in rec.lost {
+            if let s = specialByID[id], acctCounts.bouncedRecipients.contains(s.rcpt) { continue }
+            lost.append(id)
+        }
+        let expectedBounceRcpts = Set(specialAccepted.filter { $0.expect == "bounce" }.map(\.rcpt))
+        let unexpectedBounces = acctCounts.bouncedRecipients.subtracting(expectedBounceRcpts)
+        let missingBounces = expectedBounceRcpts.subtracting(acctCounts.bouncedRecipients)
+        // Messages bounced for other reasons are not lost, but they are not what the profile dictates either.
+        let lostCount = max(0, lost.count - unexpectedBounces.count)
+        let totals = sinkStats["totals"] as? [String: Any] ?? [:]
+        func sum(_ key: String) -> [String: Int] { (totals[key] as? [String: Int]) ?? [:] }
+        var deferralsAtSink: [String: Int] = [:]
+        for key in ["messages_deferred", "recipients_deferred", "sessions_refused"] {
+            for (reason, n) in sum(key) { deferralsAtSink[reason, default: 0] += n }
+        }
+        var perProvider: [String: Any] = [:]
+        for (name, value) in (sinkStats["providers"] as? [String: Any]) ?? [:] {
+            guard var p = value as? [String: Any] else { continue }
+            p["ips"] = nil
+            perProvider[name] = p
+        }
+        let injected = (summary["accepted"] as? Int ?? loadAccepted.count) + specialAccepted.count
+        let delivered = rec.unique
+        let bounced = acctCounts.byType["b"] ?? 0
+        let tRecords = (acctCounts.byType["t"] ?? 0) + (acctCounts.byType["tq"] ?? 0)
+        let figures: [String: Any] = [
+            "config": ["mta": "peregrine", "backend": backend, "config": config,
+                       "sinkProfiles": "sink/profiles/all.conf (time-scale 0.01)", "loadgenRate": options.string("rate"),
+                       "loadgenCount": count, "specialPercent": specialPercent],
+            "injected": injected,
+            "injectedByLoadgen": summary["accepted"] ?? 0,
+            "injectedSpecial": ["unknownUsers": specialAccepted.filter { $0.expect == "bounce" }.count,
+                                "greylisted": specialAccepted.filter { $0.expect == "deliver" }.count, "refused": specialRefused],
+            "delivered": delivered,
+            "bounced": bounced,
+            "bouncedByCategory": acctCounts.bouncesByCategory,
+            "unexpectedBounces": unexpectedBounces.count,
+            "unexpectedBounceSample": Array(unexpectedBounces.prefix(10)),
+            "expectedBouncesMissing": missingBounces.count,
+            "deferralsAtSink": deferralsAtSink,
+            "deferralsAtSinkTotal": deferralsAtSink.values.reduce(0, +),
+            "transientRecords": tRecords,
+            "transientRecordsByStatus": acctCounts.transientByStatus,
+            "accountingRecords": acctCounts.byType,
+            "sinkProviders": perProvider,
+            "daemonStatus": lastStatus,
+            "daemonQueuesAtEnd": queues ?? [:],
+            "lost": lostCount,
+            "lostSample": Array(lost.prefix(10)),
+            "duplicates": rec.duplicates,
+            "drained": drained,
+            "injectSeconds": injectSeconds,
+            "elapsedSeconds": elapsed,
+            "mtaCpuSeconds": cpu,
+            "mtaPeakRSSMB": Double(peakRSS) / 1_048_576,
+            "progress": samples,
+            "loadgen": summary,
+            "summary": [["injected", "\(injected)"], ["delivered", "\(delivered)"], ["bounced", "\(bounced)"],
+                        ["deferrals@sink", "\(deferralsAtSink.values.reduce(0, +))"], ["t records", "\(tRecords)"],
+                        ["lost", "\(lostCount)"], ["dup", "\(rec.duplicates)"], ["elapsed s", fmt(elapsed)], ["drained", drained ? "yes" : "no"]],
+        ]
+        rig.writeResult(target: backend, figures: figures, outputDir: options.string("output-dir"))
+        let row = [backend, "\(injected)", "\(delivered)", "\(bounced) " + Self.categories(acctCounts.bouncesByCategory),
+                   "\(deferralsAtSink.values.reduce(0, +))", "\(tRecords)", "\(lostCount)", "\(rec.duplicates)",
+                   "\(unexpectedBounces.count)", fmt(elapsed), drained ? "yes" : "no (\(daemonAlive))"]
+        if !deferralsAtSink.isEmpty {
+            fputs("   deferrals at the sink by reason: " + deferralsAtSink.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + "\n", stderr)
+        }
+        if !acctCounts.transientByStatus.isEmpty {
+            fputs("   t/tq records by status: " + acctCounts.transientByStatus.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + "\n", stderr)
+        }
+        return Outcome(row: row, ok: lostCount == 0 && drained && missingBounces.isEmpty)
+    }
+
+    static func categories(_ c: [String: Int]) -> String {
+        c.isEmpty ? "" : "(" + c.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")"
+    }
+
+    /// The daemon's config: shaping from DOMAIN.md, time constants × 0.01 like the sink's profiles.
+    static func config(ip: String, mtaPort: UInt16, mgmtPort: UInt16, dnsPort: UInt16, spool: String, acct: String) -> String {
+        """
+        smtp-listener \(ip):\(mtaPort)
+        http-mgmt-port \(ip):\(mgmtPort)
+        spool \(spool)
+        host-name mta.peregrine.test
+        dns-server \(ip):\(dnsPort)
+        domain-macro gmail gmail.com,googlemail.com
+        domain-macro yahoo yahoo.com,ymail.com,rocketmail.com,aol.com,aim.com
+        domain-macro outlook outlook.com,hotmail.com,live.com,msn.com
+        domain-macro icloud icloud.com,me.com,mac.com
+        domain-macro gmx gmx.net,gmx.de,gmx.com,web.de
+        domain-macro orange orange.fr,wanadoo.fr
+        <source 127.0.0.0/8>
+            always-allow-relaying yes
+            process-x-virtual-mta yes
+            process-x-job yes
+        </source>
+        <acct-file \(acct)>
+            records d,b,t,tq
+        </acct-file>
+        # The receivers' real deferral texts (DOMAIN.md); durations × 0.01 like the sink's profiles.
+        <smtp-pattern-list receivers>
+            reply /4\\.7\\.28/ mode=backoff
+            reply /\\[TSS04\\]/ suspend=72s
+            reply /\\(S775\\)/ mode=backoff
+        </smtp-pattern-list>
+        <domain *>
+            max-smtp-out 10
+            retry-after 5s
+            backoff-retry-after 10s
+            bounce-after 30m
+            smtp-pattern-list receivers
+        </domain>
+        <domain $gmail>
+            max-smtp-out 5
+            max-msg-per-connection 50
+            backoff-max-msg-rate 20/s
+            backoff-to-normal-after 9s
+        </domain>
+        <domain $yahoo>
+            max-smtp-out 20
+            max-msg-per-connection 20
+        </domain>
+        <domain $outlook>
+            max-smtp-out 5
+            max-msg-per-connection 50
+            backoff-max-msg-rate 100/m
+            backoff-to-normal-after 54s
+        </domain>
+        <domain $icloud>
+            max-smtp-out 10
+            max-msg-per-connection 5
+        </domain>
+        <domain comcast.net>
+            max-smtp-out 25
+            max-msg-per-connection 1000
+        </domain>
+        <domain $gmx>
+            max-smtp-out 4
+            max-msg-per-connection 20
+        </domain>
+        <domain $orange>
+            max-smtp-out 2
+            max-msg-per-connection 100
+        </domain>
+
+        """
+    }
+}
