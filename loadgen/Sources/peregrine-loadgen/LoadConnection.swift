@@ -97,6 +97,15 @@ final class LoadConnection<Loop: EventLoop> {
         pump()
     }
 
+    /// The count or duration is spent: no message for this connection, it QUITs.
+    /// (Granting instead would send one more message under an id already used.)
+    func budgetSpent() {
+        waitingForGrant = false
+        guard session.isReady, socket != nil else { return }
+        session.quit()
+        pump()
+    }
+
     private func pump() {
         while let e = session.nextEvent() {
             switch e {

@@ -87,7 +87,7 @@ final class LoadGenerator<Loop: EventLoop> {
                 // Budget spent: wake the waiting connections so they QUIT.
                 let idle = waiting
                 waiting.removeAll()
-                for c in idle { c.grant() }
+                for c in idle { c.budgetSpent() }
                 return
             }
             if interval > 0 {
