@@ -148,6 +148,8 @@ final class LoadConnection<Loop: EventLoop> {
     }
 
     private func finishIfQuiet() {
+        // Once per connection: `received` and `sent` both end here after `pump` may already
+        // have; reporting twice made the generator stop with replies still in flight.
         if socket == nil && !receiving && !sending && !connecting && session.isClosed && !finished {
             // Stays set until the next start(): received() and pump() may both
             // get here for one close, and a second connectionEnded would count
