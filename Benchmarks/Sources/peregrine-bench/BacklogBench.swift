@@ -88,8 +88,8 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
     while Date() < settleDeadline {
         if let s = rig.status(mgmtPort: mgmtPort) {
             deferredStatus = s
-            let q = s["queued"] as? [String: Any]
-            if (q?["delayed"] as? Int ?? 0) + (q?["ready"] as? Int ?? 0) >= accepted && (q?["ready"] as? Int ?? 1) == 0 { break }
+            // Everything received and the queues have met the dead sink (connection-level deferrals).
+            if s["received"] as? Int ?? 0 >= accepted && s["queueDeferrals"] as? Int ?? 0 > 0 { break }
         }
         usleep(500_000)
     }

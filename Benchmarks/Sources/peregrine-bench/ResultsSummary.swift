@@ -110,15 +110,15 @@ private func summaryTable(scenario: String, runs: [ResultFile]) -> ([String], [[
         }
         return (header, rows)
     case "spool":
-        let header = ["backend", "mode", "messages/s", "messages/fsync", "MB/s", "file"]
+        let header = ["backend", "mode", "body bytes", "messages/s", "messages/fsync", "MB/s", "file"]
         var rows: [[String]] = []
         for r in runs {
             for a in (r.doc["append"] as? [[String: Any]]) ?? [] {
-                rows.append([num(a["backend"]), num(a["mode"]), num(a["messages_per_second"]), num(a["messages_per_fsync"]),
+                rows.append([num(a["backend"]), num(a["mode"]), num(a["body_bytes"]), num(a["messages_per_second"]), num(a["messages_per_fsync"]),
                              num(a["megabytes_per_second"], 1), fileLink(r)])
             }
             if let rec = r.doc["recovery"] as? [String: Any] {
-                rows.append(["recovery", "\(num(rec["messages"])) messages", num(rec["recovery_messages_per_second"]), "-", "-", fileLink(r)])
+                rows.append(["recovery", "\(num(rec["messages"])) messages", num(rec["body_bytes"]), num(rec["recovery_messages_per_second"]), "-", "-", fileLink(r)])
             }
         }
         return (header, rows)

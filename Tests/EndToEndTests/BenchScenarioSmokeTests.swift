@@ -1,0 +1,103 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+
+/// Short versions of the `crash` and `backlog` benchmarks and of `summarize`
+/// (issue 7). They assert only that nothing accepted was lost and that the
+/// summary is written — no timing figure is checked (those live in results/).
+@Suite(.serialized) struct BenchScenarioSmokeTests {
+    static var benchExecutable: String {
+        let arg0 = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = arg0.deletingLastPathComponent()
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent("peregrine-bench").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return repo.appendingPathComponent(".build/debug/peregrine-bench").path
+    }
+
+    /// Runs peregrine-bench with a deadline; returns exit status and both outputs.
+    static func bench(_ arguments: [String], timeout: Double) throws -> (status: Int32, stdout: String, stderr: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: benchExecutable)
+        p.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        var stdoutData = Data(), stderrData = Data()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { stdoutData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        group.enter()
+        DispatchQueue.global().async { stderrData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(50_000) }
+        if p.isRunning {
+            kill(p.processIdentifier, SIGTERM)
+            Issue.record("peregrine-bench \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s")
+        }
+        p.waitUntilExit()
+        group.wait()
+        return (p.terminationStatus, String(decoding: stdoutData, as: UTF8.self), String(decoding: stderrData, as: UTF8.self))
+    }
+
+    static func scratch() -> String {
+        var chars = Array((NSTemporaryDirectory() + "bench-smoke-XXXXXX").utf8CString)
+        return String(cString: mkdtemp(&chars)!)
+    }
+
+    /// The row of a printed table whose first column is `first`.
+    static func row(_ stdout: String, _ first: String) -> [String]? {
+        stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+            .first { $0.first == first }
+    }
+
+    @Test func crashRoundLosesNothing() throws {
+        let r = try Self.bench(["crash", "--backend", "epoll", "--rounds", "1", "--count", "400", "--seed", "3",
+                                "--connections", "4", "--drain-timeout", "60", "--no-results"], timeout: 240)
+        #expect(r.status == 0, "exit \(r.status)\n\(r.stdout)\n\(r.stderr)")
+        // backend round killed-at accepted delivered lost dup …
+        guard let row = Self.row(r.stdout, "epoll"), row.count >= 7 else {
+            Issue.record("no result row:\n\(r.stdout)\n\(r.stderr)")
+            return
+        }
+        #expect(Int(row[3]) ?? 0 > 0, "nothing accepted: \(row)")
+        #expect(row[5] == "0", "lost messages: \(row)")
+    }
+
+    @Test func backlogDrainsEverything() throws {
+        let dir = Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try Self.bench(["backlog", "--backend", "epoll", "--count", "300", "--connections", "4",
+                                "--drain-timeout", "60", "--output-dir", dir], timeout: 240)
+        #expect(r.status == 0, "exit \(r.status)\n\(r.stdout)\n\(r.stderr)")
+        // backend accepted injected/s RSS peak drain drained/s delivered lost dup
+        guard let row = Self.row(r.stdout, "epoll"), row.count >= 10 else {
+            Issue.record("no result row:\n\(r.stdout)\n\(r.stderr)")
+            return
+        }
+        #expect(Int(row[1]) ?? 0 > 0, "nothing accepted: \(row)")
+        #expect(row[8] == "0", "lost messages: \(row)")
+        #expect(FileManager.default.fileExists(atPath: dir + "/README.md"), "the run did not regenerate the summary")
+    }
+
+    @Test func summarizeWritesTheLatestRunPerTarget() throws {
+        let dir = Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func write(_ name: String, _ json: String) { FileManager.default.createFile(atPath: dir + "/" + name, contents: Data(json.utf8)) }
+        write("relay-epoll-2026-01-01.json", #"{"scenario":"relay","target":"epoll","date":"2026-01-01","deliveredPerSecond":100.0,"lost":0}"#)
+        write("relay-epoll-2026-01-02.json", #"{"scenario":"relay","target":"epoll","date":"2026-01-02","deliveredPerSecond":222.0,"lost":0}"#)
+        write("crash-epoll-2026-01-02.json", #"{"scenario":"crash","target":"epoll","date":"2026-01-02","summary":[["lost","0"]]}"#)
+        write("broken.json", "{")
+        let r = try Self.bench(["summarize", "--results", dir], timeout: 60)
+        #expect(r.status == 0, "exit \(r.status)\n\(r.stderr)")
+        let md = (try? String(contentsOfFile: dir + "/README.md", encoding: .utf8)) ?? ""
+        #expect(md.contains("## relay") && md.contains("## crash"), "\(md)")
+        #expect(md.contains("| 222 |") && !md.contains("| 100 |"), "not the latest relay run:\n\(md)")
+    }
+}
