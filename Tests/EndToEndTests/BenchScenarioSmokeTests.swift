@@ -25,16 +25,14 @@ import Testing
         let p = Process()
         p.executableURL = URL(fileURLWithPath: benchExecutable)
         p.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
+        // Output to files (no pipe to drain concurrently while the child runs).
+        let dir = scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = FileManager.default.createFile(atPath: dir + "/out", contents: nil)
+        _ = FileManager.default.createFile(atPath: dir + "/err", contents: nil)
+        p.standardOutput = FileHandle(forWritingAtPath: dir + "/out")
+        p.standardError = FileHandle(forWritingAtPath: dir + "/err")
         try p.run()
-        var stdoutData = Data(), stderrData = Data()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async { stdoutData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        group.enter()
-        DispatchQueue.global().async { stderrData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(50_000) }
         if p.isRunning {
@@ -42,8 +40,9 @@ import Testing
             Issue.record("peregrine-bench \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s")
         }
         p.waitUntilExit()
-        group.wait()
-        return (p.terminationStatus, String(decoding: stdoutData, as: UTF8.self), String(decoding: stderrData, as: UTF8.self))
+        let stdout = (try? String(contentsOfFile: dir + "/out", encoding: .utf8)) ?? ""
+        let stderr = (try? String(contentsOfFile: dir + "/err", encoding: .utf8)) ?? ""
+        return (p.terminationStatus, stdout, stderr)
     }
 
     static func scratch() -> String {
@@ -89,7 +88,7 @@ import Testing
     @Test func summarizeWritesTheLatestRunPerTarget() throws {
         let dir = Self.scratch()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        func write(_ name: String, _ json: String) { FileManager.default.createFile(atPath: dir + "/" + name, contents: Data(json.utf8)) }
+        func write(_ name: String, _ json: String) { _ = FileManager.default.createFile(atPath: dir + "/" + name, contents: Data(json.utf8)) }
         write("relay-epoll-2026-01-01.json", #"{"scenario":"relay","target":"epoll","date":"2026-01-01","deliveredPerSecond":100.0,"lost":0}"#)
         write("relay-epoll-2026-01-02.json", #"{"scenario":"relay","target":"epoll","date":"2026-01-02","deliveredPerSecond":222.0,"lost":0}"#)
         write("crash-epoll-2026-01-02.json", #"{"scenario":"crash","target":"epoll","date":"2026-01-02","summary":[["lost","0"]]}"#)

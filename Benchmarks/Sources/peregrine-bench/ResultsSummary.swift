@@ -84,7 +84,7 @@ private func num(_ v: Any?, _ digits: Int = 0) -> String {
 private func fileLink(_ r: ResultFile) -> String { "[\(r.file)](\(r.file))" }
 
 private func commit(_ doc: [String: Any]) -> String {
-    String(((doc["gitCommit"] as? String) ?? (doc["git_commit"] as? String) ?? "-").prefix(8))
+    String(((doc["gitCommit"] as? String) ?? (doc["git_commit"] as? String) ?? (doc["commit"] as? String) ?? "-").prefix(8))
 }
 
 private func summaryTable(scenario: String, runs: [ResultFile]) -> ([String], [[String]]) {
@@ -132,6 +132,14 @@ private func summaryTable(scenario: String, runs: [ResultFile]) -> ([String], [[
             let r = runs[0]
             return (["server", "median messages/s", "file"],
                     medians.keys.sorted().map { [$0, num(medians[$0]), fileLink(r)] })
+        }
+        if labels.isEmpty, let flat = runs.first?.doc["results"] as? [String: Any] {
+            // A flat {"results": {name: number}} document (e.g. smtp-parser).
+            let keys = flat.keys.sorted()
+            return (["date"] + keys + ["commit", "file"], runs.map { r in
+                let d = (r.doc["results"] as? [String: Any]) ?? [:]
+                return [num(r.doc["date"])] + keys.map { k in num(d[k], ((d[k] as? Double).map { $0 != $0.rounded() } ?? false) ? 1 : 0) } + [commit(r.doc), fileLink(r)]
+            })
         }
         let header = ["target", "date"] + labels + ["commit", "file"]
         return (header, runs.map { r in
