@@ -68,6 +68,7 @@ func runCheckConfig(arguments: [String]) -> Int32 {
     guard arguments.count == 1 else { return usageError("check-config takes one FILE") }
     do {
         let config = try PeregrineConfig.load(path: arguments[0])
+        _ = try config.serverTLS?.makeContext() // the certificate and key must load and match
         print("\(arguments[0]): OK (\(config.smtpListeners.count) listener(s), \(config.virtualMTAs.count) virtual-mta(s), "
               + "\(config.domains.count) domain block(s), \(config.patternLists.count) pattern list(s))")
         return 0

@@ -22,11 +22,14 @@ struct RelayBenchOptions {
     var drainTimeout = 120.0
     var outputDir = "results"
     var writeResults = true
+    /// `--starttls`: TLS on both hops (loadgen→MTA, MTA→sink); `--starttls-and-plain`: each target plain, then TLS.
+    var tlsModes: [Bool] = [false]
 
     static let usage = """
     usage: peregrine-bench relay|relay-100k [--backend all|io_uring|epoll|dispatch] [--peer postfix]
                                  [--duration S] [--connections N] [--threads N] [--size BYTES]
                                  [--drain-timeout S] [--output-dir DIR] [--no-results]
+                                 [--starttls | --starttls-and-plain]
     """
 
     static func parse(_ args: [String], scenario: String) -> Result<RelayBenchOptions, BenchUsageError> {
@@ -71,6 +74,10 @@ struct RelayBenchOptions {
                 o.outputDir = v
             case "--no-results":
                 o.writeResults = false; i += 1; continue
+            case "--starttls":
+                o.tlsModes = [true]; i += 1; continue
+            case "--starttls-and-plain":
+                o.tlsModes = [false, true]; i += 1; continue
             default:
                 return .failure(BenchUsageError("unknown option '\(a)'\n\(usage)"))
             }
@@ -103,7 +110,17 @@ func runRelayBench(arguments: [String], scenario: String) -> Int32 {
         return 2
     }
     var runs: [RelayRun] = []
-    for kind in options.backends { runs.append(RelayRunner(options: options, target: kind.rawValue).run()) }
+    for kind in options.backends {
+        // --starttls-and-plain: the plain run is the baseline inside the TLS run's JSON.
+        var baseline: RelayRun?
+        for tls in options.tlsModes {
+            let runner = RelayRunner(options: options, target: kind.rawValue, tls: tls)
+            runner.baseline = baseline
+            let run = runner.run()
+            if !tls && options.tlsModes.count > 1 { baseline = run }
+            runs.append(run)
+        }
+    }
     for peer in options.peers { runs.append(RelayRunner(options: options, target: peer).run()) }
     printRelayTable(runs, options: options)
     var failed = false
@@ -150,35 +167,43 @@ final class RelayRunner {
     var work = ""
     var processes: [BenchProcess] = []
     var postfixDir: String?
+    /// STARTTLS on both hops (RelayBench+TLS.swift).
+    let tls: Bool
+    var scenario: String { tls ? options.scenario + "-tls" : options.scenario }
+    /// The plain run of the same invocation (TLS runs of --starttls-and-plain).
+    var baseline: RelayRun?
+    var writesResults: Bool { options.writeResults && (tls || options.tlsModes.count == 1) }
 
-    init(options: RelayBenchOptions, target: String) {
+    init(options: RelayBenchOptions, target: String, tls: Bool = false) {
         self.options = options
         self.target = target
+        self.tls = tls && target != "postfix"
     }
 
     func run() -> RelayRun {
-        var result = RelayRun(target: target)
+        var result = RelayRun(target: tls ? target + "+tls" : target)
         let template = NSTemporaryDirectory() + "peregrine-bench-XXXXXX"
         var chars = Array(template.utf8CString)
         guard let made = mkdtemp(&chars) else { result.error = "mkdtemp failed"; return result }
         work = String(cString: made)
         defer { cleanUp() }
-        fputs("== \(options.scenario) on \(target): \(Int(options.duration)) s\n", stderr)
+        fputs("== \(scenario) on \(target): \(Int(options.duration)) s\n", stderr)
         do {
             result.figures = try measure(&result)
         } catch {
             result.error = "\(error)"
         }
-        if options.writeResults && result.error == nil {
-            let path = "\(options.outputDir)/\(options.scenario)-\(target)-\(BenchEnvironment.today()).json"
+        if writesResults && result.error == nil {
+            let path = "\(options.outputDir)/\(scenario)-\(target)-\(BenchEnvironment.today()).json"
             var doc = result.figures
-            doc["scenario"] = options.scenario
+            doc["scenario"] = scenario
             doc["target"] = target
             doc["date"] = BenchEnvironment.today()
             doc["machine"] = BenchEnvironment.machine()
             doc["gitCommit"] = BenchEnvironment.gitCommit()
             doc["lost"] = result.lost
             doc["duplicates"] = result.duplicates
+            if let baseline { doc["plainSameInvocation"] = tlsComparison(baseline, result) }
             if !BenchEnvironment.writeJSON(doc, to: path) { fputs("cannot write \(path)\n", stderr) }
             else { fputs("   wrote \(path)\n", stderr) }
         }
@@ -196,7 +221,8 @@ final class RelayRunner {
         let sinkIDs = work + "/sink-ids.txt"
         let sink = BenchProcess(name: "sink", executable: bin + "/peregrine-sink",
                                 arguments: ["--accept-all", "--listen", "\(ip):\(sinkPort)", "--record-ids", sinkIDs,
-                                            "--stats-port", "\(ip):\(statsPort)", "--backend", "epoll", "--quiet"],
+                                            "--stats-port", "\(ip):\(statsPort)", "--backend", "epoll", "--quiet"]
+                                    + (try tlsSinkArguments()),
                                 logPath: work + "/sink.log")
         try sink.start(); processes.append(sink)
         guard BenchNet.waitForListener(ip: ip, port: sinkPort, timeout: 20) else {
@@ -242,7 +268,8 @@ final class RelayRunner {
                 route [\(ip)]:\(sinkPort)
                 max-smtp-out 32
                 max-msg-per-connection 0
-            </domain>
+            \(tlsDomainLines)</domain>
+            \(tlsGlobalLines)
             """
             let confPath = work + "/peregrine.conf"
             try confText.write(toFile: confPath, atomically: true, encoding: .utf8)
@@ -275,7 +302,7 @@ final class RelayRunner {
                                    arguments: ["--target", "\(ip):\(mtaPort)", "--duration", "\(options.duration)",
                                                "--connections", "\(options.connections)", "--messages-per-connection", "0",
                                                "--size", "\(options.messageSize)", "--ids", loadIDs, "--json", loadJSON,
-                                               "--no-progress", "--backend", "epoll"],
+                                               "--no-progress", "--backend", "epoll"] + (tls ? ["--starttls"] : []),
                                    logPath: work + "/loadgen.log")
         let start = Date()
         try loadgen.start(); processes.append(loadgen)
@@ -310,6 +337,7 @@ final class RelayRunner {
         let mta1 = mtaUsage()
         let sink1 = ProcessUsage.read(pid: sink.pid)?.cpuSeconds ?? sink0
         peakRSS = max(peakRSS, mta1.peakRSSBytes, mta1.rssBytes)
+        let tlsStats = tls ? tlsFigures(statsPort: statsPort) : nil
         // Stop everything; the sink writes its id list on exit.
         if let mta { mta.stop() }
         if let dir = postfixDir { _ = BenchEnvironment.commandOutput("/bin/bash", [postfixScript(), "stop", dir]) }
@@ -350,6 +378,7 @@ final class RelayRunner {
             "loadgenCpuPercent": loadgenCPU / max(injectSeconds, 0.001) * 100,
             "loadgen": summary,
         ]
+        if let tlsStats { figures["starttls"] = tlsStats }
         if !latencies.isEmpty {
             figures["injectToDeliverMs"] = ["p50": pct(50), "p90": pct(90), "p99": pct(99), "max": latencies.last ?? 0]
         }

@@ -47,7 +47,7 @@ func writeResultsSummary(directory: String) -> Bool {
     }
     var byScenario: [String: [ResultFile]] = [:]
     for r in latest.values { byScenario[r.scenario, default: []].append(r) }
-    let preferred = ["relay", "relay-100k", "isp-mix", "backlog", "crash", "echo", "spool", "sink-vs-smtp-sink"]
+    let preferred = ["relay", "relay-tls", "relay-100k", "isp-mix", "backlog", "crash", "echo", "spool", "sink-vs-smtp-sink"]
     let scenarios = byScenario.keys.sorted { a, b in
         let ia = preferred.firstIndex(of: a) ?? preferred.count, ib = preferred.firstIndex(of: b) ?? preferred.count
         return ia != ib ? ia < ib : a < b
@@ -89,15 +89,25 @@ private func commit(_ doc: [String: Any]) -> String {
 
 private func summaryTable(scenario: String, runs: [ResultFile]) -> ([String], [[String]]) {
     switch scenario {
-    case "relay", "relay-100k":
+    case "relay", "relay-100k", "relay-tls":
+        // relay-tls (--starttls-and-plain) also says the plain run's figures of the same invocation.
+        let tls = scenario == "relay-tls"
         let header = ["target", "injected/s", "delivered/s", "CPU s/10k", "peak RSS MB", "p50 ms", "p99 ms", "lost", "dup",
-                      "sink CPU%", "loadgen CPU%", "commit", "file"]
+                      "sink CPU%", "loadgen CPU%"] + (tls ? ["plain delivered/s", "plain CPU s/10k", "CPU TLS/plain"] : [])
+                      + ["commit", "file"]
         return (header, runs.map { r in
             let d = r.doc
             let lat = d["injectToDeliverMs"] as? [String: Any]
-            return [r.target, num(d["injectedPerSecond"]), num(d["deliveredPerSecond"]), num(d["mtaCpuSecondsPer10k"], 2),
-                    num(d["mtaPeakRSSMB"], 1), num(lat?["p50"], 1), num(lat?["p99"], 1), num(d["lost"]), num(d["duplicates"]),
-                    num(d["sinkCpuPercent"]), num(d["loadgenCpuPercent"]), commit(d), fileLink(r)]
+            var row = [r.target, num(d["injectedPerSecond"]), num(d["deliveredPerSecond"]), num(d["mtaCpuSecondsPer10k"], 2),
+                       num(d["mtaPeakRSSMB"], 1), num(lat?["p50"], 1), num(lat?["p99"], 1), num(d["lost"]), num(d["duplicates"]),
+                       num(d["sinkCpuPercent"]), num(d["loadgenCpuPercent"])]
+            if tls {
+                let plain = d["plainSameInvocation"] as? [String: Any]
+                let figures = plain?["figures"] as? [String: Any], ratios = plain?["tlsOverPlain"] as? [String: Any]
+                row += [num(figures?["deliveredPerSecond"]), num(figures?["mtaCpuSecondsPer10k"], 2),
+                        num(ratios?["mtaCpuSecondsPer10k"], 2)]
+            }
+            return row + [commit(d), fileLink(r)]
         })
     case "echo":
         let header = ["backend", "requests/s", "CPU s/100k requests", "status", "commit", "file"]

@@ -3,7 +3,7 @@ extension DomainOverrides {
     public static let directiveNames: [String] = [
         "max-smtp-out", "max-msg-per-connection", "max-msg-rate", "max-connect-rate",
         "max-rcpt-per-transaction", "retry-after", "bounce-after", "route", "use-starttls",
-        "require-starttls", "smtp-pattern-list", "backoff-max-msg-rate", "backoff-max-smtp-out",
+        "require-starttls", "tls-verify-hostname", "smtp-pattern-list", "backoff-max-msg-rate", "backoff-max-smtp-out",
         "backoff-max-connect-rate", "backoff-retry-after", "backoff-to-normal-after",
         "backoff-to-normal-after-delivery", "queue-priority", "connect-timeout",
         "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
@@ -39,6 +39,7 @@ extension DomainOverrides {
         case "route": route = try node.value(ConfigValue.hostPort)
         case "use-starttls": useStartTLS = try node.value(ConfigValue.bool)
         case "require-starttls": requireStartTLS = try node.value(ConfigValue.bool)
+        case "tls-verify-hostname": tlsVerifyHostname = try node.value(ConfigValue.bool)
         case "smtp-pattern-list": smtpPatternList = try node.singleArgument()
         case "backoff-max-msg-rate": backoffMaxMsgRate = try node.value(ConfigValue.rate)
         case "backoff-max-smtp-out": backoffMaxSMTPOut = try node.integer(in: 1...100_000)

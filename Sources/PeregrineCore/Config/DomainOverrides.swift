@@ -11,6 +11,7 @@ public struct DomainOverrides: Hashable, Sendable {
     public var route: HostPort?
     public var useStartTLS: Bool?
     public var requireStartTLS: Bool?
+    public var tlsVerifyHostname: Bool?
     public var smtpPatternList: String?
     public var backoffMaxMsgRate: Rate?
     public var backoffMaxSMTPOut: Int?
@@ -39,6 +40,7 @@ public struct DomainOverrides: Hashable, Sendable {
         if let v = route { s.route = v }
         if let v = useStartTLS { s.useStartTLS = v }
         if let v = requireStartTLS { s.requireStartTLS = v }
+        if let v = tlsVerifyHostname { s.tlsVerifyHostname = v }
         if let v = smtpPatternList { s.smtpPatternList = v }
         if let v = backoffMaxMsgRate { s.backoffMaxMsgRate = v }
         if let v = backoffMaxSMTPOut { s.backoffMaxSMTPOut = v }

@@ -23,6 +23,8 @@ public struct DomainSettings: Hashable, Sendable {
     public var useStartTLS = true
     /// `require-starttls`: do not deliver without TLS.
     public var requireStartTLS = false
+    /// `tls-verify-hostname`: verify the MX's certificate against its name (system CAs); off like most MTAs.
+    public var tlsVerifyHostname = false
     /// `smtp-pattern-list`: the name of an `<smtp-pattern-list>` (checked to exist at load).
     public var smtpPatternList: String?
     /// `backoff-max-msg-rate`; nil = same as `maxMsgRate`.

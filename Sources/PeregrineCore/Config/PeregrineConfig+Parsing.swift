@@ -4,6 +4,7 @@ extension PeregrineConfig {
     static let globalDirectiveNames = [
         "smtp-listener", "http-mgmt-port", "http-access", "spool", "io-backend", "threads",
         "dns-server", "domain-macro", "host-name", "postmaster",
+        "smtp-server-tls-certificate", "smtp-server-tls-key",
     ]
 
     /// Reads, parses and checks a config file.
@@ -35,16 +36,49 @@ extension PeregrineConfig {
                 try applyGlobal(node)
             }
         }
+        try checkServerTLS(nodes: nodes)
         try checkReferences(nodes: nodes)
+    }
+
+    /// Both TLS files or neither; `tls=yes` listeners need them.
+    private mutating func checkServerTLS(nodes: [ConfigNode]) throws(ConfigError) {
+        let cert = nodes.first { !$0.isBlock && $0.name == "smtp-server-tls-certificate" }
+        let key = nodes.first { !$0.isBlock && $0.name == "smtp-server-tls-key" }
+        switch (cert, key) {
+        case (nil, nil):
+            if let first = implicitTLSListeners.first,
+               let node = nodes.first(where: { $0.name == "smtp-listener" && $0.arguments.count > 1 }) {
+                throw node.error("smtp-listener \(first) tls=yes needs smtp-server-tls-certificate and smtp-server-tls-key")
+            }
+        case (let c?, nil):
+            throw c.error("smtp-server-tls-certificate needs smtp-server-tls-key as well")
+        case (nil, let k?):
+            throw k.error("smtp-server-tls-key needs smtp-server-tls-certificate as well")
+        case (let c?, let k?):
+            serverTLS = ServerTLSSettings(certificateFile: try c.readableFile(), keyFile: try k.readableFile(),
+                                          location: c.location)
+        }
     }
 
     private mutating func applyGlobal(_ node: ConfigNode) throws(ConfigError) {
         switch node.name {
         case "smtp-listener":
-            let target = try node.value(ConfigValue.hostPort)
-            smtpListeners.append(try node.parse(node.arguments[0]) { (_: String) throws(ConfigValueError) -> SocketAddress in
+            let args = node.arguments.isEmpty ? [try node.singleArgument()]
+                : try node.arguments(count: 1...2, usage: "ADDRESS:PORT [tls=yes|no]")
+            let target = try node.parse(args[0], ConfigValue.hostPort)
+            let address = try node.parse(args[0]) { (_: String) throws(ConfigValueError) -> SocketAddress in
                 try target.socketAddress(defaultPort: 25)
-            })
+            }
+            smtpListeners.append(address)
+            if args.count == 2 {
+                let option = args[1].lowercased()
+                guard option.hasPrefix("tls=") else {
+                    throw node.error("smtp-listener: unknown option '\(args[1])' (expected tls=yes or tls=no)")
+                }
+                if try node.parse(String(option.dropFirst(4)), ConfigValue.bool) { implicitTLSListeners.append(address) }
+            }
+        case "smtp-server-tls-certificate", "smtp-server-tls-key":
+            _ = try node.singleArgument() // both checked together once the file is read
         case "http-mgmt-port":
             let text = try node.singleArgument()
             if let port = UInt16(text) {

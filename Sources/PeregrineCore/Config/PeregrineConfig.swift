@@ -8,6 +8,11 @@ import PeregrineIO
 public struct PeregrineConfig: Hashable, Sendable {
     /// `smtp-listener ADDR:PORT` (repeatable); `0/0:25` is every IPv4 address.
     public var smtpListeners: [SocketAddress] = []
+    /// `smtp-listener ADDR:PORT tls=yes`: listeners (also in `smtpListeners`) that
+    /// start TLS before the greeting (port 465 style, RFC 8314).
+    public var implicitTLSListeners: [SocketAddress] = []
+    /// `smtp-server-tls-certificate` / `smtp-server-tls-key`: STARTTLS on injection; nil: no TLS.
+    public var serverTLS: ServerTLSSettings?
     /// `http-mgmt-port PORT` or `ADDR:PORT`; a bare port listens on 127.0.0.1. nil: no management port.
     public var httpManagement: SocketAddress?
     /// `http-access CIDR admin|monitor|none` (repeatable; the longest prefix applies).

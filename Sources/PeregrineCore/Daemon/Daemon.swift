@@ -21,6 +21,10 @@ public final class Daemon<Loop: EventLoop> {
     public private(set) var config: PeregrineConfig
     public let accounting: AccountingLog
     public let hostName: String
+    /// STARTTLS / implicit TLS on injection (`smtp-server-tls-certificate`); nil: none.
+    public let serverTLSContext: TLSContext?
+    /// STARTTLS on delivery: one client context for every loop (session resumption per MX).
+    public let clientTLSContext: TLSContext?
     public private(set) var workers: [LoopWorker<Loop>] = []
     private var threads: [Thread] = []
     private var management: ManagementServer<Loop>?
@@ -35,6 +39,9 @@ public final class Daemon<Loop: EventLoop> {
         self.config = config
         self.options = options
         self.hostName = config.hostName ?? ConfigPolicySource.systemHostName()
+        self.serverTLSContext = try config.serverTLS?.makeContext()
+        // System CAs so `tls-verify-hostname yes` can verify; without them, no verification.
+        self.clientTLSContext = (try? TLSContext.client(trustStore: .system)) ?? (try? TLSContext.client())
         var writers: [AccountingWriter] = []
         for file in config.accountingFiles {
             writers.append(try AccountingWriter(options: file))

@@ -48,7 +48,11 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate {
             // No user database yet: authentication is refused rather than pretended.
             return .reply(SMTPReply(code: 535, enhancedCode: EnhancedStatusCode(5, 7, 8), "authentication not available"))
         case .startTLS:
-            return .reply(SMTPReply(code: 454, enhancedCode: EnhancedStatusCode(4, 7, 0), "TLS not available"))
+            // Advertised only when smtp-server-tls-certificate/-key are configured.
+            guard connection?.tlsContext != nil else {
+                return .reply(SMTPReply(code: 454, enhancedCode: EnhancedStatusCode(4, 7, 0), "TLS not available"))
+            }
+            return .accept
         case .helo, .mailFrom:
             return .accept
         }
@@ -89,7 +93,8 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate {
         assembled.clear()
         if source.addReceivedHeader {
             let received = worker.receivedHeader(peer: peer, helo: session.helo?.domain ?? peer.ip, recipient:
-                transaction.recipients.count == 1 ? transaction.recipients[0].forwardPath : nil)
+                transaction.recipients.count == 1 ? transaction.recipients[0].forwardPath : nil,
+                tls: connection?.tls?.isHandshakeComplete ?? false)
             received.withUnsafeBytes { assembled.append($0) }
         }
         var cursor = 0

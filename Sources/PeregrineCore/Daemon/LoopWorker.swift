@@ -40,6 +40,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     /// Builds the engine; `router` comes from the daemon (DNS client on this loop).
     func setUp(router: DeliveryRouter) {
         engine = DeliveryEngine(loop: loop, policies: policies, router: router, bodySource: self, observer: self)
+        engine.tls.context = daemon.clientTLSContext
     }
 
     var primarySpool: SpoolWriter<Loop>? { spools[index] }
@@ -48,9 +49,10 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     func startListening(on addresses: [SocketAddress], reusePort: Bool) throws(IOError) {
         for address in addresses {
+            let implicitTLS = policies.config.implicitTLSListeners.contains(address)
             let l = try loop.listen(on: address, options: ListenOptions(backlog: 1024, reusePort: reusePort)) { [unowned self] r in
                 switch r {
-                case .success(let c): self.accepted(c)
+                case .success(let c): self.accepted(c, implicitTLS: implicitTLS)
                 case .failure(let e): self.daemon.log("accept on \(address): \(e)")
                 }
             }
@@ -65,15 +67,19 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         listeners.removeAll()
     }
 
-    private func accepted(_ c: AcceptedConnection) {
+    private func accepted(_ c: AcceptedConnection, implicitTLS: Bool) {
         let config = policies.config
         let source = config.source(for: c.peer)
         var sessionConfig = SMTPServerConfiguration(hostname: daemon.hostName)
         sessionConfig.banner = "ESMTP Peregrine"
         if source.maxMessageSize > 0 { sessionConfig.maxMessageSize = source.maxMessageSize }
+        let tlsContext = daemon.serverTLSContext
+        sessionConfig.startTLSEnabled = tlsContext != nil && !implicitTLS
         let handler = InjectionHandler(worker: self, peer: c.peer, source: source)
         let session = SMTPServerSession(configuration: sessionConfig, delegate: handler)
         let connection = SMTPServerConnection(loop: loop, socket: c.socket, session: session)
+        connection.tlsContext = tlsContext
+        connection.implicitTLS = implicitTLS && tlsContext != nil
         handler.connection = connection
         injectionConnections += 1
         let key = ObjectIdentifier(connection)
@@ -106,8 +112,9 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         return nil
     }
 
-    func receivedHeader(peer: SocketAddress, helo: String, recipient: String?) -> [UInt8] {
-        var h = "Received: from \(helo) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with ESMTP"
+    func receivedHeader(peer: SocketAddress, helo: String, recipient: String?, tls: Bool = false) -> [UInt8] {
+        // RFC 3848: ESMTPS when the message came over TLS.
+        var h = "Received: from \(helo) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with \(tls ? "ESMTPS" : "ESMTP")"
         if let r = recipient { h += "\r\n\tfor <\(r)>" }
         h += "; \(rfc5322Date(wallClockSeconds()))\r\n"
         return Array(h.utf8)
@@ -258,7 +265,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
             dlvEsmtpAvailable: connection.map { $0.esmtp ? "yes" : "no" } ?? "", dlvSize: m.bodySize,
             vmta: m.vmta, jobId: m.jobId ?? "", envId: m.envId ?? "",
             timeFirstAttempt: m.firstAttemptWall == 0 ? nil : m.firstAttemptWall,
-            totalSecondsQueued: max(0, now - m.receivedAtWall), queue: q.key.description)
+            totalSecondsQueued: max(0, now - m.receivedAtWall), queue: q.key.description,
+            dlvTlsProtocol: connection?.tlsProtocol ?? "", dlvTlsCipher: connection?.tlsCipher ?? "")
     }
 
     private func logReceived(_ m: QueuedMessage, peer: SocketAddress) {

@@ -13,7 +13,7 @@ final class DeliveryConnection<Loop: EventLoop> {
     let hosts: [RouteHost]
     private var hostIndex = 0
     private(set) var socket: Socket?
-    private var session: SMTPClientSession
+    var session: SMTPClientSession
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private let sendBuffer = OwnedBuffer(capacity: 4096)
     private let bodyBuffer = OwnedBuffer(capacity: 8192)
@@ -29,7 +29,10 @@ final class DeliveryConnection<Loop: EventLoop> {
     private(set) var messagesSent = 0
     private(set) var isIdle = false
     private var everReady = false
-    private var attemptInfo: DeliveryAttemptInfo?
+    var attemptInfo: DeliveryAttemptInfo?
+    /// STARTTLS for this connection (nil: plain text); see DeliveryConnection+TLS.swift.
+    var tls: SMTPClientTLS?
+    var host: RouteHost?
     /// Operations whose callbacks are still to come: the engine keeps this
     /// object alive until they have all run (their closures capture it unowned).
     private var connecting = false
@@ -74,6 +77,8 @@ final class DeliveryConnection<Loop: EventLoop> {
             case .success(let s):
                 if self.closing { self.loop.close(s); self.finishClosed(connectFailure: nil); return }
                 self.socket = s
+                self.host = host
+                self.tls = self.engine.tls.client(for: host, policy: self.queue.policy, now: self.loop.now)
                 self.attemptInfo = DeliveryAttemptInfo(sourceAddress: self.loop.localAddress(of: s), destination: host.address,
                                                        destinationName: host.name, esmtp: false)
                 self.session.start()
@@ -99,7 +104,8 @@ final class DeliveryConnection<Loop: EventLoop> {
         defer { releaseIfDone() }
         switch result {
         case .success(let n) where n > 0:
-            session.receive(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]))
+            let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
+            if let tls, tls.isActive { tlsReceive(bytes, tls) } else { session.receive(bytes) }
             pump()
             if !session.isClosed { receive() }
         default:
@@ -120,9 +126,10 @@ final class DeliveryConnection<Loop: EventLoop> {
             case .ready(let ext):
                 everReady = true
                 attemptInfo?.esmtp = ext.isESMTP
+                if let tls, tlsReady(ext, tls) { break }
                 askForWork()
-            case .startTLS:
-                break // STARTTLS is not requested yet (see TLS/SMTPClientConnection+TLS.swift for the steps)
+            case .startTLS(let reply):
+                tls?.startTLSReplied(reply, session: session)
             case .sendBody:
                 session.appendBody(body)
                 session.finishBody()
@@ -134,6 +141,7 @@ final class DeliveryConnection<Loop: EventLoop> {
                     engine.complete(item, result: result, on: self, info: attemptInfo)
                 }
             case .closed(let reason):
+                if let tls { tlsSessionClosed(tls) }
                 flush()
                 closeAfterFlush(reason: reason)
             }
@@ -143,6 +151,12 @@ final class DeliveryConnection<Loop: EventLoop> {
 
     private func flush() {
         guard !sending, let s = socket, !closed else { return }
+        if let tls, tls.isActive {
+            guard let cipher = tls.nextCiphertext(session: session, closing: session.isClosed) else { return }
+            sending = true
+            loop.send(s, cipher, onSent)
+            return
+        }
         session.swapOutput(&pendingOutput)
         guard !pendingOutput.isEmpty else { return }
         sendBuffer.clear()

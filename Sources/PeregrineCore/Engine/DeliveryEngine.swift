@@ -15,6 +15,8 @@ public final class DeliveryEngine<Loop: EventLoop> {
     unowned let observer: DeliveryObserver
 
     public private(set) var queues: [QueueKey: DeliveryQueue] = [:]
+    /// STARTTLS for delivery: the shared client context and per-MX fallbacks (DeliveryEngine+TLS.swift).
+    public let tls = DeliveryTLS()
     private var connections: [ObjectIdentifier: DeliveryConnection<Loop>] = [:]
     private var queueTimers: [QueueKey: (at: UInt64, handle: TimerHandle)] = [:]
     /// Source IPs a pattern list disabled, per queue, until a time.

@@ -48,9 +48,14 @@ public struct DeliveryAttemptInfo: Sendable {
     public var destination: SocketAddress
     public var destinationName: String
     public var esmtp: Bool
-    public init(sourceAddress: SocketAddress?, destination: SocketAddress, destinationName: String, esmtp: Bool) {
+    /// TLS protocol and cipher when the connection used STARTTLS (dlvTlsProtocol, dlvTlsCipher).
+    public var tlsProtocol: String?
+    public var tlsCipher: String?
+    public init(sourceAddress: SocketAddress?, destination: SocketAddress, destinationName: String, esmtp: Bool,
+                tlsProtocol: String? = nil, tlsCipher: String? = nil) {
         self.sourceAddress = sourceAddress; self.destination = destination
         self.destinationName = destinationName; self.esmtp = esmtp
+        self.tlsProtocol = tlsProtocol; self.tlsCipher = tlsCipher
     }
 }
 

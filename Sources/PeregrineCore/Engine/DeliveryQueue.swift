@@ -144,6 +144,15 @@ public final class DeliveryQueue {
         return all
     }
 
+    /// Removes every ready item (not the delayed ones), e.g. to defer them all
+    /// when the destination cannot be used (TLS required but unavailable).
+    public func takeAllReady() -> [DeliveryItem] {
+        var all: [DeliveryItem] = []
+        while let i = ready.popFirst() { all.append(i) }
+        readyRecipients = 0
+        return all
+    }
+
     /// Removes items whose message matches (`delete --jobId`).
     public func remove(where predicate: (QueuedMessage) -> Bool) -> [DeliveryItem] {
         let fromReady = ready.removeAll { predicate($0.message) }

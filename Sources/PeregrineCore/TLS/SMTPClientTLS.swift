@@ -36,6 +36,8 @@ public final class SMTPClientTLS {
     public let serverName: String?
     /// Verify the server's certificate against this name (the context needs a trust store).
     public let verifyHostname: String?
+    /// Where the session is cached for resumption (default: `serverName`).
+    public let sessionKey: String?
     /// The TLS layer after a 220 to STARTTLS.
     public private(set) var connection: TLSConnection?
     /// Why TLS was wanted but not used, or failed — for the accounting record.
@@ -47,11 +49,13 @@ public final class SMTPClientTLS {
     private var ciphertext: UnsafeMutableRawBufferPointer?
     private var output = ByteBuffer(capacity: 0)
 
-    public init(policy: SMTPClientTLSPolicy, context: TLSContext?, serverName: String? = nil, verifyHostname: String? = nil) {
+    public init(policy: SMTPClientTLSPolicy, context: TLSContext?, serverName: String? = nil, verifyHostname: String? = nil,
+                sessionKey: String? = nil) {
         self.policy = policy
         self.context = context
         self.serverName = serverName
         self.verifyHostname = verifyHostname
+        self.sessionKey = sessionKey ?? serverName
     }
 
     deinit {
@@ -93,7 +97,8 @@ public final class SMTPClientTLS {
         }
         guard let context else { return }
         do {
-            let c = try context.makeClientConnection(serverName: serverName, verifyHostname: verifyHostname)
+            let c = try context.makeClientConnection(serverName: serverName, verifyHostname: verifyHostname,
+                                                 sessionKey: sessionKey)
             connection = c
             if plaintext == nil { plaintext = .allocate(byteCount: 16384, alignment: 16) }
             if ciphertext == nil { ciphertext = .allocate(byteCount: 65536, alignment: 16) }

@@ -1,3 +1,4 @@
+import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
 
@@ -19,6 +20,9 @@ final class LoadConnection<Loop: EventLoop> {
     private var messagesOnConnection = 0
     private var current: (id: String, started: UInt64, size: Int, sentWall: Int64)?
     private var waitingForGrant = false
+    /// STARTTLS for the current connection (`--starttls`).
+    private var tls: SMTPClientTLS?
+    private var tlsCounted = false
     private var onReceive: ((Result<Int, IOError>) -> Void)!
     private var onSent: ((Result<Void, IOError>) -> Void)!
     private var onTimer: (() -> Void)!
@@ -48,6 +52,10 @@ final class LoadConnection<Loop: EventLoop> {
         session = SMTPClientSession(configuration: config)
         messagesOnConnection = 0
         finished = false
+        if generator.options.startTLS {
+            tls = SMTPClientTLS(policy: .required, context: generator.tlsContext, sessionKey: generator.options.target.description)
+            tlsCounted = false
+        }
         connecting = true
         loop.connect(to: generator.options.target, from: generator.options.source, timeout: 10_000_000_000) { [unowned self] r in
             self.connecting = false
@@ -76,7 +84,12 @@ final class LoadConnection<Loop: EventLoop> {
         receiving = false
         switch r {
         case .success(let n) where n > 0:
-            session.receive(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]))
+            let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
+            if let tls, tls.isActive {
+                if tls.receive(bytes, session: session) { generator.stats.tlsSessions += 1 }
+            } else {
+                session.receive(bytes)
+            }
             pump()
             if socket != nil && !session.isClosed { receive() }
         default:
@@ -114,7 +127,11 @@ final class LoadConnection<Loop: EventLoop> {
                 timer = loop.scheduleTimer(after: min(ns, 60_000_000_000), onTimer)
             case .cancelTimer:
                 if let t = timer { loop.cancelTimer(t); timer = nil }
-            case .ready:
+            case .ready(let ext):
+                if let tls, tls.ready(ext, session: session) {
+                    if tls.failure != nil { noteTLSFailure(tls) } // else STARTTLS was sent
+                    break
+                }
                 let cap = generator.options.messagesPerConnection
                 if (cap > 0 && messagesOnConnection >= cap) || generator.isDone {
                     session.quit()
@@ -132,10 +149,10 @@ final class LoadConnection<Loop: EventLoop> {
                     let reply = result.finalReply ?? result.recipients.first?.reply ?? result.mailReply
                     generator.messageCompleted(id: c.id, started: c.started, sentWall: c.sentWall, reply: reply, result: result)
                 }
-            case .startTLS:
-                break // loadgen does not request STARTTLS (yet: --starttls)
+            case .startTLS(let reply):
+                tls?.startTLSReplied(reply, session: session)
             case .closed:
-                break
+                if let tls, let c = tls.connection, !c.isHandshakeComplete { noteTLSFailure(tls) }
             }
         }
         flush()
@@ -159,8 +176,21 @@ final class LoadConnection<Loop: EventLoop> {
         }
     }
 
+    private func noteTLSFailure(_ tls: SMTPClientTLS) {
+        guard !tlsCounted else { return }
+        tlsCounted = true
+        generator.stats.tlsFailures += 1
+        generator.stats.lastTLSFailure = tls.failure ?? "TLS handshake did not complete"
+    }
+
     private func flush() {
         guard !sending, let s = socket else { return }
+        if let tls, tls.isActive {
+            guard let cipher = tls.nextCiphertext(session: session, closing: session.isClosed) else { return }
+            sending = true
+            loop.send(s, cipher, onSent)
+            return
+        }
         session.swapOutput(&output)
         guard !output.isEmpty else { return }
         let n = output.readableBytes

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
 
@@ -29,9 +30,13 @@ final class LoadGenerator<Loop: EventLoop> {
     private(set) var finishedAt: UInt64 = 0
     private var showProgress: Bool
 
+    /// `--starttls`: one client context for every connection (sessions resume on reconnect).
+    let tlsContext: TLSContext?
+
     init(loop: Loop, options: LoadgenOptions) {
         self.loop = loop
         self.options = options
+        self.tlsContext = options.startTLS ? (try? TLSContext.client()) : nil
         self.stats = LoadStats(expected: options.count ?? 100_000)
         self.stats.recordIDs = options.idsPath != nil || options.jsonPath != nil
         self.rng = SeededRandom(seed: options.seed)

@@ -29,6 +29,12 @@ enum LoadReport {
             ],
         ]
         if let r = options.rate { summary["rateTarget"] = r }
+        if options.startTLS {
+            summary["starttls"] = true
+            summary["tlsSessions"] = s.tlsSessions
+            summary["tlsFailures"] = s.tlsFailures
+            if !s.lastTLSFailure.isEmpty { summary["lastTLSFailure"] = s.lastTLSFailure }
+        }
         if !s.lastConnectionError.isEmpty { summary["lastConnectionError"] = s.lastConnectionError }
         if let path = options.idsPath {
             let text = s.acceptedIDs.joined(separator: "\n") + (s.acceptedIDs.isEmpty ? "" : "\n")

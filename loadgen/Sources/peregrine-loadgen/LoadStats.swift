@@ -2,6 +2,10 @@
 final class LoadStats {
     var connectionsOpened = 0
     var connectionErrors = 0
+    /// Connections that completed a TLS handshake (`--starttls`), and those whose TLS failed.
+    var tlsSessions = 0
+    var tlsFailures = 0
+    var lastTLSFailure = ""
     var lastConnectionError = ""
     var sent = 0
     var accepted = 0

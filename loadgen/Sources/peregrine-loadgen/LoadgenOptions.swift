@@ -12,6 +12,8 @@ struct LoadgenOptions {
     /// 0 = unlimited (one connection sends until the run ends).
     var messagesPerConnection = 100
     var pipelining = true
+    /// `--starttls`: every connection upgrades with STARTTLS before sending (required: no plain fallback).
+    var startTLS = false
     /// Messages per second, open loop; nil = as fast as accepted.
     var rate: Double?
     var count: Int?
@@ -39,6 +41,7 @@ struct LoadgenOptions {
       --connections N            concurrent SMTP connections (16)
       --messages-per-connection N  messages before QUIT and reconnect; 0 = unlimited (100)
       --pipelining on|off        use PIPELINING when offered (on)
+      --starttls                 STARTTLS on every connection (required; the certificate is not verified)
       --rate N/s|N/m|N/h         open-loop injection rate (default: as fast as accepted)
       --count N | --duration S   stop after N messages or S seconds (default --count 1000)
       --recipients N             recipients per message (1)
@@ -108,6 +111,7 @@ struct LoadgenOptions {
             case "--from": o.sender = try value(a)
             case "--json": o.jsonPath = try value(a)
             case "--ids": o.idsPath = try value(a)
+            case "--starttls": o.startTLS = true
             case "--progress": o.progress = true
             case "--no-progress": o.progress = false
             case "--seed":

@@ -12,6 +12,9 @@ public struct SinkOptions: Equatable, Sendable {
     public var stats: String?
     public var dns: String?
     public var recordIds: String?
+    /// `--tls-cert FILE --tls-key FILE`: STARTTLS on every listener.
+    public var tlsCert: String?
+    public var tlsKey: String?
     public var timeScale: Double?
     public var seed: UInt64 = 1
     public var quiet = false
@@ -22,7 +25,7 @@ public struct SinkOptions: Equatable, Sendable {
     usage: peregrine-sink [--profile FILE]... [--accept-all --listen ADDR:PORT]
                           [--backend io_uring|epoll|dispatch] [--threads N] [--port N]
                           [--stats-port [ADDR:]PORT] [--dns ADDR:PORT] [--record-ids FILE]
-                          [--time-scale X] [--seed N] [--quiet]
+                          [--time-scale X] [--seed N] [--tls-cert FILE --tls-key FILE] [--quiet]
 
       --profile FILE       ISP profiles (sink/profiles/all.conf has every shipped one); repeatable
       --accept-all         accept everything on --listen, no profile needed
@@ -35,6 +38,8 @@ public struct SinkOptions: Equatable, Sendable {
       --record-ids FILE    write "X-Loadgen-Id ARRIVAL-UNIX-NS" for every accepted message, one a line
       --time-scale X       multiply every time constant by X (profiles may set time-scale; 1 = real)
       --seed N             seed for the random choices (latency, random failures)
+      --tls-cert FILE      PEM certificate (chain) for STARTTLS on every listener; needs --tls-key
+      --tls-key FILE       its PEM private key (profiles: require-tls, starttls offer|refuse|break)
     Stops on SIGTERM/SIGINT and prints the counters as JSON.
     """
 
@@ -99,6 +104,12 @@ public struct SinkOptions: Equatable, Sendable {
             case "--seed":
                 guard let v = value(), let n = UInt64(v) else { return fail("--seed needs a whole number") }
                 o.seed = n
+            case "--tls-cert":
+                guard let v = value(), !v.isEmpty else { return fail("--tls-cert needs a FILE") }
+                o.tlsCert = v
+            case "--tls-key":
+                guard let v = value(), !v.isEmpty else { return fail("--tls-key needs a FILE") }
+                o.tlsKey = v
             case "--quiet", "-q": o.quiet = true
             case "--help", "-h": o.help = true
             default:
@@ -110,6 +121,7 @@ public struct SinkOptions: Equatable, Sendable {
             i += 1
         }
         if o.help { return .success(o) }
+        if (o.tlsCert == nil) != (o.tlsKey == nil) { return fail("--tls-cert and --tls-key go together") }
         if o.acceptAll && o.listen == nil { return fail("--accept-all needs --listen ADDR:PORT") }
         if o.listen != nil && !o.acceptAll { return fail("--listen is for --accept-all (profiles listen on their mx addresses)") }
         if o.profiles.isEmpty && !o.acceptAll {

@@ -68,6 +68,11 @@ public enum SinkMain {
         let scale = options.timeScale ?? set.timeScale ?? 1
         let policy = SinkPolicy(profiles: set.profiles, timeScale: scale, seed: options.seed)
         let shared = SinkShared(policy: policy)
+        if let cert = options.tlsCert, let key = options.tlsKey {
+            do { shared.tlsContext = try TLSContext.server(certificateFile: cert, keyFile: key) } catch {
+                complain("--tls-cert/--tls-key: \(error)"); return 1
+            }
+        }
         if let path = options.recordIds {
             do { try shared.recordIds(to: path) } catch { complain("--record-ids: \(error)"); return 1 }
         }

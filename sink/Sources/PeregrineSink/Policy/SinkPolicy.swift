@@ -117,6 +117,8 @@ public final class SinkConnection {
     /// A recipient rule that refuses this transaction at the end of DATA.
     var refuseAtData: (SinkRecipientRule, String)?
     var closed = false
+    /// The session completed a TLS handshake.
+    public internal(set) var tls = false
     init(provider: SinkProvider, ipState: SinkIPState) {
         self.provider = provider
         self.ipState = ipState
@@ -170,7 +172,20 @@ public final class SinkPolicy {
         c.sender = sender
         c.acceptedRecipients = 0
         c.refuseAtData = nil
+        if !c.tls, let t = c.provider.profile.requireTLS {
+            return refuse(.mail, .tlsRequired, t, c, rcpt: nil, penalty: false, now: now)
+        }
         return check(.mail, c, rcpt: nil, now: now) ?? .accept
+    }
+
+    /// The connection completed a TLS handshake (`ok`) or failed one.
+    public func tlsHandshake(_ c: SinkConnection, ok: Bool) {
+        if ok {
+            c.tls = true
+            c.ipState.counters.sessionsTLS &+= 1
+        } else {
+            c.ipState.counters.tlsHandshakeFailures &+= 1
+        }
     }
 
     /// RCPT TO (`recipient` without brackets).

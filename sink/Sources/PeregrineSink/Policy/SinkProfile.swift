@@ -243,6 +243,22 @@ public struct SinkRandomFailure: Hashable, Sendable {
     }
 }
 
+/// How a provider answers STARTTLS (only when the sink runs with `--tls-cert`/`--tls-key`).
+public enum SinkStartTLSMode: String, Hashable, Sendable, CaseIterable {
+    /// Advertised and accepted: a real TLS handshake.
+    case offer
+    /// Advertised, answered `454 4.7.0 TLS not available due to temporary reason`.
+    case refuse
+    /// Advertised and accepted with 220, then the handshake is answered with
+    /// bytes that are not TLS (a broken middlebox): the client's handshake fails.
+    case `break`
+}
+
+/// Gmail's answer to a sender without TLS (DOMAIN.md).
+public let sinkGmailRequireTLSReply = SinkReplyTemplate(
+    code: 421, enhanced: "4.7.29", lines: ["Your email has been rate limited because you're not using a TLS connection."],
+    continued: true)
+
 /// One simulated provider.
 public struct SinkISPProfile: Hashable, Sendable {
     public var name: String
@@ -274,6 +290,10 @@ public struct SinkISPProfile: Hashable, Sendable {
     public var scriptedReplies: Bool = true
     /// Close a connection that sent nothing for this long (421 4.4.2), in real seconds.
     public var idleTimeout: Double?
+    /// `require-tls ["REPLY"]`: MAIL FROM without TLS gets this reply (Gmail's 421-4.7.29 by default).
+    public var requireTLS: SinkReplyTemplate?
+    /// `starttls offer|refuse|break`: what STARTTLS gets when the sink has a certificate.
+    public var startTLS: SinkStartTLSMode = .offer
 
     public init(name: String) {
         self.name = name

@@ -12,6 +12,7 @@ public enum SinkReason: Int, CaseIterable, Sendable {
     case randomFailure
     case scripted
     case droppedDuringData
+    case tlsRequired
 
     public var name: String {
         switch self {
@@ -27,6 +28,7 @@ public enum SinkReason: Int, CaseIterable, Sendable {
         case .randomFailure: return "random-failure"
         case .scripted: return "scripted"
         case .droppedDuringData: return "dropped-during-data"
+        case .tlsRequired: return "require-tls"
         }
     }
 
@@ -60,6 +62,10 @@ public struct SinkReasonCounts: Sendable, Equatable {
 /// What the sink saw from one sending IP at one provider (or a provider in total).
 public struct SinkCounters: Sendable, Equatable {
     public var sessions: UInt64 = 0
+    /// Sessions that completed a TLS handshake (STARTTLS).
+    public var sessionsTLS: UInt64 = 0
+    /// STARTTLS handshakes that failed (or were broken on purpose, `starttls break`).
+    public var tlsHandshakeFailures: UInt64 = 0
     public var sessionsRefused = SinkReasonCounts()
     /// Connections the sink closed for idling (`idle-timeout`).
     public var sessionsTimedOut: UInt64 = 0
@@ -77,6 +83,8 @@ public struct SinkCounters: Sendable, Equatable {
 
     mutating func merge(_ o: SinkCounters) {
         sessions &+= o.sessions
+        sessionsTLS &+= o.sessionsTLS
+        tlsHandshakeFailures &+= o.tlsHandshakeFailures
         sessionsRefused.merge(o.sessionsRefused)
         sessionsTimedOut &+= o.sessionsTimedOut
         messagesAccepted &+= o.messagesAccepted
@@ -94,6 +102,8 @@ public struct SinkCounters: Sendable, Equatable {
     public var jsonObject: [String: Any] {
         [
             "sessions": sessions,
+            "sessions_tls": sessionsTLS,
+            "tls_handshake_failures": tlsHandshakeFailures,
             "sessions_refused": sessionsRefused.byName,
             "sessions_timed_out": sessionsTimedOut,
             "messages_accepted": messagesAccepted,

@@ -210,6 +210,23 @@ public enum SinkProfileParser {
                 p.idleTimeout = secs
             case "scripted-replies":
                 p.scriptedReplies = try node.value(ConfigValue.bool)
+            case "require-tls":
+                switch args.count {
+                case 0: p.requireTLS = sinkGmailRequireTLSReply
+                case 1:
+                    if let on = try? ConfigValue.bool(args[0]) {
+                        p.requireTLS = on ? sinkGmailRequireTLSReply : nil
+                    } else {
+                        p.requireTLS = try template(node, args[0])
+                    }
+                default: throw node.error("require-tls takes yes|no or one quoted reply")
+                }
+            case "starttls":
+                let text = try node.singleArgument().lowercased()
+                guard let mode = SinkStartTLSMode(rawValue: text) else {
+                    throw node.error("starttls: '\(text)' is not offer, refuse or break")
+                }
+                p.startTLS = mode
             default:
                 throw node.error("unknown directive '\(node.name)' in <isp \(name)>")
             }

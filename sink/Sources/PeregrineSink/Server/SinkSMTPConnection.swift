@@ -1,3 +1,4 @@
+import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
 
@@ -24,12 +25,12 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
     private var sendCount = 0
     private var output = ByteBuffer(capacity: 1024)
 
-    private var sending = false
+    var sending = false
     private var receiving = false
-    private var closeAfterSend = false
-    private var closed = false
+    var closeAfterSend = false
+    var closed = false
     private var released = false
-    private var dropNow = false
+    var dropNow = false
     private var firstBodyChunk = true
     private var scanner = SinkHeaderScanner()
     private let scanHeaders: Bool
@@ -41,11 +42,19 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
 
     // Stored completions: no closure allocation per event.
     private var onReceive: ((Result<Int, IOError>) -> Void)!
-    private var onSend: ((Result<Void, IOError>) -> Void)!
+    var onSend: ((Result<Void, IOError>) -> Void)!
     private var onTimer: (() -> Void)!
     private var onIdleTimer: (() -> Void)!
     private var idleTimer: TimerHandle?
     private var lastActivity: UInt64 = 0
+    // STARTTLS (SinkSMTPConnection+TLS.swift).
+    var tls: TLSConnection?
+    var tlsStarting = false
+    var tlsBroken = false
+    var closeNotifyQueued = false
+    var tlsPlaintext: UnsafeMutableRawBufferPointer?
+    var tlsCiphertext: UnsafeMutableRawBufferPointer?
+    var tlsOutput = ByteBuffer(capacity: 0)
 
     init(loop: Loop, socket: Socket, shared: SinkShared, conn: SinkConnection,
          configuration: SMTPServerConfiguration, server: SinkServer<Loop>) {
@@ -68,6 +77,8 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
     deinit {
         receiveBuffer.deallocate()
         sendBuffer.deallocate()
+        tlsPlaintext?.deallocate()
+        tlsCiphertext?.deallocate()
     }
 
     /// Greets (possibly after the banner delay) and starts reading.
@@ -129,7 +140,10 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
         case .auth:
             return .accept
         case .startTLS:
-            return .reply(SMTPReply(454, "4.7.0", "TLS not available"))
+            guard shared.tlsContext != nil, conn.provider.profile.startTLS != .refuse else {
+                return .reply(SMTPReply(454, "4.7.0", "TLS not available due to temporary reason"))
+            }
+            return .accept
         }
         var close = false
         if case .reply(let r) = decision, r.close { close = true }
@@ -177,7 +191,7 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
 
     // MARK: I/O
 
-    private func receiveMore() {
+    func receiveMore() {
         guard !receiving, !closed, !session.isClosed else { return }
         // Back-pressure: stop reading while a decision waits and a lot is buffered.
         if session.isAwaitingDecision && session.bufferedInputBytes >= Self.maxBufferedInput { return }
@@ -193,7 +207,13 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
             finish()
         case .success(let n):
             lastActivity = loop.now
-            let actions = session.receive(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]))
+            let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
+            if tls != nil || tlsBroken {
+                receivedCiphertext(bytes)
+                receiveMore()
+                return
+            }
+            let actions = session.receive(bytes)
             if dropNow {
                 // A drop during DATA: no reply, the connection just goes away.
                 finish()
@@ -204,14 +224,16 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
         }
     }
 
-    private func handle(_ actions: SMTPServerActions) {
+    func handle(_ actions: SMTPServerActions) {
+        if actions.shouldStartTLS { beginTLS() }
         if actions.shouldClose || session.isClosed { closeAfterSend = true }
         if actions.shouldFlush { flush() }
         else if closeAfterSend && !sending { finish() }
     }
 
-    private func flush() {
+    func flush() {
         guard !sending, !closed else { return }
+        if let tls, !tlsStarting { flushTLS(tls); return }
         session.swapOutput(&output)
         let n = output.readableBytes
         if n == 0 {
@@ -234,7 +256,8 @@ final class SinkSMTPConnection<Loop: EventLoop>: SMTPServerSessionDelegate {
         sending = false
         guard !closed else { releaseIfIdle(); return }
         if case .failure = result { finish(); return }
-        if !session.output.isEmpty { flush(); return }
+        if tlsStarting && session.output.isEmpty { tlsStarting = false } // the 220 is out
+        if !session.output.isEmpty || (tls?.pendingCiphertextBytes ?? 0) > 0 { flush(); if sending { return } }
         if closeAfterSend { finish() }
     }
 

@@ -29,6 +29,7 @@ public final class SinkServer<Loop: EventLoop> {
         configurations = shared.policy.providers.map { p in
             var c = SMTPServerConfiguration(hostname: p.profile.hostname)
             c.banner = p.profile.banner ?? "ESMTP peregrine-sink (\(p.profile.name))"
+            c.startTLSEnabled = shared.tlsContext != nil
             return c
         }
     }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineCore
 import PeregrineIO
 
 /// What every loop of a sink run shares: the policy (behind a lock, since
@@ -10,6 +11,8 @@ public final class SinkShared: @unchecked Sendable {
     let lock = SinkLock()
     let policy: SinkPolicy
     let startedAt = monotonicNanoseconds()
+    /// `--tls-cert`/`--tls-key`: STARTTLS on every listener (set before the loops start).
+    public internal(set) var tlsContext: TLSContext?
 
     // Recorded ids (behind `idLock`): a byte buffer flushed to `idFD` in large writes.
     private let idLock = SinkLock()

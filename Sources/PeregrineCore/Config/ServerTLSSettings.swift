@@ -1,0 +1,39 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `smtp-server-tls-certificate FILE` + `smtp-server-tls-key FILE`: the
+/// certificate (leaf first, then intermediates, PEM) and private key the
+/// injection listeners use for STARTTLS and for `smtp-listener … tls=yes`.
+public struct ServerTLSSettings: Hashable, Sendable {
+    public var certificateFile: String
+    public var keyFile: String
+    /// The `smtp-server-tls-certificate` line, for errors found when the files are loaded.
+    public var location: ConfigLocation
+
+    public init(certificateFile: String, keyFile: String, location: ConfigLocation) {
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
+        self.location = location
+    }
+
+    /// Builds the server context; errors say which line named the files.
+    public func makeContext() throws(ConfigError) -> TLSContext {
+        do {
+            return try TLSContext.server(certificateFile: certificateFile, keyFile: keyFile)
+        } catch {
+            throw ConfigError(location, "smtp-server-tls-certificate: \(error)")
+        }
+    }
+}
+
+extension ConfigNode {
+    /// The single argument, which must name a readable file.
+    func readableFile() throws(ConfigError) -> String {
+        let path = try singleArgument()
+        guard access(path, R_OK) == 0 else {
+            throw error("\(displayName): cannot read '\(path)': \(String(cString: strerror(errno)))")
+        }
+        return path
+    }
+}

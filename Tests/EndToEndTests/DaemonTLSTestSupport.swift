@@ -1,0 +1,204 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import PeregrineCore
+
+/// Throwaway certificate for the end-to-end TLS tests: generated once per
+/// test process with the openssl command line, removed at exit.
+enum E2ETLSCertificates {
+    struct Files: Sendable { let directory, certificate, key: String }
+
+    static let files: Files? = {
+        let dir = FileManager.default.temporaryDirectory
+            .appendingPathComponent("peregrine-e2e-tls-\(getpid())").path
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch { return nil }
+        let cert = dir + "/cert.pem", key = dir + "/key.pem"
+        let (status, _) = e2eRunTool("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.test",
+                                                          "-addext", "subjectAltName=DNS:mx.test", "-days", "1",
+                                                          "-keyout", key, "-out", cert], seconds: 60)
+        guard status == 0 else { return nil }
+        atexit { if let d = E2ETLSCertificates.files?.directory { try? FileManager.default.removeItem(atPath: d) } }
+        return Files(directory: dir, certificate: cert, key: key)
+    }()
+}
+
+/// Runs the real `peregrine run` on loopback with a config written for the
+/// test (listeners on port 0, spool and accounting in a temporary
+/// directory); always terminated (SIGTERM, then SIGKILL) and cleaned up.
+final class TLSDaemonProcess {
+    let process = Process()
+    let directory: String
+    let errPipe = Pipe()
+    /// Bound listener addresses, in config order ("127.0.0.1:PORT").
+    private(set) var listeners: [(ip: String, port: UInt16)] = []
+    private var finished = false
+    private var log = ""
+
+    static var executable: String {
+        let arg0 = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = arg0.deletingLastPathComponent()
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent("peregrine").path
+            if FileManager.default.isExecutableFile(atPath: candidate) && !candidate.hasSuffix(".xctest") { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return repo.appendingPathComponent(".build/debug/peregrine").path
+    }
+
+    /// `config` is everything after the listeners, spool and accounting lines.
+    init(backend: String, listeners: [String] = ["127.0.0.1:0"], config: String) throws {
+        directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("peregrine-e2e-daemon-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // The daemon wants real ports: ":0" becomes a port free right now.
+        let specs = listeners.map { spec -> String in
+            guard let r = spec.range(of: ":0"), r.upperBound == spec.endIndex || spec[r.upperBound] == " " else { return spec }
+            return spec.replacingCharacters(in: r, with: ":\(e2eFreePort())")
+        }
+        let text = specs.map { "smtp-listener \($0)" }.joined(separator: "\n") + """
+
+            spool \(directory)/spool
+            host-name mta.peregrine.test
+            threads 1
+            <acct-file \(directory)/acct.csv>
+                records d,b,t,tq
+            </acct-file>
+            \(config)
+            """
+        let path = directory + "/peregrine.conf"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: Self.executable)
+        process.arguments = ["run", "--config", path, "--backend", backend]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errPipe
+        try process.run()
+        let fd = errPipe.fileHandleForReading.fileDescriptor
+        let deadline = Date().addingTimeInterval(30)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !log.contains("listening on") || !log.hasSuffix("\n") {
+            guard Date() < deadline else { break }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard Glibc.poll(&p, 1, 100) > 0 else { if !process.isRunning { break }; continue }
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            log += String(decoding: buffer[0..<n], as: UTF8.self)
+        }
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("listening on") }),
+              let range = line.range(of: "listening on ") else {
+            terminate()
+            throw SinkTestError("peregrine did not start: \(log)")
+        }
+        for a in line[range.upperBound...].split(separator: ",") {
+            let addr = a.trimmingCharacters(in: .whitespaces)
+            if addr.contains(" ") { continue } // "management on …"
+            guard let colon = addr.lastIndex(of: ":"), let port = UInt16(addr[addr.index(after: colon)...]) else { continue }
+            self.listeners.append((ip: String(addr[..<colon]), port: port))
+        }
+        // Keep draining stderr so the daemon never blocks on a full pipe.
+        let handle = errPipe.fileHandleForReading
+        Thread { _ = handle.readDataToEndOfFile() }.start()
+    }
+
+    var port: UInt16 { listeners.first?.port ?? 0 }
+
+    /// Accounting rows written so far (the daemon flushes every ~100 ms).
+    func records() -> [AccountingCSVRow] {
+        guard let data = FileManager.default.contents(atPath: directory + "/acct.csv") else { return [] }
+        return (try? AccountingCSVReader.parse(Array(data))) ?? []
+    }
+
+    func records(_ type: String) -> [AccountingCSVRow] { records().filter { $0["type"] == type } }
+
+    func terminate() {
+        guard !finished else { return }
+        finished = true
+        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(20)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    deinit { terminate() }
+}
+
+/// Runs a program with a deadline; returns (status, stdout+stderr). Always reaps it.
+func e2eRunTool(_ path: String, _ args: [String], stdin: String? = nil, seconds: Double = 60) -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    let input = Pipe()
+    p.standardInput = input
+    do { try p.run() } catch { return (-1, "cannot start \(path): \(error)") }
+    let collected = E2EBox(NSMutableData())
+    let done = DispatchSemaphore(value: 0)
+    Thread {
+        collected.value.append(out.fileHandleForReading.readDataToEndOfFile())
+        done.signal()
+    }.start()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try? input.fileHandleForWriting.close()
+    let deadline = Date().addingTimeInterval(seconds)
+    while p.isRunning && Date() < deadline { usleep(20_000) }
+    if p.isRunning { p.terminate(); usleep(200_000); if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+    p.waitUntilExit()
+    _ = done.wait(timeout: .now() + 5)
+    return (p.terminationStatus, String(decoding: collected.value as Data, as: UTF8.self))
+}
+
+final class E2EBox<T>: @unchecked Sendable {
+    var value: T
+    init(_ value: T) { self.value = value }
+}
+
+func e2eTool(_ name: String) -> String? {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init) {
+        let p = dir + "/" + name
+        if FileManager.default.isExecutableFile(atPath: p) { return p }
+    }
+    return nil
+}
+
+func e2eEventually(_ seconds: Double = 30, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline { if condition() { return true }; usleep(50_000) }
+    return condition()
+}
+
+/// smtplib: `python3 -c script PORT MODE(starttls|implicit|plain) RCPT[,RCPT]...`; one message per argument.
+let e2eSmtplibScript = #"""
+import smtplib, ssl, sys
+port, mode, rcpts = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP_SSL("127.0.0.1", port, context=ctx, timeout=30) if mode == "implicit" else smtplib.SMTP("127.0.0.1", port, timeout=30)
+s.ehlo("client.test")
+if mode == "starttls":
+    assert s.has_extn("starttls"), "STARTTLS not advertised"
+    s.starttls(context=ctx); s.ehlo("client.test")
+    assert not s.has_extn("starttls"), "STARTTLS advertised again after TLS"
+for r in rcpts:
+    s.sendmail("sender@client.test", r.split(","), "Subject: tls test\r\nX-Loadgen-Id: %s\r\n\r\nhello over %s\r\n" % (r, mode))
+s.quit()
+print("SENT", len(rcpts))
+"""#
+
+/// A loopback TCP port nobody listens on right now.
+func e2eFreePort() -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+    }
+    return bound ? UInt16(bigEndian: addr.sin_port) : 0
+}
