@@ -5,6 +5,9 @@
 /// and allocate nothing once the slab has grown. Resolution is one tick
 /// (1 ms); a timer never fires early. Entries further away than one
 /// revolution stay in their slot and are skipped until their round comes.
+/// A cancelled timer is unlinked from its slot at once (slots are doubly
+/// linked), so a slot's occupancy bit means "holds a live timer" and finding
+/// the next wake-up is a bitmap scan, however many timers were cancelled.
 public struct TimerWheel {
     public static let tickNanoseconds: UInt64 = 1_000_000
     @usableFromInline static let slotCount = 4096  // power of two: ~4 s per revolution
@@ -15,6 +18,8 @@ public struct TimerWheel {
         var sequence: UInt64
         var generation: UInt32
         var next: Int32          // next entry in the same slot, -1 = end
+        var prev: Int32 = -1     // previous entry in the same slot, -1 = slot head
+        var slot: Int32 = -1     // the slot it is linked into, -1 = not linked
         var live: Bool
         /// Due and handed out by `advance(to:due:)`, not yet taken or cancelled.
         var firing: Bool = false
@@ -59,15 +64,19 @@ public struct TimerWheel {
         entries[Int(index)].generation &+= 1
         entries[Int(index)].live = true
         entries[Int(index)].callback = callback
-        entries[Int(index)].next = slotHeads[slot]
+        let head = slotHeads[slot]
+        entries[Int(index)].next = head
+        entries[Int(index)].prev = -1
+        entries[Int(index)].slot = Int32(slot)
+        if head >= 0 { entries[Int(head)].prev = index }
         slotHeads[slot] = index
         occupied[slot >> 6] |= 1 << UInt64(slot & 63)
         liveCount += 1
         return TimerHandle(id: UInt64(entries[Int(index)].generation) << 32 | UInt64(UInt32(index)))
     }
 
-    /// Cancels a timer; a stale or already-fired handle is ignored. The entry's
-    /// slot is reclaimed lazily when the wheel next passes it.
+    /// Cancels a timer; a stale or already-fired handle is ignored. The entry
+    /// is unlinked from its slot and reused at once.
     public mutating func cancel(_ handle: TimerHandle) {
         let index = Int(UInt32(truncatingIfNeeded: handle.id))
         let generation = UInt32(truncatingIfNeeded: handle.id >> 32)
@@ -80,11 +89,28 @@ public struct TimerWheel {
             freeList.append(Int32(index))
         } else {
             liveCount -= 1
+            unlink(Int32(index))
+            freeList.append(Int32(index))
         }
     }
 
+    /// Removes a linked entry from its slot (clearing the slot's bit when it empties).
+    @usableFromInline
+    mutating func unlink(_ index: Int32) {
+        let slot = Int(entries[Int(index)].slot)
+        guard slot >= 0 else { return }
+        let prev = entries[Int(index)].prev, next = entries[Int(index)].next
+        if prev >= 0 { entries[Int(prev)].next = next } else { slotHeads[slot] = next }
+        if next >= 0 { entries[Int(next)].prev = prev }
+        entries[Int(index)].next = -1
+        entries[Int(index)].prev = -1
+        entries[Int(index)].slot = -1
+        if slotHeads[slot] < 0 { occupied[slot >> 6] &= ~(1 << UInt64(slot & 63)) }
+    }
+
     /// Nanoseconds until the loop should wake for timers (nil: no live timers).
-    /// May be early (an entry for a later revolution), never late.
+    /// May be early (an entry for a later revolution), never late. Every linked
+    /// entry is live, so the first occupied slot is the answer.
     public func nanosecondsUntilNextTick(now: UInt64) -> UInt64? {
         guard liveCount > 0 else { return nil }
         let mask = UInt64(Self.slotCount - 1)
@@ -98,18 +124,9 @@ public struct TimerWheel {
                 continue
             }
             tick += UInt64(bits.trailingZeroBitCount)
-            if tick > limit { break }
-            var i = slotHeads[Int(tick & mask)]
-            while i >= 0 {
-                if entries[Int(i)].live {
-                    let at = tick * Self.tickNanoseconds
-                    return at > now ? at - now : 0
-                }
-                i = entries[Int(i)].next
-            }
-            tick += 1
+            break
         }
-        let at = limit * Self.tickNanoseconds
+        let at = min(tick, limit) * Self.tickNanoseconds
         return at > now ? at - now : 0
     }
 
@@ -154,26 +171,17 @@ public struct TimerWheel {
 
     @usableFromInline
     mutating func collect(slot: Int, now: UInt64) {
-        var previous: Int32 = -1
         var i = slotHeads[slot]
         while i >= 0 {
             let next = entries[Int(i)].next
-            let e = entries[Int(i)]
-            if !e.live || e.deadline <= now {
-                // Unlink: dead entries are reclaimed, due ones are queued for firing.
-                if previous < 0 { slotHeads[slot] = next } else { entries[Int(previous)].next = next }
-                entries[Int(i)].next = -1
-                if e.live {
-                    due.append((e.deadline, e.sequence, i))
-                    liveCount -= 1
-                } else {
-                    freeList.append(i)
-                }
-            } else {
-                previous = i
+            let deadline = entries[Int(i)].deadline
+            if deadline <= now {
+                // Due (linked entries are all live): unlink and queue for firing.
+                unlink(i)
+                due.append((deadline, entries[Int(i)].sequence, i))
+                liveCount -= 1
             }
             i = next
         }
-        if slotHeads[slot] < 0 { occupied[slot >> 6] &= ~(1 << UInt64(slot & 63)) }
     }
 }

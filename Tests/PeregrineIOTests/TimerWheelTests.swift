@@ -1,5 +1,5 @@
 import Testing
-import PeregrineIO
+@testable import PeregrineIO
 
 /// Edge cases of the hashed timer wheel, on a synthetic clock.
 @Suite("TimerWheelTests")
@@ -125,6 +125,24 @@ struct TimerWheelTests {
         } else {
             Issue.record("a live timer must produce a wait")
         }
+    }
+
+    @Test func cancelledTimersLeaveTheirSlotAtOnce() {
+        var wheel = TimerWheel(now: t0)
+        var handles: [TimerHandle] = []
+        for i in 0..<2000 { handles.append(wheel.schedule(at: t0 + UInt64(1 + i % 1000) * ms) {}) }
+        let keep = wheel.schedule(at: t0 + 1500 * ms) {}
+        for h in handles { wheel.cancel(h) }
+        // Nothing cancelled is left to skip: the only live timer sets the wait, exactly.
+        #expect(wheel.liveCount == 1)
+        #expect(wheel.nanosecondsUntilNextTick(now: t0) == 1500 * ms)
+        // The cancelled entries are reused before the wheel reaches their slots.
+        for i in 0..<2000 { handles[i] = wheel.schedule(at: t0 + 5 * ms) {} }
+        #expect(wheel.entries.count == 2001)
+        for h in handles { wheel.cancel(h) }
+        wheel.cancel(keep)
+        #expect(wheel.nanosecondsUntilNextTick(now: t0) == nil)
+        #expect(wheel.occupied.allSatisfy { $0 == 0 })
     }
 
     @Test func manyScheduleCancelCyclesReuseEntries() {
