@@ -235,6 +235,9 @@ final class RelayRunner {
         if target == "postfix" {
             let dir = work + "/postfix"
             postfixDir = dir
+            // mkdtemp makes the work directory 0700: Postfix's daemons run as the
+            // postfix user and must reach data/ and queue/ below it.
+            chmod(work, 0o755)
             let setup = BenchProcess(name: "postfix-setup", executable: "/bin/bash",
                                      arguments: [postfixScript(), "start", dir, "\(ip):\(mtaPort)", "\(ip):\(sinkPort)"],
                                      logPath: work + "/postfix-setup.log")
