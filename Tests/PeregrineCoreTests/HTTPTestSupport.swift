@@ -97,6 +97,9 @@ func rawTCPExchange(port: UInt16, _ request: [UInt8], halfClose: Bool = false) -
     var buf = [UInt8](repeating: 0, count: 4096)
     while true {
         let n = buf.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0) }
+        // SO_RCVTIMEO: not restarted after a signal handler (signal(7)); the SIGCHLD
+        // of another test's child process must not end the exchange early.
+        if n < 0 && errno == EINTR { continue }
         if n <= 0 { break }
         out += buf[0..<n]
     }
