@@ -508,7 +508,8 @@ import PeregrineIO
         #expect(s.records.finals.isEmpty)
 
         d = try s.startDaemon(config)
-        #expect(d.log.contains("re-queued"), "\(d.log)")
+        // The re-queue is logged from the loop after the "running" line: wait for it (bounded).
+        #expect(E2E.waitUntil(15) { d.log.contains("re-queued") }, "\(d.log)")
         let sinkIds = s.dir.file("sink-ids.txt")
         s.sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("restart", domains: "restart.test", mx: [ip]), port: 25, ids: sinkIds)
         #expect(s.waitForFinals(30), "\(s.diagnostics)")
