@@ -8,11 +8,13 @@ extension Daemon {
     struct QueueSnapshot {
         var queue: String, mode: String, paused: Bool, suspendedSeconds: Double, suspendReason: String
         var ready: Int, delayed: Int, connections: Int
+        /// The max-msg-rate in force (backoff-max-msg-rate while in backoff).
+        var rate: String
         var delivered: UInt64, bounced: UInt64, deferred: UInt64, lastReply: String
         var json: [String: Any] {
             ["queue": queue, "mode": mode, "paused": paused, "suspendedSeconds": suspendedSeconds,
              "suspendReason": suspendReason, "ready": ready, "delayed": delayed, "connections": connections,
-             "delivered": delivered, "bounced": bounced, "deferred": deferred, "lastReply": lastReply]
+             "rate": rate, "delivered": delivered, "bounced": bounced, "deferred": deferred, "lastReply": lastReply]
         }
     }
 
@@ -41,7 +43,9 @@ extension Daemon {
                     s.queues.append(QueueSnapshot(queue: q.key.description, mode: q.mode.rawValue, paused: q.isPaused,
                                                   suspendedSeconds: suspended, suspendReason: suspended > 0 ? q.suspendReason : "",
                                                   ready: q.readyRecipients, delayed: q.delayedRecipients,
-                                                  connections: q.connections, delivered: q.delivered, bounced: q.bounced,
+                                                  connections: q.connections,
+                                                  rate: q.policy.maxMsgRate(inBackoff: q.isBackoff).description,
+                                                  delivered: q.delivered, bounced: q.bounced,
                                                   deferred: q.deferred, lastReply: q.lastReply))
                 }
                 let snapshot = LoopConfined(s)
