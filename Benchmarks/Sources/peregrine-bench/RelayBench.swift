@@ -186,7 +186,8 @@ final class RelayRunner {
         var chars = Array(template.utf8CString)
         guard let made = mkdtemp(&chars) else { result.error = "mkdtemp failed"; return result }
         work = String(cString: made)
-        defer { cleanUp() }
+        // A failed or lossy run keeps its directory (logs of the MTA, sink, loadgen) for a post-mortem.
+        defer { cleanUp(keep: result.error != nil || result.lost > 0) }
         fputs("== \(scenario) on \(target): \(Int(options.duration)) s\n", stderr)
         do {
             result.figures = try measure(&result)
@@ -409,9 +410,10 @@ final class RelayRunner {
         return "scripts/postfix-instance"
     }
 
-    private func cleanUp() {
+    private func cleanUp(keep: Bool) {
         for p in processes.reversed() { p.stop(grace: 5) }
         if let dir = postfixDir { _ = BenchEnvironment.commandOutput("/bin/bash", [postfixScript(), "stop", dir]) }
-        if !work.isEmpty && getenv("PEREGRINE_BENCH_KEEP") == nil { try? FileManager.default.removeItem(atPath: work) }
+        if keep && !work.isEmpty { fputs("   kept \(work) (logs of this run)\n", stderr) }
+        if !work.isEmpty && !keep && getenv("PEREGRINE_BENCH_KEEP") == nil { try? FileManager.default.removeItem(atPath: work) }
     }
 }
