@@ -8,17 +8,7 @@ import Testing
 /// (issue 7). They assert only that nothing accepted was lost and that the
 /// summary is written — no timing figure is checked (those live in results/).
 @Suite(.serialized) struct BenchScenarioSmokeTests {
-    static var benchExecutable: String {
-        let arg0 = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var dir = arg0.deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("peregrine-bench").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return repo.appendingPathComponent(".build/debug/peregrine-bench").path
-    }
+    static var benchExecutable: String { E2E.executable("peregrine-bench") }
 
     /// Runs peregrine-bench with a deadline; returns exit status and both outputs.
     static func bench(_ arguments: [String], timeout: Double) throws -> (status: Int32, stdout: String, stderr: String) {

@@ -35,17 +35,7 @@ final class TLSDaemonProcess {
     private var finished = false
     private var log = ""
 
-    static var executable: String {
-        let arg0 = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var dir = arg0.deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("peregrine").path
-            if FileManager.default.isExecutableFile(atPath: candidate) && !candidate.hasSuffix(".xctest") { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return repo.appendingPathComponent(".build/debug/peregrine").path
-    }
+    static var executable: String { E2E.executable("peregrine") }
 
     /// `config` is everything after the listeners, spool and accounting lines.
     init(backend: String, listeners: [String] = ["127.0.0.1:0"], config: String) throws {

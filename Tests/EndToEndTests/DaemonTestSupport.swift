@@ -18,7 +18,7 @@ enum E2E {
         var dir = arg0.deletingLastPathComponent()
         while dir.path != "/" {
             let candidate = dir.appendingPathComponent(name).path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            if FileManager.default.isExecutableFile(atPath: candidate) && !candidate.hasSuffix(".xctest") { return candidate }
             dir = dir.deletingLastPathComponent()
         }
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

@@ -10,17 +10,7 @@ import PeregrineIO
 /// only that nothing accepted was lost or duplicated and that mail flowed —
 /// no timing figure is checked here (those live in results/).
 @Suite(.serialized) struct RelaySmokeTests {
-    static var benchExecutable: String {
-        let arg0 = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var dir = arg0.deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("peregrine-bench").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return repo.appendingPathComponent(".build/debug/peregrine-bench").path
-    }
+    static var benchExecutable: String { E2E.executable("peregrine-bench") }
 
     @Test(arguments: BackendKind.allCases)
     func relayLosesNothing(_ kind: BackendKind) throws {

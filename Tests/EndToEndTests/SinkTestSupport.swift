@@ -17,18 +17,7 @@ final class SinkProcess {
     private var output = Data()
     private var finished = false
 
-    static var executable: String {
-        // The test bundle sits in the build products directory, next to the executables.
-        let arg0 = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var dir = arg0.deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("peregrine-sink").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return repo.appendingPathComponent(".build/debug/peregrine-sink").path
-    }
+    static var executable: String { E2E.executable("peregrine-sink") }
 
     static var profiles: String { SinkProfileTests.profilesDir }
 
