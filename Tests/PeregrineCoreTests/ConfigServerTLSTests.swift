@@ -49,6 +49,22 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: other.directory) }
         let config = try parse("smtp-server-tls-certificate \(files.certificate)\nsmtp-server-tls-key \(other.key)")
         #expect(throws: ConfigError.self) { try config.serverTLS?.makeContext() }
+        // Key problems are reported at the key's line, naming the file; certificate problems at the certificate's.
+        func contextError(_ text: String) throws -> String? {
+            do { _ = try parse(text).serverTLS?.makeContext(); return nil } catch { return error.description }
+        }
+        let mismatch = try contextError("smtp-server-tls-certificate \(files.certificate)\nsmtp-server-tls-key \(other.key)")
+        #expect(mismatch?.hasPrefix("t.conf:2: smtp-server-tls-key: ") == true, "\(mismatch ?? "")")
+        // OpenSSL notices the mismatch as it loads the key ("key values mismatch").
+        #expect(mismatch?.contains(other.key) == true && mismatch?.contains("mismatch") == true, "\(mismatch ?? "")")
+        let notPEM = other.directory + "/not-pem.txt"
+        try "this is not a PEM file\n".write(toFile: notPEM, atomically: true, encoding: .utf8)
+        let badKey = try contextError("smtp-server-tls-certificate \(files.certificate)\n\nsmtp-server-tls-key \(notPEM)")
+        #expect(badKey?.hasPrefix("t.conf:3: smtp-server-tls-key: ") == true && badKey?.contains(notPEM) == true,
+                "\(badKey ?? "")")
+        let badCert = try contextError("smtp-server-tls-certificate \(notPEM)\nsmtp-server-tls-key \(files.key)")
+        #expect(badCert?.hasPrefix("t.conf:1: smtp-server-tls-certificate: ") == true && badCert?.contains(notPEM) == true,
+                "\(badCert ?? "")")
     }
 
     @Test func domainTLSDirectives() throws {

@@ -56,7 +56,7 @@ extension PeregrineConfig {
             throw k.error("smtp-server-tls-key needs smtp-server-tls-certificate as well")
         case (let c?, let k?):
             serverTLS = ServerTLSSettings(certificateFile: try c.readableFile(), keyFile: try k.readableFile(),
-                                          location: c.location)
+                                          location: c.location, keyLocation: k.location)
         }
     }
 

@@ -10,19 +10,26 @@ public struct ServerTLSSettings: Hashable, Sendable {
     public var keyFile: String
     /// The `smtp-server-tls-certificate` line, for errors found when the files are loaded.
     public var location: ConfigLocation
+    /// The `smtp-server-tls-key` line (a key that fails to load or match is reported there).
+    public var keyLocation: ConfigLocation
 
-    public init(certificateFile: String, keyFile: String, location: ConfigLocation) {
+    public init(certificateFile: String, keyFile: String, location: ConfigLocation, keyLocation: ConfigLocation? = nil) {
         self.certificateFile = certificateFile
         self.keyFile = keyFile
         self.location = location
+        self.keyLocation = keyLocation ?? location
     }
 
-    /// Builds the server context; errors say which line named the files.
+    /// Builds the server context (reads both files now, so a reload picks up
+    /// renewed files); errors name the file and the line of the directive
+    /// that named it.
     public func makeContext() throws(ConfigError) -> TLSContext {
         do {
             return try TLSContext.server(certificateFile: certificateFile, keyFile: keyFile)
         } catch {
-            throw ConfigError(location, "smtp-server-tls-certificate: \(error)")
+            let blamesKey = error.file == keyFile && keyFile != certificateFile
+            throw ConfigError(blamesKey ? keyLocation : location,
+                              "\(blamesKey ? "smtp-server-tls-key" : "smtp-server-tls-certificate"): \(error)")
         }
     }
 }

@@ -19,11 +19,15 @@ public struct TLSError: Error, Sendable, Equatable, CustomStringConvertible {
     public let operation: String
     /// OpenSSL's error queue, oldest first, joined by "; " (may be empty).
     public let detail: String
+    /// The file OpenSSL rejected, when one was (so a config error can point
+    /// at the directive that named it).
+    public let file: String?
 
-    public init(_ kind: Kind, operation: String, detail: String) {
+    public init(_ kind: Kind, operation: String, detail: String, file: String? = nil) {
         self.kind = kind
         self.operation = operation
         self.detail = detail
+        self.file = file
     }
 
     public var description: String {
@@ -31,7 +35,7 @@ public struct TLSError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Builds an error from (and clears) the calling thread's OpenSSL error queue.
-    static func fromQueue(_ kind: Kind, _ operation: String, extra: String? = nil) -> TLSError {
+    static func fromQueue(_ kind: Kind, _ operation: String, extra: String? = nil, file: String? = nil) -> TLSError {
         var parts: [String] = []
         var buffer = [CChar](repeating: 0, count: 256)
         while true {
@@ -41,6 +45,6 @@ public struct TLSError: Error, Sendable, Equatable, CustomStringConvertible {
             parts.append(String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         if let extra { parts.append(extra) }
-        return TLSError(kind, operation: operation, detail: parts.joined(separator: "; "))
+        return TLSError(kind, operation: operation, detail: parts.joined(separator: "; "), file: file)
     }
 }
