@@ -101,9 +101,10 @@ extension Daemon {
         case ("GET", "/metrics"):
             gather { snaps in respond(self.metrics(snaps).response) }
         case ("POST", "/reload"):
-            switch reload() {
-            case .success: respond(Self.json(["reloaded": true]))
-            case .failure(let e): respond(.error(400, "\(e)"))
+            // Answered once every loop runs on the new settings (on this loop: worker 0's).
+            let reply = LoopConfined(respond)
+            if case .failure(let e) = reload({ reply.value(Self.json(["reloaded": true])) }) {
+                respond(.error(400, "\(e)"))
             }
         case ("POST", let path) where path.hasPrefix("/queues/"):
             let verb = String(path.dropFirst("/queues/".count))

@@ -22,7 +22,11 @@ public final class Daemon<Loop: EventLoop> {
     public let accounting: AccountingLog
     public let hostName: String
     /// STARTTLS / implicit TLS on injection (`smtp-server-tls-certificate`); nil: none.
-    public let serverTLSContext: TLSContext?
+    /// Rebuilt from the files on reload; each worker holds its own copy of the
+    /// reference (see `LoopWorker.serverTLSContext`). Guarded by `lock`.
+    public private(set) var serverTLSContext: TLSContext?
+    /// The `tls=yes` listeners started with (listeners keep their start-up values).
+    let implicitTLSListeners: [SocketAddress]
     /// STARTTLS on delivery: one client context for every loop (session resumption per MX).
     public let clientTLSContext: TLSContext?
     public private(set) var workers: [LoopWorker<Loop>] = []
@@ -34,12 +38,16 @@ public final class Daemon<Loop: EventLoop> {
     private let exited = DispatchSemaphore(value: 0)
     private var pendingStops = 0
     private let lock = NSLock()
+    /// One reload at a time (SIGHUP and POST /reload may race), so every loop
+    /// receives the reloads in the same order.
+    private let reloadLock = NSLock()
 
     public init(config: PeregrineConfig, options: Options) throws {
         self.config = config
         self.options = options
         self.hostName = config.hostName ?? ConfigPolicySource.systemHostName()
         self.serverTLSContext = try config.serverTLS?.makeContext()
+        self.implicitTLSListeners = config.implicitTLSListeners
         // System CAs so `tls-verify-hostname yes` can verify; without them, no verification.
         self.clientTLSContext = (try? TLSContext.client(trustStore: .system)) ?? (try? TLSContext.client())
         var writers: [AccountingWriter] = []
@@ -134,7 +142,8 @@ public final class Daemon<Loop: EventLoop> {
             for l in created { l?.stop() }
             return 1
         }
-        workers = created.enumerated().compactMap { i, l in l.map { LoopWorker(index: i, loop: $0, daemon: self, config: config) } }
+        workers = created.enumerated().compactMap { i, l in l.map { LoopWorker(index: i, loop: $0, daemon: self, config: config,
+                                                                      serverTLSContext: serverTLSContext) } }
         pendingStops = workers.count
 
         // Set up each worker on its own loop, then wait for all of them.
@@ -226,7 +235,7 @@ public final class Daemon<Loop: EventLoop> {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler { [unowned self] in
-                if sig == SIGHUP { _ = self.reload() } else { self.shutdown() }
+                if sig == SIGHUP { self.reload() } else { self.shutdown() }
             }
             source.resume()
             signalSources.append(source)
@@ -276,22 +285,48 @@ public final class Daemon<Loop: EventLoop> {
     }
 
     /// Re-reads the config file and applies domain, pattern-list and VMTA
-    /// settings to every loop without dropping connections. Listeners, spool
-    /// and threads keep their start-up values.
-    public func reload() -> Result<Void, ConfigError> {
+    /// settings to every loop without dropping connections, and re-reads the
+    /// server TLS certificate and key (renewed certificates need no restart):
+    /// new connections get the new context, open ones keep theirs. All or
+    /// nothing: a config or TLS file that fails leaves everything running as
+    /// it was. Listeners, spool and threads keep their start-up values.
+    /// `applied` runs on worker 0's loop once every loop has switched (the
+    /// "reloaded" line is logged then), so a caller that waits for it knows
+    /// every new connection sees the new settings.
+    @discardableResult
+    public func reload(_ applied: @escaping @Sendable () -> Void = {}) -> Result<Void, ConfigError> {
+        reloadLock.lock()
+        defer { reloadLock.unlock() }
         let newConfig: PeregrineConfig
-        do { newConfig = try PeregrineConfig.load(path: options.configPath) } catch {
+        let newTLS: TLSContext?
+        do {
+            newConfig = try PeregrineConfig.load(path: options.configPath)
+            newTLS = try makeServerTLSContext(for: newConfig)
+        } catch {
             log("reload failed, keeping the running config: \(error)")
             return .failure(error)
         }
-        lock.lock(); config = newConfig; lock.unlock()
+        lock.lock(); config = newConfig; serverTLSContext = newTLS; lock.unlock()
+        var line = "reloaded \(options.configPath)"
+        if let tls = newConfig.serverTLS { line += " (TLS certificate \(tls.certificateFile) re-read)" }
+        let done = line
+        // Counted on worker 0's loop only, like the management API's gather.
+        let remaining = LoopConfined(workers.count)
+        let home = workers[0]
         for w in workers {
             w.loop.execute {
                 w.policies.reload(newConfig)
+                w.serverTLSContext = newTLS
                 w.engine.reloadPolicies()
+                home.loop.execute {
+                    remaining.value -= 1
+                    if remaining.value == 0 {
+                        self.log(done)
+                        applied()
+                    }
+                }
             }
         }
-        log("reloaded \(options.configPath)")
         return .success(())
     }
 

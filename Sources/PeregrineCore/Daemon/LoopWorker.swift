@@ -12,6 +12,11 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     public let loop: Loop
     unowned let daemon: Daemon<Loop>
     let policies: ConfigPolicySource
+    /// The server TLS context new injection connections use (nil: no TLS).
+    /// Only touched on this loop: a reload swaps it through `loop.execute`,
+    /// and a connection keeps the context it started with (it holds a
+    /// reference, as does OpenSSL's `SSL` on its `SSL_CTX`).
+    var serverTLSContext: TLSContext?
     private(set) var engine: DeliveryEngine<Loop>!
     /// Spool writers by global stream number (this worker's own, plus any
     /// left from a run with more threads).
@@ -29,11 +34,12 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     var queueDeferrals: UInt64 = 0
     var injectionConnections: UInt64 = 0
 
-    init(index: Int, loop: Loop, daemon: Daemon<Loop>, config: PeregrineConfig) {
+    init(index: Int, loop: Loop, daemon: Daemon<Loop>, config: PeregrineConfig, serverTLSContext: TLSContext?) {
         self.index = index
         self.loop = loop
         self.daemon = daemon
         self.policies = ConfigPolicySource(config: config)
+        self.serverTLSContext = serverTLSContext
         self.defaultVMTA = config.virtualMTAs.first?.name ?? ConfigPolicySource.defaultVMTAName
     }
 
@@ -73,7 +79,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         var sessionConfig = SMTPServerConfiguration(hostname: daemon.hostName)
         sessionConfig.banner = "ESMTP Peregrine"
         if source.maxMessageSize > 0 { sessionConfig.maxMessageSize = source.maxMessageSize }
-        let tlsContext = daemon.serverTLSContext
+        let tlsContext = serverTLSContext
         sessionConfig.startTLSEnabled = tlsContext != nil && !implicitTLS
         let handler = InjectionHandler(worker: self, peer: c.peer, source: source)
         let session = SMTPServerSession(configuration: sessionConfig, delegate: handler)

@@ -21,10 +21,11 @@ public enum TLSTrustStore: Sendable, Equatable {
     case file(String)
 }
 
-/// One `SSL_CTX`: the shared, thread-safe half of TLS. Build it once at
-/// start-up (a server context per certificate, one client context for
-/// delivery) and share it between loops; `makeConnection` creates the
-/// per-connection `TLSConnection`.
+/// One `SSL_CTX`: the shared, thread-safe half of TLS. Build it at start-up
+/// (a server context per certificate, one client context for delivery) and
+/// share it between loops; `makeConnection` creates the per-connection
+/// `TLSConnection`, which keeps its context alive. A reload builds a new
+/// server context; the old one is freed when its last connection ends.
 ///
 /// Server: certificate chain + key, TLS 1.2 and 1.3 (older versions off),
 /// OpenSSL's default ciphers (server preference), a session cache and
@@ -78,13 +79,14 @@ public final class TLSContext: @unchecked Sendable {
         let context = TLSContext(ctx: ctx, role: .server, canVerifyPeers: false, sessionCacheLimit: 0)
         ERR_clear_error()
         guard SSL_CTX_use_certificate_chain_file(ctx, certificateFile) == 1 else {
-            throw TLSError.fromQueue(.configuration, "certificate \(certificateFile)")
+            throw TLSError.fromQueue(.configuration, "certificate \(certificateFile)", file: certificateFile)
         }
         guard SSL_CTX_use_PrivateKey_file(ctx, keyFile, SSL_FILETYPE_PEM) == 1 else {
-            throw TLSError.fromQueue(.configuration, "private key \(keyFile)")
+            throw TLSError.fromQueue(.configuration, "private key \(keyFile)", file: keyFile)
         }
         guard SSL_CTX_check_private_key(ctx) == 1 else {
-            throw TLSError.fromQueue(.configuration, "key \(keyFile) does not match certificate \(certificateFile)")
+            throw TLSError.fromQueue(.configuration, "key \(keyFile) does not match certificate \(certificateFile)",
+                                     file: keyFile)
         }
         _ = SSL_CTX_set_options(ctx, peregrine_SSL_OP_CIPHER_SERVER_PREFERENCE())
         // Resumption: an internal session cache (TLS 1.2 session ids) plus
@@ -117,7 +119,7 @@ public final class TLSContext: @unchecked Sendable {
             }
         case .file(let path):
             guard SSL_CTX_load_verify_locations(ctx, path, nil) == 1 else {
-                throw TLSError.fromQueue(.configuration, "CA file \(path)")
+                throw TLSError.fromQueue(.configuration, "CA file \(path)", file: path)
             }
         }
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nil)
