@@ -23,8 +23,10 @@ public final class Daemon<Loop: EventLoop> {
     public let hostName: String
     /// STARTTLS / implicit TLS on injection (`smtp-server-tls-certificate`); nil: none.
     /// Rebuilt from the files on reload; each worker holds its own copy of the
-    /// reference (see `LoopWorker.serverTLSContext`). Guarded by `lock`.
-    public private(set) var serverTLSContext: TLSContext?
+    /// reference (see `LoopWorker.serverTLSContext`), so connections never
+    /// take this lock.
+    public var serverTLSContext: TLSContext? { lock.withLock { currentServerTLSContext } }
+    private var currentServerTLSContext: TLSContext?
     /// The `tls=yes` listeners started with (listeners keep their start-up values).
     let implicitTLSListeners: [SocketAddress]
     /// STARTTLS on delivery: one client context for every loop (session resumption per MX).
@@ -46,7 +48,7 @@ public final class Daemon<Loop: EventLoop> {
         self.config = config
         self.options = options
         self.hostName = config.hostName ?? ConfigPolicySource.systemHostName()
-        self.serverTLSContext = try config.serverTLS?.makeContext()
+        self.currentServerTLSContext = try config.serverTLS?.makeContext()
         self.implicitTLSListeners = config.implicitTLSListeners
         // System CAs so `tls-verify-hostname yes` can verify; without them, no verification.
         self.clientTLSContext = (try? TLSContext.client(trustStore: .system)) ?? (try? TLSContext.client())
@@ -143,7 +145,7 @@ public final class Daemon<Loop: EventLoop> {
             return 1
         }
         workers = created.enumerated().compactMap { i, l in l.map { LoopWorker(index: i, loop: $0, daemon: self, config: config,
-                                                                      serverTLSContext: serverTLSContext) } }
+                                                                      serverTLSContext: currentServerTLSContext) } }
         pendingStops = workers.count
 
         // Set up each worker on its own loop, then wait for all of them.
@@ -306,7 +308,7 @@ public final class Daemon<Loop: EventLoop> {
             log("reload failed, keeping the running config: \(error)")
             return .failure(error)
         }
-        lock.lock(); config = newConfig; serverTLSContext = newTLS; lock.unlock()
+        lock.lock(); config = newConfig; currentServerTLSContext = newTLS; lock.unlock()
         var line = "reloaded \(options.configPath)"
         if let tls = newConfig.serverTLS { line += " (TLS certificate \(tls.certificateFile) re-read)" }
         let done = line
