@@ -314,7 +314,12 @@ public final class Daemon<Loop: EventLoop> {
         let done = line
         // Counted on worker 0's loop only, like the management API's gather.
         let remaining = LoopConfined(workers.count)
-        let home = workers[0]
+        guard let home = workers.first else {
+            // Not running yet (no loops): the new config is what run() will start with.
+            log(done)
+            applied()
+            return .success(())
+        }
         for w in workers {
             w.loop.execute {
                 w.policies.reload(newConfig)
