@@ -141,14 +141,14 @@ enum CtlCommand {
         switch path {
         case "/queues", "/topqueues":
             let queues = object["queues"] as? [[String: Any]] ?? []
-            var rows = [["QUEUE", "MODE", "READY", "DELAYED", "CONN", "RATE", "DELIVERED", "BOUNCED", "DEFERRED", "LAST REPLY"]]
+            var rows = [["QUEUE", "MODE", "READY", "DELAYED", "CONN", "RATE", "DELIVERED", "BOUNCED", "DEFERRED", "SITE", "LAST REPLY"]]
             for q in queues {
                 var mode = q["mode"] as? String ?? "?"
                 if (q["paused"] as? Bool) == true { mode += ",paused" }
                 if let s = q["suspendedSeconds"] as? Double, s > 0 { mode += ",suspended \(Int(s))s" }
                 rows.append([q["queue"] as? String ?? "?", mode, num(q["ready"]), num(q["delayed"]), num(q["connections"]),
                              describe(q["rate"]), num(q["delivered"]), num(q["bounced"]), num(q["deferred"]),
-                             String((q["lastReply"] as? String ?? "").prefix(60))])
+                             q["site"] as? String ?? "", String((q["lastReply"] as? String ?? "").prefix(60))])
             }
             return table(rows)
         case "/status":

@@ -7,6 +7,7 @@ extension DomainOverrides {
         "backoff-max-connect-rate", "backoff-retry-after", "backoff-to-normal-after",
         "backoff-to-normal-after-delivery", "queue-priority", "connect-timeout",
         "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
+        "mx-rollup",
     ]
 
     /// Parses the directives of one `<domain>` block. Nested blocks, unknown
@@ -54,6 +55,7 @@ extension DomainOverrides {
         case "data-send-timeout": dataSendTimeout = try node.value(ConfigValue.duration)
         case "bounce-upon-no-mx": bounceUponNoMX = try node.value(ConfigValue.bool)
         case "smtp-421-means-mx-unavailable": smtp421MeansMXUnavailable = try node.value(ConfigValue.bool)
+        case "mx-rollup": mxRollup = try node.value(ConfigValue.bool)
         default:
             throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
         }

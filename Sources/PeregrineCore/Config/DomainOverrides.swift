@@ -26,6 +26,7 @@ public struct DomainOverrides: Hashable, Sendable {
     public var dataSendTimeout: Duration?
     public var bounceUponNoMX: Bool?
     public var smtp421MeansMXUnavailable: Bool?
+    public var mxRollup: Bool?
 
     public init() {}
 
@@ -54,5 +55,6 @@ public struct DomainOverrides: Hashable, Sendable {
         if let v = dataSendTimeout { s.dataSendTimeout = v }
         if let v = bounceUponNoMX { s.bounceUponNoMX = v }
         if let v = smtp421MeansMXUnavailable { s.smtp421MeansMXUnavailable = v }
+        if let v = mxRollup { s.mxRollup = v }
     }
 }

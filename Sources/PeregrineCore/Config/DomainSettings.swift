@@ -51,6 +51,14 @@ public struct DomainSettings: Hashable, Sendable {
     public var bounceUponNoMX = false
     /// `smtp-421-means-mx-unavailable`: a 421 greeting moves on to the next MX.
     public var smtp421MeansMXUnavailable = false
+    /// `mx-rollup`: queues of this VMTA whose resolved MX host set is the same
+    /// share one site (one connection budget, one set of rate limiters).
+    /// Off by default: PowerMTA configs expect per-domain limits, a rolled-up
+    /// queue is sharded by VMTA (all of a VMTA's rolled-up domains on one loop),
+    /// and rolling up unrelated domains that happen to share a hosting MX would
+    /// tighten their limits unasked. Operators turn it on for hosted families
+    /// (Outlook's hotmail/outlook/live/msn) whose receiver counts per IP.
+    public var mxRollup = false
 
     public init() {}
 

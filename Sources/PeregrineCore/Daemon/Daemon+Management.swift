@@ -11,10 +11,14 @@ extension Daemon {
         /// The max-msg-rate in force (backoff-max-msg-rate while in backoff).
         var rate: String
         var delivered: UInt64, bounced: UInt64, deferred: UInt64, lastReply: String
+        /// The MX site a rolled-up queue belongs to ("" when not rolled up); its
+        /// mode, suspension, connections and rate are the site's.
+        var site = ""
         var json: [String: Any] {
             ["queue": queue, "mode": mode, "paused": paused, "suspendedSeconds": suspendedSeconds,
              "suspendReason": suspendReason, "ready": ready, "delayed": delayed, "connections": connections,
-             "rate": rate, "delivered": delivered, "bounced": bounced, "deferred": deferred, "lastReply": lastReply]
+             "rate": rate, "delivered": delivered, "bounced": bounced, "deferred": deferred, "lastReply": lastReply,
+             "site": site]
         }
     }
 
@@ -44,9 +48,10 @@ extension Daemon {
                                                   suspendedSeconds: suspended, suspendReason: suspended > 0 ? q.suspendReason : "",
                                                   ready: q.readyRecipients, delayed: q.delayedRecipients,
                                                   connections: q.connections,
-                                                  rate: q.policy.maxMsgRate(inBackoff: q.isBackoff).description,
+                                                  rate: q.throttle.policy.maxMsgRate(inBackoff: q.isBackoff).description,
                                                   delivered: q.delivered, bounced: q.bounced,
-                                                  deferred: q.deferred, lastReply: q.lastReply))
+                                                  deferred: q.deferred, lastReply: q.lastReply,
+                                                  site: q.site?.key.description ?? ""))
                 }
                 let snapshot = LoopConfined(s)
                 home.loop.execute {

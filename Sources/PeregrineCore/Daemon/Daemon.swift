@@ -64,21 +64,30 @@ public final class Daemon<Loop: EventLoop> {
     // MARK: Sharding
 
     /// The worker that owns a queue: a stable hash of its name, so a queue's
-    /// throttles live on exactly one loop.
-    func owner(of key: QueueKey) -> LoopWorker<Loop> {
+    /// throttles live on exactly one loop. A rolled-up queue (mx-rollup) is
+    /// hashed by its VMTA alone: its MX site is only known after DNS, and every
+    /// queue that may share a site must live on the loop that owns the site.
+    /// `asking` is the worker calling (its policy cache answers mx-rollup).
+    func owner(of key: QueueKey, asking: LoopWorker<Loop>) -> LoopWorker<Loop> {
+        guard workers.count > 1 else { return workers[0] }
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in key.description.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        if asking.policies.policy(for: key).mxRollup {
+            for b in "mx-rollup/\(key.vmta)".utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        } else {
+            for b in key.description.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        }
         return workers[Int(h % UInt64(workers.count))]
     }
 
     func worker(forStream stream: Int) -> LoopWorker<Loop> { workers[stream % workers.count] }
 
-    /// Hands a durable message's recipients to the workers owning their queues.
-    func dispatch(_ message: QueuedMessage) {
+    /// Hands a durable message's recipients to the workers owning their queues
+    /// (called on `caller`'s loop, the loop of the message's spool stream).
+    func dispatch(_ message: QueuedMessage, from caller: LoopWorker<Loop>) {
         var byOwner: [Int: [Int]] = [:]
         for (i, r) in message.recipients.enumerated() where message.states[i] == .pending {
             let key = QueueKey(domain: r.domain, vmta: message.vmta)
-            byOwner[owner(of: key).index, default: []].append(i)
+            byOwner[owner(of: key, asking: caller).index, default: []].append(i)
         }
         for (ownerIndex, rcpts) in byOwner {
             let w = workers[ownerIndex]
@@ -223,7 +232,7 @@ public final class Daemon<Loop: EventLoop> {
                 let message = w.makeMessage(id: m.id, envelope: m.envelope, stream: stream, size: m.location.bodyLength,
                                             recordLength: Int(m.location.recordLength), receivedAt: w.loop.now,
                                             states: m.states)
-                dispatch(message)
+                dispatch(message, from: w)
                 count += 1
             }
         }

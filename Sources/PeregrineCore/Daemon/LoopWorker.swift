@@ -141,7 +141,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                 let message = self.makeMessage(id: id, envelope: envelope, stream: self.index, size: size,
                                                recordLength: Int(location.recordLength), receivedAt: receivedAt, states: nil)
                 self.logReceived(message, peer: peer)
-                self.daemon.dispatch(message)
+                self.daemon.dispatch(message, from: self)
                 done(.success(id))
             case .failure(let e):
                 done(.failure(e))

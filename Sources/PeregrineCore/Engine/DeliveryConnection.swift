@@ -26,6 +26,8 @@ final class DeliveryConnection<Loop: EventLoop> {
     private var timer: TimerHandle?
     private var idleTimer: TimerHandle?
     private var current: DeliveryItem?
+    /// The queue `current` was taken from: `queue`, or on a site's connection any member.
+    private var currentQueue: DeliveryQueue?
     private(set) var messagesSent = 0
     private(set) var isIdle = false
     private var everReady = false
@@ -138,7 +140,7 @@ final class DeliveryConnection<Loop: EventLoop> {
                 if let item = current {
                     current = nil
                     messagesSent += 1
-                    engine.complete(item, result: result, on: self, info: attemptInfo)
+                    engine.complete(item, from: currentQueue ?? queue, result: result, on: self, info: attemptInfo)
                 }
             case .closed(let reason):
                 if let tls { tlsSessionClosed(tls) }
@@ -183,9 +185,12 @@ final class DeliveryConnection<Loop: EventLoop> {
         guard session.isReady, current == nil, !closing else { return }
         if engine.isStopping || retired { quit(); return }
         if let t = idleTimer { loop.cancelTimer(t); idleTimer = nil }
-        switch queue.take(now: loop.now, messagesOnConnection: messagesSent) {
+        let (take, from) = queue.site?.take(now: loop.now, messagesOnConnection: messagesSent)
+            ?? (queue.take(now: loop.now, messagesOnConnection: messagesSent), queue)
+        switch take {
         case .item(let item):
             if isIdle { isIdle = false; queue.idleConnections -= 1 }
+            currentQueue = from
             begin(item)
         case .wait(let until):
             becomeIdle()
@@ -227,7 +232,7 @@ final class DeliveryConnection<Loop: EventLoop> {
                     self.pump()
                 } else {
                     self.current = nil
-                    self.queue.putBack(item)
+                    (self.currentQueue ?? self.queue).putBack(item)
                     self.quit()
                 }
             case .failure(let e):
@@ -280,7 +285,7 @@ final class DeliveryConnection<Loop: EventLoop> {
         if let item = current {
             // Should not happen (the session completes the message before closing), but never lose it.
             current = nil
-            queue.putBack(item)
+            (currentQueue ?? queue).putBack(item)
         }
         engine.connectionClosed(self, reason: closeReason, connectFailure: connectFailure, everReady: everReady)
         releaseIfDone()

@@ -15,6 +15,10 @@ public final class DeliveryEngine<Loop: EventLoop> {
     unowned let observer: DeliveryObserver
 
     public private(set) var queues: [QueueKey: DeliveryQueue] = [:]
+    /// MX sites of rolled-up queues (mx-rollup yes), by VMTA and resolved MX host set.
+    public private(set) var sites: [DeliverySiteKey: DeliverySite] = [:]
+    /// Rolled-up queues whose MX hosts are being looked up to find their site.
+    private var siteLookups: Set<QueueKey> = []
     /// STARTTLS for delivery: the shared client context and per-MX fallbacks (DeliveryEngine+TLS.swift).
     public let tls = DeliveryTLS()
     private var connections: [ObjectIdentifier: DeliveryConnection<Loop>] = [:]
@@ -92,25 +96,81 @@ public final class DeliveryEngine<Loop: EventLoop> {
             for item in expired { expire(item, queue: q) }
         }
         if !stopping {
-            // Idle connections take work first; new connections only if still needed.
-            if q.readyItems > 0 && q.idleConnections > 0 {
-                for c in connections.values where c.queue === q && c.isIdle { c.askForWork() }
-            }
-            let n = q.connectionsToOpen(now: now)
-            if n > 0 { open(n, for: q) }
-            else if q.readyItems > 0 && q.connections < q.maxConnections(now: now) && q.isSendable(now: now) {
-                // Held back by max-connect-rate: come back when it allows. Only
-                // then: when the open connections suffice (all busy, or idle ones
-                // were just asked), a finished transaction or a closed connection
-                // kicks the queue again, and a timer at `now` would re-kick it on
-                // every loop turn (a busy spin; on Dispatch it starved the loop).
-                let allowed = q.nextConnectAllowed(now: now)
-                if allowed > now { armTimer(q, at: allowed) }
+            if let site = q.site {
+                scheduleConnections(site, kicked: q, now: now)
+            } else if q.policy.mxRollup {
+                findSite(for: q, now: now)
+            } else {
+                scheduleConnections(q, now: now)
             }
         }
         var next = q.nextWakeup(now: now)
         if let b = q.backoffEnds() { next = min(next ?? .max, b) }
         if let t = next { armTimer(q, at: t) }
+    }
+
+    private func scheduleConnections(_ q: DeliveryQueue, now: UInt64) {
+        // Idle connections take work first; new connections only if still needed.
+        if q.readyItems > 0 && q.idleConnections > 0 {
+            for c in connections.values where c.queue === q && c.isIdle { c.askForWork() }
+        }
+        let n = q.connectionsToOpen(now: now)
+        if n > 0 { open(n, for: q) }
+        else if q.readyItems > 0 && q.connections < q.maxConnections(now: now) && q.isSendable(now: now) {
+            // Held back by max-connect-rate: come back when it allows. Only
+            // then: when the open connections suffice (all busy, or idle ones
+            // were just asked), a finished transaction or a closed connection
+            // kicks the queue again, and a timer at `now` would re-kick it on
+            // every loop turn (a busy spin; on Dispatch it starved the loop).
+            let allowed = q.nextConnectAllowed(now: now)
+            if allowed > now { armTimer(q, at: allowed) }
+        }
+    }
+
+    /// As for a queue, but over the site: its idle connections take any
+    /// member's work, and new connections count against the site's budget.
+    private func scheduleConnections(_ site: DeliverySite, kicked q: DeliveryQueue, now: UInt64) {
+        let t = site.throttle
+        let ready = site.readyItems
+        if ready > 0 && t.idleConnections > 0 {
+            for c in connections.values where c.queue.site === site && c.isIdle { c.askForWork() }
+        }
+        let n = site.connectionsToOpen(now: now)
+        if n > 0 {
+            // Connection-level settings (timeouts) and routing come from a member with work.
+            let lead = site.members.first { $0.readyItems > 0 && !$0.isPaused } ?? q
+            open(n, for: lead)
+        } else if ready > 0 && t.connections < t.maxConnections(now: now) && t.isOpen(now: now) {
+            let allowed = t.nextConnectAllowed(now: now)
+            if allowed > now { armTimer(q, at: allowed) }
+        }
+    }
+
+    /// A rolled-up queue's first kick with work: resolve its MX hosts and
+    /// join (or found) the site with the same host set; until then it opens
+    /// nothing. DNS failures are handled as when opening a connection.
+    private func findSite(for q: DeliveryQueue, now: UInt64) {
+        guard q.readyItems > 0, q.isSendable(now: now), !siteLookups.contains(q.key) else { return }
+        siteLookups.insert(q.key)
+        router.hosts(for: q.key) { [unowned self] result in
+            self.siteLookups.remove(q.key)
+            switch result {
+            case .success(let hosts) where !hosts.isEmpty:
+                let key = DeliverySiteKey(vmta: q.key.vmta, hosts: hosts, policy: q.policy)
+                if let site = self.sites[key] {
+                    site.add(q, now: self.loop.now)
+                } else {
+                    self.sites[key] = DeliverySite(key: key, first: q, now: self.loop.now)
+                }
+                self.kick(q)
+            case .success:
+                self.noMailHost(q, reason: "no mail host for \(q.key.domain)")
+            case .failure(.noMailHost(let why)):
+                self.noMailHost(q, reason: why)
+            case .failure(.temporary(let why)):
+                self.deferQueue(q, reason: "DNS: \(why)")
+            }
+        }
     }
 
     private func armTimer(_ q: DeliveryQueue, at when: UInt64) {
@@ -161,9 +221,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
 
     // MARK: Outcomes
 
-    func complete(_ item: DeliveryItem, result: SMTPMessageResult, on connection: DeliveryConnection<Loop>,
+    /// `q` is the queue the item was taken from (on a site's connection, any member).
+    func complete(_ item: DeliveryItem, from q: DeliveryQueue, result: SMTPMessageResult, on connection: DeliveryConnection<Loop>,
                   info: DeliveryAttemptInfo?) {
-        let q = connection.queue
         let now = loop.now
         let message = item.message
         if message.firstAttemptWall == 0 { message.firstAttemptWall = wallClockSeconds() }

@@ -19,12 +19,16 @@ public final class DeliveryQueue {
 
     public let key: QueueKey
     public private(set) var policy: DomainSettings
-    public private(set) var mode: Mode = .normal
-    public private(set) var backoffSince: UInt64 = 0
+    /// Limits and mode: the queue's own, or its site's once rolled up (mx-rollup).
+    public private(set) var throttle: DeliveryThrottle
+    /// The MX site this queue is rolled up into, if any.
+    public private(set) weak var site: DeliverySite?
+    public var mode: Mode { throttle.mode }
+    public var backoffSince: UInt64 { throttle.backoffSince }
     public var isPaused = false
     /// Monotonic time until which the queue sends nothing (suspend=…, or after `tq`).
-    public private(set) var suspendedUntil: UInt64 = 0
-    public private(set) var suspendReason = ""
+    public var suspendedUntil: UInt64 { throttle.suspendedUntil }
+    public var suspendReason: String { throttle.suspendReason }
 
     private var ready = RingBuffer<DeliveryItem>()
     private var delayed = DeadlineHeap<DeliveryItem>()
@@ -33,19 +37,22 @@ public final class DeliveryQueue {
     public var readyItems: Int { ready.count }
     public var delayedItems: Int { delayed.count }
 
-    private var messagePacer: RateLimiter
-    private var connectPacer: RateLimiter
-
     /// A lower connection cap learned from a receiver that refused a
-    /// connection while others of this queue were open ("too many
-    /// connections"), in force until `learnedCapUntil`; 0 = none.
-    public private(set) var learnedConnectionCap = 0
-    public private(set) var learnedCapUntil: UInt64 = 0
+    /// connection while others were open ("too many connections"), in force
+    /// until `learnedCapUntil`; 0 = none.
+    public var learnedConnectionCap: Int { throttle.learnedConnectionCap }
+    public var learnedCapUntil: UInt64 { throttle.learnedCapUntil }
 
-    /// Connections open or being opened for this queue (maintained by the engine).
-    public var connections = 0
+    /// Connections open or being opened for this queue, or for its site (maintained by the engine).
+    public var connections: Int {
+        get { throttle.connections }
+        set { throttle.connections = newValue }
+    }
     /// Of those, how many are idle waiting for work.
-    public var idleConnections = 0
+    public var idleConnections: Int {
+        get { throttle.idleConnections }
+        set { throttle.idleConnections = newValue }
+    }
 
     // Counters for /queues and accounting summaries.
     public private(set) var delivered: UInt64 = 0
@@ -56,18 +63,29 @@ public final class DeliveryQueue {
     public init(key: QueueKey, policy: DomainSettings) {
         self.key = key
         self.policy = policy
-        messagePacer = RateLimiter(rate: policy.maxMsgRate)
-        connectPacer = RateLimiter(rate: policy.maxConnectRate)
+        self.throttle = DeliveryThrottle(policy: policy)
     }
 
-    public var isBackoff: Bool { mode == .backoff }
+    public var isBackoff: Bool { throttle.isBackoff }
     public var totalRecipients: Int { readyRecipients + delayedRecipients }
     public var isEmpty: Bool { ready.isEmpty && delayed.isEmpty }
 
     /// Applies reloaded settings without dropping state.
     public func update(policy newPolicy: DomainSettings, now: UInt64) {
         policy = newPolicy
-        applyRates(now: now)
+        if let site { site.memberPolicyChanged(now: now) } else { throttle.update(policy: newPolicy, now: now) }
+    }
+
+    /// Joins an MX site: from now on the site's limits and mode apply. The
+    /// queue's own state carries over where it is stricter (a suspension).
+    func join(_ site: DeliverySite, now: UInt64) {
+        guard self.site !== site else { return }
+        let own = throttle
+        if own.suspendedUntil > now { site.throttle.suspend(until: own.suspendedUntil, reason: own.suspendReason) }
+        site.throttle.connections += own.connections
+        site.throttle.idleConnections += own.idleConnections
+        self.site = site
+        throttle = site.throttle
     }
 
     // MARK: Work in and out
@@ -131,8 +149,7 @@ public final class DeliveryQueue {
             delayedRecipients -= item.recipients.count
             enqueue(item)
         }
-        suspendedUntil = 0
-        suspendReason = ""
+        throttle.endSuspension()
     }
 
     /// Removes everything (`delete --queue`); returns the items for accounting.
@@ -172,59 +189,49 @@ public final class DeliveryQueue {
 
     /// Whether the queue may send at all now.
     public func isSendable(now: UInt64) -> Bool {
-        !isPaused && now >= suspendedUntil
+        !isPaused && throttle.isOpen(now: now)
     }
 
     /// The connection cap now: max-smtp-out (backoff-max-smtp-out in backoff),
     /// lowered while a learned receiver limit is in force.
-    public func maxConnections(now: UInt64) -> Int {
-        let cap = policy.maxSMTPOut(inBackoff: isBackoff)
-        guard learnedConnectionCap > 0, now < learnedCapUntil else { return cap }
-        return min(cap, learnedConnectionCap)
-    }
+    public func maxConnections(now: UInt64) -> Int { throttle.maxConnections(now: now) }
 
     /// A connection was refused before its first transaction while `open`
     /// others of this queue remain: the receiver takes no more than those for
     /// now, so open no more until `until` (the open ones keep working).
-    public func limitConnections(to open: Int, until: UInt64) {
-        learnedConnectionCap = max(1, open)
-        learnedCapUntil = until
-    }
+    public func limitConnections(to open: Int, until: UInt64) { throttle.limitConnections(to: open, until: until) }
 
     /// How many new connections the engine should open now (0 while paused,
     /// suspended, throttled or when the existing ones suffice).
     public func connectionsToOpen(now: UInt64) -> Int {
-        guard isSendable(now: now), !ready.isEmpty else { return 0 }
-        let cap = maxConnections(now: now)
-        let wanted = min(cap, ready.count) - connections
-        guard wanted > 0, idleConnections == 0 else { return 0 }
-        var n = 0
-        while n < wanted && connectPacer.tryAcquire(now: now) { n += 1 }
-        return n
+        guard !isPaused else { return 0 }
+        return throttle.connectionsToOpen(readyItems: ready.count, now: now)
     }
 
     /// When the connect pacer next allows a connection (for the engine's timer).
-    public func nextConnectAllowed(now: UInt64) -> UInt64 { connectPacer.nextAllowed(now: now) }
+    public func nextConnectAllowed(now: UInt64) -> UInt64 { throttle.nextConnectAllowed(now: now) }
 
     /// The next item for a connection that has sent `messagesOnConnection` so far.
     public func take(now: UInt64, messagesOnConnection: Int) -> Take {
-        if !isSendable(now: now) { return .close }
-        if connections > maxConnections(now: now) { return .close }
-        let cap = policy.maxMsgPerConnection
-        if cap > 0 && messagesOnConnection >= cap { return .close }
+        if isPaused || throttle.mustClose(now: now, messagesOnConnection: messagesOnConnection) { return .close }
         guard !ready.isEmpty else { return .idle }
-        if !messagePacer.tryAcquire(now: now) {
-            return .wait(until: messagePacer.nextAllowed(now: now))
-        }
-        guard let item = ready.popFirst() else { return .idle }
-        readyRecipients -= item.recipients.count
+        if let until = throttle.acquireMessage(now: now) { return .wait(until: until) }
+        guard let item = popReady() else { return .idle }
         return .item(item)
+    }
+
+    /// The next ready item, with no throttle check (the caller, a site, has charged its own).
+    func popReady() -> DeliveryItem? {
+        guard let item = ready.popFirst() else { return nil }
+        readyRecipients -= item.recipients.count
+        return item
     }
 
     /// The earliest time something in this queue changes by itself: a delayed
     /// item comes due, or a suspension ends.
     public func nextWakeup(now: UInt64) -> UInt64? {
         var t = delayed.nextDeadline
+        let suspendedUntil = throttle.suspendedUntil
         if suspendedUntil > now { t = min(t ?? .max, suspendedUntil) }
         return t
     }
@@ -233,58 +240,29 @@ public final class DeliveryQueue {
 
     public func noteDelivered(_ count: Int, now: UInt64) {
         delivered += UInt64(count)
-        if isBackoff && policy.backoffToNormalAfterDelivery { leaveBackoff(now: now) }
+        throttle.noteDelivered(now: now)
     }
 
     public func noteBounced(_ count: Int) { bounced += UInt64(count) }
 
-    /// Enters backoff mode (pattern list `mode=backoff` or by hand).
-    public func enterBackoff(now: UInt64) {
-        if mode != .backoff {
-            mode = .backoff
-            backoffSince = now
-            applyRates(now: now)
-        }
-    }
+    /// Enters backoff mode (pattern list `mode=backoff` or by hand); a site's queues enter it together.
+    public func enterBackoff(now: UInt64) { throttle.enterBackoff(now: now) }
 
-    public func leaveBackoff(now: UInt64) {
-        if mode != .normal {
-            mode = .normal
-            applyRates(now: now)
-        }
-    }
+    public func leaveBackoff(now: UInt64) { throttle.leaveBackoff(now: now) }
 
     /// Returns to normal mode when backoff-to-normal-after has elapsed; the
     /// engine calls this from its queue timer.
-    public func checkBackoffExpiry(now: UInt64) {
-        if isBackoff, let after = policy.backoffToNormalAfter?.nanoseconds, now >= backoffSince &+ after {
-            leaveBackoff(now: now)
-        }
-    }
+    public func checkBackoffExpiry(now: UInt64) { throttle.checkBackoffExpiry(now: now) }
 
     /// When backoff-to-normal-after will flip the queue back, if ever.
-    public func backoffEnds() -> UInt64? {
-        guard isBackoff, let after = policy.backoffToNormalAfter?.nanoseconds else { return nil }
-        return backoffSince &+ after
-    }
+    public func backoffEnds() -> UInt64? { throttle.backoffEnds() }
 
     /// Suspends sending until `until` (pattern list `suspend=…`, or a queue-level
-    /// deferral after every MX failed).
-    public func suspend(until: UInt64, reason: String) {
-        if until > suspendedUntil {
-            suspendedUntil = until
-            suspendReason = reason
-        }
-    }
+    /// deferral after every MX failed); for a rolled-up queue, the whole site.
+    public func suspend(until: UInt64, reason: String) { throttle.suspend(until: until, reason: reason) }
 
     public func resume() {
         isPaused = false
-        suspendedUntil = 0
-        suspendReason = ""
-    }
-
-    private func applyRates(now: UInt64) {
-        messagePacer.setRate(policy.maxMsgRate(inBackoff: isBackoff), now: now)
-        connectPacer.setRate(policy.maxConnectRate(inBackoff: isBackoff), now: now)
+        throttle.endSuspension()
     }
 }
