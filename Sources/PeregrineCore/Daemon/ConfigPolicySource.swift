@@ -11,6 +11,7 @@ public final class ConfigPolicySource: DeliveryPolicySource {
     public private(set) var config: PeregrineConfig
     private var settingsCache: [QueueKey: DomainSettings] = [:]
     private var vmtaCache: [String: VirtualMTA] = [:]
+    private var poolCache: [String: (name: String, members: [String])?] = [:]
     /// The VMTA used when the config defines none: no source binding, the host's name.
     public static let defaultVMTAName = "default"
 
@@ -22,6 +23,7 @@ public final class ConfigPolicySource: DeliveryPolicySource {
         config = newConfig
         settingsCache.removeAll()
         vmtaCache.removeAll()
+        poolCache.removeAll()
     }
 
     public func policy(for queue: QueueKey) -> DomainSettings {
@@ -43,6 +45,16 @@ public final class ConfigPolicySource: DeliveryPolicySource {
         }
         if let result { vmtaCache[name] = result }
         return result
+    }
+
+    /// The first `<virtual-mta-pool>` listing the VMTA (a VMTA in several pools
+    /// steers within that one).
+    public func pool(ofVMTA name: String) -> (name: String, members: [String])? {
+        if let cached = poolCache[name] { return cached }
+        let key = name.lowercased()
+        let found = config.virtualMTAPools.first { $0.members.contains(key) }.map { ($0.name, $0.members) }
+        poolCache[name] = .some(found)
+        return found
     }
 
     public func actions(for reply: SMTPReply, queue: QueueKey) -> [SMTPPatternAction] {

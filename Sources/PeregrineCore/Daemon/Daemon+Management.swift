@@ -14,11 +14,13 @@ extension Daemon {
         /// The MX site a rolled-up queue belongs to ("" when not rolled up); its
         /// mode, suspension, connections and rate are the site's.
         var site = ""
+        /// The queue's source IP while a pattern list has it disabled for the domain ("" otherwise).
+        var disabledSource = "", disabledSeconds: Double = 0
         var json: [String: Any] {
             ["queue": queue, "mode": mode, "paused": paused, "suspendedSeconds": suspendedSeconds,
              "suspendReason": suspendReason, "ready": ready, "delayed": delayed, "connections": connections,
              "rate": rate, "delivered": delivered, "bounced": bounced, "deferred": deferred, "lastReply": lastReply,
-             "site": site]
+             "site": site, "disabledSource": disabledSource, "disabledSeconds": disabledSeconds]
         }
     }
 
@@ -52,6 +54,11 @@ extension Daemon {
                                                   delivered: q.delivered, bounced: q.bounced,
                                                   deferred: q.deferred, lastReply: q.lastReply,
                                                   site: q.site?.key.description ?? ""))
+                    if let until = w.engine.sourceDisabledUntil(q.key) {
+                        s.queues[s.queues.count - 1].disabledSource =
+                            w.policies.virtualMTA(named: q.key.vmta)?.sourceAddress?.ip ?? q.key.vmta
+                        s.queues[s.queues.count - 1].disabledSeconds = Double(until - now) / 1e9
+                    }
                 }
                 let snapshot = LoopConfined(s)
                 home.loop.execute {

@@ -71,11 +71,11 @@ public final class Daemon<Loop: EventLoop> {
     func owner(of key: QueueKey, asking: LoopWorker<Loop>) -> LoopWorker<Loop> {
         guard workers.count > 1 else { return workers[0] }
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        if asking.policies.policy(for: key).mxRollup {
-            for b in "mx-rollup/\(key.vmta)".utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        } else {
-            for b in key.description.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        }
+        // A pooled VMTA's queues for a domain share a loop with the other
+        // members' (disable-source-ip moves mail between them on that loop).
+        let vmtaGroup = asking.policies.pool(ofVMTA: key.vmta).map { "pool:\($0.name)" } ?? key.vmta
+        let name = asking.policies.policy(for: key).mxRollup ? "mx-rollup/\(vmtaGroup)" : "\(key.domain)/\(vmtaGroup)"
+        for b in name.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
         return workers[Int(h % UInt64(workers.count))]
     }
 
@@ -355,8 +355,10 @@ extension QueuedMessage {
     func part(keeping recipients: [Int]) -> QueuedMessage {
         let keep = Set(recipients)
         let s: [RecipientState] = (0..<self.recipients.count).map { keep.contains($0) ? states[$0] : .delivered }
-        return QueuedMessage(id: id, sender: sender, recipients: self.recipients, vmta: vmta, jobId: jobId, envId: envId,
-                             receivedAtWall: receivedAtWall, receivedAt: receivedAt, bodySize: bodySize,
-                             recordLength: recordLength, stream: stream, states: s)
+        let copy = QueuedMessage(id: id, sender: sender, recipients: self.recipients, vmta: vmta, jobId: jobId, envId: envId,
+                                 receivedAtWall: receivedAtWall, receivedAt: receivedAt, bodySize: bodySize,
+                                 recordLength: recordLength, stream: stream, states: s)
+        copy.pool = pool
+        return copy
     }
 }

@@ -115,7 +115,8 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate {
             vmta: Array(vmta.utf8), jobID: Array(jobID.utf8), envID: Array((mail.envelopeID ?? "").utf8),
             receivedAt: wallClockMilliseconds())
         let size = assembled.count
-        worker.accept(envelope: envelope, body: assembled.bytes, peer: peer) { [weak self] result in
+        let pool = worker.policies.config.pool(named: vmtaName)?.name
+        worker.accept(envelope: envelope, body: assembled.bytes, peer: peer, pool: pool) { [weak self] result in
             guard let self, let connection = self.connection else { return }
             switch result {
             case .success(let id):

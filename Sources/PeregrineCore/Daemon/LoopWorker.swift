@@ -127,7 +127,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     }
 
     /// Spools an injected message; `done` runs once it is durable (the 250) or failed.
-    func accept(envelope: SpoolEnvelope, body: UnsafeRawBufferPointer, peer: SocketAddress,
+    func accept(envelope: SpoolEnvelope, body: UnsafeRawBufferPointer, peer: SocketAddress, pool: String? = nil,
                 _ done: @escaping (Result<MessageID, SpoolError>) -> Void) {
         guard let spool = primarySpool else { done(.failure(.writerFailed("no spool stream on loop \(index)"))); return }
         let receivedAt = loop.now
@@ -140,6 +140,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                 self.received += 1
                 let message = self.makeMessage(id: id, envelope: envelope, stream: self.index, size: size,
                                                recordLength: Int(location.recordLength), receivedAt: receivedAt, states: nil)
+                message.pool = pool
                 self.logReceived(message, peer: peer)
                 self.daemon.dispatch(message, from: self)
                 done(.success(id))
@@ -249,6 +250,13 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     public func messageCompleted(_ message: QueuedMessage) {}
 
+    public func sourceDisabled(_ queue: DeliveryQueue, until: UInt64, reason: String, movedTo: String?, recipientsMoved: Int) {
+        let seconds = until > loop.now ? (until - loop.now) / 1_000_000_000 : 0
+        let source = policies.virtualMTA(named: queue.key.vmta)?.sourceAddress?.ip ?? queue.key.vmta
+        let what = movedTo.map { "pool mail moves to \($0) (\(recipientsMoved) recipient(s) now)" } ?? "the queue waits"
+        daemon.log("\(queue.key): source IP \(source) disabled for \(seconds)s (\(reason)); \(what)")
+    }
+
     private func record(_ type: AccountingRecordType, _ m: QueuedMessage, _ r: Int, _ q: DeliveryQueue, _ reply: SMTPReply,
                         connection: DeliveryAttemptInfo?, category: String) -> AccountingRecord {
         let now = wallClockSeconds()
@@ -269,7 +277,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
             dlvType: connection == nil ? "" : "smtp",
             dlvSourceIp: connection?.sourceAddress?.ip ?? "", dlvDestinationIp: connection?.destination.ip ?? "",
             dlvEsmtpAvailable: connection.map { $0.esmtp ? "yes" : "no" } ?? "", dlvSize: m.bodySize,
-            vmta: m.vmta, jobId: m.jobId ?? "", envId: m.envId ?? "",
+            // The VMTA that made the attempt: a pool's other member once a source IP was disabled.
+            vmta: q.key.vmta, jobId: m.jobId ?? "", envId: m.envId ?? "",
             timeFirstAttempt: m.firstAttemptWall == 0 ? nil : m.firstAttemptWall,
             totalSecondsQueued: max(0, now - m.receivedAtWall), queue: q.key.description,
             dlvTlsProtocol: connection?.tlsProtocol ?? "", dlvTlsCipher: connection?.tlsCipher ?? "")

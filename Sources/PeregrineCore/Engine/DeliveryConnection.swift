@@ -238,7 +238,7 @@ final class DeliveryConnection<Loop: EventLoop> {
             case .failure(let e):
                 // The body cannot be read: a local problem, not the receiver's.
                 self.current = nil
-                self.engine.bodyUnreadable(item, error: e)
+                self.engine.bodyUnreadable(item, from: self.currentQueue ?? self.queue, error: e)
                 self.askForWork()
             }
         }

@@ -23,8 +23,8 @@ public final class DeliveryEngine<Loop: EventLoop> {
     public let tls = DeliveryTLS()
     private var connections: [ObjectIdentifier: DeliveryConnection<Loop>] = [:]
     private var queueTimers: [QueueKey: (at: UInt64, handle: TimerHandle)] = [:]
-    /// Source IPs a pattern list disabled, per queue, until a time.
-    private var disabledUntil: [QueueKey: UInt64] = [:]
+    /// Source IPs a pattern list disabled, per queue (domain/vmta), until a time (DeliveryEngine+SourceSteering.swift).
+    var disabledUntil: [QueueKey: UInt64] = [:]
     private var expiredScratch: [DeliveryItem] = []
     private var stopping = false
     private var stopped: (() -> Void)?
@@ -52,8 +52,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
         var byDomain: [String: [Int]] = [:]
         for r in recipients { byDomain[message.recipients[r].domain, default: []].append(r) }
         for (domain, rcpts) in byDomain {
-            let key = QueueKey(domain: domain, vmta: vmta)
-            let q = queue(for: key)
+            var q = queue(for: QueueKey(domain: domain, vmta: vmta))
+            // A pool's disabled member is skipped for this domain.
+            if let other = steeringTarget(from: q, for: message, now: loop.now) { q = other }
             let maxRcpt = max(1, q.policy.maxRcptPerTransaction)
             var start = 0
             while start < rcpts.count {
@@ -271,7 +272,14 @@ public final class DeliveryEngine<Loop: EventLoop> {
         if !retry.isEmpty {
             var again = item
             again.recipients = retry
-            q.deferItem(again, now: now)
+            if let other = steeringTarget(from: q, for: message, now: now) {
+                // This source IP is disabled for the domain: another pool member tries at once.
+                again.attempts += 1
+                other.enqueue(again)
+                kick(other)
+            } else {
+                q.deferItem(again, now: now)
+            }
         }
         if message.isComplete { observer.messageCompleted(message) }
         kick(q)
@@ -286,20 +294,15 @@ public final class DeliveryEngine<Loop: EventLoop> {
             case .normal: q.leaveBackoff(now: now)
             case .suspend(let d): q.suspend(until: now &+ d.nanoseconds, reason: reply.description)
             case .disableSourceIP(let d):
-                // The pool stops using this source for the domain for a while: with one
-                // VMTA per queue that means the queue (domain/vmta) pauses.
-                let ns = d?.nanoseconds ?? 3_600_000_000_000
-                disabledUntil[q.key] = now &+ ns
-                q.suspend(until: now &+ ns, reason: "source IP disabled: \(reply.description)")
+                disableSource(of: q, for: d?.nanoseconds ?? 3_600_000_000_000, reply: reply, now: now)
             case .bounce: bounce = true
             }
         }
         return bounce
     }
 
-    func bodyUnreadable(_ item: DeliveryItem, error: IOError) {
+    func bodyUnreadable(_ item: DeliveryItem, from q: DeliveryQueue, error: IOError) {
         // Keep the recipients: a read error may be transient (EIO, ENOMEM); retry on schedule.
-        let q = queue(for: QueueKey(domain: item.message.recipients[item.recipients[0]].domain, vmta: item.message.vmta))
         q.lastReply = "local: cannot read the spooled body: \(error)"
         q.deferItem(item, now: loop.now)
     }

@@ -40,6 +40,9 @@ public protocol DeliveryObserver: AnyObject {
     func queueDeferred(_ queue: DeliveryQueue, reason: String)
     /// A message has no pending recipient left anywhere: its spool space may be reclaimed.
     func messageCompleted(_ message: QueuedMessage)
+    /// A pattern list disabled a queue's source IP for its domain until `until`
+    /// (monotonic); `movedTo` is the pool member its mail moves to (nil: the queue waits).
+    func sourceDisabled(_ queue: DeliveryQueue, until: UInt64, reason: String, movedTo: String?, recipientsMoved: Int)
 }
 
 /// Facts about the connection a result came over (accounting's dlv* fields).
@@ -76,6 +79,8 @@ public protocol DeliveryRouter: AnyObject {
 public protocol DeliveryPolicySource: AnyObject {
     func policy(for queue: QueueKey) -> DomainSettings
     func virtualMTA(named: String) -> VirtualMTA?
+    /// The pool a VMTA's queues steer within when its source IP is disabled, if any.
+    func pool(ofVMTA name: String) -> (name: String, members: [String])?
     /// Pattern-list actions for a remote reply on this queue.
     func actions(for reply: SMTPReply, queue: QueueKey) -> [SMTPPatternAction]
     /// Bounce category for a permanent failure.

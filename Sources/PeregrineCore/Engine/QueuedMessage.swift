@@ -35,6 +35,10 @@ public final class QueuedMessage {
     public let stream: Int
     /// Wall-clock seconds of the first delivery attempt (accounting), 0 = none yet.
     public var firstAttemptWall: Int64 = 0
+    /// The `<virtual-mta-pool>` that picked `vmta` at injection (nil: named
+    /// directly, or recovered from the spool, which does not keep it). Only
+    /// such mail moves to another member when a source IP is disabled.
+    public var pool: String?
 
     public init(id: MessageID, sender: String, recipients: [Recipient], vmta: String, jobId: String?,
                 envId: String?, receivedAtWall: Int64, receivedAt: UInt64, bodySize: Int,
