@@ -143,7 +143,8 @@ public final class DeliveryQueue {
         }
     }
 
-    /// `schedule` (retry now): every delayed item becomes ready, and a suspension ends.
+    /// `schedule` (retry now): every delayed item becomes ready, and a suspension
+    /// ends (for a rolled-up queue, the site's: the operator asked to try now).
     public func retryNow() {
         for item in delayed.removeAll() {
             delayedRecipients -= item.recipients.count
@@ -261,6 +262,7 @@ public final class DeliveryQueue {
     /// deferral after every MX failed); for a rolled-up queue, the whole site.
     public func suspend(until: UInt64, reason: String) { throttle.suspend(until: until, reason: reason) }
 
+    /// Unpauses the queue and ends a suspension (a rolled-up queue's is its site's).
     public func resume() {
         isPaused = false
         throttle.endSuspension()
