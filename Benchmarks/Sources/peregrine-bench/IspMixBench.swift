@@ -284,6 +284,7 @@ struct IspMixRun {
             max-msg-per-connection 20
         </domain>
         <domain $outlook>
+            mx-rollup yes
             max-smtp-out 5
             max-msg-per-connection 50
             backoff-max-msg-rate 100/m
