@@ -17,7 +17,8 @@ extension DeliveryEngine {
     /// when `q` may be used (its source is not disabled, or the message did not
     /// come through `q`'s pool, or every other member is disabled for the domain too).
     func steeringTarget(from q: DeliveryQueue, for message: QueuedMessage, now: UInt64) -> DeliveryQueue? {
-        guard let until = disabledUntil[q.key], until > now, let poolName = message.pool,
+        // Fast path: nothing disabled on this loop (the usual case, checked per submit).
+        guard !disabledUntil.isEmpty, let until = disabledUntil[q.key], until > now, let poolName = message.pool,
               let (name, members) = policies.pool(ofVMTA: q.key.vmta), name == poolName else { return nil }
         return otherMember(than: q, in: members, now: now)
     }
@@ -39,6 +40,8 @@ extension DeliveryEngine {
     /// recipients in flight move when their transaction ends (`complete`).
     func disableSource(of q: DeliveryQueue, for ns: UInt64, reply: SMTPReply, now: UInt64) {
         let until = now &+ ns
+        // Each transaction in flight on the source may bring the same reply: log the change only.
+        let wasDisabled = (disabledUntil[q.key] ?? 0) > now
         disabledUntil[q.key] = max(disabledUntil[q.key] ?? 0, until)
         q.suspend(until: until, reason: "source IP disabled: \(reply.description)")
         var moved = 0
@@ -50,7 +53,9 @@ extension DeliveryEngine {
                 other.enqueue(item)
             }
         }
-        observer.sourceDisabled(q, until: until, reason: reply.description, movedTo: target?.key.vmta, recipientsMoved: moved)
+        if !wasDisabled || moved > 0 {
+            observer.sourceDisabled(q, until: until, reason: reply.description, movedTo: target?.key.vmta, recipientsMoved: moved)
+        }
         if let target { kick(target) }
     }
 }
