@@ -146,6 +146,7 @@ enum CtlCommand {
                 var mode = q["mode"] as? String ?? "?"
                 if (q["paused"] as? Bool) == true { mode += ",paused" }
                 if let s = q["suspendedSeconds"] as? Double, s > 0 { mode += ",suspended \(Int(s))s" }
+                if let src = q["disabledSource"] as? String, !src.isEmpty { mode += ",source \(src) disabled" }
                 rows.append([q["queue"] as? String ?? "?", mode, num(q["ready"]), num(q["delayed"]), num(q["connections"]),
                              describe(q["rate"]), num(q["delivered"]), num(q["bounced"]), num(q["deferred"]),
                              q["site"] as? String ?? "", String((q["lastReply"] as? String ?? "").prefix(60))])
