@@ -195,7 +195,8 @@ public final class Daemon<Loop: EventLoop> {
     }
 
     private func streamIndex(of r: SpoolStreamRecovery) -> Int {
-        Int((r.directory as NSString).lastPathComponent.dropFirst(5)) ?? 0
+        // recoverAll lists only names streamNumber accepts (never negative, so `% n` is an index).
+        SpoolRecovery.streamNumber(directoryName: (r.directory as NSString).lastPathComponent) ?? 0
     }
 
     private func setUp(_ w: LoopWorker<Loop>, recovered: [SpoolStreamRecovery]) throws {

@@ -52,19 +52,53 @@ public enum SpoolRecovery {
         return directory + "/" + String(repeating: "0", count: max(0, 6 - s.count)) + s + ".seg"
     }
 
+    /// Highest segment number a writer starts or rolls over to. Names above it
+    /// were not written by this spool (2^31 rollovers would take decades), and
+    /// taking them would make the next number overflow.
+    public static let maxSegmentNumber: UInt32 = UInt32(Int32.max)
+
+    /// The number in a segment file name exactly as `segmentPath` spells it
+    /// (`000042.seg`), within 1...maxSegmentNumber; nil for anything else.
+    public static func segmentNumber(fileName name: String) -> UInt32? {
+        guard name.hasSuffix(".seg") else { return nil }
+        let digits = name.dropLast(4)
+        guard !digits.isEmpty, digits.utf8.count <= 10, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+              let n = UInt32(digits), n >= 1, n <= maxSegmentNumber else { return nil }
+        let s = String(n)
+        guard String(repeating: "0", count: max(0, 6 - s.count)) + s == digits else { return nil }
+        return n
+    }
+
+    /// The N of a stream directory name `loop-N` as the daemon spells it (plain
+    /// decimal, no sign or leading zeros, at most six digits); nil otherwise.
+    public static func streamNumber(directoryName name: String) -> Int? {
+        guard name.hasPrefix("loop-") else { return nil }
+        let digits = name.dropFirst(5)
+        guard !digits.isEmpty, digits.utf8.count <= 6, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+              let n = Int(digits), String(n) == digits else { return nil }
+        return n
+    }
+
     /// Segment numbers present in `directory`, sorted. Missing directory = none.
     public static func listSegments(directory: String) -> [UInt32] {
-        guard let d = opendir(directory) else { return [] }
+        scanSegments(directory: directory).numbers
+    }
+
+    /// Segment numbers present in `directory`, sorted, and the names of other
+    /// `*.seg` files (not written by this spool: reported, never read).
+    public static func scanSegments(directory: String) -> (numbers: [UInt32], strays: [String]) {
+        guard let d = opendir(directory) else { return ([], []) }
         defer { closedir(d) }
         var result: [UInt32] = []
+        var strays: [String] = []
         while let ent = readdir(d) {
             let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
-            guard name.hasSuffix(".seg"), let n = UInt32(name.dropLast(4)) else { continue }
-            result.append(n)
+            guard name.hasSuffix(".seg") else { continue }
+            if let n = segmentNumber(fileName: name) { result.append(n) } else { strays.append(name) }
         }
-        return result.sorted()
+        return (result.sorted(), strays.sorted())
     }
 
     /// Stream directories `loop-N` under a spool directory, sorted by N.
@@ -76,7 +110,7 @@ public enum SpoolRecovery {
             let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
-            guard name.hasPrefix("loop-"), let n = Int(name.dropFirst(5)) else { continue }
+            guard let n = streamNumber(directoryName: name) else { continue }
             result.append((n, spoolDirectory + "/" + name))
         }
         return result.sorted { $0.0 < $1.0 }.map(\.1)
@@ -113,7 +147,10 @@ public enum SpoolRecovery {
         var early: [MessageID: [(Int, RecipientState)]] = [:]
         var segments: [RecoveredSegment] = []
         var problems: [SpoolError] = []
-        let numbers = listSegments(directory: directory)
+        let (numbers, strays) = scanSegments(directory: directory)
+        for name in strays {
+            log("\(directory)/\(name): not a segment name this spool writes (000001.seg ... \(maxSegmentNumber).seg), left alone")
+        }
         // One read buffer for all segments (they are read one at a time).
         var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1, alignment: 4096)
         defer { scratch.deallocate() }

@@ -301,7 +301,12 @@ public final class SpoolWriter<Loop: EventLoop> {
     /// Starts the next segment; the old one is fsynced by the next commit.
     private func rollover() -> SpoolError? {
         issueWrite()
-        let n = active.number + 1
+        let (n, exhausted) = active.number.addingReportingOverflow(1)
+        if exhausted {
+            let e = SpoolError.writerFailed("\(directory): segment numbers exhausted")
+            fail(e)
+            return e
+        }
         let path = SpoolRecovery.segmentPath(directory: directory, number: n)
         let handle: FileHandle
         do { handle = try loop.openFile(path, create: true, truncate: true) } catch {
