@@ -154,9 +154,12 @@ public enum SMTPCommandParser {
             let (key, value) = splitParam(t)
             switch key {
             case "SIZE":
-                guard let v = value, !v.isEmpty, v.count <= 18, v.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
-                      let n = Int(String(decoding: v, as: UTF8.self)) else { return .failure(Replies.badParameterValue) }
-                mail.size = n
+                guard let v = value, !v.isEmpty, v.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+                    return .failure(Replies.badParameterValue)
+                }
+                // A well-formed size too big for Int is still just a size over the limit
+                // (RFC 1870: 552), not a syntax error.
+                mail.size = v.count <= 18 ? Int(String(decoding: v, as: UTF8.self)) ?? Int.max : Int.max
             case "BODY":
                 guard let v = value else { return .failure(Replies.badParameterValue) }
                 switch String(decoding: v, as: UTF8.self).uppercased() {
