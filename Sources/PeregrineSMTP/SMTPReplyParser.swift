@@ -7,6 +7,8 @@ public enum SMTPReplyParseError: Error, Hashable, Sendable {
     case inconsistentCode(expected: Int, got: Int)
     /// A line longer than the parser's limit.
     case lineTooLong
+    /// A multi-line reply with more lines than the parser's limit.
+    case tooManyLines(limit: Int)
 }
 
 /// Incremental parser of SMTP replies: feed bytes as they arrive, in any
@@ -20,9 +22,13 @@ public struct SMTPReplyParser: Sendable {
     private var discardingLongLine = false
     /// Longest line accepted (RFC 5321 says 512; real servers send longer).
     public var maxLineLength: Int
+    /// Most lines in one reply: a server that streams "250-" lines forever
+    /// would otherwise grow the pending reply without bound.
+    public var maxLinesPerReply: Int
 
-    public init(maxLineLength: Int = 8192) {
+    public init(maxLineLength: Int = 8192, maxLinesPerReply: Int = 1000) {
         self.maxLineLength = maxLineLength
+        self.maxLinesPerReply = maxLinesPerReply
     }
 
     public mutating func feed(_ bytes: UnsafeRawBufferPointer) {
@@ -104,6 +110,11 @@ public struct SMTPReplyParser: Sendable {
             }
         }
         pendingCode = code
+        if !isLast && pendingLines.count + 1 >= maxLinesPerReply {
+            let limit = maxLinesPerReply
+            reset()
+            return .failure(.tooManyLines(limit: limit))
+        }
         pendingLines.append(String(decoding: text, as: UTF8.self))
         guard isLast else { return nil }
         let reply = SMTPReply(code: code, enhancedCode: pendingEnhanced, lines: pendingLines)
