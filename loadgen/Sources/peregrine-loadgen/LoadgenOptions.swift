@@ -99,13 +99,15 @@ struct LoadgenOptions {
             case "--count": o.count = try int(a, min: 1)
             case "--duration":
                 let v = try value(a)
-                guard let d = Double(v), d > 0 else { throw .message("--duration: '\(v)' is not a positive number of seconds") }
+                guard let d = Double(v), d > 0, d <= maxDurationSeconds else {
+                    throw .message("--duration: '\(v)' is not a number of seconds in (0, \(Int(maxDurationSeconds))]")
+                }
                 o.duration = d
             case "--recipients": o.recipientsPerMessage = try int(a, min: 1)
             case "--domains": o.domains = try parseWeighted(try value(a), flag: a) { $0.contains(".") ? $0 : nil }
             case "--size":
                 let v = try value(a)
-                guard let n = parseSize(v) else { throw .message("--size: '\(v)' is not a size like 4k or 100k") }
+                guard let n = parseSize(v) else { throw .message("--size: '\(v)' is not a size like 4k or 100k (at most 1024m)") }
                 o.sizes = [(n, 1)]
             case "--sizes": o.sizes = try parseWeighted(try value(a), flag: a) { parseSize($0) }
             case "--from": o.sender = try value(a)
@@ -129,17 +131,32 @@ struct LoadgenOptions {
         return o
     }
 
+    /// Longest `--duration`: a year, far past any run, and small enough that
+    /// the deadline in nanoseconds stays a UInt64.
+    static let maxDurationSeconds: Double = 365 * 86_400
+    /// `--rate` bounds in messages per second: one a day at the slowest, one a
+    /// nanosecond at the fastest (the send interval is whole nanoseconds).
+    static let minRatePerSecond: Double = 1.0 / 86_400
+    static let maxRatePerSecond: Double = 1e9
+    /// Largest `--size`: the filler body is allocated up front.
+    static let maxSize = 1 << 30
+
     static func parseRate(_ text: String) throws(ParseError) -> Double {
         let parts = text.split(separator: "/")
-        guard parts.count == 2, let n = Double(parts[0]), n > 0 else {
+        guard parts.count == 2, let n = Double(parts[0]), n > 0, n.isFinite else {
             throw .message("--rate: '\(text)' is not a rate like 3000/s, 500/m or 10000/h")
         }
+        let perSecond: Double
         switch parts[1] {
-        case "s": return n
-        case "m": return n / 60
-        case "h": return n / 3600
+        case "s": perSecond = n
+        case "m": perSecond = n / 60
+        case "h": perSecond = n / 3600
         default: throw .message("--rate: unit '\(parts[1])' is not s, m or h")
         }
+        guard perSecond >= minRatePerSecond, perSecond <= maxRatePerSecond else {
+            throw .message("--rate: '\(text)' is outside 1/d (\(minRatePerSecond)/s) ... \(Int(maxRatePerSecond))/s")
+        }
+        return perSecond
     }
 
     static func parseSize(_ text: String) -> Int? {
@@ -149,7 +166,9 @@ struct LoadgenOptions {
         if t.hasSuffix("k") { mult = 1024; digits = digits.dropLast() }
         else if t.hasSuffix("m") { mult = 1024 * 1024; digits = digits.dropLast() }
         guard let n = Int(digits), n > 0 else { return nil }
-        return n * mult
+        let (bytes, overflow) = n.multipliedReportingOverflow(by: mult)
+        guard !overflow, bytes <= maxSize else { return nil }
+        return bytes
     }
 
     static func parseWeighted<T>(_ text: String, flag: String, _ item: (String) -> T?) throws(ParseError) -> [(T, Double)] {
@@ -159,7 +178,7 @@ struct LoadgenOptions {
             guard let key = kv.first, let v = item(String(key)) else { throw .message("\(flag): '\(part)' is not valid") }
             var w = 1.0
             if kv.count == 2 {
-                guard let parsed = Double(kv[1]), parsed > 0 else { throw .message("\(flag): weight in '\(part)' must be a positive number") }
+                guard let parsed = Double(kv[1]), parsed > 0, parsed <= 1e9 else { throw .message("\(flag): weight in '\(part)' must be a number in (0, 1e9]") }
                 w = parsed
             }
             out.append((v, w))
