@@ -41,6 +41,9 @@ func runSpoolCheck(arguments: [String]) -> Int32 {
             lines.append("  \(lastComponent(seg.path))  \(formatBytes(seg.bytes))  messages \(seg.messageRecords)  "
                          + "outcomes \(seg.outcomeRecords)  live \(st?.liveMessages ?? 0) (\(ratio) of bytes)")
         }
+        for name in SpoolRecovery.scanSegments(directory: s).strays {
+            lines.append("  ignored: \(name) (not a segment name this spool writes; not read)")
+        }
         for p in r.problems { lines.append("  problem: \(p)") }
         for m in r.messages { for i in 0..<m.states.count { byState[Int(m.states[i].rawValue)] += 1 } }
         totalSegments += r.segments.count

@@ -38,6 +38,21 @@ import Testing
         #expect(out.contains("problems: 0"))
     }
 
+    /// A `*.seg` name the writer never produces (4294967295.seg used to trap
+    /// recovery) is listed as ignored, not read, and is not counted as damage.
+    @Test func segmentNamesThisSpoolNeverWritesAreListedAsIgnored() throws {
+        let tmp = SpoolTempDir("check-foreign"); defer { tmp.remove() }
+        let w = try SpoolSyncWriter(directory: tmp.path + "/loop-0")
+        _ = try w.append(id: SpoolFixtures.id(0), envelope: SpoolFixtures.envelope(0), body: [1, 2, 3])
+        try w.sync()
+        SpoolFixtures.writeFile(tmp.path + "/loop-0/4294967295.seg", Array("junk".utf8))
+        let (status, out, err) = try Self.run(["spool-check", tmp.path])
+        #expect(status == 0, "\(err)")
+        #expect(out.contains("ignored: 4294967295.seg"))
+        #expect(out.contains("live messages: 1"))
+        #expect(out.contains("problems: 0"))
+    }
+
     @Test func unknownSubcommandAndMissingArgument() throws {
         let (s1, _, e1) = try Self.run(["frobnicate"])
         #expect(s1 == 2 && e1.contains("usage"))
