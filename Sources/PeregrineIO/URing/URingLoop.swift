@@ -65,6 +65,8 @@ public final class URingLoop: EventLoop {
     private let stopRequested = Atomic<Bool>(false)
     private let inbox = HandoffInbox()
     private var inboxBatch: [@Sendable () -> Void] = []
+    /// errnos of failed io_uring_enter calls already reported (bit per errno).
+    private var reportedEnterErrors: UInt64 = 0
     private var wheel: TimerWheel
     private var dueTimers: [TimerHandle] = []
     /// Completions decided without the kernel (errors on submit, ops on a
@@ -250,21 +252,36 @@ public final class URingLoop: EventLoop {
 
         let busy = !deferred.isEmpty || !inbox.isEmpty || stopRequested.load(ordering: .relaxed)
         if busy {
-            _ = io_uring_submit_and_get_events(ring)
+            noteEnterResult(io_uring_submit_and_get_events(ring), "submit")
         } else if let wait = wheel.nanosecondsUntilNextTick(now: monotonicNanoseconds()) {
             if wait == 0 {
-                _ = io_uring_submit_and_get_events(ring)
+                noteEnterResult(io_uring_submit_and_get_events(ring), "submit")
             } else {
                 waitTimeout.pointee.tv_sec = Int64(wait / 1_000_000_000)
                 waitTimeout.pointee.tv_nsec = Int64(wait % 1_000_000_000)
                 var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
-                _ = io_uring_submit_and_wait_timeout(ring, &cqe, 1, waitTimeout, nil)
+                noteEnterResult(io_uring_submit_and_wait_timeout(ring, &cqe, 1, waitTimeout, nil), "wait")
             }
         } else {
-            _ = io_uring_submit_and_wait(ring, 1)
+            noteEnterResult(io_uring_submit_and_wait(ring, 1), "wait")
         }
         now = monotonicNanoseconds()
         reapCompletions()
+    }
+
+    /// A turn whose io_uring_enter failed submits and reaps on the next one
+    /// (SQEs stay queued, CQEs stay in the ring), so the loop goes on. Expected
+    /// results (timeout, signal, transient shortage) are quiet; anything else is
+    /// reported once per errno so a loop in trouble is visible in the log.
+    @inline(__always)
+    func noteEnterResult(_ rc: Int32, _ what: StaticString) {
+        guard rc < 0 else { return }
+        let e = -rc
+        if e == ETIME || e == EINTR || e == EAGAIN || e == EBUSY { return }
+        let bit: UInt64 = e < 64 ? 1 << UInt64(e) : 1 << 63
+        guard reportedEnterErrors & bit == 0 else { return }
+        reportedEnterErrors |= bit
+        fputs("peregrine: io_uring_enter (\(what)) failed: \(String(cString: strerror(e))) (errno \(e)); the loop keeps running\n", stderr)
     }
 
     private func runDeferred() {
@@ -297,7 +314,7 @@ public final class URingLoop: EventLoop {
     func nextSQE() -> UnsafeMutablePointer<io_uring_sqe>? {
         if let sqe = io_uring_get_sqe(ring) { return sqe }
         guard ringEnabled else { return nil }
-        _ = io_uring_submit(ring)
+        noteEnterResult(io_uring_submit(ring), "flush")
         return io_uring_get_sqe(ring)
     }
 
@@ -305,7 +322,7 @@ public final class URingLoop: EventLoop {
     func reserveSQEs(_ count: UInt32) -> Bool {
         if io_uring_sq_space_left(ring) >= count { return true }
         guard ringEnabled else { return false }
-        _ = io_uring_submit(ring)
+        noteEnterResult(io_uring_submit(ring), "flush")
         return io_uring_sq_space_left(ring) >= count
     }
 
@@ -369,7 +386,8 @@ public final class URingLoop: EventLoop {
     }
 
     static func noSQE(_ operation: String) -> IOError {
-        IOError(.errno(EBUSY), "\(operation): submission queue full before the loop started")
+        // Before run() the ring cannot be flushed; after, only a refused flush leaves it full.
+        IOError(.errno(EBUSY), "\(operation): io_uring submission queue full")
     }
 
     // MARK: Completions
