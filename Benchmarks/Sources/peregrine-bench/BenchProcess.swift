@@ -27,6 +27,19 @@ final class BenchProcess {
 
     func start() throws { try process.run() }
 
+    /// How the process ended ("exit status 0", "signal 11 (SIGSEGV)"), or nil while it runs.
+    var exitDescription: String? {
+        guard !process.isRunning else { return nil }
+        let status = process.terminationStatus
+        switch process.terminationReason {
+        case .exit: return "exit status \(status)"
+        case .uncaughtSignal:
+            let name = strsignal(status).map { String(cString: $0) } ?? "?"
+            return "signal \(status) (\(name))"
+        @unknown default: return "status \(status)"
+        }
+    }
+
     /// Waits up to `timeout` seconds for the process to exit by itself.
     @discardableResult
     func wait(timeout: Double) -> Bool {

@@ -336,8 +336,13 @@ final class RelayRunner {
             peakRSS = max(peakRSS, mtaUsage().rssBytes)
             if delivered >= accepted { break }
             if Date().timeIntervalSince(lastChange) > 30 { break }
+            // A daemon that died delivers nothing more: say so now rather than after 30 s.
+            if let mta, !mta.isRunning { break }
             usleep(100_000)
         }
+        // Captured before the stop below: an MTA that exited by itself is a failed run,
+        // reported with how it ended (its log has the crash report, if any).
+        let mtaExit = mta?.exitDescription
         let mta1 = mtaUsage()
         let sink1 = ProcessUsage.read(pid: sink.pid)?.cpuSeconds ?? sink0
         peakRSS = max(peakRSS, mta1.peakRSSBytes, mta1.rssBytes)
@@ -387,6 +392,10 @@ final class RelayRunner {
             figures["injectToDeliverMs"] = ["p50": pct(50), "p90": pct(90), "p99": pct(99), "max": latencies.last ?? 0]
         }
         if delivered < accepted && result.lost == 0 { result.lost = accepted - delivered }
+        if let mtaExit, let mta {
+            result.error = "peregrine exited during the run (\(mtaExit)); \(mta.logPath): \(mta.logTail)"
+            figures["mtaExited"] = mtaExit
+        }
         return figures
     }
 
