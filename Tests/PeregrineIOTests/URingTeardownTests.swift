@@ -126,4 +126,61 @@ struct URingTeardownTests {
         }
         #expect(echoed == "pong")
     }
+
+    /// io_uring_enter results: timeouts, signals and transient shortages are
+    /// normal; anything else is reported, once per errno, and never stops the loop.
+    @Test func unexpectedEnterErrorsAreReportedOncePerErrno() throws {
+        let h = try URingHarness()
+        defer { h.stop() }
+        let seen: [String]? = h.await { loop, reply in
+            var lines: [String] = []
+            loop.reportEnterError = { lines.append($0) }
+            var reported: [Bool] = []
+            for rc in [-ETIME, -EINTR, -EAGAIN, -EBUSY, 0, 5, -EBADF, -EBADF, -EEXIST, -EBADF] {
+                reported.append(loop.noteEnterResult(Int32(rc), "test"))
+            }
+            reply(reported.map { $0 ? "y" : "n" } + lines.map { $0.contains("errno") ? "line" : $0 })
+        }
+        #expect(seen == ["n", "n", "n", "n", "n", "n", "y", "n", "y", "n", "line", "line"])
+    }
+
+    /// The spool deletes a drained segment (closeFile + unlink) while delivery
+    /// reads of it may still be in the kernel: those reads complete with the
+    /// data, and the descriptor is closed only after the last of them.
+    @Test func closingAFileWithReadsInFlightLetsThemFinish() throws {
+        let h = try URingHarness()
+        defer { h.stop() }
+        let path = NSTemporaryDirectory() + "peregrine-uring-teardown-\(getpid()).dat"
+        defer { unlink(path) }
+        let size = 1 << 20, pieces = 8, piece = (1 << 20) / 8
+        let block = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
+        for i in 0..<size { block[i] = UInt8(truncatingIfNeeded: i &* 13 &+ (i >> 9)) }
+        let back = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
+        defer { block.deallocate(); back.deallocate() }
+        let result: String? = h.await { loop, reply in
+            do {
+                let f = try loop.openFile(path, create: true, truncate: true)
+                loop.write(f, UnsafeRawBufferPointer(block), at: 0) { _ in }
+                loop.fdatasync(f) { r in
+                    guard case .success = r else { reply("fdatasync: \(r)"); return }
+                    var results: [String] = []
+                    for k in 0..<pieces {
+                        let target = UnsafeMutableRawBufferPointer(rebasing: back[(k * piece)..<((k + 1) * piece)])
+                        loop.read(f, into: target, at: Int64(k * piece)) { r in
+                            results.append((try? r.get()).map { "\($0)" } ?? "\(r)")
+                            guard results.count == pieces else { return }
+                            let same = memcmp(back.baseAddress!, block.baseAddress!, size) == 0
+                            // The last read gave the descriptor back before its callback ran.
+                            let state = loop.state(f.fd)
+                            reply("\(Set(results).sorted()) same \(same) closing \(state.closing) pending \(state.pending)")
+                        }
+                    }
+                    // Same turn: the segment is dropped while all eight reads are queued.
+                    loop.closeFile(f)
+                    unlink(path)
+                }
+            } catch { reply("\(error)") }
+        }
+        #expect(result == "[\"\(piece)\"] same true closing false pending 0")
+    }
 }

@@ -67,6 +67,8 @@ public final class URingLoop: EventLoop {
     private var inboxBatch: [@Sendable () -> Void] = []
     /// errnos of failed io_uring_enter calls already reported (bit per errno).
     private var reportedEnterErrors: UInt64 = 0
+    /// Where such a report goes (stderr; tests capture it).
+    var reportEnterError: (String) -> Void = { fputs($0, stderr) }
     private var wheel: TimerWheel
     private var dueTimers: [TimerHandle] = []
     /// Completions decided without the kernel (errors on submit, ops on a
@@ -273,15 +275,18 @@ public final class URingLoop: EventLoop {
     /// (SQEs stay queued, CQEs stay in the ring), so the loop goes on. Expected
     /// results (timeout, signal, transient shortage) are quiet; anything else is
     /// reported once per errno so a loop in trouble is visible in the log.
-    @inline(__always)
-    func noteEnterResult(_ rc: Int32, _ what: StaticString) {
-        guard rc < 0 else { return }
+    /// Returns true when this call reported the error.
+    @inline(__always) @discardableResult
+    func noteEnterResult(_ rc: Int32, _ what: StaticString) -> Bool {
+        guard rc < 0 else { return false }
         let e = -rc
-        if e == ETIME || e == EINTR || e == EAGAIN || e == EBUSY { return }
+        if e == ETIME || e == EINTR || e == EAGAIN || e == EBUSY { return false }
         let bit: UInt64 = e < 64 ? 1 << UInt64(e) : 1 << 63
-        guard reportedEnterErrors & bit == 0 else { return }
+        guard reportedEnterErrors & bit == 0 else { return false }
         reportedEnterErrors |= bit
-        fputs("peregrine: io_uring_enter (\(what)) failed: \(String(cString: strerror(e))) (errno \(e)); the loop keeps running\n", stderr)
+        reportEnterError("peregrine: io_uring_enter (\(what)) failed: \(String(cString: strerror(e))) (errno \(e)); "
+                         + "the loop keeps running\n")
+        return true
     }
 
     private func runDeferred() {
