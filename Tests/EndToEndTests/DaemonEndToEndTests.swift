@@ -518,6 +518,8 @@ import PeregrineIO
         #expect(finals.count == 30 && finals.allSatisfy { $0.type == .delivered })
         #expect(Set(finals.map(\.rcpt)).count == 30)
         d.terminate()
+        // The log says which signal stopped it (a daemon that vanished unasked shows no such line).
+        #expect(d.log.contains("peregrine: shutting down (SIGTERM)"), "\(d.log)")
         s.sink?.terminate()
         #expect(recordedIds(sinkIds).map(\.id).sorted() == ids.sorted())
     }

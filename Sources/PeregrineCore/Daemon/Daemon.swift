@@ -247,7 +247,7 @@ public final class Daemon<Loop: EventLoop> {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler { [unowned self] in
-                if sig == SIGHUP { self.reload() } else { self.shutdown() }
+                if sig == SIGHUP { self.reload() } else { self.shutdown(reason: sig == SIGTERM ? "SIGTERM" : "SIGINT") }
             }
             source.resume()
             signalSources.append(source)
@@ -255,13 +255,15 @@ public final class Daemon<Loop: EventLoop> {
     }
 
     /// Stops accepting, lets in-flight deliveries finish, flushes the spool and
-    /// accounting, and stops every loop. Thread-safe, idempotent.
-    public func shutdown() {
+    /// accounting, and stops every loop. Thread-safe, idempotent. `reason` (the
+    /// signal) goes into the log line: a daemon that stopped unasked must be
+    /// told apart from one that crashed.
+    public func shutdown(reason: String? = nil) {
         lock.lock()
         if shuttingDown { lock.unlock(); return }
         shuttingDown = true
         lock.unlock()
-        log("shutting down")
+        log(reason.map { "shutting down (\($0))" } ?? "shutting down")
         for w in workers {
             w.loop.execute { [self] in
                 w.stopListening()
