@@ -396,6 +396,14 @@ final class RelayRunner {
             result.error = "peregrine exited during the run (\(mtaExit)); \(mta.logPath): \(mta.logTail)"
             figures["mtaExited"] = mtaExit
         }
+        if result.lost > 0 && target != "postfix" {
+            // Undelivered is not lost if the spool kept it: count what it still holds (the MTA has stopped).
+            let report = BenchEnvironment.commandOutput(bin + "/peregrine", ["spool-check", work + "/spool"])
+            let prefix = "live messages: "
+            let live = report?.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) }
+            figures["spoolLiveMessagesAfterRun"] = live ?? -1
+            fputs("   spool after the run: \(live.map { "\($0) live message(s)" } ?? "spool-check failed")\n", stderr)
+        }
         return figures
     }
 
