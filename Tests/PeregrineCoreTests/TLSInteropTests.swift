@@ -21,8 +21,9 @@ final class TLSServerRecord: @unchecked Sendable {
     var tlsAtMessage: [Bool] { lock.lock(); defer { lock.unlock() }; return _tlsAtMessage }
 }
 
-/// Accepts everything, STARTTLS included; notes whether each message came over TLS.
-final class TLSAcceptingPolicy: SMTPServerSessionDelegate {
+/// Accepts everything, STARTTLS included; notes whether each message came over
+/// TLS and what each handshake negotiated.
+final class TLSAcceptingPolicy: SMTPServerSessionDelegate, SMTPServerConnectionHandler {
     let record: TLSServerRecord
     let refuseStartTLS: Bool
     init(record: TLSServerRecord, refuseStartTLS: Bool = false) { self.record = record; self.refuseStartTLS = refuseStartTLS }
@@ -30,6 +31,10 @@ final class TLSAcceptingPolicy: SMTPServerSessionDelegate {
         if case .endOfData = request { record.message(tls: session.isTLSActive) }
         if case .startTLS = request, refuseStartTLS { return .reply(SMTPReply(454, "4.7.0", "TLS not available due to temporary reason")) }
         return .accept
+    }
+    func serverConnectionDidEndTLSHandshake(_ tls: TLSConnection?) {
+        guard let tls else { return }
+        record.handshake("\(tls.negotiatedProtocol ?? "?") \(tls.negotiatedCipher ?? "?")")
     }
 }
 
@@ -63,10 +68,7 @@ final class TLSTestServer<Loop: EventLoop>: @unchecked Sendable {
                     let conn = SMTPServerConnection(loop: me.loop, socket: accepted.socket, session: session)
                     conn.tlsContext = ctx.value
                     conn.implicitTLS = implicitTLS
-                    conn.onTLSEstablished = { c in
-                        me.record.handshake("\(c.tls?.negotiatedProtocol ?? "?") \(c.tls?.negotiatedCipher ?? "?")")
-                    }
-                    conn.onClose = { _ in _ = policy }
+                    conn.handler = policy
                     conn.start()
                 }
                 me.listener = l

@@ -9,7 +9,7 @@ import PeregrineSMTP
 /// (X-Virtual-MTA, X-Job, Received) and the durable hand-off to the spool at
 /// end of DATA. The `250` is sent only after the spool's fsync covering the
 /// message completed (principle 5).
-final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate {
+final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerConnectionHandler {
     unowned let worker: LoopWorker<Loop>
     let peer: SocketAddress
     let source: SourceSettings

@@ -86,11 +86,12 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         let connection = SMTPServerConnection(loop: loop, socket: c.socket, session: session)
         connection.tlsContext = tlsContext
         connection.implicitTLS = implicitTLS && tlsContext != nil
+        connection.handler = handler
         handler.connection = connection
         injectionConnections += 1
         let key = ObjectIdentifier(connection)
         injections[key] = connection
-        connection.onClose = { [unowned self] _ in
+        connection.onClose = { [unowned self, unowned handler] _ in
             handler.connection = nil
             self.injections[key] = nil
             self.daemon.injectionClosed(on: self)

@@ -3,12 +3,23 @@ import PeregrineSMTP
 
 /// STARTTLS / implicit TLS for `SMTPServerConnection`: once `tls` is set,
 /// received bytes are ciphertext for the `TLSConnection`, whose plaintext
-/// feeds the session; the session's output is encrypted before it is sent.
-/// One plaintext and one ciphertext buffer per TLS connection, allocated
-/// when TLS starts and reused for its whole life.
+/// feeds the session; the session's output is encrypted into the send buffer.
+/// One plaintext buffer per TLS connection, allocated when TLS starts and
+/// reused for its whole life.
 extension SMTPServerConnection {
     static var tlsPlaintextBufferSize: Int { 16384 }   // one TLS record
     static var tlsCiphertextBufferSize: Int { 65536 }
+
+    /// STARTTLS was accepted: its 220 goes out in plain text, then TLS (or the handler's refusal).
+    func startTLS() {
+        guard tls == nil, tlsRefusal == nil else { closeAfterFlush = true; return }
+        switch handler?.serverConnectionWillStartTLS() ?? .handshake {
+        case .handshake:
+            if !beginTLS(afterPlaintext: true) { closeAfterFlush = true }
+        case .answerInPlaintext(let answer):
+            tlsRefusal = answer
+        }
+    }
 
     /// Creates the TLS layer. `afterPlaintext`: the 220 to STARTTLS is still
     /// to be sent in plain text. False when there is no context (or OpenSSL failed).
@@ -17,12 +28,21 @@ extension SMTPServerConnection {
         tls = connection
         tlsStarting = afterPlaintext
         if tlsPlaintext == nil { tlsPlaintext = .allocate(byteCount: Self.tlsPlaintextBufferSize, alignment: 16) }
-        if tlsCiphertext == nil { tlsCiphertext = .allocate(byteCount: Self.tlsCiphertextBufferSize, alignment: 16) }
         return true
     }
 
-    /// Bytes from the socket while TLS is on.
-    func receivedCiphertext(_ bytes: UnsafeRawBufferPointer, _ tls: TLSConnection) {
+    /// Bytes from the socket once STARTTLS was accepted (or with implicit TLS).
+    func receivedCiphertext(_ bytes: UnsafeRawBufferPointer) {
+        guard let tls else {
+            // Refused: the plain answer where the ServerHello belongs, then close.
+            guard tlsRefusal != nil, !tlsRefusalDue else { return }
+            tlsRefusalDue = true
+            closeAfterFlush = true
+            handler?.serverConnectionDidEndTLSHandshake(nil)
+            flush()
+            if !sending { close() }
+            return
+        }
         tls.feedCiphertext(bytes)
         if !tls.isHandshakeComplete {
             switch tls.handshake() {
@@ -30,56 +50,58 @@ extension SMTPServerConnection {
                 flush()
                 return
             case .failed:
-                // Send OpenSSL's alert, then close.
-                closeAfterFlush = true
-                flush()
-                if !sending { close() }
+                handler?.serverConnectionDidEndTLSHandshake(nil)
+                closeAfterFlushing() // OpenSSL's alert first
                 return
             case .done:
-                onTLSEstablished?(self)
-                // The implicit-TLS greeting, held back until now.
-                flush()
+                handler?.serverConnectionDidEndTLSHandshake(tls)
+                guard !closed else { return }
+                flush() // the implicit-TLS greeting, held back until now
             }
         }
         guard let plain = tlsPlaintext else { return }
         while !closed {
             let n: Int
             do { n = try tls.readPlaintext(into: plain) } catch {
-                closeAfterFlush = true
-                flush()
-                if !sending { close() }
+                closeAfterFlushing()
                 return
             }
             if n == 0 { break }
-            apply(session.receive(UnsafeRawBufferPointer(rebasing: plain[0..<n])))
+            receivePlaintext(UnsafeRawBufferPointer(rebasing: plain[0..<n]))
         }
-        if tls.receivedCloseNotify && !closed {
-            closeAfterFlush = true
-            flush()
-            if !sending { close() }
+        if closed { return }
+        if tls.receivedCloseNotify {
+            closeAfterFlushing()
         } else {
             flush() // TLS may have produced records of its own (e.g. session tickets)
         }
     }
 
+    private func closeAfterFlushing() {
+        closeAfterFlush = true
+        flush()
+        if !sending { close() }
+    }
+
     /// Encrypts the session's output (after the handshake) and sends pending ciphertext.
     func flushTLS(_ tls: TLSConnection) {
         if tls.isHandshakeComplete && !session.output.isEmpty {
-            session.swapOutput(&tlsOutput)
-            let ok = tlsOutput.withUnsafeReadableBytes { bytes -> Bool in
+            session.swapOutput(&replyBatch)
+            let ok = replyBatch.withUnsafeReadableBytes { bytes -> Bool in
                 do { try tls.writePlaintext(bytes); return true } catch { return false }
             }
-            tlsOutput.clear()
+            replyBatch.clear()
             if !ok { close(); return }
         }
         if closeAfterFlush && !closeNotifyQueued && tls.isHandshakeComplete && session.output.isEmpty {
             closeNotifyQueued = true
             tls.close()
         }
-        guard let cipher = tlsCiphertext else { return }
-        let n = tls.takeCiphertext(into: cipher)
+        // Not sending (flush checked): the buffer may grow to its TLS size now.
+        sendBuffer.reserve(Self.tlsCiphertextBufferSize)
+        let n = tls.takeCiphertext(into: sendBuffer.memory)
         guard n > 0 else { return }
-        sending = true
-        loop.send(socket, UnsafeRawBufferPointer(rebasing: cipher[0..<n]), onSend)
+        sendBuffer.setCount(n)
+        sendOwnedBuffer()
     }
 }

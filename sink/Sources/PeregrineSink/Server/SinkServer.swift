@@ -1,3 +1,4 @@
+import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
 
@@ -19,7 +20,7 @@ public final class SinkServer<Loop: EventLoop> {
     private(set) var listeners: [Listener] = []
     private var providerByListener: [Int32: SinkProvider] = [:]
     private var configurations: [SMTPServerConfiguration] = []
-    private var connections: [ObjectIdentifier: SinkSMTPConnection<Loop>] = [:]
+    private var connections: [ObjectIdentifier: SMTPServerConnection<Loop>] = [:]
     private var stats: SinkStatsHTTP<Loop>?
     private var dns: SinkDNSResponder<Loop>?
 
@@ -79,21 +80,24 @@ public final class SinkServer<Loop: EventLoop> {
             latency = shared.policy.latency(c, .greeting)
         }
         guard let conn else { loop.close(a.socket); return }
-        let handler = SinkSMTPConnection(loop: loop, socket: a.socket, shared: shared, conn: conn,
-                                         configuration: configurations[provider.index], server: self)
-        connections[ObjectIdentifier(handler)] = handler
-        handler.start(greeting: greeting, latency: latency)
-    }
-
-    func connectionFinished(_ c: SinkSMTPConnection<Loop>) {
-        connections[ObjectIdentifier(c)] = nil
+        let handler = SinkSMTPHandler(loop: loop, shared: shared, conn: conn, greeting: greeting, latency: latency)
+        let session = SMTPServerSession(configuration: configurations[provider.index], delegate: handler)
+        let connection = SMTPServerConnection(loop: loop, socket: a.socket, session: session)
+        connection.idleTimeout = provider.idleNanos
+        connection.tlsContext = shared.tlsContext
+        connection.handler = handler
+        handler.connection = connection
+        let key = ObjectIdentifier(connection)
+        connections[key] = connection
+        connection.onClose = { [unowned self] _ in self.connections[key] = nil }
+        connection.start()
     }
 
     /// Closes listeners and every connection (on the loop's thread).
     public func shutdown() {
         for l in listeners { loop.closeListener(l) }
         listeners.removeAll()
-        for c in Array(connections.values) { c.forceClose() }
+        for c in Array(connections.values) { c.close() }
         stats?.shutdown()
         dns?.shutdown()
     }

@@ -1,0 +1,162 @@
+import PeregrineCore
+import PeregrineIO
+import PeregrineSMTP
+
+/// The sink's side of one SMTP connection: asks the policy at every phase,
+/// delays answers with loop timers (never blocking), scans the header section
+/// for `X-Loadgen-Id`. The socket, the replies and TLS are Core's
+/// `SMTPServerConnection`, the same class the daemon's injection listener uses.
+final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerConnectionHandler {
+    let loop: Loop
+    let shared: SinkShared
+    let conn: SinkConnection
+    /// Set by the server before `start()`; nil once the socket closed (ends the reference cycle).
+    var connection: SMTPServerConnection<Loop>?
+
+    static var minimumDelay: UInt64 { 500_000 }
+
+    private var firstBodyChunk = true
+    private var scanner = SinkHeaderScanner()
+    private let scanHeaders: Bool
+    private var pendingDecision: SMTPServerDecision?
+    private var pendingClose = false
+    private var pendingTimer: TimerHandle?
+    private let greetingDecision: SinkDecision
+    private let greetingLatency: UInt64
+    // Stored completion: no closure allocation per delayed answer.
+    private var onTimer: (() -> Void)!
+
+    /// `greeting`/`latency`: decided at accept time.
+    init(loop: Loop, shared: SinkShared, conn: SinkConnection, greeting: SinkDecision, latency: UInt64) {
+        self.loop = loop
+        self.shared = shared
+        self.conn = conn
+        self.scanHeaders = shared.isRecordingIds
+        self.greetingDecision = greeting
+        self.greetingLatency = latency
+        onTimer = { [unowned self] in self.timerFired() }
+    }
+
+    // MARK: Decisions
+
+    static func map(_ d: SinkDecision) -> SMTPServerDecision {
+        switch d {
+        case .accept, .drop: return .accept
+        case .reply(let r):
+            return .reply(SMTPReply(code: r.code, enhancedCode: r.enhanced.flatMap { EnhancedStatusCode($0) }, lines: r.lines))
+        }
+    }
+
+    func smtpSession(_ session: SMTPServerSession, decide request: SMTPServerRequest) -> SMTPServerDecision {
+        let now = loop.now
+        let policy = shared.policy
+        let c = conn
+        var decision: SinkDecision = .accept
+        var latency: UInt64 = 0
+        switch request {
+        case .connection:
+            // A refused greeting always ends the connection.
+            return answer(Self.map(greetingDecision), close: greetingDecision != .accept, after: greetingLatency)
+        case .helo:
+            shared.lock.withLock {
+                decision = policy.helo(c, now: now)
+                latency = policy.latency(c, .helo)
+            }
+        case .mailFrom(let m):
+            if scanHeaders { scanner.reset() }
+            firstBodyChunk = true
+            shared.lock.withLock {
+                decision = policy.mailFrom(c, sender: m.reversePath, now: now)
+                latency = policy.latency(c, .mail)
+            }
+        case .rcptTo(let r):
+            shared.lock.withLock {
+                decision = policy.rcptTo(c, recipient: r.forwardPath, now: now)
+                latency = policy.latency(c, .rcpt)
+            }
+        case .endOfData(let info):
+            shared.lock.withLock {
+                decision = policy.endOfData(c, size: info.size, now: now)
+                latency = policy.latency(c, .data)
+            }
+            if decision == .accept && scanHeaders { shared.record(id: scanner.trimmedValue) }
+        case .auth:
+            return .accept
+        case .startTLS:
+            guard shared.tlsContext != nil, conn.provider.profile.startTLS != .refuse else {
+                return .reply(SMTPReply(454, "4.7.0", "TLS not available due to temporary reason"))
+            }
+            return .accept
+        }
+        var close = false
+        if case .reply(let r) = decision, r.close { close = true }
+        return answer(Self.map(decision), close: close, after: latency)
+    }
+
+    /// Answers now, or after `latency` through a loop timer (`.pending` meanwhile).
+    private func answer(_ d: SMTPServerDecision, close: Bool, after latency: UInt64) -> SMTPServerDecision {
+        // Loop timers tick every millisecond: a delay under half a tick (a
+        // scaled-down CI latency) is answered at once rather than rounded up.
+        if latency < Self.minimumDelay {
+            if close { connection?.closeAfterNextReply() }
+            return d
+        }
+        pendingDecision = d
+        pendingClose = close
+        pendingTimer = loop.scheduleTimer(after: latency, onTimer)
+        return .pending
+    }
+
+    private func timerFired() {
+        pendingTimer = nil
+        guard let connection, let d = pendingDecision else { return }
+        pendingDecision = nil
+        if pendingClose { connection.closeAfterNextReply() }
+        connection.decide(d)
+    }
+
+    func smtpSession(_ session: SMTPServerSession, didReceiveBodyChunk chunk: UnsafeRawBufferPointer) {
+        if firstBodyChunk {
+            firstBodyChunk = false
+            let now = loop.now
+            let d = shared.lock.withLock { shared.policy.dataCommand(conn, now: now) }
+            // A drop during DATA: no reply, the connection just goes away
+            // (the connection closes once the session has returned).
+            if d == .drop { connection?.close() }
+        }
+        if scanHeaders { scanner.scan(chunk) }
+    }
+
+    func smtpSessionDidAbortTransaction(_ session: SMTPServerSession) {
+        shared.lock.withLock { shared.policy.reset(conn) }
+        if scanHeaders { scanner.reset() }
+        firstBodyChunk = true
+    }
+
+    // MARK: Connection hooks
+
+    func serverConnectionWillStartTLS() -> SMTPServerTLSStart {
+        // `starttls break`: the client's handshake is answered with bytes that
+        // are not TLS, the way a broken middlebox fails it.
+        conn.provider.profile.startTLS == .break ? .answerInPlaintext(sinkBrokenTLSAnswer) : .handshake
+    }
+
+    func serverConnectionDidEndTLSHandshake(_ tls: TLSConnection?) {
+        shared.lock.withLock { shared.policy.tlsHandshake(conn, ok: tls != nil) }
+    }
+
+    func serverConnectionWillTimeOut() {
+        shared.lock.withLock { shared.policy.timedOut(conn) }
+    }
+
+    /// Releases the policy's connection slot.
+    func serverConnectionDidClose() {
+        if let t = pendingTimer { loop.cancelTimer(t); pendingTimer = nil }
+        pendingDecision = nil
+        shared.lock.withLock { shared.policy.disconnect(conn) }
+        connection = nil
+    }
+}
+
+/// What `starttls break` sends where the ServerHello belongs (not a TLS record).
+private let sinkBrokenTLSAnswer = Array("421 4.7.0 TLS is broken here\r\n".utf8)
