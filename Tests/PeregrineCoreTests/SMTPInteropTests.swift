@@ -31,7 +31,7 @@ final class InteropCounters: @unchecked Sendable {
 }
 
 /// The owner of one server session: accepts everything, checks AUTH, counts.
-final class CountingPolicy: SMTPServerSessionDelegate {
+final class CountingPolicy: SMTPServerSessionDelegate, SMTPServerConnectionHandler {
     let counters: InteropCounters
     var bytes = 0
     var eightBit = false
@@ -52,51 +52,6 @@ final class CountingPolicy: SMTPServerSessionDelegate {
 }
 
 struct Unchecked<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
-
-/// A Peregrine SMTP server on its own loop thread.
-final class InteropServer<Loop: EventLoop>: @unchecked Sendable {
-    let loop: Loop
-    let counters = InteropCounters()
-    private let finished = DispatchSemaphore(value: 0)
-    private(set) var port: UInt16 = 0
-    private var listener: Listener?
-
-    init(config: SMTPServerConfiguration) throws {
-        loop = try Loop()
-        let loop = self.loop
-        let finished = self.finished
-        let t = Thread { loop.run(); finished.signal() }
-        t.start()
-        let ready = DispatchSemaphore(value: 0)
-        let counters = self.counters
-        let box = Unchecked(self)
-        loop.execute {
-            let me = box.value
-            do {
-                let l = try me.loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0)) { result in
-                    guard case .success(let accepted) = result else { return }
-                    let policy = CountingPolicy(counters: counters)
-                    let session = SMTPServerSession(configuration: config, delegate: policy)
-                    let conn = SMTPServerConnection(loop: me.loop, socket: accepted.socket, session: session)
-                    counters.add(connections: 1)
-                    conn.onClose = { _ in _ = policy }   // keeps the policy alive as long as the connection
-                    conn.start()
-                }
-                me.listener = l
-                me.port = l.address.port
-            } catch {}
-            ready.signal()
-        }
-        _ = ready.wait(timeout: .now() + 10)
-    }
-
-    func stop() {
-        let box = Unchecked(self)
-        loop.execute { if let l = box.value.listener { box.value.loop.closeListener(l) } }
-        loop.stop()
-        _ = finished.wait(timeout: .now() + 10)
-    }
-}
 
 /// Runs an external program with a deadline; returns (exit status, stdout+stderr). Always reaps it.
 func runTool(_ path: String, _ args: [String], stdin: String? = nil, seconds: Double = 60) -> (Int32, String) {
@@ -151,14 +106,20 @@ func eventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
 func withServer(_ kind: BackendKind, _ config: SMTPServerConfiguration,
                 _ body: (UInt16, InteropCounters) throws -> Void) throws {
     func open<L: EventLoop>(_ type: L.Type) throws {
-        let server: InteropServer<L>
-        do { server = try InteropServer<L>(config: config) } catch let e as IOError {
+        let counters = InteropCounters()
+        let server: PeregrineTestServer<L>
+        do {
+            server = try PeregrineTestServer<L>(.init(configuration: config)) { _ in
+                counters.add(connections: 1)
+                return CountingPolicy(counters: counters)
+            }
+        } catch let e as IOError {
             if case .unsupported = e.kind { return }
             throw e
         }
         defer { server.stop() }
         #expect(server.port != 0)
-        try body(server.port, server.counters)
+        try body(server.port, counters)
     }
     try open(kind.loopType)
 }

@@ -130,14 +130,15 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
         let client = try TLSContext.client(maximumVersion: .tls12)
         let server = try TLSTestCertificates.serverContext(minimumVersion: .tls13)
         func run<L: EventLoop>(_ t: L.Type) throws {
-            let s: TLSTestServer<L>
-            do { s = try TLSTestServer<L>(context: server, implicitTLS: false) } catch { return }
+            let s: PeregrineTestServer<L>
+            let record: TLSServerRecord
+            do { (s, record) = try tlsTestServer(L.self, context: server, implicitTLS: false) } catch { return }
             defer { s.stop() }
             guard let out = try tlsDeliver(t, port: s.port, context: client, policy: .opportunistic) else { return }
             #expect(out.delivered == 0)
             #expect(out.tlsFailure?.contains("handshake") == true, "\(String(describing: out.tlsFailure))")
             guard case .protocolError = out.close else { Issue.record("close: \(String(describing: out.close))"); return }
-            #expect(s.record.messages == 0)
+            #expect(record.messages == 0)
         }
         try run(kind.loopType)
     }

@@ -40,53 +40,6 @@ final class TLSAcceptingPolicy: SMTPServerSessionDelegate, SMTPServerConnectionH
 
 struct TLSUnchecked<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
 
-/// A Peregrine SMTP listener with TLS on its own loop thread.
-final class TLSTestServer<Loop: EventLoop>: @unchecked Sendable {
-    let loop: Loop
-    let record = TLSServerRecord()
-    private let finished = DispatchSemaphore(value: 0)
-    private(set) var port: UInt16 = 0
-    private var listener: Listener?
-
-    init(context: TLSContext, implicitTLS: Bool, offerStartTLS: Bool = true, refuseStartTLS: Bool = false) throws {
-        loop = try Loop()
-        let loop = self.loop
-        let finished = self.finished
-        Thread { loop.run(); finished.signal() }.start()
-        let ready = DispatchSemaphore(value: 0)
-        let box = TLSUnchecked(self)
-        let ctx = TLSUnchecked(context)
-        loop.execute {
-            let me = box.value
-            var config = SMTPServerConfiguration(hostname: "mx.test")
-            config.startTLSEnabled = !implicitTLS && offerStartTLS
-            do {
-                let l = try me.loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0)) { result in
-                    guard case .success(let accepted) = result else { return }
-                    let policy = TLSAcceptingPolicy(record: me.record, refuseStartTLS: refuseStartTLS)
-                    let session = SMTPServerSession(configuration: config, delegate: policy)
-                    let conn = SMTPServerConnection(loop: me.loop, socket: accepted.socket, session: session)
-                    conn.tlsContext = ctx.value
-                    conn.implicitTLS = implicitTLS
-                    conn.handler = policy
-                    conn.start()
-                }
-                me.listener = l
-                me.port = l.address.port
-            } catch {}
-            ready.signal()
-        }
-        _ = ready.wait(timeout: .now() + 10)
-    }
-
-    func stop() {
-        let box = TLSUnchecked(self)
-        loop.execute { if let l = box.value.listener { box.value.loop.closeListener(l) } }
-        loop.stop()
-        _ = finished.wait(timeout: .now() + 10)
-    }
-}
-
 /// Runs a program with a deadline; returns (status, stdout+stderr). Always reaps it.
 func tlsRunTool(_ path: String, _ args: [String], stdin: String? = nil, seconds: Double = 60) -> (Int32, String) {
     let p = Process()
@@ -128,19 +81,37 @@ func tlsEventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
     return condition()
 }
 
+/// A test server with TLS (STARTTLS, or implicit) whose connections note what they saw in the record.
+func tlsTestServer<L: EventLoop>(_ type: L.Type, context: TLSContext, implicitTLS: Bool, offerStartTLS: Bool = true,
+                                 refuseStartTLS: Bool = false) throws -> (PeregrineTestServer<L>, TLSServerRecord) {
+    let record = TLSServerRecord()
+    var options = PeregrineTestServer<L>.Options()
+    options.configuration.startTLSEnabled = !implicitTLS && offerStartTLS
+    options.tlsContext = context
+    options.implicitTLS = implicitTLS
+    let server = try PeregrineTestServer<L>(options) { _ in
+        TLSAcceptingPolicy(record: record, refuseStartTLS: refuseStartTLS)
+    }
+    return (server, record)
+}
+
 /// Runs `body` against a TLS server on backend `kind` (a backend that cannot start here is skipped).
 func withTLSServer(_ kind: BackendKind, implicitTLS: Bool = false, offerStartTLS: Bool = true, refuseStartTLS: Bool = false,
                    _ body: (UInt16, TLSServerRecord) throws -> Void) throws {
     let context = try TLSTestCertificates.serverContext()
     func open<L: EventLoop>(_ type: L.Type) throws {
-        let server: TLSTestServer<L>
-        do { server = try TLSTestServer<L>(context: context, implicitTLS: implicitTLS, offerStartTLS: offerStartTLS, refuseStartTLS: refuseStartTLS) } catch let e as IOError {
+        let server: PeregrineTestServer<L>
+        let record: TLSServerRecord
+        do {
+            (server, record) = try tlsTestServer(L.self, context: context, implicitTLS: implicitTLS,
+                                                 offerStartTLS: offerStartTLS, refuseStartTLS: refuseStartTLS)
+        } catch let e as IOError {
             if case .unsupported = e.kind { return }
             throw e
         }
         defer { server.stop() }
         try #require(server.port != 0)
-        try body(server.port, server.record)
+        try body(server.port, record)
     }
     try open(kind.loopType)
 }
