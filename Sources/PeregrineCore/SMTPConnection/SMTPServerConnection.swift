@@ -38,12 +38,17 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     public internal(set) var tls: TLSConnection?
 
     private let receiveBuffer: UnsafeMutableRawBufferPointer
-    /// The bytes of the send in flight: owned memory whose address stays put
-    /// until `sent` runs, because nothing touches it while `sending`.
-    let sendBuffer = OwnedBuffer(capacity: 4096)
+    /// The bytes of the send in flight: memory the connection owns from init
+    /// to deinit (deinit comes only after every send completed), written only
+    /// while no send is in flight. A `let` pointer rather than an
+    /// `OwnedBuffer`: the hot path then has no class-property accesses to
+    /// check for exclusivity at run time (measured with callgrind).
+    let sendMemory: UnsafeMutableRawBufferPointer
     /// Takes the session's replies (it swaps with `session.output`: no
-    /// allocation) before they are copied into `sendBuffer` or encrypted.
+    /// allocation) before they are copied into `sendMemory` or encrypted.
     var replyBatch = ByteBuffer(capacity: 1024)
+    /// How much of `replyBatch` was copied out already (a batch larger than `sendMemory` goes out in parts).
+    var replyBatchSent = 0
     private var receiving = false
     var sending = false
     var closeAfterFlush = false
@@ -53,6 +58,9 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     private var inSession = false
     private var closeRequested = false
     private var lastActivity: UInt64 = 0
+    /// Counts completed sends, so that the idle timer can tell a client that stopped reading without a clock read per send.
+    private var sendsCompleted: UInt64 = 0
+    private var sendsAtLastTimer: UInt64 = 0
     private var timer: TimerHandle?
     private var onReceive: ((Result<Int, IOError>) -> Void)!
     private var onSend: ((Result<Void, IOError>) -> Void)!
@@ -66,12 +74,16 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     /// `SMTPServerTLSStart.answerInPlaintext`: armed at STARTTLS, due once the client's TLS bytes came.
     var tlsRefusal: [UInt8]?
     var tlsRefusalDue = false
+    /// `tls` or `tlsRefusal` is set: received bytes are not for the session directly.
+    var encrypted = false
 
-    public init(loop: Loop, socket: Socket, session: SMTPServerSession, receiveBufferSize: Int = 65536) {
+    public init(loop: Loop, socket: Socket, session: SMTPServerSession, receiveBufferSize: Int = 65536,
+                sendBufferSize: Int = 16384) {
         self.loop = loop
         self.socket = socket
         self.session = session
         receiveBuffer = .allocate(byteCount: receiveBufferSize, alignment: 16)
+        sendMemory = .allocate(byteCount: max(sendBufferSize, 512), alignment: 16)
         onReceive = { [unowned self] r in self.received(r) }
         onSend = { [unowned self] r in self.sent(r) }
         onTimer = { [unowned self] in self.timerFired() }
@@ -79,6 +91,7 @@ public final class SMTPServerConnection<Loop: EventLoop> {
 
     deinit {
         receiveBuffer.deallocate()
+        sendMemory.deallocate()
         tlsPlaintext?.deallocate()
     }
 
@@ -159,7 +172,7 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         case .success(let n):
             lastActivity = loop.now
             let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
-            if tls != nil || tlsRefusal != nil {
+            if encrypted {
                 receivedCiphertext(bytes)
             } else {
                 receivePlaintext(bytes)
@@ -187,36 +200,48 @@ public final class SMTPServerConnection<Loop: EventLoop> {
 
     func flush() {
         guard !sending, !closed else { return }
-        if tlsRefusalDue, let answer = tlsRefusal {
-            tlsRefusal = nil
+        if tlsRefusalDue {
             tlsRefusalDue = false
-            sendBuffer.clear()
-            answer.withUnsafeBytes { sendBuffer.append($0) }
-            sendOwnedBuffer()
+            let n = tlsRefusal.map { answer in answer.withUnsafeBytes { copyToSendMemory($0) } } ?? 0
+            tlsRefusal = nil
+            if n > 0 { send(count: n) }
             return
         }
         if let tls, !tlsStarting { flushTLS(tls); return }
-        guard !session.output.isEmpty else { return }
-        session.swapOutput(&replyBatch)
-        sendBuffer.clear()
-        replyBatch.withUnsafeReadableBytes { sendBuffer.append($0) }
-        replyBatch.clear()
-        sendOwnedBuffer()
+        if replyBatchSent >= replyBatch.readableBytes {
+            guard !session.output.isEmpty else { return }
+            session.swapOutput(&replyBatch)
+            replyBatchSent = 0
+        }
+        let offset = replyBatchSent
+        let n = replyBatch.withUnsafeReadableBytes { copyToSendMemory(UnsafeRawBufferPointer(rebasing: $0[offset...])) }
+        replyBatchSent = offset + n
+        send(count: n)
     }
 
-    /// Sends `sendBuffer`; it is not touched again until `sent` runs.
-    func sendOwnedBuffer() {
-        sending = true
-        loop.send(socket, sendBuffer.bytes, onSend)
+    /// Copies as much of `bytes` as fits into `sendMemory`; returns how much. Only while not `sending`.
+    func copyToSendMemory(_ bytes: UnsafeRawBufferPointer) -> Int {
+        let n = min(bytes.count, sendMemory.count)
+        if n > 0, let src = bytes.baseAddress, let dst = sendMemory.baseAddress { dst.copyMemory(from: src, byteCount: n) }
+        return n
     }
+
+    /// Sends the first `count` bytes of `sendMemory`; they are not touched again until `sent` runs.
+    func send(count: Int) {
+        sending = true
+        loop.send(socket, UnsafeRawBufferPointer(rebasing: sendMemory[0..<count]), onSend)
+    }
+
+    /// Replies the session produced that are not sent yet.
+    var hasUnsentReplies: Bool { replyBatchSent < replyBatch.readableBytes || !session.output.isEmpty }
 
     private func sent(_ result: Result<Void, IOError>) {
         sending = false
         guard !closed else { finishIfIdle(); return }
         if case .failure = result { close(); return }
-        lastActivity = loop.now
-        if tlsStarting && session.output.isEmpty { tlsStarting = false } // the 220 is out
-        if !session.output.isEmpty || tlsRefusalDue || (tls?.pendingCiphertextBytes ?? 0) > 0 {
+        sendsCompleted &+= 1
+        if tlsStarting && !hasUnsentReplies { tlsStarting = false } // the 220 is out
+        if hasUnsentReplies || tlsRefusalDue || (tls?.pendingCiphertextBytes ?? 0) > 0 {
             flush()
             if sending { return }
         }
@@ -229,12 +254,15 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         timer = nil
         guard !closed else { return }
         let quiet = loop.now &- lastActivity
-        if quiet < idleTimeout || (session.isAwaitingDecision && !sending) {
+        let sendStuck = sending && sendsCompleted == sendsAtLastTimer
+        sendsAtLastTimer = sendsCompleted
+        if quiet < idleTimeout || session.isAwaitingDecision || (sending && !sendStuck) {
             timer = loop.scheduleTimer(after: quiet < idleTimeout ? idleTimeout - quiet : idleTimeout, onTimer)
             return
         }
         if sending {
-            // The client has not read a reply for a whole timeout: a 421 could not get through either.
+            // Not one send completed for a whole timeout: the client stopped
+            // reading, and a 421 would not get through either.
             close()
             return
         }

@@ -3,12 +3,12 @@ import PeregrineSMTP
 
 /// STARTTLS / implicit TLS for `SMTPServerConnection`: once `tls` is set,
 /// received bytes are ciphertext for the `TLSConnection`, whose plaintext
-/// feeds the session; the session's output is encrypted into the send buffer.
+/// feeds the session; the session's output is encrypted, and the ciphertext
+/// goes out through the send memory (what does not fit waits in OpenSSL's BIO).
 /// One plaintext buffer per TLS connection, allocated when TLS starts and
 /// reused for its whole life.
 extension SMTPServerConnection {
     static var tlsPlaintextBufferSize: Int { 16384 }   // one TLS record
-    static var tlsCiphertextBufferSize: Int { 65536 }
 
     /// STARTTLS was accepted: its 220 goes out in plain text, then TLS (or the handler's refusal).
     func startTLS() {
@@ -18,6 +18,7 @@ extension SMTPServerConnection {
             if !beginTLS(afterPlaintext: true) { closeAfterFlush = true }
         case .answerInPlaintext(let answer):
             tlsRefusal = answer
+            encrypted = true
         }
     }
 
@@ -26,6 +27,7 @@ extension SMTPServerConnection {
     func beginTLS(afterPlaintext: Bool) -> Bool {
         guard let tlsContext, let connection = try? tlsContext.makeServerConnection() else { return false }
         tls = connection
+        encrypted = true
         tlsStarting = afterPlaintext
         if tlsPlaintext == nil { tlsPlaintext = .allocate(byteCount: Self.tlsPlaintextBufferSize, alignment: 16) }
         return true
@@ -85,23 +87,24 @@ extension SMTPServerConnection {
 
     /// Encrypts the session's output (after the handshake) and sends pending ciphertext.
     func flushTLS(_ tls: TLSConnection) {
-        if tls.isHandshakeComplete && !session.output.isEmpty {
-            session.swapOutput(&replyBatch)
-            let ok = replyBatch.withUnsafeReadableBytes { bytes -> Bool in
-                do { try tls.writePlaintext(bytes); return true } catch { return false }
+        if tls.isHandshakeComplete && hasUnsentReplies {
+            if replyBatchSent >= replyBatch.readableBytes {
+                session.swapOutput(&replyBatch)
+                replyBatchSent = 0
             }
-            replyBatch.clear()
+            let offset = replyBatchSent
+            let ok = replyBatch.withUnsafeReadableBytes { bytes -> Bool in
+                do { try tls.writePlaintext(UnsafeRawBufferPointer(rebasing: bytes[offset...])); return true } catch { return false }
+            }
+            replyBatchSent = replyBatch.readableBytes
             if !ok { close(); return }
         }
-        if closeAfterFlush && !closeNotifyQueued && tls.isHandshakeComplete && session.output.isEmpty {
+        if closeAfterFlush && !closeNotifyQueued && tls.isHandshakeComplete && !hasUnsentReplies {
             closeNotifyQueued = true
             tls.close()
         }
-        // Not sending (flush checked): the buffer may grow to its TLS size now.
-        sendBuffer.reserve(Self.tlsCiphertextBufferSize)
-        let n = tls.takeCiphertext(into: sendBuffer.memory)
+        let n = tls.takeCiphertext(into: sendMemory) // not sending: flush checked
         guard n > 0 else { return }
-        sendBuffer.setCount(n)
-        sendOwnedBuffer()
+        send(count: n)
     }
 }
