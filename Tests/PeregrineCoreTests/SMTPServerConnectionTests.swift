@@ -18,7 +18,7 @@ final class ConnectionHookRecord: @unchecked Sendable {
 }
 
 /// What a `HookPolicy` does.
-enum HookMode { case closeInBody, refuseRcptAndClose, idle, refuseTLS }
+enum HookMode { case acceptAll, closeInBody, refuseRcptAndClose, idle, refuseTLS }
 
 /// A policy whose behaviour each test picks.
 final class HookPolicy<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerConnectionHandler {
@@ -79,6 +79,22 @@ final class HookPolicy<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerCo
             try body(server.port, record)
         }
         try open(kind.loopType)
+    }
+
+    @Test(arguments: BackendKind.allCases)
+    func aReplyBatchLargerThanTheSendMemoryGoesOutWhole(kind: BackendKind) throws {
+        // 3000 pipelined NOOPs in one write: about 40 KB of replies, more than
+        // the connection's 16 KB send memory, so the batch goes out in parts.
+        try withHookServer(kind, .acceptAll) { port, record in
+            let c = try #require(SMTPTestClient(port: port))
+            #expect(c.reply()?.hasPrefix("220") == true)
+            c.send(String(repeating: "NOOP\r\n", count: 3000) + "QUIT\r\n")
+            var noops = 0
+            while let r = c.reply(), r.hasPrefix("250") { noops += 1 }
+            #expect(noops == 3000)
+            #expect(c.readToEOF().isEmpty)
+            #expect(tlsEventually { record.events == ["closed"] })
+        }
     }
 
     @Test(arguments: BackendKind.allCases)
