@@ -47,7 +47,10 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     /// Takes the session's replies (it swaps with `session.output`: no
     /// allocation) before they are copied into `sendMemory` or encrypted.
     var replyBatch = ByteBuffer(capacity: 1024)
-    /// How much of `replyBatch` was copied out already (a batch larger than `sendMemory` goes out in parts).
+    /// The size of `replyBatch` and how much of it was copied out already (a
+    /// batch larger than `sendMemory` goes out in parts). Plain integers, so
+    /// that checking for unsent replies does not touch the batch.
+    var replyBatchCount = 0
     var replyBatchSent = 0
     private var receiving = false
     var sending = false
@@ -208,15 +211,31 @@ public final class SMTPServerConnection<Loop: EventLoop> {
             return
         }
         if let tls, !tlsStarting { flushTLS(tls); return }
-        if replyBatchSent >= replyBatch.readableBytes {
-            guard !session.output.isEmpty else { return }
-            session.swapOutput(&replyBatch)
-            replyBatchSent = 0
-        }
-        let offset = replyBatchSent
-        let n = replyBatch.withUnsafeReadableBytes { copyToSendMemory(UnsafeRawBufferPointer(rebasing: $0[offset...])) }
+        let (size, offset, n) = Self.stageReplies(&replyBatch, alreadySent: replyBatchSent, session: session, into: sendMemory)
+        replyBatchCount = size
         replyBatchSent = offset + n
-        send(count: n)
+        if n > 0 { send(count: n) }
+    }
+
+    /// Takes the session's output once the last batch is out, and copies the
+    /// unsent part of the batch (what fits) into `memory`. Returns the batch
+    /// size, where the copy started and how much it copied. One function on
+    /// an `inout` batch: one exclusivity access for the whole step.
+    static func stageReplies(_ batch: inout ByteBuffer, alreadySent: Int, session: SMTPServerSession,
+                             into memory: UnsafeMutableRawBufferPointer) -> (size: Int, offset: Int, copied: Int) {
+        var offset = alreadySent
+        if offset >= batch.readableBytes {
+            session.swapOutput(&batch)
+            offset = 0
+        }
+        let size = batch.readableBytes
+        let n = min(size - offset, memory.count)
+        if n > 0 {
+            batch.withUnsafeReadableBytes { src in
+                if let s = src.baseAddress, let d = memory.baseAddress { d.copyMemory(from: s + offset, byteCount: n) }
+            }
+        }
+        return (size, offset, n)
     }
 
     /// Copies as much of `bytes` as fits into `sendMemory`; returns how much. Only while not `sending`.
@@ -233,7 +252,7 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     }
 
     /// Replies the session produced that are not sent yet.
-    var hasUnsentReplies: Bool { replyBatchSent < replyBatch.readableBytes || !session.output.isEmpty }
+    var hasUnsentReplies: Bool { replyBatchSent < replyBatchCount || !session.output.isEmpty }
 
     private func sent(_ result: Result<Void, IOError>) {
         sending = false

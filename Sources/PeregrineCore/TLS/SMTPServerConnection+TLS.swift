@@ -85,18 +85,30 @@ extension SMTPServerConnection {
         if !sending { close() }
     }
 
+    /// Like `stageReplies`, into TLS: all of the unsent batch is written as
+    /// plaintext (OpenSSL buffers the records). Returns the batch size and
+    /// whether TLS took it.
+    static func encryptReplies(_ batch: inout ByteBuffer, alreadySent: Int, session: SMTPServerSession,
+                               tls: TLSConnection) -> (size: Int, ok: Bool) {
+        var offset = alreadySent
+        if offset >= batch.readableBytes {
+            session.swapOutput(&batch)
+            offset = 0
+        }
+        let size = batch.readableBytes
+        guard offset < size else { return (size, true) }
+        let ok = batch.withUnsafeReadableBytes { bytes -> Bool in
+            do { try tls.writePlaintext(UnsafeRawBufferPointer(rebasing: bytes[offset...])); return true } catch { return false }
+        }
+        return (size, ok)
+    }
+
     /// Encrypts the session's output (after the handshake) and sends pending ciphertext.
     func flushTLS(_ tls: TLSConnection) {
         if tls.isHandshakeComplete && hasUnsentReplies {
-            if replyBatchSent >= replyBatch.readableBytes {
-                session.swapOutput(&replyBatch)
-                replyBatchSent = 0
-            }
-            let offset = replyBatchSent
-            let ok = replyBatch.withUnsafeReadableBytes { bytes -> Bool in
-                do { try tls.writePlaintext(UnsafeRawBufferPointer(rebasing: bytes[offset...])); return true } catch { return false }
-            }
-            replyBatchSent = replyBatch.readableBytes
+            let (size, ok) = Self.encryptReplies(&replyBatch, alreadySent: replyBatchSent, session: session, tls: tls)
+            replyBatchCount = size
+            replyBatchSent = size
             if !ok { close(); return }
         }
         if closeAfterFlush && !closeNotifyQueued && tls.isHandshakeComplete && !hasUnsentReplies {
