@@ -282,6 +282,7 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         if sending {
             // Not one send completed for a whole timeout: the client stopped
             // reading, and a 421 would not get through either.
+            handler?.serverConnectionWillTimeOut()
             close()
             return
         }

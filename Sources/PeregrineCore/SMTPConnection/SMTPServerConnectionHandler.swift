@@ -12,7 +12,8 @@ public protocol SMTPServerConnectionHandler: AnyObject {
     /// The TLS handshake ended. `tls` is the layer when it succeeded
     /// (negotiated protocol and cipher), nil when it failed or was refused.
     func serverConnectionDidEndTLSHandshake(_ tls: TLSConnection?)
-    /// The client was quiet for the idle timeout; the session's 421 and the close follow.
+    /// The client was quiet for the idle timeout: the session's 421 and the close follow
+    /// (only the close when the client has not read a reply for that long either).
     func serverConnectionWillTimeOut()
     /// The socket was closed, by either side; no session callbacks follow.
     func serverConnectionDidClose()
