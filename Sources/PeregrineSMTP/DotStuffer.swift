@@ -2,6 +2,11 @@
 /// (bare LF and bare CR become CRLF), doubles a dot at the start of a line,
 /// and finishes with "<CRLF>.<CRLF>" (adding the CRLF when the body does not
 /// end with one).
+///
+/// The encoder writes into raw memory the caller owns (`stuff(_:into:)` with
+/// an `UnsafeMutableRawBufferPointer`), so a connection can encode straight
+/// into the buffer it hands to the socket; the `ByteBuffer` forms go through
+/// the same code.
 public struct DotStuffer: Sendable {
     private var atLineStart = true
     private var pendingCR = false
@@ -10,49 +15,65 @@ public struct DotStuffer: Sendable {
 
     public mutating func reset() { atLineStart = true; pendingCR = false }
 
-    /// Encodes `chunk` onto the end of `output`.
-    public mutating func stuff(_ chunk: UnsafeRawBufferPointer, into output: inout ByteBuffer) {
+    /// The most bytes `stuff` can write for a chunk of `count` bytes: every
+    /// byte may double (a dot at a line start, a bare LF or CR becoming CRLF),
+    /// plus the CRLF of a CR held back from the previous chunk.
+    public static func maxStuffedCount(_ count: Int) -> Int { 2 * count + 2 }
+
+    /// The most bytes `finish` can write: a held-back or missing CRLF and ".\r\n".
+    public static let maxFinishCount = 5
+
+    /// Encodes `chunk` into `output` from its start; returns the bytes written.
+    /// `output` must hold `maxStuffedCount(chunk.count)` bytes.
+    public mutating func stuff(_ chunk: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Int {
         let n = chunk.count
-        guard n > 0 else { return }
-        var runStart = 0
+        guard n > 0, let src = chunk.baseAddress, let dst = output.baseAddress else { return 0 }
+        precondition(output.count >= Self.maxStuffedCount(n), "DotStuffer: output smaller than maxStuffedCount")
+        var o = 0
         var i = 0
         while i < n {
             let b = chunk[i]
             if pendingCR {
+                // The CR held back is written as CRLF whatever follows; a following LF is part of it.
                 pendingCR = false
-                if b == 10 {
-                    // CRLF: the CR was held back; write both.
-                    output.append(13); output.append(10)
-                    i += 1; runStart = i
-                    atLineStart = true
-                    continue
-                }
-                output.append(13); output.append(10)   // bare CR -> CRLF
+                output[o] = 13; output[o + 1] = 10; o += 2
                 atLineStart = true
+                if b == 10 { i += 1; continue }
             }
-            if atLineStart && b == UInt8(ascii: ".") {
-                output.append(UInt8(ascii: "."))
-            }
-            atLineStart = false
-            if b == 13 || b == 10 {
-                if i > runStart { output.append(UnsafeRawBufferPointer(rebasing: chunk[runStart..<i])) }
-                if b == 13 {
-                    pendingCR = true
-                } else {
-                    output.append(13); output.append(10)   // bare LF -> CRLF
-                    atLineStart = true
-                }
-                i += 1; runStart = i
+            if b == 13 { pendingCR = true; i += 1; continue }
+            if b == 10 {
+                output[o] = 13; output[o + 1] = 10; o += 2   // bare LF -> CRLF
+                atLineStart = true
+                i += 1
                 continue
             }
-            // Fast run to the next CR/LF.
+            if atLineStart && b == UInt8(ascii: ".") { output[o] = UInt8(ascii: "."); o += 1 }
+            atLineStart = false
+            // Copy the run up to the next CR/LF in one go.
             var j = i + 1
-            while j < n, chunk[j] != 13, chunk[j] != 10 { j += 1 }
-            if runStart < i { /* nothing */ }
-            output.append(UnsafeRawBufferPointer(rebasing: chunk[runStart..<j]))
-            i = j; runStart = j
+            while j < n { let c = chunk[j]; if c == 13 || c == 10 { break }; j += 1 }
+            (dst + o).copyMemory(from: src + i, byteCount: j - i)
+            o += j - i
+            i = j
         }
-        if runStart < n { output.append(UnsafeRawBufferPointer(rebasing: chunk[runStart..<n])) }
+        return o
+    }
+
+    /// Ends the message into `output` from its start (pending line end, final
+    /// CRLF when needed, ".\r\n"); returns the bytes written. `output` must hold `maxFinishCount` bytes.
+    public mutating func finish(into output: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(output.count >= Self.maxFinishCount, "DotStuffer: output smaller than maxFinishCount")
+        var o = 0
+        if pendingCR || !atLineStart { output[0] = 13; output[1] = 10; o = 2 }
+        output[o] = UInt8(ascii: "."); output[o + 1] = 13; output[o + 2] = 10
+        reset()
+        return o + 3
+    }
+
+    /// Encodes `chunk` onto the end of `output`.
+    public mutating func stuff(_ chunk: UnsafeRawBufferPointer, into output: inout ByteBuffer) {
+        guard chunk.count > 0 else { return }
+        output.appendDirectly(maxCount: Self.maxStuffedCount(chunk.count)) { stuff(chunk, into: $0) }
     }
 
     public mutating func stuff(_ chunk: [UInt8], into output: inout ByteBuffer) {
@@ -61,9 +82,6 @@ public struct DotStuffer: Sendable {
 
     /// Ends the message: pending line end, final CRLF when needed, ".\r\n".
     public mutating func finish(into output: inout ByteBuffer) {
-        if pendingCR { output.append(13); output.append(10); atLineStart = true; pendingCR = false }
-        if !atLineStart { output.append(13); output.append(10) }
-        output.append(UInt8(ascii: ".")); output.append(13); output.append(10)
-        reset()
+        output.appendDirectly(maxCount: Self.maxFinishCount) { finish(into: $0) }
     }
 }

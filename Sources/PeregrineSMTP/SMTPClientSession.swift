@@ -4,7 +4,8 @@
 ///
 /// Flow: `start()` → greeting → EHLO (HELO after a 5xx) → `.ready` →
 /// `send(envelope)` → MAIL/RCPT…/DATA (one write when PIPELINING is offered) →
-/// `.sendBody` → `appendBody`… `finishBody()` → `.messageCompleted` → `.ready`
+/// `.sendBody` → `appendBody`… `finishBody()` (or `writeBody` into the
+/// owner's buffer) → `.messageCompleted` → `.ready`
 /// (after RSET when the transaction failed) → … → `quit()` → `.closed`.
 /// A 421 at any point, `timedOut()` or `connectionClosed()` completes the
 /// current message with per-recipient results and ends with `.closed`.
@@ -137,6 +138,43 @@ public final class SMTPClientSession {
     }
 
     public func appendBody(_ chunk: [UInt8]) { chunk.withUnsafeBytes { appendBody($0) } }
+
+    /// The room `writeBody` needs for a chunk of `count` bytes: the output
+    /// still pending, the chunk dot-stuffed at its worst, and the end marker.
+    public func writeBodyCapacity(forChunk count: Int) -> Int {
+        output.readableBytes + DotStuffer.maxStuffedCount(count) + DotStuffer.maxFinishCount
+    }
+
+    /// `appendBody` (+ `finishBody` when `last`) into memory the caller owns
+    /// instead of `output`, so an owner can encode the body straight into its
+    /// send buffer: writes any output still pending (it goes first on the
+    /// wire), then `chunk` dot-stuffed, then with `last` the end marker.
+    /// Returns the bytes written from the start of `destination`. When
+    /// `destination` is smaller than `writeBodyCapacity(forChunk:)` nothing is
+    /// written there (0) and the bytes go to `output` as with `appendBody`.
+    public func writeBody(_ chunk: UnsafeRawBufferPointer, last: Bool, into destination: UnsafeMutableRawBufferPointer) -> Int {
+        guard state == .body else { return 0 }
+        guard destination.count >= writeBodyCapacity(forChunk: chunk.count), let base = destination.baseAddress else {
+            appendBody(chunk)
+            if last { finishBody() }
+            return 0
+        }
+        var written = 0
+        if !output.isEmpty {
+            output.withUnsafeReadableBytes { pending in
+                if let src = pending.baseAddress { base.copyMemory(from: src, byteCount: pending.count) }
+                written = pending.count
+            }
+            output.clear()
+        }
+        written += stuffer.stuff(chunk, into: UnsafeMutableRawBufferPointer(rebasing: destination[written...]))
+        if last {
+            written += stuffer.finish(into: UnsafeMutableRawBufferPointer(rebasing: destination[written...]))
+            state = .dataEnd
+            wait(.dataEnd)
+        }
+        return written
+    }
 
     /// Ends the body with "<CRLF>.<CRLF>".
     public func finishBody() {

@@ -100,3 +100,46 @@ import PeregrineSMTP
         }
     }
 }
+
+/// The raw-memory stuffer (what a connection writes into its send buffer).
+@Suite struct DotStufferRawMemoryTests {
+    func raw(_ pieces: [[UInt8]]) -> [UInt8] {
+        var s = DotStuffer()
+        var out: [UInt8] = []
+        for p in pieces {
+            let room = UnsafeMutableRawBufferPointer.allocate(byteCount: DotStuffer.maxStuffedCount(p.count), alignment: 1)
+            defer { room.deallocate() }
+            let n = p.withUnsafeBytes { s.stuff($0, into: room) }
+            #expect(n <= DotStuffer.maxStuffedCount(p.count))
+            out += Array(UnsafeRawBufferPointer(rebasing: room[0..<n]))
+        }
+        let end = UnsafeMutableRawBufferPointer.allocate(byteCount: DotStuffer.maxFinishCount, alignment: 1)
+        defer { end.deallocate() }
+        let n = s.finish(into: end)
+        return out + Array(UnsafeRawBufferPointer(rebasing: end[0..<n]))
+    }
+
+    @Test func worstCaseInputsStayWithinTheBound() {
+        // Every byte doubles: bare LFs, bare CRs, dots at line starts; a CR held across chunks.
+        #expect(text(raw([bytes("\n\n\n")])) == "\r\n\r\n\r\n.\r\n")
+        #expect(text(raw([bytes("\r\r"), bytes(".")])) == "\r\n\r\n..\r\n.\r\n")
+        #expect(text(raw([bytes(".\n.\n.")])) == "..\r\n..\r\n..\r\n.\r\n")
+        #expect(text(raw([bytes("x\r"), bytes("\n")])) == "x\r\n.\r\n")
+        #expect(text(raw([])) == ".\r\n")
+    }
+
+    @Test func anySplitGivesTheByteBufferFormsBytes() {
+        var rng = SplitMix64(seed: 7)
+        let tokens: [[UInt8]] = [bytes("a"), bytes("."), bytes(" "), bytes("\r\n"), bytes("\n"), bytes("\r"), bytes("..")]
+        for _ in 0..<1000 {
+            var body: [UInt8] = []
+            for _ in 0..<Int(rng.next() % 40) { body += tokens[Int(rng.next() % UInt64(tokens.count))] }
+            let cut = Int(rng.next() % UInt64(body.count + 1))
+            var s = DotStuffer()
+            var expected = ByteBuffer()
+            s.stuff(body, into: &expected)
+            s.finish(into: &expected)
+            #expect(raw([Array(body[..<cut]), Array(body[cut...])]) == expected.readableBytesArray)
+        }
+    }
+}
