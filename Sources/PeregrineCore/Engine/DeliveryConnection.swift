@@ -15,6 +15,10 @@ final class DeliveryConnection<Loop: EventLoop> {
     private(set) var socket: Socket?
     var session: SMTPClientSession
     private let receiveBuffer: UnsafeMutableRawBufferPointer
+    /// Bytes for the socket: the session's commands and, written straight in
+    /// by the session (no copy through its output), the dot-stuffed body.
+    /// Not empty while `!sending` only between a `.sendBody` and the `flush`
+    /// that follows it in the same `pump`; cleared when a send completes.
     private let sendBuffer = OwnedBuffer(capacity: 4096)
     private let bodyBuffer = OwnedBuffer(capacity: 8192)
     private var body = UnsafeRawBufferPointer(start: nil, count: 0)
@@ -133,8 +137,7 @@ final class DeliveryConnection<Loop: EventLoop> {
             case .startTLS(let reply):
                 tls?.startTLSReplied(reply, session: session)
             case .sendBody:
-                session.appendBody(body)
-                session.finishBody()
+                writeBody()
                 body = UnsafeRawBufferPointer(start: nil, count: 0)
             case .messageCompleted(let result):
                 if let item = current {
@@ -151,6 +154,23 @@ final class DeliveryConnection<Loop: EventLoop> {
         flush()
     }
 
+    /// The body after 354: dot-stuffed by the session straight into
+    /// `sendBuffer`, after whatever is already queued there. Over TLS, or
+    /// while a send is in flight (the buffer belongs to the loop then), it
+    /// goes through the session's output as before.
+    private func writeBody() {
+        if sending || tls?.isActive == true {
+            session.appendBody(body)
+            session.finishBody()
+            return
+        }
+        let start = sendBuffer.count
+        sendBuffer.reserve(start + session.writeBodyCapacity(forChunk: body.count))
+        let room = UnsafeMutableRawBufferPointer(rebasing: sendBuffer.memory[start...])
+        let written = session.writeBody(body, last: true, into: room)
+        sendBuffer.setCount(start + written)
+    }
+
     private func flush() {
         guard !sending, let s = socket, !closed else { return }
         if let tls, tls.isActive {
@@ -159,16 +179,18 @@ final class DeliveryConnection<Loop: EventLoop> {
             loop.send(s, cipher, onSent)
             return
         }
-        session.swapOutput(&pendingOutput)
-        guard !pendingOutput.isEmpty else { return }
-        sendBuffer.clear()
-        pendingOutput.withUnsafeReadableBytes { sendBuffer.append($0) }
+        if !session.output.isEmpty {
+            session.swapOutput(&pendingOutput)
+            pendingOutput.withUnsafeReadableBytes { sendBuffer.append($0) }
+        }
+        guard !sendBuffer.isEmpty else { return }
         sending = true
         loop.send(s, sendBuffer.bytes, onSent)
     }
 
     private func sent(_ result: Result<Void, IOError>) {
         sending = false
+        sendBuffer.clear()
         defer { releaseIfDone() }
         switch result {
         case .success:
