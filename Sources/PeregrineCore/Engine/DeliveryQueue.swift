@@ -1,3 +1,5 @@
+import PeregrineSMTP
+
 /// One `domain/vmta` queue: its recipients waiting (ready) or delayed, its
 /// mode, and the throttles that bound how fast it may go. Pure state: the
 /// delivery engine feeds it the clock and events and acts on its answers, so
@@ -58,7 +60,22 @@ public final class DeliveryQueue {
     public private(set) var delivered: UInt64 = 0
     public private(set) var bounced: UInt64 = 0
     public private(set) var deferred: UInt64 = 0
-    public var lastReply = ""
+    /// The last reply or local reason (for /queues and expiry bounces).
+    /// A remote reply is kept as is and formatted only when read: the engine
+    /// notes one per recipient, most of them 250s nobody looks at.
+    public var lastReply: String {
+        get { lastRemoteReply?.description ?? lastReplyText }
+        set { lastReplyText = newValue; lastRemoteReply = nil }
+    }
+    private var lastReplyText = ""
+    private var lastRemoteReply: SMTPReply?
+
+    /// Whether the queue's pattern list matches 2xx replies at all (set by the
+    /// engine from its policy source): when false, a 2xx skips the list.
+    public var patternsSeePositiveReplies = true
+
+    /// Notes a remote reply as `lastReply` without formatting it.
+    public func noteReply(_ reply: SMTPReply) { lastRemoteReply = reply }
 
     public init(key: QueueKey, policy: DomainSettings) {
         self.key = key
