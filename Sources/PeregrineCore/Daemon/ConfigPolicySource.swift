@@ -58,8 +58,13 @@ public final class ConfigPolicySource: DeliveryPolicySource {
     }
 
     public func actions(for reply: SMTPReply, queue: QueueKey) -> [SMTPPatternAction] {
-        guard let list = config.patternList(for: policy(for: queue)) else { return [] }
+        // The code check first: a 2xx that the list ignores costs no ReplyText (Strings).
+        guard let list = config.patternList(for: policy(for: queue)), list.applies(toCode: reply.code) else { return [] }
         return list.actions(for: ReplyText(reply))
+    }
+
+    public func patternsSeePositiveReplies(queue: QueueKey) -> Bool {
+        config.patternList(for: policy(for: queue))?.seesPositiveReplies ?? false
     }
 
     public func bounceCategory(for reply: SMTPReply) -> String {

@@ -70,13 +70,17 @@ public final class DeliveryEngine<Loop: EventLoop> {
     public func queue(for key: QueueKey) -> DeliveryQueue {
         if let q = queues[key] { return q }
         let q = DeliveryQueue(key: key, policy: policies.policy(for: key))
+        q.patternsSeePositiveReplies = policies.patternsSeePositiveReplies(queue: key)
         queues[key] = q
         return q
     }
 
     /// Re-reads every queue's policy (config reload) without touching connections.
     public func reloadPolicies() {
-        for (key, q) in queues { q.update(policy: policies.policy(for: key), now: loop.now) }
+        for (key, q) in queues {
+            q.update(policy: policies.policy(for: key), now: loop.now)
+            q.patternsSeePositiveReplies = policies.patternsSeePositiveReplies(queue: key)
+        }
         // Open connections were made under the old settings (route, VMTA, timeouts):
         // each finishes the transaction it is in, then QUITs; new ones use the new settings.
         for c in connections.values { c.retire() }
@@ -231,15 +235,19 @@ public final class DeliveryEngine<Loop: EventLoop> {
         var retry: [Int] = []
         var deliveredCount = 0, bouncedCount = 0
         var forceBounce = false
-        // Pattern lists look at every remote reply of the transaction.
-        var seen = Set<String>()
+        // Pattern lists look at every distinct remote reply of the transaction;
+        // a 2xx only when the queue's list has a rule for 2xx (most have none).
+        var seen: Set<String>?
         for r in result.recipients where !r.isLocal {
-            let text = r.reply.description
-            if seen.insert(text).inserted { if applyPatterns(r.reply, queue: q, now: now) { forceBounce = true } }
+            if r.reply.isPositiveCompletion && !q.patternsSeePositiveReplies { continue }
+            if seen == nil { seen = [] }
+            if seen?.insert(r.reply.description).inserted == true {
+                if applyPatterns(r.reply, queue: q, now: now) { forceBounce = true }
+            }
         }
         for (k, r) in result.recipients.enumerated() {
             let index = item.recipients[k]
-            q.lastReply = r.reply.description
+            q.noteReply(r.reply)
             switch r.status {
             case .delivered:
                 if message.finish(recipient: index, as: .delivered) {

@@ -83,6 +83,15 @@ public protocol DeliveryPolicySource: AnyObject {
     func pool(ofVMTA name: String) -> (name: String, members: [String])?
     /// Pattern-list actions for a remote reply on this queue.
     func actions(for reply: SMTPReply, queue: QueueKey) -> [SMTPPatternAction]
+    /// Whether `actions(for:queue:)` can return anything for a 2xx reply on
+    /// this queue (see `SMTPPatternList.seesPositiveReplies`); when false the
+    /// engine does not ask for 2xx replies. Asked when a queue is created and on reload.
+    func patternsSeePositiveReplies(queue: QueueKey) -> Bool
     /// Bounce category for a permanent failure.
     func bounceCategory(for reply: SMTPReply) -> String
+}
+
+extension DeliveryPolicySource {
+    /// Conservative default: ask for every reply.
+    public func patternsSeePositiveReplies(queue: QueueKey) -> Bool { true }
 }
