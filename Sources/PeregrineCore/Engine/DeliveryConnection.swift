@@ -47,6 +47,9 @@ final class DeliveryConnection<Loop: EventLoop> {
     private var onReceive: ((Result<Int, IOError>) -> Void)!
     private var onSent: ((Result<Void, IOError>) -> Void)!
     private var onTimer: (() -> Void)!
+    private var onIdleTimeout: (() -> Void)!
+    private var onWaitOver: (() -> Void)!
+    private var onBodyRead: ((Result<UnsafeRawBufferPointer, IOError>) -> Void)!
 
     init(engine: DeliveryEngine<Loop>, loop: Loop, queue: DeliveryQueue, vmta: VirtualMTA, hosts: [RouteHost],
          configuration: SMTPClientConfiguration) {
@@ -60,6 +63,13 @@ final class DeliveryConnection<Loop: EventLoop> {
         onReceive = { [unowned self] r in self.received(r) }
         onSent = { [unowned self] r in self.sent(r) }
         onTimer = { [unowned self] in self.timer = nil; self.session.timedOut(); self.pump() }
+        // askForWork re-arms these on every idle answer (each kick asks every idle connection).
+        onIdleTimeout = { [unowned self] in
+            self.idleTimer = nil
+            if self.isIdle { self.quit() }
+        }
+        onWaitOver = { [unowned self] in self.idleTimer = nil; self.askForWork() }
+        onBodyRead = { [unowned self] result in self.bodyRead(result) }
     }
 
     deinit { receiveBuffer.deallocate() }
@@ -217,13 +227,10 @@ final class DeliveryConnection<Loop: EventLoop> {
         case .wait(let until):
             becomeIdle()
             let delay = until > loop.now ? until - loop.now : 0
-            idleTimer = loop.scheduleTimer(after: delay) { [unowned self] in self.idleTimer = nil; self.askForWork() }
+            idleTimer = loop.scheduleTimer(after: delay, onWaitOver)
         case .idle:
             becomeIdle()
-            idleTimer = loop.scheduleTimer(after: engine.idleTimeout) { [unowned self] in
-                self.idleTimer = nil
-                if self.isIdle { self.quit() }
-            }
+            idleTimer = loop.scheduleTimer(after: engine.idleTimeout, onIdleTimeout)
         case .close:
             quit()
         }
@@ -239,30 +246,33 @@ final class DeliveryConnection<Loop: EventLoop> {
         bodyBuffer.clear()
         bodyBuffer.reserve(message.recordLength)
         readingBody = true
-        engine.bodySource.readBody(of: message, into: bodyBuffer.memory) {
-            [unowned self] result in
-            self.readingBody = false
-            defer { self.releaseIfDone() }
-            guard !self.closed, let item = self.current else { return }
-            switch result {
-            case .success(let body):
-                self.body = body
-                let rcpts = item.recipients.map { message.recipients[$0].address }
-                let envelope = SMTPClientEnvelope(mailFrom: message.sender, recipients: rcpts, size: message.bodySize,
-                                                  envelopeID: message.envId)
-                if self.session.send(envelope) {
-                    self.pump()
-                } else {
-                    self.current = nil
-                    (self.currentQueue ?? self.queue).putBack(item)
-                    self.quit()
-                }
-            case .failure(let e):
-                // The body cannot be read: a local problem, not the receiver's.
-                self.current = nil
-                self.engine.bodyUnreadable(item, from: self.currentQueue ?? self.queue, error: e)
-                self.askForWork()
+        engine.bodySource.readBody(of: message, into: bodyBuffer.memory, onBodyRead)
+    }
+
+    /// The spooled message of `current` was read (or not): start the transaction.
+    private func bodyRead(_ result: Result<UnsafeRawBufferPointer, IOError>) {
+        readingBody = false
+        defer { releaseIfDone() }
+        guard !closed, let item = current else { return }
+        let message = item.message
+        switch result {
+        case .success(let body):
+            self.body = body
+            let rcpts = item.recipients.map { message.recipients[$0].address }
+            let envelope = SMTPClientEnvelope(mailFrom: message.sender, recipients: rcpts, size: message.bodySize,
+                                              envelopeID: message.envId)
+            if session.send(envelope) {
+                pump()
+            } else {
+                current = nil
+                (currentQueue ?? queue).putBack(item)
+                quit()
             }
+        case .failure(let e):
+            // The body cannot be read: a local problem, not the receiver's.
+            current = nil
+            engine.bodyUnreadable(item, from: currentQueue ?? queue, error: e)
+            askForWork()
         }
     }
 
