@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Streaming DATA encoder for the client side: normalises line ends to CRLF
 /// (bare LF and bare CR become CRLF), doubles a dot at the start of a line,
 /// and finishes with "<CRLF>.<CRLF>" (adding the CRLF when the body does not
@@ -49,9 +55,11 @@ public struct DotStuffer: Sendable {
             }
             if atLineStart && b == UInt8(ascii: ".") { output[o] = UInt8(ascii: "."); o += 1 }
             atLineStart = false
-            // Copy the run up to the next CR/LF in one go.
-            var j = i + 1
-            while j < n { let c = chunk[j]; if c == 13 || c == 10 { break }; j += 1 }
+            // Copy the run up to the next CR/LF in one go. memchr (vectorised)
+            // finds the LF; a CR is looked for only before it (usually right before).
+            var j = n
+            if let lf = memchr(src + i, 10, n - i) { j = UnsafeRawPointer(lf) - src }
+            if let cr = memchr(src + i, 13, j - i) { j = UnsafeRawPointer(cr) - src }
             (dst + o).copyMemory(from: src + i, byteCount: j - i)
             o += j - i
             i = j
