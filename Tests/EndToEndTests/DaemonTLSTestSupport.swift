@@ -27,9 +27,9 @@ enum E2ETLSCertificates {
 /// test (listeners on port 0, spool and accounting in a temporary
 /// directory); always terminated (SIGTERM, then SIGKILL) and cleaned up.
 final class TLSDaemonProcess {
-    let process = Process()
+    private(set) var process = Process()
     let directory: String
-    let errPipe = Pipe()
+    private var errPipe = Pipe()
     /// Bound listener addresses, in config order ("127.0.0.1:PORT").
     private(set) var listeners: [(ip: String, port: UInt16)] = []
     private var finished = false
@@ -42,7 +42,34 @@ final class TLSDaemonProcess {
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("peregrine-e2e-daemon-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        // The daemon wants real ports: ":0" becomes a port free right now.
+        // The daemon wants real ports: ":0" becomes a port free right now. The
+        // port may be taken before the daemon binds it (a client's ephemeral
+        // port, a parallel test); then the daemon exits and we start again.
+        for attempt in 1...4 {
+            try start(backend: backend, listeners: listeners, config: config)
+            guard !log.contains("listening on"), log.contains("Address already in use"), attempt < 4 else { break }
+            process.waitUntilExit()
+            process = Process()
+            errPipe = Pipe()
+            log = ""
+        }
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("listening on") }),
+              let range = line.range(of: "listening on ") else {
+            terminate()
+            throw SinkTestError("peregrine did not start: \(log)")
+        }
+        for a in line[range.upperBound...].split(separator: ",") {
+            let addr = a.trimmingCharacters(in: .whitespaces)
+            if addr.contains(" ") { continue } // "management on …"
+            guard let colon = addr.lastIndex(of: ":"), let port = UInt16(addr[addr.index(after: colon)...]) else { continue }
+            self.listeners.append((ip: String(addr[..<colon]), port: port))
+        }
+        // Keep draining stderr so the daemon never blocks on a full pipe.
+        let handle = errPipe.fileHandleForReading
+        Thread { _ = handle.readDataToEndOfFile() }.start()
+    }
+
+    private func start(backend: String, listeners: [String], config: String) throws {
         let specs = listeners.map { spec -> String in
             guard let r = spec.range(of: ":0"), r.upperBound == spec.endIndex || spec[r.upperBound] == " " else { return spec }
             return spec.replacingCharacters(in: r, with: ":\(e2eFreePort())")
@@ -75,20 +102,6 @@ final class TLSDaemonProcess {
             if n <= 0 { break }
             log += String(decoding: buffer[0..<n], as: UTF8.self)
         }
-        guard let line = log.split(separator: "\n").first(where: { $0.contains("listening on") }),
-              let range = line.range(of: "listening on ") else {
-            terminate()
-            throw SinkTestError("peregrine did not start: \(log)")
-        }
-        for a in line[range.upperBound...].split(separator: ",") {
-            let addr = a.trimmingCharacters(in: .whitespaces)
-            if addr.contains(" ") { continue } // "management on …"
-            guard let colon = addr.lastIndex(of: ":"), let port = UInt16(addr[addr.index(after: colon)...]) else { continue }
-            self.listeners.append((ip: String(addr[..<colon]), port: port))
-        }
-        // Keep draining stderr so the daemon never blocks on a full pipe.
-        let handle = errPipe.fileHandleForReading
-        Thread { _ = handle.readDataToEndOfFile() }.start()
     }
 
     var port: UInt16 { listeners.first?.port ?? 0 }
