@@ -116,8 +116,13 @@ public final class DeliveryEngine<Loop: EventLoop> {
 
     private func scheduleConnections(_ q: DeliveryQueue, now: UInt64) {
         // Idle connections take work first; new connections only if still needed.
+        // Stop asking once the queue is empty: the rest would only re-arm their
+        // idle timers (and an idle connection's timeout runs from its last use).
         if q.readyItems > 0 && q.idleConnections > 0 {
-            for c in connections.values where c.queue === q && c.isIdle { c.askForWork() }
+            for c in connections.values where c.queue === q && c.isIdle {
+                c.askForWork()
+                if q.readyItems == 0 { break }
+            }
         }
         let n = q.connectionsToOpen(now: now)
         if n > 0 { open(n, for: q) }
@@ -138,7 +143,10 @@ public final class DeliveryEngine<Loop: EventLoop> {
         let t = site.throttle
         let ready = site.readyItems
         if ready > 0 && t.idleConnections > 0 {
-            for c in connections.values where c.queue.site === site && c.isIdle { c.askForWork() }
+            for c in connections.values where c.queue.site === site && c.isIdle {
+                c.askForWork()
+                if site.readyItems == 0 { break }
+            }
         }
         let n = site.connectionsToOpen(now: now)
         if n > 0 {
