@@ -40,8 +40,10 @@ import PeregrineIO
         try #require(Self.shipped[name])
     }
 
+    /// Plain text (`--no-require-tls`): the scripted client speaks no TLS; Gmail's require-tls has its own tests.
     func sink(_ name: String, _ extra: [String] = []) throws -> SinkProcess {
-        try SinkProcess(["--profile", Self.deterministicProfiles + "/\(name).conf", "--port", "0", "--backend", Self.backend.rawValue] + extra)
+        try SinkProcess(["--profile", Self.deterministicProfiles + "/\(name).conf", "--port", "0", "--no-require-tls",
+                         "--backend", Self.backend.rawValue] + extra)
     }
 
     /// The backend the scenario tests run on: io_uring when this kernel has it.
@@ -314,7 +316,7 @@ import PeregrineIO
     }
 
     @Test func dnsAnswersMXAndAForEveryProfileDomain() throws {
-        let sink = try SinkProcess(["--profile", Self.deterministicProfiles + "/all.conf", "--port", "0",
+        let sink = try SinkProcess(["--profile", Self.deterministicProfiles + "/all.conf", "--port", "0", "--no-require-tls",
                                     "--dns", "127.0.0.1:0", "--backend", Self.backend.rawValue])
         defer { sink.terminate() }
         let port = try #require(sink.dnsPort)
@@ -339,7 +341,7 @@ import PeregrineIO
     }
 
     @Test func dnsWithoutACatchAllSaysNXDOMAIN() throws {
-        let sink = try SinkProcess(["--profile", Self.deterministicProfiles + "/gmail.conf", "--port", "0",
+        let sink = try SinkProcess(["--profile", Self.deterministicProfiles + "/gmail.conf", "--port", "0", "--no-require-tls",
                                     "--dns", "127.0.0.1:0", "--backend", Self.backend.rawValue])
         defer { sink.terminate() }
         let port = try #require(sink.dnsPort)
@@ -417,5 +419,11 @@ import PeregrineIO
         #expect(r6.status == 1 && r6.stderr.contains("/nonexistent.conf:0: cannot read file"))
         let r7 = SinkProcess.runToExit(["--help"])
         #expect(r7.status == 0 && r7.stdout.contains("usage: peregrine-sink"))
+        // The shipped Gmail profile requires TLS: without a certificate the sink names the line instead of deferring forever.
+        let gmail = SinkProfileTests.profilesDir + "/gmail.conf"
+        let line = try #require(try String(contentsOfFile: gmail, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+            .firstIndex { $0.trimmingCharacters(in: .whitespaces) == "require-tls" }) + 1
+        let r8 = SinkProcess.runToExit(["--profile", gmail, "--port", "0"])
+        #expect(r8.status == 1 && r8.stderr.hasPrefix("\(gmail):\(line): <isp gmail> says require-tls"), "\(r8.stderr)")
     }
 }

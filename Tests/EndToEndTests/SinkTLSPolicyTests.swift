@@ -44,6 +44,41 @@ import Testing
         #expect(error("require-tls a b") == "p.conf:3: require-tls takes yes|no or one quoted reply")
     }
 
+    @Test func requireTLSWithoutACertificateIsRefusedWithItsLine() throws {
+        let set = try SinkProfileParser.parse("""
+            <isp plain>
+                domains plain.test
+            </isp>
+            <isp gmail>
+                domains gmail.com
+                require-tls
+            </isp>
+            """, file: "p.conf")
+        do {
+            _ = try set.served(hasCertificate: false, noRequireTLS: false)
+            Issue.record("a require-tls profile was served without a certificate")
+        } catch {
+            #expect(error.description.hasPrefix("p.conf:6: <isp gmail> says require-tls, but the sink has no certificate"), "\(error)")
+            #expect(error.description.contains("--tls-cert FILE --tls-key FILE") && error.description.contains("--no-require-tls"))
+        }
+        #expect(try set.served(hasCertificate: true, noRequireTLS: false).profiles[1].requireTLS?.enhanced == "4.7.29")
+        // --no-require-tls: plain text for everyone, with or without a certificate.
+        #expect(try set.served(hasCertificate: false, noRequireTLS: true).profiles.allSatisfy { $0.requireTLS == nil })
+        #expect(try set.served(hasCertificate: true, noRequireTLS: true).profiles.allSatisfy { $0.requireTLS == nil })
+        // `require-tls no` is no requirement.
+        let off = try SinkProfileParser.parse("<isp g>\n domains g.test\n require-tls no\n</isp>", file: "q.conf")
+        #expect(off.profiles[0].requireTLSLocation == nil)
+        #expect(try off.served(hasCertificate: false, noRequireTLS: false).profiles[0].requireTLS == nil)
+    }
+
+    @Test func noRequireTLSIsAFlag() {
+        guard case .success(let o) = SinkOptions.parse(["--profile", "g.conf", "--no-require-tls"]) else { Issue.record("rejected"); return }
+        #expect(o.noRequireTLS)
+        if case .success = SinkOptions.parse(["--profile", "g.conf", "--no-require-tls=yes"]) {
+            Issue.record("--no-require-tls=yes was accepted")
+        }
+    }
+
     @Test func tlsOptionsGoTogether() {
         if case .success = SinkOptions.parse(["--accept-all", "--listen", "127.0.0.1:25", "--tls-cert", "c.pem"]) {
             Issue.record("--tls-cert without --tls-key was accepted")

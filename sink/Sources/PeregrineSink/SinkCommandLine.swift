@@ -15,6 +15,8 @@ public struct SinkOptions: Equatable, Sendable {
     /// `--tls-cert FILE --tls-key FILE`: STARTTLS on every listener.
     public var tlsCert: String?
     public var tlsKey: String?
+    /// `--no-require-tls`: serve profiles that say `require-tls` in plain text.
+    public var noRequireTLS = false
     public var timeScale: Double?
     public var seed: UInt64 = 1
     public var quiet = false
@@ -25,7 +27,7 @@ public struct SinkOptions: Equatable, Sendable {
     usage: peregrine-sink [--profile FILE]... [--accept-all --listen ADDR:PORT]
                           [--backend io_uring|epoll|dispatch] [--threads N] [--port N]
                           [--stats-port [ADDR:]PORT] [--dns ADDR:PORT] [--record-ids FILE]
-                          [--time-scale X] [--seed N] [--tls-cert FILE --tls-key FILE] [--quiet]
+                          [--time-scale X] [--seed N] [--tls-cert FILE --tls-key FILE] [--no-require-tls] [--quiet]
 
       --profile FILE       ISP profiles (sink/profiles/all.conf has every shipped one); repeatable
       --accept-all         accept everything on --listen, no profile needed
@@ -40,6 +42,8 @@ public struct SinkOptions: Equatable, Sendable {
       --seed N             seed for the random choices (latency, random failures)
       --tls-cert FILE      PEM certificate (chain) for STARTTLS on every listener; needs --tls-key
       --tls-key FILE       its PEM private key (profiles: require-tls, starttls offer|refuse|break)
+      --no-require-tls     turn every profile's require-tls off (a profile that requires TLS
+                           does not start without --tls-cert otherwise)
     Stops on SIGTERM/SIGINT and prints the counters as JSON.
     """
 
@@ -110,12 +114,13 @@ public struct SinkOptions: Equatable, Sendable {
             case "--tls-key":
                 guard let v = value(), !v.isEmpty else { return fail("--tls-key needs a FILE") }
                 o.tlsKey = v
+            case "--no-require-tls": o.noRequireTLS = true
             case "--quiet", "-q": o.quiet = true
             case "--help", "-h": o.help = true
             default:
                 return fail("unknown option '\(args[i])' (see --help)")
             }
-            if inline != nil, ["--accept-all", "--quiet", "--help"].contains(arg) {
+            if inline != nil, ["--accept-all", "--no-require-tls", "--quiet", "--help"].contains(arg) {
                 return fail("\(arg) takes no value")
             }
             i += 1

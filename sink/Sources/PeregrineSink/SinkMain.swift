@@ -39,6 +39,10 @@ public enum SinkMain {
                 return 1
             }
         }
+        do { set = try set.served(hasCertificate: options.tlsCert != nil, noRequireTLS: options.noRequireTLS) } catch {
+            FileHandle.standardError.write((error.description + "\n").data(using: .utf8) ?? Data())
+            return 1
+        }
         var bindings: [SinkBinding] = []
         var seen: [SocketAddress: String] = [:]
         for (index, p) in set.profiles.enumerated() {

@@ -1,4 +1,5 @@
 import Foundation
+import PeregrineCore
 
 /// The phase of an SMTP session at which a receiver gives a reply. Real
 /// providers answer connection limits at the greeting, reputation deferrals at
@@ -292,6 +293,8 @@ public struct SinkISPProfile: Hashable, Sendable {
     public var idleTimeout: Double?
     /// `require-tls ["REPLY"]`: MAIL FROM without TLS gets this reply (Gmail's 421-4.7.29 by default).
     public var requireTLS: SinkReplyTemplate?
+    /// Where `require-tls` was said: the sink refuses to start on it without a certificate.
+    public var requireTLSLocation: ConfigLocation?
     /// `starttls offer|refuse|break`: what STARTTLS gets when the sink has a certificate.
     public var startTLS: SinkStartTLSMode = .offer
 

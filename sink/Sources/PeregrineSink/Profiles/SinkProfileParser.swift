@@ -221,6 +221,7 @@ public enum SinkProfileParser {
                     }
                 default: throw node.error("require-tls takes yes|no or one quoted reply")
                 }
+                p.requireTLSLocation = p.requireTLS == nil ? nil : node.location
             case "starttls":
                 let text = try node.singleArgument().lowercased()
                 guard let mode = SinkStartTLSMode(rawValue: text) else {
