@@ -12,6 +12,14 @@ import Glibc
 /// then reconciles ids (sink), bounces (accounting) and deferrals (sink stats,
 /// `t` records).
 ///
+/// TLS is on by default, as a Gmail-facing MTA runs: the sink gets a throwaway
+/// certificate and serves Gmail's `require-tls` (421-4.7.29 to plain text), the
+/// daemon delivers with opportunistic STARTTLS (`use-starttls yes`), and the
+/// run fails if a Gmail delivery went out in plain text (`d` records'
+/// `dlvTlsProtocol`). `--no-tls` is the plain variant (sink `--no-require-tls`).
+/// `--isps gmail,icloud` restricts the mix (CI-sized runs without Yahoo's 72 s
+/// suspension or Outlook's 54 s backoff).
+///
 /// The sink's profiles say `time-scale 0.01`; the daemon's time constants are
 /// scaled the same way by hand (Yahoo's 2 h suspension → 72 s, Outlook's 90 min
 /// of 1/min → 54 s of 100/min).
@@ -19,14 +27,20 @@ func runIspMixBench(arguments: [String]) -> Int32 {
     let usage = """
     usage: peregrine-bench isp-mix [--backend epoll|io_uring|dispatch|all] [--count N] [--rate N/s]
                                    [--special-percent P] [--deadline S] [--seed N] [--output-dir DIR]
+                                   [--isps all|gmail,yahoo,outlook,icloud,comcast,gmx,orange] [--no-tls]
+      --isps LIST   only these providers' domains (loadgen mix and special recipients; default all)
+      --no-tls      plain text: no certificate, the sink's require-tls off (default: STARTTLS, Gmail requires it)
     """
     let defaults = ["backend": "epoll", "count": "5000", "rate": "500/s", "special-percent": "2", "deadline": "600",
-                    "seed": "1", "output-dir": "results", "connections": "8"]
+                    "seed": "1", "output-dir": "results", "connections": "8", "isps": "all"]
     let options: ScenarioOptions
-    switch ScenarioOptions.parse(arguments, defaults: defaults, usage: usage) {
+    switch ScenarioOptions.parse(arguments, defaults: defaults, flags: ["no-tls"], usage: usage) {
     case .success(let o): options = o
     case .failure(let e): fputs("peregrine-bench isp-mix: \(e.message)\n", stderr); return 2
     }
+    do { _ = try IspMixProvider.select(options.string("isps")) } catch let e as BenchUsageError {
+        fputs("peregrine-bench isp-mix: \(e.message)\n", stderr); return 2
+    } catch { return 2 }
     var rows: [[String]] = []
     var failed = false
     do {
@@ -39,7 +53,8 @@ func runIspMixBench(arguments: [String]) -> Int32 {
         fputs("peregrine-bench isp-mix: \(error)\n", stderr)
         return 1
     }
-    printBenchTable(title: "isp-mix: shipped ISP profiles (time-scale 0.01), MX via the sink's DNS, consumer mix + unknown/greylisted",
+    let tlsTitle = options.flags.contains("no-tls") ? "plain text (--no-tls)" : "STARTTLS, Gmail requires TLS"
+    printBenchTable(title: "isp-mix: shipped ISP profiles (time-scale 0.01), MX via the sink's DNS, consumer mix + unknown/greylisted, \(tlsTitle)",
                     header: IspMixRun.header, rows: rows)
     return failed ? 1 : 0
 }
@@ -62,7 +77,7 @@ struct IspMixRun {
     let backend: String
 
     static let header = ["backend", "injected", "delivered", "bounced", "deferrals@sink", "t records", "lost", "dup",
-                         "unexpected bounces", "elapsed s", "drained"]
+                         "unexpected bounces", "gmail TLS", "all TLS", "protocols", "elapsed s", "drained", "result"]
 
     struct Outcome { var row: [String]; var ok: Bool }
 
@@ -73,7 +88,11 @@ struct IspMixRun {
         let specialPercent = try options.double("special-percent")
         let deadline = try options.double("deadline")
         let root = packageRoot()
-        fputs("== isp-mix on \(backend): \(count) messages at \(options.string("rate")), scratch \(rig.work)\n", stderr)
+        let tls = !options.flags.contains("no-tls")
+        let providers = try IspMixProvider.select(options.string("isps"))
+        let restricted = providers.count < IspMixProvider.all.count
+        fputs("== isp-mix on \(backend): \(count) messages at \(options.string("rate")), \(tls ? "TLS" : "plain text")"
+              + (restricted ? ", providers \(providers.map(\.name).joined(separator: ","))" : "") + ", scratch \(rig.work)\n", stderr)
 
         // MX answers carry port 25 (the daemon, like any MTA, delivers to MX hosts on 25).
         if BenchNet.canConnect(ip: "127.0.1.1", port: 25) {
@@ -81,12 +100,14 @@ struct IspMixRun {
         }
         let dnsPort = try rig.freePort(), statsPort = try rig.freePort(), mtaPort = try rig.freePort(), mgmtPort = try rig.freePort()
         let sinkIDs = rig.work + "/sink-ids.txt"
+        // Gmail's profile requires TLS: the sink offers STARTTLS with a throwaway certificate, or serves plain text.
+        let sinkTLS = tls ? try BenchCertificate.make(in: rig.work, commonName: "mx.sink").sinkArguments : ["--no-require-tls"]
         let sink = try rig.startSink(["--profile", root + "/sink/profiles/all.conf", "--port", "25",
                                       "--dns", "\(rig.ip):\(dnsPort)", "--stats-port", "\(rig.ip):\(statsPort)",
-                                      "--record-ids", sinkIDs, "--seed", options.string("seed"), "--backend", "epoll"])
+                                      "--record-ids", sinkIDs, "--seed", options.string("seed"), "--backend", "epoll"] + sinkTLS)
         let acct = rig.work + "/acct.csv"
         let config = Self.config(ip: rig.ip, mtaPort: mtaPort, mgmtPort: mgmtPort, dnsPort: dnsPort,
-                                 spool: rig.work + "/spool", acct: acct)
+                                 spool: rig.work + "/spool", acct: acct, startTLS: tls)
         let configPath = rig.work + "/peregrine.conf"
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         let daemon = try rig.startDaemon(configPath: configPath, backend: backend, smtpPort: mtaPort)
@@ -95,7 +116,7 @@ struct IspMixRun {
         let start = Date()
 
         // The hand-addressed share: unknown users (bounce) and greylisted recipients (deliver after a retry).
-        let specialDomains = ["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "comcast.net", "gmx.net", "orange.fr"]
+        let specialDomains = providers.flatMap(\.special)
         let specialCount = Int((Double(count) * specialPercent / 100).rounded())
         var specialAccepted: [(id: String, rcpt: String, expect: String)] = []
         var specialRefused = 0
@@ -113,9 +134,11 @@ struct IspMixRun {
         }
 
         let loadIDs = rig.work + "/loadgen-ids.txt"
+        // The whole mix is loadgen's default; a restricted one is those providers' shares of it.
+        let domainMix = restricted ? ["--domains", providers.flatMap(\.mix).map { "\($0.domain)=\($0.weight)" }.joined(separator: ",")] : []
         let summary = try rig.runLoadgen(["--target", "\(rig.ip):\(mtaPort)", "--count", "\(count)", "--rate", options.string("rate"),
                                           "--connections", options.string("connections"), "--ids", loadIDs,
-                                          "--seed", options.string("seed"), "--backend", "epoll"],
+                                          "--seed", options.string("seed"), "--backend", "epoll"] + domainMix,
                                          jsonPath: rig.work + "/loadgen.json", timeout: deadline) { _ in
             peakRSS = max(peakRSS, rssBytes(daemon.pid))
         }
@@ -185,10 +208,30 @@ struct IspMixRun {
         let delivered = rec.unique
         let bounced = acctCounts.byType["b"] ?? 0
         let tRecords = (acctCounts.byType["t"] ?? 0) + (acctCounts.byType["tq"] ?? 0)
+        let tally = IspMixTLSTally(deliveryProtocols: acctCounts.deliveryProtocols)
+        // What fails the run: a message lost, a Gmail delivery in plain text when Gmail requires TLS, no drain, a missing bounce.
+        var failures: [String] = []
+        if lostCount > 0 { failures.append("lost=\(lostCount)") }
+        if tls && tally.gmail.plain > 0 { failures.append("gmail-plain=\(tally.gmail.plain)") }
+        if !drained { failures.append("not-drained") }
+        if !missingBounces.isEmpty { failures.append("missing-bounces=\(missingBounces.count)") }
+        let verdict = failures.isEmpty ? "ok" : "FAIL(" + failures.joined(separator: ",") + ")"
         let figures: [String: Any] = [
             "config": ["mta": "peregrine", "backend": backend, "config": config,
-                       "sinkProfiles": "sink/profiles/all.conf (time-scale 0.01)", "loadgenRate": options.string("rate"),
-                       "loadgenCount": count, "specialPercent": specialPercent],
+                       "sinkProfiles": "sink/profiles/all.conf (time-scale 0.01)" + (tls ? ", --tls-cert (throwaway)" : ", --no-require-tls"),
+                       "loadgenRate": options.string("rate"), "loadgenCount": count, "specialPercent": specialPercent,
+                       "tls": tls, "isps": providers.map(\.name)],
+            "tls": tls,
+            "deliveriesOverTLS": tally.overall.overTLS,
+            "deliveriesPlain": tally.overall.plain,
+            "tlsProtocols": tally.overall.protocols,
+            "gmailDelivered": tally.gmail.delivered,
+            "gmailDeliveredOverTLS": tally.gmail.overTLS,
+            "deliveriesByProvider": tally.json["byProvider"] ?? [:],
+            "sinkSessionsTLS": totals["sessions_tls"] ?? 0,
+            "sinkTLSHandshakeFailures": totals["tls_handshake_failures"] ?? 0,
+            "failures": failures,
+            "ok": failures.isEmpty,
             "injected": injected,
             "injectedByLoadgen": summary["accepted"] ?? 0,
             "injectedSpecial": ["unknownUsers": specialAccepted.filter { $0.expect == "bounce" }.count,
@@ -219,19 +262,24 @@ struct IspMixRun {
             "loadgen": summary,
             "summary": [["injected", "\(injected)"], ["delivered", "\(delivered)"], ["bounced", "\(bounced)"],
                         ["deferrals@sink", "\(deferralsAtSink.values.reduce(0, +))"], ["t records", "\(tRecords)"],
-                        ["lost", "\(lostCount)"], ["dup", "\(rec.duplicates)"], ["elapsed s", fmt(elapsed)], ["drained", drained ? "yes" : "no"]],
+                        ["lost", "\(lostCount)"], ["dup", "\(rec.duplicates)"], ["TLS", tls ? "on" : "off"],
+                        ["gmail over TLS", IspMixTLSTally.ratio(tally.gmail)], ["over TLS", IspMixTLSTally.ratio(tally.overall)],
+                        ["protocols", tally.overall.protocolList], ["elapsed s", fmt(elapsed)], ["drained", drained ? "yes" : "no"],
+                        ["result", verdict]],
         ]
         rig.writeResult(target: backend, figures: figures, outputDir: options.string("output-dir"))
         let row = [backend, "\(injected)", "\(delivered)", "\(bounced) " + Self.categories(acctCounts.bouncesByCategory),
                    "\(deferralsAtSink.values.reduce(0, +))", "\(tRecords)", "\(lostCount)", "\(rec.duplicates)",
-                   "\(unexpectedBounces.count)", fmt(elapsed), drained ? "yes" : "no (\(daemonAlive))"]
+                   "\(unexpectedBounces.count)", IspMixTLSTally.ratio(tally.gmail), IspMixTLSTally.ratio(tally.overall),
+                   tally.overall.protocolList, fmt(elapsed), drained ? "yes" : "no (\(daemonAlive))", verdict]
+        for line in tally.lines { fputs("   \(line)\n", stderr) }
         if !deferralsAtSink.isEmpty {
             fputs("   deferrals at the sink by reason: " + deferralsAtSink.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + "\n", stderr)
         }
         if !acctCounts.transientByStatus.isEmpty {
             fputs("   t/tq records by status: " + acctCounts.transientByStatus.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + "\n", stderr)
         }
-        return Outcome(row: row, ok: lostCount == 0 && drained && missingBounces.isEmpty)
+        return Outcome(row: row, ok: failures.isEmpty)
     }
 
     static func categories(_ c: [String: Int]) -> String {
@@ -239,19 +287,15 @@ struct IspMixRun {
     }
 
     /// The daemon's config: shaping from DOMAIN.md, time constants × 0.01 like the sink's profiles.
-    static func config(ip: String, mtaPort: UInt16, mgmtPort: UInt16, dnsPort: UInt16, spool: String, acct: String) -> String {
+    static func config(ip: String, mtaPort: UInt16, mgmtPort: UInt16, dnsPort: UInt16, spool: String, acct: String,
+                       startTLS: Bool) -> String {
         """
         smtp-listener \(ip):\(mtaPort)
         http-mgmt-port \(ip):\(mgmtPort)
         spool \(spool)
         host-name mta.peregrine.test
         dns-server \(ip):\(dnsPort)
-        domain-macro gmail gmail.com,googlemail.com
-        domain-macro yahoo yahoo.com,ymail.com,rocketmail.com,aol.com,aim.com
-        domain-macro outlook outlook.com,hotmail.com,live.com,msn.com
-        domain-macro icloud icloud.com,me.com,mac.com
-        domain-macro gmx gmx.net,gmx.de,gmx.com,web.de
-        domain-macro orange orange.fr,wanadoo.fr
+        \(IspMixProvider.all.filter { $0.domains.count > 1 }.map { "domain-macro \($0.name) \($0.domains.joined(separator: ","))" }.joined(separator: "\n"))
         <source 127.0.0.0/8>
             always-allow-relaying yes
             process-x-virtual-mta yes
@@ -268,6 +312,8 @@ struct IspMixRun {
         </smtp-pattern-list>
         <domain *>
             max-smtp-out 10
+            # Opportunistic STARTTLS, as operators run it (Gmail's profile refuses plain text).
+            use-starttls \(startTLS ? "yes" : "no")
             retry-after 5s
             backoff-retry-after 10s
             bounce-after 30m

@@ -7,19 +7,7 @@ extension RelayRunner {
     /// Creates cert.pem/key.pem in the work directory once; the sink's TLS arguments.
     func tlsSinkArguments() throws -> [String] {
         guard tls else { return [] }
-        let cert = work + "/cert.pem", key = work + "/key.pem"
-        if !FileManager.default.fileExists(atPath: cert) {
-            let p = BenchProcess(name: "openssl", executable: "/usr/bin/openssl",
-                                 arguments: ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=relay.peregrine.test",
-                                             "-days", "1", "-keyout", key, "-out", cert],
-                                 logPath: work + "/openssl.log")
-            try p.start()
-            p.wait(timeout: 30)
-            guard FileManager.default.fileExists(atPath: cert) else {
-                throw Failure(description: "openssl req failed: \(p.logTail)")
-            }
-        }
-        return ["--tls-cert", cert, "--tls-key", key]
+        return try BenchCertificate.make(in: work, commonName: "relay.peregrine.test").sinkArguments
     }
 
     var tlsGlobalLines: String {

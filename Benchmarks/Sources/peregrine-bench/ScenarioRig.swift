@@ -117,6 +117,8 @@ final class ScenarioRig {
         var transientByStatus: [String: Int] = [:]
         var bouncedRecipients: Set<String> = []
         var deliveredRecipients: [String: Int] = [:]
+        /// `d` records by recipient domain (lower-cased), then by `dlvTlsProtocol` ("" = plain text).
+        var deliveryProtocols: [String: [String: Int]] = [:]
     }
 
     static func accounting(_ path: String) -> Accounting {
@@ -130,7 +132,10 @@ final class ScenarioRig {
                 a.bouncesByCategory[row["bounceCat"] ?? "", default: 0] += 1
                 a.bouncedRecipients.insert(row["rcpt"] ?? "")
             case "d":
-                a.deliveredRecipients[row["rcpt"] ?? "", default: 0] += 1
+                let rcpt = row["rcpt"] ?? ""
+                a.deliveredRecipients[rcpt, default: 0] += 1
+                let domain = rcpt.split(separator: "@").last.map { $0.lowercased() } ?? ""
+                a.deliveryProtocols[domain, default: [:]][row["dlvTlsProtocol"] ?? "", default: 0] += 1
             case "t", "tq":
                 let status = (row["dsnStatus"] ?? "").split(separator: " ").first.map(String.init) ?? ""
                 a.transientByStatus[status.isEmpty ? "-" : status, default: 0] += 1
