@@ -262,7 +262,7 @@ struct AccountingWriterTests {
         #expect(listDir(dir) == ["acct", "acct-20261129-084136", "acct-20261129-084136-1"])
     }
 
-    @Test func fanOutEncodesOnceForEachMatchingFile() throws {
+    @Test func fanOutWritesEachMatchingFile() throws {
         let dir = makeTempDir("acct")
         let all = try AccountingWriter(options: AccountingFileOptions(path: dir + "/all.csv"))
         let bounces = try AccountingWriter(options: AccountingFileOptions(path: dir + "/b.csv", records: [.bounced]))

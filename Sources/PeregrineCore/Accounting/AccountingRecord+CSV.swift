@@ -13,34 +13,9 @@ extension AccountingRecord {
 
     /// Appends this record as one CSV line (terminated by CRLF) to `out`.
     public func appendCSV(to out: inout [UInt8]) {
-        let comma = UInt8(ascii: ",")
-        AccountingCSV.appendField(type.rawValue, to: &out); out.append(comma)
-        AccountingTimestamp.append(timeLogged, to: &out); out.append(comma)
-        if let t = timeQueued { AccountingTimestamp.append(t, to: &out) }; out.append(comma)
-        AccountingCSV.appendField(orig, to: &out); out.append(comma)
-        AccountingCSV.appendField(rcpt, to: &out); out.append(comma)
-        AccountingCSV.appendField(orcpt, to: &out); out.append(comma)
-        AccountingCSV.appendField(dsnAction, to: &out); out.append(comma)
-        AccountingCSV.appendField(dsnStatus, to: &out); out.append(comma)
-        AccountingCSV.appendField(dsnDiag, to: &out); out.append(comma)
-        AccountingCSV.appendField(dsnMta, to: &out); out.append(comma)
-        AccountingCSV.appendField(bounceCat, to: &out); out.append(comma)
-        AccountingCSV.appendField(srcType, to: &out); out.append(comma)
-        AccountingCSV.appendField(srcMta, to: &out); out.append(comma)
-        AccountingCSV.appendField(dlvType, to: &out); out.append(comma)
-        AccountingCSV.appendField(dlvSourceIp, to: &out); out.append(comma)
-        AccountingCSV.appendField(dlvDestinationIp, to: &out); out.append(comma)
-        AccountingCSV.appendField(dlvEsmtpAvailable, to: &out); out.append(comma)
-        if let s = dlvSize { AccountingCSV.appendInteger(Int64(s), to: &out) }; out.append(comma)
-        AccountingCSV.appendField(vmta, to: &out); out.append(comma)
-        AccountingCSV.appendField(jobId, to: &out); out.append(comma)
-        AccountingCSV.appendField(envId, to: &out); out.append(comma)
-        if let t = timeFirstAttempt { AccountingTimestamp.append(t, to: &out) }; out.append(comma)
-        if let s = totalSecondsQueued { AccountingCSV.appendInteger(s, to: &out) }; out.append(comma)
-        AccountingCSV.appendField(queue, to: &out); out.append(comma)
-        AccountingCSV.appendField(dlvTlsProtocol, to: &out); out.append(comma)
-        AccountingCSV.appendField(dlvTlsCipher, to: &out)
-        out.append(13); out.append(10)
+        var line = AccountingLineEncoder(capacity: 256)
+        encodeCSV(into: &line)
+        out.append(contentsOf: line.bytes)
     }
 
     /// The record as one CSV line (with CRLF).
@@ -131,5 +106,39 @@ public enum AccountingCSV {
             } while v > 0
             out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[i...]))
         }
+    }
+}
+
+extension AccountingRecord: AccountingRecordEncodable {
+    public var accountingType: AccountingRecordType { type }
+
+    public func encodeCSV(into line: inout AccountingLineEncoder) {
+        line.field(type.rawValue); line.comma()
+        line.timestamp(timeLogged); line.comma()
+        line.timestamp(timeQueued); line.comma()
+        line.field(orig); line.comma()
+        line.field(rcpt); line.comma()
+        line.field(orcpt); line.comma()
+        line.field(dsnAction); line.comma()
+        line.field(dsnStatus); line.comma()
+        line.field(dsnDiag); line.comma()
+        line.field(dsnMta); line.comma()
+        line.field(bounceCat); line.comma()
+        line.field(srcType); line.comma()
+        line.field(srcMta); line.comma()
+        line.field(dlvType); line.comma()
+        line.field(dlvSourceIp); line.comma()
+        line.field(dlvDestinationIp); line.comma()
+        line.field(dlvEsmtpAvailable); line.comma()
+        line.integer(dlvSize.map { Int64($0) }); line.comma()
+        line.field(vmta); line.comma()
+        line.field(jobId); line.comma()
+        line.field(envId); line.comma()
+        line.timestamp(timeFirstAttempt); line.comma()
+        line.integer(totalSecondsQueued); line.comma()
+        line.field(queue); line.comma()
+        line.field(dlvTlsProtocol); line.comma()
+        line.field(dlvTlsCipher)
+        line.endLine()
     }
 }

@@ -122,38 +122,44 @@ extension AccountingRecord {
     /// RFC 3463 subject/detail descriptions, the way PowerMTA words them.
     public static func dsnStatusText(_ code: String) -> String {
         let parts = code.split(separator: ".")
-        guard parts.count == 3 else { return "undefined status" }
-        let detail = "\(parts[1]).\(parts[2])"
-        switch detail {
-        case "0.0": return parts[0] == "2" ? "success" : "undefined status"
-        case "1.0": return "other address status"
-        case "1.1": return "bad destination mailbox address"
-        case "1.2": return "bad destination system address"
-        case "1.3": return "bad destination mailbox address syntax"
-        case "1.6": return "destination mailbox has moved"
-        case "1.7": return "bad sender's mailbox address syntax"
-        case "1.8": return "bad sender's system address"
-        case "2.0": return "other or undefined mailbox status"
-        case "2.1": return "mailbox disabled, not accepting messages"
-        case "2.2": return "mailbox full"
-        case "2.3": return "message length exceeds administrative limit"
-        case "3.0": return "other or undefined mail system status"
-        case "3.1": return "mail system full"
-        case "3.4": return "message too big for system"
-        case "4.0": return "other or undefined network or routing status"
-        case "4.1": return "no answer from host"
-        case "4.2": return "bad connection"
-        case "4.4": return "unable to route"
-        case "4.5": return "network congestion"
-        case "4.6": return "routing loop detected"
-        case "4.7": return "delivery time expired"
-        case "5.0": return "other or undefined protocol status"
-        case "5.1": return "invalid command"
-        case "5.2": return "syntax error"
-        case "5.3": return "too many recipients"
-        case "6.0": return "other or undefined media error"
-        case "7.0": return "other or undefined security status"
-        case "7.1": return "delivery not authorized, message refused"
+        // Only canonical decimals name a table entry ("01" does not).
+        guard parts.count == 3, let subject = Int(parts[1]), let detail = Int(parts[2]),
+              String(subject) == parts[1], String(detail) == parts[2] else { return "undefined status" }
+        return dsnStatusText(statusClass: parts[0] == "2" ? 2 : 0, subject: subject, detail: detail).description
+    }
+
+    /// The same table keyed by numbers, for encoding without Strings.
+    public static func dsnStatusText(statusClass: Int, subject: Int, detail: Int) -> StaticString {
+        switch (subject, detail) {
+        case (0, 0): return statusClass == 2 ? "success" : "undefined status"
+        case (1, 0): return "other address status"
+        case (1, 1): return "bad destination mailbox address"
+        case (1, 2): return "bad destination system address"
+        case (1, 3): return "bad destination mailbox address syntax"
+        case (1, 6): return "destination mailbox has moved"
+        case (1, 7): return "bad sender's mailbox address syntax"
+        case (1, 8): return "bad sender's system address"
+        case (2, 0): return "other or undefined mailbox status"
+        case (2, 1): return "mailbox disabled, not accepting messages"
+        case (2, 2): return "mailbox full"
+        case (2, 3): return "message length exceeds administrative limit"
+        case (3, 0): return "other or undefined mail system status"
+        case (3, 1): return "mail system full"
+        case (3, 4): return "message too big for system"
+        case (4, 0): return "other or undefined network or routing status"
+        case (4, 1): return "no answer from host"
+        case (4, 2): return "bad connection"
+        case (4, 4): return "unable to route"
+        case (4, 5): return "network congestion"
+        case (4, 6): return "routing loop detected"
+        case (4, 7): return "delivery time expired"
+        case (5, 0): return "other or undefined protocol status"
+        case (5, 1): return "invalid command"
+        case (5, 2): return "syntax error"
+        case (5, 3): return "too many recipients"
+        case (6, 0): return "other or undefined media error"
+        case (7, 0): return "other or undefined security status"
+        case (7, 1): return "delivery not authorized, message refused"
         default: return "undefined status"
         }
     }

@@ -97,12 +97,21 @@ public final class AccountingWriter: @unchecked Sendable {
 
     /// Buffers `record` if the file takes its type. Rotates first when the
     /// interval has passed or the record would push the file past `max-size`.
-    public func append(_ record: AccountingRecord) {
-        guard accepts(record.type) else { return }
-        var line: [UInt8] = []
-        line.reserveCapacity(256)
-        record.appendCSV(to: &line)
-        appendEncoded(line, type: record.type)
+    /// The line is encoded under the lock into a scratch buffer the writer
+    /// owns (no allocation per record), then copied to the write buffer.
+    public func append<R: AccountingRecordEncodable>(_ record: R) {
+        let type = record.accountingType
+        guard accepts(type) else { return }
+        let now = wallClock()
+        let err: AccountingError? = state.withLock { s in
+            s.line.reset()
+            record.encodeCSV(into: &s.line)
+            var failure = s.rotateIfDue(now: now, adding: s.line.bytes.count)
+            s.buffer.append(contentsOf: s.line.bytes)
+            if s.buffer.count >= s.options.flushThreshold, let e = s.writeBuffer() { failure = e }
+            return failure
+        }
+        if let err { onError?(err) }
     }
 
     /// Buffers an already encoded CSV line (from `AccountingRecord.appendCSV`) of type `type`.
@@ -194,6 +203,8 @@ public final class AccountingWriter: @unchecked Sendable {
         var fd: Int32 = -1
         var fileSize: Int64 = 0
         var buffer: [UInt8] = []
+        /// Scratch for the record being encoded (and its timestamp cache).
+        var line = AccountingLineEncoder()
         var headerSize: Int64
         var nextIntervalRotation: Int64?
         var rotated: [String] = []
@@ -337,24 +348,19 @@ public final class AccountingWriter: @unchecked Sendable {
     }
 }
 
-/// Fans records out to every `<acct-file>`: encodes each record once and hands
-/// the bytes to each writer whose filter takes it. Thread-safe like its writers.
+/// Fans records out to every `<acct-file>` whose filter takes them. Thread-safe like its writers.
 public final class AccountingLog: @unchecked Sendable {
     public let writers: [AccountingWriter]
 
     public init(writers: [AccountingWriter]) { self.writers = writers }
 
-    public func log(_ record: AccountingRecord) {
-        var line: [UInt8]? = nil
-        for w in writers where w.accepts(record.type) {
-            if line == nil {
-                var l: [UInt8] = []
-                l.reserveCapacity(256)
-                record.appendCSV(to: &l)
-                line = l
-            }
-            w.appendEncoded(line!, type: record.type)
-        }
+    /// Whether any file takes records of type `t` (callers skip building records nobody writes).
+    public func accepts(_ t: AccountingRecordType) -> Bool { writers.contains { $0.accepts(t) } }
+
+    /// Hands `record` to every writer whose filter takes it; each encodes it
+    /// into its own buffer (cheap now that encoding is byte copies).
+    public func log<R: AccountingRecordEncodable>(_ record: R) {
+        for w in writers { w.append(record) }
     }
 
     /// Flushes every writer; returns the errors (empty when all went well).

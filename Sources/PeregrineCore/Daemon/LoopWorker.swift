@@ -259,39 +259,16 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     }
 
     private func record(_ type: AccountingRecordType, _ m: QueuedMessage, _ r: Int, _ q: DeliveryQueue, _ reply: SMTPReply,
-                        connection: DeliveryAttemptInfo?, category: String) -> AccountingRecord {
-        let now = wallClockSeconds()
-        let action: String
-        switch type {
-        case .delivered: action = "relayed"
-        case .bounced: action = "failed"
-        default: action = "delayed"
-        }
-        let rcpt = m.recipients[r]
-        return AccountingRecord(
-            type: type, timeLogged: now, timeQueued: m.receivedAtWall, orig: m.sender, rcpt: rcpt.address,
-            orcpt: rcpt.orcpt ?? "", dsnAction: action,
-            dsnStatus: AccountingRecord.dsnStatus(enhancedCode: reply.enhancedCode?.description, replyCode: reply.code),
-            dsnDiag: AccountingRecord.dsnDiag(smtpReply: reply.description),
-            dsnMta: connection.map { "\($0.destinationName) (\($0.destination.ip))" } ?? "",
-            bounceCat: category, srcType: "smtp", srcMta: "",
-            dlvType: connection == nil ? "" : "smtp",
-            dlvSourceIp: connection?.sourceAddress?.ip ?? "", dlvDestinationIp: connection?.destination.ip ?? "",
-            dlvEsmtpAvailable: connection.map { $0.esmtp ? "yes" : "no" } ?? "", dlvSize: m.bodySize,
-            // The VMTA that made the attempt: a pool's other member once a source IP was disabled.
-            vmta: q.key.vmta, jobId: m.jobId ?? "", envId: m.envId ?? "",
-            timeFirstAttempt: m.firstAttemptWall == 0 ? nil : m.firstAttemptWall,
-            totalSecondsQueued: max(0, now - m.receivedAtWall), queue: q.key.description,
-            dlvTlsProtocol: connection?.tlsProtocol ?? "", dlvTlsCipher: connection?.tlsCipher ?? "")
+                        connection: DeliveryAttemptInfo?, category: String) -> AccountingOutcomeRecord {
+        AccountingOutcomeRecord(type: type, timeLogged: wallClockSeconds(), message: m, recipient: r,
+                                queue: q.key, reply: reply, connection: connection, category: category)
     }
 
     private func logReceived(_ m: QueuedMessage, peer: SocketAddress) {
+        guard daemon.accounting.accepts(.received) else { return }
         let now = wallClockSeconds()
-        for r in m.recipients {
-            daemon.accounting.log(AccountingRecord(type: .received, timeLogged: now, timeQueued: now, orig: m.sender,
-                                                   rcpt: r.address, orcpt: r.orcpt ?? "", srcType: "smtp",
-                                                   srcMta: peer.ip, dlvSize: m.bodySize, vmta: m.vmta,
-                                                   jobId: m.jobId ?? "", envId: m.envId ?? ""))
+        for r in m.recipients.indices {
+            daemon.accounting.log(AccountingReceivedRecord(timeLogged: now, message: m, recipient: r, peer: peer))
         }
     }
 }
