@@ -100,8 +100,9 @@ public enum SMTPCommandParser {
         }
     }
 
-    /// Splits "<path> params" into the path (without brackets and source route) and parameter tokens.
-    static func parsePath(_ p: UnsafeRawBufferPointer) -> (path: [UInt8], params: [[UInt8]])? {
+    /// Splits "<path> params" into the path (without brackets and source route)
+    /// and the parameter text after it; both point into `p` (nothing is copied).
+    static func parsePath(_ p: UnsafeRawBufferPointer) -> (path: UnsafeRawBufferPointer, params: UnsafeRawBufferPointer)? {
         let a = trimmed(p)
         guard !a.isEmpty else { return nil }
         var pathBytes: UnsafeRawBufferPointer
@@ -125,22 +126,49 @@ public enum SMTPCommandParser {
         for b in pathBytes where b <= 0x20 || b == 0x7f || b == UInt8(ascii: "<") || b == UInt8(ascii: ">") {
             return nil
         }
-        var params: [[UInt8]] = []
-        var i = restStart
-        while i < a.count {
-            while i < a.count, a[i] == 0x20 { i += 1 }
-            let s = i
-            while i < a.count, a[i] != 0x20 { i += 1 }
-            if i > s { params.append(Array(a[s..<i])) }
-        }
-        return (Array(pathBytes), params)
+        return (pathBytes, UnsafeRawBufferPointer(rebasing: a[restStart...]))
     }
 
-    static func splitParam(_ t: [UInt8]) -> (key: String, value: [UInt8]?) {
-        if let eq = t.firstIndex(of: UInt8(ascii: "=")) {
-            return (String(decoding: t[..<eq], as: UTF8.self).uppercased(), Array(t[(eq + 1)...]))
+    /// Calls `body` with each space-separated `KEY[=value]` token of `params`,
+    /// split at the first "=" (value nil without one); stops at the first
+    /// failure `body` returns.
+    static func forEachParam(_ params: UnsafeRawBufferPointer,
+                             _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer?) -> SMTPReply?) -> SMTPReply? {
+        var i = 0
+        while i < params.count {
+            while i < params.count, params[i] == 0x20 { i += 1 }
+            let s = i
+            while i < params.count, params[i] != 0x20 { i += 1 }
+            guard i > s else { continue }
+            let t = UnsafeRawBufferPointer(rebasing: params[s..<i])
+            let failure: SMTPReply?
+            if let eq = t.firstIndex(of: UInt8(ascii: "=")) {
+                failure = body(UnsafeRawBufferPointer(rebasing: t[..<eq]), UnsafeRawBufferPointer(rebasing: t[(eq + 1)...]))
+            } else {
+                failure = body(t, nil)
+            }
+            if let failure { return failure }
         }
-        return (String(decoding: t, as: UTF8.self).uppercased(), nil)
+        return nil
+    }
+
+    /// Whether `bytes` uppercased equal `upper` (an uppercase ASCII keyword).
+    /// ASCII bytes are compared directly; text with other bytes goes through
+    /// `String.uppercased()` as it always did (Unicode case mapping makes,
+    /// for instance, "ſize" equal "SIZE").
+    static func uppercased(_ bytes: UnsafeRawBufferPointer, equals upper: StaticString) -> Bool {
+        for b in bytes where b >= 0x80 {
+            return String(decoding: bytes, as: UTF8.self).uppercased() == upper.description
+        }
+        return upper.withUTF8Buffer { u in
+            guard u.count == bytes.count else { return false }
+            for k in 0..<u.count {
+                var b = bytes[k]
+                if b >= 0x61 && b <= 0x7a { b -= 32 }
+                if b != u[k] { return false }
+            }
+            return true
+        }
     }
 
     static func parseMail(_ args: UnsafeRawBufferPointer) -> Result<SMTPCommand, SMTPReply> {
@@ -150,40 +178,36 @@ public enum SMTPCommandParser {
             return .failure(SMTPReply(501, "5.1.7", "Bad sender address syntax"))
         }
         var mail = SMTPMailFrom(reversePath: String(decoding: path, as: UTF8.self))
-        for t in params {
-            let (key, value) = splitParam(t)
-            switch key {
-            case "SIZE":
+        let failure = forEachParam(params) { key, value in
+            if uppercased(key, equals: "SIZE") {
                 guard let v = value, !v.isEmpty, v.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
-                    return .failure(Replies.badParameterValue)
+                    return Replies.badParameterValue
                 }
                 // A well-formed size too big for Int is still just a size over the limit
                 // (RFC 1870: 552), not a syntax error.
-                mail.size = v.count <= 18 ? Int(String(decoding: v, as: UTF8.self)) ?? Int.max : Int.max
-            case "BODY":
-                guard let v = value else { return .failure(Replies.badParameterValue) }
-                switch String(decoding: v, as: UTF8.self).uppercased() {
-                case "7BIT": mail.body = .sevenBit
-                case "8BITMIME": mail.body = .eightBitMIME
-                default: return .failure(Replies.badParameterValue)
-                }
-            case "ENVID":
-                guard let v = value, !v.isEmpty, v.count <= 100, let d = XText.decode(v) else { return .failure(Replies.badParameterValue) }
+                mail.size = v.count <= 18 ? v.reduce(0) { $0 * 10 + Int($1 - 0x30) } : Int.max
+            } else if uppercased(key, equals: "BODY") {
+                guard let v = value else { return Replies.badParameterValue }
+                if uppercased(v, equals: "7BIT") { mail.body = .sevenBit }
+                else if uppercased(v, equals: "8BITMIME") { mail.body = .eightBitMIME }
+                else { return Replies.badParameterValue }
+            } else if uppercased(key, equals: "ENVID") {
+                guard let v = value, !v.isEmpty, v.count <= 100, let d = XText.decode(v) else { return Replies.badParameterValue }
                 mail.envelopeID = String(decoding: d, as: UTF8.self)
-            case "RET":
-                guard let v = value else { return .failure(Replies.badParameterValue) }
-                switch String(decoding: v, as: UTF8.self).uppercased() {
-                case "FULL": mail.ret = .full
-                case "HDRS": mail.ret = .headers
-                default: return .failure(Replies.badParameterValue)
-                }
-            case "AUTH":
-                guard let v = value else { return .failure(Replies.badParameterValue) }
+            } else if uppercased(key, equals: "RET") {
+                guard let v = value else { return Replies.badParameterValue }
+                if uppercased(v, equals: "FULL") { mail.ret = .full }
+                else if uppercased(v, equals: "HDRS") { mail.ret = .headers }
+                else { return Replies.badParameterValue }
+            } else if uppercased(key, equals: "AUTH") {
+                guard let v = value else { return Replies.badParameterValue }
                 mail.auth = String(decoding: v, as: UTF8.self)
-            default:
-                return .failure(Replies.unsupportedParameter)
+            } else {
+                return Replies.unsupportedParameter
             }
+            return nil
         }
+        if let failure { return .failure(failure) }
         return .success(.mail(mail))
     }
 
@@ -194,32 +218,35 @@ public enum SMTPCommandParser {
             return .failure(SMTPReply(501, "5.1.3", "Bad recipient address syntax"))
         }
         var rcpt = SMTPRcptTo(forwardPath: String(decoding: path, as: UTF8.self))
-        for t in params {
-            let (key, value) = splitParam(t)
-            switch key {
-            case "NOTIFY":
-                guard let v = value, !v.isEmpty else { return .failure(Replies.badParameterValue) }
+        let failure = forEachParam(params) { key, value in
+            if uppercased(key, equals: "NOTIFY") {
+                guard let v = value, !v.isEmpty else { return Replies.badParameterValue }
                 var n: SMTPDSNNotify = []
-                for item in v.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
-                    switch String(decoding: item, as: UTF8.self).uppercased() {
-                    case "NEVER": n.insert(.never)
-                    case "SUCCESS": n.insert(.success)
-                    case "FAILURE": n.insert(.failure)
-                    case "DELAY": n.insert(.delay)
-                    default: return .failure(Replies.badParameterValue)
-                    }
+                var s = 0
+                while s <= v.count {
+                    var e = s
+                    while e < v.count, v[e] != UInt8(ascii: ",") { e += 1 }
+                    let item = UnsafeRawBufferPointer(rebasing: v[s..<e])
+                    if uppercased(item, equals: "NEVER") { n.insert(.never) }
+                    else if uppercased(item, equals: "SUCCESS") { n.insert(.success) }
+                    else if uppercased(item, equals: "FAILURE") { n.insert(.failure) }
+                    else if uppercased(item, equals: "DELAY") { n.insert(.delay) }
+                    else { return Replies.badParameterValue }
+                    s = e + 1
                 }
-                if n.contains(.never) && n != .never { return .failure(Replies.badParameterValue) }
+                if n.contains(.never) && n != .never { return Replies.badParameterValue }
                 rcpt.notify = n
-            case "ORCPT":
+            } else if uppercased(key, equals: "ORCPT") {
                 guard let v = value, let semi = v.firstIndex(of: UInt8(ascii: ";")), semi > 0,
-                      let d = XText.decode(v[(semi + 1)...]), !d.isEmpty else { return .failure(Replies.badParameterValue) }
+                      let d = XText.decode(v[(semi + 1)...]), !d.isEmpty else { return Replies.badParameterValue }
                 rcpt.originalRecipient = .init(addressType: String(decoding: v[..<semi], as: UTF8.self),
                                                address: String(decoding: d, as: UTF8.self))
-            default:
-                return .failure(Replies.unsupportedParameter)
+            } else {
+                return Replies.unsupportedParameter
             }
+            return nil
         }
+        if let failure { return .failure(failure) }
         return .success(.rcpt(rcpt))
     }
 }
