@@ -147,6 +147,16 @@ struct AccountingEncoderTests {
         #expect(String(decoding: plain, as: UTF8.self) == expected)
     }
 
+    @Test(arguments: ["0.0.0.0", "255.255.255.255", "10.0.100.9", "127.0.0.1", "1.20.3.199",
+                      "::", "::1", "2001:db8::25", "::ffff:192.0.2.1", "fe80::1:2:3:4"])
+    func addressesAreSpelledLikeSocketAddressIP(_ ip: String) throws {
+        let address = try SocketAddress(ip: ip, port: 25)
+        var line = AccountingLineEncoder()
+        line.rawIP(address)
+        #expect(String(decoding: line.bytes, as: UTF8.self) == address.ip)
+        #expect(address.ip == ip)
+    }
+
     @Test func cachedTimestampsMatchTheFormatter() {
         var line = AccountingLineEncoder()
         // Same second, next second, other day, back again, epoch, around midnight and before 1970.
