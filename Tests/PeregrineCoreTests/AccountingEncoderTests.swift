@@ -157,6 +157,14 @@ struct AccountingEncoderTests {
         #expect(address.ip == ip)
     }
 
+    @Test func decimalsMatchTheIntegerField() {
+        for v in [0, 1, 9, 10, 99, 100, 250, 999, 1000, 65_535, -1, -250, Int.max, Int.min] {
+            var line = AccountingLineEncoder()
+            line.rawDecimal(v)
+            #expect(String(decoding: line.bytes, as: UTF8.self) == String(v))
+        }
+    }
+
     @Test func cachedTimestampsMatchTheFormatter() {
         var line = AccountingLineEncoder()
         // Same second, next second, other day, back again, epoch, around midnight and before 1970.

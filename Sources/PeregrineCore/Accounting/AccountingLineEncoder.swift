@@ -95,7 +95,15 @@ public struct AccountingLineEncoder {
         text.withUTF8 { bytes.append(contentsOf: $0) }
     }
 
-    public mutating func rawDecimal(_ value: Int) { AccountingCSV.appendInteger(Int64(value), to: &bytes) }
+    /// Decimal digits of `value`. Reply codes and status parts have at most
+    /// three digits: those are appended one by one, cheaper than a buffer copy.
+    public mutating func rawDecimal(_ value: Int) {
+        guard value >= 0, value < 1000 else { AccountingCSV.appendInteger(Int64(value), to: &bytes); return }
+        let v = UInt8(truncatingIfNeeded: value / 10), last = UInt8(truncatingIfNeeded: value % 10)
+        if value >= 100 { bytes.append(48 + v / 10) }
+        if value >= 10 { bytes.append(48 + v % 10) }
+        bytes.append(48 + last)
+    }
 
     /// The numeric address, as `SocketAddress.ip` spells it, without a String.
     /// IPv4 is written here (inet_ntop's dotted quad, about 20 times cheaper
