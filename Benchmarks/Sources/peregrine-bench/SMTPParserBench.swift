@@ -35,7 +35,7 @@ func runSMTPParserBench(arguments: [String]) -> Int32 {
         case "--seconds" where i + 1 < arguments.count: seconds = Double(arguments[i + 1]) ?? seconds; i += 2
         case "--output" where i + 1 < arguments.count: output = arguments[i + 1]; i += 2
         case "-h", "--help": print(smtpParserUsage); return 0
-        default: FileHandle.standardError.write(Data("unknown argument \(arguments[i])\n\(smtpParserUsage)\n".utf8)); return 2
+        default: fputs("unknown argument \(arguments[i])\n\(smtpParserUsage)\n", stderr); return 2
         }
     }
 
@@ -125,7 +125,7 @@ func runSMTPParserBench(arguments: [String]) -> Int32 {
         ],
     ]
     guard BenchEnvironment.writeJSON(doc, to: path) else {
-        FileHandle.standardError.write(Data("cannot write \(path)\n".utf8))
+        fputs("cannot write \(path)\n", stderr)
         return 1
     }
     print("wrote \(path)")

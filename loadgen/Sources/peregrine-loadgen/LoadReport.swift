@@ -48,8 +48,8 @@ enum LoadReport {
             if let path = options.jsonPath, path != "-" {
                 try data.write(to: URL(fileURLWithPath: path))
             } else if options.jsonPath == "-" {
-                FileHandle.standardOutput.write(data)
-                print()
+                // stdio, not FileHandle.write, which traps on EPIPE.
+                fputs(String(decoding: data, as: UTF8.self) + "\n", stdout)
             } else {
                 print("sent \(s.sent) accepted \(s.accepted) deferred \(s.deferred) rejected \(s.rejected) in "
                       + "\(format1(elapsed)) s: \(Int(Double(s.accepted) / elapsed))/s, p50 \(s.percentile(50, sorted: sorted)) ms, "

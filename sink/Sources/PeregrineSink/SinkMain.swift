@@ -8,11 +8,14 @@ import PeregrineIO
 
 /// The `peregrine-sink` program, as a library function so tests can run it in-process too.
 public enum SinkMain {
+    // stdio, not FileHandle.write: Foundation's write traps (try!) on EPIPE,
+    // and a sink whose reader went away must still shut down cleanly.
     static func say(_ s: String) {
-        FileHandle.standardOutput.write((s + "\n").data(using: .utf8) ?? Data())
+        fputs(s + "\n", stdout)
+        fflush(stdout)
     }
     static func complain(_ s: String) {
-        FileHandle.standardError.write(("peregrine-sink: " + s + "\n").data(using: .utf8) ?? Data())
+        fputs("peregrine-sink: " + s + "\n", stderr)
     }
 
     /// Runs until SIGTERM/SIGINT; returns the exit status.
@@ -35,12 +38,12 @@ public enum SinkMain {
         var set = SinkProfileSet()
         if !options.profiles.isEmpty {
             do { set = try SinkProfileParser.load(paths: options.profiles) } catch {
-                FileHandle.standardError.write((error.description + "\n").data(using: .utf8) ?? Data())
+                fputs(error.description + "\n", stderr)
                 return 1
             }
         }
         do { set = try set.served(hasCertificate: options.tlsCert != nil, noRequireTLS: options.noRequireTLS) } catch {
-            FileHandle.standardError.write((error.description + "\n").data(using: .utf8) ?? Data())
+            fputs(error.description + "\n", stderr)
             return 1
         }
         var bindings: [SinkBinding] = []
