@@ -23,12 +23,14 @@ import PeregrineIO
         p.standardError = err
         try p.run()
         // Drain both pipes while it runs so a chatty child never blocks on a full pipe.
-        var stdoutData = Data(), stderrData = Data()
+        // Each box is written by its reader block and read after group.wait().
+        final class Box: @unchecked Sendable { var data = Data() }
+        let stdoutBox = Box(), stderrBox = Box()
         let group = DispatchGroup()
         group.enter()
-        DispatchQueue.global().async { stdoutData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        DispatchQueue.global().async { stdoutBox.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
         group.enter()
-        DispatchQueue.global().async { stderrData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        DispatchQueue.global().async { stderrBox.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
         let deadline = Date().addingTimeInterval(180)
         while p.isRunning && Date() < deadline { usleep(50_000) }
         if p.isRunning {
@@ -37,8 +39,8 @@ import PeregrineIO
         }
         p.waitUntilExit()
         group.wait()
-        let stdout = String(decoding: stdoutData, as: UTF8.self)
-        let stderr = String(decoding: stderrData, as: UTF8.self)
+        let stdout = String(decoding: stdoutBox.data, as: UTF8.self)
+        let stderr = String(decoding: stderrBox.data, as: UTF8.self)
         #expect(p.terminationStatus == 0, "exit \(p.terminationStatus)\n\(stdout)\n\(stderr)")
         // The table row: target injected/s delivered/s CPU RSS p50 p99 lost dup …
         let row = stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true) }
