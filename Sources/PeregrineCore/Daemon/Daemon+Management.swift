@@ -88,7 +88,11 @@ extension Daemon {
 
     func handleManagement(_ request: HTTPRequest, respond: @escaping (HTTPResponse) -> Void) {
         // http-access: monitor may read, admin may also act; with no rules only loopback is admin.
-        let level = request.remoteAddress.map { config.httpAccessLevel(forIP: $0.ip) } ?? .none
+        // Under the lock: a SIGHUP reload assigns `config` on a Dispatch
+        // thread, and an unlocked copy racing that store can over-release the
+        // old config (its regexes were then freed twice: a crash in regfree).
+        let current = currentConfig
+        let level = request.remoteAddress.map { current.httpAccessLevel(forIP: $0.ip) } ?? .none
         if level == .none {
             respond(.error(403, "access denied for \(request.remoteAddress?.ip ?? "unknown client") (http-access)"))
             return

@@ -26,6 +26,8 @@ public final class Daemon<Loop: EventLoop> {
     /// reference (see `LoopWorker.serverTLSContext`), so connections never
     /// take this lock.
     public var serverTLSContext: TLSContext? { lock.withLock { currentServerTLSContext } }
+    /// `config` read under the lock, for readers on a loop thread (reload may run on another).
+    var currentConfig: PeregrineConfig { lock.withLock { config } }
     private var currentServerTLSContext: TLSContext?
     /// The `tls=yes` listeners started with (listeners keep their start-up values).
     let implicitTLSListeners: [SocketAddress]
