@@ -48,7 +48,10 @@ let package = Package(
 
         .testTarget(name: "PeregrineIOTests", dependencies: ["PeregrineIO"], swiftSettings: testSettings),
         .testTarget(name: "PeregrineSMTPTests", dependencies: ["PeregrineSMTP", "PeregrineIO"], swiftSettings: testSettings),
-        .testTarget(name: "PeregrineCoreTests", dependencies: ["PeregrineCore"], swiftSettings: testSettings),
-        .testTarget(name: "EndToEndTests", dependencies: ["PeregrineCore", "PeregrineSink"], swiftSettings: testSettings),
+        // What several test targets need to drive external programs (one copy, not one per target).
+        .target(name: "PeregrineTestSupport", path: "Tests/PeregrineTestSupport", swiftSettings: testSettings),
+        .testTarget(name: "PeregrineCoreTests", dependencies: ["PeregrineCore", "PeregrineTestSupport"], swiftSettings: testSettings),
+        .testTarget(name: "EndToEndTests", dependencies: ["PeregrineCore", "PeregrineSink", "PeregrineTestSupport"],
+                    swiftSettings: testSettings),
     ]
 )

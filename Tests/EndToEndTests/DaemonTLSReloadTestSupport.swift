@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import PeregrineIO
 
 /// Helpers for the certificate-renewal tests: throwaway certificates with
@@ -19,7 +20,7 @@ enum TLSReloadSupport {
     /// A self-signed P-256 certificate for `commonName` in `dir`.
     static func makeCertificate(_ dir: TestDirectory, _ name: String, commonName: String) throws -> Certificate {
         let cert = dir.file("\(name)-cert.pem"), key = dir.file("\(name)-key.pem")
-        let (status, out) = e2eRunTool("/usr/bin/openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        let (status, out) = runTool("/usr/bin/openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                                                             "-nodes", "-subj", "/CN=\(commonName)", "-days", "1",
                                                             "-keyout", key, "-out", cert], seconds: 60)
         guard status == 0 else { throw SinkTestError("openssl req failed: \(out)") }
@@ -36,7 +37,7 @@ enum TLSReloadSupport {
 
     /// The SHA-256 fingerprint of a PEM certificate, lower-case hex without colons.
     static func fingerprint(_ certificate: String) throws -> String {
-        let (status, out) = e2eRunTool("/usr/bin/openssl", ["x509", "-in", certificate, "-noout", "-fingerprint", "-sha256"])
+        let (status, out) = runTool("/usr/bin/openssl", ["x509", "-in", certificate, "-noout", "-fingerprint", "-sha256"])
         guard status == 0, let eq = out.firstIndex(of: "=") else { throw SinkTestError("openssl x509 failed: \(out)") }
         return out[out.index(after: eq)...].filter { $0 != ":" && !$0.isWhitespace }.lowercased()
     }
@@ -69,13 +70,13 @@ enum TLSReloadSupport {
 
     /// One short client run: its output line ("FP …" / "STARTTLS …"), or what went wrong.
     static func probe(_ python: String, _ ip: String, _ port: UInt16, _ mode: String) -> String {
-        let (status, out) = e2eRunTool(python, ["-c", clientScript, ip, String(port), mode], seconds: 60)
+        let (status, out) = runTool(python, ["-c", clientScript, ip, String(port), mode], seconds: 60)
         let line = out.split(separator: "\n").first { $0.hasPrefix("FP ") || $0.hasPrefix("STARTTLS ") }
         return status == 0 ? line.map(String.init) ?? out : "exit \(status): \(out)"
     }
 
     /// `openssl s_client -starttls smtp -connect IP:PORT </dev/null`: its whole output (the subject is in it).
     static func sClient(_ openssl: String, _ ip: String, _ port: UInt16) -> String {
-        e2eRunTool(openssl, ["s_client", "-starttls", "smtp", "-connect", "\(ip):\(port)"], stdin: "", seconds: 30).1
+        runTool(openssl, ["s_client", "-starttls", "smtp", "-connect", "\(ip):\(port)"], stdin: "", seconds: 30).1
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 import PeregrineCore
 import PeregrineIO
@@ -45,8 +46,8 @@ import PeregrineIO
 
     func renewal(_ kind: BackendKind, via path: ReloadPath) throws {
         guard DaemonEndToEndTests.available(kind) else { return }
-        let openssl = try #require(e2eTool("openssl"), "openssl not installed")
-        let python = try #require(e2eTool("python3"), "python3 not installed")
+        let openssl = try #require(findTool("openssl"), "openssl not installed")
+        let python = try #require(findTool("python3"), "python3 not installed")
         let dir = try TestDirectory("tls-reload-\(path.rawValue)-\(kind.rawValue)")
         let certA = try TLSReloadSupport.makeCertificate(dir, "a", commonName: "a.renewal.test")
         let certB = try TLSReloadSupport.makeCertificate(dir, "b", commonName: "b.renewal.test")
@@ -140,7 +141,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.allCases)
     func reloadTurnsSTARTTLSOnAndOff(_ kind: BackendKind) throws {
         guard DaemonEndToEndTests.available(kind) else { return }
-        let python = try #require(e2eTool("python3"), "python3 not installed")
+        let python = try #require(findTool("python3"), "python3 not installed")
         let dir = try TestDirectory("tls-toggle-\(kind.rawValue)")
         let cert = try TLSReloadSupport.makeCertificate(dir, "c", commonName: "c.renewal.test")
         let fp = try TLSReloadSupport.fingerprint(cert.certificate)

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import PeregrineCore
 
 /// Throwaway certificate for the end-to-end TLS tests: generated once per
@@ -14,7 +15,7 @@ enum E2ETLSCertificates {
             .appendingPathComponent("peregrine-e2e-tls-\(getpid())").path
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch { return nil }
         let cert = dir + "/cert.pem", key = dir + "/key.pem"
-        let (status, _) = e2eRunTool("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.test",
+        let (status, _) = runTool("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.test",
                                                           "-addext", "subjectAltName=DNS:mx.test", "-days", "1",
                                                           "-keyout", key, "-out", cert], seconds: 60)
         guard status == 0 else { return nil }
@@ -117,55 +118,11 @@ final class TLSDaemonProcess {
     func terminate() {
         guard !finished else { return }
         finished = true
-        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
-        let deadline = Date().addingTimeInterval(20)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        stopProcess(process)
         try? FileManager.default.removeItem(atPath: directory)
     }
 
     deinit { terminate() }
-}
-
-/// Runs a program with a deadline; returns (status, stdout+stderr). Always reaps it.
-func e2eRunTool(_ path: String, _ args: [String], stdin: String? = nil, seconds: Double = 60) -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    let input = Pipe()
-    p.standardInput = input
-    do { try p.run() } catch { return (-1, "cannot start \(path): \(error)") }
-    let collected = E2EBox(NSMutableData())
-    let done = DispatchSemaphore(value: 0)
-    Thread {
-        collected.value.append(out.fileHandleForReading.readDataToEndOfFile())
-        done.signal()
-    }.start()
-    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-    try? input.fileHandleForWriting.close()
-    let deadline = Date().addingTimeInterval(seconds)
-    while p.isRunning && Date() < deadline { usleep(20_000) }
-    if p.isRunning { p.terminate(); usleep(200_000); if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
-    p.waitUntilExit()
-    _ = done.wait(timeout: .now() + 5)
-    return (p.terminationStatus, String(decoding: collected.value as Data, as: UTF8.self))
-}
-
-final class E2EBox<T>: @unchecked Sendable {
-    var value: T
-    init(_ value: T) { self.value = value }
-}
-
-func e2eTool(_ name: String) -> String? {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init) {
-        let p = dir + "/" + name
-        if FileManager.default.isExecutableFile(atPath: p) { return p }
-    }
-    return nil
 }
 
 func e2eEventually(_ seconds: Double = 30, _ condition: () -> Bool) -> Bool {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 import PeregrineCore
 
@@ -25,8 +26,8 @@ import PeregrineCore
     }
 
     func stat(_ sink: SinkProcess, _ provider: String, _ key: String) -> UInt64 {
-        guard let address = sink.statsAddress, let curl = e2eTool("curl") else { return 0 }
-        let (status, body) = e2eRunTool(curl, ["-s", "--max-time", "10", "http://\(address)/stats"], seconds: 15)
+        guard let address = sink.statsAddress, let curl = findTool("curl") else { return 0 }
+        let (status, body) = runTool(curl, ["-s", "--max-time", "10", "http://\(address)/stats"], seconds: 15)
         guard status == 0, let json = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
               let providers = json["providers"] as? [String: Any], let p = providers[provider] as? [String: Any] else { return 0 }
         return (p[key] as? NSNumber)?.uint64Value ?? 0
@@ -35,8 +36,8 @@ import PeregrineCore
     @Test(arguments: backends)
     func injectionOverTLSRelaysOverTLS(backend: String) throws {
         let certs = try certificates()
-        let python = try #require(e2eTool("python3"), "python3 not installed")
-        let openssl = try #require(e2eTool("openssl"), "openssl not installed")
+        let python = try #require(findTool("python3"), "python3 not installed")
+        let openssl = try #require(findTool("openssl"), "openssl not installed")
         let profile = try sinkProfile("""
             <isp tlsmx>
                 domains tls.test
@@ -62,12 +63,12 @@ import PeregrineCore
         try #require(daemon.listeners.count == 2)
 
         // smtplib: STARTTLS (advertised, EHLO state reset), then implicit TLS on the tls=yes listener.
-        var (status, out) = e2eRunTool(python, ["-c", e2eSmtplibScript, String(daemon.port), "starttls", "a@tls.test", "b@tls.test"])
+        var (status, out) = runTool(python, ["-c", e2eSmtplibScript, String(daemon.port), "starttls", "a@tls.test", "b@tls.test"])
         #expect(status == 0 && out.contains("SENT 2"), "\(out)")
-        (status, out) = e2eRunTool(python, ["-c", e2eSmtplibScript, String(daemon.listeners[1].port), "implicit", "c@tls.test"])
+        (status, out) = runTool(python, ["-c", e2eSmtplibScript, String(daemon.listeners[1].port), "implicit", "c@tls.test"])
         #expect(status == 0 && out.contains("SENT 1"), "\(out)")
         // openssl s_client -starttls smtp, a whole transaction through it.
-        (status, out) = e2eRunTool(openssl, ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(daemon.port)", "-crlf",
+        (status, out) = runTool(openssl, ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(daemon.port)", "-crlf",
                                              "-ign_eof", "-quiet"],
                                    stdin: "EHLO sclient.test\nMAIL FROM:<s@client.test>\nRCPT TO:<d@tls.test>\nDATA\n"
                                        + "Subject: via s_client\n\nhello\n.\nQUIT\n", seconds: 30)
@@ -86,7 +87,7 @@ import PeregrineCore
     @Test(arguments: backends)
     func gmailRequireTLSGetsEverythingOverTLS(backend: String) throws {
         let certs = try certificates()
-        let python = try #require(e2eTool("python3"), "python3 not installed")
+        let python = try #require(findTool("python3"), "python3 not installed")
         // The shipped gmail profile's reply for senders without TLS, its connection and per-connection limits.
         let profile = try sinkProfile("""
             <isp gmail>
@@ -120,7 +121,7 @@ import PeregrineCore
             """)
         defer { daemon.terminate() }
         let gmail = (0..<60).map { "user\($0)@gmail.com" }
-        let (status, out) = e2eRunTool(python, ["-c", e2eSmtplibScript, String(daemon.port), "plain"] + gmail + ["plain@googlemail.com"],
+        let (status, out) = runTool(python, ["-c", e2eSmtplibScript, String(daemon.port), "plain"] + gmail + ["plain@googlemail.com"],
                                        seconds: 120)
         #expect(status == 0 && out.contains("SENT 61"), "\(out)")
         #expect(e2eEventually(60) { daemon.records("d").count == 60 && daemon.records("t").count == 1 },
@@ -140,7 +141,7 @@ import PeregrineCore
     @Test(arguments: backends)
     func brokenTLSFallsBackWhenOpportunisticAndDefersWhenRequired(backend: String) throws {
         let certs = try certificates()
-        let python = try #require(e2eTool("python3"), "python3 not installed")
+        let python = try #require(findTool("python3"), "python3 not installed")
         let profile = try sinkProfile("""
             <isp broken>
                 domains broken.test brokenreq.test
@@ -179,7 +180,7 @@ import PeregrineCore
         defer { daemon.terminate() }
         // One message to both brokenreq.test recipients: one item, deferred as a whole.
         let rcpts = ["a@broken.test", "b@broken.test", "c@broken.test", "a@brokenreq.test,b@brokenreq.test", "a@refused.test"]
-        let (status, out) = e2eRunTool(python, ["-c", e2eSmtplibScript, String(daemon.port), "plain"] + rcpts)
+        let (status, out) = runTool(python, ["-c", e2eSmtplibScript, String(daemon.port), "plain"] + rcpts)
         #expect(status == 0 && out.contains("SENT 5"), "\(out)")
         #expect(e2eEventually { daemon.records("d").count == 3 && daemon.records("t").count == 3 },
                 "\(daemon.records().map(\.fields))")

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 import PeregrineCore
 import PeregrineIO
@@ -281,11 +282,7 @@ final class DaemonProcess {
     func terminate() {
         guard !finished else { return }
         finished = true
-        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
-        let deadline = Date().addingTimeInterval(20)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        stopProcess(process)
     }
 
     deinit { terminate() }

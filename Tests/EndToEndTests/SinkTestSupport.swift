@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 @testable import PeregrineSink
 
@@ -91,11 +92,7 @@ final class SinkProcess {
     func terminate() -> String {
         guard !finished else { return String(decoding: output, as: UTF8.self) }
         finished = true
-        if process.isRunning { kill(process.processIdentifier, SIGTERM) }
-        let deadline = Date().addingTimeInterval(20)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        stopProcess(process)
         output = stdoutPipe.fileHandleForReading.readDataToEndOfFile()
         return String(decoding: output, as: UTF8.self)
     }

@@ -1,5 +1,6 @@
 import Testing
 import Foundation
+import PeregrineTestSupport
 import Synchronization
 import PeregrineIO
 import PeregrineSMTP
@@ -51,49 +52,6 @@ final class CountingPolicy: SMTPServerSessionDelegate, SMTPServerConnectionHandl
     }
 }
 
-struct Unchecked<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
-
-/// Runs an external program with a deadline; returns (exit status, stdout+stderr). Always reaps it.
-func runTool(_ path: String, _ args: [String], stdin: String? = nil, seconds: Double = 60) -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    let input = Pipe()
-    p.standardInput = input
-    do { try p.run() } catch { return (-1, "cannot start \(path): \(error)") }
-    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-    try? input.fileHandleForWriting.close()
-    let collected = Unchecked(NSMutableData())
-    let reader = Thread {
-        let d = out.fileHandleForReading.readDataToEndOfFile()
-        collected.value.append(d)
-    }
-    reader.start()
-    let deadline = Date().addingTimeInterval(seconds)
-    while p.isRunning && Date() < deadline { usleep(20_000) }
-    if p.isRunning { p.terminate(); usleep(200_000); if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
-    p.waitUntilExit()
-    var waited = 0
-    while reader.isExecuting && waited < 100 { usleep(20_000); waited += 1 }
-    return (p.terminationStatus, String(decoding: collected.value as Data, as: UTF8.self))
-}
-
-func tool(_ name: String) -> String? {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
-        let p = dir + "/" + name
-        if FileManager.default.isExecutableFile(atPath: p) { return p }
-    }
-    if let path = ProcessInfo.processInfo.environment["PATH"] {
-        for dir in path.split(separator: ":") {
-            let p = "\(dir)/\(name)"
-            if FileManager.default.isExecutableFile(atPath: p) { return p }
-        }
-    }
-    return nil
-}
 
 /// Waits (bounded) until `condition` holds; the server counts on its own thread.
 func eventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
@@ -182,7 +140,7 @@ print("SENT", n)
 struct SMTPInteropTests {
     @Test(arguments: BackendKind.allCases)
     func pythonSmtplibAgainstPeregrineServer(kind: BackendKind) throws {
-        guard let python = tool("python3") else { Issue.record("python3 not installed"); return }
+        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
         var config = SMTPServerConfiguration(hostname: "mx.peregrine.test")
         config.authEnabled = true
         try withServer(kind, config) { port, counters in
@@ -198,7 +156,7 @@ struct SMTPInteropTests {
 
     @Test(arguments: BackendKind.allCases)
     func swaksAgainstPeregrineServer(kind: BackendKind) throws {
-        guard let swaks = tool("swaks") else { Issue.record("swaks not installed"); return }
+        guard let swaks = findTool("swaks") else { Issue.record("swaks not installed"); return }
         var config = SMTPServerConfiguration(hostname: "mx.peregrine.test")
         config.authEnabled = true
         try withServer(kind, config) { port, counters in
@@ -218,7 +176,7 @@ struct SMTPInteropTests {
 
     @Test(arguments: BackendKind.allCases)
     func postfixSmtpSourceAgainstPeregrineServer(kind: BackendKind) throws {
-        guard let source = tool("smtp-source") else { Issue.record("smtp-source not installed"); return }
+        guard let source = findTool("smtp-source") else { Issue.record("smtp-source not installed"); return }
         try withServer(kind, SMTPServerConfiguration(hostname: "mx.peregrine.test")) { port, counters in
             let target = "127.0.0.1:\(port)"
             // 2000 messages over 10 concurrent reused connections.
@@ -236,7 +194,7 @@ struct SMTPInteropTests {
 
     @Test(arguments: BackendKind.allCases)
     func peregrineClientAgainstPostfixSmtpSink(kind: BackendKind) throws {
-        guard let sink = tool("smtp-sink") else { Issue.record("smtp-sink not installed"); return }
+        guard let sink = findTool("smtp-sink") else { Issue.record("smtp-sink not installed"); return }
         let port = freeLoopbackPort()
         // smtp-sink: -c counts; answers every command; runs until killed.
         let sinkProcess = Process()
@@ -254,7 +212,7 @@ struct SMTPInteropTests {
     /// Peregrine server that counts: every message accepted by Postfix arrives.
     @Test(arguments: BackendKind.allCases)
     func peregrineClientAgainstPostfixSmtpd(kind: BackendKind) throws {
-        guard tool("postfix") != nil, getuid() == 0 else { Issue.record("postfix (as root) not available"); return }
+        guard findTool("postfix") != nil, getuid() == 0 else { Issue.record("postfix (as root) not available"); return }
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("scripts/postfix-instance").path
         try withServer(kind, SMTPServerConfiguration(hostname: "counter.peregrine.test")) { counterPort, counters in

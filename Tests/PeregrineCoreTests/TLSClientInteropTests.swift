@@ -1,4 +1,5 @@
 import Foundation
+import PeregrineTestSupport
 import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
@@ -32,9 +33,9 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
     Thread { loop.run(); finished.signal() }.start()
     let box = TLSOutcomeBox()
     let done = DispatchSemaphore(value: 0)
-    let ctx = TLSUnchecked(context)
+    let ctx = Unchecked(context)
     let address = try SocketAddress(ip: "127.0.0.1", port: port)
-    let loopBox = TLSUnchecked(loop)
+    let loopBox = Unchecked(loop)
     loop.execute {
         let conn = SMTPClientConnection(loop: loopBox.value, configuration: SMTPClientConfiguration(heloName: "peregrine.test"))
         conn.tls = SMTPClientTLS(policy: policy, context: ctx.value, serverName: serverName)
@@ -146,7 +147,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
     /// Peregrine → Postfix smtpd (STARTTLS, throwaway certificate) → relayed on to a Peregrine server.
     @Test(arguments: BackendKind.allCases)
     func clientStartTLSToPostfix(kind: BackendKind) throws {
-        guard tlsTool("postfix") != nil, getuid() == 0 else { Issue.record("postfix (as root) not available"); return }
+        guard findTool("postfix") != nil, getuid() == 0 else { Issue.record("postfix (as root) not available"); return }
         let files = try #require(TLSTestCertificates.files)
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("scripts/postfix-instance").path
@@ -162,10 +163,10 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
             let port = freeLoopbackPort()
             setenv("POSTFIX_TLS_CERT", files.certificate, 1)
             setenv("POSTFIX_TLS_KEY", files.key, 1)
-            let (status, out) = tlsRunTool("/bin/bash", [script, "start", dir, "127.0.0.1:\(port)", "127.0.0.1:\(sinkPort)"], seconds: 60)
+            let (status, out) = runTool("/bin/bash", [script, "start", dir, "127.0.0.1:\(port)", "127.0.0.1:\(sinkPort)"], seconds: 60)
             unsetenv("POSTFIX_TLS_CERT"); unsetenv("POSTFIX_TLS_KEY")
             defer {
-                _ = tlsRunTool("/bin/bash", [script, "stop", dir], seconds: 60)
+                _ = runTool("/bin/bash", [script, "stop", dir], seconds: 60)
                 try? FileManager.default.removeItem(atPath: dir)
             }
             try #require(status == 0, "\(out)")

@@ -1,4 +1,5 @@
 import Foundation
+import PeregrineTestSupport
 import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
@@ -36,43 +37,6 @@ final class TLSAcceptingPolicy: SMTPServerSessionDelegate, SMTPServerConnectionH
         guard let tls else { return }
         record.handshake("\(tls.negotiatedProtocol ?? "?") \(tls.negotiatedCipher ?? "?")")
     }
-}
-
-struct TLSUnchecked<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
-
-/// Runs a program with a deadline; returns (status, stdout+stderr). Always reaps it.
-func tlsRunTool(_ path: String, _ args: [String], stdin: String? = nil, seconds: Double = 60) -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    let input = Pipe()
-    p.standardInput = input
-    do { try p.run() } catch { return (-1, "cannot start \(path): \(error)") }
-    let collected = TLSUnchecked(NSMutableData())
-    let done = DispatchSemaphore(value: 0)
-    Thread {
-        collected.value.append(out.fileHandleForReading.readDataToEndOfFile())
-        done.signal()
-    }.start()
-    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-    try? input.fileHandleForWriting.close()
-    let deadline = Date().addingTimeInterval(seconds)
-    while p.isRunning && Date() < deadline { usleep(20_000) }
-    if p.isRunning { p.terminate(); usleep(200_000); if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
-    p.waitUntilExit()
-    _ = done.wait(timeout: .now() + 5)
-    return (p.terminationStatus, String(decoding: collected.value as Data, as: UTF8.self))
-}
-
-func tlsTool(_ name: String) -> String? {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init) {
-        let p = dir + "/" + name
-        if FileManager.default.isExecutableFile(atPath: p) { return p }
-    }
-    return nil
 }
 
 func tlsEventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
@@ -172,10 +136,10 @@ print("DONE")
 @Suite(.serialized) struct TLSInteropTests {
     @Test(arguments: BackendKind.allCases)
     func opensslSClientStartTLS(kind: BackendKind) throws {
-        guard let openssl = tlsTool("openssl") else { Issue.record("openssl not installed"); return }
+        guard let openssl = findTool("openssl") else { Issue.record("openssl not installed"); return }
         try withTLSServer(kind) { port, record in
             for version in ["-tls1_3", "-tls1_2"] {
-                let (status, out) = tlsRunTool(openssl, ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(port)",
+                let (status, out) = runTool(openssl, ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(port)",
                                                           version, "-crlf", "-ign_eof", "-servername", "mx.test"],
                                                stdin: "EHLO client.test\nNOOP\nQUIT\n", seconds: 30)
                 #expect(status == 0, "\(out)")
@@ -189,9 +153,9 @@ print("DONE")
 
     @Test(arguments: BackendKind.allCases)
     func pythonSmtplibStartTLS(kind: BackendKind) throws {
-        guard let python = tlsTool("python3") else { Issue.record("python3 not installed"); return }
+        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
         try withTLSServer(kind) { port, record in
-            let (status, out) = tlsRunTool(python, ["-c", tlsSmtplibScript, String(port), "starttls"], seconds: 60)
+            let (status, out) = runTool(python, ["-c", tlsSmtplibScript, String(port), "starttls"], seconds: 60)
             #expect(status == 0, "\(out)")
             #expect(out.contains("VERSION TLSv1.3"), "\(out)")
             #expect(out.contains("DONE"), "\(out)")
@@ -203,9 +167,9 @@ print("DONE")
 
     @Test(arguments: BackendKind.allCases)
     func pythonSmtplibImplicitTLS(kind: BackendKind) throws {
-        guard let python = tlsTool("python3") else { Issue.record("python3 not installed"); return }
+        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
         try withTLSServer(kind, implicitTLS: true) { port, record in
-            let (status, out) = tlsRunTool(python, ["-c", tlsSmtplibScript, String(port), "implicit"], seconds: 60)
+            let (status, out) = runTool(python, ["-c", tlsSmtplibScript, String(port), "implicit"], seconds: 60)
             #expect(status == 0, "\(out)")
             #expect(out.contains("DONE"), "\(out)")
             #expect(tlsEventually { record.messages == 2 })
@@ -215,9 +179,9 @@ print("DONE")
 
     @Test(arguments: BackendKind.allCases)
     func swaksTLS(kind: BackendKind) throws {
-        guard let swaks = tlsTool("swaks") else { Issue.record("swaks not installed"); return }
+        guard let swaks = findTool("swaks") else { Issue.record("swaks not installed"); return }
         try withTLSServer(kind) { port, record in
-            let (status, out) = tlsRunTool(swaks, ["--server", "127.0.0.1:\(port)", "--tls", "--from", "a@src.test",
+            let (status, out) = runTool(swaks, ["--server", "127.0.0.1:\(port)", "--tls", "--from", "a@src.test",
                                                    "--to", "b@dst.test", "--helo", "swaks.test"], seconds: 30)
             #expect(status == 0, "\(out)")
             #expect(out.contains("TLS started"), "\(out)")
@@ -228,9 +192,9 @@ print("DONE")
 
     @Test(arguments: BackendKind.allCases)
     func commandsPipelinedAfterStartTLSAreDiscarded(kind: BackendKind) throws {
-        guard let python = tlsTool("python3") else { Issue.record("python3 not installed"); return }
+        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
         try withTLSServer(kind) { port, _ in
-            let (status, out) = tlsRunTool(python, ["-c", tlsInjectionScript, String(port)], seconds: 30)
+            let (status, out) = runTool(python, ["-c", tlsInjectionScript, String(port)], seconds: 30)
             #expect(status == 0, "\(out)")
             #expect(out.contains("FIRST 250-mx.test"), "\(out)")
         }
@@ -238,7 +202,7 @@ print("DONE")
 
     @Test(arguments: BackendKind.allCases)
     func plainTextAfterStartTLSFailsTheHandshakeAndCloses(kind: BackendKind) throws {
-        guard let python = tlsTool("python3") else { Issue.record("python3 not installed"); return }
+        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
         let script = #"""
         import socket, sys
         s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
@@ -255,7 +219,7 @@ print("DONE")
         print("CLOSED", rest[:1] == b"\x15" or rest == b"")   # a TLS alert record, or nothing
         """#
         try withTLSServer(kind) { port, record in
-            let (status, out) = tlsRunTool(python, ["-c", script, String(port)], seconds: 30)
+            let (status, out) = runTool(python, ["-c", script, String(port)], seconds: 30)
             #expect(status == 0, "\(out)")
             #expect(out.contains("220"), "\(out)")
             #expect(out.contains("CLOSED True"), "\(out)")
