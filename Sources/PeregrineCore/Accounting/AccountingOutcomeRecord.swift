@@ -2,7 +2,7 @@ import PeregrineSMTP
 
 /// A `d`, `b` or `t` record for one recipient's delivery outcome, encoded
 /// straight from the message, queue key, reply and connection: the same line
-/// an `AccountingRecord` filled from them gives (see `record`), without the
+/// an `AccountingRecord` filled from them gives (the tests compare both), without the
 /// Strings such a record needs (status text, diagnostic, `name (ip)`, IPs,
 /// queue name).
 public struct AccountingOutcomeRecord: AccountingRecordEncodable {
@@ -71,32 +71,5 @@ public struct AccountingOutcomeRecord: AccountingRecordEncodable {
         line.field(connection?.tlsProtocol); line.comma()
         line.field(connection?.tlsCipher)
         line.endLine()
-    }
-
-    /// The same outcome as a record of Strings (what the daemon logged before
-    /// this type existed); tests compare the two encodings.
-    public var record: AccountingRecord {
-        let m = message
-        let rcpt = m.recipients[recipient]
-        let action: String
-        switch type {
-        case .delivered: action = "relayed"
-        case .bounced: action = "failed"
-        default: action = "delayed"
-        }
-        return AccountingRecord(
-            type: type, timeLogged: timeLogged, timeQueued: m.receivedAtWall, orig: m.sender, rcpt: rcpt.address,
-            orcpt: rcpt.orcpt ?? "", dsnAction: action,
-            dsnStatus: AccountingRecord.dsnStatus(enhancedCode: reply.enhancedCode?.description, replyCode: reply.code),
-            dsnDiag: AccountingRecord.dsnDiag(smtpReply: reply.description),
-            dsnMta: connection.map { "\($0.destinationName) (\($0.destination.ip))" } ?? "",
-            bounceCat: category, srcType: "smtp", srcMta: "",
-            dlvType: connection == nil ? "" : "smtp",
-            dlvSourceIp: connection?.sourceAddress?.ip ?? "", dlvDestinationIp: connection?.destination.ip ?? "",
-            dlvEsmtpAvailable: connection.map { $0.esmtp ? "yes" : "no" } ?? "", dlvSize: m.bodySize,
-            vmta: queue.vmta, jobId: m.jobId ?? "", envId: m.envId ?? "",
-            timeFirstAttempt: m.firstAttemptWall == 0 ? nil : m.firstAttemptWall,
-            totalSecondsQueued: max(0, timeLogged - m.receivedAtWall), queue: queue.description,
-            dlvTlsProtocol: connection?.tlsProtocol ?? "", dlvTlsCipher: connection?.tlsCipher ?? "")
     }
 }

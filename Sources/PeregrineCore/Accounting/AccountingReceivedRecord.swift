@@ -2,7 +2,7 @@ import PeregrineIO
 
 /// An `r` record for one recipient of a message accepted over SMTP, encoded
 /// straight from the message and the client's address (the same line as the
-/// `AccountingRecord` in `record`, without its Strings; nothing at all is
+/// `AccountingRecord` the tests build, without its Strings; nothing at all is
 /// built when no `<acct-file>` takes `r` records).
 public struct AccountingReceivedRecord: AccountingRecordEncodable {
     public var timeLogged: Int64
@@ -36,15 +36,5 @@ public struct AccountingReceivedRecord: AccountingRecordEncodable {
         line.field(m.envId); line.comma()
         line.raw(",,,,")                                         // timeFirstAttempt, totalSecondsQueued, queue, dlvTlsProtocol
         line.endLine()                                           // dlvTlsCipher (empty)
-    }
-
-    /// The same record as Strings (what the daemon logged before this type existed).
-    public var record: AccountingRecord {
-        let m = message
-        let r = m.recipients[recipient]
-        return AccountingRecord(type: .received, timeLogged: timeLogged, timeQueued: timeLogged, orig: m.sender,
-                                rcpt: r.address, orcpt: r.orcpt ?? "", srcType: "smtp",
-                                srcMta: peer.ip, dlvSize: m.bodySize, vmta: m.vmta,
-                                jobId: m.jobId ?? "", envId: m.envId ?? "")
     }
 }
