@@ -22,6 +22,10 @@ public final class DeliveryEngine<Loop: EventLoop> {
     /// STARTTLS for delivery: the shared client context and per-MX fallbacks (DeliveryEngine+TLS.swift).
     public let tls = DeliveryTLS()
     private var connections: [ObjectIdentifier: DeliveryConnection<Loop>] = [:]
+    /// The same connections by the queue that opened them, so that a kick asks
+    /// its own queue's (or site's) idle connections without walking every
+    /// connection of the loop.
+    private var connectionsByQueue: [ObjectIdentifier: [DeliveryConnection<Loop>]] = [:]
     private var queueTimers: [QueueKey: (at: UInt64, handle: TimerHandle)] = [:]
     /// Source IPs a pattern list disabled, per queue (domain/vmta), until a time (DeliveryEngine+SourceSteering.swift).
     var disabledUntil: [QueueKey: UInt64] = [:]
@@ -119,7 +123,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
         // Stop asking once the queue is empty: the rest would only re-arm their
         // idle timers (and an idle connection's timeout runs from its last use).
         if q.readyItems > 0 && q.idleConnections > 0 {
-            for c in connections.values where c.queue === q && c.isIdle {
+            for c in connectionsByQueue[ObjectIdentifier(q)] ?? [] where c.isIdle {
                 c.askForWork()
                 if q.readyItems == 0 { break }
             }
@@ -143,9 +147,11 @@ public final class DeliveryEngine<Loop: EventLoop> {
         let t = site.throttle
         let ready = site.readyItems
         if ready > 0 && t.idleConnections > 0 {
-            for c in connections.values where c.queue.site === site && c.isIdle {
-                c.askForWork()
-                if site.readyItems == 0 { break }
+            asking: for member in site.members {
+                for c in connectionsByQueue[ObjectIdentifier(member)] ?? [] where c.isIdle {
+                    c.askForWork()
+                    if site.readyItems == 0 { break asking }
+                }
             }
         }
         let n = site.connectionsToOpen(now: now)
@@ -217,6 +223,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
                     let c = DeliveryConnection(engine: self, loop: self.loop, queue: q, vmta: vmta, hosts: hosts,
                                                configuration: config)
                     self.connections[ObjectIdentifier(c)] = c
+                    self.connectionsByQueue[ObjectIdentifier(q), default: []].append(c)
                     c.start()
                 }
             case .success:
@@ -364,6 +371,11 @@ public final class DeliveryEngine<Loop: EventLoop> {
 
     func release(_ c: DeliveryConnection<Loop>) {
         connections[ObjectIdentifier(c)] = nil
+        let key = ObjectIdentifier(c.queue)
+        if var list = connectionsByQueue.removeValue(forKey: key) {
+            list.removeAll { $0 === c }
+            if !list.isEmpty { connectionsByQueue[key] = list }
+        }
         if stopping { checkStopped() }
     }
 
