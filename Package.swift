@@ -55,3 +55,23 @@ let package = Package(
                     swiftSettings: testSettings),
     ]
 )
+
+// Fuzz targets (Tests/Fuzz, one folder each), built only by scripts/fuzz with
+// PEREGRINE_FUZZ=1 and `--sanitize fuzzer`: libFuzzer supplies their `main`,
+// so a normal build could not link them.
+if Context.environment["PEREGRINE_FUZZ"] != nil {
+    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("FuzzSMTPServer", ["PeregrineSMTP"]),
+        ("FuzzSMTPClient", ["PeregrineSMTP"]),
+        ("FuzzDNSMessage", ["PeregrineCore"]),
+        ("FuzzHTTPRequest", ["PeregrineCore"]),
+        ("FuzzConfig", ["PeregrineCore"]),
+        ("FuzzSpoolRecords", ["PeregrineCore"]),
+        ("FuzzAccountingCSV", ["PeregrineCore"]),
+    ]
+    for target in fuzzTargets {
+        package.products.append(.executable(name: target.name, targets: [target.name]))
+        package.targets.append(.executableTarget(name: target.name, dependencies: target.dependencies,
+                                                 path: "Tests/Fuzz/\(target.name)", swiftSettings: loopSettings))
+    }
+}
