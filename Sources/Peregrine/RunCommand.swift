@@ -1,6 +1,6 @@
 import Foundation
-import PeregrineCore
 import PeregrineIO
+import PeregrineDaemon
 
 /// `peregrine run --config FILE [--backend B] [--threads N]`: the daemon.
 /// The backend and thread count default to the config (`io-backend`,

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import PeregrineCore
+import PeregrineSpool
 
 /// `peregrine spool-check DIR`: a read-only report of a spool directory (the
 /// directory holding `loop-N` streams, or one stream directory itself).

@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import PeregrineCore
 import PeregrineIO
+import PeregrineSpool
 
 /// `peregrine spool-crash-writer` (hidden): the process the spool crash test
 /// kills. Appends messages through `SpoolWriter` on the chosen backend as fast

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import PeregrineIO
 
 /// Streaming DATA encoder for the client side: normalises line ends to CRLF
 /// (bare LF and bare CR become CRLF), doubles a dot at the start of a line,

@@ -1,3 +1,5 @@
+import PeregrineIO
+
 /// An RFC 3463 enhanced status code: class.subject.detail, e.g. 4.7.28.
 public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible {
     /// 2 (success), 4 (persistent transient failure) or 5 (permanent failure).

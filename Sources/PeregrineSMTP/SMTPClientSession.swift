@@ -1,3 +1,5 @@
+import PeregrineIO
+
 /// A sans-I/O SMTP client session: the delivering side. Feed it the server's
 /// bytes with `receive(_:)`, write `output` whenever it is not empty, and
 /// poll `nextEvent()` after every call.

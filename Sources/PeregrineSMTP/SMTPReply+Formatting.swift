@@ -1,3 +1,5 @@
+import PeregrineIO
+
 extension SMTPReply {
     /// Writes the reply in wire format. Multi-line replies use "code-" on all
     /// lines but the last and repeat the enhanced code on every line (as Gmail does).

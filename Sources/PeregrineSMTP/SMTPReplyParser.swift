@@ -1,3 +1,5 @@
+import PeregrineIO
+
 /// Why a reply could not be parsed. After an error the parser discards the
 /// partial reply and resynchronises on the next line.
 public enum SMTPReplyParseError: Error, Hashable, Sendable {

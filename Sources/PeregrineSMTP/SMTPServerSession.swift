@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import PeregrineIO
 
 /// A sans-I/O ESMTP server session (RFC 5321, 2920, 1870, 6152, 3461, 2034,
 /// 3463, 4954, 3207). Feed it bytes with `receive(_:)`; it answers into

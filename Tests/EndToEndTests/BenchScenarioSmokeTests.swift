@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Testing
+import PeregrineIO
 
 /// Short versions of the `crash` and `backlog` benchmarks and of `summarize`
 /// (issue 7). They assert only that nothing accepted was lost and that the

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Testing
+import PeregrineIO
 
 /// A tool whose reader has gone away (the bench or a shell pipe closed
 /// stdout) must still shut down cleanly: Foundation's FileHandle.write traps

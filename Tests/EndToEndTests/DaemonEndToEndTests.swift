@@ -3,9 +3,9 @@ import Glibc
 #endif
 import Foundation
 import Testing
-import PeregrineCore
 import PeregrineIO
 @testable import PeregrineSink
+import PeregrineAccounting
 
 /// The daemon end to end (issue 6, "Done when"): the real `peregrine run`
 /// delivering to the real `peregrine-sink` on loopback, on every backend.

@@ -4,7 +4,6 @@ import Glibc
 import Foundation
 import PeregrineTestSupport
 import Testing
-import PeregrineCore
 import PeregrineIO
 
 /// Certificate renewal without a restart, per backend, with the real

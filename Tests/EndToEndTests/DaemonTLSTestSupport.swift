@@ -3,7 +3,8 @@ import Glibc
 #endif
 import Foundation
 import PeregrineTestSupport
-import PeregrineCore
+import PeregrineIO
+import PeregrineAccounting
 
 /// Throwaway certificate for the end-to-end TLS tests: generated once per
 /// test process with the openssl command line, removed at exit.

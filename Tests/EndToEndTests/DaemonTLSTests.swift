@@ -4,7 +4,6 @@ import Glibc
 import Foundation
 import PeregrineTestSupport
 import Testing
-import PeregrineCore
 
 /// STARTTLS end to end with the real executables on loopback, per backend:
 /// injection over STARTTLS (openssl s_client, smtplib) and implicit TLS,

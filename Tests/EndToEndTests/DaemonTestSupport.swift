@@ -4,9 +4,9 @@ import Glibc
 import Foundation
 import PeregrineTestSupport
 import Testing
-import PeregrineCore
 import PeregrineIO
 @testable import PeregrineSink
+import PeregrineAccounting
 
 // Helpers for the daemon end-to-end tests: the real `peregrine` executable
 // against the real `peregrine-sink`, on 127.0.0.0/8 only, every process

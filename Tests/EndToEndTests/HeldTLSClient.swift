@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineIO
 
 /// A client process that stays connected while the test goes on (see
 /// `TLSReloadSupport.clientScript` with GOFILE); always reaped.

@@ -1,8 +1,8 @@
 import Testing
-import PeregrineCore
 @testable import PeregrineSink
+import PeregrineDNS
 
-/// The sink's DNS zone and replies, through PeregrineCore's codec, without sockets.
+/// The sink's DNS zone and replies, through PeregrineDNS's codec, without sockets.
 @Suite struct SinkDNSTests {
     static func zone() throws -> SinkDNSZone {
         let set = try SinkProfileParser.load(path: SinkProfileTests.profilesDir + "/all.conf")

@@ -1,6 +1,5 @@
 import Foundation
 import Testing
-import PeregrineCore
 @testable import PeregrineSink
 
 /// The profile syntax and the shipped profiles.

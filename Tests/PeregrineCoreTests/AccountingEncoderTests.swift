@@ -1,7 +1,9 @@
 import Testing
 import PeregrineIO
 import PeregrineSMTP
-@testable import PeregrineCore
+@testable import PeregrineSpool
+@testable import PeregrineAccounting
+@testable import PeregrineEngine
 
 /// The byte encoders of outcome and received records must write exactly the
 /// line the String-built `AccountingRecord` gives for the same inputs.

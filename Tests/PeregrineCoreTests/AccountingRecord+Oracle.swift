@@ -1,4 +1,5 @@
-@testable import PeregrineCore
+@testable import PeregrineAccounting
+@testable import PeregrineEngine
 
 // The String-built records the daemon logged before the byte encoders
 // existed: the oracle the encoder tests compare every encoded line with.

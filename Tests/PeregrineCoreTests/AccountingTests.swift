@@ -2,7 +2,7 @@ import Testing
 import Glibc
 import Foundation
 import Synchronization
-@testable import PeregrineCore
+@testable import PeregrineAccounting
 
 /// A settable wall clock for rotation tests.
 final class FakeWallClock: @unchecked Sendable {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import PeregrineCore
+import PeregrineIO
+@testable import PeregrineConfig
 
 @Suite struct ConfigBlockTests {
     func parseError(_ text: String) -> String? {

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineDaemon
 
 /// The example the README points operators at must stay valid.
 @Suite struct ConfigExampleTests {

@@ -1,5 +1,6 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineConfig
+@testable import PeregrineDaemon
 
 /// Numbers in a config that do not fit: each is refused at its `file:line`
 /// with the directive named, and the largest accepted ones do not trap later

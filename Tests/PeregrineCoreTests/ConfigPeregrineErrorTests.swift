@@ -1,5 +1,5 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineDaemon
 
 @Suite struct ConfigPeregrineErrorTests {
     static let base = """

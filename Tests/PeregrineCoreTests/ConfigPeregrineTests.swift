@@ -1,7 +1,9 @@
 import Testing
 import Foundation
 import PeregrineIO
-@testable import PeregrineCore
+@testable import PeregrineConfig
+@testable import PeregrineEngine
+@testable import PeregrineDaemon
 
 @Suite struct ConfigPeregrineTests {
     static let full = """

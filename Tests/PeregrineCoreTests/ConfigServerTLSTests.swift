@@ -3,7 +3,10 @@ import Glibc
 #endif
 import Foundation
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineTLS
+@testable import PeregrineConfig
+@testable import PeregrineEngine
+@testable import PeregrineDaemon
 
 /// `smtp-server-tls-certificate` / `smtp-server-tls-key`, `smtp-listener … tls=yes`,
 /// and the delivery TLS directives.

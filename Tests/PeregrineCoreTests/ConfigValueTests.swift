@@ -1,5 +1,5 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineConfig
 
 @Suite struct ConfigValueTests {
     func message(_ body: () throws -> Void) -> String? {

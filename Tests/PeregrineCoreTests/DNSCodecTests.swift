@@ -1,5 +1,5 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineDNS
 
 @Suite struct DNSCodecTests {
     @Test func queryEncodingMatchesTheWireFormat() throws {

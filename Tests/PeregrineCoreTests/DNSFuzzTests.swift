@@ -1,6 +1,6 @@
 import Testing
 import PeregrineIO
-@testable import PeregrineCore
+@testable import PeregrineDNS
 
 /// Random and mutated packets must decode to a value or an error, never trap.
 @Suite struct DNSFuzzTests {

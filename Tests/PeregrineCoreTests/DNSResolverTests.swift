@@ -1,7 +1,7 @@
 import Testing
 import Foundation
 import PeregrineIO
-@testable import PeregrineCore
+@testable import PeregrineDNS
 
 /// A record the test responder serves.
 struct TestRR {

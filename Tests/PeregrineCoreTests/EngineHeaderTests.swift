@@ -1,5 +1,5 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineEngine
 
 @Suite struct EngineHeaderTests {
     @Test func findsFoldedFieldsCaseInsensitively() {

@@ -1,6 +1,6 @@
 import Testing
 import PeregrineSMTP
-@testable import PeregrineCore
+@testable import PeregrineEngine
 
 /// `lastReply` keeps a remote reply unformatted until someone reads it.
 @Suite struct EngineQueueLastReplyTests {

@@ -1,5 +1,6 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineSpool
+@testable import PeregrineEngine
 
 private let second: UInt64 = 1_000_000_000
 

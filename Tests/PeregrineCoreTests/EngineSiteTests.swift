@@ -1,6 +1,8 @@
 import Testing
 import PeregrineIO
-@testable import PeregrineCore
+@testable import PeregrineSpool
+@testable import PeregrineEngine
+@testable import PeregrineDaemon
 
 private func item(_ id: UInt64, _ domain: String) -> DeliveryItem {
     DeliveryItem(message: QueuedMessage(id: MessageID(hi: 0, lo: id), sender: "s@example.com",

@@ -1,7 +1,6 @@
 import Foundation
 import Glibc
 import PeregrineIO
-@testable import PeregrineCore
 
 /// Runs one loop of type `L` on its own thread (created there, as io_uring's
 /// single-issuer rings want) for the HTTP and DNS resolver tests.

@@ -1,7 +1,7 @@
 import Testing
 import Foundation
 import PeregrineIO
-@testable import PeregrineCore
+@testable import PeregrineHTTP
 
 private func parseAll(_ chunks: [[UInt8]], limits: HTTPParserLimits = HTTPParserLimits()) -> [HTTPParseResult] {
     var p = HTTPRequestParser(limits: limits)

@@ -1,7 +1,8 @@
 import Foundation
-import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
+import PeregrineTLS
+import PeregrineTransport
 
 /// What a test server's connections are driven by: the session's decisions
 /// and the connection's hooks, in one object per connection.

@@ -1,5 +1,6 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineConfig
+@testable import PeregrineEngine
 
 @Suite struct PolicyBounceClassifierTests {
     /// Reply texts from DOMAIN.md (as received) and the category we expect.

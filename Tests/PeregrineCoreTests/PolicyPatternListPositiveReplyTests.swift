@@ -1,6 +1,8 @@
 import Testing
 import PeregrineSMTP
-@testable import PeregrineCore
+@testable import PeregrineConfig
+@testable import PeregrineEngine
+@testable import PeregrineDaemon
 
 /// Which pattern lists see 2xx replies (decided at load, so the bulk of
 /// replies runs no regex): those with a `mode=normal` rule or a rule naming a 2xx code.

@@ -1,6 +1,7 @@
 import Testing
 import PeregrineSMTP
-@testable import PeregrineCore
+@testable import PeregrineConfig
+@testable import PeregrineEngine
 
 @Suite struct PolicyPatternListTests {
     func list(_ text: String) throws -> SMTPPatternList {

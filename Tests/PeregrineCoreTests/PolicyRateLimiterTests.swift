@@ -1,5 +1,5 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineConfig
 
 @Suite struct PolicyRateLimiterTests {
     let second: UInt64 = 1_000_000_000

@@ -4,7 +4,7 @@ import PeregrineTestSupport
 import Synchronization
 import PeregrineIO
 import PeregrineSMTP
-import PeregrineCore
+import PeregrineTransport
 
 // Interop of Peregrine's SMTP sessions and socket glue with software nobody
 // here wrote: Python smtplib, swaks, Postfix smtp-source and smtp-sink. Every

@@ -1,8 +1,9 @@
 import Foundation
-import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
 import Testing
+import PeregrineTLS
+import PeregrineTransport
 
 // The hooks of SMTPServerConnection that the sink's per-ISP policy and the
 // daemon's injection handler rely on, over real loopback sockets on every

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineSpool
 
 /// Runs the built `peregrine spool-check` against a spool with known content.
 @Suite struct SpoolCheckCommandTests {

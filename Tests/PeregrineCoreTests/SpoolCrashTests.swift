@@ -4,7 +4,7 @@ import Glibc
 import Foundation
 import Testing
 import PeregrineIO
-@testable import PeregrineCore
+@testable import PeregrineSpool
 
 /// Kills a real `peregrine spool-crash-writer` process with SIGKILL at a
 /// random (seeded, logged) moment, recovers its spool, and checks that every

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineSpool
 
 /// Names in a spool directory that this spool never writes: a segment number
 /// at the top of UInt32 (the next number used to overflow), non-canonical

@@ -1,5 +1,5 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineSpool
 
 @Suite struct SpoolFormatTests {
     @Test func crc32cKnownVectors() {

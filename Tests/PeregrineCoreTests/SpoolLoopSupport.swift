@@ -1,6 +1,5 @@
 import Testing
 import PeregrineIO
-@testable import PeregrineCore
 
 /// Runs a body once per backend whose loop can be created. A backend whose
 /// init still throws "not built yet" (a stub) is skipped; any other init

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineSpool
 
 @Suite struct SpoolRecoveryTests {
     /// Writes `count` messages (body size varies) and returns their ids, bodies and locations.

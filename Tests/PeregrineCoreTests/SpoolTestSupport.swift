@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import PeregrineCore
+import PeregrineSpool
 
 /// A fresh temporary directory, removed by `remove()`.
 struct SpoolTempDir {

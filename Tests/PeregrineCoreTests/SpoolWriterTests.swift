@@ -3,7 +3,7 @@ import Glibc
 #endif
 import Testing
 import PeregrineIO
-@testable import PeregrineCore
+@testable import PeregrineSpool
 
 @Suite(.serialized) struct SpoolWriterTests {
     /// Appends `count` messages on each backend, records outcomes, and checks that

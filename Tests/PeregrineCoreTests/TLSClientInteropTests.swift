@@ -1,9 +1,10 @@
 import Foundation
 import PeregrineTestSupport
-import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
 import Testing
+import PeregrineTLS
+import PeregrineTransport
 
 /// What one client connection did.
 struct TLSDeliveryOutcome: Sendable {

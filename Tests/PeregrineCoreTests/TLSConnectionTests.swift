@@ -1,7 +1,7 @@
 import Foundation
-import PeregrineCore
 import PeregrineSMTP
 import Testing
+import PeregrineTLS
 
 /// Server and client `TLSConnection`s talking through byte buffers only.
 @Suite struct TLSConnectionTests {

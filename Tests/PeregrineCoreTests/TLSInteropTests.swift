@@ -1,9 +1,10 @@
 import Foundation
 import PeregrineTestSupport
-import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
 import Testing
+import PeregrineTLS
+import PeregrineTransport
 
 // STARTTLS and implicit TLS of SMTPServerConnection against software nobody
 // here wrote: openssl s_client, Python smtplib, swaks. Loopback only, bounded

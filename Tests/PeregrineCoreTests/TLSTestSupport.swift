@@ -1,6 +1,7 @@
 import Foundation
-import PeregrineCore
 import PeregrineSMTP
+import PeregrineIO
+import PeregrineTLS
 
 /// Throwaway certificates, generated once per test process with the openssl
 /// command line into a temporary directory (nothing secret is committed).

@@ -1,5 +1,6 @@
 import Testing
 import PeregrineSMTP
+import PeregrineIO
 
 /// Drives a client session against canned server replies.
 final class ClientHarness {

@@ -1,5 +1,6 @@
 import Testing
 import PeregrineSMTP
+import PeregrineIO
 
 /// `writeBody`: the body dot-stuffed into memory the owner provides (its
 /// send buffer) gives the same wire bytes as `appendBody` + `finishBody`.

@@ -1,5 +1,6 @@
 import Testing
 import PeregrineSMTP
+import PeregrineIO
 
 @Suite struct DotStuffingTests {
     func unstuff(_ input: [UInt8], splitAt: [Int] = [], maxLine: Int = 1000)

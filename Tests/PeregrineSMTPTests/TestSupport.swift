@@ -1,4 +1,5 @@
 import PeregrineSMTP
+import PeregrineIO
 
 func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }

@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import PeregrineIO
 
 /// What every results file records about where it was measured.
 enum BenchEnvironment {

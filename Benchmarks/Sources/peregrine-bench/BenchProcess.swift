@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import PeregrineIO
 
 /// A child process of a benchmark run: output to a log file, stopped with
 /// SIGTERM (then SIGKILL) so that nothing outlives the run.

@@ -1,5 +1,6 @@
 import Foundation
 import PeregrineSMTP
+import PeregrineIO
 
 /// `peregrine-bench smtp-parser`: throughput of the sans-I/O SMTP server
 /// session with no sockets: pipelined commands per second, and MB/s of DATA

@@ -2,7 +2,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import PeregrineCore
+import PeregrineAccounting
 
 /// The pieces the isp-mix, backlog and crash scenarios share: a scratch
 /// directory, child processes that never outlive the run, the daemon's

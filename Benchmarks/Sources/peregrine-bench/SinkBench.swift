@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineIO
 
 // peregrine-bench sink: the accept-all peregrine-sink against Postfix's own
 // smtp-sink, both fed by Postfix's smtp-source -d (connection reuse) with 4 KB

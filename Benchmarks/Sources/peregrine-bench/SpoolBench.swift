@@ -2,8 +2,8 @@
 import Glibc
 #endif
 import Foundation
-import PeregrineCore
 import PeregrineIO
+import PeregrineSpool
 
 // peregrine-bench spool: the durable spool on each backend.
 //  1. Append throughput (msgs/s, MB/s) for 4 KB and 100 KB messages with group

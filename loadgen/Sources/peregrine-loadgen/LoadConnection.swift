@@ -1,6 +1,6 @@
-import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
+import PeregrineTransport
 
 /// One injecting SMTP connection: connects, sends messages while the generator
 /// grants them, QUITs after messages-per-connection, and reports every reply.

@@ -1,9 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
+import PeregrineTLS
 
 /// Drives the connections on one loop: grants messages at the configured
 /// rate within the count/duration budget, builds each message, keeps score.

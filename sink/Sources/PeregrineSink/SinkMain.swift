@@ -3,8 +3,8 @@ import Glibc
 #endif
 import Dispatch
 import Foundation
-import PeregrineCore
 import PeregrineIO
+import PeregrineTLS
 
 /// The `peregrine-sink` program, as a library function so tests can run it in-process too.
 public enum SinkMain {

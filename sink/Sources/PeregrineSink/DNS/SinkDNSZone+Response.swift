@@ -1,7 +1,7 @@
-import PeregrineCore
+import PeregrineDNS
 
 extension SinkDNSZone {
-    /// The reply to one datagram, through PeregrineCore's DNS codec: nil for
+    /// The reply to one datagram, through PeregrineDNS's codec: nil for
     /// what is not a query at all (too short, or a response); FORMERR when
     /// only the header could be read.
     public func reply(to packet: [UInt8]) -> [UInt8]? {

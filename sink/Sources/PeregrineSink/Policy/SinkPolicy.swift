@@ -1,6 +1,6 @@
 import Foundation
-import PeregrineCore
 import PeregrineIO
+import PeregrineConfig
 
 /// A reply the sink decided to give, rendered for one connection/recipient.
 public struct SinkRenderedReply: Hashable, Sendable {

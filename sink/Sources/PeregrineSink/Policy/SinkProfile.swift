@@ -1,5 +1,5 @@
 import Foundation
-import PeregrineCore
+import PeregrineConfig
 
 /// The phase of an SMTP session at which a receiver gives a reply. Real
 /// providers answer connection limits at the greeting, reputation deferrals at

@@ -1,6 +1,6 @@
 import Foundation
-import PeregrineCore
 import PeregrineIO
+import PeregrineConfig
 
 /// The profiles of a sink run and the file-level settings.
 public struct SinkProfileSet: Sendable {

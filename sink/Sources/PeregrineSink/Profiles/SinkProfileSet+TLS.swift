@@ -1,4 +1,4 @@
-import PeregrineCore
+import PeregrineConfig
 
 extension SinkProfileSet {
     /// The profiles as a sink with (or without) a certificate serves them.

@@ -1,6 +1,7 @@
-import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
+import PeregrineTLS
+import PeregrineTransport
 
 /// The sink's side of one SMTP connection: asks the policy at every phase,
 /// delays answers with loop timers (never blocking), scans the header section

@@ -1,6 +1,6 @@
-import PeregrineCore
 import PeregrineIO
 import PeregrineSMTP
+import PeregrineTransport
 
 /// Where one listener sends its connections.
 public struct SinkBinding: Sendable {

@@ -2,8 +2,8 @@
 import Glibc
 #endif
 import Foundation
-import PeregrineCore
 import PeregrineIO
+import PeregrineTLS
 
 /// What every loop of a sink run shares: the policy (behind a lock, since
 /// per-IP limits span loops), the recorded message ids and the stats.

@@ -1,1 +1,0 @@
-// PeregrineCore: the engine (spool, queues, throttles, routing, accounting, config).

@@ -1,0 +1,65 @@
+import PeregrineConfig
+
+extension DomainOverrides {
+    /// The directive names a `<domain>` block accepts.
+    public static let directiveNames: [String] = [
+        "max-smtp-out", "max-msg-per-connection", "max-msg-rate", "max-connect-rate",
+        "max-rcpt-per-transaction", "retry-after", "bounce-after", "route", "use-starttls",
+        "require-starttls", "tls-verify-hostname", "smtp-pattern-list", "backoff-max-msg-rate", "backoff-max-smtp-out",
+        "backoff-max-connect-rate", "backoff-retry-after", "backoff-to-normal-after",
+        "backoff-to-normal-after-delivery", "queue-priority", "connect-timeout",
+        "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
+        "mx-rollup",
+    ]
+
+    /// Parses the directives of one `<domain>` block. Nested blocks, unknown
+    /// directives and a directive set twice in the block are errors.
+    public init(block: ConfigNode) throws(ConfigError) {
+        self.init()
+        var seen: [String: Int] = [:]
+        for node in try block.directivesOnly() {
+            if let line = seen[node.name] {
+                throw node.error("\(node.name) is already set in this block at line \(line)")
+            }
+            seen[node.name] = node.location.line
+            try apply(node, in: block)
+        }
+    }
+
+    private mutating func apply(_ node: ConfigNode, in block: ConfigNode) throws(ConfigError) {
+        guard Self.directiveNames.contains(node.name) else {
+            throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
+        }
+        guard !node.arguments.isEmpty else { throw node.error("\(node.name) needs a value") }
+        switch node.name {
+        case "max-smtp-out": maxSMTPOut = try node.integer(in: 1...100_000)
+        case "max-msg-per-connection": maxMsgPerConnection = try node.integer(in: 0...100_000_000)
+        case "max-msg-rate": maxMsgRate = try node.value(ConfigValue.rate)
+        case "max-connect-rate": maxConnectRate = try node.value(ConfigValue.rate)
+        case "max-rcpt-per-transaction": maxRcptPerTransaction = try node.integer(in: 1...100_000)
+        case "retry-after": retryAfter = try node.parse(node.arguments.joined(separator: ","), ConfigValue.retrySchedule)
+        case "bounce-after": bounceAfter = try node.value(ConfigValue.duration)
+        case "route": route = try node.value(ConfigValue.hostPort)
+        case "use-starttls": useStartTLS = try node.value(ConfigValue.bool)
+        case "require-starttls": requireStartTLS = try node.value(ConfigValue.bool)
+        case "tls-verify-hostname": tlsVerifyHostname = try node.value(ConfigValue.bool)
+        case "smtp-pattern-list": smtpPatternList = try node.singleArgument()
+        case "backoff-max-msg-rate": backoffMaxMsgRate = try node.value(ConfigValue.rate)
+        case "backoff-max-smtp-out": backoffMaxSMTPOut = try node.integer(in: 1...100_000)
+        case "backoff-max-connect-rate": backoffMaxConnectRate = try node.value(ConfigValue.rate)
+        case "backoff-retry-after":
+            backoffRetryAfter = try node.parse(node.arguments.joined(separator: ","), ConfigValue.retrySchedule)
+        case "backoff-to-normal-after": backoffToNormalAfter = .some(try node.value(ConfigValue.durationOrNever))
+        case "backoff-to-normal-after-delivery": backoffToNormalAfterDelivery = try node.value(ConfigValue.bool)
+        case "queue-priority": queuePriority = try node.integer(in: 0...100)
+        case "connect-timeout": connectTimeout = try node.value(ConfigValue.duration)
+        case "smtp-greeting-timeout": smtpGreetingTimeout = try node.value(ConfigValue.duration)
+        case "data-send-timeout": dataSendTimeout = try node.value(ConfigValue.duration)
+        case "bounce-upon-no-mx": bounceUponNoMX = try node.value(ConfigValue.bool)
+        case "smtp-421-means-mx-unavailable": smtp421MeansMXUnavailable = try node.value(ConfigValue.bool)
+        case "mx-rollup": mxRollup = try node.value(ConfigValue.bool)
+        default:
+            throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
+        }
+    }
+}

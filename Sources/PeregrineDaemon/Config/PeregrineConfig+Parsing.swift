@@ -1,0 +1,179 @@
+import PeregrineIO
+import PeregrineConfig
+import PeregrineAccounting
+import PeregrineEngine
+
+extension PeregrineConfig {
+    static let globalDirectiveNames = [
+        "smtp-listener", "http-mgmt-port", "http-access", "spool", "io-backend", "threads",
+        "dns-server", "domain-macro", "host-name", "postmaster",
+        "smtp-server-tls-certificate", "smtp-server-tls-key",
+    ]
+
+    /// Reads, parses and checks a config file.
+    public static func load(path: String) throws(ConfigError) -> PeregrineConfig {
+        try PeregrineConfig(nodes: BlockConfig.load(path: path))
+    }
+
+    /// Parses and checks config text; `file` is used in messages.
+    public static func parse(_ text: String, file: String) throws(ConfigError) -> PeregrineConfig {
+        try PeregrineConfig(nodes: BlockConfig.parse(text, file: file))
+    }
+
+    /// Builds the config from a parsed tree, then checks cross-references
+    /// (default-virtual-mta, smtp-pattern-list, $macro, pool members).
+    public init(nodes: [ConfigNode]) throws(ConfigError) {
+        self.init()
+        var seenSingletons: [String: Int] = [:]
+        var seenBlocks: [String: ConfigNode] = [:]
+        for node in nodes {
+            if node.isBlock {
+                try applyBlock(node, seen: &seenBlocks)
+            } else {
+                if !["smtp-listener", "http-access", "dns-server", "domain-macro"].contains(node.name) {
+                    if let line = seenSingletons[node.name] {
+                        throw node.error("\(node.name) is already set at line \(line)")
+                    }
+                    seenSingletons[node.name] = node.location.line
+                }
+                try applyGlobal(node)
+            }
+        }
+        try checkServerTLS(nodes: nodes)
+        try checkReferences(nodes: nodes)
+    }
+
+    /// Both TLS files or neither; `tls=yes` listeners need them.
+    private mutating func checkServerTLS(nodes: [ConfigNode]) throws(ConfigError) {
+        let cert = nodes.first { !$0.isBlock && $0.name == "smtp-server-tls-certificate" }
+        let key = nodes.first { !$0.isBlock && $0.name == "smtp-server-tls-key" }
+        switch (cert, key) {
+        case (nil, nil):
+            if let first = implicitTLSListeners.first,
+               let node = nodes.first(where: { $0.name == "smtp-listener" && $0.arguments.count > 1 }) {
+                throw node.error("smtp-listener \(first) tls=yes needs smtp-server-tls-certificate and smtp-server-tls-key")
+            }
+        case (let c?, nil):
+            throw c.error("smtp-server-tls-certificate needs smtp-server-tls-key as well")
+        case (nil, let k?):
+            throw k.error("smtp-server-tls-key needs smtp-server-tls-certificate as well")
+        case (let c?, let k?):
+            serverTLS = ServerTLSSettings(certificateFile: try c.readableFile(), keyFile: try k.readableFile(),
+                                          location: c.location, keyLocation: k.location)
+        }
+    }
+
+    private mutating func applyGlobal(_ node: ConfigNode) throws(ConfigError) {
+        switch node.name {
+        case "smtp-listener":
+            let args = node.arguments.isEmpty ? [try node.singleArgument()]
+                : try node.arguments(count: 1...2, usage: "ADDRESS:PORT [tls=yes|no]")
+            let target = try node.parse(args[0], ConfigValue.hostPort)
+            let address = try node.parse(args[0]) { (_: String) throws(ConfigValueError) -> SocketAddress in
+                try target.socketAddress(defaultPort: 25)
+            }
+            smtpListeners.append(address)
+            if args.count == 2 {
+                let option = args[1].lowercased()
+                guard option.hasPrefix("tls=") else {
+                    throw node.error("smtp-listener: unknown option '\(args[1])' (expected tls=yes or tls=no)")
+                }
+                if try node.parse(String(option.dropFirst(4)), ConfigValue.bool) { implicitTLSListeners.append(address) }
+            }
+        case "smtp-server-tls-certificate", "smtp-server-tls-key":
+            _ = try node.singleArgument() // both checked together once the file is read
+        case "http-mgmt-port":
+            let text = try node.singleArgument()
+            if let port = UInt16(text) {
+                guard port > 0 else { throw node.error("http-mgmt-port: '0' is not a port number (1-65535)") }
+                httpManagement = try node.parse("127.0.0.1") { (ip: String) throws(ConfigValueError) -> SocketAddress in
+                    try HostPort(host: ip, port: port).socketAddress(defaultPort: port)
+                }
+            } else {
+                let target = try node.parse(text, ConfigValue.hostPort)
+                guard target.port != nil else { throw node.error("http-mgmt-port: expected PORT or ADDRESS:PORT, got '\(text)'") }
+                httpManagement = try node.parse(text) { (_: String) throws(ConfigValueError) -> SocketAddress in
+                    try target.socketAddress(defaultPort: 0)
+                }
+            }
+        case "http-access":
+            let args = try node.arguments(count: 2...2, usage: "CIDR admin|monitor|none")
+            let network = try node.parse(args[0], ConfigValue.network)
+            guard let level = HTTPAccessRule.Level(rawValue: args[1].lowercased()) else {
+                throw node.error("http-access: unknown access level '\(args[1])' (expected admin, monitor or none)")
+            }
+            httpAccess.append(HTTPAccessRule(network: network, level: level))
+        case "spool":
+            spoolPath = try node.singleArgument()
+        case "io-backend":
+            let text = try node.singleArgument()
+            switch BackendKind.parse(text) {
+            case .success(let kind): ioBackend = kind
+            case .failure:
+                let names = BackendKind.allCases.map(\.rawValue).joined(separator: ", ")
+                throw node.error("io-backend: unknown backend '\(text)' (expected one of: \(names))")
+            }
+        case "threads":
+            threads = try node.integer(in: 1...1024)
+        case "dns-server":
+            let target = try node.value(ConfigValue.hostPort)
+            dnsServers.append(try node.parse(node.arguments[0]) { (_: String) throws(ConfigValueError) -> SocketAddress in
+                try target.socketAddress(defaultPort: 53)
+            })
+        case "domain-macro":
+            guard node.arguments.count >= 2 else {
+                throw node.error("domain-macro expects NAME domain,domain,…, got '\(node.rawArguments)'")
+            }
+            let name = node.arguments[0].lowercased()
+            guard BlockConfig.isValidName(name) else { throw node.error("domain-macro: '\(node.arguments[0])' is not a macro name") }
+            if domainMacros[name] != nil { throw node.error("domain-macro \(name) is already defined") }
+            var list: [String] = []
+            for item in node.arguments.dropFirst().joined(separator: ",").split(separator: ",") {
+                list.append(try node.parse(String(item), ConfigValue.domainName))
+            }
+            guard !list.isEmpty else { throw node.error("domain-macro \(name) lists no domains") }
+            domainMacros[name] = list
+        case "host-name":
+            hostName = try node.value(ConfigValue.domainName)
+        case "postmaster":
+            let address = try node.singleArgument()
+            guard address.contains("@"), !address.hasPrefix("@"), !address.hasSuffix("@") else {
+                throw node.error("postmaster: '\(address)' is not an email address")
+            }
+            postmaster = address
+        default:
+            if let home = ConfigContext.homes[node.name] {
+                throw node.error("\(node.name) is not allowed at the top level (it belongs in \(home))")
+            }
+            throw node.error("unknown directive '\(node.name)'")
+        }
+    }
+
+    private mutating func applyBlock(_ node: ConfigNode, seen: inout [String: ConfigNode]) throws(ConfigError) {
+        // Duplicate named blocks are an error: a second <domain gmail.com> is almost always a mistake.
+        let key = "\(node.name) \(node.arguments.joined(separator: " ").lowercased())"
+        if let first = seen[key] {
+            throw node.error("\(node.displayName) is already defined at line \(first.location.line)")
+        }
+        seen[key] = node
+        switch node.name {
+        case "source":
+            sources.append(try SourceSettings(block: node))
+        case "virtual-mta":
+            virtualMTAs.append(try VirtualMTASettings(block: node))
+        case "virtual-mta-pool":
+            virtualMTAPools.append(try VirtualMTAPool(block: node))
+        case "domain":
+            domains.append(try DomainBlock(block: node))
+        case "smtp-pattern-list":
+            let list = try SMTPPatternList(block: node)
+            patternLists[list.name.lowercased()] = list
+        case "acct-file":
+            accountingFiles.append(try AccountingFileOptions(block: node))
+        case "bounce-category-patterns":
+            bounceClassifier = try BounceClassifier(block: node)
+        default:
+            throw node.error("unknown block <\(node.name)>")
+        }
+    }
+}

@@ -1,0 +1,54 @@
+import PeregrineConfig
+
+extension PeregrineConfig {
+    /// Cross-reference checks, run after the whole file is read so that
+    /// blocks may refer to each other in any order. `nodes` is the parsed tree,
+    /// used to point errors at the referring line.
+    func checkReferences(nodes: [ConfigNode]) throws(ConfigError) {
+        var blocksByLocation: [ConfigLocation: ConfigNode] = [:]
+        func index(_ list: [ConfigNode]) {
+            for node in list where node.isBlock {
+                blocksByLocation[node.location] = node
+                index(node.children)
+            }
+        }
+        index(nodes)
+        let unknown = ConfigLocation(file: "?", line: 0)
+
+        /// The location of `directive value` inside the block at `blockLocation`, else the block's.
+        func line(_ blockLocation: ConfigLocation?, _ directive: String, _ value: String) -> ConfigLocation {
+            guard let blockLocation else { return unknown }
+            let block = blocksByLocation[blockLocation]
+            let hit = block?.children.first {
+                $0.name == directive && $0.arguments.first?.lowercased() == value.lowercased()
+            }
+            return hit?.location ?? blockLocation
+        }
+
+        for pool in virtualMTAPools {
+            if virtualMTA(named: pool.name) != nil {
+                throw ConfigError(pool.location ?? unknown,
+                                  "<virtual-mta-pool \(pool.name)> has the same name as a <virtual-mta>")
+            }
+            for member in pool.members where virtualMTA(named: member) == nil {
+                throw ConfigError(line(pool.location, "virtual-mta", member),
+                                  "virtual-mta '\(member)' is not defined (pools list <virtual-mta> names)")
+            }
+        }
+        for source in sources {
+            if let name = source.defaultVirtualMTA, virtualMTANames(for: name).isEmpty {
+                throw ConfigError(line(source.location, "default-virtual-mta", name),
+                                  "default-virtual-mta '\(name)' is not a defined virtual-mta or virtual-mta-pool")
+            }
+        }
+        for domain in domains + virtualMTAs.flatMap(\.domains) {
+            if case .macro(let macro) = domain.pattern, domainMacros[macro] == nil {
+                throw ConfigError(domain.location ?? unknown, "<domain $\(macro)>: domain-macro '\(macro)' is not defined")
+            }
+            if let list = domain.overrides.smtpPatternList, patternLists[list.lowercased()] == nil {
+                throw ConfigError(line(domain.location, "smtp-pattern-list", list),
+                                  "smtp-pattern-list '\(list)' is not defined")
+            }
+        }
+    }
+}

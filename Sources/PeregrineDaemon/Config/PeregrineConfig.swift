@@ -1,0 +1,94 @@
+import PeregrineIO
+import PeregrineConfig
+import PeregrineAccounting
+import PeregrineEngine
+
+/// The daemon's configuration (PowerMTA names, see DOMAIN.md), as plain values.
+///
+/// Build it with `PeregrineConfig.load(path:)` or `parse(_:file:)`; every
+/// mistake is a `ConfigError` with `file:line`. Per-queue settings come from
+/// `settings(forDomain:vmta:)`, injection rights from `source(for:)`.
+public struct PeregrineConfig: Hashable, Sendable {
+    /// `smtp-listener ADDR:PORT` (repeatable); `0/0:25` is every IPv4 address.
+    public var smtpListeners: [SocketAddress] = []
+    /// `smtp-listener ADDR:PORT tls=yes`: listeners (also in `smtpListeners`) that
+    /// start TLS before the greeting (port 465 style, RFC 8314).
+    public var implicitTLSListeners: [SocketAddress] = []
+    /// `smtp-server-tls-certificate` / `smtp-server-tls-key`: STARTTLS on injection; nil: no TLS.
+    public var serverTLS: ServerTLSSettings?
+    /// `http-mgmt-port PORT` or `ADDR:PORT`; a bare port listens on 127.0.0.1. nil: no management port.
+    public var httpManagement: SocketAddress?
+    /// `http-access CIDR admin|monitor|none` (repeatable; the longest prefix applies).
+    public var httpAccess: [HTTPAccessRule] = []
+    /// `spool PATH`.
+    public var spoolPath = "/var/spool/peregrine"
+    /// `io-backend io_uring|epoll|dispatch`; nil: the command line or the daemon's default decides.
+    public var ioBackend: BackendKind?
+    /// `threads N`: event loops; nil: the command line or one per core.
+    public var threads: Int?
+    /// `dns-server ADDR[:PORT]` (repeatable, port 53 by default); empty: the system resolvers.
+    public var dnsServers: [SocketAddress] = []
+    /// `domain-macro NAME a.com,b.com`, lower-cased.
+    public var domainMacros: [String: [String]] = [:]
+    /// `host-name NAME`: the default EHLO name and the Received header's name.
+    public var hostName: String?
+    /// `postmaster ADDR`.
+    public var postmaster: String?
+    /// `<source CIDR>` blocks in file order.
+    public var sources: [SourceSettings] = []
+    /// `<virtual-mta NAME>` blocks in file order.
+    public var virtualMTAs: [VirtualMTASettings] = []
+    /// `<virtual-mta-pool NAME>` blocks in file order.
+    public var virtualMTAPools: [VirtualMTAPool] = []
+    /// Top-level `<domain>` blocks in file order.
+    public var domains: [DomainBlock] = []
+    /// `<smtp-pattern-list NAME>` by name.
+    public var patternLists: [String: SMTPPatternList] = [:]
+    /// `<acct-file PATH>` blocks.
+    public var accountingFiles: [AccountingFileOptions] = []
+    /// The built-in classifier plus `<bounce-category-patterns>`.
+    public var bounceClassifier = BounceClassifier()
+
+    public init() {}
+
+    public func virtualMTA(named name: String) -> VirtualMTASettings? {
+        let key = name.lowercased()
+        return virtualMTAs.first { $0.name == key }
+    }
+
+    public func pool(named name: String) -> VirtualMTAPool? {
+        let key = name.lowercased()
+        return virtualMTAPools.first { $0.name == key }
+    }
+
+    /// The VMTAs a name stands for: itself if it is a VMTA, the members if a pool, else empty.
+    public func virtualMTANames(for name: String) -> [String] {
+        if let vmta = virtualMTA(named: name) { return [vmta.name] }
+        return pool(named: name)?.members ?? []
+    }
+
+    /// The pattern list of a queue's settings, if it names one.
+    public func patternList(for settings: DomainSettings) -> SMTPPatternList? {
+        settings.smtpPatternList.flatMap { patternLists[$0.lowercased()] }
+    }
+}
+
+/// `http-access CIDR LEVEL`.
+public struct HTTPAccessRule: Hashable, Sendable {
+    public enum Level: String, Hashable, Sendable, CaseIterable {
+        /// Read and act (pause, delete, reload).
+        case admin
+        /// Read only.
+        case monitor
+        /// Explicitly refused.
+        case none
+    }
+
+    public var network: IPNetwork
+    public var level: Level
+
+    public init(network: IPNetwork, level: Level) {
+        self.network = network
+        self.level = level
+    }
+}

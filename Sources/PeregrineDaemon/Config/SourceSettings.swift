@@ -1,0 +1,61 @@
+import PeregrineConfig
+import PeregrineIO
+
+/// What a `<source CIDR>` block grants to injecting clients from that network.
+/// The most specific (longest-prefix) matching block applies; a client that
+/// matches none gets `SourceSettings()` (no relaying).
+public struct SourceSettings: Hashable, Sendable {
+    public var network: IPNetwork?
+    /// `always-allow-relaying`: accept mail for any domain from these clients.
+    public var alwaysAllowRelaying = false
+    /// `smtp-service`: whether these clients may talk SMTP at all.
+    public var smtpService = true
+    /// `process-x-virtual-mta`: honour and remove an `X-Virtual-MTA:` header.
+    public var processXVirtualMTA = false
+    /// `process-x-job`: take the job id from `X-Job:`.
+    public var processXJob = false
+    /// `default-virtual-mta`: a VMTA or pool name (checked to exist at load).
+    public var defaultVirtualMTA: String?
+    /// `max-message-size` in bytes; 0 = unlimited.
+    public var maxMessageSize = 0
+    /// `require-auth`: AUTH before MAIL.
+    public var requireAuth = false
+    /// `add-received-header`.
+    public var addReceivedHeader = true
+    public var location: ConfigLocation?
+
+    public init(network: IPNetwork? = nil) {
+        self.network = network
+    }
+}
+
+extension SourceSettings {
+    /// Parses a `<source CIDR>` block.
+    public init(block: ConfigNode) throws(ConfigError) {
+        let cidr = try block.arguments(count: 1...1, usage: "one network, as in <source 127.0.0.0/8>")[0]
+        self.init(network: try block.parse(cidr, ConfigValue.network))
+        location = block.location
+        var seen: [String: Int] = [:]
+        for node in try block.directivesOnly() {
+            if let line = seen[node.name] {
+                throw node.error("\(node.name) is already set in this block at line \(line)")
+            }
+            seen[node.name] = node.location.line
+            switch node.name {
+            case "always-allow-relaying": alwaysAllowRelaying = try node.value(ConfigValue.bool)
+            case "smtp-service": smtpService = try node.value(ConfigValue.bool)
+            case "process-x-virtual-mta": processXVirtualMTA = try node.value(ConfigValue.bool)
+            case "process-x-job": processXJob = try node.value(ConfigValue.bool)
+            case "default-virtual-mta": defaultVirtualMTA = try node.singleArgument()
+            case "max-message-size":
+                maxMessageSize = try node.value { (text: String) throws(ConfigValueError) -> Int in
+                    text.lowercased() == "unlimited" ? 0 : try ConfigValue.size(text)
+                }
+            case "require-auth": requireAuth = try node.value(ConfigValue.bool)
+            case "add-received-header": addReceivedHeader = try node.value(ConfigValue.bool)
+            default:
+                throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import PeregrineConfig
+import PeregrineIO
+
+extension DomainBlock {
+    /// Parses `<domain NAME|*|$macro>`.
+    public init(block: ConfigNode) throws(ConfigError) {
+        let text = try block.arguments(count: 1...1, usage: "one domain, *, or $macro, as in <domain gmail.com>")[0]
+        let pattern: Pattern
+        if text == "*" {
+            pattern = .any
+        } else if text.hasPrefix("$") {
+            let name = String(text.dropFirst())
+            guard BlockConfig.isValidName(name) else { throw block.error("'\(text)' is not a macro reference") }
+            pattern = .macro(name.lowercased())
+        } else {
+            pattern = .name(try block.parse(text, ConfigValue.domainName))
+        }
+        self.init(pattern: pattern, overrides: try DomainOverrides(block: block), location: block.location)
+    }
+}
+
+extension VirtualMTASettings {
+    /// Parses `<virtual-mta NAME>` with `smtp-source-host` and nested `<domain>` blocks.
+    public init(block: ConfigNode) throws(ConfigError) {
+        let name = try block.arguments(count: 1...1, usage: "one name, as in <virtual-mta vmta1>")[0]
+        self.init(name: name.lowercased(), location: block.location)
+        var seenDomains: [DomainBlock.Pattern: Int] = [:]
+        for node in block.children {
+            if node.isBlock {
+                guard node.name == "domain" else {
+                    throw node.error("block \(node.displayName) is not allowed inside \(block.displayName)")
+                }
+                let domain = try DomainBlock(block: node)
+                if let line = seenDomains[domain.pattern] {
+                    throw node.error("\(node.displayName) is already defined in this virtual-mta at line \(line)")
+                }
+                seenDomains[domain.pattern] = node.location.line
+                domains.append(domain)
+                continue
+            }
+            switch node.name {
+            case "smtp-source-host":
+                let args = try node.arguments(count: 2...2, usage: "IP HOSTNAME")
+                guard IPNetwork.numericAddress(args[0]) != nil else {
+                    throw node.error("smtp-source-host: '\(args[0])' is not a numeric IPv4 or IPv6 address")
+                }
+                hostName = try node.parse(args[1], ConfigValue.domainName)
+                sourceIP = args[0]
+            default:
+                throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
+            }
+        }
+    }
+}
+
+extension VirtualMTAPool {
+    /// Parses `<virtual-mta-pool NAME>` with `virtual-mta NAME` lines.
+    public init(block: ConfigNode) throws(ConfigError) {
+        let name = try block.arguments(count: 1...1, usage: "one name, as in <virtual-mta-pool pool1>")[0]
+        var members: [String] = []
+        for node in try block.directivesOnly() {
+            guard node.name == "virtual-mta" else {
+                throw node.error("unknown directive '\(node.name)' in \(block.displayName) (expected: virtual-mta NAME)")
+            }
+            let member = try node.singleArgument().lowercased()
+            if members.contains(member) { throw node.error("virtual-mta \(member) is listed twice in this pool") }
+            members.append(member)
+        }
+        guard !members.isEmpty else { throw block.error("\(block.displayName) lists no virtual-mta") }
+        self.init(name: name.lowercased(), members: members, location: block.location)
+    }
+}
+
+extension ConfigValue {
+    /// A domain or host name (letters, digits, `-`, `_`, dots), lower-cased.
+    public static func domainName(_ text: String) throws(ConfigValueError) -> String {
+        let labels = text.split(separator: ".", omittingEmptySubsequences: false)
+        let valid = !text.isEmpty && text.count <= 253 && labels.allSatisfy { label in
+            !label.isEmpty && label.count <= 63 && label.unicodeScalars.allSatisfy { s in
+                s.isASCII && (s.properties.isAlphabetic || ("0"..."9").contains(s) || s == "-" || s == "_")
+            }
+        }
+        guard valid else { throw ConfigValueError("'\(text)' is not a domain name") }
+        return text.lowercased()
+    }
+}

@@ -1,0 +1,67 @@
+import PeregrineConfig
+
+/// A `<virtual-mta NAME>`: a sending identity (bind address and EHLO name)
+/// with optional per-domain overrides nested inside it.
+public struct VirtualMTASettings: Hashable, Sendable {
+    public var name: String
+    /// `smtp-source-host IP HOSTNAME`: the numeric bind address.
+    public var sourceIP: String?
+    /// `smtp-source-host IP HOSTNAME`: the name said in EHLO.
+    public var hostName: String?
+    /// Nested `<domain>` blocks, in file order.
+    public var domains: [DomainBlock]
+    public var location: ConfigLocation?
+
+    public init(name: String, sourceIP: String? = nil, hostName: String? = nil,
+                domains: [DomainBlock] = [], location: ConfigLocation? = nil) {
+        self.name = name
+        self.sourceIP = sourceIP
+        self.hostName = hostName
+        self.domains = domains
+        self.location = location
+    }
+}
+
+/// A `<virtual-mta-pool NAME>`: VMTAs used round-robin per message.
+public struct VirtualMTAPool: Hashable, Sendable {
+    public var name: String
+    /// `virtual-mta NAME` lines, in file order (checked to name VMTAs at load).
+    public var members: [String]
+    public var location: ConfigLocation?
+
+    public init(name: String, members: [String], location: ConfigLocation? = nil) {
+        self.name = name
+        self.members = members
+        self.location = location
+    }
+}
+
+/// One `<domain PATTERN>` block: which domains it covers and what it sets.
+public struct DomainBlock: Hashable, Sendable {
+    public enum Pattern: Hashable, Sendable, CustomStringConvertible {
+        /// `<domain *>`: every domain.
+        case any
+        /// `<domain gmail.com>` (lower-cased).
+        case name(String)
+        /// `<domain $NAME>`: every domain of `domain-macro NAME`.
+        case macro(String)
+
+        public var description: String {
+            switch self {
+            case .any: return "*"
+            case .name(let n): return n
+            case .macro(let m): return "$" + m
+            }
+        }
+    }
+
+    public var pattern: Pattern
+    public var overrides: DomainOverrides
+    public var location: ConfigLocation?
+
+    public init(pattern: Pattern, overrides: DomainOverrides, location: ConfigLocation? = nil) {
+        self.pattern = pattern
+        self.overrides = overrides
+        self.location = location
+    }
+}

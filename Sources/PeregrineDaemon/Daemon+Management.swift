@@ -1,0 +1,214 @@
+import Foundation
+import PeregrineIO
+import PeregrineHTTP
+
+/// The management API (JSON over HTTP on http-mgmt-port): what `peregrine ctl`
+/// talks to. Reads gather a snapshot from every loop through `execute`;
+/// actions are applied on each loop to the queues it owns.
+extension Daemon {
+    struct QueueSnapshot {
+        var queue: String, mode: String, paused: Bool, suspendedSeconds: Double, suspendReason: String
+        var ready: Int, delayed: Int, connections: Int
+        /// The max-msg-rate in force (backoff-max-msg-rate while in backoff).
+        var rate: String
+        var delivered: UInt64, bounced: UInt64, deferred: UInt64, lastReply: String
+        /// The MX site a rolled-up queue belongs to ("" when not rolled up); its
+        /// mode, suspension, connections and rate are the site's.
+        var site = ""
+        /// The queue's source IP while a pattern list has it disabled for the domain ("" otherwise).
+        var disabledSource = "", disabledSeconds: Double = 0
+        var json: [String: Any] {
+            ["queue": queue, "mode": mode, "paused": paused, "suspendedSeconds": suspendedSeconds,
+             "suspendReason": suspendReason, "ready": ready, "delayed": delayed, "connections": connections,
+             "rate": rate, "delivered": delivered, "bounced": bounced, "deferred": deferred, "lastReply": lastReply,
+             "site": site, "disabledSource": disabledSource, "disabledSeconds": disabledSeconds]
+        }
+    }
+
+    struct WorkerSnapshot {
+        var received: UInt64 = 0, delivered: UInt64 = 0, bounced: UInt64 = 0, deferrals: UInt64 = 0
+        var queueDeferrals: UInt64 = 0, injectionConnections: UInt64 = 0, openInjections = 0
+        var outboundConnections = 0
+        var queues: [QueueSnapshot] = []
+    }
+
+    /// Collects one snapshot per worker, then calls `done` on worker 0's loop.
+    func gather(_ done: @escaping ([WorkerSnapshot]) -> Void) {
+        // Both only ever touched on worker 0's loop (the replies are handed there).
+        let results = LoopConfined([WorkerSnapshot?](repeating: nil, count: workers.count))
+        let remaining = LoopConfined(workers.count)
+        let home = workers[0]
+        for w in workers {
+            w.loop.execute {
+                let now = w.loop.now
+                var s = WorkerSnapshot(received: w.received, delivered: w.delivered, bounced: w.bounced,
+                                       deferrals: w.deferrals, queueDeferrals: w.queueDeferrals,
+                                       injectionConnections: w.injectionConnections, openInjections: w.openInjections,
+                                       outboundConnections: w.engine.connectionCount)
+                for q in w.engine.queues.values.sorted(by: { $0.key < $1.key }) {
+                    let suspended = q.suspendedUntil > now ? Double(q.suspendedUntil - now) / 1e9 : 0
+                    s.queues.append(QueueSnapshot(queue: q.key.description, mode: q.mode.rawValue, paused: q.isPaused,
+                                                  suspendedSeconds: suspended, suspendReason: suspended > 0 ? q.suspendReason : "",
+                                                  ready: q.readyRecipients, delayed: q.delayedRecipients,
+                                                  connections: q.connections,
+                                                  rate: q.throttle.policy.maxMsgRate(inBackoff: q.isBackoff).description,
+                                                  delivered: q.delivered, bounced: q.bounced,
+                                                  deferred: q.deferred, lastReply: q.lastReply,
+                                                  site: q.site?.key.description ?? ""))
+                    if let until = w.engine.sourceDisabledUntil(q.key) {
+                        s.queues[s.queues.count - 1].disabledSource =
+                            w.policies.virtualMTA(named: q.key.vmta)?.sourceAddress?.ip ?? q.key.vmta
+                        s.queues[s.queues.count - 1].disabledSeconds = Double(until - now) / 1e9
+                    }
+                }
+                let snapshot = LoopConfined(s)
+                home.loop.execute {
+                    results.value[w.index] = snapshot.value
+                    remaining.value -= 1
+                    if remaining.value == 0 { done(results.value.compactMap { $0 }) }
+                }
+            }
+        }
+    }
+
+    /// Applies `action` on every loop; `done` gets the summed count on worker 0's loop.
+    func broadcast(_ action: @escaping (LoopWorker<Loop>) -> Int, _ done: @escaping (Int) -> Void) {
+        let total = LoopConfined(0), remaining = LoopConfined(workers.count)
+        let home = workers[0]
+        for w in workers {
+            w.loop.execute {
+                let n = action(w)
+                home.loop.execute {
+                    total.value += n
+                    remaining.value -= 1
+                    if remaining.value == 0 { done(total.value) }
+                }
+            }
+        }
+    }
+
+    func handleManagement(_ request: HTTPRequest, respond: @escaping (HTTPResponse) -> Void) {
+        // http-access: monitor may read, admin may also act; with no rules only loopback is admin.
+        // Under the lock: a SIGHUP reload assigns `config` on a Dispatch
+        // thread, and an unlocked copy racing that store can over-release the
+        // old config (its regexes were then freed twice: a crash in regfree).
+        let current = currentConfig
+        let level = request.remoteAddress.map { current.httpAccessLevel(forIP: $0.ip) } ?? .none
+        if level == .none {
+            respond(.error(403, "access denied for \(request.remoteAddress?.ip ?? "unknown client") (http-access)"))
+            return
+        }
+        if request.method != "GET" && request.method != "HEAD" && level != .admin {
+            respond(.error(403, "monitor access is read-only (http-access)"))
+            return
+        }
+        switch (request.method, request.path) {
+        case ("GET", "/status"):
+            gather { snaps in respond(Self.json(self.statusJSON(snaps))) }
+        case ("GET", "/queues"), ("GET", "/topqueues"):
+            let top = request.path == "/topqueues"
+            gather { snaps in
+                var queues = snaps.flatMap(\.queues)
+                if top {
+                    queues.sort { ($0.ready + $0.delayed) > ($1.ready + $1.delayed) }
+                    queues = Array(queues.prefix(20))
+                }
+                respond(Self.json(["queues": queues.map(\.json)]))
+            }
+        case ("GET", "/metrics"):
+            gather { snaps in respond(self.metrics(snaps).response) }
+        case ("POST", "/reload"):
+            // Answered once every loop runs on the new settings (on this loop: worker 0's).
+            let reply = LoopConfined(respond)
+            if case .failure(let e) = reload({ reply.value(Self.json(["reloaded": true])) }) {
+                respond(.error(400, "\(e)"))
+            }
+        case ("POST", let path) where path.hasPrefix("/queues/"):
+            let verb = String(path.dropFirst("/queues/".count))
+            let params = Self.parameters(request)
+            guard let pattern = params["queue"], !pattern.isEmpty else {
+                respond(.error(400, "missing 'queue' (domain/vmta, * allowed)"))
+                return
+            }
+            let action: (LoopWorker<Loop>) -> Int
+            switch verb {
+            case "pause": action = { $0.engine.pause(pattern) }
+            case "resume": action = { $0.engine.resume(pattern) }
+            case "schedule": action = { $0.engine.schedule(pattern) }
+            case "delete": action = { $0.engine.delete(pattern) }
+            case "set-mode":
+                guard let mode = params["mode"], mode == "normal" || mode == "backoff" else {
+                    respond(.error(400, "set-mode needs mode=normal or mode=backoff"))
+                    return
+                }
+                action = { $0.engine.setMode(pattern, backoff: mode == "backoff") }
+            default:
+                respond(.notFound(path))
+                return
+            }
+            broadcast(action) { n in respond(Self.json(["queue": pattern, "action": verb, "matched": n])) }
+        default:
+            respond(.notFound(request.path))
+        }
+    }
+
+    private func statusJSON(_ snaps: [WorkerSnapshot]) -> [String: Any] {
+        let queues = snaps.flatMap(\.queues)
+        func sum(_ f: (WorkerSnapshot) -> UInt64) -> UInt64 { snaps.reduce(0) { $0 + f($1) } }
+        let uptime = uptimeSeconds
+        let delivered = sum(\.delivered)
+        return [
+            "version": "peregrine 0.1",
+            "backend": Loop.kind.rawValue,
+            "threads": workers.count,
+            "uptimeSeconds": uptime,
+            "received": sum(\.received),
+            "delivered": delivered,
+            "bounced": sum(\.bounced),
+            "deferrals": sum(\.deferrals),
+            "queueDeferrals": sum(\.queueDeferrals),
+            "deliveredPerSecond": uptime > 0 ? Double(delivered) / uptime : 0,
+            "connections": ["inbound": snaps.reduce(0) { $0 + $1.openInjections },
+                            "outbound": snaps.reduce(0) { $0 + $1.outboundConnections },
+                            "inboundTotal": sum(\.injectionConnections)],
+            "queued": ["queues": queues.count, "ready": queues.reduce(0) { $0 + $1.ready },
+                       "delayed": queues.reduce(0) { $0 + $1.delayed }],
+        ]
+    }
+
+    private func metrics(_ snaps: [WorkerSnapshot]) -> PrometheusText {
+        var p = PrometheusText()
+        func sum(_ f: (WorkerSnapshot) -> UInt64) -> UInt64 { snaps.reduce(0) { $0 + f($1) } }
+        p.counter("peregrine_received_total", help: "Messages accepted for delivery", value: sum(\.received))
+        p.counter("peregrine_delivered_total", help: "Recipients delivered", value: sum(\.delivered))
+        p.counter("peregrine_bounced_total", help: "Recipients bounced", value: sum(\.bounced))
+        p.counter("peregrine_deferrals_total", help: "Transient failures", value: sum(\.deferrals))
+        for q in snaps.flatMap(\.queues) {
+            let labels = [("queue", q.queue)]
+            p.gauge("peregrine_queue_ready", help: "Recipients ready per queue", value: q.ready, labels: labels)
+            p.gauge("peregrine_queue_delayed", help: "Recipients waiting for a retry per queue", value: q.delayed, labels: labels)
+            p.gauge("peregrine_queue_connections", help: "Open connections per queue", value: q.connections, labels: labels)
+            p.gauge("peregrine_queue_backoff", help: "1 while the queue is in backoff mode", value: q.mode == "backoff" ? 1 : 0,
+                    labels: labels)
+        }
+        return p
+    }
+
+    static func parameters(_ request: HTTPRequest) -> [String: String] {
+        var out = request.queryParameters
+        if !request.body.isEmpty,
+           let object = try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any] {
+            for (k, v) in object { out[k] = "\(v)" }
+        } else {
+            for (k, v) in request.formParameters { out[k] = v }
+        }
+        return out
+    }
+
+    static func json(_ object: [String: Any]) -> HTTPResponse {
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else {
+            return .error(500, "cannot encode JSON")
+        }
+        return .json(String(decoding: data, as: UTF8.self))
+    }
+}

@@ -1,0 +1,375 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Dispatch
+import PeregrineIO
+import PeregrineSMTP
+import PeregrineTLS
+import PeregrineConfig
+import PeregrineHTTP
+import PeregrineSpool
+import PeregrineAccounting
+import PeregrineEngine
+
+/// The `peregrine run` daemon: recovers the spool, starts one worker per
+/// thread (each owning an event loop of the chosen backend), listens, delivers,
+/// serves the management API, and shuts down cleanly on SIGTERM.
+public final class Daemon<Loop: EventLoop> {
+    public struct Options: Sendable {
+        public var configPath: String
+        public var threads: Int
+        public var log: @Sendable (String) -> Void = { fputs("peregrine: \($0)\n", stderr) }
+        public init(configPath: String, threads: Int) { self.configPath = configPath; self.threads = threads }
+    }
+
+    public let options: Options
+    public private(set) var config: PeregrineConfig
+    public let accounting: AccountingLog
+    public let hostName: String
+    /// STARTTLS / implicit TLS on injection (`smtp-server-tls-certificate`); nil: none.
+    /// Rebuilt from the files on reload; each worker holds its own copy of the
+    /// reference (see `LoopWorker.serverTLSContext`), so connections never
+    /// take this lock.
+    public var serverTLSContext: TLSContext? { lock.withLock { currentServerTLSContext } }
+    /// `config` read under the lock, for readers on a loop thread (reload may run on another).
+    var currentConfig: PeregrineConfig { lock.withLock { config } }
+    private var currentServerTLSContext: TLSContext?
+    /// The `tls=yes` listeners started with (listeners keep their start-up values).
+    let implicitTLSListeners: [SocketAddress]
+    /// STARTTLS on delivery: one client context for every loop (session resumption per MX).
+    public let clientTLSContext: TLSContext?
+    public private(set) var workers: [LoopWorker<Loop>] = []
+    private var threads: [Thread] = []
+    private var management: ManagementServer<Loop>?
+    private var signalSources: [DispatchSourceSignal] = []
+    private let startedAt = monotonicNanoseconds()
+    private var shuttingDown = false
+    private let exited = DispatchSemaphore(value: 0)
+    private var pendingStops = 0
+    private let lock = NSLock()
+    /// One reload at a time (SIGHUP and POST /reload may race), so every loop
+    /// receives the reloads in the same order.
+    private let reloadLock = NSLock()
+
+    public init(config: PeregrineConfig, options: Options) throws {
+        self.config = config
+        self.options = options
+        self.hostName = config.hostName ?? ConfigPolicySource.systemHostName()
+        self.currentServerTLSContext = try config.serverTLS?.makeContext()
+        self.implicitTLSListeners = config.implicitTLSListeners
+        // System CAs so `tls-verify-hostname yes` can verify; without them, no verification.
+        self.clientTLSContext = (try? TLSContext.client(trustStore: .system)) ?? (try? TLSContext.client())
+        var writers: [AccountingWriter] = []
+        for file in config.accountingFiles {
+            writers.append(try AccountingWriter(options: file))
+        }
+        self.accounting = AccountingLog(writers: writers)
+    }
+
+    func log(_ line: String) { options.log(line) }
+
+    // MARK: Sharding
+
+    /// The worker that owns a queue: a stable hash of its name, so a queue's
+    /// throttles live on exactly one loop. A rolled-up queue (mx-rollup) is
+    /// hashed by its VMTA alone: its MX site is only known after DNS, and every
+    /// queue that may share a site must live on the loop that owns the site.
+    /// `asking` is the worker calling (its policy cache answers mx-rollup).
+    func owner(of key: QueueKey, asking: LoopWorker<Loop>) -> LoopWorker<Loop> {
+        guard workers.count > 1 else { return workers[0] }
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        // A pooled VMTA's queues for a domain share a loop with the other
+        // members' (disable-source-ip moves mail between them on that loop).
+        let vmtaGroup = asking.policies.pool(ofVMTA: key.vmta).map { "pool:\($0.name)" } ?? key.vmta
+        let name = asking.policies.policy(for: key).mxRollup ? "mx-rollup/\(vmtaGroup)" : "\(key.domain)/\(vmtaGroup)"
+        for b in name.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return workers[Int(h % UInt64(workers.count))]
+    }
+
+    func worker(forStream stream: Int) -> LoopWorker<Loop> { workers[stream % workers.count] }
+
+    /// Hands a durable message's recipients to the workers owning their queues
+    /// (called on `caller`'s loop, the loop of the message's spool stream).
+    func dispatch(_ message: QueuedMessage, from caller: LoopWorker<Loop>) {
+        var byOwner: [Int: [Int]] = [:]
+        for (i, r) in message.recipients.enumerated() where message.states[i] == .pending {
+            let key = QueueKey(domain: r.domain, vmta: message.vmta)
+            byOwner[owner(of: key, asking: caller).index, default: []].append(i)
+        }
+        for (ownerIndex, rcpts) in byOwner {
+            let w = workers[ownerIndex]
+            // Each owner gets its own copy: a message object is only ever touched by one loop.
+            let part = byOwner.count == 1 ? message : message.part(keeping: rcpts)
+            // Callers run on the loop of the message's spool stream.
+            if w === worker(forStream: message.stream) {
+                w.engine.submit(part, recipients: rcpts, vmta: part.vmta)
+            } else {
+                w.loop.execute { w.engine.submit(part, recipients: rcpts, vmta: part.vmta) }
+            }
+        }
+    }
+
+    // MARK: Running
+
+    /// Runs until SIGTERM/SIGINT; returns the exit status.
+    public func run() -> Int32 {
+        Posix.ignoreSIGPIPE()
+        let spoolDir = config.spoolPath
+        do {
+            try FileManager.default.createDirectory(atPath: spoolDir, withIntermediateDirectories: true)
+        } catch {
+            log("cannot create spool directory \(spoolDir): \(error)")
+            return 1
+        }
+        let recovered: [SpoolStreamRecovery]
+        switch SpoolRecovery.recoverAll(spoolDirectory: spoolDir, log: { [options] in options.log("spool: \($0)") }) {
+        case .success(let r): recovered = r
+        case .failure(let e):
+            log("spool recovery failed: \(e)")
+            return 1
+        }
+        let n = max(1, options.threads)
+        // Loops are created on their own threads (io_uring's single-issuer rings
+        // belong to the thread that runs them); each signals when it is ready.
+        let ready = DispatchSemaphore(value: 0)
+        let creationErrors = Locked<[String]>([])
+        let loops = Locked([Loop?](repeating: nil, count: n))
+        for i in 0..<n {
+            let t = Thread { [self] in
+                do {
+                    let loop = try Loop()
+                    loops.withLock { $0[i] = loop }
+                    ready.signal()
+                    loop.run()
+                } catch {
+                    creationErrors.withLock { $0.append("\(error)") }
+                    ready.signal()
+                    return
+                }
+                self.loopExited()
+            }
+            t.name = "peregrine-loop-\(i)"
+            threads.append(t)
+            t.start()
+        }
+        for _ in 0..<n { ready.wait() }
+        let created = loops.withLock { $0 }
+        let failures = creationErrors.withLock { $0 }
+        guard failures.isEmpty else {
+            log("cannot start the \(Loop.kind) backend: \(failures.joined(separator: "; "))")
+            for l in created { l?.stop() }
+            return 1
+        }
+        workers = created.enumerated().compactMap { i, l in l.map { LoopWorker(index: i, loop: $0, daemon: self, config: config,
+                                                                      serverTLSContext: currentServerTLSContext) } }
+        pendingStops = workers.count
+
+        // Set up each worker on its own loop, then wait for all of them.
+        let setupDone = DispatchSemaphore(value: 0)
+        let setupErrors = Locked<[String]>([])
+        let streamsByWorker = Dictionary(grouping: recovered.indices) { streamIndex(of: recovered[$0]) % n }
+        for w in workers {
+            let mine = streamsByWorker[w.index] ?? []
+            w.loop.execute { [self] in
+                do {
+                    try self.setUp(w, recovered: mine.map { recovered[$0] })
+                } catch {
+                    setupErrors.withLock { $0.append("loop \(w.index): \(error)") }
+                }
+                setupDone.signal()
+            }
+        }
+        for _ in workers { setupDone.wait() }
+        let setupFailures = setupErrors.withLock { $0 }
+        if !setupFailures.isEmpty {
+            for e in setupFailures { log(e) }
+            for w in workers { w.loop.stop() }
+            return 1
+        }
+        // Re-queue what the spool still holds, now that every engine exists.
+        for w in workers {
+            w.loop.execute { [self] in self.requeueRecovered(on: w, recovered: recovered) }
+        }
+        installSignalHandlers()
+        let addresses = workers.first?.listenerAddresses.map(\.description).joined(separator: ", ") ?? ""
+        var line = "running: backend \(Loop.kind), \(workers.count) loop(s), listening on \(addresses)"
+        if let m = management?.boundAddress { line += ", management on \(m)" }
+        log(line)
+        exited.wait()
+        accounting.close()
+        log("stopped")
+        return 0
+    }
+
+    private func streamIndex(of r: SpoolStreamRecovery) -> Int {
+        // recoverAll lists only names streamNumber accepts (never negative, so `% n` is an index).
+        SpoolRecovery.streamNumber(directoryName: (r.directory as NSString).lastPathComponent) ?? 0
+    }
+
+    private func setUp(_ w: LoopWorker<Loop>, recovered: [SpoolStreamRecovery]) throws {
+        var options = SpoolWriterOptions(maxCommitDelay: 0, loopIndex: w.index)
+        options.loopIndex = w.index
+        let primaryDir = config.spoolPath + "/loop-\(w.index)"
+        let own = recovered.first { streamIndex(of: $0) == w.index }
+        w.spools[w.index] = try SpoolWriter(loop: w.loop, directory: primaryDir, recovered: own, options: options)
+        for r in recovered where streamIndex(of: r) != w.index {
+            var o = options
+            o.loopIndex = streamIndex(of: r) & 0xFF
+            w.spools[streamIndex(of: r)] = try SpoolWriter(loop: w.loop, directory: r.directory, recovered: r, options: o)
+        }
+        let resolver = DaemonResolver(loop: w.loop, servers: config.dnsServers)
+        let router = DaemonRouter(policies: w.policies, mxLookup: resolver.mxLookup, addressLookup: resolver.addressLookup)
+        w.setUp(router: router)
+        accounting.startPeriodicFlush(on: w.loop)
+        let listeners = config.smtpListeners.isEmpty ? [try SocketAddress(ip: "0.0.0.0", port: 25)] : config.smtpListeners
+        try w.startListening(on: listeners, reusePort: workers.count > 1)
+        if w.index == 0, let mgmt = config.httpManagement {
+            let server = ManagementServer(loop: w.loop, options: .init(address: mgmt)) { [unowned self] request, respond in
+                self.handleManagement(request, respond: respond)
+            }
+            try server.start()
+            management = server
+        }
+    }
+
+    private func requeueRecovered(on w: LoopWorker<Loop>, recovered: [SpoolStreamRecovery]) {
+        var count = 0
+        for r in recovered where worker(forStream: streamIndex(of: r)) === w {
+            let stream = streamIndex(of: r)
+            for m in r.messages where m.states.pendingCount > 0 {
+                let message = w.makeMessage(id: m.id, envelope: m.envelope, stream: stream, size: m.location.bodyLength,
+                                            recordLength: Int(m.location.recordLength), receivedAt: w.loop.now,
+                                            states: m.states)
+                dispatch(message, from: w)
+                count += 1
+            }
+        }
+        if count > 0 { log("loop \(w.index): re-queued \(count) message(s) from the spool") }
+    }
+
+    // MARK: Shutdown and reload
+
+    private func installSignalHandlers() {
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [unowned self] in
+                if sig == SIGHUP { self.reload() } else { self.shutdown(reason: sig == SIGTERM ? "SIGTERM" : "SIGINT") }
+            }
+            source.resume()
+            signalSources.append(source)
+        }
+    }
+
+    /// Stops accepting, lets in-flight deliveries finish, flushes the spool and
+    /// accounting, and stops every loop. Thread-safe, idempotent. `reason` (the
+    /// signal) goes into the log line: a daemon that stopped unasked must be
+    /// told apart from one that crashed.
+    public func shutdown(reason: String? = nil) {
+        lock.lock()
+        if shuttingDown { lock.unlock(); return }
+        shuttingDown = true
+        lock.unlock()
+        log(reason.map { "shutting down (\($0))" } ?? "shutting down")
+        for w in workers {
+            w.loop.execute { [self] in
+                w.stopListening()
+                if w.index == 0 { management?.stop() }
+                // Injection sessions waiting for a durable 250 get it; the rest are closed after the engine stops.
+                w.engine.shutdown {
+                    w.closeInjections()
+                    self.flushAndStop(w)
+                }
+            }
+        }
+    }
+
+    private func flushAndStop(_ w: LoopWorker<Loop>) {
+        var remaining = w.spools.count
+        if remaining == 0 { w.loop.stop(); return }
+        for spool in w.spools.values {
+            spool.flush { _ in
+                remaining -= 1
+                if remaining == 0 { w.loop.stop() }
+            }
+        }
+    }
+
+    func injectionClosed(on w: LoopWorker<Loop>) {}
+
+    private func loopExited() {
+        lock.lock()
+        pendingStops -= 1
+        let last = pendingStops == 0
+        lock.unlock()
+        if last { exited.signal() }
+    }
+
+    /// Re-reads the config file and applies domain, pattern-list and VMTA
+    /// settings to every loop without dropping connections, and re-reads the
+    /// server TLS certificate and key (renewed certificates need no restart):
+    /// new connections get the new context, open ones keep theirs. All or
+    /// nothing: a config or TLS file that fails leaves everything running as
+    /// it was. Listeners, spool and threads keep their start-up values.
+    /// `applied` runs on worker 0's loop once every loop has switched (the
+    /// "reloaded" line is logged then), so a caller that waits for it knows
+    /// every new connection sees the new settings.
+    @discardableResult
+    public func reload(_ applied: @escaping @Sendable () -> Void = {}) -> Result<Void, ConfigError> {
+        reloadLock.lock()
+        defer { reloadLock.unlock() }
+        let newConfig: PeregrineConfig
+        let newTLS: TLSContext?
+        do {
+            newConfig = try PeregrineConfig.load(path: options.configPath)
+            newTLS = try makeServerTLSContext(for: newConfig)
+        } catch {
+            log("reload failed, keeping the running config: \(error)")
+            return .failure(error)
+        }
+        lock.lock(); config = newConfig; currentServerTLSContext = newTLS; lock.unlock()
+        var line = "reloaded \(options.configPath)"
+        if let tls = newConfig.serverTLS { line += " (TLS certificate \(tls.certificateFile) re-read)" }
+        let done = line
+        // Counted on worker 0's loop only, like the management API's gather.
+        let remaining = LoopConfined(workers.count)
+        guard let home = workers.first else {
+            // Not running yet (no loops): the new config is what run() will start with.
+            log(done)
+            applied()
+            return .success(())
+        }
+        for w in workers {
+            w.loop.execute {
+                w.policies.reload(newConfig)
+                w.serverTLSContext = newTLS
+                w.engine.reloadPolicies()
+                home.loop.execute {
+                    remaining.value -= 1
+                    if remaining.value == 0 {
+                        self.log(done)
+                        applied()
+                    }
+                }
+            }
+        }
+        return .success(())
+    }
+
+    var uptimeSeconds: Double { Double(monotonicNanoseconds() - startedAt) / 1e9 }
+}
+
+extension QueuedMessage {
+    /// A copy for another loop holding only `recipients` as pending (the others
+    /// belong to other loops' queues and are marked final in this copy only).
+    func part(keeping recipients: [Int]) -> QueuedMessage {
+        let keep = Set(recipients)
+        let s: [RecipientState] = (0..<self.recipients.count).map { keep.contains($0) ? states[$0] : .delivered }
+        let copy = QueuedMessage(id: id, sender: sender, recipients: self.recipients, vmta: vmta, jobId: jobId, envId: envId,
+                                 receivedAtWall: receivedAtWall, receivedAt: receivedAt, bodySize: bodySize,
+                                 recordLength: recordLength, stream: stream, states: s)
+        copy.pool = pool
+        return copy
+    }
+}

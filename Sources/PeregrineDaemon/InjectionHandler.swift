@@ -1,0 +1,147 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PeregrineIO
+import PeregrineSMTP
+import PeregrineTransport
+import PeregrineSpool
+import PeregrineEngine
+
+/// The policy side of one injection connection: relay control by `<source>`,
+/// the body collected into an owned buffer, header processing
+/// (X-Virtual-MTA, X-Job, Received) and the durable hand-off to the spool at
+/// end of DATA. The `250` is sent only after the spool's fsync covering the
+/// message completed (principle 5).
+final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerConnectionHandler {
+    unowned let worker: LoopWorker<Loop>
+    let peer: SocketAddress
+    let source: SourceSettings
+    var connection: SMTPServerConnection<Loop>?
+    private let body = OwnedBuffer(capacity: 8192)
+    private let assembled = OwnedBuffer(capacity: 8192)
+    private var sawMessageTooBig = false
+
+    init(worker: LoopWorker<Loop>, peer: SocketAddress, source: SourceSettings) {
+        self.worker = worker
+        self.peer = peer
+        self.source = source
+    }
+
+    func smtpSession(_ session: SMTPServerSession, decide request: SMTPServerRequest) -> SMTPServerDecision {
+        switch request {
+        case .connection:
+            if !source.smtpService {
+                return .reply(SMTPReply(code: 554, enhancedCode: EnhancedStatusCode(5, 7, 1),
+                                        "no SMTP service for \(peer.ip)"))
+            }
+            return .accept
+        case .rcptTo(let rcpt):
+            if !source.alwaysAllowRelaying && session.authenticatedUser == nil {
+                return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
+                                        "relaying denied for \(peer.ip)"))
+            }
+            guard let at = rcpt.forwardPath.lastIndex(of: "@"), rcpt.forwardPath.index(after: at) < rcpt.forwardPath.endIndex else {
+                return .reply(SMTPReply(code: 501, enhancedCode: EnhancedStatusCode(5, 1, 3),
+                                        "recipient address must have a domain"))
+            }
+            return .accept
+        case .endOfData:
+            return finishMessage(session)
+        case .auth:
+            // No user database yet: authentication is refused rather than pretended.
+            return .reply(SMTPReply(code: 535, enhancedCode: EnhancedStatusCode(5, 7, 8), "authentication not available"))
+        case .startTLS:
+            // Advertised only when smtp-server-tls-certificate/-key are configured.
+            guard connection?.tlsContext != nil else {
+                return .reply(SMTPReply(code: 454, enhancedCode: EnhancedStatusCode(4, 7, 0), "TLS not available"))
+            }
+            return .accept
+        case .helo, .mailFrom:
+            return .accept
+        }
+    }
+
+    func smtpSession(_ session: SMTPServerSession, didReceiveBodyChunk chunk: UnsafeRawBufferPointer) {
+        body.append(chunk)
+    }
+
+    func smtpSessionDidAbortTransaction(_ session: SMTPServerSession) {
+        body.clear()
+    }
+
+    private func finishMessage(_ session: SMTPServerSession) -> SMTPServerDecision {
+        let transaction = session.transaction
+        guard let mail = transaction.mailFrom, !transaction.recipients.isEmpty else {
+            body.clear()
+            return .reply(SMTPReply(code: 503, enhancedCode: EnhancedStatusCode(5, 5, 1), "no valid recipients"))
+        }
+        let bytes = body.bytes
+        let headers = HeaderSection(bytes)
+        var jobID = ""
+        var vmtaName = source.defaultVirtualMTA ?? worker.defaultVMTA
+        var drop: [Range<Int>] = []
+        if source.processXVirtualMTA, let f = headers.first(named: "X-Virtual-MTA", in: bytes) {
+            vmtaName = HeaderSection.string(f.value, in: bytes)
+            for field in headers.all(named: "X-Virtual-MTA", in: bytes) { drop.append(field.range) }
+        }
+        if source.processXJob, let f = headers.first(named: "X-Job", in: bytes) {
+            jobID = HeaderSection.string(f.value, in: bytes)
+        }
+        guard let vmta = worker.pickVMTA(vmtaName) else {
+            body.clear()
+            return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
+                                    "unknown virtual-mta or pool '\(vmtaName)'"))
+        }
+        // Final body: Received header, then the message without the dropped fields.
+        assembled.clear()
+        if source.addReceivedHeader {
+            let received = worker.receivedHeader(peer: peer, helo: session.helo?.domain ?? peer.ip, recipient:
+                transaction.recipients.count == 1 ? transaction.recipients[0].forwardPath : nil,
+                tls: connection?.tls?.isHandshakeComplete ?? false)
+            received.withUnsafeBytes { assembled.append($0) }
+        }
+        var cursor = 0
+        for r in drop.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if r.lowerBound > cursor { assembled.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<r.lowerBound])) }
+            cursor = max(cursor, r.upperBound)
+        }
+        if cursor < bytes.count { assembled.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<bytes.count])) }
+        body.clear()
+
+        let envelope = SpoolEnvelope(
+            sender: Array(mail.reversePath.utf8),
+            recipients: transaction.recipients.map {
+                SpoolRecipient(address: Array($0.forwardPath.utf8),
+                               orcpt: Array(($0.originalRecipient.map { "\($0.addressType);\($0.address)" } ?? "").utf8),
+                               notify: NotifyFlags(rawValue: $0.notify?.rawValue ?? 0))
+            },
+            vmta: Array(vmta.utf8), jobID: Array(jobID.utf8), envID: Array((mail.envelopeID ?? "").utf8),
+            receivedAt: wallClockMilliseconds())
+        let size = assembled.count
+        let pool = worker.policies.config.pool(named: vmtaName)?.name
+        worker.accept(envelope: envelope, body: assembled.bytes, peer: peer, pool: pool) { [weak self] result in
+            guard let self, let connection = self.connection else { return }
+            switch result {
+            case .success(let id):
+                connection.completeMessage(SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(2, 0, 0),
+                                                     "OK id=\(id) size=\(size)"))
+            case .failure(let error):
+                connection.completeMessage(SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 3, 0),
+                                                     "local error in processing: \(error)"))
+            }
+        }
+        return .pending
+    }
+}
+
+/// An RFC 5322 date-time in UTC, e.g. "Sun, 29 Nov 2026 08:41:36 +0000" (Received headers).
+func rfc5322Date(_ seconds: Int64) -> String {
+    var t = time_t(seconds)
+    var tm = tm()
+    gmtime_r(&t, &tm)
+    let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    let day = days[Int(tm.tm_wday) % 7], month = months[Int(tm.tm_mon) % 12]
+    return "\(day), \(tm.tm_mday) \(month) \(tm.tm_year + 1900) \(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec)) +0000"
+}

@@ -1,0 +1,279 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PeregrineIO
+import PeregrineSMTP
+import PeregrineTLS
+import PeregrineTransport
+import PeregrineSpool
+import PeregrineAccounting
+import PeregrineEngine
+
+/// Everything one event loop owns (principle 4): its spool stream(s), its
+/// injection listener, the delivery queues sharded to it, and their
+/// connections. Other workers reach it only through `loop.execute`.
+public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySource {
+    public let index: Int
+    public let loop: Loop
+    unowned let daemon: Daemon<Loop>
+    let policies: ConfigPolicySource
+    /// The server TLS context new injection connections use (nil: no TLS).
+    /// Only touched on this loop: a reload swaps it through `loop.execute`,
+    /// and a connection keeps the context it started with (it holds a
+    /// reference, as does OpenSSL's `SSL` on its `SSL_CTX`).
+    var serverTLSContext: TLSContext?
+    private(set) var engine: DeliveryEngine<Loop>!
+    /// Spool writers by global stream number (this worker's own, plus any
+    /// left from a run with more threads).
+    var spools: [Int: SpoolWriter<Loop>] = [:]
+    private var listeners: [Listener] = []
+    private var injections: [ObjectIdentifier: SMTPServerConnection<Loop>] = [:]
+    private var poolCursor: [String: Int] = [:]
+    let defaultVMTA: String
+
+    // Counters (read by the management API on this loop).
+    var received: UInt64 = 0
+    var delivered: UInt64 = 0
+    var bounced: UInt64 = 0
+    var deferrals: UInt64 = 0
+    var queueDeferrals: UInt64 = 0
+    var injectionConnections: UInt64 = 0
+
+    init(index: Int, loop: Loop, daemon: Daemon<Loop>, config: PeregrineConfig, serverTLSContext: TLSContext?) {
+        self.index = index
+        self.loop = loop
+        self.daemon = daemon
+        self.policies = ConfigPolicySource(config: config)
+        self.serverTLSContext = serverTLSContext
+        self.defaultVMTA = config.virtualMTAs.first?.name ?? ConfigPolicySource.defaultVMTAName
+    }
+
+    /// Builds the engine; `router` comes from the daemon (DNS client on this loop).
+    func setUp(router: DeliveryRouter) {
+        engine = DeliveryEngine(loop: loop, policies: policies, router: router, bodySource: self, observer: self)
+        engine.tls.context = daemon.clientTLSContext
+    }
+
+    var primarySpool: SpoolWriter<Loop>? { spools[index] }
+
+    // MARK: Injection
+
+    func startListening(on addresses: [SocketAddress], reusePort: Bool) throws(IOError) {
+        for address in addresses {
+            let implicitTLS = policies.config.implicitTLSListeners.contains(address)
+            let l = try loop.listen(on: address, options: ListenOptions(backlog: 1024, reusePort: reusePort)) { [unowned self] r in
+                switch r {
+                case .success(let c): self.accepted(c, implicitTLS: implicitTLS)
+                case .failure(let e): self.daemon.log("accept on \(address): \(e)")
+                }
+            }
+            listeners.append(l)
+        }
+    }
+
+    var listenerAddresses: [SocketAddress] { listeners.map(\.address) }
+
+    func stopListening() {
+        for l in listeners { loop.closeListener(l) }
+        listeners.removeAll()
+    }
+
+    private func accepted(_ c: AcceptedConnection, implicitTLS: Bool) {
+        let config = policies.config
+        let source = config.source(for: c.peer)
+        var sessionConfig = SMTPServerConfiguration(hostname: daemon.hostName)
+        sessionConfig.banner = "ESMTP Peregrine"
+        if source.maxMessageSize > 0 { sessionConfig.maxMessageSize = source.maxMessageSize }
+        let tlsContext = serverTLSContext
+        sessionConfig.startTLSEnabled = tlsContext != nil && !implicitTLS
+        let handler = InjectionHandler(worker: self, peer: c.peer, source: source)
+        let session = SMTPServerSession(configuration: sessionConfig, delegate: handler)
+        let connection = SMTPServerConnection(loop: loop, socket: c.socket, session: session)
+        connection.tlsContext = tlsContext
+        connection.implicitTLS = implicitTLS && tlsContext != nil
+        connection.handler = handler
+        handler.connection = connection
+        injectionConnections += 1
+        let key = ObjectIdentifier(connection)
+        injections[key] = connection
+        connection.onClose = { [unowned self, unowned handler] _ in
+            handler.connection = nil
+            self.injections[key] = nil
+            self.daemon.injectionClosed(on: self)
+        }
+        connection.start()
+    }
+
+    var openInjections: Int { injections.count }
+
+    func closeInjections() {
+        for c in injections.values { c.close() }
+    }
+
+    /// Picks the VMTA for a message: a pool rotates through its members per message.
+    func pickVMTA(_ name: String) -> String? {
+        let config = policies.config
+        let key = name.lowercased()
+        if let pool = config.pool(named: key), !pool.members.isEmpty {
+            let i = poolCursor[key, default: 0]
+            poolCursor[key] = i &+ 1
+            return pool.members[i % pool.members.count]
+        }
+        if config.virtualMTA(named: key) != nil { return key }
+        if key == ConfigPolicySource.defaultVMTAName && config.virtualMTAs.isEmpty { return key }
+        return nil
+    }
+
+    func receivedHeader(peer: SocketAddress, helo: String, recipient: String?, tls: Bool = false) -> [UInt8] {
+        // RFC 3848: ESMTPS when the message came over TLS.
+        var h = "Received: from \(helo) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with \(tls ? "ESMTPS" : "ESMTP")"
+        if let r = recipient { h += "\r\n\tfor <\(r)>" }
+        h += "; \(rfc5322Date(wallClockSeconds()))\r\n"
+        return Array(h.utf8)
+    }
+
+    /// Spools an injected message; `done` runs once it is durable (the 250) or failed.
+    func accept(envelope: SpoolEnvelope, body: UnsafeRawBufferPointer, peer: SocketAddress, pool: String? = nil,
+                _ done: @escaping (Result<MessageID, SpoolError>) -> Void) {
+        guard let spool = primarySpool else { done(.failure(.writerFailed("no spool stream on loop \(index)"))); return }
+        let receivedAt = loop.now
+        let size = body.count
+        var assignedID: MessageID?
+        assignedID = spool.append(envelope: envelope, body: body) { [unowned self] result in
+            switch result {
+            case .success(let location):
+                guard let id = assignedID else { return }
+                self.received += 1
+                let message = self.makeMessage(id: id, envelope: envelope, stream: self.index, size: size,
+                                               recordLength: Int(location.recordLength), receivedAt: receivedAt, states: nil)
+                message.pool = pool
+                self.logReceived(message, peer: peer)
+                self.daemon.dispatch(message, from: self)
+                done(.success(id))
+            case .failure(let e):
+                done(.failure(e))
+            }
+        }
+    }
+
+    func makeMessage(id: MessageID, envelope: SpoolEnvelope, stream: Int, size: Int, recordLength: Int,
+                     receivedAt: UInt64, states: RecipientStates?) -> QueuedMessage {
+        let recipients = envelope.recipients.map {
+            QueuedMessage.Recipient(address: String(decoding: $0.address, as: UTF8.self),
+                                    orcpt: $0.orcpt.isEmpty ? nil : String(decoding: $0.orcpt, as: UTF8.self),
+                                    notify: nil)
+        }
+        var s: [RecipientState]? = nil
+        if let states { s = (0..<recipients.count).map { states[$0] } }
+        let vmta = String(decoding: envelope.vmta, as: UTF8.self)
+        return QueuedMessage(id: id, sender: String(decoding: envelope.sender, as: UTF8.self), recipients: recipients,
+                             vmta: vmta.isEmpty ? defaultVMTA : vmta,
+                             jobId: envelope.jobID.isEmpty ? nil : String(decoding: envelope.jobID, as: UTF8.self),
+                             envId: envelope.envID.isEmpty ? nil : String(decoding: envelope.envID, as: UTF8.self),
+                             receivedAtWall: envelope.receivedAt / 1000, receivedAt: receivedAt, bodySize: size,
+                             recordLength: recordLength, stream: stream, states: s)
+    }
+
+    // MARK: Spool access for any worker (runs on this loop)
+
+    func recordOutcome(stream: Int, id: MessageID, recipient: Int, state: RecipientState) {
+        spools[stream]?.recordOutcome(id, recipient: recipient, state: state)
+    }
+
+    public func readBody(of message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
+                         _ done: @escaping (Result<UnsafeRawBufferPointer, IOError>) -> Void) {
+        let owner = daemon.worker(forStream: message.stream)
+        if owner === self {
+            readLocal(message, into: buffer, done)
+        } else {
+            // The buffer belongs to the asking connection until `done` runs back on its loop.
+            let me = self
+            let request = LoopConfined((buffer, done))
+            owner.loop.execute {
+                owner.readLocal(message, into: request.value.0) { result in
+                    let reply = LoopConfined(result)
+                    me.loop.execute { request.value.1(reply.value) }
+                }
+            }
+        }
+    }
+
+    func readLocal(_ message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
+                   _ done: @escaping (Result<UnsafeRawBufferPointer, IOError>) -> Void) {
+        guard let spool = spools[message.stream] else {
+            done(.failure(IOError(.invalidArgument("no spool stream \(message.stream)"), "readBody")))
+            return
+        }
+        spool.readBody(message.id, into: buffer) { result in
+            switch result {
+            case .success(let body): done(.success(body))
+            case .failure(let e): done(.failure(IOError(.invalidArgument("\(e)"), "readBody")))
+            }
+        }
+    }
+
+    // MARK: DeliveryObserver
+
+    private func outcome(_ message: QueuedMessage, _ recipient: Int, _ state: RecipientState) {
+        let stream = message.stream
+        let owner = daemon.worker(forStream: stream)
+        if owner === self {
+            recordOutcome(stream: stream, id: message.id, recipient: recipient, state: state)
+        } else {
+            let id = message.id
+            owner.loop.execute { owner.recordOutcome(stream: stream, id: id, recipient: recipient, state: state) }
+        }
+    }
+
+    public func delivered(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
+                          connection: DeliveryAttemptInfo) {
+        delivered += 1
+        outcome(message, recipient, .delivered)
+        daemon.accounting.log(record(.delivered, message, recipient, queue, reply, connection: connection, category: ""))
+    }
+
+    public func bounced(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
+                        category: String?, connection: DeliveryAttemptInfo?) {
+        bounced += 1
+        outcome(message, recipient, category == "message-expired" ? .expired : .bounced)
+        daemon.accounting.log(record(.bounced, message, recipient, queue, reply, connection: connection,
+                                     category: category ?? "other"))
+    }
+
+    public func deferred(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
+                         connection: DeliveryAttemptInfo?) {
+        deferrals += 1
+        daemon.accounting.log(record(.transient, message, recipient, queue, reply, connection: connection, category: ""))
+    }
+
+    public func queueDeferred(_ queue: DeliveryQueue, reason: String) {
+        queueDeferrals += 1
+        daemon.accounting.log(AccountingRecord(type: .transientQueue, timeLogged: wallClockSeconds(),
+                                               dsnAction: "delayed", dsnStatus: "4.4.1 (no answer from host)",
+                                               dsnDiag: reason, bounceCat: "no-answer-from-host",
+                                               vmta: queue.key.vmta, queue: queue.key.description))
+    }
+
+    public func messageCompleted(_ message: QueuedMessage) {}
+
+    public func sourceDisabled(_ queue: DeliveryQueue, until: UInt64, reason: String, movedTo: String?, recipientsMoved: Int) {
+        let seconds = until > loop.now ? (until - loop.now) / 1_000_000_000 : 0
+        let source = policies.virtualMTA(named: queue.key.vmta)?.sourceAddress?.ip ?? queue.key.vmta
+        let what = movedTo.map { "pool mail moves to \($0) (\(recipientsMoved) recipient(s) now)" } ?? "the queue waits"
+        daemon.log("\(queue.key): source IP \(source) disabled for \(seconds)s (\(reason)); \(what)")
+    }
+
+    private func record(_ type: AccountingRecordType, _ m: QueuedMessage, _ r: Int, _ q: DeliveryQueue, _ reply: SMTPReply,
+                        connection: DeliveryAttemptInfo?, category: String) -> AccountingOutcomeRecord {
+        AccountingOutcomeRecord(type: type, timeLogged: wallClockSeconds(), message: m, recipient: r,
+                                queue: q.key, reply: reply, connection: connection, category: category)
+    }
+
+    private func logReceived(_ m: QueuedMessage, peer: SocketAddress) {
+        guard daemon.accounting.accepts(.received) else { return }
+        let now = wallClockSeconds()
+        for r in m.recipients.indices {
+            daemon.accounting.log(AccountingReceivedRecord(timeLogged: now, message: m, recipient: r, peer: peer))
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import PeregrineConfig
+
+/// The effective delivery settings of one queue (`domain/vmta`), with
+/// PowerMTA's names and defaults. Obtain them from
+/// `PeregrineConfig.settings(forDomain:vmta:)`, which layers the `<domain>`
+/// blocks that apply over these defaults.
+public struct DomainSettings: Hashable, Sendable {
+    /// `max-smtp-out`: concurrent connections for the queue.
+    public var maxSMTPOut = 20
+    /// `max-msg-per-connection`: 0 = unlimited.
+    public var maxMsgPerConnection = 0
+    /// `max-msg-rate`, honoured across all of the queue's connections.
+    public var maxMsgRate: Rate = .unlimited
+    /// `max-connect-rate`: new connections per interval.
+    public var maxConnectRate: Rate = .unlimited
+    /// `max-rcpt-per-transaction`.
+    public var maxRcptPerTransaction = 1000
+    /// `retry-after`: delays after each transient failure (the last repeats).
+    public var retryAfter = RetrySchedule([.seconds(600)])
+    /// `bounce-after`: a recipient still undelivered this long after queueing bounces (message-expired).
+    public var bounceAfter: Duration = .seconds(4 * 86400 + 12 * 3600)
+    /// `route`: bypass MX lookup; `[host]` connects to the host itself, `host` uses its MX.
+    public var route: HostPort?
+    /// `use-starttls`: try STARTTLS when offered.
+    public var useStartTLS = true
+    /// `require-starttls`: do not deliver without TLS.
+    public var requireStartTLS = false
+    /// `tls-verify-hostname`: verify the MX's certificate against its name (system CAs); off like most MTAs.
+    public var tlsVerifyHostname = false
+    /// `smtp-pattern-list`: the name of an `<smtp-pattern-list>` (checked to exist at load).
+    public var smtpPatternList: String?
+    /// `backoff-max-msg-rate`; nil = same as `maxMsgRate`.
+    public var backoffMaxMsgRate: Rate?
+    /// `backoff-max-smtp-out`; nil = same as `maxSMTPOut`.
+    public var backoffMaxSMTPOut: Int?
+    /// `backoff-max-connect-rate`; nil = same as `maxConnectRate`.
+    public var backoffMaxConnectRate: Rate?
+    /// `backoff-retry-after`: the retry schedule while in backoff mode.
+    public var backoffRetryAfter = RetrySchedule([.seconds(1200)])
+    /// `backoff-to-normal-after`: leave backoff mode after this long; nil = never (only by hand).
+    public var backoffToNormalAfter: Duration? = .seconds(3600)
+    /// `backoff-to-normal-after-delivery`: leave backoff mode on the first delivery.
+    public var backoffToNormalAfterDelivery = false
+    /// `queue-priority` 0...100: higher is served first when connections are scarce.
+    public var queuePriority = 50
+    /// `connect-timeout`.
+    public var connectTimeout: Duration = .seconds(120)
+    /// `smtp-greeting-timeout`.
+    public var smtpGreetingTimeout: Duration = .seconds(300)
+    /// `data-send-timeout`.
+    public var dataSendTimeout: Duration = .seconds(180)
+    /// `bounce-upon-no-mx`: bounce when the domain has no MX instead of falling back to its A record.
+    public var bounceUponNoMX = false
+    /// `smtp-421-means-mx-unavailable`: a 421 greeting moves on to the next MX.
+    public var smtp421MeansMXUnavailable = false
+    /// `mx-rollup`: queues of this VMTA whose resolved MX host set is the same
+    /// share one site (one connection budget, one set of rate limiters).
+    /// Off by default: PowerMTA configs expect per-domain limits, a rolled-up
+    /// queue is sharded by VMTA (all of a VMTA's rolled-up domains on one loop),
+    /// and rolling up unrelated domains that happen to share a hosting MX would
+    /// tighten their limits unasked. Operators turn it on for hosted families
+    /// (Outlook's hotmail/outlook/live/msn) whose receiver counts per IP.
+    public var mxRollup = false
+
+    public init() {}
+
+    /// Connection cap in the given mode.
+    public func maxSMTPOut(inBackoff backoff: Bool) -> Int {
+        backoff ? (backoffMaxSMTPOut ?? maxSMTPOut) : maxSMTPOut
+    }
+
+    /// Message rate in the given mode.
+    public func maxMsgRate(inBackoff backoff: Bool) -> Rate {
+        backoff ? (backoffMaxMsgRate ?? maxMsgRate) : maxMsgRate
+    }
+
+    /// Connect rate in the given mode.
+    public func maxConnectRate(inBackoff backoff: Bool) -> Rate {
+        backoff ? (backoffMaxConnectRate ?? maxConnectRate) : maxConnectRate
+    }
+
+    /// Retry schedule in the given mode.
+    public func retryAfter(inBackoff backoff: Bool) -> RetrySchedule {
+        backoff ? backoffRetryAfter : retryAfter
+    }
+}

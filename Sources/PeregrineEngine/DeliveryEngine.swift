@@ -1,0 +1,483 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PeregrineIO
+import PeregrineSMTP
+
+/// The delivery side of one event loop: the queues sharded to this loop, their
+/// connections, and the reaction to every reply. Everything runs on `loop`'s
+/// thread; work from other loops arrives through `loop.execute`.
+public final class DeliveryEngine<Loop: EventLoop> {
+    public let loop: Loop
+    let policies: DeliveryPolicySource
+    let router: DeliveryRouter
+    let bodySource: DeliveryBodySource
+    unowned let observer: DeliveryObserver
+
+    public private(set) var queues: [QueueKey: DeliveryQueue] = [:]
+    /// MX sites of rolled-up queues (mx-rollup yes), by VMTA and resolved MX host set.
+    public private(set) var sites: [DeliverySiteKey: DeliverySite] = [:]
+    /// Rolled-up queues whose MX hosts are being looked up to find their site.
+    private var siteLookups: Set<QueueKey> = []
+    /// STARTTLS for delivery: the shared client context and per-MX fallbacks (DeliveryEngine+TLS.swift).
+    public let tls = DeliveryTLS()
+    private var connections: [ObjectIdentifier: DeliveryConnection<Loop>] = [:]
+    /// The same connections by the queue that opened them, so that a kick asks
+    /// its own queue's (or site's) idle connections without walking every
+    /// connection of the loop.
+    private var connectionsByQueue: [ObjectIdentifier: [DeliveryConnection<Loop>]] = [:]
+    private var queueTimers: [QueueKey: (at: UInt64, handle: TimerHandle)] = [:]
+    /// Source IPs a pattern list disabled, per queue (domain/vmta), until a time (DeliveryEngine+SourceSteering.swift).
+    var disabledUntil: [QueueKey: UInt64] = [:]
+    private var expiredScratch: [DeliveryItem] = []
+    private var stopping = false
+    private var stopped: (() -> Void)?
+
+    public init(loop: Loop, policies: DeliveryPolicySource, router: DeliveryRouter, bodySource: DeliveryBodySource,
+                observer: DeliveryObserver) {
+        self.loop = loop
+        self.policies = policies
+        self.router = router
+        self.bodySource = bodySource
+        self.observer = observer
+    }
+
+    public var connectionCount: Int { connections.count }
+    var isStopping: Bool { stopping }
+    /// How long a connection with nothing to send stays open for new work before QUIT.
+    public var idleTimeout: UInt64 = 2_000_000_000
+
+    // MARK: Work in
+
+    /// Takes a message's recipients for the queues of this loop. `recipients`
+    /// are indexes into `message.recipients`, all with pending state; they are
+    /// grouped per domain into transactions of at most max-rcpt-per-transaction.
+    public func submit(_ message: QueuedMessage, recipients: [Int], vmta: String, notBefore: UInt64? = nil) {
+        var byDomain: [String: [Int]] = [:]
+        for r in recipients { byDomain[message.recipients[r].domain, default: []].append(r) }
+        for (domain, rcpts) in byDomain {
+            var q = queue(for: QueueKey(domain: domain, vmta: vmta))
+            // A pool's disabled member is skipped for this domain.
+            if let other = steeringTarget(from: q, for: message, now: loop.now) { q = other }
+            let maxRcpt = max(1, q.policy.maxRcptPerTransaction)
+            var start = 0
+            while start < rcpts.count {
+                let slice = Array(rcpts[start..<min(start + maxRcpt, rcpts.count)])
+                let item = DeliveryItem(message: message, recipients: slice)
+                if let t = notBefore, t > loop.now { q.delayUntil(item, t) } else { q.enqueue(item) }
+                start += maxRcpt
+            }
+            kick(q)
+        }
+    }
+
+    public func queue(for key: QueueKey) -> DeliveryQueue {
+        if let q = queues[key] { return q }
+        let q = DeliveryQueue(key: key, policy: policies.policy(for: key))
+        q.patternsSeePositiveReplies = policies.patternsSeePositiveReplies(queue: key)
+        queues[key] = q
+        return q
+    }
+
+    /// Re-reads every queue's policy (config reload) without touching connections.
+    public func reloadPolicies() {
+        for (key, q) in queues {
+            q.update(policy: policies.policy(for: key), now: loop.now)
+            q.patternsSeePositiveReplies = policies.patternsSeePositiveReplies(queue: key)
+        }
+        // Open connections were made under the old settings (route, VMTA, timeouts):
+        // each finishes the transaction it is in, then QUITs; new ones use the new settings.
+        for c in connections.values { c.retire() }
+        for q in queues.values { kick(q) }
+    }
+
+    // MARK: Scheduling
+
+    /// Re-evaluates a queue: promote due items, expire old ones, open
+    /// connections, wake idle ones, and arm the queue's timer for the next change.
+    public func kick(_ q: DeliveryQueue) {
+        let now = loop.now
+        q.checkBackoffExpiry(now: now)
+        q.promoteDue(now: now, expired: &expiredScratch)
+        if !expiredScratch.isEmpty {
+            let expired = expiredScratch
+            expiredScratch.removeAll(keepingCapacity: true)
+            for item in expired { expire(item, queue: q) }
+        }
+        if !stopping {
+            if let site = q.site {
+                scheduleConnections(site, kicked: q, now: now)
+            } else if q.policy.mxRollup {
+                findSite(for: q, now: now)
+            } else {
+                scheduleConnections(q, now: now)
+            }
+        }
+        var next = q.nextWakeup(now: now)
+        if let b = q.backoffEnds() { next = min(next ?? .max, b) }
+        if let t = next { armTimer(q, at: t) }
+    }
+
+    private func scheduleConnections(_ q: DeliveryQueue, now: UInt64) {
+        // Idle connections take work first; new connections only if still needed.
+        // Stop asking once the queue is empty: the rest would only re-arm their
+        // idle timers (and an idle connection's timeout runs from its last use).
+        if q.readyItems > 0 && q.idleConnections > 0 {
+            for c in connectionsByQueue[ObjectIdentifier(q)] ?? [] where c.isIdle {
+                c.askForWork()
+                if q.readyItems == 0 { break }
+            }
+        }
+        let n = q.connectionsToOpen(now: now)
+        if n > 0 { open(n, for: q) }
+        else if q.readyItems > 0 && q.connections < q.maxConnections(now: now) && q.isSendable(now: now) {
+            // Held back by max-connect-rate: come back when it allows. Only
+            // then: when the open connections suffice (all busy, or idle ones
+            // were just asked), a finished transaction or a closed connection
+            // kicks the queue again, and a timer at `now` would re-kick it on
+            // every loop turn (a busy spin; on Dispatch it starved the loop).
+            let allowed = q.nextConnectAllowed(now: now)
+            if allowed > now { armTimer(q, at: allowed) }
+        }
+    }
+
+    /// As for a queue, but over the site: its idle connections take any
+    /// member's work, and new connections count against the site's budget.
+    private func scheduleConnections(_ site: DeliverySite, kicked q: DeliveryQueue, now: UInt64) {
+        let t = site.throttle
+        let ready = site.readyItems
+        if ready > 0 && t.idleConnections > 0 {
+            asking: for member in site.members {
+                for c in connectionsByQueue[ObjectIdentifier(member)] ?? [] where c.isIdle {
+                    c.askForWork()
+                    if site.readyItems == 0 { break asking }
+                }
+            }
+        }
+        let n = site.connectionsToOpen(now: now)
+        if n > 0 {
+            // Connection-level settings (timeouts) and routing come from a member with work.
+            let lead = site.members.first { $0.readyItems > 0 && !$0.isPaused } ?? q
+            open(n, for: lead)
+        } else if ready > 0 && t.connections < t.maxConnections(now: now) && t.isOpen(now: now) {
+            let allowed = t.nextConnectAllowed(now: now)
+            if allowed > now { armTimer(q, at: allowed) }
+        }
+    }
+
+    /// A rolled-up queue's first kick with work: resolve its MX hosts and
+    /// join (or found) the site with the same host set; until then it opens
+    /// nothing. DNS failures are handled as when opening a connection.
+    private func findSite(for q: DeliveryQueue, now: UInt64) {
+        guard q.readyItems > 0, q.isSendable(now: now), !siteLookups.contains(q.key) else { return }
+        siteLookups.insert(q.key)
+        router.hosts(for: q.key) { [unowned self] result in
+            self.siteLookups.remove(q.key)
+            switch result {
+            case .success(let hosts) where !hosts.isEmpty:
+                let key = DeliverySiteKey(vmta: q.key.vmta, hosts: hosts, policy: q.policy)
+                if let site = self.sites[key] {
+                    site.add(q, now: self.loop.now)
+                } else {
+                    self.sites[key] = DeliverySite(key: key, first: q, now: self.loop.now)
+                }
+                self.kick(q)
+            case .success:
+                self.noMailHost(q, reason: "no mail host for \(q.key.domain)")
+            case .failure(.noMailHost(let why)):
+                self.noMailHost(q, reason: why)
+            case .failure(.temporary(let why)):
+                self.deferQueue(q, reason: "DNS: \(why)")
+            }
+        }
+    }
+
+    private func armTimer(_ q: DeliveryQueue, at when: UInt64) {
+        let key = q.key
+        if let existing = queueTimers[key] {
+            if existing.at <= when && existing.at > loop.now { return }
+            loop.cancelTimer(existing.handle)
+        }
+        let delay = when > loop.now ? when - loop.now : 0
+        let handle = loop.scheduleTimer(after: delay) { [unowned self] in
+            self.queueTimers[key] = nil
+            if let q = self.queues[key] { self.kick(q) }
+        }
+        queueTimers[key] = (when, handle)
+    }
+
+    private func open(_ count: Int, for q: DeliveryQueue) {
+        guard let vmta = policies.virtualMTA(named: q.key.vmta) else {
+            // A queue for an unknown VMTA cannot be delivered; hold it and say why.
+            q.lastReply = "no virtual-mta named \(q.key.vmta)"
+            return
+        }
+        q.connections += count
+        router.hosts(for: q.key) { [unowned self] result in
+            switch result {
+            case .success(let hosts) where !hosts.isEmpty:
+                var config = SMTPClientConfiguration(heloName: vmta.hostname)
+                config.timeouts.greeting = q.policy.smtpGreetingTimeout.nanoseconds
+                config.timeouts.dataBlock = q.policy.dataSendTimeout.nanoseconds
+                for _ in 0..<count {
+                    let c = DeliveryConnection(engine: self, loop: self.loop, queue: q, vmta: vmta, hosts: hosts,
+                                               configuration: config)
+                    self.connections[ObjectIdentifier(c)] = c
+                    self.connectionsByQueue[ObjectIdentifier(q), default: []].append(c)
+                    c.start()
+                }
+            case .success:
+                q.connections -= count
+                self.noMailHost(q, reason: "no mail host for \(q.key.domain)")
+            case .failure(.noMailHost(let why)):
+                q.connections -= count
+                self.noMailHost(q, reason: why)
+            case .failure(.temporary(let why)):
+                q.connections -= count
+                self.deferQueue(q, reason: "DNS: \(why)")
+            }
+        }
+    }
+
+    // MARK: Outcomes
+
+    /// `q` is the queue the item was taken from (on a site's connection, any member).
+    func complete(_ item: DeliveryItem, from q: DeliveryQueue, result: SMTPMessageResult, on connection: DeliveryConnection<Loop>,
+                  info: DeliveryAttemptInfo?) {
+        let now = loop.now
+        let message = item.message
+        if message.firstAttemptWall == 0 { message.firstAttemptWall = wallClockSeconds() }
+        var retry: [Int] = []
+        var deliveredCount = 0, bouncedCount = 0
+        var forceBounce = false
+        // Pattern lists look at every distinct remote reply of the transaction;
+        // a 2xx only when the queue's list has a rule for 2xx (most have none).
+        var seen: Set<String>?
+        for r in result.recipients where !r.isLocal {
+            if r.reply.isPositiveCompletion && !q.patternsSeePositiveReplies { continue }
+            if seen == nil { seen = [] }
+            if seen?.insert(r.reply.description).inserted == true {
+                if applyPatterns(r.reply, queue: q, now: now) { forceBounce = true }
+            }
+        }
+        for (k, r) in result.recipients.enumerated() {
+            let index = item.recipients[k]
+            q.noteReply(r.reply)
+            switch r.status {
+            case .delivered:
+                if message.finish(recipient: index, as: .delivered) {
+                    deliveredCount += 1
+                    observer.delivered(message, recipient: index, queue: q, reply: r.reply,
+                                       connection: info ?? DeliveryAttemptInfo(sourceAddress: nil, destination: connection.hosts[0].address,
+                                                                               destinationName: connection.hosts[0].name, esmtp: false))
+                }
+            case .permanentFailure:
+                if message.finish(recipient: index, as: .bounced) {
+                    bouncedCount += 1
+                    observer.bounced(message, recipient: index, queue: q, reply: r.reply,
+                                     category: policies.bounceCategory(for: r.reply), connection: info)
+                }
+            case .transientFailure:
+                if forceBounce && !r.isLocal {
+                    if message.finish(recipient: index, as: .bounced) {
+                        bouncedCount += 1
+                        observer.bounced(message, recipient: index, queue: q, reply: r.reply,
+                                         category: policies.bounceCategory(for: r.reply), connection: info)
+                    }
+                } else {
+                    retry.append(index)
+                    observer.deferred(message, recipient: index, queue: q, reply: r.reply, connection: info)
+                }
+            }
+        }
+        if deliveredCount > 0 { q.noteDelivered(deliveredCount, now: now) }
+        if bouncedCount > 0 { q.noteBounced(bouncedCount) }
+        if !retry.isEmpty {
+            var again = item
+            again.recipients = retry
+            if let other = steeringTarget(from: q, for: message, now: now) {
+                // This source IP is disabled for the domain: another pool member tries at once.
+                again.attempts += 1
+                other.enqueue(again)
+                kick(other)
+            } else {
+                q.deferItem(again, now: now)
+            }
+        }
+        if message.isComplete { observer.messageCompleted(message) }
+        kick(q)
+    }
+
+    /// Applies pattern-list actions; returns true when the reply must bounce.
+    private func applyPatterns(_ reply: SMTPReply, queue q: DeliveryQueue, now: UInt64) -> Bool {
+        var bounce = false
+        for action in policies.actions(for: reply, queue: q.key) {
+            switch action {
+            case .backoff: q.enterBackoff(now: now)
+            case .normal: q.leaveBackoff(now: now)
+            case .suspend(let d): q.suspend(until: now &+ d.nanoseconds, reason: reply.description)
+            case .disableSourceIP(let d):
+                disableSource(of: q, for: d?.nanoseconds ?? 3_600_000_000_000, reply: reply, now: now)
+            case .bounce: bounce = true
+            }
+        }
+        return bounce
+    }
+
+    func bodyUnreadable(_ item: DeliveryItem, from q: DeliveryQueue, error: IOError) {
+        // Keep the recipients: a read error may be transient (EIO, ENOMEM); retry on schedule.
+        q.lastReply = "local: cannot read the spooled body: \(error)"
+        q.deferItem(item, now: loop.now)
+    }
+
+    func connectionClosed(_ c: DeliveryConnection<Loop>, reason: SMTPClientCloseReason?, connectFailure: String?, everReady: Bool) {
+        let q = c.queue
+        q.connections -= 1
+        let now = loop.now
+        if let failure = connectFailure {
+            // Every host refused or timed out: the queue as a whole waits (one tq record).
+            deferQueue(q, reason: failure)
+            return
+        }
+        if let reason {
+            switch reason {
+            case .greetingRefused(let r), .heloRefused(let r), .serviceClosing(let r):
+                q.lastReply = r.description
+                if applyPatterns(r, queue: q, now: now) { /* bounce applies to messages, none in flight here */ }
+                if !everReady {
+                    let retry = q.policy.retryAfter.delay(afterFailures: 1).nanoseconds
+                    if q.connections > 0 {
+                        // Refused while other connections of the queue are open (too many
+                        // connections at the greeting): keep those working and open no more
+                        // for a while. Suspending here would make the working connections
+                        // quit too, and every reconnect wave would be refused again (livelock).
+                        q.limitConnections(to: q.connections, until: now &+ retry)
+                    } else {
+                        // Refused before any transaction with nothing else open: back off this
+                        // queue briefly instead of reconnecting in a tight loop.
+                        q.suspend(until: now &+ min(retry, 5_000_000_000), reason: r.description)
+                    }
+                }
+            case .timedOut(let phase):
+                q.lastReply = "timeout in \(phase.rawValue)"
+            case .protocolError(let why):
+                q.lastReply = "protocol error: \(why)"
+            case .connectionLost, .quit:
+                break
+            }
+        }
+        if stopping { checkStopped() } else { kick(q) }
+    }
+
+    func release(_ c: DeliveryConnection<Loop>) {
+        connections[ObjectIdentifier(c)] = nil
+        let key = ObjectIdentifier(c.queue)
+        if var list = connectionsByQueue.removeValue(forKey: key) {
+            list.removeAll { $0 === c }
+            if !list.isEmpty { connectionsByQueue[key] = list }
+        }
+        if stopping { checkStopped() }
+    }
+
+    private func deferQueue(_ q: DeliveryQueue, reason: String) {
+        let delay = q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds
+        q.lastReply = reason
+        q.suspend(until: loop.now &+ delay, reason: reason)
+        observer.queueDeferred(q, reason: reason)
+        kick(q)
+    }
+
+    private func noMailHost(_ q: DeliveryQueue, reason: String) {
+        guard q.policy.bounceUponNoMX else { deferQueue(q, reason: reason); return }
+        let reply = SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 1, 2), reason)
+        for item in q.removeAll() {
+            for r in item.recipients where item.message.finish(recipient: r, as: .bounced) {
+                observer.bounced(item.message, recipient: r, queue: q, reply: reply, category: "bad-domain", connection: nil)
+            }
+            if item.message.isComplete { observer.messageCompleted(item.message) }
+        }
+    }
+
+    private func expire(_ item: DeliveryItem, queue q: DeliveryQueue) {
+        let reply = SMTPReply(code: 554, enhancedCode: EnhancedStatusCode(5, 4, 7),
+                              "delivery time expired (bounce-after); last reply: \(q.lastReply)")
+        for r in item.recipients where item.message.finish(recipient: r, as: .expired) {
+            observer.bounced(item.message, recipient: r, queue: q, reply: reply, category: "message-expired", connection: nil)
+        }
+        q.noteBounced(item.recipients.count)
+        if item.message.isComplete { observer.messageCompleted(item.message) }
+    }
+
+    // MARK: Management
+
+    /// Queues matching a pattern like `gmail.com/*`.
+    public func queues(matching pattern: String) -> [DeliveryQueue] {
+        queues.values.filter { $0.key.matches(pattern: pattern) }.sorted { $0.key < $1.key }
+    }
+
+    public func pause(_ pattern: String) -> Int {
+        let qs = queues(matching: pattern)
+        for q in qs { q.isPaused = true; kick(q) }
+        return qs.count
+    }
+
+    public func resume(_ pattern: String) -> Int {
+        let qs = queues(matching: pattern)
+        for q in qs { q.resume(); kick(q) }
+        return qs.count
+    }
+
+    public func schedule(_ pattern: String) -> Int {
+        let qs = queues(matching: pattern)
+        for q in qs { q.retryNow(); kick(q) }
+        return qs.count
+    }
+
+    public func setMode(_ pattern: String, backoff: Bool) -> Int {
+        let qs = queues(matching: pattern)
+        for q in qs {
+            if backoff { q.enterBackoff(now: loop.now) } else { q.leaveBackoff(now: loop.now) }
+            kick(q)
+        }
+        return qs.count
+    }
+
+    /// Deletes every recipient of matching queues, bouncing nothing (an operator's choice,
+    /// recorded as bounces with category "other" so the accounting stays complete).
+    public func delete(_ pattern: String) -> Int {
+        var n = 0
+        let reply = SMTPReply(code: 554, enhancedCode: EnhancedStatusCode(5, 0, 0), "deleted by the operator")
+        for q in queues(matching: pattern) {
+            for item in q.removeAll() {
+                for r in item.recipients where item.message.finish(recipient: r, as: .bounced) {
+                    n += 1
+                    observer.bounced(item.message, recipient: r, queue: q, reply: reply, category: "other", connection: nil)
+                }
+                if item.message.isComplete { observer.messageCompleted(item.message) }
+            }
+        }
+        return n
+    }
+
+    // MARK: Shutdown
+
+    /// Stops opening connections, lets in-flight transactions finish, quits idle
+    /// connections; `done` runs when no connection is left.
+    public func shutdown(_ done: @escaping () -> Void) {
+        stopping = true
+        stopped = done
+        for (_, t) in queueTimers { loop.cancelTimer(t.handle) }
+        queueTimers.removeAll()
+        for c in connections.values where c.isIdle { c.quit() }
+        checkStopped()
+    }
+
+    private func checkStopped() {
+        if connections.isEmpty, let done = stopped {
+            stopped = nil
+            done()
+        } else if stopping {
+            for c in connections.values where c.isIdle { c.quit() }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+import PeregrineConfig
+
+extension SMTPPatternList {
+    /// Builds a list from an `<smtp-pattern-list NAME>` block. Lines are
+    /// `reply /REGEX/ ACTION…`; regexes are compiled here, once.
+    public init(block: ConfigNode) throws(ConfigError) {
+        let name = try block.arguments(count: 1...1, usage: "one list name, as in <smtp-pattern-list NAME>")[0]
+        var rules: [SMTPPatternRule] = []
+        for line in try block.directivesOnly() {
+            guard line.name == "reply" else {
+                throw line.error("unknown directive '\(line.name)' in \(block.displayName) (expected: reply /REGEX/ ACTION…)")
+            }
+            guard line.arguments.count >= 2 else {
+                throw line.error("reply expects /REGEX/ and at least one action, got '\(line.rawArguments)'")
+            }
+            let regex = try line.parse(line.arguments[0], ConfigValue.regexLiteral)
+            var actions: [SMTPPatternAction] = []
+            for text in line.arguments.dropFirst() {
+                actions.append(try line.parse(text, ConfigValue.patternAction))
+            }
+            rules.append(SMTPPatternRule(pattern: regex, actions: actions, location: line.location))
+        }
+        self.init(name: name, rules: rules)
+    }
+}
+
+extension ConfigValue {
+    /// `mode=backoff`, `mode=normal`, `suspend=DURATION`, `disable-source-ip[=DURATION]`, `bounce`.
+    public static func patternAction(_ text: String) throws(ConfigValueError) -> SMTPPatternAction {
+        let parts = text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        let key = parts[0].lowercased()
+        let value = parts.count == 2 ? String(parts[1]) : nil
+        switch (key, value) {
+        case ("mode", "backoff"?): return .backoff
+        case ("mode", "normal"?): return .normal
+        case ("mode", let v?): throw ConfigValueError("unknown mode '\(v)' (expected mode=backoff or mode=normal)")
+        case ("suspend", let v?): return .suspend(try duration(v))
+        case ("disable-source-ip", nil): return .disableSourceIP(nil)
+        case ("disable-source-ip", let v?): return .disableSourceIP(try duration(v))
+        case ("bounce", nil): return .bounce
+        default:
+            throw ConfigValueError("unknown action '\(text)' (expected mode=backoff, mode=normal, suspend=DURATION, disable-source-ip[=DURATION], bounce)")
+        }
+    }
+}
