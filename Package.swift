@@ -117,11 +117,11 @@ if Context.environment["PEREGRINE_FUZZ"] != nil {
     let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
         ("FuzzSMTPServer", ["PeregrineSMTP"]),
         ("FuzzSMTPClient", ["PeregrineSMTP"]),
-        ("FuzzDNSMessage", ["PeregrineCore"]),
-        ("FuzzHTTPRequest", ["PeregrineCore"]),
-        ("FuzzConfig", ["PeregrineCore"]),
-        ("FuzzSpoolRecords", ["PeregrineCore"]),
-        ("FuzzAccountingCSV", ["PeregrineCore"]),
+        ("FuzzDNSMessage", ["PeregrineDNS"]),
+        ("FuzzHTTPRequest", ["PeregrineHTTP"]),
+        ("FuzzConfig", ["PeregrineConfig", "PeregrineDaemon"]),
+        ("FuzzSpoolRecords", ["PeregrineSpool"]),
+        ("FuzzAccountingCSV", ["PeregrineAccounting"]),
     ]
     for target in fuzzTargets {
         package.products.append(.executable(name: target.name, targets: [target.name]))

@@ -2,7 +2,7 @@
 // (operators feed it rotated, truncated and hand-edited files). Oracle
 // besides "no crash": rows it accepts, written back with RFC 4180 quoting,
 // parse to the same rows.
-import PeregrineCore
+import PeregrineAccounting
 
 func quoted(_ rows: [(line: Int, fields: [String])]) -> [UInt8] {
     var out: [UInt8] = []

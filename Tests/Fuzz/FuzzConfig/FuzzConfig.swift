@@ -1,7 +1,8 @@
 // libFuzzer target: the config lexer and the PowerMTA-style config parser,
 // as an operator's broken or hostile file reaches them. Oracle besides "no
 // crash": every error names the file and a line inside it (`fuzz.conf:N:`).
-import PeregrineCore
+import PeregrineConfig
+import PeregrineDaemon
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {

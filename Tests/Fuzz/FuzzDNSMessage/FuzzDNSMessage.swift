@@ -2,7 +2,7 @@
 // Oracles besides "no crash": a packet that decodes re-encodes, and the
 // re-encoded packet decodes to the same message (compression pointers,
 // label lengths and counts survive the round trip).
-import PeregrineCore
+import PeregrineDNS
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzDNSMessage(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {

@@ -4,7 +4,7 @@
 // limits, a request's body length equals its Content-Length, and a failed
 // parser stays failed (the framing of the connection is lost).
 import Foundation
-import PeregrineCore
+import PeregrineHTTP
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzHTTPRequest(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {

@@ -3,7 +3,7 @@
 // Oracles besides "no crash": a record that frames is never longer than the
 // bytes left, and a decoded message re-encodes to a record that frames and
 // decodes to the same envelope (the format is a function of its content).
-import PeregrineCore
+import PeregrineSpool
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzSpoolRecords(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
