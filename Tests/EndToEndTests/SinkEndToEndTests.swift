@@ -60,16 +60,23 @@ import PeregrineIO
             return
         }
         #expect(reply.code == t.code, "\(what): \(reply)", sourceLocation: sourceLocation)
-        let first = reply.lines[0]
-        var body = first.count > 4 ? String(first.dropFirst(4)) : ""
-        if let e = t.enhanced {
-            #expect(body.hasPrefix(e + " "), "\(what): enhanced code \(e) missing in \(reply)", sourceLocation: sourceLocation)
-            body = String(body.dropFirst(e.count + 1))
+        // Every line without its code and enhanced code: a Gmail-style reply is
+        // one text folded over several lines, the enhanced code on each.
+        var texts: [String] = []
+        for line in reply.lines {
+            var body = line.count > 4 ? String(line.dropFirst(4)) : ""
+            if let e = t.enhanced {
+                #expect(body.hasPrefix(e + " "), "\(what): enhanced code \(e) missing in \(reply)", sourceLocation: sourceLocation)
+                body = String(body.dropFirst(e.count + 1))
+            }
+            texts.append(body)
         }
+        let body = texts.joined(separator: " ")
         let fixed = String(t.lines[0].prefix { $0 != "{" })
         #expect(body.hasPrefix(fixed), "\(what): expected text \"\(fixed)…\", got \(reply)", sourceLocation: sourceLocation)
         if t.continued {
-            #expect(reply.lines.count >= 2 && first.dropFirst(3).first == "-", "\(what): \(reply)", sourceLocation: sourceLocation)
+            // Gmail's suffix ends the last line: "<session-id> - gsmtp" [G1].
+            #expect(reply.lines.last?.hasSuffix(" - gsmtp") == true, "\(what): \(reply)", sourceLocation: sourceLocation)
         }
     }
 
@@ -79,7 +86,8 @@ import PeregrineIO
     func connectionBeyondTheLimitIsRefusedAtTheGreeting(_ name: String) throws {
         let p = try profile(name)
         let limit = try #require(p.maxConnections)
-        #expect(limit.phase == .greeting)
+        // Gmail answers it at EHLO [G5]; the others at the greeting.
+        #expect(limit.phase == (name == "gmail" ? .helo : .greeting))
         let sink = try sink(name)
         defer { sink.terminate() }
         let (ip, port) = try sink.address(name)
@@ -91,7 +99,12 @@ import PeregrineIO
             open.append(c)
         }
         let extra = try SinkTestClient(ip, port)
-        expect(try extra.reply(), is: limit.reply, "\(name) connection \(limit.value + 1)")
+        if limit.phase == .helo {
+            #expect(try extra.reply()?.code == 220)
+            expect(try extra.command("EHLO client.test"), is: limit.reply, "\(name) connection \(limit.value + 1) at EHLO")
+        } else {
+            expect(try extra.reply(), is: limit.reply, "\(name) connection \(limit.value + 1)")
+        }
         #expect(try extra.reply() == nil, "the refused connection is closed")
         // Once one closes, a new connection is greeted again (the sink saw the close).
         open.removeFirst()
@@ -125,7 +138,12 @@ import PeregrineIO
         }
         let refused = try c.sendMessage(to: rcpt)
         #expect(refused?.0 == cap.phase.rawValue, "\(name): refused at \(String(describing: refused?.0))")
-        expect(refused?.1, is: cap.reply, "\(name) message \(cap.value + 1)")
+        if cap.reply.silent {
+            // Yahoo closes without a code [Y1]: no reply at all, then EOF.
+            #expect(refused?.1 == nil, "\(name): expected a close without a reply, got \(String(describing: refused?.1))")
+        } else {
+            expect(refused?.1, is: cap.reply, "\(name) message \(cap.value + 1)")
+        }
         if cap.reply.code == 421 { #expect(c.isClosedByPeer()) }
         // A new connection may send again.
         let c2 = try SinkTestClient(ip, port)
@@ -193,9 +211,12 @@ import PeregrineIO
         // 3. The box lifts: retry (bounded) until a message is accepted.
         let penalty = box.seconds * scale
         let deadline = Date().addingTimeInterval(penalty * 3 + 20)
+        // A box that escalates (Yahoo's TSS09 after N refused retries) is
+        // retried at most N/4 times: this test is about the box lifting.
+        let pause = box.escalateAfter.map { max(0.1, penalty * 4 / Double($0)) } ?? 0.1
         var accepted = false
         while !accepted && Date() < deadline {
-            usleep(100_000)
+            usleep(UInt32(pause * 1_000_000))
             if client == nil || client?.isClosedByPeer() == true { client = try connect() }
             guard let c = client else { continue }
             if let f = try c.sendMessage(to: rcpt) {

@@ -25,7 +25,9 @@ import Testing
         #expect(greeting == .accept)
         let refused = try #require(policy.mailFrom(c, sender: "a@b.test", now: 0).reply)
         #expect(refused.code == 421 && refused.enhanced == "4.7.29" && refused.close)
-        #expect(refused.lines == ["Your email has been rate limited because you're not using a TLS connection.", "gsmtp"])
+        // Folded Gmail-style, the reply-suffix at the end of the last line.
+        #expect(refused.lines.joined(separator: " ") == "Your email has been rate limited because you're not using a TLS connection. gsmtp")
+        #expect(refused.lines.count == 2 && refused.lines.allSatisfy { $0.count <= SinkPolicy.foldWidth })
         #expect(policy.providers[0].totals.messagesDeferred[.tlsRequired] == 1)
         policy.tlsHandshake(c, ok: true)
         #expect(policy.mailFrom(c, sender: "a@b.test", now: 0) == .accept)

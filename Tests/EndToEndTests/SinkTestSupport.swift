@@ -123,9 +123,21 @@ final class SinkTestClient {
     private var pending: [UInt8] = []
     private(set) var closedByPeer = false
 
-    init(_ ip: String, _ port: UInt16) throws {
+    /// `from`: the source address to bind first (a private 127.x.y.z, so that
+    /// one test can be several sending IPs); the port is the kernel's.
+    init(_ ip: String, _ port: UInt16, from source: String? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw SinkTestError("socket failed") }
+        if let source {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            local.sin_port = 0
+            inet_pton(AF_INET, source, &local.sin_addr)
+            let b = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard b == 0 else { let e = errno; Glibc.close(fd); throw SinkTestError("bind \(source) failed: errno \(e)") }
+        }
         var tv = timeval(tv_sec: 15, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))

@@ -37,14 +37,28 @@ public enum SinkDecision: Hashable, Sendable {
     }
 }
 
+/// What a provider remembers about one sender, a sending IP or an envelope
+/// sender domain: its message rate, its penalty box and what it tried inside.
+public final class SinkReputation {
+    var rate: RateLimiter?
+    var penaltyUntil: UInt64 = 0
+    var penaltyAllow: RateLimiter?
+    /// Attempts the current box refused (for `escalate`).
+    public internal(set) var refusedInBox = 0
+    /// The box turned into a permanent refusal (`escalate`).
+    public internal(set) var permanent = false
+    init() {}
+}
+
 /// Per sending IP state at one provider.
 public final class SinkIPState {
     public let ip: String
     public internal(set) var open = 0
+    /// Open connections per MX host (index in the profile's `mx`).
+    var openPerMX: [Int: Int] = [:]
     public internal(set) var counters = SinkCounters()
-    var rate: RateLimiter?
-    var penaltyUntil: UInt64 = 0
-    var penaltyAllow: RateLimiter?
+    public let reputation = SinkReputation()
+    var connectionRate: RateLimiter?
     init(ip: String) { self.ip = ip }
 }
 
@@ -58,6 +72,8 @@ public final class SinkProvider {
     public internal(set) var peakOpen = 0
     /// Tokens per emission interval, in ns.
     let rateInterval: UInt64
+    let domainRateInterval: UInt64
+    let connectionRateInterval: UInt64
     let penaltyNanos: UInt64
     let penaltyAllowInterval: UInt64
     let greylistNanos: UInt64
@@ -67,6 +83,8 @@ public final class SinkProvider {
     let scale: Double
     var mailboxes: [String: RateLimiter] = [:]
     var greylist: [String: UInt64] = [:]
+    /// Reputation per envelope sender domain (lower case), for `max-domain-msg-rate`.
+    public private(set) var senderDomains: [String: SinkReputation] = [:]
 
     init(profile: SinkISPProfile, index: Int, scale: Double) {
         self.profile = profile
@@ -75,6 +93,8 @@ public final class SinkProvider {
         func ns(_ seconds: Double) -> UInt64 { SinkProvider.nanos(seconds, scale) }
         func interval(_ r: SinkRate?) -> UInt64 { r.map { ns($0.seconds / Double($0.count)) } ?? 0 }
         rateInterval = interval(profile.messageRate?.rate)
+        domainRateInterval = interval(profile.domainRate?.rate)
+        connectionRateInterval = interval(profile.connectionRate?.rate)
         penaltyNanos = ns(profile.penaltyBox?.seconds ?? 0)
         penaltyAllowInterval = interval(profile.penaltyBox?.allow)
         greylistNanos = ns(profile.greylist?.seconds ?? 0)
@@ -91,9 +111,19 @@ public final class SinkProvider {
     func ipState(_ ip: String) -> SinkIPState {
         if let s = ips[ip] { return s }
         let s = SinkIPState(ip: ip)
-        if let r = profile.messageRate { s.rate = RateLimiter(intervalNanos: rateInterval, burst: r.rate.burst) }
+        if let r = profile.messageRate { s.reputation.rate = RateLimiter(intervalNanos: rateInterval, burst: r.rate.burst) }
+        if let r = profile.connectionRate { s.connectionRate = RateLimiter(intervalNanos: connectionRateInterval, burst: r.rate.burst) }
         ips[ip] = s
         return s
+    }
+
+    /// The reputation of an envelope sender domain (lower case).
+    func domainReputation(_ domain: String) -> SinkReputation {
+        if let r = senderDomains[domain] { return r }
+        let r = SinkReputation()
+        if let d = profile.domainRate { r.rate = RateLimiter(intervalNanos: domainRateInterval, burst: d.rate.burst) }
+        senderDomains[domain] = r
+        return r
     }
 
     /// Totals over every IP.
@@ -109,19 +139,30 @@ public final class SinkProvider {
 public final class SinkConnection {
     public let provider: SinkProvider
     public let ipState: SinkIPState
+    /// The MX host it came in on (index in the profile's `mx`).
+    public let mx: Int
+    /// Gmail-style session id for `{session}` in replies (seeded, so reproducible).
+    public let sessionID: String
     /// Messages accepted on this connection.
     public internal(set) var messages = 0
     var overConnectionLimit = false
+    var overConnectionRate = false
     var sender = ""
+    /// The envelope sender's domain (lower case) and its reputation when the
+    /// profile keys a limit on it.
+    var senderDomain = ""
+    var domainReputation: SinkReputation?
     public internal(set) var acceptedRecipients = 0
     /// A recipient rule that refuses this transaction at the end of DATA.
     var refuseAtData: (SinkRecipientRule, String)?
     var closed = false
     /// The session completed a TLS handshake.
     public internal(set) var tls = false
-    init(provider: SinkProvider, ipState: SinkIPState) {
+    init(provider: SinkProvider, ipState: SinkIPState, mx: Int, sessionID: String) {
         self.provider = provider
         self.ipState = ipState
+        self.mx = mx
+        self.sessionID = sessionID
     }
     public var ip: String { ipState.ip }
 }
@@ -134,11 +175,15 @@ public final class SinkPolicy {
     public let providers: [SinkProvider]
     public let timeScale: Double
     var random: SeededRandom
+    /// Session ids draw from their own sequence: they do not shift the seeded
+    /// latencies and failures of a run that did not print them before.
+    var sessionRandom: SeededRandom
 
     public init(profiles: [SinkISPProfile], timeScale: Double = 1, seed: UInt64 = 1) {
         self.timeScale = timeScale
         self.providers = profiles.enumerated().map { SinkProvider(profile: $0.element, index: $0.offset, scale: timeScale) }
         self.random = SeededRandom(seed: seed)
+        self.sessionRandom = SeededRandom(seed: seed ^ 0x5E55_1011_D5EE_D5ED)
     }
 
     public func provider(named name: String) -> SinkProvider? {
@@ -147,19 +192,43 @@ public final class SinkPolicy {
 
     // MARK: Events
 
-    /// A new connection from `ip`; the decision is the greeting's.
-    public func connect(provider: SinkProvider, ip: String, now: UInt64) -> (SinkConnection, SinkDecision) {
+    /// A new connection from `ip` to MX host number `mx` of the provider; the
+    /// decision is the greeting's.
+    public func connect(provider: SinkProvider, ip: String, mx: Int = 0, now: UInt64) -> (SinkConnection, SinkDecision) {
         let s = provider.ipState(ip)
-        let c = SinkConnection(provider: provider, ipState: s)
+        let c = SinkConnection(provider: provider, ipState: s, mx: mx, sessionID: nextSessionID())
         s.open += 1
+        s.openPerMX[mx, default: 0] += 1
         s.counters.sessions &+= 1
         if s.open > s.counters.peakConcurrentConnections { s.counters.peakConcurrentConnections = s.open }
         provider.open += 1
         if provider.open > provider.peakOpen { provider.peakOpen = provider.open }
-        if let limit = provider.profile.maxConnections, s.open > limit.value {
-            c.overConnectionLimit = true
+        if let limit = provider.profile.maxConnections {
+            let open = limit.perMX ? s.openPerMX[mx, default: 0] : s.open
+            if open > limit.value { c.overConnectionLimit = true }
         }
+        // Every attempt counts, refused ones too: that is what an attempts-per-hour limit meters.
+        if s.connectionRate?.tryAcquire(now: now) == false { c.overConnectionRate = true }
         return (c, check(.greeting, c, rcpt: nil, now: now) ?? .accept)
+    }
+
+    /// `5b1f17b1804b1-43e3b9e1b0asi1234567.142`: the shape of Gmail's ids (hex, `si`, digits).
+    func nextSessionID() -> String {
+        let a = sessionRandom.next(), b = sessionRandom.next()
+        let hexA = String(a >> 12, radix: 16), hexB = String(b >> 24, radix: 16)
+        return String(repeating: "0", count: max(0, 13 - hexA.count)) + hexA + "-"
+            + String(repeating: "0", count: max(0, 10 - hexB.count)) + hexB
+            + "si\(a % 10_000_000).\(b % 1000)"
+    }
+
+    /// The whole greeting text after `220 `, when the sink writes the greeting
+    /// itself (a `banner` given with its code, or one with placeholders); nil:
+    /// the SMTP session's own `220 <hostname> <banner>`.
+    public func greetingText(_ c: SinkConnection) -> String? {
+        let profile = c.provider.profile
+        guard let banner = profile.banner, profile.greetingIsWhole || banner.contains("{") else { return nil }
+        let text = profile.greetingIsWhole ? banner : profile.hostname + " " + banner
+        return fill(text, c, rcpt: nil)
     }
 
     /// HELO/EHLO.
@@ -172,8 +241,11 @@ public final class SinkPolicy {
         c.sender = sender
         c.acceptedRecipients = 0
         c.refuseAtData = nil
+        let domain = sender.utf8.lastIndex(of: UInt8(ascii: "@")).map { String(sender[sender.index(after: $0)...]).lowercased() } ?? ""
+        c.senderDomain = domain
+        c.domainReputation = c.provider.profile.domainRate != nil && !domain.isEmpty ? c.provider.domainReputation(domain) : nil
         if !c.tls, let t = c.provider.profile.requireTLS {
-            return refuse(.mail, .tlsRequired, t, c, rcpt: nil, penalty: false, now: now)
+            return refuse(.mail, .tlsRequired, t, c, rcpt: nil, penalty: nil, now: now)
         }
         return check(.mail, c, rcpt: nil, now: now) ?? .accept
     }
@@ -193,6 +265,9 @@ public final class SinkPolicy {
         if let d = check(.rcpt, c, rcpt: recipient, now: now) { return d }
         let p = c.provider
         let profile = p.profile
+        if let m = profile.maxRecipients, c.acceptedRecipients >= m.value {
+            return refuse(.rcpt, .tooManyRecipients, m.reply, c, rcpt: recipient, penalty: nil, now: now)
+        }
         let at = recipient.utf8.lastIndex(of: UInt8(ascii: "@")) ?? recipient.utf8.endIndex
         let local = recipient.utf8[recipient.utf8.startIndex..<at]
 
@@ -200,7 +275,7 @@ public final class SinkPolicy {
             let cls = code / 100
             let t = SinkReplyTemplate(code: code, enhanced: "\(cls).0.0",
                                       lines: ["Scripted reply for <{rcpt}>"])
-            return refuse(.rcpt, .scripted, t, c, rcpt: recipient, penalty: false, now: now)
+            return refuse(.rcpt, .scripted, t, c, rcpt: recipient, penalty: nil, now: now)
         }
         for rule in profile.recipientRules where rule.patterns.contains(where: { $0.matches(local) }) {
             if rule.phase == .data {
@@ -209,17 +284,17 @@ public final class SinkPolicy {
                 c.acceptedRecipients += 1
                 return .accept
             }
-            return refuse(.rcpt, SinkReason(rule.kind), rule.reply, c, rcpt: recipient, penalty: false, now: now)
+            return refuse(.rcpt, SinkReason(rule.kind), rule.reply, c, rcpt: recipient, penalty: nil, now: now)
         }
         if let g = profile.greylist, g.patterns.contains(where: { $0.matches(local) }) {
             let key = c.ip + "\u{0}" + c.sender.lowercased() + "\u{0}" + recipient.lowercased()
             if let first = p.greylist[key] {
                 if now &- first < p.greylistNanos {
-                    return refuse(.rcpt, .greylisted, g.reply, c, rcpt: recipient, penalty: false, now: now)
+                    return refuse(.rcpt, .greylisted, g.reply, c, rcpt: recipient, penalty: nil, now: now)
                 }
             } else {
                 p.greylist[key] = now
-                return refuse(.rcpt, .greylisted, g.reply, c, rcpt: recipient, penalty: false, now: now)
+                return refuse(.rcpt, .greylisted, g.reply, c, rcpt: recipient, penalty: nil, now: now)
             }
         }
         if let m = profile.mailboxRate, m.patterns.contains(where: { $0.matches(local) }) {
@@ -227,7 +302,7 @@ public final class SinkPolicy {
             var bucket = p.mailboxes[key] ?? RateLimiter(intervalNanos: p.mailboxInterval, burst: m.rate.burst)
             let ok = bucket.tryAcquire(now: now)
             p.mailboxes[key] = bucket
-            if !ok { return refuse(.rcpt, .mailboxRate, m.reply, c, rcpt: recipient, penalty: false, now: now) }
+            if !ok { return refuse(.rcpt, .mailboxRate, m.reply, c, rcpt: recipient, penalty: nil, now: now) }
         }
         c.acceptedRecipients += 1
         c.ipState.counters.recipientsAccepted &+= 1
@@ -255,7 +330,7 @@ public final class SinkPolicy {
         if let (rule, rcpt) = c.refuseAtData {
             c.acceptedRecipients = 0
             c.refuseAtData = nil
-            return refuse(.data, SinkReason(rule.kind), rule.reply, c, rcpt: rcpt, penalty: false, now: now)
+            return refuse(.data, SinkReason(rule.kind), rule.reply, c, rcpt: rcpt, penalty: nil, now: now)
         }
         c.acceptedRecipients = 0
         c.messages += 1
@@ -273,6 +348,8 @@ public final class SinkPolicy {
         c.acceptedRecipients = 0
         c.refuseAtData = nil
         c.sender = ""
+        c.senderDomain = ""
+        c.domainReputation = nil
     }
 
     /// The sink closed the connection for idling.
@@ -285,6 +362,7 @@ public final class SinkPolicy {
         guard !c.closed else { return }
         c.closed = true
         c.ipState.open -= 1
+        c.ipState.openPerMX[c.mx, default: 1] -= 1
         c.provider.open -= 1
     }
 
@@ -315,40 +393,75 @@ public final class SinkPolicy {
         let profile = p.profile
         let s = c.ipState
         if let l = profile.maxConnections, l.phase == phase, c.overConnectionLimit {
-            return refuse(phase, .maxConnections, l.reply, c, rcpt: rcpt, penalty: l.penalty, now: now)
+            return refuse(phase, .maxConnections, l.reply, c, rcpt: rcpt, penalty: l.penalty ? s.reputation : nil, now: now)
         }
-        if let box = profile.penaltyBox, box.phase == phase, now < s.penaltyUntil {
-            let allowed = s.penaltyAllow?.tryAcquire(now: now) ?? false
-            if !allowed {
-                return refuse(phase, .penaltyBox, box.reply, c, rcpt: rcpt, penalty: false, now: now)
-            }
+        if let l = profile.connectionRate, l.phase == phase, c.overConnectionRate {
+            return refuse(phase, .connectionRate, l.reply, c, rcpt: rcpt, penalty: l.penalty ? s.reputation : nil, now: now)
+        }
+        if let box = profile.penaltyBox {
+            if box.phase == phase, let d = boxed(s.reputation, box, box.reply, phase, c, rcpt: rcpt, now: now) { return d }
+            // A domain is known from MAIL FROM on: its box answers there at the
+            // earliest, with the domain limit's text (Gmail's domain wording).
+            if let dr = c.domainReputation, SinkPolicy.domainPhase(box.phase) == phase,
+               let d = boxed(dr, box, profile.domainRate?.reply ?? box.reply, phase, c, rcpt: rcpt, now: now) { return d }
         }
         if let l = profile.maxMessagesPerConnection, l.phase == phase, c.messages >= l.value {
-            return refuse(phase, .maxMessagesPerConnection, l.reply, c, rcpt: rcpt, penalty: l.penalty, now: now)
+            return refuse(phase, .maxMessagesPerConnection, l.reply, c, rcpt: rcpt, penalty: l.penalty ? s.reputation : nil, now: now)
         }
-        if let r = profile.messageRate, r.phase == phase, s.rate?.tryAcquire(now: now) == false {
-            return refuse(phase, .messageRate, r.reply, c, rcpt: rcpt, penalty: r.penalty, now: now)
+        if let r = profile.messageRate, r.phase == phase, s.reputation.rate?.tryAcquire(now: now) == false {
+            return refuse(phase, .messageRate, r.reply, c, rcpt: rcpt, penalty: r.penalty ? s.reputation : nil, now: now)
+        }
+        if let r = profile.domainRate, r.phase == phase, let dr = c.domainReputation, dr.rate?.tryAcquire(now: now) == false {
+            return refuse(phase, .domainRate, r.reply, c, rcpt: rcpt, penalty: r.penalty ? dr : nil, now: now)
         }
         for f in profile.randomFailures where f.phase == phase && f.probability > 0 {
             if random.unit() < f.probability {
-                return refuse(phase, .randomFailure, f.reply, c, rcpt: rcpt, penalty: false, now: now)
+                return refuse(phase, .randomFailure, f.reply, c, rcpt: rcpt, penalty: nil, now: now)
             }
         }
         return nil
     }
 
+    /// The phase a domain's penalty box answers at: the box's, but not before MAIL FROM.
+    static func domainPhase(_ phase: SinkPhase) -> SinkPhase {
+        switch phase {
+        case .greeting, .helo, .mail: return .mail
+        case .rcpt, .data: return phase
+        }
+    }
+
+    /// The box's answer for a sender in it (nil: not boxed, or let through by `allow`).
+    func boxed(_ rep: SinkReputation, _ box: SinkPenaltyBox, _ reply: SinkReplyTemplate, _ phase: SinkPhase, _ c: SinkConnection,
+               rcpt: String?, now: UInt64) -> SinkDecision? {
+        if rep.permanent, let e = box.escalateReply {
+            return refuse(phase, .escalated, e, c, rcpt: rcpt, penalty: nil, now: now)
+        }
+        guard now < rep.penaltyUntil else { return nil }
+        if rep.penaltyAllow?.tryAcquire(now: now) == true { return nil }
+        rep.refusedInBox += 1
+        if box.extendOnRetry { rep.penaltyUntil = now &+ c.provider.penaltyNanos }
+        if let n = box.escalateAfter, let e = box.escalateReply, rep.refusedInBox >= n {
+            rep.permanent = true
+            return refuse(phase, .escalated, e, c, rcpt: rcpt, penalty: nil, now: now)
+        }
+        return refuse(phase, .penaltyBox, reply, c, rcpt: rcpt, penalty: nil, now: now)
+    }
+
+    /// Counts the refusal and renders it; `penalty` is the sender (IP or
+    /// domain) whose box the refusal arms, when the limit says `penalty`.
     func refuse(_ phase: SinkPhase, _ reason: SinkReason, _ template: SinkReplyTemplate, _ c: SinkConnection,
-                rcpt: String?, penalty: Bool, now: UInt64) -> SinkDecision {
+                rcpt: String?, penalty: SinkReputation?, now: UInt64) -> SinkDecision {
         let s = c.ipState
-        if penalty, let box = c.provider.profile.penaltyBox, now >= s.penaltyUntil {
-            s.penaltyUntil = now &+ c.provider.penaltyNanos
+        if let rep = penalty, let box = c.provider.profile.penaltyBox, now >= rep.penaltyUntil, !rep.permanent {
+            rep.penaltyUntil = now &+ c.provider.penaltyNanos
+            rep.refusedInBox = 0
             if let allow = box.allow {
                 // The first allowed message comes one interval after the trip.
                 var b = RateLimiter(intervalNanos: c.provider.penaltyAllowInterval, burst: allow.burst)
                 _ = b.tryAcquire(now: now)
-                s.penaltyAllow = b
+                rep.penaltyAllow = b
             } else {
-                s.penaltyAllow = nil
+                rep.penaltyAllow = nil
             }
         }
         let permanent = template.code >= 500
@@ -360,28 +473,70 @@ public final class SinkPolicy {
         case .rcpt:
             if permanent { s.counters.recipientsRejected.add(reason) } else { s.counters.recipientsDeferred.add(reason) }
         }
+        if template.silent { return .drop }
         return .reply(render(template, c, rcpt: rcpt, reason: reason))
     }
 
-    /// Substitutes `{ip}`, `{rcpt}`, `{local}`, `{domain}`, `{sender}`, `{host}`.
+    /// Substitutes the placeholders; a `code-` reply gets the provider's
+    /// `reply-suffix` at the end of its last line (Gmail's `<id> - gsmtp`).
     public func render(_ t: SinkReplyTemplate, _ c: SinkConnection, rcpt: String?, reason: SinkReason) -> SinkRenderedReply {
-        let profile = c.provider.profile
-        func fill(_ line: String) -> String {
-            guard line.contains("{") else { return line }
-            let r = rcpt ?? ""
-            let parts = r.split(separator: "@", maxSplits: 1, omittingEmptySubsequences: false)
-            let local = parts.first.map(String.init) ?? ""
-            let domain = parts.count > 1 ? String(parts[1]) : (profile.domains.first ?? "")
-            return line.replacingAll("{ip}", c.ip)
-                .replacingAll("{rcpt}", r)
-                .replacingAll("{local}", local)
-                .replacingAll("{domain}", domain)
-                .replacingAll("{sender}", c.sender)
-                .replacingAll("{host}", profile.hostname)
+        var lines = t.lines.map { fill($0, c, rcpt: rcpt) }
+        if t.continued, let suffix = c.provider.profile.replySuffix {
+            // Gmail's shape: the text folded into lines of about 70 columns,
+            // the suffix at the end of the last one.
+            let text = (lines + [fill(suffix, c, rcpt: rcpt)]).filter { !$0.isEmpty }.joined(separator: " ")
+            lines = SinkPolicy.fold(text, width: SinkPolicy.foldWidth)
         }
-        var lines = t.lines.map(fill)
-        if t.continued { lines.append(profile.replySuffix ?? profile.hostname) }
         return SinkRenderedReply(code: t.code, enhanced: t.enhanced, lines: lines, close: t.close, reason: reason)
+    }
+
+    static let foldWidth = 70
+
+    /// Splits `text` at spaces into lines of at most `width` characters (a
+    /// longer word gets a line of its own); joined with spaces they give `text` back.
+    static func fold(_ text: String, width: Int) -> [String] {
+        var lines: [String] = []
+        var line = ""
+        for word in text.split(separator: " ", omittingEmptySubsequences: false) {
+            if line.isEmpty {
+                line = String(word)
+            } else if line.count + 1 + word.count <= width {
+                line += " " + word
+            } else {
+                lines.append(line)
+                line = String(word)
+            }
+        }
+        lines.append(line)
+        return lines
+    }
+
+    nonisolated(unsafe) static let utcFormatter: ISO8601DateFormatter = {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f
+    }()
+
+    /// `{ip} {rcpt} {local} {domain} {sender} {sender-domain} {host} {session} {utc}`.
+    func fill(_ line: String, _ c: SinkConnection, rcpt: String?) -> String {
+        guard line.contains("{") else { return line }
+        let profile = c.provider.profile
+        let r = rcpt ?? ""
+        let parts = r.split(separator: "@", maxSplits: 1, omittingEmptySubsequences: false)
+        let local = parts.first.map(String.init) ?? ""
+        let domain = parts.count > 1 ? String(parts[1]) : (profile.domains.first ?? "")
+        var out = line.replacingAll("{ip}", c.ip)
+            .replacingAll("{rcpt}", r)
+            .replacingAll("{local}", local)
+            .replacingAll("{domain}", domain)
+            .replacingAll("{sender-domain}", c.senderDomain)
+            .replacingAll("{sender}", c.sender)
+            .replacingAll("{host}", profile.hostname)
+            .replacingAll("{session}", c.sessionID)
+        if out.contains("{utc}") {
+            out = out.replacingAll("{utc}", SinkPolicy.utcFormatter.string(from: Date()))
+        }
+        return out
     }
 
     /// `450-anything` → 450; `550` → 550; nil if the local part does not start with a reply code.

@@ -25,14 +25,22 @@ public struct SinkReplyTemplate: Hashable, Sendable {
     public var continued: Bool
     /// Close the connection after this reply (always for 421).
     public var close: Bool
+    /// No reply at all: the connection is closed where the reply would be
+    /// (Yahoo at its per-connection cap). Written `close` in a profile.
+    public var silent: Bool
 
-    public init(code: Int, enhanced: String? = nil, lines: [String], continued: Bool = false, close: Bool? = nil) {
+    public init(code: Int, enhanced: String? = nil, lines: [String], continued: Bool = false, close: Bool? = nil,
+                silent: Bool = false) {
         self.code = code
         self.enhanced = enhanced
         self.lines = lines.isEmpty ? [""] : lines
         self.continued = continued
-        self.close = close ?? (code == 421)
+        self.close = silent || (close ?? (code == 421))
+        self.silent = silent
     }
+
+    /// `close` in a profile where a reply would go: the connection just closes.
+    public static let silentClose = SinkReplyTemplate(code: 421, lines: ["(closed without a reply)"], silent: true)
 
     /// Parses `421-4.7.0 Try again later, closing connection.`; several lines
     /// may be separated by `\n` (the two characters or a real newline):
@@ -131,8 +139,11 @@ public struct SinkLimit: Hashable, Sendable {
     public var phase: SinkPhase
     public var reply: SinkReplyTemplate
     public var penalty: Bool
-    public init(value: Int, phase: SinkPhase, reply: SinkReplyTemplate, penalty: Bool = false) {
-        self.value = value; self.phase = phase; self.reply = reply; self.penalty = penalty
+    /// Counted per sending IP and MX host rather than per sending IP over the
+    /// provider (Orange: "3 connections per MX").
+    public var perMX: Bool
+    public init(value: Int, phase: SinkPhase, reply: SinkReplyTemplate, penalty: Bool = false, perMX: Bool = false) {
+        self.value = value; self.phase = phase; self.reply = reply; self.penalty = penalty; self.perMX = perMX
     }
 }
 
@@ -146,16 +157,27 @@ public struct SinkRateLimit: Hashable, Sendable {
     }
 }
 
-/// Once a limit marked `penalty` trips, the IP is deferred for `seconds` at
-/// `phase` with `reply` — or, with `allow`, held to that rate (Outlook's
-/// "1 message/minute for 90 minutes").
+/// Once a limit marked `penalty` trips, the IP (or, for `max-domain-msg-rate`,
+/// the envelope sender's domain) is deferred for `seconds` at `phase` with
+/// `reply` — or, with `allow`, held to that rate (Outlook's "1 message/minute
+/// for 90 minutes").
 public struct SinkPenaltyBox: Hashable, Sendable {
     public var seconds: Double
     public var phase: SinkPhase
     public var reply: SinkReplyTemplate
     public var allow: SinkRate?
-    public init(seconds: Double, phase: SinkPhase, reply: SinkReplyTemplate, allow: SinkRate? = nil) {
+    /// `extend`: every attempt the box refuses starts its `seconds` again, so
+    /// a sender that keeps retrying stays boxed.
+    public var extendOnRetry: Bool
+    /// `escalate N "REPLY"`: the N-th attempt refused inside one box turns it
+    /// into a permanent refusal with REPLY for the rest of the run (Yahoo's
+    /// `553 5.7.2 [TSS09] … permanently deferred`).
+    public var escalateAfter: Int?
+    public var escalateReply: SinkReplyTemplate?
+    public init(seconds: Double, phase: SinkPhase, reply: SinkReplyTemplate, allow: SinkRate? = nil,
+                extendOnRetry: Bool = false, escalateAfter: Int? = nil, escalateReply: SinkReplyTemplate? = nil) {
         self.seconds = seconds; self.phase = phase; self.reply = reply; self.allow = allow
+        self.extendOnRetry = extendOnRetry; self.escalateAfter = escalateAfter; self.escalateReply = escalateReply
     }
 }
 
@@ -268,15 +290,31 @@ public struct SinkISPProfile: Hashable, Sendable {
     /// Numeric addresses its MX hosts listen on.
     public var mx: [String] = []
     public var port: UInt16 = 25
-    /// The name in the banner and in multi-line reply suffixes.
+    /// The name in the banner (after `220`) and in the EHLO reply.
     public var hostname: String
-    /// The last line added to `code-` replies (Gmail: `gsmtp`); default the hostname.
+    /// Text added at the end of the last line of replies written `code-…`
+    /// (Gmail: `{session} - gsmtp`); none by default.
     public var replySuffix: String?
+    /// The greeting's text after `220 <hostname> `, or with `greetingIsWhole`
+    /// the whole text after `220 ` (a `banner` written with its code).
     public var banner: String?
+    public var greetingIsWhole = false
 
     public var maxConnections: SinkLimit?
+    /// Connection attempts per sending IP per time (Orange: 1,000 an hour).
+    public var connectionRate: SinkRateLimit?
     public var maxMessagesPerConnection: SinkLimit?
     public var messageRate: SinkRateLimit?
+    /// Messages per envelope sender domain (any sending IP): rotating IPs does
+    /// not escape it (Gmail keeps quotas per IP and per SPF/DKIM domain).
+    public var domainRate: SinkRateLimit?
+    /// `max-rcpt-per-msg N "REPLY"`: recipients per transaction (answered at RCPT).
+    public var maxRecipients: SinkLimit?
+    /// `max-msg-size BYTES`: advertised as SIZE and enforced by the SMTP
+    /// session (its own `552 5.3.4` text); nil keeps the session's default.
+    public var maxMessageSize: Int?
+    /// `max-line-length N`: longest DATA line including CRLF (session's 500 5.5.6).
+    public var maxLineLength: Int?
     public var penaltyBox: SinkPenaltyBox?
     public var recipientRules: [SinkRecipientRule] = []
     public var mailboxRate: SinkMailboxRate?

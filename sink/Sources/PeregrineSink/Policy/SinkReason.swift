@@ -13,6 +13,11 @@ public enum SinkReason: Int, CaseIterable, Sendable {
     case scripted
     case droppedDuringData
     case tlsRequired
+    case connectionRate
+    case domainRate
+    case tooManyRecipients
+    /// A penalty box that turned permanent (`escalate`).
+    case escalated
 
     public var name: String {
         switch self {
@@ -29,6 +34,10 @@ public enum SinkReason: Int, CaseIterable, Sendable {
         case .scripted: return "scripted"
         case .droppedDuringData: return "dropped-during-data"
         case .tlsRequired: return "require-tls"
+        case .connectionRate: return "max-connection-rate"
+        case .domainRate: return "max-domain-msg-rate"
+        case .tooManyRecipients: return "max-rcpt-per-msg"
+        case .escalated: return "escalated"
         }
     }
 

@@ -147,13 +147,46 @@ public enum SinkProfileParser {
             case "reply-suffix":
                 p.replySuffix = try node.singleArgument()
             case "banner":
-                p.banner = try node.singleArgument()
+                // Written with its code (`220 mx.google.com ESMTP …`) it is the whole
+                // greeting; otherwise the text after `220 <hostname> `.
+                let text = try node.singleArgument()
+                if text.hasPrefix("220 ") || text.hasPrefix("220-") {
+                    p.banner = String(text.dropFirst(4))
+                    p.greetingIsWhole = true
+                } else if text == "220" || (isReplyText(text) && !text.hasPrefix("220")) {
+                    throw node.error("banner: a greeting written with its code must start with '220 ' and have text")
+                } else {
+                    p.banner = text
+                    p.greetingIsWhole = false
+                }
             case "max-connections":
-                p.maxConnections = try limit(node, default: .greeting)
+                p.maxConnections = try limit(node, default: .greeting, perMXAllowed: true)
+            case "max-connection-rate":
+                let l = try rateLimit(node, default: .greeting)
+                guard l.phase == .greeting || l.phase == .helo else {
+                    throw node.error("max-connection-rate answers at greeting or helo, not \(l.phase.rawValue)")
+                }
+                p.connectionRate = l
             case "max-msg-per-connection":
                 p.maxMessagesPerConnection = try limit(node, default: .mail)
             case "max-msg-rate":
-                p.messageRate = try rateLimit(node)
+                p.messageRate = try rateLimit(node, default: .mail)
+            case "max-domain-msg-rate":
+                let l = try rateLimit(node, default: .mail)
+                guard l.phase == .mail || l.phase == .rcpt || l.phase == .data else {
+                    throw node.error("max-domain-msg-rate: the envelope domain is known from MAIL FROM on; use mail, rcpt or data, not \(l.phase.rawValue)")
+                }
+                p.domainRate = l
+            case "max-rcpt-per-msg":
+                let l = try limit(node, default: .rcpt)
+                guard l.phase == .rcpt, !l.penalty else { throw node.error("max-rcpt-per-msg answers at rcpt, without penalty") }
+                p.maxRecipients = l
+            case "max-msg-size":
+                let size = try node.value(ConfigValue.size)
+                guard size >= 1024, size <= Int(Int32.max) else { throw node.error("max-msg-size must be 1k to 2G bytes") }
+                p.maxMessageSize = size
+            case "max-line-length":
+                p.maxLineLength = try node.value { (t: String) throws(ConfigValueError) -> Int in try ConfigValue.integer(t, in: 80...1_000_000) }
             case "penalty-box":
                 p.penaltyBox = try penaltyBox(node)
             case "unknown-user", "mailbox-full", "inactive":
@@ -298,9 +331,10 @@ public enum SinkProfileParser {
             if let ph = SinkPhase(rawValue: a.lowercased()) {
                 guard chosen == nil else { throw node.error("\(node.name): more than one phase") }
                 chosen = ph
-            } else if isReplyText(a) {
+            } else if isReplyText(a) || a.lowercased() == "close" {
                 guard reply == nil else { throw node.error("\(node.name): more than one reply text") }
-                reply = try template(node, a)
+                // `close`: no reply, the connection just closes (Yahoo at its per-connection cap).
+                reply = a.lowercased() == "close" ? .silentClose : try template(node, a)
             } else {
                 rest.append(a)
             }
@@ -311,27 +345,31 @@ public enum SinkProfileParser {
         return (chosen ?? phase, r, rest)
     }
 
-    /// `VALUE [PHASE] "REPLY" [penalty]`
-    static func limit(_ node: ConfigNode, default phase: SinkPhase) throws(ConfigError) -> SinkLimit {
+    /// `VALUE [PHASE] "REPLY"|close [penalty] [per-mx]`
+    static func limit(_ node: ConfigNode, default phase: SinkPhase, perMXAllowed: Bool = false) throws(ConfigError) -> SinkLimit {
         guard let first = node.arguments.first else {
             throw node.error("\(node.name) needs a number, a phase and a reply, e.g. \(node.name) 5 greeting \"421 4.7.0 Too many connections\"")
         }
         let value = try node.parse(first) { (t: String) throws(ConfigValueError) -> Int in try ConfigValue.integer(t, in: 1...1_000_000_000) }
         let (ph, reply, rest) = try phaseAndReply(node, Array(node.arguments.dropFirst()), default: phase)
         var penalty = false
+        var perMX = false
         for word in rest {
-            guard word.lowercased() == "penalty" else { throw node.error("\(node.name): unexpected '\(word)'") }
-            penalty = true
+            switch word.lowercased() {
+            case "penalty": penalty = true
+            case "per-mx" where perMXAllowed: perMX = true
+            default: throw node.error("\(node.name): unexpected '\(word)'")
+            }
         }
-        return SinkLimit(value: value, phase: ph, reply: reply, penalty: penalty)
+        return SinkLimit(value: value, phase: ph, reply: reply, penalty: penalty, perMX: perMX)
     }
 
     /// `RATE [PHASE] "REPLY" [burst N] [penalty]`
-    static func rateLimit(_ node: ConfigNode) throws(ConfigError) -> SinkRateLimit {
+    static func rateLimit(_ node: ConfigNode, default phase: SinkPhase) throws(ConfigError) -> SinkRateLimit {
         guard let first = node.arguments.first else {
-            throw node.error("max-msg-rate needs a rate, a phase and a reply, e.g. max-msg-rate 100/m mail \"421 4.7.0 rate limited\"")
+            throw node.error("\(node.name) needs a rate, a phase and a reply, e.g. \(node.name) 100/m \(phase.rawValue) \"421 4.7.0 rate limited\"")
         }
-        let (ph, reply, rest) = try phaseAndReply(node, Array(node.arguments.dropFirst()), default: .mail)
+        let (ph, reply, rest) = try phaseAndReply(node, Array(node.arguments.dropFirst()), default: phase)
         var penalty = false
         var burst: Int? = nil
         var i = 0
@@ -339,30 +377,65 @@ public enum SinkProfileParser {
             switch rest[i].lowercased() {
             case "penalty": penalty = true; i += 1
             case "burst":
-                guard i + 1 < rest.count else { throw node.error("max-msg-rate: burst needs a number") }
+                guard i + 1 < rest.count else { throw node.error("\(node.name): burst needs a number") }
                 burst = try node.parse(rest[i + 1]) { (t: String) throws(ConfigValueError) -> Int in try ConfigValue.integer(t, in: 1...1_000_000_000) }
                 i += 2
-            default: throw node.error("max-msg-rate: unexpected '\(rest[i])'")
+            default: throw node.error("\(node.name): unexpected '\(rest[i])'")
             }
         }
         return SinkRateLimit(rate: try sinkRate(node, first, burst: burst), phase: ph, reply: reply, penalty: penalty)
     }
 
-    /// `DURATION [PHASE] "REPLY" [allow RATE]`
+    /// `DURATION [PHASE] "REPLY" [allow RATE] [extend] [escalate N "REPLY"]`
     static func penaltyBox(_ node: ConfigNode) throws(ConfigError) -> SinkPenaltyBox {
-        guard let first = node.arguments.first else {
+        let args = node.arguments
+        guard let first = args.first else {
             throw node.error("penalty-box needs a duration, a phase and a reply, e.g. penalty-box 2h mail \"421 4.7.0 deferred\"")
         }
         let secs = try seconds(node, first)
-        let (ph, reply, rest) = try phaseAndReply(node, Array(node.arguments.dropFirst()), default: .mail)
+        var phase: SinkPhase? = nil
+        var reply: SinkReplyTemplate? = nil
         var allow: SinkRate? = nil
-        if !rest.isEmpty {
-            guard rest.count == 2, rest[0].lowercased() == "allow" else {
-                throw node.error("penalty-box: unexpected '\(rest.joined(separator: " "))' (only 'allow RATE' may follow)")
+        var extend = false
+        var escalateAfter: Int? = nil
+        var escalateReply: SinkReplyTemplate? = nil
+        var i = 1
+        while i < args.count {
+            let a = args[i]
+            if let ph = SinkPhase(rawValue: a.lowercased()) {
+                guard phase == nil else { throw node.error("penalty-box: more than one phase") }
+                phase = ph
+                i += 1
+            } else if isReplyText(a) {
+                guard reply == nil else { throw node.error("penalty-box: more than one reply text (an escalation's reply follows 'escalate N')") }
+                reply = try template(node, a)
+                i += 1
+            } else {
+                switch a.lowercased() {
+                case "allow":
+                    guard i + 1 < args.count else { throw node.error("penalty-box: allow needs a RATE, e.g. allow 1/m") }
+                    allow = try sinkRate(node, args[i + 1], burst: 1)
+                    i += 2
+                case "extend":
+                    extend = true
+                    i += 1
+                case "escalate":
+                    guard i + 2 < args.count, isReplyText(args[i + 2]) else {
+                        throw node.error("penalty-box: escalate needs a count and a reply, e.g. escalate 20 \"553 5.7.2 [TSS09] …\"")
+                    }
+                    escalateAfter = try node.parse(args[i + 1]) { (t: String) throws(ConfigValueError) -> Int in try ConfigValue.integer(t, in: 1...1_000_000_000) }
+                    escalateReply = try template(node, args[i + 2])
+                    i += 3
+                default:
+                    throw node.error("penalty-box: unexpected '\(a)' (after the reply: allow RATE, extend, escalate N \"REPLY\")")
+                }
             }
-            allow = try sinkRate(node, rest[1], burst: 1)
         }
-        return SinkPenaltyBox(seconds: secs, phase: ph, reply: reply, allow: allow)
+        guard let reply else {
+            throw node.error("penalty-box needs a quoted reply such as \"421 4.7.0 Try again later\"")
+        }
+        return SinkPenaltyBox(seconds: secs, phase: phase ?? .mail, reply: reply, allow: allow,
+                              extendOnRetry: extend, escalateAfter: escalateAfter, escalateReply: escalateReply)
     }
 
     static func latency(_ node: ConfigNode, _ args: [String]) throws(ConfigError) -> SinkLatency {

@@ -57,6 +57,11 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
         switch request {
         case .connection:
             // A refused greeting always ends the connection.
+            if greetingDecision == .drop { return dropConnection() }
+            if greetingDecision == .accept, let text = policy.greetingText(c) {
+                // The provider's whole greeting (`banner "220 …"`), written once.
+                return answer(.reply(SMTPReply(code: 220, lines: [text])), close: false, after: greetingLatency)
+            }
             return answer(Self.map(greetingDecision), close: greetingDecision != .accept, after: greetingLatency)
         case .helo:
             shared.lock.withLock {
@@ -89,9 +94,17 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
             }
             return .accept
         }
+        if decision == .drop { return dropConnection() }
         var close = false
         if case .reply(let r) = decision, r.close { close = true }
         return answer(Self.map(decision), close: close, after: latency)
+    }
+
+    /// A limit that answers `close`: no reply, the connection goes away (it
+    /// closes once the session has returned from this callback).
+    private func dropConnection() -> SMTPServerDecision {
+        connection?.close()
+        return .pending
     }
 
     /// Answers now, or after `latency` through a loop timer (`.pending` meanwhile).

@@ -31,6 +31,11 @@ public final class SinkServer<Loop: EventLoop> {
             var c = SMTPServerConfiguration(hostname: p.profile.hostname)
             c.banner = p.profile.banner ?? "ESMTP peregrine-sink (\(p.profile.name))"
             c.startTLSEnabled = shared.tlsContext != nil
+            // Per-provider protocol limits the SMTP session enforces with its own texts.
+            if let size = p.profile.maxMessageSize { c.maxMessageSize = size }
+            if let line = p.profile.maxLineLength { c.maxDataLineLength = line }
+            // The policy answers max-rcpt-per-msg with the provider's text; the session's own cap stays above it.
+            if let r = p.profile.maxRecipients { c.maxRecipients = max(c.maxRecipients, r.value + 1) }
             return c
         }
     }
@@ -41,8 +46,10 @@ public final class SinkServer<Loop: EventLoop> {
         var bound: [SinkBinding] = []
         for b in bindings {
             let provider = shared.policy.providers[b.providerIndex]
+            // Which of the provider's MX hosts this is (per-MX limits); 0 for an address not in `mx`.
+            let mx = provider.profile.mx.firstIndex(of: b.address.ip) ?? 0
             let l = try loop.listen(on: b.address, options: ListenOptions(backlog: 4096, reusePort: reusePort)) { [unowned self] r in
-                self.accepted(r, provider: provider)
+                self.accepted(r, provider: provider, mx: mx)
             }
             listeners.append(l)
             providerByListener[l.fd] = provider
@@ -66,7 +73,7 @@ public final class SinkServer<Loop: EventLoop> {
         return a
     }
 
-    private func accepted(_ result: Result<AcceptedConnection, IOError>, provider: SinkProvider) {
+    private func accepted(_ result: Result<AcceptedConnection, IOError>, provider: SinkProvider, mx: Int) {
         guard case .success(let a) = result else { return }
         let ip = a.peer.ip
         let now = loop.now
@@ -74,7 +81,7 @@ public final class SinkServer<Loop: EventLoop> {
         var latency: UInt64 = 0
         var conn: SinkConnection?
         shared.lock.withLock {
-            let (c, d) = shared.policy.connect(provider: provider, ip: ip, now: now)
+            let (c, d) = shared.policy.connect(provider: provider, ip: ip, mx: mx, now: now)
             conn = c
             greeting = d
             latency = shared.policy.latency(c, .greeting)
