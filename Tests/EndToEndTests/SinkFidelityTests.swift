@@ -348,6 +348,67 @@ import PeregrineIO
     }
 }
 
+/// `--mx-fault`: one MX host of a provider black-holed while the others work.
+@Suite struct SinkMXFaultTests {
+    @Test(arguments: BackendKind.allCases)
+    func aBlackHoledMXAcceptsTCPAndNeverGreets(_ kind: BackendKind) throws {
+        guard (try? kind.loopType.init()) != nil else {
+            Issue.record("backend \(kind.rawValue) is not available on this machine")
+            return
+        }
+        let sink = try SinkFidelityTests.shipped("gmail", ["--mx-fault", "gmail:2=blackhole", "--stats-port", "127.0.0.1:0"], backend: kind)
+        defer { sink.terminate() }
+        let (ip1, port1) = try sink.address("gmail", 0)
+        let (ip2, port2) = try sink.address("gmail", 1)
+        // mx2 completes the TCP handshake (connect succeeds) and says nothing, even to EHLO.
+        let dark = try SinkTestClient(ip2, port2)
+        try dark.send("EHLO client.test\r\n")
+        // mx1 greets as usual: the provider works through its other host.
+        let lit = try SinkTestClient(ip1, port1)
+        #expect(try lit.reply()?.code == 220)
+        #expect(try lit.command("EHLO client.test")?.code == 250)
+        // By now mx2 has had the time mx1 needed to greet and answer EHLO, and more.
+        #expect(!dark.hasInput(withinMilliseconds: 500), "the black-holed MX sent something")
+        let out = sink.terminate()
+        #expect(out.contains("\"sessions_blackholed\" : 1"), "\(out)")
+        // The policy never saw the black-holed connection: one session (mx1's).
+        #expect(out.contains("\"sessions\" : 1"), "\(out)")
+    }
+
+    @Test func aFaultCanStartLaterInTheRun() throws {
+        // 1 h of profile time × 0.002 = 7.2 s after the start.
+        let sink = try SinkFidelityTests.shipped("gmail", ["--mx-fault", "gmail:1=blackhole@1h", "--time-scale", "0.002"])
+        defer { sink.terminate() }
+        let (ip, port) = try sink.address("gmail", 0)
+        let first = try SinkTestClient(ip, port)
+        #expect(try first.reply()?.code == 220, "greeted before the fault starts")
+        var dark = false
+        let deadline = Date().addingTimeInterval(40)
+        while !dark && Date() < deadline {
+            let c = try SinkTestClient(ip, port)
+            if c.hasInput(withinMilliseconds: 1000) {
+                #expect(try c.reply()?.code == 220)
+                usleep(500_000)
+            } else {
+                dark = true
+            }
+        }
+        #expect(dark, "mx1 still greets 40 s after the start")
+    }
+
+    @Test func badFaultsExitWithUsage() {
+        let gmail = SinkProfileTests.profilesDir + "/gmail.conf"
+        for (arg, message) in [("gmail:3=blackhole", "MX host number must be 1 to 2"),
+                               ("nosuch:1=blackhole", "no profile named 'nosuch'"),
+                               ("gmail:1=reset", "'reset' is not a fault this sink models"),
+                               ("gmail:1=blackhole@soon", "--mx-fault gmail:1=blackhole@soon:"),
+                               ("gmail", "expected ISP:N=blackhole")] {
+            let r = SinkProcess.runToExit(["--profile", gmail, "--no-require-tls", "--port", "0", "--mx-fault", arg])
+            #expect(r.status == 2 && r.stderr.contains(message), "\(arg): \(r.status) \(r.stderr)")
+        }
+    }
+}
+
 /// The reputation model with a hand-held clock: exact instants, no sockets.
 @Suite struct SinkReputationPolicyTests {
     static let s: UInt64 = 1_000_000_000

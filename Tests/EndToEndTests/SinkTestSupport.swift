@@ -213,6 +213,15 @@ final class SinkTestClient {
         return try reply()
     }
 
+    /// Whether the server sent anything (or closed) within `ms` milliseconds.
+    func hasInput(withinMilliseconds ms: Int32) -> Bool {
+        if !pending.isEmpty || closedByPeer { return true }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        var n: Int32
+        repeat { n = poll(&p, 1, ms) } while n < 0 && errno == EINTR
+        return n > 0
+    }
+
     /// True when the server has closed the connection (EOF now).
     func isClosedByPeer() -> Bool {
         if closedByPeer { return true }

@@ -19,6 +19,8 @@ public struct SinkOptions: Equatable, Sendable {
     public var noRequireTLS = false
     public var timeScale: Double?
     public var seed: UInt64 = 1
+    /// `--mx-fault ISP:N=blackhole[@DURATION]`, as given (checked against the profiles at start).
+    public var mxFaults: [String] = []
     public var quiet = false
     public var help = false
     public init() {}
@@ -27,7 +29,8 @@ public struct SinkOptions: Equatable, Sendable {
     usage: peregrine-sink [--profile FILE]... [--accept-all --listen ADDR:PORT]
                           [--backend io_uring|epoll|dispatch] [--threads N] [--port N]
                           [--stats-port [ADDR:]PORT] [--dns ADDR:PORT] [--record-ids FILE]
-                          [--time-scale X] [--seed N] [--tls-cert FILE --tls-key FILE] [--no-require-tls] [--quiet]
+                          [--time-scale X] [--seed N] [--tls-cert FILE --tls-key FILE] [--no-require-tls]
+                          [--mx-fault ISP:N=blackhole[@DURATION]]... [--quiet]
 
       --profile FILE       ISP profiles (sink/profiles/all.conf has every shipped one); repeatable
       --accept-all         accept everything on --listen, no profile needed
@@ -44,6 +47,9 @@ public struct SinkOptions: Equatable, Sendable {
       --tls-key FILE       its PEM private key (profiles: require-tls, starttls offer|refuse|break)
       --no-require-tls     turn every profile's require-tls off (a profile that requires TLS
                            does not start without --tls-cert otherwise)
+      --mx-fault ISP:N=blackhole[@DURATION]
+                           MX host N (1 = mx1.<isp>.sink) accepts TCP and never greets,
+                           from the start or DURATION after it (scaled by the time scale); repeatable
     Stops on SIGTERM/SIGINT and prints the counters as JSON.
     """
 
@@ -114,6 +120,9 @@ public struct SinkOptions: Equatable, Sendable {
             case "--tls-key":
                 guard let v = value(), !v.isEmpty else { return fail("--tls-key needs a FILE") }
                 o.tlsKey = v
+            case "--mx-fault":
+                guard let v = value(), !v.isEmpty else { return fail("--mx-fault needs ISP:N=blackhole[@DURATION]") }
+                o.mxFaults.append(v)
             case "--no-require-tls": o.noRequireTLS = true
             case "--quiet", "-q": o.quiet = true
             case "--help", "-h": o.help = true

@@ -74,6 +74,14 @@ public enum SinkMain {
 
         let scale = options.timeScale ?? set.timeScale ?? 1
         let policy = SinkPolicy(profiles: set.profiles, timeScale: scale, seed: options.seed)
+        for text in options.mxFaults {
+            switch SinkMXFault.parse(text, profiles: set.profiles) {
+            case .failure(let e): complain("--mx-fault \(text): \(e.message)"); return 2
+            case .success(let f):
+                let provider = policy.providers[f.providerIndex]
+                provider.blackholeAfter[f.mx] = SinkProvider.nanos(f.afterSeconds, scale)
+            }
+        }
         let shared = SinkShared(policy: policy)
         if let cert = options.tlsCert, let key = options.tlsKey {
             do { shared.tlsContext = try TLSContext.server(certificateFile: cert, keyFile: key) } catch {

@@ -85,6 +85,17 @@ public final class SinkProvider {
     var greylist: [String: UInt64] = [:]
     /// Reputation per envelope sender domain (lower case), for `max-domain-msg-rate`.
     public private(set) var senderDomains: [String: SinkReputation] = [:]
+    /// `--mx-fault`: MX host index → ns after the start from which it accepts
+    /// TCP and never greets.
+    public internal(set) var blackholeAfter: [Int: UInt64] = [:]
+    /// Connections a black-holed MX host accepted (never greeted).
+    public internal(set) var blackholed: UInt64 = 0
+
+    /// Whether MX host `mx` is black-holed `sinceStart` ns into the run.
+    func isBlackholed(mx: Int, sinceStart: UInt64) -> Bool {
+        guard let after = blackholeAfter[mx] else { return false }
+        return sinceStart >= after
+    }
 
     init(profile: SinkISPProfile, index: Int, scale: Double) {
         self.profile = profile

@@ -21,6 +21,8 @@ public final class SinkServer<Loop: EventLoop> {
     private var providerByListener: [Int32: SinkProvider] = [:]
     private var configurations: [SMTPServerConfiguration] = []
     private var connections: [ObjectIdentifier: SMTPServerConnection<Loop>] = [:]
+    /// Sockets a black-holed MX host accepted: held open, never read, closed at shutdown.
+    private var held: [Socket] = []
     private var stats: SinkStatsHTTP<Loop>?
     private var dns: SinkDNSResponder<Loop>?
 
@@ -77,6 +79,16 @@ public final class SinkServer<Loop: EventLoop> {
         guard case .success(let a) = result else { return }
         let ip = a.peer.ip
         let now = loop.now
+        let blackhole = shared.lock.withLock { () -> Bool in
+            guard provider.isBlackholed(mx: mx, sinceStart: monotonicNanoseconds() &- shared.startedAt) else { return false }
+            provider.blackholed &+= 1
+            return true
+        }
+        if blackhole {
+            // `--mx-fault …=blackhole`: the TCP handshake completed, no greeting ever comes.
+            held.append(a.socket)
+            return
+        }
         var greeting: SinkDecision = .accept
         var latency: UInt64 = 0
         var conn: SinkConnection?
@@ -105,6 +117,8 @@ public final class SinkServer<Loop: EventLoop> {
         for l in listeners { loop.closeListener(l) }
         listeners.removeAll()
         for c in Array(connections.values) { c.close() }
+        for s in held { loop.close(s) }
+        held.removeAll()
         stats?.shutdown()
         dns?.shutdown()
     }

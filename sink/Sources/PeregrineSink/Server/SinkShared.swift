@@ -99,6 +99,7 @@ public final class SinkShared: @unchecked Sendable {
                 for (ip, s) in p.ips { ips[ip] = s.counters.jsonObject }
                 var obj = t.jsonObject
                 obj["open_connections"] = p.open
+                if !p.blackholeAfter.isEmpty { obj["sessions_blackholed"] = p.blackholed }
                 obj["ips"] = ips
                 providers[p.profile.name] = obj
             }
