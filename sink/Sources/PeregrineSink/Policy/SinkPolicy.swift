@@ -159,8 +159,8 @@ public final class SinkConnection {
     var overConnectionLimit = false
     var overConnectionRate = false
     var sender = ""
-    /// The envelope sender's domain (lower case) and its reputation when the
-    /// profile keys a limit on it.
+    /// The envelope sender's domain (lower case) and its reputation, when the
+    /// profile keys a limit on it (`max-domain-msg-rate`).
     var senderDomain = ""
     var domainReputation: SinkReputation?
     public internal(set) var acceptedRecipients = 0
@@ -252,9 +252,11 @@ public final class SinkPolicy {
         c.sender = sender
         c.acceptedRecipients = 0
         c.refuseAtData = nil
-        let domain = sender.utf8.lastIndex(of: UInt8(ascii: "@")).map { String(sender[sender.index(after: $0)...]).lowercased() } ?? ""
-        c.senderDomain = domain
-        c.domainReputation = c.provider.profile.domainRate != nil && !domain.isEmpty ? c.provider.domainReputation(domain) : nil
+        if c.provider.profile.domainRate != nil {
+            let domain = SinkPolicy.domain(of: sender)
+            c.senderDomain = domain
+            c.domainReputation = domain.isEmpty ? nil : c.provider.domainReputation(domain)
+        }
         if !c.tls, let t = c.provider.profile.requireTLS {
             return refuse(.mail, .tlsRequired, t, c, rcpt: nil, penalty: nil, now: now)
         }
@@ -540,7 +542,7 @@ public final class SinkPolicy {
             .replacingAll("{rcpt}", r)
             .replacingAll("{local}", local)
             .replacingAll("{domain}", domain)
-            .replacingAll("{sender-domain}", c.senderDomain)
+            .replacingAll("{sender-domain}", SinkPolicy.domain(of: c.sender))
             .replacingAll("{sender}", c.sender)
             .replacingAll("{host}", profile.hostname)
             .replacingAll("{session}", c.sessionID)
@@ -548,6 +550,12 @@ public final class SinkPolicy {
             out = out.replacingAll("{utc}", SinkPolicy.utcFormatter.string(from: Date()))
         }
         return out
+    }
+
+    /// The lower-case domain of `sender` ("" for the null sender).
+    static func domain(of sender: String) -> String {
+        guard let at = sender.utf8.lastIndex(of: UInt8(ascii: "@")) else { return "" }
+        return String(sender[sender.index(after: at)...]).lowercased()
     }
 
     /// `450-anything` → 450; `550` → 550; nil if the local part does not start with a reply code.
