@@ -369,10 +369,38 @@ import PeregrineIO
         #expect(try lit.command("EHLO client.test")?.code == 250)
         // By now mx2 has had the time mx1 needed to greet and answer EHLO, and more.
         #expect(!dark.hasInput(withinMilliseconds: 500), "the black-holed MX sent something")
+        // A peer that gives up and closes is let go; the sink goes on serving.
+        do {
+            let quitter = try SinkTestClient(ip2, port2)
+            try quitter.send("QUIT\r\n")
+        }
+        #expect(try lit.command("NOOP")?.code == 250)
+        // Both black-holed connections were accepted (polled on /stats, bounded).
+        var seen = ""
+        let deadline = Date().addingTimeInterval(20)
+        while !seen.contains("\"sessions_blackholed\":2") && Date() < deadline {
+            seen = try Self.stats(sink)
+            if !seen.contains("\"sessions_blackholed\":2") { usleep(50_000) }
+        }
+        #expect(seen.contains("\"sessions_blackholed\":2"), "\(seen)")
         let out = sink.terminate()
-        #expect(out.contains("\"sessions_blackholed\" : 1"), "\(out)")
+        #expect(out.contains("\"sessions_blackholed\" : 2"), "\(out)")
         // The policy never saw the black-holed connection: one session (mx1's).
         #expect(out.contains("\"sessions\" : 1"), "\(out)")
+    }
+
+    /// GET /stats (compact JSON) from a sink started with --stats-port.
+    static func stats(_ sink: SinkProcess) throws -> String {
+        let address = try #require(sink.statsAddress)
+        let colon = try #require(address.lastIndex(of: ":"))
+        let c = try SinkTestClient(String(address[..<colon]), UInt16(address[address.index(after: colon)...]) ?? 0)
+        try c.send("GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        var text = ""
+        while let r = try? c.reply(), !r.lines.isEmpty {
+            text += r.lines.joined(separator: "\n") + "\n"
+            if c.closedByPeer { break }
+        }
+        return text
     }
 
     @Test func aFaultCanStartLaterInTheRun() throws {

@@ -21,10 +21,15 @@ public final class SinkServer<Loop: EventLoop> {
     private var providerByListener: [Int32: SinkProvider] = [:]
     private var configurations: [SMTPServerConfiguration] = []
     private var connections: [ObjectIdentifier: SMTPServerConnection<Loop>] = [:]
-    /// Sockets a black-holed MX host accepted: held open, never read, closed at shutdown.
-    private var held: [Socket] = []
+    /// Sockets a black-holed MX host accepted: held open and never answered;
+    /// what they send is read and dropped, so a peer's close frees the socket.
+    private var held: Set<Socket> = []
+    /// One discard buffer for every held socket (its contents are never looked at).
+    private let discard = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 16)
     private var stats: SinkStatsHTTP<Loop>?
     private var dns: SinkDNSResponder<Loop>?
+
+    deinit { discard.deallocate() }
 
     public init(loop: Loop, shared: SinkShared) {
         self.loop = loop
@@ -86,7 +91,8 @@ public final class SinkServer<Loop: EventLoop> {
         }
         if blackhole {
             // `--mx-fault …=blackhole`: the TCP handshake completed, no greeting ever comes.
-            held.append(a.socket)
+            held.insert(a.socket)
+            drain(a.socket)
             return
         }
         var greeting: SinkDecision = .accept
@@ -110,6 +116,19 @@ public final class SinkServer<Loop: EventLoop> {
         connections[key] = connection
         connection.onClose = { [unowned self] _ in self.connections[key] = nil }
         connection.start()
+    }
+
+    /// Reads and drops what a black-holed peer sends until it closes.
+    private func drain(_ socket: Socket) {
+        loop.receive(socket, into: discard) { [unowned self] r in
+            guard self.held.contains(socket) else { return }   // closed at shutdown
+            if case .success(let n) = r, n > 0 {
+                self.drain(socket)
+            } else {
+                self.held.remove(socket)
+                self.loop.close(socket)
+            }
+        }
     }
 
     /// Closes listeners and every connection (on the loop's thread).
