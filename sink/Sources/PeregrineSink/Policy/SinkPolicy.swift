@@ -218,7 +218,8 @@ public final class SinkPolicy {
             let open = limit.perMX ? s.openPerMX[mx, default: 0] : s.open
             if open > limit.value { c.overConnectionLimit = true }
         }
-        // Every attempt counts, refused ones too: that is what an attempts-per-hour limit meters.
+        // Every connection attempt asks the bucket, concurrent or not; a refused
+        // attempt takes no token, so a sender that slows down gets back in.
         if s.connectionRate?.tryAcquire(now: now) == false { c.overConnectionRate = true }
         return (c, check(.greeting, c, rcpt: nil, now: now) ?? .accept)
     }
