@@ -273,6 +273,34 @@ import PeregrineIO
         #expect(out.contains("\"escalated\" : 3"), "\(out)")
     }
 
+    // MARK: Reputation worsens with bad recipients
+
+    @Test func aSenderWithTooManyUnknownRecipientsIsBoxed() throws {
+        let profile = """
+            <isp hyg>
+                domains hyg.test
+                mx 127.0.8.26
+                unknown-user "550 5.1.1 <{rcpt}>: user unknown" unknown*
+                bad-recipient-penalty 50% of 4
+                penalty-box 1h mail "421 4.7.0 [{ip}] too many invalid recipients"
+            </isp>
+            """
+        let sink = try Self.sink(profile: profile, "hygiene", ["--time-scale", "1"])
+        defer { sink.terminate() }
+        let (ip, port) = try sink.address("hyg")
+        let (c, _) = try Self.session(ip, port, from: "127.0.43.1")
+        #expect(try c.command("MAIL FROM:<s@example.com>")?.code == 250)
+        for r in ["unknown1", "ok1", "unknown2", "ok2"] {
+            let reply = try c.command("RCPT TO:<\(r)@hyg.test>")
+            #expect(reply?.code == (r.hasPrefix("unknown") ? 550 : 250), "\(r): \(String(describing: reply))")
+        }
+        #expect(try c.command("RSET")?.code == 250)
+        let boxed = try c.command("MAIL FROM:<s@example.com>")
+        #expect(boxed?.lines.first == "421 4.7.0 [127.0.43.1] too many invalid recipients", "\(String(describing: boxed))")
+        let (o, _) = try Self.session(ip, port, from: "127.0.43.2")
+        #expect(try o.sendMessage(to: "ok@hyg.test") == nil)
+    }
+
     // MARK: Connection limits per MX host and per hour (Orange)
 
     @Test func orangeCountsConnectionsPerMXHost() throws {
@@ -508,6 +536,33 @@ import PeregrineIO
         #expect(mail(policy, "10.0.0.1", "d@d.test", at: 1_100_000_000) == nil)
     }
 
+    @Test func aShareOfBadRecipientsBoxesTheIP() {
+        var p = Self.profile(extend: false)
+        p.messageRate = nil
+        p.domainRate = nil
+        p.recipientRules = [SinkRecipientRule(kind: .unknownUser, patterns: [SinkPattern("unknown*")],
+                                              reply: SinkPolicyTests.reply("550 5.1.1 unknown"))]
+        p.badRecipientPenalty = (20, 10)
+        let policy = SinkPolicy(profiles: [p], seed: 3)
+        let (c, _) = policy.connect(provider: policy.providers[0], ip: "10.0.0.1", now: 0)
+        func window(bad: Int) {
+            #expect(policy.mailFrom(c, sender: "s@a.test", now: 0) == .accept)
+            for i in 0..<10 {
+                let d = policy.rcptTo(c, recipient: i < bad ? "unknown\(i)@x.test" : "ok\(i)@x.test", now: 0)
+                #expect((d.reply?.code ?? 250) == (i < bad ? 550 : 250))
+            }
+            policy.reset(c)
+        }
+        window(bad: 1)   // 10 %: under the line
+        #expect(policy.mailFrom(c, sender: "s@a.test", now: 0) == .accept)
+        policy.reset(c)
+        window(bad: 2)   // 20 %: boxed
+        #expect(policy.mailFrom(c, sender: "s@a.test", now: Self.s).reply?.reason == .penaltyBox)
+        #expect(policy.mailFrom(c, sender: "s@a.test", now: 3 * Self.s) == .accept)   // the 2 s box ends
+        let (o, _) = policy.connect(provider: policy.providers[0], ip: "10.0.0.2", now: Self.s)
+        #expect(policy.mailFrom(o, sender: "s@a.test", now: Self.s) == .accept)
+    }
+
     @Test func sessionIdsAreReproducibleWithTheSeed() {
         func ids(_ seed: UInt64) -> [String] {
             let policy = SinkPolicy(profiles: [Self.profile(extend: false)], seed: seed)
@@ -551,5 +606,7 @@ import PeregrineIO
         #expect(error("penalty-box 1h \"421 4.7.0 x\" sometimes")?.hasPrefix("p.conf:3: penalty-box: unexpected 'sometimes'") == true)
         #expect(error("max-msg-per-connection 5 mail \"421 x\" per-mx")?.hasPrefix("p.conf:3: max-msg-per-connection: unexpected 'per-mx'") == true)
         #expect(error("max-msg-size 12") != nil)
+        #expect(error("bad-recipient-penalty 10 of 100")?.hasPrefix("p.conf:3: bad-recipient-penalty needs PERCENT% of N") == true)
+        #expect(error("bad-recipient-penalty 10% of 100") == "p.conf:1: <isp x>: bad-recipient-penalty needs a penalty-box (what the IP is put in)")
     }
 }

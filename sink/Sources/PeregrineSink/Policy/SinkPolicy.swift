@@ -47,6 +47,10 @@ public final class SinkReputation {
     public internal(set) var refusedInBox = 0
     /// The box turned into a permanent refusal (`escalate`).
     public internal(set) var permanent = false
+    /// Recipients and bad ones (unknown, inactive) in the current window of
+    /// `bad-recipient-penalty` (a tumbling window of N recipients).
+    var recipientsInWindow = 0
+    var badInWindow = 0
     init() {}
 }
 
@@ -292,6 +296,7 @@ public final class SinkPolicy {
             return refuse(.rcpt, .scripted, t, c, rcpt: recipient, penalty: nil, now: now)
         }
         for rule in profile.recipientRules where rule.patterns.contains(where: { $0.matches(local) }) {
+            noteRecipient(c, bad: rule.kind != .mailboxFull, now: now)
             if rule.phase == .data {
                 // Accepted now, refused with the whole message at the end of DATA.
                 if c.refuseAtData == nil { c.refuseAtData = (rule, recipient) }
@@ -318,9 +323,39 @@ public final class SinkPolicy {
             p.mailboxes[key] = bucket
             if !ok { return refuse(.rcpt, .mailboxRate, m.reply, c, rcpt: recipient, penalty: nil, now: now) }
         }
+        noteRecipient(c, bad: false, now: now)
         c.acceptedRecipients += 1
         c.ipState.counters.recipientsAccepted &+= 1
         return .accept
+    }
+
+    /// `bad-recipient-penalty`: counts a recipient of the sending IP; at the
+    /// end of each window of N, a share of bad ones at or over P% boxes the IP.
+    func noteRecipient(_ c: SinkConnection, bad: Bool, now: UInt64) {
+        let profile = c.provider.profile
+        guard let percent = profile.badRecipientPercent else { return }
+        let rep = c.ipState.reputation
+        rep.recipientsInWindow += 1
+        if bad { rep.badInWindow += 1 }
+        guard rep.recipientsInWindow >= profile.badRecipientWindow else { return }
+        if rep.badInWindow * 100 >= percent * rep.recipientsInWindow { arm(rep, c.provider, now: now) }
+        rep.recipientsInWindow = 0
+        rep.badInWindow = 0
+    }
+
+    /// Puts a sender in the provider's penalty box (unless it is in it already, or permanently refused).
+    func arm(_ rep: SinkReputation, _ provider: SinkProvider, now: UInt64) {
+        guard let box = provider.profile.penaltyBox, now >= rep.penaltyUntil, !rep.permanent else { return }
+        rep.penaltyUntil = now &+ provider.penaltyNanos
+        rep.refusedInBox = 0
+        if let allow = box.allow {
+            // The first allowed message comes one interval after the trip.
+            var b = RateLimiter(intervalNanos: provider.penaltyAllowInterval, burst: allow.burst)
+            _ = b.tryAcquire(now: now)
+            rep.penaltyAllow = b
+        } else {
+            rep.penaltyAllow = nil
+        }
     }
 
     /// The DATA command (after at least one accepted recipient): `.drop` means
@@ -466,18 +501,7 @@ public final class SinkPolicy {
     func refuse(_ phase: SinkPhase, _ reason: SinkReason, _ template: SinkReplyTemplate, _ c: SinkConnection,
                 rcpt: String?, penalty: SinkReputation?, now: UInt64) -> SinkDecision {
         let s = c.ipState
-        if let rep = penalty, let box = c.provider.profile.penaltyBox, now >= rep.penaltyUntil, !rep.permanent {
-            rep.penaltyUntil = now &+ c.provider.penaltyNanos
-            rep.refusedInBox = 0
-            if let allow = box.allow {
-                // The first allowed message comes one interval after the trip.
-                var b = RateLimiter(intervalNanos: c.provider.penaltyAllowInterval, burst: allow.burst)
-                _ = b.tryAcquire(now: now)
-                rep.penaltyAllow = b
-            } else {
-                rep.penaltyAllow = nil
-            }
-        }
+        if let rep = penalty { arm(rep, c.provider, now: now) }
         let permanent = template.code >= 500
         switch phase {
         case .greeting, .helo:

@@ -315,6 +315,15 @@ public struct SinkISPProfile: Hashable, Sendable {
     public var maxMessageSize: Int?
     /// `max-line-length N`: longest DATA line including CRLF (session's 500 5.5.6).
     public var maxLineLength: Int?
+    /// `bad-recipient-penalty P% of N`: when at least `percent` of a sending
+    /// IP's last `window` recipients were unknown users or inactive mailboxes,
+    /// the IP goes into the penalty box (reputation worsening with list hygiene).
+    public var badRecipientPenalty: (percent: Int, window: Int)? {
+        get { badRecipientPercent.map { ($0, badRecipientWindow) } }
+        set { badRecipientPercent = newValue?.percent; badRecipientWindow = newValue?.window ?? 0 }
+    }
+    var badRecipientPercent: Int?
+    var badRecipientWindow = 0
     public var penaltyBox: SinkPenaltyBox?
     public var recipientRules: [SinkRecipientRule] = []
     public var mailboxRate: SinkMailboxRate?

@@ -185,6 +185,14 @@ public enum SinkProfileParser {
                 let size = try node.value(ConfigValue.size)
                 guard size >= 1024, size <= Int(Int32.max) else { throw node.error("max-msg-size must be 1k to 2G bytes") }
                 p.maxMessageSize = size
+            case "bad-recipient-penalty":
+                // `10% of 100`
+                guard args.count == 3, args[1].lowercased() == "of", args[0].hasSuffix("%"),
+                      let percent = Int(args[0].dropLast()), (1...100).contains(percent),
+                      let window = Int(args[2]), (1...1_000_000).contains(window) else {
+                    throw node.error("bad-recipient-penalty needs PERCENT% of N, e.g. bad-recipient-penalty 10% of 100")
+                }
+                p.badRecipientPenalty = (percent, window)
             case "max-line-length":
                 p.maxLineLength = try node.value { (t: String) throws(ConfigValueError) -> Int in try ConfigValue.integer(t, in: 80...1_000_000) }
             case "penalty-box":
@@ -266,6 +274,9 @@ public enum SinkProfileParser {
             }
         }
         if p.domains.isEmpty { throw block.error("<isp \(name)> needs a domains line") }
+        if p.badRecipientPercent != nil && p.penaltyBox == nil {
+            throw block.error("<isp \(name)>: bad-recipient-penalty needs a penalty-box (what the IP is put in)")
+        }
         return p
     }
 
