@@ -110,22 +110,15 @@ let package = Package(
     ]
 )
 
-// Fuzz targets (Tests/Fuzz, one folder each), built only by scripts/fuzz with
-// PEREGRINE_FUZZ=1 and `--sanitize fuzzer`: libFuzzer supplies their `main`,
-// so a normal build could not link them.
+// The fuzz targets (Tests/Fuzz/PeregrineFuzz, one binary; PEREGRINE_FUZZ_TARGET
+// picks the target), built only by scripts/fuzz with PEREGRINE_FUZZ=1 and
+// `--sanitize fuzzer`: libFuzzer supplies their `main`, so a normal build
+// could not link them.
 if Context.environment["PEREGRINE_FUZZ"] != nil {
-    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
-        ("FuzzSMTPServer", ["PeregrineSMTP"]),
-        ("FuzzSMTPClient", ["PeregrineSMTP"]),
-        ("FuzzDNSMessage", ["PeregrineDNS"]),
-        ("FuzzHTTPRequest", ["PeregrineHTTP"]),
-        ("FuzzConfig", ["PeregrineConfig", "PeregrineDaemon"]),
-        ("FuzzSpoolRecords", ["PeregrineSpool"]),
-        ("FuzzAccountingCSV", ["PeregrineAccounting"]),
-    ]
-    for target in fuzzTargets {
-        package.products.append(.executable(name: target.name, targets: [target.name]))
-        package.targets.append(.executableTarget(name: target.name, dependencies: target.dependencies,
-                                                 path: "Tests/Fuzz/\(target.name)", swiftSettings: loopSettings))
-    }
+    package.products.append(.executable(name: "peregrine-fuzz", targets: ["PeregrineFuzz"]))
+    package.targets.append(.executableTarget(
+        name: "PeregrineFuzz",
+        dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineDNS", "PeregrineHTTP", "PeregrineConfig",
+                       "PeregrineSpool", "PeregrineAccounting", "PeregrineDaemon"],
+        path: "Tests/Fuzz/PeregrineFuzz", swiftSettings: loopSettings))
 }
