@@ -92,7 +92,7 @@ let package = Package(
                           dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineSpool", "PeregrineAccounting"],
                           path: "Benchmarks/Sources/peregrine-bench", swiftSettings: loopSettings),
 
-        .testTarget(name: "PeregrineIOTests", dependencies: ["PeregrineIO"], swiftSettings: testSettings),
+        .testTarget(name: "PeregrineIOTests", dependencies: ["PeregrineIO", "PeregrineTestSupport"], swiftSettings: testSettings),
         .testTarget(name: "PeregrineSMTPTests", dependencies: ["PeregrineSMTP", "PeregrineIO"], swiftSettings: testSettings),
         // What several test targets need to drive external programs (one copy, not one per target).
         .target(name: "PeregrineTestSupport", path: "Tests/PeregrineTestSupport", swiftSettings: testSettings),

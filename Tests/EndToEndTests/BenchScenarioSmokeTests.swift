@@ -2,13 +2,14 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 import PeregrineIO
 
 /// Short versions of the `crash` and `backlog` benchmarks and of `summarize`
 /// (issue 7). They assert only that nothing accepted was lost and that the
 /// summary is written — no timing figure is checked (those live in results/).
-@Suite(.serialized) struct BenchScenarioSmokeTests {
+@Suite(.serialized, .timeLimit(.minutes(6))) struct BenchScenarioSmokeTests {
     static var benchExecutable: String { E2E.executable("peregrine-bench") }
 
     /// Runs peregrine-bench with a deadline; returns exit status and both outputs.
@@ -23,12 +24,13 @@ import PeregrineIO
         _ = FileManager.default.createFile(atPath: dir + "/err", contents: nil)
         p.standardOutput = FileHandle(forWritingAtPath: dir + "/out")
         p.standardError = FileHandle(forWritingAtPath: dir + "/err")
-        try p.run()
+        try ChildProcess.run(p)
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(50_000) }
         if p.isRunning {
-            kill(p.processIdentifier, SIGTERM)
             Issue.record("peregrine-bench \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s")
+            // SIGTERM: the bench stops its children; SIGKILL after the grace (they then die by their death signal).
+            stopProcess(p, grace: 30)
         }
         p.waitUntilExit()
         let stdout = (try? String(contentsOfFile: dir + "/out", encoding: .utf8)) ?? ""

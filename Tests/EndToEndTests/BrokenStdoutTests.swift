@@ -2,13 +2,14 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 import PeregrineIO
 
 /// A tool whose reader has gone away (the bench or a shell pipe closed
 /// stdout) must still shut down cleanly: Foundation's FileHandle.write traps
 /// on EPIPE, which once turned the sink's SIGTERM summary into a SIGILL.
-@Suite struct BrokenStdoutTests {
+@Suite(.timeLimit(.minutes(2))) struct BrokenStdoutTests {
     @Test func sinkShutsDownCleanlyWhenItsStdoutReaderIsGone() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: E2E.executable("peregrine-sink"))
@@ -16,7 +17,7 @@ import PeregrineIO
         let out = Pipe()
         p.standardOutput = out
         p.standardError = FileHandle.nullDevice
-        try p.run()
+        try ChildProcess.run(p)
         // Wait until it is serving (it prints its listening line), then close the reader.
         let fd = out.fileHandleForReading.fileDescriptor
         var buffer = [UInt8](repeating: 0, count: 512)

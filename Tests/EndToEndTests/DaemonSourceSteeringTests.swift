@@ -9,8 +9,8 @@ import PeregrineIO
 /// `disable-source-ip` with the test config's pool1 (vmta1 = 127.0.0.10,
 /// vmta2 = 127.0.0.11): the receiver puts a source IP in its penalty box,
 /// the pattern list disables that source for the domain, and the pool's
-/// other member carries the mail. Scenarios 42 and 43 (127.77.42.x, 127.77.43.x).
-@Suite struct DaemonSourceSteeringTests {
+/// other member carries the mail. Scenarios 42 and 43 (127.P.42.x, 127.P.43.x).
+@Suite(.timeLimit(.minutes(5))) struct DaemonSourceSteeringTests {
     typealias Scenario = DaemonEndToEndTests.Scenario
     static let boxed = "421 4.7.650 The mail server [{ip}] has been temporarily rate limited due to IP reputation. (S775)"
 
@@ -53,7 +53,7 @@ import PeregrineIO
     /// vmta1 (no deferral at all), and /queues names the disabled source.
     @Test(arguments: BackendKind.allCases)
     func aDisabledSourceIPsMailMovesToTheOtherPoolMember(_ kind: BackendKind) throws {
-        guard DaemonEndToEndTests.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("steer", 42, kind)
         let ip = E2E.ip(42, kind, host: 1)
         let (d, sink) = try Self.start(s, ip: ip)
@@ -92,7 +92,7 @@ import PeregrineIO
     /// (the behaviour without a pool); nothing is delivered or lost.
     @Test(arguments: BackendKind.allCases)
     func withEveryMemberDisabledTheQueuesWait(_ kind: BackendKind) throws {
-        guard DaemonEndToEndTests.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("steer-all", 43, kind)
         let ip = E2E.ip(43, kind, host: 1)
         let (d, sink) = try Self.start(s, ip: ip)

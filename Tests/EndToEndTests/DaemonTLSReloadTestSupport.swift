@@ -11,10 +11,10 @@ import PeregrineIO
 enum TLSReloadSupport {
     struct Certificate { let certificate, key, commonName: String }
 
-    /// This suite's own loopback addresses: 127.79.8.(BACKEND*10 + host).
+    /// This suite's own loopback addresses: 127.P.200.(BACKEND*10 + host) (PrivateLoopback).
     static func ip(_ kind: BackendKind, host: Int) -> String {
         let b = (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1
-        return "127.79.8.\(b * 10 + host)"
+        return PrivateLoopback.address(200, b * 10 + host)
     }
 
     /// A self-signed P-256 certificate for `commonName` in `dir`.

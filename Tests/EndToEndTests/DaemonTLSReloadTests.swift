@@ -14,7 +14,7 @@ import PeregrineIO
 /// message over its session with A. A broken key then makes the reload fail
 /// as a whole, reported with the key directive's file:line, and B stays in
 /// service.
-@Suite(.serialized) struct DaemonTLSReloadTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct DaemonTLSReloadTests {
     enum ReloadPath: String { case ctl, sighup }
 
     @Test(arguments: BackendKind.allCases)
@@ -44,7 +44,7 @@ import PeregrineIO
     }
 
     func renewal(_ kind: BackendKind, via path: ReloadPath) throws {
-        guard DaemonEndToEndTests.available(kind) else { return }
+        try kind.requireAvailable()
         let openssl = try #require(findTool("openssl"), "openssl not installed")
         let python = try #require(findTool("python3"), "python3 not installed")
         let dir = try TestDirectory("tls-reload-\(path.rawValue)-\(kind.rawValue)")
@@ -139,7 +139,7 @@ import PeregrineIO
     /// configured, and no longer once it is removed.
     @Test(arguments: BackendKind.allCases)
     func reloadTurnsSTARTTLSOnAndOff(_ kind: BackendKind) throws {
-        guard DaemonEndToEndTests.available(kind) else { return }
+        try kind.requireAvailable()
         let python = try #require(findTool("python3"), "python3 not installed")
         let dir = try TestDirectory("tls-toggle-\(kind.rawValue)")
         let cert = try TLSReloadSupport.makeCertificate(dir, "c", commonName: "c.renewal.test")

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Testing
 import PeregrineTestSupport
 import PeregrineIO
 import PeregrineAccounting
@@ -92,7 +93,7 @@ final class TLSDaemonProcess {
         process.arguments = ["run", "--config", path, "--backend", backend]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = errPipe
-        try process.run()
+        try ChildProcess.run(process)
         let fd = errPipe.fileHandleForReading.fileDescriptor
         let deadline = Date().addingTimeInterval(30)
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -109,12 +110,23 @@ final class TLSDaemonProcess {
     var port: UInt16 { listeners.first?.port ?? 0 }
 
     /// Accounting rows written so far (the daemon flushes every ~100 ms).
-    func records() -> [AccountingCSVRow] {
-        guard let data = FileManager.default.contents(atPath: directory + "/acct.csv") else { return [] }
-        return (try? AccountingCSVReader.parse(Array(data))) ?? []
+    /// The accounting rows (none before the first flush); a file that exists but
+    /// cannot be read or parsed is an Issue, never an empty list.
+    func records(sourceLocation: SourceLocation = #_sourceLocation) -> [AccountingCSVRow] {
+        let path = directory + "/acct.csv"
+        guard FileManager.default.fileExists(atPath: path) else { return [] }
+        do {
+            guard let data = FileManager.default.contents(atPath: path) else { throw SinkTestError("unreadable") }
+            return try AccountingCSVReader.parse(Array(data))
+        } catch {
+            Issue.record("cannot read the accounting file \(path): \(error)", sourceLocation: sourceLocation)
+            return []
+        }
     }
 
-    func records(_ type: String) -> [AccountingCSVRow] { records().filter { $0["type"] == type } }
+    func records(_ type: String, sourceLocation: SourceLocation = #_sourceLocation) -> [AccountingCSVRow] {
+        records(sourceLocation: sourceLocation).filter { $0["type"] == type }
+    }
 
     func terminate() {
         guard !finished else { return }

@@ -38,11 +38,12 @@ enum E2E {
         }
     }
 
-    /// A loopback address unique to a scenario and backend (127.77.SCENARIO.BACKEND),
-    /// so that scenarios and backends can run side by side.
+    /// A loopback address unique to a scenario and backend (127.P.SCENARIO.BACKEND,
+    /// P this test process's own: PrivateLoopback), so that scenarios and backends
+    /// can run side by side, and beside another test run on the same machine.
     static func ip(_ scenario: Int, _ kind: BackendKind, host: Int = 0) -> String {
         let b = (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1
-        return "127.77.\(scenario).\(b * 10 + host)"
+        return PrivateLoopback.address(scenario, b * 10 + host)
     }
 
     /// Plain HTTP GET on loopback (bounded); returns the body.
@@ -87,7 +88,7 @@ enum E2E {
         }
         p.standardOutput = out
         p.standardError = err
-        do { try p.run() } catch { return (-1, "", "\(error)") }
+        do { try ChildProcess.run(p) } catch { return (-1, "", "\(error)") }
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(20_000) }
         if p.isRunning {
@@ -221,7 +222,7 @@ final class DaemonProcess {
         process.arguments = ["run", "--config", configPath, "--backend", backend.rawValue, "--threads", "\(threads)"]
         process.standardOutput = handle
         process.standardError = handle
-        try process.run()
+        try ChildProcess.run(process)
         try? handle.close()
         var line: Substring?
         E2E.waitUntil(30, every: 0.05) {
@@ -366,10 +367,15 @@ func tripSinkRate(_ ip: String, _ port: UInt16, from source: String, pairs: Int 
     return text.components(separatedBy: "\r\n").first { $0.hasPrefix("421") }
 }
 
-/// The accounting file as records (empty until the first flush).
-func accounting(_ path: String) -> [AccountingRecord] {
+/// The accounting file as records (empty until the first flush). A file that
+/// exists but cannot be read or parsed is a test failure (an Issue), never an
+/// empty list that a "nothing was delivered" check would then accept.
+func accounting(_ path: String, sourceLocation: SourceLocation = #_sourceLocation) -> [AccountingRecord] {
     guard FileManager.default.fileExists(atPath: path) else { return [] }
-    return (try? AccountingCSVReader.readRecords(path: path)) ?? []
+    do { return try AccountingCSVReader.readRecords(path: path) } catch {
+        Issue.record("cannot read the accounting file \(path): \(error)", sourceLocation: sourceLocation)
+        return []
+    }
 }
 
 extension Array where Element == AccountingRecord {

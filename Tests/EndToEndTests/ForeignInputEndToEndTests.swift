@@ -2,19 +2,20 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 import PeregrineIO
 @testable import PeregrineSink
 
 /// Input a user controls that used to trap a real executable: names in the
 /// spool directory the daemon never writes, and out-of-range loadgen flags.
-/// Loopback addresses 127.83.1.x are this suite's own.
-@Suite struct ForeignInputEndToEndTests {
+/// Loopback addresses 127.P.83.x are this suite's own (PrivateLoopback).
+@Suite(.timeLimit(.minutes(3))) struct ForeignInputEndToEndTests {
     /// A segment named 4294967295.seg made the next segment number overflow, and a
     /// `loop--1` directory became stream -1, used as an index into the workers.
     @Test func daemonStartsBesideSpoolNamesItNeverWrites() throws {
         let kind = BackendKind.epoll
-        guard (try? kind.loopType.init()) != nil else { return }
+        try kind.requireAvailable()
         let dir = try TestDirectory("foreign-spool")
         let spool = dir.file("spool")
         for sub in ["loop-0", "loop--1", "loop-+1"] {
@@ -25,7 +26,7 @@ import PeregrineIO
         #expect(FileManager.default.createFile(atPath: stray, contents: strayBytes))
         #expect(FileManager.default.createFile(atPath: spool + "/loop--1/000001.seg", contents: Data()))
 
-        let config = try dir.write("peregrine.conf", daemonConfig(dir, listen: "127.83.1.1", ""))
+        let config = try dir.write("peregrine.conf", daemonConfig(dir, listen: PrivateLoopback.address(83, 1), ""))
         let daemon = try DaemonProcess(configPath: config, backend: kind, threads: 2, logPath: dir.file("daemon.log"))
         defer { daemon.terminate() }
         #expect(daemon.process.isRunning)
@@ -50,8 +51,8 @@ import PeregrineIO
             ("--sizes", "4k=inf"),
         ]
         for (flag, value) in cases {
-            // The target is never reached: parsing fails first (127.83.1.2:9 has no listener anyway).
-            let r = E2E.run(exe, ["--target", "127.83.1.2:9", "--no-progress", "--count", "1", flag, value], timeout: 30)
+            // The target is never reached: parsing fails first (127.P.83.2:9 has no listener anyway).
+            let r = E2E.run(exe, ["--target", PrivateLoopback.address(83, 2) + ":9", "--no-progress", "--count", "1", flag, value], timeout: 30)
             #expect(r.status == 2, "\(flag) \(value): status \(r.status), stderr \(r.stderr)")
             #expect(r.stderr.contains(flag), "\(flag) \(value): \(r.stderr)")
         }

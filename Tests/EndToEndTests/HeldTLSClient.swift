@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import PeregrineIO
+import PeregrineTestSupport
 
 /// A client process that stays connected while the test goes on (see
 /// `TLSReloadSupport.clientScript` with GOFILE); always reaped.
@@ -18,7 +19,7 @@ final class HeldTLSClient {
         process.standardOutput = pipe
         process.standardError = pipe
         process.standardInput = FileHandle.nullDevice
-        try process.run()
+        try ChildProcess.run(process)
         started = true
     }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 import PeregrineIO
 
@@ -9,7 +10,7 @@ import PeregrineIO
 /// accept-all sink on loopback with a durable spool, per backend. It asserts
 /// only that nothing accepted was lost or duplicated and that mail flowed —
 /// no timing figure is checked here (those live in results/).
-@Suite(.serialized) struct RelaySmokeTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct RelaySmokeTests {
     static var benchExecutable: String { E2E.executable("peregrine-bench") }
 
     @Test(arguments: BackendKind.allCases)
@@ -21,7 +22,7 @@ import PeregrineIO
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
-        try p.run()
+        try ChildProcess.run(p)
         // Drain both pipes while it runs so a chatty child never blocks on a full pipe.
         // Each box is written by its reader block and read after group.wait().
         final class Box: @unchecked Sendable { var data = Data() }
@@ -34,8 +35,10 @@ import PeregrineIO
         let deadline = Date().addingTimeInterval(180)
         while p.isRunning && Date() < deadline { usleep(50_000) }
         if p.isRunning {
-            kill(p.processIdentifier, SIGTERM)
             Issue.record("peregrine-bench relay did not finish within 180 s")
+            // SIGTERM: the bench stops its sink, daemon and loadgen; SIGKILL after the grace
+            // (its children then die by their death signal).
+            stopProcess(p, grace: 30)
         }
         p.waitUntilExit()
         group.wait()

@@ -30,7 +30,7 @@ final class SinkProcess {
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
-        do { try p.run() } catch { return (-1, "", "\(error)") }
+        do { try ChildProcess.run(p) } catch { return (-1, "", "\(error)") }
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(20_000) }
         if p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
@@ -45,7 +45,7 @@ final class SinkProcess {
         process.arguments = args
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
-        try process.run()
+        try ChildProcess.run(process)
         // Read lines until "ready" (bounded).
         let fd = stdoutPipe.fileHandleForReading.fileDescriptor
         let deadline = Date().addingTimeInterval(30)

@@ -1,4 +1,6 @@
 import Foundation
+import PeregrineTestSupport
+import Testing
 import Glibc
 import PeregrineIO
 
@@ -8,21 +10,30 @@ final class CoreLoopHarness<L: EventLoop>: @unchecked Sendable {
     let loop: L
     private let finished = DispatchSemaphore(value: 0)
 
-    /// Nil when the backend cannot run here (stub or missing kernel feature).
-    init?(_ type: L.Type) {
+    /// Skips the test case when the backend cannot run here (missing kernel
+    /// feature); any other failure to create the loop is a failure.
+    init(_ type: L.Type) throws {
         let ready = DispatchSemaphore(value: 0)
         let slot = HarnessSlot<L>()
         let finished = self.finished
         let t = Thread {
-            guard let l = try? L() else { ready.signal(); finished.signal(); return }
-            slot.loop = l
+            do { slot.loop = try L() } catch {
+                slot.error = error
+                ready.signal(); finished.signal(); return
+            }
             ready.signal()
-            l.run()
+            slot.loop?.run()
             finished.signal()
         }
         t.start()
         ready.wait()
-        guard let l = slot.loop else { return nil }
+        guard let l = slot.loop else {
+            let error = slot.error ?? IOError(.unsupported("no loop"), "\(L.kind)")
+            if let e = error as? IOError, case .unsupported = e.kind {
+                try Skip.because("the \(L.kind) backend cannot start here: \(e)")
+            }
+            throw error
+        }
         loop = l
     }
 
@@ -49,7 +60,7 @@ final class CoreLoopHarness<L: EventLoop>: @unchecked Sendable {
     }
 }
 
-final class HarnessSlot<L>: @unchecked Sendable { var loop: L? }
+final class HarnessSlot<L>: @unchecked Sendable { var loop: L?; var error: Error? }
 final class HarnessBox<T>: @unchecked Sendable {
     let lock = NSLock(); var value: T?
     func set(_ v: T) { lock.lock(); if value == nil { value = v }; lock.unlock() }
@@ -65,7 +76,7 @@ func runProcess(_ path: String, _ args: [String]) throws -> (Int32, String) {
     let out = Pipe()
     p.standardOutput = out
     p.standardError = FileHandle.nullDevice
-    try p.run()
+    try ChildProcess.run(p)
     let data = out.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: data, as: UTF8.self))

@@ -72,7 +72,7 @@ func withServer(_ kind: BackendKind, _ config: SMTPServerConfiguration,
                 return CountingPolicy(counters: counters)
             }
         } catch let e as IOError {
-            if case .unsupported = e.kind { return }
+            if case .unsupported = e.kind { try Skip.because("the \(L.kind) backend cannot start here: \(e)") }
             throw e
         }
         defer { server.stop() }
@@ -140,7 +140,7 @@ print("SENT", n)
 struct SMTPInteropTests {
     @Test(arguments: BackendKind.allCases)
     func pythonSmtplibAgainstPeregrineServer(kind: BackendKind) throws {
-        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
+        let python = try #require(findTool("python3"), "python3 is not installed (scripts/setup installs it)")
         var config = SMTPServerConfiguration(hostname: "mx.peregrine.test")
         config.authEnabled = true
         try withServer(kind, config) { port, counters in
@@ -156,7 +156,7 @@ struct SMTPInteropTests {
 
     @Test(arguments: BackendKind.allCases)
     func swaksAgainstPeregrineServer(kind: BackendKind) throws {
-        guard let swaks = findTool("swaks") else { Issue.record("swaks not installed"); return }
+        let swaks = try #require(findTool("swaks"), "swaks is not installed (scripts/setup installs it)")
         var config = SMTPServerConfiguration(hostname: "mx.peregrine.test")
         config.authEnabled = true
         try withServer(kind, config) { port, counters in
@@ -176,7 +176,7 @@ struct SMTPInteropTests {
 
     @Test(arguments: BackendKind.allCases)
     func postfixSmtpSourceAgainstPeregrineServer(kind: BackendKind) throws {
-        guard let source = findTool("smtp-source") else { Issue.record("smtp-source not installed"); return }
+        let source = try #require(findTool("smtp-source"), "smtp-source is not installed (scripts/setup installs it)")
         try withServer(kind, SMTPServerConfiguration(hostname: "mx.peregrine.test")) { port, counters in
             let target = "127.0.0.1:\(port)"
             // 2000 messages over 10 concurrent reused connections.
@@ -194,39 +194,42 @@ struct SMTPInteropTests {
 
     @Test(arguments: BackendKind.allCases)
     func peregrineClientAgainstPostfixSmtpSink(kind: BackendKind) throws {
-        guard let sink = findTool("smtp-sink") else { Issue.record("smtp-sink not installed"); return }
-        let port = freeLoopbackPort()
-        // smtp-sink: -c counts; answers every command; runs until killed.
+        let sink = try #require(findTool("smtp-sink"), "smtp-sink is not installed (scripts/setup installs it)")
+        try kind.requireAvailable()
+        // An address of this test process's own: the port is free by construction,
+        // and a connection there can only reach this smtp-sink.
+        let ip = interopAddress(150, kind), port: UInt16 = 2525
+        // smtp-sink answers every command; runs until killed.
         let sinkProcess = Process()
         sinkProcess.executableURL = URL(fileURLWithPath: sink)
-        sinkProcess.arguments = ["-u", "nobody", "127.0.0.1:\(port)", "64"]
+        sinkProcess.arguments = ["-u", "nobody", "\(ip):\(port)", "64"]
         sinkProcess.standardOutput = FileHandle.nullDevice
         sinkProcess.standardError = FileHandle.nullDevice
-        try sinkProcess.run()
+        try ChildProcess.run(sinkProcess)
         defer { kill(sinkProcess.processIdentifier, SIGKILL); sinkProcess.waitUntilExit() }
-        usleep(300_000)
-        try deliverToSink(kind.loopType, port: port)
+        try #require(PrivateLoopback.waitForListener(ip, port, process: sinkProcess), "smtp-sink is not listening on \(ip):\(port)")
+        try deliverToSink(kind.loopType, ip: ip, port: port)
     }
 
     /// Peregrine's client → a real Postfix smtpd (private instance) → relayed on to a
     /// Peregrine server that counts: every message accepted by Postfix arrives.
     @Test(arguments: BackendKind.allCases)
     func peregrineClientAgainstPostfixSmtpd(kind: BackendKind) throws {
-        guard findTool("postfix") != nil, getuid() == 0 else { Issue.record("postfix (as root) not available"); return }
+        _ = try #require(findTool("postfix"), "postfix is not installed (scripts/setup installs it)")
+        try #require(getuid() == 0, "a private Postfix instance needs root")
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("scripts/postfix-instance").path
         try withServer(kind, SMTPServerConfiguration(hostname: "counter.peregrine.test")) { counterPort, counters in
             let dir = NSTemporaryDirectory() + "peregrine-postfix-\(getpid())-\(kind.rawValue)"
-            let smtpdPort = freeLoopbackPort()
-            let (status, output) = runTool("/bin/bash", [script, "start", dir, "127.0.0.1:\(smtpdPort)", "127.0.0.1:\(counterPort)"])
+            let ip = interopAddress(151, kind), smtpdPort: UInt16 = 2525
+            let (status, output) = runTool("/bin/bash", [script, "start", dir, "\(ip):\(smtpdPort)", "127.0.0.1:\(counterPort)"])
             defer {
                 _ = runTool("/bin/bash", [script, "stop", dir])
                 try? FileManager.default.removeItem(atPath: dir)
             }
-            #expect(status == 0, "postfix did not start: \(output)")
-            guard status == 0 else { return }
-            #expect(eventually(20) { canConnect(port: smtpdPort) }, "postfix smtpd is not listening")
-            try deliverToSink(kind.loopType, port: smtpdPort, connections: 4, perConnection: 50)
+            try #require(status == 0, "postfix did not start: \(output)")
+            try #require(PrivateLoopback.waitForListener(ip, smtpdPort, seconds: 20), "postfix smtpd is not listening on \(ip):\(smtpdPort)")
+            try deliverToSink(kind.loopType, ip: ip, port: smtpdPort, connections: 4, perConnection: 50)
             // Postfix queued every message durably; it relays all 200 (2 recipients each) to the counter.
             #expect(eventually(90) { counters.messages >= 200 }, "relayed \(counters.messages) of 200")
             #expect(counters.recipients == 400, "recipients \(counters.recipients)")
@@ -234,18 +237,17 @@ struct SMTPInteropTests {
     }
 }
 
-/// True when something accepts TCP connections on 127.0.0.1:port.
-func canConnect(port: UInt16) -> Bool {
-    guard let address = try? SocketAddress(ip: "127.0.0.1", port: port) else { return false }
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    return address.withSockAddr { connect(fd, $0, $1) } == 0
+/// A loopback address of this test process's own for one interop scenario and backend.
+func interopAddress(_ scenario: Int, _ kind: BackendKind) -> String {
+    PrivateLoopback.address(scenario, (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1)
 }
 
-func deliverToSink<L: EventLoop>(_ type: L.Type, port: UInt16, connections: Int = 4, perConnection: Int = 250) throws {
+func deliverToSink<L: EventLoop>(_ type: L.Type, ip: String, port: UInt16, connections: Int = 4, perConnection: Int = 250) throws {
             let loop: L
-            do { loop = try L() } catch { Issue.record("backend \(L.kind) cannot start here: \(error)"); return }
+            do { loop = try L() } catch {
+                if case .unsupported = error.kind { try Skip.because("the \(L.kind) backend cannot start here: \(error)") }
+                throw error
+            }
             let done = DispatchSemaphore(value: 0)
             let finished = DispatchSemaphore(value: 0)
             let t = Thread { loop.run(); finished.signal() }
@@ -271,7 +273,7 @@ func deliverToSink<L: EventLoop>(_ type: L.Type, port: UInt16, connections: Int 
                         open -= 1
                         if open == 0 { done.signal() }
                     }
-                    conn.connect(to: try! SocketAddress(ip: "127.0.0.1", port: port), from: try! SocketAddress(ip: "127.0.0.1", port: 0))
+                    conn.connect(to: try! SocketAddress(ip: ip, port: port), from: try! SocketAddress(ip: "127.0.0.1", port: 0))
                 }
             }
             let ok = done.wait(timeout: .now() + 60) == .success

@@ -1,4 +1,5 @@
 import Foundation
+import PeregrineTestSupport
 import PeregrineIO
 import PeregrineSMTP
 import Testing
@@ -54,7 +55,7 @@ final class HookPolicy<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerCo
     func serverConnectionDidClose() { record.note("closed") }
 }
 
-@Suite(.serialized) struct SMTPServerConnectionTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct SMTPServerConnectionTests {
     /// Runs `body` against a test server whose connections use `mode` (a backend that cannot start here is skipped).
     func withHookServer(_ kind: BackendKind, _ mode: HookMode, idleTimeout: UInt64? = nil,
                         _ body: (UInt16, ConnectionHookRecord) throws -> Void) throws {
@@ -72,7 +73,7 @@ final class HookPolicy<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerCo
                     HookPolicy<L>(mode, record, connection)
                 }
             } catch let e as IOError {
-                if case .unsupported = e.kind { return }
+                if case .unsupported = e.kind { try Skip.because("the \(L.kind) backend cannot start here: \(e)") }
                 throw e
             }
             defer { server.stop() }

@@ -1,9 +1,10 @@
 import Foundation
+import PeregrineTestSupport
 import Testing
 @testable import PeregrineSpool
 
 /// Runs the built `peregrine spool-check` against a spool with known content.
-@Suite struct SpoolCheckCommandTests {
+@Suite(.timeLimit(.minutes(2))) struct SpoolCheckCommandTests {
     static func run(_ args: [String]) throws -> (Int32, String, String) {
         guard let exe = SpoolCrashTests.peregrinePath() else {
             Issue.record("peregrine executable not found next to the test bundle")
@@ -15,7 +16,7 @@ import Testing
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
-        try p.run()
+        try ChildProcess.run(p)
         let o = out.fileHandleForReading.readDataToEndOfFile()
         let e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()

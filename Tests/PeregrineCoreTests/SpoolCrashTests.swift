@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 import PeregrineIO
 @testable import PeregrineSpool
@@ -10,7 +11,7 @@ import PeregrineIO
 /// random (seeded, logged) moment, recovers its spool, and checks that every
 /// id it printed — printed only after its fsync completed — is there, whole,
 /// with its recipients. Repeated per backend.
-@Suite(.serialized) struct SpoolCrashTests {
+@Suite(.serialized, .timeLimit(.minutes(10))) struct SpoolCrashTests {
     static let runsPerBackend = 10
 
     /// The built `peregrine` executable: next to the test bundle (the products directory).
@@ -28,14 +29,8 @@ import PeregrineIO
 
     @Test(arguments: BackendKind.allCases)
     func sigkillLosesNoAcknowledgedMessage(backend: BackendKind) throws {
-        if !Self.backendAvailable(backend) {
-            print("spool crash test: \(backend) backend not built yet, skipped")
-            return
-        }
-        guard let exe = Self.peregrinePath() else {
-            Issue.record("peregrine executable not found next to the test bundle; run `swift build` first")
-            return
-        }
+        try backend.requireAvailable()
+        let exe = try #require(Self.peregrinePath(), "peregrine executable not found next to the test bundle; run `swift build` first")
         let seed = UInt64(ProcessInfo.processInfo.environment["SPOOL_CRASH_SEED"].flatMap { UInt64($0) }
                           ?? UInt64(truncatingIfNeeded: time(nil)))
         var rng = SeededRandom(seed: seed ^ UInt64(backend.rawValue.utf8.reduce(0) { $0 &* 31 &+ UInt64($1) }))
@@ -65,13 +60,6 @@ import PeregrineIO
         #expect(totalChecked > 0, "\(backend): the writer never acknowledged anything")
     }
 
-    static func backendAvailable(_ kind: BackendKind) -> Bool {
-        func probe<L: EventLoop>(_ t: L.Type) -> Bool {
-            do { _ = try L(); return true } catch { return !"\(error)".contains("not built yet") }
-        }
-        return probe(kind.loopType)
-    }
-
     /// Starts the writer, waits for its first durable id, waits `killAfterMs`, SIGKILLs it,
     /// and returns every complete line it printed.
     static func runAndKill(_ exe: String, _ args: [String], killAfterMs: Int) throws -> [MessageID] {
@@ -80,7 +68,7 @@ import PeregrineIO
         p.arguments = args
         let pipe = Pipe()
         p.standardOutput = pipe
-        try p.run()
+        try ChildProcess.run(p)
         let fd = pipe.fileHandleForReading.fileDescriptor
         var data: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)

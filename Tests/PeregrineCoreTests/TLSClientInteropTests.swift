@@ -25,17 +25,21 @@ final class TLSOutcomeBox: @unchecked Sendable {
 }
 
 /// Delivers `messages` messages over one SMTPClientConnection on a fresh loop
-/// of type `L`. Nil when the backend cannot start here.
-func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?, policy: SMTPClientTLSPolicy,
-                              serverName: String = "mx.test", messages: Int = 1) throws -> TLSDeliveryOutcome? {
+/// of type `L` (a backend that cannot start here skips the test case).
+func tlsDeliver<L: EventLoop>(_ type: L.Type, ip: String = "127.0.0.1", port: UInt16, context: TLSContext?,
+                              policy: SMTPClientTLSPolicy, serverName: String = "mx.test",
+                              messages: Int = 1) throws -> TLSDeliveryOutcome {
     let loop: L
-    do { loop = try L() } catch { if case .unsupported = error.kind { return nil }; throw error }
+    do { loop = try L() } catch {
+        if case .unsupported = error.kind { try Skip.because("the \(L.kind) backend cannot start here: \(error)") }
+        throw error
+    }
     let finished = DispatchSemaphore(value: 0)
     Thread { loop.run(); finished.signal() }.start()
     let box = TLSOutcomeBox()
     let done = DispatchSemaphore(value: 0)
     let ctx = Unchecked(context)
-    let address = try SocketAddress(ip: "127.0.0.1", port: port)
+    let address = try SocketAddress(ip: ip, port: port)
     let loopBox = Unchecked(loop)
     loop.execute {
         let conn = SMTPClientConnection(loop: loopBox.value, configuration: SMTPClientConfiguration(heloName: "peregrine.test"))
@@ -66,19 +70,19 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
 }
 
 /// Peregrine's client side of STARTTLS against Peregrine's server and a real Postfix smtpd.
-@Suite(.serialized) struct TLSClientInteropTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct TLSClientInteropTests {
     @Test(arguments: BackendKind.allCases)
     func clientStartTLSToPeregrineServerAndResumes(kind: BackendKind) throws {
         let client = try TLSContext.client()
         try withTLSServer(kind) { port, record in
             func run<L: EventLoop>(_ t: L.Type) throws {
-                guard let first = try tlsDeliver(t, port: port, context: client, policy: .required, messages: 2) else { return }
+                let first = try tlsDeliver(t, port: port, context: client, policy: .required, messages: 2)
                 #expect(first.delivered == 2)
                 #expect(first.tlsProtocol == "TLSv1.3")
                 #expect(first.tlsFailure == nil)
                 #expect(!first.resumed)
                 #expect(first.close == .quit(SMTPReply(221, "2.0.0", "Bye")) || { if case .quit = first.close { return true }; return false }())
-                let second = try #require(try tlsDeliver(t, port: port, context: client, policy: .opportunistic))
+                let second = try tlsDeliver(t, port: port, context: client, policy: .opportunistic)
                 #expect(second.delivered == 1)
                 #expect(second.resumed, "the second connection should resume the cached session")
                 #expect(tlsEventually { record.messages == 3 })
@@ -93,11 +97,11 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
         let client = try TLSContext.client()
         try withTLSServer(kind, offerStartTLS: false) { port, record in
             func run<L: EventLoop>(_ t: L.Type) throws {
-                guard let required = try tlsDeliver(t, port: port, context: client, policy: .required) else { return }
+                let required = try tlsDeliver(t, port: port, context: client, policy: .required)
                 #expect(required.delivered == 0)
                 #expect(required.tlsFailure == "STARTTLS not offered")
                 #expect(required.tlsProtocol == nil)
-                let opportunistic = try #require(try tlsDeliver(t, port: port, context: client, policy: .opportunistic))
+                let opportunistic = try tlsDeliver(t, port: port, context: client, policy: .opportunistic)
                 #expect(opportunistic.delivered == 1)
                 #expect(opportunistic.tlsProtocol == nil)
                 #expect(tlsEventually { record.messages == 1 })
@@ -112,11 +116,11 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
         let client = try TLSContext.client()
         try withTLSServer(kind, refuseStartTLS: true) { port, record in
             func run<L: EventLoop>(_ t: L.Type) throws {
-                guard let required = try tlsDeliver(t, port: port, context: client, policy: .required) else { return }
+                let required = try tlsDeliver(t, port: port, context: client, policy: .required)
                 #expect(required.delivered == 0)
                 #expect(required.tlsFailure?.hasPrefix("STARTTLS refused: 454") == true, "\(String(describing: required.tlsFailure))")
                 guard case .quit = required.close else { Issue.record("close: \(String(describing: required.close))"); return }
-                let opportunistic = try #require(try tlsDeliver(t, port: port, context: client, policy: .opportunistic))
+                let opportunistic = try tlsDeliver(t, port: port, context: client, policy: .opportunistic)
                 #expect(opportunistic.delivered == 1)
                 #expect(opportunistic.tlsFailure?.hasPrefix("STARTTLS refused") == true)
                 #expect(tlsEventually { record.messages == 1 })
@@ -131,12 +135,11 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
         // The server only speaks TLS 1.3; this client only 1.2.
         let client = try TLSContext.client(maximumVersion: .tls12)
         let server = try TLSTestCertificates.serverContext(minimumVersion: .tls13)
+        try kind.requireAvailable()
         func run<L: EventLoop>(_ t: L.Type) throws {
-            let s: PeregrineTestServer<L>
-            let record: TLSServerRecord
-            do { (s, record) = try tlsTestServer(L.self, context: server, implicitTLS: false) } catch { return }
+            let (s, record) = try tlsTestServer(L.self, context: server, implicitTLS: false)
             defer { s.stop() }
-            guard let out = try tlsDeliver(t, port: s.port, context: client, policy: .opportunistic) else { return }
+            let out = try tlsDeliver(t, port: s.port, context: client, policy: .opportunistic)
             #expect(out.delivered == 0)
             #expect(out.tlsFailure?.contains("handshake") == true, "\(String(describing: out.tlsFailure))")
             guard case .protocolError = out.close else { Issue.record("close: \(String(describing: out.close))"); return }
@@ -148,7 +151,8 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
     /// Peregrine → Postfix smtpd (STARTTLS, throwaway certificate) → relayed on to a Peregrine server.
     @Test(arguments: BackendKind.allCases)
     func clientStartTLSToPostfix(kind: BackendKind) throws {
-        guard findTool("postfix") != nil, getuid() == 0 else { Issue.record("postfix (as root) not available"); return }
+        _ = try #require(findTool("postfix"), "postfix is not installed (scripts/setup installs it)")
+        try #require(getuid() == 0, "a private Postfix instance needs root")
         let files = try #require(TLSTestCertificates.files)
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("scripts/postfix-instance").path
@@ -161,25 +165,23 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
                                                     attributes: [.posixPermissions: 0o755])
             try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: files.directory)
             try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: files.key)
-            let port = freeLoopbackPort()
-            setenv("POSTFIX_TLS_CERT", files.certificate, 1)
-            setenv("POSTFIX_TLS_KEY", files.key, 1)
-            let (status, out) = runTool("/bin/bash", [script, "start", dir, "127.0.0.1:\(port)", "127.0.0.1:\(sinkPort)"], seconds: 60)
-            unsetenv("POSTFIX_TLS_CERT"); unsetenv("POSTFIX_TLS_KEY")
+            // smtpd on an address of this test process's own (PrivateLoopback), so the
+            // port is free by construction and a connection there reaches Postfix only.
+            let ip = PrivateLoopback.address(152, (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1), port: UInt16 = 2525
+            // The certificate goes in the child's environment, not this process's: a
+            // setenv here would race other suites' Process.run() and leak into their Postfix.
+            let (status, out) = runTool("/bin/bash", [script, "start", dir, "\(ip):\(port)", "127.0.0.1:\(sinkPort)"],
+                                        environment: ["POSTFIX_TLS_CERT": files.certificate, "POSTFIX_TLS_KEY": files.key],
+                                        seconds: 60)
             defer {
                 _ = runTool("/bin/bash", [script, "stop", dir], seconds: 60)
                 try? FileManager.default.removeItem(atPath: dir)
             }
             try #require(status == 0, "\(out)")
+            try #require(PrivateLoopback.waitForListener(ip, port, seconds: 30), "Postfix smtpd is not listening on \(ip):\(port)")
             func run<L: EventLoop>(_ t: L.Type) throws {
-                var outcome: TLSDeliveryOutcome?
-                // Postfix's master may take a moment to listen.
-                for _ in 0..<50 {
-                    outcome = try tlsDeliver(t, port: port, context: client, policy: .required, serverName: "postfix-peer.peregrine.test")
-                    if case .connectionLost = outcome?.close, outcome?.tlsProtocol == nil { usleep(100_000); continue }
-                    break
-                }
-                guard let o = outcome else { return }
+                let o = try tlsDeliver(t, ip: ip, port: port, context: client, policy: .required,
+                                       serverName: "postfix-peer.peregrine.test")
                 #expect(o.delivered == 1, "\(o)")
                 #expect(o.tlsProtocol == "TLSv1.3", "\(o)")
                 #expect(o.tlsFailure == nil)
@@ -192,17 +194,3 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, port: UInt16, context: TLSContext?
     }
 }
 
-/// An unused loopback TCP port (bound and released).
-/// A port the kernel says is free on 127.0.0.1 (random picks collide with ephemeral client ports).
-func freeLoopbackPort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = 0
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-    return UInt16(bigEndian: addr.sin_port)
-}

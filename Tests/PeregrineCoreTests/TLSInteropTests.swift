@@ -71,7 +71,7 @@ func withTLSServer(_ kind: BackendKind, implicitTLS: Bool = false, offerStartTLS
             (server, record) = try tlsTestServer(L.self, context: context, implicitTLS: implicitTLS,
                                                  offerStartTLS: offerStartTLS, refuseStartTLS: refuseStartTLS)
         } catch let e as IOError {
-            if case .unsupported = e.kind { return }
+            if case .unsupported = e.kind { try Skip.because("the \(L.kind) backend cannot start here: \(e)") }
             throw e
         }
         defer { server.stop() }
@@ -134,7 +134,7 @@ assert first.startswith("250-"), "first reply after the handshake is not the EHL
 print("DONE")
 """#
 
-@Suite(.serialized) struct TLSInteropTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct TLSInteropTests {
     @Test(arguments: BackendKind.allCases)
     func opensslSClientStartTLS(kind: BackendKind) throws {
         guard let openssl = findTool("openssl") else { Issue.record("openssl not installed"); return }

@@ -1,4 +1,5 @@
 import Foundation
+import PeregrineTestSupport
 import PeregrineSMTP
 import PeregrineIO
 import PeregrineTLS
@@ -31,7 +32,7 @@ enum TLSTestCertificates {
                        "-addext", "subjectAltName=DNS:\(commonName)", "-days", "1", "-keyout", key, "-out", cert]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
-        do { try p.run() } catch { return nil }
+        do { try ChildProcess.run(p) } catch { return nil }
         p.waitUntilExit()
         guard p.terminationStatus == 0 else { return nil }
         return Files(directory: dir, certificate: cert, key: key)

@@ -1,5 +1,6 @@
 import Testing
 import Foundation
+import PeregrineTestSupport
 import Synchronization
 import CURing
 @testable import PeregrineIO
@@ -253,46 +254,49 @@ struct URingSpecificTests {
     }
 
     @Test func fiveHundredConnectionsThroughMultishotAccept() throws {
-        let h = try URingHarness()
-        defer { h.stop() }
-        let n = 500
-        let served: Int? = h.await(30) { loop, reply in
-            do {
-                var accepted = 0
-                var finished = 0
-                let l = try loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0)) { r in
-                    guard case .success(let c) = r else { return }
-                    accepted += 1
-                    let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
-                    loop.receive(c.socket, into: buf) { r in
-                        let k = (try? r.get()) ?? 0
-                        loop.send(c.socket, UnsafeRawBufferPointer(rebasing: buf[0..<k])) { _ in
-                            loop.close(c.socket); buf.deallocate()
-                        }
-                    }
-                }
-                for i in 0..<n {
-                    loop.connect(to: l.address, from: nil, timeout: 5_000_000_000) { r in
-                        guard case .success(let s) = r else { finished += 1; return }
-                        let out = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 8)
-                        out.storeBytes(of: UInt64(i), as: UInt64.self)
-                        let back = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 8)
-                        loop.send(s, UnsafeRawBufferPointer(out)) { _ in }
-                        loop.receive(s, into: back) { r in
-                            let good = (try? r.get()) == 8 && back.load(as: UInt64.self) == UInt64(i)
-                            loop.close(s); out.deallocate(); back.deallocate()
-                            finished += 1
-                            if good { accepted += 0 } else { finished += 10_000 }
-                            if finished >= n {
-                                loop.closeListener(l)
-                                reply(finished == n ? accepted : -finished)
+        // ~1,000 descriptors: the one budget every descriptor-heavy test shares.
+        try DescriptorBudget.exclusive {
+            let h = try URingHarness()
+            defer { h.stop() }
+            let n = 500
+            let served: Int? = h.await(30) { loop, reply in
+                do {
+                    var accepted = 0
+                    var finished = 0
+                    let l = try loop.listen(on: try SocketAddress(ip: "127.0.0.1", port: 0)) { r in
+                        guard case .success(let c) = r else { return }
+                        accepted += 1
+                        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+                        loop.receive(c.socket, into: buf) { r in
+                            let k = (try? r.get()) ?? 0
+                            loop.send(c.socket, UnsafeRawBufferPointer(rebasing: buf[0..<k])) { _ in
+                                loop.close(c.socket); buf.deallocate()
                             }
                         }
                     }
-                }
-            } catch { reply(-1) }
+                    for i in 0..<n {
+                        loop.connect(to: l.address, from: nil, timeout: 5_000_000_000) { r in
+                            guard case .success(let s) = r else { finished += 1; return }
+                            let out = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 8)
+                            out.storeBytes(of: UInt64(i), as: UInt64.self)
+                            let back = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 8)
+                            loop.send(s, UnsafeRawBufferPointer(out)) { _ in }
+                            loop.receive(s, into: back) { r in
+                                let good = (try? r.get()) == 8 && back.load(as: UInt64.self) == UInt64(i)
+                                loop.close(s); out.deallocate(); back.deallocate()
+                                finished += 1
+                                if good { accepted += 0 } else { finished += 10_000 }
+                                if finished >= n {
+                                    loop.closeListener(l)
+                                    reply(finished == n ? accepted : -finished)
+                                }
+                            }
+                        }
+                    }
+                } catch { reply(-1) }
+            }
+            #expect(served == n)
         }
-        #expect(served == n)
     }
 
     @Test func closeWithPendingSendAndReceiveCallsEachOnce() throws {
@@ -310,20 +314,26 @@ struct URingSpecificTests {
                 loop.connect(to: l.address, from: nil, timeout: 1_000_000_000) { r in
                     guard case .success(let s) = r else { reply(["connect"]); return }
                     var log: [String] = []
-                    loop.send(s, UnsafeRawBufferPointer(big)) { r in
-                        log.append((try? r.get()) == nil ? "send-failed" : "send-ok")
-                    }
-                    loop.receive(s, into: small) { r in
-                        if case .failure(let e) = r, e.isCancelled { log.append("recv-cancelled") } else { log.append("recv-other") }
-                    }
-                    loop.scheduleTimer(after: 50_000_000) {
-                        loop.close(s)
-                        loop.scheduleTimer(after: 100_000_000) {
+                    // Judged when both callbacks have come (events, not a wait), one
+                    // loop turn later so a second call of either shows.
+                    func note(_ what: String) {
+                        log.append(what)
+                        guard log.count == 2 else { return }
+                        loop.scheduleTimer(after: 0) {
                             if let server { loop.close(server) }
                             loop.closeListener(l)
                             reply(log.sorted())
                         }
                     }
+                    loop.send(s, UnsafeRawBufferPointer(big)) { r in
+                        note((try? r.get()) == nil ? "send-failed" : "send-ok")
+                    }
+                    loop.receive(s, into: small) { r in
+                        if case .failure(let e) = r, e.isCancelled { note("recv-cancelled") } else { note("recv-other") }
+                    }
+                    // 64 MiB to a peer that never reads cannot complete: close with both
+                    // operations pending, on the next loop turn (after their submission).
+                    loop.scheduleTimer(after: 0) { loop.close(s) }
                 }
             } catch { reply(["\(error)"]) }
         }

@@ -19,16 +19,23 @@ public func findTool(_ name: String) -> String? {
 /// before stdin is written, so a chatty program cannot deadlock the test;
 /// stdin goes through write(2), which returns EPIPE when the program exits
 /// without reading it (Foundation's FileHandle.write would trap).
-public func runTool(_ path: String, _ args: [String], stdin: String? = nil, seconds: Double = 60) -> (Int32, String) {
+///
+/// `environment` is added to the child's environment only: never setenv in
+/// the test process, whose other suites start children concurrently.
+public func runTool(_ path: String, _ args: [String], stdin: String? = nil, environment: [String: String] = [:],
+                    seconds: Double = 60) -> (Int32, String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
     p.arguments = args
+    if !environment.isEmpty {
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    }
     let out = Pipe()
     p.standardOutput = out
     p.standardError = out
     let input = Pipe()
     p.standardInput = input
-    do { try p.run() } catch { return (-1, "cannot start \(path): \(error)") }
+    do { try ChildProcess.run(p) } catch { return (-1, "cannot start \(path): \(error)") }
     let collected = Unchecked(NSMutableData())
     let done = DispatchSemaphore(value: 0)
     Thread {

@@ -45,7 +45,7 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
     let size = try options.int("size")
     let drainTimeout = try options.double("drain-timeout")
     fputs("== backlog on \(backend): \(count) × \(size) bytes, sink down; scratch \(rig.work)\n", stderr)
-    let sinkPort = try rig.freePort(), statsPort = try rig.freePort(), mtaPort = try rig.freePort(), mgmtPort = try rig.freePort()
+    let sinkPort = rig.ports.sink, statsPort = rig.ports.stats, mtaPort = rig.ports.mta, mgmtPort = rig.ports.mgmt
     let config = """
     smtp-listener \(rig.ip):\(mtaPort)
     http-mgmt-port \(rig.ip):\(mgmtPort)

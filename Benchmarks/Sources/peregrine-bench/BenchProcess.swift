@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,7 +27,13 @@ final class BenchProcess {
     var pid: Int32 { process.processIdentifier }
     var isRunning: Bool { process.isRunning }
 
-    func start() throws { try process.run() }
+    /// Starts it so that it dies with the bench (SIGKILL when the bench dies,
+    /// the bench's SIGTERM handler stops it first).
+    func start() throws {
+        BenchChildren.prepare(process)
+        try process.run()
+        BenchChildren.register(self)
+    }
 
     /// How the process ended ("exit status 0", "signal 11 (SIGSEGV)"), or nil while it runs.
     var exitDescription: String? {
@@ -90,22 +97,25 @@ enum BenchNet {
         return rc == 0
     }
 
-    /// A port the kernel says is free on `ip` right now.
-    static func freePort(ip: String) -> UInt16? {
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, ip, &addr.sin_addr)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0
-            }
-        }
-        return ok ? UInt16(bigEndian: addr.sin_port) : nil
+    /// A loopback address of this bench process's own, 127.128-191.x.y made
+    /// from the pid (pids are below 2^22), so that fixed ports on it are free
+    /// by construction: no test's port-0 listener, no other bench run and no
+    /// leftover daemon of another run can hold them. (Choosing a "free port"
+    /// on 127.0.0.1 and handing it to a child raced every port-0 listener.)
+    static let runAddress: String = {
+        let p = Int(getpid()) & 0x3F_FFFF
+        return "127.\(128 + (p >> 16)).\((p >> 8) & 0xFF).\(p & 0xFF)"
+    }()
+
+    /// The ports one run (one target, one scenario round) uses on its address.
+    /// Each call gives a new block, so a run never rebinds a port its predecessor
+    /// in the same bench process just closed.
+    static func ports() -> BenchPorts {
+        let block = UInt16(nextBlock.add(1, ordering: .relaxed).oldValue % 200)
+        return BenchPorts(base: 20_000 + block * 10)
     }
+
+    private static let nextBlock = Atomic<Int>(0)
 
     /// GET a small JSON document over HTTP/1.0 (the sink's /stats).
     static func getJSON(ip: String, port: UInt16, path: String) -> [String: Any]? {
@@ -139,5 +149,79 @@ enum BenchNet {
         guard d.count >= 4 else { return nil }
         for i in 0..<(d.count - 3) where d[i] == 13 && d[i + 1] == 10 && d[i + 2] == 13 && d[i + 3] == 10 { return i + 4 }
         return nil
+    }
+}
+
+/// Fixed ports of one run on `BenchNet.runAddress`.
+struct BenchPorts {
+    let base: UInt16
+    var sink: UInt16 { base }
+    var mta: UInt16 { base + 1 }
+    var stats: UInt16 { base + 2 }
+    var mgmt: UInt16 { base + 3 }
+    var dns: UInt16 { base + 4 }
+}
+
+/// Every child the bench starts: killed by the kernel when the bench dies
+/// (PR_SET_PDEATHSIG through setpriv, which execs in place so the pid is the
+/// child's own), and stopped by the bench's SIGTERM/SIGINT handler, which also
+/// runs the registered clean-ups (Postfix's master daemonizes out of reach of
+/// the death signal). Spawned from the main thread only: the death signal
+/// follows the thread that forked.
+enum BenchChildren {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var children: [BenchProcess] = []
+    nonisolated(unsafe) private static var cleanUps: [Int: () -> Void] = [:]
+    nonisolated(unsafe) private static var nextCleanUp = 0
+    nonisolated(unsafe) private static var signalSources: [DispatchSourceSignal] = []
+
+    static let setpriv: String? = ["/usr/bin/setpriv", "/bin/setpriv"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// Rewrites `process` to start through `setpriv --pdeathsig KILL`.
+    static func prepare(_ process: Process) {
+        guard let setpriv, let exe = process.executableURL?.path else { return }
+        process.executableURL = URL(fileURLWithPath: setpriv)
+        process.arguments = ["--pdeathsig", "KILL", "--", exe] + (process.arguments ?? [])
+    }
+
+    static func register(_ child: BenchProcess) {
+        lock.lock(); defer { lock.unlock() }
+        children.removeAll { !$0.isRunning }
+        children.append(child)
+    }
+
+    /// Runs `body` if the bench is terminated before `removeCleanUp(token)`.
+    static func addCleanUp(_ body: @escaping () -> Void) -> Int {
+        lock.lock(); defer { lock.unlock() }
+        nextCleanUp += 1
+        cleanUps[nextCleanUp] = body
+        return nextCleanUp
+    }
+
+    static func removeCleanUp(_ token: Int) {
+        lock.lock(); defer { lock.unlock() }
+        cleanUps[token] = nil
+    }
+
+    /// SIGTERM and SIGINT stop every child (SIGTERM, then SIGKILL), run the
+    /// clean-ups and exit 128+signal: a timed-out smoke test that signals the
+    /// bench leaves no daemon holding a port.
+    static func installTerminationHandler() {
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                lock.lock()
+                let running = children
+                let hooks = Array(cleanUps.values)
+                lock.unlock()
+                fputs("peregrine-bench: signal \(sig): stopping \(running.filter(\.isRunning).count) child process(es)\n", stderr)
+                for child in running.reversed() { child.stop(grace: 5) }
+                for hook in hooks { hook() }
+                _exit(128 + sig)
+            }
+            source.resume()
+            signalSources.append(source)
+        }
     }
 }

@@ -91,7 +91,7 @@ struct CrashRound {
         let rig = try ScenarioRig(scenario: "crash")
         defer { rig.cleanUp() }
         var out: [String: Any] = ["backend": backend, "count": count, "killFraction": killFraction]
-        let sinkPort = try rig.freePort(), statsPort = try rig.freePort(), mtaPort = try rig.freePort(), mgmtPort = try rig.freePort()
+        let sinkPort = rig.ports.sink, statsPort = rig.ports.stats, mtaPort = rig.ports.mta, mgmtPort = rig.ports.mgmt
         let sinkIDs = rig.work + "/sink-ids.txt"
         let sink = try rig.startSink(["--accept-all", "--listen", "\(rig.ip):\(sinkPort)", "--record-ids", sinkIDs,
                                       "--stats-port", "\(rig.ip):\(statsPort)", "--backend", "epoll"])

@@ -98,7 +98,7 @@ struct IspMixRun {
         if BenchNet.canConnect(ip: "127.0.1.1", port: 25) {
             throw ScenarioRig.Failure(description: "something already listens on 127.0.1.1:25 (another sink?); isp-mix needs the profile addresses on port 25")
         }
-        let dnsPort = try rig.freePort(), statsPort = try rig.freePort(), mtaPort = try rig.freePort(), mgmtPort = try rig.freePort()
+        let dnsPort = rig.ports.dns, statsPort = rig.ports.stats, mtaPort = rig.ports.mta, mgmtPort = rig.ports.mgmt
         let sinkIDs = rig.work + "/sink-ids.txt"
         // Gmail's profile requires TLS: the sink offers STARTTLS with a throwaway certificate, or serves plain text.
         let sinkTLS = tls ? try BenchCertificate.make(in: rig.work, commonName: "mx.sink").sinkArguments : ["--no-require-tls"]

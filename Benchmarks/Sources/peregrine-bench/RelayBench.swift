@@ -24,12 +24,16 @@ struct RelayBenchOptions {
     var writeResults = true
     /// `--starttls`: TLS on both hops (loadgen→MTA, MTA→sink); `--starttls-and-plain`: each target plain, then TLS.
     var tlsModes: [Bool] = [false]
+    /// The loopback address every process of the run binds (`--ip`): by default
+    /// the bench process's own (BenchNet.runAddress), so the fixed ports on it
+    /// are nobody else's.
+    var ip = BenchNet.runAddress
 
     static let usage = """
     usage: peregrine-bench relay|relay-100k [--backend all|io_uring|epoll|dispatch] [--peer postfix]
                                  [--duration S] [--connections N] [--threads N] [--size BYTES]
                                  [--drain-timeout S] [--output-dir DIR] [--no-results]
-                                 [--starttls | --starttls-and-plain]
+                                 [--starttls | --starttls-and-plain] [--ip 127.X.Y.Z]
     """
 
     static func parse(_ args: [String], scenario: String) -> Result<RelayBenchOptions, BenchUsageError> {
@@ -69,6 +73,12 @@ struct RelayBenchOptions {
             case "--drain-timeout":
                 guard let v = value(), let d = Double(v), d > 0 else { return .failure(BenchUsageError("--drain-timeout needs seconds")) }
                 o.drainTimeout = d
+            case "--ip":
+                guard let v = value(), v.hasPrefix("127."), v.split(separator: ".").count == 4,
+                      v.split(separator: ".").allSatisfy({ UInt8($0) != nil }) else {
+                    return .failure(BenchUsageError("--ip needs a loopback address 127.X.Y.Z"))
+                }
+                o.ip = v
             case "--output-dir":
                 guard let v = value() else { return .failure(BenchUsageError("--output-dir needs a directory")) }
                 o.outputDir = v
@@ -163,10 +173,13 @@ final class RelayRunner {
     let options: RelayBenchOptions
     let target: String
     let bin = BenchEnvironment.binDirectory()
-    let ip = "127.0.0.1"
+    var ip: String { options.ip }
+    /// This run's ports on `ip`: free by construction (BenchNet.runAddress).
+    let ports = BenchNet.ports()
     var work = ""
     var processes: [BenchProcess] = []
     var postfixDir: String?
+    private var postfixCleanUp: Int?
     /// STARTTLS on both hops (RelayBench+TLS.swift).
     let tls: Bool
     var scenario: String { tls ? options.scenario + "-tls" : options.scenario }
@@ -214,10 +227,7 @@ final class RelayRunner {
     struct Failure: Error, CustomStringConvertible { var description: String }
 
     private func measure(_ result: inout RelayRun) throws -> [String: Any] {
-        guard let sinkPort = BenchNet.freePort(ip: ip), let statsPort = BenchNet.freePort(ip: ip),
-              let mtaPort = BenchNet.freePort(ip: ip), let mgmtPort = BenchNet.freePort(ip: ip) else {
-            throw Failure(description: "no free port")
-        }
+        let sinkPort = ports.sink, statsPort = ports.stats, mtaPort = ports.mta, mgmtPort = ports.mgmt
         // The sink: accept-all, recording every id it accepts.
         let sinkIDs = work + "/sink-ids.txt"
         let sink = BenchProcess(name: "sink", executable: bin + "/peregrine-sink",
@@ -236,6 +246,9 @@ final class RelayRunner {
         if target == "postfix" {
             let dir = work + "/postfix"
             postfixDir = dir
+            // Postfix's master daemonizes: no death signal reaches it, so a terminated bench stops it by script.
+            let script = postfixScript()
+            postfixCleanUp = BenchChildren.addCleanUp { _ = BenchEnvironment.commandOutput("/bin/bash", [script, "stop", dir]) }
             // mkdtemp makes the work directory 0700: Postfix's daemons run as the
             // postfix user and must reach data/ and queue/ below it.
             chmod(work, 0o755)
@@ -430,6 +443,7 @@ final class RelayRunner {
     private func cleanUp(keep: Bool) {
         for p in processes.reversed() { p.stop(grace: 5) }
         if let dir = postfixDir { _ = BenchEnvironment.commandOutput("/bin/bash", [postfixScript(), "stop", dir]) }
+        if let postfixCleanUp { BenchChildren.removeCleanUp(postfixCleanUp) }
         if keep && !work.isEmpty { fputs("   kept \(work) (logs of this run)\n", stderr) }
         if !work.isEmpty && !keep && getenv("PEREGRINE_BENCH_KEEP") == nil { try? FileManager.default.removeItem(atPath: work) }
     }

@@ -11,7 +11,8 @@ import PeregrineAccounting
 final class ScenarioRig {
     let scenario: String
     let bin = BenchEnvironment.binDirectory()
-    let ip = "127.0.0.1"
+    /// The bench process's own loopback address (BenchNet.runAddress).
+    let ip = BenchNet.runAddress
     let work: String
     private(set) var processes: [BenchProcess] = []
 
@@ -31,10 +32,8 @@ final class ScenarioRig {
         else { fputs("   kept \(work)\n", stderr) }
     }
 
-    func freePort() throws -> UInt16 {
-        guard let p = BenchNet.freePort(ip: ip) else { throw Failure(description: "no free port") }
-        return p
-    }
+    /// This rig's ports on `ip`, free by construction (see BenchNet.runAddress).
+    let ports = BenchNet.ports()
 
     func start(_ name: String, _ executable: String, _ arguments: [String]) throws -> BenchProcess {
         let p = BenchProcess(name: name, executable: bin + "/" + executable, arguments: arguments,

@@ -50,21 +50,12 @@ private struct SinkBenchRun {
     }
 }
 
-private func sinkBenchFreePort() -> UInt16? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var sa = sockaddr_in()
-    sa.sin_family = sa_family_t(AF_INET)
-    sa.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &sa) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-    }
-    return ok ? UInt16(bigEndian: sa.sin_port) : nil
-}
+/// A port for one server of the run on the bench's own loopback address
+/// (BenchNet.runAddress): nothing else binds there, so it is free without
+/// a bind-close-hand-over race.
+private func sinkBenchFreePort() -> UInt16? { BenchNet.ports().sink }
 
-/// Waits until something accepts on 127.0.0.1:port (bounded).
+/// Waits until something accepts on the run address's port (bounded).
 private func sinkBenchWaitForListener(_ port: UInt16, seconds: Double = 20) -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
@@ -72,7 +63,7 @@ private func sinkBenchWaitForListener(_ port: UInt16, seconds: Double = 20) -> B
         var sa = sockaddr_in()
         sa.sin_family = sa_family_t(AF_INET)
         sa.sin_port = port.bigEndian
-        sa.sin_addr.s_addr = inet_addr("127.0.0.1")
+        sa.sin_addr.s_addr = inet_addr(BenchNet.runAddress)
         let r = withUnsafePointer(to: &sa) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -91,6 +82,12 @@ private func sinkBenchWaitForListener(_ port: UInt16, seconds: Double = 20) -> B
     return false
 }
 
+/// Starts a server that dies with the bench (BenchChildren).
+private func sinkBenchStart(_ p: Process) -> Bool {
+    BenchChildren.prepare(p)
+    return (try? p.run()) != nil
+}
+
 private func sinkBenchStop(_ p: Process) {
     if p.isRunning { kill(p.processIdentifier, SIGTERM) }
     let deadline = Date().addingTimeInterval(20)
@@ -99,16 +96,17 @@ private func sinkBenchStop(_ p: Process) {
     p.waitUntilExit()
 }
 
-/// Runs smtp-source against 127.0.0.1:port; returns wall seconds, or nil on failure.
+/// Runs smtp-source against the run address's port; returns wall seconds, or nil on failure.
 private func sinkBenchSource(port: UInt16, messages: Int, sessions: Int, size: Int) -> (Double, String)? {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/sbin/smtp-source")
     p.arguments = ["-d", "-s", String(sessions), "-l", String(size), "-m", String(messages),
-                   "-f", "bench@source.test", "-t", "rcpt@sink.test", "127.0.0.1:\(port)"]
+                   "-f", "bench@source.test", "-t", "rcpt@sink.test", "\(BenchNet.runAddress):\(port)"]
     let err = Pipe()
     p.standardError = err
     p.standardOutput = FileHandle.nullDevice
     let start = Date()
+    BenchChildren.prepare(p)
     do { try p.run() } catch { return nil }
     p.waitUntilExit()
     let seconds = Date().timeIntervalSince(start)
@@ -176,11 +174,11 @@ func runSinkBench(arguments: [String]) -> Int32 {
         if let port = sinkBenchFreePort() {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/sbin/smtp-sink")
-            p.arguments = (getuid() == 0 ? ["-u", "nobody"] : []) + ["127.0.0.1:\(port)", "1024"]
+            p.arguments = (getuid() == 0 ? ["-u", "nobody"] : []) + ["\(BenchNet.runAddress):\(port)", "1024"]
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
             var run = SinkBenchRun(server: "smtp-sink", backend: nil, threads: nil, round: round, seconds: 0, messages: messages, accepted: nil, status: "did not start")
-            if (try? p.run()) != nil, sinkBenchWaitForListener(port), let (s, status) = sinkBenchSource(port: port, messages: messages, sessions: sessions, size: size) {
+            if sinkBenchStart(p), sinkBenchWaitForListener(port), let (s, status) = sinkBenchSource(port: port, messages: messages, sessions: sessions, size: size) {
                 run.seconds = s; run.status = status
             }
             sinkBenchStop(p)
@@ -192,13 +190,13 @@ func runSinkBench(arguments: [String]) -> Int32 {
             guard let port = sinkBenchFreePort() else { continue }
             let p = Process()
             p.executableURL = URL(fileURLWithPath: sinkPath)
-            p.arguments = ["--accept-all", "--listen", "127.0.0.1:\(port)", "--backend", backend,
+            p.arguments = ["--accept-all", "--listen", "\(BenchNet.runAddress):\(port)", "--backend", backend,
                            "--threads", String(threads), "--quiet"]
             let out = Pipe()
             p.standardOutput = out
             p.standardError = FileHandle.nullDevice
             var run = SinkBenchRun(server: "peregrine-sink", backend: backend, threads: threads, round: round, seconds: 0, messages: messages, accepted: nil, status: "did not start")
-            if (try? p.run()) != nil, sinkBenchWaitForListener(port), let (s, status) = sinkBenchSource(port: port, messages: messages, sessions: sessions, size: size) {
+            if sinkBenchStart(p), sinkBenchWaitForListener(port), let (s, status) = sinkBenchSource(port: port, messages: messages, sessions: sessions, size: size) {
                 run.seconds = s; run.status = status
             }
             sinkBenchStop(p)

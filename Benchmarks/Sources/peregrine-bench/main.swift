@@ -27,6 +27,7 @@ guard let scenario = arguments.first else {
     exit(2)
 }
 let rest = Array(arguments.dropFirst())
+BenchChildren.installTerminationHandler()
 let status: Int32
 switch scenario {
 case "-h", "--help", "help":
