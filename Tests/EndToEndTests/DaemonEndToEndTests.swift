@@ -9,11 +9,10 @@ import PeregrineAccounting
 
 /// The daemon end to end (issue 6, "Done when"): the real `peregrine run`
 /// delivering to the real `peregrine-sink` on loopback, on every backend.
-/// Every scenario has its own loopback addresses (127.77.SCENARIO.x), sink,
+/// Every scenario has its own loopback addresses (127.P.SCENARIO.x), sink,
 /// daemon, spool and accounting file; bounds are on counts, and the time
 /// limits are only deadlines against hanging.
-@Suite struct DaemonEndToEndTests {
-    static func available(_ kind: BackendKind) -> Bool { (try? kind.loopType.init()) != nil }
+@Suite(.timeLimit(.minutes(5))) struct DaemonEndToEndTests {
 
     /// Sink + daemon for one scenario; torn down in reverse order.
     final class Scenario {
@@ -21,7 +20,7 @@ import PeregrineAccounting
         var sink: SinkProcess?
         var daemon: DaemonProcess?
         let kind: BackendKind
-        /// The daemon's listener and management address: 127.77.SCENARIO.x, its own.
+        /// The daemon's listener and management address: 127.P.SCENARIO.x, its own.
         let listenIP: String
         init(_ tag: String, _ scenario: Int, _ kind: BackendKind) throws {
             self.kind = kind
@@ -64,7 +63,7 @@ import PeregrineAccounting
     /// below the provider's limit nothing is refused at all. Everything is delivered once.
     @Test(arguments: BackendKind.allCases)
     func connectionCapsAreNeverExceeded(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("caps", 1, kind)
         let ipA = E2E.ip(1, kind, host: 1), ipB = E2E.ip(1, kind, host: 2)
         let limit = "max-connections 3 greeting \"421 4.7.0 Too many connections from {ip}, try again later\"\n    latency data fixed 40ms"
@@ -119,7 +118,7 @@ import PeregrineAccounting
     /// makes Peregrine reconnect first, so the sink never has to refuse.
     @Test(arguments: BackendKind.allCases)
     func yahooTwentyPerConnectionIsRespected(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("yahoo", 2, kind)
         let ip = E2E.ip(2, kind)
         let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("yahoo", domains: "yahoo.test", mx: [ip], """
@@ -156,9 +155,14 @@ import PeregrineAccounting
     /// A 4.7.28 deferral matched by the pattern list puts the queue in backoff
     /// (seen through `ctl show queues --json`), the backoff rate holds while
     /// it lasts, and the queue is back to normal after backoff-to-normal-after.
+    ///
+    /// Counts, not clock windows: the backoff rate is 1/m, so while the queue
+    /// says "backoff" (10 s) the sink may have accepted at most one message,
+    /// however fast or slow the machine; a daemon that ignored the backoff rate
+    /// would send the rest as soon as the sink's 2 s penalty box lifts.
     @Test(arguments: BackendKind.allCases)
     func gmailRateLimitPutsTheQueueInBackoffAndBack(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("backoff", 3, kind)
         let ip = E2E.ip(3, kind)
         let text = "421-4.7.28 Gmail has detected an unusual rate of unsolicited email originating from your IP address. To protect our users from spam, email sent from your IP address has been temporarily rate limited."
@@ -179,7 +183,7 @@ import PeregrineAccounting
                 max-smtp-out 2
                 max-rcpt-per-transaction 1
                 smtp-pattern-list gmail
-                backoff-max-msg-rate 2/s
+                backoff-max-msg-rate 1/m
                 backoff-to-normal-after 10s
                 retry-after 1s
                 backoff-retry-after 1s
@@ -194,39 +198,33 @@ import PeregrineAccounting
         // One message per recipient, so that the sink's ids count deliveries.
         for m in 0..<10 { #expect(try c.send(to: ["g\(m)@gmail.test"], id: "g-\(m)") == nil) }
         c.quit()
-        var sawBackoff = false
-        E2E.waitUntil(30, every: 0.1) {
-            sawBackoff = (try? d.queues()[queue]?["mode"] as? String) == "backoff"
-            return sawBackoff
-        }
-        #expect(sawBackoff, "\(s.diagnostics)")
-        #expect(s.waitForFinals(10), "\(s.diagnostics)")
-        // Back to normal once backoff-to-normal-after has passed.
-        var backToNormal = false
-        E2E.waitUntil(40, every: 0.2) {
-            backToNormal = (try? d.queues()[queue]?["mode"] as? String) == "normal"
+        // Nothing reaches the sink before backoff (the first attempt meets 4.7.28),
+        // so a count read before a "backoff" answer counts deliveries in backoff.
+        func accepted() throws -> Int { try sink.providerStats("gmail")["messages_accepted"] as? Int ?? -1 }
+        var sawBackoff = false, backToNormal = false
+        var acceptedInBackoff = 0
+        E2E.waitUntil(60, every: 0.1) {
+            guard let count = try? accepted(), let mode = try? d.queues()[queue]?["mode"] as? String else { return false }
+            if mode == "backoff" {
+                sawBackoff = true
+                acceptedInBackoff = max(acceptedInBackoff, count)
+            } else if sawBackoff && mode == "normal" {
+                backToNormal = true
+            }
             return backToNormal
         }
+        #expect(sawBackoff, "\(s.diagnostics)")
         #expect(backToNormal, "\(s.diagnostics)")
+        #expect(acceptedInBackoff <= 1, "\(acceptedInBackoff) messages delivered in backoff at 1/m: \(s.diagnostics)")
+        #expect(s.waitForFinals(10), "\(s.diagnostics)")
         let records = s.records
         #expect(records.of(.delivered).count == 10)
         let rateLimited = records.of(.transient).filter { $0.dsnDiag.contains("4.7.28") }
         #expect(!rateLimited.isEmpty, "no 4.7.28 deferral recorded")
-
-        // The backoff rate (2/s, burst 1): no two-second window holds more than
-        // 2×2 + 2 deliveries while the queue is in backoff (without it, the
-        // sink's burst of 10 would pass at once). Backoff
-        // began before the first delivery; deliveries after backoff-to-normal-after
-        // (counted from the first 4.7.28, rounded down to the second) are left out.
+        // Every message reached the sink exactly once.
         sink.terminate()
-        let start = (rateLimited.map(\.timeLogged).min() ?? 0) * 1_000_000_000
-        let inBackoff = recordedIds(ids).map(\.at).filter { $0 < start + 10_000_000_000 }.sorted()
-        var worst = 0
-        for (i, t) in inBackoff.enumerated() {
-            worst = max(worst, inBackoff[i...].prefix { $0 < t + 2_000_000_000 }.count)
-        }
-        #expect(inBackoff.count >= 5, "\(inBackoff)")
-        #expect(worst <= 6, "\(worst) deliveries within 2 s in backoff: \(inBackoff)")
+        #expect(Set(recordedIds(ids).map(\.id)) == Set((0..<10).map { "g-\($0)" }), "\(recordedIds(ids))")
+        #expect(recordedIds(ids).count == 10)
     }
 
     // MARK: 4. Unknown users
@@ -235,7 +233,7 @@ import PeregrineAccounting
     /// bounce with bounceCat bad-mailbox; a good recipient next to them is delivered.
     @Test(arguments: BackendKind.allCases)
     func unknownUsersBounceAsBadMailbox(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("unknown", 4, kind)
         let ipG = E2E.ip(4, kind, host: 1), ipY = E2E.ip(4, kind, host: 2)
         let sink = try startSink(s.dir, serviceIP: s.listenIP,
@@ -273,7 +271,7 @@ import PeregrineAccounting
     /// A greylisted recipient gets a `t` record, then a `d` record on retry.
     @Test(arguments: BackendKind.allCases)
     func greylistedMailIsDeliveredOnRetry(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("grey", 5, kind)
         let ip = E2E.ip(5, kind)
         let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("grey", domains: "grey.test", mx: [ip], """
@@ -308,7 +306,7 @@ import PeregrineAccounting
     /// bounced as message-expired when its time is up, not retried.
     @Test(arguments: BackendKind.allCases)
     func expiredMessagesBounceAsMessageExpired(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("expiry", 6, kind)
         let ip = E2E.ip(6, kind)
         let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("full", domains: "full.test", mx: [ip], """
@@ -343,7 +341,7 @@ import PeregrineAccounting
     /// sees traffic from both source IPs.
     @Test(arguments: BackendKind.allCases)
     func aPoolSpreadsTrafficOverTwoSourceIPs(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("pool", 7, kind)
         let ip = E2E.ip(7, kind)
         let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("pool", domains: "pool.test", mx: [ip]))
@@ -375,7 +373,8 @@ import PeregrineAccounting
     /// the mail goes to the secondary MX, found through the sink's DNS.
     @Test(arguments: BackendKind.allCases)
     func mxFallbackToTheSecondaryWhenThePrimaryRefuses(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
+        try E2E.requirePort25()
         let s = try Scenario("mx", 8, kind)
         let primary = E2E.ip(8, kind, host: 1), secondary = E2E.ip(8, kind, host: 2)
         // The DNS sink names both MX hosts for mx.test but listens on another
@@ -405,11 +404,12 @@ import PeregrineAccounting
     // MARK: 9. Reconciliation
 
     /// A loadgen run over a delivering, a bouncing and a greylisting domain:
-    /// every accepted recipient ends in exactly one `d` or `b`, and what the
+    /// every accepted recipient ends in exactly one `d` or `b`, every outcome
+    /// is counted by domain (bounces, deferrals, deliveries), and what the
     /// sink accepted matches the `d` records and the loadgen's ids.
     @Test(arguments: BackendKind.allCases)
     func everyInjectedRecipientEndsInExactlyOneFinalRecord(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("reconcile", 9, kind)
         let ipOK = E2E.ip(9, kind, host: 1), ipBad = E2E.ip(9, kind, host: 2), ipGrey = E2E.ip(9, kind, host: 3)
         let sinkIds = s.dir.file("sink-ids.txt")
@@ -449,13 +449,15 @@ import PeregrineAccounting
         // Under load a reply may come too late for the loadgen while the daemon
         // did accept the message: the daemon's `r` records are the reference,
         // and they cover at least what the loadgen saw accepted.
-        #expect(accepted == 120 && injected.count == accepted, "\(report)")
+        #expect(accepted > 0 && accepted <= 120 && injected.count == accepted, "\(report)")
         var received: [AccountingRecord] = []
         E2E.waitUntil(20) { received = s.records.of(.received); return received.count >= accepted * 2 }
         #expect(received.count >= accepted * 2 && received.count <= 240)
 
         #expect(s.waitForFinals(received.count), "\(s.diagnostics)")
-        usleep(300_000)  // a late duplicate would show up within a flush or two
+        // Stopped (SIGTERM: the accounting file is flushed and closed) before the
+        // final reading, so a late duplicate cannot arrive after it.
+        d.terminate()
         let records = s.records
         let finals = records.finals
         received = records.of(.received)  // read again: a late `r` may have been flushed meanwhile
@@ -465,6 +467,18 @@ import PeregrineAccounting
         #expect(finals.of(.bounced).allSatisfy { $0.rcpt.hasSuffix("@bad.test") && $0.bounceCat == "bad-mailbox" })
         #expect(finals.of(.delivered).allSatisfy { !$0.rcpt.hasSuffix("@bad.test") })
         #expect(records.of(.transient).allSatisfy { $0.rcpt.hasSuffix("@grey.test") })
+        // Every outcome counted, by domain: each bad.test recipient bounced once,
+        // each ok.test and grey.test recipient was delivered once, and each
+        // grey.test recipient met the greylist (a `t`) before its delivery.
+        func domain(_ r: AccountingRecord) -> String { String(r.rcpt.split(separator: "@").last ?? "").lowercased() }
+        let receivedBy = Dictionary(grouping: received, by: domain).mapValues(\.count)
+        #expect(receivedBy.keys.sorted() == ["bad.test", "grey.test", "ok.test"], "\(receivedBy)")
+        #expect(finals.of(.bounced).count == receivedBy["bad.test", default: 0], "\(receivedBy)")
+        #expect(finals.of(.delivered).count == receivedBy["ok.test", default: 0] + receivedBy["grey.test", default: 0],
+                "\(receivedBy)")
+        let greylisted = Set(received.filter { domain($0) == "grey.test" }.map(\.rcpt))
+        let deferred = Set(records.of(.transient).map(\.rcpt))
+        #expect(greylisted.subtracting(deferred).isEmpty, "never deferred: \(greylisted.subtracting(deferred))")
 
         let totals = try sink.stats()["totals"] as? [String: Any] ?? [:]
         #expect(totals["recipients_accepted"] as? Int == finals.of(.delivered).count)
@@ -484,7 +498,8 @@ import PeregrineAccounting
     /// up: every accepted message is delivered exactly once.
     @Test(arguments: BackendKind.allCases)
     func aCrashLosesNoAcceptedMessage(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
+        try E2E.requirePort25()
         let s = try Scenario("restart", 10, kind)
         let ip = E2E.ip(10, kind)
         let config = daemonConfig(s.dir, listen: s.listenIP, """
@@ -531,7 +546,7 @@ import PeregrineAccounting
     /// file:line error and the running settings stay.
     @Test(arguments: BackendKind.allCases)
     func reloadAppliesDomainSettingsWithoutDroppingConnections(_ kind: BackendKind) throws {
-        guard Self.available(kind) else { return }
+        try kind.requireAvailable()
         let s = try Scenario("reload", 11, kind)
         let ipA = E2E.ip(11, kind, host: 1), ipB = E2E.ip(11, kind, host: 2)
         let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("first", domains: "first.test", mx: [ipA])

@@ -61,6 +61,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.allCases)
     func rolledUpDomainsShareTheSiteConnectionBudget(_ kind: BackendKind) throws {
         try kind.requireAvailable()
+        try E2E.requirePort25()
         let s = try Scenario("site-on", 40, kind)
         let mx = E2E.ip(40, kind, host: 1)
         let (dnsSink, dnsPort) = try Self.startSinks(s, mx: mx)
@@ -92,6 +93,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.allCases)
     func withoutRollupEachDomainHasItsOwnBudget(_ kind: BackendKind) throws {
         try kind.requireAvailable()
+        try E2E.requirePort25()
         let s = try Scenario("site-off", 41, kind)
         let mx = E2E.ip(41, kind, host: 1)
         let (dnsSink, dnsPort) = try Self.startSinks(s, mx: mx)

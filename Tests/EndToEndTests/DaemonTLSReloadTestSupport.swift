@@ -20,7 +20,7 @@ enum TLSReloadSupport {
     /// A self-signed P-256 certificate for `commonName` in `dir`.
     static func makeCertificate(_ dir: TestDirectory, _ name: String, commonName: String) throws -> Certificate {
         let cert = dir.file("\(name)-cert.pem"), key = dir.file("\(name)-key.pem")
-        let (status, out) = runTool("/usr/bin/openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        let (status, out) = runTool(findTool("openssl") ?? "/usr/bin/openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                                                             "-nodes", "-subj", "/CN=\(commonName)", "-days", "1",
                                                             "-keyout", key, "-out", cert], seconds: 60)
         guard status == 0 else { throw SinkTestError("openssl req failed: \(out)") }
@@ -37,7 +37,7 @@ enum TLSReloadSupport {
 
     /// The SHA-256 fingerprint of a PEM certificate, lower-case hex without colons.
     static func fingerprint(_ certificate: String) throws -> String {
-        let (status, out) = runTool("/usr/bin/openssl", ["x509", "-in", certificate, "-noout", "-fingerprint", "-sha256"])
+        let (status, out) = runTool(findTool("openssl") ?? "/usr/bin/openssl", ["x509", "-in", certificate, "-noout", "-fingerprint", "-sha256"])
         guard status == 0, let eq = out.firstIndex(of: "=") else { throw SinkTestError("openssl x509 failed: \(out)") }
         return out[out.index(after: eq)...].filter { $0 != ":" && !$0.isWhitespace }.lowercased()
     }

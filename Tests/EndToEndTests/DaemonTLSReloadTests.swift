@@ -89,11 +89,14 @@ import PeregrineIO
         let held = try HeldTLSClient(python, arguments: [ip, "2525", "starttls", go, "held@renew.test"])
         #expect(held.line(startingWith: "FP ") == "FP \(fpA)", "\(held.output)")
 
-        // Renewal: new files, reload; new connections see B, several so that both loops answer.
+        // Renewal: new files, reload; new connections see B. SO_REUSEPORT picks the
+        // loop by a hash of the connection's addresses, which the test cannot steer
+        // and the daemon does not report per loop: 16 connections per listener leave
+        // one loop unasked with probability 2^-15 (4 left it unasked one run in 8).
         try TLSReloadSupport.install(certB, certificate: liveCert, key: liveKey)
         let renewed = reload(d, via: path)
         #expect(renewed.ok, "\(renewed.report)\n\(diagnostics())")
-        for _ in 0..<4 {
+        for _ in 0..<16 {
             #expect(TLSReloadSupport.probe(python, ip, 2525, "starttls") == "FP \(fpB)", "\(diagnostics())")
             #expect(TLSReloadSupport.probe(python, ip, 2465, "implicit") == "FP \(fpB)", "\(diagnostics())")
         }

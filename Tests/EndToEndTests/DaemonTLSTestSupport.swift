@@ -17,7 +17,7 @@ enum E2ETLSCertificates {
             .appendingPathComponent("peregrine-e2e-tls-\(getpid())").path
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch { return nil }
         let cert = dir + "/cert.pem", key = dir + "/key.pem"
-        let (status, _) = runTool("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.test",
+        let (status, _) = runTool(findTool("openssl") ?? "/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.test",
                                                           "-addext", "subjectAltName=DNS:mx.test", "-days", "1",
                                                           "-keyout", key, "-out", cert], seconds: 60)
         guard status == 0 else { return nil }

@@ -57,7 +57,10 @@ import Testing
         #expect(gmx.enhanced == nil && gmx.lines.count == 2 && !gmx.continued)
         let bare = Self.reply("421 - [Too many sessions opened]")
         #expect(bare.lines == ["- [Too many sessions opened]"])
-        #expect(throws: Never.self) { _ = SinkPattern("x") }
+        // Recipient patterns are case-insensitive globs over the whole local part.
+        #expect(SinkPattern("x").matches(Array("X".utf8)) && !SinkPattern("x").matches(Array("xy".utf8)))
+        #expect(SinkPattern("grey*").matches(Array("GreyList7".utf8)) && !SinkPattern("grey*").matches(Array("agrey".utf8)))
+        #expect(SinkPattern("a?c").matches(Array("abc".utf8)) && !SinkPattern("a?c").matches(Array("ac".utf8)))
         if case .success = SinkReplyTemplate.parse("hello") { Issue.record("accepted a reply with no code") }
         if case .success = SinkReplyTemplate.parse("250 ok\n550 no") { Issue.record("accepted mixed codes") }
     }

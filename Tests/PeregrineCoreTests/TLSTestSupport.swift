@@ -27,7 +27,7 @@ enum TLSTestCertificates {
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch { return nil }
         let cert = dir + "/cert.pem", key = dir + "/key.pem"
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        p.executableURL = URL(fileURLWithPath: findTool("openssl") ?? "/usr/bin/openssl")
         p.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=\(commonName)",
                        "-addext", "subjectAltName=DNS:\(commonName)", "-days", "1", "-keyout", key, "-out", cert]
         p.standardOutput = FileHandle.nullDevice

@@ -13,56 +13,57 @@ import Glibc
 @Suite("ConformanceTests", .timeLimit(.minutes(3)))
 struct ConformanceTests {
     @Test(arguments: conformanceBackends)
-    func echoOneByte(_ kind: BackendKind) { checkEcho(kind.loopType, size: 1) }
+    func echoOneByte(_ kind: BackendKind) throws { try kind.requireAvailable(); checkEcho(kind.loopType, size: 1) }
 
     @Test(arguments: conformanceBackends)
-    func echoFourMebibytes(_ kind: BackendKind) { checkEcho(kind.loopType, size: 4 << 20) }
+    func echoFourMebibytes(_ kind: BackendKind) throws { try kind.requireAvailable(); checkEcho(kind.loopType, size: 4 << 20) }
 
     @Test(arguments: conformanceBackends)
-    func gatherWriteOverManyBuffers(_ kind: BackendKind) { checkGatherWrite(kind.loopType) }
+    func gatherWriteOverManyBuffers(_ kind: BackendKind) throws { try kind.requireAvailable(); checkGatherWrite(kind.loopType) }
 
     /// Each case holds ~1,000 descriptors: it takes the one DescriptorBudget
     /// that every descriptor-heavy test in every suite shares (see there why).
     @Test(arguments: conformanceBackends)
-    func fiveHundredConcurrentConnections(_ kind: BackendKind) {
+    func fiveHundredConcurrentConnections(_ kind: BackendKind) throws {
+        try kind.requireAvailable()
         DescriptorBudget.exclusive { checkConcurrentConnections(kind.loopType, count: 500, rounds: 5) }
     }
 
     @Test(arguments: conformanceBackends)
-    func peerClosesMidSend(_ kind: BackendKind) { checkPeerClosesMidSend(kind.loopType) }
+    func peerClosesMidSend(_ kind: BackendKind) throws { try kind.requireAvailable(); checkPeerClosesMidSend(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func connectToClosedPortFails(_ kind: BackendKind) { checkConnectToClosedPort(kind.loopType) }
+    func connectToClosedPortFails(_ kind: BackendKind) throws { try kind.requireAvailable(); checkConnectToClosedPort(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func connectBoundToSourceAddress(_ kind: BackendKind) { checkConnectFromSource(kind.loopType) }
+    func connectBoundToSourceAddress(_ kind: BackendKind) throws { try kind.requireAvailable(); checkConnectFromSource(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func connectTimesOut(_ kind: BackendKind) { checkConnectTimeout(kind.loopType) }
+    func connectTimesOut(_ kind: BackendKind) throws { try kind.requireAvailable(); checkConnectTimeout(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func timersFireInOrderAndCancelledNeverFire(_ kind: BackendKind) { checkTimerOrder(kind.loopType) }
+    func timersFireInOrderAndCancelledNeverFire(_ kind: BackendKind) throws { try kind.requireAvailable(); checkTimerOrder(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func manyTimers(_ kind: BackendKind) { checkManyTimers(kind.loopType) }
+    func manyTimers(_ kind: BackendKind) throws { try kind.requireAvailable(); checkManyTimers(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func zeroDelayTimerChainDoesNotStarveTheLoop(_ kind: BackendKind) { checkZeroDelayTimerChain(kind.loopType) }
+    func zeroDelayTimerChainDoesNotStarveTheLoop(_ kind: BackendKind) throws { try kind.requireAvailable(); checkZeroDelayTimerChain(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func udpRoundTrip(_ kind: BackendKind) { checkUdpRoundTrip(kind.loopType) }
+    func udpRoundTrip(_ kind: BackendKind) throws { try kind.requireAvailable(); checkUdpRoundTrip(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func fileWriteSyncAndReread(_ kind: BackendKind) { checkFileRoundTrip(kind.loopType) }
+    func fileWriteSyncAndReread(_ kind: BackendKind) throws { try kind.requireAvailable(); checkFileRoundTrip(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func handOffFromOtherThreads(_ kind: BackendKind) { checkHandOff(kind.loopType, producers: 8, perProducer: 2000) }
+    func handOffFromOtherThreads(_ kind: BackendKind) throws { try kind.requireAvailable(); checkHandOff(kind.loopType, producers: 8, perProducer: 2000) }
 
     @Test(arguments: conformanceBackends)
-    func closeCancelsPendingReceive(_ kind: BackendKind) { checkCloseCancelsReceive(kind.loopType) }
+    func closeCancelsPendingReceive(_ kind: BackendKind) throws { try kind.requireAvailable(); checkCloseCancelsReceive(kind.loopType) }
 
     @Test(arguments: conformanceBackends)
-    func shutdownWriteIsHalfClose(_ kind: BackendKind) { checkHalfClose(kind.loopType) }
+    func shutdownWriteIsHalfClose(_ kind: BackendKind) throws { try kind.requireAvailable(); checkHalfClose(kind.loopType) }
 }
 
 /// The backends under test: all of them, or the comma-separated list in
