@@ -528,11 +528,12 @@ import PeregrineAccounting
         let sinkIds = s.dir.file("sink-ids.txt")
         s.sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("restart", domains: "restart.test", mx: [ip]), port: 25, ids: sinkIds)
         #expect(s.waitForFinals(30), "\(s.diagnostics)")
-        usleep(300_000)
+        // Stopped before the final reading (SIGTERM flushes and closes the accounting
+        // file), so a late duplicate cannot arrive after it.
+        d.terminate()
         let finals = s.records.finals
         #expect(finals.count == 30 && finals.allSatisfy { $0.type == .delivered })
         #expect(Set(finals.map(\.rcpt)).count == 30)
-        d.terminate()
         // The log says which signal stopped it (a daemon that vanished unasked shows no such line).
         #expect(d.log.contains("peregrine: shutting down (SIGTERM)"), "\(d.log)")
         s.sink?.terminate()

@@ -227,9 +227,11 @@ final class DaemonProcess {
     init(configPath: String, backend: BackendKind, threads: Int = 2, logPath: String) throws {
         self.configPath = configPath
         self.logPath = logPath
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
         guard let handle = FileHandle(forWritingAtPath: logPath) else { throw SinkTestError("cannot write \(logPath)") }
-        handle.seekToEndOfFile()
+        // A restart appends to the same log: only what this process writes counts
+        // (the previous run's "running" line must not pass for this one's).
+        let startOffset = Int(handle.seekToEndOfFile())
         process.executableURL = URL(fileURLWithPath: E2E.executable("peregrine"))
         process.arguments = ["run", "--config", configPath, "--backend", backend.rawValue, "--threads", "\(threads)"]
         process.standardOutput = handle
@@ -238,7 +240,8 @@ final class DaemonProcess {
         try? handle.close()
         var line: Substring?
         E2E.waitUntil(30, every: 0.05) {
-            line = self.log.split(separator: "\n").last { $0.contains("peregrine: running:") }
+            let fresh = (FileManager.default.contents(atPath: logPath) ?? Data()).dropFirst(startOffset)
+            line = String(decoding: fresh, as: UTF8.self).split(separator: "\n").last { $0.contains("peregrine: running:") }
             return line != nil || !process.isRunning
         }
         guard let line, let range = line.range(of: "listening on ") else {
