@@ -11,7 +11,7 @@ import PeregrineIO
 /// 0, a restart on the same spool delivers the rest, and the sink sees every
 /// message the loadgen saw accepted exactly once. Scenario 63: 127.P.63.x.
 @Suite(.serialized, .timeLimit(.minutes(4))) struct DaemonShutdownTests {
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func sigtermWithTrafficInFlightLosesAndDuplicatesNothing(_ kind: BackendKind) throws {
         try kind.requireAvailable()
         let dir = try TestDirectory("sigterm-\(kind.rawValue)")

@@ -55,7 +55,7 @@ s.quit()
 print("DONE", flush=True)
 """#
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func sourceBlocksAreEnforcedOnTheWire(_ kind: BackendKind) throws {
         try kind.requireAvailable()
         let python = try #require(findTool("python3"), "python3 not installed")

@@ -51,7 +51,7 @@ import PeregrineIO
     /// S775, its source is disabled for pool.test, and every recipient is
     /// delivered once from vmta2's address. Mail injected after that skips
     /// vmta1 (no deferral at all), and /queues names the disabled source.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func aDisabledSourceIPsMailMovesToTheOtherPoolMember(_ kind: BackendKind) throws {
         try kind.requireAvailable()
         let s = try Scenario("steer", 42, kind)
@@ -90,7 +90,7 @@ import PeregrineIO
     /// Both members boxed: once both sources are disabled for the domain,
     /// nothing is left to move to, and the mail waits in suspended queues
     /// (the behaviour without a pool); nothing is delivered or lost.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func withEveryMemberDisabledTheQueuesWait(_ kind: BackendKind) throws {
         try kind.requireAvailable()
         let s = try Scenario("steer-all", 43, kind)

@@ -17,10 +17,10 @@ import PeregrineIO
 @Suite(.serialized, .timeLimit(.minutes(5))) struct DaemonTLSReloadTests {
     enum ReloadPath: String { case ctl, sighup }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func ctlReloadRenewsTheCertificate(_ kind: BackendKind) throws { try renewal(kind, via: .ctl) }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func sighupRenewsTheCertificate(_ kind: BackendKind) throws { try renewal(kind, via: .sighup) }
 
     /// Reloads `d` the chosen way: (succeeded, what was reported).
@@ -140,7 +140,7 @@ import PeregrineIO
     /// Without a `tls=yes` listener, TLS can be switched on and off by reload:
     /// STARTTLS is advertised to new connections once the certificate is
     /// configured, and no longer once it is removed.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func reloadTurnsSTARTTLSOnAndOff(_ kind: BackendKind) throws {
         try kind.requireAvailable()
         let python = try #require(findTool("python3"), "python3 not installed")

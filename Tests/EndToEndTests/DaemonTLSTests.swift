@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import PeregrineTestSupport
 import Testing
+import PeregrineIO
 
 /// STARTTLS end to end with the real executables on loopback, per backend:
 /// injection over STARTTLS (openssl s_client, smtplib) and implicit TLS,
@@ -12,7 +13,7 @@ import Testing
 /// or refused: opportunistic falls back to plain, required defers with the
 /// diagnostic in the `t` record.
 @Suite(.serialized, .timeLimit(.minutes(5))) struct DaemonTLSTests {
-    static let backends = ["io_uring", "epoll", "dispatch"]
+    static let backends = BackendKind.testable.map(\.rawValue)
 
     func certificates() throws -> E2ETLSCertificates.Files {
         try #require(E2ETLSCertificates.files, "openssl req could not make a throwaway certificate")

@@ -138,7 +138,7 @@ print("SENT", n)
 
 @Suite("SMTP interop", .serialized, .timeLimit(.minutes(5)))
 struct SMTPInteropTests {
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func pythonSmtplibAgainstPeregrineServer(kind: BackendKind) throws {
         let python = try #require(findTool("python3"), "python3 is not installed (scripts/setup installs it)")
         var config = SMTPServerConfiguration(hostname: "mx.peregrine.test")
@@ -154,7 +154,7 @@ struct SMTPInteropTests {
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func swaksAgainstPeregrineServer(kind: BackendKind) throws {
         let swaks = try #require(findTool("swaks"), "swaks is not installed (scripts/setup installs it)")
         var config = SMTPServerConfiguration(hostname: "mx.peregrine.test")
@@ -174,7 +174,7 @@ struct SMTPInteropTests {
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func postfixSmtpSourceAgainstPeregrineServer(kind: BackendKind) throws {
         let source = try #require(findTool("smtp-source"), "smtp-source is not installed (scripts/setup installs it)")
         try withServer(kind, SMTPServerConfiguration(hostname: "mx.peregrine.test")) { port, counters in
@@ -192,7 +192,7 @@ struct SMTPInteropTests {
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func peregrineClientAgainstPostfixSmtpSink(kind: BackendKind) throws {
         let sink = try #require(findTool("smtp-sink"), "smtp-sink is not installed (scripts/setup installs it)")
         try kind.requireAvailable()
@@ -213,7 +213,7 @@ struct SMTPInteropTests {
 
     /// Peregrine's client → a real Postfix smtpd (private instance) → relayed on to a
     /// Peregrine server that counts: every message accepted by Postfix arrives.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func peregrineClientAgainstPostfixSmtpd(kind: BackendKind) throws {
         _ = try #require(findTool("postfix"), "postfix is not installed (scripts/setup installs it)")
         try #require(getuid() == 0, "a private Postfix instance needs root")

@@ -27,7 +27,7 @@ import PeregrineIO
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func sigkillLosesNoAcknowledgedMessage(backend: BackendKind) throws {
         try backend.requireAvailable()
         let exe = try #require(Self.peregrinePath(), "peregrine executable not found next to the test bundle; run `swift build` first")

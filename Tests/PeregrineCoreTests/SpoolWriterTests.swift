@@ -8,7 +8,7 @@ import PeregrineIO
 @Suite(.serialized, .timeLimit(.minutes(5))) struct SpoolWriterTests {
     /// Appends `count` messages on each backend, records outcomes, and checks that
     /// recovery finds exactly the live ones, bodies intact.
-    @Test(arguments: BackendKind.allCases) func appendRecordOutcomesAndRecover(_ kind: BackendKind) throws {
+    @Test(arguments: BackendKind.testable) func appendRecordOutcomesAndRecover(_ kind: BackendKind) throws {
         struct V: SpoolLoopVisitor {
             func visit<L: EventLoop>(_ type: L.Type, kind: BackendKind) throws {
                 let loop = try SpoolLoops.makeLoop(type)
@@ -62,7 +62,7 @@ import PeregrineIO
         try SpoolLoops.forBackend(kind, V())
     }
 
-    @Test(arguments: BackendKind.allCases) func readBodyAfterDurable(_ kind: BackendKind) throws {
+    @Test(arguments: BackendKind.testable) func readBodyAfterDurable(_ kind: BackendKind) throws {
         struct V: SpoolLoopVisitor {
             func visit<L: EventLoop>(_ type: L.Type, kind: BackendKind) throws {
                 let loop = try SpoolLoops.makeLoop(type)
@@ -96,7 +96,7 @@ import PeregrineIO
 
     /// Segments full of finished messages are deleted; a sparse one is compacted
     /// forward; recovery afterwards finds exactly the live messages, with their states.
-    @Test(arguments: BackendKind.allCases) func compactionKeepsExactlyTheLiveMessages(_ kind: BackendKind) throws {
+    @Test(arguments: BackendKind.testable) func compactionKeepsExactlyTheLiveMessages(_ kind: BackendKind) throws {
         struct V: SpoolLoopVisitor {
             func visit<L: EventLoop>(_ type: L.Type, kind: BackendKind) throws {
                 let loop = try SpoolLoops.makeLoop(type)
@@ -155,7 +155,7 @@ import PeregrineIO
         try SpoolLoops.forBackend(kind, V())
     }
 
-    @Test(arguments: BackendKind.allCases) func writerContinuesAfterRecovery(_ kind: BackendKind) throws {
+    @Test(arguments: BackendKind.testable) func writerContinuesAfterRecovery(_ kind: BackendKind) throws {
         struct V: SpoolLoopVisitor {
             func visit<L: EventLoop>(_ type: L.Type, kind: BackendKind) throws {
                 let loop = try SpoolLoops.makeLoop(type)
@@ -179,7 +179,7 @@ import PeregrineIO
         try SpoolLoops.forBackend(kind, V())
     }
 
-    @Test(arguments: BackendKind.allCases) func bodyChunksAreGatheredIntoOneRecord(_ kind: BackendKind) throws {
+    @Test(arguments: BackendKind.testable) func bodyChunksAreGatheredIntoOneRecord(_ kind: BackendKind) throws {
         struct V: SpoolLoopVisitor {
             func visit<L: EventLoop>(_ type: L.Type, kind: BackendKind) throws {
                 let loop = try SpoolLoops.makeLoop(type)

@@ -71,7 +71,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, ip: String = "127.0.0.1", port: UI
 
 /// Peregrine's client side of STARTTLS against Peregrine's server and a real Postfix smtpd.
 @Suite(.serialized, .timeLimit(.minutes(5))) struct TLSClientInteropTests {
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func clientStartTLSToPeregrineServerAndResumes(kind: BackendKind) throws {
         let client = try TLSContext.client()
         try withTLSServer(kind) { port, record in
@@ -92,7 +92,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, ip: String = "127.0.0.1", port: UI
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func requiredWithoutOfferSendsNothingOpportunisticFallsBack(kind: BackendKind) throws {
         let client = try TLSContext.client()
         try withTLSServer(kind, offerStartTLS: false) { port, record in
@@ -111,7 +111,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, ip: String = "127.0.0.1", port: UI
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func refusedStartTLSRequiredQuitsOpportunisticSendsPlain(kind: BackendKind) throws {
         let client = try TLSContext.client()
         try withTLSServer(kind, refuseStartTLS: true) { port, record in
@@ -130,7 +130,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, ip: String = "127.0.0.1", port: UI
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func handshakeFailureIsReportedNotTrapped(kind: BackendKind) throws {
         // The server only speaks TLS 1.3; this client only 1.2.
         let client = try TLSContext.client(maximumVersion: .tls12)
@@ -149,7 +149,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, ip: String = "127.0.0.1", port: UI
     }
 
     /// Peregrine → Postfix smtpd (STARTTLS, throwaway certificate) → relayed on to a Peregrine server.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func clientStartTLSToPostfix(kind: BackendKind) throws {
         _ = try #require(findTool("postfix"), "postfix is not installed (scripts/setup installs it)")
         try #require(getuid() == 0, "a private Postfix instance needs root")

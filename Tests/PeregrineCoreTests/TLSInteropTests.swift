@@ -135,7 +135,7 @@ print("DONE")
 """#
 
 @Suite(.serialized, .timeLimit(.minutes(5))) struct TLSInteropTests {
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func opensslSClientStartTLS(kind: BackendKind) throws {
         guard let openssl = findTool("openssl") else { Issue.record("openssl not installed"); return }
         try withTLSServer(kind) { port, record in
@@ -152,7 +152,7 @@ print("DONE")
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func pythonSmtplibStartTLS(kind: BackendKind) throws {
         guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
         try withTLSServer(kind) { port, record in
@@ -166,7 +166,7 @@ print("DONE")
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func pythonSmtplibImplicitTLS(kind: BackendKind) throws {
         guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
         try withTLSServer(kind, implicitTLS: true) { port, record in
@@ -178,7 +178,7 @@ print("DONE")
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func swaksTLS(kind: BackendKind) throws {
         guard let swaks = findTool("swaks") else { Issue.record("swaks not installed"); return }
         try withTLSServer(kind) { port, record in
@@ -191,7 +191,7 @@ print("DONE")
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func commandsPipelinedAfterStartTLSAreDiscarded(kind: BackendKind) throws {
         guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
         try withTLSServer(kind) { port, _ in
@@ -201,7 +201,7 @@ print("DONE")
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func plainTextAfterStartTLSFailsTheHandshakeAndCloses(kind: BackendKind) throws {
         guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
         let script = #"""

@@ -22,6 +22,25 @@ public enum Skip {
         try Test.cancel(Comment(rawValue: reason), sourceLocation: sourceLocation)
     }
 
+    /// Whether `probe` succeeds here (cached under `name`); when it does not, the
+    /// reason is printed once. Parameterised tests take their arguments from
+    /// this, so a backend that cannot start here has no cases at all: Swift
+    /// Testing's console shows a cancelled test *case* as "passed", which would
+    /// be the silent pass this replaces. One plain test per backend
+    /// (BackendAvailabilityTests) is then reported as skipped with the reason.
+    public static func isAvailable(_ name: String, probe: () throws -> Void) -> Bool {
+        lock.lock()
+        let cached = probes[name]
+        lock.unlock()
+        let failure: String
+        if let cached { failure = cached } else {
+            do { try probe(); failure = "" } catch { failure = "\(error)" }
+            lock.lock(); probes[name] = failure; lock.unlock()
+        }
+        if !failure.isEmpty { announce("\(name) cannot start here: \(failure)") }
+        return failure.isEmpty
+    }
+
     /// Skips unless `probe` succeeds; the probe's outcome is cached under `name`
     /// (a backend is probed once per process, not once per test).
     public static func unlessAvailable(_ name: String, sourceLocation: SourceLocation = #_sourceLocation,
@@ -35,7 +54,7 @@ public enum Skip {
             lock.lock(); probes[name] = failure; lock.unlock()
         }
         if let failure, !failure.isEmpty {
-            try because("\(name) unavailable on this machine: \(failure)", sourceLocation: sourceLocation)
+            try because("\(name) cannot start here: \(failure)", sourceLocation: sourceLocation)
         }
     }
 
@@ -52,6 +71,6 @@ public enum Skip {
         lock.lock()
         let first = announced.insert(reason).inserted
         lock.unlock()
-        if first { fputs("peregrine tests: SKIPPING every case that needs it: \(reason)\n", stderr) }
+        if first { fputs("peregrine tests: SKIPPING what needs it: \(reason)\n", stderr) }
     }
 }

@@ -176,7 +176,7 @@ struct IspMixRun {
         let daemonAlive = lastStatus.isEmpty ? "no status" : "ok"
 
         // Reconcile.
-        let acctCounts = ScenarioRig.accounting(acct)
+        let acctCounts = try ScenarioRig.accounting(acct)
         let loadAccepted = ScenarioRig.ids(loadIDs)
         let seen = ScenarioRig.ids(sinkIDs)
         let accepted = loadAccepted + specialAccepted.map(\.id)

@@ -120,9 +120,14 @@ final class ScenarioRig {
         var deliveryProtocols: [String: [String: Int]] = [:]
     }
 
-    static func accounting(_ path: String) -> Accounting {
+    /// The accounting counts; a file that cannot be read or parsed fails the run
+    /// (empty counts would make "nothing missing" checks pass).
+    static func accounting(_ path: String) throws -> Accounting {
         var a = Accounting()
-        guard let rows = try? AccountingCSVReader.read(path: path) else { return a }
+        let rows: [AccountingCSVRow]
+        do { rows = try AccountingCSVReader.read(path: path) } catch {
+            throw Failure(description: "cannot read the accounting file \(path): \(error)")
+        }
         for row in rows {
             let type = row["type"] ?? "?"
             a.byType[type, default: 0] += 1
