@@ -4,7 +4,7 @@ import Glibc
 import Foundation
 import PeregrineTestSupport
 import Testing
-import PeregrineCore
+import PeregrineAccounting
 import PeregrineIO
 
 /// Broken configuration files against the real executable: `check-config`

@@ -4,7 +4,7 @@ import Glibc
 import Foundation
 import PeregrineTestSupport
 import Testing
-import PeregrineCore
+import PeregrineAccounting
 import PeregrineIO
 
 /// The management API of the running daemon driven by Python's http.client

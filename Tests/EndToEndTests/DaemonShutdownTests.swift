@@ -4,7 +4,7 @@ import Glibc
 import Foundation
 import PeregrineTestSupport
 import Testing
-import PeregrineCore
+import PeregrineAccounting
 import PeregrineIO
 
 /// SIGTERM while the loadgen injects and the daemon delivers: the daemon exits

@@ -4,7 +4,7 @@ import Glibc
 import Foundation
 import PeregrineTestSupport
 import Testing
-import PeregrineCore
+import PeregrineAccounting
 import PeregrineIO
 
 /// `<source>` policy on the running daemon, judged by Python's smtplib (a
