@@ -170,7 +170,10 @@ struct BenchPorts {
 /// follows the thread that forked.
 enum BenchChildren {
     private static let lock = NSLock()
-    nonisolated(unsafe) private static var children: [BenchProcess] = []
+    /// What the termination handler stops: the bench's BenchProcesses and the
+    /// plain Processes of the sink comparison (smtp-sink drops to nobody, which
+    /// clears its death signal).
+    nonisolated(unsafe) private static var children: [(isRunning: () -> Bool, stop: () -> Void)] = []
     nonisolated(unsafe) private static var cleanUps: [Int: () -> Void] = [:]
     nonisolated(unsafe) private static var nextCleanUp = 0
     nonisolated(unsafe) private static var signalSources: [DispatchSourceSignal] = []
@@ -186,8 +189,20 @@ enum BenchChildren {
 
     static func register(_ child: BenchProcess) {
         lock.lock(); defer { lock.unlock() }
-        children.removeAll { !$0.isRunning }
-        children.append(child)
+        children.removeAll { !$0.isRunning() }
+        children.append((isRunning: { child.isRunning }, stop: { child.stop(grace: 5) }))
+    }
+
+    static func register(_ process: Process) {
+        lock.lock(); defer { lock.unlock() }
+        children.removeAll { !$0.isRunning() }
+        children.append((isRunning: { process.isRunning }, stop: {
+            guard process.isRunning else { return }
+            kill(process.processIdentifier, SIGTERM)
+            let deadline = Date().addingTimeInterval(5)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }))
     }
 
     /// Runs `body` if the bench is terminated before `removeCleanUp(token)`.
@@ -215,8 +230,8 @@ enum BenchChildren {
                 let running = children
                 let hooks = Array(cleanUps.values)
                 lock.unlock()
-                fputs("peregrine-bench: signal \(sig): stopping \(running.filter(\.isRunning).count) child process(es)\n", stderr)
-                for child in running.reversed() { child.stop(grace: 5) }
+                fputs("peregrine-bench: signal \(sig): stopping \(running.filter { $0.isRunning() }.count) child process(es)\n", stderr)
+                for child in running.reversed() { child.stop() }
                 for hook in hooks { hook() }
                 _exit(128 + sig)
             }

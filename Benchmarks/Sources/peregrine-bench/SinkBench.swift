@@ -85,7 +85,9 @@ private func sinkBenchWaitForListener(_ port: UInt16, seconds: Double = 20) -> B
 /// Starts a server that dies with the bench (BenchChildren).
 private func sinkBenchStart(_ p: Process) -> Bool {
     BenchChildren.prepare(p)
-    return (try? p.run()) != nil
+    guard (try? p.run()) != nil else { return false }
+    BenchChildren.register(p)
+    return true
 }
 
 private func sinkBenchStop(_ p: Process) {
