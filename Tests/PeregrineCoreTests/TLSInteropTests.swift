@@ -137,7 +137,7 @@ print("DONE")
 @Suite(.serialized, .timeLimit(.minutes(5))) struct TLSInteropTests {
     @Test(arguments: BackendKind.testable)
     func opensslSClientStartTLS(kind: BackendKind) throws {
-        guard let openssl = findTool("openssl") else { Issue.record("openssl not installed"); return }
+        let openssl = try #require(findTool("openssl"), "openssl is not installed (scripts/setup installs it)")
         try withTLSServer(kind) { port, record in
             for version in ["-tls1_3", "-tls1_2"] {
                 let (status, out) = runTool(openssl, ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(port)",
@@ -154,7 +154,7 @@ print("DONE")
 
     @Test(arguments: BackendKind.testable)
     func pythonSmtplibStartTLS(kind: BackendKind) throws {
-        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
+        let python = try #require(findTool("python3"), "python3 is not installed (scripts/setup installs it)")
         try withTLSServer(kind) { port, record in
             let (status, out) = runTool(python, ["-c", tlsSmtplibScript, String(port), "starttls"], seconds: 60)
             #expect(status == 0, "\(out)")
@@ -168,7 +168,7 @@ print("DONE")
 
     @Test(arguments: BackendKind.testable)
     func pythonSmtplibImplicitTLS(kind: BackendKind) throws {
-        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
+        let python = try #require(findTool("python3"), "python3 is not installed (scripts/setup installs it)")
         try withTLSServer(kind, implicitTLS: true) { port, record in
             let (status, out) = runTool(python, ["-c", tlsSmtplibScript, String(port), "implicit"], seconds: 60)
             #expect(status == 0, "\(out)")
@@ -180,7 +180,7 @@ print("DONE")
 
     @Test(arguments: BackendKind.testable)
     func swaksTLS(kind: BackendKind) throws {
-        guard let swaks = findTool("swaks") else { Issue.record("swaks not installed"); return }
+        let swaks = try #require(findTool("swaks"), "swaks is not installed (scripts/setup installs it)")
         try withTLSServer(kind) { port, record in
             let (status, out) = runTool(swaks, ["--server", "127.0.0.1:\(port)", "--tls", "--from", "a@src.test",
                                                    "--to", "b@dst.test", "--helo", "swaks.test"], seconds: 30)
@@ -193,7 +193,7 @@ print("DONE")
 
     @Test(arguments: BackendKind.testable)
     func commandsPipelinedAfterStartTLSAreDiscarded(kind: BackendKind) throws {
-        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
+        let python = try #require(findTool("python3"), "python3 is not installed (scripts/setup installs it)")
         try withTLSServer(kind) { port, _ in
             let (status, out) = runTool(python, ["-c", tlsInjectionScript, String(port)], seconds: 30)
             #expect(status == 0, "\(out)")
@@ -203,7 +203,7 @@ print("DONE")
 
     @Test(arguments: BackendKind.testable)
     func plainTextAfterStartTLSFailsTheHandshakeAndCloses(kind: BackendKind) throws {
-        guard let python = findTool("python3") else { Issue.record("python3 not installed"); return }
+        let python = try #require(findTool("python3"), "python3 is not installed (scripts/setup installs it)")
         let script = #"""
         import socket, sys
         s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
