@@ -1,6 +1,7 @@
 import Foundation
 import PeregrineIO
 import PeregrineHTTP
+import PeregrineSpool
 
 /// The management API (JSON over HTTP on http-mgmt-port): what `peregrine ctl`
 /// talks to. Reads gather a snapshot from every loop through `execute`;
@@ -30,6 +31,18 @@ extension Daemon {
         var queueDeferrals: UInt64 = 0, injectionConnections: UInt64 = 0, openInjections = 0
         var outboundConnections = 0
         var queues: [QueueSnapshot] = []
+        var spools: [SpoolSnapshot] = []
+    }
+
+    /// One spool stream's health, as `/status` and `/metrics` show it.
+    struct SpoolSnapshot {
+        var stream: Int, health: SpoolHealth, pendingOutcomes: Int, faults: Int, recoveries: Int, outcomesDropped: Int
+        var json: [String: Any] {
+            var j: [String: Any] = ["stream": stream, "state": health.name, "pendingOutcomes": pendingOutcomes,
+                                    "faults": faults, "recoveries": recoveries, "outcomesDropped": outcomesDropped]
+            if let r = health.reason { j["reason"] = r }
+            return j
+        }
     }
 
     /// Collects one snapshot per worker, then calls `done` on worker 0's loop.
@@ -45,6 +58,12 @@ extension Daemon {
                                        deferrals: w.deferrals, queueDeferrals: w.queueDeferrals,
                                        injectionConnections: w.injectionConnections, openInjections: w.openInjections,
                                        outboundConnections: w.engine.connectionCount)
+                for (stream, spool) in w.spools.sorted(by: { $0.key < $1.key }) {
+                    s.spools.append(SpoolSnapshot(stream: stream, health: spool.health,
+                                                  pendingOutcomes: spool.pendingOutcomeCount,
+                                                  faults: spool.stats.faults, recoveries: spool.stats.recoveries,
+                                                  outcomesDropped: spool.stats.outcomesDropped))
+                }
                 for q in w.engine.queues.values.sorted(by: { $0.key < $1.key }) {
                     let suspended = q.suspendedUntil > now ? Double(q.suspendedUntil - now) / 1e9 : 0
                     s.queues.append(QueueSnapshot(queue: q.key.description, mode: q.mode.rawValue, paused: q.isPaused,
@@ -157,7 +176,14 @@ extension Daemon {
         func sum(_ f: (WorkerSnapshot) -> UInt64) -> UInt64 { snaps.reduce(0) { $0 + f($1) } }
         let uptime = uptimeSeconds
         let delivered = sum(\.delivered)
+        let spools = snaps.flatMap(\.spools).sorted { $0.stream < $1.stream }
+        // The worst stream decides: ok only when every stream is.
+        let worst = spools.first { if case .failed = $0.health { return true } else { return false } }
+            ?? spools.first { !$0.health.isOK }
+        var spool: [String: Any] = ["state": worst?.health.name ?? "ok", "streams": spools.map(\.json)]
+        if let r = worst?.health.reason { spool["reason"] = r }
         return [
+            "spool": spool,
             "version": "peregrine 0.1",
             "backend": Loop.kind.rawValue,
             "threads": workers.count,
@@ -183,6 +209,17 @@ extension Daemon {
         p.counter("peregrine_delivered_total", help: "Recipients delivered", value: sum(\.delivered))
         p.counter("peregrine_bounced_total", help: "Recipients bounced", value: sum(\.bounced))
         p.counter("peregrine_deferrals_total", help: "Transient failures", value: sum(\.deferrals))
+        for sp in snaps.flatMap(\.spools).sorted(by: { $0.stream < $1.stream }) {
+            let labels = [("stream", String(sp.stream))]
+            p.gauge("peregrine_spool_healthy", help: "1 while the spool stream accepts messages, 0 while degraded or failed",
+                    value: sp.health.isOK ? 1 : 0, labels: labels)
+            p.gauge("peregrine_spool_pending_outcomes", help: "Outcome records kept in memory until written",
+                    value: sp.pendingOutcomes, labels: labels)
+            p.counter("peregrine_spool_faults_total", help: "Spool write or fsync failures", value: UInt64(sp.faults),
+                      labels: labels)
+            p.counter("peregrine_spool_outcomes_dropped_total", help: "Outcomes not kept (over the in-memory bound)",
+                      value: UInt64(sp.outcomesDropped), labels: labels)
+        }
         for q in snaps.flatMap(\.queues) {
             let labels = [("queue", q.queue)]
             p.gauge("peregrine_queue_ready", help: "Recipients ready per queue", value: q.ready, labels: labels)

@@ -124,7 +124,12 @@ public final class Daemon<Loop: EventLoop> {
         }
         let recovered: [SpoolStreamRecovery]
         switch SpoolRecovery.recoverAll(spoolDirectory: spoolDir, log: { [options] in options.log("spool: \($0)") }) {
-        case .success(let r): recovered = r
+        case .success(let r):
+            recovered = r
+            for stream in r where !stream.problems.isEmpty {
+                log("spool: \(stream.directory): \(stream.problems.count) problem(s) found at start-up (listed above; "
+                    + "quarantined files are in \(SpoolRecovery.quarantineDirectory(stream: stream.directory)))")
+            }
         case .failure(let e):
             log("spool recovery failed: \(e)")
             return 1

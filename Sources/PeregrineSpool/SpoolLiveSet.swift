@@ -61,6 +61,14 @@ public final class SpoolLiveSet {
         return true
     }
 
+    /// Takes a message out again if it is still at `location` (its record
+    /// never became durable).
+    public func forget(_ id: MessageID, at location: MessageLocation) {
+        guard let e = messages[id], e.location == location else { return }
+        messages[id] = nil
+        unpin(location)
+    }
+
     private func unpin(_ loc: MessageLocation) {
         guard var s = segments[loc.segment] else { return }
         s.liveMessages -= 1

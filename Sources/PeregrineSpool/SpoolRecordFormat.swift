@@ -3,7 +3,7 @@
 /// ```
 /// header (16 bytes, little-endian)
 ///   0  magic     UInt32  0x31475250 ("PRG1")
-///   4  kind      UInt8   1 = message, 2 = outcome
+///   4  kind      UInt8   1 = message, 2 = outcome, 3 = segment start, 4 = segment deleted
 ///   5  version   UInt8   0
 ///   6  reserved  UInt16  0
 ///   8  length    UInt32  payload length
@@ -15,7 +15,13 @@
 ///            (varint length + bytes), notify u8, state u8; then the body
 ///            (the rest of the payload).
 ///   outcome: id.hi u64, id.lo u64, recipient index u32, state u8
+///   segment start (first record of every segment the writer creates):
+///            count u32, then count segment numbers u32: the stream's other
+///            segments present when this one was created (its catalogue)
+///   segment deleted: segment number u32 (made durable before the unlink)
 /// ```
+/// The catalogue and the deletion records let recovery tell a segment the
+/// writer removed from one that went missing (deleted by hand, lost).
 /// A reader accepts a record only if the magic, kind, length bound and
 /// checksum all agree, which is also how it resynchronises after a corrupt
 /// record: scan forward for the next offset where they do.
@@ -26,10 +32,16 @@ public enum SpoolRecordFormat {
     public static let maxPayload = 512 * 1024 * 1024
     public static let outcomePayloadSize = 21
     public static let outcomeRecordSize = headerSize + outcomePayloadSize
+    public static let segmentDeletedRecordSize = headerSize + 4
+
+    /// Size of a segment-start record listing `count` segments.
+    public static func segmentStartRecordSize(count: Int) -> Int { headerSize + 4 + 4 * count }
 
     public enum Kind: UInt8, Sendable {
         case message = 1
         case outcome = 2
+        case segmentStart = 3
+        case segmentDeleted = 4
     }
 
     // MARK: Sizes
@@ -94,6 +106,21 @@ public enum SpoolRecordFormat {
         finishHeader(kind: .outcome, payloadLength: outcomePayloadSize, at: out)
     }
 
+    /// Encodes a segment-start record listing `segments` at `out`.
+    public static func encodeSegmentStart(segments: [UInt32], into out: UnsafeMutableRawPointer) {
+        var w = ByteWriter(out + headerSize)
+        w.u32(UInt32(segments.count))
+        for n in segments { w.u32(n) }
+        finishHeader(kind: .segmentStart, payloadLength: 4 + 4 * segments.count, at: out)
+    }
+
+    /// Encodes a segment-deleted record for segment `number` at `out`.
+    public static func encodeSegmentDeleted(number: UInt32, into out: UnsafeMutableRawPointer) {
+        var w = ByteWriter(out + headerSize)
+        w.u32(number)
+        finishHeader(kind: .segmentDeleted, payloadLength: 4, at: out)
+    }
+
     static func finishHeader(kind: Kind, payloadLength: Int, at out: UnsafeMutableRawPointer) {
         out.storeBytes(of: magic.littleEndian, as: UInt32.self)
         out.storeBytes(of: kind.rawValue, toByteOffset: 4, as: UInt8.self)
@@ -130,6 +157,8 @@ public enum SpoolRecordFormat {
         guard length <= maxPayload else { return .invalid }
         if kind == .outcome && length != outcomePayloadSize { return .invalid }
         if kind == .message && length < 25 { return .invalid }
+        if kind == .segmentStart && (length < 4 || length % 4 != 0) { return .invalid }
+        if kind == .segmentDeleted && length != 4 { return .invalid }
         guard bytes.count >= headerSize + length else { return .incomplete(needed: headerSize + length) }
         let stored = base.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian
         var crc = CRC32C.checksum(UnsafeRawBufferPointer(start: base + 4, count: 8))
@@ -172,6 +201,21 @@ public enum SpoolRecordFormat {
         var r = ByteReader(payload)
         guard let hi = r.u64(), let lo = r.u64() else { return nil }
         return MessageID(hi: hi, lo: lo)
+    }
+
+    /// The catalogue of a verified segment-start payload.
+    public static func decodeSegmentStart(payload: UnsafeRawBufferPointer) -> [UInt32]? {
+        var r = ByteReader(payload)
+        guard let count = r.u32(), Int(count) * 4 == r.remaining else { return nil }
+        var out: [UInt32] = []
+        out.reserveCapacity(Int(count))
+        for _ in 0 ..< count { if let n = r.u32() { out.append(n) } }
+        return out
+    }
+
+    public static func decodeSegmentDeleted(payload: UnsafeRawBufferPointer) -> UInt32? {
+        var r = ByteReader(payload)
+        return r.u32()
     }
 
     public static func decodeOutcome(payload: UnsafeRawBufferPointer) -> (MessageID, Int, RecipientState)? {

@@ -13,11 +13,13 @@ public final class SpoolSyncWriter {
     private var buffer: UnsafeMutableRawBufferPointer
     private var used = 0
     public let segmentSize: Int64
+    private let firstSegment: UInt32
 
     public init(directory: String, firstSegment: UInt32 = 1, segmentSize: Int64 = 64 << 20) throws(SpoolError) {
         self.directory = directory
         self.segment = firstSegment
         self.segmentSize = segmentSize
+        self.firstSegment = firstSegment
         buffer = .allocate(byteCount: 1 << 20, alignment: 16)
         try SpoolFiles.makeDirectory(directory)
         try openSegment()
@@ -35,6 +37,12 @@ public final class SpoolSyncWriter {
         fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         if fd < 0 { throw .io(path: path, operation: "open", errno: errno) }
         offset = 0
+        // The catalogue, as SpoolWriter starts every segment: the ones this writer made before.
+        let earlier = Array(firstSegment ..< segment)
+        try withSpace(SpoolRecordFormat.segmentStartRecordSize(count: earlier.count)) { p in
+            SpoolRecordFormat.encodeSegmentStart(segments: earlier, into: p)
+            return SpoolRecordFormat.segmentStartRecordSize(count: earlier.count)
+        }
     }
 
     /// Starts a new segment file.
@@ -50,7 +58,8 @@ public final class SpoolSyncWriter {
                        states: RecipientStates? = nil) throws(SpoolError) -> MessageLocation {
         let envSize = SpoolRecordFormat.envelopeSize(envelope)
         let len = SpoolRecordFormat.headerSize + envSize + body.count
-        if offset + Int64(used) > 0 && offset + Int64(used) + Int64(len) > segmentSize { try roll() }
+        if offset + Int64(used) > Int64(SpoolRecordFormat.segmentStartRecordSize(count: Int(segment - firstSegment)))
+            && offset + Int64(used) + Int64(len) > segmentSize { try roll() }
         let loc = MessageLocation(segment: segment, offset: offset + Int64(used), recordLength: UInt32(len),
                                   bodyOffset: UInt32(SpoolRecordFormat.headerSize + envSize))
         try withSpace(len) { p in

@@ -111,6 +111,14 @@ public enum SpoolError: Error, Hashable, Sendable, CustomStringConvertible {
     case segmentCorrupt(path: String, offset: Int64)
     /// A segment ended in a partial record (crash mid-write); truncated at `offset`.
     case tornTail(path: String, offset: Int64, droppedBytes: Int64)
+    /// A segment the stream's catalogue lists (and no deletion record
+    /// explains) is not there: deleted by hand or lost with its messages.
+    case segmentMissing(path: String)
+    /// A zero-length segment that is not the newest: its records are gone.
+    case emptySegment(path: String)
+    /// A damaged segment was moved aside to `to` (never truncated or deleted);
+    /// its intact records were rewritten to `path`.
+    case quarantined(path: String, to: String)
     /// A syscall failed.
     case io(path: String, operation: String, errno: Int32)
     /// An I/O operation of the event loop failed.
@@ -131,6 +139,9 @@ public enum SpoolError: Error, Hashable, Sendable, CustomStringConvertible {
         case .segmentCorrupt(let path, let offset): return "\(path): corrupt record at offset \(offset), skipped"
         case .tornTail(let path, let offset, let dropped):
             return "\(path): torn tail at offset \(offset), truncated \(dropped) bytes"
+        case .segmentMissing(let path): return "\(path): missing (listed in the stream's catalogue, never deleted by the spool)"
+        case .emptySegment(let path): return "\(path): empty segment (zero length) that is not the newest"
+        case .quarantined(let path, let to): return "\(path): damaged, moved to \(to); its intact records were kept"
         case .io(let path, let op, let e): return "\(path): \(op) failed (errno \(e))"
         case .loop(let path, let err): return "\(path): \(err)"
         case .invalidMessage(let why): return "invalid message: \(why)"

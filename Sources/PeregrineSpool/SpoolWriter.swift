@@ -19,6 +19,15 @@ public struct SpoolWriterOptions: Sendable {
     public var compactionThreshold: Double = 0.25
     /// Loop index, mixed into message ids.
     public var loopIndex: Int = 0
+    /// First wait (ns) before retrying after a write or fsync failed (disk full,
+    /// I/O error); doubles on each failed retry up to `retryMaxDelay`.
+    public var retryInitialDelay: UInt64 = 100_000_000
+    public var retryMaxDelay: UInt64 = 5_000_000_000
+    /// Outcome records kept in memory while they cannot be written (40 bytes
+    /// each). Past this, further outcomes are counted in
+    /// `SpoolWriterStats.outcomesDropped` (a restart then redelivers those
+    /// recipients: a duplicate, never a loss).
+    public var maxPendingOutcomes: Int = 1 << 20
 
     public init(maxCommitDelay: UInt64 = 0, segmentSize: Int64 = 64 << 20, loopIndex: Int = 0) {
         self.maxCommitDelay = maxCommitDelay
@@ -38,19 +47,63 @@ public struct SpoolWriterStats: Sendable {
     public var segmentsCreated = 0
     public var segmentsDeleted = 0
     public var messagesCompacted = 0
+    /// Write or fsync failures, and recoveries from them.
+    public var faults = 0
+    public var recoveries = 0
+    /// Outcomes that could not be kept until written (over `maxPendingOutcomes`).
+    public var outcomesDropped = 0
+}
+
+/// Whether a spool stream can take new messages.
+public enum SpoolHealth: Sendable, Equatable, CustomStringConvertible {
+    case ok
+    /// A write or fsync failed (e.g. disk full): new messages are refused
+    /// (451) and outcomes kept in memory while the writer retries.
+    case degraded(SpoolError)
+    /// Cannot continue (segment numbers exhausted): only a restart helps.
+    case failed(SpoolError)
+
+    public var isOK: Bool { self == .ok }
+    public var name: String {
+        switch self {
+        case .ok: return "ok"
+        case .degraded: return "degraded"
+        case .failed: return "failed"
+        }
+    }
+    public var reason: String? {
+        switch self {
+        case .ok: return nil
+        case .degraded(let e), .failed(let e): return e.description
+        }
+    }
+    public var description: String { reason.map { "\(name): \($0)" } ?? name }
 }
 
 /// The append side of one spool stream, owned by one event loop (principle 4:
 /// no locks on the write path).
 ///
-/// Records are encoded into pooled buffers and written with `loop.write` at
-/// the tracked offset; group commit issues one `fdatasync` for everything
-/// written since the previous one, with at most one commit in flight. A
-/// message's `durable` callback runs once the fsync covering its last byte has
-/// completed: that is what the SMTP `250` waits for. Outcome records ride
-/// along with the next commit (or a lazy one after `outcomeFlushDelay`).
+/// Records are encoded into pooled buffers and written at the tracked offset;
+/// group commit issues one `fdatasync` for everything written since the
+/// previous one, with at most one commit in flight. A message's `durable`
+/// callback runs once the fsync covering its last byte has completed: that is
+/// what the SMTP `250` waits for. Outcome records ride along with the next
+/// commit (or a lazy one after `outcomeFlushDelay`).
 ///
-/// All methods must be called on the loop's thread.
+/// On-disk order the recovery relies on: every segment starts with a catalogue
+/// of the stream's other segments; a segment is sealed (its last bytes
+/// fsynced) before anything is written to the next, so only the newest can end
+/// torn; a segment is unlinked only after a durable record says so.
+///
+/// Faults: when a write or fsync fails (ENOSPC, EIO), the writer becomes
+/// `degraded`: the messages waiting for that commit and new ones fail (the
+/// client gets 451, never 250), outcomes are kept in memory (bounded by
+/// `maxPendingOutcomes`), and after a back-off it cuts every segment back to
+/// what its last completed fsync covered (after a failed fsync the kernel may
+/// have dropped the dirty pages, so nothing later is trusted), rewrites the
+/// kept outcomes and commits; once that commit completes it is `ok` again.
+///
+/// All methods must be called on the I/O's thread (the loop's).
 ///
 /// Daemon wiring, per loop `i`:
 /// ```
@@ -68,17 +121,26 @@ public struct SpoolWriterStats: Sendable {
 /// If there are more `loop-N` streams on disk than loops (thread count
 /// lowered), open a writer for each extra stream on some loop too, so its
 /// messages are delivered and its segments compacted away.
-public final class SpoolWriter<Loop: EventLoop> {
+public final class SpoolStreamWriter<IO: SpoolIO> {
     public typealias Durable = (Result<MessageLocation, SpoolError>) -> Void
 
-    public let loop: Loop
+    public let io: IO
     public let directory: String
     public let options: SpoolWriterOptions
     /// What is live in this stream (messages, their locations and states).
     public let liveSet: SpoolLiveSet
     public private(set) var stats = SpoolWriterStats()
-    /// Set after a write or fsync failed; every later append fails with it.
-    public private(set) var failure: SpoolError?
+    /// ok, or degraded / failed with the error that caused it.
+    public private(set) var health: SpoolHealth = .ok
+    /// Outcomes recorded but not yet covered by a completed fsync.
+    public var pendingOutcomeCount: Int { pendingOutcomes.count - pendingOutcomeHead }
+    /// The error new appends fail with, while not `ok`.
+    public var failure: SpoolError? {
+        switch health {
+        case .ok: return nil
+        case .degraded(let e), .failed(let e): return e
+        }
+    }
 
     final class Segment {
         let number: UInt32
@@ -86,6 +148,10 @@ public final class SpoolWriter<Loop: EventLoop> {
         let handle: FileHandle
         /// Where the next record goes.
         var end: Int64 = 0
+        /// End of the bytes handed to `write` so far.
+        var issuedEnd: Int64 = 0
+        /// End of the bytes a completed fsync covers.
+        var syncedEnd: Int64 = 0
         init(number: UInt32, path: String, handle: FileHandle) {
             self.number = number; self.path = path; self.handle = handle
         }
@@ -103,11 +169,22 @@ public final class SpoolWriter<Loop: EventLoop> {
     struct Waiter {
         var serial: UInt64
         var location: MessageLocation
+        /// Set for a new message placed in the live set (taken out again if it fails).
+        var placed: MessageID?
         var done: Durable
     }
 
+    struct PendingOutcome {
+        var id: MessageID
+        var recipient: Int
+        var state: RecipientState
+        /// The buffer it was encoded into (0 = not written yet).
+        var serial: UInt64
+    }
+
     private var active: Segment
-    /// Open segment files by number (active and older ones, for reads).
+    /// Open segments by number (the active one and older ones, for reads).
+    private var segmentsByNumber: [UInt32: Segment] = [:]
     private var files: [UInt32: FileHandle] = [:]
     private var current: Buffer?
     private var pool: [UnsafeMutableRawBufferPointer] = []
@@ -116,49 +193,71 @@ public final class SpoolWriter<Loop: EventLoop> {
     private var outstandingWrites: [UInt64] = []
     private var dirty: [Segment] = []
 
+    /// While set, the previous segment's last bytes are not yet fsynced:
+    /// buffers for newer segments wait in `held` (see the type's comment).
+    private var sealing: Segment?
+    private var sealSerial: UInt64 = 0
+    private var held: [Buffer] = []
+
     private var waiters: [Waiter] = []
     private var waiterHead = 0
     private var outcomesUnsynced = false
+    private var pendingOutcomes: [PendingOutcome] = []
+    private var pendingOutcomeHead = 0
 
     private var commitInFlight = false
     private var commitTimer: TimerHandle?
     private var commitTimerUrgent = false
     /// A commit whose fsyncs are done, waiting for writes it covers to complete.
     private var completedCover: UInt64?
+    /// The segments the commit in flight syncs, and the end each is synced to.
+    private var commitMarks: [(Segment, Int64)] = []
 
+    /// Segments whose deletion record is written, by the serial of its buffer:
+    /// unlinked once a commit covers it.
+    private var pendingDeletions: [UInt32: UInt64] = [:]
     private var maintenanceDue = true
     private var compacting: UInt32?
+
+    private var retryTimer: TimerHandle?
+    private var retryDelay: UInt64 = 0
+    /// True while the commit that ends a degraded spell is in flight.
+    private var recovering = false
 
     private let idHi: UInt64
     private var idCounter: UInt64 = 0
 
     /// Opens a writer for the stream in `directory`. Pass the stream's recovery
     /// result (its live set carries over); the writer always starts a new segment.
-    public init(loop: Loop, directory: String, recovered: SpoolStreamRecovery? = nil,
+    public init(io: IO, directory: String, recovered: SpoolStreamRecovery? = nil,
                 options: SpoolWriterOptions = SpoolWriterOptions()) throws(SpoolError) {
-        self.loop = loop
+        self.io = io
         self.directory = directory
         self.options = options
         self.liveSet = recovered?.liveSet ?? SpoolLiveSet()
-        try SpoolFiles.makeDirectory(directory)
-        let existing = SpoolRecovery.listSegments(directory: directory)
+        try io.makeDirectory(directory)
+        let existing = SpoolRecovery.listSegments(directory: directory, fileSystem: io)
         let first = max(recovered?.nextSegment ?? 1, (existing.last ?? 0) + 1)
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         idHi = UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
         let path = SpoolRecovery.segmentPath(directory: directory, number: first)
         let handle: FileHandle
-        do { handle = try loop.openFile(path, create: true, truncate: true) } catch { throw .loop(path: path, error) }
+        do { handle = try io.openFile(path, create: true, truncate: true) } catch { throw .loop(path: path, error) }
         active = Segment(number: first, path: path, handle: handle)
+        segmentsByNumber[first] = active
         files[first] = handle
+        for n in existing where n != first { liveSet.addSegment(n) }
         liveSet.addSegment(first)
-        SpoolFiles.syncDirectory(directory)
+        io.syncDirectory(directory)
         stats.segmentsCreated += 1
+        writeCatalogue()
         maintain()
     }
 
     deinit {
         if let c = current, c.pooled { c.memory.deallocate() }
+        for b in held where b.pooled { b.memory.deallocate() }
         for b in pool { b.deallocate() }
     }
 
@@ -166,11 +265,23 @@ public final class SpoolWriter<Loop: EventLoop> {
     /// True while a segment's live messages are being rewritten forward.
     public var isCompacting: Bool { compacting != nil }
     /// True when nothing appended is still waiting for its fsync.
-    public var isIdle: Bool { !hasWaiters && !commitInFlight && current == nil && dirty.isEmpty }
+    public var isIdle: Bool {
+        !hasWaiters && !commitInFlight && current == nil && dirty.isEmpty && held.isEmpty && pendingOutcomeCount == 0
+    }
 
     private func makeID() -> MessageID {
         idCounter &+= 1
         return MessageID(hi: idHi, lo: (UInt64(options.loopIndex & 0xFF) << 56) | (idCounter & 0x00FF_FFFF_FFFF_FFFF))
+    }
+
+    /// The catalogue record that opens the active segment: every other segment
+    /// present, except those whose deletion is already recorded.
+    private func writeCatalogue() {
+        let list = liveSet.segments.keys.filter { $0 != active.number && pendingDeletions[$0] == nil }.sorted()
+        let (ptr, _) = reserve(SpoolRecordFormat.segmentStartRecordSize(count: list.count))
+        SpoolRecordFormat.encodeSegmentStart(segments: list, into: ptr)
+        liveSet.noteWritten(segment: active.number, bytes: SpoolRecordFormat.segmentStartRecordSize(count: list.count))
+        requestCommit(urgent: false)
     }
 
     // MARK: Appending
@@ -227,33 +338,57 @@ public final class SpoolWriter<Loop: EventLoop> {
         let loc = MessageLocation(segment: active.number, offset: offset, recordLength: UInt32(length),
                                   bodyOffset: UInt32(SpoolRecordFormat.headerSize + envSize))
         liveSet.noteWritten(segment: active.number, bytes: length)
-        if place { liveSet.place(id, at: loc, states: states ?? RecipientStates(count: envelope.recipients.count)) }
+        var placed: MessageID?
+        if place {
+            liveSet.place(id, at: loc, states: states ?? RecipientStates(count: envelope.recipients.count))
+            placed = id
+        }
         stats.messages += 1
-        waiters.append(Waiter(serial: current?.serial ?? lastIssuedSerial, location: loc, done: durable))
+        waiters.append(Waiter(serial: current?.serial ?? lastIssuedSerial, location: loc, placed: placed, done: durable))
         requestCommit(urgent: true)
     }
 
     /// Records a recipient's final state. Not waited for: it is made durable
     /// with the next commit (a crash before that may cause a duplicate
-    /// delivery, never a loss).
+    /// delivery, never a loss). While the spool is degraded it is kept in
+    /// memory and written once the spool recovers.
     public func recordOutcome(_ id: MessageID, recipient: Int, state: RecipientState) {
-        guard failure == nil, state.isFinal else { return }
-        let (ptr, _) = reserve(SpoolRecordFormat.outcomeRecordSize)
-        SpoolRecordFormat.encodeOutcome(id: id, recipient: recipient, state: state, into: ptr)
-        liveSet.noteWritten(segment: active.number, bytes: SpoolRecordFormat.outcomeRecordSize)
+        guard state.isFinal else { return }
+        if case .failed = health { return }
+        if pendingOutcomeCount >= options.maxPendingOutcomes {
+            stats.outcomesDropped += 1
+            if stats.outcomesDropped == 1 {
+                fputs("peregrine spool: \(directory): \(options.maxPendingOutcomes) outcomes waiting to be written; "
+                      + "dropping further ones (those recipients would be delivered again after a restart)\n", stderr)
+            }
+        } else {
+            var serial: UInt64 = 0
+            if health.isOK { serial = encodeOutcome(id, recipient: recipient, state: state) }
+            pendingOutcomes.append(PendingOutcome(id: id, recipient: recipient, state: state, serial: serial))
+        }
         if liveSet.applyOutcome(id, recipient: recipient, state: state, writtenIn: active.number) == 0 {
             maintenanceDue = true
         }
         stats.outcomes += 1
-        outcomesUnsynced = true
-        requestCommit(urgent: false)
+        if health.isOK {
+            outcomesUnsynced = true
+            requestCommit(urgent: false)
+        }
+    }
+
+    /// Encodes one outcome record into the current buffer; returns the buffer's serial.
+    private func encodeOutcome(_ id: MessageID, recipient: Int, state: RecipientState) -> UInt64 {
+        let (ptr, _) = reserve(SpoolRecordFormat.outcomeRecordSize)
+        SpoolRecordFormat.encodeOutcome(id: id, recipient: recipient, state: state, into: ptr)
+        liveSet.noteWritten(segment: active.number, bytes: SpoolRecordFormat.outcomeRecordSize)
+        return current?.serial ?? lastIssuedSerial
     }
 
     /// Makes everything appended so far durable now; `done` runs after the fsync.
     public func flush(_ done: @escaping (Result<Void, SpoolError>) -> Void) {
         if let failure { deferCall { done(.failure(failure)) }; return }
         let loc = MessageLocation(segment: active.number, offset: active.end, recordLength: 0, bodyOffset: 0)
-        waiters.append(Waiter(serial: current?.serial ?? lastIssuedSerial, location: loc,
+        waiters.append(Waiter(serial: current?.serial ?? lastIssuedSerial, location: loc, placed: nil,
                               done: { r in done(r.map { _ in () }) }))
         requestCommit(urgent: true)
     }
@@ -275,21 +410,28 @@ public final class SpoolWriter<Loop: EventLoop> {
         return (ptr, offset)
     }
 
+    /// Hands the current buffer to `write` (or holds it while the previous segment is being sealed).
     private func issueWrite() {
         guard let b = current else { return }
         current = nil
         guard b.used > 0 else { release(b); return }
+        if let s = sealing, b.segment !== s { held.append(b); return }
+        issue(b)
+    }
+
+    private func issue(_ b: Buffer) {
         lastIssuedSerial = b.serial
         outstandingWrites.append(b.serial)
         if !dirty.contains(where: { $0 === b.segment }) { dirty.append(b.segment) }
+        b.segment.issuedEnd = b.fileOffset + Int64(b.used)
         stats.writes += 1
         stats.bytesWritten += Int64(b.used)
         let path = b.segment.path
-        loop.write(b.segment.handle, UnsafeRawBufferPointer(rebasing: b.memory[0 ..< b.used]), at: b.fileOffset) {
+        io.write(b.segment.handle, UnsafeRawBufferPointer(rebasing: b.memory[0 ..< b.used]), at: b.fileOffset) {
             [self] result in
             if let i = outstandingWrites.firstIndex(of: b.serial) { outstandingWrites.remove(at: i) }
             release(b)
-            if case .failure(let e) = result { fail(.loop(path: path, e)) }
+            if case .failure(let e) = result { fault(.loop(path: path, e)) }
             if let cover = completedCover { finishCommit(cover) }
         }
     }
@@ -298,28 +440,37 @@ public final class SpoolWriter<Loop: EventLoop> {
         if b.pooled && pool.count < 8 { pool.append(b.memory) } else { b.memory.deallocate() }
     }
 
-    /// Starts the next segment; the old one is fsynced by the next commit.
+    /// Starts the next segment. The old one is sealed: nothing is written to
+    /// the new one before the commit covering the old one's last bytes completes.
     private func rollover() -> SpoolError? {
         issueWrite()
         let (n, exhausted) = active.number.addingReportingOverflow(1)
-        if exhausted {
+        if exhausted || n > SpoolRecovery.maxSegmentNumber {
             let e = SpoolError.writerFailed("\(directory): segment numbers exhausted")
-            fail(e)
+            health = .failed(e)
+            failWaiters(e)
             return e
         }
         let path = SpoolRecovery.segmentPath(directory: directory, number: n)
         let handle: FileHandle
-        do { handle = try loop.openFile(path, create: true, truncate: true) } catch {
+        do { handle = try io.openFile(path, create: true, truncate: true) } catch {
             let e = SpoolError.loop(path: path, error)
-            fail(e)
+            fault(e)
             return e
         }
-        SpoolFiles.syncDirectory(directory)
+        io.syncDirectory(directory)
+        if sealing == nil && (dirty.contains(where: { $0 === active }) || commitInFlight) {
+            sealing = active
+            sealSerial = lastIssuedSerial
+        }
         active = Segment(number: n, path: path, handle: handle)
+        segmentsByNumber[n] = active
         files[n] = handle
         liveSet.addSegment(n)
         stats.segmentsCreated += 1
         maintenanceDue = true
+        writeCatalogue()
+        requestCommit(urgent: true)
         return nil
     }
 
@@ -329,20 +480,21 @@ public final class SpoolWriter<Loop: EventLoop> {
 
     private func requestCommit(urgent: Bool) {
         if commitInFlight { return }           // its completion looks again
+        guard health.isOK || recovering else { return }
         if let t = commitTimer {
             if urgent && !commitTimerUrgent && options.maxCommitDelay < options.outcomeFlushDelay {
-                loop.cancelTimer(t)
+                io.cancelTimer(t)
             } else { return }
         }
         commitTimerUrgent = urgent
-        commitTimer = loop.scheduleTimer(after: urgent ? options.maxCommitDelay : options.outcomeFlushDelay) { [self] in
+        commitTimer = io.scheduleTimer(after: urgent ? options.maxCommitDelay : options.outcomeFlushDelay) { [self] in
             commitTimer = nil
             startCommit()
         }
     }
 
     private func startCommit() {
-        guard !commitInFlight, failure == nil else { return }
+        guard !commitInFlight, health.isOK || recovering else { return }
         issueWrite()
         outcomesUnsynced = false
         let segments = dirty
@@ -350,11 +502,13 @@ public final class SpoolWriter<Loop: EventLoop> {
         let cover = lastIssuedSerial
         guard !segments.isEmpty else {
             // Nothing new on disk (e.g. only flush() waiters): they are covered already.
-            fireWaiters(upTo: cover)
+            commitSucceeded(cover)
+            if !dirty.isEmpty || (current?.used ?? 0) > 0 { requestCommit(urgent: hasWaiters) }
             return
         }
         commitInFlight = true
         stats.commits += 1
+        commitMarks = segments.map { ($0, $0.issuedEnd) }
         syncSegments(segments[...], cover: cover)
     }
 
@@ -363,8 +517,13 @@ public final class SpoolWriter<Loop: EventLoop> {
     private func syncSegments(_ segments: ArraySlice<Segment>, cover: UInt64) {
         guard let s = segments.first else { finishCommit(cover); return }
         stats.fsyncs += 1
-        loop.fdatasync(s.handle) { [self] result in
-            if case .failure(let e) = result { fail(.loop(path: s.path, e)); finishCommit(cover); return }
+        io.fdatasync(s.handle) { [self] result in
+            if case .failure(let e) = result {
+                commitMarks = []
+                fault(.loop(path: s.path, e))
+                finishCommit(cover)
+                return
+            }
             syncSegments(segments.dropFirst(), cover: cover)
         }
     }
@@ -374,11 +533,77 @@ public final class SpoolWriter<Loop: EventLoop> {
         if outstandingWrites.contains(where: { $0 <= cover }) { completedCover = cover; return }
         completedCover = nil
         commitInFlight = false
-        guard failure == nil else { return }
-        fireWaiters(upTo: cover)
+        guard health.isOK || recovering else {
+            commitMarks = []
+            scheduleRetry()
+            return
+        }
+        commitSucceeded(cover)
         if maintenanceDue { maintain() }
         if hasWaiters { requestCommit(urgent: true) }
-        else if outcomesUnsynced || !dirty.isEmpty || (current?.used ?? 0) > 0 { requestCommit(urgent: false) }
+        else if outcomesUnsynced || !dirty.isEmpty || (current?.used ?? 0) > 0 || !held.isEmpty {
+            requestCommit(urgent: false)
+        }
+    }
+
+    /// Everything up to `cover` is durable: segments advance their synced end,
+    /// a sealed segment lets the next one be written, kept outcomes and
+    /// recorded deletions are done with, waiters run.
+    private func commitSucceeded(_ cover: UInt64) {
+        for (s, end) in commitMarks where end > s.syncedEnd { s.syncedEnd = end }
+        commitMarks = []
+        if recovering {
+            recovering = false
+            health = .ok
+            retryDelay = 0
+            stats.recoveries += 1
+            fputs("peregrine spool: \(directory): writable again\n", stderr)
+            // Outcomes recorded while the recovering commit was in flight.
+            for i in pendingOutcomeHead ..< pendingOutcomes.count where pendingOutcomes[i].serial == 0 {
+                let o = pendingOutcomes[i]
+                pendingOutcomes[i].serial = encodeOutcome(o.id, recipient: o.recipient, state: o.state)
+                outcomesUnsynced = true
+            }
+        }
+        if sealing != nil && cover >= sealSerial {
+            // The next segment may be written now; if the writer has rolled
+            // over again meanwhile, that one is sealed in turn before the one after it.
+            sealing = nil
+            if let next = held.first?.segment {
+                let waiting = held.prefix { $0.segment === next }
+                held.removeFirst(waiting.count)
+                for b in waiting { issue(b) }
+                if !held.isEmpty {
+                    sealing = next
+                    sealSerial = lastIssuedSerial
+                }
+            }
+        }
+        var end = pendingOutcomeHead
+        while end < pendingOutcomes.count && pendingOutcomes[end].serial != 0 && pendingOutcomes[end].serial <= cover {
+            end += 1
+        }
+        pendingOutcomeHead = end
+        if pendingOutcomeHead == pendingOutcomes.count {
+            pendingOutcomes.removeAll(keepingCapacity: pendingOutcomes.count <= 4096)
+            pendingOutcomeHead = 0
+        } else if pendingOutcomeHead > 1024 && pendingOutcomeHead * 2 > pendingOutcomes.count {
+            pendingOutcomes.removeFirst(pendingOutcomeHead)
+            pendingOutcomeHead = 0
+        }
+        var unlinked = false
+        for (n, serial) in pendingDeletions where serial <= cover {
+            pendingDeletions[n] = nil
+            if let h = files.removeValue(forKey: n) { io.closeFile(h) }
+            segmentsByNumber[n] = nil
+            let path = SpoolRecovery.segmentPath(directory: directory, number: n)
+            if let e = io.removeFile(path) { fputs("peregrine spool: \(e)\n", stderr) }
+            liveSet.removeSegment(n)
+            stats.segmentsDeleted += 1
+            unlinked = true
+        }
+        if unlinked { io.syncDirectory(directory) }
+        fireWaiters(upTo: cover)
     }
 
     private func fireWaiters(upTo cover: UInt64) {
@@ -394,18 +619,78 @@ public final class SpoolWriter<Loop: EventLoop> {
         for w in batch { w.done(.success(w.location)) }
     }
 
-    private func fail(_ error: SpoolError) {
-        guard failure == nil else { return }
-        failure = error
-        fputs("peregrine spool: \(error); the writer stops accepting messages\n", stderr)
+    private func failWaiters(_ error: SpoolError) {
         let pending = waiters[waiterHead...]
         waiters = []
         waiterHead = 0
+        for w in pending {
+            if let id = w.placed { liveSet.forget(id, at: w.location) }
+        }
         for w in pending { w.done(.failure(error)) }
     }
 
+    // MARK: Faults
+
+    /// A write or fsync failed: refuse new messages, fail the waiting ones,
+    /// keep outcomes, and retry after a back-off.
+    private func fault(_ error: SpoolError) {
+        if case .failed = health { return }
+        let first = health.isOK || recovering
+        if first {
+            health = .degraded(error)
+            recovering = false
+            stats.faults += 1
+            fputs("peregrine spool: \(error); new messages are refused until a retry succeeds\n", stderr)
+        }
+        if let t = commitTimer { io.cancelTimer(t); commitTimer = nil }
+        // Whatever was not handed to write is dropped: its messages fail here, its outcomes are kept.
+        if let c = current { current = nil; release(c) }
+        for b in held { release(b) }
+        held = []
+        sealing = nil
+        pendingDeletions = [:]
+        maintenanceDue = true
+        failWaiters(error)
+        if !commitInFlight { scheduleRetry() }
+    }
+
+    private func scheduleRetry() {
+        guard case .degraded = health, retryTimer == nil else { return }
+        retryDelay = retryDelay == 0 ? options.retryInitialDelay : min(retryDelay * 2, options.retryMaxDelay)
+        retryTimer = io.scheduleTimer(after: retryDelay) { [self] in
+            retryTimer = nil
+            retry()
+        }
+    }
+
+    /// Cuts every segment back to its synced end, rewrites the kept outcomes
+    /// (and the active segment's catalogue if it was cut to nothing), commits.
+    private func retry() {
+        guard case .degraded = health, !recovering else { return }
+        if commitInFlight || !outstandingWrites.isEmpty { scheduleRetry(); return }
+        for s in segmentsByNumber.values where s.end > s.syncedEnd || s.issuedEnd > s.syncedEnd {
+            if let e = io.truncateFile(s.path, length: s.syncedEnd) {
+                fputs("peregrine spool: retry: \(e)\n", stderr)
+                health = .degraded(e)
+                scheduleRetry()
+                return
+            }
+            liveSet.noteWritten(segment: s.number, bytes: -Int(s.end - s.syncedEnd))
+            s.end = s.syncedEnd
+            s.issuedEnd = s.syncedEnd
+        }
+        dirty = []
+        recovering = true
+        if active.end == 0 { writeCatalogue() }
+        for i in pendingOutcomeHead ..< pendingOutcomes.count {
+            let o = pendingOutcomes[i]
+            pendingOutcomes[i].serial = encodeOutcome(o.id, recipient: o.recipient, state: o.state)
+        }
+        startCommit()
+    }
+
     private func deferCall(_ f: @escaping () -> Void) {
-        loop.scheduleTimer(after: 0, f)
+        io.scheduleTimer(after: 0, f)
     }
 
     // MARK: Reading bodies back
@@ -429,14 +714,14 @@ public final class SpoolWriter<Loop: EventLoop> {
         let path = SpoolRecovery.segmentPath(directory: directory, number: loc.segment)
         let handle: FileHandle
         if let h = files[loc.segment] { handle = h } else {
-            do { handle = try loop.openFile(path, create: false, truncate: false) } catch {
+            do { handle = try io.openFile(path, create: false, truncate: false) } catch {
                 deferCall { done(.failure(.loop(path: path, error))) }
                 return
             }
             files[loc.segment] = handle
         }
         let target = UnsafeMutableRawBufferPointer(rebasing: buffer[0 ..< need])
-        loop.read(handle, into: target, at: loc.offset) { result in
+        io.read(handle, into: target, at: loc.offset) { result in
             switch result {
             case .failure(let e): done(.failure(.loop(path: path, e)))
             case .success(let n):
@@ -451,27 +736,25 @@ public final class SpoolWriter<Loop: EventLoop> {
 
     // MARK: Space: deletion and compaction
 
-    /// Deletes segments nothing needs and starts compacting a sparse one.
+    /// Records the deletion of segments nothing needs (they are unlinked once
+    /// that record is durable) and starts compacting a sparse one.
     /// Runs after commits when something died; call it to force a pass.
     public func maintain() {
+        guard health.isOK else { maintenanceDue = true; return }
         maintenanceDue = false
-        var deleted = false
-        defer { if deleted { SpoolFiles.syncDirectory(directory) } }
-        for n in liveSet.deletableSegments(active: active.number) where n != compacting {
+        for n in liveSet.deletableSegments(active: active.number)
+        where n != compacting && pendingDeletions[n] == nil && sealing !== segmentsByNumber[n] {
             // Only segments whose writes are all synced (not still in a commit).
             if dirty.contains(where: { $0.number == n }) { continue }
-            let path = SpoolRecovery.segmentPath(directory: directory, number: n)
-            if let h = files.removeValue(forKey: n) { loop.closeFile(h) }
-            if unlink(path) != 0 && errno != ENOENT {
-                fputs("peregrine spool: \(path): unlink failed (errno \(errno))\n", stderr)
-            }
-            liveSet.removeSegment(n)
-            stats.segmentsDeleted += 1
-            deleted = true
+            let (ptr, _) = reserve(SpoolRecordFormat.segmentDeletedRecordSize)
+            SpoolRecordFormat.encodeSegmentDeleted(number: n, into: ptr)
+            liveSet.noteWritten(segment: active.number, bytes: SpoolRecordFormat.segmentDeletedRecordSize)
+            pendingDeletions[n] = current?.serial ?? lastIssuedSerial
+            requestCommit(urgent: false)
         }
         if compacting == nil, !commitInFlight,
            let n = liveSet.compactionCandidates(threshold: options.compactionThreshold, active: active.number)
-               .first(where: { n in !dirty.contains(where: { $0.number == n }) }) {
+               .first(where: { n in !dirty.contains(where: { $0.number == n }) && pendingDeletions[n] == nil }) {
             compact(n)
         }
     }
@@ -522,5 +805,17 @@ public final class SpoolWriter<Loop: EventLoop> {
         }
         if items.isEmpty { compacting = nil; return }
         next()
+    }
+}
+
+/// The spool writer on an event loop: the daemon's.
+public typealias SpoolWriter<Loop: EventLoop> = SpoolStreamWriter<LoopSpoolIO<Loop>>
+
+extension SpoolStreamWriter {
+    /// Opens a writer whose file I/O goes through `loop`.
+    public convenience init<Loop: EventLoop>(loop: Loop, directory: String, recovered: SpoolStreamRecovery? = nil,
+                                             options: SpoolWriterOptions = SpoolWriterOptions()) throws(SpoolError)
+    where IO == LoopSpoolIO<Loop> {
+        try self.init(io: LoopSpoolIO(loop: loop), directory: directory, recovered: recovered, options: options)
     }
 }
