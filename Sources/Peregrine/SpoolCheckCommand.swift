@@ -5,7 +5,9 @@ import PeregrineSpool
 
 /// `peregrine spool-check DIR`: a read-only report of a spool directory (the
 /// directory holding `loop-N` streams, or one stream directory itself).
-/// Exit status 0 when every record checked out, 1 when damage was found, 2 on usage errors.
+/// Exit status 0 when every record checked out, 1 when damage was found
+/// (including segments missing from a stream's catalogue, empty ones, and
+/// anything start-up recovery moved to a stream's quarantine directory), 2 on usage errors.
 func runSpoolCheck(arguments: [String]) -> Int32 {
     guard arguments.count == 1, let dir = arguments.first, !dir.hasPrefix("-") else {
         fputs("usage: peregrine spool-check DIR\n", stderr)
@@ -45,6 +47,16 @@ func runSpoolCheck(arguments: [String]) -> Int32 {
             lines.append("  ignored: \(name) (not a segment name this spool writes; not read)")
         }
         for p in r.problems { lines.append("  problem: \(p)") }
+        // What start-up recovery moved aside (damaged segments, markers of missing
+        // ones) stays a problem until an operator has dealt with it.
+        let quarantine = SpoolRecovery.quarantineDirectory(stream: s)
+        let quarantined = (PosixSpoolFileSystem().listDirectory(quarantine) ?? []).sorted()
+        for name in quarantined {
+            lines.append("  problem: \(quarantine)/\(name): "
+                         + (name.hasSuffix(".missing") ? "marks a segment found missing at start-up"
+                                                       : "damaged segment moved aside at start-up"))
+        }
+        totalProblems += quarantined.count
         for m in r.messages { for i in 0..<m.states.count { byState[Int(m.states[i].rawValue)] += 1 } }
         totalSegments += r.segments.count
         totalLive += r.messages.count

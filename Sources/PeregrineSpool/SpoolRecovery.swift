@@ -389,15 +389,18 @@ public enum SpoolRecovery {
         // A segment the newest catalogue lists must be there unless the writer recorded deleting it.
         if let (newestListed, list) = catalogue {
             let present = Set(numbers)
+            let qdir = quarantineDirectory(stream: directory)
             for k in list.sorted() where k < newestListed && !present.contains(k) && !deletedByWriter.contains(k)
                                           && !handled.contains(k) {
                 let path = segmentPath(directory: directory, number: k)
+                // Moved aside or marked missing by an earlier start: spool-check lists the quarantine.
+                let name = path.split(separator: "/").last.map(String.init) ?? ""
+                if fs.fileExists(qdir + "/" + name) || fs.fileExists(qdir + "/" + name + ".missing") { continue }
                 problems.append(.segmentMissing(path: path))
                 log("\(path): missing: listed in \(segmentPath(directory: directory, number: newestListed))'s catalogue "
                     + "and never deleted by the spool; the messages it held are lost")
                 if mode == .repair {
                     // The next catalogue will not list it: leave a marker so the loss stays visible.
-                    let qdir = quarantineDirectory(stream: directory)
                     do throws(SpoolError) { try fs.makeDirectory(qdir) } catch { return .failure(error) }
                     let marker = qdir + "/" + (path.split(separator: "/").last.map(String.init) ?? "") + ".missing"
                     if let e = fs.writeFile(marker, UnsafeRawBufferPointer(start: nil, count: 0)) { return .failure(e) }

@@ -83,6 +83,15 @@ public final class SpoolSyncWriter {
         }
     }
 
+    /// Records that segment `number` was deleted (as `SpoolWriter` does before
+    /// unlinking one), so recovery does not report it missing.
+    public func appendSegmentDeleted(_ number: UInt32) throws(SpoolError) {
+        try withSpace(SpoolRecordFormat.segmentDeletedRecordSize) { p in
+            SpoolRecordFormat.encodeSegmentDeleted(number: number, into: p)
+            return SpoolRecordFormat.segmentDeletedRecordSize
+        }
+    }
+
     private func withSpace(_ len: Int, _ body: (UnsafeMutableRawPointer) -> Int) throws(SpoolError) {
         if used + len > buffer.count { try flush() }
         if len > buffer.count {
