@@ -3,7 +3,7 @@
 /// ```
 /// header (16 bytes, little-endian)
 ///   0  magic     UInt32  0x31475250 ("PRG1")
-///   4  kind      UInt8   1 = message, 2 = outcome, 3 = segment start, 4 = segment deleted
+///   4  kind      UInt8   1 = message, 2 = outcome, 3 = segment start, 4 = segment deleted, 5 = padding
 ///   5  version   UInt8   0
 ///   6  reserved  UInt16  0
 ///   8  length    UInt32  payload length
@@ -19,6 +19,7 @@
 ///            count u32, then count segment numbers u32: the stream's other
 ///            segments present when this one was created (its catalogue)
 ///   segment deleted: segment number u32 (made durable before the unlink)
+///   padding: zeros, ignored (the writer's probe that the disk takes writes again)
 /// ```
 /// The catalogue and the deletion records let recovery tell a segment the
 /// writer removed from one that went missing (deleted by hand, lost).
@@ -42,6 +43,7 @@ public enum SpoolRecordFormat {
         case outcome = 2
         case segmentStart = 3
         case segmentDeleted = 4
+        case padding = 5
     }
 
     // MARK: Sizes
@@ -119,6 +121,12 @@ public enum SpoolRecordFormat {
         var w = ByteWriter(out + headerSize)
         w.u32(number)
         finishHeader(kind: .segmentDeleted, payloadLength: 4, at: out)
+    }
+
+    /// Encodes a padding record of `payloadLength` zero bytes at `out`.
+    public static func encodePadding(payloadLength: Int, into out: UnsafeMutableRawPointer) {
+        (out + headerSize).initializeMemory(as: UInt8.self, repeating: 0, count: payloadLength)
+        finishHeader(kind: .padding, payloadLength: payloadLength, at: out)
     }
 
     static func finishHeader(kind: Kind, payloadLength: Int, at out: UnsafeMutableRawPointer) {

@@ -381,6 +381,8 @@ public enum SpoolRecovery {
                     }
                 case .segmentDeleted:
                     if let k = SpoolRecordFormat.decodeSegmentDeleted(payload: payload) { deletedByWriter.insert(k) }
+                case .padding:
+                    break
                 }
             }
             segments.append(seg)

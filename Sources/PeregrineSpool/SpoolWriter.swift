@@ -226,6 +226,8 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
 
     private let idHi: UInt64
     private var idCounter: UInt64 = 0
+    /// Padding written by a retry that has nothing else to write.
+    static var probeBytes: Int { 4096 }
 
     /// Opens a writer for the stream in `directory`. Pass the stream's recovery
     /// result (its live set carries over); the writer always starts a new segment.
@@ -635,13 +637,12 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
     /// keep outcomes, and retry after a back-off.
     private func fault(_ error: SpoolError) {
         if case .failed = health { return }
-        let first = health.isOK || recovering
-        if first {
-            health = .degraded(error)
-            recovering = false
+        if health.isOK {
             stats.faults += 1
             fputs("peregrine spool: \(error); new messages are refused until a retry succeeds\n", stderr)
         }
+        health = .degraded(error)
+        recovering = false
         if let t = commitTimer { io.cancelTimer(t); commitTimer = nil }
         // Whatever was not handed to write is dropped: its messages fail here, its outcomes are kept.
         if let c = current { current = nil; release(c) }
@@ -685,6 +686,14 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         for i in pendingOutcomeHead ..< pendingOutcomes.count {
             let o = pendingOutcomes[i]
             pendingOutcomes[i].serial = encodeOutcome(o.id, recipient: o.recipient, state: o.state)
+        }
+        if current == nil {
+            // Nothing to rewrite: probe with a page of padding, so the spool is not
+            // called ok again while the disk is still full.
+            let n = SpoolRecordFormat.headerSize + Self.probeBytes
+            let (ptr, _) = reserve(n)
+            SpoolRecordFormat.encodePadding(payloadLength: Self.probeBytes, into: ptr)
+            liveSet.noteWritten(segment: active.number, bytes: n)
         }
         startCommit()
     }
