@@ -126,8 +126,15 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
                 connection.completeMessage(SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(2, 0, 0),
                                                      "OK id=\(id) size=\(size)"))
             case .failure(let error):
+                // The peer learns what failed, not the spool's paths (the log and /status have those).
+                let why: String
+                switch error {
+                case .invalidMessage(let w): why = w
+                case .loop(_, let e): why = "spool: \(e)"
+                default: why = "spool unavailable"
+                }
                 connection.completeMessage(SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 3, 0),
-                                                     "local error in processing: \(error)"))
+                                                     "local error in processing: \(why)"))
             }
         }
         return .pending
