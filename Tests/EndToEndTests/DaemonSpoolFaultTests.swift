@@ -94,3 +94,51 @@ struct DaemonSpoolFaultTests {
         print("spool write-error \(kind): \(accepted) accepted while filling, refused with: \(refusal)")
     }
 }
+
+/// A damaged older segment found at daemon start: reported in the log,
+/// copied whole to the quarantine directory (never cut or deleted), every
+/// intact record re-queued; `spool-check` keeps reporting the quarantined copy.
+@Suite struct DaemonSpoolRecoveryReportTests {
+    @Test(arguments: BackendKind.allCases)
+    func damagedOlderSegmentIsReportedAtStartAndQuarantined(kind: BackendKind) throws {
+        let dir = try TestDirectory("spool-damaged-\(kind.rawValue)")
+        defer { try? FileManager.default.removeItem(atPath: dir.path) }
+        let stream = dir.file("spool") + "/loop-0"
+        let w = try SpoolSyncWriter(directory: stream, segmentSize: 4_000)
+        var locations: [MessageLocation] = []
+        for i in 0 ..< 40 {
+            let id = MessageID(hi: 0xD00D, lo: UInt64(i + 1))
+            let envelope = SpoolEnvelope(sender: Array("s@peregrine.test".utf8), recipients: [SpoolRecipient("r\(i)@spool.test")],
+                                         receivedAt: 1_700_000_000_000)
+            locations.append(try w.append(id: id, envelope: envelope, body: SpoolTestBody.make(id: id, size: 300)))
+        }
+        try w.sync()
+        #expect(Set(locations.map(\.segment)).count >= 3)
+        // Garbage over the last record of segment 1 (not the newest).
+        let path = SpoolRecovery.segmentPath(directory: stream, number: 1)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let last = locations.last { $0.segment == 1 }!
+        for i in Int(last.offset) ..< bytes.count { bytes[i] = 0xEE }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+
+        let ip = E2E.ip(88, kind, host: 9)
+        let config = daemonConfig(dir, listen: ip, """
+            <domain spool.test>
+                route [\(E2E.ip(88, kind, host: 8))]:9
+            </domain>
+            """)
+        let daemon = try DaemonProcess(configPath: try dir.write("peregrine.conf", config), backend: kind, threads: 1,
+                                       logPath: dir.file("daemon.log"))
+        defer { daemon.terminate() }
+        let log = daemon.log
+        #expect(log.contains("\(path): corrupt data at offset \(last.offset)"), "\(kind): \(log.suffix(3000))")
+        #expect(log.contains("1 problem(s) found at start-up") || log.contains("2 problem(s) found at start-up"),
+                "\(kind): \(log.suffix(3000))")
+        #expect(log.contains("re-queued 39 message(s)"), "\(kind): \(log.suffix(3000))")
+        let copy = stream + "/quarantine/000001.seg"
+        #expect((try? Data(contentsOf: URL(fileURLWithPath: copy))).map([UInt8].init) == bytes, "\(kind): quarantined copy")
+        let check = E2E.run(E2E.executable("peregrine"), ["spool-check", dir.file("spool")], timeout: 30)
+        #expect(check.status == 1 && check.stdout.contains("quarantine/000001.seg: damaged segment moved aside"),
+                "\(kind): \(check.stdout)")
+    }
+}
