@@ -256,7 +256,7 @@ public enum SpoolRecovery {
             }
 
             // Framing pass: every whole, verified record, and where the damage is.
-            var ranges: [(offset: Int, length: Int)] = []
+            var ranges: [(offset: Int, length: Int, kind: SpoolRecordFormat.Kind)] = []
             var corrupt: [(offset: Int, bytes: Int)] = []
             var torn: Int?
             do {
@@ -264,8 +264,8 @@ public enum SpoolRecovery {
                 var offset = 0
                 while offset < got {
                     switch SpoolRecordFormat.frame(UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
-                    case .record(_, let length):
-                        ranges.append((offset, SpoolRecordFormat.headerSize + length))
+                    case .record(let kind, let length):
+                        ranges.append((offset, SpoolRecordFormat.headerSize + length, kind))
                         offset += SpoolRecordFormat.headerSize + length
                     case .incomplete, .invalid:
                         if let next = resync(bytes, after: offset) {
@@ -336,9 +336,9 @@ public enum SpoolRecovery {
             let bytes = UnsafeRawBufferPointer(rebasing: scratch[0 ..< got])
             live.addSegment(n)
             var seg = RecoveredSegment(number: n, path: path, bytes: segBytes, messageRecords: 0, outcomeRecords: 0)
-            for (offset, recLen) in ranges {
+            for (offset, recLen, kind) in ranges {
+                // Verified by the framing pass (checksum included): not checked twice.
                 let here = UnsafeRawBufferPointer(rebasing: bytes[offset ..< offset + recLen])
-                guard case .record(let kind, _) = SpoolRecordFormat.frame(here) else { continue }
                 let payload = UnsafeRawBufferPointer(rebasing: here[SpoolRecordFormat.headerSize...])
                 live.noteWritten(segment: n, bytes: recLen)
                 switch kind {

@@ -249,7 +249,6 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         active = Segment(number: first, path: path, handle: handle)
         segmentsByNumber[first] = active
         files[first] = handle
-        for n in existing where n != first { liveSet.addSegment(n) }
         liveSet.addSegment(first)
         io.syncDirectory(directory)
         stats.segmentsCreated += 1
@@ -752,7 +751,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         guard health.isOK else { maintenanceDue = true; return }
         maintenanceDue = false
         for n in liveSet.deletableSegments(active: active.number)
-        where n != compacting && pendingDeletions[n] == nil && sealing !== segmentsByNumber[n] {
+        where n != compacting && pendingDeletions[n] == nil && sealing?.number != n {
             // Only segments whose writes are all synced (not still in a commit).
             if dirty.contains(where: { $0.number == n }) { continue }
             let (ptr, _) = reserve(SpoolRecordFormat.segmentDeletedRecordSize)

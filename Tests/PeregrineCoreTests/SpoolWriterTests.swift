@@ -168,7 +168,8 @@ import PeregrineIO
                 SpoolLoops.run(loop) { finish in
                     for (id, _, _) in old { w.recordOutcome(id, recipient: 0, state: .delivered) }
                     _ = [UInt8](repeating: 1, count: 10).withUnsafeBytes { w.append(envelope: SpoolFixtures.envelope(99, recipients: 1), body: $0) { _ in } }
-                    w.flush { _ in w.maintain(); finish() }
+                    // The deletion is recorded durably (the second flush) before the unlink.
+                    w.flush { _ in w.maintain(); w.flush { _ in finish() } }
                 }
                 // Segment 1 is dead and gone; segment 2 holds the new message.
                 #expect(SpoolRecovery.listSegments(directory: dir) == [2], "\(kind)")
