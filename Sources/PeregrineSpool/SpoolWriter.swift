@@ -20,9 +20,9 @@ public struct SpoolWriterOptions: Sendable {
     /// Loop index, mixed into message ids.
     public var loopIndex: Int = 0
     /// First wait (ns) before retrying after a write or fsync failed (disk full,
-    /// I/O error); doubles on each failed retry up to `retryMaxDelay`.
-    public var retryInitialDelay: UInt64 = 100_000_000
-    public var retryMaxDelay: UInt64 = 5_000_000_000
+    /// I/O error); doubles on each failed retry up to `retryMaxDelayNanoseconds`.
+    public var retryFirstDelayNanoseconds: UInt64 = 100_000_000
+    public var retryMaxDelayNanoseconds: UInt64 = 5_000_000_000
     /// Outcome records kept in memory while they cannot be written (40 bytes
     /// each). Past this, further outcomes are counted in
     /// `SpoolWriterStats.outcomesDropped` (a restart then redelivers those
@@ -656,7 +656,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
 
     private func scheduleRetry() {
         guard case .degraded = health, retryTimer == nil else { return }
-        retryDelay = retryDelay == 0 ? options.retryInitialDelay : min(retryDelay * 2, options.retryMaxDelay)
+        retryDelay = retryDelay == 0 ? options.retryFirstDelayNanoseconds : min(retryDelay * 2, options.retryMaxDelayNanoseconds)
         retryTimer = io.scheduleTimer(after: retryDelay) { [self] in
             retryTimer = nil
             retry()

@@ -56,8 +56,8 @@ struct SpoolDiskFullTests {
                 let dir = fs.path + "/loop-0"
                 var options = SpoolWriterOptions(segmentSize: 256 << 10)
                 options.bufferSize = 64 << 10
-                options.retryInitialDelay = 10_000_000
-                options.retryMaxDelay = 50_000_000
+                options.retryFirstDelayNanoseconds = 10_000_000
+                options.retryMaxDelayNanoseconds = 50_000_000
                 let w = try SpoolWriter(loop: loop, directory: dir, options: options)
                 let body = [UInt8](repeating: 0x42, count: 20_000)
                 var delivered: MessageID?
@@ -132,7 +132,7 @@ struct SpoolDiskFullTests {
     @Test func syncErrorThenRetriesOnTheSimulatedDisk() throws {
         let disk = SimulatedSpoolDisk(seed: 42)
         var options = SpoolWriterOptions()
-        options.retryInitialDelay = 1_000_000
+        options.retryFirstDelayNanoseconds = 1_000_000
         let dir = "/spool/loop-0"
         let w = try SpoolStreamWriter(io: disk, directory: dir, options: options)
         let body = [UInt8](repeating: 0x43, count: 3000)

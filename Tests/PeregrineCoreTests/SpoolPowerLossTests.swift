@@ -165,7 +165,7 @@ import PeregrineIO
                                              segmentSize: Int64([4_096, 8_192, 32_768][Int(rng.next() % 3)]))
             options.outcomeFlushDelay = 5_000_000
             options.bufferSize = 16_384
-            options.retryInitialDelay = 1_000_000
+            options.retryFirstDelayNanoseconds = 1_000_000
             let writer = try SpoolStreamWriter(io: disk, directory: directory, options: options)
             startWorkload(writer: writer, disk: disk, ledger: ledger, messages: 20 + Int(rng.next() % 60), rng: &rng)
             // Crash points: each step with probability p, about 40 per workload.

@@ -36,6 +36,10 @@ func fuzzSpoolRecords(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
                              "re-encoded message differs")
             } else if kind == .outcome {
                 _ = SpoolRecordFormat.decodeOutcome(payload: payload)
+            } else if kind == .segmentStart {
+                _ = SpoolRecordFormat.decodeSegmentStart(payload: payload)
+            } else if kind == .segmentDeleted {
+                _ = SpoolRecordFormat.decodeSegmentDeleted(payload: payload)
             }
             offset += total
         }
