@@ -125,7 +125,11 @@ struct SpoolDiskFullTests {
         try SpoolLoops.forEachBackend(V())
     }
 
-    /// The same on the simulated disk with armed faults: EIO on fdatasync (the
+}
+
+/// Write and sync faults on the simulated disk (no mount needed).
+@Suite struct SpoolSimulatedFaultTests {
+    /// On the simulated disk with armed faults: EIO on fdatasync (the
     /// kernel dropped the dirty pages), then ENOSPC on the retry's writes; an
     /// outcome recorded while degraded is durable after recovery, on the disk
     /// image that survives a power loss.
@@ -166,5 +170,45 @@ struct SpoolDiskFullTests {
         let r = try SpoolRecovery.recover(directory: dir, fileSystem: image, log: { _ in }).get()
         #expect(r.problems.isEmpty, "\(r.problems)")
         #expect(r.messages.map(\.id) == [later].compactMap { $0 })
+    }
+
+    /// At the limit of outcomes kept in memory: the ones over it are counted as
+    /// dropped (their recipients come back after a restart: a duplicate, never
+    /// a loss), the ones under it are written once the disk takes writes again.
+    @Test func pendingOutcomesAtTheirLimit() throws {
+        let disk = SimulatedSpoolDisk(seed: 7)
+        var options = SpoolWriterOptions()
+        options.retryFirstDelayNanoseconds = 1_000_000
+        options.maxPendingOutcomes = 3
+        let dir = "/spool/loop-0"
+        let w = try SpoolStreamWriter(io: disk, directory: dir, options: options)
+        var ids: [MessageID] = []
+        var failed = false
+        let body = [UInt8](repeating: 0x44, count: 500)
+        for i in 0 ..< 5 {
+            var id: MessageID?
+            body.withUnsafeBytes { b in
+                id = w.append(envelope: SpoolFixtures.envelope(i, recipients: 1), body: b) { r in
+                    if case .success = r, let id { ids.append(id) }
+                }
+            }
+        }
+        disk.run(until: { ids.count == 5 })
+        disk.failNextWrites = 1
+        body.withUnsafeBytes { b in _ = w.append(envelope: SpoolFixtures.envelope(9, recipients: 1), body: b) { r in
+            if case .failure = r { failed = true }
+        } }
+        disk.failNextSyncs = 1000  // stays degraded while the outcomes come in
+        disk.run(until: { failed })
+        #expect(w.health.name == "degraded")
+        for id in ids { w.recordOutcome(id, recipient: 0, state: .delivered) }
+        #expect(w.pendingOutcomeCount == 3)
+        #expect(w.stats.outcomesDropped == 2)
+        disk.failNextSyncs = 0
+        disk.run(until: { w.health == .ok && w.pendingOutcomeCount == 0 })
+        #expect(w.health == .ok)
+        let r = try SpoolRecovery.recover(directory: dir, fileSystem: disk.powerLossImage(seed: 3), log: { _ in }).get()
+        #expect(r.problems.isEmpty, "\(r.problems)")
+        #expect(Set(r.messages.map(\.id)) == Set(ids.suffix(2)), "the two dropped outcomes' messages are redelivered")
     }
 }
