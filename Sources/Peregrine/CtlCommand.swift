@@ -156,7 +156,16 @@ enum CtlCommand {
             var rows = [["KEY", "VALUE"]]
             for key in object.keys.sorted() {
                 if let nested = object[key] as? [String: Any] {
-                    for k in nested.keys.sorted() { rows.append(["\(key).\(k)", describe(nested[k])]) }
+                    for k in nested.keys.sorted() {
+                        if let list = nested[k] as? [[String: Any]] {
+                            // e.g. spool.streams[0].state
+                            for (i, e) in list.enumerated() {
+                                for f in e.keys.sorted() { rows.append(["\(key).\(k)[\(i)].\(f)", describe(e[f])]) }
+                            }
+                        } else {
+                            rows.append(["\(key).\(k)", describe(nested[k])])
+                        }
+                    }
                 } else {
                     rows.append([key, describe(object[key])])
                 }

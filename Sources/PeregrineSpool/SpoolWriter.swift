@@ -152,6 +152,9 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         var issuedEnd: Int64 = 0
         /// End of the bytes a completed fsync covers.
         var syncedEnd: Int64 = 0
+        /// Lowest offset of a failed write since the last retry: nothing from
+        /// there on counts as synced, whatever a later fsync reports.
+        var writeFailedAt: Int64?
         init(number: UInt32, path: String, handle: FileHandle) {
             self.number = number; self.path = path; self.handle = handle
         }
@@ -210,8 +213,9 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
     private var commitTimerUrgent = false
     /// A commit whose fsyncs are done, waiting for writes it covers to complete.
     private var completedCover: UInt64?
-    /// The segments the commit in flight syncs, and the end each is synced to.
-    private var commitMarks: [(Segment, Int64)] = []
+    /// The segments the commit in flight syncs, the end each is synced to,
+    /// and whether its fdatasync has completed successfully.
+    private var commitMarks: [(segment: Segment, end: Int64, synced: Bool)] = []
 
     /// Segments whose deletion record is written, by the serial of its buffer:
     /// unlinked once a commit covers it.
@@ -432,7 +436,10 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
             [self] result in
             if let i = outstandingWrites.firstIndex(of: b.serial) { outstandingWrites.remove(at: i) }
             release(b)
-            if case .failure(let e) = result { fault(.loop(path: path, e)) }
+            if case .failure(let e) = result {
+                b.segment.writeFailedAt = min(b.segment.writeFailedAt ?? .max, b.fileOffset)
+                fault(.loop(path: path, e))
+            }
             if let cover = completedCover { finishCommit(cover) }
         }
     }
@@ -509,7 +516,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         }
         commitInFlight = true
         stats.commits += 1
-        commitMarks = segments.map { ($0, $0.issuedEnd) }
+        commitMarks = segments.map { ($0, $0.issuedEnd, false) }
         syncSegments(segments[...], cover: cover)
     }
 
@@ -520,11 +527,11 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         stats.fsyncs += 1
         io.fdatasync(s.handle) { [self] result in
             if case .failure(let e) = result {
-                commitMarks = []
                 fault(.loop(path: s.path, e))
                 finishCommit(cover)
                 return
             }
+            if let i = commitMarks.firstIndex(where: { $0.segment === s }) { commitMarks[i].synced = true }
             syncSegments(segments.dropFirst(), cover: cover)
         }
     }
@@ -534,8 +541,10 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         if outstandingWrites.contains(where: { $0 <= cover }) { completedCover = cover; return }
         completedCover = nil
         commitInFlight = false
+        // Every write this commit covers has completed: what its fsyncs covered is
+        // durable, even when the spool failed meanwhile (the retry keeps it).
+        applyCommitMarks()
         guard health.isOK || recovering else {
-            commitMarks = []
             scheduleRetry()
             return
         }
@@ -551,8 +560,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
     /// a sealed segment lets the next one be written, kept outcomes and
     /// recorded deletions are done with, waiters run.
     private func commitSucceeded(_ cover: UInt64) {
-        for (s, end) in commitMarks where end > s.syncedEnd { s.syncedEnd = end }
-        commitMarks = []
+        applyCommitMarks()
         if recovering {
             recovering = false
             health = .ok
@@ -605,6 +613,14 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         }
         if unlinked { io.syncDirectory(directory) }
         fireWaiters(upTo: cover)
+    }
+
+    private func applyCommitMarks() {
+        for m in commitMarks where m.synced {
+            let end = min(m.end, m.segment.writeFailedAt ?? .max)
+            if end > m.segment.syncedEnd { m.segment.syncedEnd = end }
+        }
+        commitMarks = []
     }
 
     private func fireWaiters(upTo cover: UInt64) {
@@ -668,7 +684,20 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
     private func retry() {
         guard case .degraded = health, !recovering else { return }
         if commitInFlight || !outstandingWrites.isEmpty { scheduleRetry(); return }
-        for s in segmentsByNumber.values where s.end > s.syncedEnd || s.issuedEnd > s.syncedEnd {
+        var removed = false
+        for s in segmentsByNumber.values.sorted(by: { $0.number < $1.number })
+        where s.end > s.syncedEnd || s.issuedEnd > s.syncedEnd {
+            if s.syncedEnd == 0 && s !== active {
+                // Never synced and no longer written to (a rollover happened before
+                // its first commit): nothing in it is durable. Removed, so that no
+                // empty segment is left before the active one.
+                if let h = files.removeValue(forKey: s.number) { io.closeFile(h) }
+                segmentsByNumber[s.number] = nil
+                if let e = io.removeFile(s.path) { fputs("peregrine spool: retry: \(e)\n", stderr) }
+                liveSet.removeSegment(s.number)
+                removed = true
+                continue
+            }
             if let e = io.truncateFile(s.path, length: s.syncedEnd) {
                 fputs("peregrine spool: retry: \(e)\n", stderr)
                 health = .degraded(e)
@@ -678,7 +707,9 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
             liveSet.noteWritten(segment: s.number, bytes: -Int(s.end - s.syncedEnd))
             s.end = s.syncedEnd
             s.issuedEnd = s.syncedEnd
+            s.writeFailedAt = nil
         }
+        if removed { io.syncDirectory(directory) }
         dirty = []
         recovering = true
         if active.end == 0 { writeCatalogue() }

@@ -78,6 +78,12 @@ struct DaemonSpoolFaultTests {
         #expect(degraded["state"] as? String == "degraded", "\(kind): \(degraded)")
         #expect((degraded["reason"] as? String)?.contains("No space left") == true, "\(kind): \(degraded)")
         #expect(try healthyGauge()?.hasSuffix(" 0") == true, "\(kind)")
+        // What an operator sees: `peregrine ctl show status`.
+        let host = String(daemon.management.split(separator: ":").first ?? "")
+        let shown = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", host, "--port", daemon.managementPort,
+                                                          "show", "status"], timeout: 20)
+        #expect(shown.stdout.contains("spool.state") && shown.stdout.contains("degraded")
+                && shown.stdout.contains("spool.streams[0].reason"), "\(kind): \(shown.stdout) \(shown.stderr)")
         // Still refused while full (the retries probe the disk: not called ok meanwhile).
         #expect(try client.send(to: ["c@spool.test"], id: "still-full")?.contains("451") == true)
 

@@ -92,6 +92,10 @@ import PeregrineIO
         let newest = SpoolRecovery.listSegments(directory: directory, fileSystem: image)
             .last { (image.fileSize(SpoolRecovery.segmentPath(directory: directory, number: $0)) ?? 0) > 0 }
         let newestPath = newest.map { SpoolRecovery.segmentPath(directory: directory, number: $0) } ?? ""
+        // What the image held, for the report of a violation.
+        let layout = SpoolRecovery.listSegments(directory: directory, fileSystem: image).map { n in
+            "\(n):\(image.fileSize(SpoolRecovery.segmentPath(directory: directory, number: n)) ?? -1)"
+        }.joined(separator: " ")
         let r: SpoolStreamRecovery
         switch SpoolRecovery.recover(directory: directory, mode: .repair, fileSystem: image, log: { log.append($0) }) {
         case .success(let v): r = v
@@ -107,7 +111,7 @@ import PeregrineIO
             case .quarantined(let path, _) where path == newestPath: continue
             default: break
             }
-            totals.violations.append("\(context): recovery reported \(p)")
+            totals.violations.append("\(context): recovery reported \(p) (segments before recovery, number:bytes: \(layout))")
             ok = false
         }
         var byID: [MessageID: RecoveredMessage] = [:]
