@@ -41,6 +41,8 @@ import PeregrineIO
 
     struct Totals {
         var crashPoints = 0, restarts = 0, acknowledgedChecked = 0, messagesRecovered = 0, faults = 0
+        /// What the workloads exercised: rollovers, segments deleted (deletion records), compacted copies.
+        var segmentsCreated = 0, segmentsDeleted = 0, messagesCompacted = 0
         var violations: [String] = []
         /// Where the time goes (ns): running the workload, building crash images, recovering and checking.
         var workloadNanoseconds: UInt64 = 0, imageNanoseconds: UInt64 = 0, checkNanoseconds: UInt64 = 0
@@ -71,7 +73,7 @@ import PeregrineIO
                 guard case .success = result else { return }
                 ledger.acknowledged[id] = recipients
                 // Deliver some recipients later (the engine records outcomes only for spooled messages).
-                for r in 0 ..< recipients where local.next() % 4 != 0 {
+                for r in 0 ..< recipients where local.next() % 8 != 0 {
                     disk.scheduleTimer(after: local.next() % 20_000_000) {
                         ledger.finals[id, default: []].insert(r)
                         writer.recordOutcome(id, recipient: r, state: local.next() % 4 == 0 ? .bounced : .delivered)
@@ -171,7 +173,7 @@ import PeregrineIO
             options.bufferSize = 16_384
             options.retryFirstDelayNanoseconds = 1_000_000
             let writer = try SpoolStreamWriter(io: disk, directory: directory, options: options)
-            startWorkload(writer: writer, disk: disk, ledger: ledger, messages: 20 + Int(rng.next() % 60), rng: &rng)
+            startWorkload(writer: writer, disk: disk, ledger: ledger, messages: 15 + Int(rng.next() % 50), rng: &rng)
             // Crash points: each step with probability p, about 40 per workload.
             let p = 0.12
             while done < target {
@@ -219,6 +221,9 @@ import PeregrineIO
                 }
             }
             totals.faults += disk.faultsInjected
+            totals.segmentsCreated += writer.stats.segmentsCreated
+            totals.segmentsDeleted += writer.stats.segmentsDeleted
+            totals.messagesCompacted += writer.stats.messagesCompacted
         }
     }
 
@@ -237,7 +242,9 @@ import PeregrineIO
         print("spool power loss: replay with SPOOL_POWERLOSS_SEED=\(Self.seed): \(totals.crashPoints) crash points, "
               + "\(totals.restarts) restarts, \(totals.acknowledgedChecked) acknowledged checks, "
               + "\(totals.messagesRecovered) recovered messages checked, \(String(format: "%.1f", seconds)) s "
-              + "(\(totals.timing))")
+              + "(\(totals.timing)); the writers created \(totals.segmentsCreated) segments, deleted "
+              + "\(totals.segmentsDeleted), compacted \(totals.messagesCompacted) messages")
+        #expect(totals.segmentsDeleted > 0 && totals.messagesCompacted > 0, "the workload must delete and compact")
         #expect(totals.crashPoints >= 10_000)
         #expect(totals.acknowledgedChecked > totals.crashPoints, "the workload acknowledged too little to mean anything")
         for v in totals.violations.prefix(20) { Issue.record("\(v)") }
