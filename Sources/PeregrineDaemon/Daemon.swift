@@ -294,7 +294,12 @@ public final class Daemon<Loop: EventLoop> {
         var remaining = w.spools.count
         if remaining == 0 { w.loop.stop(); return }
         for spool in w.spools.values {
-            spool.flush { _ in
+            spool.flush { [self] result in
+                if case .failure(let e) = result, spool.pendingOutcomeCount > 0 {
+                    // Kept in memory while the spool could not write them: those recipients go out again after a restart.
+                    log("spool \(spool.directory): \(spool.pendingOutcomeCount) outcome(s) not written at shutdown "
+                        + "(\(e)); their recipients will be delivered again after a restart")
+                }
                 remaining -= 1
                 if remaining == 0 { w.loop.stop() }
             }
