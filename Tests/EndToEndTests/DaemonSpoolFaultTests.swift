@@ -30,7 +30,7 @@ enum SpoolTmpfs {
 /// daemon takes mail again on its own, on the same connection.
 @Suite(.serialized, .timeLimit(.minutes(3)), .enabled(if: SpoolTmpfs.available, "needs root and mount -t tmpfs (a small file system to fill)"))
 struct DaemonSpoolFaultTests {
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func spoolWriteErrorGives451AndTheDaemonKeepsServing(kind: BackendKind) throws {
         let dir = try TestDirectory("spool-full-\(kind.rawValue)")
         defer { try? FileManager.default.removeItem(atPath: dir.path) }
@@ -105,7 +105,7 @@ struct DaemonSpoolFaultTests {
 /// copied whole to the quarantine directory (never cut or deleted), every
 /// intact record re-queued; `spool-check` keeps reporting the quarantined copy.
 @Suite struct DaemonSpoolRecoveryReportTests {
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func damagedOlderSegmentIsReportedAtStartAndQuarantined(kind: BackendKind) throws {
         let dir = try TestDirectory("spool-damaged-\(kind.rawValue)")
         defer { try? FileManager.default.removeItem(atPath: dir.path) }
