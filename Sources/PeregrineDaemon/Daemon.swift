@@ -45,6 +45,8 @@ public final class Daemon<Loop: EventLoop> {
     private var signalSources: [DispatchSourceSignal] = []
     private let startedAt = monotonicNanoseconds()
     private var shuttingDown = false
+    /// The shutdown deadline passed or a second signal came: deliveries are abandoned.
+    private var forcing = false
     private let exited = DispatchSemaphore(value: 0)
     private var pendingStops = 0
     private let lock = NSLock()
@@ -115,6 +117,7 @@ public final class Daemon<Loop: EventLoop> {
     /// Runs until SIGTERM/SIGINT; returns the exit status.
     public func run() -> Int32 {
         Posix.ignoreSIGPIPE()
+        for warning in config.warnings { log("warning: \(warning)") }
         let spoolDir = config.spoolPath
         do {
             try FileManager.default.createDirectory(atPath: spoolDir, withIntermediateDirectories: true)
@@ -227,7 +230,7 @@ public final class Daemon<Loop: EventLoop> {
         let router = DaemonRouter(policies: w.policies, mxLookup: resolver.mxLookup, addressLookup: resolver.addressLookup)
         w.setUp(router: router)
         accounting.startPeriodicFlush(on: w.loop)
-        let listeners = config.smtpListeners.isEmpty ? [try SocketAddress(ip: "0.0.0.0", port: 25)] : config.smtpListeners
+        let listeners = config.effectiveSMTPListeners
         try w.startListening(on: listeners, reusePort: workers.count > 1)
         if w.index == 0, let mgmt = config.httpManagement {
             let server = ManagementServer(loop: w.loop, options: .init(address: mgmt)) { [unowned self] request, respond in
@@ -268,27 +271,76 @@ public final class Daemon<Loop: EventLoop> {
     }
 
     /// Stops accepting, lets in-flight deliveries finish, flushes the spool and
-    /// accounting, and stops every loop. Thread-safe, idempotent. `reason` (the
-    /// signal) goes into the log line: a daemon that stopped unasked must be
-    /// told apart from one that crashed.
+    /// accounting, and stops every loop. Thread-safe. `reason` (the signal)
+    /// goes into the log line: a daemon that stopped unasked must be told
+    /// apart from one that crashed.
+    ///
+    /// Bounded: deliveries still in flight after `shutdown-timeout` are
+    /// abandoned (their messages stay spooled for the next start), and a
+    /// second call (a second SIGTERM or SIGINT) does that at once. Injection
+    /// clients whose message is being committed get their 250 before their
+    /// connection closes; nothing new is committed once shutdown began.
     public func shutdown(reason: String? = nil) {
         lock.lock()
-        if shuttingDown { lock.unlock(); return }
+        if shuttingDown {
+            lock.unlock()
+            forceStop(why: "\(reason ?? "shutdown") again")
+            return
+        }
         shuttingDown = true
+        let deadline = config.shutdownTimeout
         lock.unlock()
-        log(reason.map { "shutting down (\($0))" } ?? "shutting down")
+        log((reason.map { "shutting down (\($0))" } ?? "shutting down")
+            + "; deliveries in flight get \(deadline.configText) (shutdown-timeout), a second signal stops them at once")
         for w in workers {
             w.loop.execute { [self] in
                 w.stopListening()
                 if w.index == 0 { management?.stop() }
-                // Injection sessions waiting for a durable 250 get it; the rest are closed after the engine stops.
-                w.engine.shutdown {
-                    w.closeInjections()
-                    self.flushAndStop(w)
+                // Injections and deliveries drain side by side; the spool is flushed after both.
+                let remaining = LoopConfined(2)
+                let step = {
+                    remaining.value -= 1
+                    if remaining.value == 0 { self.flushAndStop(w) }
                 }
+                w.finishInjections(step)
+                w.engine.shutdown(step)
             }
         }
+        let nanoseconds = UInt64(max(0, deadline.components.seconds)) * 1_000_000_000
+            + UInt64(max(0, deadline.components.attoseconds / 1_000_000_000))
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanoseconds, UInt64(Int.max))))) { [self] in
+            forceStop(why: "shutdown-timeout (\(deadline.configText)) reached")
+        }
     }
+
+    /// Abandons every delivery still in flight (its message stays spooled:
+    /// it is retried after the next start) so that the loops stop now. If
+    /// they still have not stopped after `forcedStopGrace` (a loop stuck in
+    /// a system call), the process exits without them.
+    private func forceStop(why: String) {
+        lock.lock()
+        if forcing { lock.unlock(); return }
+        forcing = true
+        let stillRunning = pendingStops > 0
+        lock.unlock()
+        guard stillRunning else { return }
+        log("\(why): abandoning deliveries in flight (their messages stay in the spool)")
+        for w in workers {
+            w.loop.execute { w.engine.forceStop("delivery interrupted: the MTA is shutting down") }
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + Self.forcedStopGrace) { [self] in
+            lock.lock()
+            let stuck = pendingStops > 0
+            lock.unlock()
+            guard stuck else { return }
+            // Not even the accounting writer is touched: a stuck loop may hold it.
+            log("\(pendingStops) loop(s) did not stop within \(Self.forcedStopGrace) after the forced stop; exiting without them")
+            _exit(1)
+        }
+    }
+
+    /// How long a forced stop waits for the loops before the process exits anyway.
+    static var forcedStopGrace: DispatchTimeInterval { .seconds(10) }
 
     private func flushAndStop(_ w: LoopWorker<Loop>) {
         var remaining = w.spools.count
@@ -305,8 +357,6 @@ public final class Daemon<Loop: EventLoop> {
             }
         }
     }
-
-    func injectionClosed(on w: LoopWorker<Loop>) {}
 
     private func loopExited() {
         lock.lock()

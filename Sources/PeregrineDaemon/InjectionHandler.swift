@@ -15,7 +15,11 @@ import PeregrineEngine
 final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerConnectionHandler {
     unowned let worker: LoopWorker<Loop>
     let peer: SocketAddress
-    let source: SourceSettings
+    /// The client's `<source>` rights: looked up at connect, then again at
+    /// every MAIL against the running config, so that a reload revoking
+    /// relaying applies to connections already open. A transaction keeps the
+    /// rights it started with.
+    private(set) var source: SourceSettings
     var connection: SMTPServerConnection<Loop>?
     private let body = OwnedBuffer(capacity: 8192)
     private let assembled = OwnedBuffer(capacity: 8192)
@@ -56,7 +60,15 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
                 return .reply(SMTPReply(code: 454, enhancedCode: EnhancedStatusCode(4, 7, 0), "TLS not available"))
             }
             return .accept
-        case .helo, .mailFrom:
+        case .mailFrom:
+            if worker.isShuttingDown { return .reply(Self.shuttingDown) }
+            source = worker.policies.config.source(for: peer)
+            if !source.smtpService {
+                return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
+                                        "no SMTP service for \(peer.ip)"))
+            }
+            return .accept
+        case .helo:
             return .accept
         }
     }
@@ -69,7 +81,17 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         body.clear()
     }
 
+    /// After shutdown began nothing new is committed: a message completed
+    /// now gets this (and the connection closes), never a 250 that a closing
+    /// connection might not deliver.
+    static var shuttingDown: SMTPReply { SMTPReply(code: 421, enhancedCode: EnhancedStatusCode(4, 3, 2),
+                                        "service shutting down, message not accepted; try again later") }
+
     private func finishMessage(_ session: SMTPServerSession) -> SMTPServerDecision {
+        if worker.isShuttingDown {
+            body.clear()
+            return .reply(Self.shuttingDown)
+        }
         let transaction = session.transaction
         guard let mail = transaction.mailFrom, !transaction.recipients.isEmpty else {
             body.clear()

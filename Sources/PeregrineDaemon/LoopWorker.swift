@@ -99,15 +99,35 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         connection.onClose = { [unowned self, unowned handler] _ in
             handler.connection = nil
             self.injections[key] = nil
-            self.daemon.injectionClosed(on: self)
+            self.checkInjectionsDrained()
         }
         connection.start()
     }
 
     var openInjections: Int { injections.count }
 
-    func closeInjections() {
-        for c in injections.values { c.close() }
+    /// Set on this loop when shutdown begins: no new message is committed.
+    private(set) var isShuttingDown = false
+    private var injectionsDrained: (() -> Void)?
+
+    /// Shutdown: a connection whose message is being committed (or whose
+    /// reply is still being written) gets that reply, then closes; every
+    /// other one closes now. A client never sees EOF after its message was
+    /// committed: that would make it send the message again. `done` runs
+    /// when no injection connection is left.
+    func finishInjections(_ done: @escaping () -> Void) {
+        isShuttingDown = true
+        injectionsDrained = done
+        for c in Array(injections.values) {
+            if c.session.isAwaitingDecision || c.sending || c.hasUnsentReplies { c.closeAfterNextReply() } else { c.close() }
+        }
+        checkInjectionsDrained()
+    }
+
+    private func checkInjectionsDrained() {
+        guard injections.isEmpty, let done = injectionsDrained else { return }
+        injectionsDrained = nil
+        done()
     }
 
     /// Picks the VMTA for a message: a pool rotates through its members per message.

@@ -30,6 +30,7 @@ extension DeliveryConnection {
     /// The session ended: a handshake that never completed is a TLS failure.
     func tlsSessionClosed(_ tls: SMTPClientTLS) {
         guard let c = tls.connection, !c.isHandshakeComplete, let host else { return }
+        tlsFailed = true
         engine.tlsFailed(on: self, host: host, required: tls.policy == .required, handshake: true,
                          why: tls.failure ?? "connection closed during the TLS handshake", info: attemptInfo)
     }

@@ -40,6 +40,9 @@ final class DeliveryConnection<Loop: EventLoop> {
     /// STARTTLS for this connection (nil: plain text); see DeliveryConnection+TLS.swift.
     var tls: SMTPClientTLS?
     var host: RouteHost?
+    /// A TLS handshake failed on this connection: the engine's TLS fallback
+    /// handles it, it is not a failure of the host.
+    var tlsFailed = false
     /// Operations whose callbacks are still to come: the engine keeps this
     /// object alive until they have all run (their closures capture it unowned).
     private var connecting = false
@@ -80,8 +83,11 @@ final class DeliveryConnection<Loop: EventLoop> {
     func start() { connectNext(lastError: nil) }
 
     private func connectNext(lastError: String?) {
+        // MX hosts whose sessions failed lately are skipped (DeliveryEngine+HostBackoff.swift).
+        while hostIndex < hosts.count && !engine.isUsable(hosts[hostIndex], vmta: vmta.name, now: loop.now) { hostIndex += 1 }
         guard hostIndex < hosts.count else {
-            finishClosed(connectFailure: lastError ?? "no host to connect to")
+            let backedOff = hosts.lazy.compactMap { self.engine.backoffReason($0, vmta: self.vmta.name) }.first
+            finishClosed(connectFailure: lastError ?? backedOff.map { "MX hosts backed off: \($0)" } ?? "no host to connect to")
             return
         }
         let host = hosts[hostIndex]
@@ -103,7 +109,9 @@ final class DeliveryConnection<Loop: EventLoop> {
                 self.pump()
             case .failure(let e):
                 if self.closing { self.finishClosed(connectFailure: nil); return }
-                self.connectNext(lastError: "\(host.name) (\(host.address)): \(e)")
+                let why = "\(host.name) (\(host.address)): \(e)"
+                self.engine.hostFailed(host, vmta: self.vmta.name, queue: self.queue, reason: why)
+                self.connectNext(lastError: why)
             }
         }
     }
@@ -283,6 +291,17 @@ final class DeliveryConnection<Loop: EventLoop> {
     func retire() {
         retired = true
         if isIdle || current == nil && session.isReady { quit() }
+    }
+
+    /// Ends the connection now (the daemon's shutdown deadline): the message
+    /// in flight completes as a transient failure with `why` (it stays
+    /// spooled) and the socket closes without waiting for the peer.
+    func abandon(_ why: String) {
+        guard !closed else { return }
+        if socket == nil { closing = true; return }  // still connecting: closed when connect completes
+        session.abandon(why)
+        pump()
+        if !closed { finishClose() }
     }
 
     /// Ends the connection politely (QUIT) or, before the session started, at once.

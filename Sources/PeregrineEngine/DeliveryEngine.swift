@@ -29,6 +29,8 @@ public final class DeliveryEngine<Loop: EventLoop> {
     private var queueTimers: [QueueKey: (at: UInt64, handle: TimerHandle)] = [:]
     /// Source IPs a pattern list disabled, per queue (domain/vmta), until a time (DeliveryEngine+SourceSteering.swift).
     var disabledUntil: [QueueKey: UInt64] = [:]
+    /// MX hosts whose sessions failed, per VMTA (DeliveryEngine+HostBackoff.swift).
+    var mxBackoff: [MXHostKey: MXHostBackoff] = [:]
     private var expiredScratch: [DeliveryItem] = []
     private var stopping = false
     private var stopped: (() -> Void)?
@@ -216,9 +218,14 @@ public final class DeliveryEngine<Loop: EventLoop> {
         router.hosts(for: q.key) { [unowned self] result in
             switch result {
             case .success(let hosts) where !hosts.isEmpty:
-                var config = SMTPClientConfiguration(heloName: vmta.hostname)
-                config.timeouts.greeting = q.policy.smtpGreetingTimeout.nanoseconds
-                config.timeouts.dataBlock = q.policy.dataSendTimeout.nanoseconds
+                guard self.hasUsableHost(hosts, vmta: vmta.name) else {
+                    // Every MX host failed lately (for another queue of this VMTA): wait like it.
+                    q.connections -= count
+                    let why = hosts.lazy.compactMap { self.backoffReason($0, vmta: vmta.name) }.first ?? "MX hosts backed off"
+                    self.deferDestination(q, hosts: hosts, vmta: vmta.name, reply: Self.failureReply(why), info: nil)
+                    return
+                }
+                let config = Self.clientConfiguration(heloName: vmta.hostname, policy: q.policy)
                 for _ in 0..<count {
                     let c = DeliveryConnection(engine: self, loop: self.loop, queue: q, vmta: vmta, hosts: hosts,
                                                configuration: config)
@@ -239,6 +246,22 @@ public final class DeliveryEngine<Loop: EventLoop> {
         }
     }
 
+    /// Every SMTP client timeout from the queue's settings.
+    static func clientConfiguration(heloName: String, policy p: DomainSettings) -> SMTPClientConfiguration {
+        var config = SMTPClientConfiguration(heloName: heloName)
+        config.timeouts.greeting = p.smtpGreetingTimeout.nanoseconds
+        config.timeouts.ehlo = p.smtpEHLOTimeout.nanoseconds
+        config.timeouts.mail = p.smtpMailFromTimeout.nanoseconds
+        config.timeouts.rcpt = p.smtpRcptToTimeout.nanoseconds
+        config.timeouts.dataInit = p.smtpDataTimeout.nanoseconds
+        config.timeouts.dataBlock = p.dataSendTimeout.nanoseconds
+        config.timeouts.dataEnd = p.smtpDataTerminationTimeout.nanoseconds
+        config.timeouts.rset = p.smtpRsetTimeout.nanoseconds
+        config.timeouts.quit = p.smtpQuitTimeout.nanoseconds
+        config.timeouts.startTLS = p.smtpStartTLSTimeout.nanoseconds
+        return config
+    }
+
     // MARK: Outcomes
 
     /// `q` is the queue the item was taken from (on a site's connection, any member).
@@ -253,6 +276,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
         // Pattern lists look at every distinct remote reply of the transaction;
         // a 2xx only when the queue's list has a rule for 2xx (most have none).
         var seen: Set<String>?
+        if let host = connection.host, result.recipients.contains(where: { !$0.isLocal }) {
+            hostWorked(host, vmta: connection.vmta.name)
+        }
         for r in result.recipients where !r.isLocal {
             if r.reply.isPositiveCompletion && !q.patternsSeePositiveReplies { continue }
             if seen == nil { seen = [] }
@@ -305,7 +331,10 @@ public final class DeliveryEngine<Loop: EventLoop> {
             }
         }
         if message.isComplete { observer.messageCompleted(message) }
-        kick(q)
+        // A session that failed with this message in flight is closing: the
+        // queue is kicked once the failure is accounted for (connectionClosed),
+        // not before, or a new connection would go to the failed host at once.
+        if !connection.session.isClosed { kick(q) }
     }
 
     /// Applies pattern-list actions; returns true when the reply must bounce.
@@ -334,39 +363,57 @@ public final class DeliveryEngine<Loop: EventLoop> {
         let q = c.queue
         q.connections -= 1
         let now = loop.now
+        if stopping { checkStopped(); return }
         if let failure = connectFailure {
-            // Every host refused or timed out: the queue as a whole waits (one tq record).
-            deferQueue(q, reason: failure)
+            // No host took the connection (each one tried is backed off already).
+            q.lastReply = failure
+            if hasUsableHost(c.hosts, vmta: c.vmta.name) { kick(q); return }
+            let reply = SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 4, 1), failure)
+            deferDestination(q, hosts: c.hosts, vmta: c.vmta.name, reply: reply, info: c.attemptInfo)
             return
         }
-        if let reason {
-            switch reason {
-            case .greetingRefused(let r), .heloRefused(let r), .serviceClosing(let r):
-                q.lastReply = r.description
-                if applyPatterns(r, queue: q, now: now) { /* bounce applies to messages, none in flight here */ }
-                if !everReady {
-                    let retry = q.policy.retryAfter.delay(afterFailures: 1).nanoseconds
-                    if q.connections > 0 {
-                        // Refused while other connections of the queue are open (too many
-                        // connections at the greeting): keep those working and open no more
-                        // for a while. Suspending here would make the working connections
-                        // quit too, and every reconnect wave would be refused again (livelock).
-                        q.limitConnections(to: q.connections, until: now &+ retry)
-                    } else {
-                        // Refused before any transaction with nothing else open: back off this
-                        // queue briefly instead of reconnecting in a tight loop.
-                        q.suspend(until: now &+ min(retry, 5_000_000_000), reason: r.description)
-                    }
-                }
-            case .timedOut(let phase):
-                q.lastReply = "timeout in \(phase.rawValue)"
-            case .protocolError(let why):
-                q.lastReply = "protocol error: \(why)"
-            case .connectionLost, .quit:
-                break
+        var failure: SMTPReply?
+        switch reason {
+        case .greetingRefused(let r), .heloRefused(let r), .serviceClosing(let r):
+            q.lastReply = r.description
+            if applyPatterns(r, queue: q, now: now) { /* bounce applies to messages, none in flight here */ }
+            let mxUnavailable = r.code == 421 && q.policy.smtp421MeansMXUnavailable
+            if !everReady && r.code / 100 == 4 && q.connections > 0 && !mxUnavailable {
+                // Refused while other connections of the queue are open (too many
+                // connections at the greeting): keep those working and open no more
+                // for a while. Suspending here would make the working connections
+                // quit too, and every reconnect wave would be refused again (livelock).
+                let retry = q.policy.retryAfter.delay(afterFailures: 1).nanoseconds
+                q.limitConnections(to: q.connections, until: now &+ retry)
+            } else if !everReady || mxUnavailable {
+                var what = "EHLO reply"
+                if case .greetingRefused? = reason { what = "greeting" }
+                failure = Self.failureReply("unexpected \(what): \(r)", remote: r)
             }
+        case .timedOut(let phase):
+            failure = Self.failureReply("timeout waiting for \(phase.awaited)")
+        case .protocolError(let why):
+            failure = Self.failureReply("protocol error: \(why)")
+        case .connectionLost:
+            // Closed while idle (no reply awaited) is the receiver ending a
+            // connection it had no work on, not a failed session.
+            if c.session.failedInPhase != nil {
+                failure = Self.failureReply(c.session.failureReason ?? "connection lost")
+            }
+        case .quit, nil:
+            break
         }
-        if stopping { checkStopped() } else { kick(q) }
+        // An opportunistic TLS handshake failure is handled by its plain-text fallback.
+        if c.tlsFailed { failure = nil }
+        guard let failure, let host = c.host else { kick(q); return }
+        let text = failure.lines.joined(separator: " ")
+        q.lastReply = failure.description
+        hostFailed(host, vmta: c.vmta.name, queue: q, reason: text)
+        if hasUsableHost(c.hosts, vmta: c.vmta.name) {
+            kick(q)  // the next connection goes to another MX host
+        } else {
+            deferDestination(q, hosts: c.hosts, vmta: c.vmta.name, reply: failure, info: c.attemptInfo)
+        }
     }
 
     func release(_ c: DeliveryConnection<Loop>) {
@@ -470,6 +517,20 @@ public final class DeliveryEngine<Loop: EventLoop> {
         queueTimers.removeAll()
         for c in connections.values where c.isIdle { c.quit() }
         checkStopped()
+    }
+
+    /// The shutdown deadline: every connection is abandoned now (the message
+    /// in flight is deferred in memory and stays spooled), and `shutdown`'s
+    /// `done` runs without waiting for connects still outstanding.
+    public func forceStop(_ why: String) {
+        stopping = true
+        for (_, t) in queueTimers { loop.cancelTimer(t.handle) }
+        queueTimers.removeAll()
+        for c in Array(connections.values) { c.abandon(why) }
+        if let done = stopped {
+            stopped = nil
+            done()
+        }
     }
 
     private func checkStopped() {

@@ -91,7 +91,9 @@ public final class SMTPClientSession {
         while state != .closed, let r = parser.next() {
             switch r {
             case .success(let reply): handle(reply)
-            case .failure(let e): fail(.protocolError("unparsable reply: \(e)"), synthetic: Self.localReply("protocol error"))
+            case .failure(let e):
+                let why = Self.describe(e, maxLineLength: parser.maxLineLength)
+                fail(.protocolError(why), synthetic: Self.localReply("protocol error: \(why)"))
             }
             if state == .tlsHandshake {
                 // RFC 3207 §5: anything after the 220 was sent in plain text
@@ -235,15 +237,36 @@ public final class SMTPClientSession {
     public func timedOut() {
         guard state != .closed, let phase = currentPhase else { return }
         if state == .quit { close(.quit(nil)); return }
-        fail(.timedOut(phase), synthetic: Self.localReply("timeout waiting for the \(phase.rawValue) reply"))
+        fail(.timedOut(phase), synthetic: Self.localReply("timeout waiting for \(phase.awaited)"))
     }
 
     /// The peer closed or the connection failed.
     public func connectionClosed() {
         guard state != .closed else { return }
         if state == .quit { close(.quit(nil)); return }
-        fail(.connectionLost, synthetic: Self.localReply("connection lost"))
+        let why = currentPhase.map { $0 == .greeting ? "connection closed by peer before the greeting"
+                                                      : "connection closed by peer while waiting for \($0.awaited)" }
+            ?? "connection closed by peer"
+        fail(.connectionLost, synthetic: Self.localReply(why))
     }
+
+    /// The owner gives up on the connection (e.g. the daemon's shutdown
+    /// deadline): like a lost connection, with `why` as the reason the
+    /// current message gets.
+    public func abandon(_ why: String) {
+        guard state != .closed else { return }
+        fail(.connectionLost, synthetic: Self.localReply(why))
+    }
+
+    /// The phase the session was waiting in when it failed (a timeout, a
+    /// lost connection, a protocol error, a refusal); nil when it failed
+    /// idle or has not failed. Tells a receiver that fails every session
+    /// before `.ready` from one that drops an idle connection.
+    public private(set) var failedInPhase: SMTPClientPhase?
+
+    /// The reason of the last failure, as put into the synthetic reply of the
+    /// message that was in flight (also set when none was).
+    public private(set) var failureReason: String?
 
     var currentPhase: SMTPClientPhase? {
         switch state {
@@ -264,6 +287,22 @@ public final class SMTPClientSession {
 
     static func localReply(_ text: String) -> SMTPReply {
         SMTPReply(451, "4.4.2", text)
+    }
+
+    /// A parse error as the operator reads it in a `t` record.
+    static func describe(_ e: SMTPReplyParseError, maxLineLength: Int) -> String {
+        switch e {
+        case .malformedLine(let line):
+            // Printable ASCII only, and not all of it: the peer chose these bytes.
+            let shown = line.prefix(60).map { $0 >= 0x20 && $0 < 0x7F ? Character(UnicodeScalar($0)) : "?" }
+            return "malformed reply line '\(String(shown))\(line.count > 60 ? "..." : "")'"
+        case .inconsistentCode(let expected, let got):
+            return "multi-line reply changed its code from \(expected) to \(got)"
+        case .lineTooLong:
+            return "reply line longer than \(maxLineLength) bytes"
+        case .tooManyLines(let limit):
+            return "reply of more than \(limit) lines"
+        }
     }
 
     // MARK: Replies
@@ -455,6 +494,10 @@ public final class SMTPClientSession {
     /// Ends the session; the current message (if any) completes with `synthetic` for
     /// everything unanswered.
     func fail(_ reason: SMTPClientCloseReason, synthetic: SMTPReply) {
+        if state != .closed {
+            failedInPhase = currentPhase
+            failureReason = synthetic.lines.joined(separator: " ")
+        }
         if envelope != nil, let result = buildResult(missing: synthetic) {
             envelope = nil
             emit(.messageCompleted(result))

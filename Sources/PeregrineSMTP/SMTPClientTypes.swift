@@ -3,6 +3,24 @@ public enum SMTPClientPhase: String, Sendable, Hashable {
     case greeting, ehlo, helo, mail, rcpt, dataInit, dataBlock, dataEnd, rset, quit
     /// The reply to STARTTLS, then the owner's TLS handshake.
     case startTLS
+
+    /// What the session waits for in this phase, for failure texts
+    /// ("timeout waiting for the greeting").
+    public var awaited: String {
+        switch self {
+        case .greeting: "the greeting"
+        case .ehlo: "the EHLO reply"
+        case .helo: "the HELO reply"
+        case .mail: "the MAIL FROM reply"
+        case .rcpt: "the RCPT TO reply"
+        case .dataInit: "the DATA reply"
+        case .dataBlock: "the message body to be sent"
+        case .dataEnd: "the reply to the end of data"
+        case .rset: "the RSET reply"
+        case .quit: "the QUIT reply"
+        case .startTLS: "the STARTTLS reply and TLS handshake"
+        }
+    }
 }
 
 /// Per-phase timeouts in nanoseconds. Defaults are RFC 5321 §4.5.3.2's.

@@ -10,6 +10,15 @@ extension DomainOverrides {
         "backoff-to-normal-after-delivery", "queue-priority", "connect-timeout",
         "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
         "mx-rollup",
+    ] + timeoutDirectives.map(\.name)
+
+    /// The SMTP client timeouts besides connect-timeout, smtp-greeting-timeout
+    /// and data-send-timeout: one per phase of the session.
+    static let timeoutDirectives: [(name: String, field: WritableKeyPath<DomainOverrides, Duration?>)] = [
+        ("smtp-data-termination-timeout", \.smtpDataTerminationTimeout), ("smtp-ehlo-timeout", \.smtpEHLOTimeout),
+        ("smtp-mail-from-timeout", \.smtpMailFromTimeout), ("smtp-rcpt-to-timeout", \.smtpRcptToTimeout),
+        ("smtp-data-timeout", \.smtpDataTimeout), ("smtp-rset-timeout", \.smtpRsetTimeout),
+        ("smtp-quit-timeout", \.smtpQuitTimeout), ("smtp-starttls-timeout", \.smtpStartTLSTimeout),
     ]
 
     /// Parses the directives of one `<domain>` block. Nested blocks, unknown
@@ -24,6 +33,13 @@ extension DomainOverrides {
             seen[node.name] = node.location.line
             try apply(node, in: block)
         }
+    }
+
+    /// A timeout: a duration longer than zero (a zero timer would end every session at once).
+    private static func timeout(_ node: ConfigNode) throws(ConfigError) -> Duration {
+        let d = try node.value(ConfigValue.duration)
+        guard d > .zero else { throw node.error("\(node.name) must be longer than zero") }
+        return d
     }
 
     private mutating func apply(_ node: ConfigNode, in block: ConfigNode) throws(ConfigError) {
@@ -52,14 +68,17 @@ extension DomainOverrides {
         case "backoff-to-normal-after": backoffToNormalAfter = .some(try node.value(ConfigValue.durationOrNever))
         case "backoff-to-normal-after-delivery": backoffToNormalAfterDelivery = try node.value(ConfigValue.bool)
         case "queue-priority": queuePriority = try node.integer(in: 0...100)
-        case "connect-timeout": connectTimeout = try node.value(ConfigValue.duration)
-        case "smtp-greeting-timeout": smtpGreetingTimeout = try node.value(ConfigValue.duration)
-        case "data-send-timeout": dataSendTimeout = try node.value(ConfigValue.duration)
+        case "connect-timeout": connectTimeout = try Self.timeout(node)
+        case "smtp-greeting-timeout": smtpGreetingTimeout = try Self.timeout(node)
+        case "data-send-timeout": dataSendTimeout = try Self.timeout(node)
         case "bounce-upon-no-mx": bounceUponNoMX = try node.value(ConfigValue.bool)
         case "smtp-421-means-mx-unavailable": smtp421MeansMXUnavailable = try node.value(ConfigValue.bool)
         case "mx-rollup": mxRollup = try node.value(ConfigValue.bool)
         default:
-            throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
+            guard let timeout = Self.timeoutDirectives.first(where: { $0.name == node.name }) else {
+                throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
+            }
+            self[keyPath: timeout.field] = try Self.timeout(node)
         }
     }
 }

@@ -27,6 +27,14 @@ public struct DomainOverrides: Hashable, Sendable {
     public var connectTimeout: Duration?
     public var smtpGreetingTimeout: Duration?
     public var dataSendTimeout: Duration?
+    public var smtpDataTerminationTimeout: Duration?
+    public var smtpEHLOTimeout: Duration?
+    public var smtpMailFromTimeout: Duration?
+    public var smtpRcptToTimeout: Duration?
+    public var smtpDataTimeout: Duration?
+    public var smtpRsetTimeout: Duration?
+    public var smtpQuitTimeout: Duration?
+    public var smtpStartTLSTimeout: Duration?
     public var bounceUponNoMX: Bool?
     public var smtp421MeansMXUnavailable: Bool?
     public var mxRollup: Bool?
@@ -56,6 +64,14 @@ public struct DomainOverrides: Hashable, Sendable {
         if let v = connectTimeout { s.connectTimeout = v }
         if let v = smtpGreetingTimeout { s.smtpGreetingTimeout = v }
         if let v = dataSendTimeout { s.dataSendTimeout = v }
+        if let v = smtpDataTerminationTimeout { s.smtpDataTerminationTimeout = v }
+        if let v = smtpEHLOTimeout { s.smtpEHLOTimeout = v }
+        if let v = smtpMailFromTimeout { s.smtpMailFromTimeout = v }
+        if let v = smtpRcptToTimeout { s.smtpRcptToTimeout = v }
+        if let v = smtpDataTimeout { s.smtpDataTimeout = v }
+        if let v = smtpRsetTimeout { s.smtpRsetTimeout = v }
+        if let v = smtpQuitTimeout { s.smtpQuitTimeout = v }
+        if let v = smtpStartTLSTimeout { s.smtpStartTLSTimeout = v }
         if let v = bounceUponNoMX { s.bounceUponNoMX = v }
         if let v = smtp421MeansMXUnavailable { s.smtp421MeansMXUnavailable = v }
         if let v = mxRollup { s.mxRollup = v }

@@ -7,7 +7,7 @@ extension PeregrineConfig {
     static let globalDirectiveNames = [
         "smtp-listener", "http-mgmt-port", "http-access", "spool", "io-backend", "threads",
         "dns-server", "domain-macro", "host-name", "postmaster",
-        "smtp-server-tls-certificate", "smtp-server-tls-key",
+        "smtp-server-tls-certificate", "smtp-server-tls-key", "shutdown-timeout",
     ]
 
     /// Reads, parses and checks a config file.
@@ -133,6 +133,8 @@ extension PeregrineConfig {
             }
             guard !list.isEmpty else { throw node.error("domain-macro \(name) lists no domains") }
             domainMacros[name] = list
+        case "shutdown-timeout":
+            shutdownTimeout = try node.value(ConfigValue.duration)
         case "host-name":
             hostName = try node.value(ConfigValue.domainName)
         case "postmaster":

@@ -48,6 +48,27 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var accountingFiles: [AccountingFileOptions] = []
     /// The built-in classifier plus `<bounce-category-patterns>`.
     public var bounceClassifier = BounceClassifier()
+    /// `shutdown-timeout`: how long SIGTERM waits for deliveries in flight
+    /// before it closes them (their messages stay spooled for the next start).
+    public var shutdownTimeout: Duration = .seconds(30)
+
+    /// The listeners `peregrine run` binds: `smtp-listener`s, else every IPv4 address on port 25.
+    public var effectiveSMTPListeners: [SocketAddress] {
+        if !smtpListeners.isEmpty { return smtpListeners }
+        return (try? SocketAddress(ip: "0.0.0.0", port: 25)).map { [$0] } ?? []
+    }
+
+    /// What the operator should know about a config that loads: settings
+    /// whose default matters (no smtp-listener binds every address). Printed
+    /// by check-config and logged at start and reload.
+    public var warnings: [String] {
+        var out: [String] = []
+        if smtpListeners.isEmpty {
+            out.append("no smtp-listener: the daemon will listen on 0.0.0.0:25 (every IPv4 address); "
+                       + "add e.g. 'smtp-listener 127.0.0.1:25' to choose")
+        }
+        return out
+    }
 
     public init() {}
 

@@ -18,7 +18,8 @@ public struct SourceSettings: Hashable, Sendable {
     public var defaultVirtualMTA: String?
     /// `max-message-size` in bytes; 0 = unlimited.
     public var maxMessageSize = 0
-    /// `require-auth`: AUTH before MAIL.
+    /// `require-auth`: AUTH before MAIL. Only `no` loads: `yes` is refused
+    /// until AUTH exists (it would otherwise relay for everyone it names).
     public var requireAuth = false
     /// `add-received-header`.
     public var addReceivedHeader = true
@@ -51,7 +52,14 @@ extension SourceSettings {
                 maxMessageSize = try node.value { (text: String) throws(ConfigValueError) -> Int in
                     text.lowercased() == "unlimited" ? 0 : try ConfigValue.size(text)
                 }
-            case "require-auth": requireAuth = try node.value(ConfigValue.bool)
+            case "require-auth":
+                // A security setting is never accepted without effect (DESIGN.md principle 9).
+                requireAuth = try node.value(ConfigValue.bool)
+                if requireAuth {
+                    throw node.error("require-auth is not supported yet; Peregrine has no SMTP AUTH user database, "
+                                     + "so it cannot require authentication (restrict relaying with always-allow-relaying "
+                                     + "in <source> blocks instead)")
+                }
             case "add-received-header": addReceivedHeader = try node.value(ConfigValue.bool)
             default:
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")

@@ -47,8 +47,27 @@ public struct DomainSettings: Hashable, Sendable {
     public var connectTimeout: Duration = .seconds(120)
     /// `smtp-greeting-timeout`.
     public var smtpGreetingTimeout: Duration = .seconds(300)
-    /// `data-send-timeout`.
+    /// `data-send-timeout`: sending the message body.
     public var dataSendTimeout: Duration = .seconds(180)
+    /// `smtp-data-termination-timeout`: the reply to the final "." (too short causes duplicates).
+    public var smtpDataTerminationTimeout: Duration = .seconds(600)
+    // The reply timeouts of the other phases (RFC 5321 §4.5.3.2 defaults).
+    // PowerMTA does not publish names for them; these follow its
+    // `smtp-…-timeout` pattern.
+    /// `smtp-ehlo-timeout`: the reply to EHLO (and HELO).
+    public var smtpEHLOTimeout: Duration = .seconds(300)
+    /// `smtp-mail-from-timeout`: the reply to MAIL FROM.
+    public var smtpMailFromTimeout: Duration = .seconds(300)
+    /// `smtp-rcpt-to-timeout`: each reply to RCPT TO.
+    public var smtpRcptToTimeout: Duration = .seconds(300)
+    /// `smtp-data-timeout`: the reply to DATA (the 354).
+    public var smtpDataTimeout: Duration = .seconds(120)
+    /// `smtp-rset-timeout`: the reply to RSET.
+    public var smtpRsetTimeout: Duration = .seconds(300)
+    /// `smtp-quit-timeout`: the reply to QUIT.
+    public var smtpQuitTimeout: Duration = .seconds(120)
+    /// `smtp-starttls-timeout`: the reply to STARTTLS plus the TLS handshake.
+    public var smtpStartTLSTimeout: Duration = .seconds(120)
     /// `bounce-upon-no-mx`: bounce when the domain has no MX instead of falling back to its A record.
     public var bounceUponNoMX = false
     /// `smtp-421-means-mx-unavailable`: a 421 greeting moves on to the next MX.

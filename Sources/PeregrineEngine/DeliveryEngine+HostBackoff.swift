@@ -1,0 +1,105 @@
+import PeregrineIO
+import PeregrineSMTP
+
+/// One MX host as one VMTA (one source IP) reaches it.
+struct MXHostKey: Hashable {
+    let vmta: String
+    let address: SocketAddress
+}
+
+/// A host whose sessions failed: how many times in a row, and until when no
+/// new connection goes to it.
+struct MXHostBackoff {
+    var failures = 0
+    var until: UInt64 = 0
+    var reason = ""
+}
+
+/// A receiver that fails a session (refuses the connection, closes, times
+/// out, answers garbage or a bad code) is backed off like a deferral, never
+/// reconnected to in a loop (DESIGN.md principle 8), as PowerMTA puts a
+/// queue in retry mode:
+/// - the failed MX host gets no new connection from this VMTA for its
+///   queue's retry-after interval, the next entry of the list after each
+///   further failure (a successful transaction resets it); connections
+///   already open when it failed count as the same failure;
+/// - the queue's other MX hosts still get its mail;
+/// - when no MX host of the queue is left, the messages waiting for it are
+///   deferred (`t` records with the real reason, their own retry schedule)
+///   and the queue waits until the first host may be tried again (one `tq`);
+///   mail arriving meanwhile waits too.
+/// So a receiver that fails every session sees at most max-smtp-out
+/// connections per retry interval.
+extension DeliveryEngine {
+    func isUsable(_ host: RouteHost, vmta: String, now: UInt64) -> Bool {
+        guard let b = mxBackoff[MXHostKey(vmta: vmta, address: host.address)] else { return true }
+        return now >= b.until
+    }
+
+    /// The reason the host is backed off (for the records of queues that find it so).
+    func backoffReason(_ host: RouteHost, vmta: String) -> String? {
+        mxBackoff[MXHostKey(vmta: vmta, address: host.address)]?.reason
+    }
+
+    /// A session with `host` failed for `reason`.
+    func hostFailed(_ host: RouteHost, vmta: String, queue q: DeliveryQueue, reason: String) {
+        let now = loop.now
+        let key = MXHostKey(vmta: vmta, address: host.address)
+        var b = mxBackoff[key] ?? MXHostBackoff()
+        if now >= b.until {
+            // A new failure; one of a connection opened before the host was
+            // backed off belongs to the failure that backed it off.
+            b.failures += 1
+            let delay = q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: b.failures).nanoseconds
+            b.until = now &+ delay
+        }
+        b.reason = reason
+        if mxBackoff.count >= 4096 { mxBackoff = mxBackoff.filter { now < $0.value.until } }
+        mxBackoff[key] = b
+    }
+
+    /// A transaction got the host's own replies: it works again.
+    func hostWorked(_ host: RouteHost, vmta: String) {
+        guard !mxBackoff.isEmpty else { return }
+        mxBackoff[MXHostKey(vmta: vmta, address: host.address)] = nil
+    }
+
+    /// True when one of `hosts` may take a new connection now.
+    func hasUsableHost(_ hosts: [RouteHost], vmta: String) -> Bool {
+        let now = loop.now
+        return hosts.contains { isUsable($0, vmta: vmta, now: now) }
+    }
+
+    /// Every MX host of `q` is backed off: defer the recipients waiting in
+    /// the queue (or in every member of its site) with `reply`, and suspend
+    /// the queue until its first host may be tried again.
+    func deferDestination(_ q: DeliveryQueue, hosts: [RouteHost], vmta: String, reply: SMTPReply, info: DeliveryAttemptInfo?) {
+        let now = loop.now
+        var until: UInt64 = .max
+        for h in hosts {
+            if let b = mxBackoff[MXHostKey(vmta: vmta, address: h.address)], b.until > now { until = min(until, b.until) }
+        }
+        if until == .max { until = now &+ q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds }
+        for m in q.site?.members ?? [q] {
+            m.lastReply = reply.description
+            for item in m.takeAllReady() {
+                let message = item.message
+                if message.firstAttemptWall == 0 { message.firstAttemptWall = wallClockSeconds() }
+                for r in item.recipients {
+                    observer.deferred(message, recipient: r, queue: m, reply: reply, connection: info)
+                }
+                m.deferItem(item, now: now)
+            }
+        }
+        q.suspend(until: until, reason: reply.description)
+        observer.queueDeferred(q, reason: reply.description)
+        kick(q)
+    }
+
+    /// The reply a failed session's deferral carries: the receiver's own
+    /// when it refused with a 4xx or 5xx, else a local 451 with the reason.
+    static func failureReply(_ text: String, remote: SMTPReply? = nil) -> SMTPReply {
+        if let r = remote, r.code >= 400 { return r }
+        return SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 4, 2), text)
+    }
+}

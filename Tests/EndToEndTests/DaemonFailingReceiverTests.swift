@@ -1,0 +1,120 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import PeregrineCore
+import PeregrineIO
+
+/// A receiver that fails every session (issue 12, item 2) is backed off like
+/// a deferral, never reconnected to in a loop: over a test much shorter than
+/// the retry interval it sees at most max-smtp-out connections, the messages
+/// waiting for it get `t` records with the real reason, and a healthy second
+/// MX of the same domain still gets the mail. Counts, not timings: retry-after
+/// is an hour, so any second wave of connections is a storm.
+@Suite struct DaemonFailingReceiverTests {
+    static let maxSMTPOut = 2
+
+    /// What the `t` records must say for each way of failing.
+    static func expectedReason(_ mode: FailingReceiver.Mode) -> String {
+        switch mode {
+        case .greetAndClose: "connection closed by peer while waiting for the EHLO reply"
+        case .garbage: "protocol error: malformed reply line"
+        case .overlongLine: "protocol error: reply line longer than"
+        case .badCode: "unexpected greeting: 354 go ahead"
+        case .silent: "timeout waiting for the greeting"
+        }
+    }
+
+    @Test(arguments: BackendKind.allCases, FailingReceiver.Mode.allCases)
+    func aFailingReceiverSeesAtMostMaxSMTPOutConnectionsPerRetryInterval(_ kind: BackendKind, _ mode: FailingReceiver.Mode) throws {
+        try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
+        let scenario = 60 + FailingReceiver.Mode.allCases.firstIndex(of: mode)!
+        let s = try DaemonEndToEndTests.Scenario("failing-\(mode)", scenario, kind)
+        let receiver = try FailingReceiver(s.dir, ip: E2E.ip(scenario, kind, host: 1), mode: mode)
+        defer { receiver.terminate() }
+        // A healthy destination on the same loop (threads 1): once its mail is
+        // delivered, the loop has long since handled the failed sessions.
+        let fenceIP = E2E.ip(scenario, kind, host: 2)
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("fence", domains: "fence.test", mx: [fenceIP]))
+        s.sink = sink
+        let (_, fencePort) = try sink.address("fence")
+        let d = try s.startDaemon(daemonConfig(s.dir, listen: s.listenIP, """
+            <domain failing.test>
+                route [\(receiver.ip)]:\(receiver.port)
+                max-smtp-out \(Self.maxSMTPOut)
+                max-rcpt-per-transaction 1
+                retry-after 1h
+                smtp-greeting-timeout 1s
+            </domain>
+            <domain fence.test>
+                route [\(fenceIP)]:\(fencePort)
+            </domain>
+            """), threads: 1)
+        let c = try d.client()
+        // Five recipients, one transaction each: more ready work than connections.
+        let rcpts = (0..<5).map { "r\($0)@failing.test" }
+        #expect(try c.send(to: rcpts, id: "failing-\(mode)") == nil)
+        // Every waiting recipient is deferred once, with the real reason.
+        let deferred = E2E.waitUntil(30, every: 0.1) { Set(s.records.of(.transient).map(\.rcpt)).isSuperset(of: rcpts) }
+        let afterDeferral = receiver.connections
+        #expect(deferred, "connections so far: \(afterDeferral)\n\(s.diagnostics)")
+        let reason = Self.expectedReason(mode)
+        let transient = s.records.of(.transient)
+        #expect(transient.allSatisfy { $0.dsnDiag.contains(reason) }, "\(transient.map(\.dsnDiag))")
+        #expect(transient.count == rcpts.count, "\(transient.map { "\($0.rcpt) \($0.dsnDiag)" })")
+        #expect(s.records.finals.isEmpty)
+
+        // More mail for the same queue does not reopen it before its retry time.
+        #expect(try c.send(to: ["late@failing.test"], id: "failing-late") == nil)
+        #expect(try c.send(to: ["f@fence.test"], id: "fence") == nil)
+        c.quit()
+        #expect(E2E.waitUntil(30) { s.records.of(.delivered).contains { $0.rcpt == "f@fence.test" } }, "\(s.diagnostics)")
+        let total = receiver.connections
+        #expect(total >= 1 && total <= Self.maxSMTPOut,
+                "\(total) connections (\(afterDeferral) when the first t records appeared) for max-smtp-out \(Self.maxSMTPOut)")
+        let queue = try #require(try d.queues()[queueName("failing.test")])
+        // All six recipients still queued, the queue waiting for its retry time.
+        #expect((queue["ready"] as? Int ?? -1) + (queue["delayed"] as? Int ?? -1) == rcpts.count + 1, "\(queue)")
+        #expect((queue["suspendedSeconds"] as? Double ?? 0) > 0, "\(queue)")
+    }
+
+    /// The primary MX greets and closes every session; the secondary is
+    /// healthy. The primary is backed off on its own (at most max-smtp-out
+    /// connections), everything goes to the secondary, and nothing is
+    /// deferred: the queue always had a usable host.
+    @Test(arguments: BackendKind.allCases)
+    func aHealthySecondaryMXGetsTheMailWhileThePrimaryFails(_ kind: BackendKind) throws {
+        try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
+        let scenario = 65
+        let s = try DaemonEndToEndTests.Scenario("failing-mx", scenario, kind)
+        let primary = E2E.ip(scenario, kind, host: 1), secondary = E2E.ip(scenario, kind, host: 2)
+        // MX hosts are reached on port 25: the failing receiver on the
+        // primary's, a sink on the secondary's; a DNS sink names both.
+        let receiver = try FailingReceiver(s.dir, ip: primary, port: 25, mode: .greetAndClose)
+        defer { receiver.terminate() }
+        let dnsSink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("zone", domains: "mx.test", mx: [primary, secondary]),
+                                    dns: true, tag: "dns")
+        defer { dnsSink.terminate() }
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("secondary", domains: "other.test", mx: [secondary]), port: 25)
+        s.sink = sink
+        let dnsPort = try #require(dnsSink.dnsPort)
+        let d = try s.startDaemon(daemonConfig(s.dir, listen: s.listenIP, dns: "\(s.listenIP):\(dnsPort)", """
+            <domain mx.test>
+                max-smtp-out \(DaemonFailingReceiverTests.maxSMTPOut)
+                max-rcpt-per-transaction 1
+                retry-after 1h
+            </domain>
+            """))
+        let c = try d.client()
+        for m in 0..<4 { #expect(try c.send(to: ["a\(m)@mx.test", "b\(m)@mx.test"], id: "mx-\(m)") == nil) }
+        c.quit()
+        #expect(s.waitForFinals(8), "primary connections: \(receiver.connections)\n\(s.diagnostics)")
+        let delivered = s.records.of(.delivered)
+        #expect(delivered.count == 8)
+        #expect(delivered.allSatisfy { $0.dlvDestinationIp == secondary }, "\(delivered.map(\.dlvDestinationIp))")
+        #expect(s.records.of(.transient).isEmpty, "\(s.records.of(.transient).map(\.dsnDiag))")
+        let total = receiver.connections
+        #expect(total >= 1 && total <= DaemonFailingReceiverTests.maxSMTPOut, "primary got \(total) connections")
+    }
+}

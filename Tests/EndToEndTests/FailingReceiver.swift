@@ -1,0 +1,116 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import PeregrineTestSupport
+import Testing
+
+/// A receiver that fails every session the same way, in Python
+/// (socketserver, one thread per connection), for the reconnect-storm tests:
+/// it counts every connection it accepts (one line per connection in a file,
+/// written before it answers anything) so a test can bound how many a
+/// failing destination got.
+final class FailingReceiver {
+    enum Mode: String, CaseIterable, CustomStringConvertible {
+        /// Greets, then closes at once.
+        case greetAndClose = "greet-and-close"
+        /// Sends bytes that are not an SMTP reply.
+        case garbage
+        /// Sends a greeting line far longer than the client's reply-line limit.
+        case overlongLine = "overlong-line"
+        /// Greets with a code no greeting may have (354).
+        case badCode = "bad-code"
+        /// Accepts and says nothing (the client's greeting timeout ends it).
+        case silent
+        var description: String { rawValue }
+    }
+
+    let process = Process()
+    let ip: String
+    private(set) var port: UInt16 = 0
+    let countPath: String
+    private let stdoutPipe = Pipe()
+    private var finished = false
+
+    static let script = #"""
+    import socketserver, sys, threading
+    ip, port, mode, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    lock = threading.Lock()
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            s = self.request
+            with lock:
+                with open(log, "a") as f:
+                    f.write("connection\n")
+            s.settimeout(60)
+            try:
+                if mode == "greet-and-close":
+                    s.sendall(b"220 failing.test ESMTP\r\n")
+                    return
+                if mode == "garbage":
+                    s.sendall(b"\x16\x03\x01 this is not SMTP at all\r\n")
+                elif mode == "overlong-line":
+                    s.sendall(b"220 " + b"x" * 20000 + b"\r\n")
+                elif mode == "bad-code":
+                    s.sendall(b"354 go ahead\r\n")
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+
+    class Server(socketserver.ThreadingTCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+        request_queue_size = 128
+
+    server = Server((ip, port), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+    """#
+
+    /// Starts on `ip` (port 0: the kernel picks, and the receiver reports it).
+    init(_ dir: TestDirectory, ip: String, port: UInt16 = 0, mode: Mode, tag: String = "receiver") throws {
+        let python = try #require(findTool("python3"), "python3 not installed")
+        self.ip = ip
+        let scriptPath = try dir.write("\(tag).py", Self.script)
+        countPath = dir.file("\(tag)-connections.txt")
+        FileManager.default.createFile(atPath: countPath, contents: nil)
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [scriptPath, ip, "\(port)", mode.rawValue, countPath]
+        process.standardOutput = stdoutPipe
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        // The first line is the bound port (bounded wait).
+        let fd = stdoutPipe.fileHandleForReading.fileDescriptor
+        var text = ""
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let deadline = Date().addingTimeInterval(20)
+        while !text.contains("\n") && Date() < deadline && process.isRunning {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard Glibc.poll(&p, 1, 100) > 0 else { continue }
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            text += String(decoding: buffer[0..<n], as: UTF8.self)
+        }
+        guard let p = UInt16(text.trimmingCharacters(in: .whitespacesAndNewlines)), p != 0 else {
+            terminate()
+            throw SinkTestError("failing receiver did not start on \(ip):\(port): '\(text)'")
+        }
+        self.port = p
+    }
+
+    /// Connections accepted so far.
+    var connections: Int {
+        let text = (try? String(contentsOfFile: countPath, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").count
+    }
+
+    func terminate() {
+        guard !finished else { return }
+        finished = true
+        stopProcess(process, grace: 5)
+    }
+
+    deinit { terminate() }
+}
