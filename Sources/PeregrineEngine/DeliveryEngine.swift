@@ -385,6 +385,12 @@ public final class DeliveryEngine<Loop: EventLoop> {
                 // quit too, and every reconnect wave would be refused again (livelock).
                 let retry = q.policy.retryAfter.delay(afterFailures: 1).nanoseconds
                 q.limitConnections(to: q.connections, until: now &+ retry)
+            } else if !everReady && r.code / 100 == 4 && !mxUnavailable, let host = c.host, hasOtherConnection(to: host, than: c) {
+                // Refused while the receiver works for other queues of this
+                // source IP (its limit counts them all): it limits, it does not
+                // fail. Wait briefly rather than back the host off for every queue.
+                let retry = q.policy.retryAfter.delay(afterFailures: 1).nanoseconds
+                q.suspend(until: now &+ min(retry, 5_000_000_000), reason: r.description)
             } else if !everReady || mxUnavailable {
                 var what = "EHLO reply"
                 if case .greetingRefused? = reason { what = "greeting" }
@@ -414,6 +420,11 @@ public final class DeliveryEngine<Loop: EventLoop> {
         } else {
             deferDestination(q, hosts: c.hosts, vmta: c.vmta.name, reply: failure, info: c.attemptInfo)
         }
+    }
+
+    /// Whether another open connection of this loop goes to `host` from `c`'s VMTA.
+    private func hasOtherConnection(to host: RouteHost, than c: DeliveryConnection<Loop>) -> Bool {
+        connections.values.contains { $0 !== c && !$0.closed && $0.vmta.name == c.vmta.name && $0.host?.address == host.address }
     }
 
     func release(_ c: DeliveryConnection<Loop>) {

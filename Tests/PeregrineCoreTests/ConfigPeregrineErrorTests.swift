@@ -127,7 +127,7 @@ import Testing
         #expect(inSource("max-message-size 20Q") == "e.conf:9: max-message-size: '20Q' is not a size: unknown unit 'Q' (use bytes, k, M, G)")
         #expect(inSource("require-auth x") == "e.conf:9: require-auth: 'x' is not yes or no")
         #expect(inSource("add-received-header x") == "e.conf:9: add-received-header: 'x' is not yes or no")
-        #expect(error("<source 0/0>\n  require-auth yes\n  require-auth no\n</source>") == "e.conf:10: require-auth is already set in this block at line 9")
+        #expect(error("<source 0/0>\n  require-auth no\n  require-auth no\n</source>") == "e.conf:10: require-auth is already set in this block at line 9")
 
         func inAcct(_ line: String) -> String? { error("<acct-file /tmp/a.csv>\n  \(line)\n</acct-file>") }
         #expect(inAcct("records d,x") == "e.conf:9: records: unknown record type 'x' (expected r, d, b, t, tq, f)")
@@ -148,5 +148,24 @@ import Testing
         #expect(error("<virtual-mta-pool vmta1>\n  virtual-mta vmta1\n</virtual-mta-pool>") == "e.conf:8: <virtual-mta-pool vmta1> has the same name as a <virtual-mta>")
         // References may point forward: a source naming a pool defined later is fine.
         #expect(error("<source 0/0>\n  default-virtual-mta later\n</source>\n<virtual-mta-pool later>\n  virtual-mta vmta1\n</virtual-mta-pool>\n<domain $yahoo>\n  smtp-pattern-list RECEIVERS\n</domain>") == nil)
+    }
+
+    /// Issue 12 item 3: a security setting with no effect is refused, with
+    /// file:line, never loaded silently (DESIGN.md principle 9).
+    @Test func requireAuthYesIsRefusedUntilAuthExists() {
+        let e = error("<source 10.0.0.0/8>\n  always-allow-relaying no\n  require-auth yes\n</source>")
+        #expect(e?.hasPrefix("e.conf:10: require-auth is not supported yet;") == true, "\(e ?? "loaded")")
+        #expect(error("<source 10.0.0.0/8>\n  require-auth no\n</source>") == nil)
+    }
+
+    /// Issue 12 item 8: every SMTP client timeout has a directive; zero is refused.
+    @Test func clientTimeoutsMustBeLongerThanZero() {
+        for name in ["connect-timeout", "smtp-greeting-timeout", "data-send-timeout", "smtp-data-termination-timeout",
+                     "smtp-ehlo-timeout", "smtp-mail-from-timeout", "smtp-rcpt-to-timeout", "smtp-data-timeout",
+                     "smtp-rset-timeout", "smtp-quit-timeout", "smtp-starttls-timeout"] {
+            #expect(error("<domain x.com>\n  \(name) 0s\n</domain>") == "e.conf:9: \(name) must be longer than zero")
+            #expect(error("<domain x.com>\n  \(name) 2m\n</domain>") == nil, "\(name)")
+        }
+        #expect(error("shutdown-timeout soon") == "e.conf:8: shutdown-timeout: 'soon' is not a duration (expected e.g. 90s, 10m, 1h30m, 4d12h)")
     }
 }

@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 import PeregrineIO
+import PeregrineSMTP
 @testable import PeregrineConfig
 @testable import PeregrineEngine
 @testable import PeregrineDaemon
@@ -37,7 +38,6 @@ import PeregrineIO
     <source 0/0>
         smtp-service no
         max-message-size unlimited
-        require-auth yes
     </source>
 
     <virtual-mta vmta1>
@@ -133,7 +133,7 @@ import PeregrineIO
         #expect(!local.requireAuth && !local.addReceivedHeader)
         #expect(local.location?.line == 18)
         let remote = config.source(forIP: "192.0.2.1")
-        #expect(!remote.alwaysAllowRelaying && !remote.smtpService && remote.requireAuth && remote.maxMessageSize == 0)
+        #expect(!remote.alwaysAllowRelaying && !remote.smtpService && !remote.requireAuth && remote.maxMessageSize == 0)
         #expect(remote.addReceivedHeader)
         #expect(config.source(for: try SocketAddress(ip: "127.0.0.1", port: 4000)).alwaysAllowRelaying)
 
@@ -248,5 +248,46 @@ import PeregrineIO
         let config = try PeregrineConfig.load(path: path)
         #expect(config.threads == 2)
         #expect(config.sources.first?.location?.file == path)
+    }
+
+    /// Issue 12 item 8: the timeouts of every phase, PowerMTA's names where it has them.
+    @Test func everyClientTimeoutIsConfigurablePerDomain() throws {
+        let config = try PeregrineConfig.parse("""
+            <domain slow.example>
+                connect-timeout 11s
+                smtp-greeting-timeout 12s
+                smtp-ehlo-timeout 13s
+                smtp-mail-from-timeout 14s
+                smtp-rcpt-to-timeout 15s
+                smtp-data-timeout 16s
+                data-send-timeout 17s
+                smtp-data-termination-timeout 18s
+                smtp-rset-timeout 19s
+                smtp-quit-timeout 20s
+                smtp-starttls-timeout 21s
+            </domain>
+            shutdown-timeout 2s
+            """, file: "t.conf")
+        let s = config.settings(forDomain: "slow.example", vmta: "default")
+        let client = DeliveryEngine<EpollLoop>.clientConfiguration(heloName: "h.example", policy: s)
+        let t = client.timeouts
+        #expect(s.connectTimeout == .seconds(11))
+        #expect([t.greeting, t.ehlo, t.mail, t.rcpt, t.dataInit, t.dataBlock, t.dataEnd, t.rset, t.quit, t.startTLS]
+                == (12...21).map { UInt64($0) * 1_000_000_000 })
+        #expect(config.shutdownTimeout == .seconds(2))
+        let defaults = DeliveryEngine<EpollLoop>.clientConfiguration(heloName: "h", policy: DomainSettings()).timeouts
+        #expect(defaults == SMTPClientTimeouts(), "the defaults stay RFC 5321's")
+        #expect(PeregrineConfig().shutdownTimeout == .seconds(30))
+    }
+
+    /// Issue 12 item 3: a config without smtp-listener loads, but says what it will listen on.
+    @Test func noListenerIsWarnedAbout() throws {
+        let none = try PeregrineConfig.parse("spool /tmp/x\n", file: "w.conf")
+        #expect(none.warnings.count == 1)
+        #expect(none.warnings.first?.contains("no smtp-listener: the daemon will listen on 0.0.0.0:25") == true)
+        #expect(none.effectiveSMTPListeners.map(\.description) == ["0.0.0.0:25"])
+        let one = try PeregrineConfig.parse("smtp-listener 127.0.0.1:2525\n", file: "w.conf")
+        #expect(one.warnings.isEmpty)
+        #expect(one.effectiveSMTPListeners.map(\.description) == ["127.0.0.1:2525"])
     }
 }

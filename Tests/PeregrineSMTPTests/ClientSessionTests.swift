@@ -211,6 +211,49 @@ let ehloPlain = "250-mx.test\r\n250 8BITMIME\r\n"
         if case .protocolError = h.closeReason {} else { Issue.record("expected protocol error, got \(String(describing: h.closeReason))") }
     }
 
+    /// Issue 12 item 2: a failed session says where it failed and why, so
+    /// the daemon can back the receiver off and write the real reason into
+    /// the `t` records (bytes only, no socket).
+    @Test func failuresSayWhereAndWhy() throws {
+        func failed(_ feed: (ClientHarness) -> Void) -> (SMTPClientPhase?, String?) {
+            let h = ClientHarness()
+            feed(h)
+            h.pump()
+            return (h.session.failedInPhase, h.session.failureReason)
+        }
+        let closedEarly = failed { $0.session.connectionClosed() }
+        #expect(closedEarly.0 == .greeting)
+        #expect(closedEarly.1 == "connection closed by peer before the greeting")
+        let closedAfterGreeting = failed { $0.server("220 hi\r\n"); $0.session.connectionClosed() }
+        #expect(closedAfterGreeting.0 == .ehlo)
+        #expect(closedAfterGreeting.1 == "connection closed by peer while waiting for the EHLO reply")
+        let silent = failed { $0.session.timedOut() }
+        #expect(silent.0 == .greeting && silent.1 == "timeout waiting for the greeting")
+        let garbage = failed { $0.server("\u{1}hello there\r\n") }
+        #expect(garbage.0 == .greeting && garbage.1 == "protocol error: malformed reply line '?hello there'")
+        let long = failed { $0.server("220 " + String(repeating: "x", count: 9000) + "\r\n") }
+        #expect(long.1 == "protocol error: reply line longer than 8192 bytes")
+
+        // Idle and closed by the peer: not a failure of a phase.
+        let h = ClientHarness()
+        h.server("220 hi\r\n"); h.server(ehloPlain)
+        h.session.connectionClosed()
+        h.pump()
+        #expect(h.closeReason == .connectionLost && h.session.failedInPhase == nil)
+
+        // Abandoned mid-transaction (shutdown deadline): the message completes with the reason.
+        let a = ClientHarness()
+        a.server("220 hi\r\n"); a.server(ehloPlain)
+        a.session.send(SMTPClientEnvelope(mailFrom: "s@x", recipients: ["a@y"]))
+        a.pump()
+        a.session.abandon("delivery interrupted: shutting down")
+        a.pump()
+        let r = try #require(a.results.first)
+        #expect(r.recipients.first?.status == .transientFailure && r.recipients.first?.isLocal == true)
+        #expect(r.recipients.first?.reply.lines == ["delivery interrupted: shutting down"])
+        #expect(a.session.isClosed && a.session.failedInPhase == .mail)
+    }
+
     /// A full client conversation against a real server session, in memory, many messages.
     @Test func clientAgainstServerSessionInMemory() throws {
         let delegate = RecordingDelegate()
