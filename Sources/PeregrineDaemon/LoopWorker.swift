@@ -119,7 +119,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         isShuttingDown = true
         injectionsDrained = done
         for c in Array(injections.values) {
-            if c.session.isAwaitingDecision || c.sending || c.hasUnsentReplies { c.closeAfterNextReply() } else { c.close() }
+            if c.session.isAwaitingDecision || c.isWritingReplies { c.closeAfterNextReply() } else { c.close() }
         }
         checkInjectionsDrained()
     }

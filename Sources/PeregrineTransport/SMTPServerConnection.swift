@@ -255,6 +255,10 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     /// Replies the session produced that are not sent yet.
     var hasUnsentReplies: Bool { replyBatchSent < replyBatchCount || !session.output.isEmpty }
 
+    /// Replies are being written or wait to be (the daemon's shutdown lets
+    /// them out with `closeAfterNextReply` rather than cutting them off).
+    package var isWritingReplies: Bool { sending || hasUnsentReplies }
+
     private func sent(_ result: Result<Void, IOError>) {
         sending = false
         guard !closed else { finishIfIdle(); return }

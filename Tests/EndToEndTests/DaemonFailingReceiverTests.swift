@@ -3,7 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Testing
-import PeregrineCore
+import PeregrineAccounting
 import PeregrineIO
 
 /// A receiver that fails every session (issue 12, item 2) is backed off like

@@ -3,7 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Testing
-import PeregrineCore
+import PeregrineAccounting
 import PeregrineIO
 
 /// Relay rights (issue 12, item 3), per backend: a `<source>`'s rights are
