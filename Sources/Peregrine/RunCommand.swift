@@ -70,7 +70,8 @@ func runCheckConfig(arguments: [String]) -> Int32 {
         let config = try PeregrineConfig.load(path: arguments[0])
         _ = try config.serverTLS?.makeContext() // the certificate and key must load and match
         for warning in config.warnings { fputs("\(arguments[0]): warning: \(warning)\n", stderr) }
-        print("\(arguments[0]): OK (\(config.smtpListeners.count) listener(s), \(config.virtualMTAs.count) virtual-mta(s), "
+        let listening = config.effectiveSMTPListeners.map(\.description).joined(separator: ", ")
+        print("\(arguments[0]): OK (listening on \(listening), \(config.virtualMTAs.count) virtual-mta(s), "
               + "\(config.domains.count) domain block(s), \(config.patternLists.count) pattern list(s))")
         return 0
     } catch {

@@ -60,6 +60,7 @@ import PeregrineIO
         let check = E2E.run(E2E.executable("peregrine"), ["check-config", path], timeout: 30)
         #expect(check.status == 0, "\(check)")
         #expect(check.stderr.contains("\(path): warning: no smtp-listener: the daemon will listen on 0.0.0.0:25"), "\(check)")
+        #expect(check.stdout.contains("OK (listening on 0.0.0.0:25,"), "\(check)")
         let run = E2E.run(E2E.executable("peregrine"), ["run", "--config", path, "--backend", "epoll", "--threads", "1"], timeout: 30)
         #expect(run.status == 1, "\(run)")
         #expect(run.stderr.contains("peregrine: warning: no smtp-listener: the daemon will listen on 0.0.0.0:25"), "\(run)")
