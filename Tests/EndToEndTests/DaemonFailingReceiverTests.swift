@@ -79,6 +79,45 @@ import PeregrineIO
         #expect((queue["suspendedSeconds"] as? Double ?? 0) > 0, "\(queue)")
     }
 
+    /// The backoff grows along the retry-after list: with `1s,1h` the
+    /// receiver gets a second wave after a second, then nothing for an hour;
+    /// each wave defers every waiting recipient once more.
+    @Test(arguments: BackendKind.allCases)
+    func theBackoffGrowsAlongTheRetryList(_ kind: BackendKind) throws {
+        try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
+        let scenario = 70
+        let s = try DaemonEndToEndTests.Scenario("failing-growth", scenario, kind)
+        let receiver = try FailingReceiver(s.dir, ip: E2E.ip(scenario, kind, host: 1), mode: .greetAndClose)
+        defer { receiver.terminate() }
+        let fenceIP = E2E.ip(scenario, kind, host: 2)
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("fence", domains: "fence.test", mx: [fenceIP]))
+        s.sink = sink
+        let (_, fencePort) = try sink.address("fence")
+        let d = try s.startDaemon(daemonConfig(s.dir, listen: s.listenIP, """
+            <domain failing.test>
+                route [\(receiver.ip)]:\(receiver.port)
+                max-smtp-out \(Self.maxSMTPOut)
+                max-rcpt-per-transaction 1
+                retry-after 1s,1h
+            </domain>
+            <domain fence.test>
+                route [\(fenceIP)]:\(fencePort)
+            </domain>
+            """), threads: 1)
+        let c = try d.client()
+        let rcpts = (0..<5).map { "g\($0)@failing.test" }
+        #expect(try c.send(to: rcpts, id: "growth") == nil)
+        // Two waves: every recipient deferred twice.
+        #expect(E2E.waitUntil(60, every: 0.1) { s.records.of(.transient).count >= 2 * rcpts.count },
+                "connections: \(receiver.connections)\n\(s.diagnostics)")
+        #expect(try c.send(to: ["f@fence.test"], id: "fence") == nil)
+        c.quit()
+        #expect(E2E.waitUntil(30) { s.records.of(.delivered).contains { $0.rcpt == "f@fence.test" } }, "\(s.diagnostics)")
+        let total = receiver.connections
+        #expect(total > Self.maxSMTPOut && total <= 2 * Self.maxSMTPOut, "\(total) connections over two retry intervals")
+        #expect(s.records.of(.transient).count == 2 * rcpts.count, "\(s.records.of(.transient).map { "\($0.rcpt) \($0.dsnDiag)" })")
+    }
+
     /// The primary MX greets and closes every session; the secondary is
     /// healthy. The primary is backed off on its own (at most max-smtp-out
     /// connections), everything goes to the secondary, and nothing is
