@@ -43,6 +43,9 @@ final class DeliveryConnection<Loop: EventLoop> {
     /// A TLS handshake failed on this connection: the engine's TLS fallback
     /// handles it, it is not a failure of the host.
     var tlsFailed = false
+    /// The receiver handled a transaction on this connection (a reply that is
+    /// not a 421): a later 421 is it closing a working connection, not failing.
+    var hostReplied = false
     /// Operations whose callbacks are still to come: the engine keeps this
     /// object alive until they have all run (their closures capture it unowned).
     private var connecting = false

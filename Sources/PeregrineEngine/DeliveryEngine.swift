@@ -276,7 +276,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
         // Pattern lists look at every distinct remote reply of the transaction;
         // a 2xx only when the queue's list has a rule for 2xx (most have none).
         var seen: Set<String>?
-        if let host = connection.host, result.recipients.contains(where: { !$0.isLocal }) {
+        // The receiver handled a transaction (a 421 is it declining to): it works.
+        if let host = connection.host, result.recipients.contains(where: { !$0.isLocal && $0.reply.code != 421 }) {
+            connection.hostReplied = true
             hostWorked(host, vmta: connection.vmta.name)
         }
         for r in result.recipients where !r.isLocal {
@@ -391,7 +393,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
                 // fail. Wait briefly rather than back the host off for every queue.
                 let retry = q.policy.retryAfter.delay(afterFailures: 1).nanoseconds
                 q.suspend(until: now &+ min(retry, 5_000_000_000), reason: r.description)
-            } else if !everReady || mxUnavailable {
+            } else if !everReady || mxUnavailable || !c.hostReplied {
+                // Before any transaction, or a 421 to the first one (a receiver
+                // that greets and then declines everything): the host failed.
                 var what = "EHLO reply"
                 if case .greetingRefused? = reason { what = "greeting" }
                 failure = Self.failureReply("unexpected \(what): \(r)", remote: r)

@@ -23,6 +23,7 @@ import PeregrineIO
         case .overlongLine: "protocol error: reply line longer than"
         case .badCode: "unexpected greeting: 354 go ahead"
         case .silent: "timeout waiting for the greeting"
+        case .refuseMail: "421 4.3.2 try again later"
         }
     }
 
@@ -125,7 +126,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.allCases)
     func aHealthySecondaryMXGetsTheMailWhileThePrimaryFails(_ kind: BackendKind) throws {
         try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
-        let scenario = 65
+        let scenario = 71
         let s = try DaemonEndToEndTests.Scenario("failing-mx", scenario, kind)
         let primary = E2E.ip(scenario, kind, host: 1), secondary = E2E.ip(scenario, kind, host: 2)
         // MX hosts are reached on port 25: the failing receiver on the

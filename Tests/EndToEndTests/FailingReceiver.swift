@@ -22,6 +22,8 @@ final class FailingReceiver {
         case badCode = "bad-code"
         /// Accepts and says nothing (the client's greeting timeout ends it).
         case silent
+        /// Greets, accepts EHLO, then answers the first transaction with 421 and closes.
+        case refuseMail = "refuse-mail"
         var description: String { rawValue }
     }
 
@@ -54,6 +56,21 @@ final class FailingReceiver {
                     s.sendall(b"220 " + b"x" * 20000 + b"\r\n")
                 elif mode == "bad-code":
                     s.sendall(b"354 go ahead\r\n")
+                elif mode == "refuse-mail":
+                    s.sendall(b"220 failing.test ESMTP\r\n")
+                    pending = b""
+                    while True:
+                        data = s.recv(4096)
+                        if not data:
+                            return
+                        pending += data
+                        while b"\r\n" in pending:
+                            line, pending = pending.split(b"\r\n", 1)
+                            if line[:4].upper() in (b"EHLO", b"HELO"):
+                                s.sendall(b"250 failing.test\r\n")
+                            else:
+                                s.sendall(b"421 4.3.2 try again later\r\n")
+                                return
                 while s.recv(4096):
                     pass
             except OSError:
