@@ -24,10 +24,11 @@ import PeregrineIO
         case .badCode: "unexpected greeting: 354 go ahead"
         case .silent: "timeout waiting for the greeting"
         case .refuseMail: "421 4.3.2 try again later"
+        case .acceptOne: "421 4.7.0 too many messages"
         }
     }
 
-    @Test(arguments: BackendKind.allCases, FailingReceiver.Mode.allCases)
+    @Test(arguments: BackendKind.allCases, FailingReceiver.Mode.failing)
     func aFailingReceiverSeesAtMostMaxSMTPOutConnectionsPerRetryInterval(_ kind: BackendKind, _ mode: FailingReceiver.Mode) throws {
         try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
         let scenario = 60 + FailingReceiver.Mode.allCases.firstIndex(of: mode)!
@@ -156,5 +157,46 @@ import PeregrineIO
         #expect(s.records.of(.transient).isEmpty, "\(s.records.of(.transient).map(\.dsnDiag))")
         let total = receiver.connections
         #expect(total >= 1 && total <= DaemonFailingReceiverTests.maxSMTPOut, "primary got \(total) connections")
+    }
+
+    /// `smtp-421-means-mx-unavailable yes` (PowerMTA's): a 421 on a working
+    /// connection means this MX is unavailable, so the next MX gets the mail.
+    /// The primary accepts one message per connection and then says 421.
+    /// Without the directive every message would reconnect to the primary.
+    @Test(arguments: BackendKind.allCases)
+    func smtp421MeansMXUnavailableMovesToTheNextMX(_ kind: BackendKind) throws {
+        try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
+        let scenario = 72
+        let s = try DaemonEndToEndTests.Scenario("mx-421", scenario, kind)
+        let primary = E2E.ip(scenario, kind, host: 1), secondary = E2E.ip(scenario, kind, host: 2)
+        let receiver = try FailingReceiver(s.dir, ip: primary, port: 25, mode: .acceptOne)
+        defer { receiver.terminate() }
+        let dnsSink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("zone", domains: "mx421.test", mx: [primary, secondary]),
+                                    dns: true, tag: "dns")
+        defer { dnsSink.terminate() }
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("secondary", domains: "other.test", mx: [secondary]), port: 25)
+        s.sink = sink
+        let dnsPort = try #require(dnsSink.dnsPort)
+        let d = try s.startDaemon(daemonConfig(s.dir, listen: s.listenIP, dns: "\(s.listenIP):\(dnsPort)", """
+            <domain mx421.test>
+                max-smtp-out 1
+                max-rcpt-per-transaction 1
+                retry-after 1h
+                smtp-421-means-mx-unavailable yes
+            </domain>
+            """))
+        let c = try d.client()
+        let rcpts = (0..<6).map { "m\($0)@mx421.test" }
+        #expect(try c.send(to: rcpts, id: "mx421") == nil)
+        c.quit()
+        // One delivered by the primary, the one its 421 answered is deferred,
+        // the other four go to the secondary.
+        #expect(E2E.waitUntil(40) { s.records.finals.count >= 5 && s.records.of(.transient).count >= 1 },
+                "primary connections: \(receiver.connections)\n\(s.diagnostics)")
+        let delivered = s.records.of(.delivered)
+        #expect(delivered.filter { $0.dlvDestinationIp == primary }.count == 1, "\(delivered.map(\.dlvDestinationIp))")
+        #expect(delivered.filter { $0.dlvDestinationIp == secondary }.count == 4, "\(delivered.map(\.dlvDestinationIp))")
+        #expect(s.records.of(.transient).map(\.dsnDiag).allSatisfy { $0.contains("421 4.7.0 too many messages") })
+        #expect(receiver.connections == 1)
     }
 }

@@ -24,6 +24,10 @@ final class FailingReceiver {
         case silent
         /// Greets, accepts EHLO, then answers the first transaction with 421 and closes.
         case refuseMail = "refuse-mail"
+        /// Not a failure mode of its own: accepts one message per connection,
+        /// then answers the next MAIL with 421 (smtp-421-means-mx-unavailable).
+        static var failing: [Mode] { allCases.filter { $0 != .acceptOne } }
+        case acceptOne = "accept-one"
         var description: String { rawValue }
     }
 
@@ -56,6 +60,34 @@ final class FailingReceiver {
                     s.sendall(b"220 " + b"x" * 20000 + b"\r\n")
                 elif mode == "bad-code":
                     s.sendall(b"354 go ahead\r\n")
+                elif mode == "accept-one":
+                    s.sendall(b"220 failing.test ESMTP\r\n")
+                    pending, in_data, accepted = b"", False, 0
+                    while True:
+                        data = s.recv(4096)
+                        if not data:
+                            return
+                        pending += data
+                        while b"\r\n" in pending:
+                            line, pending = pending.split(b"\r\n", 1)
+                            verb = line[:4].upper()
+                            if in_data:
+                                if line == b".":
+                                    in_data, accepted = False, accepted + 1
+                                    s.sendall(b"250 2.0.0 queued\r\n")
+                            elif verb in (b"EHLO", b"HELO"):
+                                s.sendall(b"250 failing.test\r\n")
+                            elif verb == b"MAIL" and accepted > 0:
+                                s.sendall(b"421 4.7.0 too many messages, closing\r\n")
+                                return
+                            elif verb == b"DATA":
+                                in_data = True
+                                s.sendall(b"354 go ahead\r\n")
+                            elif verb == b"QUIT":
+                                s.sendall(b"221 bye\r\n")
+                                return
+                            else:
+                                s.sendall(b"250 ok\r\n")
                 elif mode == "refuse-mail":
                     s.sendall(b"220 failing.test ESMTP\r\n")
                     pending = b""
