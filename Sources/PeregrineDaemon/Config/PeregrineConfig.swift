@@ -60,7 +60,7 @@ public struct PeregrineConfig: Hashable, Sendable {
 
     /// What the operator should know about a config that loads: settings
     /// whose default matters (no smtp-listener binds every address). Printed
-    /// by check-config and logged at start and reload.
+    /// by check-config and logged at start.
     public var warnings: [String] {
         var out: [String] = []
         if smtpListeners.isEmpty {
