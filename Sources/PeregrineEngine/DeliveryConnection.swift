@@ -113,7 +113,11 @@ final class DeliveryConnection<Loop: EventLoop> {
             case .failure(let e):
                 if self.closing { self.finishClosed(connectFailure: nil); return }
                 let why = "\(host.name) (\(host.address)): \(e)"
-                self.engine.hostFailed(host, vmta: self.vmta.name, queue: self.queue, reason: why)
+                let isNew = self.engine.hostFailed(host, vmta: self.vmta.name, queue: self.queue, reason: why)
+                let now = self.loop.now
+                if isNew, self.hosts[self.hostIndex...].contains(where: { self.engine.isUsable($0, vmta: self.vmta.name, now: now) }) {
+                    self.engine.movedOn(from: host, queue: self.queue, reason: "\(e)")
+                }
                 self.connectNext(lastError: why)
             }
         }

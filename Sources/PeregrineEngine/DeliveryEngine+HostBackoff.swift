@@ -41,12 +41,15 @@ extension DeliveryEngine {
         mxBackoff[MXHostKey(vmta: vmta, address: host.address)]?.reason
     }
 
-    /// A session with `host` failed for `reason`.
-    func hostFailed(_ host: RouteHost, vmta: String, queue q: DeliveryQueue, reason: String) {
+    /// A session with `host` failed for `reason`. Returns true for a new
+    /// failure (not one of the wave that already backed the host off).
+    @discardableResult
+    func hostFailed(_ host: RouteHost, vmta: String, queue q: DeliveryQueue, reason: String) -> Bool {
         let now = loop.now
         let key = MXHostKey(vmta: vmta, address: host.address)
         var b = mxBackoff[key] ?? MXHostBackoff()
-        if now >= b.until {
+        let isNew = now >= b.until
+        if isNew {
             // A new failure; one of a connection opened before the host was
             // backed off belongs to the failure that backed it off.
             b.failures += 1
@@ -56,6 +59,15 @@ extension DeliveryEngine {
         b.reason = reason
         if mxBackoff.count >= 4096 { mxBackoff = mxBackoff.filter { now < $0.value.until } }
         mxBackoff[key] = b
+        return isNew
+    }
+
+    /// A failed host was passed over for another MX host of the queue: no
+    /// message is deferred, but the queue's accounting says which host failed
+    /// and why (a `tq` record naming it, as PowerMTA writes one per failed
+    /// connection attempt).
+    func movedOn(from host: RouteHost, queue q: DeliveryQueue, reason: String) {
+        observer.queueDeferred(q, reason: "\(host.name) (\(host.address)): \(reason); trying the next MX host")
     }
 
     /// A transaction got the host's own replies: it works again.

@@ -418,8 +418,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
         guard let failure, let host = c.host else { kick(q); return }
         let text = failure.lines.joined(separator: " ")
         q.lastReply = failure.description
-        hostFailed(host, vmta: c.vmta.name, queue: q, reason: text)
+        let isNew = hostFailed(host, vmta: c.vmta.name, queue: q, reason: text)
         if hasUsableHost(c.hosts, vmta: c.vmta.name) {
+            if isNew { movedOn(from: host, queue: q, reason: text) }
             kick(q)  // the next connection goes to another MX host
         } else {
             deferDestination(q, hosts: c.hosts, vmta: c.vmta.name, reply: failure, info: c.attemptInfo)

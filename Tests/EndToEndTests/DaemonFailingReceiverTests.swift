@@ -155,6 +155,9 @@ import PeregrineIO
         #expect(delivered.count == 8)
         #expect(delivered.allSatisfy { $0.dlvDestinationIp == secondary }, "\(delivered.map(\.dlvDestinationIp))")
         #expect(s.records.of(.transient).isEmpty, "\(s.records.of(.transient).map(\.dsnDiag))")
+        // The queue's accounting names the failed host and why (tq, as PowerMTA's per failed attempt).
+        let tq = s.records.of(.transientQueue)
+        #expect(tq.contains { $0.dsnDiag.contains(primary) && $0.dsnDiag.contains("connection closed by peer") }, "\(tq.map(\.dsnDiag))")
         let total = receiver.connections
         #expect(total >= 1 && total <= DaemonFailingReceiverTests.maxSMTPOut, "primary got \(total) connections")
     }

@@ -38,19 +38,19 @@ import PeregrineIO
         #expect(E2E.waitUntil(20, every: 0.2) {
             ((try? sink.providerStats("bh"))?["sessions_blackholed"] as? Int ?? 0) >= 1
         }, "the daemon never connected to the black-holed MX")
-        // Found with this fault: after a greeting timeout the daemon reconnects
-        // to the same host again and again (93 attempts in 60 s, 2 s greeting
-        // timeout), writes no t record and never tries the second MX. Real MTAs
-        // (PowerMTA among them) take a greeting timeout as "this MX is
-        // unavailable" and go on to the next. Engine behaviour, outside the sink.
-        withKnownIssue("daemon: a greeting timeout does not move delivery to the next MX") {
-            #expect(s.waitForFinals(3, timeout: 20), "\(s.diagnostics)")
-            let delivered = s.records.of(.delivered)
-            #expect(delivered.count == 3)
-            #expect(delivered.allSatisfy { $0.dlvDestinationIp == secondary }, "\(delivered.map(\.dlvDestinationIp))")
-            let accepted = (try? sink.providerStats("bh"))?["messages_accepted"] as? Int
-            #expect(accepted == 3)
-            #expect(s.records.of(.transient).contains { $0.dsnDiag.contains("timeout") }, "no t record names the greeting timeout")
-        }
+        // A greeting timeout backs the black-holed host off (issue 12, item 2):
+        // the next connection goes to the second MX, and the queue's accounting
+        // names the failed host and the timeout (a tq record; no message is
+        // deferred, since another MX took the mail).
+        #expect(s.waitForFinals(3, timeout: 30), "\(s.diagnostics)")
+        let delivered = s.records.of(.delivered)
+        #expect(delivered.count == 3)
+        #expect(delivered.allSatisfy { $0.dlvDestinationIp == secondary }, "\(delivered.map(\.dlvDestinationIp))")
+        let accepted = (try? sink.providerStats("bh"))?["messages_accepted"] as? Int
+        #expect(accepted == 3)
+        let tq = s.records.of(.transientQueue)
+        #expect(tq.contains { $0.dsnDiag.contains(primary) && $0.dsnDiag.contains("timeout waiting for the greeting") },
+                "no tq record names the black-holed host and the greeting timeout: \(tq.map(\.dsnDiag))")
+        #expect(s.records.of(.transient).isEmpty, "\(s.records.of(.transient).map(\.dsnDiag))")
     }
 }
