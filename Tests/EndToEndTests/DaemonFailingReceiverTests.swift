@@ -12,7 +12,7 @@ import PeregrineIO
 /// waiting for it get `t` records with the real reason, and a healthy second
 /// MX of the same domain still gets the mail. Counts, not timings: retry-after
 /// is an hour, so any second wave of connections is a storm.
-@Suite struct DaemonFailingReceiverTests {
+@Suite(.timeLimit(.minutes(5))) struct DaemonFailingReceiverTests {
     static let maxSMTPOut = 2
 
     /// What the `t` records must say for each way of failing.
@@ -28,10 +28,10 @@ import PeregrineIO
         }
     }
 
-    @Test(arguments: BackendKind.allCases, FailingReceiver.Mode.failing)
+    @Test(arguments: BackendKind.testable, FailingReceiver.Mode.failing)
     func aFailingReceiverSeesAtMostMaxSMTPOutConnectionsPerRetryInterval(_ kind: BackendKind, _ mode: FailingReceiver.Mode) throws {
-        try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
-        let scenario = 60 + FailingReceiver.Mode.allCases.firstIndex(of: mode)!
+        try kind.requireAvailable()
+        let scenario = 80 + FailingReceiver.Mode.allCases.firstIndex(of: mode)!
         let s = try DaemonEndToEndTests.Scenario("failing-\(mode)", scenario, kind)
         let receiver = try FailingReceiver(s.dir, ip: E2E.ip(scenario, kind, host: 1), mode: mode)
         defer { receiver.terminate() }
@@ -84,10 +84,10 @@ import PeregrineIO
     /// The backoff grows along the retry-after list: with `1s,1h` the
     /// receiver gets a second wave after a second, then nothing for an hour;
     /// each wave defers every waiting recipient once more.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func theBackoffGrowsAlongTheRetryList(_ kind: BackendKind) throws {
-        try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
-        let scenario = 70
+        try kind.requireAvailable()
+        let scenario = 90
         let s = try DaemonEndToEndTests.Scenario("failing-growth", scenario, kind)
         let receiver = try FailingReceiver(s.dir, ip: E2E.ip(scenario, kind, host: 1), mode: .greetAndClose)
         defer { receiver.terminate() }
@@ -124,10 +124,10 @@ import PeregrineIO
     /// healthy. The primary is backed off on its own (at most max-smtp-out
     /// connections), everything goes to the secondary, and nothing is
     /// deferred: the queue always had a usable host.
-    @Test(arguments: BackendKind.allCases)
+    @Test(.enabled(if: E2E.mayBindPort25, "binding port 25 needs root or net.ipv4.ip_unprivileged_port_start <= 25"), arguments: BackendKind.testable)
     func aHealthySecondaryMXGetsTheMailWhileThePrimaryFails(_ kind: BackendKind) throws {
-        try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
-        let scenario = 71
+        try kind.requireAvailable()
+        let scenario = 91
         let s = try DaemonEndToEndTests.Scenario("failing-mx", scenario, kind)
         let primary = E2E.ip(scenario, kind, host: 1), secondary = E2E.ip(scenario, kind, host: 2)
         // MX hosts are reached on port 25: the failing receiver on the
@@ -166,10 +166,10 @@ import PeregrineIO
     /// connection means this MX is unavailable, so the next MX gets the mail.
     /// The primary accepts one message per connection and then says 421.
     /// Without the directive every message would reconnect to the primary.
-    @Test(arguments: BackendKind.allCases)
+    @Test(.enabled(if: E2E.mayBindPort25, "binding port 25 needs root or net.ipv4.ip_unprivileged_port_start <= 25"), arguments: BackendKind.testable)
     func smtp421MeansMXUnavailableMovesToTheNextMX(_ kind: BackendKind) throws {
-        try #require(DaemonEndToEndTests.available(kind), "\(kind) backend unavailable on this machine")
-        let scenario = 72
+        try kind.requireAvailable()
+        let scenario = 92
         let s = try DaemonEndToEndTests.Scenario("mx-421", scenario, kind)
         let primary = E2E.ip(scenario, kind, host: 1), secondary = E2E.ip(scenario, kind, host: 2)
         let receiver = try FailingReceiver(s.dir, ip: primary, port: 25, mode: .acceptOne)
