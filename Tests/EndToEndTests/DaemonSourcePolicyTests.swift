@@ -13,7 +13,7 @@ import PeregrineIO
 /// `max-message-size` (552 for SIZE= at MAIL and for a body over the limit),
 /// and `require-auth yes` (530 before MAIL). Nothing refused reaches the spool.
 /// Scenario 60: 127.P.60.x.
-@Suite(.serialized, .timeLimit(.minutes(3))) struct DaemonSourcePolicyTests {
+@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonSourcePolicyTests {
     static let script = #"""
 import smtplib, sys
 ip, port = sys.argv[1], int(sys.argv[2])

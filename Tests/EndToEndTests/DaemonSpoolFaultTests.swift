@@ -28,7 +28,7 @@ enum SpoolTmpfs {
 /// spool write fails with ENOSPC gets `451 4.3.0`, never 250; `/status` and
 /// `/metrics` say the spool is degraded and why; once space returns the
 /// daemon takes mail again on its own, on the same connection.
-@Suite(.serialized, .timeLimit(.minutes(3)), .enabled(if: SpoolTmpfs.available, "needs root and mount -t tmpfs (a small file system to fill)"))
+@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: SpoolTmpfs.available, "needs root and mount -t tmpfs (a small file system to fill)"))
 struct DaemonSpoolFaultTests {
     @Test(arguments: BackendKind.testable)
     func spoolWriteErrorGives451AndTheDaemonKeepsServing(kind: BackendKind) throws {

@@ -15,7 +15,7 @@ import PeregrineIO
     typealias Scenario = DaemonEndToEndTests.Scenario
 
     @Test(.enabled(if: E2E.mayBindPort25, "binding port 25 needs root or net.ipv4.ip_unprivileged_port_start <= 25"),
-          .timeLimit(.minutes(5)), arguments: BackendKind.testable)
+          .timeLimit(.minutes(10)), arguments: BackendKind.testable)
     func aBlackHoledPrimaryMXIsPassedOverForTheOther(_ kind: BackendKind) throws {
         let s = try Scenario("mx-blackhole", 44, kind)
         let primary = E2E.ip(44, kind, host: 1), secondary = E2E.ip(44, kind, host: 2)

@@ -55,7 +55,7 @@ final class HookPolicy<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerCo
     func serverConnectionDidClose() { record.note("closed") }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(3))) struct SMTPServerConnectionTests {
+@Suite(.serialized, .timeLimit(.minutes(10))) struct SMTPServerConnectionTests {
     /// Runs `body` against a test server whose connections use `mode` (a backend that cannot start here is skipped).
     func withHookServer(_ kind: BackendKind, _ mode: HookMode, idleTimeout: UInt64? = nil,
                         _ body: (UInt16, ConnectionHookRecord) throws -> Void) throws {

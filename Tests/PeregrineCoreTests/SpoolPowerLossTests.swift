@@ -19,7 +19,7 @@ import PeregrineIO
 /// fsync: `mutationWithoutSyncIsCaught` shows it.
 ///
 /// Replay: `SPOOL_POWERLOSS_SEED=<seed printed> swift test --filter SpoolPowerLossTests`.
-@Suite(.timeLimit(.minutes(5))) struct SpoolPowerLossTests {
+@Suite(.timeLimit(.minutes(10))) struct SpoolPowerLossTests {
     static let directory = "/spool/loop-0"
 
     /// What the clients were told, to check recovery against.

@@ -11,7 +11,7 @@ import Glibc
 /// once, every slot and descriptor must be given back, and the loop must keep
 /// working afterwards.
 @Suite("io_uring teardown", .enabled(if: BackendKind.testable.contains(.ioUring), "the io_uring backend cannot start here (see BackendAvailabilityTests)"),
-       .timeLimit(.minutes(1)))
+       .timeLimit(.minutes(10)))
 struct URingTeardownTests {
     /// Calls per operation, keyed by a name; the test asserts every count is 1.
     final class CallLog {
