@@ -22,7 +22,23 @@ public struct ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
         self.message = message
     }
 
-    public var description: String { "\(location): \(message)" }
+    /// Control characters in the message (a quoted token from a damaged file
+    /// can hold NUL, CR or ESC) are spelled `\u{XX}`, so the line prints whole
+    /// on a terminal: C's stdio would stop at a NUL, a CR would overwrite it.
+    public var description: String { "\(location): \(ConfigError.printable(message))" }
+
+    static func printable(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            if scalar.value < 0x20 || scalar.value == 0x7F {
+                out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
 }
 
 /// A value that does not parse, before it is tied to a line: the config parsers

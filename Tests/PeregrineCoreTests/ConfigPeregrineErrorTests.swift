@@ -26,6 +26,15 @@ import Testing
         #expect(error("") == nil)
     }
 
+    /// Found by the config fuzz target: a token with a NUL byte from a damaged
+    /// file was quoted raw, and the printed line stopped at the NUL.
+    @Test func controlCharactersInAQuotedTokenArePrintable() throws {
+        let line = try #require(error("fro\u{0}b\r\u{1B}[2J yes"))
+        #expect(!line.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F })
+        #expect(line.contains("fro\\u{0}b"))
+        #expect(line.hasPrefix("e.conf:8: "))
+    }
+
     @Test func unknownAndMisplacedDirectives() {
         #expect(error("frobnicate yes") == "e.conf:8: unknown directive 'frobnicate'")
         #expect(error("max-smtp-out 5") == "e.conf:8: max-smtp-out is not allowed at the top level (it belongs in <domain>)")

@@ -7,13 +7,16 @@ import PeregrineDaemon
 
 func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
-    let lineCount = text.reduce(1) { $0 + ($1 == "\n" ? 1 : 0) }
+    // Lines by bytes: "\r\n" is one Character, so counting "\n" Characters misses it.
+    let lineCount = UnsafeBufferPointer(start: data, count: size).reduce(1) { $0 + ($1 == 10 ? 1 : 0) }
     do {
         _ = try PeregrineConfig.parse(text, file: "fuzz.conf")
     } catch {
         precondition(error.location.file == "fuzz.conf", "error without the file: \(error)")
         precondition(error.location.line >= 0 && error.location.line <= lineCount + 1,
                      "error line \(error.location.line) outside 1...\(lineCount): \(error)")
+        precondition(!error.description.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F },
+                     "error line holds control characters: \(error.description.debugDescription)")
     }
     return 0
 }
