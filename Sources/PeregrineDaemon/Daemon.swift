@@ -40,6 +40,8 @@ public final class Daemon<Loop: EventLoop> {
     /// STARTTLS on delivery: one client context for every loop (session resumption per MX).
     public let clientTLSContext: TLSContext?
     public private(set) var workers: [LoopWorker<Loop>] = []
+    /// Inbound SMTP connection counts shared by every loop (`max-smtp-in`).
+    let inboundLimits = InboundConnectionLimits()
     private var threads: [Thread] = []
     private var management: ManagementServer<Loop>?
     private var signalSources: [DispatchSourceSignal] = []

@@ -21,6 +21,9 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
     /// rights it started with.
     private(set) var source: SourceSettings
     var connection: SMTPServerConnection<Loop>?
+    /// Set when the connection is over a `max-smtp-in` limit: the greeting
+    /// is this 421 and the connection closes.
+    var refusal: SMTPReply?
     private let body = OwnedBuffer(capacity: 8192)
     private let assembled = OwnedBuffer(capacity: 8192)
     private var sawMessageTooBig = false
@@ -34,6 +37,10 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
     func smtpSession(_ session: SMTPServerSession, decide request: SMTPServerRequest) -> SMTPServerDecision {
         switch request {
         case .connection:
+            if let refusal {
+                connection?.closeAfterNextReply()
+                return .reply(refusal)
+            }
             if !source.smtpService {
                 return .reply(SMTPReply(code: 554, enhancedCode: EnhancedStatusCode(5, 7, 1),
                                         "no SMTP service for \(peer.ip)"))

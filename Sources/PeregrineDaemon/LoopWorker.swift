@@ -38,6 +38,15 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     var deferrals: UInt64 = 0
     var queueDeferrals: UInt64 = 0
     var injectionConnections: UInt64 = 0
+    /// Connections answered 421 because of `max-smtp-in` (total or per address).
+    var injectionRefusals: UInt64 = 0
+    /// Accepts that failed (EMFILE, ENFILE, …); logged at most once per `acceptLogInterval`.
+    var acceptFailures: UInt64 = 0
+    private var acceptFailuresUnlogged: UInt64 = 0
+    private var lastAcceptFailureLog: UInt64?
+    /// One accept-failure line per loop per minute: out of descriptors, the
+    /// backend retries every few milliseconds, and each retry would log.
+    static var acceptLogInterval: UInt64 { 60_000_000_000 }
 
     init(index: Int, loop: Loop, daemon: Daemon<Loop>, config: PeregrineConfig, serverTLSContext: TLSContext?) {
         self.index = index
@@ -64,7 +73,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
             let l = try loop.listen(on: address, options: ListenOptions(backlog: 1024, reusePort: reusePort)) { [unowned self] r in
                 switch r {
                 case .success(let c): self.accepted(c, implicitTLS: implicitTLS)
-                case .failure(let e): self.daemon.log("accept on \(address): \(e)")
+                case .failure(let e): self.acceptFailed(on: address, e)
                 }
             }
             listeners.append(l)
@@ -72,6 +81,23 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     }
 
     var listenerAddresses: [SocketAddress] { listeners.map(\.address) }
+
+    /// The backend keeps listening and retries after a short pause (it never
+    /// spins on EMFILE); here the failure is counted and logged at most once
+    /// per `acceptLogInterval`, with the number of failures not logged.
+    private func acceptFailed(on address: SocketAddress, _ error: IOError) {
+        acceptFailures += 1
+        let now = loop.now
+        if let last = lastAcceptFailureLog, now &- last < Self.acceptLogInterval {
+            acceptFailuresUnlogged += 1
+            return
+        }
+        let more = acceptFailuresUnlogged > 0 ? " (\(acceptFailuresUnlogged) more since the last report)" : ""
+        acceptFailuresUnlogged = 0
+        lastAcceptFailureLog = now
+        daemon.log("accept on \(address) (loop \(index)): \(error)\(more); accepting pauses briefly and retries, "
+                   + "next report in \(Self.acceptLogInterval / 1_000_000_000)s at the earliest")
+    }
 
     func stopListening() {
         for l in listeners { loop.closeListener(l) }
@@ -83,22 +109,39 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         let source = config.source(for: c.peer)
         var sessionConfig = SMTPServerConfiguration(hostname: daemon.hostName)
         sessionConfig.banner = "ESMTP Peregrine"
+        sessionConfig.maxErrors = config.maxSMTPInErrors
         if source.maxMessageSize > 0 { sessionConfig.maxMessageSize = source.maxMessageSize }
         let tlsContext = serverTLSContext
         sessionConfig.startTLSEnabled = tlsContext != nil && !implicitTLS
+        let ip = c.peer.ip
+        let admission = daemon.inboundLimits.admit(ip: ip, perAddress: source.maxSMTPIn, total: config.maxSMTPIn)
         let handler = InjectionHandler(worker: self, peer: c.peer, source: source)
+        switch admission {
+        case .admitted: break
+        case .tooManyFromAddress:
+            handler.refusal = SMTPReply(code: 421, enhancedCode: EnhancedStatusCode(4, 7, 0),
+                                        "\(daemon.hostName) too many connections from \(ip), try again later")
+        case .tooManyInTotal:
+            handler.refusal = SMTPReply(code: 421, enhancedCode: EnhancedStatusCode(4, 7, 0),
+                                        "\(daemon.hostName) too many connections, try again later")
+        }
         let session = SMTPServerSession(configuration: sessionConfig, delegate: handler)
         let connection = SMTPServerConnection(loop: loop, socket: c.socket, session: session)
         connection.tlsContext = tlsContext
-        connection.implicitTLS = implicitTLS && tlsContext != nil
+        // A refused client gets its 421 in plain text, never a TLS handshake first.
+        connection.implicitTLS = implicitTLS && tlsContext != nil && admission == .admitted
+        connection.idleTimeout = config.smtpIdleTimeout.nanoseconds
+        connection.sessionTimeout = config.smtpSessionTimeout?.nanoseconds ?? 0
         connection.handler = handler
         handler.connection = connection
         injectionConnections += 1
+        if admission != .admitted { injectionRefusals += 1 }
         let key = ObjectIdentifier(connection)
         injections[key] = connection
         connection.onClose = { [unowned self, unowned handler] _ in
             handler.connection = nil
             self.injections[key] = nil
+            if admission == .admitted { self.daemon.inboundLimits.release(ip: ip) }
             self.checkInjectionsDrained()
         }
         connection.start()
@@ -145,11 +188,36 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     }
 
     func receivedHeader(peer: SocketAddress, helo: String, recipient: String?, tls: Bool = false) -> [UInt8] {
-        // RFC 3848: ESMTPS when the message came over TLS.
-        var h = "Received: from \(helo) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with \(tls ? "ESMTPS" : "ESMTP")"
-        if let r = recipient { h += "\r\n\tfor <\(r)>" }
+        // RFC 3848: ESMTPS when the message came over TLS. The HELO name and
+        // the recipient come from the peer: the session has checked them, and
+        // they are escaped here again so that no byte of theirs can end the
+        // header line (a bare CR becomes a line end on the way out).
+        var h = "Received: from \(Self.headerSafe(helo)) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with \(tls ? "ESMTPS" : "ESMTP")"
+        if let r = recipient { h += "\r\n\tfor <\(Self.headerSafe(r))>" }
         h += "; \(rfc5322Date(wallClockSeconds()))\r\n"
         return Array(h.utf8)
+    }
+
+    /// `text` with every control byte, space, `(`, `)`, `<`, `>`, `\\` and
+    /// non-ASCII byte written as `\\xHH`: what a peer sent can sit in a
+    /// header field but never end it or open a comment.
+    static func headerSafe(_ text: String) -> String {
+        var out = ""
+        out.unicodeScalars.reserveCapacity(text.utf8.count)
+        let hex = Array("0123456789ABCDEF".unicodeScalars)
+        for b in text.utf8 {
+            switch b {
+            case 0...0x20, 0x7f...0xff, UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "<"), UInt8(ascii: ">"),
+                 UInt8(ascii: "\\"):
+                out.unicodeScalars.append("\\")
+                out.unicodeScalars.append("x")
+                out.unicodeScalars.append(hex[Int(b >> 4)])
+                out.unicodeScalars.append(hex[Int(b & 15)])
+            default:
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            }
+        }
+        return out
     }
 
     /// Spools an injected message; `done` runs once it is durable (the 250) or failed.

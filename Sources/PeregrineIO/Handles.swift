@@ -12,6 +12,11 @@ public struct Listener: Hashable, Sendable {
     /// The address actually bound (the kernel's choice when port 0 was asked).
     public let address: SocketAddress
     @inlinable public init(fd: Int32, address: SocketAddress) { self.fd = fd; self.address = address }
+
+    /// How long (ns) every backend pauses accepting after accept failed for
+    /// lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM),
+    /// instead of retrying at once on the same error.
+    public static let acceptRetryDelay: UInt64 = 50_000_000
 }
 
 /// A file opened through a loop for positional writes, reads and fdatasync (the spool).

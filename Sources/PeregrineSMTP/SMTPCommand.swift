@@ -45,10 +45,15 @@ public enum SMTPCommandParser {
             let a = trimmed(args)
             var end = 0
             while end < a.count, a[end] != 0x20 { end += 1 }
-            guard end > 0 else {
-                return .failure(SMTPReply(501, "5.5.4", key == fourCC("EHLO") ? "Syntax: EHLO hostname" : "Syntax: HELO hostname"))
+            let name = UnsafeRawBufferPointer(rebasing: a[0..<end])
+            // The argument ends up in the Received header: a bare CR or any
+            // other control byte anywhere on the line could forge a header
+            // line downstream (a bare CR becomes CRLF on the way out).
+            guard end > 0, !a.contains(where: { $0 < 0x20 || $0 == 0x7f }), isHeloArgument(name) else {
+                return .failure(SMTPReply(501, "5.5.4", key == fourCC("EHLO") ? "Syntax: EHLO domain or address-literal"
+                                                                               : "Syntax: HELO domain or address-literal"))
             }
-            let domain = String(decoding: UnsafeRawBufferPointer(rebasing: a[0..<end]), as: UTF8.self)
+            let domain = String(decoding: name, as: UTF8.self)
             return .success(.helo(SMTPHelo(domain: domain, isExtended: key == fourCC("EHLO"))))
         case fourCC("MAIL"): return parseMail(args)
         case fourCC("RCPT"): return parseRcpt(args)
@@ -72,6 +77,42 @@ public enum SMTPCommandParser {
         default:
             return .success(.unknown)
         }
+    }
+
+    /// RFC 5321 §4.1.2 `Domain / address-literal`, at most 255 bytes:
+    /// dot-separated labels of letters, digits and inner hyphens (and `_`,
+    /// which Windows host names carry and every MTA tolerates; a trailing dot
+    /// is allowed), or `[` dcontent `]` (IPv4, `IPv6:…` or a tagged literal).
+    /// Nothing else: no controls, no spaces, no bytes above 0x7E (SMTPUTF8 is
+    /// not offered).
+    static func isHeloArgument(_ p: UnsafeRawBufferPointer) -> Bool {
+        guard !p.isEmpty, p.count <= 255 else { return false }
+        if p[0] == UInt8(ascii: "[") {
+            guard p.count >= 3, p[p.count - 1] == UInt8(ascii: "]") else { return false }
+            // dcontent: %d33-90 / %d94-126 (printable, not "[", "\\", "]").
+            for b in p[1..<(p.count - 1)] where b < 33 || b > 126 || (b >= 91 && b <= 93) { return false }
+            return true
+        }
+        var labelLength = 0
+        var previous: UInt8 = UInt8(ascii: ".")
+        for b in p {
+            switch b {
+            case UInt8(ascii: "."):
+                guard labelLength > 0, previous != UInt8(ascii: "-") else { return false }
+                labelLength = 0
+            case UInt8(ascii: "-"):
+                guard labelLength > 0 else { return false }
+                labelLength += 1
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"):
+                labelLength += 1
+            default:
+                return false
+            }
+            guard labelLength <= 63 else { return false }
+            previous = b
+        }
+        return previous != UInt8(ascii: "-")
     }
 
     static func fourCC(_ s: StaticString) -> UInt32 {

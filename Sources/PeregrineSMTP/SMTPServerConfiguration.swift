@@ -32,6 +32,13 @@ public struct SMTPServerConfiguration: Sendable {
     public var maxMessageSize: Int = 50 * 1024 * 1024
     /// Protocol errors per session; at this count the session says 421 4.7.0 and closes.
     public var maxErrors: Int = 10
+    /// Reply bytes waiting in `output` above which the session stops
+    /// processing commands: a client that pipelines without reading its
+    /// replies gets no further than this. The rest of its input waits in
+    /// `bufferedInputBytes` until the owner takes the output and calls
+    /// `processBufferedInput()`. `output` never holds more than this plus one
+    /// reply (`SMTPServerSession.longestOwnReply` for the session's own).
+    public var maxPendingOutput: Int = 64 * 1024
     /// Advertise and accept AUTH PLAIN LOGIN (the owner checks credentials).
     public var authEnabled: Bool = false
     /// MAIL is refused with 530 5.7.0 until AUTH succeeded.

@@ -22,7 +22,16 @@ import PeregrineIO
 /// - A NUL byte in a command line gets 501 5.5.2.
 /// - In DATA only CRLF ends a line (see `DotUnstuffer`); bare LF is content.
 /// - Every protocol error counts; at `maxErrors` the session sends 421 4.7.0 and closes.
+/// - A client that pipelines without reading: once `output` holds more than
+///   `maxPendingOutput` bytes, commands are no longer processed (their bytes
+///   wait as buffered input) until the owner has taken the output and calls
+///   `processBufferedInput()`; `isOutputFull` tells the owner to stop reading.
 public final class SMTPServerSession {
+    /// The longest reply the session writes on its own (the EHLO reply with a
+    /// 255-byte host name is the longest): the most `output` can exceed
+    /// `maxPendingOutput` by, replies chosen by the owner aside.
+    public static let longestOwnReply = 1024
+
     enum Phase { case notStarted, rejected, connected, ready, mail, rcpt, data, closed }
     enum Awaiting { case greeting, helo(SMTPHelo), mail(SMTPMailFrom), rcpt(SMTPRcptTo), endOfData, auth(SMTPAuthCredentials), startTLS }
     enum AuthState { case none, plainResponse, loginUsername, loginPassword(String) }
@@ -74,6 +83,9 @@ public final class SMTPServerSession {
     public var bufferedInputBytes: Int { pendingInput.readableBytes }
     /// True while the session is receiving a DATA body.
     public var isInData: Bool { phase == .data }
+    /// True while more than `maxPendingOutput` reply bytes wait in `output`:
+    /// no command is processed until the owner takes them (stop reading).
+    public var isOutputFull: Bool { output.readableBytes > configuration.maxPendingOutput }
 
     /// Moves the pending output into `buffer` (whose old contents are dropped)
     /// and gives the session `buffer`'s storage back: a ping-pong of two
@@ -135,6 +147,16 @@ public final class SMTPServerSession {
         decide(reply.map { .reply($0) } ?? .accept)
     }
 
+    /// Processes input held back while `output` was full (see
+    /// `isOutputFull`); call it after taking the output. Does nothing while a
+    /// decision is pending or nothing is buffered.
+    @discardableResult
+    public func processBufferedInput() -> SMTPServerActions {
+        guard phase != .closed, !processing, awaiting == nil, !pendingInput.isEmpty else { return actions() }
+        drainPending()
+        return actions()
+    }
+
     /// The peer closed or the connection failed.
     public func connectionClosed() {
         guard phase != .closed else { return }
@@ -153,6 +175,15 @@ public final class SMTPServerSession {
         return actions()
     }
 
+    /// The owner's session deadline passed: 421 4.4.2 and close.
+    @discardableResult
+    public func sessionTimedOut() -> SMTPServerActions {
+        guard phase != .closed else { return actions() }
+        write(SMTPReply(421, "4.4.2", "\(configuration.hostname) Error: session time limit exceeded, closing connection"))
+        connectionClosed()
+        return actions()
+    }
+
     func actions() -> SMTPServerActions {
         let tls = startTLSRequested
         startTLSRequested = false
@@ -163,7 +194,7 @@ public final class SMTPServerSession {
         guard !processing else { return }
         processing = true
         defer { processing = false }
-        while awaiting == nil, phase != .closed, phase != .notStarted, !pendingInput.isEmpty {
+        while awaiting == nil, phase != .closed, phase != .notStarted, !pendingInput.isEmpty, !isOutputFull {
             let consumed = pendingInput.withUnsafeReadableBytes { process($0) }
             if discardPendingInput {
                 discardPendingInput = false
@@ -187,7 +218,7 @@ public final class SMTPServerSession {
     private func process(_ bytes: UnsafeRawBufferPointer) -> Int {
         var i = 0
         let n = bytes.count
-        while i < n, awaiting == nil, phase != .closed, !discardPendingInput {
+        while i < n, awaiting == nil, phase != .closed, !discardPendingInput, !isOutputFull {
             if phase == .data {
                 let rest = UnsafeRawBufferPointer(rebasing: bytes[i...])
                 let progress = unstuffer.consume(rest) { chunk in bodyChunk(chunk) }

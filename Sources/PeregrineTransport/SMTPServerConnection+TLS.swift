@@ -106,7 +106,11 @@ extension SMTPServerConnection {
 
     /// Encrypts the session's output (after the handshake) and sends pending ciphertext.
     func flushTLS(_ tls: TLSConnection) {
-        if tls.isHandshakeComplete && hasUnsentReplies {
+        // More replies go into OpenSSL only once its ciphertext is down to
+        // one send: otherwise every completed send would move another batch
+        // into the BIO, and a client that stops reading would grow it
+        // without bound while the session never sees its output fill up.
+        if tls.isHandshakeComplete && hasUnsentReplies && tls.pendingCiphertextBytes <= sendMemory.count {
             let (size, ok) = Self.encryptReplies(&replyBatch, alreadySent: replyBatchSent, session: session, tls: tls)
             replyBatchCount = size
             replyBatchSent = size

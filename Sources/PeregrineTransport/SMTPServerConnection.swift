@@ -16,6 +16,24 @@ import PeregrineTLS
 /// Completion closures are created once per connection and stored; the
 /// connection keeps itself alive until the socket is closed and every
 /// outstanding operation has completed, then calls `onClose`.
+///
+/// Memory ceiling (principle 8), per connection, whatever the peer does:
+/// - fixed: the receive buffer (64 KiB), the send memory (16 KiB), and with
+///   TLS one plaintext buffer (16 KiB) plus OpenSSL's own record buffers;
+/// - input: at most `maxBufferedInput` plus one receive waiting in the
+///   session while a decision is pending, one command line (512 B);
+/// - unsent output (`unsentOutputBytes`): at most `unsentOutputCeiling`,
+///   about 2 × (`maxPendingOutput` + one reply) + the send memory
+///   (≈ 146 KiB with the defaults). The session stops processing commands
+///   once `maxPendingOutput` reply bytes wait, and reading stops while the
+///   session holds input back, so a client that pipelines megabytes without
+///   reading its replies is paused rather than buffered; with TLS, replies
+///   are encrypted only once OpenSSL's ciphertext is down to one send.
+///   A client that still does not read is closed once no send has completed
+///   for `idleTimeout` (between one and two timeouts after its last progress).
+/// - the DATA body is the handler's (the daemon bounds it by max-message-size).
+/// `sessionTimeout` bounds the whole session's time (a slowloris that sends
+/// a byte just often enough to keep `idleTimeout` away).
 public final class SMTPServerConnection<Loop: EventLoop> {
     public let loop: Loop
     public let socket: Socket
@@ -30,6 +48,23 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     public var idleTimeout: UInt64 = 300_000_000_000
     /// Reading pauses while more than this many received bytes wait for a decision.
     public var maxBufferedInput = 1 << 20
+    /// How long (ns) the whole session may last; 0: no limit. At the deadline
+    /// the session gets 421 4.4.2 and is closed (an end-of-data decision in
+    /// progress is waited for, so an accepted message still gets its 250).
+    public var sessionTimeout: UInt64 = 0
+    /// The most unsent reply bytes this connection can hold (see the type's
+    /// comment): 2 × (the session's `maxPendingOutput` + its longest reply)
+    /// + the send memory.
+    public var unsentOutputCeiling: Int {
+        2 * (session.configuration.maxPendingOutput + SMTPServerSession.longestOwnReply) + sendMemory.count
+    }
+    /// Reply bytes produced but not yet handed to the socket (the session's
+    /// output, the batch being sent, TLS ciphertext waiting in OpenSSL).
+    public var unsentOutputBytes: Int {
+        replyBatchCount - replyBatchSent + session.output.readableBytes + (tls?.pendingCiphertextBytes ?? 0)
+    }
+    /// The highest `unsentOutputBytes` seen (checked after every input batch).
+    public private(set) var peakUnsentOutputBytes = 0
     /// TLS for STARTTLS (set before `start()`). Without it an accepted STARTTLS ends the connection.
     public var tlsContext: TLSContext?
     /// Start TLS before the greeting (port-465 style); needs `tlsContext`. Give
@@ -62,6 +97,9 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     private var inSession = false
     private var closeRequested = false
     private var lastActivity: UInt64 = 0
+    private var startedAt: UInt64 = 0
+    private var sessionTimer: TimerHandle?
+    private var onSessionTimer: (() -> Void)!
     /// Counts completed sends, so that the idle timer can tell a client that stopped reading without a clock read per send.
     private var sendsCompleted: UInt64 = 0
     private var sendsAtLastTimer: UInt64 = 0
@@ -91,6 +129,7 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         onReceive = { [unowned self] r in self.received(r) }
         onSend = { [unowned self] r in self.sent(r) }
         onTimer = { [unowned self] in self.timerFired() }
+        onSessionTimer = { [unowned self] in self.sessionTimerFired() }
     }
 
     deinit {
@@ -103,7 +142,9 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     public func start() {
         keepAlive = self
         lastActivity = loop.now
+        startedAt = lastActivity
         if idleTimeout > 0 { timer = loop.scheduleTimer(after: idleTimeout, onTimer) }
+        if sessionTimeout > 0 { sessionTimer = loop.scheduleTimer(after: sessionTimeout, onSessionTimer) }
         if implicitTLS {
             guard beginTLS(afterPlaintext: false) else { close(); return }
         }
@@ -152,6 +193,7 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         closed = true
         closeRequested = false
         if let t = timer { loop.cancelTimer(t); timer = nil }
+        if let t = sessionTimer { loop.cancelTimer(t); sessionTimer = nil }
         session.connectionClosed()
         loop.close(socket)
         handler?.serverConnectionDidClose()
@@ -161,8 +203,12 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     // MARK: Internals
 
     private func readIfWanted() {
-        guard !closed, !closeAfterFlush, !receiving, !session.isClosed,
-              session.bufferedInputBytes <= maxBufferedInput else { return }
+        // Not while the session holds commands back because its replies are
+        // not read (`isOutputFull`, or input it could not process yet): what
+        // the client pipelines waits in its socket, not in our memory.
+        guard !closed, !closeAfterFlush, !receiving, !session.isClosed, !session.isOutputFull,
+              session.bufferedInputBytes <= maxBufferedInput,
+              session.isAwaitingDecision || session.bufferedInputBytes == 0 else { return }
         receiving = true
         loop.receive(socket, into: receiveBuffer, onReceive)
     }
@@ -198,8 +244,21 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         if closeRequested { close(); return }
         if actions.shouldStartTLS { startTLS() }
         if actions.shouldClose { closeAfterFlush = true }
+        let unsent = unsentOutputBytes
+        if unsent > peakUnsentOutputBytes { peakUnsentOutputBytes = unsent }
         flush()
         if closeAfterFlush && !sending { close() }
+    }
+
+    /// Input the session held back while its output was full: processed once
+    /// the output was taken (after a send completed).
+    private func resumeHeldInput() {
+        guard !closed, !inSession, !session.isAwaitingDecision, !session.isOutputFull,
+              session.bufferedInputBytes > 0 else { return }
+        inSession = true
+        let actions = session.processBufferedInput()
+        inSession = false
+        settle(actions)
     }
 
     func flush() {
@@ -267,9 +326,32 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         if tlsStarting && !hasUnsentReplies { tlsStarting = false } // the 220 is out
         if hasUnsentReplies || tlsRefusalDue || (tls?.pendingCiphertextBytes ?? 0) > 0 {
             flush()
-            if sending { return }
         }
-        if closeAfterFlush { close() }
+        if !sending && closeAfterFlush { close(); return }
+        resumeHeldInput()
+        readIfWanted()
+    }
+
+    /// `sessionTimeout` reached: 421 4.4.2 and close, unless an end-of-data
+    /// decision is in progress (the message may already be durable: its
+    /// answer goes out first, then the deadline applies).
+    private func sessionTimerFired() {
+        sessionTimer = nil
+        guard !closed else { return }
+        if session.isAwaitingDecision {
+            sessionTimer = loop.scheduleTimer(after: 100_000_000, onSessionTimer)
+            return
+        }
+        handler?.serverConnectionWillTimeOut()
+        guard !closed else { return }
+        if sending {
+            close() // replies still on their way: a 421 behind them would not come in time
+            return
+        }
+        inSession = true
+        let actions = session.sessionTimedOut()
+        inSession = false
+        settle(actions)
     }
 
     /// One timer per connection, re-armed for the remaining time rather than

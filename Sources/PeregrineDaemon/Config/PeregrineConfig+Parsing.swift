@@ -8,6 +8,7 @@ extension PeregrineConfig {
         "smtp-listener", "http-mgmt-port", "http-access", "spool", "io-backend", "threads",
         "dns-server", "domain-macro", "host-name", "postmaster",
         "smtp-server-tls-certificate", "smtp-server-tls-key", "shutdown-timeout",
+        "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
     ]
 
     /// Reads, parses and checks a config file.
@@ -105,6 +106,22 @@ extension PeregrineConfig {
             httpAccess.append(HTTPAccessRule(network: network, level: level))
         case "spool":
             spoolPath = try node.singleArgument()
+        case "http-mgmt-token-file":
+            httpManagementTokenFile = try node.singleArgument()
+        case "max-smtp-in":
+            maxSMTPIn = try node.integer(in: 1...1_000_000)
+        case "max-smtp-in-errors":
+            maxSMTPInErrors = try node.integer(in: 1...10_000)
+        case "smtp-idle-timeout":
+            smtpIdleTimeout = try node.value(ConfigValue.duration)
+            guard smtpIdleTimeout >= .milliseconds(100) else {
+                throw node.error("smtp-idle-timeout: '\(node.rawArguments)' is too short (at least 100ms; RFC 5321 asks for 5m)")
+            }
+        case "smtp-session-timeout":
+            smtpSessionTimeout = try node.value(ConfigValue.durationOrNever)
+            if let t = smtpSessionTimeout, t < .milliseconds(100) {
+                throw node.error("smtp-session-timeout: '\(node.rawArguments)' is too short (at least 100ms, or never)")
+            }
         case "io-backend":
             let text = try node.singleArgument()
             switch BackendKind.parse(text) {

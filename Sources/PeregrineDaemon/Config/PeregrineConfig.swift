@@ -22,6 +22,22 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var httpAccess: [HTTPAccessRule] = []
     /// `spool PATH`.
     public var spoolPath = "/var/spool/peregrine"
+    /// `http-mgmt-token-file PATH`: the bearer token mutating management calls
+    /// need (created by the daemon, mode 0600, if absent); nil: `<spool>/mgmt-token`.
+    public var httpManagementTokenFile: String?
+    /// The token file in force.
+    public var managementTokenPath: String { httpManagementTokenFile ?? spoolPath + "/mgmt-token" }
+    /// `max-smtp-in N`: inbound SMTP connections open at once, over every
+    /// listener and loop; one more is answered 421 4.7.0 and closed.
+    public var maxSMTPIn = 1000
+    /// `max-smtp-in-errors N`: protocol errors per inbound session before 421 4.7.0 and close.
+    public var maxSMTPInErrors = 10
+    /// `smtp-idle-timeout DURATION`: how long an injecting client may stay
+    /// silent, or leave its replies unread, before 421 4.4.2 / close (RFC 5321: at least 5m).
+    public var smtpIdleTimeout: Duration = .seconds(300)
+    /// `smtp-session-timeout DURATION`: the longest an inbound session may
+    /// last in all (a client trickling bytes to dodge the idle timeout); `never`: no limit.
+    public var smtpSessionTimeout: Duration? = .seconds(3600)
     /// `io-backend io_uring|epoll|dispatch`; nil: the command line or the daemon's default decides.
     public var ioBackend: BackendKind?
     /// `threads N`: event loops; nil: the command line or one per core.

@@ -23,6 +23,11 @@ public struct SourceSettings: Hashable, Sendable {
     public var requireAuth = false
     /// `add-received-header`.
     public var addReceivedHeader = true
+    /// `max-smtp-in N`: connections one client address of this source may
+    /// have open at once (the top-level `max-smtp-in` caps the total); one
+    /// more is answered 421 4.7.0 and closed.
+    public var maxSMTPIn = SourceSettings.defaultMaxSMTPIn
+    public static let defaultMaxSMTPIn = 100
     public var location: ConfigLocation?
 
     public init(network: IPNetwork? = nil) {
@@ -61,6 +66,7 @@ extension SourceSettings {
                                      + "in <source> blocks instead)")
                 }
             case "add-received-header": addReceivedHeader = try node.value(ConfigValue.bool)
+            case "max-smtp-in": maxSMTPIn = try node.integer(in: 1...1_000_000)
             default:
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
             }

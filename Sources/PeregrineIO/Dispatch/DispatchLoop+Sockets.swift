@@ -63,7 +63,16 @@ extension DispatchLoop {
                 if DispatchLoop.isWouldBlock(e) { return }
                 if e == EINTR || e == ECONNABORTED { continue }
                 onAccept(.failure(IOError(.errno(e), "accept")))
-                return  // e.g. EMFILE: the source fires again later
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the read source is level
+                // triggered and would fire again at once, spinning on the same
+                // error. Pause it and retry after a short while, as epoll and
+                // io_uring do.
+                s.idleRead()
+                scheduleTimer(after: Listener.acceptRetryDelay) { [weak self, weak s] in
+                    guard let self, let s, !s.closed, s.onAccept != nil else { return }
+                    s.wantRead(self)
+                }
+                return
             }
             Posix.setNoDelay(fd)
             guard let peer = withUnsafePointer(to: &storage, { SocketAddress(storage: $0) }),

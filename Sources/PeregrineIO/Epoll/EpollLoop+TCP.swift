@@ -52,7 +52,7 @@ extension EpollLoop {
                     complete(.accepted(onAccept, .failure(IOError(.errno(e), "accept"))))
                     if s.acceptRetry == nil {
                         let token = s.token
-                        s.acceptRetry = scheduleTimer(after: 10_000_000) { [unowned self] in
+                        s.acceptRetry = scheduleTimer(after: Listener.acceptRetryDelay) { [unowned self] in
                             guard let s = self.openSlot(s.fd), s.token == token else { return }
                             s.acceptRetry = nil
                             self.drainAccept(s)

@@ -77,7 +77,7 @@ extension URingLoop {
             releaseAcceptSlot(index, listener: lfd)
         } else if res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM {
             // Out of descriptors or memory: back off instead of spinning on the same error.
-            scheduleTimer(after: 10_000_000) { [weak self] in self?.rearmAcceptIfOpen(index, fd: lfd) }
+            scheduleTimer(after: Listener.acceptRetryDelay) { [weak self] in self?.rearmAcceptIfOpen(index, fd: lfd) }
         } else {
             armAccept(index)
         }
