@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import PeregrineCore
 
 /// `peregrine ctl …`: the operator's console. Talks JSON to the daemon's
 /// management port (http-mgmt-port) and prints tables, or the raw JSON with --json.
@@ -10,19 +11,27 @@ import Glibc
 ///   ctl pause|resume|schedule|delete QUEUE        (QUEUE may be a pattern: gmail.com/*)
 ///   ctl set-mode normal|backoff QUEUE
 ///   ctl reload
-/// Options: --host ADDR (default 127.0.0.1), --port N (default 8080), --json.
+/// Options: --config FILE (the daemon's: its http-mgmt-port and token file),
+/// --token-file FILE, --host ADDR (default 127.0.0.1), --port N (default 8080), --json.
+/// Every call sends `Authorization: Bearer` with the token when there is one;
+/// the daemon requires it for everything but reads.
 enum CtlCommand {
     static let usage = """
-    usage: peregrine ctl [--host ADDR] [--port N] [--json] COMMAND
+    usage: peregrine ctl [--config FILE] [--token-file FILE] [--host ADDR] [--port N] [--json] COMMAND
       show status | show queues | show topqueues
       pause QUEUE | resume QUEUE | schedule QUEUE | delete QUEUE
       set-mode normal|backoff QUEUE
       reload
     QUEUE is domain/vmta and may use * (gmail.com/*).
+    --config FILE reads http-mgmt-port and the management token (http-mgmt-token-file,
+    by default SPOOL/mgmt-token) from the daemon's configuration; --host/--port/--token-file
+    override it. Without a token, only show works.
     """
 
     static func run(_ arguments: [String]) -> Int32 {
         var host = "127.0.0.1", port: UInt16 = 8080, json = false
+        var hostGiven = false, portGiven = false
+        var configPath: String?, tokenPath: String?
         var words: [String] = []
         var i = 0
         while i < arguments.count {
@@ -30,10 +39,16 @@ enum CtlCommand {
             switch a {
             case "--host":
                 guard i + 1 < arguments.count else { return fail("--host needs a value") }
-                host = arguments[i + 1]; i += 2
+                host = arguments[i + 1]; hostGiven = true; i += 2
             case "--port":
                 guard i + 1 < arguments.count, let p = UInt16(arguments[i + 1]) else { return fail("--port needs a number 1-65535") }
-                port = p; i += 2
+                port = p; portGiven = true; i += 2
+            case "--config":
+                guard i + 1 < arguments.count else { return fail("--config needs a FILE") }
+                configPath = arguments[i + 1]; i += 2
+            case "--token-file":
+                guard i + 1 < arguments.count else { return fail("--token-file needs a FILE") }
+                tokenPath = arguments[i + 1]; i += 2
             case "--json":
                 json = true; i += 1
             case "-h", "--help":
@@ -64,7 +79,32 @@ enum CtlCommand {
         default:
             return fail("unknown command '\(words[0])'")
         }
-        switch httpRequest(host: host, port: port, method: request.method, path: request.path, body: request.body) {
+        if let configPath {
+            let config: PeregrineConfig
+            do { config = try PeregrineConfig.load(path: configPath) } catch {
+                fputs("peregrine ctl: \(error)\n", stderr)
+                return 1
+            }
+            guard let mgmt = config.httpManagement else {
+                fputs("peregrine ctl: \(configPath) has no http-mgmt-port: the daemon serves no management API\n", stderr)
+                return 1
+            }
+            if !hostGiven { host = mgmt.ip == "0.0.0.0" ? "127.0.0.1" : mgmt.ip }
+            if !portGiven { port = mgmt.port }
+            if tokenPath == nil { tokenPath = config.managementTokenPath }
+        }
+        var token: String?
+        if let tokenPath {
+            do { token = String(decoding: try ManagementToken.read(path: tokenPath), as: UTF8.self) } catch {
+                // Reads need no token; anything else would only get a 401.
+                guard request.method == "GET" else {
+                    fputs("peregrine ctl: \(error) (run ctl as the daemon's user, or give --token-file)\n", stderr)
+                    return 1
+                }
+            }
+        }
+        switch httpRequest(host: host, port: port, method: request.method, path: request.path, body: request.body,
+                           token: token) {
         case .failure(let message):
             fputs("peregrine ctl: \(message)\n", stderr)
             return 1
@@ -91,7 +131,8 @@ enum CtlCommand {
     enum HTTPResult { case success((Int, String)), failure(String) }
 
     /// A blocking HTTP/1.0 exchange (the CLI edge: one request, then exit).
-    static func httpRequest(host: String, port: UInt16, method: String, path: String, body: String?) -> HTTPResult {
+    static func httpRequest(host: String, port: UInt16, method: String, path: String, body: String?,
+                            token: String? = nil) -> HTTPResult {
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
@@ -109,6 +150,7 @@ enum CtlCommand {
         }
         let payload = body ?? ""
         var text = "\(method) \(path) HTTP/1.0\r\nHost: \(host)\r\nAccept: application/json\r\n"
+        if let token { text += "Authorization: Bearer \(token)\r\n" }
         if body != nil { text += "Content-Type: application/json\r\nContent-Length: \(payload.utf8.count)\r\n" }
         text += "\r\n" + payload
         let bytes = Array(text.utf8)

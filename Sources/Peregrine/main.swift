@@ -20,7 +20,7 @@ let subcommands: [Subcommand] = [
                summary: "run the MTA daemon (backend: io_uring, epoll or dispatch)", run: runDaemon(arguments:)),
     Subcommand(name: "check-config", usage: "check-config FILE",
                summary: "validate a configuration file without starting", run: runCheckConfig(arguments:)),
-    Subcommand(name: "ctl", usage: "ctl [--port N] COMMAND",
+    Subcommand(name: "ctl", usage: "ctl [--config FILE] [--port N] COMMAND",
                summary: "operator console: show status|queues|topqueues, pause, resume, schedule, set-mode, delete, reload",
                run: runCtl(arguments:)),
     Subcommand(name: "spool-check", usage: "spool-check DIR",

@@ -30,6 +30,7 @@ extension Daemon {
         var received: UInt64 = 0, delivered: UInt64 = 0, bounced: UInt64 = 0, deferrals: UInt64 = 0
         var queueDeferrals: UInt64 = 0, injectionConnections: UInt64 = 0, openInjections = 0
         var outboundConnections = 0
+        var injectionRefusals: UInt64 = 0, acceptFailures: UInt64 = 0
         var queues: [QueueSnapshot] = []
         var spools: [SpoolSnapshot] = []
     }
@@ -57,7 +58,8 @@ extension Daemon {
                 var s = WorkerSnapshot(received: w.received, delivered: w.delivered, bounced: w.bounced,
                                        deferrals: w.deferrals, queueDeferrals: w.queueDeferrals,
                                        injectionConnections: w.injectionConnections, openInjections: w.openInjections,
-                                       outboundConnections: w.engine.connectionCount)
+                                       outboundConnections: w.engine.connectionCount,
+                                       injectionRefusals: w.injectionRefusals, acceptFailures: w.acceptFailures)
                 for (stream, spool) in w.spools.sorted(by: { $0.key < $1.key }) {
                     s.spools.append(SpoolSnapshot(stream: stream, health: spool.health,
                                                   pendingOutcomes: spool.pendingOutcomeCount,
@@ -119,6 +121,11 @@ extension Daemon {
         }
         if request.method != "GET" && request.method != "HEAD" && level != .admin {
             respond(.error(403, "monitor access is read-only (http-access)"))
+            return
+        }
+        // Host, Origin, token and content type (ManagementRequestGuard).
+        if let refusal = managementGuard.refusal(for: request) {
+            respond(refusal)
             return
         }
         switch (request.method, request.path) {
@@ -196,7 +203,9 @@ extension Daemon {
             "deliveredPerSecond": uptime > 0 ? Double(delivered) / uptime : 0,
             "connections": ["inbound": snaps.reduce(0) { $0 + $1.openInjections },
                             "outbound": snaps.reduce(0) { $0 + $1.outboundConnections },
-                            "inboundTotal": sum(\.injectionConnections)],
+                            "inboundTotal": sum(\.injectionConnections),
+                            "inboundRefused": sum(\.injectionRefusals),
+                            "acceptFailures": sum(\.acceptFailures)],
             "queued": ["queues": queues.count, "ready": queues.reduce(0) { $0 + $1.ready },
                        "delayed": queues.reduce(0) { $0 + $1.delayed }],
         ]
@@ -231,13 +240,20 @@ extension Daemon {
         return p
     }
 
+    /// Query parameters, then the body's fields read as its declared type
+    /// (the guard has let only JSON and form bodies through).
     static func parameters(_ request: HTTPRequest) -> [String: String] {
         var out = request.queryParameters
-        if !request.body.isEmpty,
-           let object = try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any] {
-            for (k, v) in object { out[k] = "\(v)" }
-        } else {
+        guard !request.body.isEmpty else { return out }
+        switch ManagementRequestGuard.mediaType(request.header("Content-Type")) {
+        case "application/json":
+            if let object = try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any] {
+                for (k, v) in object { out[k] = "\(v)" }
+            }
+        case "application/x-www-form-urlencoded":
             for (k, v) in request.formParameters { out[k] = v }
+        default:
+            break
         }
         return out
     }

@@ -42,6 +42,9 @@ public final class Daemon<Loop: EventLoop> {
     public private(set) var workers: [LoopWorker<Loop>] = []
     /// Inbound SMTP connection counts shared by every loop (`max-smtp-in`).
     let inboundLimits = InboundConnectionLimits()
+    /// Host/Origin/token checks of the management API; the token is read
+    /// (or created) at start-up from `http-mgmt-token-file`. Used on worker 0's loop only.
+    var managementGuard = ManagementRequestGuard(token: nil)
     private var threads: [Thread] = []
     private var management: ManagementServer<Loop>?
     private var signalSources: [DispatchSourceSignal] = []
@@ -126,6 +129,16 @@ public final class Daemon<Loop: EventLoop> {
         } catch {
             log("cannot create spool directory \(spoolDir): \(error)")
             return 1
+        }
+        if config.httpManagement != nil {
+            do {
+                let token = try ManagementToken.loadOrCreate(path: config.managementTokenPath)
+                managementGuard = ManagementRequestGuard(allowedHosts: Set([hostName] + (config.httpManagement.map { [$0.ip] } ?? [])),
+                                                         token: token)
+            } catch {
+                log("\(error)")
+                return 1
+            }
         }
         let recovered: [SpoolStreamRecovery]
         switch SpoolRecovery.recoverAll(spoolDirectory: spoolDir, log: { [options] in options.log("spool: \($0)") }) {

@@ -181,3 +181,25 @@ func rfc5322Date(_ seconds: Int64) -> String {
     let day = days[Int(tm.tm_wday) % 7], month = months[Int(tm.tm_mon) % 12]
     return "\(day), \(tm.tm_mday) \(month) \(tm.tm_year + 1900) \(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec)) +0000"
 }
+
+/// `text` with every control byte, space, `(`, `)`, `<`, `>`, backslash and
+/// non-ASCII byte written as `\xHH`: what a peer sent can sit in a
+/// header field but never end it or open a comment.
+func receivedHeaderText(_ text: String) -> String {
+    var out = ""
+    out.unicodeScalars.reserveCapacity(text.utf8.count)
+    let hex = Array("0123456789ABCDEF".unicodeScalars)
+    for b in text.utf8 {
+        switch b {
+        case 0...0x20, 0x7f...0xff, UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "<"), UInt8(ascii: ">"),
+             UInt8(ascii: "\\"):
+            out.unicodeScalars.append("\\")
+            out.unicodeScalars.append("x")
+            out.unicodeScalars.append(hex[Int(b >> 4)])
+            out.unicodeScalars.append(hex[Int(b & 15)])
+        default:
+            out.unicodeScalars.append(Unicode.Scalar(b))
+        }
+    }
+    return out
+}

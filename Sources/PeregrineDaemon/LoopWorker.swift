@@ -192,32 +192,10 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         // the recipient come from the peer: the session has checked them, and
         // they are escaped here again so that no byte of theirs can end the
         // header line (a bare CR becomes a line end on the way out).
-        var h = "Received: from \(Self.headerSafe(helo)) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with \(tls ? "ESMTPS" : "ESMTP")"
-        if let r = recipient { h += "\r\n\tfor <\(Self.headerSafe(r))>" }
+        var h = "Received: from \(receivedHeaderText(helo)) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with \(tls ? "ESMTPS" : "ESMTP")"
+        if let r = recipient { h += "\r\n\tfor <\(receivedHeaderText(r))>" }
         h += "; \(rfc5322Date(wallClockSeconds()))\r\n"
         return Array(h.utf8)
-    }
-
-    /// `text` with every control byte, space, `(`, `)`, `<`, `>`, `\\` and
-    /// non-ASCII byte written as `\\xHH`: what a peer sent can sit in a
-    /// header field but never end it or open a comment.
-    static func headerSafe(_ text: String) -> String {
-        var out = ""
-        out.unicodeScalars.reserveCapacity(text.utf8.count)
-        let hex = Array("0123456789ABCDEF".unicodeScalars)
-        for b in text.utf8 {
-            switch b {
-            case 0...0x20, 0x7f...0xff, UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "<"), UInt8(ascii: ">"),
-                 UInt8(ascii: "\\"):
-                out.unicodeScalars.append("\\")
-                out.unicodeScalars.append("x")
-                out.unicodeScalars.append(hex[Int(b >> 4)])
-                out.unicodeScalars.append(hex[Int(b & 15)])
-            default:
-                out.unicodeScalars.append(Unicode.Scalar(b))
-            }
-        }
-        return out
     }
 
     /// Spools an injected message; `done` runs once it is durable (the 250) or failed.

@@ -17,6 +17,8 @@ public struct HTTPRequest: Hashable, Sendable {
     public var body: [UInt8]
     /// The client's address, set by `ManagementServer` (for `http-access` checks); nil from the bare parser.
     public var remoteAddress: SocketAddress? = nil
+    /// The address the client connected to (for `Host`/`Origin` checks); nil from the bare parser.
+    public var localAddress: SocketAddress? = nil
 
     public init(method: String, target: String, path: String, query: [(name: String, value: String)] = [],
                 version: (major: Int, minor: Int) = (1, 1), headers: [(name: String, value: String)] = [],

@@ -6,6 +6,14 @@ import PeregrineIO
 /// requests are served in order, one at a time per connection; a malformed
 /// request gets its 4xx/5xx and the connection is closed.
 ///
+/// Bounded (principle 8) so that stalled clients cannot lock the operator
+/// out: at most `maxConnections` connections; one more evicts the
+/// connection that has waited longest without a complete request (one whose
+/// request is with the handler is never evicted). A connection must deliver
+/// a complete request within `idleTimeout` of being accepted or answered,
+/// however it trickles its bytes; each holds a 16 KiB receive buffer and at
+/// most `limits.maxHeadBytes + limits.maxBodyBytes` of request.
+///
 /// Every method must be called on the loop's thread (`loop.execute` from elsewhere).
 public final class ManagementServer<Loop: EventLoop> {
     /// Synchronous handler: returns the response at once.
@@ -18,15 +26,17 @@ public final class ManagementServer<Loop: EventLoop> {
         /// Where to listen; loopback unless the configuration says otherwise.
         public var address: SocketAddress
         public var limits: HTTPParserLimits
-        /// A connection with no request in progress is closed after this many nanoseconds.
+        /// A connection that has not delivered a complete request this many
+        /// nanoseconds after it was accepted or last answered is closed
+        /// (bytes trickling in do not extend it).
         public var idleTimeout: UInt64
-        /// Connections beyond this are closed as soon as they are accepted.
+        /// Connections open at once; one more evicts the longest-waiting idle one.
         public var maxConnections: Int
         /// Serve several requests per connection (HTTP/1.1 default) or close after each.
         public var keepAlive: Bool
 
         public init(address: SocketAddress, limits: HTTPParserLimits = HTTPParserLimits(),
-                    idleTimeout: UInt64 = 30_000_000_000, maxConnections: Int = 64, keepAlive: Bool = true) {
+                    idleTimeout: UInt64 = 10_000_000_000, maxConnections: Int = 32, keepAlive: Bool = true) {
             self.address = address; self.limits = limits; self.idleTimeout = idleTimeout
             self.maxConnections = maxConnections; self.keepAlive = keepAlive
         }
@@ -89,11 +99,21 @@ public final class ManagementServer<Loop: EventLoop> {
     }
 
     private func accept(_ accepted: AcceptedConnection) {
-        guard listener != nil, connections.count < options.maxConnections else {
+        guard listener != nil else {
             loop.close(accepted.socket)
             return
         }
-        let c = Connection(server: self, socket: accepted.socket, peer: accepted.peer)
+        if connections.count >= options.maxConnections {
+            // Full: make room by closing the connection that has waited
+            // longest without a request, so that stalled clients cannot
+            // keep a real one (ctl sends its request at once) out.
+            guard let victim = connections.values.filter({ !$0.busy }).min(by: { $0.lastActivity < $1.lastActivity }) else {
+                loop.close(accepted.socket)
+                return
+            }
+            victim.close()
+        }
+        let c = Connection(server: self, socket: accepted.socket, peer: accepted.peer, local: accepted.local)
         connections[accepted.socket.fd] = c
         c.begin()
     }
@@ -116,6 +136,7 @@ public final class ManagementServer<Loop: EventLoop> {
         let server: ManagementServer
         let socket: Socket
         let peer: SocketAddress
+        let local: SocketAddress
         var loop: Loop { server.loop }
         let receiveBuffer: UnsafeMutableRawBufferPointer
         var parser: HTTPRequestParser
@@ -128,10 +149,11 @@ public final class ManagementServer<Loop: EventLoop> {
         var idleTimer: TimerHandle?
         var lastActivity: UInt64 = 0
 
-        init(server: ManagementServer, socket: Socket, peer: SocketAddress) {
+        init(server: ManagementServer, socket: Socket, peer: SocketAddress, local: SocketAddress) {
             self.server = server
             self.socket = socket
             self.peer = peer
+            self.local = local
             self.receiveBuffer = .allocate(byteCount: 16 * 1024, alignment: 8)
             self.parser = HTTPRequestParser(limits: server.options.limits)
         }
@@ -166,6 +188,7 @@ public final class ManagementServer<Loop: EventLoop> {
                 startReceive()
             case .request(var request)?:
                 request.remoteAddress = peer
+                request.localAddress = local
                 busy = true
                 let keepAlive = server.options.keepAlive && request.keepAlive && !peerClosed
                 let isHead = request.method == "HEAD"
@@ -196,7 +219,8 @@ public final class ManagementServer<Loop: EventLoop> {
                     // A request may still be complete in the parser (sent before the FIN).
                     processNext()
                 case .success(let n):
-                    lastActivity = loop.now
+                    // No `lastActivity` update: the request must be complete
+                    // within idleTimeout, however slowly its bytes come.
                     parser.feed(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]))
                     processNext()
                 case .failure(let error):

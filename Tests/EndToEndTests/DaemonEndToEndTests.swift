@@ -577,7 +577,8 @@ import PeregrineAccounting
         // A broken file: refused with file:line, the daemon keeps running on what it had.
         _ = try s.dir.write("peregrine.conf", config(routeTo: ipB, portB) + "\nmax-smtp-out 5\n")
         let r = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", String(d.management.split(separator: ":").first ?? ""),
-                                                       "--port", d.managementPort, "reload"], timeout: 20)
+                                                       "--port", d.managementPort, "--token-file", d.tokenFile, "reload"],
+                         timeout: 20)
         #expect(r.status != 0)
         #expect(r.stdout.contains("peregrine.conf:") && r.stdout.contains("max-smtp-out"), "\(r.stdout) \(r.stderr)")
         #expect(try c.send(to: ["c0@reload.test"], id: "r-c0") == nil)

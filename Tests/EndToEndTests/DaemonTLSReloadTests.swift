@@ -28,7 +28,7 @@ import PeregrineIO
         switch path {
         case .ctl:
             let host = String(d.management.split(separator: ":").first ?? "")
-            let r = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", host, "--port", d.managementPort, "reload"], timeout: 30)
+            let r = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", host, "--port", d.managementPort, "--token-file", d.tokenFile, "reload"], timeout: 30)
             return (r.status == 0, r.stdout + r.stderr)
         case .sighup:
             // The daemon logs one line per reload, once every loop runs on it ("reloaded …") or when it fails.

@@ -264,15 +264,27 @@ final class DaemonProcess {
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
     var managementPort: String { String(management.split(separator: ":").last ?? "") }
+    var managementHost: String { String(management.split(separator: ":").first ?? "127.0.0.1") }
+
+    /// The management token file the daemon created (`http-mgmt-token-file`,
+    /// else `SPOOL/mgmt-token`), read from the config as it was at start.
+    private(set) lazy var tokenFile: String = {
+        let lines = ((try? String(contentsOfFile: configPath, encoding: .utf8)) ?? "").split(separator: "\n")
+        func value(_ directive: String) -> String? {
+            lines.lazy.map { $0.trimmingCharacters(in: .whitespaces) }
+                .first { $0.hasPrefix(directive + " ") }
+                .map { String($0.dropFirst(directive.count + 1)).trimmingCharacters(in: .whitespaces) }
+        }
+        return value("http-mgmt-token-file") ?? ((value("spool") ?? "/var/spool/peregrine") + "/mgmt-token")
+    }()
 
     /// A client connected to the daemon's SMTP listener, past EHLO.
     func client() throws -> DaemonInjector { try DaemonInjector(listenIP, listenPort) }
 
     /// `peregrine ctl --port P ARGS… --json` → the JSON it prints.
     func ctl(_ args: [String]) throws -> [String: Any] {
-        let host = String(management.split(separator: ":").first ?? "127.0.0.1")
-        let r = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", host, "--port", managementPort, "--json"] + args,
-                        timeout: 20)
+        let r = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", managementHost, "--port", managementPort,
+                                                       "--token-file", tokenFile, "--json"] + args, timeout: 20)
         guard r.status == 0 else { throw SinkTestError("ctl \(args) failed (\(r.status)): \(r.stderr)") }
         return try E2E.json(Data(r.stdout.utf8))
     }

@@ -17,6 +17,10 @@ final class ConnectionHookRecord: @unchecked Sendable {
     private var _events: [String] = []
     func note(_ e: String) { lock.lock(); _events.append(e); lock.unlock() }
     var events: [String] { lock.lock(); defer { lock.unlock() }; return _events }
+    /// The connection's `peakUnsentOutputBytes` and `unsentOutputCeiling` when it closed.
+    private var _unsent: (peak: Int, ceiling: Int)?
+    func noteUnsent(peak: Int, ceiling: Int) { lock.lock(); _unsent = (peak, ceiling); lock.unlock() }
+    var unsent: (peak: Int, ceiling: Int)? { lock.lock(); defer { lock.unlock() }; return _unsent }
 }
 
 /// What a `HookPolicy` does.
@@ -52,7 +56,10 @@ final class HookPolicy<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerCo
     }
     func serverConnectionDidEndTLSHandshake(_ tls: TLSConnection?) { record.note(tls == nil ? "tls failed" : "tls ok") }
     func serverConnectionWillTimeOut() { record.note("timeout") }
-    func serverConnectionDidClose() { record.note("closed") }
+    func serverConnectionDidClose() {
+        if let c = connection { record.noteUnsent(peak: c.peakUnsentOutputBytes, ceiling: c.unsentOutputCeiling) }
+        record.note("closed")
+    }
 }
 
 @Suite(.serialized, .timeLimit(.minutes(10))) struct SMTPServerConnectionTests {

@@ -135,7 +135,7 @@ import PeregrineSMTP
         c.maxErrors = 50
         let h = ServerHarness(c)
         h.send("EHLO c\r\n")
-        #expect(h.send("EHLO\r\n") == "501 5.5.4 Syntax: EHLO hostname\r\n")
+        #expect(h.send("EHLO\r\n") == "501 5.5.4 Syntax: EHLO domain or address-literal\r\n")
         #expect(h.send("MAIL TO:<a@b>\r\n").hasPrefix("501 5.5.4"))
         #expect(h.send("MAIL FROM:<a b@c>\r\n").hasPrefix("501 5.1.7"))
         #expect(h.send("MAIL FROM:<a@b\r\n").hasPrefix("501 5.1.7"))

@@ -104,7 +104,7 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
     let sink = try rig.startSink(["--accept-all", "--listen", "\(rig.ip):\(sinkPort)", "--record-ids", sinkIDs,
                                   "--stats-port", "\(rig.ip):\(statsPort)", "--backend", "epoll", "--quiet"])
     let drainStart = Date()
-    rig.ctl(mgmtPort: mgmtPort, ["schedule", "*/*"])
+    rig.ctl(mgmtPort: mgmtPort, configPath: configPath, ["schedule", "*/*"])
     var delivered = 0
     var lastChange = Date()
     var lastDelivery = drainStart

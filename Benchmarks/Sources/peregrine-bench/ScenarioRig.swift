@@ -67,10 +67,12 @@ final class ScenarioRig {
     /// The daemon's `GET /status`.
     func status(mgmtPort: UInt16) -> [String: Any]? { BenchNet.getJSON(ip: ip, port: mgmtPort, path: "/status") }
 
-    /// `peregrine ctl --port P ARGS…`; returns its output.
+    /// `peregrine ctl --config FILE --host IP --port P ARGS…` (the config names the
+    /// management token, which every call but a read needs); returns its output.
     @discardableResult
-    func ctl(mgmtPort: UInt16, _ arguments: [String]) -> String? {
-        BenchEnvironment.commandOutput(bin + "/peregrine", ["ctl", "--host", ip, "--port", "\(mgmtPort)"] + arguments)
+    func ctl(mgmtPort: UInt16, configPath: String, _ arguments: [String]) -> String? {
+        BenchEnvironment.commandOutput(bin + "/peregrine", ["ctl", "--config", configPath, "--host", ip, "--port", "\(mgmtPort)"]
+                                       + arguments)
     }
 
     /// Runs the load generator to completion (or `timeout`), calling `tick` every 200 ms; returns its JSON summary.
