@@ -109,9 +109,9 @@ func procStatusKB(_ pid: Int32, _ field: String) -> Int? {
     return nil
 }
 
-/// Open descriptors of a process.
-func openDescriptorCount(_ pid: Int32) -> Int {
-    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+/// The numbers of a process's open descriptors.
+func openDescriptorNumbers(_ pid: Int32) -> [Int] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap { Int($0) }
 }
 
 /// curl against the daemon's management port: (HTTP status, body). curl is

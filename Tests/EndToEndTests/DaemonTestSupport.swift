@@ -223,7 +223,8 @@ final class DaemonProcess {
     private(set) var management = ""
     private var finished = false
 
-    init(configPath: String, backend: BackendKind, threads: Int = 2, logPath: String) throws {
+    /// `launcher`: a command the daemon runs under (e.g. `prlimit --nofile=64: --`); empty: none.
+    init(configPath: String, backend: BackendKind, threads: Int = 2, logPath: String, launcher: [String] = []) throws {
         self.configPath = configPath
         self.logPath = logPath
         if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
@@ -231,8 +232,14 @@ final class DaemonProcess {
         // A restart appends to the same log: only what this process writes counts
         // (the previous run's "running" line must not pass for this one's).
         let startOffset = Int(handle.seekToEndOfFile())
-        process.executableURL = URL(fileURLWithPath: E2E.executable("peregrine"))
-        process.arguments = ["run", "--config", configPath, "--backend", backend.rawValue, "--threads", "\(threads)"]
+        let run = ["run", "--config", configPath, "--backend", backend.rawValue, "--threads", "\(threads)"]
+        if let first = launcher.first {
+            process.executableURL = URL(fileURLWithPath: first)
+            process.arguments = Array(launcher.dropFirst()) + [E2E.executable("peregrine")] + run
+        } else {
+            process.executableURL = URL(fileURLWithPath: E2E.executable("peregrine"))
+            process.arguments = run
+        }
         process.standardOutput = handle
         process.standardError = handle
         try ChildProcess.run(process)
