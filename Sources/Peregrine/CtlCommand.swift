@@ -2,7 +2,8 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import PeregrineCore
+import PeregrineConfig
+import PeregrineDaemon
 
 /// `peregrine ctl …`: the operator's console. Talks JSON to the daemon's
 /// management port (http-mgmt-port) and prints tables, or the raw JSON with --json.

@@ -117,7 +117,7 @@ public struct ManagementRequestGuard: Sendable {
     }
 
     /// `application/JSON; charset=utf-8` → `application/json`.
-    static func mediaType(_ header: String?) -> String? {
+    package static func mediaType(_ header: String?) -> String? {
         guard let h = header else { return nil }
         let t = (h.split(separator: ";", maxSplits: 1).first ?? "").trimmingSpaces.lowercased()
         return t.isEmpty ? nil : t

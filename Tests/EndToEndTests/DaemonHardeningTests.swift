@@ -3,7 +3,8 @@ import Glibc
 #endif
 import Foundation
 import Testing
-import PeregrineCore
+import PeregrineDaemon
+import PeregrineAccounting
 import PeregrineIO
 @testable import PeregrineSink
 

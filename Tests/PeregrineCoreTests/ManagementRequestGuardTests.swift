@@ -1,6 +1,6 @@
 import PeregrineIO
 import Testing
-@testable import PeregrineCore
+import PeregrineHTTP
 
 // Issue 12 item 5: what the management API lets through, request by request
 // (the daemon end-to-end tests drive the same checks over a socket with curl).

@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 import PeregrineIO
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineHTTP
 
 // Issue 12 item 5: stalled clients must not lock the operator out of the
 // management server. Every backend: connections that send one byte and

@@ -1,5 +1,5 @@
 import Testing
-@testable import PeregrineCore
+@testable import PeregrineDaemon
 
 // Issue 12 item 7, second line of defence: whatever the session let through,
 // peer text in the Received header can never end the header line.

@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import PeregrineCore
+import PeregrineTransport
 import PeregrineIO
 import PeregrineSMTP
 import Testing
