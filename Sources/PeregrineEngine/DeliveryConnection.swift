@@ -6,6 +6,18 @@ import PeregrineTransport
 /// source IP, trying the queue's hosts in MX order), drives an
 /// `SMTPClientSession`, and asks its queue for work each time the session is
 /// ready. Completion closures are created once per connection, not per event.
+///
+/// Memory ceiling (principle 8): the receive buffer (16 KiB); input beyond
+/// it only as the reply parser holds it (a reply of more than its line limit,
+/// or a reply nobody asked for, closes the connection as a protocol error, so
+/// a receiver flooding replies gains nothing); output is never more than one
+/// transaction: its commands (at most max-rcpt-per-transaction RCPTs) and its
+/// body (read from the spool, at most the message size) in `sendBuffer`,
+/// with one more command batch waiting in `pendingOutput`. The session only
+/// produces the next command in answer to a reply, so a receiver that stops
+/// reading stops the output growing; the session's per-phase timers
+/// (`data-send-timeout` and the rest) then close the connection. With TLS,
+/// OpenSSL holds at most the ciphertext of that same transaction.
 final class DeliveryConnection<Loop: EventLoop> {
     unowned let engine: DeliveryEngine<Loop>
     let loop: Loop

@@ -4,6 +4,14 @@ import PeregrineTransport
 
 /// One injecting SMTP connection: connects, sends messages while the generator
 /// grants them, QUITs after messages-per-connection, and reports every reply.
+///
+/// Memory ceiling (principle 8), as for the daemon's DeliveryConnection: the
+/// 16 KiB receive buffer; the reply parser's bounded lines (a flood of
+/// replies is a protocol error that closes); output of at most one message
+/// (its commands and its body, so `sendMemory` grows to the largest message
+/// size asked for, never beyond), since the session writes the next command
+/// only in answer to a reply. A target that stops reading stalls the send and
+/// the session's timers (at most 60 s here) close the connection.
 final class LoadConnection<Loop: EventLoop> {
     unowned let generator: LoadGenerator<Loop>
     let loop: Loop
