@@ -73,6 +73,51 @@ import PeregrineIO
         after.quit()
     }
 
+    /// The same client against peregrine-sink, which serves through the same
+    /// SMTPServerConnection: paused, closed after the profile's idle-timeout,
+    /// and the sink's peak RSS barely moves.
+    @Test(arguments: BackendKind.allCases)
+    func aClientThatNeverReadsDoesNotGrowTheSink(_ kind: BackendKind) throws {
+        try #require(Self.available(kind), "backend \(kind) unavailable")
+        let dir = try TestDirectory("noread-sink-\(kind.rawValue)")
+        let mx = hardeningIP(9, kind, host: 1)
+        let path = try dir.write("sink.conf", "time-scale 1\n\n" + sinkProfile("inbox", domains: "inbox.test", mx: [mx],
+                                                                                  "idle-timeout 1s"))
+        let sink = try SinkProcess(["--profile", path, "--port", "0", "--backend", kind.rawValue])
+        defer { sink.terminate(); withExtendedLifetime(dir) {} }
+        let (ip, port) = try sink.address("inbox")
+        let pid = sink.process.processIdentifier
+        let warm = try RawSMTPClient(ip, port)
+        #expect(warm.reply()?.hasPrefix("220") == true)
+        warm.send("QUIT\r\n")
+        _ = warm.waitForEOF()
+        let baseline = try #require(procStatusKB(pid, "VmHWM"))
+        let c = try RawSMTPClient(ip, port, receiveBuffer: 4096)
+        _ = fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) | O_NONBLOCK)
+        let chunk = Array(("EHLO never-reads.test\r\n" + String(repeating: "NOOP\r\n", count: 10_000)).utf8)
+        let goal = 32 << 20
+        var written = 0
+        var closed = false
+        let deadline = Date().addingTimeInterval(90) // against hanging only
+        while written < goal && Date() < deadline {
+            let n = chunk.withUnsafeBytes { Glibc.send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 { written += n; continue }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                var p = pollfd(fd: c.fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&p, 1, 200)
+                if p.revents & Int16(POLLERR | POLLHUP) != 0 { closed = true; break }
+                continue
+            }
+            closed = true
+            break
+        }
+        let peak = try #require(procStatusKB(pid, "VmHWM"))
+        print("never-reading client against the sink on \(kind): \(written) bytes written, sink VmHWM \(baseline) → \(peak) kB (+\(peak - baseline) kB)")
+        #expect(closed, "the sink never closed the connection (\(written) bytes written)")
+        #expect(written < goal, "the sink kept reading: \(written) bytes")
+        #expect(peak - baseline < 16 * 1024, "sink peak RSS grew by \(peak - baseline) kB")
+    }
+
     // MARK: 4. Connection limits
 
     /// `max-smtp-in` per client address (in `<source>`) and in total: the
