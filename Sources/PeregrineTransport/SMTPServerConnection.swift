@@ -54,9 +54,10 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     public var sessionTimeout: UInt64 = 0
     /// The most unsent reply bytes this connection can hold (see the type's
     /// comment): 2 × (the session's `maxPendingOutput` + its longest reply)
-    /// + the send memory.
+    /// + the send memory, + 1 KiB of TLS record overhead once TLS is on.
     public var unsentOutputCeiling: Int {
         2 * (session.configuration.maxPendingOutput + SMTPServerSession.longestOwnReply) + sendMemory.count
+            + (tls == nil ? 0 : 1024)
     }
     /// Reply bytes produced but not yet handed to the socket (the session's
     /// output, the batch being sent, TLS ciphertext waiting in OpenSSL).

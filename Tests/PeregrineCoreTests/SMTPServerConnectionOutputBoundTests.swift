@@ -51,3 +51,57 @@ extension SMTPServerConnectionTests {
         }
     }
 }
+
+/// The same over TLS (implicit, port-465 style), from Python's ssl module:
+/// replies are encrypted only once OpenSSL's ciphertext is down to one send,
+/// so the BIO cannot grow behind the session's back.
+@Suite(.serialized) struct SMTPServerConnectionTLSOutputBoundTests {
+    static let client = """
+    import socket, ssl, sys, time, select
+    port = int(sys.argv[1])
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", port))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(raw)
+    s.setblocking(False)
+    chunk = b"NOOP\\r\\n" * 10000
+    written, goal, start = 0, 32 << 20, time.time()
+    while written < goal and time.time() - start < 60:
+        try:
+            written += s.send(chunk)
+        except (ssl.SSLWantWriteError, BlockingIOError):
+            select.select([], [s], [], 0.2)
+        except ssl.SSLWantReadError:
+            select.select([s], [], [], 0.2)
+        except OSError:
+            break
+    print(written)
+    """
+
+    @Test(arguments: BackendKind.allCases)
+    func aTLSClientThatNeverReadsStaysWithinTheCeiling(kind: BackendKind) throws {
+        let python = try #require(findExecutable("python3"), "python3 is missing")
+        let record = ConnectionHookRecord()
+        func run<L: EventLoop>(_ type: L.Type) throws {
+            var options = PeregrineTestServer<L>.Options()
+            options.tlsContext = try TLSTestCertificates.serverContext()
+            options.implicitTLS = true
+            options.idleTimeout = 300_000_000
+            let server = try PeregrineTestServer<L>(options) { connection in HookPolicy<L>(.acceptAll, record, connection) }
+            defer { server.stop() }
+            try #require(server.port != 0)
+            let (rc, out) = try runProcess(python, ["-c", Self.client, "\(server.port)"])
+            #expect(rc == 0)
+            let written = Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            #expect(tlsEventually { record.events.contains("closed") }, "not closed; \(written) bytes written")
+            let unsent = try #require(record.unsent)
+            print("never-reading TLS client on \(kind): \(written) bytes written, unsent output peak \(unsent.peak) B (ceiling \(unsent.ceiling) B)")
+            #expect(written > 0 && written < 32 << 20, "\(written) bytes written")
+            #expect(unsent.peak <= unsent.ceiling, "unsent output peaked at \(unsent.peak) B, ceiling \(unsent.ceiling) B")
+        }
+        try run(kind.loopType)
+    }
+}
