@@ -8,10 +8,10 @@ import PeregrineIO
 // raw sockets bound to chosen loopback sources, /proc readings of the
 // daemon, curl against the management port.
 
-/// The suite's own loopback addresses: 127.91.SCENARIO.(backend × 10 + host).
+/// The suite's own loopback addresses: scenarios 91-99 of this test
+/// process's private prefix (127.P.(90 + SCENARIO).(backend × 10 + host)).
 func hardeningIP(_ scenario: Int, _ kind: BackendKind, host: Int = 0) -> String {
-    let b = (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1
-    return "127.91.\(scenario).\(b * 10 + host)"
+    E2E.ip(90 + scenario, kind, host: host)
 }
 
 /// A blocking TCP client, optionally bound to a source address, with a

@@ -12,10 +12,8 @@ import PeregrineIO
 /// every backend: a client that never reads, connection limits, a slowloris,
 /// too many errors, running out of descriptors, the management API's
 /// authentication and cross-site defences, and header injection through EHLO.
-/// Addresses 127.91.x.y are this suite's own.
+/// Addresses 127.P.91-99.x (this process's private prefix) are this suite's own.
 @Suite(.serialized) struct DaemonHardeningTests {
-    static func available(_ kind: BackendKind) -> Bool { (try? kind.loopType.init()) != nil }
-
     func start(_ tag: String, _ scenario: Int, _ kind: BackendKind, threads: Int = 1,
                _ rest: String = "") throws -> (TestDirectory, DaemonProcess) {
         let dir = try TestDirectory("\(tag)-\(kind.rawValue)")
@@ -31,9 +29,9 @@ import PeregrineIO
     /// EHLO). Now it stops reading, the client's writes block, the connection
     /// is closed after smtp-idle-timeout without progress, and the daemon's
     /// peak RSS grows by far less than what was sent.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func aClientThatNeverReadsDoesNotGrowTheDaemon(_ kind: BackendKind) throws {
-        try #require(Self.available(kind), "backend \(kind) unavailable")
+        try kind.requireAvailable()
         let (dir, d) = try start("noread", 1, kind, "smtp-idle-timeout 1s\n")
         defer { d.terminate(); withExtendedLifetime(dir) {} }
         let pid = d.process.processIdentifier
@@ -76,9 +74,9 @@ import PeregrineIO
     /// The same client against peregrine-sink, which serves through the same
     /// SMTPServerConnection: paused, closed after the profile's idle-timeout,
     /// and the sink's peak RSS barely moves.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func aClientThatNeverReadsDoesNotGrowTheSink(_ kind: BackendKind) throws {
-        try #require(Self.available(kind), "backend \(kind) unavailable")
+        try kind.requireAvailable()
         let dir = try TestDirectory("noread-sink-\(kind.rawValue)")
         let mx = hardeningIP(9, kind, host: 1)
         let path = try dir.write("sink.conf", "time-scale 1\n\n" + sinkProfile("inbox", domains: "inbox.test", mx: [mx],
@@ -123,9 +121,9 @@ import PeregrineIO
     /// `max-smtp-in` per client address (in `<source>`) and in total: the
     /// connection over the limit gets 421 4.7.0 and is closed; a closed
     /// connection frees its place.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func connectionsOverMaxSMTPInGet421(_ kind: BackendKind) throws {
-        try #require(Self.available(kind), "backend \(kind) unavailable")
+        try kind.requireAvailable()
         let limited = hardeningIP(2, kind, host: 1)
         let (dir, d) = try start("maxin", 2, kind, threads: 2, """
             max-smtp-in 4
@@ -167,9 +165,9 @@ import PeregrineIO
 
     /// A slowloris: a byte every 200 ms keeps the idle timeout (1 m) away,
     /// but smtp-session-timeout (2 s here) ends the session with 421 4.4.2.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func aSlowlorisIsClosedAtTheSessionDeadline(_ kind: BackendKind) throws {
-        try #require(Self.available(kind), "backend \(kind) unavailable")
+        try kind.requireAvailable()
         let (dir, d) = try start("slowloris", 3, kind, "smtp-idle-timeout 1m\nsmtp-session-timeout 2s\n")
         defer { d.terminate(); withExtendedLifetime(dir) {} }
         let c = try RawSMTPClient(d.listenIP, d.listenPort)
@@ -198,9 +196,9 @@ import PeregrineIO
     }
 
     /// max-smtp-in-errors 3: the third bad command gets its 500, then 421 4.7.0, then EOF.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func tooManyBadCommandsGet421(_ kind: BackendKind) throws {
-        try #require(Self.available(kind), "backend \(kind) unavailable")
+        try kind.requireAvailable()
         let (dir, d) = try start("errors", 4, kind, "max-smtp-in-errors 3\n")
         defer { d.terminate(); withExtendedLifetime(dir) {} }
         let c = try RawSMTPClient(d.listenIP, d.listenPort)
@@ -218,9 +216,9 @@ import PeregrineIO
     /// pause instead of spinning, and serves again once descriptors free up.
     /// (io_uring takes the limit when an accept is armed, so it must be low
     /// from the start rather than lowered on the running daemon.)
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func runningOutOfDescriptorsLogsOnceAndRecovers(_ kind: BackendKind) throws {
-        try #require(Self.available(kind), "backend \(kind) unavailable")
+        try kind.requireAvailable()
         let paths: [String] = ["/usr/bin/prlimit", "/bin/prlimit"]
         let prlimit = try #require(paths.first { FileManager.default.isExecutableFile(atPath: $0) },
                                    "prlimit (util-linux) is missing")
@@ -261,9 +259,9 @@ import PeregrineIO
     /// pauses nothing; without the token a POST gets 401; a wrong Host or
     /// an undocumented content type is refused; ctl (reading the token file,
     /// mode 0600) still works.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func managementRefusesCrossSiteAndUnauthenticatedCalls(_ kind: BackendKind) throws {
-        try #require(Self.available(kind), "backend \(kind) unavailable")
+        try kind.requireAvailable()
         try #require(access("/usr/bin/curl", X_OK) == 0, "curl is missing (scripts/setup installs it)")
         let nowhere = hardeningIP(6, kind, host: 5)
         let (dir, d) = try start("mgmt", 6, kind, threads: 2, """
@@ -328,9 +326,9 @@ import PeregrineIO
     }
 
     /// 100 connections that send one byte and stall do not lock ctl out.
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func stalledManagementConnectionsDoNotLockCtlOut(_ kind: BackendKind) throws {
-        try #require(Self.available(kind), "backend \(kind) unavailable")
+        try kind.requireAvailable()
         let (dir, d) = try start("mgmt-stall", 7, kind)
         defer { d.terminate(); withExtendedLifetime(dir) {} }
         guard let colon = d.management.lastIndex(of: ":"), let port = UInt16(d.management[d.management.index(after: colon)...]) else {
@@ -356,9 +354,9 @@ import PeregrineIO
     /// after a proper EHLO reaches the sink with its own X-Loadgen-Id, and
     /// the sink never sees the forged one (before the fix the bare CR became
     /// a line end on the way out, and the sink recorded "forged").
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func aHeaderForgedThroughEHLONeverReachesTheReceiver(_ kind: BackendKind) throws {
-        try #require(Self.available(kind), "backend \(kind) unavailable")
+        try kind.requireAvailable()
         let dir = try TestDirectory("ehlo-inject-\(kind.rawValue)")
         let listenIP = hardeningIP(8, kind, host: 9), mx = hardeningIP(8, kind, host: 1)
         let ids = dir.file("ids")

@@ -16,9 +16,12 @@ import PeregrineIO
 @Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonManagementTests {
     static let httpScript = #"""
 import http.client, sys
-method, host, port, path, src, body = sys.argv[1:7]
+method, host, port, path, src, body, token = sys.argv[1:8]
 c = http.client.HTTPConnection(host, int(port), timeout=20, source_address=(src, 0) if src else None)
-c.request(method, path, body=body or None, headers={"Content-Type": "application/json"} if body else {})
+headers = {"Content-Type": "application/json"} if body else {}
+if token:
+    headers["Authorization"] = "Bearer " + token
+c.request(method, path, body=body or None, headers=headers)
 r = c.getresponse()
 print(r.status)
 print(r.read().decode())
@@ -75,9 +78,11 @@ print("ROWS", len(data))
         defer { d.terminate() }
         let diagnostics = { "daemon log:\n\(d.log.suffix(2000))\nsink stats: \((try? sink.stats()) ?? [:])" }
         let mgmtHost = String(d.management.split(separator: ":").first ?? "")
+        // Every call but a read needs the daemon's token (issue 12 item 5); reads get it too, harmlessly.
+        let token = ((try? String(contentsOfFile: d.tokenFile, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
         func http(_ method: String, _ path: String, from source: String = "", json: String = "") -> HTTPResult {
-            let (status, out) = runTool(python, ["-c", Self.httpScript, method, mgmtHost, d.managementPort, path, source, json],
-                                        seconds: 30)
+            let (status, out) = runTool(python, ["-c", Self.httpScript, method, mgmtHost, d.managementPort, path, source, json,
+                                                 token], seconds: 30)
             let lines = out.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false)
             guard status == 0, let code = lines.first.flatMap({ Int($0) }) else { return HTTPResult(status: -1, body: out) }
             return HTTPResult(status: code, body: lines.count > 1 ? String(lines[1]) : "")

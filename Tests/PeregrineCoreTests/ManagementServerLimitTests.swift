@@ -43,10 +43,7 @@ struct ManagementServerLimitTests {
 
     func withServer<L: EventLoop>(_ type: L.Type, maxConnections: Int, idleTimeout: UInt64,
                                   _ body: (UInt16, @escaping () -> Int) throws -> Void) throws {
-        guard let h = CoreLoopHarness(type) else {
-            Issue.record("backend \(L.kind) unavailable here")
-            return
-        }
+        let h = try CoreLoopHarness(type)
         defer { h.stop() }
         let started: ManagementServer<L>?? = h.sync { loop -> ManagementServer<L>? in
             var options = ManagementServer<L>.Options.loopback(port: 0)
@@ -62,7 +59,7 @@ struct ManagementServerLimitTests {
         _ = h.sync { _ in server.stop() }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func stalledConnectionsDoNotLockARealRequestOut(_ kind: BackendKind) throws {
         try withServer(kind.loopType, maxConnections: 8, idleTimeout: 60_000_000_000) { port, count in
             // Four times the limit, one byte each, never completed.
@@ -86,7 +83,7 @@ struct ManagementServerLimitTests {
         }
     }
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func aTricklingClientIsClosedAtItsRequestDeadline(_ kind: BackendKind) throws {
         try withServer(kind.loopType, maxConnections: 8, idleTimeout: 300_000_000) { port, _ in
             let fd = try #require(Self.connect(port))

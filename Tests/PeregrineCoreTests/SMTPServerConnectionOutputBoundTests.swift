@@ -13,7 +13,7 @@ import Testing
 // no send has completed for the idle timeout. Asserted on memory (the
 // connection's own high-water mark of unsent bytes), never on time.
 extension SMTPServerConnectionTests {
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func aClientThatNeverReadsIsPausedAndClosedWithinTheOutputCeiling(kind: BackendKind) throws {
         try withHookServer(kind, .acceptAll, idleTimeout: 300_000_000) { port, record in
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -81,7 +81,7 @@ extension SMTPServerConnectionTests {
     print(written)
     """
 
-    @Test(arguments: BackendKind.allCases)
+    @Test(arguments: BackendKind.testable)
     func aTLSClientThatNeverReadsStaysWithinTheCeiling(kind: BackendKind) throws {
         let python = try #require(findExecutable("python3"), "python3 is missing")
         let record = ConnectionHookRecord()
