@@ -63,7 +63,8 @@ enum E2E {
             throw SinkTestError("bad address \(address)")
         }
         let client = try SinkTestClient(String(address[..<colon]), port)
-        try client.send("GET \(path) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        // Host names the address: the management API refuses other hosts (DNS rebinding).
+        try client.send("GET \(path) HTTP/1.1\r\nHost: \(address)\r\nConnection: close\r\n\r\n")
         var bytes: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
