@@ -2,10 +2,10 @@
 import Glibc
 #endif
 
-/// The one write-everything and read-everything loop over pwrite/write/pread,
+/// The one write-everything and read-everything loop over pwrite/write/pread/read,
 /// so every caller (the epoll and Dispatch file workers, the spool's sync
-/// writer and recovery, the accounting writer) shares one EINTR rule and one
-/// zero-byte rule. Blocking: call them off the loop thread or on a file whose
+/// writer and recovery, the accounting writer and reader, the resolver's
+/// resolv.conf) shares one EINTR rule and one zero-byte rule. Blocking: call them off the loop thread or on a file whose
 /// I/O may block (startup, recovery, a worker thread).
 extension Posix {
     /// Writes every byte of `buffer` to `fd`: at `offset` with pwrite(2), or at
@@ -69,5 +69,30 @@ extension Posix {
             done += n
         }
         return done
+    }
+
+    /// Reads the file at `path` to its end, or its first `maxBytes` when it is
+    /// longer. Retries EINTR and short reads. For small files read whole at
+    /// start-up or by tools (resolv.conf, accounting files), not the hot path.
+    ///
+    /// - Throws: operation "open" or "read", with the errno.
+    package static func readFile(_ path: String, maxBytes: Int = .max) throws(IOError) -> [UInt8] {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw IOError.lastErrno("open") }
+        defer { Glibc.close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while out.count < maxBytes {
+            let want = min(chunk.count, maxBytes - out.count)
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, want) }
+            if n < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                throw IOError(.errno(e), "read")
+            }
+            if n == 0 { break }  // end of file
+            out.append(contentsOf: chunk[0..<n])
+        }
+        return out
     }
 }

@@ -82,4 +82,22 @@ struct PosixFilesTests {
             #expect(n == 0)
         }
     }
+
+    @Test func readsAWholeFileOrItsFirstBytes() throws {
+        let path = NSTemporaryDirectory() + "peregrine-posix-readfile-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).dat"
+        let fd = try Posix.openFile(path, create: true, truncate: true)
+        defer { close(fd); unlink(path) }
+        // Longer than one 64 KiB read, so the loop runs more than once.
+        let data: [UInt8] = (0..<150_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        try data.withUnsafeBytes { try Posix.writeAll(fd, $0, at: 0) }
+        #expect(try Posix.readFile(path) == data)
+        #expect(try Posix.readFile(path, maxBytes: 70_000) == Array(data[0..<70_000]))
+        #expect(try Posix.readFile(path, maxBytes: 0) == [])
+    }
+
+    @Test func aMissingFileIsAnOpenError() {
+        #expect(throws: IOError(.errno(ENOENT), "open")) {
+            _ = try Posix.readFile("/nonexistent-peregrine-\(getpid())/file")
+        }
+    }
 }
