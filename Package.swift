@@ -17,8 +17,12 @@ import PackageDescription
 // - PeregrineSpool and the executables: they write diagnostics to C's global
 //   `stderr`/`stdout`, which the checker treats as shared mutable state.
 // - Test targets: not tried in Swift 6 yet (they share fixtures with loop threads).
-let loopSettings: [SwiftSetting] = [.swiftLanguageMode(.v5)]
-let strictSettings: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+// Release builds optimise across modules: the engine, daemon and transport are
+// generic over the loop and call each other on every message; without this the
+// split into modules left those calls un-inlined (relay CPU per message rose).
+let crossModule: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
+let loopSettings: [SwiftSetting] = [.swiftLanguageMode(.v5)] + crossModule
+let strictSettings: [SwiftSetting] = [.swiftLanguageMode(.v6)] + crossModule
 let testSettings: [SwiftSetting] = [.swiftLanguageMode(.v5)]
 
 // Module order (imports point down this list only; siblings never import each other):

@@ -55,7 +55,7 @@ func runDaemon(arguments: [String]) -> Int32 {
     }
     if kind == .ioUring && !explicit {
         // Default backend: prefer io_uring, but a kernel without it still runs the MTA.
-        do { _ = try URingLoop() } catch {
+        do { try kind.probe() } catch {
             fputs("peregrine: io_uring unavailable (\(error)); using epoll\n", stderr)
             kind = .epoll
         }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import PeregrineIO
 
 /// One data row of an accounting file, addressable by column name.
 public struct AccountingCSVRow: Hashable, Sendable {
@@ -136,20 +137,10 @@ public enum AccountingCSVReader {
     }
 
     static func readBytes(path: String) throws(AccountingError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw AccountingError.io(path: path, operation: "open", errno: errno) }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw AccountingError.io(path: path, operation: "read", errno: errno)
-            }
-            if n == 0 { break }
-            out.append(contentsOf: chunk[0..<n])
+        do {
+            return try Posix.readFile(path)
+        } catch {
+            throw AccountingError.io(path: path, operation: error.operation, errno: error.errnoValue ?? EIO)
         }
-        return out
     }
 }

@@ -327,19 +327,9 @@ public final class AccountingWriter: @unchecked Sendable {
         /// a partial line, which the reader reports rather than misreads).
         mutating func writeAll(_ bytes: [UInt8]) -> AccountingError? {
             var written = 0
-            let failure: AccountingError? = bytes.withUnsafeBytes { p in
-                while written < p.count {
-                    let n = Glibc.write(fd, p.baseAddress! + written, p.count - written)
-                    if n < 0 {
-                        if errno == EINTR { continue }
-                        return .io(path: options.path, operation: "write", errno: errno)
-                    }
-                    written += n
-                }
-                return nil
-            }
+            let error = bytes.withUnsafeBytes { Posix.writeAll(fd, $0, written: &written) }
             fileSize += Int64(written)
-            return failure
+            return error.map { .io(path: options.path, operation: "write", errno: $0.errnoValue ?? EIO) }
         }
 
         mutating func closeFD() {

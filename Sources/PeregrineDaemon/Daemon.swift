@@ -54,10 +54,10 @@ public final class Daemon<Loop: EventLoop> {
     private var forcing = false
     private let exited = DispatchSemaphore(value: 0)
     private var pendingStops = 0
-    private let lock = NSLock()
+    private let lock = Locked<Void>()
     /// One reload at a time (SIGHUP and POST /reload may race), so every loop
     /// receives the reloads in the same order.
-    private let reloadLock = NSLock()
+    private let reloadLock = Locked<Void>()
 
     public init(config: PeregrineConfig, options: Options) throws {
         self.config = config
@@ -296,15 +296,16 @@ public final class Daemon<Loop: EventLoop> {
     /// clients whose message is being committed get their 250 before their
     /// connection closes; nothing new is committed once shutdown began.
     public func shutdown(reason: String? = nil) {
-        lock.lock()
-        if shuttingDown {
-            lock.unlock()
+        // nil: shutdown had begun already (a second signal).
+        let deadline = lock.withLock { () -> Duration? in
+            if shuttingDown { return nil }
+            shuttingDown = true
+            return config.shutdownTimeout
+        }
+        guard let deadline else {
             forceStop(why: "\(reason ?? "shutdown") again")
             return
         }
-        shuttingDown = true
-        let deadline = config.shutdownTimeout
-        lock.unlock()
         log((reason.map { "shutting down (\($0))" } ?? "shutting down")
             + "; deliveries in flight get \(deadline.configText) (shutdown-timeout), a second signal stops them at once")
         for w in workers {
@@ -333,20 +334,19 @@ public final class Daemon<Loop: EventLoop> {
     /// they still have not stopped after `forcedStopGrace` (a loop stuck in
     /// a system call), the process exits without them.
     private func forceStop(why: String) {
-        lock.lock()
-        if forcing { lock.unlock(); return }
-        forcing = true
-        let stillRunning = pendingStops > 0
-        lock.unlock()
-        guard stillRunning else { return }
+        // nil: a forced stop is already under way.
+        let stillRunning = lock.withLock { () -> Bool? in
+            if forcing { return nil }
+            forcing = true
+            return pendingStops > 0
+        }
+        guard stillRunning == true else { return }
         log("\(why): abandoning deliveries in flight (their messages stay in the spool)")
         for w in workers {
             w.loop.execute { w.engine.forceStop("delivery interrupted: the MTA is shutting down") }
         }
         DispatchQueue.global().asyncAfter(deadline: .now() + Self.forcedStopGrace) { [self] in
-            lock.lock()
-            let stuck = pendingStops > 0
-            lock.unlock()
+            let stuck = lock.withLock { pendingStops > 0 }
             guard stuck else { return }
             // Not even the accounting writer is touched: a stuck loop may hold it.
             log("\(pendingStops) loop(s) did not stop within \(Self.forcedStopGrace) after the forced stop; exiting without them")
@@ -374,10 +374,10 @@ public final class Daemon<Loop: EventLoop> {
     }
 
     private func loopExited() {
-        lock.lock()
-        pendingStops -= 1
-        let last = pendingStops == 0
-        lock.unlock()
+        let last = lock.withLock { () -> Bool in
+            pendingStops -= 1
+            return pendingStops == 0
+        }
         if last { exited.signal() }
     }
 
@@ -392,8 +392,10 @@ public final class Daemon<Loop: EventLoop> {
     /// every new connection sees the new settings.
     @discardableResult
     public func reload(_ applied: @escaping @Sendable () -> Void = {}) -> Result<Void, ConfigError> {
-        reloadLock.lock()
-        defer { reloadLock.unlock() }
+        reloadLock.withLock { reloadHoldingLock(applied) }
+    }
+
+    private func reloadHoldingLock(_ applied: @escaping @Sendable () -> Void) -> Result<Void, ConfigError> {
         let newConfig: PeregrineConfig
         let newTLS: TLSContext?
         do {
@@ -403,7 +405,7 @@ public final class Daemon<Loop: EventLoop> {
             log("reload failed, keeping the running config: \(error)")
             return .failure(error)
         }
-        lock.lock(); config = newConfig; currentServerTLSContext = newTLS; lock.unlock()
+        lock.withLock { config = newConfig; currentServerTLSContext = newTLS }
         var line = "reloaded \(options.configPath)"
         if let tls = newConfig.serverTLS { line += " (TLS certificate \(tls.certificateFile) re-read)" }
         let done = line

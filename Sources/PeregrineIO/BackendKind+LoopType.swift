@@ -10,3 +10,13 @@ extension BackendKind {
         }
     }
 }
+
+extension BackendKind {
+    /// Whether this backend runs here: builds one loop on the calling thread
+    /// and drops it. io_uring fails on a kernel without it (or with it
+    /// disabled by sysctl); the error says why. Keeps executables free of
+    /// backend-specific code.
+    public func probe() throws(IOError) {
+        _ = try loopType.init()
+    }
+}

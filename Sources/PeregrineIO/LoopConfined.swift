@@ -1,19 +1,7 @@
-import Synchronization
-
 /// State that crosses threads only through a loop hand-off (`execute`) and is
 /// then touched on that one loop only: the hand-off is the synchronisation,
 /// which the checker cannot see, hence `@unchecked Sendable`.
 package final class LoopConfined<Value>: @unchecked Sendable {
     package var value: Value
     package init(_ value: Value) { self.value = value }
-}
-
-/// A value shared by threads under a mutex (start-up bookkeeping).
-package final class Locked<Value>: @unchecked Sendable {
-    private let mutex = Mutex<Void>(())
-    private var value: Value
-    package init(_ value: Value) { self.value = value }
-    package func withLock<R>(_ body: (inout Value) -> R) -> R {
-        mutex.withLock { _ in body(&value) }
-    }
 }

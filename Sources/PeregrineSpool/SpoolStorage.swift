@@ -141,31 +141,21 @@ public struct PosixSpoolFileSystem: SpoolFileSystem {
             buffer.deallocate()
             buffer = .allocate(byteCount: size, alignment: 4096)
         }
-        var got = 0
-        while got < size {
-            let r = pread(fd, buffer.baseAddress! + got, size - got, off_t(got))
-            if r < 0 {
-                if errno == EINTR { continue }
-                return .failure(.io(path: path, operation: "read", errno: errno))
-            }
-            if r == 0 { break }
-            got += r
+        do {
+            return .success(try Posix.preadFull(fd, UnsafeMutableRawBufferPointer(rebasing: buffer[0 ..< size]), at: 0))
+        } catch {
+            return .failure(.io(path: path, operation: "read", errno: error.errnoValue ?? EIO))
         }
-        return .success(got)
     }
 
     public func writeFile(_ path: String, _ bytes: UnsafeRawBufferPointer) -> SpoolError? {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         if fd < 0 { return .io(path: path, operation: "open", errno: errno) }
         defer { close(fd) }
-        var done = 0
-        while done < bytes.count {
-            let r = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(done))
-            if r < 0 {
-                if errno == EINTR { continue }
-                return .io(path: path, operation: "write", errno: errno)
-            }
-            done += r
+        do {
+            try Posix.writeAll(fd, bytes, at: 0)
+        } catch {
+            return .io(path: path, operation: "write", errno: error.errnoValue ?? EIO)
         }
         if fdatasync(fd) != 0 { return .io(path: path, operation: "fdatasync", errno: errno) }
         return nil

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import PeregrineIO
 
 /// Writes segment files with plain blocking I/O: for tests, tools and
 /// benchmark set-up (building a large spool quickly). The daemon uses
@@ -106,14 +107,10 @@ public final class SpoolSyncWriter {
     }
 
     private func writeAll(_ b: UnsafeRawBufferPointer) throws(SpoolError) {
-        var done = 0
-        while done < b.count {
-            let r = pwrite(fd, b.baseAddress! + done, b.count - done, off_t(offset) + off_t(done))
-            if r < 0 {
-                if errno == EINTR { continue }
-                throw .io(path: path, operation: "write", errno: errno)
-            }
-            done += r
+        do {
+            try Posix.writeAll(fd, b, at: offset)
+        } catch {
+            throw .io(path: path, operation: "write", errno: error.errnoValue ?? EIO)
         }
         offset += Int64(b.count)
     }

@@ -169,7 +169,7 @@ struct BenchPorts {
 /// the death signal). Spawned from the main thread only: the death signal
 /// follows the thread that forked.
 enum BenchChildren {
-    private static let lock = NSLock()
+    private static let lock = Locked<Void>()
     /// What the termination handler stops: the bench's BenchProcesses and the
     /// plain Processes of the sink comparison (smtp-sink drops to nobody, which
     /// clears its death signal).
@@ -188,34 +188,36 @@ enum BenchChildren {
     }
 
     static func register(_ child: BenchProcess) {
-        lock.lock(); defer { lock.unlock() }
-        children.removeAll { !$0.isRunning() }
-        children.append((isRunning: { child.isRunning }, stop: { child.stop(grace: 5) }))
+        lock.withLock {
+            children.removeAll { !$0.isRunning() }
+            children.append((isRunning: { child.isRunning }, stop: { child.stop(grace: 5) }))
+        }
     }
 
     static func register(_ process: Process) {
-        lock.lock(); defer { lock.unlock() }
-        children.removeAll { !$0.isRunning() }
-        children.append((isRunning: { process.isRunning }, stop: {
-            guard process.isRunning else { return }
-            kill(process.processIdentifier, SIGTERM)
-            let deadline = Date().addingTimeInterval(5)
-            while process.isRunning && Date() < deadline { usleep(20_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        }))
+        lock.withLock {
+            children.removeAll { !$0.isRunning() }
+            children.append((isRunning: { process.isRunning }, stop: {
+                guard process.isRunning else { return }
+                kill(process.processIdentifier, SIGTERM)
+                let deadline = Date().addingTimeInterval(5)
+                while process.isRunning && Date() < deadline { usleep(20_000) }
+                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            }))
+        }
     }
 
     /// Runs `body` if the bench is terminated before `removeCleanUp(token)`.
     static func addCleanUp(_ body: @escaping () -> Void) -> Int {
-        lock.lock(); defer { lock.unlock() }
-        nextCleanUp += 1
-        cleanUps[nextCleanUp] = body
-        return nextCleanUp
+        lock.withLock {
+            nextCleanUp += 1
+            cleanUps[nextCleanUp] = body
+            return nextCleanUp
+        }
     }
 
     static func removeCleanUp(_ token: Int) {
-        lock.lock(); defer { lock.unlock() }
-        cleanUps[token] = nil
+        lock.withLock { cleanUps[token] = nil }
     }
 
     /// SIGTERM and SIGINT stop every child (SIGTERM, then SIGKILL), run the
@@ -226,10 +228,7 @@ enum BenchChildren {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler {
-                lock.lock()
-                let running = children
-                let hooks = Array(cleanUps.values)
-                lock.unlock()
+                let (running, hooks) = lock.withLock { (children, Array(cleanUps.values)) }
                 fputs("peregrine-bench: signal \(sig): stopping \(running.filter { $0.isRunning() }.count) child process(es)\n", stderr)
                 for child in running.reversed() { child.stop() }
                 for hook in hooks { hook() }

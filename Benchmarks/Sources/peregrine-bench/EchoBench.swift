@@ -56,16 +56,20 @@ private func cpuTimes() -> (user: Double, system: Double) {
 
 /// Runs `body` on the loop and waits (bounded) for it to call back.
 private final class Waiter<T>: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Locked<Void>()
     private var value: T?
     private let sem = DispatchSemaphore(value: 0)
     func put(_ v: T) {
-        lock.lock(); let first = value == nil; if first { value = v }; lock.unlock()
+        let first = lock.withLock { () -> Bool in
+            let first = value == nil
+            if first { value = v }
+            return first
+        }
         if first { sem.signal() }
     }
     func wait(_ seconds: Double) -> T? {
         guard sem.wait(timeout: .now() + seconds) == .success else { return nil }
-        lock.lock(); defer { lock.unlock() }; return value
+        return lock.withLock { value }
     }
 }
 

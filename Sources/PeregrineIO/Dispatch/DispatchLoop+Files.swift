@@ -18,18 +18,8 @@ extension DispatchLoop {
         let box = Unchecked((buffer, done))
         fileQueue.async { [self] in
             let (buffer, _) = box.value
-            var written = 0
-            var result: Result<Void, IOError> = .success(())
-            while written < buffer.count {
-                guard let base = buffer.baseAddress else { break }
-                let n = pwrite(fd, base + written, buffer.count - written, off_t(offset) + off_t(written))
-                if n < 0 {
-                    let e = errno
-                    if e == EINTR { continue }
-                    result = .failure(IOError(.errno(e), "pwrite"))
-                    break
-                }
-                written += n
+            let result: Result<Void, IOError> = Result { () throws(IOError) in
+                try Posix.writeAll(fd, buffer, at: offset)
             }
             let r = result
             queue.async { [self] in turn { box.value.1(r) } }
@@ -42,21 +32,9 @@ extension DispatchLoop {
         let box = Unchecked((buffer, done))
         fileQueue.async { [self] in
             let (buffer, _) = box.value
-            var got = 0
-            var result: Result<Int, IOError>?
-            while got < buffer.count {
-                guard let base = buffer.baseAddress else { break }
-                let n = pread(fd, base + got, buffer.count - got, off_t(offset) + off_t(got))
-                if n < 0 {
-                    let e = errno
-                    if e == EINTR { continue }
-                    result = .failure(IOError(.errno(e), "pread"))
-                    break
-                }
-                if n == 0 { break }  // end of file
-                got += n
+            let r: Result<Int, IOError> = Result { () throws(IOError) in
+                try Posix.preadFull(fd, buffer, at: offset)
             }
-            let r = result ?? .success(got)
             queue.async { [self] in turn { box.value.1(r) } }
         }
     }

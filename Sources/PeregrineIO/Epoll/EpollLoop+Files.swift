@@ -17,7 +17,7 @@ extension EpollLoop {
         let box = UncheckedBox(done)
         let base = UncheckedBox(buffer)
         submitFileOp { waker in
-            let result = EpollFileWorker.pwriteAll(file.fd, base.value, at: offset)
+            let result: Result<Void, IOError> = Result { () throws(IOError) in try Posix.writeAll(file.fd, base.value, at: offset) }
             waker.push { box.value(result) }
         }
     }
@@ -27,7 +27,7 @@ extension EpollLoop {
         let box = UncheckedBox(done)
         let base = UncheckedBox(buffer)
         submitFileOp { waker in
-            let result = EpollFileWorker.preadFull(file.fd, base.value, at: offset)
+            let result: Result<Int, IOError> = Result { () throws(IOError) in try Posix.preadFull(file.fd, base.value, at: offset) }
             waker.push { box.value(result) }
         }
     }
@@ -138,33 +138,5 @@ final class EpollFileWorker: @unchecked Sendable {
             for op in batch { op(waker) }
             batch.removeAll(keepingCapacity: true)
         }
-    }
-
-    static func pwriteAll(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, at offset: Int64) -> Result<Void, IOError> {
-        var done = 0
-        while done < buffer.count {
-            let n = Glibc.pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                return .failure(IOError.lastErrno("pwrite"))
-            }
-            if n == 0 { return .failure(IOError(.errno(EIO), "pwrite")) }
-            done += n
-        }
-        return .success(())
-    }
-
-    static func preadFull(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, at offset: Int64) -> Result<Int, IOError> {
-        var done = 0
-        while done < buffer.count {
-            let n = Glibc.pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                return .failure(IOError.lastErrno("pread"))
-            }
-            if n == 0 { break }  // end of file
-            done += n
-        }
-        return .success(done)
     }
 }

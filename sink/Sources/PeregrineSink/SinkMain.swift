@@ -105,7 +105,7 @@ final class SinkRunner<L: EventLoop>: @unchecked Sendable {
     let options: SinkOptions
     let shared: SinkShared
     var bindings: [SinkBinding]
-    private let lock = SinkLock()
+    private let lock = Locked<Void>()
     private var loops: [L] = []
     private var servers: [SinkServer<L>] = []
     private var startupError: String?

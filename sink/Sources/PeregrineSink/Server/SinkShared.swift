@@ -8,14 +8,14 @@ import PeregrineTLS
 /// What every loop of a sink run shares: the policy (behind a lock, since
 /// per-IP limits span loops), the recorded message ids and the stats.
 public final class SinkShared: @unchecked Sendable {
-    let lock = SinkLock()
+    let lock = Locked<Void>()
     let policy: SinkPolicy
     let startedAt = monotonicNanoseconds()
     /// `--tls-cert`/`--tls-key`: STARTTLS on every listener (set before the loops start).
     public internal(set) var tlsContext: TLSContext?
 
     // Recorded ids (behind `idLock`): a byte buffer flushed to `idFD` in large writes.
-    private let idLock = SinkLock()
+    private let idLock = Locked<Void>()
     private var idFD: Int32 = -1
     private var idBuffer: [UInt8] = []
     private var idsRecorded: UInt64 = 0
