@@ -54,6 +54,8 @@ public final class Daemon<Loop: EventLoop> {
     private var forcing = false
     private let exited = DispatchSemaphore(value: 0)
     private var pendingStops = 0
+    /// Loops still draining (shutdown phase 1); the spools are flushed when it reaches 0.
+    private var pendingDrains = 0
     private let lock = Locked<Void>()
     /// One reload at a time (SIGHUP and POST /reload may race), so every loop
     /// receives the reloads in the same order.
@@ -308,15 +310,30 @@ public final class Daemon<Loop: EventLoop> {
         }
         log((reason.map { "shutting down (\($0))" } ?? "shutting down")
             + "; deliveries in flight get \(deadline.configText) (shutdown-timeout), a second signal stops them at once")
+        // Two phases, because a loop's deliveries write their outcomes into the
+        // spool of the loop that received the message (`LoopWorker.outcome` posts
+        // them with `loop.execute`), and read bodies from it:
+        //  1. every loop drains: injections finish, deliveries in flight finish
+        //     (or are abandoned by a forced stop); each delivered recipient's `d`
+        //     record is logged and its outcome posted to the owning spool's loop
+        //     before its engine reports done;
+        //  2. once every loop has drained (`loopDrained`), each loop flushes its
+        //     spool writers (fsync) and stops. A loop that flushed and stopped as
+        //     soon as its own work was done lost the outcomes other loops posted
+        //     to it later (never run, or run after the last fsync): the recipient
+        //     was delivered again after the restart.
+        // Phase 2 is posted with `execute` after every phase-1 post (the drain
+        // count is taken under `lock`), and a loop runs posted work in submission
+        // order, so the flush covers every outcome.
+        lock.withLock { pendingDrains = workers.count }
         for w in workers {
             w.loop.execute { [self] in
                 w.stopListening()
                 if w.index == 0 { management?.stop() }
-                // Injections and deliveries drain side by side; the spool is flushed after both.
                 let remaining = LoopConfined(2)
                 let step = {
                     remaining.value -= 1
-                    if remaining.value == 0 { self.flushAndStop(w) }
+                    if remaining.value == 0 { self.loopDrained() }
                 }
                 w.finishInjections(step)
                 w.engine.shutdown(step)
@@ -356,6 +373,19 @@ public final class Daemon<Loop: EventLoop> {
 
     /// How long a forced stop waits for the loops before the process exits anyway.
     static var forcedStopGrace: DispatchTimeInterval { .seconds(10) }
+
+    /// Phase 1 of shutdown is over on one loop (no injection, no delivery left
+    /// on it); the last one starts phase 2 on every loop.
+    private func loopDrained() {
+        let last = lock.withLock { () -> Bool in
+            pendingDrains -= 1
+            return pendingDrains == 0
+        }
+        guard last else { return }
+        for w in workers {
+            w.loop.execute { [self] in flushAndStop(w) }
+        }
+    }
 
     private func flushAndStop(_ w: LoopWorker<Loop>) {
         var remaining = w.spools.count
