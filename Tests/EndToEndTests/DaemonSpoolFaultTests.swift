@@ -136,6 +136,9 @@ struct DaemonSpoolFaultTests {
         let daemon = try DaemonProcess(configPath: try dir.write("peregrine.conf", config), backend: kind, threads: 1,
                                        logPath: dir.file("daemon.log"))
         defer { daemon.terminate() }
+        // The loop thread logs its re-queue count just after the "running" line
+        // DaemonProcess waits for: wait for that line, not for the first.
+        _ = E2E.waitUntil(30) { daemon.log.contains("re-queued 39 message(s)") }
         let log = daemon.log
         #expect(log.contains("\(path): corrupt data at offset \(last.offset)"), "\(kind): \(log.suffix(3000))")
         #expect(log.contains("1 problem(s) found at start-up") || log.contains("2 problem(s) found at start-up"),
