@@ -95,3 +95,26 @@ import PeregrineSMTP
         #expect(error("<smtp-pattern-list a>\n<domain x>\n</domain>\n</smtp-pattern-list>") == "p.conf:2: block <domain x> is not allowed inside <smtp-pattern-list a>")
     }
 }
+
+/// Found by the config fuzz target: glibc's regcomp took over 3 GB on a
+/// pattern of stacked quantifiers. Such patterns are refused at load.
+@Suite struct CompiledRegexSizeTests {
+    @Test func stackedQuantifiersAreRefused() {
+        #expect(throws: ConfigValueError.self) { try CompiledRegex("4\\.7\\" + String(repeating: "+", count: 120) + ".28") }
+        #expect(throws: ConfigValueError.self) { try CompiledRegex("a*?") }
+        #expect(throws: ConfigValueError.self) { try CompiledRegex("(ab){2}*") }
+    }
+
+    @Test func nestedCountsThatMultiplyPastTheBoundAreRefused() {
+        #expect(throws: ConfigValueError.self) { try CompiledRegex("((a{100}){100}){100}") }
+        #expect(throws: ConfigValueError.self) { try CompiledRegex("x{30000}") }
+    }
+
+    @Test func ordinaryReplyPatternsStillCompile() throws {
+        for pattern in ["421-4\\.7\\.28", "\\[TS(S)?0[1-4]\\]", "^5[0-9]{2} ", "(a|b)+c*d?", "[{}+*]+", "\\d{3}-\\d\\.\\d\\.\\d+",
+                        "temporarily (deferred|rate limited)", "x{2,5}y{1,}"] {
+            _ = try CompiledRegex(pattern)
+        }
+        #expect(try CompiledRegex("^5[0-9]{2} ").matches("550 5.1.1 no"))
+    }
+}

@@ -23,7 +23,9 @@ public struct CompiledRegex: Hashable, Sendable, CustomStringConvertible {
     public init(_ pattern: String, caseInsensitive: Bool = false) throws(ConfigValueError) {
         self.source = pattern
         self.caseInsensitive = caseInsensitive
-        self.compiled = try POSIXRegex(CompiledRegex.translate(pattern), caseInsensitive: caseInsensitive)
+        let translated = CompiledRegex.translate(pattern)
+        try CompiledRegex.checkSize(translated)
+        self.compiled = try POSIXRegex(translated, caseInsensitive: caseInsensitive)
     }
 
     /// True when the pattern matches anywhere in `text`.
@@ -40,6 +42,75 @@ public struct CompiledRegex: Hashable, Sendable, CustomStringConvertible {
     public func hash(into hasher: inout Hasher) {
         hasher.combine(source)
         hasher.combine(caseInsensitive)
+    }
+
+    /// The most positions a pattern may expand to when glibc copies repeated
+    /// parts (`x{n}` is n copies of x, `x+` is two): far above any reply
+    /// pattern, far below what exhausts memory.
+    static let maxExpandedSize = 20_000
+
+    /// Refuses patterns that glibc's `regcomp` would expand without bound: the
+    /// config fuzz target found `a\++++…+` (stacked quantifiers, undefined in
+    /// POSIX ERE) taking over 3 GB in `duplicate_tree`, and nested counted
+    /// repetitions multiply the same way. Counts what the compiled tree will
+    /// hold, approximately: every atom 1, a repeated atom or group multiplied
+    /// by its largest count (2 for `+`, 1 for `*` and `?`).
+    static func checkSize(_ pattern: String) throws(ConfigValueError) {
+        let bytes = Array(pattern.utf8)
+        var groups: [Int] = [0]      // running size of each open group
+        var last = 0                 // size of the atom or group a quantifier would repeat
+        var afterQuantifier = false
+        var i = 0
+        func tooBig() -> ConfigValueError {
+            ConfigValueError("/\(pattern)/ expands to more than \(maxExpandedSize) positions when compiled; simplify its repetitions")
+        }
+        while i < bytes.count {
+            let c = bytes[i]
+            var quantifierCount: Int? = nil
+            switch c {
+            case UInt8(ascii: "\\"):
+                i += 1; last = 1; groups[groups.count - 1] += 1; afterQuantifier = false
+            case UInt8(ascii: "["):
+                // A bracket expression is one position; skip to its closing ']'.
+                var j = i + 1
+                if j < bytes.count, bytes[j] == UInt8(ascii: "^") { j += 1 }
+                if j < bytes.count, bytes[j] == UInt8(ascii: "]") { j += 1 }
+                while j < bytes.count, bytes[j] != UInt8(ascii: "]") { j += 1 }
+                i = j; last = 1; groups[groups.count - 1] += 1; afterQuantifier = false
+            case UInt8(ascii: "("):
+                groups.append(0); afterQuantifier = false
+            case UInt8(ascii: ")"):
+                last = groups.count > 1 ? groups.removeLast() : 0
+                groups[groups.count - 1] += last; afterQuantifier = false
+            case UInt8(ascii: "*"), UInt8(ascii: "?"):
+                quantifierCount = 1
+            case UInt8(ascii: "+"):
+                quantifierCount = 2
+            case UInt8(ascii: "{"):
+                var j = i + 1, largest = 0, number = 0
+                while j < bytes.count, bytes[j] != UInt8(ascii: "}") {
+                    if bytes[j] >= 48 && bytes[j] <= 57 { number = min(number * 10 + Int(bytes[j] - 48), 1_000_000) }
+                    else { largest = max(largest, number); number = 0 }
+                    j += 1
+                }
+                quantifierCount = max(largest, number, 1)
+                i = j
+            case UInt8(ascii: "|"):
+                afterQuantifier = false
+            default:
+                last = 1; groups[groups.count - 1] += 1; afterQuantifier = false
+            }
+            if let count = quantifierCount {
+                if afterQuantifier {
+                    throw ConfigValueError("/\(pattern)/ repeats a repetition (e.g. `a++` or `a{2}*`), which POSIX leaves undefined; write one quantifier")
+                }
+                groups[groups.count - 1] += last * (count - 1)
+                last *= count
+                afterQuantifier = true
+            }
+            if groups.contains(where: { $0 > maxExpandedSize }) || last > maxExpandedSize { throw tooBig() }
+            i += 1
+        }
     }
 
     /// Perl-style shorthands ERE lacks, outside bracket expressions.
