@@ -82,16 +82,11 @@ extension DeliveryEngine {
         return hosts.contains { isUsable($0, vmta: vmta, now: now) }
     }
 
-    /// Every MX host of `q` is backed off: defer the recipients waiting in
-    /// the queue (or in every member of its site) with `reply`, and suspend
-    /// the queue until its first host may be tried again.
-    func deferDestination(_ q: DeliveryQueue, hosts: [RouteHost], vmta: String, reply: SMTPReply, info: DeliveryAttemptInfo?) {
-        let now = loop.now
-        var until: UInt64 = .max
-        for h in hosts {
-            if let b = mxBackoff[MXHostKey(vmta: vmta, address: h.address)], b.until > now { until = min(until, b.until) }
-        }
-        if until == .max { until = now &+ q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds }
+    /// Defers every ready message of `q` (of each member of its site: a site's
+    /// connection carries all their mail) with `reply`: a `t` record per
+    /// recipient, then back to the delayed set. Used when no connection can be
+    /// made (every MX host backed off, TLS required but not offered).
+    func deferReadyMail(of q: DeliveryQueue, reply: SMTPReply, info: DeliveryAttemptInfo?, now: UInt64) {
         for m in q.site?.members ?? [q] {
             m.lastReply = reply.description
             for item in m.takeAllReady() {
@@ -103,6 +98,19 @@ extension DeliveryEngine {
                 m.deferItem(item, now: now)
             }
         }
+    }
+
+    /// Every MX host of `q` is backed off: defer the recipients waiting in
+    /// the queue (or in every member of its site) with `reply`, and suspend
+    /// the queue until its first host may be tried again.
+    func deferDestination(_ q: DeliveryQueue, hosts: [RouteHost], vmta: String, reply: SMTPReply, info: DeliveryAttemptInfo?) {
+        let now = loop.now
+        var until: UInt64 = .max
+        for h in hosts {
+            if let b = mxBackoff[MXHostKey(vmta: vmta, address: h.address)], b.until > now { until = min(until, b.until) }
+        }
+        if until == .max { until = now &+ q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds }
+        deferReadyMail(of: q, reply: reply, info: info, now: now)
         q.suspend(until: until, reason: reply.description)
         observer.queueDeferred(q, reason: reply.description)
         kick(q)

@@ -73,17 +73,7 @@ extension DeliveryEngine {
         let reply = SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 7, 10),
                               "TLS required but not available from \(host.name) (\(why))")
         // A site's connection carries every member's mail (same TLS settings by the site key).
-        for m in q.site?.members ?? [q] {
-            m.lastReply = reply.description
-            for item in m.takeAllReady() {
-                let message = item.message
-                if message.firstAttemptWall == 0 { message.firstAttemptWall = wallClockSeconds() }
-                for r in item.recipients {
-                    observer.deferred(message, recipient: r, queue: m, reply: reply, connection: info)
-                }
-                m.deferItem(item, now: now)
-            }
-        }
+        deferReadyMail(of: q, reply: reply, info: info, now: now)
         let delay = q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds
         q.suspend(until: now &+ delay, reason: reply.description)
     }
