@@ -29,9 +29,11 @@ func runDaemon(arguments: [String]) -> Int32 {
         }
     }
     guard let configPath else { return usageError("--config FILE is required") }
-    let config: PeregrineConfig
-    do { config = try PeregrineConfig.load(path: configPath) } catch {
-        fputs("\(error)\n", stderr)
+    // The same list check-config prints: every error, not just the first.
+    let (report, config) = ConfigReport.check(path: configPath, strict: false)
+    if report.hasErrors {
+        for line in report.lines { fputs("\(line)\n", stderr) }
+        fputs("peregrine: not starting: \(report.summary)\n", stderr)
         return 1
     }
     var kind = config.ioBackend ?? .ioUring
@@ -61,23 +63,6 @@ func runDaemon(arguments: [String]) -> Int32 {
         }
     }
     return start(kind.loopType)
-}
-
-/// `peregrine check-config FILE`: parses and validates without starting.
-func runCheckConfig(arguments: [String]) -> Int32 {
-    guard arguments.count == 1 else { return usageError("check-config takes one FILE") }
-    do {
-        let config = try PeregrineConfig.load(path: arguments[0])
-        _ = try config.serverTLS?.makeContext() // the certificate and key must load and match
-        for warning in config.warnings { fputs("\(arguments[0]): warning: \(warning)\n", stderr) }
-        let listening = config.effectiveSMTPListeners.map(\.description).joined(separator: ", ")
-        print("\(arguments[0]): OK (listening on \(listening), \(config.virtualMTAs.count) virtual-mta(s), "
-              + "\(config.domains.count) domain block(s), \(config.patternLists.count) pattern list(s))")
-        return 0
-    } catch {
-        fputs("\(error)\n", stderr)
-        return 1
-    }
 }
 
 func runCtl(arguments: [String]) -> Int32 { CtlCommand.run(arguments) }

@@ -18,7 +18,7 @@ struct Subcommand {
 let subcommands: [Subcommand] = [
     Subcommand(name: "run", usage: "run --config FILE [--backend B] [--threads N]",
                summary: "run the MTA daemon (backend: io_uring, epoll or dispatch)", run: runDaemon(arguments:)),
-    Subcommand(name: "check-config", usage: "check-config FILE",
+    Subcommand(name: "check-config", usage: "check-config [--strict] [--json] FILE",
                summary: "validate a configuration file without starting", run: runCheckConfig(arguments:)),
     Subcommand(name: "ctl", usage: "ctl [--config FILE] [--port N] COMMAND",
                summary: "operator console: show status|queues|topqueues, pause, resume, schedule, set-mode, delete, reload",

@@ -22,66 +22,123 @@ import Foundation
 /// name is that literal, verbatim. Consumers walk the tree and
 /// reject what they do not know, using `ConfigNode.error(_:)` for the message.
 public enum BlockConfig {
-    /// Parses config text; `file` is used in locations only.
+    /// Parses config text; `file` is used in locations only. Throws the first error.
     public static func parse(_ text: String, file: String) throws(ConfigError) -> [ConfigNode] {
-        // A stack of open blocks; index 0 collects the top level.
+        var diagnostics = ConfigDiagnostics()
+        let nodes = parse(text, file: file, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+        return nodes
+    }
+
+    /// Parses config text, recording every structural error and going on: a
+    /// bad line is skipped, a mismatched closing tag closes the block it names
+    /// if one is open (else it is ignored), blocks still open at the end are
+    /// closed, so the consumer still checks everything that can be read.
+    public static func parse(_ text: String, file: String, diagnostics: inout ConfigDiagnostics) -> [ConfigNode] {
+        // A stack of open blocks; index 0 collects the top level. A block whose
+        // tag is malformed is still opened (so its closing tag matches) but
+        // dropped when closed: its contents would only add confusing errors.
         var stack: [ConfigNode] = [ConfigNode(kind: .block, name: "", arguments: [], rawArguments: "",
                                               location: ConfigLocation(file: file, line: 0))]
+        var discarded: [Bool] = [false]
+        func close() {
+            let open = stack.removeLast()
+            if !discarded.removeLast() { stack[stack.count - 1].children.append(open) }
+        }
         var lineNumber = 0
         for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
             lineNumber += 1
             let location = ConfigLocation(file: file, line: lineNumber)
             var chars = Array(rawLine)
             if chars.last == "\r" { chars.removeLast() }
-            let tokens = try BlockConfigLexer.tokenize(chars, location: location)
+            let tokens: [BlockConfigLexer.Token]
+            do { tokens = try BlockConfigLexer.tokenize(chars, location: location) } catch {
+                diagnostics.record(error)
+                continue
+            }
             guard let first = tokens.first else { continue }
 
             if !first.quoted, first.text.hasPrefix("<") {
-                let tag = try parseTag(tokens, chars, location: location)
+                let tag: Tag
+                do { tag = try parseTag(tokens, chars, location: location) } catch {
+                    diagnostics.record(error)
+                    if first.text.hasPrefix("</") {
+                        if stack.count > 1 { close() } // a closing tag with extra text still closes
+                    } else if let name = roughTagName(first.text) {
+                        stack.append(ConfigNode(kind: .block, name: name, arguments: [], rawArguments: "", location: location))
+                        discarded.append(true)
+                    }
+                    continue
+                }
                 if tag.closing {
                     guard stack.count > 1, let open = stack.last else {
-                        throw ConfigError(location, "</\(tag.name)> closes no open block")
+                        diagnostics.record(ConfigError(location, "</\(tag.name)> closes no open block"))
+                        continue
                     }
                     guard open.name == tag.name else {
-                        throw ConfigError(location, "</\(tag.name)> does not match \(open.displayName) opened at line \(open.location.line)")
+                        diagnostics.record(ConfigError(location, "</\(tag.name)> does not match \(open.displayName) opened at line \(open.location.line)"))
+                        // Close up to the block it names, if one is open; else take it
+                        // for a misspelt end of the innermost block.
+                        if let depth = stack.indices.dropFirst().last(where: { stack[$0].name == tag.name }) {
+                            while stack.count > depth { close() }
+                        } else {
+                            close()
+                        }
+                        continue
                     }
-                    stack.removeLast()
-                    stack[stack.count - 1].children.append(open)
+                    close()
                 } else {
                     stack.append(ConfigNode(kind: .block, name: tag.name, arguments: tag.arguments,
                                             rawArguments: tag.raw, location: location))
+                    discarded.append(false)
                 }
                 continue
             }
 
             if first.quoted {
-                throw ConfigError(location, first.text.isEmpty ? "empty directive name" : "a directive name cannot be quoted (\"\(first.text)\")")
+                diagnostics.record(ConfigError(location, first.text.isEmpty ? "empty directive name" : "a directive name cannot be quoted (\"\(first.text)\")"))
+                continue
             }
             // `/REGEX/ category` lines (bounce-category-patterns) keep the regex verbatim as the name.
             let isPatternLine = first.text.hasPrefix("/")
             guard isPatternLine || isValidName(first.text) else {
-                throw ConfigError(location, "'\(first.text)' is not a directive name")
+                diagnostics.record(ConfigError(location, "'\(first.text)' is not a directive name"))
+                continue
             }
             let raw = rawText(chars, from: first.end, to: tokens.last?.end ?? first.end)
             stack[stack.count - 1].children.append(
                 ConfigNode(kind: .directive, name: isPatternLine ? first.text : first.text.lowercased(),
                            arguments: tokens.dropFirst().map(\.text), rawArguments: raw, location: location))
         }
-        if stack.count > 1, let open = stack.last {
-            throw open.error("\(open.displayName) is not closed (missing </\(open.name)>)")
+        while stack.count > 1, let open = stack.last {
+            if !(discarded.last ?? false) {
+                diagnostics.record(open.error("\(open.displayName) is not closed (missing </\(open.name)>)"))
+            }
+            close()
         }
         return stack[0].children
     }
 
-    /// Reads and parses a file. Unreadable files and invalid UTF-8 are errors at line 0/1.
+    /// The name in a malformed opening tag (`<domain x.com` without `>`), for recovery.
+    private static func roughTagName(_ token: String) -> String? {
+        let name = token.dropFirst().prefix { $0 != ">" }
+        guard !name.hasPrefix("/"), isValidName(String(name)) else { return nil }
+        return name.lowercased()
+    }
+
+    /// Reads and parses a file. Throws the first error.
     public static func load(path: String) throws(ConfigError) -> [ConfigNode] {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigError(ConfigLocation(file: path, line: 0), "cannot read file")
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError(ConfigLocation(file: path, line: 1), "file is not valid UTF-8")
-        }
-        return try parse(text, file: path)
+        var diagnostics = ConfigDiagnostics()
+        let nodes = load(path: path, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+        return nodes
+    }
+
+    /// Reads and parses a file, recording every error (see `ConfigFile.read`
+    /// for unreadable files and invalid UTF-8).
+    public static func load(path: String, diagnostics: inout ConfigDiagnostics) -> [ConfigNode] {
+        guard let text = ConfigFile.read(path: path, diagnostics: &diagnostics) else { return [] }
+        return parse(text, file: path, diagnostics: &diagnostics)
     }
 
     private struct Tag {

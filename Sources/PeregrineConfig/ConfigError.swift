@@ -8,7 +8,8 @@ public struct ConfigLocation: Hashable, Sendable, CustomStringConvertible {
         self.line = line
     }
 
-    public var description: String { "\(file):\(line)" }
+    /// `file:line`; just `file` for line 0 (the file as a whole: it cannot be read).
+    public var description: String { line > 0 ? "\(file):\(line)" : file }
 }
 
 /// A configuration error with the place it was found. `description` is the
@@ -16,16 +17,41 @@ public struct ConfigLocation: Hashable, Sendable, CustomStringConvertible {
 public struct ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
     public var location: ConfigLocation
     public var message: String
+    /// The directive (or `<block …>`) the line holds, when known: the
+    /// description names it when the message does not already, and `--json`
+    /// reports it on its own. Not part of equality: two reports of the same
+    /// line and message are the same error.
+    public var directive: String?
 
-    public init(_ location: ConfigLocation, _ message: String) {
+    public init(_ location: ConfigLocation, _ message: String, directive: String? = nil) {
         self.location = location
         self.message = message
+        self.directive = directive
     }
 
-    /// Control characters in the message (a quoted token from a damaged file
-    /// can hold NUL, CR or ESC) are spelled `\u{XX}`, so the line prints whole
-    /// on a terminal: C's stdio would stop at a NUL, a CR would overwrite it.
-    public var description: String { "\(location): \(ConfigError.printable(message))" }
+    public static func == (a: ConfigError, b: ConfigError) -> Bool {
+        a.location == b.location && a.message == b.message
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(location)
+        hasher.combine(message)
+    }
+
+    /// The message, led by `directive: ` unless it already names the directive.
+    public var messageNamingDirective: String {
+        guard let directive, !directive.isEmpty else { return message }
+        // A block is named enough by `<name`: "unknown block <frob>" for `<frob x>`.
+        let key = directive.hasPrefix("<") ? String(directive.prefix { $0 != " " && $0 != ">" }) : directive
+        if message.contains(key) { return message }
+        return "\(directive): \(message)"
+    }
+
+    /// `file:line: directive: message`. Control characters in the message (a
+    /// quoted token from a damaged file can hold NUL, CR or ESC) are spelled
+    /// `\u{XX}`, so the line prints whole on a terminal: C's stdio would stop
+    /// at a NUL, a CR would overwrite it.
+    public var description: String { "\(location): \(ConfigError.printable(messageNamingDirective))" }
 
     static func printable(_ text: String) -> String {
         guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return text }

@@ -58,3 +58,18 @@ extension ConfigNode {
         }
     }
 }
+
+extension ConfigNode {
+    /// Directive children only; each nested block is recorded as an error and skipped.
+    public func directivesOnly(diagnostics: inout ConfigDiagnostics) -> [ConfigNode] {
+        var out: [ConfigNode] = []
+        for child in children {
+            if child.isBlock {
+                diagnostics.record(child.error("block \(child.displayName) is not allowed inside \(displayName)"))
+            } else {
+                out.append(child)
+            }
+        }
+        return out
+    }
+}

@@ -44,6 +44,7 @@ public struct ConfigNode: Hashable, Sendable {
 
     /// An error at this node's line.
     public func error(_ message: String) -> ConfigError {
-        ConfigError(location, message)
+        // A `/REGEX/ category` line's name is its regex: messages quote it where it helps.
+        ConfigError(location, message, directive: kind == .directive && name.hasPrefix("/") ? nil : displayName)
     }
 }

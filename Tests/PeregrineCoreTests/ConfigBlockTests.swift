@@ -107,15 +107,16 @@ import PeregrineIO
 
     @Test func loadReportsInvalidUTF8() throws {
         let path = "/tmp/peregrine-block-utf8-\(UInt32.random(in: 0...UInt32.max)).conf"
-        #expect(FileManager.default.createFile(atPath: path, contents: Data([0x61, 0x20, 0xFF, 0xFE, 0x0A])))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data([0x61, 0x0A, 0x61, 0x20, 0xFF, 0xFE, 0x0A])))
         defer { try? FileManager.default.removeItem(atPath: path) }
-        #expect(throws: ConfigError(ConfigLocation(file: path, line: 1), "file is not valid UTF-8")) {
+        #expect(throws: ConfigError(ConfigLocation(file: path, line: 2), "line is not valid UTF-8 (byte 3 is not part of a UTF-8 character)")) {
             try BlockConfig.load(path: path)
         }
     }
 
     @Test func loadReportsUnreadableFile() {
-        #expect(throws: ConfigError(ConfigLocation(file: "/nonexistent/x.conf", line: 0), "cannot read file")) {
+        #expect(throws: ConfigError(ConfigLocation(file: "/nonexistent/x.conf", line: 0),
+                                    "cannot open the config file: No such file or directory (ENOENT)")) {
             try BlockConfig.load(path: "/nonexistent/x.conf")
         }
     }

@@ -85,7 +85,7 @@ import Testing
         #expect(error("<domain>\n</domain>") == "e.conf:8: <domain> expects one domain, *, or $macro, as in <domain gmail.com>, got ''")
         #expect(error("<domain a b>\n</domain>") == "e.conf:8: <domain a b> expects one domain, *, or $macro, as in <domain gmail.com>, got 'a b'")
         #expect(error("<domain bad..name>\n</domain>") == "e.conf:8: <domain bad..name>: 'bad..name' is not a domain name")
-        #expect(error("<domain $>\n</domain>") == "e.conf:8: '$' is not a macro reference")
+        #expect(error("<domain $>\n</domain>") == "e.conf:8: <domain $>: '$' is not a macro reference")
         #expect(error("<domain x.com>\n</domain>\n<domain X.com>\n</domain>") == "e.conf:10: <domain X.com> is already defined at line 8")
         #expect(error("<virtual-mta vmta1>\n</virtual-mta>") == "e.conf:8: <virtual-mta vmta1> is already defined at line 1")
         #expect(error("<virtual-mta v>\n  <domain a.com>\n  </domain>\n  <domain a.com>\n  </domain>\n</virtual-mta>") == "e.conf:11: <domain a.com> is already defined in this virtual-mta at line 9")

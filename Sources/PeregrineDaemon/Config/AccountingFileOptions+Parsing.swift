@@ -3,16 +3,29 @@ import PeregrineConfig
 import PeregrineAccounting
 
 extension AccountingFileOptions {
-    /// Parses `<acct-file PATH>` with `records d,b,t,tq,r`, `max-size 50M`, `move-interval 1h`.
+    /// Parses `<acct-file PATH>` with `records d,b,t,tq,r`, `max-size 50M`, `move-interval 1h`; throws the first error.
     public init(block: ConfigNode) throws(ConfigError) {
+        var diagnostics = ConfigDiagnostics()
+        try self.init(block: block, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+    }
+
+    /// As `init(block:)`, recording each directive's error and going on.
+    public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
         let path = try block.arguments(count: 1...1, usage: "one file path, as in <acct-file /var/log/peregrine/acct.csv>")[0]
         self.init(path: path)
         var seen: [String: Int] = [:]
-        for node in try block.directivesOnly() {
+        for node in block.directivesOnly(diagnostics: &diagnostics) {
             if let line = seen[node.name] {
-                throw node.error("\(node.name) is already set in this block at line \(line)")
+                diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
+                continue
             }
             seen[node.name] = node.location.line
+            do { try apply(node, in: block) } catch { diagnostics.record(error) }
+        }
+    }
+
+    private mutating func apply(_ node: ConfigNode, in block: ConfigNode) throws(ConfigError) {
             switch node.name {
             case "records":
                 guard !node.arguments.isEmpty else { throw node.error("records needs a value") }
@@ -26,7 +39,6 @@ extension AccountingFileOptions {
             default:
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)\(ConfigContext.hint(for: node.name))")
             }
-        }
     }
 }
 

@@ -22,16 +22,24 @@ extension DomainOverrides {
     ]
 
     /// Parses the directives of one `<domain>` block. Nested blocks, unknown
-    /// directives and a directive set twice in the block are errors.
+    /// directives and a directive set twice in the block are errors; throws the first.
     public init(block: ConfigNode) throws(ConfigError) {
+        var diagnostics = ConfigDiagnostics()
+        self.init(block: block, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+    }
+
+    /// As `init(block:)`, recording each directive's error and going on.
+    public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) {
         self.init()
         var seen: [String: Int] = [:]
-        for node in try block.directivesOnly() {
+        for node in block.directivesOnly(diagnostics: &diagnostics) {
             if let line = seen[node.name] {
-                throw node.error("\(node.name) is already set in this block at line \(line)")
+                diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
+                continue
             }
             seen[node.name] = node.location.line
-            try apply(node, in: block)
+            do { try apply(node, in: block) } catch { diagnostics.record(error) }
         }
     }
 

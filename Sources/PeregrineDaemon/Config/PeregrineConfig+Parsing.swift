@@ -11,37 +11,67 @@ extension PeregrineConfig {
         "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
     ]
 
-    /// Reads, parses and checks a config file.
+    /// Reads, parses and checks a config file; throws the first error.
     public static func load(path: String) throws(ConfigError) -> PeregrineConfig {
-        try PeregrineConfig(nodes: BlockConfig.load(path: path))
+        var diagnostics = ConfigDiagnostics()
+        let config = load(path: path, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+        return config
     }
 
-    /// Parses and checks config text; `file` is used in messages.
+    /// Reads, parses and checks a config file, recording every error and
+    /// warning. The config returned is only usable when `diagnostics` has no errors.
+    public static func load(path: String, diagnostics: inout ConfigDiagnostics) -> PeregrineConfig {
+        PeregrineConfig(nodes: BlockConfig.load(path: path, diagnostics: &diagnostics), diagnostics: &diagnostics)
+    }
+
+    /// Parses and checks config text; `file` is used in messages. Throws the first error.
     public static func parse(_ text: String, file: String) throws(ConfigError) -> PeregrineConfig {
-        try PeregrineConfig(nodes: BlockConfig.parse(text, file: file))
+        var diagnostics = ConfigDiagnostics()
+        let config = parse(text, file: file, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+        return config
+    }
+
+    /// Parses and checks config text, recording every error and warning.
+    public static func parse(_ text: String, file: String, diagnostics: inout ConfigDiagnostics) -> PeregrineConfig {
+        PeregrineConfig(nodes: BlockConfig.parse(text, file: file, diagnostics: &diagnostics), diagnostics: &diagnostics)
+    }
+
+    /// Builds the config from a parsed tree; throws the first error.
+    public init(nodes: [ConfigNode]) throws(ConfigError) {
+        var diagnostics = ConfigDiagnostics()
+        self.init(nodes: nodes, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
     }
 
     /// Builds the config from a parsed tree, then checks cross-references
-    /// (default-virtual-mta, smtp-pattern-list, $macro, pool members).
-    public init(nodes: [ConfigNode]) throws(ConfigError) {
+    /// (default-virtual-mta, smtp-pattern-list, $macro, pool members). Each
+    /// directive's error is recorded and the next directive is read.
+    public init(nodes: [ConfigNode], diagnostics: inout ConfigDiagnostics) {
         self.init()
         var seenSingletons: [String: Int] = [:]
         var seenBlocks: [String: ConfigNode] = [:]
         for node in nodes {
-            if node.isBlock {
-                try applyBlock(node, seen: &seenBlocks)
-            } else {
-                if !["smtp-listener", "http-access", "dns-server", "domain-macro"].contains(node.name) {
-                    if let line = seenSingletons[node.name] {
-                        throw node.error("\(node.name) is already set at line \(line)")
+            do throws(ConfigError) {
+                if node.isBlock {
+                    try applyBlock(node, seen: &seenBlocks, diagnostics: &diagnostics)
+                } else {
+                    if !["smtp-listener", "http-access", "dns-server", "domain-macro"].contains(node.name) {
+                        if let line = seenSingletons[node.name] {
+                            throw node.error("\(node.name) is already set at line \(line)")
+                        }
+                        seenSingletons[node.name] = node.location.line
                     }
-                    seenSingletons[node.name] = node.location.line
+                    try applyGlobal(node)
                 }
-                try applyGlobal(node)
+            } catch {
+                diagnostics.record(error)
             }
         }
-        try checkServerTLS(nodes: nodes)
-        try checkReferences(nodes: nodes)
+        do { try checkServerTLS(nodes: nodes) } catch { diagnostics.record(error) }
+        checkReferences(nodes: nodes, diagnostics: &diagnostics)
+        locatedWarnings = diagnostics.sortedWarnings
     }
 
     /// Both TLS files or neither; `tls=yes` listeners need them.
@@ -168,7 +198,8 @@ extension PeregrineConfig {
         }
     }
 
-    private mutating func applyBlock(_ node: ConfigNode, seen: inout [String: ConfigNode]) throws(ConfigError) {
+    private mutating func applyBlock(_ node: ConfigNode, seen: inout [String: ConfigNode],
+                                     diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
         // Duplicate named blocks are an error: a second <domain gmail.com> is almost always a mistake.
         let key = "\(node.name) \(node.arguments.joined(separator: " ").lowercased())"
         if let first = seen[key] {
@@ -177,20 +208,20 @@ extension PeregrineConfig {
         seen[key] = node
         switch node.name {
         case "source":
-            sources.append(try SourceSettings(block: node))
+            sources.append(try SourceSettings(block: node, diagnostics: &diagnostics))
         case "virtual-mta":
-            virtualMTAs.append(try VirtualMTASettings(block: node))
+            virtualMTAs.append(try VirtualMTASettings(block: node, diagnostics: &diagnostics))
         case "virtual-mta-pool":
-            virtualMTAPools.append(try VirtualMTAPool(block: node))
+            virtualMTAPools.append(try VirtualMTAPool(block: node, diagnostics: &diagnostics))
         case "domain":
-            domains.append(try DomainBlock(block: node))
+            domains.append(try DomainBlock(block: node, diagnostics: &diagnostics))
         case "smtp-pattern-list":
-            let list = try SMTPPatternList(block: node)
+            let list = try SMTPPatternList(block: node, diagnostics: &diagnostics)
             patternLists[list.name.lowercased()] = list
         case "acct-file":
-            accountingFiles.append(try AccountingFileOptions(block: node))
+            accountingFiles.append(try AccountingFileOptions(block: node, diagnostics: &diagnostics))
         case "bounce-category-patterns":
-            bounceClassifier = try BounceClassifier(block: node)
+            bounceClassifier = try BounceClassifier(block: node, diagnostics: &diagnostics)
         default:
             throw node.error("unknown block <\(node.name)>")
         }

@@ -4,7 +4,7 @@ extension PeregrineConfig {
     /// Cross-reference checks, run after the whole file is read so that
     /// blocks may refer to each other in any order. `nodes` is the parsed tree,
     /// used to point errors at the referring line.
-    func checkReferences(nodes: [ConfigNode]) throws(ConfigError) {
+    func checkReferences(nodes: [ConfigNode], diagnostics: inout ConfigDiagnostics) {
         var blocksByLocation: [ConfigLocation: ConfigNode] = [:]
         func index(_ list: [ConfigNode]) {
             for node in list where node.isBlock {
@@ -27,27 +27,27 @@ extension PeregrineConfig {
 
         for pool in virtualMTAPools {
             if virtualMTA(named: pool.name) != nil {
-                throw ConfigError(pool.location ?? unknown,
-                                  "<virtual-mta-pool \(pool.name)> has the same name as a <virtual-mta>")
+                diagnostics.record(ConfigError(pool.location ?? unknown,
+                                  "<virtual-mta-pool \(pool.name)> has the same name as a <virtual-mta>"))
             }
             for member in pool.members where virtualMTA(named: member) == nil {
-                throw ConfigError(line(pool.location, "virtual-mta", member),
-                                  "virtual-mta '\(member)' is not defined (pools list <virtual-mta> names)")
+                diagnostics.record(ConfigError(line(pool.location, "virtual-mta", member),
+                                  "virtual-mta '\(member)' is not defined (pools list <virtual-mta> names)"))
             }
         }
         for source in sources {
             if let name = source.defaultVirtualMTA, virtualMTANames(for: name).isEmpty {
-                throw ConfigError(line(source.location, "default-virtual-mta", name),
-                                  "default-virtual-mta '\(name)' is not a defined virtual-mta or virtual-mta-pool")
+                diagnostics.record(ConfigError(line(source.location, "default-virtual-mta", name),
+                                  "default-virtual-mta '\(name)' is not a defined virtual-mta or virtual-mta-pool"))
             }
         }
         for domain in domains + virtualMTAs.flatMap(\.domains) {
             if case .macro(let macro) = domain.pattern, domainMacros[macro] == nil {
-                throw ConfigError(domain.location ?? unknown, "<domain $\(macro)>: domain-macro '\(macro)' is not defined")
+                diagnostics.record(ConfigError(domain.location ?? unknown, "<domain $\(macro)>: domain-macro '\(macro)' is not defined"))
             }
             if let list = domain.overrides.smtpPatternList, patternLists[list.lowercased()] == nil {
-                throw ConfigError(line(domain.location, "smtp-pattern-list", list),
-                                  "smtp-pattern-list '\(list)' is not defined")
+                diagnostics.record(ConfigError(line(domain.location, "smtp-pattern-list", list),
+                                  "smtp-pattern-list '\(list)' is not defined"))
             }
         }
     }

@@ -74,10 +74,17 @@ public struct PeregrineConfig: Hashable, Sendable {
         return (try? SocketAddress(ip: "0.0.0.0", port: 25)).map { [$0] } ?? []
     }
 
-    /// What the operator should know about a config that loads: settings
-    /// whose default matters (no smtp-listener binds every address). Printed
-    /// by check-config and logged at start.
-    public var warnings: [String] {
+    /// Warnings found at load with their `file:line` (directives accepted as
+    /// not applicable, …), in file order.
+    public var locatedWarnings: [ConfigError] = []
+
+    /// What the operator should know about a config that loads: the located
+    /// warnings, then settings whose default matters (no smtp-listener binds
+    /// every address). Logged at start.
+    public var warnings: [String] { locatedWarnings.map(\.description) + defaultWarnings }
+
+    /// The warnings about defaults, which have no line to point at.
+    public var defaultWarnings: [String] {
         var out: [String] = []
         if smtpListeners.isEmpty {
             out.append("no smtp-listener: the daemon will listen on 0.0.0.0:25 (every IPv4 address); "

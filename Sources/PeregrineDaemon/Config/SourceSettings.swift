@@ -36,17 +36,31 @@ public struct SourceSettings: Hashable, Sendable {
 }
 
 extension SourceSettings {
-    /// Parses a `<source CIDR>` block.
+    /// Parses a `<source CIDR>` block; throws the first error.
     public init(block: ConfigNode) throws(ConfigError) {
+        var diagnostics = ConfigDiagnostics()
+        try self.init(block: block, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+    }
+
+    /// Parses a `<source CIDR>` block, recording each directive's error; a bad
+    /// network in the tag throws (the block cannot be placed).
+    public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
         let cidr = try block.arguments(count: 1...1, usage: "one network, as in <source 127.0.0.0/8>")[0]
         self.init(network: try block.parse(cidr, ConfigValue.network))
         location = block.location
         var seen: [String: Int] = [:]
-        for node in try block.directivesOnly() {
+        for node in block.directivesOnly(diagnostics: &diagnostics) {
             if let line = seen[node.name] {
-                throw node.error("\(node.name) is already set in this block at line \(line)")
+                diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
+                continue
             }
             seen[node.name] = node.location.line
+            do { try apply(node, in: block) } catch { diagnostics.record(error) }
+        }
+    }
+
+    private mutating func apply(_ node: ConfigNode, in block: ConfigNode) throws(ConfigError) {
             switch node.name {
             case "always-allow-relaying": alwaysAllowRelaying = try node.value(ConfigValue.bool)
             case "smtp-service": smtpService = try node.value(ConfigValue.bool)
@@ -70,6 +84,5 @@ extension SourceSettings {
             default:
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
             }
-        }
     }
 }

@@ -2,8 +2,16 @@ import PeregrineConfig
 import PeregrineIO
 
 extension DomainBlock {
-    /// Parses `<domain NAME|*|$macro>`.
+    /// Parses `<domain NAME|*|$macro>`; throws the first error.
     public init(block: ConfigNode) throws(ConfigError) {
+        var diagnostics = ConfigDiagnostics()
+        try self.init(block: block, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+    }
+
+    /// Parses `<domain NAME|*|$macro>`, recording each directive's error; a bad
+    /// pattern in the tag throws.
+    public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
         let text = try block.arguments(count: 1...1, usage: "one domain, *, or $macro, as in <domain gmail.com>")[0]
         let pattern: Pattern
         if text == "*" {
@@ -15,28 +23,43 @@ extension DomainBlock {
         } else {
             pattern = .name(try block.parse(text, ConfigValue.domainName))
         }
-        self.init(pattern: pattern, overrides: try DomainOverrides(block: block), location: block.location)
+        self.init(pattern: pattern, overrides: DomainOverrides(block: block, diagnostics: &diagnostics), location: block.location)
     }
 }
 
 extension VirtualMTASettings {
-    /// Parses `<virtual-mta NAME>` with `smtp-source-host` and nested `<domain>` blocks.
+    /// Parses `<virtual-mta NAME>` with `smtp-source-host` and nested `<domain>` blocks; throws the first error.
     public init(block: ConfigNode) throws(ConfigError) {
+        var diagnostics = ConfigDiagnostics()
+        try self.init(block: block, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+    }
+
+    /// As `init(block:)`, recording each directive's error and going on.
+    public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
         let name = try block.arguments(count: 1...1, usage: "one name, as in <virtual-mta vmta1>")[0]
         self.init(name: name.lowercased(), location: block.location)
         var seenDomains: [DomainBlock.Pattern: Int] = [:]
         for node in block.children {
+            do { try apply(node, in: block, seenDomains: &seenDomains, diagnostics: &diagnostics) } catch {
+                diagnostics.record(error)
+            }
+        }
+    }
+
+    private mutating func apply(_ node: ConfigNode, in block: ConfigNode, seenDomains: inout [DomainBlock.Pattern: Int],
+                                diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
             if node.isBlock {
                 guard node.name == "domain" else {
                     throw node.error("block \(node.displayName) is not allowed inside \(block.displayName)")
                 }
-                let domain = try DomainBlock(block: node)
+                let domain = try DomainBlock(block: node, diagnostics: &diagnostics)
                 if let line = seenDomains[domain.pattern] {
                     throw node.error("\(node.displayName) is already defined in this virtual-mta at line \(line)")
                 }
                 seenDomains[domain.pattern] = node.location.line
                 domains.append(domain)
-                continue
+                return
             }
             switch node.name {
             case "smtp-source-host":
@@ -49,24 +72,37 @@ extension VirtualMTASettings {
             default:
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
             }
-        }
     }
 }
 
 extension VirtualMTAPool {
-    /// Parses `<virtual-mta-pool NAME>` with `virtual-mta NAME` lines.
+    /// Parses `<virtual-mta-pool NAME>` with `virtual-mta NAME` lines; throws the first error.
     public init(block: ConfigNode) throws(ConfigError) {
+        var diagnostics = ConfigDiagnostics()
+        try self.init(block: block, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+    }
+
+    /// As `init(block:)`, recording each line's error and going on.
+    public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
         let name = try block.arguments(count: 1...1, usage: "one name, as in <virtual-mta-pool pool1>")[0]
         var members: [String] = []
-        for node in try block.directivesOnly() {
-            guard node.name == "virtual-mta" else {
-                throw node.error("unknown directive '\(node.name)' in \(block.displayName) (expected: virtual-mta NAME)")
+        for node in block.directivesOnly(diagnostics: &diagnostics) {
+            do throws(ConfigError) {
+                guard node.name == "virtual-mta" else {
+                    throw node.error("unknown directive '\(node.name)' in \(block.displayName) (expected: virtual-mta NAME)")
+                }
+                let member = try node.singleArgument().lowercased()
+                if members.contains(member) { throw node.error("virtual-mta \(member) is listed twice in this pool") }
+                members.append(member)
+            } catch {
+                diagnostics.record(error)
             }
-            let member = try node.singleArgument().lowercased()
-            if members.contains(member) { throw node.error("virtual-mta \(member) is listed twice in this pool") }
-            members.append(member)
         }
-        guard !members.isEmpty else { throw block.error("\(block.displayName) lists no virtual-mta") }
+        // A pool whose lines were all wrong has those errors already; no second one for the same lines.
+        guard !members.isEmpty || block.children.contains(where: { !$0.isBlock }) else {
+            throw block.error("\(block.displayName) lists no virtual-mta")
+        }
         self.init(name: name.lowercased(), members: members, location: block.location)
     }
 }

@@ -2,11 +2,24 @@ import PeregrineConfig
 
 extension SMTPPatternList {
     /// Builds a list from an `<smtp-pattern-list NAME>` block. Lines are
-    /// `reply /REGEX/ ACTION…`; regexes are compiled here, once.
+    /// `reply /REGEX/ ACTION…`; regexes are compiled here, once. Throws the first error.
     public init(block: ConfigNode) throws(ConfigError) {
+        var diagnostics = ConfigDiagnostics()
+        try self.init(block: block, diagnostics: &diagnostics)
+        try diagnostics.throwFirstError()
+    }
+
+    /// As `init(block:)`, recording each line's error and going on; a bad tag throws.
+    public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
         let name = try block.arguments(count: 1...1, usage: "one list name, as in <smtp-pattern-list NAME>")[0]
         var rules: [SMTPPatternRule] = []
-        for line in try block.directivesOnly() {
+        for line in block.directivesOnly(diagnostics: &diagnostics) {
+            do { rules.append(try Self.rule(line, in: block)) } catch { diagnostics.record(error) }
+        }
+        self.init(name: name, rules: rules)
+    }
+
+    private static func rule(_ line: ConfigNode, in block: ConfigNode) throws(ConfigError) -> SMTPPatternRule {
             guard line.name == "reply" else {
                 throw line.error("unknown directive '\(line.name)' in \(block.displayName) (expected: reply /REGEX/ ACTION…)")
             }
@@ -18,9 +31,7 @@ extension SMTPPatternList {
             for text in line.arguments.dropFirst() {
                 actions.append(try line.parse(text, ConfigValue.patternAction))
             }
-            rules.append(SMTPPatternRule(pattern: regex, actions: actions, location: line.location))
-        }
-        self.init(name: name, rules: rules)
+            return SMTPPatternRule(pattern: regex, actions: actions, location: line.location)
     }
 }
 
