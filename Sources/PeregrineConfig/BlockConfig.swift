@@ -134,11 +134,10 @@ public enum BlockConfig {
         return nodes
     }
 
-    /// Reads and parses a file, recording every error (see `ConfigFile.read`
-    /// for unreadable files and invalid UTF-8).
+    /// Reads and parses a file and the files it `include`s, recording every
+    /// error (see `ConfigFile.read` for unreadable files and invalid UTF-8).
     public static func load(path: String, diagnostics: inout ConfigDiagnostics) -> [ConfigNode] {
-        guard let text = ConfigFile.read(path: path, diagnostics: &diagnostics) else { return [] }
-        return parse(text, file: path, diagnostics: &diagnostics)
+        loadExpandingIncludes(path: path, includedFrom: nil, chain: [], diagnostics: &diagnostics)
     }
 
     private struct Tag {

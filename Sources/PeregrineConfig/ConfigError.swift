@@ -42,8 +42,11 @@ public struct ConfigError: Error, Hashable, Sendable, CustomStringConvertible {
     public var messageNamingDirective: String {
         guard let directive, !directive.isEmpty else { return message }
         // A block is named enough by `<name`: "unknown block <frob>" for `<frob x>`.
-        let key = directive.hasPrefix("<") ? String(directive.prefix { $0 != " " && $0 != ">" }) : directive
-        if message.contains(key) { return message }
+        if directive.hasPrefix("<") {
+            if message.contains(String(directive.prefix { $0 != " " && $0 != ">" })) { return message }
+        } else if message.hasPrefix(directive) || message.contains("'\(directive)'") || message.contains(" \(directive) ") {
+            return message // "spool needs a value", "unknown directive 'frob'"
+        }
         return "\(directive): \(message)"
     }
 

@@ -50,18 +50,27 @@ extension PeregrineConfig {
     /// directive's error is recorded and the next directive is read.
     public init(nodes: [ConfigNode], diagnostics: inout ConfigDiagnostics) {
         self.init()
-        var seenSingletons: [String: Int] = [:]
+        var seenSingletons: [String: ConfigLocation] = [:]
         var seenBlocks: [String: ConfigNode] = [:]
         for node in nodes {
             do throws(ConfigError) {
-                if node.isBlock {
+                if node.isBlock && node.name == "spool" {
+                    // `<spool PATH>` is PowerMTA's block form of `spool PATH`: one spool either way.
+                    if let first = seenSingletons["spool"] {
+                        throw node.error("the spool is already set at \(Self.place(first, from: node.location)) (Peregrine uses one spool directory)")
+                    }
+                    seenSingletons["spool"] = node.location
+                    try applySpoolBlock(node, diagnostics: &diagnostics)
+                } else if node.isBlock {
                     try applyBlock(node, seen: &seenBlocks, diagnostics: &diagnostics)
+                } else if NotApplicableDirectives.warnIfListed(node, in: .global, diagnostics: &diagnostics) {
+                    continue
                 } else {
                     if !["smtp-listener", "http-access", "dns-server", "domain-macro"].contains(node.name) {
-                        if let line = seenSingletons[node.name] {
-                            throw node.error("\(node.name) is already set at line \(line)")
+                        if let first = seenSingletons[node.name] {
+                            throw node.error("\(node.name) is already set at \(Self.place(first, from: node.location))")
                         }
-                        seenSingletons[node.name] = node.location.line
+                        seenSingletons[node.name] = node.location
                     }
                     try applyGlobal(node)
                 }
@@ -72,6 +81,20 @@ extension PeregrineConfig {
         do { try checkServerTLS(nodes: nodes) } catch { diagnostics.record(error) }
         checkReferences(nodes: nodes, diagnostics: &diagnostics)
         locatedWarnings = diagnostics.sortedWarnings
+    }
+
+    /// `line N` in the same file, else `file:N` (the first one was in an included file).
+    static func place(_ location: ConfigLocation, from here: ConfigLocation) -> String {
+        location.file == here.file ? "line \(location.line)" : location.description
+    }
+
+    /// `<spool PATH>` with PowerMTA's per-spool options, none of which apply to Peregrine's one spool.
+    private mutating func applySpoolBlock(_ node: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
+        spoolPath = try node.arguments(count: 1...1, usage: "one directory, as in <spool /var/spool/peregrine>")[0]
+        for child in node.directivesOnly(diagnostics: &diagnostics)
+        where !NotApplicableDirectives.warnIfListed(child, in: .spool, diagnostics: &diagnostics) {
+            diagnostics.record(child.error("unknown directive '\(child.name)' in \(node.displayName)"))
+        }
     }
 
     /// Both TLS files or neither; `tls=yes` listeners need them.
@@ -200,12 +223,27 @@ extension PeregrineConfig {
 
     private mutating func applyBlock(_ node: ConfigNode, seen: inout [String: ConfigNode],
                                      diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
-        // Duplicate named blocks are an error: a second <domain gmail.com> is almost always a mistake.
+        // Duplicate named blocks are an error (a second <domain gmail.com> is almost
+        // always a mistake), except <domain *>: PowerMTA merges repeated ones (configs
+        // split with include each add one), the later setting winning; a directive
+        // set in both is pointed out.
         let key = "\(node.name) \(node.arguments.joined(separator: " ").lowercased())"
         if let first = seen[key] {
-            throw node.error("\(node.displayName) is already defined at line \(first.location.line)")
+            guard node.name == "domain" && node.arguments == ["*"] else {
+                throw node.error("\(node.displayName) is already defined at \(Self.place(first.location, from: node.location))")
+            }
+            for child in node.children where !child.isBlock {
+                if let earlier = first.children.last(where: { !$0.isBlock && $0.name == child.name }) {
+                    diagnostics.warn(child, "\(child.name) is also set for \(node.displayName) at "
+                                     + "\(Self.place(earlier.location, from: child.location)); this later one applies")
+                }
+            }
+            var merged = first
+            merged.children += node.children
+            seen[key] = merged
+        } else {
+            seen[key] = node
         }
-        seen[key] = node
         switch node.name {
         case "source":
             sources.append(try SourceSettings(block: node, diagnostics: &diagnostics))

@@ -9,6 +9,8 @@ extension ConfigValue {
             caseInsensitive = true
             body = body.dropLast()
         }
+        // `//` is PowerMTA's catch-all: it matches every text (a last line that catches the rest).
+        if body == "//" { return try CompiledRegex("^", caseInsensitive: caseInsensitive) }
         guard body.count >= 3, body.hasPrefix("/"), body.hasSuffix("/") else {
             throw ConfigValueError("'\(text)' is not a /REGEX/ literal")
         }

@@ -28,8 +28,11 @@ extension SMTPPatternList {
             }
             let regex = try line.parse(line.arguments[0], ConfigValue.regexLiteral)
             var actions: [SMTPPatternAction] = []
+            // PowerMTA writes several actions as one comma list: mode=backoff,disable-source-ip=1h.
             for text in line.arguments.dropFirst() {
-                actions.append(try line.parse(text, ConfigValue.patternAction))
+                for part in text.split(separator: ",") {
+                    actions.append(try line.parse(String(part), ConfigValue.patternAction))
+                }
             }
             return SMTPPatternRule(pattern: regex, actions: actions, location: line.location)
     }

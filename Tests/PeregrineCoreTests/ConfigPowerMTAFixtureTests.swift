@@ -1,0 +1,147 @@
+import Foundation
+import Testing
+@testable import PeregrineConfig
+@testable import PeregrineDaemon
+@testable import PeregrineEngine
+
+/// Configs in the shape PowerMTA operators write (Tests/Fixtures/pmta, our own
+/// text from the directive vocabulary of real files) load with no error and
+/// with warnings only for directives that do not apply to Peregrine; and the
+/// structure they use (include, <spool>, repeated <domain *>, `//`, combined
+/// actions) means what it means in PowerMTA.
+@Suite struct ConfigPowerMTAFixtureTests {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/pmta").path
+
+    func check(_ name: String) -> (report: ConfigReport, config: PeregrineConfig) {
+        ConfigReport.check(path: Self.fixtures + "/" + name, strict: false)
+    }
+
+    func expectOnlyNotApplicableWarnings(_ report: ConfigReport) {
+        #expect(report.errors.isEmpty, "\(report.lines)")
+        for warning in report.warnings {
+            #expect(warning.message.contains("not applicable to Peregrine"), "\(warning)")
+        }
+    }
+
+    @Test func stockSampleLoads() {
+        let (report, config) = check("stock-sample.conf")
+        expectOnlyNotApplicableWarnings(report)
+        #expect(report.warnings.map(\.directive) == ["log-resolution", "deliver-only"], "\(report.lines)")
+        #expect(config.spoolPath == "/var/spool/pmta")
+        #expect(config.settings(forDomain: "discard.example.org").maxSMTPOut == 800)
+        #expect(config.settings(forDomain: "other.example").maxSMTPOut == 20)
+        #expect(config.source(forIP: "127.0.0.1").processXVirtualMTA)
+        #expect(config.httpAccessLevel(forIP: "::1") == .monitor)
+    }
+
+    @Test func espPoolConfigLoads() throws {
+        let (report, config) = check("esp-pool.conf")
+        expectOnlyNotApplicableWarnings(report)
+        #expect(Set(report.warnings.compactMap(\.directive))
+                == ["sync-msg-create", "sync-msg-update", "hide-message-source", "max-events-recorded", "ignore-8bitmime"],
+                "\(report.lines)")
+        #expect(config.virtualMTANames(for: "shared-pool") == ["ip-12", "ip-20"])
+        // The vmta's own <domain $gmail> beats the top-level one; the top-level one fills in the rest.
+        let gmail = config.settings(forDomain: "googlemail.com", vmta: "ip-10")
+        #expect(gmail.maxSMTPOut == 10)
+        #expect(gmail.maxMsgPerConnection == 100)
+        // The two <domain *> blocks are merged: the second adds to the first.
+        let other = config.settings(forDomain: "example.org")
+        #expect(other.connectTimeout == .seconds(60))
+        #expect(other.maxSMTPOut == 20)
+        #expect(other.smtpPatternList == "recover")
+        let throttling = try #require(config.patternLists["throttling"])
+        #expect(throttling.rules[1].actions == [.backoff, .disableSourceIP(.seconds(7200))])
+        #expect(throttling.rules[4].actions == [.backoff, .suspend(.seconds(1800))])
+        // `//` is the catch-all: it matches any reply.
+        let recover = try #require(config.patternLists["recover"])
+        #expect(recover.rules[1].pattern.matches("451 4.3.0 anything at all"))
+    }
+
+    @Test func splitConfigLoadsWithIncludes() throws {
+        let (report, config) = check("split/main.conf")
+        #expect(report.errors.isEmpty && report.warnings.isEmpty, "\(report.lines)")
+        #expect(config.virtualMTANames(for: "pool-a") == ["vmta-a1", "vmta-a2"])
+        #expect(config.source(forIP: "127.0.0.9").defaultVirtualMTA == "pool-a")
+        // <domain *> in main.conf and in conf.d/30-domains.conf are merged.
+        let any = config.settings(forDomain: "example.org")
+        #expect(any.maxSMTPOut == 10 && any.bounceAfter == .seconds(2 * 86400) && any.smtpPatternList == "isp-throttle")
+        // isp/gmail.inc, included inside <virtual-mta vmta-a2> from conf.d/20-vmtas.conf.
+        #expect(config.settings(forDomain: "gmail.com", vmta: "vmta-a2").maxSMTPOut == 4)
+        #expect(config.settings(forDomain: "gmail.com", vmta: "vmta-a1").maxSMTPOut == 10)
+    }
+
+    /// A temporary directory of config files, removed by the caller.
+    func directory(_ files: [String: String]) throws -> String {
+        let dir = NSTemporaryDirectory() + "peregrine-include-\(UUID().uuidString.prefix(8))"
+        for (name, text) in files {
+            let path = dir + "/" + name
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        return dir
+    }
+
+    @Test func errorsInIncludedFilesNameThatFileAndLine() throws {
+        let dir = try directory([
+            "main.conf": "spool /s\ninclude parts/*.conf\ninclude missing.conf\nthreads x\n",
+            "parts/a.conf": "<domain a.test>\n    max-smtp-out lots\n</domain>\n",
+            "parts/b.conf": "# b\nspool /other\n",
+        ])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var d = ConfigDiagnostics()
+        _ = PeregrineConfig.load(path: dir + "/main.conf", diagnostics: &d)
+        #expect(d.sortedErrors.map(\.description) == [
+            "\(dir)/main.conf:3: include: cannot open '\(dir)/missing.conf': No such file or directory (ENOENT)",
+            "\(dir)/main.conf:4: threads: 'x' is not a whole number",
+            "\(dir)/parts/a.conf:2: max-smtp-out: 'lots' is not a whole number",
+            "\(dir)/parts/b.conf:2: spool is already set at \(dir)/main.conf:1",
+        ])
+    }
+
+    @Test func includeCyclesAreRefusedAndEmptyGlobsWarned() throws {
+        let dir = try directory([
+            "main.conf": "spool /s\ninclude a.conf\ninclude none.d/*.conf\n",
+            "a.conf": "include b.conf\n",
+            "b.conf": "include a.conf\n",
+        ])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var d = ConfigDiagnostics()
+        _ = PeregrineConfig.load(path: dir + "/main.conf", diagnostics: &d)
+        #expect(d.errors.count == 1, "\(d.errors)")
+        #expect(d.errors.first?.location == ConfigLocation(file: dir + "/b.conf", line: 1))
+        #expect(d.errors.first?.message.contains("include cycle") == true, "\(d.errors)")
+        #expect(d.errors.first?.message.contains("a.conf -> ") == true, "\(d.errors)")
+        #expect(d.warnings.map(\.description) == ["\(dir)/main.conf:3: include: 'none.d/*.conf' matches no file"])
+    }
+
+    @Test func spoolBlockAndSpoolDirectiveAreOneSetting() {
+        var d = ConfigDiagnostics()
+        let config = PeregrineConfig.parse("<spool /var/spool/a>\n    deliver-only no\n</spool>\n", file: "s.conf", diagnostics: &d)
+        #expect(config.spoolPath == "/var/spool/a")
+        #expect(d.errors.isEmpty)
+        #expect(d.warnings.map(\.description).first?.hasPrefix("s.conf:2: deliver-only: not applicable to Peregrine") == true, "\(d.warnings)")
+        var twice = ConfigDiagnostics()
+        _ = PeregrineConfig.parse("spool /a\n<spool /b>\n</spool>\n<spool /c>\n  frob 1\n</spool>\n", file: "s.conf", diagnostics: &twice)
+        #expect(twice.sortedErrors.map(\.description) == [
+            "s.conf:2: <spool /b>: the spool is already set at line 1 (Peregrine uses one spool directory)",
+            "s.conf:4: <spool /c>: the spool is already set at line 1 (Peregrine uses one spool directory)",
+        ])
+    }
+
+    /// A directive set in two <domain *> blocks: the later applies, and the operator is told.
+    @Test func repeatedDomainBlocksMergeAndOverlapsAreWarned() {
+        var d = ConfigDiagnostics()
+        let config = PeregrineConfig.parse("<domain *>\n  max-smtp-out 5\n  retry-after 1m\n</domain>\n<domain *>\n  max-smtp-out 7\n</domain>\n",
+                                           file: "m.conf", diagnostics: &d)
+        #expect(d.errors.isEmpty)
+        #expect(config.settings(forDomain: "x.test").maxSMTPOut == 7)
+        #expect(config.settings(forDomain: "x.test").retryAfter == RetrySchedule([.seconds(60)]))
+        #expect(d.warnings.map(\.description) == ["m.conf:6: max-smtp-out is also set for <domain *> at line 2; this later one applies"])
+        // Other blocks still may not repeat.
+        var vmta = ConfigDiagnostics()
+        _ = PeregrineConfig.parse("<virtual-mta v>\n</virtual-mta>\n<virtual-mta v>\n</virtual-mta>\n", file: "m.conf", diagnostics: &vmta)
+        #expect(vmta.errors.map(\.description) == ["m.conf:3: <virtual-mta v> is already defined at line 1"])
+    }
+}
