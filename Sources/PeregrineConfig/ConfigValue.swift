@@ -21,7 +21,7 @@ public enum ConfigValue {
             switch unit {
             case "ms": millisPerUnit = 1
             case "", "s": millisPerUnit = 1000
-            case "m": millisPerUnit = 60_000
+            case "m", "min": millisPerUnit = 60_000 // PowerMTA also writes 50/min
             case "h": millisPerUnit = 3_600_000
             case "d": millisPerUnit = 86_400_000
             case "w": millisPerUnit = 7 * 86_400_000

@@ -144,4 +144,35 @@ import Testing
         _ = PeregrineConfig.parse("<virtual-mta v>\n</virtual-mta>\n<virtual-mta v>\n</virtual-mta>\n", file: "m.conf", diagnostics: &vmta)
         #expect(vmta.errors.map(\.description) == ["m.conf:3: <virtual-mta v> is already defined at line 1"])
     }
+
+    /// Directives that would change delivery and are not implemented are refused
+    /// by name, with what to use instead, never accepted and ignored.
+    @Test func unimplementedDeliveryDirectivesAreRefusedByName() {
+        var d = ConfigDiagnostics()
+        _ = PeregrineConfig.parse("""
+            <virtual-mta v>
+                smtp-source-host 127.0.0.2 v.test
+                max-smtp-out 50
+            </virtual-mta>
+            <source 0/0>
+                jobid-header Message-ID
+            </source>
+            <domain *>
+                bounce-upon-5xx-greeting yes
+            </domain>
+            total-max-smtp-out 500
+            """, file: "u.conf", diagnostics: &d)
+        let lines = d.sortedErrors.map(\.description)
+        #expect(lines.count == 4, "\(lines)")
+        #expect(lines.first == "u.conf:3: max-smtp-out is not supported by Peregrine yet (a cap over all of this virtual-mta's queues; "
+                + "set it per queue with <domain *> max-smtp-out N inside the virtual-mta); it changes delivery, so it is refused rather than ignored")
+        #expect(lines.dropFirst().map { String($0.prefix(while: { $0 != " " })) } == ["u.conf:6:", "u.conf:9:", "u.conf:11:"])
+        #expect(d.warnings.isEmpty)
+    }
+
+    @Test func ratesPerMinuteAsPowerMTAWritesThem() throws {
+        let config = try PeregrineConfig.parse("<domain *>\n  max-msg-rate 50/min\n  backoff-max-msg-rate 5/min\n</domain>\n", file: "r.conf")
+        #expect(config.settings(forDomain: "x.test").maxMsgRate == .limited(count: 50, per: .seconds(60)))
+        #expect(config.settings(forDomain: "x.test").backoffMaxMsgRate == .limited(count: 5, per: .seconds(60)))
+    }
 }

@@ -34,7 +34,7 @@ extension DomainOverrides {
         self.init()
         var seen: [String: Int] = [:]
         for node in block.directivesOnly(diagnostics: &diagnostics) {
-            if NotApplicableDirectives.warnIfListed(node, in: .domain, diagnostics: &diagnostics) { continue }
+            if NotApplicableDirectives.handled(node, in: .domain, diagnostics: &diagnostics) { continue }
             if let line = seen[node.name] {
                 diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
                 continue

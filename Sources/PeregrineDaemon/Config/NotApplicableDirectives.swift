@@ -49,10 +49,61 @@ enum NotApplicableDirectives {
         ],
     ]
 
+    /// PowerMTA directives that change what is delivered, where, or how, and
+    /// that Peregrine does not implement yet: refused with this reason rather
+    /// than "unknown", so a migration knows what it is giving up. (Never
+    /// accepted: each would silently change delivery.) Remove a name here when
+    /// it is implemented.
+    static let unsupported: [Context: [String: String]] = [
+        .global: [
+            "total-max-smtp-out": "a cap on all outbound connections; use max-smtp-out per <domain>",
+            "total-max-smtp-in": "use max-smtp-in, which caps all inbound connections",
+            "max-cold-virtual-mta-msg": "cold-VMTA warm-up limits",
+            "dummy-smtp-port": "a discard listener",
+            "smtp-server-tls-allow-tlsv1": "TLS 1.0 on injection (Peregrine allows TLS 1.2 and later)",
+            "smtp-server-tls-allow-tlsv1.1": "TLS 1.1 on injection (Peregrine allows TLS 1.2 and later)",
+        ],
+        .domain: [
+            "smtp-553-means-invalid-mailbox": "reclassifying 553 replies",
+            "bounce-upon-5xx-greeting": "bouncing on a 5xx greeting (Peregrine tries the next MX, then defers)",
+            "queue-to": "redirecting a queue to another domain's queue",
+            "smtp-hosts": "a fixed MX list; use route [HOST]:PORT for one host",
+            "max-rcpt-per-message": "splitting messages by recipient count; use max-rcpt-per-transaction",
+            "verp-default": "VERP return paths",
+        ],
+        .source: [
+            "jobid-header": "a job id from a named header; use process-x-job (X-Job:)",
+            "remove-header": "removing headers on injection",
+            "retain-x-job": "keeping X-Job: in the delivered message",
+            "process-x-envid": "X-Envid: as the DSN envelope id",
+            "max-errors-per-connection": "use the top-level max-smtp-in-errors",
+            "allow-starttls": "turning STARTTLS off per source (it is on when a certificate is set)",
+        ],
+        .virtualMTA: [
+            "max-smtp-out": "a cap over all of this virtual-mta's queues; set it per queue with <domain *> max-smtp-out N inside the virtual-mta",
+        ],
+    ]
+
+    /// The refusal for a directive Peregrine does not implement yet, if `node` is one here.
+    static func refusal(_ node: ConfigNode, in context: Context) -> ConfigError? {
+        guard !node.isBlock, let reason = unsupported[context]?[node.name] else { return nil }
+        return node.error("\(node.name) is not supported by Peregrine yet (\(reason)); "
+                          + "it changes delivery, so it is refused rather than ignored")
+    }
+
     /// Records the warning and returns true when `node` is a not-applicable directive here.
     static func warnIfListed(_ node: ConfigNode, in context: Context, diagnostics: inout ConfigDiagnostics) -> Bool {
         guard !node.isBlock, let reason = reasons[context]?[node.name] else { return false }
         diagnostics.warn(node, "not applicable to Peregrine, ignored (\(reason))")
         return true
+    }
+
+    /// Records the refusal, or the warning, and returns true when `node` is either here.
+    static func handled(_ node: ConfigNode, in context: Context, diagnostics: inout ConfigDiagnostics) -> Bool {
+        if let refusal = refusal(node, in: context) {
+            diagnostics.record(refusal)
+            return true
+        }
+        return warnIfListed(node, in: context, diagnostics: &diagnostics)
     }
 }

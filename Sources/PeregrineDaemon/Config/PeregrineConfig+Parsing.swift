@@ -63,7 +63,7 @@ extension PeregrineConfig {
                     try applySpoolBlock(node, diagnostics: &diagnostics)
                 } else if node.isBlock {
                     try applyBlock(node, seen: &seenBlocks, diagnostics: &diagnostics)
-                } else if NotApplicableDirectives.warnIfListed(node, in: .global, diagnostics: &diagnostics) {
+                } else if NotApplicableDirectives.handled(node, in: .global, diagnostics: &diagnostics) {
                     continue
                 } else {
                     if !["smtp-listener", "http-access", "dns-server", "domain-macro"].contains(node.name) {

@@ -51,7 +51,7 @@ extension SourceSettings {
         location = block.location
         var seen: [String: Int] = [:]
         for node in block.directivesOnly(diagnostics: &diagnostics) {
-            if NotApplicableDirectives.warnIfListed(node, in: .source, diagnostics: &diagnostics) { continue }
+            if NotApplicableDirectives.handled(node, in: .source, diagnostics: &diagnostics) { continue }
             if let line = seen[node.name] {
                 diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
                 continue

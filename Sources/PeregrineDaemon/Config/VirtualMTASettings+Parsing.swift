@@ -41,7 +41,7 @@ extension VirtualMTASettings {
         self.init(name: name.lowercased(), location: block.location)
         var seenDomains: [DomainBlock.Pattern: Int] = [:]
         for node in block.children {
-            if NotApplicableDirectives.warnIfListed(node, in: .virtualMTA, diagnostics: &diagnostics) { continue }
+            if NotApplicableDirectives.handled(node, in: .virtualMTA, diagnostics: &diagnostics) { continue }
             do { try apply(node, in: block, seenDomains: &seenDomains, diagnostics: &diagnostics) } catch {
                 diagnostics.record(error)
             }
