@@ -113,8 +113,18 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             vmtaName = HeaderSection.string(f.value, in: bytes)
             for field in headers.all(named: "X-Virtual-MTA", in: bytes) { drop.append(field.range) }
         }
-        if source.processXJob, let f = headers.first(named: "X-Job", in: bytes) {
+        if let name = source.jobHeaderName, let f = headers.first(named: name, in: bytes) {
             jobID = HeaderSection.string(f.value, in: bytes)
+            if !source.retainXJob { for field in headers.all(named: name, in: bytes) { drop.append(field.range) } }
+        }
+        var envID = mail.envelopeID ?? ""
+        if source.processXEnvID, let f = headers.first(named: "X-Envid", in: bytes) {
+            // RFC 3461 caps ENVID at 100 characters.
+            if envID.isEmpty { envID = String(HeaderSection.string(f.value, in: bytes).prefix(100)) }
+            for field in headers.all(named: "X-Envid", in: bytes) { drop.append(field.range) }
+        }
+        for name in source.removeHeaders {
+            for field in headers.all(named: name, in: bytes) { drop.append(field.range) }
         }
         guard let vmta = worker.pickVMTA(vmtaName) else {
             body.clear()
@@ -144,7 +154,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
                                orcpt: Array(($0.originalRecipient.map { "\($0.addressType);\($0.address)" } ?? "").utf8),
                                notify: NotifyFlags(rawValue: $0.notify?.rawValue ?? 0))
             },
-            vmta: Array(vmta.utf8), jobID: Array(jobID.utf8), envID: Array((mail.envelopeID ?? "").utf8),
+            vmta: Array(vmta.utf8), jobID: Array(jobID.utf8), envID: Array(envID.utf8),
             receivedAt: wallClockMilliseconds())
         let size = assembled.count
         let pool = worker.policies.config.pool(named: vmtaName)?.name

@@ -155,7 +155,7 @@ import Testing
                 max-smtp-out 50
             </virtual-mta>
             <source 0/0>
-                jobid-header Message-ID
+                max-errors-per-connection 5
             </source>
             <domain *>
                 bounce-upon-5xx-greeting yes
@@ -174,5 +174,45 @@ import Testing
         let config = try PeregrineConfig.parse("<domain *>\n  max-msg-rate 50/min\n  backoff-max-msg-rate 5/min\n</domain>\n", file: "r.conf")
         #expect(config.settings(forDomain: "x.test").maxMsgRate == .limited(count: 50, per: .seconds(60)))
         #expect(config.settings(forDomain: "x.test").backoffMaxMsgRate == .limited(count: 5, per: .seconds(60)))
+    }
+
+    @Test func sourceHeaderDirectivesAndTLSVersionsParse() throws {
+        let config = try PeregrineConfig.parse("""
+            total-max-smtp-in 300
+            smtp-server-tls-allow-tlsv1 no
+            smtp-server-tls-allow-tlsv1.1 false
+            smtp-server-tls-allow-tlsv1.2 yes
+            <source 10.0.0.0/8>
+                jobid-header X-Mailer-RecptId
+                remove-header X-Secret, X-Internal
+                retain-x-job no
+                process-x-envid yes
+                allow-starttls yes
+            </source>
+            <source 0/0>
+                process-x-job yes
+            </source>
+            """, file: "h.conf")
+        #expect(config.maxSMTPIn == 300)
+        let source = config.source(forIP: "10.1.2.3")
+        #expect(source.jobHeaderName == "X-Mailer-RecptId" && !source.retainXJob && source.processXEnvID)
+        #expect(source.removeHeaders == ["X-Secret", "X-Internal"])
+        #expect(config.source(forIP: "192.0.2.1").jobHeaderName == "X-Job")
+        var d = ConfigDiagnostics()
+        _ = PeregrineConfig.parse("""
+            max-smtp-in 10
+            total-max-smtp-in 20
+            smtp-server-tls-allow-tlsv1 yes
+            smtp-server-tls-allow-tlsv1.3 no
+            <source 0/0>
+                allow-starttls no
+                remove-header Bad:Name
+            </source>
+            """, file: "h.conf", diagnostics: &d)
+        #expect(d.sortedErrors.map { "\($0.location.line) \($0.directive ?? "")" } == [
+            "2 total-max-smtp-in", "3 smtp-server-tls-allow-tlsv1", "4 smtp-server-tls-allow-tlsv1.3",
+            "6 allow-starttls", "7 remove-header",
+        ], "\(d.sortedErrors)")
+        #expect(d.sortedErrors.first?.message == "total-max-smtp-in is already set at line 1 (as max-smtp-in)")
     }
 }

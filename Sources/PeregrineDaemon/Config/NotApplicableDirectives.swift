@@ -57,11 +57,8 @@ enum NotApplicableDirectives {
     static let unsupported: [Context: [String: String]] = [
         .global: [
             "total-max-smtp-out": "a cap on all outbound connections; use max-smtp-out per <domain>",
-            "total-max-smtp-in": "use max-smtp-in, which caps all inbound connections",
             "max-cold-virtual-mta-msg": "cold-VMTA warm-up limits",
             "dummy-smtp-port": "a discard listener",
-            "smtp-server-tls-allow-tlsv1": "TLS 1.0 on injection (Peregrine allows TLS 1.2 and later)",
-            "smtp-server-tls-allow-tlsv1.1": "TLS 1.1 on injection (Peregrine allows TLS 1.2 and later)",
         ],
         .domain: [
             "smtp-553-means-invalid-mailbox": "reclassifying 553 replies",
@@ -72,12 +69,7 @@ enum NotApplicableDirectives {
             "verp-default": "VERP return paths",
         ],
         .source: [
-            "jobid-header": "a job id from a named header; use process-x-job (X-Job:)",
-            "remove-header": "removing headers on injection",
-            "retain-x-job": "keeping X-Job: in the delivered message",
-            "process-x-envid": "X-Envid: as the DSN envelope id",
             "max-errors-per-connection": "use the top-level max-smtp-in-errors",
-            "allow-starttls": "turning STARTTLS off per source (it is on when a certificate is set)",
         ],
         .virtualMTA: [
             "max-smtp-out": "a cap over all of this virtual-mta's queues; set it per queue with <domain *> max-smtp-out N inside the virtual-mta",

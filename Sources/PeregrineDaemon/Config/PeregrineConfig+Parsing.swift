@@ -67,10 +67,13 @@ extension PeregrineConfig {
                     continue
                 } else {
                     if !["smtp-listener", "http-access", "dns-server", "domain-macro"].contains(node.name) {
-                        if let first = seenSingletons[node.name] {
-                            throw node.error("\(node.name) is already set at \(Self.place(first, from: node.location))")
+                        // total-max-smtp-in is PowerMTA's name for what max-smtp-in sets here.
+                        let key = node.name == "total-max-smtp-in" ? "max-smtp-in" : node.name
+                        if let first = seenSingletons[key] {
+                            throw node.error("\(node.name) is already set at \(Self.place(first, from: node.location))"
+                                             + (key == node.name ? "" : " (as \(key))"))
                         }
-                        seenSingletons[node.name] = node.location
+                        seenSingletons[key] = node.location
                     }
                     try applyGlobal(node)
                 }
@@ -161,8 +164,18 @@ extension PeregrineConfig {
             spoolPath = try node.singleArgument()
         case "http-mgmt-token-file":
             httpManagementTokenFile = try node.singleArgument()
-        case "max-smtp-in":
+        case "max-smtp-in", "total-max-smtp-in":
             maxSMTPIn = try node.integer(in: 1...1_000_000)
+        case "smtp-server-tls-allow-tlsv1", "smtp-server-tls-allow-tlsv1.1":
+            // Injection TLS is 1.2 and later (TLSContext.server); 'no' states exactly that.
+            if try node.value(ConfigValue.bool) {
+                throw node.error("\(node.name) yes is refused: Peregrine accepts TLS 1.2 and later only (RFC 8996 deprecates 1.0 and 1.1)")
+            }
+        case "smtp-server-tls-allow-tlsv1.2", "smtp-server-tls-allow-tlsv1.3":
+            if !(try node.value(ConfigValue.bool)) {
+                throw node.error("\(node.name) no is not supported yet: Peregrine's injection listeners always allow TLS 1.2 and 1.3; "
+                                 + "it is refused rather than ignored")
+            }
         case "max-smtp-in-errors":
             maxSMTPInErrors = try node.integer(in: 1...10_000)
         case "smtp-idle-timeout":

@@ -27,6 +27,19 @@ public struct SourceSettings: Hashable, Sendable {
     /// have open at once (the top-level `max-smtp-in` caps the total); one
     /// more is answered 421 4.7.0 and closed.
     public var maxSMTPIn = SourceSettings.defaultMaxSMTPIn
+    /// `jobid-header NAME`: the header the job id is read from (PowerMTA's;
+    /// implies processing it). nil: `X-Job` when `process-x-job` is on.
+    public var jobIDHeader: String?
+    /// `retain-x-job`: keep the job id header in the message (the default,
+    /// as Peregrine always has); `no` removes it once read.
+    public var retainXJob = true
+    /// `remove-header NAME[,NAME…]`: headers removed from injected messages.
+    public var removeHeaders: [String] = []
+    /// `process-x-envid`: an `X-Envid:` header gives the DSN envelope id when
+    /// MAIL FROM had no ENVID=, and is removed.
+    public var processXEnvID = false
+    /// The header the job id comes from, if any.
+    public var jobHeaderName: String? { jobIDHeader ?? (processXJob ? "X-Job" : nil) }
     public static let defaultMaxSMTPIn = 100
     public var location: ConfigLocation?
 
@@ -61,6 +74,15 @@ extension SourceSettings {
         }
     }
 
+    /// A header field name (RFC 5322 ftext: printable ASCII but ':').
+    private static func headerName(_ node: ConfigNode, _ text: String) throws(ConfigError) -> String {
+        let name = text
+        guard !name.isEmpty, name.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 && $0 != ":" }) else {
+            throw node.error("\(node.name): '\(text)' is not a header name")
+        }
+        return name
+    }
+
     private mutating func apply(_ node: ConfigNode, in block: ConfigNode) throws(ConfigError) {
             switch node.name {
             case "always-allow-relaying": alwaysAllowRelaying = try node.value(ConfigValue.bool)
@@ -82,6 +104,19 @@ extension SourceSettings {
                 }
             case "add-received-header": addReceivedHeader = try node.value(ConfigValue.bool)
             case "max-smtp-in": maxSMTPIn = try node.integer(in: 1...1_000_000)
+            case "jobid-header": jobIDHeader = try Self.headerName(node, node.singleArgument())
+            case "retain-x-job": retainXJob = try node.value(ConfigValue.bool)
+            case "remove-header":
+                for name in node.arguments.joined(separator: ",").split(separator: ",") {
+                    removeHeaders.append(try Self.headerName(node, String(name)))
+                }
+            case "process-x-envid": processXEnvID = try node.value(ConfigValue.bool)
+            case "allow-starttls":
+                // STARTTLS is offered to every source once a certificate is set; only that is implemented.
+                guard try node.value(ConfigValue.bool) else {
+                    throw node.error("allow-starttls no is not supported yet (Peregrine offers STARTTLS to every client "
+                                     + "once smtp-server-tls-certificate is set); it is refused rather than ignored")
+                }
             default:
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
             }
