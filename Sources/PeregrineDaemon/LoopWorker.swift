@@ -109,10 +109,11 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         let source = config.source(for: c.peer)
         var sessionConfig = SMTPServerConfiguration(hostname: daemon.hostName)
         sessionConfig.banner = "ESMTP Peregrine"
-        sessionConfig.maxErrors = config.maxSMTPInErrors
+        sessionConfig.maxErrors = source.maxErrorsPerConnection ?? config.maxSMTPInErrors
+        if let cap = source.maxRcptPerMessage { sessionConfig.maxRecipients = cap }
         if source.maxMessageSize > 0 { sessionConfig.maxMessageSize = source.maxMessageSize }
         let tlsContext = serverTLSContext
-        sessionConfig.startTLSEnabled = tlsContext != nil && !implicitTLS
+        sessionConfig.startTLSEnabled = tlsContext != nil && !implicitTLS && source.allowStartTLS
         let ip = c.peer.ip
         let admission = daemon.inboundLimits.admit(ip: ip, perAddress: source.maxSMTPIn, total: config.maxSMTPIn)
         let handler = InjectionHandler(worker: self, peer: c.peer, source: source)

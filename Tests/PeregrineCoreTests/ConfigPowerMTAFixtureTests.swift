@@ -155,7 +155,7 @@ import Testing
                 max-smtp-out 50
             </virtual-mta>
             <source 0/0>
-                max-errors-per-connection 5
+                verp-default yes
             </source>
             <domain *>
                 bounce-upon-5xx-greeting yes
@@ -205,7 +205,7 @@ import Testing
             smtp-server-tls-allow-tlsv1 yes
             smtp-server-tls-allow-tlsv1.3 no
             <source 0/0>
-                allow-starttls no
+                allow-starttls maybe
                 remove-header Bad:Name
             </source>
             """, file: "h.conf", diagnostics: &d)

@@ -65,11 +65,9 @@ enum NotApplicableDirectives {
             "bounce-upon-5xx-greeting": "bouncing on a 5xx greeting (Peregrine tries the next MX, then defers)",
             "queue-to": "redirecting a queue to another domain's queue",
             "smtp-hosts": "a fixed MX list; use route [HOST]:PORT for one host",
-            "max-rcpt-per-message": "splitting messages by recipient count; use max-rcpt-per-transaction",
-            "verp-default": "VERP return paths",
         ],
         .source: [
-            "max-errors-per-connection": "use the top-level max-smtp-in-errors",
+            "verp-default": "VERP return paths",
         ],
         .virtualMTA: [
             "max-smtp-out": "a cap over all of this virtual-mta's queues; set it per queue with <domain *> max-smtp-out N inside the virtual-mta",

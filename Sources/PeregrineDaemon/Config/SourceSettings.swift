@@ -38,6 +38,13 @@ public struct SourceSettings: Hashable, Sendable {
     /// `process-x-envid`: an `X-Envid:` header gives the DSN envelope id when
     /// MAIL FROM had no ENVID=, and is removed.
     public var processXEnvID = false
+    /// `max-errors-per-connection N`: protocol errors before 421 4.7.0 and
+    /// close, for these clients; nil: the top-level max-smtp-in-errors.
+    public var maxErrorsPerConnection: Int?
+    /// `max-rcpt-per-message N`: RCPTs accepted per message; more get 452 4.5.3. nil: the session's default.
+    public var maxRcptPerMessage: Int?
+    /// `allow-starttls`: offer STARTTLS to these clients (when a certificate is set).
+    public var allowStartTLS = true
     /// The header the job id comes from, if any.
     public var jobHeaderName: String? { jobIDHeader ?? (processXJob ? "X-Job" : nil) }
     public static let defaultMaxSMTPIn = 100
@@ -111,12 +118,9 @@ extension SourceSettings {
                     removeHeaders.append(try Self.headerName(node, String(name)))
                 }
             case "process-x-envid": processXEnvID = try node.value(ConfigValue.bool)
-            case "allow-starttls":
-                // STARTTLS is offered to every source once a certificate is set; only that is implemented.
-                guard try node.value(ConfigValue.bool) else {
-                    throw node.error("allow-starttls no is not supported yet (Peregrine offers STARTTLS to every client "
-                                     + "once smtp-server-tls-certificate is set); it is refused rather than ignored")
-                }
+            case "allow-starttls": allowStartTLS = try node.value(ConfigValue.bool)
+            case "max-errors-per-connection": maxErrorsPerConnection = try node.integer(in: 1...10_000)
+            case "max-rcpt-per-message": maxRcptPerMessage = try node.integer(in: 1...100_000)
             default:
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
             }
