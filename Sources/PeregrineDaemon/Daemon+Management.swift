@@ -208,6 +208,12 @@ extension Daemon {
                             "acceptFailures": sum(\.acceptFailures)],
             "queued": ["queues": queues.count, "ready": queues.reduce(0) { $0 + $1.ready },
                        "delayed": queues.reduce(0) { $0 + $1.delayed }],
+            // Per loop (SO_REUSEPORT spreads connections by a hash): lets a
+            // test or an operator see that every loop takes connections.
+            "loops": snaps.enumerated().map { i, s in
+                ["loop": i, "inboundTotal": s.injectionConnections, "inbound": s.openInjections,
+                 "outbound": s.outboundConnections] as [String: Any]
+            },
         ]
     }
 

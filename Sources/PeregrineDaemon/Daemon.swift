@@ -50,6 +50,8 @@ public final class Daemon<Loop: EventLoop> {
     private var signalSources: [DispatchSourceSignal] = []
     private let startedAt = monotonicNanoseconds()
     private var shuttingDown = false
+    /// A loop stopped without a shutdown (see `loopReturned`): the exit status is 1.
+    private var loopFailed = false
     /// The shutdown deadline passed or a second signal came: deliveries are abandoned.
     private var forcing = false
     private let exited = DispatchSemaphore(value: 0)
@@ -172,7 +174,7 @@ public final class Daemon<Loop: EventLoop> {
                     ready.signal()
                     return
                 }
-                self.loopExited()
+                self.loopReturned(i)
             }
             t.name = "peregrine-loop-\(i)"
             threads.append(t)
@@ -223,8 +225,27 @@ public final class Daemon<Loop: EventLoop> {
         log(line)
         exited.wait()
         accounting.close()
-        log("stopped")
-        return 0
+        let failed = lock.withLock { loopFailed }
+        log(failed ? "stopped after a loop failed (exit status 1)" : "stopped")
+        return failed ? 1 : 0
+    }
+
+    /// A loop's `run()` returned. Expected once shutdown asked it to stop;
+    /// before that (a backend that cannot go on, e.g. io_uring refusing its
+    /// thread) the daemon cannot serve that loop's queues and connections:
+    /// it says so and shuts down (bounded by `shutdown-timeout`), exiting 1,
+    /// rather than running on half-dead or vanishing without a word.
+    private func loopReturned(_ index: Int) {
+        let unexpected = lock.withLock { () -> Bool in
+            if shuttingDown { return false }
+            loopFailed = true
+            return true
+        }
+        if unexpected {
+            log("loop \(index) stopped without a shutdown (its \(Loop.kind) backend returned from run()); shutting down")
+            DispatchQueue.global().async { [self] in shutdown(reason: "loop \(index) failed") }
+        }
+        loopExited()
     }
 
     private func streamIndex(of r: SpoolStreamRecovery) -> Int {

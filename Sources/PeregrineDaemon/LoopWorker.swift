@@ -154,19 +154,27 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     private(set) var isShuttingDown = false
     private var injectionsDrained: (() -> Void)?
 
-    /// Shutdown: a connection whose message is being committed (or whose
-    /// reply is still being written) gets that reply, then closes; every
-    /// other one closes now. A client never sees EOF after its message was
-    /// committed: that would make it send the message again. `done` runs
-    /// when no injection connection is left.
+    /// Shutdown: every injection connection drains. A message being
+    /// committed gets its reply (a client never sees EOF after its message
+    /// was committed: that would make it send the message again); then the
+    /// client's next command, or the drain deadline, gets `421 4.3.2` and
+    /// the connection closes (RFC 5321 §3.8), so a client in the middle of
+    /// a transaction knows to retry rather than seeing a bare EOF. `done`
+    /// runs when no injection connection is left.
     func finishInjections(_ done: @escaping () -> Void) {
         isShuttingDown = true
         injectionsDrained = done
-        for c in Array(injections.values) {
-            if c.session.isAwaitingDecision || c.isWritingReplies { c.closeAfterNextReply() } else { c.close() }
-        }
+        let reply = SMTPReply(code: 421, enhancedCode: EnhancedStatusCode(4, 3, 2),
+                              "\(daemon.hostName) service shutting down, closing connection")
+        let deadline = min(Self.injectionDrainDeadline, policies.config.shutdownTimeout.nanoseconds)
+        for c in Array(injections.values) { c.drain(reply, deadline: deadline) }
         checkInjectionsDrained()
     }
+
+    /// How long a draining injection client has to send its next command
+    /// before it gets the 421 anyway (at most `shutdown-timeout`): short, so
+    /// that idle injection connections do not hold the shutdown up.
+    static var injectionDrainDeadline: UInt64 { 2_000_000_000 }
 
     private func checkInjectionsDrained() {
         guard injections.isEmpty, let done = injectionsDrained else { return }

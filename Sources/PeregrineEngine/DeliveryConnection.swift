@@ -16,8 +16,11 @@ import PeregrineTransport
 /// with one more command batch waiting in `pendingOutput`. The session only
 /// produces the next command in answer to a reply, so a receiver that stops
 /// reading stops the output growing; the session's per-phase timers
-/// (`data-send-timeout` and the rest) then close the connection. With TLS,
-/// OpenSSL holds at most the ciphertext of that same transaction.
+/// (`data-send-timeout` for the body's send, until the socket has taken it,
+/// and the rest) then end the session, and a session that timed out closes
+/// its socket even with a send in flight (that send would never complete:
+/// waiting for it kept the connection, and its max-smtp-out slot, forever).
+/// With TLS, OpenSSL holds at most the ciphertext of that same transaction.
 final class DeliveryConnection<Loop: EventLoop> {
     unowned let engine: DeliveryEngine<Loop>
     let loop: Loop
@@ -69,6 +72,7 @@ final class DeliveryConnection<Loop: EventLoop> {
     private var onIdleTimeout: (() -> Void)!
     private var onWaitOver: (() -> Void)!
     private var onBodyRead: ((Result<UnsafeRawBufferPointer, IOError>) -> Void)!
+    private var onLingerOver: (() -> Void)!
 
     init(engine: DeliveryEngine<Loop>, loop: Loop, queue: DeliveryQueue, vmta: VirtualMTA, hosts: [RouteHost],
          configuration: SMTPClientConfiguration) {
@@ -89,6 +93,7 @@ final class DeliveryConnection<Loop: EventLoop> {
         }
         onWaitOver = { [unowned self] in self.idleTimer = nil; self.askForWork() }
         onBodyRead = { [unowned self] result in self.bodyRead(result) }
+        onLingerOver = { [unowned self] in self.timer = nil; self.finishClose() }
     }
 
     deinit { receiveBuffer.deallocate() }
@@ -197,6 +202,8 @@ final class DeliveryConnection<Loop: EventLoop> {
     /// while a send is in flight (the buffer belongs to the loop then), it
     /// goes through the session's output as before.
     private func writeBody() {
+        // Timed by data-send-timeout until the socket has taken it (`sent`).
+        defer { session.bodyAwaitsSocket() }
         if sending || tls?.isActive == true {
             session.appendBody(body)
             session.finishBody()
@@ -232,7 +239,12 @@ final class DeliveryConnection<Loop: EventLoop> {
         defer { releaseIfDone() }
         switch result {
         case .success:
-            if closing { finishClose() } else { flush() }
+            if closing { finishClose(); return }
+            flush()
+            if !sending && session.isBodyAwaitingSocket {
+                session.bodyHandedToSocket()  // the body is out: now the wait for its reply
+                pump()
+            }
         case .failure:
             session.connectionClosed()
             pump()
@@ -336,7 +348,13 @@ final class DeliveryConnection<Loop: EventLoop> {
     private func closeAfterFlush(reason: SMTPClientCloseReason) {
         closeReason = reason
         closing = true
-        if !sending { finishClose() }
+        guard sending else { finishClose(); return }
+        // A timeout: the send in flight is (or waits behind) what stalled;
+        // it would never complete. Otherwise (a QUIT going out) wait for it,
+        // but not beyond the QUIT timeout.
+        if case .timedOut = reason { finishClose(); return }
+        if let t = timer { loop.cancelTimer(t) }
+        timer = loop.scheduleTimer(after: session.configuration.timeouts.quit, onLingerOver)
     }
 
     private func finishClose() {

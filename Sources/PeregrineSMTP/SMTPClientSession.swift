@@ -39,6 +39,8 @@ public final class SMTPClientSession {
     var expectedIndex = 0
     var pipelined = false
     var acceptedCount = 0
+    /// The body's end is written but still waits for the socket (SMTPClientSession+BodySend.swift).
+    var bodyUnsent = false
 
     public init(configuration: SMTPClientConfiguration) {
         self.configuration = configuration
@@ -277,7 +279,7 @@ public final class SMTPClientSession {
             guard expectedIndex < expected.count else { return .mail }
             switch expected[expectedIndex] { case .mail: return .mail; case .rcpt: return .rcpt; case .data: return .dataInit }
         case .body: return .dataBlock
-        case .dataEnd: return .dataEnd
+        case .dataEnd: return bodyUnsent ? .dataBlock : .dataEnd
         case .rset: return .rset
         case .quit: return .quit
         case .startTLS, .tlsHandshake: return .startTLS
@@ -359,6 +361,7 @@ public final class SMTPClientSession {
         case .transaction:
             transactionReply(reply)
         case .dataEnd:
+            bodyUnsent = false
             finalReply = reply
             completeMessage()
         case .rset:
@@ -508,6 +511,7 @@ public final class SMTPClientSession {
     func close(_ reason: SMTPClientCloseReason) {
         guard state != .closed else { return }
         state = .closed
+        bodyUnsent = false
         emit(.cancelTimer)
         emit(.closed(reason))
     }

@@ -66,6 +66,8 @@ public final class SMTPServerSession {
     var inCallback = false
     var reentrantDecision: SMTPServerDecision?
     var processing = false
+    /// Set by `beginDrain(_:)`: the reply (a 421) the next command gets (SMTPServerSession+Drain.swift).
+    var drainReply: SMTPReply?
 
     public init(configuration: SMTPServerConfiguration = SMTPServerConfiguration(),
                 delegate: (any SMTPServerSessionDelegate)? = nil) {
@@ -271,6 +273,7 @@ public final class SMTPServerSession {
             protocolError(Replies.nulInCommand)
             return
         }
+        if let reply = drainReply { answerDrain(reply); return }
         if case .none = authState {} else {
             handleAuthResponse(line)
             return

@@ -101,6 +101,8 @@ public final class SMTPServerConnection<Loop: EventLoop> {
     private var startedAt: UInt64 = 0
     private var sessionTimer: TimerHandle?
     private var onSessionTimer: (() -> Void)!
+    /// The owner's shutdown drain deadline (`drain(_:deadline:)`).
+    private var drainTimer: TimerHandle?
     /// Counts completed sends, so that the idle timer can tell a client that stopped reading without a clock read per send.
     private var sendsCompleted: UInt64 = 0
     private var sendsAtLastTimer: UInt64 = 0
@@ -195,6 +197,7 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         closeRequested = false
         if let t = timer { loop.cancelTimer(t); timer = nil }
         if let t = sessionTimer { loop.cancelTimer(t); sessionTimer = nil }
+        if let t = drainTimer { loop.cancelTimer(t); drainTimer = nil }
         session.connectionClosed()
         loop.close(socket)
         handler?.serverConnectionDidClose()
@@ -351,6 +354,33 @@ public final class SMTPServerConnection<Loop: EventLoop> {
         }
         inSession = true
         let actions = session.sessionTimedOut()
+        inSession = false
+        settle(actions)
+    }
+
+    /// The owner is shutting down: the client's next command gets `reply` (a
+    /// 421) and the connection closes once it is written; a reply already
+    /// owed (a message being committed gets its 250) goes out first. A client
+    /// that sends no command within `deadline` (ns) gets `reply` then; one
+    /// whose replies are still being written at the deadline is closed (the
+    /// 421 would not get through either).
+    public func drain(_ reply: SMTPReply, deadline: UInt64) {
+        guard !closed, drainTimer == nil else { return }
+        session.beginDrain(reply)
+        drainTimer = loop.scheduleTimer(after: deadline) { [unowned self] in self.drainDeadlineFired() }
+    }
+
+    private func drainDeadlineFired() {
+        drainTimer = nil
+        guard !closed else { return }
+        if session.isAwaitingDecision {
+            // A commit in progress: its reply first (as for the session deadline).
+            drainTimer = loop.scheduleTimer(after: 100_000_000) { [unowned self] in self.drainDeadlineFired() }
+            return
+        }
+        if sending { close(); return }
+        inSession = true
+        let actions = session.drainDeadlinePassed()
         inSession = false
         settle(actions)
     }

@@ -25,6 +25,7 @@ import PeregrineIO
         case .silent: "timeout waiting for the greeting"
         case .refuseMail: "421 4.3.2 try again later"
         case .acceptOne: "421 4.7.0 too many messages"
+        case .stopReading: "timeout waiting for the message body to be sent"
         }
     }
 

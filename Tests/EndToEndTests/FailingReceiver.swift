@@ -26,8 +26,13 @@ final class FailingReceiver {
         case refuseMail = "refuse-mail"
         /// Not a failure mode of its own: accepts one message per connection,
         /// then answers the next MAIL with 421 (smtp-421-means-mx-unavailable).
-        static var failing: [Mode] { allCases.filter { $0 != .acceptOne } }
+        static var failing: [Mode] { allCases.filter { $0 != .acceptOne && $0 != .stopReading } }
         case acceptOne = "accept-one"
+        /// Not a failure mode of its own either: greets, accepts the envelope,
+        /// answers DATA with 354, then never reads again (its receive buffer is
+        /// a few KB), so a large body stalls in the client's send (the
+        /// client-side output bound, issue 12 item 1).
+        case stopReading = "stop-reading"
         var description: String { rawValue }
     }
 
@@ -88,6 +93,24 @@ final class FailingReceiver {
                                 return
                             else:
                                 s.sendall(b"250 ok\r\n")
+                elif mode == "stop-reading":
+                    s.sendall(b"220 failing.test ESMTP\r\n")
+                    pending = b""
+                    while True:
+                        data = s.recv(4096)
+                        if not data:
+                            return
+                        pending += data
+                        while b"\r\n" in pending:
+                            line, pending = pending.split(b"\r\n", 1)
+                            verb = line[:4].upper()
+                            if verb in (b"EHLO", b"HELO"):
+                                s.sendall(b"250 failing.test\r\n")
+                            elif verb == b"DATA":
+                                s.sendall(b"354 go ahead\r\n")
+                                threading.Event().wait()   # never reads again
+                            else:
+                                s.sendall(b"250 ok\r\n")
                 elif mode == "refuse-mail":
                     s.sendall(b"220 failing.test ESMTP\r\n")
                     pending = b""
@@ -112,6 +135,12 @@ final class FailingReceiver {
         allow_reuse_address = True
         daemon_threads = True
         request_queue_size = 128
+        def server_bind(self):
+            if mode == "stop-reading":
+                # Accepted sockets inherit it: the window closes after a few KB.
+                import socket
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            super().server_bind()
 
     server = Server((ip, port), Handler)
     print(server.server_address[1], flush=True)

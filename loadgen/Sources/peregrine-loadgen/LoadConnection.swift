@@ -10,8 +10,10 @@ import PeregrineTransport
 /// replies is a protocol error that closes); output of at most one message
 /// (its commands and its body, so `sendMemory` grows to the largest message
 /// size asked for, never beyond), since the session writes the next command
-/// only in answer to a reply. A target that stops reading stalls the send and
-/// the session's timers (at most 60 s here) close the connection.
+/// only in answer to a reply. A target that stops reading stalls the send:
+/// the session times the body's send (`--timeout`), and a session that
+/// timed out closes its socket even with that send still in flight (it
+/// would never complete). Its reconnect backs off (LoadGenerator).
 final class LoadConnection<Loop: EventLoop> {
     unowned let generator: LoadGenerator<Loop>
     let loop: Loop
@@ -31,6 +33,11 @@ final class LoadConnection<Loop: EventLoop> {
     /// STARTTLS for the current connection (`--starttls`).
     private var tls: SMTPClientTLS?
     private var tlsCounted = false
+    /// The session ended in a timeout: the send in flight (if any) is what
+    /// stalled, so the socket closes without waiting for it.
+    private var abandonSend = false
+    /// Bounds the wait for a last send (a QUIT) after any other close.
+    private var lingerTimer: TimerHandle?
     private var onReceive: ((Result<Int, IOError>) -> Void)!
     private var onSent: ((Result<Void, IOError>) -> Void)!
     private var onTimer: (() -> Void)!
@@ -60,6 +67,7 @@ final class LoadConnection<Loop: EventLoop> {
         session = SMTPClientSession(configuration: config)
         messagesOnConnection = 0
         finished = false
+        abandonSend = false
         if generator.options.startTLS {
             tls = SMTPClientTLS(policy: .required, context: generator.tlsContext, sessionKey: generator.options.target.description)
             tlsCounted = false
@@ -132,7 +140,7 @@ final class LoadConnection<Loop: EventLoop> {
             switch e {
             case .setTimer(_, let ns):
                 if let t = timer { loop.cancelTimer(t) }
-                timer = loop.scheduleTimer(after: min(ns, 60_000_000_000), onTimer)
+                timer = loop.scheduleTimer(after: min(ns, UInt64(generator.options.timeout * 1e9)), onTimer)
             case .cancelTimer:
                 if let t = timer { loop.cancelTimer(t); timer = nil }
             case .ready(let ext):
@@ -150,6 +158,7 @@ final class LoadConnection<Loop: EventLoop> {
             case .sendBody:
                 if let c = current { generator.writeBody(id: c.id, size: c.size, sentWall: c.sentWall) { session.appendBody($0) } }
                 session.finishBody()
+                session.bodyAwaitsSocket()   // handed over in sent()
             case .messageCompleted(let result):
                 messagesOnConnection += 1
                 if let c = current {
@@ -159,12 +168,26 @@ final class LoadConnection<Loop: EventLoop> {
                 }
             case .startTLS(let reply):
                 tls?.startTLSReplied(reply, session: session)
-            case .closed:
+            case .closed(let reason):
                 if let tls, let c = tls.connection, !c.isHandshakeComplete { noteTLSFailure(tls) }
+                if case .timedOut = reason { abandonSend = true }
+                if session.failedInPhase != nil {
+                    generator.stats.sessionFailures += 1
+                    generator.stats.lastSessionFailure = session.failureReason ?? "\(reason)"
+                }
             }
         }
         flush()
-        if session.isClosed && !sending, let s = socket {
+        if session.isClosed && sending && !abandonSend && lingerTimer == nil && socket != nil {
+            lingerTimer = loop.scheduleTimer(after: UInt64(generator.options.timeout * 1e9)) { [unowned self] in
+                self.lingerTimer = nil
+                self.abandonSend = true
+                self.pump()
+            }
+        }
+        if session.isClosed && (!sending || abandonSend), let s = socket {
+            if let t = lingerTimer { loop.cancelTimer(t); lingerTimer = nil }
+            // With a send in flight the close cancels it; its callback still comes (sent()).
             loop.close(s)
             socket = nil
             if waitingForGrant { generator.cancelGrantRequest(self); waitingForGrant = false }
@@ -180,7 +203,7 @@ final class LoadConnection<Loop: EventLoop> {
             // get here for one close, and a second connectionEnded would count
             // the connection out twice (the run then stopped before the last reply).
             finished = true
-            generator.connectionEnded(self, failed: false)
+            generator.connectionEnded(self, failed: false, sessionFailed: session.failedInPhase != nil)
         }
     }
 
@@ -215,6 +238,10 @@ final class LoadConnection<Loop: EventLoop> {
         sending = false
         if case .failure = r { session.connectionClosed() }
         pump()
+        if !sending && session.isBodyAwaitingSocket {
+            session.bodyHandedToSocket()  // the body is out: now the reply's wait
+            pump()
+        }
         finishIfQuiet()
     }
 }

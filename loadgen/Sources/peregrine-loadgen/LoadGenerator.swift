@@ -27,6 +27,11 @@ final class LoadGenerator<Loop: EventLoop> {
     private var sizeTable: [(Int, Double)]
     private var activeConnections = 0
     private var consecutiveConnectFailures = 0
+    /// Sessions in a row that failed (timeout, protocol error, lost): each
+    /// doubles the pause before the reconnect, so a target that takes
+    /// connections but not mail is not hammered.
+    private var consecutiveSessionFailures = 0
+    static var sessionBackoffCap: UInt64 { 5_000_000_000 }
     private(set) var finishedAt: UInt64 = 0
     private var showProgress: Bool
 
@@ -162,15 +167,19 @@ final class LoadGenerator<Loop: EventLoop> {
 
     // MARK: Connections
 
-    func connectionEnded(_ c: LoadConnection<Loop>, failed: Bool) {
+    func connectionEnded(_ c: LoadConnection<Loop>, failed: Bool, sessionFailed: Bool = false) {
         if failed { consecutiveConnectFailures += 1 } else { consecutiveConnectFailures = 0 }
+        if sessionFailed { consecutiveSessionFailures += 1 } else if !failed { consecutiveSessionFailures = 0 }
         if !isDone {
             if consecutiveConnectFailures > 50 && stats.connectionsOpened == 0 {
                 // The target never answered: give up with the error instead of spinning.
                 finish()
                 return
             }
-            let delay: UInt64 = failed ? 100_000_000 : 0
+            var delay: UInt64 = failed ? 100_000_000 : 0
+            if sessionFailed {
+                delay = min(100_000_000 << UInt64(min(consecutiveSessionFailures - 1, 10)), Self.sessionBackoffCap)
+            }
             loop.scheduleTimer(after: delay) { c.start() }
             return
         }

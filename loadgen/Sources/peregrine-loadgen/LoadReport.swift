@@ -36,6 +36,8 @@ enum LoadReport {
             if !s.lastTLSFailure.isEmpty { summary["lastTLSFailure"] = s.lastTLSFailure }
         }
         if !s.lastConnectionError.isEmpty { summary["lastConnectionError"] = s.lastConnectionError }
+        summary["sessionFailures"] = s.sessionFailures
+        if !s.lastSessionFailure.isEmpty { summary["lastSessionFailure"] = s.lastSessionFailure }
         if let path = options.idsPath {
             let text = s.acceptedIDs.joined(separator: "\n") + (s.acceptedIDs.isEmpty ? "" : "\n")
             do { try text.write(toFile: path, atomically: true, encoding: .utf8) } catch {

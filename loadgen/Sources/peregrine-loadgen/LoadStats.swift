@@ -12,6 +12,10 @@ final class LoadStats {
     var deferred = 0
     var rejected = 0
     var sessionErrors = 0
+    /// Sessions that ended in a timeout, a protocol error or a lost connection
+    /// (their reconnects back off), and the last one's reason.
+    var sessionFailures = 0
+    var lastSessionFailure = ""
     var byCode: [Int: Int] = [:]
     /// Injection latency (send of MAIL FROM → reply after the final dot), microseconds.
     var latenciesMicros: [UInt32] = []

@@ -27,6 +27,8 @@ struct LoadgenOptions {
     var idsPath: String?
     var progress: Bool? = nil
     var seed: UInt64 = 1
+    /// `--timeout`: the longest wait for any reply, and for the socket to take a message body (s).
+    var timeout: Double = 60
     var runID: String = ""
 
     /// A consumer mailbox mix over the sink's providers (shares roughly as
@@ -54,6 +56,7 @@ struct LoadgenOptions {
       --ids FILE                 write "ID SEND-UNIX-NS" for every accepted message
       --progress | --no-progress live progress line (default: on a terminal)
       --seed N                   PRNG seed for the domain and size draws (1)
+      --timeout S                longest wait for a reply or for the target to take a body (60)
     """
 
     enum ParseError: Error, CustomStringConvertible {
@@ -103,6 +106,12 @@ struct LoadgenOptions {
                     throw .message("--duration: '\(v)' is not a number of seconds in (0, \(Int(maxDurationSeconds))]")
                 }
                 o.duration = d
+            case "--timeout":
+                let v = try value(a)
+                guard let t = Double(v), t > 0, t <= maxDurationSeconds else {
+                    throw .message("--timeout: '\(v)' is not a number of seconds in (0, \(Int(maxDurationSeconds))]")
+                }
+                o.timeout = t
             case "--recipients": o.recipientsPerMessage = try int(a, min: 1)
             case "--domains": o.domains = try parseWeighted(try value(a), flag: a) { $0.contains(".") ? $0 : nil }
             case "--size":
