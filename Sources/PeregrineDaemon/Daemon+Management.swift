@@ -143,6 +143,9 @@ extension Daemon {
             return
         }
         switch (request.method, request.path) {
+        case ("GET", "/"):
+            // The live monitor (MonitorPage.swift): a page that polls the routes below.
+            respond(MonitorPage.response)
         case ("GET", "/status"):
             gather { snaps in respond(Self.json(self.statusJSON(snaps))) }
         case ("GET", "/queues"), ("GET", "/topqueues"):
