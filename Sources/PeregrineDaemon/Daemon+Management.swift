@@ -18,11 +18,15 @@ extension Daemon {
         var site = ""
         /// The queue's source IP while a pattern list has it disabled for the domain ("" otherwise).
         var disabledSource = "", disabledSeconds: Double = 0
+        /// How long the oldest ready recipient's message has waited (0 when nothing is ready).
+        var oldestReadyAgeSeconds: Double = 0
+        var vmta = ""
         var json: [String: Any] {
             ["queue": queue, "mode": mode, "paused": paused, "suspendedSeconds": suspendedSeconds,
              "suspendReason": suspendReason, "ready": ready, "delayed": delayed, "connections": connections,
              "rate": rate, "delivered": delivered, "bounced": bounced, "deferred": deferred, "lastReply": lastReply,
-             "site": site, "disabledSource": disabledSource, "disabledSeconds": disabledSeconds]
+             "site": site, "disabledSource": disabledSource, "disabledSeconds": disabledSeconds,
+             "oldestReadyAgeSeconds": oldestReadyAgeSeconds, "vmta": vmta]
         }
     }
 
@@ -33,11 +37,13 @@ extension Daemon {
         var injectionRefusals: UInt64 = 0, acceptFailures: UInt64 = 0
         var queues: [QueueSnapshot] = []
         var spools: [SpoolSnapshot] = []
+        var deliveryLatency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
     }
 
     /// One spool stream's health, as `/status` and `/metrics` show it.
     struct SpoolSnapshot {
         var stream: Int, health: SpoolHealth, pendingOutcomes: Int, faults: Int, recoveries: Int, outcomesDropped: Int
+        var bytesWritten: Int64 = 0, fsyncs = 0, segmentsCreated = 0, segmentsDeleted = 0
         var json: [String: Any] {
             var j: [String: Any] = ["stream": stream, "state": health.name, "pendingOutcomes": pendingOutcomes,
                                     "faults": faults, "recoveries": recoveries, "outcomesDropped": outcomesDropped]
@@ -60,11 +66,15 @@ extension Daemon {
                                        injectionConnections: w.injectionConnections, openInjections: w.openInjections,
                                        outboundConnections: w.engine.connectionCount,
                                        injectionRefusals: w.injectionRefusals, acceptFailures: w.acceptFailures)
+                s.deliveryLatency = w.deliveryLatency
                 for (stream, spool) in w.spools.sorted(by: { $0.key < $1.key }) {
                     s.spools.append(SpoolSnapshot(stream: stream, health: spool.health,
                                                   pendingOutcomes: spool.pendingOutcomeCount,
                                                   faults: spool.stats.faults, recoveries: spool.stats.recoveries,
-                                                  outcomesDropped: spool.stats.outcomesDropped))
+                                                  outcomesDropped: spool.stats.outcomesDropped,
+                                                  bytesWritten: spool.stats.bytesWritten, fsyncs: spool.stats.fsyncs,
+                                                  segmentsCreated: spool.stats.segmentsCreated,
+                                                  segmentsDeleted: spool.stats.segmentsDeleted))
                 }
                 for q in w.engine.queues.values.sorted(by: { $0.key < $1.key }) {
                     let suspended = q.suspendedUntil > now ? Double(q.suspendedUntil - now) / 1e9 : 0
@@ -76,6 +86,10 @@ extension Daemon {
                                                   delivered: q.delivered, bounced: q.bounced,
                                                   deferred: q.deferred, lastReply: q.lastReply,
                                                   site: q.site?.key.description ?? ""))
+                    s.queues[s.queues.count - 1].vmta = q.key.vmta
+                    if let oldest = q.oldestReadyReceivedAt, now > oldest {
+                        s.queues[s.queues.count - 1].oldestReadyAgeSeconds = Double(now - oldest) / 1e9
+                    }
                     if let until = w.engine.sourceDisabledUntil(q.key) {
                         s.queues[s.queues.count - 1].disabledSource =
                             w.policies.virtualMTA(named: q.key.vmta)?.sourceAddress?.ip ?? q.key.vmta
@@ -129,6 +143,9 @@ extension Daemon {
             return
         }
         switch (request.method, request.path) {
+        case ("GET", "/"):
+            // The live monitor (MonitorPage.swift): a page that polls the routes below.
+            respond(MonitorPage.response)
         case ("GET", "/status"):
             gather { snaps in respond(Self.json(self.statusJSON(snaps))) }
         case ("GET", "/queues"), ("GET", "/topqueues"):
@@ -142,7 +159,10 @@ extension Daemon {
                 respond(Self.json(["queues": queues.map(\.json)]))
             }
         case ("GET", "/metrics"):
-            gather { snaps in respond(self.metrics(snaps).response) }
+            // ?queues=N (or all, or 0): how many queues get per-queue series; the rest are summed under queue="_other".
+            let q = request.queryParameter("queues")
+            let limit = q == "all" ? Int.max : (q.flatMap { Int($0) }.map { max(0, $0) } ?? Self.metricsQueueLimit)
+            gather { snaps in respond(self.metrics(snaps, queueLimit: limit).response) }
         case ("POST", "/reload"):
             // Answered once every loop runs on the new settings (on this loop: worker 0's).
             let reply = LoopConfined(respond)
@@ -217,13 +237,35 @@ extension Daemon {
         ]
     }
 
-    private func metrics(_ snaps: [WorkerSnapshot]) -> PrometheusText {
+    /// Per-queue series by default: the largest queues, so a scrape stays bounded with
+    /// hundreds of thousands of queues (issue 17); `/metrics?queues=N|all` changes it.
+    static var metricsQueueLimit: Int { 100 }
+
+    /// The Prometheus exposition: base units (seconds, bytes), `_total` counters, one
+    /// contiguous family per name (PrometheusText groups them), bounded label sets.
+    func metrics(_ snaps: [WorkerSnapshot], queueLimit: Int) -> PrometheusText {
         var p = PrometheusText()
         func sum(_ f: (WorkerSnapshot) -> UInt64) -> UInt64 { snaps.reduce(0) { $0 + f($1) } }
         p.counter("peregrine_received_total", help: "Messages accepted for delivery", value: sum(\.received))
         p.counter("peregrine_delivered_total", help: "Recipients delivered", value: sum(\.delivered))
         p.counter("peregrine_bounced_total", help: "Recipients bounced", value: sum(\.bounced))
         p.counter("peregrine_deferrals_total", help: "Transient failures", value: sum(\.deferrals))
+        p.counter("peregrine_queue_deferrals_total", help: "Whole-queue deferrals (every MX failed)", value: sum(\.queueDeferrals))
+        p.gauge("peregrine_uptime_seconds", help: "Seconds since the daemon started", value: uptimeSeconds)
+
+        var latency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
+        for s in snaps { latency.merge(s.deliveryLatency) }
+        p.histogram("peregrine_delivery_latency_seconds",
+                    help: "Injection (or spool recovery after a restart) to delivery, per delivered recipient", latency)
+
+        p.gauge("peregrine_connections", help: "Open SMTP connections", value: snaps.reduce(0) { $0 + $1.openInjections },
+                labels: [("direction", "inbound")])
+        p.gauge("peregrine_connections", value: snaps.reduce(0) { $0 + $1.outboundConnections }, labels: [("direction", "outbound")])
+        p.counter("peregrine_inbound_connections_total", help: "Injection connections accepted", value: sum(\.injectionConnections))
+        p.counter("peregrine_inbound_refusals_total", help: "Injection connections answered 421 (max-smtp-in)",
+                  value: sum(\.injectionRefusals))
+        p.counter("peregrine_accept_failures_total", help: "Accepts that failed (descriptors exhausted)", value: sum(\.acceptFailures))
+
         for sp in snaps.flatMap(\.spools).sorted(by: { $0.stream < $1.stream }) {
             let labels = [("stream", String(sp.stream))]
             p.gauge("peregrine_spool_healthy", help: "1 while the spool stream accepts messages, 0 while degraded or failed",
@@ -234,15 +276,49 @@ extension Daemon {
                       labels: labels)
             p.counter("peregrine_spool_outcomes_dropped_total", help: "Outcomes not kept (over the in-memory bound)",
                       value: UInt64(sp.outcomesDropped), labels: labels)
+            p.counter("peregrine_spool_written_bytes_total", help: "Bytes written to the spool", value: sp.bytesWritten, labels: labels)
+            p.counter("peregrine_spool_fsyncs_total", help: "fsync calls on spool segments", value: UInt64(sp.fsyncs), labels: labels)
+            p.counter("peregrine_spool_segments_created_total", help: "Spool segments created", value: UInt64(sp.segmentsCreated),
+                      labels: labels)
+            p.counter("peregrine_spool_segments_deleted_total", help: "Spool segments deleted once every message in them completed",
+                      value: UInt64(sp.segmentsDeleted), labels: labels)
         }
-        for q in snaps.flatMap(\.queues) {
+
+        var queues = snaps.flatMap(\.queues)
+        p.gauge("peregrine_queues", help: "Delivery queues (domain/vmta) that exist", value: queues.count)
+        p.gauge("peregrine_recipients_ready", help: "Recipients ready for delivery, all queues", value: queues.reduce(0) { $0 + $1.ready })
+        p.gauge("peregrine_recipients_delayed", help: "Recipients waiting for a retry, all queues",
+                value: queues.reduce(0) { $0 + $1.delayed })
+        // Per VMTA: bounded by the configuration, not by the mail.
+        var byVMTA: [String: Int] = [:]
+        for q in queues { byVMTA[q.vmta, default: 0] += q.connections }
+        for (vmta, n) in byVMTA.sorted(by: { $0.key < $1.key }) {
+            p.gauge("peregrine_vmta_connections", help: "Open outbound connections per virtual MTA", value: n, labels: [("vmta", vmta)])
+        }
+        queues.sort { ($0.ready + $0.delayed, $1.queue) > ($1.ready + $1.delayed, $0.queue) }
+        let shown = queues.prefix(queueLimit), rest = queues.dropFirst(queueLimit)
+        for q in shown {
             let labels = [("queue", q.queue)]
-            p.gauge("peregrine_queue_ready", help: "Recipients ready per queue", value: q.ready, labels: labels)
+            p.gauge("peregrine_queue_ready", help: "Recipients ready per queue (the largest queues; the rest under queue=\"_other\")",
+                    value: q.ready, labels: labels)
             p.gauge("peregrine_queue_delayed", help: "Recipients waiting for a retry per queue", value: q.delayed, labels: labels)
             p.gauge("peregrine_queue_connections", help: "Open connections per queue", value: q.connections, labels: labels)
             p.gauge("peregrine_queue_backoff", help: "1 while the queue is in backoff mode", value: q.mode == "backoff" ? 1 : 0,
                     labels: labels)
+            p.gauge("peregrine_queue_paused", help: "1 while the queue is paused", value: q.paused ? 1 : 0, labels: labels)
+            p.gauge("peregrine_queue_oldest_ready_age_seconds", help: "Age of the oldest ready message per queue",
+                    value: q.oldestReadyAgeSeconds, labels: labels)
         }
+        if !rest.isEmpty {
+            let labels = [("queue", "_other")]
+            p.gauge("peregrine_queue_ready", value: rest.reduce(0) { $0 + $1.ready }, labels: labels)
+            p.gauge("peregrine_queue_delayed", value: rest.reduce(0) { $0 + $1.delayed }, labels: labels)
+            p.gauge("peregrine_queue_connections", value: rest.reduce(0) { $0 + $1.connections }, labels: labels)
+            p.gauge("peregrine_queue_backoff", value: rest.filter { $0.mode == "backoff" }.count, labels: labels)
+            p.gauge("peregrine_queue_paused", value: rest.filter(\.paused).count, labels: labels)
+            p.gauge("peregrine_queue_oldest_ready_age_seconds", value: rest.map(\.oldestReadyAgeSeconds).max() ?? 0, labels: labels)
+        }
+        ProcessMetrics.append(to: &p)
         return p
     }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import PeregrineIO
+import PeregrineHTTP
 import PeregrineSMTP
 import PeregrineTLS
 import PeregrineTransport
@@ -42,6 +43,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     var injectionRefusals: UInt64 = 0
     /// Accepts that failed (EMFILE, ENFILE, …); logged at most once per `acceptLogInterval`.
     var acceptFailures: UInt64 = 0
+    /// Injection (or spool recovery) to delivery, per delivered recipient (`/metrics`).
+    var deliveryLatency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
     private var acceptFailuresUnlogged: UInt64 = 0
     private var lastAcceptFailureLog: UInt64?
     /// One accept-failure line per loop per minute: out of descriptors, the
@@ -303,6 +306,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     public func delivered(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
                           connection: DeliveryAttemptInfo) {
         delivered += 1
+        let now = loop.now
+        if now >= message.receivedAt { deliveryLatency.observe(seconds: Double(now - message.receivedAt) / 1e9) }
         outcome(message, recipient, .delivered)
         daemon.accounting.log(record(.delivered, message, recipient, queue, reply, connection: connection, category: ""))
     }

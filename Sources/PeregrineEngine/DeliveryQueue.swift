@@ -37,6 +37,8 @@ public final class DeliveryQueue {
     public private(set) var readyRecipients = 0
     public private(set) var delayedRecipients = 0
     public var readyItems: Int { ready.count }
+    /// When the oldest ready message was received (monotonic; ready is FIFO): the queue's age for `/metrics`.
+    public var oldestReadyReceivedAt: UInt64? { ready.first?.message.receivedAt }
     public var delayedItems: Int { delayed.count }
 
     /// A lower connection cap learned from a receiver that refused a

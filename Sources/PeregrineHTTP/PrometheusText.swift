@@ -5,28 +5,43 @@
 ///               labels: [("queue", "gmail.com/vmta1")])
 ///     let body = p.text
 ///
-/// `# HELP` and `# TYPE` are written the first time a metric name is used;
-/// add all samples of one metric together (the format wants them contiguous).
+/// `# HELP` and `# TYPE` are written once per metric family, before its first
+/// sample, and every sample of a family is written with the others of that
+/// family, whatever order they were added in: a scraper's parser splits a
+/// family whose samples are interleaved with another's (issue 17: per-queue
+/// gauges added queue by queue came out as scattered families).
 /// Metric and label names are sanitised to `[a-zA-Z_:][a-zA-Z0-9_:]*`; label
 /// values and help texts are escaped (`\\`, `\"`, newline).
 public struct PrometheusText: Sendable {
     public enum MetricType: String, Sendable {
-        case counter, gauge, untyped
+        case counter, gauge, histogram, untyped
     }
 
     public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
 
-    private var bytes: [UInt8] = []
-    private var declared: Set<String> = []
+    /// One family: its header lines and its samples, in the order the family first appeared.
+    private struct Family: Sendable {
+        var header: [UInt8]
+        var samples: [UInt8] = []
+    }
+
+    private var families: [Family] = []
+    private var index: [String: Int] = [:]
 
     public init() {}
 
-    public var text: String { String(decoding: bytes, as: UTF8.self) }
-    public var utf8: [UInt8] { bytes }
+    public var utf8: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(families.reduce(0) { $0 + $1.header.count + $1.samples.count })
+        for f in families { out += f.header; out += f.samples }
+        return out
+    }
+
+    public var text: String { String(decoding: utf8, as: UTF8.self) }
 
     /// The body as an HTTP response with the right content type.
     public var response: HTTPResponse {
-        HTTPResponse(status: 200, headers: [("Content-Type", PrometheusText.contentType)], body: bytes)
+        HTTPResponse(status: 200, headers: [("Content-Type", PrometheusText.contentType)], body: utf8)
     }
 
     public mutating func counter(_ name: String, help: String? = nil, value: Double,
@@ -51,34 +66,59 @@ public struct PrometheusText: Sendable {
 
     public mutating func sample(_ name: String, type: MetricType, help: String?, value: Double,
                                 labels: [(String, String)]) {
-        let n = declare(name, type: type, help: help)
-        appendSeries(n, labels)
-        bytes.append(contentsOf: PrometheusText.format(value).utf8)
-        bytes.append(10)
+        let f = declare(name, type: type, help: help)
+        appendSeries(f, PrometheusText.sanitizeName(name, allowColon: true), labels)
+        families[f].samples.append(contentsOf: PrometheusText.format(value).utf8)
+        families[f].samples.append(10)
     }
 
     public mutating func sample(_ name: String, type: MetricType, help: String?, integer: Int64,
                                 labels: [(String, String)]) {
-        let n = declare(name, type: type, help: help)
-        appendSeries(n, labels)
-        bytes.append(contentsOf: String(integer).utf8)
-        bytes.append(10)
+        let f = declare(name, type: type, help: help)
+        appendSeries(f, PrometheusText.sanitizeName(name, allowColon: true), labels)
+        families[f].samples.append(contentsOf: String(integer).utf8)
+        families[f].samples.append(10)
     }
 
-    private mutating func declare(_ rawName: String, type: MetricType, help: String?) -> String {
-        let name = PrometheusText.sanitizeName(rawName, allowColon: true)
-        if declared.insert(name).inserted {
-            if let help {
-                bytes.append(contentsOf: "# HELP \(name) ".utf8)
-                PrometheusText.escape(help, into: &bytes, quotes: false)
-                bytes.append(10)
-            }
-            bytes.append(contentsOf: "# TYPE \(name) \(type.rawValue)\n".utf8)
+    /// A histogram: `name_bucket{le=...}` (cumulative, ending with `+Inf`), `name_sum`, `name_count`.
+    /// `buckets` are the upper bounds with the count of observations up to each (not cumulative).
+    public mutating func histogram(_ name: String, help: String? = nil, buckets: [(upperBound: Double, count: UInt64)],
+                                   overflow: UInt64, sum: Double, labels: [(String, String)] = []) {
+        let f = declare(name, type: .histogram, help: help)
+        let base = PrometheusText.sanitizeName(name, allowColon: true)
+        var cumulative: UInt64 = 0
+        for b in buckets {
+            cumulative &+= b.count
+            appendSeries(f, base + "_bucket", labels + [("le", PrometheusText.format(b.upperBound))])
+            families[f].samples.append(contentsOf: String(cumulative).utf8)
+            families[f].samples.append(10)
         }
-        return name
+        cumulative &+= overflow
+        appendSeries(f, base + "_bucket", labels + [("le", "+Inf")])
+        families[f].samples.append(contentsOf: "\(cumulative)\n".utf8)
+        appendSeries(f, base + "_sum", labels)
+        families[f].samples.append(contentsOf: "\(PrometheusText.format(sum))\n".utf8)
+        appendSeries(f, base + "_count", labels)
+        families[f].samples.append(contentsOf: "\(cumulative)\n".utf8)
     }
 
-    private mutating func appendSeries(_ name: String, _ labels: [(String, String)]) {
+    private mutating func declare(_ rawName: String, type: MetricType, help: String?) -> Int {
+        let name = PrometheusText.sanitizeName(rawName, allowColon: true)
+        if let f = index[name] { return f }
+        var header: [UInt8] = []
+        if let help {
+            header.append(contentsOf: "# HELP \(name) ".utf8)
+            PrometheusText.escape(help, into: &header, quotes: false)
+            header.append(10)
+        }
+        header.append(contentsOf: "# TYPE \(name) \(type.rawValue)\n".utf8)
+        families.append(Family(header: header))
+        index[name] = families.count - 1
+        return families.count - 1
+    }
+
+    private mutating func appendSeries(_ family: Int, _ name: String, _ labels: [(String, String)]) {
+        var bytes: [UInt8] = []
         bytes.append(contentsOf: name.utf8)
         if !labels.isEmpty {
             bytes.append(UInt8(ascii: "{"))
@@ -92,6 +132,7 @@ public struct PrometheusText: Sendable {
             bytes.append(UInt8(ascii: "}"))
         }
         bytes.append(32)
+        families[family].samples.append(contentsOf: bytes)
     }
 
     static func escape(_ s: String, into out: inout [UInt8], quotes: Bool) {

@@ -13,7 +13,40 @@ enum BenchEnvironment {
             withUnsafeBytes(of: v) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
         }
         return ["cores": sysconf(Int32(_SC_NPROCESSORS_ONLN)), "kernel": field(u.release), "machine": field(u.machine),
-                "memoryBytes": sysconf(Int32(_SC_PHYS_PAGES)) * sysconf(Int32(_SC_PAGESIZE))]
+                "memoryBytes": sysconf(Int32(_SC_PHYS_PAGES)) * sysconf(Int32(_SC_PAGESIZE)), "cpuModel": cpuModel()]
+    }
+
+    /// /proc/cpuinfo's first "model name" (figures from different CPUs are not comparable).
+    static func cpuModel() -> String {
+        let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        for line in info.split(separator: "\n") where line.hasPrefix("model name") {
+            if let colon = line.firstIndex(of: ":") { return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces) }
+        }
+        return "unknown"
+    }
+
+    /// "2026-12-05T12:06:33Z" (UTC, second precision): when a run started or ended.
+    static func isoTimestamp(_ date: Date) -> String {
+        var t = time_t(date.timeIntervalSince1970)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        return String(format: "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                      tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+
+    /// The run's part of a results file name, "2026-12-05T120633Z": one file per run,
+    /// so a rerun on the same day never overwrites an earlier one (issue 17).
+    static func fileStamp(_ date: Date) -> String {
+        isoTimestamp(date).replacingOccurrences(of: ":", with: "")
+    }
+
+    /// results/<scenario>-<target>-<stamp>.json; a second run in the same second gets "-2", "-3" …
+    static func runResultPath(directory: String, scenario: String, target: String, startedAt: Date) -> String {
+        let base = "\(directory)/\(scenario)-\(target)-\(fileStamp(startedAt))"
+        var path = base + ".json"
+        var n = 2
+        while FileManager.default.fileExists(atPath: path) { path = "\(base)-\(n).json"; n += 1 }
+        return path
     }
 
     static func kernelRelease() -> String {
@@ -69,6 +102,24 @@ enum BenchEnvironment {
     }
 }
 
+/// When a run started and how loaded the machine was then; `stamp` adds the end to a results document.
+struct RunClock {
+    let startedAt = Date()
+    let loadAverageStart = BenchEnvironment.loadAverage()
+
+    /// The fields every results file carries so its figures can be normalised and ordered:
+    /// start and end (UTC), load average at both ends, commit, machine (cores, CPU model, kernel).
+    func stamp(_ doc: inout [String: Any]) {
+        doc["startedAt"] = BenchEnvironment.isoTimestamp(startedAt)
+        doc["finishedAt"] = BenchEnvironment.isoTimestamp(Date())
+        doc["loadAverageStart"] = loadAverageStart
+        doc["loadAverageEnd"] = BenchEnvironment.loadAverage()
+        doc["machine"] = BenchEnvironment.machine()
+        doc["gitCommit"] = BenchEnvironment.gitCommit()
+        doc["date"] = String(BenchEnvironment.isoTimestamp(startedAt).prefix(10))
+    }
+}
+
 /// CPU time and memory of a process (and its waited-for children), from /proc.
 struct ProcessUsage {
     var cpuSeconds: Double
@@ -111,5 +162,27 @@ struct ProcessUsage {
             for (child, pp) in parent where pp == p { out.append(child); frontier.append(child) }
         }
         return out
+    }
+}
+
+/// Progress of a long scenario on a terminal (elapsed, rates so far), one line
+/// rewritten in place; silent when stderr is not a terminal or under CI, so logs
+/// and CI output stay clean (issue 17).
+enum BenchProgress {
+    static let enabled: Bool = isatty(STDERR_FILENO) == 1 && getenv("CI") == nil && getenv("PEREGRINE_BENCH_QUIET") == nil
+    nonisolated(unsafe) private static var lastLength = 0
+
+    static func update(_ line: String) {
+        guard enabled else { return }
+        let pad = max(0, lastLength - line.count)
+        fputs("\r" + line + String(repeating: " ", count: pad), stderr)
+        lastLength = line.count
+    }
+
+    /// Ends the progress line so the next output starts on its own line.
+    static func finish() {
+        guard enabled, lastLength > 0 else { return }
+        fputs("\n", stderr)
+        lastLength = 0
     }
 }

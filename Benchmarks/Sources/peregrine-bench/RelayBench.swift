@@ -15,6 +15,9 @@ struct RelayBenchOptions {
     var scenario = "relay"
     var backends: [BackendKind] = BackendKind.allCases
     var peers: [String] = []
+    /// The harness pair ceiling: loadgen → sink directly, measured in the same invocation
+    /// (`--no-ceiling` leaves it out), so every MTA figure can be read against it.
+    var ceiling = true
     var duration = 60.0
     var messageSize = 4096
     var connections = 32
@@ -33,7 +36,9 @@ struct RelayBenchOptions {
     usage: peregrine-bench relay|relay-100k [--backend all|io_uring|epoll|dispatch] [--peer postfix]
                                  [--duration S] [--connections N] [--threads N] [--size BYTES]
                                  [--drain-timeout S] [--output-dir DIR] [--no-results]
-                                 [--starttls | --starttls-and-plain] [--ip 127.X.Y.Z]
+                                 [--starttls | --starttls-and-plain] [--ip 127.X.Y.Z] [--no-ceiling]
+    The harness ceiling (loadgen → sink directly) and the peers run first; each backend's
+    results file records their figures from this invocation (inRunPeers).
     """
 
     static func parse(_ args: [String], scenario: String) -> Result<RelayBenchOptions, BenchUsageError> {
@@ -84,6 +89,10 @@ struct RelayBenchOptions {
                 o.outputDir = v
             case "--no-results":
                 o.writeResults = false; i += 1; continue
+            case "--no-ceiling":
+                o.ceiling = false; i += 1; continue
+            case "-h", "--help":
+                return .failure(BenchUsageError(usage))
             case "--starttls":
                 o.tlsModes = [true]; i += 1; continue
             case "--starttls-and-plain":
@@ -109,6 +118,17 @@ struct RelayRun {
     var error: String?
     var lost = 0
     var duplicates = 0
+    /// Its results file, when one was written.
+    var file: String?
+
+    /// What a backend's file records of a peer measured in the same invocation.
+    var peerSummary: [String: Any] {
+        var s: [String: Any] = [:]
+        for key in ["deliveredPerSecond", "injectedPerSecond", "mtaCpuSecondsPer10k", "accepted"] { s[key] = figures[key] }
+        if let lat = figures["injectToDeliverMs"] { s["injectToDeliverMs"] = lat }
+        if let file { s["file"] = (file as NSString).lastPathComponent }
+        return s
+    }
 }
 
 func runRelayBench(arguments: [String], scenario: String) -> Int32 {
@@ -120,18 +140,30 @@ func runRelayBench(arguments: [String], scenario: String) -> Int32 {
         return 2
     }
     var runs: [RelayRun] = []
+    // The reference points first, so each backend's file can carry them: the same
+    // machine, the same minutes, the same load (issue 17: a drop that was only load
+    // shows in the absolute figure but not in the ratio to an in-run peer).
+    var peers: [String: [String: Any]] = [:]
+    var references = options.ceiling ? ["harness"] : []
+    references += options.peers
+    for reference in references {
+        let run = RelayRunner(options: options, target: reference).run()
+        runs.append(run)
+        if run.error == nil && run.lost == 0 { peers[reference] = run.peerSummary }
+    }
     for kind in options.backends {
         // --starttls-and-plain: the plain run is the baseline inside the TLS run's JSON.
         var baseline: RelayRun?
         for tls in options.tlsModes {
             let runner = RelayRunner(options: options, target: kind.rawValue, tls: tls)
             runner.baseline = baseline
+            // TLS runs have no TLS peer measured: their peers would mislead, so only plain runs carry them.
+            if !tls { runner.inRunPeers = peers }
             let run = runner.run()
             if !tls && options.tlsModes.count > 1 { baseline = run }
             runs.append(run)
         }
     }
-    for peer in options.peers { runs.append(RelayRunner(options: options, target: peer).run()) }
     printRelayTable(runs, options: options)
     var failed = false
     for r in runs {
@@ -185,6 +217,9 @@ final class RelayRunner {
     var scenario: String { tls ? options.scenario + "-tls" : options.scenario }
     /// The plain run of the same invocation (TLS runs of --starttls-and-plain).
     var baseline: RelayRun?
+    /// The harness ceiling and Postfix figures of this invocation, by target.
+    var inRunPeers: [String: [String: Any]] = [:]
+    let clock = RunClock()
     var writesResults: Bool { options.writeResults && (tls || options.tlsModes.count == 1) }
 
     init(options: RelayBenchOptions, target: String, tls: Bool = false) {
@@ -208,18 +243,27 @@ final class RelayRunner {
             result.error = "\(error)"
         }
         if writesResults && result.error == nil {
-            let path = "\(options.outputDir)/\(scenario)-\(target)-\(BenchEnvironment.today()).json"
+            let path = BenchEnvironment.runResultPath(directory: options.outputDir, scenario: scenario, target: target,
+                                                      startedAt: clock.startedAt)
             var doc = result.figures
             doc["scenario"] = scenario
             doc["target"] = target
-            doc["date"] = BenchEnvironment.today()
-            doc["machine"] = BenchEnvironment.machine()
-            doc["gitCommit"] = BenchEnvironment.gitCommit()
+            clock.stamp(&doc)
             doc["lost"] = result.lost
             doc["duplicates"] = result.duplicates
             if let baseline { doc["plainSameInvocation"] = tlsComparison(baseline, result) }
+            if !inRunPeers.isEmpty {
+                doc["inRunPeers"] = inRunPeers
+                // Peregrine ÷ peer on delivered/s: the load-robust figures the dashboard charts.
+                var ratios: [String: Double] = [:]
+                let mine = result.figures["deliveredPerSecond"] as? Double ?? 0
+                for (peer, figures) in inRunPeers {
+                    if let theirs = figures["deliveredPerSecond"] as? Double, theirs > 0 { ratios[peer] = mine / theirs }
+                }
+                doc["deliveredPerSecondOverPeer"] = ratios
+            }
             if !BenchEnvironment.writeJSON(doc, to: path) { fputs("cannot write \(path)\n", stderr) }
-            else { fputs("   wrote \(path)\n", stderr) }
+            else { fputs("   wrote \(path)\n", stderr); result.file = path }
         }
         return result
     }
@@ -227,7 +271,9 @@ final class RelayRunner {
     struct Failure: Error, CustomStringConvertible { var description: String }
 
     private func measure(_ result: inout RelayRun) throws -> [String: Any] {
-        let sinkPort = ports.sink, statsPort = ports.stats, mtaPort = ports.mta, mgmtPort = ports.mgmt
+        let sinkPort = ports.sink, statsPort = ports.stats, mgmtPort = ports.mgmt
+        // The harness ceiling has no MTA: the loadgen talks to the sink itself.
+        let mtaPort = target == "harness" ? sinkPort : ports.mta
         // The sink: accept-all, recording every id it accepts.
         let sinkIDs = work + "/sink-ids.txt"
         let sink = BenchProcess(name: "sink", executable: bin + "/peregrine-sink",
@@ -243,7 +289,10 @@ final class RelayRunner {
         var config: [String: Any] = [:]
         let mtaPid: Int32
         var mta: BenchProcess?
-        if target == "postfix" {
+        if target == "harness" {
+            mtaPid = sink.pid
+            config = ["mta": "none: loadgen → sink directly (the harness pair ceiling; mtaCpu figures are the sink's)"]
+        } else if target == "postfix" {
             let dir = work + "/postfix"
             postfixDir = dir
             // Postfix's master daemonizes: no death signal reaches it, so a terminated bench stops it by script.
@@ -325,12 +374,22 @@ final class RelayRunner {
         try loadgen.start(); processes.append(loadgen)
         var peakRSS = 0
         var loadgenCPU = 0.0
+        var lastProgress = start
         while loadgen.isRunning {
             usleep(200_000)
             if let u = ProcessUsage.read(pid: loadgen.pid) { loadgenCPU = u.cpuSeconds }
             peakRSS = max(peakRSS, mtaUsage().rssBytes)
+            if BenchProgress.enabled && Date().timeIntervalSince(lastProgress) >= 1 {
+                lastProgress = Date()
+                let elapsed = lastProgress.timeIntervalSince(start)
+                let stats = BenchNet.getJSON(ip: ip, port: statsPort, path: "/stats")
+                let atSink = (stats?["record_ids"] as? [String: Any])?["recorded"] as? Int ?? 0
+                BenchProgress.update("   \(scenario) \(target): \(Int(elapsed))/\(Int(options.duration)) s, \(atSink) delivered, "
+                                     + "\(Int(Double(atSink) / max(elapsed, 0.001))) delivered/s so far")
+            }
             if Date().timeIntervalSince(start) > options.duration + 120 { loadgen.stop(); break }
         }
+        BenchProgress.finish()
         let injectEnd = Date()
         guard let data = FileManager.default.contents(atPath: loadJSON),
               let summary = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
@@ -409,7 +468,7 @@ final class RelayRunner {
             result.error = "peregrine exited during the run (\(mtaExit)); \(mta.logPath): \(mta.logTail)"
             figures["mtaExited"] = mtaExit
         }
-        if result.lost > 0 && target != "postfix" {
+        if result.lost > 0 && target != "postfix" && target != "harness" {
             // Undelivered is not lost if the spool kept it: count what it still holds (the MTA has stopped).
             let report = BenchEnvironment.commandOutput(bin + "/peregrine", ["spool-check", work + "/spool"])
             let prefix = "live messages: "

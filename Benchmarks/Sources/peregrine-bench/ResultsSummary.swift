@@ -39,7 +39,9 @@ func writeResultsSummary(directory: String) -> Bool {
         let scenario = (doc["scenario"] as? String) ?? (doc["benchmark"] as? String) ?? String(stem.split(separator: "-").first ?? "")
         let target = (doc["target"] as? String) ?? "-"
         let date = (doc["date"] as? String) ?? ""
-        let order = String(date.prefix(10)) + String(format: "%012d", (doc["timestamp"] as? Int) ?? 0) + date + name
+        // Runs since issue 17 carry their start time; older files only a date (they sort first that day).
+        let started = (doc["startedAt"] as? String) ?? (String(date.prefix(10)) + "T00:00:00Z")
+        let order = started + String(format: "%012d", (doc["timestamp"] as? Int) ?? 0) + date + name
         let r = ResultFile(file: name, scenario: scenario, target: target, order: order, doc: doc)
         let key = scenario + "\u{0}" + target
         if let old = latest[key], old.order >= order { continue }

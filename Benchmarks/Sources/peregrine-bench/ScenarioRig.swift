@@ -14,6 +14,8 @@ final class ScenarioRig {
     /// The bench process's own loopback address (BenchNet.runAddress).
     let ip = BenchNet.runAddress
     let work: String
+    /// Start time and load average at the start, for the results file.
+    let clock = RunClock()
     private(set) var processes: [BenchProcess] = []
 
     struct Failure: Error, CustomStringConvertible { var description: String }
@@ -151,16 +153,15 @@ final class ScenarioRig {
         return a
     }
 
-    /// Writes results/<scenario>-<target>-<date>.json and regenerates results/README.md.
+    /// Writes results/<scenario>-<target>-<start time>.json (a new file per run) and regenerates results/README.md.
     func writeResult(target: String, figures: [String: Any], outputDir: String) {
         var doc = figures
         doc["scenario"] = scenario
         doc["target"] = target
-        doc["date"] = BenchEnvironment.today()
         doc["timestamp"] = Int(Date().timeIntervalSince1970)
-        doc["machine"] = BenchEnvironment.machine()
-        doc["gitCommit"] = BenchEnvironment.gitCommit()
-        let path = "\(outputDir)/\(scenario)-\(target)-\(BenchEnvironment.today()).json"
+        clock.stamp(&doc)
+        let path = BenchEnvironment.runResultPath(directory: outputDir, scenario: scenario, target: target,
+                                                  startedAt: clock.startedAt)
         if BenchEnvironment.writeJSON(doc, to: path) {
             fputs("   wrote \(path)\n", stderr)
             _ = writeResultsSummary(directory: outputDir)

@@ -19,6 +19,8 @@ scenarios:
   backlog     sink down while N messages queue (RSS), then up (drain rate); lost = 0
   crash       SIGKILL the daemon during injection, restart on the same spool, drain; lost = 0 (--rounds)
   summarize   regenerate results/README.md from results/*.json
+  dashboard   write results/dashboard.html: every run over time, ratios to in-run peers, regressions flagged
+  compare A B the dashboard's figures for two result sets (directories, run files or commits) side by side
 """
 
 let arguments = Array(CommandLine.arguments.dropFirst())
@@ -47,6 +49,8 @@ case "isp-mix": status = runIspMixBench(arguments: rest)
 case "backlog": status = runBacklogBench(arguments: rest)
 case "crash": status = runCrashBench(arguments: rest)
 case "summarize": status = runSummarize(arguments: rest)
+case "dashboard": status = runDashboard(arguments: rest)
+case "compare": status = runCompare(arguments: rest)
 default:
     fputs("peregrine-bench: unknown scenario '\(scenario)'\n\(usage)\n", stderr)
     status = 2
