@@ -76,7 +76,7 @@ let package = Package(
         .target(name: "PeregrineDaemon",
                 dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
                                "PeregrineHTTP", "PeregrineTransport", "PeregrineSpool", "PeregrineAccounting",
-                               "PeregrineEngine"],
+                               "PeregrineEngine", "PeregrineDKIM"],
                 swiftSettings: loopSettings),
 
         .executableTarget(name: "Peregrine",
@@ -111,7 +111,7 @@ let package = Package(
         .testTarget(name: "EndToEndTests",
                     dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
                                    "PeregrineHTTP", "PeregrineTransport", "PeregrineSpool", "PeregrineAccounting",
-                                   "PeregrineEngine", "PeregrineDaemon", "PeregrineSink", "PeregrineTestSupport"],
+                                   "PeregrineEngine", "PeregrineDaemon", "PeregrineSink", "PeregrineDKIM", "PeregrineTestSupport"],
                     swiftSettings: testSettings),
     ]
 )

@@ -21,13 +21,13 @@ public enum DKIMAlgorithm: Sendable, Equatable {
 }
 
 /// One canonicalisation algorithm (RFC 6376 §3.4).
-public enum DKIMCanonicalization: String, Sendable, Equatable {
+public enum DKIMCanonicalization: String, Sendable, Hashable {
     case simple
     case relaxed
 }
 
 /// The `c=` tag: header and body canonicalisation.
-public struct DKIMCanonicalizations: Sendable, Equatable {
+public struct DKIMCanonicalizations: Sendable, Hashable {
     public var header: DKIMCanonicalization
     public var body: DKIMCanonicalization
 

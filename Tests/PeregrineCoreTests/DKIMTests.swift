@@ -2,6 +2,8 @@ import Foundation
 import Testing
 @testable import PeregrineDKIM
 import PeregrineTestSupport
+import PeregrineConfig
+import PeregrineDaemon
 
 /// Keys made once per test process with the openssl command line.
 enum DKIMTestKeys {
@@ -273,7 +275,7 @@ func canonicalHeaders(_ headers: String, _ c: DKIMCanonicalization) -> String {
         let now = Int64(Date().timeIntervalSince1970)
         let signed = try Self.sign(message, [identity], now: now)
         let text = String(decoding: signed, as: UTF8.self)
-        #expect(text.contains(" l=\(Array("Hello,\r\nthis is a test.\r\n".utf8).count);"))
+        #expect(text.contains(" l=\(Array("Hello,\r\nthis is a test.\r\n.a line that starts with a dot (stuffed on the wire)\r\n".utf8).count);"))
         #expect(text.contains(" x=\(now + 3600);"))
         let appended = signed + Array("appended by a forwarder\r\n".utf8)
         #expect(try DKIMExternalVerifiers.dkimpy([signed, appended], records: Self.records(keys), directory: dir) == [true, true])
@@ -333,5 +335,77 @@ func canonicalHeaders(_ headers: String, _ c: DKIMCanonicalization) -> String {
         }
         // Not vacuous: a third of the corpus passes, two thirds fail.
         #expect(passes == corpus.count / 3)
+    }
+}
+
+@Suite struct DKIMConfigTests {
+    static func config(_ body: String) -> String {
+        "smtp-listener 127.0.0.1:2525\n<virtual-mta vmta1>\n    smtp-source-host 127.0.0.10 vmta1.test\n</virtual-mta>\n" + body
+    }
+
+    /// A missing, unreadable or bad key file is a config error at the domain-key's line.
+    @Test func badKeyFilesAreConfigErrorsWithTheirLine() throws {
+        let dir = try DKIMTestKeys.scratch("config")
+        try "junk\n".write(toFile: dir + "/junk.pem", atomically: true, encoding: .utf8)
+        for (path, why) in [(dir + "/absent.pem", "No such file"), (dir + "/junk.pem", "not a PEM private key")] {
+            do {
+                _ = try PeregrineConfig.parse(Self.config("<domain *>\n    dkim-sign yes\n    domain-key s1,example.com,\(path)\n</domain>\n"),
+                                              file: "t.conf")
+                Issue.record("\(path) loaded")
+            } catch {
+                #expect(error.description.hasPrefix("t.conf:7:"), "\(error)")
+                #expect(error.description.contains(why), "\(error)")
+            }
+        }
+        #expect(throws: ConfigError.self) {
+            try PeregrineConfig.parse(Self.config("<domain *>\n    domain-key s1 example.com\n</domain>\n"), file: "t.conf")
+        }
+        #expect(throws: ConfigError.self) {
+            try PeregrineConfig.parse(Self.config("<domain *>\n    dkim-canonicalization loose\n</domain>\n"), file: "t.conf")
+        }
+    }
+
+    /// domain-key repeats in a block (dual signing); each file is loaded once,
+    /// at load, in every scope that may hold it.
+    @Test func keysLoadInEveryScope() throws {
+        let keys = try DKIMTestKeys.get()
+        let config = try PeregrineConfig.parse("""
+            smtp-listener 127.0.0.1:2525
+            <source 127.0.0.0/8>
+                always-allow-relaying yes
+                domain-key s1,example.com,\(keys.rsa.privateKeyPath)
+                domain-key s2,example.com,\(keys.ed25519.privateKeyPath)
+                dkim-headers from:to:subject
+            </source>
+            <virtual-mta vmta1>
+                smtp-source-host 127.0.0.10 vmta1.test
+                domain-key esp,esp.test,\(keys.rsa.privateKeyPath)
+                dkim-also-sign-as esp.test
+                <domain gmail.com>
+                    dkim-body-length-limit no
+                </domain>
+            </virtual-mta>
+            <domain yahoo.com>
+                dkim-expire-after 7d
+                dkim-required yes
+            </domain>
+
+            """, file: "t.conf")
+        #expect(config.dkimConfigured)
+        #expect(config.dkimKeys.byPath.count == 2)
+        #expect(config.sources[0].dkim.keys.map(\.selector) == ["s1", "s2"])
+        #expect(config.sources[0].dkim.headers == ["from", "to", "subject"])
+        #expect(config.virtualMTAs[0].dkim.alsoSignAs == "esp.test")
+        #expect(config.domains[0].dkim.required == true)
+        #expect(config.domains[0].dkim.expireAfter == .some(.seconds(7 * 86_400)))
+    }
+
+    /// A reload reads the key files again (a rotated key takes effect).
+    @Test func reloadReadsKeysAgain() throws {
+        let keys = try DKIMTestKeys.get()
+        let text = Self.config("<domain *>\n    domain-key s1,example.com,\(keys.rsa.privateKeyPath)\n</domain>\n")
+        let a = try PeregrineConfig.parse(text, file: "t.conf"), b = try PeregrineConfig.parse(text, file: "t.conf")
+        #expect(a.dkimKeys[keys.rsa.privateKeyPath] != nil)
+        #expect(a.dkimKeys[keys.rsa.privateKeyPath] !== b.dkimKeys[keys.rsa.privateKeyPath])
     }
 }

@@ -17,7 +17,7 @@ public enum DKIMTestCorpus {
             + "Message-ID: <plain.1@\(fromDomain)>\r\n"
             + "List-Unsubscribe: <https://\(fromDomain)/u/1>, <mailto:unsub@\(fromDomain)>\r\n"
             + "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-            + "\r\nHello,\r\nthis is a test.\r\n").utf8)))
+            + "\r\nHello,\r\nthis is a test.\r\n.a line that starts with a dot (stuffed on the wire)\r\n").utf8)))
         out.append(Message(name: "folded", bytes: Array((
             from + "To: first@example.net,\r\n\tsecond@example.net,\r\n   third@example.net\r\n"
             + "Subject:   a   subject\twith  runs \r\n of\t whitespace   \r\n\tand folds  \r\n" + date

@@ -28,6 +28,8 @@ public struct SourceSettings: Hashable, Sendable {
     /// more is answered 421 4.7.0 and closed.
     public var maxSMTPIn = SourceSettings.defaultMaxSMTPIn
     public static let defaultMaxSMTPIn = 100
+    /// `domain-key`, `dkim-sign`, …: signing for mail these clients inject.
+    public var dkim = DKIMSettings()
     public var location: ConfigLocation?
 
     public init(network: IPNetwork? = nil) {
@@ -52,7 +54,7 @@ extension SourceSettings {
         var seen: [String: Int] = [:]
         for node in block.directivesOnly(diagnostics: &diagnostics) {
             if NotApplicableDirectives.handled(node, in: .source, diagnostics: &diagnostics) { continue }
-            if let line = seen[node.name] {
+            if !DKIMSettings.repeatableDirectives.contains(node.name), let line = seen[node.name] {
                 diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
                 continue
             }
@@ -83,6 +85,7 @@ extension SourceSettings {
             case "add-received-header": addReceivedHeader = try node.value(ConfigValue.bool)
             case "max-smtp-in": maxSMTPIn = try node.integer(in: 1...1_000_000)
             default:
+                if try dkim.apply(node) { return }
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
             }
     }
