@@ -60,6 +60,8 @@ let package = Package(
         .target(name: "PeregrineConfig", dependencies: ["PeregrineIO"], swiftSettings: strictSettings),
         .target(name: "PeregrineDNS", dependencies: ["PeregrineIO"], swiftSettings: strictSettings),
         .target(name: "PeregrineHTTP", dependencies: ["PeregrineIO"], swiftSettings: strictSettings),
+        // DKIM signing and verification over bytes (the daemon signs, the sink verifies).
+        .target(name: "PeregrineDKIM", dependencies: ["PeregrineIO", "COpenSSL"], swiftSettings: loopSettings),
 
         // SMTP over a loop; the spool; the accounting file format and writer.
         .target(name: "PeregrineTransport", dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS"],
@@ -74,7 +76,7 @@ let package = Package(
         .target(name: "PeregrineDaemon",
                 dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
                                "PeregrineHTTP", "PeregrineTransport", "PeregrineSpool", "PeregrineAccounting",
-                               "PeregrineEngine"],
+                               "PeregrineEngine", "PeregrineDKIM"],
                 swiftSettings: loopSettings),
 
         .executableTarget(name: "Peregrine",
@@ -104,12 +106,12 @@ let package = Package(
         .testTarget(name: "PeregrineCoreTests",
                     dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
                                    "PeregrineHTTP", "PeregrineTransport", "PeregrineSpool", "PeregrineAccounting",
-                                   "PeregrineEngine", "PeregrineDaemon", "PeregrineTestSupport"],
+                                   "PeregrineEngine", "PeregrineDaemon", "PeregrineDKIM", "PeregrineTestSupport"],
                     swiftSettings: testSettings),
         .testTarget(name: "EndToEndTests",
                     dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
                                    "PeregrineHTTP", "PeregrineTransport", "PeregrineSpool", "PeregrineAccounting",
-                                   "PeregrineEngine", "PeregrineDaemon", "PeregrineSink", "PeregrineTestSupport"],
+                                   "PeregrineEngine", "PeregrineDaemon", "PeregrineSink", "PeregrineDKIM", "PeregrineTestSupport"],
                     swiftSettings: testSettings),
     ]
 )

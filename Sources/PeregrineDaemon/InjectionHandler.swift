@@ -26,6 +26,8 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
     var refusal: SMTPReply?
     private let body = OwnedBuffer(capacity: 8192)
     private let assembled = OwnedBuffer(capacity: 8192)
+    /// The message before signing (used only when DKIM is configured).
+    private lazy var unsigned = OwnedBuffer(capacity: 8192)
     private var sawMessageTooBig = false
 
     init(worker: LoopWorker<Loop>, peer: SocketAddress, source: SourceSettings) {
@@ -131,14 +133,35 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
                                     "unknown virtual-mta or pool '\(vmtaName)'"))
         }
+        // With DKIM configured, the message without the dropped fields is built
+        // first and signed; the Received header (not signed) goes above the signatures.
+        let config = worker.policies.config
+        if config.dkimConfigured {
+            unsigned.clear()
+            var cursor = 0
+            for r in drop.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+                if r.lowerBound > cursor { unsigned.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<r.lowerBound])) }
+                cursor = max(cursor, r.upperBound)
+            }
+            if cursor < bytes.count { unsigned.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<bytes.count])) }
+            body.clear()
+            let rcpt = transaction.recipients[0].forwardPath
+            let domain = rcpt.lastIndex(of: "@").map { rcpt[rcpt.index(after: $0)...].lowercased() } ?? ""
+            let outcome = worker.dkim.sign(unsigned.bytes, config: config, source: source, vmta: vmta,
+                                           recipientDomain: domain, now: wallClockSeconds())
+            if case .refused(let reply) = outcome {
+                unsigned.clear()
+                return .reply(reply)
+            }
+            assembled.clear()
+            if source.addReceivedHeader { appendReceived(session, transaction) }
+            if case .signed = outcome { worker.dkim.header.withUnsafeBytes { assembled.append($0) } }
+            assembled.append(unsigned.bytes)
+            unsigned.clear()
+        } else {
         // Final body: Received header, then the message without the dropped fields.
         assembled.clear()
-        if source.addReceivedHeader {
-            let received = worker.receivedHeader(peer: peer, helo: session.helo?.domain ?? peer.ip, recipient:
-                transaction.recipients.count == 1 ? transaction.recipients[0].forwardPath : nil,
-                tls: connection?.tls?.isHandshakeComplete ?? false)
-            received.withUnsafeBytes { assembled.append($0) }
-        }
+        if source.addReceivedHeader { appendReceived(session, transaction) }
         var cursor = 0
         for r in drop.sorted(by: { $0.lowerBound < $1.lowerBound }) {
             if r.lowerBound > cursor { assembled.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<r.lowerBound])) }
@@ -146,6 +169,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         }
         if cursor < bytes.count { assembled.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<bytes.count])) }
         body.clear()
+        }
 
         let envelope = SpoolEnvelope(
             sender: Array(mail.reversePath.utf8),
@@ -177,6 +201,16 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             }
         }
         return .pending
+    }
+}
+
+extension InjectionHandler {
+    /// The Received header this MTA adds, into `assembled`.
+    fileprivate func appendReceived(_ session: SMTPServerSession, _ transaction: SMTPTransaction) {
+        let received = worker.receivedHeader(peer: peer, helo: session.helo?.domain ?? peer.ip, recipient:
+            transaction.recipients.count == 1 ? transaction.recipients[0].forwardPath : nil,
+            tls: connection?.tls?.isHandshakeComplete ?? false)
+        received.withUnsafeBytes { assembled.append($0) }
     }
 }
 

@@ -31,6 +31,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     private var injections: [ObjectIdentifier: SMTPServerConnection<Loop>] = [:]
     private var poolCursor: [String: Int] = [:]
     let defaultVMTA: String
+    /// DKIM signing at injection (its OpenSSL contexts are this loop's own).
+    let dkim = InjectionDKIMSigner()
 
     // Counters (read by the management API on this loop).
     var received: UInt64 = 0

@@ -9,6 +9,7 @@ enum ConfigContext {
             map[name] = "<source>"
         }
         map["smtp-source-host"] = "<virtual-mta>"
+        for name in DKIMSettings.directiveNames { map[name] = "<virtual-mta>, <domain> or <source>" }
         map["virtual-mta"] = "<virtual-mta-pool>"
         map["reply"] = "<smtp-pattern-list>"
         for name in ["records", "max-size", "move-interval"] { map[name] = "<acct-file>" }

@@ -35,7 +35,7 @@ extension DomainOverrides {
         var seen: [String: Int] = [:]
         for node in block.directivesOnly(diagnostics: &diagnostics) {
             if NotApplicableDirectives.handled(node, in: .domain, diagnostics: &diagnostics) { continue }
-            if let line = seen[node.name] {
+            if !DKIMSettings.repeatableDirectives.contains(node.name), let line = seen[node.name] {
                 diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
                 continue
             }
@@ -52,6 +52,7 @@ extension DomainOverrides {
     }
 
     private mutating func apply(_ node: ConfigNode, in block: ConfigNode) throws(ConfigError) {
+        if DKIMSettings.directiveNames.contains(node.name) { return } // DomainBlock parses these
         guard Self.directiveNames.contains(node.name) else {
             throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
         }

@@ -83,6 +83,7 @@ extension PeregrineConfig {
         }
         do { try checkServerTLS(nodes: nodes) } catch { diagnostics.record(error) }
         checkReferences(nodes: nodes, diagnostics: &diagnostics)
+        loadDKIMKeys(diagnostics: &diagnostics)
         locatedWarnings = diagnostics.sortedWarnings
     }
 

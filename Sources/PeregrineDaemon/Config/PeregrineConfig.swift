@@ -64,6 +64,10 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var accountingFiles: [AccountingFileOptions] = []
     /// The built-in classifier plus `<bounce-category-patterns>`.
     public var bounceClassifier = BounceClassifier()
+    /// The `domain-key` files, loaded at load (so again on reload).
+    public var dkimKeys = DKIMKeyRing()
+    /// Some scope has a DKIM directive: injection takes the signing path.
+    public var dkimConfigured = false
     /// `shutdown-timeout`: how long SIGTERM waits for deliveries in flight
     /// before it closes them (their messages stay spooled for the next start).
     public var shutdownTimeout: Duration = .seconds(30)

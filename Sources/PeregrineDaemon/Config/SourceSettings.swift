@@ -48,6 +48,8 @@ public struct SourceSettings: Hashable, Sendable {
     /// The header the job id comes from, if any.
     public var jobHeaderName: String? { jobIDHeader ?? (processXJob ? "X-Job" : nil) }
     public static let defaultMaxSMTPIn = 100
+    /// `domain-key`, `dkim-sign`, …: signing for mail these clients inject.
+    public var dkim = DKIMSettings()
     public var location: ConfigLocation?
 
     public init(network: IPNetwork? = nil) {
@@ -72,7 +74,7 @@ extension SourceSettings {
         var seen: [String: Int] = [:]
         for node in block.directivesOnly(diagnostics: &diagnostics) {
             if NotApplicableDirectives.handled(node, in: .source, diagnostics: &diagnostics) { continue }
-            if let line = seen[node.name] {
+            if !DKIMSettings.repeatableDirectives.contains(node.name), let line = seen[node.name] {
                 diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
                 continue
             }
@@ -122,6 +124,7 @@ extension SourceSettings {
             case "max-errors-per-connection": maxErrorsPerConnection = try node.integer(in: 1...10_000)
             case "max-rcpt-per-message": maxRcptPerMessage = try node.integer(in: 1...100_000)
             default:
+                if try dkim.apply(node) { return }
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
             }
     }

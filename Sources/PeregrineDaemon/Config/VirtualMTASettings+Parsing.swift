@@ -24,6 +24,10 @@ extension DomainBlock {
             pattern = .name(try block.parse(text, ConfigValue.domainName))
         }
         self.init(pattern: pattern, overrides: DomainOverrides(block: block, diagnostics: &diagnostics), location: block.location)
+        // DomainOverrides leaves the DKIM directives to this.
+        for node in block.children where !node.isBlock && DKIMSettings.directiveNames.contains(node.name) {
+            do { _ = try dkim.apply(node) } catch { diagnostics.record(error) }
+        }
     }
 }
 
@@ -71,6 +75,7 @@ extension VirtualMTASettings {
                 hostName = try node.parse(args[1], ConfigValue.domainName)
                 sourceIP = args[0]
             default:
+                if try dkim.apply(node) { return }
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
             }
     }

@@ -10,6 +10,8 @@ public struct VirtualMTASettings: Hashable, Sendable {
     public var hostName: String?
     /// Nested `<domain>` blocks, in file order.
     public var domains: [DomainBlock]
+    /// `domain-key`, `dkim-sign`, …: signing for mail sent through this VMTA.
+    public var dkim = DKIMSettings()
     public var location: ConfigLocation?
 
     public init(name: String, sourceIP: String? = nil, hostName: String? = nil,
@@ -57,6 +59,8 @@ public struct DomainBlock: Hashable, Sendable {
 
     public var pattern: Pattern
     public var overrides: DomainOverrides
+    /// `domain-key`, `dkim-sign`, … in this `<domain>`: signing for mail to these recipients.
+    public var dkim = DKIMSettings()
     public var location: ConfigLocation?
 
     public init(pattern: Pattern, overrides: DomainOverrides, location: ConfigLocation? = nil) {

@@ -1,0 +1,95 @@
+/// The header fields of a message, as byte ranges (RFC 5322 §2.2): each
+/// field with its continuation lines and final line end; the body starts
+/// after the first empty line. Reused per message (`parse` clears it), so
+/// finding fields allocates nothing once the array has grown.
+struct DKIMHeaderFields {
+    struct Field {
+        /// The whole field, continuation lines and final CRLF included.
+        var range: Range<Int>
+        /// The name, before the colon.
+        var name: Range<Int>
+        /// After the colon, up to the end of the field (final CRLF excluded).
+        var value: Range<Int>
+    }
+
+    var fields: [Field] = []
+    var bodyStart = 0
+
+    mutating func parse(_ bytes: UnsafeRawBufferPointer) {
+        fields.removeAll(keepingCapacity: true)
+        let end = bytes.count
+        bodyStart = end
+        var i = 0
+        while i < end {
+            if bytes[i] == 13, i + 1 < end, bytes[i + 1] == 10 { bodyStart = i + 2; return }
+            if bytes[i] == 10 { bodyStart = i + 1; return }
+            let start = i
+            var colon = -1
+            var j = i
+            while j < end {
+                if colon < 0 && bytes[j] == UInt8(ascii: ":") { colon = j }
+                if bytes[j] == 10 {
+                    if j + 1 < end && (bytes[j + 1] == 32 || bytes[j + 1] == 9) { j += 1; continue }
+                    break
+                }
+                j += 1
+            }
+            let fieldEnd = min(j + 1, end)
+            guard colon > start else { bodyStart = start; return } // not a field: the rest is body
+            var valueEnd = fieldEnd
+            if valueEnd > colon + 1 && bytes[valueEnd - 1] == 10 { valueEnd -= 1 }
+            if valueEnd > colon + 1 && bytes[valueEnd - 1] == 13 { valueEnd -= 1 }
+            fields.append(Field(range: start..<fieldEnd, name: start..<colon, value: colon + 1..<valueEnd))
+            i = fieldEnd
+        }
+    }
+
+    /// Whether the field's name (trailing blanks ignored) equals `name`, ASCII case-insensitively.
+    static func name(_ field: Field, in bytes: UnsafeRawBufferPointer, equals name: [UInt8]) -> Bool {
+        var end = field.name.upperBound
+        while end > field.name.lowerBound && (bytes[end - 1] == 32 || bytes[end - 1] == 9) { end -= 1 }
+        guard end - field.name.lowerBound == name.count else { return false }
+        var k = 0
+        for i in field.name.lowerBound..<end {
+            if lower(bytes[i]) != lower(name[k]) { return false }
+            k += 1
+        }
+        return true
+    }
+
+    @inline(__always) static func lower(_ c: UInt8) -> UInt8 { (c >= 65 && c <= 90) ? c + 32 : c }
+}
+
+/// Header canonicalisation (RFC 6376 §3.4.1 simple, §3.4.2 relaxed) into a
+/// reusable output buffer.
+enum DKIMHeaderCanonicalizer {
+    /// Appends the canonical form of `bytes[range]`, a whole field `name:value`
+    /// whose value may be folded. `includeLineEnd: false` for the
+    /// DKIM-Signature field itself, which is hashed without its final CRLF.
+    static func append(field bytes: UnsafeRawBufferPointer, name: Range<Int>, value: Range<Int>, fullEnd: Int,
+                       _ canonicalization: DKIMCanonicalization, includeLineEnd: Bool, into out: inout [UInt8]) {
+        switch canonicalization {
+        case .simple:
+            let end = includeLineEnd ? fullEnd : value.upperBound
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[name.lowerBound..<end]))
+            // A last field without a line end still ends with CRLF in canonical form.
+            if includeLineEnd && (fullEnd == value.upperBound) { out.append(13); out.append(10) }
+        case .relaxed:
+            var nameEnd = name.upperBound
+            while nameEnd > name.lowerBound && (bytes[nameEnd - 1] == 32 || bytes[nameEnd - 1] == 9) { nameEnd -= 1 }
+            for i in name.lowerBound..<nameEnd { out.append(DKIMHeaderFields.lower(bytes[i])) }
+            out.append(UInt8(ascii: ":"))
+            var pendingSpace = false
+            var started = false
+            for i in value {
+                let c = bytes[i]
+                if c == 13 || c == 10 { continue } // unfold
+                if c == 32 || c == 9 { pendingSpace = started; continue }
+                if pendingSpace { out.append(32); pendingSpace = false }
+                out.append(c)
+                started = true
+            }
+            if includeLineEnd { out.append(13); out.append(10) }
+        }
+    }
+}

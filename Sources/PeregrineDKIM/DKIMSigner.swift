@@ -1,0 +1,225 @@
+import COpenSSL
+
+/// Who signs: `d=`, `s=`, the key, and how (the `domain-key` and `dkim-*`
+/// directives of one scope).
+public struct DKIMSigningIdentity: Sendable {
+    public var domain: String
+    public var selector: String
+    public var key: DKIMPrivateKey
+    public var canonicalization: DKIMCanonicalizations
+    /// Field names to sign when the message has them (`From` is always signed).
+    public var headers: [String]
+    /// Add `l=` (the body length signed). Off by default: `l=` lets anyone
+    /// append content under a valid signature.
+    public var bodyLengthLimit: Bool
+    /// `x=` = `t=` + this many seconds; nil: no `x=`.
+    public var expireAfterSeconds: Int64?
+
+    public init(domain: String, selector: String, key: DKIMPrivateKey,
+                canonicalization: DKIMCanonicalizations = DKIMCanonicalizations(),
+                headers: [String] = DKIMSigningIdentity.defaultHeaders,
+                bodyLengthLimit: Bool = false, expireAfterSeconds: Int64? = nil) {
+        self.domain = domain
+        self.selector = selector
+        self.key = key
+        self.canonicalization = canonicalization
+        self.headers = headers
+        self.bodyLengthLimit = bodyLengthLimit
+        self.expireAfterSeconds = expireAfterSeconds
+    }
+
+    /// RFC 6376 §5.4.1's list, plus the RFC 8058 fields (Gmail and Yahoo honour
+    /// one-click unsubscribe only when the signature covers them).
+    public static let defaultHeaders = [
+        "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc", "mime-version",
+        "content-type", "content-transfer-encoding", "content-id", "content-description",
+        "resent-date", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-message-id",
+        "in-reply-to", "references", "list-id", "list-help", "list-unsubscribe", "list-subscribe",
+        "list-post", "list-owner", "list-archive", "list-unsubscribe-post", "feedback-id",
+    ]
+}
+
+/// Signs messages. One per thread (a loop worker): it owns the reusable
+/// hashing state, scratch buffers and, per key, the OpenSSL signing context,
+/// so a signature costs the hashing and the private-key operation and no
+/// key parsing or context set-up. Not thread-safe.
+public final class DKIMSigner {
+    private let bodyHasher = DKIMBodyHasher()
+    private let headerHash = SHA256Context()
+    private var fields = DKIMHeaderFields()
+    private var used: [Bool] = []
+    private var scratch: [UInt8] = []
+    private var template: [UInt8] = []
+    private var signature = [UInt8](repeating: 0, count: 1024)
+    private var contexts: [ObjectIdentifier: KeyContext] = [:]
+    private var bodyHashes: [(DKIMCanonicalization, [UInt8], Int)] = []
+
+    /// The key is kept alive with its context so the identifier stays unique.
+    private final class KeyContext {
+        let key: DKIMPrivateKey
+        let pkeyCtx: OpaquePointer?
+        let mdCtx: OpaquePointer?
+        init(key: DKIMPrivateKey) throws(DKIMError) {
+            self.key = key
+            switch key.algorithm {
+            case .rsaSHA256:
+                guard let ctx = EVP_PKEY_CTX_new(key.pkey, nil) else { throw DKIMError("EVP_PKEY_CTX_new failed") }
+                guard EVP_PKEY_sign_init(ctx) == 1,
+                      EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1,
+                      EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) == 1 else {
+                    EVP_PKEY_CTX_free(ctx)
+                    throw DKIMError("RSA signing context: \(openSSLErrorText())")
+                }
+                pkeyCtx = ctx
+                mdCtx = nil
+            case .ed25519SHA256:
+                guard let md = EVP_MD_CTX_new() else { throw DKIMError("EVP_MD_CTX_new failed") }
+                pkeyCtx = nil
+                mdCtx = md
+            }
+        }
+        deinit {
+            if let pkeyCtx { EVP_PKEY_CTX_free(pkeyCtx) }
+            if let mdCtx { EVP_MD_CTX_free(mdCtx) }
+        }
+    }
+
+    public init() {}
+
+    /// Appends one `DKIM-Signature:` field (folded, CRLF-terminated) per
+    /// identity to `out`, in order; prepend them to the message. `message`
+    /// is the header section and body exactly as they will be sent (CRLF line
+    /// ends, not dot-stuffed). `now` is the signing time in Unix seconds (`t=`).
+    public func sign(message: UnsafeRawBufferPointer, identities: [DKIMSigningIdentity], now: Int64,
+                     into out: inout [UInt8]) throws(DKIMError) {
+        fields.parse(message)
+        bodyHashes.removeAll(keepingCapacity: true)
+        for identity in identities {
+            let body = bodyHash(message, identity.canonicalization.body)
+            try signOne(message, identity, bodyHash: body.hash, bodyLength: body.length, now: now, into: &out)
+        }
+    }
+
+    /// One body hash per canonicalisation, however many signatures use it.
+    private func bodyHash(_ message: UnsafeRawBufferPointer, _ c: DKIMCanonicalization) -> (hash: [UInt8], length: Int) {
+        if let known = bodyHashes.first(where: { $0.0 == c }) { return (known.1, known.2) }
+        bodyHasher.reset(c)
+        bodyHasher.update(UnsafeRawBufferPointer(rebasing: message[fields.bodyStart..<message.count]))
+        let hash = bodyHasher.finish()
+        bodyHashes.append((c, hash, bodyHasher.canonicalLength))
+        return (hash, bodyHasher.canonicalLength)
+    }
+
+    private func context(for key: DKIMPrivateKey) throws(DKIMError) -> KeyContext {
+        if let known = contexts[ObjectIdentifier(key)] { return known }
+        // Keys are replaced on reload; forget old ones rather than grow without bound.
+        if contexts.count >= 64 { contexts.removeAll() }
+        let made = try KeyContext(key: key)
+        contexts[ObjectIdentifier(key)] = made
+        return made
+    }
+
+    private func signOne(_ message: UnsafeRawBufferPointer, _ identity: DKIMSigningIdentity, bodyHash: [UInt8],
+                         bodyLength: Int, now: Int64, into out: inout [UInt8]) throws(DKIMError) {
+        let c = identity.canonicalization
+        guard fields.fields.contains(where: { DKIMHeaderFields.name($0, in: message, equals: Self.from) }) else {
+            throw DKIMError("message has no From field")
+        }
+        // The signed fields: each configured name once per occurrence, bottom-up (§5.4.2).
+        used.removeAll(keepingCapacity: true)
+        used.append(contentsOf: repeatElement(false, count: fields.fields.count))
+        scratch.removeAll(keepingCapacity: true)
+        headerHash.reset()
+        template.removeAll(keepingCapacity: true)
+        append("DKIM-Signature: v=1; a=\(identity.key.algorithm.tag); c=\(c.tag); d=\(identity.domain); s=\(identity.selector);\r\n\tt=\(now);")
+        if let expire = identity.expireAfterSeconds { append(" x=\(now + expire);") }
+        if identity.bodyLengthLimit { append(" l=\(bodyLength);") }
+        append("\r\n\th=")
+        var lineLength = 3
+        var first = true
+        var names = identity.headers.map { $0.lowercased() }
+        if !names.contains("from") { names.insert("from", at: 0) }
+        for name in names {
+            let nameBytes = Array(name.utf8)
+            while let index = lastUnused(named: nameBytes, in: message) {
+                used[index] = true
+                let f = fields.fields[index]
+                DKIMHeaderCanonicalizer.append(field: message, name: f.name, value: f.value, fullEnd: f.range.upperBound,
+                                               c.header, includeLineEnd: true, into: &scratch)
+                if !first {
+                    template.append(UInt8(ascii: ":"))
+                    lineLength += 1
+                }
+                if lineLength + nameBytes.count > 70 {
+                    append("\r\n\t")
+                    lineLength = 1
+                }
+                template.append(contentsOf: nameBytes)
+                lineLength += nameBytes.count
+                first = false
+            }
+        }
+        guard !first else { throw DKIMError("message has no From field") }
+        append(";\r\n\tbh=")
+        bodyHash.withUnsafeBytes { DKIMBase64.encode($0, into: &template) }
+        append(";\r\n\tb=")
+        // The signature field itself, b= empty and without its final CRLF (§3.7).
+        template.withUnsafeBytes { t in
+            let colon = 14 // "DKIM-Signature" is 14 bytes
+            DKIMHeaderCanonicalizer.append(field: t, name: 0..<colon, value: colon + 1..<t.count, fullEnd: t.count,
+                                           c.header, includeLineEnd: false, into: &scratch)
+        }
+        headerHash.update(scratch)
+        let digest = headerHash.finish()
+        let length = try rawSign(digest, with: identity.key)
+        out.append(contentsOf: template)
+        // b= folded at 72 columns so no line exceeds 78 (RFC 5322 §2.1.1).
+        signature.withUnsafeBytes { raw in
+            var encoded: [UInt8] = []
+            encoded.reserveCapacity(length * 4 / 3 + 4)
+            DKIMBase64.encode(UnsafeRawBufferPointer(rebasing: raw[0..<length]), into: &encoded)
+            var i = 0
+            while i < encoded.count {
+                if i > 0 { out.append(contentsOf: [13, 10, 9]) }
+                let end = min(i + 72, encoded.count)
+                out.append(contentsOf: encoded[i..<end])
+                i = end
+            }
+        }
+        out.append(13)
+        out.append(10)
+    }
+
+    private static let from = Array("from".utf8)
+
+    private func append(_ text: String) {
+        template.append(contentsOf: text.utf8)
+    }
+
+    private func lastUnused(named name: [UInt8], in message: UnsafeRawBufferPointer) -> Int? {
+        var i = fields.fields.count - 1
+        while i >= 0 {
+            if !used[i] && DKIMHeaderFields.name(fields.fields[i], in: message, equals: name) { return i }
+            i -= 1
+        }
+        return nil
+    }
+
+    /// RSA: PKCS#1 v1.5 over the SHA-256 digest. Ed25519 (RFC 8463 §3): pure
+    /// Ed25519 over the 32-byte SHA-256 digest.
+    private func rawSign(_ digest: [UInt8], with key: DKIMPrivateKey) throws(DKIMError) -> Int {
+        let ctx = try context(for: key)
+        var length = signature.count
+        let ok: Int32 = signature.withUnsafeMutableBufferPointer { sig in
+            digest.withUnsafeBufferPointer { d in
+                if let p = ctx.pkeyCtx {
+                    return EVP_PKEY_sign(p, sig.baseAddress, &length, d.baseAddress, d.count)
+                }
+                guard let md = ctx.mdCtx, EVP_DigestSignInit(md, nil, nil, nil, key.pkey) == 1 else { return 0 }
+                return EVP_DigestSign(md, sig.baseAddress, &length, d.baseAddress, d.count)
+            }
+        }
+        guard ok == 1 else { throw DKIMError("signing failed: \(openSSLErrorText())") }
+        return length
+    }
+}
