@@ -7,6 +7,7 @@ func runSummarize(arguments: [String]) -> Int32 {
     var dir = "results"
     var i = 0
     while i < arguments.count {
+        if arguments[i] == "-h" || arguments[i] == "--help" { print("usage: peregrine-bench summarize [--results DIR]"); return 0 }
         if arguments[i] == "--results" || arguments[i] == "--output-dir", i + 1 < arguments.count { dir = arguments[i + 1]; i += 2; continue }
         fputs("usage: peregrine-bench summarize [--results DIR]\n", stderr)
         return 2
