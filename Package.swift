@@ -81,7 +81,9 @@ let package = Package(
 
         .executableTarget(name: "Peregrine",
                           dependencies: ["PeregrineIO", "PeregrineConfig", "PeregrineSpool", "PeregrineDaemon"],
-                          swiftSettings: loopSettings),
+                          swiftSettings: loopSettings, plugins: ["PeregrineBuildInfo"]),
+        // `peregrine --version`: the git commit, generated before each build (no dependency: PackagePlugin is the toolchain's).
+        .plugin(name: "PeregrineBuildInfo", capability: .buildTool()),
 
         .target(name: "PeregrineSink",
                 dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",

@@ -8,8 +8,9 @@ import PeregrineDaemon
 /// `peregrine ctl …`: the operator's console. Talks JSON to the daemon's
 /// management port (http-mgmt-port) and prints tables, or the raw JSON with --json.
 ///
-///   ctl show status|queues|topqueues
+///   ctl show status|queues|topqueues|vmtas, ctl show domain NAME, ctl trace ADDRESS
 ///   ctl pause|resume|schedule|delete QUEUE        (QUEUE may be a pattern: gmail.com/*)
+///   ctl delete --job-id ID, ctl reset counters
 ///   ctl set-mode normal|backoff QUEUE
 ///   ctl reload
 /// Options: --config FILE (the daemon's: its http-mgmt-port and token file),
@@ -19,20 +20,30 @@ import PeregrineDaemon
 enum CtlCommand {
     static let usage = """
     usage: peregrine ctl [--config FILE] [--token-file FILE] [--host ADDR] [--port N] [--json] COMMAND
-      show status | show queues | show topqueues
+      show status | show queues | show topqueues | show vmtas
+      show domain NAME [--vmta VMTA]      the settings a queue for NAME gets, as resolved
+      trace ADDRESS [--vmta VMTA]         the queue, VMTA, route, throttles and rules ADDRESS would get
       pause QUEUE | resume QUEUE | schedule QUEUE | delete QUEUE
+      delete --job-id ID                  every pending recipient of the messages of job ID
       set-mode normal|backoff QUEUE
+      reset counters                      the totals of show status and /metrics
       reload
-    QUEUE is domain/vmta and may use * (gmail.com/*).
-    --config FILE reads http-mgmt-port and the management token (http-mgmt-token-file,
-    by default SPOOL/mgmt-token) from the daemon's configuration; --host/--port/--token-file
-    override it. Without a token, only show works.
+    QUEUE is domain/vmta and may use * (gmail.com/*); a pause also holds matching queues
+    that appear later, until resumed.
+    The daemon is found from its configuration: --config FILE, else $PEREGRINE_CONFIG,
+    else \(defaultConfigPath) when it exists; ctl reads http-mgmt-port and the management
+    token (http-mgmt-token-file, by default SPOOL/mgmt-token) from it. --host/--port/--token-file
+    override it. Without a token, only show and trace work.
+    Tables by default; --json prints the daemon's JSON for scripts.
     """
+
+    /// Where ctl looks for the daemon's configuration when not told (PowerMTA keeps its in /etc/pmta/config).
+    static let defaultConfigPath = "/etc/peregrine/peregrine.conf"
 
     static func run(_ arguments: [String]) -> Int32 {
         var host = "127.0.0.1", port: UInt16 = 8080, json = false
         var hostGiven = false, portGiven = false
-        var configPath: String?, tokenPath: String?
+        var configPath: String?, tokenPath: String?, vmta: String?, jobID: String?
         var words: [String] = []
         var i = 0
         while i < arguments.count {
@@ -52,6 +63,12 @@ enum CtlCommand {
                 tokenPath = arguments[i + 1]; i += 2
             case "--json":
                 json = true; i += 1
+            case "--vmta":
+                guard i + 1 < arguments.count else { return fail("--vmta needs a VMTA name") }
+                vmta = arguments[i + 1]; i += 2
+            case "--job-id":
+                guard i + 1 < arguments.count, !arguments[i + 1].isEmpty else { return fail("--job-id needs an ID") }
+                jobID = arguments[i + 1]; i += 2
             case "-h", "--help":
                 print(usage); return 0
             default:
@@ -60,11 +77,22 @@ enum CtlCommand {
         }
         let request: (method: String, path: String, body: String?)
         switch words.first {
+        case "show" where words.count == 3 && words[1] == "domain":
+            request = ("GET", "/domain?name=\(query(words[2]))" + (vmta.map { "&vmta=\(query($0))" } ?? ""), nil)
         case "show":
-            guard words.count == 2, ["status", "queues", "topqueues"].contains(words[1]) else {
-                return fail("show takes status, queues or topqueues")
+            guard words.count == 2, ["status", "queues", "topqueues", "vmtas"].contains(words[1]) else {
+                return fail("show takes status, queues, topqueues, vmtas or domain NAME")
             }
             request = ("GET", "/" + words[1], nil)
+        case "trace":
+            guard words.count == 2, words[1].contains("@") else { return fail("trace takes one ADDRESS (user@domain)") }
+            request = ("GET", "/trace?address=\(query(words[1]))" + (vmta.map { "&vmta=\(query($0))" } ?? ""), nil)
+        case "delete" where jobID != nil:
+            guard words.count == 1 else { return fail("delete takes a QUEUE or --job-id ID, not both") }
+            request = ("POST", "/jobs/delete", jsonObject(["job": jobID ?? ""]))
+        case "reset":
+            guard words.count == 2, words[1] == "counters" else { return fail("reset takes 'counters'") }
+            request = ("POST", "/counters/reset", "{}")
         case "pause", "resume", "schedule", "delete":
             guard words.count == 2 else { return fail("\(words[0]) takes one QUEUE (domain/vmta, * allowed)") }
             request = ("POST", "/queues/\(words[0])", jsonObject(["queue": words[1]]))
@@ -79,6 +107,11 @@ enum CtlCommand {
             return fail("missing command")
         default:
             return fail("unknown command '\(words[0])'")
+        }
+        // Not told where the daemon is: its configuration at the usual place says.
+        if configPath == nil && !hostGiven && !portGiven {
+            if let env = ProcessInfo.processInfo.environment["PEREGRINE_CONFIG"], !env.isEmpty { configPath = env }
+            else if FileManager.default.fileExists(atPath: defaultConfigPath) { configPath = defaultConfigPath }
         }
         if let configPath {
             let config: PeregrineConfig
@@ -122,6 +155,13 @@ enum CtlCommand {
     static func fail(_ message: String) -> Int32 {
         fputs("peregrine ctl: \(message)\n\(usage)\n", stderr)
         return 2
+    }
+
+    /// A query-string value, percent-encoded.
+    static func query(_ s: String) -> String {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~@*")
+        return s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s
     }
 
     static func jsonObject(_ fields: [String: String]) -> String {
@@ -181,7 +221,24 @@ enum CtlCommand {
     static func render(path: String, body: String) -> String {
         guard let data = body.data(using: .utf8),
               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return body }
-        switch path {
+        switch path.split(separator: "?").first.map(String.init) ?? path {
+        case "/vmtas":
+            var rows = [["VMTA", "SOURCE IP", "HOST NAME", "POOLS", "CONN", "QUEUED"]]
+            for v in object["vmtas"] as? [[String: Any]] ?? [] {
+                rows.append([describe(v["name"]), describe(v["sourceIP"]), describe(v["hostName"]),
+                             (v["pools"] as? [String] ?? []).joined(separator: ","), num(v["connections"]), num(v["queued"])])
+            }
+            return table(rows)
+        case "/domain", "/trace":
+            var rows = [["KEY", "VALUE"]]
+            for key in object.keys.sorted() where key != "settings" && key != "queueNow" {
+                rows.append([key, describe(object[key])])
+            }
+            for (prefix, nestedKey) in [("queue now.", "queueNow"), ("", "settings")] {
+                let nested = object[nestedKey] as? [String: Any] ?? [:]
+                for k in nested.keys.sorted() { rows.append([prefix + k, describe(nested[k])]) }
+            }
+            return table(rows)
         case "/queues", "/topqueues":
             let queues = object["queues"] as? [[String: Any]] ?? []
             var rows = [["QUEUE", "MODE", "READY", "DELAYED", "CONN", "RATE", "DELIVERED", "BOUNCED", "DEFERRED", "SITE", "LAST REPLY"]]

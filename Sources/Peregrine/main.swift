@@ -33,7 +33,7 @@ let subcommands: [Subcommand] = [
 ]
 
 func usageText() -> String {
-    var s = "usage: peregrine SUBCOMMAND [options]\nsubcommands:\n"
+    var s = "usage: peregrine SUBCOMMAND [options] | peregrine --version\nsubcommands:\n"
     for c in subcommands where !c.hidden {
         s += "  " + c.usage.padding(toLength: 28) + "  " + c.summary + "\n"
     }
@@ -49,6 +49,10 @@ guard let name = arguments.first else {
     fputs(usageText(), stderr)
     exit(2)
 }
+if name == "--version" || name == "version" {
+    print(VersionCommand.text)
+    exit(0)
+}
 if name == "-h" || name == "--help" || name == "help" {
     print(usageText(), terminator: "")
     exit(0)
@@ -57,4 +61,10 @@ guard let command = subcommands.first(where: { $0.name == name }) else {
     fputs("peregrine: unknown subcommand '\(name)'\n" + usageText(), stderr)
     exit(2)
 }
-exit(command.run(Array(arguments.dropFirst())))
+let rest = Array(arguments.dropFirst())
+// `peregrine SUBCOMMAND --help` prints that subcommand's usage and exits 0 (ctl has its own, longer one).
+if command.name != "ctl", rest.contains("--help") || rest.contains("-h") {
+    print("usage: peregrine \(command.usage)\n  \(command.summary)")
+    exit(0)
+}
+exit(command.run(rest))

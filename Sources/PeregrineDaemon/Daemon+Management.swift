@@ -192,9 +192,14 @@ extension Daemon {
                 respond(.notFound(path))
                 return
             }
-            broadcast(action) { n in respond(Self.json(["queue": pattern, "action": verb, "matched": n])) }
+            broadcast(action) { n in
+                var answer: [String: Any] = ["queue": pattern, "action": verb, "matched": n]
+                // A pause also holds the queues the pattern matches that do not exist yet.
+                if verb == "pause" { answer["appliesToNewQueues"] = true }
+                respond(Self.json(answer))
+            }
         default:
-            respond(.notFound(request.path))
+            if !handleManagementExtras(request, respond: respond) { respond(.notFound(request.path)) }
         }
     }
 

@@ -15,6 +15,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
     unowned let observer: DeliveryObserver
 
     public private(set) var queues: [QueueKey: DeliveryQueue] = [:]
+    /// Pause patterns that also hold queues created later (issue 17: `pause 'hotmail.com/*'`
+    /// before any hotmail mail arrived used to match nothing, and the next message went out).
+    public private(set) var standingPauses: [String] = []
     /// MX sites of rolled-up queues (mx-rollup yes), by VMTA and resolved MX host set.
     public private(set) var sites: [DeliverySiteKey: DeliverySite] = [:]
     /// Rolled-up queues whose MX hosts are being looked up to find their site.
@@ -77,6 +80,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
         if let q = queues[key] { return q }
         let q = DeliveryQueue(key: key, policy: policies.policy(for: key))
         q.patternsSeePositiveReplies = policies.patternsSeePositiveReplies(queue: key)
+        if standingPauses.contains(where: { key.matches(pattern: $0) }) { q.isPaused = true }
         queues[key] = q
         return q
     }
@@ -479,12 +483,18 @@ public final class DeliveryEngine<Loop: EventLoop> {
     }
 
     public func pause(_ pattern: String) -> Int {
+        if !standingPauses.contains(pattern) { standingPauses.append(pattern) }
         let qs = queues(matching: pattern)
         for q in qs { q.isPaused = true; kick(q) }
         return qs.count
     }
 
     public func resume(_ pattern: String) -> Int {
+        // A standing pause ends when resumed by its own pattern or by one covering it ('*' covers 'hotmail.com/*').
+        standingPauses.removeAll { standing in
+            let parts = standing.split(separator: "/", maxSplits: 1).map(String.init)
+            return standing == pattern || QueueKey(domain: parts.first ?? "*", vmta: parts.count > 1 ? parts[1] : "*").matches(pattern: pattern)
+        }
         let qs = queues(matching: pattern)
         for q in qs { q.resume(); kick(q) }
         return qs.count

@@ -79,6 +79,25 @@ import Testing
         #expect(bytes.prefix(8) == Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]), "not a PNG")
     }
 
+    /// `compare A B` on two commits of the fixture: the 40 % ratio drop is WORSE than the
+    /// measured noise; the same figure between two ordinary runs is not.
+    @Test func compareMarksAChangeWorseThanTheNoise() throws {
+        let dir = try Self.fixture()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (status, out) = runTool(Self.bench, ["compare", "c0ffee4", "c0ffee5", "--results", dir], seconds: 60)
+        #expect(status == 0, "\(out)")
+        let row = out.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+            .first { $0.count > 3 && $0[0] == "relay" && $0[1] == "overPostfix" && $0[2] == "epoll" }
+        let cells = try #require(row, "no relay/overPostfix/epoll row:\n\(out)")
+        #expect(cells[4] == "10.1" && cells[6] == "6.00", "\(cells)")
+        #expect(cells.contains("WORSE"), "\(cells)")
+        #expect(out.contains("1 figure(s) worse than the noise"), "\(out)")
+        let (_, calm) = runTool(Self.bench, ["compare", "c0ffee2", "c0ffee3", "--results", dir], seconds: 60)
+        #expect(calm.contains("0 figure(s) worse than the noise"), "\(calm)")
+        let (missing, why) = runTool(Self.bench, ["compare", "nosuchcommit", "c0ffee3", "--results", dir], seconds: 60)
+        #expect(missing == 1 && why.contains("no runs for nosuchcommit"), "\(why)")
+    }
+
     /// The committed results (runs imported from git history and new timestamped runs):
     /// the scenarios issue 17 names have charts, and every point is drawn.
     @Test func committedResultsHaveTheNamedScenarios() throws {

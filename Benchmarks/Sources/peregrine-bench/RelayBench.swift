@@ -92,7 +92,8 @@ struct RelayBenchOptions {
             case "--no-ceiling":
                 o.ceiling = false; i += 1; continue
             case "-h", "--help":
-                return .failure(BenchUsageError(usage))
+                print(usage)
+                exit(0)
             case "--starttls":
                 o.tlsModes = [true]; i += 1; continue
             case "--starttls-and-plain":

@@ -182,7 +182,7 @@ struct ScenarioOptions {
         var i = 0
         while i < args.count {
             let a = args[i]
-            if a == "-h" || a == "--help" { return .failure(BenchUsageError(usage)) }
+            if a == "-h" || a == "--help" { print(usage); exit(0) }
             guard a.hasPrefix("--") else { return .failure(BenchUsageError("unexpected '\(a)'\n\(usage)")) }
             let key = String(a.dropFirst(2))
             if known.contains(key) { o.flags.insert(key); i += 1; continue }

@@ -129,7 +129,10 @@ struct LoadgenOptions {
                 let v = try value(a)
                 guard let s = UInt64(v) else { throw .message("--seed: '\(v)' is not a number") }
                 o.seed = s
-            case "-h", "--help": throw .message(usage)
+            case "-h", "--help":
+                // Asked-for usage is an answer, not an error: stdout, exit 0.
+                print(usage)
+                exit(0)
             default: throw .message("unknown option '\(a)'\n\(usage)")
             }
             i += 1
