@@ -383,6 +383,12 @@ public final class DeliveryEngine<Loop: EventLoop> {
         case .greetingRefused(let r), .heloRefused(let r), .serviceClosing(let r):
             q.lastReply = r.description
             if applyPatterns(r, queue: q, now: now) { /* bounce applies to messages, none in flight here */ }
+            if case .greetingRefused? = reason, r.code / 100 == 5, q.policy.bounceUpon5xxGreeting {
+                // The receiver refuses service outright: what waits for it bounces now.
+                bounceWaiting(q, reply: r, category: policies.bounceCategory(for: r))
+                kick(q)
+                return
+            }
             let mxUnavailable = r.code == 421 && q.policy.smtp421MeansMXUnavailable
             if !everReady && r.code / 100 == 4 && q.connections > 0 && !mxUnavailable {
                 // Refused while other connections of the queue are open (too many
@@ -456,10 +462,14 @@ public final class DeliveryEngine<Loop: EventLoop> {
 
     private func noMailHost(_ q: DeliveryQueue, reason: String) {
         guard q.policy.bounceUponNoMX else { deferQueue(q, reason: reason); return }
-        let reply = SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 1, 2), reason)
+        bounceWaiting(q, reply: SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 1, 2), reason), category: "bad-domain")
+    }
+
+    /// Bounces every item waiting in `q` with `reply` (bounce-upon-no-mx, bounce-upon-5xx-greeting).
+    private func bounceWaiting(_ q: DeliveryQueue, reply: SMTPReply, category: String) {
         for item in q.removeAll() {
             for r in item.recipients where item.message.finish(recipient: r, as: .bounced) {
-                observer.bounced(item.message, recipient: r, queue: q, reply: reply, category: "bad-domain", connection: nil)
+                observer.bounced(item.message, recipient: r, queue: q, reply: reply, category: category, connection: nil)
             }
             if item.message.isComplete { observer.messageCompleted(item.message) }
         }

@@ -26,6 +26,7 @@ import PeregrineIO
         case .refuseMail: "421 4.3.2 try again later"
         case .acceptOne: "421 4.7.0 too many messages"
         case .stopReading: "timeout waiting for the message body to be sent"
+        case .greet554: "unexpected greeting: 554 5.7.1 no service for you"
         }
     }
 

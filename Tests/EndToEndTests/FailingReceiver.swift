@@ -26,13 +26,15 @@ final class FailingReceiver {
         case refuseMail = "refuse-mail"
         /// Not a failure mode of its own: accepts one message per connection,
         /// then answers the next MAIL with 421 (smtp-421-means-mx-unavailable).
-        static var failing: [Mode] { allCases.filter { $0 != .acceptOne && $0 != .stopReading } }
+        static var failing: [Mode] { allCases.filter { $0 != .acceptOne && $0 != .stopReading && $0 != .greet554 } }
         case acceptOne = "accept-one"
         /// Not a failure mode of its own either: greets, accepts the envelope,
         /// answers DATA with 354, then never reads again (its receive buffer is
         /// a few KB), so a large body stalls in the client's send (the
         /// client-side output bound, issue 12 item 1).
         case stopReading = "stop-reading"
+        /// Greets with 554 5.7.1 (a receiver refusing service; bounce-upon-5xx-greeting).
+        case greet554 = "greet-554"
         var description: String { rawValue }
     }
 
@@ -63,6 +65,8 @@ final class FailingReceiver {
                     s.sendall(b"\x16\x03\x01 this is not SMTP at all\r\n")
                 elif mode == "overlong-line":
                     s.sendall(b"220 " + b"x" * 20000 + b"\r\n")
+                elif mode == "greet-554":
+                    s.sendall(b"554 5.7.1 no service for you\r\n")
                 elif mode == "bad-code":
                     s.sendall(b"354 go ahead\r\n")
                 elif mode == "accept-one":

@@ -158,7 +158,7 @@ import Testing
                 verp-default yes
             </source>
             <domain *>
-                bounce-upon-5xx-greeting yes
+                queue-to other.test
             </domain>
             total-max-smtp-out 500
             """, file: "u.conf", diagnostics: &d)

@@ -36,6 +36,7 @@ public struct DomainOverrides: Hashable, Sendable {
     public var smtpQuitTimeout: Duration?
     public var smtpStartTLSTimeout: Duration?
     public var bounceUponNoMX: Bool?
+    public var bounceUpon5xxGreeting: Bool?
     public var smtp421MeansMXUnavailable: Bool?
     public var mxRollup: Bool?
 
@@ -73,6 +74,7 @@ public struct DomainOverrides: Hashable, Sendable {
         if let v = smtpQuitTimeout { s.smtpQuitTimeout = v }
         if let v = smtpStartTLSTimeout { s.smtpStartTLSTimeout = v }
         if let v = bounceUponNoMX { s.bounceUponNoMX = v }
+        if let v = bounceUpon5xxGreeting { s.bounceUpon5xxGreeting = v }
         if let v = smtp421MeansMXUnavailable { s.smtp421MeansMXUnavailable = v }
         if let v = mxRollup { s.mxRollup = v }
     }

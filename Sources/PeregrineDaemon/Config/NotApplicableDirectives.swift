@@ -62,7 +62,6 @@ enum NotApplicableDirectives {
         ],
         .domain: [
             "smtp-553-means-invalid-mailbox": "reclassifying 553 replies",
-            "bounce-upon-5xx-greeting": "bouncing on a 5xx greeting (Peregrine tries the next MX, then defers)",
             "queue-to": "redirecting a queue to another domain's queue",
             "smtp-hosts": "a fixed MX list; use route [HOST]:PORT for one host",
         ],

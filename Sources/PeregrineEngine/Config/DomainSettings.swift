@@ -70,6 +70,9 @@ public struct DomainSettings: Hashable, Sendable {
     public var smtpStartTLSTimeout: Duration = .seconds(120)
     /// `bounce-upon-no-mx`: bounce when the domain has no MX instead of falling back to its A record.
     public var bounceUponNoMX = false
+    /// `bounce-upon-5xx-greeting`: a 5xx greeting bounces the queue's waiting
+    /// mail instead of counting as a failed host (next MX, then retry).
+    public var bounceUpon5xxGreeting = false
     /// `smtp-421-means-mx-unavailable`: a 421 greeting moves on to the next MX.
     public var smtp421MeansMXUnavailable = false
     /// `mx-rollup`: queues of this VMTA whose resolved MX host set is the same
