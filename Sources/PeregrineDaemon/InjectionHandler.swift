@@ -111,6 +111,12 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         var jobID = ""
         var vmtaName = source.defaultVirtualMTA ?? worker.defaultVMTA
         var drop: [Range<Int>] = []
+        if let listName = source.patternList, let list = worker.policies.config.vmtaPatternLists[listName],
+           let picked = list.virtualMTA(mailFrom: mail.reversePath, header: { name in
+               headers.first(named: name, in: bytes).map { HeaderSection.string($0.value, in: bytes) }
+           }) {
+            vmtaName = picked // an X-Virtual-MTA header below still wins
+        }
         if source.processXVirtualMTA, let f = headers.first(named: "X-Virtual-MTA", in: bytes) {
             vmtaName = HeaderSection.string(f.value, in: bytes)
             for field in headers.all(named: "X-Virtual-MTA", in: bytes) { drop.append(field.range) }

@@ -215,4 +215,38 @@ import Testing
         ], "\(d.sortedErrors)")
         #expect(d.sortedErrors.first?.message == "total-max-smtp-in is already set at line 1 (as max-smtp-in)")
     }
+
+    @Test func patternListsChooseVirtualMTAsAndRefuseWhatTheyCannot() throws {
+        let config = try PeregrineConfig.parse("""
+            <virtual-mta a>
+                smtp-source-host 127.0.0.2 a.test
+            </virtual-mta>
+            <pattern-list p>
+                mail-from /@bulk\\.test$/ virtual-mta=a
+                header X-Class /^promo/i virtual-mta=A
+            </pattern-list>
+            <source 0/0>
+                pattern-list P
+            </source>
+            """, file: "p.conf")
+        let list = try #require(config.vmtaPatternLists["p"])
+        #expect(config.source(forIP: "192.0.2.1").patternList == "p")
+        #expect(list.virtualMTA(mailFrom: "x@bulk.test", header: { _ in nil }) == "a")
+        #expect(list.virtualMTA(mailFrom: "x@other.test", header: { $0 == "X-Class" ? "PROMO-1" : nil }) == "a")
+        #expect(list.virtualMTA(mailFrom: "x@other.test", header: { _ in nil }) == nil)
+        var d = ConfigDiagnostics()
+        _ = PeregrineConfig.parse("""
+            <pattern-list p>
+                rcpt-to /@gmail\\.com$/ virtual-mta=a
+                mail-from /x/ virtual-mta=nowhere
+                mail-from /x/ dkim-sign=yes
+                header /x/ virtual-mta=a
+            </pattern-list>
+            <source 0/0>
+                pattern-list missing
+            </source>
+            """, file: "p.conf", diagnostics: &d)
+        #expect(d.sortedErrors.map(\.location.line) == [2, 3, 4, 5, 8], "\(d.sortedErrors)")
+        #expect(d.sortedErrors.first?.message.hasPrefix("rcpt-to is not supported in <pattern-list> yet") == true)
+    }
 }

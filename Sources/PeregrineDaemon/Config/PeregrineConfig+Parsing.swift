@@ -270,6 +270,9 @@ extension PeregrineConfig {
         case "smtp-pattern-list":
             let list = try SMTPPatternList(block: node, diagnostics: &diagnostics)
             patternLists[list.name.lowercased()] = list
+        case "pattern-list":
+            let list = try VMTAPatternList(block: node, diagnostics: &diagnostics)
+            vmtaPatternLists[list.name] = list
         case "acct-file":
             accountingFiles.append(try AccountingFileOptions(block: node, diagnostics: &diagnostics))
         case "bounce-category-patterns":

@@ -36,9 +36,17 @@ extension PeregrineConfig {
             }
         }
         for source in sources {
+            if let list = source.patternList, vmtaPatternLists[list] == nil {
+                diagnostics.record(ConfigError(line(source.location, "pattern-list", list), "pattern-list '\(list)' is not defined"))
+            }
             if let name = source.defaultVirtualMTA, virtualMTANames(for: name).isEmpty {
                 diagnostics.record(ConfigError(line(source.location, "default-virtual-mta", name),
                                   "default-virtual-mta '\(name)' is not a defined virtual-mta or virtual-mta-pool"))
+            }
+        }
+        for list in vmtaPatternLists.values {
+            for rule in list.rules where virtualMTANames(for: rule.virtualMTA).isEmpty {
+                diagnostics.record(ConfigError(rule.location, "virtual-mta '\(rule.virtualMTA)' is not a defined virtual-mta or virtual-mta-pool"))
             }
         }
         for domain in domains + virtualMTAs.flatMap(\.domains) {

@@ -58,6 +58,8 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var virtualMTAPools: [VirtualMTAPool] = []
     /// Top-level `<domain>` blocks in file order.
     public var domains: [DomainBlock] = []
+    /// `<pattern-list NAME>` by name (lower-cased): virtual-mta choice at injection.
+    public var vmtaPatternLists: [String: VMTAPatternList] = [:]
     /// `<smtp-pattern-list NAME>` by name.
     public var patternLists: [String: SMTPPatternList] = [:]
     /// `<acct-file PATH>` blocks.

@@ -45,6 +45,8 @@ public struct SourceSettings: Hashable, Sendable {
     public var maxRcptPerMessage: Int?
     /// `allow-starttls`: offer STARTTLS to these clients (when a certificate is set).
     public var allowStartTLS = true
+    /// `pattern-list NAME`: the `<pattern-list>` choosing these clients' virtual-mta.
+    public var patternList: String?
     /// The header the job id comes from, if any.
     public var jobHeaderName: String? { jobIDHeader ?? (processXJob ? "X-Job" : nil) }
     public static let defaultMaxSMTPIn = 100
@@ -120,6 +122,7 @@ extension SourceSettings {
                     removeHeaders.append(try Self.headerName(node, String(name)))
                 }
             case "process-x-envid": processXEnvID = try node.value(ConfigValue.bool)
+            case "pattern-list": patternList = try node.singleArgument().lowercased()
             case "allow-starttls": allowStartTLS = try node.value(ConfigValue.bool)
             case "max-errors-per-connection": maxErrorsPerConnection = try node.integer(in: 1...10_000)
             case "max-rcpt-per-message": maxRcptPerMessage = try node.integer(in: 1...100_000)
