@@ -249,4 +249,26 @@ import Testing
         #expect(d.sortedErrors.map(\.location.line) == [2, 3, 4, 5, 8], "\(d.sortedErrors)")
         #expect(d.sortedErrors.first?.message.hasPrefix("rcpt-to is not supported in <pattern-list> yet") == true)
     }
+
+    /// `host-name` inside a virtual-mta names it in EHLO over smtp-source-host's
+    /// name; `dk-sign no` is a not-applicable warning, `dk-sign yes` is refused.
+    @Test func virtualMTAHostNameAndDomainKeys() {
+        var d = ConfigDiagnostics()
+        let config = PeregrineConfig.parse("""
+            <virtual-mta v>
+                host-name mail.example.com
+                smtp-source-host 127.0.0.2 ip2.example.com
+            </virtual-mta>
+            <domain *>
+                dk-sign no
+            </domain>
+            <domain a.test>
+                dk-sign yes
+            </domain>
+            """, file: "v.conf", diagnostics: &d)
+        #expect(config.virtualMTA(named: "v")?.hostName == "mail.example.com")
+        #expect(config.virtualMTA(named: "v")?.sourceIP == "127.0.0.2")
+        #expect(d.warnings.map(\.location.line) == [6] && d.warnings.first?.message.contains("not applicable") == true)
+        #expect(d.errors.map(\.location.line) == [9] && d.errors.first?.message.hasPrefix("dk-sign yes is refused") == true)
+    }
 }

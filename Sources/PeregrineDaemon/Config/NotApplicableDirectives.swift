@@ -89,6 +89,15 @@ enum NotApplicableDirectives {
 
     /// Records the refusal, or the warning, and returns true when `node` is either here.
     static func handled(_ node: ConfigNode, in context: Context, diagnostics: inout ConfigDiagnostics) -> Bool {
+        if context == .domain, node.name == "dk-sign" {
+            // DomainKeys (RFC 4870, historic): 'no' is what Peregrine does; 'yes' asks for a signature it cannot make.
+            switch (try? node.value(ConfigValue.bool)) {
+            case false?: diagnostics.warn(node, "not applicable to Peregrine, ignored (DomainKeys signing, RFC 4870, is historic; Peregrine signs DKIM only)")
+            case true?: diagnostics.record(node.error("dk-sign yes is refused: Peregrine does not make DomainKeys (RFC 4870, historic) signatures; use dkim-sign"))
+            case nil: diagnostics.record(node.error("dk-sign: '\(node.rawArguments)' is not yes or no"))
+            }
+            return true
+        }
         if let refusal = refusal(node, in: context) {
             diagnostics.record(refusal)
             return true

@@ -44,12 +44,26 @@ extension VirtualMTASettings {
         let name = try block.arguments(count: 1...1, usage: "one name, as in <virtual-mta vmta1>")[0]
         self.init(name: name.lowercased(), location: block.location)
         var seenDomains: [DomainBlock.Pattern: Int] = [:]
+        // `host-name` in a virtual-mta (PowerMTA's) names it in EHLO, over
+        // smtp-source-host's name, wherever it stands in the block.
+        var explicitHostName: String?
+        var hostNameLine: Int?
         for node in block.children {
             if NotApplicableDirectives.handled(node, in: .virtualMTA, diagnostics: &diagnostics) { continue }
+            if !node.isBlock && node.name == "host-name" {
+                if let line = hostNameLine {
+                    diagnostics.record(node.error("host-name is already set in this block at line \(line)"))
+                    continue
+                }
+                hostNameLine = node.location.line
+                do { explicitHostName = try node.value(ConfigValue.domainName) } catch { diagnostics.record(error) }
+                continue
+            }
             do { try apply(node, in: block, seenDomains: &seenDomains, diagnostics: &diagnostics) } catch {
                 diagnostics.record(error)
             }
         }
+        if let explicitHostName { hostName = explicitHostName }
     }
 
     private mutating func apply(_ node: ConfigNode, in block: ConfigNode, seenDomains: inout [DomainBlock.Pattern: Int],
