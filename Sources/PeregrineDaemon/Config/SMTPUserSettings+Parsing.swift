@@ -74,7 +74,7 @@ extension PeregrineConfig {
 
     /// `<smtp-user>`: unique names; `source {NAME}` names a `<source {NAME}>`.
     mutating func applySMTPUser(_ node: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
-        let user = try SMTPUserSettings(block: node, diagnostics: &diagnostics)
+        guard let user = try SMTPUserSettings.parse(block: node, diagnostics: &diagnostics) else { return }
         if let first = auth.user(named: user.name) {
             throw node.error("<smtp-user \(user.name)> is already defined at line \(first.location?.line ?? 0)")
         }

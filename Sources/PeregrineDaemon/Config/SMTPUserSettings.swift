@@ -37,13 +37,16 @@ public struct SMTPUserSettings: Hashable, Sendable {
     /// Parses an `<smtp-user NAME>` block; throws the first error.
     public init(block: ConfigNode) throws(ConfigError) {
         var diagnostics = ConfigDiagnostics()
-        try self.init(block: block, diagnostics: &diagnostics)
+        let user = try Self.parse(block: block, diagnostics: &diagnostics)
         try diagnostics.throwFirstError()
+        guard let user else { throw block.error("\(block.displayName) has no usable password") }
+        self = user
     }
 
     /// Parses an `<smtp-user NAME>` block, recording each directive's error;
-    /// throws when the block is unusable (no name, no password).
-    public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
+    /// throws when the block has no name or no password line, and is nil
+    /// when its password line was wrong (that line's error is recorded).
+    public static func parse(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) -> SMTPUserSettings? {
         let name = try block.arguments(count: 1...1, usage: "one user name, as in <smtp-user alice>")[0]
         var secret: Secret?
         var source: String?
@@ -75,14 +78,15 @@ public struct SMTPUserSettings: Hashable, Sendable {
             }
         }
         guard let secret else {
-            // Reported only when no password line was there at all (a bad one has its own error).
+            // A password line that was wrong has its own error already.
             if seen["password"] == nil && seen["password-hash"] == nil {
                 throw block.error("\(block.displayName) needs password-hash (see 'peregrine passwd') or password")
             }
-            throw block.error("\(block.displayName) has no usable password")
+            return nil
         }
-        self.init(name: name, secret: secret, source: source)
-        location = block.location
+        var user = SMTPUserSettings(name: name, secret: secret, source: source)
+        user.location = block.location
+        return user
     }
 
     private static func secret(_ node: ConfigNode) throws(ConfigError) -> Secret {
