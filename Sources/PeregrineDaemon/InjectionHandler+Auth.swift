@@ -47,7 +47,8 @@ extension InjectionHandler {
     }
 
     private func loggedIn(as user: SMTPUserSettings, session: SMTPServerSession) {
-        worker.daemon.smtpAuth.recordSuccess(ip: peer.ip)
+        // The address's failure count is not reset: one known login must not
+        // let a client go on guessing other users' passwords.
         source = worker.policies.config.source(forUser: user, peer: peer)
         // The login's max-message-size applies from the next MAIL (SIZE= and the body).
         session.configuration.maxMessageSize = source.maxMessageSize > 0

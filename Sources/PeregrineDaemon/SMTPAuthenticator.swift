@@ -73,11 +73,6 @@ final class SMTPAuthenticator: @unchecked Sendable {
         }
     }
 
-    /// A successful login clears the address's count.
-    func recordSuccess(ip: String) {
-        _ = lock.withLock { failures.removeValue(forKey: ip) }
-    }
-
     var trackedAddresses: Int { lock.withLock { failures.count } }
 
     /// Called with the lock held and the table full.
