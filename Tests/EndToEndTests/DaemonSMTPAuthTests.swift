@@ -69,6 +69,32 @@ import PeregrineAccounting
         return rows
     }
 
+    /// `peregrine passwd`: the hash it prints is what Python's hashlib computes
+    /// (an independent PBKDF2); a trailing newline is not part of the password;
+    /// bad input is refused with a message.
+    @Test func passwdPrintsAHashThatHashlibVerifies() throws {
+        let python = try #require(findTool("python3"), "python3 is not installed")
+        let exe = TLSDaemonProcess.executable
+        for input in ["pw with spaces\n", "pw with spaces"] {
+            let (status, out) = runTool(exe, ["passwd", "--iterations", "120000"], stdin: input, seconds: 60)
+            #expect(status == 0, "\(out)")
+            let line = try #require(out.split(separator: "\n").first { $0.hasPrefix("password-hash $pbkdf2-sha256$120000$") }, "\(out)")
+            let check = """
+                import hashlib, base64, sys
+                _, scheme, n, salt, dk = sys.argv[1].split("$")
+                pad = lambda x: x + "=" * (-len(x) % 4)
+                ok = hashlib.pbkdf2_hmac("sha256", sys.argv[2].encode(), base64.b64decode(pad(salt)), int(n)) == base64.b64decode(pad(dk))
+                print("match" if ok else "mismatch", len(base64.b64decode(pad(salt))))
+                """
+            let verify = runTool(python, ["-c", check, String(line.dropFirst("password-hash ".count)), "pw with spaces"], seconds: 60)
+            #expect(verify.1.contains("match 16") && !verify.1.contains("mismatch"), "\(verify.1)")
+        }
+        let empty = runTool(exe, ["passwd"], stdin: "\n", seconds: 30)
+        #expect(empty.0 == 1 && empty.1.contains("the password is empty"), "\(empty.1)")
+        let weak = runTool(exe, ["passwd", "--iterations", "1000"], stdin: "x", seconds: 30)
+        #expect(weak.0 == 2 && weak.1.contains("--iterations needs a number from 100000 to 100000000"), "\(weak.1)")
+    }
+
     @Test(arguments: backends)
     func swaksAndSmtplibLogInOverSTARTTLSAndRelay(backend: String) throws {
         let certs = try certificates()

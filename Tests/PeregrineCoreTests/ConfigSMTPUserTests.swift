@@ -93,7 +93,7 @@ import PeregrineIO
         #expect(Self.error("<smtp-user a>\n</smtp-user>")
                 == "u.conf:1: <smtp-user a> needs password-hash (see 'peregrine passwd') or password")
         #expect(Self.error("<smtp-user a>\n  password x\n  password-hash \(Self.aliceHash)\n</smtp-user>")
-                == "u.conf:3: <smtp-user a> has both password and password-hash; keep one")
+                == "u.conf:3: password-hash: <smtp-user a> has both password and password-hash; keep one")
         #expect(Self.error("<smtp-user a>\n  password x\n  password y\n</smtp-user>")
                 == "u.conf:3: password is already set in this block at line 2")
         #expect(Self.error("<smtp-user a>\n  password \"\"\n</smtp-user>") == "u.conf:2: password: an empty password is not allowed")
