@@ -85,4 +85,14 @@ extension InjectionHandler {
         if source.requireAuth { return Self.authRequired }
         return nil
     }
+
+    /// `max-msg-rate` of the source in force: per login, else per source block.
+    func messageRateRefusal(_ session: SMTPServerSession) -> SMTPReply? {
+        guard source.maxMsgRate != .unlimited else { return nil }
+        let key = session.authenticatedUser.map { "user \($0)" }
+            ?? source.name.map { "source {\($0)}" } ?? "source \(source.network.map { "\($0)" } ?? "default")"
+        if worker.daemon.sourceRates.tryAcquire(key, rate: source.maxMsgRate, now: worker.loop.now) { return nil }
+        return SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 7, 1),
+                         "message rate limit exceeded (max-msg-rate \(source.maxMsgRate)), try again later")
+    }
 }

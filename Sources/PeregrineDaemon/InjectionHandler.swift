@@ -72,7 +72,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             return .accept
         case .mailFrom:
             if worker.isShuttingDown { return .reply(Self.shuttingDown) }
-            if let refusal = refreshSource(session) { return .reply(refusal) }
+            if let refusal = refreshSource(session) ?? messageRateRefusal(session) { return .reply(refusal) }
             if !source.smtpService {
                 return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
                                         "no SMTP service for \(peer.ip)"))

@@ -1,6 +1,7 @@
 import Foundation
 import PeregrineIO
 import PeregrineTLS
+import PeregrineConfig
 
 /// Credential checks and brute-force defence for SMTP AUTH, shared by every
 /// loop (a client's connections land on any loop). A lock per AUTH attempt,
@@ -127,4 +128,22 @@ final class SMTPAuthenticator: @unchecked Sendable {
     static let decoy = PasswordHash(iterations: PasswordHash.defaultIterations,
                                     salt: Array(repeating: 0, count: PasswordHash.saltLength),
                                     hash: Array(repeating: 0, count: PasswordHash.hashLength))
+}
+
+/// `max-msg-rate` in `<source>`: one GCRA limiter per login or source block
+/// (so the table is bounded by the config), shared by every loop under a lock
+/// taken once per MAIL. A reload that changes a rate starts that key afresh.
+final class SourceRateLimits: @unchecked Sendable {
+    private let lock = NSLock()
+    private var limiters: [String: RateLimiter] = [:]
+
+    func tryAcquire(_ key: String, rate: Rate, now: UInt64) -> Bool {
+        lock.withLock {
+            var limiter = limiters[key].flatMap { $0.rate == rate ? $0 : nil } ?? RateLimiter(rate: rate)
+            let ok = limiter.tryAcquire(now: now)
+            if limiters.count > 100_000 { limiters.removeAll() }   // names from reloads long gone
+            limiters[key] = limiter
+            return ok
+        }
+    }
 }

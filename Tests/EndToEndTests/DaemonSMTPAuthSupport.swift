@@ -135,6 +135,8 @@ for step in sys.argv[2:]:
             print("refused", " ".join("%s=%d" % (r, c[0]) for r, c in sorted(refused.items())) if refused else "none")
         except smtplib.SMTPRecipientsRefused as e:
             print("refused", " ".join("%s=%d" % (r, c[0]) for r, c in sorted(e.recipients.items())), "all")
+        except smtplib.SMTPSenderRefused as e:
+            print("mailrefused", e.smtp_code, e.smtp_error.decode())
         s.quit()
 """#
 

@@ -48,6 +48,7 @@ import PeregrineAccounting
         </source>
         <source {senders}>
             always-allow-relaying no
+            max-msg-rate 1/h
         </source>
         <smtp-user alice>
             password-hash \(Self.aliceHash)
@@ -127,7 +128,8 @@ import PeregrineAccounting
         let (status, out) = runTool(python, ["-c", e2eAuthSmtplibScript, String(daemon.port), "plaintext", "noauth",
                                              "login:alice:alice-pw:py1@auth.test,py2@local.test",
                                              "login:bob:bob-pw:bob1@auth.test,bob2@local.test",
-                                             "login:bob:alice-pw:bob3@local.test"], seconds: 120)
+                                             "login:bob:alice-pw:bob3@local.test",
+                                             "login:bob:bob-pw:bob4@local.test"], seconds: 120)
         #expect(status == 0, "\(out)")
         let lines = out.split(separator: "\n").map(String.init)
         #expect(lines.contains("plaintext hidden not-supported 538 5.7.11 Encryption required for requested authentication mechanism"), "\(out)")
@@ -136,6 +138,8 @@ import PeregrineAccounting
         #expect(lines.contains("refused none"), "\(out)")                      // alice: both
         #expect(lines.contains("refused bob1@auth.test=550"), "\(out)")        // bob: only local.test
         #expect(lines.contains("login 535 5.7.8 Authentication credentials invalid"), "\(out)")
+        // bob's source allows one message an hour: his second MAIL is deferred.
+        #expect(lines.contains("mailrefused 451 4.7.1 message rate limit exceeded (max-msg-rate 1/1h), try again later"), "\(out)")
 
         // What arrived: swaks' two, alice's two, bob's local one; every one says who logged in how.
         #expect(e2eEventually(60) { receiver.messages.count == 5 }, "\(receiver.messages.count) captured")

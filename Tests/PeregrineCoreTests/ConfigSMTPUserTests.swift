@@ -42,6 +42,7 @@ import PeregrineIO
         </source>
         <source {Limited}>
             always-allow-relaying no
+            max-msg-rate 100/h
         </source>
         <smtp-user alice>
             password-hash \(Self.aliceHash)
@@ -74,6 +75,8 @@ import PeregrineIO
         let bob = try #require(c.auth.user(named: "bob"))
         #expect(bob.secret == .plainDigest(sha256(Array("bob pw # not a comment".utf8))))
         #expect(!c.source(forUser: bob, peer: peer).alwaysAllowRelaying)
+        #expect(c.source(forUser: bob, peer: peer).maxMsgRate == .limited(count: 100, per: .seconds(3600)))
+        #expect(a.maxMsgRate == .unlimited)
         // No source: the address's rights plus relaying, and require-auth is met.
         let carol = try #require(c.auth.user(named: "carol"))
         let k = c.source(forUser: carol, peer: peer)

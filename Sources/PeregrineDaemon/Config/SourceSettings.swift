@@ -26,6 +26,9 @@ public struct SourceSettings: Hashable, Sendable {
     public var requireAuth = false
     /// `allow-unencrypted-plain-auth`: offer AUTH before STARTTLS (passwords in clear text).
     public var allowUnencryptedPlainAuth = false
+    /// `max-msg-rate N/INTERVAL`: transactions (MAIL) this source may start,
+    /// per login when logged in, else for the whole block; more get 451 4.7.1.
+    public var maxMsgRate: Rate = .unlimited
     /// `add-received-header`.
     public var addReceivedHeader = true
     /// `max-smtp-in N`: connections one client address of this source may
@@ -117,6 +120,7 @@ extension SourceSettings {
                 // Enforced by the SMTP session (530 5.7.0 before MAIL); see InjectionHandler.
                 requireAuth = try node.value(ConfigValue.bool)
             case "allow-unencrypted-plain-auth": allowUnencryptedPlainAuth = try node.value(ConfigValue.bool)
+            case "max-msg-rate": maxMsgRate = try node.value(ConfigValue.rate)
             case "add-received-header": addReceivedHeader = try node.value(ConfigValue.bool)
             case "max-smtp-in": maxSMTPIn = try node.integer(in: 1...1_000_000)
             case "jobid-header": jobIDHeader = try Self.headerName(node, node.singleArgument())
