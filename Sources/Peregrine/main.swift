@@ -23,6 +23,8 @@ let subcommands: [Subcommand] = [
     Subcommand(name: "ctl", usage: "ctl [--config FILE] [--port N] COMMAND",
                summary: "operator console: show status|queues|topqueues, pause, resume, schedule, set-mode, delete, reload",
                run: runCtl(arguments:)),
+    Subcommand(name: "passwd", usage: "passwd [--iterations N]",
+               summary: "hash a password (stdin or prompt) into an <smtp-user> password-hash line", run: runPasswd(arguments:)),
     Subcommand(name: "spool-check", usage: "spool-check DIR",
                summary: "show what a spool directory holds: segments, live messages, recipients by state, bytes",
                run: runSpoolCheck(arguments:)),

@@ -62,6 +62,7 @@ extension AccountingRecord {
                   totalSecondsQueued: try int("totalSecondsQueued"),
                   queue: row["queue"] ?? "",
                   dlvTlsProtocol: row["dlvTlsProtocol"] ?? "", dlvTlsCipher: row["dlvTlsCipher"] ?? "")
+        rcvSmtpUser = row["rcvSmtpUser"] ?? ""
     }
 }
 
@@ -138,7 +139,8 @@ extension AccountingRecord: AccountingRecordEncodable {
         line.integer(totalSecondsQueued); line.comma()
         line.field(queue); line.comma()
         line.field(dlvTlsProtocol); line.comma()
-        line.field(dlvTlsCipher)
+        line.field(dlvTlsCipher); line.comma()
+        line.field(rcvSmtpUser)
         line.endLine()
     }
 }

@@ -70,6 +70,8 @@ public struct AccountingRecord: Hashable, Sendable {
     public var dlvTlsProtocol: String
     /// TLS cipher of the delivery connection, once TLS lands.
     public var dlvTlsCipher: String
+    /// The SMTP AUTH user the message was injected as (r records); empty without a login.
+    public var rcvSmtpUser: String = ""
 
     public init(type: AccountingRecordType, timeLogged: Int64, timeQueued: Int64? = nil,
                 orig: String = "", rcpt: String = "", orcpt: String = "",
@@ -100,6 +102,7 @@ public struct AccountingRecord: Hashable, Sendable {
         "srcType", "srcMta", "dlvType", "dlvSourceIp", "dlvDestinationIp",
         "dlvEsmtpAvailable", "dlvSize", "vmta", "jobId", "envId",
         "timeFirstAttempt", "totalSecondsQueued", "queue", "dlvTlsProtocol", "dlvTlsCipher",
+        "rcvSmtpUser",
     ]
 }
 

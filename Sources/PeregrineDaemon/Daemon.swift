@@ -42,6 +42,10 @@ public final class Daemon<Loop: EventLoop> {
     public private(set) var workers: [LoopWorker<Loop>] = []
     /// Inbound SMTP connection counts shared by every loop (`max-smtp-in`).
     let inboundLimits = InboundConnectionLimits()
+    /// SMTP AUTH credential checks and the per-address failure table, shared by every loop.
+    let smtpAuth = SMTPAuthenticator()
+    /// `max-msg-rate` of `<source>` blocks, shared by every loop.
+    let sourceRates = SourceRateLimits()
     /// Host/Origin/token checks of the management API; the token is read
     /// (or created) at start-up from `http-mgmt-token-file`. Used on worker 0's loop only.
     var managementGuard = ManagementRequestGuard(token: nil)

@@ -19,7 +19,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
     /// every MAIL against the running config, so that a reload revoking
     /// relaying applies to connections already open. A transaction keeps the
     /// rights it started with.
-    private(set) var source: SourceSettings
+    var source: SourceSettings
     var connection: SMTPServerConnection<Loop>?
     /// Set when the connection is over a `max-smtp-in` limit: the greeting
     /// is this 421 and the connection closes.
@@ -49,20 +49,21 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             }
             return .accept
         case .rcptTo(let rcpt):
-            if !source.alwaysAllowRelaying && session.authenticatedUser == nil {
-                return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
-                                        "relaying denied for \(peer.ip)"))
-            }
             guard let at = rcpt.forwardPath.lastIndex(of: "@"), rcpt.forwardPath.index(after: at) < rcpt.forwardPath.endIndex else {
                 return .reply(SMTPReply(code: 501, enhancedCode: EnhancedStatusCode(5, 1, 3),
                                         "recipient address must have a domain"))
             }
+            // A login's rights are in `source` (see InjectionHandler+Auth); relay-domain is open to every client.
+            if !source.alwaysAllowRelaying
+                && !worker.policies.config.isRelayDomain(rcpt.forwardPath[rcpt.forwardPath.index(after: at)...]) {
+                return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
+                                        "relaying denied for \(peer.ip)"))
+            }
             return .accept
         case .endOfData:
             return finishMessage(session)
-        case .auth:
-            // No user database yet: authentication is refused rather than pretended.
-            return .reply(SMTPReply(code: 535, enhancedCode: EnhancedStatusCode(5, 7, 8), "authentication not available"))
+        case .auth(let credentials):
+            return authenticate(session, credentials)
         case .startTLS:
             // Advertised only when smtp-server-tls-certificate/-key are configured.
             guard connection?.tlsContext != nil else {
@@ -71,7 +72,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             return .accept
         case .mailFrom:
             if worker.isShuttingDown { return .reply(Self.shuttingDown) }
-            source = worker.policies.config.source(for: peer)
+            if let refusal = refreshSource(session) ?? messageRateRefusal(session) { return .reply(refusal) }
             if !source.smtpService {
                 return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
                                         "no SMTP service for \(peer.ip)"))
@@ -188,7 +189,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             receivedAt: wallClockMilliseconds())
         let size = assembled.count
         let pool = worker.policies.config.pool(named: vmtaName)?.name
-        worker.accept(envelope: envelope, body: assembled.bytes, peer: peer, pool: pool) { [weak self] result in
+        worker.accept(envelope: envelope, body: assembled.bytes, peer: peer, pool: pool, smtpUser: session.authenticatedUser) { [weak self] result in
             guard let self, let connection = self.connection else { return }
             switch result {
             case .success(let id):
@@ -215,7 +216,7 @@ extension InjectionHandler {
     fileprivate func appendReceived(_ session: SMTPServerSession, _ transaction: SMTPTransaction) {
         let received = worker.receivedHeader(peer: peer, helo: session.helo?.domain ?? peer.ip, recipient:
             transaction.recipients.count == 1 ? transaction.recipients[0].forwardPath : nil,
-            tls: connection?.tls?.isHandshakeComplete ?? false)
+            tls: connection?.tls?.isHandshakeComplete ?? false, authenticated: session.authenticatedUser != nil)
         received.withUnsafeBytes { assembled.append($0) }
     }
 }

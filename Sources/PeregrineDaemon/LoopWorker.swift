@@ -43,6 +43,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     var injectionConnections: UInt64 = 0
     /// Connections answered 421 because of `max-smtp-in` (total or per address).
     var injectionRefusals: UInt64 = 0
+    /// Failed SMTP AUTH attempts (wrong credentials or a locked-out address).
+    var authFailures: UInt64 = 0
     /// Accepts that failed (EMFILE, ENFILE, …); logged at most once per `acceptLogInterval`.
     var acceptFailures: UInt64 = 0
     /// Injection (or spool recovery) to delivery, per delivered recipient (`/metrics`).
@@ -119,6 +121,10 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         if source.maxMessageSize > 0 { sessionConfig.maxMessageSize = source.maxMessageSize }
         let tlsContext = serverTLSContext
         sessionConfig.startTLSEnabled = tlsContext != nil && !implicitTLS && source.allowStartTLS
+        sessionConfig.implicitTLS = tlsContext != nil && implicitTLS
+        sessionConfig.authEnabled = config.authEnabled
+        sessionConfig.allowUnencryptedAuth = source.allowUnencryptedPlainAuth
+        sessionConfig.requireAuth = source.requireAuth
         let ip = c.peer.ip
         let admission = daemon.inboundLimits.admit(ip: ip, perAddress: source.maxSMTPIn, total: config.maxSMTPIn)
         let handler = InjectionHandler(worker: self, peer: c.peer, source: source)
@@ -201,12 +207,13 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         return nil
     }
 
-    func receivedHeader(peer: SocketAddress, helo: String, recipient: String?, tls: Bool = false) -> [UInt8] {
-        // RFC 3848: ESMTPS when the message came over TLS. The HELO name and
+    func receivedHeader(peer: SocketAddress, helo: String, recipient: String?, tls: Bool = false,
+                        authenticated: Bool = false) -> [UInt8] {
+        // RFC 3848: ESMTPS when the message came over TLS, ESMTPA/ESMTPSA after AUTH. The HELO name and
         // the recipient come from the peer: the session has checked them, and
         // they are escaped here again so that no byte of theirs can end the
         // header line (a bare CR becomes a line end on the way out).
-        var h = "Received: from \(receivedHeaderText(helo)) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with \(tls ? "ESMTPS" : "ESMTP")"
+        var h = "Received: from \(receivedHeaderText(helo)) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with ESMTP\(tls ? "S" : "")\(authenticated ? "A" : "")"
         if let r = recipient { h += "\r\n\tfor <\(receivedHeaderText(r))>" }
         h += "; \(rfc5322Date(wallClockSeconds()))\r\n"
         return Array(h.utf8)
@@ -214,7 +221,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     /// Spools an injected message; `done` runs once it is durable (the 250) or failed.
     func accept(envelope: SpoolEnvelope, body: UnsafeRawBufferPointer, peer: SocketAddress, pool: String? = nil,
-                _ done: @escaping (Result<MessageID, SpoolError>) -> Void) {
+                smtpUser: String? = nil, _ done: @escaping (Result<MessageID, SpoolError>) -> Void) {
         guard let spool = primarySpool else { done(.failure(.writerFailed("no spool stream on loop \(index)"))); return }
         let receivedAt = loop.now
         let size = body.count
@@ -227,7 +234,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                 let message = self.makeMessage(id: id, envelope: envelope, stream: self.index, size: size,
                                                recordLength: Int(location.recordLength), receivedAt: receivedAt, states: nil)
                 message.pool = pool
-                self.logReceived(message, peer: peer)
+                self.logReceived(message, peer: peer, smtpUser: smtpUser)
                 self.daemon.dispatch(message, from: self)
                 done(.success(id))
             case .failure(let e):
@@ -351,11 +358,12 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                                 queue: q.key, reply: reply, connection: connection, category: category)
     }
 
-    private func logReceived(_ m: QueuedMessage, peer: SocketAddress) {
+    private func logReceived(_ m: QueuedMessage, peer: SocketAddress, smtpUser: String?) {
         guard daemon.accounting.accepts(.received) else { return }
         let now = wallClockSeconds()
         for r in m.recipients.indices {
-            daemon.accounting.log(AccountingReceivedRecord(timeLogged: now, message: m, recipient: r, peer: peer))
+            daemon.accounting.log(AccountingReceivedRecord(timeLogged: now, message: m, recipient: r, peer: peer,
+                                                                   smtpUser: smtpUser ?? ""))
         }
     }
 }

@@ -34,6 +34,8 @@ enum Replies {
     static let authMechanism = SMTPReply(504, "5.5.4", "Error: unsupported authentication mechanism")
     static let authCancelled = SMTPReply(501, "5.0.0", "Authentication cancelled")
     static let authBadBase64 = SMTPReply(501, "5.5.2", "Error: invalid base64 data")
+    static let authBadPlain = SMTPReply(501, "5.5.2", "Error: invalid AUTH PLAIN data")
+    static let encryptionRequired = SMTPReply(538, "5.7.11", "Encryption required for requested authentication mechanism")
     static let authOk = SMTPReply(235, "2.7.0", "Authentication successful")
     static let authRequired = SMTPReply(530, "5.7.0", "Authentication required")
     static let startTLSNotAvailable = SMTPReply(502, "5.5.1", "Error: STARTTLS not available")

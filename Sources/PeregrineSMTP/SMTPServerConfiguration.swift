@@ -40,7 +40,15 @@ public struct SMTPServerConfiguration: Sendable {
     /// reply (`SMTPServerSession.longestOwnReply` for the session's own).
     public var maxPendingOutput: Int = 64 * 1024
     /// Advertise and accept AUTH PLAIN LOGIN (the owner checks credentials).
+    /// Offered only over TLS (after STARTTLS, or with `implicitTLS`) unless
+    /// `allowUnencryptedAuth`: elsewhere AUTH gets 538 5.7.11 (RFC 4954 §4).
     public var authEnabled: Bool = false
+    /// AUTH before TLS too (PowerMTA's `allow-unencrypted-plain-auth`): the
+    /// password crosses the network in clear text, so it is an explicit choice.
+    public var allowUnencryptedAuth: Bool = false
+    /// The connection was encrypted before the greeting (port 465 style):
+    /// the session starts with `isTLSActive` set.
+    public var implicitTLS: Bool = false
     /// MAIL is refused with 530 5.7.0 until AUTH succeeded.
     public var requireAuth: Bool = false
     /// Advertise and accept STARTTLS (the owner runs the handshake).

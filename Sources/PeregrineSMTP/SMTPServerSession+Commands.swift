@@ -55,61 +55,7 @@ extension SMTPServerSession {
             guard phase == .connected || phase == .ready else { protocolError(Replies.badSequence); return }
             requestDecision(.startTLS, .startTLS)
         case .auth(let mechanism, let initial):
-            guard configuration.authEnabled else { protocolError(Replies.authNotEnabled); return }
-            guard helo != nil else { protocolError(Replies.needHelo); return }
-            guard authenticatedUser == nil else { protocolError(Replies.alreadyAuthenticated); return }
-            guard phase == .ready else { protocolError(Replies.authInTransaction); return }
-            switch mechanism {
-            case "PLAIN":
-                if let initial { authPlain(initial) } else {
-                    authState = .plainResponse
-                    write(SMTPReply(code: 334, lines: [""]))
-                }
-            case "LOGIN":
-                if let initial {
-                    authState = .loginUsername
-                    handleAuthResponse(UnsafeRawBufferPointer(start: nil, count: 0), initial: initial)
-                } else {
-                    authState = .loginUsername
-                    write(SMTPReply(code: 334, lines: ["VXNlcm5hbWU6"]))
-                }
-            default:
-                protocolError(Replies.authMechanism)
-            }
+            handleAuth(mechanism: mechanism, initialResponse: initial)
         }
-    }
-
-    func handleAuthResponse(_ line: UnsafeRawBufferPointer, initial: [UInt8]? = nil) {
-        let bytes = initial ?? Array(line)
-        let state = authState
-        authState = .none
-        if bytes == [UInt8(ascii: "*")] { protocolError(Replies.authCancelled); return }
-        switch state {
-        case .none:
-            return
-        case .plainResponse:
-            authPlain(bytes)
-        case .loginUsername:
-            guard let user = Base64.decode(bytes) else { protocolError(Replies.authBadBase64); return }
-            authState = .loginPassword(String(decoding: user, as: UTF8.self))
-            write(SMTPReply(code: 334, lines: ["UGFzc3dvcmQ6"]))
-        case .loginPassword(let user):
-            guard let pass = Base64.decode(bytes) else { protocolError(Replies.authBadBase64); return }
-            let c = SMTPAuthCredentials(mechanism: .login, username: user, password: String(decoding: pass, as: UTF8.self))
-            requestDecision(.auth(c), .auth(c))
-        }
-    }
-
-    func authPlain(_ response: [UInt8]) {
-        let decoded: [UInt8]?
-        if response == [UInt8(ascii: "=")] { decoded = [] } else { decoded = Base64.decode(response) }
-        guard let decoded else { protocolError(Replies.authBadBase64); return }
-        let parts = decoded.split(separator: 0, omittingEmptySubsequences: false)
-        guard parts.count == 3 else { protocolError(SMTPReply(501, "5.5.2", "Error: invalid AUTH PLAIN data")); return }
-        let c = SMTPAuthCredentials(mechanism: .plain,
-                                    authorizationIdentity: String(decoding: parts[0], as: UTF8.self),
-                                    username: String(decoding: parts[1], as: UTF8.self),
-                                    password: String(decoding: parts[2], as: UTF8.self))
-        requestDecision(.auth(c), .auth(c))
     }
 }

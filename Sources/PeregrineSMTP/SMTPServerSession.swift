@@ -36,7 +36,9 @@ public final class SMTPServerSession {
     enum Awaiting { case greeting, helo(SMTPHelo), mail(SMTPMailFrom), rcpt(SMTPRcptTo), endOfData, auth(SMTPAuthCredentials), startTLS }
     enum AuthState { case none, plainResponse, loginUsername, loginPassword(String) }
 
-    public let configuration: SMTPServerConfiguration
+    /// The owner may change limits between transactions (a login's
+    /// `<source>` rights, e.g. its max-message-size, apply from the next MAIL).
+    public var configuration: SMTPServerConfiguration
     public weak var delegate: (any SMTPServerSessionDelegate)?
 
     /// Replies waiting to be written. Take them with `swapOutput(_:)`.
@@ -74,6 +76,7 @@ public final class SMTPServerSession {
         self.configuration = configuration
         self.delegate = delegate
         self.unstuffer = DotUnstuffer(maxLineLength: configuration.maxDataLineLength)
+        self.isTLSActive = configuration.implicitTLS
     }
 
     // MARK: State for the owner
@@ -386,7 +389,7 @@ public final class SMTPServerSession {
         guard h.isExtended else { return SMTPReply(code: 250, lines: [configuration.hostname]) }
         var lines = [configuration.hostname, "PIPELINING", "SIZE \(configuration.maxMessageSize)", "8BITMIME",
                      "ENHANCEDSTATUSCODES", "DSN"]
-        if configuration.authEnabled { lines.append("AUTH PLAIN LOGIN") }
+        if isAuthOffered { lines.append("AUTH PLAIN LOGIN") }
         if configuration.startTLSEnabled && !isTLSActive { lines.append("STARTTLS") }
         return SMTPReply(code: 250, lines: lines)
     }

@@ -9,10 +9,12 @@ extension AccountingReceivedRecord {
     var record: AccountingRecord {
         let m = message
         let r = m.recipients[recipient]
-        return AccountingRecord(type: .received, timeLogged: timeLogged, timeQueued: timeLogged, orig: m.sender,
-                                rcpt: r.address, orcpt: r.orcpt ?? "", srcType: "smtp",
-                                srcMta: peer.ip, dlvSize: m.bodySize, vmta: m.vmta,
-                                jobId: m.jobId ?? "", envId: m.envId ?? "")
+        var record = AccountingRecord(type: .received, timeLogged: timeLogged, timeQueued: timeLogged, orig: m.sender,
+                                      rcpt: r.address, orcpt: r.orcpt ?? "", srcType: "smtp",
+                                      srcMta: peer.ip, dlvSize: m.bodySize, vmta: m.vmta,
+                                      jobId: m.jobId ?? "", envId: m.envId ?? "")
+        record.rcvSmtpUser = smtpUser
+        return record
     }
 }
 

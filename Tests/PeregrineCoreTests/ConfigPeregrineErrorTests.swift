@@ -80,7 +80,7 @@ import Testing
     }
 
     @Test func badBlockArgumentsAndDuplicates() {
-        #expect(error("<source>\n</source>") == "e.conf:8: <source> expects one network, as in <source 127.0.0.0/8>, got ''")
+        #expect(error("<source>\n</source>") == "e.conf:8: <source> expects one network, as in <source 127.0.0.0/8>, or a name, as in <source {auth}>, got ''")
         #expect(error("<source example.com>\n</source>") == "e.conf:8: <source example.com>: 'example.com' is not a network: 'example.com' is not an IPv4 or IPv6 address")
         #expect(error("<source 0/0>\n</source>\n<source 0/0>\n</source>") == "e.conf:10: <source 0/0> is already defined at line 8")
         #expect(error("<domain>\n</domain>") == "e.conf:8: <domain> expects one domain, *, or $macro, as in <domain gmail.com>, got ''")
@@ -160,12 +160,14 @@ import Testing
         #expect(error("<source 0/0>\n  default-virtual-mta later\n</source>\n<virtual-mta-pool later>\n  virtual-mta vmta1\n</virtual-mta-pool>\n<domain $yahoo>\n  smtp-pattern-list RECEIVERS\n</domain>") == nil)
     }
 
-    /// Issue 12 item 3: a security setting with no effect is refused, with
-    /// file:line, never loaded silently (DESIGN.md principle 9).
-    @Test func requireAuthYesIsRefusedUntilAuthExists() {
+    /// Issue 12 item 3 / issue 14: require-auth is enforced; with no
+    /// <smtp-user> to log in as it would refuse every client, so it is
+    /// refused at load with file:line (DESIGN.md principle 9).
+    @Test func requireAuthYesNeedsAnSMTPUser() {
         let e = error("<source 10.0.0.0/8>\n  always-allow-relaying no\n  require-auth yes\n</source>")
-        #expect(e?.hasPrefix("e.conf:10: require-auth is not supported yet;") == true, "\(e ?? "loaded")")
+        #expect(e == "e.conf:10: require-auth yes, but no <smtp-user> is defined: no client of this source could send")
         #expect(error("<source 10.0.0.0/8>\n  require-auth no\n</source>") == nil)
+        #expect(error("<smtp-user a>\n  password x\n</smtp-user>\n<source 10.0.0.0/8>\n  require-auth yes\n</source>") == nil)
     }
 
     /// Issue 12 item 8: every SMTP client timeout has a directive; zero is refused.

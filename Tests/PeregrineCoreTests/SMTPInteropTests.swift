@@ -143,6 +143,7 @@ struct SMTPInteropTests {
         let python = try #require(findTool("python3"), "python3 is not installed (scripts/setup installs it)")
         var config = SMTPServerConfiguration(hostname: "mx.peregrine.test")
         config.authEnabled = true
+        config.allowUnencryptedAuth = true   // these peers log in over plain TCP on loopback
         try withServer(kind, config) { port, counters in
             let (status, output) = runTool(python, ["-c", smtplibScript, String(port)], seconds: 60)
             #expect(status == 0, "\(output)")
@@ -159,6 +160,7 @@ struct SMTPInteropTests {
         let swaks = try #require(findTool("swaks"), "swaks is not installed (scripts/setup installs it)")
         var config = SMTPServerConfiguration(hostname: "mx.peregrine.test")
         config.authEnabled = true
+        config.allowUnencryptedAuth = true   // these peers log in over plain TCP on loopback
         try withServer(kind, config) { port, counters in
             let server = "127.0.0.1:\(port)"
             let plain = runTool(swaks, ["--server", server, "--from", "a@x.example", "--to", "b@y.example", "--helo", "swaks.example"], seconds: 30)

@@ -5,6 +5,7 @@ import PeregrineSMTP
     @Test func greetingAndEhloAdvertiseExtensions() {
         var c = SMTPServerConfiguration(hostname: "mx.test")
         c.authEnabled = true
+        c.allowUnencryptedAuth = true
         c.startTLSEnabled = true
         c.maxMessageSize = 1000
         let h = ServerHarness(c)
@@ -253,6 +254,7 @@ import PeregrineSMTP
     @Test func authPlainAndLogin() {
         var c = SMTPServerConfiguration()
         c.authEnabled = true
+        c.allowUnencryptedAuth = true
         c.requireAuth = true
         let h = ServerHarness(c, decide: { r in
             if case .auth(let cred) = r { return cred.password == "secret" ? .accept : .reply(SMTPReply(535, "5.7.8", "bad credentials")) }
@@ -330,6 +332,7 @@ import PeregrineSMTP
         ]
         var c = SMTPServerConfiguration()
         c.authEnabled = true
+        c.allowUnencryptedAuth = true
         c.startTLSEnabled = true
         c.maxMessageSize = 200
         c.maxErrors = 50

@@ -5,7 +5,8 @@ enum ConfigContext {
         var map: [String: String] = [:]
         for name in DomainOverrides.directiveNames { map[name] = "<domain>" }
         for name in ["always-allow-relaying", "smtp-service", "process-x-virtual-mta", "process-x-job",
-                     "default-virtual-mta", "max-message-size", "require-auth", "add-received-header"] {
+                     "default-virtual-mta", "max-message-size", "require-auth", "add-received-header",
+                     "allow-unencrypted-plain-auth"] {
             map[name] = "<source>"
         }
         map["smtp-source-host"] = "<virtual-mta>"
@@ -13,6 +14,7 @@ enum ConfigContext {
         map["virtual-mta"] = "<virtual-mta-pool>"
         map["reply"] = "<smtp-pattern-list>"
         for name in ["records", "max-size", "move-interval"] { map[name] = "<acct-file>" }
+        for name in ["password", "password-hash"] { map[name] = "<smtp-user>" }
         for name in PeregrineConfig.globalDirectiveNames { map[name] = "the top level" }
         return map
     }()

@@ -9,7 +9,8 @@ extension PeregrineConfig {
         "dns-server", "domain-macro", "host-name", "postmaster",
         "smtp-server-tls-certificate", "smtp-server-tls-key", "shutdown-timeout",
         "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
-    ]
+        "relay-domain",
+    ] + SMTPAuthSettings.globalDirectiveNames
 
     /// Reads, parses and checks a config file; throws the first error.
     public static func load(path: String) throws(ConfigError) -> PeregrineConfig {
@@ -66,7 +67,7 @@ extension PeregrineConfig {
                 } else if NotApplicableDirectives.handled(node, in: .global, diagnostics: &diagnostics) {
                     continue
                 } else {
-                    if !["smtp-listener", "http-access", "dns-server", "domain-macro"].contains(node.name) {
+                    if !["smtp-listener", "http-access", "dns-server", "domain-macro", "relay-domain"].contains(node.name) {
                         // total-max-smtp-in is PowerMTA's name for what max-smtp-in sets here.
                         let key = node.name == "total-max-smtp-in" ? "max-smtp-in" : node.name
                         if let first = seenSingletons[key] {
@@ -84,6 +85,7 @@ extension PeregrineConfig {
         do { try checkServerTLS(nodes: nodes) } catch { diagnostics.record(error) }
         checkReferences(nodes: nodes, diagnostics: &diagnostics)
         loadDKIMKeys(diagnostics: &diagnostics)
+        checkAuth(nodes: nodes, diagnostics: &diagnostics)
         locatedWarnings = diagnostics.sortedWarnings
     }
 
@@ -228,6 +230,7 @@ extension PeregrineConfig {
             }
             postmaster = address
         default:
+            if try applyAuthGlobal(node) { return }
             if let home = ConfigContext.homes[node.name] {
                 throw node.error("\(node.name) is not allowed at the top level (it belongs in \(home))")
             }
@@ -277,6 +280,8 @@ extension PeregrineConfig {
             accountingFiles.append(try AccountingFileOptions(block: node, diagnostics: &diagnostics))
         case "bounce-category-patterns":
             bounceClassifier = try BounceClassifier(block: node, diagnostics: &diagnostics)
+        case "smtp-user":
+            try applySMTPUser(node, diagnostics: &diagnostics)
         default:
             throw node.error("unknown block <\(node.name)>")
         }

@@ -50,8 +50,13 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var hostName: String?
     /// `postmaster ADDR`.
     public var postmaster: String?
-    /// `<source CIDR>` blocks in file order.
+    /// `<source CIDR>` and `<source {NAME}>` blocks in file order.
     public var sources: [SourceSettings] = []
+    /// `<smtp-user>` blocks and the AUTH brute-force policy.
+    public var auth = SMTPAuthSettings()
+    /// `relay-domain NAME` (repeatable, lower-cased): mail to these domains is
+    /// accepted from any client with SMTP service, relay rights or not.
+    public var relayDomains: [String] = []
     /// `<virtual-mta NAME>` blocks in file order.
     public var virtualMTAs: [VirtualMTASettings] = []
     /// `<virtual-mta-pool NAME>` blocks in file order.

@@ -3,9 +3,13 @@ import PeregrineIO
 
 /// What a `<source CIDR>` block grants to injecting clients from that network.
 /// The most specific (longest-prefix) matching block applies; a client that
-/// matches none gets `SourceSettings()` (no relaying).
+/// matches none gets `SourceSettings()` (no relaying). A named block,
+/// `<source {NAME}>`, matches no address: `<smtp-user>`'s `source {NAME}`
+/// gives its rights to a client that logged in as that user.
 public struct SourceSettings: Hashable, Sendable {
     public var network: IPNetwork?
+    /// `<source {NAME}>`: the name, lower-cased (then `network` is nil).
+    public var name: String?
     /// `always-allow-relaying`: accept mail for any domain from these clients.
     public var alwaysAllowRelaying = false
     /// `smtp-service`: whether these clients may talk SMTP at all.
@@ -18,9 +22,13 @@ public struct SourceSettings: Hashable, Sendable {
     public var defaultVirtualMTA: String?
     /// `max-message-size` in bytes; 0 = unlimited.
     public var maxMessageSize = 0
-    /// `require-auth`: AUTH before MAIL. Only `no` loads: `yes` is refused
-    /// until AUTH exists (it would otherwise relay for everyone it names).
+    /// `require-auth`: MAIL gets 530 5.7.0 until the client logged in (AUTH).
     public var requireAuth = false
+    /// `allow-unencrypted-plain-auth`: offer AUTH before STARTTLS (passwords in clear text).
+    public var allowUnencryptedPlainAuth = false
+    /// `max-msg-rate N/INTERVAL`: transactions (MAIL) this source may start,
+    /// per login when logged in, else for the whole block; more get 451 4.7.1.
+    public var maxMsgRate: Rate = .unlimited
     /// `add-received-header`.
     public var addReceivedHeader = true
     /// `max-smtp-in N`: connections one client address of this source may
@@ -70,8 +78,13 @@ extension SourceSettings {
     /// Parses a `<source CIDR>` block, recording each directive's error; a bad
     /// network in the tag throws (the block cannot be placed).
     public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
-        let cidr = try block.arguments(count: 1...1, usage: "one network, as in <source 127.0.0.0/8>")[0]
-        self.init(network: try block.parse(cidr, ConfigValue.network))
+        let cidr = try block.arguments(count: 1...1, usage: "one network, as in <source 127.0.0.0/8>, or a name, as in <source {auth}>")[0]
+        if let named = Self.braceName(cidr) {
+            self.init()
+            name = named
+        } else {
+            self.init(network: try block.parse(cidr, ConfigValue.network))
+        }
         location = block.location
         var seen: [String: Int] = [:]
         for node in block.directivesOnly(diagnostics: &diagnostics) {
@@ -106,13 +119,10 @@ extension SourceSettings {
                     text.lowercased() == "unlimited" ? 0 : try ConfigValue.size(text)
                 }
             case "require-auth":
-                // A security setting is never accepted without effect (DESIGN.md principle 9).
+                // Enforced by the SMTP session (530 5.7.0 before MAIL); see InjectionHandler.
                 requireAuth = try node.value(ConfigValue.bool)
-                if requireAuth {
-                    throw node.error("require-auth is not supported yet; Peregrine has no SMTP AUTH user database, "
-                                     + "so it cannot require authentication (restrict relaying with always-allow-relaying "
-                                     + "in <source> blocks instead)")
-                }
+            case "allow-unencrypted-plain-auth": allowUnencryptedPlainAuth = try node.value(ConfigValue.bool)
+            case "max-msg-rate": maxMsgRate = try node.value(ConfigValue.rate)
             case "add-received-header": addReceivedHeader = try node.value(ConfigValue.bool)
             case "max-smtp-in": maxSMTPIn = try node.integer(in: 1...1_000_000)
             case "jobid-header": jobIDHeader = try Self.headerName(node, node.singleArgument())
@@ -130,5 +140,15 @@ extension SourceSettings {
                 if try dkim.apply(node) { return }
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
             }
+    }
+}
+
+extension SourceSettings {
+    /// `{name}` → `name` lower-cased; nil when `text` is not a braced name.
+    static func braceName(_ text: String) -> String? {
+        guard text.count > 2, text.hasPrefix("{"), text.hasSuffix("}") else { return nil }
+        let inner = text.dropFirst().dropLast().lowercased()
+        guard BlockConfig.isValidName(inner) else { return nil }
+        return inner
     }
 }

@@ -70,7 +70,7 @@ public struct AccountingOutcomeRecord: AccountingRecordEncodable {
         line.raw(queue.domain); line.raw(UInt8(ascii: "/")); line.raw(queue.vmta)
         line.endField(start); line.comma()
         line.field(connection?.tlsProtocol); line.comma()
-        line.field(connection?.tlsCipher)
-        line.endLine()
+        line.field(connection?.tlsCipher); line.comma()
+        line.endLine()                                           // rcvSmtpUser (r records only)
     }
 }

@@ -11,9 +11,12 @@ public struct AccountingReceivedRecord: AccountingRecordEncodable {
     public var recipient: Int
     /// The injecting client (srcMta).
     public var peer: SocketAddress
+    /// The SMTP AUTH login (rcvSmtpUser); empty without one.
+    public var smtpUser: String
 
-    public init(timeLogged: Int64, message: QueuedMessage, recipient: Int, peer: SocketAddress) {
+    public init(timeLogged: Int64, message: QueuedMessage, recipient: Int, peer: SocketAddress, smtpUser: String = "") {
         self.timeLogged = timeLogged; self.message = message; self.recipient = recipient; self.peer = peer
+        self.smtpUser = smtpUser
     }
 
     public var accountingType: AccountingRecordType { .received }
@@ -35,7 +38,8 @@ public struct AccountingReceivedRecord: AccountingRecordEncodable {
         line.field(m.vmta); line.comma()
         line.field(m.jobId); line.comma()
         line.field(m.envId); line.comma()
-        line.raw(",,,,")                                         // timeFirstAttempt, totalSecondsQueued, queue, dlvTlsProtocol
-        line.endLine()                                           // dlvTlsCipher (empty)
+        line.raw(",,,,,")                                        // timeFirstAttempt, totalSecondsQueued, queue, dlvTlsProtocol, dlvTlsCipher
+        line.field(smtpUser)                                     // rcvSmtpUser
+        line.endLine()
     }
 }
