@@ -87,7 +87,7 @@ let package = Package(
 
         .target(name: "PeregrineSink",
                 dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
-                               "PeregrineTransport"],
+                               "PeregrineTransport", "PeregrineDKIM"],
                 path: "sink/Sources/PeregrineSink", swiftSettings: loopSettings),
         .executableTarget(name: "peregrine-sink", dependencies: ["PeregrineSink"],
                           path: "sink/Sources/peregrine-sink", swiftSettings: loopSettings),
