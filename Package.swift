@@ -97,7 +97,7 @@ let package = Package(
         // The bench measures the spool itself (spool scenarios) and reads accounting files
         // back for reconciliation; it never links the engine or the daemon.
         .executableTarget(name: "peregrine-bench",
-                          dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineSpool", "PeregrineAccounting"],
+                          dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineSpool", "PeregrineAccounting", "PeregrineDKIM"],
                           path: "Benchmarks/Sources/peregrine-bench", swiftSettings: loopSettings),
 
         .testTarget(name: "PeregrineIOTests", dependencies: ["PeregrineIO", "PeregrineTestSupport"], swiftSettings: testSettings),
