@@ -40,9 +40,9 @@ struct RelayBenchOptions {
                                  [--duration S] [--connections N] [--threads N] [--size BYTES]
                                  [--drain-timeout S] [--output-dir DIR] [--no-results]
                                  [--starttls | --starttls-and-plain] [--ip 127.X.Y.Z] [--no-ceiling]
+                                 [--dkim rsa2048|ed25519|dual]
     The harness ceiling (loadgen → sink directly) and the peers run first; each backend's
     results file records their figures from this invocation (inRunPeers).
-                                 [--dkim rsa2048|ed25519|dual]
     """
 
     static func parse(_ args: [String], scenario: String) -> Result<RelayBenchOptions, BenchUsageError> {
