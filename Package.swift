@@ -87,7 +87,7 @@ let package = Package(
 
         .target(name: "PeregrineSink",
                 dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
-                               "PeregrineTransport"],
+                               "PeregrineTransport", "PeregrineDKIM"],
                 path: "sink/Sources/PeregrineSink", swiftSettings: loopSettings),
         .executableTarget(name: "peregrine-sink", dependencies: ["PeregrineSink"],
                           path: "sink/Sources/peregrine-sink", swiftSettings: loopSettings),
@@ -97,7 +97,7 @@ let package = Package(
         // The bench measures the spool itself (spool scenarios) and reads accounting files
         // back for reconciliation; it never links the engine or the daemon.
         .executableTarget(name: "peregrine-bench",
-                          dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineSpool", "PeregrineAccounting"],
+                          dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineSpool", "PeregrineAccounting", "PeregrineDKIM"],
                           path: "Benchmarks/Sources/peregrine-bench", swiftSettings: loopSettings),
 
         .testTarget(name: "PeregrineIOTests", dependencies: ["PeregrineIO", "PeregrineTestSupport"], swiftSettings: testSettings),

@@ -18,6 +18,8 @@ public struct DKIMVerificationResult: Sendable, Equatable, CustomStringConvertib
     /// `d=` and `s=` as written (empty when missing).
     public var domain: String
     public var selector: String
+    /// The `h=` field names, lower-cased (for "is this field signed").
+    public var signedFields: [String] = []
 
     public var description: String { "\(status.rawValue) d=\(domain) s=\(selector)\(reason.isEmpty ? "" : ": \(reason)")" }
 }
@@ -99,6 +101,7 @@ public final class DKIMVerifier {
         guard !result.domain.isEmpty, !result.selector.isEmpty else { result.reason = "missing d= or s="; return result }
         guard let h = tag("h") else { result.reason = "missing h="; return result }
         let signedNames = h.value.split(separator: ":").map { $0.trimmingFWS().lowercased() }
+        result.signedFields = signedNames
         guard signedNames.contains("from") else { result.reason = "h= does not include from"; return result }
         guard let bhTag = tag("bh"), let bh = DKIMBase64.decode(bhTag.value.utf8) else { result.reason = "missing or bad bh="; return result }
         guard let bTag = tag("b"), let b = DKIMBase64.decode(bTag.value.utf8), !b.isEmpty else {

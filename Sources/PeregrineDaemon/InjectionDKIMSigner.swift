@@ -92,31 +92,11 @@ final class InjectionDKIMSigner {
         }
     }
 
-    /// DMARC relaxed alignment without the public-suffix list: the same
-    /// domain, or the From domain is a subdomain of d=.
     static func aligned(_ fromDomain: String, _ signingDomain: String) -> Bool {
-        fromDomain == signingDomain || fromDomain.hasSuffix("." + signingDomain)
+        DKIMMessageHeaders.aligned(fromDomain, signingDomain)
     }
 
-    /// The domain of the (first) From address, lower-cased: the text after the
-    /// last `@` of the angle-bracketed address, or of the bare address.
     static func fromDomain(_ message: UnsafeRawBufferPointer) -> String? {
-        let headers = HeaderSection(message)
-        guard let from = headers.first(named: "From", in: message) else { return nil }
-        let value = Array(message[from.value])
-        var start = 0, end = value.count
-        if let open = value.firstIndex(of: UInt8(ascii: "<")), let close = value[open...].firstIndex(of: UInt8(ascii: ">")) {
-            start = open + 1
-            end = close
-        }
-        guard let at = value[start..<end].lastIndex(of: UInt8(ascii: "@")) else { return nil }
-        var domain: [UInt8] = []
-        for c in value[(at + 1)..<end] {
-            if c == 32 || c == 9 || c == 13 || c == 10 || c == UInt8(ascii: ",") || c == UInt8(ascii: ")")
-                || c == UInt8(ascii: ">") || c == UInt8(ascii: ";") { break }
-            domain.append((c >= 65 && c <= 90) ? c + 32 : c)
-        }
-        while domain.last == UInt8(ascii: ".") { domain.removeLast() }
-        return domain.isEmpty ? nil : String(decoding: domain, as: UTF8.self)
+        DKIMMessageHeaders.fromDomain(message)
     }
 }

@@ -31,12 +31,16 @@ struct RelayBenchOptions {
     /// the bench process's own (BenchNet.runAddress), so the fixed ports on it
     /// are nobody else's.
     var ip = BenchNet.runAddress
+    /// `--dkim rsa2048|ed25519|dual`: Peregrine signs every message at injection
+    /// (a key made for the run; `dkim-also-sign-as` so every From is signed).
+    var dkim: String?
 
     static let usage = """
     usage: peregrine-bench relay|relay-100k [--backend all|io_uring|epoll|dispatch] [--peer postfix]
                                  [--duration S] [--connections N] [--threads N] [--size BYTES]
                                  [--drain-timeout S] [--output-dir DIR] [--no-results]
                                  [--starttls | --starttls-and-plain] [--ip 127.X.Y.Z] [--no-ceiling]
+                                 [--dkim rsa2048|ed25519|dual]
     The harness ceiling (loadgen → sink directly) and the peers run first; each backend's
     results file records their figures from this invocation (inRunPeers).
     """
@@ -84,6 +88,11 @@ struct RelayBenchOptions {
                     return .failure(BenchUsageError("--ip needs a loopback address 127.X.Y.Z"))
                 }
                 o.ip = v
+            case "--dkim":
+                guard let v = value(), ["rsa2048", "ed25519", "dual"].contains(v) else {
+                    return .failure(BenchUsageError("--dkim takes rsa2048, ed25519 or dual"))
+                }
+                o.dkim = v
             case "--output-dir":
                 guard let v = value() else { return .failure(BenchUsageError("--output-dir needs a directory")) }
                 o.outputDir = v
@@ -215,7 +224,7 @@ final class RelayRunner {
     private var postfixCleanUp: Int?
     /// STARTTLS on both hops (RelayBench+TLS.swift).
     let tls: Bool
-    var scenario: String { tls ? options.scenario + "-tls" : options.scenario }
+    var scenario: String { (tls ? options.scenario + "-tls" : options.scenario) + (options.dkim.map { "-dkim-" + $0 } ?? "") }
     /// The plain run of the same invocation (TLS runs of --starttls-and-plain).
     var baseline: RelayRun?
     /// The harness ceiling and Postfix figures of this invocation, by target.
@@ -317,6 +326,14 @@ final class RelayRunner {
                 .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?", "queue": "durable (Postfix default)"]
         } else {
             let spool = work + "/spool"
+            var dkimLines = ""
+            if let dkim = options.dkim {
+                for kind in dkim == "dual" ? ["rsa2048", "ed25519"] : [dkim] {
+                    guard let key = makeBenchDKIMKey(kind, in: work) else { throw Failure(description: "openssl could not make a \(kind) key") }
+                    dkimLines += "    domain-key \(kind == "rsa2048" ? "rsa" : "ed"),bench.test,\(key)\n"
+                }
+                dkimLines += "    dkim-sign yes\n    dkim-also-sign-as bench.test\n"
+            }
             let confText = """
             smtp-listener \(ip):\(mtaPort)
             http-mgmt-port \(ip):\(mgmtPort)
@@ -327,7 +344,7 @@ final class RelayRunner {
                 always-allow-relaying yes
                 process-x-virtual-mta yes
                 process-x-job yes
-            </source>
+            \(dkimLines)</source>
             <acct-file \(work)/acct.csv>
                 records d,b
             </acct-file>
@@ -461,6 +478,11 @@ final class RelayRunner {
             "loadgen": summary,
         ]
         if let tlsStats { figures["starttls"] = tlsStats }
+        if options.dkim != nil, target != "postfix" {
+            figures["dkim"] = options.dkim
+            // The reference measured in this run (after the load: the same machine state).
+            if let speed = OpenSSLSpeed.measure() { figures["opensslSpeed"] = speed.json }
+        }
         if !latencies.isEmpty {
             figures["injectToDeliverMs"] = ["p50": pct(50), "p90": pct(90), "p99": pct(99), "max": latencies.last ?? 0]
         }

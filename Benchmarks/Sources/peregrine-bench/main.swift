@@ -51,6 +51,7 @@ case "crash": status = runCrashBench(arguments: rest)
 case "summarize": status = runSummarize(arguments: rest)
 case "dashboard": status = runDashboard(arguments: rest)
 case "compare": status = runCompare(arguments: rest)
+case "dkim-sign": status = runDKIMSignBench(arguments: rest)
 default:
     fputs("peregrine-bench: unknown scenario '\(scenario)'\n\(usage)\n", stderr)
     status = 2

@@ -21,6 +21,9 @@ public struct SinkOptions: Equatable, Sendable {
     public var seed: UInt64 = 1
     /// `--mx-fault ISP:N=blackhole[@DURATION]`, as given (checked against the profiles at start).
     public var mxFaults: [String] = []
+    /// `--dkim-key DOMAIN:SELECTOR:PUBKEYFILE` (repeatable): the keys
+    /// `require-dkim` verifies with (the sink does no DNS lookups of its own).
+    public var dkimKeys: [String] = []
     public var quiet = false
     public var help = false
     public init() {}
@@ -30,6 +33,7 @@ public struct SinkOptions: Equatable, Sendable {
                           [--backend io_uring|epoll|dispatch] [--threads N] [--port N]
                           [--stats-port [ADDR:]PORT] [--dns ADDR:PORT] [--record-ids FILE]
                           [--time-scale X] [--seed N] [--tls-cert FILE --tls-key FILE] [--no-require-tls]
+                          [--dkim-key DOMAIN:SELECTOR:PUBKEYFILE]...
                           [--mx-fault ISP:N=blackhole[@DURATION]]... [--quiet]
 
       --profile FILE       ISP profiles (sink/profiles/all.conf has every shipped one); repeatable
@@ -123,6 +127,11 @@ public struct SinkOptions: Equatable, Sendable {
             case "--mx-fault":
                 guard let v = value(), !v.isEmpty else { return fail("--mx-fault needs ISP:N=blackhole[@DURATION]") }
                 o.mxFaults.append(v)
+            case "--dkim-key":
+                guard let v = value(), v.split(separator: ":", maxSplits: 2).count == 3 else {
+                    return fail("--dkim-key needs DOMAIN:SELECTOR:PUBKEYFILE")
+                }
+                o.dkimKeys.append(v)
             case "--no-require-tls": o.noRequireTLS = true
             case "--quiet", "-q": o.quiet = true
             case "--help", "-h": o.help = true

@@ -4,6 +4,7 @@ import Glibc
 import Dispatch
 import Foundation
 import PeregrineIO
+import PeregrineDKIM
 import PeregrineTLS
 
 /// The `peregrine-sink` program, as a library function so tests can run it in-process too.
@@ -86,6 +87,21 @@ public enum SinkMain {
         if let cert = options.tlsCert, let key = options.tlsKey {
             do { shared.tlsContext = try TLSContext.server(certificateFile: cert, keyFile: key) } catch {
                 complain("--tls-cert/--tls-key: \(error)"); return 1
+            }
+        }
+        for spec in options.dkimKeys {
+            let parts = spec.split(separator: ":", maxSplits: 2).map(String.init)
+            do {
+                let key = try DKIMPublicKey.load(path: parts[2])
+                shared.dkimKeys["\(parts[1])._domainkey.\(parts[0].lowercased())"] = key
+            } catch {
+                complain("--dkim-key \(spec): \(error)"); return 1
+            }
+        }
+        if options.dkimKeys.isEmpty {
+            for p in set.profiles where p.bulkSender.isActive && !options.quiet {
+                fputs("peregrine-sink: <isp \(p.name)>: require-dkim/-dmarc-alignment/-list-unsubscribe not enforced: "
+                      + "no --dkim-key DOMAIN:SELECTOR:PUBKEYFILE to verify signatures with\n", stderr)
             }
         }
         if let path = options.recordIds {

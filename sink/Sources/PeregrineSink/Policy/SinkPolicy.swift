@@ -392,6 +392,14 @@ public final class SinkPolicy {
         return .accept
     }
 
+    /// A message refused at the end of DATA by a bulk-sender rule (counted as
+    /// rejected or deferred with its reason; the transaction is over).
+    func refuseMessage(_ c: SinkConnection, _ reason: SinkReason, _ reply: SinkReplyTemplate, now: UInt64) -> SinkDecision {
+        c.acceptedRecipients = 0
+        c.refuseAtData = nil
+        return refuse(.data, reason, reply, c, rcpt: nil, penalty: nil, now: now)
+    }
+
     /// RSET.
     public func reset(_ c: SinkConnection) {
         c.acceptedRecipients = 0

@@ -336,6 +336,9 @@ public struct SinkISPProfile: Hashable, Sendable {
     public var dropDuringData: Double = 0
     /// `450-anything@…` local parts answer with that code.
     public var scriptedReplies: Bool = true
+    /// `require-dkim`, `require-dmarc-alignment`, `require-list-unsubscribe`
+    /// (the 2024 bulk-sender rules), checked at the end of DATA.
+    public var bulkSender = SinkBulkSenderRules()
     /// Close a connection that sent nothing for this long (421 4.4.2), in real seconds.
     public var idleTimeout: Double?
     /// `require-tls ["REPLY"]`: MAIL FROM without TLS gets this reply (Gmail's 421-4.7.29 by default).

@@ -18,6 +18,12 @@ public enum SinkReason: Int, CaseIterable, Sendable {
     case tooManyRecipients
     /// A penalty box that turned permanent (`escalate`).
     case escalated
+    /// `require-dkim`: no DKIM signature verified.
+    case unauthenticated
+    /// `require-dmarc-alignment`: no verified signature aligned with the From domain.
+    case dmarcAlignment
+    /// `require-list-unsubscribe`: no RFC 8058 one-click unsubscribe.
+    case listUnsubscribe
 
     public var name: String {
         switch self {
@@ -38,6 +44,9 @@ public enum SinkReason: Int, CaseIterable, Sendable {
         case .domainRate: return "max-domain-msg-rate"
         case .tooManyRecipients: return "max-rcpt-per-msg"
         case .escalated: return "escalated"
+        case .unauthenticated: return "require-dkim"
+        case .dmarcAlignment: return "require-dmarc-alignment"
+        case .listUnsubscribe: return "require-list-unsubscribe"
         }
     }
 

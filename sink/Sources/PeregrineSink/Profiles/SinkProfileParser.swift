@@ -263,6 +263,8 @@ public enum SinkProfileParser {
                 default: throw node.error("require-tls takes yes|no or one quoted reply")
                 }
                 p.requireTLSLocation = p.requireTLS == nil ? nil : node.location
+            case "require-dkim", "require-dmarc-alignment", "require-list-unsubscribe":
+                try p.bulkSender.apply(node, args)
             case "starttls":
                 let text = try node.singleArgument().lowercased()
                 guard let mode = SinkStartTLSMode(rawValue: text) else {

@@ -18,6 +18,8 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
 
     private var firstBodyChunk = true
     private var scanner = SinkHeaderScanner()
+    /// Set for profiles with bulk-sender rules: the message is kept until the end of DATA.
+    private let bulkSender: SinkBulkSenderCheck?
     private let scanHeaders: Bool
     private var pendingDecision: SMTPServerDecision?
     private var pendingClose = false
@@ -35,6 +37,9 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
         self.scanHeaders = shared.isRecordingIds
         self.greetingDecision = greeting
         self.greetingLatency = latency
+        // Without --dkim-key the sink can verify no signature: the rules are
+        // not enforced (SinkMain says so at start).
+        self.bulkSender = conn.provider.profile.bulkSender.isActive && !shared.dkimKeys.isEmpty ? SinkBulkSenderCheck() : nil
         onTimer = { [unowned self] in self.timerFired() }
     }
 
@@ -81,8 +86,17 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
                 latency = policy.latency(c, .rcpt)
             }
         case .endOfData(let info):
+            // The bulk-sender rules are checked outside the lock (signature verification is CPU work).
+            let failed = bulkSender.flatMap { check -> (SinkReason, SinkReplyTemplate)? in
+                defer { check.message.removeAll(keepingCapacity: true) }
+                return check.evaluate(c.provider.profile.bulkSender, keys: shared.dkimKeys)
+            }
             shared.lock.withLock {
-                decision = policy.endOfData(c, size: info.size, now: now)
+                if let (reason, reply) = failed {
+                    decision = policy.refuseMessage(c, reason, reply, now: now)
+                } else {
+                    decision = policy.endOfData(c, size: info.size, now: now)
+                }
                 latency = policy.latency(c, .data)
             }
             if decision == .accept && scanHeaders { shared.record(id: scanner.trimmedValue) }
@@ -139,11 +153,13 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
             if d == .drop { connection?.close() }
         }
         if scanHeaders { scanner.scan(chunk) }
+        bulkSender?.message.append(contentsOf: chunk)
     }
 
     func smtpSessionDidAbortTransaction(_ session: SMTPServerSession) {
         shared.lock.withLock { shared.policy.reset(conn) }
         if scanHeaders { scanner.reset() }
+        bulkSender?.message.removeAll(keepingCapacity: true)
         firstBodyChunk = true
     }
 

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import PeregrineIO
+import PeregrineDKIM
 import PeregrineTLS
 
 /// What every loop of a sink run shares: the policy (behind a lock, since
@@ -13,6 +14,8 @@ public final class SinkShared: @unchecked Sendable {
     let startedAt = monotonicNanoseconds()
     /// `--tls-cert`/`--tls-key`: STARTTLS on every listener (set before the loops start).
     public internal(set) var tlsContext: TLSContext?
+    /// `--dkim-key`: public keys by `selector._domainkey.domain` (set before the loops start, then read-only).
+    public internal(set) var dkimKeys: [String: DKIMPublicKey] = [:]
 
     // Recorded ids (behind `idLock`): a byte buffer flushed to `idFD` in large writes.
     private let idLock = Locked<Void>()
