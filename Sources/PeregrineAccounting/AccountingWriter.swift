@@ -281,27 +281,7 @@ public final class AccountingWriter: @unchecked Sendable {
             return failure
         }
 
-        func rotatedName(now: Int64) -> String {
-            let path = options.path
-            let slash = path.lastIndex(of: "/")
-            let nameStart = slash.map { path.index(after: $0) } ?? path.startIndex
-            let name = path[nameStart...]
-            let dir = path[..<nameStart]
-            let stem: Substring, ext: Substring
-            if let dot = name.lastIndex(of: "."), dot != name.startIndex {
-                stem = name[..<dot]; ext = name[dot...]
-            } else {
-                stem = name; ext = ""
-            }
-            let base = "\(dir)\(stem)-\(AccountingTimestamp.compact(now))"
-            var candidate = "\(base)\(ext)"
-            var n = 1
-            while access(candidate, F_OK) == 0 {
-                candidate = "\(base)-\(n)\(ext)"
-                n += 1
-            }
-            return candidate
-        }
+        func rotatedName(now: Int64) -> String { RotatedFiles.name(for: options.path, now: now) }
 
         mutating func writeBuffer() -> AccountingError? {
             guard !buffer.isEmpty else { return nil }

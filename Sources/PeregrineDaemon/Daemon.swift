@@ -26,6 +26,9 @@ public final class Daemon<Loop: EventLoop> {
     public let options: Options
     public private(set) var config: PeregrineConfig
     public let accounting: AccountingLog
+    /// `log-file`: every daemon line also goes there, with a timestamp; nil without one.
+    /// Opened at start-up (as root, before a privilege drop); a reload keeps it.
+    public let logFile: DaemonLogFile?
     public let hostName: String
     /// STARTTLS / implicit TLS on injection (`smtp-server-tls-certificate`); nil: none.
     /// Rebuilt from the files on reload; each worker holds its own copy of the
@@ -80,9 +83,25 @@ public final class Daemon<Loop: EventLoop> {
             writers.append(try AccountingWriter(options: file))
         }
         self.accounting = AccountingLog(writers: writers)
+        if let o = config.runtime.logFile {
+            let file = try DaemonLogFile(options: o)
+            // The log cannot report its own failures: they go to stderr.
+            file.onError = { [log = options.log] in log("log-file: \($0)") }
+            logFile = file
+        } else {
+            logFile = nil
+        }
     }
 
-    func log(_ line: String) { options.log(line) }
+    /// A daemon event: on stderr and in the log file.
+    func log(_ line: String) {
+        options.log(line)
+        logFile?.write(line)
+    }
+
+    /// A detail only the log file takes (`log-connections`, `log-commands`,
+    /// `log-data`): too many for stderr. No-op without a log file.
+    func logDetail(_ line: String) { logFile?.write(line) }
 
     // MARK: Sharding
 
@@ -130,6 +149,8 @@ public final class Daemon<Loop: EventLoop> {
     /// Runs until SIGTERM/SIGINT; returns the exit status.
     public func run() -> Int32 {
         Posix.ignoreSIGPIPE()
+        log("starting (pid \(getpid()), config \(options.configPath))")
+        defer { logFile?.close() }
         for warning in config.warnings { log("warning: \(warning)") }
         let spoolDir = config.spoolPath
         do {
@@ -149,7 +170,7 @@ public final class Daemon<Loop: EventLoop> {
             }
         }
         let recovered: [SpoolStreamRecovery]
-        switch SpoolRecovery.recoverAll(spoolDirectory: spoolDir, log: { [options] in options.log("spool: \($0)") }) {
+        switch SpoolRecovery.recoverAll(spoolDirectory: spoolDir, log: { [self] in log("spool: \($0)") }) {
         case .success(let r):
             recovered = r
             for stream in r where !stream.problems.isEmpty {

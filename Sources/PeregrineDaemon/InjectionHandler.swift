@@ -37,6 +37,12 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
     }
 
     func smtpSession(_ session: SMTPServerSession, decide request: SMTPServerRequest) -> SMTPServerDecision {
+        let decision = decidePolicy(session, request)
+        logDecision(request, decision)  // log-commands (InjectionHandler+Logging.swift)
+        return decision
+    }
+
+    private func decidePolicy(_ session: SMTPServerSession, _ request: SMTPServerRequest) -> SMTPServerDecision {
         switch request {
         case .connection:
             if let refusal {
@@ -108,6 +114,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             return .reply(SMTPReply(code: 503, enhancedCode: EnhancedStatusCode(5, 5, 1), "no valid recipients"))
         }
         let bytes = body.bytes
+        logData(bytes)  // log-data (InjectionHandler+Logging.swift)
         let headers = HeaderSection(bytes)
         var jobID = ""
         var vmtaName = source.defaultVirtualMTA ?? worker.defaultVMTA

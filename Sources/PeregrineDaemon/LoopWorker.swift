@@ -150,7 +150,12 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         if admission != .admitted { injectionRefusals += 1 }
         let key = ObjectIdentifier(connection)
         injections[key] = connection
+        if source.logConnections {
+            daemon.logDetail("smtp \(c.peer): connected to \(c.local) (loop \(index))"
+                             + (admission == .admitted ? "" : ", refused: over max-smtp-in"))
+        }
         connection.onClose = { [unowned self, unowned handler] _ in
+            if handler.source.logConnections { self.daemon.logDetail("smtp \(c.peer): connection closed") }
             handler.connection = nil
             self.injections[key] = nil
             if admission == .admitted { self.daemon.inboundLimits.release(ip: ip) }
@@ -337,6 +342,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     public func queueDeferred(_ queue: DeliveryQueue, reason: String) {
         queueDeferrals += 1
+        daemon.log("queue \(queue.key): every host failed, the queue waits for its retry time (\(reason))")
         daemon.accounting.log(AccountingRecord(type: .transientQueue, timeLogged: wallClockSeconds(),
                                                dsnAction: "delayed", dsnStatus: "4.4.1 (no answer from host)",
                                                dsnDiag: reason, bounceCat: "no-answer-from-host",
@@ -344,6 +350,10 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     }
 
     public func messageCompleted(_ message: QueuedMessage) {}
+
+    public func queueModeChanged(_ queue: DeliveryQueue, _ change: QueueModeChange) {
+        daemon.log("queue \(queue.key): \(change.logText)")
+    }
 
     public func sourceDisabled(_ queue: DeliveryQueue, until: UInt64, reason: String, movedTo: String?, recipientsMoved: Int) {
         let seconds = until > loop.now ? (until - loop.now) / 1_000_000_000 : 0

@@ -103,7 +103,10 @@ public final class DeliveryEngine<Loop: EventLoop> {
     /// connections, wake idle ones, and arm the queue's timer for the next change.
     public func kick(_ q: DeliveryQueue) {
         let now = loop.now
-        q.checkBackoffExpiry(now: now)
+        if q.isBackoff {
+            q.checkBackoffExpiry(now: now)
+            if !q.isBackoff { observer.queueModeChanged(q, .leftBackoff(reason: "backoff-to-normal-after elapsed")) }
+        }
         q.promoteDue(now: now, expired: &expiredScratch)
         if !expiredScratch.isEmpty {
             let expired = expiredScratch
@@ -322,7 +325,13 @@ public final class DeliveryEngine<Loop: EventLoop> {
                 }
             }
         }
-        if deliveredCount > 0 { q.noteDelivered(deliveredCount, now: now) }
+        if deliveredCount > 0 {
+            let wasBackoff = q.isBackoff
+            q.noteDelivered(deliveredCount, now: now)
+            if wasBackoff && !q.isBackoff {
+                observer.queueModeChanged(q, .leftBackoff(reason: "a delivery succeeded (backoff-to-normal-after-delivery)"))
+            }
+        }
         if bouncedCount > 0 { q.noteBounced(bouncedCount) }
         if !retry.isEmpty {
             var again = item
@@ -348,9 +357,22 @@ public final class DeliveryEngine<Loop: EventLoop> {
         var bounce = false
         for action in policies.actions(for: reply, queue: q.key) {
             switch action {
-            case .backoff: q.enterBackoff(now: now)
-            case .normal: q.leaveBackoff(now: now)
-            case .suspend(let d): q.suspend(until: now &+ d.nanoseconds, reason: reply.description)
+            case .backoff:
+                if !q.isBackoff {
+                    q.enterBackoff(now: now)
+                    observer.queueModeChanged(q, .enteredBackoff(reason: "reply matched a pattern list: \(reply)"))
+                }
+            case .normal:
+                if q.isBackoff {
+                    q.leaveBackoff(now: now)
+                    observer.queueModeChanged(q, .leftBackoff(reason: "reply matched a pattern list: \(reply)"))
+                }
+            case .suspend(let d):
+                let until = now &+ d.nanoseconds
+                if until > q.suspendedUntil {
+                    observer.queueModeChanged(q, .suspended(seconds: d.nanoseconds / 1_000_000_000, reason: reply.description))
+                }
+                q.suspend(until: until, reason: reply.description)
             case .disableSourceIP(let d):
                 disableSource(of: q, for: d?.nanoseconds ?? 3_600_000_000_000, reply: reply, now: now)
             case .bounce: bounce = true
@@ -495,7 +517,11 @@ public final class DeliveryEngine<Loop: EventLoop> {
     public func pause(_ pattern: String) -> Int {
         if !standingPauses.contains(pattern) { standingPauses.append(pattern) }
         let qs = queues(matching: pattern)
-        for q in qs { q.isPaused = true; kick(q) }
+        for q in qs {
+            if !q.isPaused { observer.queueModeChanged(q, .paused) }
+            q.isPaused = true
+            kick(q)
+        }
         return qs.count
     }
 
@@ -506,7 +532,11 @@ public final class DeliveryEngine<Loop: EventLoop> {
             return standing == pattern || QueueKey(domain: parts.first ?? "*", vmta: parts.count > 1 ? parts[1] : "*").matches(pattern: pattern)
         }
         let qs = queues(matching: pattern)
-        for q in qs { q.resume(); kick(q) }
+        for q in qs {
+            if q.isPaused || q.suspendedUntil > loop.now { observer.queueModeChanged(q, .resumed) }
+            q.resume()
+            kick(q)
+        }
         return qs.count
     }
 
@@ -519,6 +549,10 @@ public final class DeliveryEngine<Loop: EventLoop> {
     public func setMode(_ pattern: String, backoff: Bool) -> Int {
         let qs = queues(matching: pattern)
         for q in qs {
+            if backoff != q.isBackoff {
+                observer.queueModeChanged(q, backoff ? .enteredBackoff(reason: "set by the operator")
+                                                      : .leftBackoff(reason: "set by the operator"))
+            }
             if backoff { q.enterBackoff(now: loop.now) } else { q.leaveBackoff(now: loop.now) }
             kick(q)
         }

@@ -43,6 +43,13 @@ public protocol DeliveryObserver: AnyObject {
     /// A pattern list disabled a queue's source IP for its domain until `until`
     /// (monotonic); `movedTo` is the pool member its mail moves to (nil: the queue waits).
     func sourceDisabled(_ queue: DeliveryQueue, until: UInt64, reason: String, movedTo: String?, recipientsMoved: Int)
+    /// A queue's mode changed (backoff in or out, suspended, paused, resumed): the log file's events.
+    func queueModeChanged(_ queue: DeliveryQueue, _ change: QueueModeChange)
+}
+
+extension DeliveryObserver {
+    /// Observers that keep no log ignore mode changes.
+    public func queueModeChanged(_ queue: DeliveryQueue, _ change: QueueModeChange) {}
 }
 
 /// Facts about the connection a result came over (accounting's dlv* fields).

@@ -6,7 +6,7 @@ enum ConfigContext {
         for name in DomainOverrides.directiveNames { map[name] = "<domain>" }
         for name in ["always-allow-relaying", "smtp-service", "process-x-virtual-mta", "process-x-job",
                      "default-virtual-mta", "max-message-size", "require-auth", "add-received-header",
-                     "allow-unencrypted-plain-auth"] {
+                     "allow-unencrypted-plain-auth", "log-connections", "log-commands", "log-data"] {
             map[name] = "<source>"
         }
         map["smtp-source-host"] = "<virtual-mta>"

@@ -10,7 +10,7 @@ extension PeregrineConfig {
         "smtp-server-tls-certificate", "smtp-server-tls-key", "shutdown-timeout",
         "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
         "relay-domain",
-    ] + SMTPAuthSettings.globalDirectiveNames
+    ] + SMTPAuthSettings.globalDirectiveNames + RuntimeSettings.directiveNames
 
     /// Reads, parses and checks a config file; throws the first error.
     public static func load(path: String) throws(ConfigError) -> PeregrineConfig {
@@ -83,6 +83,7 @@ extension PeregrineConfig {
             }
         }
         do { try checkServerTLS(nodes: nodes) } catch { diagnostics.record(error) }
+        do { try runtime.check(nodes: nodes) } catch { diagnostics.record(error) }
         checkReferences(nodes: nodes, diagnostics: &diagnostics)
         loadDKIMKeys(diagnostics: &diagnostics)
         checkAuth(nodes: nodes, diagnostics: &diagnostics)
@@ -231,6 +232,7 @@ extension PeregrineConfig {
             postmaster = address
         default:
             if try applyAuthGlobal(node) { return }
+            if try runtime.apply(node) { return }
             if let home = ConfigContext.homes[node.name] {
                 throw node.error("\(node.name) is not allowed at the top level (it belongs in \(home))")
             }

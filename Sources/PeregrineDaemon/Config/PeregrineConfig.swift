@@ -78,6 +78,8 @@ public struct PeregrineConfig: Hashable, Sendable {
     /// `shutdown-timeout`: how long SIGTERM waits for deliveries in flight
     /// before it closes them (their messages stay spooled for the next start).
     public var shutdownTimeout: Duration = .seconds(30)
+    /// `log-file`, `log-rotate`, `run-as-user`, `run-as-group`, `run-as-root`.
+    public var runtime = RuntimeSettings()
 
     /// The listeners `peregrine run` binds: `smtp-listener`s, else every IPv4 address on port 25.
     public var effectiveSMTPListeners: [SocketAddress] {

@@ -60,6 +60,13 @@ public struct SourceSettings: Hashable, Sendable {
     public static let defaultMaxSMTPIn = 100
     /// `domain-key`, `dkim-sign`, …: signing for mail these clients inject.
     public var dkim = DKIMSettings()
+    /// `log-connections`: a log-file line when a client of this source connects and disconnects.
+    public var logConnections = false
+    /// `log-commands`: a log-file line per SMTP command and reply (AUTH arguments are never logged).
+    public var logCommands = false
+    /// `log-data`: the message bytes too. For debugging one client only: it
+    /// writes every message into the log.
+    public var logData = false
     public var location: ConfigLocation?
 
     public init(network: IPNetwork? = nil) {
@@ -136,6 +143,9 @@ extension SourceSettings {
             case "allow-starttls": allowStartTLS = try node.value(ConfigValue.bool)
             case "max-errors-per-connection": maxErrorsPerConnection = try node.integer(in: 1...10_000)
             case "max-rcpt-per-message": maxRcptPerMessage = try node.integer(in: 1...100_000)
+            case "log-connections": logConnections = try node.value(ConfigValue.bool)
+            case "log-commands": logCommands = try node.value(ConfigValue.bool)
+            case "log-data": logData = try node.value(ConfigValue.bool)
             default:
                 if try dkim.apply(node) { return }
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
