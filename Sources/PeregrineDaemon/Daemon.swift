@@ -152,6 +152,7 @@ public final class Daemon<Loop: EventLoop> {
         log("starting (pid \(getpid()), config \(options.configPath))")
         defer { logFile?.close() }
         for warning in config.warnings { log("warning: \(warning)") }
+        guard case .success(let privileges) = planPrivileges() else { return 1 }
         let spoolDir = config.spoolPath
         do {
             try FileManager.default.createDirectory(atPath: spoolDir, withIntermediateDirectories: true)
@@ -236,6 +237,11 @@ public final class Daemon<Loop: EventLoop> {
         let setupFailures = setupErrors.withLock { $0 }
         if !setupFailures.isEmpty {
             for e in setupFailures { log(e) }
+            for w in workers { w.loop.stop() }
+            return 1
+        }
+        // Listeners bound and files open as root: now run-as-user (Daemon+Privileges.swift).
+        if let privileges, !dropPrivileges(privileges) {
             for w in workers { w.loop.stop() }
             return 1
         }
