@@ -61,7 +61,8 @@ extension AccountingRecord {
                   timeFirstAttempt: try time("timeFirstAttempt"),
                   totalSecondsQueued: try int("totalSecondsQueued"),
                   queue: row["queue"] ?? "",
-                  dlvTlsProtocol: row["dlvTlsProtocol"] ?? "", dlvTlsCipher: row["dlvTlsCipher"] ?? "")
+                  dlvTlsProtocol: row["dlvTlsProtocol"] ?? "", dlvTlsCipher: row["dlvTlsCipher"] ?? "",
+                  vmtaPool: row["vmtaPool"] ?? "")
         rcvSmtpUser = row["rcvSmtpUser"] ?? ""
     }
 }
@@ -140,7 +141,8 @@ extension AccountingRecord: AccountingRecordEncodable {
         line.field(queue); line.comma()
         line.field(dlvTlsProtocol); line.comma()
         line.field(dlvTlsCipher); line.comma()
-        line.field(rcvSmtpUser)
+        line.field(rcvSmtpUser); line.comma()
+        line.field(vmtaPool)
         line.endLine()
     }
 }

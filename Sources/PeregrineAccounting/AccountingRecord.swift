@@ -72,6 +72,8 @@ public struct AccountingRecord: Hashable, Sendable {
     public var dlvTlsCipher: String
     /// The SMTP AUTH user the message was injected as (r records); empty without a login.
     public var rcvSmtpUser: String = ""
+    /// `vmtaPool`: the `<virtual-mta-pool>` the message was injected for (its `vmta` is the member that took it); empty when none.
+    public var vmtaPool: String
 
     public init(type: AccountingRecordType, timeLogged: Int64, timeQueued: Int64? = nil,
                 orig: String = "", rcpt: String = "", orcpt: String = "",
@@ -81,7 +83,7 @@ public struct AccountingRecord: Hashable, Sendable {
                 dlvEsmtpAvailable: String = "", dlvSize: Int? = nil,
                 vmta: String = "", jobId: String = "", envId: String = "",
                 timeFirstAttempt: Int64? = nil, totalSecondsQueued: Int64? = nil, queue: String = "",
-                dlvTlsProtocol: String = "", dlvTlsCipher: String = "") {
+                dlvTlsProtocol: String = "", dlvTlsCipher: String = "", vmtaPool: String = "") {
         self.type = type; self.timeLogged = timeLogged; self.timeQueued = timeQueued
         self.orig = orig; self.rcpt = rcpt; self.orcpt = orcpt
         self.dsnAction = dsnAction; self.dsnStatus = dsnStatus; self.dsnDiag = dsnDiag; self.dsnMta = dsnMta
@@ -91,6 +93,7 @@ public struct AccountingRecord: Hashable, Sendable {
         self.vmta = vmta; self.jobId = jobId; self.envId = envId
         self.timeFirstAttempt = timeFirstAttempt; self.totalSecondsQueued = totalSecondsQueued
         self.queue = queue; self.dlvTlsProtocol = dlvTlsProtocol; self.dlvTlsCipher = dlvTlsCipher
+        self.vmtaPool = vmtaPool
     }
 
     /// Column order of every accounting file. One header for every record
@@ -102,7 +105,7 @@ public struct AccountingRecord: Hashable, Sendable {
         "srcType", "srcMta", "dlvType", "dlvSourceIp", "dlvDestinationIp",
         "dlvEsmtpAvailable", "dlvSize", "vmta", "jobId", "envId",
         "timeFirstAttempt", "totalSecondsQueued", "queue", "dlvTlsProtocol", "dlvTlsCipher",
-        "rcvSmtpUser",
+        "rcvSmtpUser", "vmtaPool",
     ]
 }
 

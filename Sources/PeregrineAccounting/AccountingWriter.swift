@@ -16,6 +16,20 @@ public struct AccountingFileOptions: Hashable, Sendable {
     public var moveInterval: Int64?
     /// Buffered bytes that trigger a write without waiting for the periodic flush.
     public var flushThreshold: Int
+    /// `record-fields TYPE f1,f2,…`: the fields written for a record type, in
+    /// order (`type` always comes first); a type not named gets every field.
+    public var recordFields: [AccountingRecordType: [String]] = [:]
+    /// `delete-after DURATION`: rotated files older than this many seconds are
+    /// deleted (at start-up and after each rotation); nil keeps them.
+    public var deleteAfter: Int64?
+    /// `<acct-file |/path/to/program>`: bytes kept for the program while it
+    /// does not read (or is being restarted); beyond it whole lines are dropped and counted.
+    public var maxPipeBuffered = 8 << 20
+
+    /// The program of `<acct-file |PROGRAM>`, or nil for a file.
+    public var pipeProgram: String? {
+        path.hasPrefix("|") ? String(path.dropFirst().drop { $0 == " " }) : nil
+    }
 
     public init(path: String, records: Set<AccountingRecordType>? = nil, maxSize: Int64? = nil,
                 moveInterval: Int64? = nil, flushThreshold: Int = 64 * 1024) {
@@ -106,6 +120,12 @@ public final class AccountingWriter: @unchecked Sendable {
         let err: AccountingError? = state.withLock { s in
             s.line.reset()
             record.encodeCSV(into: &s.line)
+            if !s.columns.isFull {
+                // record-fields: only this file's columns.
+                let full = s.line.bytes
+                s.line.reset()
+                s.columns.project(full, type: type, into: &s.line.bytes, starts: &s.fieldStarts)
+            }
             var failure = s.rotateIfDue(now: now, adding: s.line.bytes.count)
             s.buffer.append(contentsOf: s.line.bytes)
             if s.buffer.count >= s.options.flushThreshold, let e = s.writeBuffer() { failure = e }
@@ -119,6 +139,12 @@ public final class AccountingWriter: @unchecked Sendable {
         guard accepts(type) else { return }
         let now = wallClock()
         let err: AccountingError? = state.withLock { s in
+            var line = line
+            if !s.columns.isFull {
+                var projected: [UInt8] = []
+                s.columns.project(line, type: type, into: &projected, starts: &s.fieldStarts)
+                line = projected
+            }
             var failure = s.rotateIfDue(now: now, adding: line.count)
             s.buffer.append(contentsOf: line)
             if s.buffer.count >= s.options.flushThreshold, let e = s.writeBuffer() { failure = e }
@@ -212,14 +238,22 @@ public final class AccountingWriter: @unchecked Sendable {
         var dropped: Int64 = 0
         /// Cap on bytes kept while the disk refuses writes (then the oldest are dropped and counted).
         static let maxBuffered = 64 << 20
+        /// The file's columns (`record-fields`), and scratch for projecting a line onto them.
+        let columns: AccountingColumns
+        var fieldStarts: [Int] = []
+        /// `<acct-file |PROGRAM>`: the program reading the records (AccountingWriter+Pipe.swift).
+        var pipe: AccountingPipe?
 
         init(options: AccountingFileOptions) {
             self.options = options
-            self.headerSize = Int64(AccountingRecord.csvHeader.count)
+            self.columns = AccountingColumns(records: options.records, recordFields: options.recordFields)
+            self.headerSize = Int64(columns.header.count)
             buffer.reserveCapacity(options.flushThreshold + 4096)
+            if let program = options.pipeProgram { pipe = AccountingPipe(program: program) }
         }
 
         mutating func openCurrent(now: Int64) throws(AccountingError) {
+            if pipe != nil { return try openPipe(now: now) }
             let path = options.path
             let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw AccountingError.io(path: path, operation: "open", errno: errno) }
@@ -232,10 +266,17 @@ public final class AccountingWriter: @unchecked Sendable {
             self.fd = fd
             fileSize = Int64(st.st_size)
             if fileSize == 0 {
-                let header = AccountingRecord.csvHeader
+                let header = columns.header
                 if let e = writeAll(header) { throw e }
             }
             scheduleInterval(now: now)
+            pruneRotated(now: now)
+        }
+
+        /// `delete-after`: rotated files older than that go.
+        mutating func pruneRotated(now: Int64) {
+            guard let age = options.deleteAfter else { return }
+            RotatedFiles.prune(for: options.path, now: now, maxAgeSeconds: age, keep: nil)
         }
 
         mutating func scheduleInterval(now: Int64) {
@@ -250,7 +291,7 @@ public final class AccountingWriter: @unchecked Sendable {
         /// an empty file just moves on to the next interval) or when `count`
         /// more bytes would push a file holding records past `max-size`.
         mutating func rotateIfDue(now: Int64, adding count: Int) -> AccountingError? {
-            guard !closed else { return nil }
+            guard !closed, pipe == nil else { return nil }
             let pending = fileSize + Int64(buffer.count)
             if let next = nextIntervalRotation, now >= next {
                 if pending > headerSize { return rotate(now: now) }
@@ -263,7 +304,7 @@ public final class AccountingWriter: @unchecked Sendable {
         }
 
         mutating func rotate(now: Int64) -> AccountingError? {
-            guard !closed else { return nil }
+            guard !closed, pipe == nil else { return nil }
             if let e = writeBuffer() { return e }
             closeFD()
             let target = rotatedName(now: now)
@@ -284,6 +325,7 @@ public final class AccountingWriter: @unchecked Sendable {
         func rotatedName(now: Int64) -> String { RotatedFiles.name(for: options.path, now: now) }
 
         mutating func writeBuffer() -> AccountingError? {
+            if pipe != nil { return writePipe() }
             guard !buffer.isEmpty else { return nil }
             guard fd >= 0 else {
                 if closed { buffer.removeAll(); return nil }
@@ -313,6 +355,7 @@ public final class AccountingWriter: @unchecked Sendable {
         }
 
         mutating func closeFD() {
+            if pipe != nil { closePipe(); return }
             if fd >= 0 { Glibc.close(fd); fd = -1 }
         }
     }

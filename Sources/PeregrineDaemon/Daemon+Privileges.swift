@@ -32,7 +32,7 @@ extension Daemon {
     /// directory the user cannot write). Called once every listener is bound
     /// and every file is open, before any mail moves. False: the daemon must stop.
     func dropPrivileges(_ drop: PrivilegeDrop) -> Bool {
-        let files = config.accountingFiles.map(\.path) + (config.runtime.logFile.map { [$0.path] } ?? [])
+        let files = config.accountingFiles.filter { $0.pipeProgram == nil }.map(\.path) + (config.runtime.logFile.map { [$0.path] } ?? [])
         do throws(PrivilegeDrop.Failure) {
             try drop.chown(config.spoolPath, recursive: true)
             if !config.managementTokenPath.hasPrefix(config.spoolPath + "/") {

@@ -42,7 +42,7 @@ struct AccountingEncoderTests {
     }
 
     @Test func deliveredLineIsPinned() throws {
-        let r = AccountingOutcomeRecord(type: .delivered, timeLogged: t0, message: Self.message(), recipient: 1,
+        var r = AccountingOutcomeRecord(type: .delivered, timeLogged: t0, message: Self.message(), recipient: 1,
                                         queue: QueueKey(domain: "gmail.com", vmta: "vmta1"),
                                         reply: SMTPReply(250, "2.0.0", "OK 1795941696 x1si"),
                                         connection: try Self.attempt(), category: "")
@@ -52,6 +52,10 @@ struct AccountingEncoderTests {
             + "vmta1,job-7,env-1,2026-11-29 08:41:16+0000,30,gmail.com/vmta1,,,\r\n"
         #expect(Self.encoded(r) == expected)
         #expect(Self.viaRecord(r.record) == expected)
+        // vmtaPool: the pool the message was injected for, last.
+        r.message.pool = "pool1"
+        #expect(Self.encoded(r) == expected.dropLast(1) + "pool1\r\n")
+        #expect(Self.viaRecord(r.record) == Self.encoded(r))
     }
 
     static let replies: [SMTPReply] = [
@@ -121,15 +125,18 @@ struct AccountingEncoderTests {
                 }
             }
         }
-        let pinned = AccountingReceivedRecord(timeLogged: t0, message: Self.message(), recipient: 1,
+        var pinned = AccountingReceivedRecord(timeLogged: t0, message: Self.message(), recipient: 1,
                                               peer: try SocketAddress(ip: "198.51.100.77", port: 40000))
         #expect(Self.encoded(pinned) == "r,2026-11-29 08:41:36+0000,2026-11-29 08:41:36+0000,bounces@sender.example,"
                 + "user@gmail.com,rfc822;user@gmail.com,,,,,,smtp,198.51.100.77,,,,,4096,vmta1,job-7,env-1,,,,,,\r\n")
-        // The SMTP AUTH login is the last column, rcvSmtpUser (PowerMTA's name).
+        // The SMTP AUTH login is rcvSmtpUser (PowerMTA's name), then the pool (vmtaPool) last.
         let authenticated = AccountingReceivedRecord(timeLogged: t0, message: Self.message(), recipient: 1,
                                                      peer: try SocketAddress(ip: "198.51.100.77", port: 40000), smtpUser: "alice")
-        #expect(Self.encoded(authenticated).hasSuffix(",env-1,,,,,,alice\r\n"))
-        #expect(AccountingRecord.fieldNames.last == "rcvSmtpUser")
+        #expect(Self.encoded(authenticated).hasSuffix(",env-1,,,,,,alice,\r\n"))
+        #expect(Array(AccountingRecord.fieldNames.suffix(2)) == ["rcvSmtpUser", "vmtaPool"])
+        pinned.message.pool = "pool1"
+        #expect(Self.encoded(pinned).hasSuffix(",,,,,,,pool1\r\n"))
+        #expect(Self.encoded(pinned) == Self.viaRecord(pinned.record))
     }
 
     @Test(arguments: [

@@ -12,7 +12,7 @@ extension AccountingReceivedRecord {
         var record = AccountingRecord(type: .received, timeLogged: timeLogged, timeQueued: timeLogged, orig: m.sender,
                                       rcpt: r.address, orcpt: r.orcpt ?? "", srcType: "smtp",
                                       srcMta: peer.ip, dlvSize: m.bodySize, vmta: m.vmta,
-                                      jobId: m.jobId ?? "", envId: m.envId ?? "")
+                                      jobId: m.jobId ?? "", envId: m.envId ?? "", vmtaPool: m.pool ?? "")
         record.rcvSmtpUser = smtpUser
         return record
     }
@@ -43,6 +43,7 @@ extension AccountingOutcomeRecord {
             vmta: queue.vmta, jobId: m.jobId ?? "", envId: m.envId ?? "",
             timeFirstAttempt: m.firstAttemptWall == 0 ? nil : m.firstAttemptWall,
             totalSecondsQueued: max(0, timeLogged - m.receivedAtWall), queue: queue.description,
-            dlvTlsProtocol: connection?.tlsProtocol ?? "", dlvTlsCipher: connection?.tlsCipher ?? "")
+            dlvTlsProtocol: connection?.tlsProtocol ?? "", dlvTlsCipher: connection?.tlsCipher ?? "",
+            vmtaPool: m.pool ?? "")
     }
 }

@@ -71,6 +71,8 @@ public struct AccountingOutcomeRecord: AccountingRecordEncodable {
         line.endField(start); line.comma()
         line.field(connection?.tlsProtocol); line.comma()
         line.field(connection?.tlsCipher); line.comma()
-        line.endLine()                                           // rcvSmtpUser (r records only)
+        line.comma()                                             // rcvSmtpUser (r records only)
+        line.field(m.pool)
+        line.endLine()
     }
 }

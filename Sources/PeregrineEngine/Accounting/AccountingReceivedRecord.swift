@@ -39,7 +39,8 @@ public struct AccountingReceivedRecord: AccountingRecordEncodable {
         line.field(m.jobId); line.comma()
         line.field(m.envId); line.comma()
         line.raw(",,,,,")                                        // timeFirstAttempt, totalSecondsQueued, queue, dlvTlsProtocol, dlvTlsCipher
-        line.field(smtpUser)                                     // rcvSmtpUser
+        line.field(smtpUser); line.comma()                       // rcvSmtpUser
+        line.field(m.pool)
         line.endLine()
     }
 }
