@@ -25,6 +25,8 @@ public struct AccountingFileOptions: Hashable, Sendable {
     /// `<acct-file |/path/to/program>`: bytes kept for the program while it
     /// does not read (or is being restarted); beyond it whole lines are dropped and counted.
     public var maxPipeBuffered = 8 << 20
+    /// `world-readable`: mode 0644 (the default, as before this option) or, with `no`, 0640.
+    public var worldReadable = true
 
     /// The program of `<acct-file |PROGRAM>`, or nil for a file.
     public var pipeProgram: String? {
@@ -255,7 +257,7 @@ public final class AccountingWriter: @unchecked Sendable {
         mutating func openCurrent(now: Int64) throws(AccountingError) {
             if pipe != nil { return try openPipe(now: now) }
             let path = options.path
-            let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, options.worldReadable ? 0o644 : 0o640)
             guard fd >= 0 else { throw AccountingError.io(path: path, operation: "open", errno: errno) }
             var st = stat()
             guard fstat(fd, &st) == 0 else {

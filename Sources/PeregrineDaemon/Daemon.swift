@@ -295,6 +295,7 @@ public final class Daemon<Loop: EventLoop> {
             o.loopIndex = streamIndex(of: r) & 0xFF
             w.spools[streamIndex(of: r)] = try SpoolWriter(loop: w.loop, directory: r.directory, recovered: r, options: o)
         }
+        for spool in w.spools.values { spool.report = { [unowned self] in self.log("spool: \($0)") } }
         let resolver = DaemonResolver(loop: w.loop, servers: config.dnsServers)
         let router = DaemonRouter(policies: w.policies, mxLookup: resolver.mxLookup, addressLookup: resolver.addressLookup)
         w.setUp(router: router)

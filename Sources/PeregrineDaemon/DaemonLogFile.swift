@@ -27,6 +27,8 @@ public final class DaemonLogFile: @unchecked Sendable {
         public var keep: Int? = 10
         /// Lines waiting for the writer, in bytes, before new ones are dropped.
         public var maxPendingBytes = 4 << 20
+        /// `log-file-world-readable yes`: mode 0644 instead of 0640 (the log names senders and recipients).
+        public var worldReadable = false
 
         public init(path: String) { self.path = path }
     }
@@ -61,7 +63,7 @@ public final class DaemonLogFile: @unchecked Sendable {
         return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
     }
 
-    /// Opens (creates, mode 0640) the file and starts the writer thread.
+    /// Opens (creates, mode 0640 or 0644) the file and starts the writer thread.
     /// Throws when the file cannot be opened: the daemon refuses to start.
     public init(options: Options, wallClock: @escaping @Sendable () -> Int64 = DaemonLogFile.systemWallClock) throws(AccountingError) {
         self.options = options
@@ -197,8 +199,11 @@ public final class DaemonLogFile: @unchecked Sendable {
 
     private func openCurrent(now: Int64) throws(AccountingError) {
         let path = options.path
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        let mode: mode_t = options.worldReadable ? 0o644 : 0o640
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, mode)
         guard fd >= 0 else { throw AccountingError.io(path: path, operation: "open", errno: errno) }
+        // An existing file follows the setting too (the umask does not narrow it further).
+        _ = fchmod(fd, mode)
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let e = errno

@@ -126,6 +126,10 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
 
     public let io: IO
     public let directory: String
+    /// Where the writer's problems are reported (degraded, writable again,
+    /// dropped outcomes, compaction): stderr unless the owner routes them
+    /// (the daemon sends them to its log file too). Called on the loop's thread.
+    public var report: (String) -> Void = { fputs("peregrine spool: \($0)\n", stderr) }
     public let options: SpoolWriterOptions
     /// What is live in this stream (messages, their locations and states).
     public let liveSet: SpoolLiveSet
@@ -363,8 +367,8 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         if pendingOutcomeCount >= options.maxPendingOutcomes {
             stats.outcomesDropped += 1
             if stats.outcomesDropped == 1 {
-                fputs("peregrine spool: \(directory): \(options.maxPendingOutcomes) outcomes waiting to be written; "
-                      + "dropping further ones (those recipients would be delivered again after a restart)\n", stderr)
+                report("\(directory): \(options.maxPendingOutcomes) outcomes waiting to be written; "
+                      + "dropping further ones (those recipients would be delivered again after a restart)")
             }
         } else {
             var serial: UInt64 = 0
@@ -566,7 +570,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
             health = .ok
             retryDelay = 0
             stats.recoveries += 1
-            fputs("peregrine spool: \(directory): writable again\n", stderr)
+            report("\(directory): writable again")
             // Outcomes recorded while the recovering commit was in flight.
             for i in pendingOutcomeHead ..< pendingOutcomes.count where pendingOutcomes[i].serial == 0 {
                 let o = pendingOutcomes[i]
@@ -606,7 +610,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
             if let h = files.removeValue(forKey: n) { io.closeFile(h) }
             segmentsByNumber[n] = nil
             let path = SpoolRecovery.segmentPath(directory: directory, number: n)
-            if let e = io.removeFile(path) { fputs("peregrine spool: \(e)\n", stderr) }
+            if let e = io.removeFile(path) { report("\(e)") }
             liveSet.removeSegment(n)
             stats.segmentsDeleted += 1
             unlinked = true
@@ -654,7 +658,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         if case .failed = health { return }
         if health.isOK {
             stats.faults += 1
-            fputs("peregrine spool: \(error); new messages are refused until a retry succeeds\n", stderr)
+            report("\(error); new messages are refused until a retry succeeds")
         }
         health = .degraded(error)
         recovering = false
@@ -693,13 +697,13 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
                 // empty segment is left before the active one.
                 if let h = files.removeValue(forKey: s.number) { io.closeFile(h) }
                 segmentsByNumber[s.number] = nil
-                if let e = io.removeFile(s.path) { fputs("peregrine spool: retry: \(e)\n", stderr) }
+                if let e = io.removeFile(s.path) { report("retry: \(e)") }
                 liveSet.removeSegment(s.number)
                 removed = true
                 continue
             }
             if let e = io.truncateFile(s.path, length: s.syncedEnd) {
-                fputs("peregrine spool: retry: \(e)\n", stderr)
+                report("retry: \(e)")
                 health = .degraded(e)
                 scheduleRetry()
                 return
@@ -828,7 +832,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
                       let m = SpoolRecordFormat.decodeMessage(payload: UnsafeRawBufferPointer(
                         rebasing: UnsafeRawBufferPointer(buf)[SpoolRecordFormat.headerSize...]))
                 else {
-                    if case .failure(let e) = result { fputs("peregrine spool: compaction: \(e)\n", stderr) }
+                    if case .failure(let e) = result { report("compaction: \(e)") }
                     finishOne(); next(); return
                 }
                 let body = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buf)[Int(loc.bodyOffset)...])

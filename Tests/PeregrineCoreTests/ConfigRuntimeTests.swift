@@ -31,6 +31,13 @@ import Testing
         #expect(r.moveInterval == nil)
     }
 
+    @Test func worldReadable() throws {
+        #expect(try parse("log-file /l\nlog-file-world-readable yes\nlog-rotate 2\n").runtime.logFile?.worldReadable == true)
+        #expect(try parse("log-file /l\n").runtime.logFile?.worldReadable == false)
+        let c = try parse("<acct-file /a.csv>\nworld-readable no\n</acct-file>\n<acct-file /b.csv>\n</acct-file>\n")
+        #expect(c.accountingFiles.map(\.worldReadable) == [false, true])
+    }
+
     @Test func sourceLogSwitches() throws {
         let c = try parse("""
             <source 10.0.0.0/8>

@@ -39,6 +39,24 @@ struct DaemonLogFileTests {
                                              "2026-11-29T08:41:37.255Z reload failed: line two"])
     }
 
+    /// 0640 unless log-file-world-readable: the log names senders and recipients.
+    @Test func theFileIsNotWorldReadableUnlessAsked() throws {
+        let dir = makeTempDir("logfile-mode")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func mode(_ path: String) -> mode_t {
+            var st = stat()
+            return stat(path, &st) == 0 ? st.st_mode & 0o777 : 0
+        }
+        let closed = try DaemonLogFile(options: .init(path: dir + "/log"))
+        closed.close()
+        #expect(mode(dir + "/log") == 0o640)
+        var o = DaemonLogFile.Options(path: dir + "/log")
+        o.worldReadable = true
+        let open = try DaemonLogFile(options: o)
+        open.close()
+        #expect(mode(dir + "/log") == 0o644)
+    }
+
     /// A line that does not fit the pending buffer is dropped and counted,
     /// and the log says so once the writer catches up; later lines get through.
     @Test func aFullBufferDropsAndCountsLines() throws {

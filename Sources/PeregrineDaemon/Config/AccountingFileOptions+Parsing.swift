@@ -25,7 +25,7 @@ extension AccountingFileOptions {
         }
         if pipeProgram != nil {
             // A program reads the records: there is no file to rotate or delete.
-            for node in block.children where ["max-size", "move-interval", "delete-after"].contains(node.name) {
+            for node in block.children where ["max-size", "move-interval", "delete-after", "world-readable"].contains(node.name) {
                 diagnostics.record(node.error("\(node.name) does not apply to \(block.displayName): its records go to a program, not a file"))
             }
             if let program = pipeProgram, !program.hasPrefix("/") {
@@ -38,6 +38,8 @@ extension AccountingFileOptions {
             switch node.name {
             case "record-fields":
                 try applyRecordFields(node, diagnostics: &diagnostics)
+            case "world-readable":
+                worldReadable = try node.value(ConfigValue.bool)
             case "delete-after":
                 if let age = try node.value(ConfigValue.durationOrNever) {
                     guard age >= .seconds(1) else { throw node.error("delete-after must be at least 1s (or never)") }

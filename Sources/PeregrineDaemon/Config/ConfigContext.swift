@@ -13,7 +13,7 @@ enum ConfigContext {
         for name in DKIMSettings.directiveNames { map[name] = "<virtual-mta>, <domain> or <source>" }
         map["virtual-mta"] = "<virtual-mta-pool>"
         map["reply"] = "<smtp-pattern-list>"
-        for name in ["records", "max-size", "move-interval", "record-fields", "delete-after"] { map[name] = "<acct-file>" }
+        for name in ["records", "max-size", "move-interval", "record-fields", "delete-after", "world-readable"] { map[name] = "<acct-file>" }
         for name in ["password", "password-hash"] { map[name] = "<smtp-user>" }
         for name in PeregrineConfig.globalDirectiveNames { map[name] = "the top level" }
         return map

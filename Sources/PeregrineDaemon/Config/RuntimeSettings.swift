@@ -25,7 +25,7 @@ public struct RuntimeSettings: Hashable, Sendable {
         return o
     }
 
-    static let directiveNames = ["log-file", "log-rotate", "run-as-user", "run-as-group", "run-as-root"]
+    static let directiveNames = ["log-file", "log-rotate", "log-file-world-readable", "run-as-user", "run-as-group", "run-as-root"]
 
     /// Applies one top-level directive if it is one of these; false if it is not.
     mutating func apply(_ node: ConfigNode) throws(ConfigError) -> Bool {
@@ -37,7 +37,11 @@ public struct RuntimeSettings: Hashable, Sendable {
             }
             logFilePath = path
         case "log-rotate":
+            let readable = logRotation.worldReadable
             logRotation = try Self.parseRotation(node)
+            logRotation.worldReadable = readable
+        case "log-file-world-readable":
+            logRotation.worldReadable = try node.value(ConfigValue.bool)
         case "run-as-user":
             runAsUser = try node.singleArgument()
         case "run-as-group":
