@@ -27,6 +27,12 @@ extension InjectionHandler {
         worker.daemon.logDetail("smtp \(peer): \(command) -> \(answer)")
     }
 
+    /// The answer to a message once the spool has decided (log-commands); returns `reply`.
+    func loggedResult(_ reply: SMTPReply) -> SMTPReply {
+        if source.logCommands { worker.daemon.logDetail("smtp \(peer): end of DATA -> \(reply)") }
+        return reply
+    }
+
     /// `log-data yes`: the message as received, one log line per message line,
     /// at most `logDataLimit` bytes of it. For debugging a single client: it
     /// puts message contents in the log, so it is off by default.

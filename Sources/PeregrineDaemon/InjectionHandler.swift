@@ -200,8 +200,8 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             guard let self, let connection = self.connection else { return }
             switch result {
             case .success(let id):
-                connection.completeMessage(SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(2, 0, 0),
-                                                     "OK id=\(id) size=\(size)"))
+                connection.completeMessage(self.loggedResult(SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(2, 0, 0),
+                                                     "OK id=\(id) size=\(size)")))
             case .failure(let error):
                 // The peer learns what failed, not the spool's paths (the log and /status have those).
                 let why: String
@@ -210,8 +210,8 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
                 case .loop(_, let e): why = "spool: \(e)"
                 default: why = "spool unavailable"
                 }
-                connection.completeMessage(SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 3, 0),
-                                                     "local error in processing: \(why)"))
+                connection.completeMessage(self.loggedResult(SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 3, 0),
+                                                     "local error in processing: \(why)")))
             }
         }
         return .pending

@@ -105,6 +105,7 @@ import PeregrineTestSupport
         #expect(all.contains("MAIL FROM:<sender@peregrine.test> -> accepted"), "\(all)")
         #expect(all.contains("RCPT TO:<g1@gmail.test> -> accepted"), "\(all)")
         #expect(all.contains("DATA ("), "\(all)")
+        #expect(all.contains("end of DATA -> 250 2.0.0 OK id="), "\(all)")
         #expect(!all.contains("Hello from the end-to-end test"), "log-data is off: no body in the log")
     }
 
