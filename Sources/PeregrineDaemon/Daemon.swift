@@ -488,7 +488,16 @@ public final class Daemon<Loop: EventLoop> {
             log("reload failed, keeping the running config: \(error)")
             return .failure(error)
         }
-        lock.withLock { config = newConfig; currentServerTLSContext = newTLS }
+        let oldRuntime = lock.withLock { () -> RuntimeSettings in
+            let previous = config.runtime
+            config = newConfig
+            currentServerTLSContext = newTLS
+            return previous
+        }
+        if newConfig.runtime != oldRuntime {
+            // The log file is open and root is gone: like the listeners, these keep their start-up values.
+            log("warning: log-file, log-rotate and run-as-* changes take effect at the next start, not on reload")
+        }
         var line = "reloaded \(options.configPath)"
         if let tls = newConfig.serverTLS { line += " (TLS certificate \(tls.certificateFile) re-read)" }
         let done = line

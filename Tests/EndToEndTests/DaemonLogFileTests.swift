@@ -79,6 +79,10 @@ import PeregrineTestSupport
         // A reload, then one that fails (the config no longer parses).
         _ = try d.ctl(["reload"])
         #expect(E2E.waitUntil(20) { Self.index(Self.lines(logPath), "reloaded \(d.configPath)") != nil })
+        // Log settings changed on reload are said to wait for the next start (the file is open).
+        try (config + "log-rotate 3\n").write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        _ = try d.ctl(["reload"])
+        #expect(E2E.waitUntil(20) { Self.index(Self.lines(logPath), "take effect at the next start") != nil })
         try (config + "no-such-directive 1\n").write(toFile: d.configPath, atomically: true, encoding: .utf8)
         _ = try? d.ctl(["reload"])  // refused: the answer is an error
         #expect(E2E.waitUntil(20) { Self.index(Self.lines(logPath), "reload failed") != nil })
