@@ -49,7 +49,7 @@ struct AccountingEncoderTests {
         let expected = "d,2026-11-29 08:41:36+0000,2026-11-29 08:41:06+0000,bounces@sender.example,user@gmail.com,"
             + "rfc822;user@gmail.com,relayed,2.0.0 (success),smtp;250 2.0.0 OK 1795941696 x1si,"
             + "gmail-smtp-in.l.google.com (203.0.113.26),,smtp,,smtp,198.51.100.2,203.0.113.26,yes,4096,"
-            + "vmta1,job-7,env-1,2026-11-29 08:41:16+0000,30,gmail.com/vmta1,,,\r\n"
+            + "vmta1,job-7,env-1,2026-11-29 08:41:16+0000,30,gmail.com/vmta1,,,,\r\n"
         #expect(Self.encoded(r) == expected)
         #expect(Self.viaRecord(r.record) == expected)
         // vmtaPool: the pool the message was injected for, last.
@@ -128,7 +128,7 @@ struct AccountingEncoderTests {
         var pinned = AccountingReceivedRecord(timeLogged: t0, message: Self.message(), recipient: 1,
                                               peer: try SocketAddress(ip: "198.51.100.77", port: 40000))
         #expect(Self.encoded(pinned) == "r,2026-11-29 08:41:36+0000,2026-11-29 08:41:36+0000,bounces@sender.example,"
-                + "user@gmail.com,rfc822;user@gmail.com,,,,,,smtp,198.51.100.77,,,,,4096,vmta1,job-7,env-1,,,,,,\r\n")
+                + "user@gmail.com,rfc822;user@gmail.com,,,,,,smtp,198.51.100.77,,,,,4096,vmta1,job-7,env-1,,,,,,,\r\n")
         // The SMTP AUTH login is rcvSmtpUser (PowerMTA's name), then the pool (vmtaPool) last.
         let authenticated = AccountingReceivedRecord(timeLogged: t0, message: Self.message(), recipient: 1,
                                                      peer: try SocketAddress(ip: "198.51.100.77", port: 40000), smtpUser: "alice")

@@ -76,7 +76,7 @@ struct AccountingCSVTests {
 
     @Test func deliveredLine() {
         let line = sampleRecord(.delivered).csvLine
-        #expect(line == "d,2026-11-29 08:41:36+0000,2026-11-29 08:41:06+0000,bounces@sender.example,user@gmail.com,rfc822;user@gmail.com,relayed,2.0.0 (success),smtp;250 2.0.0 OK,gmail-smtp-in.l.google.com (142.250.1.26),,smtp,client.example (127.0.0.1),smtp,127.0.0.2,127.0.0.10,PIPELINING,8BITMIME,SIZE,4096,vmta1,job-7,env-1,2026-11-29 08:41:16+0000,30,gmail.com/vmta1,,,\r\n"
+        #expect(line == "d,2026-11-29 08:41:36+0000,2026-11-29 08:41:06+0000,bounces@sender.example,user@gmail.com,rfc822;user@gmail.com,relayed,2.0.0 (success),smtp;250 2.0.0 OK,gmail-smtp-in.l.google.com (142.250.1.26),,smtp,client.example (127.0.0.1),smtp,127.0.0.2,127.0.0.10,PIPELINING,8BITMIME,SIZE,4096,vmta1,job-7,env-1,2026-11-29 08:41:16+0000,30,gmail.com/vmta1,,,,\r\n"
                 .replacingOccurrences(of: "PIPELINING,8BITMIME,SIZE", with: "\"PIPELINING,8BITMIME,SIZE\""))
     }
 
