@@ -161,12 +161,15 @@ import Testing
                 queue-to other.test
             </domain>
             total-max-smtp-out 500
+            <rewrite-list r>
+                mail-from *@old.test *@new.test
+            </rewrite-list>
             """, file: "u.conf", diagnostics: &d)
         let lines = d.sortedErrors.map(\.description)
-        #expect(lines.count == 4, "\(lines)")
+        #expect(lines.count == 5, "\(lines)")
         #expect(lines.first == "u.conf:3: max-smtp-out is not supported by Peregrine yet (a cap over all of this virtual-mta's queues; "
                 + "set it per queue with <domain *> max-smtp-out N inside the virtual-mta); it changes delivery, so it is refused rather than ignored")
-        #expect(lines.dropFirst().map { String($0.prefix(while: { $0 != " " })) } == ["u.conf:6:", "u.conf:9:", "u.conf:11:"])
+        #expect(lines.dropFirst().map { String($0.prefix(while: { $0 != " " })) } == ["u.conf:6:", "u.conf:9:", "u.conf:11:", "u.conf:12:"])
         #expect(d.warnings.isEmpty)
     }
 

@@ -275,6 +275,9 @@ extension PeregrineConfig {
         case "smtp-pattern-list":
             let list = try SMTPPatternList(block: node, diagnostics: &diagnostics)
             patternLists[list.name.lowercased()] = list
+        case "rewrite-list":
+            throw node.error("<rewrite-list> is not supported by Peregrine yet (address rewriting); "
+                             + "it changes delivery, so it is refused rather than ignored")
         case "pattern-list":
             let list = try VMTAPatternList(block: node, diagnostics: &diagnostics)
             vmtaPatternLists[list.name] = list
