@@ -89,7 +89,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.testable)
     func theBackoffGrowsAlongTheRetryList(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let scenario = 90
+        let scenario = 186
         let s = try DaemonEndToEndTests.Scenario("failing-growth", scenario, kind)
         let receiver = try FailingReceiver(s.dir, ip: E2E.ip(scenario, kind, host: 1), mode: .greetAndClose)
         defer { receiver.terminate() }
@@ -129,7 +129,7 @@ import PeregrineIO
     @Test(.enabled(if: E2E.mayBindPort25, "binding port 25 needs root or net.ipv4.ip_unprivileged_port_start <= 25"), arguments: BackendKind.testable)
     func aHealthySecondaryMXGetsTheMailWhileThePrimaryFails(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let scenario = 91
+        let scenario = 187
         let s = try DaemonEndToEndTests.Scenario("failing-mx", scenario, kind)
         let primary = E2E.ip(scenario, kind, host: 1), secondary = E2E.ip(scenario, kind, host: 2)
         // MX hosts are reached on port 25: the failing receiver on the
@@ -171,7 +171,7 @@ import PeregrineIO
     @Test(.enabled(if: E2E.mayBindPort25, "binding port 25 needs root or net.ipv4.ip_unprivileged_port_start <= 25"), arguments: BackendKind.testable)
     func smtp421MeansMXUnavailableMovesToTheNextMX(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let scenario = 92
+        let scenario = 188
         let s = try DaemonEndToEndTests.Scenario("mx-421", scenario, kind)
         let primary = E2E.ip(scenario, kind, host: 1), secondary = E2E.ip(scenario, kind, host: 2)
         let receiver = try FailingReceiver(s.dir, ip: primary, port: 25, mode: .acceptOne)

@@ -13,7 +13,7 @@ import PeregrineIO
 /// limits, access-map refusals, TLS required) must end up as the right d/t/b
 /// records (TEST-AUDIT §5 item 5). Postfix relays nowhere (its relayhost is a
 /// closed port): what it accepted stays in its queue, and its log names each
-/// queue id, which the daemon's `d` records must quote. Scenario 173.
+/// queue id, which the daemon's `d` records must quote. Scenario 183 (and 184).
 @Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonPostfixReceiverTests {
     static var script: String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -50,7 +50,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.testable)
     func postfixLimitsAndRefusalsBecomeTheRightRecords(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let scenario = 173
+        let scenario = 183
         let s = try DaemonEndToEndTests.Scenario("postfix-receiver", scenario, kind)
         let pfIP = E2E.ip(scenario, kind, host: 1)
         let footer = "see https://postmaster.peregrine.test/ for help"
@@ -120,7 +120,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.testable)
     func postfixRequiringTLSTakesOnlyTheDaemonsSTARTTLSDeliveries(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let scenario = 174
+        let scenario = 184
         let s = try DaemonEndToEndTests.Scenario("postfix-encrypt", scenario, kind)
         let pfIP = E2E.ip(scenario, kind, host: 1)
         let cert = try TLSReloadSupport.makeCertificate(s.dir, "postfix", commonName: "postfix-peer.peregrine.test")

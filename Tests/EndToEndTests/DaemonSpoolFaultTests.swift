@@ -38,11 +38,11 @@ struct DaemonSpoolFaultTests {
         try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
         guard SpoolTmpfs.mount(spool, kilobytes: 2048) else { Issue.record("\(kind): tmpfs mount failed"); return }
         defer { SpoolTmpfs.unmount(spool) }
-        let ip = E2E.ip(87, kind, host: 9)
+        let ip = E2E.ip(189, kind, host: 9)
         // Deliveries go to a closed port on the scenario's own address: they defer and stay queued.
         let config = daemonConfig(dir, listen: ip, """
             <domain spool.test>
-                route [\(E2E.ip(87, kind, host: 8))]:9
+                route [\(E2E.ip(189, kind, host: 8))]:9
             </domain>
             """)
         let daemon = try DaemonProcess(configPath: try dir.write("peregrine.conf", config), backend: kind, threads: 1,
@@ -127,10 +127,10 @@ struct DaemonSpoolFaultTests {
         for i in Int(last.offset) ..< bytes.count { bytes[i] = 0xEE }
         try Data(bytes).write(to: URL(fileURLWithPath: path))
 
-        let ip = E2E.ip(88, kind, host: 9)
+        let ip = E2E.ip(190, kind, host: 9)
         let config = daemonConfig(dir, listen: ip, """
             <domain spool.test>
-                route [\(E2E.ip(88, kind, host: 8))]:9
+                route [\(E2E.ip(190, kind, host: 8))]:9
             </domain>
             """)
         let daemon = try DaemonProcess(configPath: try dir.write("peregrine.conf", config), backend: kind, threads: 1,

@@ -15,7 +15,7 @@ import PeregrineIO
 /// queued the receiver sees no second connection within the retry interval.
 /// Counts and records, not timings: the retry interval is an hour and the
 /// data-termination timeout ten minutes, so only data-send-timeout can
-/// produce the `t` record within the test's bound. Scenario 171: 127.P.171.x.
+/// produce the `t` record within the test's bound. Scenario 181: 127.P.181.x.
 @Suite(.timeLimit(.minutes(10))) struct DaemonStalledReceiverTests {
     static let bodyBytes = 8 << 20   // far more than the receiver's window and the kernel's send buffer
 
@@ -36,7 +36,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.testable)
     func aReceiverThatStopsReadingTimesOutTheBodySendAndIsBackedOff(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let scenario = 171
+        let scenario = 181
         let s = try DaemonEndToEndTests.Scenario("stalled-receiver", scenario, kind)
         let receiver = try FailingReceiver(s.dir, ip: E2E.ip(scenario, kind, host: 1), mode: .stopReading)
         defer { receiver.terminate() }

@@ -14,7 +14,7 @@ import PeregrineIO
 /// STARTTLS: it delivers to the right certificate, refuses the wrong one
 /// (a deferral, nothing delivered), and without verification the same wrong
 /// certificate is accepted, so the refusal is the hostname check's doing.
-/// Scenario 175.
+/// Scenario 185.
 @Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonTLSVerifyHostnameTests {
     struct TestCA {
         let ca: String, caKey: String
@@ -48,7 +48,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.testable)
     func theDaemonDeliversToTheRightCertificateAndRefusesTheWrongOne(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let scenario = 175
+        let scenario = 185
         let s = try DaemonEndToEndTests.Scenario("tls-verify", scenario, kind)
         let rightIP = E2E.ip(scenario, kind, host: 1), wrongIP = E2E.ip(scenario, kind, host: 2)
         let ca = try TestCA.make(s.dir)

@@ -12,13 +12,13 @@ import PeregrineIO
 /// (reported as a session failure with the body-send reason) and the
 /// connection must close although the send never completes: the loadgen
 /// then finishes on its own. It used to wait for that send forever, so the
-/// run never ended. Every backend of the loadgen. Scenario 172: 127.P.172.x.
+/// run never ended. Every backend of the loadgen. Scenario 182: 127.P.182.x.
 @Suite(.timeLimit(.minutes(10))) struct LoadgenStalledTargetTests {
     @Test(arguments: BackendKind.testable)
     func aTargetThatStopsReadingTimesTheLoadgenOutAndItFinishes(_ kind: BackendKind) throws {
         try kind.requireAvailable()
         let dir = try TestDirectory("loadgen-stalled-\(kind.rawValue)")
-        let receiver = try FailingReceiver(dir, ip: E2E.ip(172, kind, host: 1), mode: .stopReading)
+        let receiver = try FailingReceiver(dir, ip: E2E.ip(182, kind, host: 1), mode: .stopReading)
         defer { receiver.terminate() }
         let summary = dir.file("loadgen.json")
         let loadgen = Process()
