@@ -13,6 +13,9 @@ extension InjectionHandler {
         SMTPReply(code: 454, enhancedCode: EnhancedStatusCode(4, 7, 0),
                   "Too many failed authentication attempts from this address, try again later")
     }
+    static var tooManyAttempts: SMTPReply {
+        SMTPReply(code: 454, enhancedCode: EnhancedStatusCode(4, 7, 0), "Too many authentication attempts under way from this address, try again later")
+    }
     static var loginRevoked: SMTPReply {
         SMTPReply(code: 530, enhancedCode: EnhancedStatusCode(5, 7, 0), "Authentication required (the login is no longer configured)")
     }
@@ -31,10 +34,16 @@ extension InjectionHandler {
             connection?.closeAfterNextReply()
             return .reply(Self.lockedOut)
         }
+        // At most lockout-failures checks at once per address: any more could only be guesses.
+        guard authenticator.beginAttempt(ip: ip, limit: config.auth.lockoutFailures) else {
+            worker.authFailures += 1
+            return .reply(Self.tooManyAttempts)
+        }
         // Acting for another identity (RFC 4616 authzid) is not offered.
         let proxying = !credentials.authorizationIdentity.isEmpty && credentials.authorizationIdentity != credentials.username
         let user = proxying ? nil : config.auth.user(named: credentials.username)
         authenticator.verify(user: user, password: credentials.password, on: worker.loop) { [weak self] ok in
+            authenticator.endAttempt(ip: ip)
             guard let self, let connection = self.connection, !connection.session.isClosed else { return }
             if ok, let user {
                 self.loggedIn(as: user, session: connection.session)

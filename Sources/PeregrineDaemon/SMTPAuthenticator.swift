@@ -34,6 +34,9 @@ final class SMTPAuthenticator: @unchecked Sendable {
     let capacity: Int
     private let lock = NSLock()
     private var failures: [String: FailureEntry] = [:]
+    /// Checks under way per address: many connections sending AUTH at once
+    /// would otherwise queue hashes faster than failures are counted.
+    private var inFlight: [String: Int] = [:]
     private var verified: [String: [UInt8]] = [:]
     /// Keys the cached digests, so that the cache is useless outside this process.
     private let cacheKey: [UInt8]
@@ -75,6 +78,24 @@ final class SMTPAuthenticator: @unchecked Sendable {
     }
 
     var trackedAddresses: Int { lock.withLock { failures.count } }
+
+    /// Starts a check for `ip` unless it already has `limit` under way
+    /// (then the caller answers 454 without hashing). Pair with `endAttempt`.
+    func beginAttempt(ip: String, limit: Int) -> Bool {
+        lock.withLock {
+            let n = inFlight[ip, default: 0]
+            guard n < limit else { return false }
+            inFlight[ip] = n + 1
+            return true
+        }
+    }
+
+    func endAttempt(ip: String) {
+        lock.withLock {
+            let n = inFlight[ip, default: 1] - 1
+            inFlight[ip] = n > 0 ? n : nil
+        }
+    }
 
     /// Called with the lock held and the table full.
     private func evict(now: UInt64, memory: UInt64) {

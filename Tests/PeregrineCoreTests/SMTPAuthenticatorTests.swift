@@ -38,6 +38,15 @@ import Testing
         #expect(a.recordFailure(ip: "198.51.100.1", now: t0 + 120 * Self.second, policy: Self.policy) == .delay(1 * Self.second))
     }
 
+    @Test func attemptsUnderWayAreCappedPerAddress() {
+        let a = SMTPAuthenticator()
+        #expect(a.beginAttempt(ip: "192.0.2.7", limit: 2) && a.beginAttempt(ip: "192.0.2.7", limit: 2))
+        #expect(!a.beginAttempt(ip: "192.0.2.7", limit: 2))
+        #expect(a.beginAttempt(ip: "192.0.2.8", limit: 2))
+        a.endAttempt(ip: "192.0.2.7")
+        #expect(a.beginAttempt(ip: "192.0.2.7", limit: 2))
+    }
+
     @Test func tableIsBounded() {
         let a = SMTPAuthenticator(capacity: 64)
         var now: UInt64 = Self.second
