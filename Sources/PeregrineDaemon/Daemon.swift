@@ -535,7 +535,7 @@ extension QueuedMessage {
     func part(keeping recipients: [Int]) -> QueuedMessage {
         let keep = Set(recipients)
         let s: [RecipientState] = (0..<self.recipients.count).map { keep.contains($0) ? states[$0] : .delivered }
-        let copy = QueuedMessage(id: id, sender: sender, recipients: self.recipients, vmta: vmta, jobId: jobId, envId: envId,
+        let copy = QueuedMessage(id: id, sender: sender, recipients: self.recipients, vmta: vmta, jobId: jobId, envId: envId, ret: ret,
                                  receivedAtWall: receivedAtWall, receivedAt: receivedAt, bodySize: bodySize,
                                  recordLength: recordLength, stream: stream, states: s)
         copy.pool = pool

@@ -193,6 +193,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
                                notify: NotifyFlags(rawValue: $0.notify?.rawValue ?? 0))
             },
             vmta: Array(vmta.utf8), jobID: Array(jobID.utf8), envID: Array(envID.utf8),
+            ret: mail.ret.map { $0 == .full ? DSNReturn.full : .headers } ?? .unspecified,
             receivedAt: wallClockMilliseconds())
         let size = assembled.count
         let pool = worker.policies.config.pool(named: vmtaName)?.name

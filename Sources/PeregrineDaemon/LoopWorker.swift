@@ -253,7 +253,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         let recipients = envelope.recipients.map {
             QueuedMessage.Recipient(address: String(decoding: $0.address, as: UTF8.self),
                                     orcpt: $0.orcpt.isEmpty ? nil : String(decoding: $0.orcpt, as: UTF8.self),
-                                    notify: nil)
+                                    notify: $0.notify)
         }
         var s: [RecipientState]? = nil
         if let states { s = (0..<recipients.count).map { states[$0] } }
@@ -262,6 +262,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                              vmta: vmta.isEmpty ? defaultVMTA : vmta,
                              jobId: envelope.jobID.isEmpty ? nil : String(decoding: envelope.jobID, as: UTF8.self),
                              envId: envelope.envID.isEmpty ? nil : String(decoding: envelope.envID, as: UTF8.self),
+                             ret: envelope.ret,
                              receivedAtWall: envelope.receivedAt / 1000, receivedAt: receivedAt, bodySize: size,
                              recordLength: recordLength, stream: stream, states: s)
     }

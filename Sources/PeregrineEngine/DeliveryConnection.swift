@@ -300,7 +300,8 @@ final class DeliveryConnection<Loop: EventLoop> {
             self.body = body
             let rcpts = item.recipients.map { message.recipients[$0].address }
             let envelope = SMTPClientEnvelope(mailFrom: message.sender, recipients: rcpts, size: message.bodySize,
-                                              envelopeID: message.envId)
+                                              envelopeID: message.envId,
+                                              ret: message.ret == .unspecified ? nil : message.ret == .full ? .full : .headers)
             if session.send(envelope) {
                 pump()
             } else {

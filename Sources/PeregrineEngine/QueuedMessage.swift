@@ -6,9 +6,11 @@ import PeregrineSpool
 public final class QueuedMessage {
     public struct Recipient: Sendable, Equatable {
         public var address: String
+        /// ORCPT as "addr-type;address", xtext-decoded (RFC 3461 §4.2).
         public var orcpt: String?
-        public var notify: String?
-        public init(address: String, orcpt: String? = nil, notify: String? = nil) {
+        /// NOTIFY (empty: not given, which means FAILURE,DELAY; RFC 3461 §4.1).
+        public var notify: NotifyFlags
+        public init(address: String, orcpt: String? = nil, notify: NotifyFlags = []) {
             self.address = address; self.orcpt = orcpt; self.notify = notify
         }
         /// The domain part, lowercased (the queue it belongs to).
@@ -26,6 +28,8 @@ public final class QueuedMessage {
     public let vmta: String
     public let jobId: String?
     public let envId: String?
+    /// RET of MAIL FROM: what a bounce message returns.
+    public let ret: DSNReturn
     /// Wall-clock seconds since 1970 (accounting's timeQueued).
     public let receivedAtWall: Int64
     /// Monotonic nanoseconds (expiry).
@@ -43,7 +47,7 @@ public final class QueuedMessage {
     public var pool: String?
 
     public init(id: MessageID, sender: String, recipients: [Recipient], vmta: String, jobId: String?,
-                envId: String?, receivedAtWall: Int64, receivedAt: UInt64, bodySize: Int,
+                envId: String?, ret: DSNReturn = .unspecified, receivedAtWall: Int64, receivedAt: UInt64, bodySize: Int,
                 recordLength: Int? = nil, stream: Int, states: [RecipientState]? = nil) {
         self.id = id
         self.sender = sender
@@ -51,6 +55,7 @@ public final class QueuedMessage {
         self.vmta = vmta
         self.jobId = jobId
         self.envId = envId
+        self.ret = ret
         self.receivedAtWall = receivedAtWall
         self.receivedAt = receivedAt
         self.bodySize = bodySize

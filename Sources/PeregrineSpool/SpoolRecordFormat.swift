@@ -4,13 +4,14 @@
 /// header (16 bytes, little-endian)
 ///   0  magic     UInt32  0x31475250 ("PRG1")
 ///   4  kind      UInt8   1 = message, 2 = outcome, 3 = segment start, 4 = segment deleted, 5 = padding
-///   5  version   UInt8   0
+///   5  version   UInt8   0; 1 only for a message record whose envelope has a RET byte
 ///   6  reserved  UInt16  0
 ///   8  length    UInt32  payload length
 ///  12  crc       UInt32  CRC32C of header bytes 4..<12, then the payload
 /// payload
 ///   message: id.hi u64, id.lo u64, receivedAt i64,
 ///            sender, vmta, jobID, envID (each varint length + bytes),
+///            [version 1 only: RET u8 (1 FULL, 2 HDRS)],
 ///            recipient count varint, per recipient: address, orcpt
 ///            (varint length + bytes), notify u8, state u8; then the body
 ///            (the rest of the payload).
@@ -21,6 +22,9 @@
 ///   segment deleted: segment number u32 (made durable before the unlink)
 ///   padding: zeros, ignored (the writer's probe that the disk takes writes again)
 /// ```
+/// A message without RET is written as version 0, byte for byte the format
+/// spools written before RET was kept, so old spools recover unchanged and
+/// the hot path pays nothing for it.
 /// The catalogue and the deletion records let recovery tell a segment the
 /// writer removed from one that went missing (deleted by hand, lost).
 /// A reader accepts a record only if the magic, kind, length bound and
@@ -60,6 +64,7 @@ public enum SpoolRecordFormat {
     /// Payload bytes of a message record before the body.
     public static func envelopeSize(_ env: SpoolEnvelope) -> Int {
         var n = 24 + fieldSize(env.sender) + fieldSize(env.vmta) + fieldSize(env.jobID) + fieldSize(env.envID)
+        if env.ret != .unspecified { n += 1 }
         n += varintSize(env.recipients.count)
         for r in env.recipients { n += fieldSize(r.address) + fieldSize(r.orcpt) + 2 }
         return n
@@ -89,6 +94,7 @@ public enum SpoolRecordFormat {
         var w = ByteWriter(out + headerSize)
         w.u64(id.hi); w.u64(id.lo); w.u64(UInt64(bitPattern: env.receivedAt))
         w.field(env.sender); w.field(env.vmta); w.field(env.jobID); w.field(env.envID)
+        if env.ret != .unspecified { w.u8(env.ret.rawValue) }
         w.varint(env.recipients.count)
         for (i, r) in env.recipients.enumerated() {
             w.field(r.address); w.field(r.orcpt); w.u8(r.notify.rawValue)
@@ -96,7 +102,7 @@ public enum SpoolRecordFormat {
         }
         body(&w)
         let payload = w.position
-        finishHeader(kind: .message, payloadLength: payload, at: out)
+        finishHeader(kind: .message, payloadLength: payload, at: out, version: env.ret != .unspecified ? 1 : 0)
         return headerSize + payload
     }
 
@@ -129,10 +135,10 @@ public enum SpoolRecordFormat {
         finishHeader(kind: .padding, payloadLength: payloadLength, at: out)
     }
 
-    static func finishHeader(kind: Kind, payloadLength: Int, at out: UnsafeMutableRawPointer) {
+    static func finishHeader(kind: Kind, payloadLength: Int, at out: UnsafeMutableRawPointer, version: UInt8 = 0) {
         out.storeBytes(of: magic.littleEndian, as: UInt32.self)
         out.storeBytes(of: kind.rawValue, toByteOffset: 4, as: UInt8.self)
-        out.storeBytes(of: 0, toByteOffset: 5, as: UInt8.self)
+        out.storeBytes(of: version, toByteOffset: 5, as: UInt8.self)
         out.storeBytes(of: UInt16(0), toByteOffset: 6, as: UInt16.self)
         out.storeBytes(of: UInt32(payloadLength).littleEndian, toByteOffset: 8, as: UInt32.self)
         var crc = CRC32C.checksum(UnsafeRawBufferPointer(start: out + 4, count: 8))
@@ -159,7 +165,8 @@ public enum SpoolRecordFormat {
         }
         guard base.loadUnaligned(as: UInt32.self).littleEndian == magic,
               let kind = Kind(rawValue: base.load(fromByteOffset: 4, as: UInt8.self)),
-              base.load(fromByteOffset: 5, as: UInt8.self) == 0,
+              base.load(fromByteOffset: 5, as: UInt8.self) == 0
+                || (kind == .message && base.load(fromByteOffset: 5, as: UInt8.self) == 1),
               base.loadUnaligned(fromByteOffset: 6, as: UInt16.self) == 0 else { return .invalid }
         let length = Int(base.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian)
         guard length <= maxPayload else { return .invalid }
@@ -183,12 +190,25 @@ public enum SpoolRecordFormat {
         public var bodyOffset: Int
     }
 
-    /// Decodes a verified message payload. Nil if the payload's inner structure is malformed.
-    public static func decodeMessage(payload: UnsafeRawBufferPointer) -> DecodedMessage? {
+    /// Decodes a verified message record (header and payload; the header's
+    /// version says whether the envelope has a RET byte).
+    public static func decodeMessage(record: UnsafeRawBufferPointer) -> DecodedMessage? {
+        guard record.count >= headerSize else { return nil }
+        return decodeMessage(payload: UnsafeRawBufferPointer(rebasing: record[headerSize...]), version: record[5])
+    }
+
+    /// Decodes a verified message payload written with header `version`.
+    /// Nil if the payload's inner structure is malformed.
+    public static func decodeMessage(payload: UnsafeRawBufferPointer, version: UInt8 = 0) -> DecodedMessage? {
         var r = ByteReader(payload)
         guard let hi = r.u64(), let lo = r.u64(), let t = r.u64(),
-              let sender = r.field(), let vmta = r.field(), let job = r.field(), let envid = r.field(),
-              let count = r.varint(), count <= payload.count else { return nil }
+              let sender = r.field(), let vmta = r.field(), let job = r.field(), let envid = r.field() else { return nil }
+        var ret = DSNReturn.unspecified
+        if version == 1 {
+            guard let b = r.u8(), let v = DSNReturn(rawValue: b), v != .unspecified else { return nil }
+            ret = v
+        }
+        guard let count = r.varint(), count <= payload.count else { return nil }
         var rcpts: [SpoolRecipient] = []
         rcpts.reserveCapacity(count)
         var states = RecipientStates(count: count)
@@ -198,7 +218,7 @@ public enum SpoolRecordFormat {
             rcpts.append(SpoolRecipient(address: a, orcpt: o, notify: NotifyFlags(rawValue: n)))
             if st != .pending { states[i] = st }
         }
-        let env = SpoolEnvelope(sender: sender, recipients: rcpts, vmta: vmta, jobID: job, envID: envid,
+        let env = SpoolEnvelope(sender: sender, recipients: rcpts, vmta: vmta, jobID: job, envID: envid, ret: ret,
                                 receivedAt: Int64(bitPattern: t))
         return DecodedMessage(id: MessageID(hi: hi, lo: lo), envelope: env, states: states,
                               bodyOffset: headerSize + r.position)

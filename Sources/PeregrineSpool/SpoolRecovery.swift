@@ -343,7 +343,7 @@ public enum SpoolRecovery {
                 live.noteWritten(segment: n, bytes: recLen)
                 switch kind {
                 case .message:
-                    guard let m = SpoolRecordFormat.decodeMessage(payload: payload) else {
+                    guard let m = SpoolRecordFormat.decodeMessage(record: here) else {
                         // Checksum good but structure bad: a writer bug, not disk damage. Skip the record.
                         problems.append(.segmentCorrupt(path: path, offset: Int64(offset)))
                         log("\(path): malformed message record at offset \(offset), skipped")

@@ -55,6 +55,14 @@ public struct NotifyFlags: OptionSet, Hashable, Sendable {
     public static let delay = NotifyFlags(rawValue: 8)
 }
 
+/// RFC 3461 RET of MAIL FROM: what a bounce message returns of the original.
+public enum DSNReturn: UInt8, Hashable, Sendable {
+    /// Not given: the original's headers are returned (RFC 3461 §4.3 leaves it to the MTA).
+    case unspecified = 0
+    case full = 1
+    case headers = 2
+}
+
 /// One envelope recipient: address bytes (no angle brackets), ORCPT as given, NOTIFY.
 public struct SpoolRecipient: Hashable, Sendable {
     public var address: [UInt8]
@@ -76,13 +84,15 @@ public struct SpoolEnvelope: Hashable, Sendable {
     public var vmta: [UInt8]
     public var jobID: [UInt8]
     public var envID: [UInt8]
+    /// RET= of MAIL FROM.
+    public var ret: DSNReturn
     /// Reception time, milliseconds since the Unix epoch.
     public var receivedAt: Int64
 
     public init(sender: [UInt8], recipients: [SpoolRecipient], vmta: [UInt8] = [], jobID: [UInt8] = [],
-                envID: [UInt8] = [], receivedAt: Int64) {
+                envID: [UInt8] = [], ret: DSNReturn = .unspecified, receivedAt: Int64) {
         self.sender = sender; self.recipients = recipients; self.vmta = vmta
-        self.jobID = jobID; self.envID = envID; self.receivedAt = receivedAt
+        self.jobID = jobID; self.envID = envID; self.ret = ret; self.receivedAt = receivedAt
     }
 }
 

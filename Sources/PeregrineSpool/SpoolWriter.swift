@@ -829,8 +829,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
                 defer { buf.deallocate() }
                 guard case .success = result, failure == nil,
                       let live = liveSet.entry(id), live.location == loc,
-                      let m = SpoolRecordFormat.decodeMessage(payload: UnsafeRawBufferPointer(
-                        rebasing: UnsafeRawBufferPointer(buf)[SpoolRecordFormat.headerSize...]))
+                      let m = SpoolRecordFormat.decodeMessage(record: UnsafeRawBufferPointer(buf))
                 else {
                     if case .failure(let e) = result { report("compaction: \(e)") }
                     finishOne(); next(); return

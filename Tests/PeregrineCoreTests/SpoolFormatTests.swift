@@ -31,12 +31,73 @@ import Testing
         buf.withUnsafeBytes { raw in
             guard case .record(.message, let plen) = SpoolRecordFormat.frame(raw) else { Issue.record("no frame"); return }
             #expect(plen + SpoolRecordFormat.headerSize == len)
-            let m = SpoolRecordFormat.decodeMessage(payload: UnsafeRawBufferPointer(rebasing: raw[16...]))
+            let m = SpoolRecordFormat.decodeMessage(record: raw)
             #expect(m?.id == id)
             #expect(m?.envelope == env)
             #expect(m?.states == states)
             if let m { #expect(Array(raw[m.bodyOffset...]) == body) }
         }
+    }
+
+    @Test(arguments: [DSNReturn.unspecified, .full, .headers])
+    func retRoundTripsAndOnlyRETChangesTheVersion(_ ret: DSNReturn) {
+        var env = SpoolFixtures.envelope(7, recipients: 3)
+        env.ret = ret
+        let id = MessageID(hi: 3, lo: 4)
+        let body = Array("Subject: x\r\n\r\nbody\r\n".utf8)
+        let len = SpoolRecordFormat.headerSize + SpoolRecordFormat.envelopeSize(env) + body.count
+        var buf = [UInt8](repeating: 0, count: len)
+        let written = buf.withUnsafeMutableBytes { out in
+            body.withUnsafeBytes { SpoolRecordFormat.encodeMessage(id: id, envelope: env, states: nil, body: $0, into: out.baseAddress!) }
+        }
+        #expect(written == len)
+        #expect(buf[5] == (ret == .unspecified ? 0 : 1))
+        buf.withUnsafeBytes { raw in
+            guard case .record(.message, _) = SpoolRecordFormat.frame(raw) else { Issue.record("no frame"); return }
+            let m = SpoolRecordFormat.decodeMessage(record: raw)
+            #expect(m?.envelope == env)
+            #expect(m?.envelope.ret == ret)
+            if let m { #expect(Array(raw[m.bodyOffset...]) == body) }
+        }
+    }
+
+    /// A message record laid out by hand the way spools were written before
+    /// RET was kept (version 0, no RET byte) still frames and decodes.
+    @Test func recordOfTheOldLayoutStillDecodes() {
+        func varfield(_ b: [UInt8]) -> [UInt8] { [UInt8(b.count)] + b }
+        func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+        var payload = le64(11) + le64(12) + le64(1_700_000_000_000)
+        payload += varfield(Array("a@b.example".utf8)) + varfield(Array("vmta1".utf8)) + varfield([]) + varfield(Array("E1".utf8))
+        payload += [1] + varfield(Array("r@c.example".utf8)) + varfield(Array("rfc822;o@c.example".utf8)) + [4, 0]
+        payload += Array("Subject: old\r\n\r\nhi\r\n".utf8)
+        var header: [UInt8] = [0x50, 0x52, 0x47, 0x31, 1, 0, 0, 0]
+        header += (0..<4).map { UInt8(truncatingIfNeeded: payload.count >> (8 * $0)) }
+        var crc = CRC32C.checksum(Array(header[4..<12]))
+        crc = payload.withUnsafeBytes { CRC32C.checksum($0, continuing: crc) }
+        header += (0..<4).map { UInt8(truncatingIfNeeded: crc >> (8 * UInt32($0))) }
+        let record = header + payload
+        record.withUnsafeBytes { raw in
+            guard case .record(.message, _) = SpoolRecordFormat.frame(raw) else { Issue.record("old record does not frame"); return }
+            let m = SpoolRecordFormat.decodeMessage(record: raw)
+            #expect(m?.id == MessageID(hi: 11, lo: 12))
+            #expect(m?.envelope.ret == .unspecified)
+            #expect(m?.envelope.envID == Array("E1".utf8))
+            #expect(m?.envelope.recipients.first?.notify == .failure)
+            #expect(m?.envelope.recipients.first?.orcpt == Array("rfc822;o@c.example".utf8))
+            if let m { #expect(String(decoding: raw[m.bodyOffset...], as: UTF8.self) == "Subject: old\r\n\r\nhi\r\n") }
+        }
+    }
+
+    /// Version 1 exists only for message records: on any other kind it is damage.
+    @Test func versionOneOnAnOutcomeRecordIsInvalid() {
+        var buf = [UInt8](repeating: 0, count: SpoolRecordFormat.outcomeRecordSize)
+        buf.withUnsafeMutableBytes { SpoolRecordFormat.encodeOutcome(id: MessageID(hi: 9, lo: 8), recipient: 1, state: .bounced, into: $0.baseAddress!) }
+        buf[5] = 1
+        var crc = CRC32C.checksum(Array(buf[4..<12]))
+        crc = buf.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[16...]), continuing: crc) }
+        for i in 0..<4 { buf[12 + i] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(i))) }
+        let ok: Bool = buf.withUnsafeBytes { if case .record = SpoolRecordFormat.frame($0) { return true } else { return false } }
+        #expect(!ok)
     }
 
     @Test func outcomeRecordRoundTrip() {

@@ -23,7 +23,10 @@ enum SpoolFixtures {
                                                                       orcpt: $0 == 0 ? "rfc822;orig\(i)@x" : "",
                                                                       notify: [.failure, .delay]) },
                       vmta: Array("vmta-\(i % 4)".utf8), jobID: Array("job-\(i % 7)".utf8),
-                      envID: i % 2 == 0 ? Array("env\(i)".utf8) : [], receivedAt: 1_700_000_000_000 + Int64(i))
+                      envID: i % 2 == 0 ? Array("env\(i)".utf8) : [],
+                      // Both record versions (RET or not) go through every spool test.
+                      ret: [DSNReturn.unspecified, .full, .headers][i % 3],
+                      receivedAt: 1_700_000_000_000 + Int64(i))
     }
 
     static func id(_ i: Int) -> MessageID { MessageID(hi: 0xABCD, lo: UInt64(i)) }

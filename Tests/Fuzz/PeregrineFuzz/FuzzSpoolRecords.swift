@@ -18,7 +18,7 @@ func fuzzSpoolRecords(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             let total = SpoolRecordFormat.headerSize + payloadLength
             precondition(total <= rest.count, "record longer than the segment")
             let payload = UnsafeRawBufferPointer(rebasing: rest[SpoolRecordFormat.headerSize..<total])
-            if kind == .message, let message = SpoolRecordFormat.decodeMessage(payload: payload) {
+            if kind == .message, let message = SpoolRecordFormat.decodeMessage(record: UnsafeRawBufferPointer(rebasing: rest[..<total])) {
                 let body = UnsafeRawBufferPointer(rebasing: rest[message.bodyOffset..<total])
                 let length = SpoolRecordFormat.headerSize + SpoolRecordFormat.envelopeSize(message.envelope) + body.count
                 let again = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 8)
@@ -28,8 +28,8 @@ func fuzzSpoolRecords(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
                 precondition(written == length, "encoded length \(written) differs from the computed \(length)")
                 let bytes = UnsafeRawBufferPointer(again)
                 guard case .record(.message, let payloadLength) = SpoolRecordFormat.frame(bytes),
-                      let decoded = SpoolRecordFormat.decodeMessage(payload: UnsafeRawBufferPointer(
-                          rebasing: bytes[SpoolRecordFormat.headerSize..<(SpoolRecordFormat.headerSize + payloadLength)])) else {
+                      let decoded = SpoolRecordFormat.decodeMessage(record: UnsafeRawBufferPointer(
+                          rebasing: bytes[..<(SpoolRecordFormat.headerSize + payloadLength)])) else {
                     preconditionFailure("re-encoded message record does not frame or decode")
                 }
                 precondition(decoded.id == message.id && decoded.envelope == message.envelope,
