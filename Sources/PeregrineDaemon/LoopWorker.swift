@@ -307,7 +307,10 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     // MARK: DeliveryObserver
 
-    private func outcome(_ message: QueuedMessage, _ recipient: Int, _ state: RecipientState) {
+    /// Bounce and success reports to senders (RFC 3464).
+    private(set) lazy var reports = DSNGenerator(worker: self)
+
+    func outcome(_ message: QueuedMessage, _ recipient: Int, _ state: RecipientState) {
         let stream = message.stream
         let owner = daemon.worker(forStream: stream)
         if owner === self {
@@ -323,14 +326,21 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         delivered += 1
         let now = loop.now
         if now >= message.receivedAt { deliveryLatency.observe(seconds: Double(now - message.receivedAt) / 1e9) }
-        outcome(message, recipient, .delivered)
+        if !reports.report(message, recipient: recipient, action: .relayed, state: .delivered, queue: queue, reply: reply,
+                           connection: connection) {
+            outcome(message, recipient, .delivered)
+        }
         daemon.accounting.log(record(.delivered, message, recipient, queue, reply, connection: connection, category: ""))
     }
 
     public func bounced(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
                         category: String?, connection: DeliveryAttemptInfo?) {
         bounced += 1
-        outcome(message, recipient, category == "message-expired" ? .expired : .bounced)
+        let state: RecipientState = category == "message-expired" ? .expired : .bounced
+        if !reports.report(message, recipient: recipient, action: .failed, state: state, queue: queue, reply: reply,
+                           connection: connection) {
+            outcome(message, recipient, state)
+        }
         daemon.accounting.log(record(.bounced, message, recipient, queue, reply, connection: connection,
                                      category: category ?? "other"))
     }

@@ -9,7 +9,7 @@ extension DomainOverrides {
         "backoff-max-connect-rate", "backoff-retry-after", "backoff-to-normal-after",
         "backoff-to-normal-after-delivery", "queue-priority", "connect-timeout",
         "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
-        "mx-rollup", "bounce-upon-5xx-greeting",
+        "mx-rollup", "bounce-upon-5xx-greeting", "deliver-local-dsn",
     ] + timeoutDirectives.map(\.name)
 
     /// The SMTP client timeouts besides connect-timeout, smtp-greeting-timeout
@@ -85,6 +85,7 @@ extension DomainOverrides {
         case "smtp-421-means-mx-unavailable": smtp421MeansMXUnavailable = try node.value(ConfigValue.bool)
         case "mx-rollup": mxRollup = try node.value(ConfigValue.bool)
         case "bounce-upon-5xx-greeting": bounceUpon5xxGreeting = try node.value(ConfigValue.bool)
+        case "deliver-local-dsn": deliverLocalDSN = try node.value(ConfigValue.bool)
         default:
             guard let timeout = Self.timeoutDirectives.first(where: { $0.name == node.name }) else {
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")

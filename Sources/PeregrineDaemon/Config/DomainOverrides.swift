@@ -39,6 +39,7 @@ public struct DomainOverrides: Hashable, Sendable {
     public var bounceUpon5xxGreeting: Bool?
     public var smtp421MeansMXUnavailable: Bool?
     public var mxRollup: Bool?
+    public var deliverLocalDSN: Bool?
 
     public init() {}
 
@@ -77,5 +78,6 @@ public struct DomainOverrides: Hashable, Sendable {
         if let v = bounceUpon5xxGreeting { s.bounceUpon5xxGreeting = v }
         if let v = smtp421MeansMXUnavailable { s.smtp421MeansMXUnavailable = v }
         if let v = mxRollup { s.mxRollup = v }
+        if let v = deliverLocalDSN { s.deliverLocalDSN = v }
     }
 }

@@ -9,7 +9,7 @@ extension PeregrineConfig {
         "dns-server", "domain-macro", "host-name", "postmaster",
         "smtp-server-tls-certificate", "smtp-server-tls-key", "shutdown-timeout",
         "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
-        "relay-domain",
+        "relay-domain", "dsn-max-rate-per-sender",
     ] + SMTPAuthSettings.globalDirectiveNames + RuntimeSettings.directiveNames
 
     /// Reads, parses and checks a config file; throws the first error.
@@ -224,6 +224,8 @@ extension PeregrineConfig {
             shutdownTimeout = try node.value(ConfigValue.duration)
         case "host-name":
             hostName = try node.value(ConfigValue.domainName)
+        case "dsn-max-rate-per-sender":
+            dsnMaxRatePerSender = try node.value(ConfigValue.rate)
         case "postmaster":
             let address = try node.singleArgument()
             guard address.contains("@"), !address.hasPrefix("@"), !address.hasSuffix("@") else {

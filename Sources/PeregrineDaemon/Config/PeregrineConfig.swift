@@ -50,6 +50,10 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var hostName: String?
     /// `postmaster ADDR`.
     public var postmaster: String?
+    /// `dsn-max-rate-per-sender RATE`: bounce reports one envelope sender gets
+    /// at most (a burst of up to 20, then this rate). PowerMTA has no name for
+    /// it; a list bounced wholesale must not flood its sender.
+    public var dsnMaxRatePerSender: Rate = .limited(count: 100, per: .seconds(3600))
     /// `<source CIDR>` and `<source {NAME}>` blocks in file order.
     public var sources: [SourceSettings] = []
     /// `<smtp-user>` blocks and the AUTH brute-force policy.

@@ -83,6 +83,10 @@ public struct DomainSettings: Hashable, Sendable {
     /// tighten their limits unasked. Operators turn it on for hosted families
     /// (Outlook's hotmail/outlook/live/msn) whose receiver counts per IP.
     public var mxRollup = false
+    /// `deliver-local-dsn`: send bounce (and success) reports to the sender
+    /// when this queue's recipients bounce; ESPs often turn it off and read
+    /// the accounting file instead. The `b` record is written either way.
+    public var deliverLocalDSN = true
 
     public init() {}
 
