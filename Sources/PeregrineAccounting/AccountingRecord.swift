@@ -10,10 +10,14 @@ public enum AccountingRecordType: String, CaseIterable, Hashable, Sendable {
     case transient = "t"
     /// Transient failure of a whole queue (connection level: every MX unreachable).
     case transientQueue = "tq"
-    /// Feedback loop report (reserved; not produced yet).
+    /// Feedback loop report: an ARF complaint read by `<feedback-loop-processor>`.
+    /// Feedback-Type goes in `bounceCat`, the reporting provider in `dsnMta`,
+    /// the original's source IP in `dlvSourceIp` (no columns of their own yet).
     case feedbackLoop = "f"
+    /// Remote (asynchronous) bounce: a bounce report read by `<bounce-processor>`.
+    case remoteBounce = "rb"
 
-    /// Parses `r`, `d`, `b`, `t`, `tq`, `f` (as in `records d,b` of `<acct-file>`).
+    /// Parses `r`, `d`, `b`, `t`, `tq`, `f`, `rb` (as in `records d,b` of `<acct-file>`).
     public init?(code: some StringProtocol) {
         self.init(rawValue: String(code).lowercased())
     }

@@ -104,6 +104,7 @@ public final class AccountingWriter: @unchecked Sendable {
         case .transient: return 8
         case .transientQueue: return 16
         case .feedbackLoop: return 32
+        case .remoteBounce: return 64
         }
     }
 

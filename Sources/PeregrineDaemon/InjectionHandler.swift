@@ -115,6 +115,16 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         }
         let bytes = body.bytes
         logData(bytes)  // log-data (InjectionHandler+Logging.swift)
+        // <bounce-processor>/<feedback-loop-processor>: their recipients' mail is read, not relayed.
+        var relayed = Array(transaction.recipients.indices)
+        if let inbound = worker.inboundReports(for: bytes, recipients: transaction.recipients.map(\.forwardPath),
+                                               peer: peer, helo: session.helo?.domain) {
+            relayed = inbound
+            if relayed.isEmpty {
+                body.clear()
+                return .reply(SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(2, 0, 0), "OK report processed"))
+            }
+        }
         let headers = HeaderSection(bytes)
         var jobID = ""
         var vmtaName = source.defaultVirtualMTA ?? worker.defaultVMTA
@@ -187,7 +197,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
 
         let envelope = SpoolEnvelope(
             sender: Array(mail.reversePath.utf8),
-            recipients: transaction.recipients.map {
+            recipients: relayed.map { transaction.recipients[$0] }.map {
                 SpoolRecipient(address: Array($0.forwardPath.utf8),
                                orcpt: Array(($0.originalRecipient.map { "\($0.addressType);\($0.address)" } ?? "").utf8),
                                notify: NotifyFlags(rawValue: $0.notify?.rawValue ?? 0))

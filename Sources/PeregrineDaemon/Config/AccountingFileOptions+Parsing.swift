@@ -116,7 +116,7 @@ extension ConfigValue {
         for item in text.split(separator: ",") {
             let code = item.trimmingCharacters(in: .whitespaces)
             guard let type = AccountingRecordType(code: code) else {
-                throw ConfigValueError("unknown record type '\(code)' (expected r, d, b, t, tq, f)")
+                throw ConfigValueError("unknown record type '\(code)' (expected r, d, b, t, tq, f, rb)")
             }
             types.insert(type)
         }

@@ -285,6 +285,10 @@ extension PeregrineConfig {
             vmtaPatternLists[list.name] = list
         case "acct-file":
             accountingFiles.append(try AccountingFileOptions(block: node, diagnostics: &diagnostics))
+        case "bounce-processor":
+            bounceProcessor = try InboundProcessorSettings(block: node, diagnostics: &diagnostics)
+        case "feedback-loop-processor":
+            feedbackLoopProcessor = try InboundProcessorSettings(block: node, diagnostics: &diagnostics)
         case "bounce-category-patterns":
             bounceClassifier = try BounceClassifier(block: node, diagnostics: &diagnostics)
         case "smtp-user":

@@ -54,6 +54,10 @@ public struct PeregrineConfig: Hashable, Sendable {
     /// at most (a burst of up to 20, then this rate). PowerMTA has no name for
     /// it; a list bounced wholesale must not flood its sender.
     public var dsnMaxRatePerSender: Rate = .limited(count: 100, per: .seconds(3600))
+    /// `<bounce-processor>`: addresses whose mail is read as bounce reports (`rb` records).
+    public var bounceProcessor: InboundProcessorSettings?
+    /// `<feedback-loop-processor>`: addresses whose mail is read as ARF complaints (`f` records).
+    public var feedbackLoopProcessor: InboundProcessorSettings?
     /// `<source CIDR>` and `<source {NAME}>` blocks in file order.
     public var sources: [SourceSettings] = []
     /// `<smtp-user>` blocks and the AUTH brute-force policy.
