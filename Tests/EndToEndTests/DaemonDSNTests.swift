@@ -28,12 +28,16 @@ struct DaemonDSNTests {
             receiver = try RecordingReceiver(dir, ip: E2E.ip(scenario, kind, host: 1))
         }
         var acctPath: String { dir.file("acct.csv") }
-        var records: [AccountingRecord] { accounting(acctPath) }
+        /// The r/d/b/t/tq file the shared config writes, plus this suite's f/rb file.
+        var records: [AccountingRecord] { accounting(acctPath) + accounting(dir.file("reports.csv")) }
 
         func start(_ domains: String) throws -> DaemonProcess {
             let route = "route [\(receiver.ip)]:\(receiver.port)"
             let config = daemonConfig(dir, listen: listenIP, """
                 host-name mta.peregrine.test
+                <acct-file \(dir.file("reports.csv"))>
+                    records f,rb
+                </acct-file>
                 <domain senders.test>
                     \(route)
                 </domain>
@@ -50,7 +54,7 @@ struct DaemonDSNTests {
 
         /// One transaction with DSN parameters; nil when accepted.
         func inject(from: String, mailParams: String = "", rcpts: [(String, String)], subject: String,
-                    body: String = "Hello from the DSN test.\r\n") throws -> String? {
+                    headers: String = "", body: String = "Hello from the DSN test.\r\n") throws -> String? {
             guard let d = daemon else { return "no daemon" }
             let c = try SinkTestClient(d.listenIP, d.listenPort)
             defer { _ = try? c.command("QUIT") }
@@ -60,7 +64,7 @@ struct DaemonDSNTests {
                 guard let reply = try c.command("RCPT TO:<\(r)>\(params)"), reply.code == 250 else { return "RCPT \(r) refused" }
             }
             guard try c.command("DATA")?.code == 354 else { return "DATA refused" }
-            try c.send("From: <\(from)>\r\nSubject: \(subject)\r\nMessage-ID: <\(subject.replacingOccurrences(of: " ", with: "-"))@senders.test>\r\n\r\n\(body).\r\n")
+            try c.send("From: <\(from)>\r\nSubject: \(subject)\r\nMessage-ID: <\(subject.replacingOccurrences(of: " ", with: "-"))@senders.test>\r\n\(headers)\r\n\(body).\r\n")
             guard let e = try c.reply() else { return "closed after DATA" }
             return e.code == 250 ? nil : "DATA: \(e)"
         }
@@ -213,5 +217,176 @@ struct DaemonDSNTests {
         #expect(r["Status"] == "5.4.7")
         #expect(r["Remote-MTA"] == nil)
         #expect(Self.sameDiagnostic(r["Diagnostic-Code"], record.dsnDiag), "\(r) vs \(record.dsnDiag)")
+    }
+}
+
+/// `<bounce-processor>` and `<feedback-loop-processor>` end to end: reports
+/// sent to the daemon by Python's smtplib (an ARF complaint built with
+/// Python's `email` package, an Exim bounce) and Peregrine's own bounce
+/// report, routed back to its own listener, become `rb` and `f` records;
+/// the processors' recipients are not relayed, the others are.
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct DaemonInboundReportTests {
+    static let sendScript = #"""
+    import sys, smtplib, email
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+    from email.mime.message import MIMEMessage
+    host, port, kind, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    if kind == "arf":
+        report = MIMEMultipart("report", report_type="feedback-report")
+        report["From"] = "<staff@complaints.isp.test>"
+        report["To"] = "<%s>" % rcpt
+        report["Subject"] = "Abuse report"
+        report.attach(MIMEText("This is an abuse report for a message received from 127.0.0.10.\r\n"))
+        fields = MIMEText("", "plain")
+        fields.replace_header("Content-Type", "message/feedback-report")
+        fields.set_payload("Feedback-Type: abuse\r\nUser-Agent: ISP-FBL/2.1\r\nVersion: 1\r\n"
+                           "Original-Mail-From: <news@senders.test>\r\nOriginal-Rcpt-To: <reader@isp.test>\r\n"
+                           "Reporting-MTA: dns; fbl.isp.test\r\nSource-IP: 127.0.0.10\r\n")
+        report.attach(fields)
+        original = email.message_from_string("From: <news@senders.test>\r\nTo: <reader@isp.test>\r\n"
+                                             "Subject: the news\r\nX-Job: fbljob\r\nMessage-ID: <n1@senders.test>\r\n\r\nHello\r\n")
+        report.attach(MIMEMessage(original))
+        data, sender = report.as_bytes(), ""
+    else:
+        data = ("From: Mail Delivery System <Mailer-Daemon@mx.exim.test>\r\n"
+                "Subject: Mail delivery failed: returning message to sender\r\n\r\n"
+                "This message was created automatically by mail delivery software.\r\n\r\n"
+                "A message that you sent could not be delivered to one or more of its\r\n"
+                "recipients. This is a permanent error. The following address(es) failed:\r\n\r\n"
+                "  full@exim.test\r\n    host mx.exim.test [192.0.2.10]\r\n"
+                "    SMTP error from remote mail server after RCPT TO:<full@exim.test>:\r\n"
+                "    552 Mailbox quota exceeded\r\n").encode()
+        sender = ""
+    with smtplib.SMTP(host, port, timeout=30) as s:
+        s.sendmail(sender, [rcpt], data)
+    print("sent")
+    """#
+
+    @Test(arguments: BackendKind.testable)
+    func reportsBecomeRbAndFRecords(_ kind: BackendKind) throws {
+        let s = try DaemonDSNTests.Scenario("inbound", 152, kind)
+        let d = try s.start("""
+            <bounce-processor>
+                <address-list>
+                    address /^bounces[+-].*@bounce\\.peregrine\\.test$/
+                </address-list>
+            </bounce-processor>
+            <feedback-loop-processor>
+                <address-list>
+                    address /^fbl@fbl\\.peregrine\\.test$/
+                </address-list>
+            </feedback-loop-processor>
+            <domain dest.test>
+                ROUTE
+            </domain>
+            <domain bounce.peregrine.test>
+                route [\(s.listenIP)]:2525
+            </domain>
+            """)
+        let python = try #require(findTool("python3"), "python3 not installed")
+        let script = try s.dir.write("send-report.py", Self.sendScript)
+        for (kind, rcpt) in [("arf", "fbl@fbl.peregrine.test"), ("exim", "bounces-exim@bounce.peregrine.test")] {
+            let r = E2E.run(python, [script, d.listenIP, "\(d.listenPort)", kind, rcpt], timeout: 60)
+            #expect(r.status == 0 && r.stdout.contains("sent"), "\(kind): \(r.stderr)")
+        }
+        // Peregrine's own report comes back: the VERP sender routes to this daemon's bounce processor,
+        // in the same transaction as a recipient that is relayed.
+        #expect(try s.inject(from: "bounces+bad-loop=dest.test@bounce.peregrine.test",
+                             rcpts: [("bad-loop@dest.test", ""), ("ok@dest.test", "")],
+                             subject: "loop", headers: "X-Job: loopjob\r\n") == nil)
+        // A report for a processor address and a plain recipient in one transaction: the report is read, the other relayed.
+        #expect(try s.inject(from: "", rcpts: [("bounces+x=dest.test@bounce.peregrine.test", ""), ("ok2@dest.test", "")],
+                             subject: "mixed", body: "Just a note, no bounce in here.\r\n") == nil)
+
+        try #require(E2E.waitUntil(90, every: 0.2) {
+            let r = s.records
+            return r.of(.remoteBounce).count >= 2 && !r.of(.feedbackLoop).isEmpty
+                && r.contains { $0.type == .delivered && $0.rcpt == "ok2@dest.test" }
+        }, "\(kind): \(s.diagnostics)")
+        let records = s.records
+        let f = try #require(records.of(.feedbackLoop).first)
+        #expect(f.rcpt == "reader@isp.test")
+        #expect(f.orig == "news@senders.test")
+        #expect(f.bounceCat == "abuse")
+        #expect(f.dsnMta == "fbl.isp.test")
+        #expect(f.dlvSourceIp == "127.0.0.10")
+        #expect(f.jobId == "fbljob")
+        #expect(f.dsnDiag == "arf;abuse (ISP-FBL/2.1)")
+
+        let exim = try #require(records.of(.remoteBounce).first { $0.rcpt == "full@exim.test" })
+        #expect(exim.bounceCat == "quota-issues")
+        #expect(exim.dsnDiag == "smtp;552 Mailbox quota exceeded")
+
+        let loop = try #require(records.of(.remoteBounce).first { $0.rcpt == "bad-loop@dest.test" }, "\(s.diagnostics)")
+        let original = try #require(records.first { $0.type == .bounced && $0.rcpt == "bad-loop@dest.test" })
+        #expect(loop.jobId == "loopjob")
+        #expect(loop.dsnStatus == original.dsnStatus)
+        #expect(DaemonDSNTests.sameDiagnostic(loop.dsnDiag, original.dsnDiag), "\(loop.dsnDiag) vs \(original.dsnDiag)")
+        #expect(loop.bounceCat == original.bounceCat)
+        #expect(loop.orig == "bounces+bad-loop=dest.test@bounce.peregrine.test")
+
+        // Nothing addressed to a processor reached the receiver; the relayed recipients did.
+        let relayed = s.receiver.messages.flatMap(\.rcpts)
+        #expect(relayed.contains("ok@dest.test") && relayed.contains("ok2@dest.test"))
+        #expect(!relayed.contains { $0.contains("peregrine.test") }, "\(relayed)")
+        #expect(d.log.contains("bounce-processor: message from") && d.log.contains("dropped"), "the unreadable report is logged")
+    }
+
+    /// The sink's asynchronous reports: it bounces and complains about half
+    /// of what it accepted, over SMTP back to the daemon's listener, and the
+    /// processors turn them into `rb` and `f` records for exactly those messages.
+    @Test(arguments: BackendKind.testable)
+    func sinkReportsComeBackAsRecords(_ kind: BackendKind) throws {
+        let s = try DaemonDSNTests.Scenario("sink-reports", 154, kind)
+        let sinkIP = E2E.ip(154, kind, host: 2)
+        // The sink first: its reports go to the daemon's listener (listenIP:2525, known before it starts),
+        // and the daemon routes to the port the sink was given.
+        let profile = try s.dir.write("sink.conf", "time-scale 1\n\n" + sinkProfile("isp", domains: "isp.test", mx: [sinkIP]))
+        let sink = try SinkProcess(["--profile", profile, "--port", "0", "--stats-port", "\(sinkIP):0", "--backend", "epoll",
+                                    "--reports-via", "\(s.listenIP):2525", "--bounce-percent", "50",
+                                    "--complaint-percent", "50", "--bounce-to", "bounces-sink@bounce.peregrine.test",
+                                    "--complaint-to", "fbl@fbl.peregrine.test"])
+        let (sinkHost, sinkPort) = try sink.address("isp")
+        _ = try s.start("""
+            <bounce-processor>
+                <address-list>
+                    address /^bounces[+-].*@bounce\\.peregrine\\.test$/
+                </address-list>
+            </bounce-processor>
+            <feedback-loop-processor>
+                <address-list>
+                    address /^fbl@fbl\\.peregrine\\.test$/
+                </address-list>
+            </feedback-loop-processor>
+            <domain isp.test>
+                route [\(sinkHost)]:\(sinkPort)
+            </domain>
+            """)
+        defer { _ = sink.terminate() }
+        for i in 1...4 {
+            #expect(try s.inject(from: "news@senders.test", rcpts: [("reader\(i)@isp.test", "")], subject: "issue \(i)",
+                                 headers: "X-Job: issue\(i)\r\n") == nil)
+        }
+        try #require(E2E.waitUntil(90, every: 0.2) {
+            let r = s.records
+            return r.of(.remoteBounce).count >= 2 && r.of(.feedbackLoop).count >= 2
+        }, "\(kind): \(s.diagnostics)\nsink: \((try? sink.stats())?["async_reports"] ?? "-")")
+        let records = s.records
+        #expect(records.of(.delivered).filter { $0.rcpt.hasSuffix("@isp.test") }.count == 4)
+        // Every second message the sink accepted (in its arrival order, which the
+        // daemon's parallel connections may change), each linked to its own job.
+        let bounced = records.of(.remoteBounce)
+        #expect(bounced.count == 2 && Set(bounced.map(\.rcpt)).count == 2, "\(bounced)")
+        #expect(bounced.allSatisfy { $0.rcpt.hasPrefix("reader") && $0.rcpt == "reader\($0.jobId.dropFirst("issue".count))@isp.test" },
+                "\(bounced)")
+        #expect(records.of(.remoteBounce).allSatisfy { $0.bounceCat == "bad-mailbox" && $0.dsnStatus.hasPrefix("5.1.1 ") })
+        // Both shares are 50%: the same messages were bounced and complained about.
+        #expect(Set(records.of(.feedbackLoop).map(\.rcpt)) == Set(bounced.map(\.rcpt)))
+        #expect(records.of(.feedbackLoop).allSatisfy { $0.rcpt == "reader\($0.jobId.dropFirst("issue".count))@isp.test" })
+        #expect(records.of(.feedbackLoop).allSatisfy { $0.bounceCat == "abuse" && $0.dsnMta == "mx.isp.sink" && $0.orig == "news@senders.test" })
+        let stats = try sink.stats()["async_reports"] as? [String: Any] ?? [:]
+        #expect(stats["bounces_sent"] as? Int == 2 && stats["complaints_sent"] as? Int == 2 && stats["failed"] as? Int == 0, "\(stats)")
     }
 }

@@ -257,6 +257,7 @@ import PeregrineEngine
         #expect(rb.jobId == "job7")
         #expect(rb.envId == "job7-msg1")
         #expect(rb.srcMta == "mx.dest.test (192.0.2.7)")
+        #expect(rb.orig == "bounces+bad=dest.test@bounce.peregrine.test", "the address the report came to")
         // The line encodes and reads back as an `rb` record.
         let back = try AccountingCSVReader.parse(Array(AccountingRecord.csvHeader) + Array(rb.csvLine.utf8)).first?.record()
         #expect(back == rb)

@@ -35,9 +35,11 @@ struct InboundReportProcessor {
             out.processed = true
             let verp = bounceRcpts.lazy.compactMap { InboundReportParser.verpRecipient(recipients[$0]) }.first
             let bounces = InboundReportParser.bounces(in: message, classifier: classifier, verpRecipient: verp)
+            // A report goes to the original's envelope sender: the address it came to is that sender.
+            let originalSender = recipients[bounceRcpts[0]]
             for b in bounces {
                 out.records.append(AccountingRecord(
-                    type: .remoteBounce, timeLogged: now, orig: b.originalSender, rcpt: b.recipient,
+                    type: .remoteBounce, timeLogged: now, orig: originalSender, rcpt: b.recipient,
                     orcpt: b.originalRecipient, dsnAction: b.action,
                     dsnStatus: AccountingRecord.dsnStatus(enhancedCode: b.status, replyCode: 550),
                     dsnDiag: b.diagnostic, dsnMta: b.remoteMTA, bounceCat: b.category.rawValue,

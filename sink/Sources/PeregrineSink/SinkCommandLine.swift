@@ -12,6 +12,9 @@ public struct SinkOptions: Equatable, Sendable {
     public var stats: String?
     public var dns: String?
     public var recordIds: String?
+    /// `--reports-via` and friends: asynchronous bounces and complaints (SinkAsyncReports).
+    public var asyncReports: SinkAsyncReports.Options?
+    var bouncePercent = 0, complaintPercent = 0, bounceTo: String?, complaintTo: String?
     /// `--tls-cert FILE --tls-key FILE`: STARTTLS on every listener.
     public var tlsCert: String?
     public var tlsKey: String?
@@ -45,6 +48,12 @@ public struct SinkOptions: Equatable, Sendable {
       --stats-port P       serve GET /stats as JSON on 127.0.0.1:P (or ADDR:P)
       --dns ADDR:PORT      answer MX/A queries for every profile domain over UDP
       --record-ids FILE    write "X-Loadgen-Id ARRIVAL-UNIX-NS" for every accepted message, one a line
+                           (flushed at least every half second)
+      --reports-via ADDR:PORT   send asynchronous bounces and ARF complaints over SMTP to this
+                           listener (Peregrine's injection listener)
+      --bounce-percent P   bounce P% of accepted messages after accepting them (RFC 3464 report to
+                           the envelope sender, or --bounce-to ADDRESS)
+      --complaint-percent P  complain about P% of them (RFC 5965 report to --complaint-to ADDRESS)
       --time-scale X       multiply every time constant by X (profiles may set time-scale; 1 = real)
       --seed N             seed for the random choices (latency, random failures)
       --tls-cert FILE      PEM certificate (chain) for STARTTLS on every listener; needs --tls-key
@@ -112,6 +121,19 @@ public struct SinkOptions: Equatable, Sendable {
             case "--record-ids":
                 guard let v = value(), !v.isEmpty else { return fail("--record-ids needs a FILE") }
                 o.recordIds = v
+            case "--reports-via":
+                guard let v = value() else { return fail("--reports-via needs ADDR:PORT") }
+                do { o.asyncReports = SinkAsyncReports.Options(via: try SocketAddress(parsing: v)) } catch {
+                    return fail("--reports-via: \(error)")
+                }
+            case "--bounce-percent", "--complaint-percent":
+                let name = args[i]
+                guard let v = value(), let n = Int(v), (0...100).contains(n) else { return fail("\(name) needs a number 0-100") }
+                if name == "--bounce-percent" { o.bouncePercent = n } else { o.complaintPercent = n }
+            case "--bounce-to", "--complaint-to":
+                let name = args[i]
+                guard let v = value(), v.contains("@") else { return fail("\(name) needs an email address") }
+                if name == "--bounce-to" { o.bounceTo = v } else { o.complaintTo = v }
             case "--time-scale":
                 guard let v = value(), let x = Double(v), x.isFinite, x > 0 else { return fail("--time-scale needs a number above 0") }
                 o.timeScale = x
@@ -145,6 +167,15 @@ public struct SinkOptions: Equatable, Sendable {
         }
         if o.help { return .success(o) }
         if (o.tlsCert == nil) != (o.tlsKey == nil) { return fail("--tls-cert and --tls-key go together") }
+        if o.asyncReports == nil && (o.bouncePercent > 0 || o.complaintPercent > 0) {
+            return fail("--bounce-percent and --complaint-percent need --reports-via ADDR:PORT")
+        }
+        if o.complaintPercent > 0 && o.complaintTo == nil { return fail("--complaint-percent needs --complaint-to ADDRESS") }
+        if var r = o.asyncReports {
+            r.bouncePercent = o.bouncePercent; r.complaintPercent = o.complaintPercent
+            r.bounceTo = o.bounceTo; r.complaintTo = o.complaintTo
+            o.asyncReports = r
+        }
         if o.acceptAll && o.listen == nil { return fail("--accept-all needs --listen ADDR:PORT") }
         if o.listen != nil && !o.acceptAll { return fail("--listen is for --accept-all (profiles listen on their mx addresses)") }
         if o.profiles.isEmpty && !o.acceptAll {

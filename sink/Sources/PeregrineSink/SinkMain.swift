@@ -107,6 +107,7 @@ public enum SinkMain {
         if let path = options.recordIds {
             do { try shared.recordIds(to: path) } catch { complain("--record-ids: \(error)"); return 1 }
         }
+        if let reports = options.asyncReports { shared.asyncReports = SinkAsyncReports(options: reports) }
         Posix.ignoreSIGPIPE()
         return open(options.backend.loopType, options: options, shared: shared, bindings: bindings)
     }
@@ -167,6 +168,7 @@ final class SinkRunner<L: EventLoop>: @unchecked Sendable {
         stopAll()
         for _ in 0..<threadsStarted { finished.wait() }
         shared.finishIds()
+        shared.asyncReports?.finish()
         SinkMain.say(String(decoding: shared.statsJSON(pretty: true), as: UTF8.self))
         fflush(stdout)
         return 0

@@ -76,6 +76,7 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
         case .mailFrom(let m):
             if scanHeaders { scanner.reset() }
             firstBodyChunk = true
+            firstChunkOfReport = true
             shared.lock.withLock {
                 decision = policy.mailFrom(c, sender: m.reversePath, now: now)
                 latency = policy.latency(c, .mail)
@@ -100,6 +101,12 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
                 latency = policy.latency(c, .data)
             }
             if decision == .accept && scanHeaders { shared.record(id: scanner.trimmedValue) }
+            if decision == .accept, let reports = shared.asyncReports {
+                let t = session.transaction
+                reports.accepted(sender: t.mailFrom?.reversePath ?? "", recipient: t.recipients.first?.forwardPath ?? "",
+                                 headers: reportHeaders, reportingHost: conn.provider.profile.hostname, peerIP: conn.ipState.ip)
+            }
+            reportHeaders.removeAll(keepingCapacity: true)
         case .auth:
             return .accept
         case .startTLS:
@@ -154,13 +161,33 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
         }
         if scanHeaders { scanner.scan(chunk) }
         bulkSender?.message.append(contentsOf: chunk)
+        if shared.asyncReports != nil { keepHeaders(chunk) }
     }
+
+    /// The header section of the message being received (up to 64 KB), for a report that quotes it.
+    private var reportHeaders: [UInt8] = []
+    private var reportHeadersDone = false
+    private func keepHeaders(_ chunk: UnsafeRawBufferPointer) {
+        if firstChunkOfReport { reportHeaders.removeAll(keepingCapacity: true); reportHeadersDone = false; firstChunkOfReport = false }
+        guard !reportHeadersDone else { return }
+        for b in chunk {
+            reportHeaders.append(b)
+            let n = reportHeaders.count
+            if (n >= 2 && reportHeaders[n - 1] == 10 && reportHeaders[n - 2] == 10)
+                || (n >= 4 && reportHeaders[(n - 4)...] == [13, 10, 13, 10]) || n >= 65536 {
+                reportHeadersDone = true
+                return
+            }
+        }
+    }
+    private var firstChunkOfReport = true
 
     func smtpSessionDidAbortTransaction(_ session: SMTPServerSession) {
         shared.lock.withLock { shared.policy.reset(conn) }
         if scanHeaders { scanner.reset() }
         bulkSender?.message.removeAll(keepingCapacity: true)
         firstBodyChunk = true
+        firstChunkOfReport = true
     }
 
     // MARK: Connection hooks

@@ -26,17 +26,37 @@ public final class SinkShared: @unchecked Sendable {
     private var idWriteError: String?
     static let idFlushThreshold = 64 * 1024
 
+    /// `--reports-via`: asynchronous bounces and complaints (set before the loops start).
+    public internal(set) var asyncReports: SinkAsyncReports?
+
     public init(policy: SinkPolicy) {
         self.policy = policy
     }
 
-    /// Opens (truncating) the file accepted message ids are written to.
+    /// Opens (truncating) the file accepted message ids are written to, and
+    /// starts the thread that writes the buffer out every `idFlushInterval`:
+    /// a reader (the bench, a test) sees an id within a second of its
+    /// message, not only once 64 KB are buffered or the sink stops.
     public func recordIds(to path: String) throws(IOError) {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw IOError.lastErrno("open \(path)") }
         idFD = fd
         idBuffer.reserveCapacity(Self.idFlushThreshold * 2)
+        let stop = idFlusherStop
+        let thread = Thread { [weak self] in
+            // The semaphore is signalled once, at finishIds; until then each timed-out wait is a flush tick.
+            while stop.wait(timeout: .now() + Self.idFlushInterval) == .timedOut {
+                guard let self else { return }
+                self.idLock.withLock { self.flushIdsLocked() }
+            }
+        }
+        thread.name = "sink-record-ids"
+        thread.start()
     }
+
+    /// At most this long between an accepted message and its id in the file.
+    static let idFlushInterval: DispatchTimeInterval = .milliseconds(500)
+    private let idFlusherStop = DispatchSemaphore(value: 0)
 
     public var isRecordingIds: Bool { idFD >= 0 }
 
@@ -80,6 +100,7 @@ public final class SinkShared: @unchecked Sendable {
 
     /// Writes out buffered ids and closes the file (at exit).
     public func finishIds() {
+        if idFD >= 0 { idFlusherStop.signal() }
         idLock.withLock {
             flushIdsLocked()
             if idFD >= 0 { close(idFD); idFD = -1 }
@@ -121,6 +142,7 @@ public final class SinkShared: @unchecked Sendable {
                 out["record_ids"] = ids
             }
         }
+        if let r = asyncReports { out["async_reports"] = r.statsObject }
         return out
     }
 
