@@ -318,6 +318,9 @@ struct IspMixRun {
             backoff-retry-after 10s
             bounce-after 30m
             smtp-pattern-list receivers
+            # As ESPs run it: bounces are read from the accounting file, no
+            # report goes back to the (synthetic) senders.
+            deliver-local-dsn no
         </domain>
         <domain $gmail>
             max-smtp-out 5
