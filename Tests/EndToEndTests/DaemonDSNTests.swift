@@ -210,6 +210,8 @@ struct DaemonDSNTests {
         let dsn = try parseDSNWithPython(s.dir, try #require(reports.first { $0.data.contains("Subject: expires") }).data)
         #expect(dsn["returned_subject"] as? String == "expires")
         let r = (dsn["per_recipient"] as? [[String: String]] ?? []).first ?? [:]
+        // The b record is in the accounting buffer (flushed every 100 ms); the report may arrive first.
+        try #require(E2E.waitUntil(30, every: 0.1) { s.records.contains { $0.type == .bounced && $0.rcpt == "slow@dest.test" } })
         let record = try #require(s.records.first { $0.type == .bounced && $0.rcpt == "slow@dest.test" })
         #expect(record.bounceCat == "message-expired")
         #expect(r["Final-Recipient"] == "rfc822; slow@dest.test")
@@ -320,7 +322,8 @@ struct DaemonInboundReportTests {
         #expect(exim.dsnDiag == "smtp;552 Mailbox quota exceeded")
 
         let loop = try #require(records.of(.remoteBounce).first { $0.rcpt == "bad-loop@dest.test" }, "\(s.diagnostics)")
-        let original = try #require(records.first { $0.type == .bounced && $0.rcpt == "bad-loop@dest.test" })
+        try #require(E2E.waitUntil(30, every: 0.1) { s.records.contains { $0.type == .bounced && $0.rcpt == "bad-loop@dest.test" } })
+        let original = try #require(s.records.first { $0.type == .bounced && $0.rcpt == "bad-loop@dest.test" })
         #expect(loop.jobId == "loopjob")
         #expect(loop.dsnStatus == original.dsnStatus)
         #expect(DaemonDSNTests.sameDiagnostic(loop.dsnDiag, original.dsnDiag), "\(loop.dsnDiag) vs \(original.dsnDiag)")
