@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import PeregrineIO
 import Glibc
 #endif
 import COpenSSL
@@ -79,12 +80,12 @@ public final class DKIMPrivateKey: @unchecked Sendable {
             let n = i2d_PUBKEY(pkey, &out)
             guard n > 0, let out else { return "" }
             defer { CRYPTO_free(out, #file, #line) }
-            return DKIMBase64.encode(Array(UnsafeBufferPointer(start: out, count: Int(n))))
+            return Base64.encode(Array(UnsafeBufferPointer(start: out, count: Int(n))))
         case .ed25519SHA256:
             var raw = [UInt8](repeating: 0, count: 32)
             var length = 32
             guard EVP_PKEY_get_raw_public_key(pkey, &raw, &length) == 1 else { return "" }
-            return DKIMBase64.encode(Array(raw[0..<length]))
+            return Base64.encode(Array(raw[0..<length]))
         }
     }
 
@@ -124,7 +125,7 @@ public final class DKIMPublicKey: @unchecked Sendable {
             }
         }
         guard let p, !p.isEmpty else { throw DKIMError("key record has no p= (revoked or malformed)") }
-        guard let der = DKIMBase64.decode(p.utf8) else { throw DKIMError("key record p= is not base64") }
+        guard let der = Base64.decode(p.utf8, rules: .folded) else { throw DKIMError("key record p= is not base64") }
         switch kind {
         case "rsa":
             let key: OpaquePointer? = der.withUnsafeBufferPointer { buf in

@@ -1,3 +1,4 @@
+import PeregrineIO
 import COpenSSL
 
 /// Who signs: `d=`, `s=`, the key, and how (the `domain-key` and `dkim-*`
@@ -161,7 +162,7 @@ public final class DKIMSigner {
         }
         guard !first else { throw DKIMError("message has no From field") }
         append(";\r\n\tbh=")
-        bodyHash.withUnsafeBytes { DKIMBase64.encode($0, into: &template) }
+        bodyHash.withUnsafeBytes { Base64.encode($0, into: &template) }
         append(";\r\n\tb=")
         // The signature field itself, b= empty and without its final CRLF (§3.7).
         template.withUnsafeBytes { t in
@@ -177,7 +178,7 @@ public final class DKIMSigner {
         signature.withUnsafeBytes { raw in
             var encoded: [UInt8] = []
             encoded.reserveCapacity(length * 4 / 3 + 4)
-            DKIMBase64.encode(UnsafeRawBufferPointer(rebasing: raw[0..<length]), into: &encoded)
+            Base64.encode(UnsafeRawBufferPointer(rebasing: raw[0..<length]), into: &encoded)
             var i = 0
             while i < encoded.count {
                 if i > 0 { out.append(contentsOf: [13, 10, 9]) }

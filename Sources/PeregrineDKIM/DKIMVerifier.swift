@@ -1,3 +1,4 @@
+import PeregrineIO
 import COpenSSL
 
 /// The outcome of checking one DKIM-Signature field.
@@ -103,8 +104,8 @@ public final class DKIMVerifier {
         let signedNames = h.value.split(separator: ":").map { $0.trimmingFWS().lowercased() }
         result.signedFields = signedNames
         guard signedNames.contains("from") else { result.reason = "h= does not include from"; return result }
-        guard let bhTag = tag("bh"), let bh = DKIMBase64.decode(bhTag.value.utf8) else { result.reason = "missing or bad bh="; return result }
-        guard let bTag = tag("b"), let b = DKIMBase64.decode(bTag.value.utf8), !b.isEmpty else {
+        guard let bhTag = tag("bh"), let bh = Base64.decode(bhTag.value.utf8, rules: .folded) else { result.reason = "missing or bad bh="; return result }
+        guard let bTag = tag("b"), let b = Base64.decode(bTag.value.utf8, rules: .folded), !b.isEmpty else {
             result.reason = "missing or bad b="; return result
         }
         var limit: Int?

@@ -1,3 +1,4 @@
+import PeregrineIO
 /// AUTH (RFC 4954) with PLAIN (RFC 4616) and LOGIN. The session parses the
 /// exchange; the owner checks the credentials (`SMTPServerRequest.auth`) and
 /// may answer later (`.pending`), e.g. after hashing off the loop or after a

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import PeregrineIO
 import Glibc
 #endif
 import COpenSSL
@@ -86,36 +87,9 @@ public struct PasswordHash: Hashable, Sendable {
         return ok == 1 ? out : nil
     }
 
-    static func encodeUnpadded(_ bytes: [UInt8]) -> String {
-        let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-        var out: [UInt8] = []
-        var acc: UInt32 = 0, bits = 0
-        for b in bytes {
-            acc = acc << 8 | UInt32(b); bits += 8
-            while bits >= 6 { bits -= 6; out.append(table[Int((acc >> UInt32(bits)) & 63)]) }
-        }
-        if bits > 0 { out.append(table[Int((acc << UInt32(6 - bits)) & 63)]) }
-        return String(decoding: out, as: UTF8.self)
-    }
+    static func encodeUnpadded(_ bytes: [UInt8]) -> String { Base64.encode(bytes, padded: false) }
 
-    static func decodeUnpadded(_ text: Substring) -> [UInt8]? {
-        var out: [UInt8] = []
-        var acc: UInt32 = 0, bits = 0
-        for b in text.utf8 {
-            let v: UInt32
-            switch b {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): v = UInt32(b - UInt8(ascii: "A"))
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): v = UInt32(b - UInt8(ascii: "a") + 26)
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): v = UInt32(b - UInt8(ascii: "0") + 52)
-            case UInt8(ascii: "+"), UInt8(ascii: "."): v = 62   // "." : passlib's adapted base64
-            case UInt8(ascii: "/"): v = 63
-            default: return nil
-            }
-            acc = acc << 6 | v; bits += 6
-            if bits >= 8 { bits -= 8; out.append(UInt8(truncatingIfNeeded: acc >> UInt32(bits))) }
-        }
-        return out
-    }
+    static func decodeUnpadded(_ text: Substring) -> [UInt8]? { Base64.decode(text.utf8, rules: .unpadded) }
 }
 
 /// SHA-256 of `bytes` (OpenSSL's EVP one-shot).

@@ -93,7 +93,7 @@ struct DaemonDSNTests {
     /// of a message from the null sender makes no report.
     @Test(arguments: BackendKind.testable)
     func bounceReportsFollowNotifyAndMatchTheRecords(_ kind: BackendKind) throws {
-        let s = try Scenario("dsn-notify", 150, kind)
+        let s = try Scenario("dsn-notify", 191, kind)
         _ = try s.start("<domain dest.test>\n    ROUTE\n</domain>")
 
         // A message from the null sender that bounces: a `b` record, never a report.
@@ -176,7 +176,7 @@ struct DaemonDSNTests {
     /// a sender over `dsn-max-rate-per-sender` gets no more reports.
     @Test(arguments: BackendKind.testable)
     func expiryIsReportedAndDeliverLocalDSNNoSendsNone(_ kind: BackendKind) throws {
-        let s = try Scenario("dsn-expiry", 151, kind)
+        let s = try Scenario("dsn-expiry", 192, kind)
         _ = try s.start("""
             dsn-max-rate-per-sender 2/h
             <domain dest.test>
@@ -268,7 +268,7 @@ struct DaemonInboundReportTests {
 
     @Test(arguments: BackendKind.testable)
     func reportsBecomeRbAndFRecords(_ kind: BackendKind) throws {
-        let s = try DaemonDSNTests.Scenario("inbound", 152, kind)
+        let s = try DaemonDSNTests.Scenario("inbound", 193, kind)
         let d = try s.start("""
             <bounce-processor>
                 <address-list>
@@ -342,8 +342,8 @@ struct DaemonInboundReportTests {
     /// processors turn them into `rb` and `f` records for exactly those messages.
     @Test(arguments: BackendKind.testable)
     func sinkReportsComeBackAsRecords(_ kind: BackendKind) throws {
-        let s = try DaemonDSNTests.Scenario("sink-reports", 154, kind)
-        let sinkIP = E2E.ip(154, kind, host: 2)
+        let s = try DaemonDSNTests.Scenario("sink-reports", 194, kind)
+        let sinkIP = E2E.ip(194, kind, host: 2)
         // The sink first: its reports go to the daemon's listener (listenIP:2525, known before it starts),
         // and the daemon routes to the port the sink was given.
         let profile = try s.dir.write("sink.conf", "time-scale 1\n\n" + sinkProfile("isp", domains: "isp.test", mx: [sinkIP]))

@@ -9,7 +9,7 @@ import PeregrineIO
 struct SinkRecordIdsTests {
     @Test func idsReachTheFileWhileTheSinkRuns() throws {
         let dir = try TestDirectory("record-ids")
-        let ip = PrivateLoopback.address(153, 1)
+        let ip = PrivateLoopback.address(195, 1)
         let idsPath = dir.file("ids.txt")
         let sink = try startSink(dir, serviceIP: ip, sinkProfile("plain", domains: "plain.test", mx: [ip]), ids: idsPath)
         defer { _ = sink.terminate() }

@@ -1,3 +1,4 @@
+import PeregrineIO
 import Testing
 import PeregrineSMTP
 
