@@ -6,7 +6,7 @@ import Foundation
 
 /// `log-file`: timestamped lines, rotation like the accounting files, a bounded
 /// pending buffer whose drops are counted and reported in the log itself.
-@Suite("Daemon log file", .timeLimit(.minutes(2)))
+@Suite("Daemon log file", .timeLimit(.minutes(10)))
 struct DaemonLogFileTests {
     static let secondNanos: Int64 = 1_000_000_000
     /// 2026-11-29 08:41:36.250 UTC.
