@@ -13,6 +13,9 @@ public final class ConfigPolicySource: DeliveryPolicySource {
     private var settingsCache: [QueueKey: DomainSettings] = [:]
     private var vmtaCache: [String: VirtualMTA] = [:]
     private var poolCache: [String: (name: String, members: [String])?] = [:]
+    /// The daemon's shared connection caps (one object for every loop, kept across reloads).
+    var connectionBudgetTable: ConnectionBudgets?
+    private var budgetCache: [String: [ConnectionBudget]] = [:]
     /// The VMTA used when the config defines none: no source binding, the host's name.
     public static let defaultVMTAName = "default"
 
@@ -25,6 +28,14 @@ public final class ConfigPolicySource: DeliveryPolicySource {
         settingsCache.removeAll()
         vmtaCache.removeAll()
         poolCache.removeAll()
+        budgetCache.removeAll()
+    }
+
+    public func connectionBudgets(forVMTA name: String) -> [ConnectionBudget] {
+        if let cached = budgetCache[name] { return cached }
+        let found = connectionBudgetTable?.budgets(forVMTA: name) ?? []
+        budgetCache[name] = found
+        return found
     }
 
     public func policy(for queue: QueueKey) -> DomainSettings {

@@ -42,6 +42,8 @@ public final class Daemon<Loop: EventLoop> {
     let implicitTLSListeners: [SocketAddress]
     /// STARTTLS on delivery: one client context for every loop (session resumption per MX).
     public let clientTLSContext: TLSContext?
+    /// total-max-smtp-out and VMTA max-smtp-out, shared by every loop (ConnectionBudget.swift).
+    let connectionBudgets = ConnectionBudgets()
     public private(set) var workers: [LoopWorker<Loop>] = []
     /// Inbound SMTP connection counts shared by every loop (`max-smtp-in`).
     let inboundLimits = InboundConnectionLimits()
@@ -214,6 +216,7 @@ public final class Daemon<Loop: EventLoop> {
             for l in created { l?.stop() }
             return 1
         }
+        connectionBudgets.configure(config)
         workers = created.enumerated().compactMap { i, l in l.map { LoopWorker(index: i, loop: $0, daemon: self, config: config,
                                                                       serverTLSContext: currentServerTLSContext) } }
         pendingStops = workers.count
@@ -494,6 +497,8 @@ public final class Daemon<Loop: EventLoop> {
             currentServerTLSContext = newTLS
             return previous
         }
+        // Before the loops see the new config: their caches then find the new limits.
+        connectionBudgets.configure(newConfig)
         if newConfig.runtime != oldRuntime {
             // The log file is open and root is gone: like the listeners, these keep their start-up values.
             log("warning: log-file, log-rotate and run-as-* changes take effect at the next start, not on reload")

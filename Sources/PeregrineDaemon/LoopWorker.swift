@@ -60,6 +60,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         self.loop = loop
         self.daemon = daemon
         self.policies = ConfigPolicySource(config: config)
+        self.policies.connectionBudgetTable = daemon.connectionBudgets
         self.serverTLSContext = serverTLSContext
         self.defaultVMTA = config.virtualMTAs.first?.name ?? ConfigPolicySource.defaultVMTAName
     }

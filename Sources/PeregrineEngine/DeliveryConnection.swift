@@ -318,6 +318,8 @@ final class DeliveryConnection<Loop: EventLoop> {
     }
 
     private var retired = false
+    /// Asked to quit after its current transaction (reload, priority interruption).
+    var isRetired: Bool { retired }
 
     /// After a reload: finish the current transaction, then QUIT (idle: QUIT now).
     func retire() {

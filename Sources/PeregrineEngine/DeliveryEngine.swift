@@ -35,6 +35,8 @@ public final class DeliveryEngine<Loop: EventLoop> {
     /// MX hosts whose sessions failed, per VMTA (DeliveryEngine+HostBackoff.swift).
     var mxBackoff: [MXHostKey: MXHostBackoff] = [:]
     private var expiredScratch: [DeliveryItem] = []
+    /// Connection slots a shared budget reserved for a queue, not yet used (DeliveryEngine+ConnectionBudget.swift).
+    var reservedSlots: [ReservedSlotKey: Int] = [:]
     private var stopping = false
     private var stopped: (() -> Void)?
 
@@ -48,6 +50,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
     }
 
     public var connectionCount: Int { connections.count }
+    var openConnections: Dictionary<ObjectIdentifier, DeliveryConnection<Loop>>.Values { connections.values }
     var isStopping: Bool { stopping }
     /// How long a connection with nothing to send stays open for new work before QUIT.
     public var idleTimeout: UInt64 = 2_000_000_000
@@ -215,19 +218,29 @@ public final class DeliveryEngine<Loop: EventLoop> {
         queueTimers[key] = (when, handle)
     }
 
-    private func open(_ count: Int, for q: DeliveryQueue) {
+    private func open(_ wanted: Int, for q: DeliveryQueue) {
         guard let vmta = policies.virtualMTA(named: q.key.vmta) else {
             // A queue for an unknown VMTA cannot be delivered; hold it and say why.
             q.lastReply = "no virtual-mta named \(q.key.vmta)"
             return
         }
+        // total-max-smtp-out and the VMTA's max-smtp-out (shared by every loop).
+        // Short of slots the queue waits for one; the connect pacer was already
+        // charged for `wanted`, a small overcount only when both limits bind.
+        let count = takeConnectionSlots(wanted, for: q)
+        guard count > 0 else {
+            q.lastReply = "waiting for a connection slot (total-max-smtp-out or the virtual-mta's max-smtp-out)"
+            return
+        }
         q.connections += count
+        let slotVMTA = q.key.vmta
         router.hosts(for: q.key) { [unowned self] result in
             switch result {
             case .success(let hosts) where !hosts.isEmpty:
                 guard self.hasUsableHost(hosts, vmta: vmta.name) else {
                     // Every MX host failed lately (for another queue of this VMTA): wait like it.
                     q.connections -= count
+                    self.giveConnectionSlots(count, vmta: slotVMTA)
                     let why = hosts.lazy.compactMap { self.backoffReason($0, vmta: vmta.name) }.first ?? "MX hosts backed off"
                     self.deferDestination(q, hosts: hosts, vmta: vmta.name, reply: Self.failureReply(why), info: nil)
                     return
@@ -242,12 +255,15 @@ public final class DeliveryEngine<Loop: EventLoop> {
                 }
             case .success:
                 q.connections -= count
+                self.giveConnectionSlots(count, vmta: slotVMTA)
                 self.noMailHost(q, reason: "no mail host for \(q.key.domain)")
             case .failure(.noMailHost(let why)):
                 q.connections -= count
+                self.giveConnectionSlots(count, vmta: slotVMTA)
                 self.noMailHost(q, reason: why)
             case .failure(.temporary(let why)):
                 q.connections -= count
+                self.giveConnectionSlots(count, vmta: slotVMTA)
                 self.deferQueue(q, reason: "DNS: \(why)")
             }
         }
@@ -309,8 +325,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
             case .permanentFailure:
                 if message.finish(recipient: index, as: .bounced) {
                     bouncedCount += 1
-                    observer.bounced(message, recipient: index, queue: q, reply: r.reply,
-                                     category: policies.bounceCategory(for: r.reply), connection: info)
+                    let reply = Self.interpreting553(r.reply, toRecipient: result.rcptReplies[k], policy: q.policy)
+                    observer.bounced(message, recipient: index, queue: q, reply: reply,
+                                     category: policies.bounceCategory(for: reply), connection: info)
                 }
             case .transientFailure:
                 if forceBounce && !r.isLocal {
@@ -390,6 +407,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
     func connectionClosed(_ c: DeliveryConnection<Loop>, reason: SMTPClientCloseReason?, connectFailure: String?, everReady: Bool) {
         let q = c.queue
         q.connections -= 1
+        giveConnectionSlots(1, vmta: q.key.vmta)
         let now = loop.now
         if stopping { checkStopped(); return }
         if let failure = connectFailure {
@@ -457,6 +475,16 @@ public final class DeliveryEngine<Loop: EventLoop> {
         } else {
             deferDestination(q, hosts: c.hosts, vmta: c.vmta.name, reply: failure, info: c.attemptInfo)
         }
+    }
+
+    /// `smtp-553-means-invalid-mailbox`: a 553 to RCPT without an enhanced
+    /// code is read as 5.1.1 (RFC 5321's "mailbox name not allowed"), so
+    /// that it is recorded and classified as a bad mailbox.
+    static func interpreting553(_ reply: SMTPReply, toRecipient rcptReply: SMTPReply?, policy: DomainSettings) -> SMTPReply {
+        guard policy.smtp553MeansInvalidMailbox, reply.code == 553, reply.enhancedCode == nil, rcptReply == reply else { return reply }
+        var r = reply
+        r.enhancedCode = EnhancedStatusCode(5, 1, 1)
+        return r
     }
 
     /// Whether another open connection of this loop goes to `host` from `c`'s VMTA.

@@ -96,9 +96,14 @@ public protocol DeliveryPolicySource: AnyObject {
     func patternsSeePositiveReplies(queue: QueueKey) -> Bool
     /// Bounce category for a permanent failure.
     func bounceCategory(for reply: SMTPReply) -> String
+    /// The shared connection caps over a VMTA's connections (ConnectionBudget.swift), outermost first.
+    func connectionBudgets(forVMTA name: String) -> [ConnectionBudget]
 }
 
 extension DeliveryPolicySource {
+    /// No shared caps unless the source has them.
+    public func connectionBudgets(forVMTA name: String) -> [ConnectionBudget] { [] }
+
     /// Conservative default: ask for every reply.
     public func patternsSeePositiveReplies(queue: QueueKey) -> Bool { true }
 }

@@ -44,7 +44,7 @@ import Testing
         #expect(error("<domain x.com>\n  frob 1\n</domain>") == "e.conf:9: unknown directive 'frob' in <domain x.com>")
         #expect(error("<domain x.com>\n  always-allow-relaying yes\n</domain>") == "e.conf:9: unknown directive 'always-allow-relaying' in <domain x.com>")
         #expect(error("<source 0/0>\n  max-smtp-out 5\n</source>") == "e.conf:9: unknown directive 'max-smtp-out' in <source 0/0>")
-        #expect(error("<virtual-mta v>\n  max-smtp-out 5\n</virtual-mta>")?.hasPrefix("e.conf:9: max-smtp-out is not supported by Peregrine yet (a cap over all of this virtual-mta's queues") == true)
+        #expect(error("<virtual-mta v>\n  max-smtp-out 0\n</virtual-mta>")?.hasPrefix("e.conf:9: max-smtp-out") == true)
         #expect(error("<virtual-mta v>\n  max-msg-rate 5/h\n</virtual-mta>") == "e.conf:9: unknown directive 'max-msg-rate' in <virtual-mta v>")
         #expect(error("<virtual-mta v>\n  <source 0/0>\n  </source>\n</virtual-mta>") == "e.conf:9: block <source 0/0> is not allowed inside <virtual-mta v>")
         #expect(error("<virtual-mta-pool p>\n  vmta vmta1\n</virtual-mta-pool>") == "e.conf:9: unknown directive 'vmta' in <virtual-mta-pool p> (expected: virtual-mta NAME)")

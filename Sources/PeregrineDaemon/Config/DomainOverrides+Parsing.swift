@@ -9,7 +9,8 @@ extension DomainOverrides {
         "backoff-max-connect-rate", "backoff-retry-after", "backoff-to-normal-after",
         "backoff-to-normal-after-delivery", "queue-priority", "connect-timeout",
         "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
-        "mx-rollup", "bounce-upon-5xx-greeting", "deliver-local-dsn",
+        "mx-rollup", "bounce-upon-5xx-greeting", "deliver-local-dsn", "allow-priority-interruption",
+        "smtp-553-means-invalid-mailbox",
     ] + timeoutDirectives.map(\.name)
 
     /// The SMTP client timeouts besides connect-timeout, smtp-greeting-timeout
@@ -78,6 +79,8 @@ extension DomainOverrides {
         case "backoff-to-normal-after": backoffToNormalAfter = .some(try node.value(ConfigValue.durationOrNever))
         case "backoff-to-normal-after-delivery": backoffToNormalAfterDelivery = try node.value(ConfigValue.bool)
         case "queue-priority": queuePriority = try node.integer(in: 0...100)
+        case "allow-priority-interruption": allowPriorityInterruption = try node.value(ConfigValue.bool)
+        case "smtp-553-means-invalid-mailbox": smtp553MeansInvalidMailbox = try node.value(ConfigValue.bool)
         case "connect-timeout": connectTimeout = try Self.timeout(node)
         case "smtp-greeting-timeout": smtpGreetingTimeout = try Self.timeout(node)
         case "data-send-timeout": dataSendTimeout = try Self.timeout(node)

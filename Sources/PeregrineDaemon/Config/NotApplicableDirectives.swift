@@ -56,20 +56,15 @@ enum NotApplicableDirectives {
     /// it is implemented.
     static let unsupported: [Context: [String: String]] = [
         .global: [
-            "total-max-smtp-out": "a cap on all outbound connections; use max-smtp-out per <domain>",
             "max-cold-virtual-mta-msg": "cold-VMTA warm-up limits",
             "dummy-smtp-port": "a discard listener",
         ],
         .domain: [
-            "smtp-553-means-invalid-mailbox": "reclassifying 553 replies",
             "queue-to": "redirecting a queue to another domain's queue",
             "smtp-hosts": "a fixed MX list; use route [HOST]:PORT for one host",
         ],
         .source: [
             "verp-default": "VERP return paths",
-        ],
-        .virtualMTA: [
-            "max-smtp-out": "a cap over all of this virtual-mta's queues; set it per queue with <domain *> max-smtp-out N inside the virtual-mta",
         ],
     ]
 

@@ -9,7 +9,7 @@ extension PeregrineConfig {
         "dns-server", "domain-macro", "host-name", "postmaster",
         "smtp-server-tls-certificate", "smtp-server-tls-key", "shutdown-timeout",
         "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
-        "relay-domain", "dsn-max-rate-per-sender",
+        "relay-domain", "dsn-max-rate-per-sender", "total-max-smtp-out",
     ] + SMTPAuthSettings.globalDirectiveNames + RuntimeSettings.directiveNames
 
     /// Reads, parses and checks a config file; throws the first error.
@@ -170,6 +170,8 @@ extension PeregrineConfig {
             httpManagementTokenFile = try node.singleArgument()
         case "max-smtp-in", "total-max-smtp-in":
             maxSMTPIn = try node.integer(in: 1...1_000_000)
+        case "total-max-smtp-out":
+            totalMaxSMTPOut = try node.integer(in: 1...1_000_000)
         case "smtp-server-tls-allow-tlsv1", "smtp-server-tls-allow-tlsv1.1":
             // Injection TLS is 1.2 and later (TLSContext.server); 'no' states exactly that.
             if try node.value(ConfigValue.bool) {

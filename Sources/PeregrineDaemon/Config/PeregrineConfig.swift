@@ -30,6 +30,9 @@ public struct PeregrineConfig: Hashable, Sendable {
     /// `max-smtp-in N`: inbound SMTP connections open at once, over every
     /// listener and loop; one more is answered 421 4.7.0 and closed.
     public var maxSMTPIn = 1000
+    /// `total-max-smtp-out`: outbound connections of every queue together;
+    /// nil = no cap beyond each queue's max-smtp-out.
+    public var totalMaxSMTPOut: Int?
     /// `max-smtp-in-errors N`: protocol errors per inbound session before 421 4.7.0 and close.
     public var maxSMTPInErrors = 10
     /// `smtp-idle-timeout DURATION`: how long an injecting client may stay

@@ -88,6 +88,8 @@ extension VirtualMTASettings {
                 }
                 hostName = try node.parse(args[1], ConfigValue.domainName)
                 sourceIP = args[0]
+            case "max-smtp-out":
+                maxSMTPOut = try node.integer(in: 1...100_000)
             default:
                 if try dkim.apply(node) { return }
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")

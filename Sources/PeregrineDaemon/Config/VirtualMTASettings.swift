@@ -12,6 +12,9 @@ public struct VirtualMTASettings: Hashable, Sendable {
     public var domains: [DomainBlock]
     /// `domain-key`, `dkim-sign`, …: signing for mail sent through this VMTA.
     public var dkim = DKIMSettings()
+    /// `max-smtp-out` at VMTA level: connections of all this VMTA's queues
+    /// together (a ConnectionBudget shared by the loops); nil = no such cap.
+    public var maxSMTPOut: Int?
     public var location: ConfigLocation?
 
     public init(name: String, sourceIP: String? = nil, hostName: String? = nil,

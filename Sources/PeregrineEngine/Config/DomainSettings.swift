@@ -41,8 +41,15 @@ public struct DomainSettings: Hashable, Sendable {
     public var backoffToNormalAfter: Duration? = .seconds(3600)
     /// `backoff-to-normal-after-delivery`: leave backoff mode on the first delivery.
     public var backoffToNormalAfterDelivery = false
-    /// `queue-priority` 0...100: higher is served first when connections are scarce.
+    /// `queue-priority` 0...100: higher is served first when connections are
+    /// scarce (total-max-smtp-out, a VMTA's max-smtp-out: ConnectionBudget.swift).
     public var queuePriority = 50
+    /// `allow-priority-interruption`: whether a waiting higher-priority queue
+    /// may ask this queue's connections to quit after their transaction.
+    public var allowPriorityInterruption = true
+    /// `smtp-553-means-invalid-mailbox` (PowerMTA's default yes): a 553 reply
+    /// to RCPT without an enhanced code counts as 5.1.1, bad-mailbox.
+    public var smtp553MeansInvalidMailbox = true
     /// `connect-timeout`.
     public var connectTimeout: Duration = .seconds(120)
     /// `smtp-greeting-timeout`.
