@@ -15,6 +15,8 @@ public final class ConfigPolicySource: DeliveryPolicySource {
     private var poolCache: [String: (name: String, members: [String])?] = [:]
     /// The daemon's shared connection caps (one object for every loop, kept across reloads).
     var connectionBudgetTable: ConnectionBudgets?
+    /// The daemon's shared `max-cold-virtual-mta-msg` counts.
+    public var coldVMTAQuota: ColdVMTAQuota?
     private var budgetCache: [String: [ConnectionBudget]] = [:]
     /// The VMTA used when the config defines none: no source binding, the host's name.
     public static let defaultVMTAName = "default"

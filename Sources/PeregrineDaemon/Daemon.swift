@@ -44,6 +44,8 @@ public final class Daemon<Loop: EventLoop> {
     public let clientTLSContext: TLSContext?
     /// total-max-smtp-out and VMTA max-smtp-out, shared by every loop (ConnectionBudget.swift).
     let connectionBudgets = ConnectionBudgets()
+    /// Today's `max-cold-virtual-mta-msg` counts, shared by every loop.
+    let coldVMTAQuota = ColdVMTAQuota()
     public private(set) var workers: [LoopWorker<Loop>] = []
     /// Inbound SMTP connection counts shared by every loop (`max-smtp-in`).
     let inboundLimits = InboundConnectionLimits()

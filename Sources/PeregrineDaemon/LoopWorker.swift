@@ -61,6 +61,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         self.daemon = daemon
         self.policies = ConfigPolicySource(config: config)
         self.policies.connectionBudgetTable = daemon.connectionBudgets
+        self.policies.coldVMTAQuota = daemon.coldVMTAQuota
         self.serverTLSContext = serverTLSContext
         self.defaultVMTA = config.virtualMTAs.first?.name ?? ConfigPolicySource.defaultVMTAName
     }

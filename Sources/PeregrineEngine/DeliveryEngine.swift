@@ -65,6 +65,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
         for r in recipients { byDomain[message.recipients[r].domain, default: []].append(r) }
         for (domain, rcpts) in byDomain {
             var q = queue(for: QueueKey(domain: domain, vmta: vmta))
+            if let cold = coldQueue(for: q) { q = cold }
             // A pool's disabled member is skipped for this domain.
             if let other = steeringTarget(from: q, for: message, now: loop.now) { q = other }
             let maxRcpt = max(1, q.policy.maxRcptPerTransaction)
@@ -77,6 +78,17 @@ public final class DeliveryEngine<Loop: EventLoop> {
             }
             kick(q)
         }
+    }
+
+    /// `max-cold-virtual-mta-msg`: the queue of VMTA `foo-cold` for this
+    /// domain while today's count lasts and that VMTA exists.
+    private func coldQueue(for q: DeliveryQueue) -> DeliveryQueue? {
+        let limit = q.policy.maxColdVirtualMTAMsg
+        guard limit > 0, let quota = policies.coldVMTAQuota else { return nil }
+        let coldName = q.key.vmta + "-cold"
+        guard policies.virtualMTA(named: coldName) != nil,
+              quota.take(queue: q.key, limit: limit, day: wallClockSeconds() / 86_400) else { return nil }
+        return queue(for: QueueKey(domain: q.key.domain, vmta: coldName))
     }
 
     public func queue(for key: QueueKey) -> DeliveryQueue {

@@ -98,11 +98,14 @@ public protocol DeliveryPolicySource: AnyObject {
     func bounceCategory(for reply: SMTPReply) -> String
     /// The shared connection caps over a VMTA's connections (ConnectionBudget.swift), outermost first.
     func connectionBudgets(forVMTA name: String) -> [ConnectionBudget]
+    /// The shared daily counts of `max-cold-virtual-mta-msg`.
+    var coldVMTAQuota: ColdVMTAQuota? { get }
 }
 
 extension DeliveryPolicySource {
     /// No shared caps unless the source has them.
     public func connectionBudgets(forVMTA name: String) -> [ConnectionBudget] { [] }
+    public var coldVMTAQuota: ColdVMTAQuota? { nil }
 
     /// Conservative default: ask for every reply.
     public func patternsSeePositiveReplies(queue: QueueKey) -> Bool { true }

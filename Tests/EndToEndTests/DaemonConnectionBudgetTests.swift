@@ -140,6 +140,43 @@ import PeregrineAccounting
         #expect(lastHi < firstLo, "delivery order \(order.joined())")
     }
 
+    /// `max-cold-virtual-mta-msg 3/d`: of eight messages to warm.test from
+    /// vmta1, the first three go through vmta1-cold (its own source address,
+    /// as the receiver sees it) and the rest through vmta1; cold.test, with
+    /// no such limit, never uses the cold VMTA.
+    @Test(arguments: BackendKind.testable)
+    func theFirstMessagesOfTheDayGoThroughTheColdVirtualMTA(_ kind: BackendKind) throws {
+        try kind.requireAvailable()
+        let s = try Scenario("budget-cold", 16, kind)
+        let mx = E2E.ip(16, kind, host: 1)
+        let sink = try startSink(s.dir, serviceIP: s.listenIP, sinkProfile("warm", domains: "warm.test plain.test", mx: [mx]))
+        s.sink = sink
+        let port = try sink.address("warm").1
+        let d = try s.startDaemon(daemonConfig(s.dir, listen: s.listenIP, """
+            <virtual-mta vmta1-cold>
+                smtp-source-host 127.0.0.13 cold.vmta1.test
+            </virtual-mta>
+            <domain warm.test>
+                route [\(mx)]:\(port)
+                max-cold-virtual-mta-msg 3/d
+            </domain>
+            <domain plain.test>
+                route [\(mx)]:\(port)
+            </domain>
+            """))
+        let c = try d.client()
+        for m in 0..<8 { #expect(try c.send(to: ["u\(m)@warm.test", "u\(m)@plain.test"], id: "cold-\(m)") == nil) }
+        c.quit()
+        #expect(s.waitForFinals(16, timeout: 60), "\(s.diagnostics)")
+        let finals = s.records.finals
+        #expect(finals.allSatisfy { $0.type == .delivered }, "\(finals.map(\.dsnDiag))")
+        let warm = finals.filter { $0.rcpt.hasSuffix("@warm.test") }, plain = finals.filter { $0.rcpt.hasSuffix("@plain.test") }
+        #expect(warm.filter { $0.vmta == "vmta1-cold" }.count == 3 && warm.filter { $0.vmta == "vmta1" }.count == 5, "\(warm.map(\.vmta))")
+        #expect(plain.allSatisfy { $0.vmta == "vmta1" }, "\(plain.map(\.vmta))")
+        #expect(warm.filter { $0.vmta == "vmta1-cold" }.allSatisfy { $0.dlvSourceIp == "127.0.0.13" })
+        #expect(try sink.ipStats("warm", "127.0.0.13")["messages_accepted"] as? Int == 3)
+    }
+
     /// A 553 to RCPT without an enhanced code is a bad mailbox (5.1.1) by
     /// default, as in PowerMTA; `smtp-553-means-invalid-mailbox no` keeps the
     /// reply as it came (5.0.0, classified by its text).

@@ -71,6 +71,14 @@ import PeregrineIO
         #expect(budget.snapshot == .init(limit: 2, used: 2, waiting: 0))
     }
 
+    @Test func coldVMTAQuotaCountsPerQueuePerDay() {
+        let quota = ColdVMTAQuota()
+        let gmail = QueueKey(domain: "gmail.com", vmta: "v"), yahoo = QueueKey(domain: "yahoo.com", vmta: "v")
+        #expect((0..<5).map { _ in quota.take(queue: gmail, limit: 3, day: 100) } == [true, true, true, false, false])
+        #expect(quota.take(queue: yahoo, limit: 3, day: 100))
+        #expect(quota.take(queue: gmail, limit: 3, day: 101))
+    }
+
     @Test func theTableKeepsBudgetsAcrossReloads() {
         let table = ConnectionBudgets()
         table.configure(total: 10, perVMTA: ["vmta1": 3])

@@ -10,7 +10,7 @@ extension DomainOverrides {
         "backoff-to-normal-after-delivery", "queue-priority", "connect-timeout",
         "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
         "mx-rollup", "bounce-upon-5xx-greeting", "deliver-local-dsn", "allow-priority-interruption",
-        "smtp-553-means-invalid-mailbox",
+        "smtp-553-means-invalid-mailbox", "max-cold-virtual-mta-msg",
     ] + timeoutDirectives.map(\.name)
 
     /// The SMTP client timeouts besides connect-timeout, smtp-greeting-timeout
@@ -43,6 +43,21 @@ extension DomainOverrides {
             seen[node.name] = node.location.line
             do { try apply(node, in: block) } catch { diagnostics.record(error) }
         }
+    }
+
+    /// `max-cold-virtual-mta-msg N/d` (or `N/day`, `0`). PowerMTA also takes
+    /// a list of daily limits; Peregrine takes one and says so.
+    private static func dailyLimit(_ node: ConfigNode) throws(ConfigError) -> Int {
+        let text = node.arguments.joined(separator: ",")
+        if text.contains(",") {
+            throw node.error("\(node.name): a list of daily limits is not supported yet; give one, as in 500/d")
+        }
+        if text == "0" { return 0 }
+        let parts = text.lowercased().split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts[1] == "d" || parts[1] == "day", parts[0].count <= 9, let n = Int(parts[0]), n >= 0 else {
+            throw node.error("\(node.name): '\(text)' is not a daily limit (expected N/d, as in 500/d)")
+        }
+        return n
     }
 
     /// A timeout: a duration longer than zero (a zero timer would end every session at once).
@@ -79,6 +94,7 @@ extension DomainOverrides {
         case "backoff-to-normal-after": backoffToNormalAfter = .some(try node.value(ConfigValue.durationOrNever))
         case "backoff-to-normal-after-delivery": backoffToNormalAfterDelivery = try node.value(ConfigValue.bool)
         case "queue-priority": queuePriority = try node.integer(in: 0...100)
+        case "max-cold-virtual-mta-msg": maxColdVirtualMTAMsg = try Self.dailyLimit(node)
         case "allow-priority-interruption": allowPriorityInterruption = try node.value(ConfigValue.bool)
         case "smtp-553-means-invalid-mailbox": smtp553MeansInvalidMailbox = try node.value(ConfigValue.bool)
         case "connect-timeout": connectTimeout = try Self.timeout(node)

@@ -24,6 +24,7 @@ public struct DomainOverrides: Hashable, Sendable {
     public var backoffToNormalAfter: Duration??
     public var backoffToNormalAfterDelivery: Bool?
     public var queuePriority: Int?
+    public var maxColdVirtualMTAMsg: Int?
     public var allowPriorityInterruption: Bool?
     public var smtp553MeansInvalidMailbox: Bool?
     public var connectTimeout: Duration?
@@ -65,6 +66,7 @@ public struct DomainOverrides: Hashable, Sendable {
         if let v = backoffToNormalAfter { s.backoffToNormalAfter = v }
         if let v = backoffToNormalAfterDelivery { s.backoffToNormalAfterDelivery = v }
         if let v = queuePriority { s.queuePriority = v }
+        if let v = maxColdVirtualMTAMsg { s.maxColdVirtualMTAMsg = v }
         if let v = allowPriorityInterruption { s.allowPriorityInterruption = v }
         if let v = smtp553MeansInvalidMailbox { s.smtp553MeansInvalidMailbox = v }
         if let v = connectTimeout { s.connectTimeout = v }

@@ -56,7 +56,6 @@ enum NotApplicableDirectives {
     /// it is implemented.
     static let unsupported: [Context: [String: String]] = [
         .global: [
-            "max-cold-virtual-mta-msg": "cold-VMTA warm-up limits",
             "dummy-smtp-port": "a discard listener",
         ],
         .domain: [

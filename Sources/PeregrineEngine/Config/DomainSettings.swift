@@ -15,6 +15,10 @@ public struct DomainSettings: Hashable, Sendable {
     public var maxConnectRate: Rate = .unlimited
     /// `max-rcpt-per-transaction`.
     public var maxRcptPerTransaction = 1000
+    /// `max-cold-virtual-mta-msg N/d`: the first N messages a day for this
+    /// domain from VMTA `foo` go through `foo-cold` instead, when that VMTA
+    /// exists (an IP being warmed up). 0: none.
+    public var maxColdVirtualMTAMsg = 0
     /// `retry-after`: delays after each transient failure (the last repeats).
     public var retryAfter = RetrySchedule([.seconds(600)])
     /// `bounce-after`: a recipient still undelivered this long after queueing bounces (message-expired).
