@@ -233,6 +233,11 @@ extension Daemon {
                             "acceptFailures": sum(\.acceptFailures)],
             "queued": ["queues": queues.count, "ready": queues.reduce(0) { $0 + $1.ready },
                        "delayed": queues.reduce(0) { $0 + $1.delayed }],
+            // total-max-smtp-out and VMTA max-smtp-out: slots in use and queues waiting for one.
+            "connectionBudgets": connectionBudgets.all.map { b -> [String: Any] in
+                let s = b.snapshot
+                return ["name": b.name, "limit": s.limit, "used": s.used, "waitingQueues": s.waiting]
+            },
             // Per loop (SO_REUSEPORT spreads connections by a hash): lets a
             // test or an operator see that every loop takes connections.
             "loops": snaps.enumerated().map { i, s in

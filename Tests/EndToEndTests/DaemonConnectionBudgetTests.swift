@@ -78,6 +78,12 @@ import PeregrineAccounting
             """))
         let expected = try Self.injectAcrossDomains(d, messages: 3, perDomain: 6)
         try Self.expectCapHeld(s, sourceIP: "127.0.0.10", expected: expected)
+        // /status shows the cap, and every slot back once the connections closed.
+        #expect(E2E.waitUntil(30) {
+            let budgets = (try? E2E.json(try E2E.httpGet("\(s.listenIP):8125", "/status")))?["connectionBudgets"] as? [[String: Any]]
+            return budgets?.count == 1 && budgets?[0]["name"] as? String == "total-max-smtp-out"
+                && budgets?[0]["limit"] as? Int == 2 && budgets?[0]["used"] as? Int == 0
+        }, "\(d.log)")
     }
 
     @Test(arguments: BackendKind.testable)
