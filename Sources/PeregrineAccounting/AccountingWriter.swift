@@ -257,17 +257,7 @@ public final class AccountingWriter: @unchecked Sendable {
 
         mutating func openCurrent(now: Int64) throws(AccountingError) {
             if pipe != nil { return try openPipe(now: now) }
-            let path = options.path
-            let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, options.worldReadable ? 0o644 : 0o640)
-            guard fd >= 0 else { throw AccountingError.io(path: path, operation: "open", errno: errno) }
-            var st = stat()
-            guard fstat(fd, &st) == 0 else {
-                let e = errno
-                Glibc.close(fd)
-                throw AccountingError.io(path: path, operation: "fstat", errno: e)
-            }
-            self.fd = fd
-            fileSize = Int64(st.st_size)
+            (fd, fileSize) = try RotatedFiles.openForAppend(options.path, worldReadable: options.worldReadable)
             if fileSize == 0 {
                 let header = columns.header
                 if let e = writeAll(header) { throw e }
@@ -283,11 +273,7 @@ public final class AccountingWriter: @unchecked Sendable {
         }
 
         mutating func scheduleInterval(now: Int64) {
-            if let iv = options.moveInterval, iv > 0 {
-                nextIntervalRotation = (AccountingTimestamp.floorDiv(now, iv) + 1) * iv
-            } else {
-                nextIntervalRotation = nil
-            }
+            nextIntervalRotation = RotatedFiles.nextIntervalRotation(after: now, interval: options.moveInterval)
         }
 
         /// Rotates when the interval has passed (and the file holds records;

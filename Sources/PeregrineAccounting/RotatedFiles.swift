@@ -7,6 +7,30 @@ import Glibc
 /// `<acct-file>`, `log-rotate N` for the log file. Shared by `AccountingWriter`
 /// and the daemon's log file, so both rotate the same way.
 public enum RotatedFiles {
+    /// Opens (creating) the current file for appending, with mode 0644 or
+    /// 0640 also on an existing file (the umask does not narrow it further),
+    /// and returns its descriptor and size.
+    public static func openForAppend(_ path: String, worldReadable: Bool) throws(AccountingError) -> (fd: Int32, size: Int64) {
+        let mode: mode_t = worldReadable ? 0o644 : 0o640
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw AccountingError.io(path: path, operation: "open", errno: errno) }
+        _ = fchmod(fd, mode)
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = errno
+            close(fd)
+            throw AccountingError.io(path: path, operation: "fstat", errno: e)
+        }
+        return (fd, Int64(st.st_size))
+    }
+
+    /// When a file rotated every `interval` seconds (on multiples of it, UTC)
+    /// next rotates after `now`; nil when it does not rotate by time.
+    public static func nextIntervalRotation(after now: Int64, interval: Int64?) -> Int64? {
+        guard let iv = interval, iv > 0 else { return nil }
+        return (AccountingTimestamp.floorDiv(now, iv) + 1) * iv
+    }
+
     /// The name `path` is renamed to when rotated at `now` (UTC seconds): the
     /// first of `STEM-YYYYMMDD-HHMMSS.EXT`, `…-1.EXT`, `…-2.EXT` that does not exist.
     public static func name(for path: String, now: Int64) -> String {

@@ -181,7 +181,7 @@ public final class DaemonLogFile: @unchecked Sendable {
             }
             if rotateNow { rotateFile(now: now) }
             if let next = nextIntervalRotation, now >= next {
-                if fileSize > 0 { rotateFile(now: now) } else { scheduleInterval(now: now) }
+                if fileSize > 0 { rotateFile(now: now) } else { nextIntervalRotation = RotatedFiles.nextIntervalRotation(after: now, interval: options.moveInterval) }
             }
             if let max = options.maxSize, fileSize > 0, fileSize + Int64(batch.count) > max { rotateFile(now: now) }
             if !batch.isEmpty { writeAll(batch) }
@@ -198,29 +198,8 @@ public final class DaemonLogFile: @unchecked Sendable {
     }
 
     private func openCurrent(now: Int64) throws(AccountingError) {
-        let path = options.path
-        let mode: mode_t = options.worldReadable ? 0o644 : 0o640
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw AccountingError.io(path: path, operation: "open", errno: errno) }
-        // An existing file follows the setting too (the umask does not narrow it further).
-        _ = fchmod(fd, mode)
-        var st = stat()
-        guard fstat(fd, &st) == 0 else {
-            let e = errno
-            Glibc.close(fd)
-            throw AccountingError.io(path: path, operation: "fstat", errno: e)
-        }
-        self.fd = fd
-        fileSize = Int64(st.st_size)
-        scheduleInterval(now: now)
-    }
-
-    private func scheduleInterval(now: Int64) {
-        if let iv = options.moveInterval, iv > 0 {
-            nextIntervalRotation = (now >= 0 ? now / iv : (now - iv + 1) / iv) * iv + iv
-        } else {
-            nextIntervalRotation = nil
-        }
+        (fd, fileSize) = try RotatedFiles.openForAppend(options.path, worldReadable: options.worldReadable)
+        nextIntervalRotation = RotatedFiles.nextIntervalRotation(after: now, interval: options.moveInterval)
     }
 
     private func rotateFile(now: Int64) {
