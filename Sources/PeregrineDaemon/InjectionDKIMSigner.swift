@@ -89,6 +89,7 @@ final class InjectionDKIMSigner {
         case .any: return true
         case .name(let n): return n == domain
         case .macro(let m): return config.domainMacros[m]?.contains(domain) ?? false
+        case .subdomains: return pattern.matches(domain)
         }
     }
 

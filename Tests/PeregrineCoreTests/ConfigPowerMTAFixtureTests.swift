@@ -297,3 +297,39 @@ import Testing
         #expect(d.errors.map(\.location.line) == [9] && d.errors.first?.message.hasPrefix("dk-sign yes is refused") == true)
     }
 }
+
+/// `<domain *.parent>` and `<domain [*.]parent>`: subdomains (and the parent
+/// itself with the brackets), ranked between macros and exact names, a
+/// longer parent closer than a shorter one.
+@Suite struct ConfigWildcardDomainTests {
+    @Test func wildcardBlocksApplyBySpecificity() throws {
+        let config = try PeregrineConfig.parse("""
+            <domain *>
+                max-smtp-out 1
+            </domain>
+            <domain *.mail.yandex.ru>
+                max-smtp-out 3
+            </domain>
+            <domain [*.]Yandex.RU>
+                max-smtp-out 2
+                retry-after 7m
+            </domain>
+            <domain mx.mail.yandex.ru>
+                max-smtp-out 4
+            </domain>
+            """, file: "w.conf")
+        let out = { (d: String) in config.settings(forDomain: d).maxSMTPOut }
+        #expect(out("yandex.ru") == 2 && out("a.yandex.ru") == 2 && out("mail.yandex.ru") == 2)
+        #expect(out("b.mail.yandex.ru") == 3 && out("mx.mail.yandex.ru") == 4 && out("other.ru") == 1)
+        #expect(out("notyandex.ru") == 1, "a suffix match is on a label boundary")
+        #expect(config.settings(forDomain: "b.mail.yandex.ru").retryAfter == config.settings(forDomain: "yandex.ru").retryAfter)
+    }
+
+    @Test func aWildcardWithoutAParentIsAnError() {
+        for tag in ["*.", "[*.]", "*.*.x.test", "[*.]x..test"] {
+            var d = ConfigDiagnostics()
+            _ = PeregrineConfig.parse("<domain \(tag)>\n  max-smtp-out 2\n</domain>\n", file: "w.conf", diagnostics: &d)
+            #expect(d.sortedErrors.first?.description.hasPrefix("w.conf:1:") == true, "\(tag): \(d.sortedErrors)")
+        }
+    }
+}

@@ -8,30 +8,36 @@ extension PeregrineConfig {
     /// Layers, least to most specific, each overriding what it sets:
     /// built-in defaults → `<domain *>` → the same inside `<virtual-mta vmta>`
     /// → `<domain $macro>` blocks whose macro lists the domain → the same inside
-    /// the VMTA → `<domain NAME>` → the same inside the VMTA. That is: how
-    /// precisely the domain is named decides first, the VMTA second.
+    /// the VMTA → `<domain *.parent>` / `<domain [*.]parent>`, shorter parents
+    /// first → the same inside the VMTA → `<domain NAME>` → the same inside
+    /// the VMTA. That is: how precisely the domain is named decides first,
+    /// the VMTA second.
     /// Domain names compare case-insensitively. Cheap enough to call once per
     /// queue creation or reload; callers should keep the result with the queue.
     public func settings(forDomain domain: String, vmta: String? = nil) -> DomainSettings {
         let name = domain.lowercased()
         let nested = vmta.flatMap { virtualMTA(named: $0) }?.domains ?? []
-        var settings = DomainSettings()
-        for rank in 0..<3 {
-            for blocks in [domains, nested] {
-                for block in blocks where specificity(of: block.pattern, for: name) == rank {
-                    block.overrides.apply(to: &settings)
-                }
+        var applicable: [(rank: Int, layer: Int, index: Int, block: DomainBlock)] = []
+        for (layer, blocks) in [domains, nested].enumerated() {
+            for (index, block) in blocks.enumerated() {
+                if let rank = specificity(of: block.pattern, for: name) { applicable.append((rank, layer, index, block)) }
             }
         }
+        applicable.sort { ($0.rank, $0.layer, $0.index) < ($1.rank, $1.layer, $1.index) }
+        var settings = DomainSettings()
+        for a in applicable { a.block.overrides.apply(to: &settings) }
         return settings
     }
 
-    /// 0 for `*`, 1 for a macro listing the domain, 2 for the exact name; nil when the block does not apply.
+    /// How precisely a block names the domain, for ordering; nil when it does
+    /// not apply. `*` 0, a macro listing it 1, a wildcard 2 + the parent's
+    /// length (a longer parent is closer), the exact name last.
     private func specificity(of pattern: DomainBlock.Pattern, for domain: String) -> Int? {
         switch pattern {
         case .any: return 0
         case .macro(let macro): return domainMacros[macro]?.contains(domain) == true ? 1 : nil
-        case .name(let n): return n == domain ? 2 : nil
+        case .subdomains(let parent, _): return pattern.matches(domain) ? 2 + parent.utf8.count : nil
+        case .name(let n): return n == domain ? Int.max : nil
         }
     }
 

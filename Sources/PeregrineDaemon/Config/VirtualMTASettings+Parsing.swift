@@ -12,10 +12,14 @@ extension DomainBlock {
     /// Parses `<domain NAME|*|$macro>`, recording each directive's error; a bad
     /// pattern in the tag throws.
     public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
-        let text = try block.arguments(count: 1...1, usage: "one domain, *, or $macro, as in <domain gmail.com>")[0]
+        let text = try block.arguments(count: 1...1, usage: "one domain, *, *.DOMAIN, [*.]DOMAIN or $macro, as in <domain gmail.com>")[0]
         let pattern: Pattern
         if text == "*" {
             pattern = .any
+        } else if text.hasPrefix("[*.]") || text.hasPrefix("*.") {
+            let withParent = text.hasPrefix("[*.]")
+            let parent = try block.parse(String(text.dropFirst(withParent ? 4 : 2)), ConfigValue.domainName).lowercased()
+            pattern = .subdomains(of: parent, includingParent: withParent)
         } else if text.hasPrefix("$") {
             let name = String(text.dropFirst())
             guard BlockConfig.isValidName(name) else { throw block.error("'\(text)' is not a macro reference") }

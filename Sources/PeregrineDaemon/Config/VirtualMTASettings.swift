@@ -50,12 +50,29 @@ public struct DomainBlock: Hashable, Sendable {
         case name(String)
         /// `<domain $NAME>`: every domain of `domain-macro NAME`.
         case macro(String)
+        /// `<domain *.example.com>`: every subdomain of example.com, not
+        /// example.com itself; `<domain [*.]example.com>` (`includingParent`):
+        /// example.com and every subdomain. The suffix is lower-cased.
+        case subdomains(of: String, includingParent: Bool)
+
+        /// Whether the pattern names `domain` (lower-cased), ignoring macros.
+        public func matches(_ domain: String) -> Bool {
+            switch self {
+            case .any: return true
+            case .name(let n): return n == domain
+            case .macro: return false
+            case .subdomains(let parent, let includingParent):
+                if domain == parent { return includingParent }
+                return domain.hasSuffix("." + parent)
+            }
+        }
 
         public var description: String {
             switch self {
             case .any: return "*"
             case .name(let n): return n
             case .macro(let m): return "$" + m
+            case .subdomains(let parent, let includingParent): return (includingParent ? "[*.]" : "*.") + parent
             }
         }
     }
