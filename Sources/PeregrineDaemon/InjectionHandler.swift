@@ -137,7 +137,9 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         }
         if source.processXVirtualMTA, let f = headers.first(named: "X-Virtual-MTA", in: bytes) {
             vmtaName = HeaderSection.string(f.value, in: bytes)
-            for field in headers.all(named: "X-Virtual-MTA", in: bytes) { drop.append(field.range) }
+            if !source.retainXVirtualMTA {
+                for field in headers.all(named: "X-Virtual-MTA", in: bytes) { drop.append(field.range) }
+            }
         }
         if let name = source.jobHeaderName, let f = headers.first(named: name, in: bytes) {
             jobID = HeaderSection.string(f.value, in: bytes)
@@ -152,6 +154,18 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         for name in source.removeHeaders {
             for field in headers.all(named: name, in: bytes) { drop.append(field.range) }
         }
+        if source.removeReceivedHeaders {
+            for field in headers.all(named: "Received", in: bytes) { drop.append(field.range) }
+        }
+        // add-message-id-header, add-date-header: above the message's own
+        // fields, inside what DKIM signs.
+        var added: [UInt8] = []
+        if source.addMessageIDHeader && headers.first(named: "Message-ID", in: bytes) == nil {
+            added += Array("Message-ID: <\(worker.newMessageIDLocalPart())@\(worker.daemon.hostName)>\r\n".utf8)
+        }
+        if source.addDateHeader && headers.first(named: "Date", in: bytes) == nil {
+            added += Array("Date: \(RFC5322DateTime.format(wallClockSeconds()))\r\n".utf8)
+        }
         guard let vmta = worker.pickVMTA(vmtaName) else {
             body.clear()
             return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
@@ -162,6 +176,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         let config = worker.policies.config
         if config.dkimConfigured {
             unsigned.clear()
+            if !added.isEmpty { added.withUnsafeBytes { unsigned.append($0) } }
             var cursor = 0
             for r in drop.sorted(by: { $0.lowerBound < $1.lowerBound }) {
                 if r.lowerBound > cursor { unsigned.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<r.lowerBound])) }
@@ -186,6 +201,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         // Final body: Received header, then the message without the dropped fields.
         assembled.clear()
         if source.addReceivedHeader { appendReceived(session, transaction) }
+        if !added.isEmpty { added.withUnsafeBytes { assembled.append($0) } }
         var cursor = 0
         for r in drop.sorted(by: { $0.lowerBound < $1.lowerBound }) {
             if r.lowerBound > cursor { assembled.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<r.lowerBound])) }
@@ -237,18 +253,6 @@ extension InjectionHandler {
             tls: connection?.tls?.isHandshakeComplete ?? false, authenticated: session.authenticatedUser != nil)
         received.withUnsafeBytes { assembled.append($0) }
     }
-}
-
-/// An RFC 5322 date-time in UTC, e.g. "Sun, 29 Nov 2026 08:41:36 +0000" (Received headers).
-func rfc5322Date(_ seconds: Int64) -> String {
-    var t = time_t(seconds)
-    var tm = tm()
-    gmtime_r(&t, &tm)
-    let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
-    let day = days[Int(tm.tm_wday) % 7], month = months[Int(tm.tm_mon) % 12]
-    return "\(day), \(tm.tm_mday) \(month) \(tm.tm_year + 1900) \(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec)) +0000"
 }
 
 /// `text` with every control byte, space, `(`, `)`, `<`, `>`, backslash and

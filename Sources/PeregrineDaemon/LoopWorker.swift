@@ -214,6 +214,13 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         return nil
     }
 
+    /// A Message-ID local part unique to this host: the time in
+    /// milliseconds, the loop, and 64 random bits, in hex.
+    func newMessageIDLocalPart() -> String {
+        let random = UInt64.random(in: 0...UInt64.max)
+        return String(wallClockMilliseconds(), radix: 16) + "." + String(index) + "." + String(random, radix: 16)
+    }
+
     func receivedHeader(peer: SocketAddress, helo: String, recipient: String?, tls: Bool = false,
                         authenticated: Bool = false) -> [UInt8] {
         // RFC 3848: ESMTPS when the message came over TLS, ESMTPA/ESMTPSA after AUTH. The HELO name and
@@ -222,7 +229,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         // header line (a bare CR becomes a line end on the way out).
         var h = "Received: from \(receivedHeaderText(helo)) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with ESMTP\(tls ? "S" : "")\(authenticated ? "A" : "")"
         if let r = recipient { h += "\r\n\tfor <\(receivedHeaderText(r))>" }
-        h += "; \(rfc5322Date(wallClockSeconds()))\r\n"
+        h += "; \(RFC5322DateTime.format(wallClockSeconds()))\r\n"
         return Array(h.utf8)
     }
 

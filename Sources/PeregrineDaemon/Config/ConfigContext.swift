@@ -6,7 +6,8 @@ enum ConfigContext {
         for name in DomainOverrides.directiveNames { map[name] = "<domain>" }
         for name in ["always-allow-relaying", "smtp-service", "process-x-virtual-mta", "process-x-job",
                      "default-virtual-mta", "max-message-size", "require-auth", "add-received-header",
-                     "allow-unencrypted-plain-auth", "log-connections", "log-commands", "log-data"] {
+                     "allow-unencrypted-plain-auth", "log-connections", "log-commands", "log-data",
+                     "add-message-id-header", "add-date-header", "remove-received-headers", "retain-x-virtual-mta"] {
             map[name] = "<source>"
         }
         map["smtp-source-host"] = "<virtual-mta>"

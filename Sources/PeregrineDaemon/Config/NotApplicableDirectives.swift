@@ -39,6 +39,7 @@ enum NotApplicableDirectives {
         ],
         .source: [
             "hide-message-source": "PowerMTA's Received-header cosmetics",
+            "always-allow-api-submission": "PowerMTA's HTTP submission API; Peregrine's HTTP injection API grants rights by <api-key>, never by client address",
         ],
         .virtualMTA: [
             "max-events-recorded": "PowerMTA's web monitor event history",

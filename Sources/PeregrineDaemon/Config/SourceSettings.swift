@@ -31,6 +31,17 @@ public struct SourceSettings: Hashable, Sendable {
     public var maxMsgRate: Rate = .unlimited
     /// `add-received-header`.
     public var addReceivedHeader = true
+    /// `add-message-id-header`: add `Message-ID: <…@host-name>` to a message
+    /// that has none (Gmail refuses mail without one), before DKIM signs it.
+    public var addMessageIDHeader = false
+    /// `add-date-header`: add `Date:` (the time of injection) when missing.
+    public var addDateHeader = false
+    /// `remove-received-headers`: drop the injector's Received headers (the
+    /// internal hops of an application); Peregrine's own is added after.
+    public var removeReceivedHeaders = false
+    /// `retain-x-virtual-mta`: keep the `X-Virtual-MTA:` header that
+    /// process-x-virtual-mta reads (removed by default).
+    public var retainXVirtualMTA = false
     /// `max-smtp-in N`: connections one client address of this source may
     /// have open at once (the top-level `max-smtp-in` caps the total); one
     /// more is answered 421 4.7.0 and closed.
@@ -131,6 +142,10 @@ extension SourceSettings {
             case "allow-unencrypted-plain-auth": allowUnencryptedPlainAuth = try node.value(ConfigValue.bool)
             case "max-msg-rate": maxMsgRate = try node.value(ConfigValue.rate)
             case "add-received-header": addReceivedHeader = try node.value(ConfigValue.bool)
+            case "add-message-id-header": addMessageIDHeader = try node.value(ConfigValue.bool)
+            case "add-date-header": addDateHeader = try node.value(ConfigValue.bool)
+            case "remove-received-headers": removeReceivedHeaders = try node.value(ConfigValue.bool)
+            case "retain-x-virtual-mta": retainXVirtualMTA = try node.value(ConfigValue.bool)
             case "max-smtp-in": maxSMTPIn = try node.integer(in: 1...1_000_000)
             case "jobid-header": jobIDHeader = try Self.headerName(node, node.singleArgument())
             case "retain-x-job": retainXJob = try node.value(ConfigValue.bool)

@@ -91,7 +91,7 @@ public struct DeliveryStatusReport: Sendable {
         line("From: Mail Delivery System <\(Self.headerSafe(from))>")
         line("To: <\(Self.headerSafe(to))>")
         line("Subject: \(subject)")
-        line("Date: \(Self.rfc5322Date(date))")
+        line("Date: \(RFC5322DateTime.format(date))")
         line("Message-ID: <\(messageID)>")
         // RFC 3834: an automatic reply; auto-responders must not answer it.
         line("Auto-Submitted: auto-replied")
@@ -132,7 +132,7 @@ public struct DeliveryStatusReport: Sendable {
             // RFC 3464 §2.2.1: the ENVID as given; xtext keeps any byte a header cannot carry.
             line("Original-Envelope-Id: \(XText.encode(id.utf8))")
         }
-        line("Arrival-Date: \(Self.rfc5322Date(arrivalDate))")
+        line("Arrival-Date: \(RFC5322DateTime.format(arrivalDate))")
         for r in recipients {
             line("")
             line("Final-Recipient: rfc822; \(Self.headerSafe(r.finalRecipient))")
@@ -143,7 +143,7 @@ public struct DeliveryStatusReport: Sendable {
             line("Status: \(r.status)")
             if let mta = r.remoteMTA, !mta.isEmpty { line("Remote-MTA: dns; \(Self.headerSafe(mta))") }
             line(Self.folded("Diagnostic-Code: \(r.diagnosticCode)"))
-            line("Last-Attempt-Date: \(Self.rfc5322Date(r.lastAttempt))")
+            line("Last-Attempt-Date: \(RFC5322DateTime.format(r.lastAttempt))")
         }
         line("")
         line("--\(boundary)")
@@ -185,23 +185,4 @@ public struct DeliveryStatusReport: Sendable {
         return out
     }
 
-    static func rfc5322Date(_ seconds: Int64) -> String {
-        // Civil-from-days (H. Hinnant): no libc time zone state, always UTC.
-        let days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
-        let secs = seconds - days * 86400
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
-        let weekday = Int((days % 7 + 11) % 7) // 1970-01-01 was a Thursday
-        let names = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        return "\(names[weekday]), \(d) \(months[Int(m) - 1]) \(y) \(two(secs / 3600)):\(two(secs % 3600 / 60)):\(two(secs % 60)) +0000"
-    }
 }
