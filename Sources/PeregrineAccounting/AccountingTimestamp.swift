@@ -1,3 +1,5 @@
+import PeregrineIO
+
 /// PowerMTA-style accounting timestamps: `2026-11-29 08:41:36+0000` (always UTC).
 /// Pure arithmetic (no Foundation, no locale, no allocation besides the bytes).
 public enum AccountingTimestamp {
@@ -62,33 +64,17 @@ public enum AccountingTimestamp {
         return days(fromCivil: y, mo, d) * 86_400 + h * 3600 + mi * 60 + s - offset
     }
 
-    // Howard Hinnant's civil calendar algorithms.
-    static func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
-        let z = z0 + 719_468
-        let era = floorDiv(z, 146_097)
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        return (yoe + era * 400 + (m <= 2 ? 1 : 0), m, d)
+    static func civil(fromDays days: Int64) -> (Int64, Int64, Int64) {
+        let d = CivilCalendar.date(fromDays: days)
+        return (d.year, d.month, d.day)
     }
 
-    static func days(fromCivil y0: Int64, _ m: Int64, _ d: Int64) -> Int64 {
-        let y = m <= 2 ? y0 - 1 : y0
-        let era = floorDiv(y, 400)
-        let yoe = y - era * 400
-        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        return era * 146_097 + doe - 719_468
+    static func days(fromCivil y: Int64, _ m: Int64, _ d: Int64) -> Int64 {
+        CivilCalendar.days(fromYear: y, month: m, day: d)
     }
 
     @inline(__always)
-    static func floorDiv(_ a: Int64, _ b: Int64) -> Int64 {
-        let q = a / b
-        return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q
-    }
+    static func floorDiv(_ a: Int64, _ b: Int64) -> Int64 { CivilCalendar.floorDiv(a, b) }
 
     @inline(__always)
     static func appendDigits(_ value: Int64, _ width: Int, _ out: inout [UInt8]) {
