@@ -417,6 +417,70 @@ import PeregrineIO
         #expect(out.contains("\"sessions\" : 1"), "\(out)")
     }
 
+    /// Yahoo's three MX hosts: mx1 down (connection refused), mx2 resets,
+    /// mx3 serves; on every backend, since the reset is the sink's own close.
+    @Test(arguments: BackendKind.allCases)
+    func aDownMXRefusesAndAResettingOneSendsRST(_ kind: BackendKind) throws {
+        guard (try? kind.loopType.init()) != nil else {
+            Issue.record("backend \(kind.rawValue) is not available on this machine")
+            return
+        }
+        let sink = try SinkFidelityTests.shipped("yahoo", ["--mx-fault", "yahoo:1=down", "--mx-fault", "yahoo:2=reset",
+                                                           "--stats-port", "127.0.0.1:0"], backend: kind)
+        defer { sink.terminate() }
+        let (ip1, port1) = try sink.address("yahoo", 0)
+        let (ip2, port2) = try sink.address("yahoo", 1)
+        let (ip3, port3) = try sink.address("yahoo", 2)
+        // mx1: nothing listens any more; the kernel refuses the connection.
+        do {
+            _ = try SinkTestClient(ip1, port1)
+            Issue.record("mx1 accepted a connection although it is down")
+        } catch {
+            #expect("\(error)".contains("errno \(ECONNREFUSED)"), "\(error)")
+        }
+        // mx2: the handshake completes, then an RST comes instead of a greeting.
+        let reset = try SinkTestClient(ip2, port2)
+        do {
+            let r = try reset.reply()
+            Issue.record("mx2 answered \(String(describing: r)) instead of resetting")
+        } catch {
+            #expect("\(error)".contains("errno \(ECONNRESET)"), "\(error)")
+        }
+        // mx3 serves as usual: the provider works through its remaining host.
+        let lit = try SinkTestClient(ip3, port3)
+        #expect(try lit.reply()?.code == 220)
+        #expect(try lit.command("EHLO client.test")?.code == 250)
+        var seen = ""
+        let deadline = Date().addingTimeInterval(20)
+        while !seen.contains("\"sessions_reset\":1") && Date() < deadline {
+            seen = try Self.stats(sink)
+            if !seen.contains("\"sessions_reset\":1") { usleep(50_000) }
+        }
+        #expect(seen.contains("\"sessions_reset\":1"), "\(seen)")
+    }
+
+    /// `slow=DELAY`: every reply of that host comes DELAY (profile time) late,
+    /// the greeting and each command's; its sibling answers at once. Asserted
+    /// as an order of events: the sibling's greeting and EHLO come while the
+    /// slow host has said nothing, then the slow host's replies do come.
+    @Test func aSlowMXAnswersEveryReplyLate() throws {
+        // 2500 s of profile time × 0.002 = 5 s per reply.
+        let sink = try SinkFidelityTests.shipped("gmail", ["--mx-fault", "gmail:1=slow=2500s", "--time-scale", "0.002"])
+        defer { sink.terminate() }
+        let (ip1, port1) = try sink.address("gmail", 0)
+        let (ip2, port2) = try sink.address("gmail", 1)
+        let slow = try SinkTestClient(ip1, port1)
+        let fast = try SinkTestClient(ip2, port2)
+        #expect(try fast.reply()?.code == 220)
+        #expect(try fast.command("EHLO client.test")?.code == 250)
+        #expect(!slow.hasInput(withinMilliseconds: 0), "the slow MX greeted before its sibling had greeted and answered EHLO")
+        #expect(try slow.reply()?.code == 220)
+        try slow.send("EHLO client.test\r\n")
+        #expect(try fast.command("NOOP")?.code == 250)
+        #expect(!slow.hasInput(withinMilliseconds: 0), "the slow MX answered EHLO before its sibling answered NOOP")
+        #expect(try slow.reply()?.code == 250)
+    }
+
     /// GET /stats (compact JSON) from a sink started with --stats-port.
     static func stats(_ sink: SinkProcess) throws -> String {
         let address = try #require(sink.statsAddress)
@@ -456,7 +520,9 @@ import PeregrineIO
         let gmail = SinkProfileTests.profilesDir + "/gmail.conf"
         for (arg, message) in [("gmail:3=blackhole", "MX host number must be 1 to 2"),
                                ("nosuch:1=blackhole", "no profile named 'nosuch'"),
-                               ("gmail:1=reset", "'reset' is not a fault this sink models"),
+                               ("gmail:1=flood", "'flood' is not a fault this sink models"),
+                               ("gmail:1=slow=0s", "slow needs a delay above 0"),
+                               ("gmail:1=slow", "'slow' is not a fault this sink models"),
                                ("gmail:1=blackhole@soon", "--mx-fault gmail:1=blackhole@soon:"),
                                ("gmail", "expected ISP:N=blackhole")] {
             let r = SinkProcess.runToExit(["--profile", gmail, "--no-require-tls", "--port", "0", "--mx-fault", arg])

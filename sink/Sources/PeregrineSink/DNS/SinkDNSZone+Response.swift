@@ -21,6 +21,10 @@ extension SinkDNSZone {
         switch answer(name: q.name, type: q.type.rawValue) {
         case .nxDomain:
             response = .response(to: query, code: .nameError)
+        case .serverFailure:
+            response = .response(to: query, code: .serverFailure)
+        case .noReply:
+            return nil
         case .noData:
             response = .response(to: query)
         case .a(let bytes):

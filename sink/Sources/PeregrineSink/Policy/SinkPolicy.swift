@@ -89,16 +89,16 @@ public final class SinkProvider {
     var greylist: [String: UInt64] = [:]
     /// Reputation per envelope sender domain (lower case), for `max-domain-msg-rate`.
     public private(set) var senderDomains: [String: SinkReputation] = [:]
-    /// `--mx-fault`: MX host index → ns after the start from which it accepts
-    /// TCP and never greets.
-    public internal(set) var blackholeAfter: [Int: UInt64] = [:]
-    /// Connections a black-holed MX host accepted (never greeted).
+    /// `--mx-fault`: MX host index → its fault and when it starts.
+    var mxFaults: [Int: SinkMXFaultState] = [:]
+    /// Connections a faulty MX host accepted and never greeted (blackhole) or reset.
     public internal(set) var blackholed: UInt64 = 0
+    public internal(set) var reset: UInt64 = 0
 
-    /// Whether MX host `mx` is black-holed `sinceStart` ns into the run.
-    func isBlackholed(mx: Int, sinceStart: UInt64) -> Bool {
-        guard let after = blackholeAfter[mx] else { return false }
-        return sinceStart >= after
+    /// MX host `mx`'s fault in effect `sinceStart` ns into the run, if any.
+    func fault(mx: Int, sinceStart: UInt64) -> SinkMXFaultState? {
+        guard let f = mxFaults[mx], sinceStart >= f.afterNanos else { return nil }
+        return f
     }
 
     init(profile: SinkISPProfile, index: Int, scale: Double) {
@@ -171,6 +171,8 @@ public final class SinkConnection {
     /// A recipient rule that refuses this transaction at the end of DATA.
     var refuseAtData: (SinkRecipientRule, String)?
     var closed = false
+    /// `--mx-fault …=slow=DELAY`: added to every reply's latency (ns, scaled).
+    public internal(set) var extraLatency: UInt64 = 0
     /// The session completed a TLS handshake.
     public internal(set) var tls = false
     init(provider: SinkProvider, ipState: SinkIPState, mx: Int, sessionID: String) {
@@ -434,12 +436,12 @@ public final class SinkPolicy {
         }
         let seconds: Double
         switch l {
-        case .none: return 0
+        case .none: return c.extraLatency
         case .fixed(let s): seconds = s
         case .uniform(let a, let b): seconds = a + (b - a) * random.unit()
         case .exponential(let mean): seconds = -mean * Foundation.log(1 - random.unit())
         }
-        return SinkProvider.nanos(seconds, timeScale)
+        return SinkProvider.nanos(seconds, timeScale) &+ c.extraLatency
     }
 
     // MARK: Limits
