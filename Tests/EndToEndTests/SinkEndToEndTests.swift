@@ -411,6 +411,10 @@ import PeregrineIO
         #expect(try Self.dnsQuery(port: port, name: "gmx.net", type: 15)[3] & 0x0f == 3)
         // One MX host's address fails, its sibling's resolves: the domain still has a way in.
         #expect(try Self.dnsQuery(port: port, name: "mx1.gmail.sink", type: 1)[3] & 0x0f == 2)
+        // …and the MX answer carries no glue for it, so an MTA asks and meets the fault.
+        let gmailMX = try Self.dnsQuery(port: port, name: "gmail.com", type: 15)
+        #expect(gmailMX[3] & 0x0f == 0 && gmailMX[7] == 2 && gmailMX[11] == 1, "one glue record (mx2's), not two")
+        #expect(!Self.contains(gmailMX, [0, 4, 127, 0, 1, 1]) && Self.contains(gmailMX, [0, 4, 127, 0, 1, 2]))
         let mx2 = try Self.dnsQuery(port: port, name: "mx2.gmail.sink", type: 1)
         #expect(mx2[3] & 0x0f == 0 && Array(mx2.suffix(4)) == [127, 0, 1, 2])
         // The other names of a faulted provider are untouched (aol.com shares Yahoo's profile).
