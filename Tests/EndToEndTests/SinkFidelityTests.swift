@@ -637,6 +637,57 @@ import PeregrineIO
         #expect(ids(7) == ids(7) && ids(7) != ids(8) && Set(ids(7)).count == 3)
     }
 
+    @Test func aComplaintShareBoxesTheIPAndItsDomain() {
+        var p = Self.profile(extend: false)
+        p.messageRate = nil
+        p.complaintPenalty = (50, 4)
+        let policy = SinkPolicy(profiles: [p], seed: 3)
+        // Four accepted messages of one IP and domain; the 2nd and 4th draw complaints (50%).
+        for i in 0..<4 {
+            let (c, _) = policy.connect(provider: policy.providers[0], ip: "10.0.0.1", now: 0)
+            #expect(policy.mailFrom(c, sender: "news@brand.test", now: 0).reply == nil, "message \(i)")
+            policy.noteAccepted(c, complained: i % 2 == 1, now: 0)
+            policy.disconnect(c)
+        }
+        #expect(mail(policy, "10.0.0.1", "other@else.test", at: Self.s)?.reason == .penaltyBox)
+        // The domain is boxed too: a fresh IP sending for it does not launder the complaints.
+        #expect(mail(policy, "10.0.0.2", "news@brand.test", at: Self.s)?.reason == .penaltyBox)
+        #expect(mail(policy, "10.0.0.3", "a@clean.test", at: Self.s) == nil)
+        #expect(policy.providers[0].ips["10.0.0.1"]?.reputation.complaints == 2)
+        // Under the share nothing happens: 1 in 4 is 25%.
+        let calm = SinkPolicy(profiles: [p], seed: 3)
+        for i in 0..<4 {
+            let (c, _) = calm.connect(provider: calm.providers[0], ip: "10.0.0.1", now: 0)
+            _ = calm.mailFrom(c, sender: "news@brand.test", now: 0)
+            calm.noteAccepted(c, complained: i == 0, now: 0)
+            calm.disconnect(c)
+        }
+        #expect(mail(calm, "10.0.0.1", "news@brand.test", at: Self.s) == nil)
+    }
+
+    /// A new IP starts cold: 2 messages in its first 10 s, 4 in the next
+    /// 10 s, 8 after; an IP first seen later starts at 2 again. Time scale 0.5.
+    @Test func aNewIPWarmsUpOnACurve() {
+        var p = SinkISPProfile(name: "w")
+        p.domains = ["w.test"]
+        p.warmUp = SinkRateLimit(rate: SinkRate(count: 2, seconds: 20), phase: .mail,
+                                 reply: SinkPolicyTests.reply("421 4.7.0 [{ip}] new sender, slow down"))
+        let policy = SinkPolicy(profiles: [p], timeScale: 0.5, seed: 3)
+        func sent(_ ip: String, at now: UInt64, _ n: Int) -> (accepted: Int, refusal: SinkRenderedReply?) {
+            var accepted = 0
+            var refusal: SinkRenderedReply?
+            for _ in 0..<n {
+                if let r = mail(policy, ip, at: now) { refusal = r } else { accepted += 1 }
+            }
+            return (accepted, refusal)
+        }
+        let first = sent("10.0.0.1", at: 0, 5)
+        #expect(first.accepted == 2 && first.refusal?.reason == .warmUp && first.refusal?.text == "421 4.7.0 [10.0.0.1] new sender, slow down")
+        #expect(sent("10.0.0.1", at: 10 * Self.s, 9).accepted == 4)
+        #expect(sent("10.0.0.1", at: 25 * Self.s, 9).accepted == 8)
+        #expect(sent("10.0.0.2", at: 25 * Self.s, 9).accepted == 2)
+    }
+
     @Test func profileSyntaxForTheNewLimits() throws {
         let set = try SinkProfileParser.parse("""
             <isp x>
@@ -674,5 +725,51 @@ import PeregrineIO
         #expect(error("max-msg-size 12") != nil)
         #expect(error("bad-recipient-penalty 10 of 100")?.hasPrefix("p.conf:3: bad-recipient-penalty needs PERCENT% of N") == true)
         #expect(error("bad-recipient-penalty 10% of 100") == "p.conf:1: <isp x>: bad-recipient-penalty needs a penalty-box (what the IP is put in)")
+        #expect(error("warm-up 50/h mail \"421 4.7.0 x\" penalty")?.hasPrefix("p.conf:3: warm-up takes START/PERIOD") == true)
+        #expect(error("warm-up 50/h mail \"421 4.7.0 x\" burst 9")?.hasPrefix("p.conf:3: warm-up takes START/PERIOD") == true)
+        #expect(error("complaint-penalty 0.3 of 1000")?.hasPrefix("p.conf:3: complaint-penalty needs PERCENT% of N") == true)
+        #expect(error("complaint-penalty 0% of 1000")?.hasPrefix("p.conf:3: complaint-penalty needs PERCENT% of N") == true)
+        #expect(error("complaint-penalty 0.3% of 1000") == "p.conf:1: <isp x>: complaint-penalty needs a penalty-box (what the sender is put in)")
+    }
+}
+
+/// `complaint-penalty` over real sockets: the sink's own ARF complaints
+/// (`--complaint-percent 100`, sent to a second sink in accept-all mode)
+/// count against the sending IP and the envelope domain, and the box answers
+/// the next MAIL. Source addresses 127.P.112.x (scenario 112).
+@Suite struct SinkComplaintReputationTests {
+    @Test func complaintsPutTheSenderInTheBox() throws {
+        let reports = try SinkProcess(["--accept-all", "--listen", "127.0.0.1:0", "--backend", SinkFidelityTests.backend.rawValue])
+        defer { reports.terminate() }
+        let (rip, rport) = try reports.address("accept-all")
+        let sink = try SinkFidelityTests.sink(profile: """
+            <isp cx>
+                domains cx.test
+                mx 127.0.0.1
+                max-domain-msg-rate 100000/h mail "421 4.7.28 domain {sender-domain} rate limited"
+                penalty-box 1h mail "421 4.7.0 [{ip}] boxed: too many complaints"
+                complaint-penalty 50% of 2
+            </isp>
+            """, "complaints", ["--reports-via", "\(rip):\(rport)", "--complaint-percent", "100", "--complaint-to", "fbl@esp.test"])
+        defer { sink.terminate() }
+        let (ip, port) = try sink.address("cx")
+        let a = E2E.ip(112, SinkFidelityTests.backend, host: 1), b = E2E.ip(112, SinkFidelityTests.backend, host: 2)
+        let c = try SinkTestClient(ip, port, from: a)
+        #expect(try c.start()?.code == 220)
+        #expect(try c.sendMessage(from: "news@brand.test", to: "u1@cx.test") == nil)
+        #expect(try c.sendMessage(from: "news@brand.test", to: "u2@cx.test") == nil)
+        // Two of two complained about: the IP is boxed from its next MAIL on.
+        let boxed = try c.sendMessage(from: "news@brand.test", to: "u3@cx.test")
+        #expect(boxed?.0 == "mail" && boxed?.1?.code == 421 && boxed?.1?.lines.joined().contains("boxed: too many complaints") == true,
+                "\(String(describing: boxed))")
+        // Another IP sending for the same domain meets the domain's box (its text).
+        let other = try SinkTestClient(ip, port, from: b)
+        #expect(try other.start()?.code == 220)
+        let viaB = try other.sendMessage(from: "news@brand.test", to: "u4@cx.test")
+        #expect(viaB?.0 == "mail" && viaB?.1?.lines.joined().contains("domain brand.test rate limited") == true, "\(String(describing: viaB))")
+        // …while its mail for a clean domain goes through (on a new connection: a 421 closes).
+        let again = try SinkTestClient(ip, port, from: b)
+        #expect(try again.start()?.code == 220)
+        #expect(try again.sendMessage(from: "hello@clean.test", to: "u5@cx.test") == nil)
     }
 }
