@@ -9,8 +9,10 @@ import Testing
 /// 550-5.7.26 at end of DATA, so the enforcement is not vacuous. CI-sized:
 /// gmail, yahoo and icloud (Yahoo's profile has the rules too; no message
 /// reaches its 72 s suspension at this count); nothing about time is asserted.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct IspMixBulkSenderSmokeTests {
-    static func run(_ extra: [String]) throws -> (status: Int32, doc: [String: Any], log: String) {
+/// In IspMixTLSSmokeTests' serialized suite: every isp-mix run needs the
+/// profile addresses' port 25, so two must never run at once.
+extension IspMixTLSSmokeTests {
+    static func runBulkSender(_ extra: [String]) throws -> (status: Int32, doc: [String: Any], log: String) {
         let dir = BenchScenarioSmokeTests.scratch()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let r = try BenchScenarioSmokeTests.bench(["isp-mix", "--backend", "epoll", "--count", "200", "--rate", "100/s",
@@ -24,7 +26,7 @@ import Testing
     }
 
     @Test func signedMailPassesTheEnforcedRulesAndNothingIsLost() throws {
-        let r = try Self.run([])
+        let r = try Self.runBulkSender([])
         #expect(r.status == 0, "exit \(r.status)\n\(r.log)")
         let rules = try #require(r.doc["bulkSenderRules"] as? [String: Any])
         #expect(rules["enforced"] as? Bool == true, "\(rules)")
@@ -43,7 +45,7 @@ import Testing
     }
 
     @Test func unsignedMailIsRefusedWithGmailsText() throws {
-        let r = try Self.run(["--no-dkim"])
+        let r = try Self.runBulkSender(["--no-dkim"])
         let rules = try #require(r.doc["bulkSenderRules"] as? [String: Any])
         #expect(rules["enforced"] as? Bool == true, "\(rules)")
         #expect(rules["dkimSigned"] as? Bool == false)

@@ -39,9 +39,12 @@ func runIspMixBench(arguments: [String]) -> Int32 {
       --isps LIST   only these providers' domains (loadgen mix and special recipients; default all)
       --no-tls      plain text: no certificate, the sink's require-tls off (default: STARTTLS, Gmail requires it)
       --no-dkim     Peregrine does not sign; the sink still enforces the bulk-sender rules (shows the refusals)
+      --mx-fault SPEC[,SPEC]  the sink's --mx-fault (e.g. gmail:2=blackhole@30s): one MX host fails while
+                    the others work; the daemon's connect and greeting timeouts are then scaled × 0.01 like
+                    every other time constant (3 s), so a dead host costs CI-sized time
     """
     let defaults = ["backend": "epoll", "count": "5000", "rate": "500/s", "special-percent": "2", "deadline": "600",
-                    "seed": "1", "output-dir": "results", "connections": "8", "isps": "all"]
+                    "seed": "1", "output-dir": "results", "connections": "8", "isps": "all", "mx-fault": ""]
     let options: ScenarioOptions
     switch ScenarioOptions.parse(arguments, defaults: defaults, flags: ["no-tls", "no-dkim"], usage: usage) {
     case .success(let o): options = o
@@ -115,13 +118,15 @@ struct IspMixRun {
         // The bulk-sender rules: the sink always gets the public key (so gmail/yahoo enforce them); Peregrine signs unless --no-dkim.
         let sign = !options.flags.contains("no-dkim")
         let dkim = try IspMixDKIM.make(in: rig.work)
+        let mxFaults = options.string("mx-fault").split(separator: ",").map(String.init)
         let sink = try rig.startSink(["--profile", root + "/sink/profiles/all.conf", "--port", "25",
                                       "--dns", "\(rig.ip):\(dnsPort)", "--stats-port", "\(rig.ip):\(statsPort)",
-                                      "--record-ids", sinkIDs, "--seed", options.string("seed"), "--backend", "epoll"] + sinkTLS + dkim.sinkArguments)
+                                      "--record-ids", sinkIDs, "--seed", options.string("seed"), "--backend", "epoll"] + sinkTLS + dkim.sinkArguments
+                                      + mxFaults.flatMap { ["--mx-fault", $0] })
         let acct = rig.work + "/acct.csv"
         let config = Self.config(ip: rig.ip, mtaPort: mtaPort, mgmtPort: mgmtPort, dnsPort: dnsPort,
                                  spool: rig.work + "/spool", acct: acct, startTLS: tls,
-                                 dkimLines: sign ? dkim.configLines : "")
+                                 dkimLines: sign ? dkim.configLines : "", scaledTimeouts: !mxFaults.isEmpty)
         let configPath = rig.work + "/peregrine.conf"
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         let daemon = try rig.startDaemon(configPath: configPath, backend: backend, smtpPort: mtaPort)
@@ -240,7 +245,7 @@ struct IspMixRun {
             "config": ["mta": "peregrine", "backend": backend, "config": config,
                        "sinkProfiles": "sink/profiles/all.conf (time-scale 0.01)" + (tls ? ", --tls-cert (throwaway)" : ", --no-require-tls"),
                        "loadgenRate": options.string("rate"), "loadgenCount": count, "specialPercent": specialPercent,
-                       "tls": tls, "isps": providers.map(\.name), "dkimSigned": sign],
+                       "tls": tls, "isps": providers.map(\.name), "dkimSigned": sign, "mxFaults": mxFaults],
             "tls": tls,
             "bulkSenderRules": ["enforced": !enforcing.isEmpty, "enforcedBy": enforcing,
                                 "rules": ["require-dkim", "require-dmarc-alignment", "require-list-unsubscribe"],
@@ -316,7 +321,7 @@ struct IspMixRun {
 
     /// The daemon's config: shaping from DOMAIN.md, time constants × 0.01 like the sink's profiles.
     static func config(ip: String, mtaPort: UInt16, mgmtPort: UInt16, dnsPort: UInt16, spool: String, acct: String,
-                       startTLS: Bool, dkimLines: String = "") -> String {
+                       startTLS: Bool, dkimLines: String = "", scaledTimeouts: Bool = false) -> String {
         """
         smtp-listener \(ip):\(mtaPort)
         http-mgmt-port \(ip):\(mgmtPort)
@@ -344,6 +349,7 @@ struct IspMixRun {
             use-starttls \(startTLS ? "yes" : "no")
             retry-after 5s
             backoff-retry-after 10s
+        \(scaledTimeouts ? "    # An MX host fails in this run: connect and greeting timeouts (2 and 5 min) × 0.01, rounded up.\n    connect-timeout 3s\n    smtp-greeting-timeout 3s\n" : "")
             bounce-after 30m
             smtp-pattern-list receivers
             # As ESPs run it: bounces are read from the accounting file, no
