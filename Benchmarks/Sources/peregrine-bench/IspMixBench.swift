@@ -211,7 +211,10 @@ struct IspMixRun {
         let unexpectedBounces = acctCounts.bouncedRecipients.subtracting(expectedBounceRcpts)
         let missingBounces = expectedBounceRcpts.subtracting(acctCounts.bouncedRecipients)
         // Messages bounced for other reasons are not lost, but they are not what the profile dictates either.
-        let lostCount = max(0, lost.count - unexpectedBounces.count)
+        // One b record per bounced message: loadgen draws recipients at random, so one address can
+        // bounce twice, and counting addresses would call the second message lost.
+        let unexpectedBounceRecords = unexpectedBounces.reduce(0) { $0 + (acctCounts.bouncesPerRecipient[$1] ?? 1) }
+        let lostCount = max(0, lost.count - unexpectedBounceRecords)
         let totals = sinkStats["totals"] as? [String: Any] ?? [:]
         func sum(_ key: String) -> [String: Int] { (totals[key] as? [String: Int]) ?? [:] }
         var deferralsAtSink: [String: Int] = [:]
@@ -270,7 +273,8 @@ struct IspMixRun {
             "delivered": delivered,
             "bounced": bounced,
             "bouncedByCategory": acctCounts.bouncesByCategory,
-            "unexpectedBounces": unexpectedBounces.count,
+            "unexpectedBounces": unexpectedBounceRecords,
+            "unexpectedBounceRecipients": unexpectedBounces.count,
             "unexpectedBounceSample": Array(unexpectedBounces.prefix(10)),
             "expectedBouncesMissing": missingBounces.count,
             "deferralsAtSink": deferralsAtSink,
@@ -303,7 +307,7 @@ struct IspMixRun {
         rig.writeResult(target: backend, figures: figures, outputDir: options.string("output-dir"))
         let row = [backend, "\(injected)", "\(delivered)", "\(bounced) " + Self.categories(acctCounts.bouncesByCategory),
                    "\(deferralsAtSink.values.reduce(0, +))", "\(tRecords)", "\(lostCount)", "\(rec.duplicates)",
-                   "\(unexpectedBounces.count)", IspMixTLSTally.ratio(tally.gmail), IspMixTLSTally.ratio(tally.overall),
+                   "\(unexpectedBounceRecords)", IspMixTLSTally.ratio(tally.gmail), IspMixTLSTally.ratio(tally.overall),
                    tally.overall.protocolList, sign ? "signed" : "off", "\(bulkSenderRefusalTotal)", fmt(elapsed), drained ? "yes" : "no (\(daemonAlive))", verdict]
         for line in tally.lines { fputs("   \(line)\n", stderr) }
         if !deferralsAtSink.isEmpty {

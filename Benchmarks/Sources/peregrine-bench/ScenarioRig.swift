@@ -119,6 +119,8 @@ final class ScenarioRig {
         var bouncesByCategory: [String: Int] = [:]
         var transientByStatus: [String: Int] = [:]
         var bouncedRecipients: Set<String> = []
+        /// `b` records per recipient address (one address may bounce more than once).
+        var bouncesPerRecipient: [String: Int] = [:]
         /// `b` records by `dsnStatus` (5.7.26, 5.1.1, …), and the first diagnostic seen for each status.
         var bouncesByStatus: [String: Int] = [:]
         var bounceDiagnosticSample: [String] = []
@@ -142,6 +144,7 @@ final class ScenarioRig {
             case "b":
                 a.bouncesByCategory[row["bounceCat"] ?? "", default: 0] += 1
                 a.bouncedRecipients.insert(row["rcpt"] ?? "")
+                a.bouncesPerRecipient[row["rcpt"] ?? "", default: 0] += 1
                 let status = (row["dsnStatus"] ?? "").split(separator: " ").first.map(String.init) ?? ""
                 a.bouncesByStatus[status.isEmpty ? "-" : status, default: 0] += 1
                 // One diagnostic per status, so a result file shows the receivers' real texts.
