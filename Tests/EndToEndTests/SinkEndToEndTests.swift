@@ -398,6 +398,41 @@ import PeregrineIO
         #expect(mx[3] & 0x0f == 0 && mx[7] == 2)
     }
 
+    /// `--dns-fault`: chosen names fail the way a run asks (SERVFAIL,
+    /// NXDOMAIN, no answer at all) while every other name is answered.
+    @Test func dnsFaultsAnswerSERVFAILNXDOMAINOrNothing() throws {
+        let sink = try SinkProcess(["--profile", Self.deterministicProfiles + "/all.conf", "--port", "0", "--no-require-tls",
+                                    "--dns", "127.0.0.1:0", "--backend", Self.backend.rawValue,
+                                    "--dns-fault", "yahoo.com=servfail", "--dns-fault", "GMX.net.=nxdomain",
+                                    "--dns-fault", "mx1.gmail.sink=servfail", "--dns-fault", "orange.fr=timeout"])
+        defer { sink.terminate() }
+        let port = try #require(sink.dnsPort)
+        #expect(try Self.dnsQuery(port: port, name: "yahoo.com", type: 15)[3] & 0x0f == 2)
+        #expect(try Self.dnsQuery(port: port, name: "gmx.net", type: 15)[3] & 0x0f == 3)
+        // One MX host's address fails, its sibling's resolves: the domain still has a way in.
+        #expect(try Self.dnsQuery(port: port, name: "mx1.gmail.sink", type: 1)[3] & 0x0f == 2)
+        // …and the MX answer carries no glue for it, so an MTA asks and meets the fault.
+        let gmailMX = try Self.dnsQuery(port: port, name: "gmail.com", type: 15)
+        #expect(gmailMX[3] & 0x0f == 0 && gmailMX[7] == 2 && gmailMX[11] == 1, "one glue record (mx2's), not two")
+        #expect(!Self.contains(gmailMX, [0, 4, 127, 0, 1, 1]) && Self.contains(gmailMX, [0, 4, 127, 0, 1, 2]))
+        let mx2 = try Self.dnsQuery(port: port, name: "mx2.gmail.sink", type: 1)
+        #expect(mx2[3] & 0x0f == 0 && Array(mx2.suffix(4)) == [127, 0, 1, 2])
+        // The other names of a faulted provider are untouched (aol.com shares Yahoo's profile).
+        let aol = try Self.dnsQuery(port: port, name: "aol.com", type: 15)
+        #expect(aol[3] & 0x0f == 0 && aol[7] == 3)
+        // timeout: no datagram comes back (asked thrice, 5 s each), and the responder goes on answering.
+        #expect(throws: SinkTestError.self) { _ = try Self.dnsQuery(port: port, name: "orange.fr", type: 15) }
+        #expect(try Self.dnsQuery(port: port, name: "wanadoo.fr", type: 15)[3] & 0x0f == 0)
+    }
+
+    @Test func badDNSFaultsExitWithUsage() {
+        for arg in ["yahoo.com", "yahoo.com=refused", "=servfail"] {
+            let r = SinkProcess.runToExit(["--profile", Self.deterministicProfiles + "/gmail.conf", "--no-require-tls",
+                                           "--port", "0", "--dns-fault", arg])
+            #expect(r.status == 2 && r.stderr.contains("--dns-fault needs NAME=servfail|nxdomain|timeout"), "\(arg): \(r.status) \(r.stderr)")
+        }
+    }
+
     // MARK: Accept-all, ids, stats, every backend
 
     @Test(arguments: BackendKind.testable)

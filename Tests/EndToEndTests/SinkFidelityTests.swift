@@ -417,6 +417,70 @@ import PeregrineIO
         #expect(out.contains("\"sessions\" : 1"), "\(out)")
     }
 
+    /// Yahoo's three MX hosts: mx1 down (connection refused), mx2 resets,
+    /// mx3 serves; on every backend, since the reset is the sink's own close.
+    @Test(arguments: BackendKind.allCases)
+    func aDownMXRefusesAndAResettingOneSendsRST(_ kind: BackendKind) throws {
+        guard (try? kind.loopType.init()) != nil else {
+            Issue.record("backend \(kind.rawValue) is not available on this machine")
+            return
+        }
+        let sink = try SinkFidelityTests.shipped("yahoo", ["--mx-fault", "yahoo:1=down", "--mx-fault", "yahoo:2=reset",
+                                                           "--stats-port", "127.0.0.1:0"], backend: kind)
+        defer { sink.terminate() }
+        let (ip1, port1) = try sink.address("yahoo", 0)
+        let (ip2, port2) = try sink.address("yahoo", 1)
+        let (ip3, port3) = try sink.address("yahoo", 2)
+        // mx1: nothing listens any more; the kernel refuses the connection.
+        do {
+            _ = try SinkTestClient(ip1, port1)
+            Issue.record("mx1 accepted a connection although it is down")
+        } catch {
+            #expect("\(error)".contains("errno \(ECONNREFUSED)"), "\(error)")
+        }
+        // mx2: the handshake completes, then an RST comes instead of a greeting.
+        let reset = try SinkTestClient(ip2, port2)
+        do {
+            let r = try reset.reply()
+            Issue.record("mx2 answered \(String(describing: r)) instead of resetting")
+        } catch {
+            #expect("\(error)".contains("errno \(ECONNRESET)"), "\(error)")
+        }
+        // mx3 serves as usual: the provider works through its remaining host.
+        let lit = try SinkTestClient(ip3, port3)
+        #expect(try lit.reply()?.code == 220)
+        #expect(try lit.command("EHLO client.test")?.code == 250)
+        var seen = ""
+        let deadline = Date().addingTimeInterval(20)
+        while !seen.contains("\"sessions_reset\":1") && Date() < deadline {
+            seen = try Self.stats(sink)
+            if !seen.contains("\"sessions_reset\":1") { usleep(50_000) }
+        }
+        #expect(seen.contains("\"sessions_reset\":1"), "\(seen)")
+    }
+
+    /// `slow=DELAY`: every reply of that host comes DELAY (profile time) late,
+    /// the greeting and each command's; its sibling answers at once. Asserted
+    /// as an order of events: the sibling's greeting and EHLO come while the
+    /// slow host has said nothing, then the slow host's replies do come.
+    @Test func aSlowMXAnswersEveryReplyLate() throws {
+        // 2500 s of profile time × 0.002 = 5 s per reply.
+        let sink = try SinkFidelityTests.shipped("gmail", ["--mx-fault", "gmail:1=slow=2500s", "--time-scale", "0.002"])
+        defer { sink.terminate() }
+        let (ip1, port1) = try sink.address("gmail", 0)
+        let (ip2, port2) = try sink.address("gmail", 1)
+        let slow = try SinkTestClient(ip1, port1)
+        let fast = try SinkTestClient(ip2, port2)
+        #expect(try fast.reply()?.code == 220)
+        #expect(try fast.command("EHLO client.test")?.code == 250)
+        #expect(!slow.hasInput(withinMilliseconds: 0), "the slow MX greeted before its sibling had greeted and answered EHLO")
+        #expect(try slow.reply()?.code == 220)
+        try slow.send("EHLO client.test\r\n")
+        #expect(try fast.command("NOOP")?.code == 250)
+        #expect(!slow.hasInput(withinMilliseconds: 0), "the slow MX answered EHLO before its sibling answered NOOP")
+        #expect(try slow.reply()?.code == 250)
+    }
+
     /// GET /stats (compact JSON) from a sink started with --stats-port.
     static func stats(_ sink: SinkProcess) throws -> String {
         let address = try #require(sink.statsAddress)
@@ -456,7 +520,9 @@ import PeregrineIO
         let gmail = SinkProfileTests.profilesDir + "/gmail.conf"
         for (arg, message) in [("gmail:3=blackhole", "MX host number must be 1 to 2"),
                                ("nosuch:1=blackhole", "no profile named 'nosuch'"),
-                               ("gmail:1=reset", "'reset' is not a fault this sink models"),
+                               ("gmail:1=flood", "'flood' is not a fault this sink models"),
+                               ("gmail:1=slow=0s", "slow needs a delay above 0"),
+                               ("gmail:1=slow", "'slow' is not a fault this sink models"),
                                ("gmail:1=blackhole@soon", "--mx-fault gmail:1=blackhole@soon:"),
                                ("gmail", "expected ISP:N=blackhole")] {
             let r = SinkProcess.runToExit(["--profile", gmail, "--no-require-tls", "--port", "0", "--mx-fault", arg])
@@ -571,6 +637,57 @@ import PeregrineIO
         #expect(ids(7) == ids(7) && ids(7) != ids(8) && Set(ids(7)).count == 3)
     }
 
+    @Test func aComplaintShareBoxesTheIPAndItsDomain() {
+        var p = Self.profile(extend: false)
+        p.messageRate = nil
+        p.complaintPenalty = (50, 4)
+        let policy = SinkPolicy(profiles: [p], seed: 3)
+        // Four accepted messages of one IP and domain; the 2nd and 4th draw complaints (50%).
+        for i in 0..<4 {
+            let (c, _) = policy.connect(provider: policy.providers[0], ip: "10.0.0.1", now: 0)
+            #expect(policy.mailFrom(c, sender: "news@brand.test", now: 0).reply == nil, "message \(i)")
+            policy.noteAccepted(c, complained: i % 2 == 1, now: 0)
+            policy.disconnect(c)
+        }
+        #expect(mail(policy, "10.0.0.1", "other@else.test", at: Self.s)?.reason == .penaltyBox)
+        // The domain is boxed too: a fresh IP sending for it does not launder the complaints.
+        #expect(mail(policy, "10.0.0.2", "news@brand.test", at: Self.s)?.reason == .penaltyBox)
+        #expect(mail(policy, "10.0.0.3", "a@clean.test", at: Self.s) == nil)
+        #expect(policy.providers[0].ips["10.0.0.1"]?.reputation.complaints == 2)
+        // Under the share nothing happens: 1 in 4 is 25%.
+        let calm = SinkPolicy(profiles: [p], seed: 3)
+        for i in 0..<4 {
+            let (c, _) = calm.connect(provider: calm.providers[0], ip: "10.0.0.1", now: 0)
+            _ = calm.mailFrom(c, sender: "news@brand.test", now: 0)
+            calm.noteAccepted(c, complained: i == 0, now: 0)
+            calm.disconnect(c)
+        }
+        #expect(mail(calm, "10.0.0.1", "news@brand.test", at: Self.s) == nil)
+    }
+
+    /// A new IP starts cold: 2 messages in its first 10 s, 4 in the next
+    /// 10 s, 8 after; an IP first seen later starts at 2 again. Time scale 0.5.
+    @Test func aNewIPWarmsUpOnACurve() {
+        var p = SinkISPProfile(name: "w")
+        p.domains = ["w.test"]
+        p.warmUp = SinkRateLimit(rate: SinkRate(count: 2, seconds: 20), phase: .mail,
+                                 reply: SinkPolicyTests.reply("421 4.7.0 [{ip}] new sender, slow down"))
+        let policy = SinkPolicy(profiles: [p], timeScale: 0.5, seed: 3)
+        func sent(_ ip: String, at now: UInt64, _ n: Int) -> (accepted: Int, refusal: SinkRenderedReply?) {
+            var accepted = 0
+            var refusal: SinkRenderedReply?
+            for _ in 0..<n {
+                if let r = mail(policy, ip, at: now) { refusal = r } else { accepted += 1 }
+            }
+            return (accepted, refusal)
+        }
+        let first = sent("10.0.0.1", at: 0, 5)
+        #expect(first.accepted == 2 && first.refusal?.reason == .warmUp && first.refusal?.text == "421 4.7.0 [10.0.0.1] new sender, slow down")
+        #expect(sent("10.0.0.1", at: 10 * Self.s, 9).accepted == 4)
+        #expect(sent("10.0.0.1", at: 25 * Self.s, 9).accepted == 8)
+        #expect(sent("10.0.0.2", at: 25 * Self.s, 9).accepted == 2)
+    }
+
     @Test func profileSyntaxForTheNewLimits() throws {
         let set = try SinkProfileParser.parse("""
             <isp x>
@@ -608,5 +725,51 @@ import PeregrineIO
         #expect(error("max-msg-size 12") != nil)
         #expect(error("bad-recipient-penalty 10 of 100")?.hasPrefix("p.conf:3: bad-recipient-penalty needs PERCENT% of N") == true)
         #expect(error("bad-recipient-penalty 10% of 100") == "p.conf:1: <isp x>: bad-recipient-penalty needs a penalty-box (what the IP is put in)")
+        #expect(error("warm-up 50/h mail \"421 4.7.0 x\" penalty")?.hasPrefix("p.conf:3: warm-up takes START/PERIOD") == true)
+        #expect(error("warm-up 50/h mail \"421 4.7.0 x\" burst 9")?.hasPrefix("p.conf:3: warm-up takes START/PERIOD") == true)
+        #expect(error("complaint-penalty 0.3 of 1000")?.hasPrefix("p.conf:3: complaint-penalty needs PERCENT% of N") == true)
+        #expect(error("complaint-penalty 0% of 1000")?.hasPrefix("p.conf:3: complaint-penalty needs PERCENT% of N") == true)
+        #expect(error("complaint-penalty 0.3% of 1000") == "p.conf:1: <isp x>: complaint-penalty needs a penalty-box (what the sender is put in)")
+    }
+}
+
+/// `complaint-penalty` over real sockets: the sink's own ARF complaints
+/// (`--complaint-percent 100`, sent to a second sink in accept-all mode)
+/// count against the sending IP and the envelope domain, and the box answers
+/// the next MAIL. Source addresses 127.P.112.x (scenario 112).
+@Suite struct SinkComplaintReputationTests {
+    @Test func complaintsPutTheSenderInTheBox() throws {
+        let reports = try SinkProcess(["--accept-all", "--listen", "127.0.0.1:0", "--backend", SinkFidelityTests.backend.rawValue])
+        defer { reports.terminate() }
+        let (rip, rport) = try reports.address("accept-all")
+        let sink = try SinkFidelityTests.sink(profile: """
+            <isp cx>
+                domains cx.test
+                mx 127.0.0.1
+                max-domain-msg-rate 100000/h mail "421 4.7.28 domain {sender-domain} rate limited"
+                penalty-box 1h mail "421 4.7.0 [{ip}] boxed: too many complaints"
+                complaint-penalty 50% of 2
+            </isp>
+            """, "complaints", ["--reports-via", "\(rip):\(rport)", "--complaint-percent", "100", "--complaint-to", "fbl@esp.test"])
+        defer { sink.terminate() }
+        let (ip, port) = try sink.address("cx")
+        let a = E2E.ip(112, SinkFidelityTests.backend, host: 1), b = E2E.ip(112, SinkFidelityTests.backend, host: 2)
+        let c = try SinkTestClient(ip, port, from: a)
+        #expect(try c.start()?.code == 220)
+        #expect(try c.sendMessage(from: "news@brand.test", to: "u1@cx.test") == nil)
+        #expect(try c.sendMessage(from: "news@brand.test", to: "u2@cx.test") == nil)
+        // Two of two complained about: the IP is boxed from its next MAIL on.
+        let boxed = try c.sendMessage(from: "news@brand.test", to: "u3@cx.test")
+        #expect(boxed?.0 == "mail" && boxed?.1?.code == 421 && boxed?.1?.lines.joined().contains("boxed: too many complaints") == true,
+                "\(String(describing: boxed))")
+        // Another IP sending for the same domain meets the domain's box (its text).
+        let other = try SinkTestClient(ip, port, from: b)
+        #expect(try other.start()?.code == 220)
+        let viaB = try other.sendMessage(from: "news@brand.test", to: "u4@cx.test")
+        #expect(viaB?.0 == "mail" && viaB?.1?.lines.joined().contains("domain brand.test rate limited") == true, "\(String(describing: viaB))")
+        // …while its mail for a clean domain goes through (on a new connection: a 421 closes).
+        let again = try SinkTestClient(ip, port, from: b)
+        #expect(try again.start()?.code == 220)
+        #expect(try again.sendMessage(from: "hello@clean.test", to: "u5@cx.test") == nil)
     }
 }

@@ -35,7 +35,8 @@ final class BenchSMTPInjector {
     deinit { close(fd) }
 
     /// Sends one message; returns true when the server accepted it (250 after DATA).
-    func send(id: String, from: String, to: String, size: Int = 2048) throws -> Bool {
+    /// With `listUnsubscribe` the message carries RFC 8058 one-click unsubscribe headers (bulk mail to Gmail/Yahoo).
+    func send(id: String, from: String, to: String, size: Int = 2048, listUnsubscribe: Bool = false) throws -> Bool {
         try send("MAIL FROM:<\(from)>\r\n")
         guard try reply().hasPrefix("250") else { try rset(); return false }
         try send("RCPT TO:<\(to)>\r\n")
@@ -43,6 +44,9 @@ final class BenchSMTPInjector {
         try send("DATA\r\n")
         guard try reply().hasPrefix("354") else { try rset(); return false }
         var body = "From: <\(from)>\r\nTo: <\(to)>\r\nSubject: bench \(id)\r\nMessage-ID: <\(id)@bench.peregrine.test>\r\n"
+        if listUnsubscribe, let domain = from.split(separator: "@").last {
+            body += "List-Unsubscribe: <https://\(domain)/unsubscribe/\(id)>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        }
         body += "X-Loadgen-Id: \(id)\r\nX-Loadgen-Sent: \(Int64(Date().timeIntervalSince1970 * 1e9))\r\n\r\n"
         let line = String(repeating: "x", count: 76) + "\r\n"
         while body.utf8.count < size { body += line }

@@ -20,6 +20,14 @@ import Glibc
 /// `--isps gmail,icloud` restricts the mix (CI-sized runs without Yahoo's 72 s
 /// suspension or Outlook's 54 s backoff).
 ///
+/// The 2024 bulk-sender rules are enforced by default: the bench makes an
+/// RSA-2048 key for the senders' domain (peregrine.test), Peregrine signs every
+/// message with it at injection (`domain-key`, aligned with From), the sink
+/// verifies with the public key (`--dkim-key`), so the gmail and yahoo profiles
+/// refuse what is unsigned, unaligned or lacks RFC 8058 one-click unsubscribe
+/// (loadgen `--list-unsubscribe`). `--no-dkim` switches signing off (the sink
+/// still enforces): the run then shows Gmail's 5.7.26 and Yahoo's 5.7.9 refusals.
+///
 /// The sink's profiles say `time-scale 0.01`; the daemon's time constants are
 /// scaled the same way by hand (Yahoo's 2 h suspension → 72 s, Outlook's 90 min
 /// of 1/min → 54 s of 100/min).
@@ -27,14 +35,18 @@ func runIspMixBench(arguments: [String]) -> Int32 {
     let usage = """
     usage: peregrine-bench isp-mix [--backend epoll|io_uring|dispatch|all] [--count N] [--rate N/s]
                                    [--special-percent P] [--deadline S] [--seed N] [--output-dir DIR]
-                                   [--isps all|gmail,yahoo,outlook,icloud,comcast,gmx,orange] [--no-tls]
+                                   [--isps all|gmail,yahoo,outlook,icloud,comcast,gmx,orange] [--no-tls] [--no-dkim]
       --isps LIST   only these providers' domains (loadgen mix and special recipients; default all)
       --no-tls      plain text: no certificate, the sink's require-tls off (default: STARTTLS, Gmail requires it)
+      --no-dkim     Peregrine does not sign; the sink still enforces the bulk-sender rules (shows the refusals)
+      --mx-fault SPEC[,SPEC]  the sink's --mx-fault (e.g. gmail:2=blackhole@30s): one MX host fails while
+                    the others work; the daemon's connect and greeting timeouts are then scaled × 0.01 like
+                    every other time constant (3 s), so a dead host costs CI-sized time
     """
     let defaults = ["backend": "epoll", "count": "5000", "rate": "500/s", "special-percent": "2", "deadline": "600",
-                    "seed": "1", "output-dir": "results", "connections": "8", "isps": "all"]
+                    "seed": "1", "output-dir": "results", "connections": "8", "isps": "all", "mx-fault": ""]
     let options: ScenarioOptions
-    switch ScenarioOptions.parse(arguments, defaults: defaults, flags: ["no-tls"], usage: usage) {
+    switch ScenarioOptions.parse(arguments, defaults: defaults, flags: ["no-tls", "no-dkim"], usage: usage) {
     case .success(let o): options = o
     case .failure(let e): fputs("peregrine-bench isp-mix: \(e.message)\n", stderr); return 2
     }
@@ -53,7 +65,8 @@ func runIspMixBench(arguments: [String]) -> Int32 {
         fputs("peregrine-bench isp-mix: \(error)\n", stderr)
         return 1
     }
-    let tlsTitle = options.flags.contains("no-tls") ? "plain text (--no-tls)" : "STARTTLS, Gmail requires TLS"
+    let tlsTitle = (options.flags.contains("no-tls") ? "plain text (--no-tls)" : "STARTTLS, Gmail requires TLS")
+        + (options.flags.contains("no-dkim") ? ", bulk-sender rules enforced, NOT signed (--no-dkim)" : ", bulk-sender rules enforced, DKIM-signed")
     printBenchTable(title: "isp-mix: shipped ISP profiles (time-scale 0.01), MX via the sink's DNS, consumer mix + unknown/greylisted, \(tlsTitle)",
                     header: IspMixRun.header, rows: rows)
     return failed ? 1 : 0
@@ -77,7 +90,7 @@ struct IspMixRun {
     let backend: String
 
     static let header = ["backend", "injected", "delivered", "bounced", "deferrals@sink", "t records", "lost", "dup",
-                         "unexpected bounces", "gmail TLS", "all TLS", "protocols", "elapsed s", "drained", "result"]
+                         "unexpected bounces", "gmail TLS", "all TLS", "protocols", "DKIM", "bulk-sender refusals", "elapsed s", "drained", "result"]
 
     struct Outcome { var row: [String]; var ok: Bool }
 
@@ -102,12 +115,18 @@ struct IspMixRun {
         let sinkIDs = rig.work + "/sink-ids.txt"
         // Gmail's profile requires TLS: the sink offers STARTTLS with a throwaway certificate, or serves plain text.
         let sinkTLS = tls ? try BenchCertificate.make(in: rig.work, commonName: "mx.sink").sinkArguments : ["--no-require-tls"]
+        // The bulk-sender rules: the sink always gets the public key (so gmail/yahoo enforce them); Peregrine signs unless --no-dkim.
+        let sign = !options.flags.contains("no-dkim")
+        let dkim = try IspMixDKIM.make(in: rig.work)
+        let mxFaults = options.string("mx-fault").split(separator: ",").map(String.init)
         let sink = try rig.startSink(["--profile", root + "/sink/profiles/all.conf", "--port", "25",
                                       "--dns", "\(rig.ip):\(dnsPort)", "--stats-port", "\(rig.ip):\(statsPort)",
-                                      "--record-ids", sinkIDs, "--seed", options.string("seed"), "--backend", "epoll"] + sinkTLS)
+                                      "--record-ids", sinkIDs, "--seed", options.string("seed"), "--backend", "epoll"] + sinkTLS + dkim.sinkArguments
+                                      + mxFaults.flatMap { ["--mx-fault", $0] })
         let acct = rig.work + "/acct.csv"
         let config = Self.config(ip: rig.ip, mtaPort: mtaPort, mgmtPort: mgmtPort, dnsPort: dnsPort,
-                                 spool: rig.work + "/spool", acct: acct, startTLS: tls)
+                                 spool: rig.work + "/spool", acct: acct, startTLS: tls,
+                                 dkimLines: sign ? dkim.configLines : "", scaledTimeouts: !mxFaults.isEmpty)
         let configPath = rig.work + "/peregrine.conf"
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         let daemon = try rig.startDaemon(configPath: configPath, backend: backend, smtpPort: mtaPort)
@@ -126,7 +145,7 @@ struct IspMixRun {
                 let unknown = i % 2 == 0
                 let rcpt = "\(unknown ? "unknown" : "grey")-\(i)@\(specialDomains[(i / 2) % specialDomains.count])"
                 let id = "special-\(i)"
-                if try injector.send(id: id, from: "bench@peregrine.test", to: rcpt) {
+                if try injector.send(id: id, from: "bench@\(IspMixDKIM.domain)", to: rcpt, listUnsubscribe: true) {
                     specialAccepted.append((id, rcpt, unknown ? "bounce" : "deliver"))
                 } else { specialRefused += 1 }
             }
@@ -138,7 +157,8 @@ struct IspMixRun {
         let domainMix = restricted ? ["--domains", providers.flatMap(\.mix).map { "\($0.domain)=\($0.weight)" }.joined(separator: ",")] : []
         let summary = try rig.runLoadgen(["--target", "\(rig.ip):\(mtaPort)", "--count", "\(count)", "--rate", options.string("rate"),
                                           "--connections", options.string("connections"), "--ids", loadIDs,
-                                          "--seed", options.string("seed"), "--backend", "epoll"] + domainMix,
+                                          "--seed", options.string("seed"), "--backend", "epoll",
+                                          "--from", "news@\(IspMixDKIM.domain)", "--list-unsubscribe"] + domainMix,
                                          jsonPath: rig.work + "/loadgen.json", timeout: deadline) { _ in
             peakRSS = max(peakRSS, rssBytes(daemon.pid))
         }
@@ -191,7 +211,10 @@ struct IspMixRun {
         let unexpectedBounces = acctCounts.bouncedRecipients.subtracting(expectedBounceRcpts)
         let missingBounces = expectedBounceRcpts.subtracting(acctCounts.bouncedRecipients)
         // Messages bounced for other reasons are not lost, but they are not what the profile dictates either.
-        let lostCount = max(0, lost.count - unexpectedBounces.count)
+        // One b record per bounced message: loadgen draws recipients at random, so one address can
+        // bounce twice, and counting addresses would call the second message lost.
+        let unexpectedBounceRecords = unexpectedBounces.reduce(0) { $0 + (acctCounts.bouncesPerRecipient[$1] ?? 1) }
+        let lostCount = max(0, lost.count - unexpectedBounceRecords)
         let totals = sinkStats["totals"] as? [String: Any] ?? [:]
         func sum(_ key: String) -> [String: Int] { (totals[key] as? [String: Int]) ?? [:] }
         var deferralsAtSink: [String: Int] = [:]
@@ -215,13 +238,24 @@ struct IspMixRun {
         if tls && tally.gmail.plain > 0 { failures.append("gmail-plain=\(tally.gmail.plain)") }
         if !drained { failures.append("not-drained") }
         if !missingBounces.isEmpty { failures.append("missing-bounces=\(missingBounces.count)") }
+        // Signed, aligned mail with one-click unsubscribe must pass every provider's bulk-sender rules.
+        let bulkSenderRefusals = IspMixDKIM.refusals(totals)
+        let bulkSenderRefusalTotal = bulkSenderRefusals.values.reduce(0, +)
+        if sign && bulkSenderRefusalTotal > 0 { failures.append("bulk-sender-refusals=\(bulkSenderRefusalTotal)") }
+        let enforcing = IspMixDKIM.enforcingProviders(sinkLog: (try? String(contentsOfFile: sink.logPath, encoding: .utf8)) ?? "", providers: providers.map(\.name))
         let verdict = failures.isEmpty ? "ok" : "FAIL(" + failures.joined(separator: ",") + ")"
         let figures: [String: Any] = [
             "config": ["mta": "peregrine", "backend": backend, "config": config,
                        "sinkProfiles": "sink/profiles/all.conf (time-scale 0.01)" + (tls ? ", --tls-cert (throwaway)" : ", --no-require-tls"),
                        "loadgenRate": options.string("rate"), "loadgenCount": count, "specialPercent": specialPercent,
-                       "tls": tls, "isps": providers.map(\.name)],
+                       "tls": tls, "isps": providers.map(\.name), "dkimSigned": sign, "mxFaults": mxFaults],
             "tls": tls,
+            "bulkSenderRules": ["enforced": !enforcing.isEmpty, "enforcedBy": enforcing,
+                                "rules": ["require-dkim", "require-dmarc-alignment", "require-list-unsubscribe"],
+                                "dkimSigned": sign, "signingDomain": IspMixDKIM.domain, "key": "rsa2048 (made for the run)",
+                                "listUnsubscribe": "RFC 8058 (loadgen --list-unsubscribe)",
+                                "refusalsAtSink": bulkSenderRefusals, "refusalsAtSinkTotal": bulkSenderRefusalTotal,
+                                "bouncesByStatus": acctCounts.bouncesByStatus, "bounceDiagnosticSample": acctCounts.bounceDiagnosticSample],
             "deliveriesOverTLS": tally.overall.overTLS,
             "deliveriesPlain": tally.overall.plain,
             "tlsProtocols": tally.overall.protocols,
@@ -239,7 +273,8 @@ struct IspMixRun {
             "delivered": delivered,
             "bounced": bounced,
             "bouncedByCategory": acctCounts.bouncesByCategory,
-            "unexpectedBounces": unexpectedBounces.count,
+            "unexpectedBounces": unexpectedBounceRecords,
+            "unexpectedBounceRecipients": unexpectedBounces.count,
             "unexpectedBounceSample": Array(unexpectedBounces.prefix(10)),
             "expectedBouncesMissing": missingBounces.count,
             "deferralsAtSink": deferralsAtSink,
@@ -264,14 +299,16 @@ struct IspMixRun {
                         ["deferrals@sink", "\(deferralsAtSink.values.reduce(0, +))"], ["t records", "\(tRecords)"],
                         ["lost", "\(lostCount)"], ["dup", "\(rec.duplicates)"], ["TLS", tls ? "on" : "off"],
                         ["gmail over TLS", IspMixTLSTally.ratio(tally.gmail)], ["over TLS", IspMixTLSTally.ratio(tally.overall)],
-                        ["protocols", tally.overall.protocolList], ["elapsed s", fmt(elapsed)], ["drained", drained ? "yes" : "no"],
+                        ["protocols", tally.overall.protocolList],
+                        ["bulk-sender rules", enforcing.isEmpty ? "not enforced" : "enforced (\(enforcing.joined(separator: ",")))"],
+                        ["DKIM", sign ? "signed" : "off"], ["bulk-sender refusals", "\(bulkSenderRefusalTotal)"], ["elapsed s", fmt(elapsed)], ["drained", drained ? "yes" : "no"],
                         ["result", verdict]],
         ]
         rig.writeResult(target: backend, figures: figures, outputDir: options.string("output-dir"))
         let row = [backend, "\(injected)", "\(delivered)", "\(bounced) " + Self.categories(acctCounts.bouncesByCategory),
                    "\(deferralsAtSink.values.reduce(0, +))", "\(tRecords)", "\(lostCount)", "\(rec.duplicates)",
-                   "\(unexpectedBounces.count)", IspMixTLSTally.ratio(tally.gmail), IspMixTLSTally.ratio(tally.overall),
-                   tally.overall.protocolList, fmt(elapsed), drained ? "yes" : "no (\(daemonAlive))", verdict]
+                   "\(unexpectedBounceRecords)", IspMixTLSTally.ratio(tally.gmail), IspMixTLSTally.ratio(tally.overall),
+                   tally.overall.protocolList, sign ? "signed" : "off", "\(bulkSenderRefusalTotal)", fmt(elapsed), drained ? "yes" : "no (\(daemonAlive))", verdict]
         for line in tally.lines { fputs("   \(line)\n", stderr) }
         if !deferralsAtSink.isEmpty {
             fputs("   deferrals at the sink by reason: " + deferralsAtSink.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + "\n", stderr)
@@ -288,7 +325,7 @@ struct IspMixRun {
 
     /// The daemon's config: shaping from DOMAIN.md, time constants × 0.01 like the sink's profiles.
     static func config(ip: String, mtaPort: UInt16, mgmtPort: UInt16, dnsPort: UInt16, spool: String, acct: String,
-                       startTLS: Bool) -> String {
+                       startTLS: Bool, dkimLines: String = "", scaledTimeouts: Bool = false) -> String {
         """
         smtp-listener \(ip):\(mtaPort)
         http-mgmt-port \(ip):\(mgmtPort)
@@ -300,7 +337,7 @@ struct IspMixRun {
             always-allow-relaying yes
             process-x-virtual-mta yes
             process-x-job yes
-        </source>
+        \(dkimLines)</source>
         <acct-file \(acct)>
             records d,b,t,tq
         </acct-file>
@@ -316,6 +353,7 @@ struct IspMixRun {
             use-starttls \(startTLS ? "yes" : "no")
             retry-after 5s
             backoff-retry-after 10s
+        \(scaledTimeouts ? "    # An MX host fails in this run: connect and greeting timeouts (2 and 5 min) × 0.01, rounded up.\n    connect-timeout 3s\n    smtp-greeting-timeout 3s\n" : "")
             bounce-after 30m
             smtp-pattern-list receivers
             # As ESPs run it: bounces are read from the accounting file, no

@@ -119,6 +119,11 @@ final class ScenarioRig {
         var bouncesByCategory: [String: Int] = [:]
         var transientByStatus: [String: Int] = [:]
         var bouncedRecipients: Set<String> = []
+        /// `b` records per recipient address (one address may bounce more than once).
+        var bouncesPerRecipient: [String: Int] = [:]
+        /// `b` records by `dsnStatus` (5.7.26, 5.1.1, …), and the first diagnostic seen for each status.
+        var bouncesByStatus: [String: Int] = [:]
+        var bounceDiagnosticSample: [String] = []
         var deliveredRecipients: [String: Int] = [:]
         /// `d` records by recipient domain (lower-cased), then by `dlvTlsProtocol` ("" = plain text).
         var deliveryProtocols: [String: [String: Int]] = [:]
@@ -139,6 +144,14 @@ final class ScenarioRig {
             case "b":
                 a.bouncesByCategory[row["bounceCat"] ?? "", default: 0] += 1
                 a.bouncedRecipients.insert(row["rcpt"] ?? "")
+                a.bouncesPerRecipient[row["rcpt"] ?? "", default: 0] += 1
+                let status = (row["dsnStatus"] ?? "").split(separator: " ").first.map(String.init) ?? ""
+                a.bouncesByStatus[status.isEmpty ? "-" : status, default: 0] += 1
+                // One diagnostic per status, so a result file shows the receivers' real texts.
+                if a.bounceDiagnosticSample.count < 8, let diag = row["dsnDiag"],
+                   !a.bounceDiagnosticSample.contains(where: { $0.hasPrefix(status + " ") }) {
+                    a.bounceDiagnosticSample.append(status + " " + diag)
+                }
             case "d":
                 let rcpt = row["rcpt"] ?? ""
                 a.deliveredRecipients[rcpt, default: 0] += 1

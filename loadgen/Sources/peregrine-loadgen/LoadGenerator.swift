@@ -10,6 +10,8 @@ import PeregrineTLS
 final class LoadGenerator<Loop: EventLoop> {
     let loop: Loop
     let options: LoadgenOptions
+    /// The envelope sender's domain, for the List-Unsubscribe URIs.
+    private let senderDomain: String
     let stats: LoadStats
     private var connections: [LoadConnection<Loop>] = []
     private var waiting: [LoadConnection<Loop>] = []
@@ -41,6 +43,7 @@ final class LoadGenerator<Loop: EventLoop> {
     init(loop: Loop, options: LoadgenOptions) {
         self.loop = loop
         self.options = options
+        self.senderDomain = options.sender.split(separator: "@").last.map(String.init) ?? "peregrine.test"
         self.tlsContext = options.startTLS ? (try? TLSContext.client()) : nil
         self.stats = LoadStats(expected: options.count ?? 100_000)
         self.stats.recordIDs = options.idsPath != nil || options.jsonPath != nil
@@ -141,6 +144,11 @@ final class LoadGenerator<Loop: EventLoop> {
         func put(_ s: String) { var s = s; s.withUTF8 { headerScratch.append(contentsOf: $0) } }
         put("From: <\(options.sender)>\r\nTo: <undisclosed-recipients:;>\r\nSubject: Peregrine load test \(id)\r\n")
         put("Message-ID: <\(id)@loadgen.peregrine.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n")
+        if options.listUnsubscribe {
+            // RFC 8058 one-click: an https URI the receiver may POST to, plus the mailto most lists also give.
+            put("List-Unsubscribe: <https://\(senderDomain)/unsubscribe/\(id)>, <mailto:unsubscribe@\(senderDomain)?subject=\(id)>\r\n")
+            put("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        }
         put("X-Loadgen-Id: \(id)\r\nX-Loadgen-Sent: \(sentNanos)\r\n\r\n")
         headerScratch.withUnsafeBytes { sink($0) }
         if let filler = fillers[size] {

@@ -22,6 +22,9 @@ struct LoadgenOptions {
     var domains: [(String, Double)] = LoadgenOptions.defaultDomainMix
     var sizes: [(Int, Double)] = [(4096, 1)]
     var sender = "loadgen@peregrine.test"
+    /// `--list-unsubscribe`: every message carries RFC 8058 one-click
+    /// unsubscribe headers, as Gmail and Yahoo require of bulk mail since 2024.
+    var listUnsubscribe = false
     var heloName = "loadgen.peregrine.test"
     var jsonPath: String?
     var idsPath: String?
@@ -49,7 +52,8 @@ struct LoadgenOptions {
       --recipients N             recipients per message (1)
       --domains a.com=40,b.com=60  weighted recipient-domain mix (default: consumer mix)
       --size 4k | --sizes 4k=80,100k=20   message size, fixed or weighted
-      --from ADDR                envelope sender
+      --from ADDR                envelope sender (and From: header)
+      --list-unsubscribe         add RFC 8058 List-Unsubscribe (https + mailto) and List-Unsubscribe-Post
       --source IP                bind connections to this local address
       --backend io_uring|epoll|dispatch   (epoll)
       --json FILE                write the JSON summary there ('-' = stdout)
@@ -123,6 +127,7 @@ struct LoadgenOptions {
             case "--json": o.jsonPath = try value(a)
             case "--ids": o.idsPath = try value(a)
             case "--starttls": o.startTLS = true
+            case "--list-unsubscribe": o.listUnsubscribe = true
             case "--progress": o.progress = true
             case "--no-progress": o.progress = false
             case "--seed":

@@ -24,6 +24,8 @@ public struct SinkOptions: Equatable, Sendable {
     public var seed: UInt64 = 1
     /// `--mx-fault ISP:N=blackhole[@DURATION]`, as given (checked against the profiles at start).
     public var mxFaults: [String] = []
+    /// `--dns-fault NAME=servfail|nxdomain|timeout` (repeatable): what the DNS responder answers for NAME.
+    public var dnsFaults: [String: SinkDNSFault] = [:]
     /// `--dkim-key DOMAIN:SELECTOR:PUBKEYFILE` (repeatable): the keys
     /// `require-dkim` verifies with (the sink does no DNS lookups of its own).
     public var dkimKeys: [String] = []
@@ -37,7 +39,8 @@ public struct SinkOptions: Equatable, Sendable {
                           [--stats-port [ADDR:]PORT] [--dns ADDR:PORT] [--record-ids FILE]
                           [--time-scale X] [--seed N] [--tls-cert FILE --tls-key FILE] [--no-require-tls]
                           [--dkim-key DOMAIN:SELECTOR:PUBKEYFILE]...
-                          [--mx-fault ISP:N=blackhole[@DURATION]]... [--quiet]
+                          [--mx-fault ISP:N=blackhole|down|reset|slow=DELAY[@DURATION]]...
+                          [--dns-fault NAME=servfail|nxdomain|timeout]... [--quiet]
 
       --profile FILE       ISP profiles (sink/profiles/all.conf has every shipped one); repeatable
       --accept-all         accept everything on --listen, no profile needed
@@ -60,9 +63,14 @@ public struct SinkOptions: Equatable, Sendable {
       --tls-key FILE       its PEM private key (profiles: require-tls, starttls offer|refuse|break)
       --no-require-tls     turn every profile's require-tls off (a profile that requires TLS
                            does not start without --tls-cert otherwise)
-      --mx-fault ISP:N=blackhole[@DURATION]
-                           MX host N (1 = mx1.<isp>.sink) accepts TCP and never greets,
-                           from the start or DURATION after it (scaled by the time scale); repeatable
+      --mx-fault ISP:N=KIND[@DURATION]
+                           MX host N (1 = mx1.<isp>.sink) fails, from the start or DURATION after it
+                           (scaled by the time scale); repeatable. KIND: blackhole (accepts TCP, never
+                           greets), down (connection refused), reset (RST instead of a greeting),
+                           slow=DELAY (every reply DELAY late)
+      --dns-fault NAME=servfail|nxdomain|timeout
+                           the DNS responder answers every query for NAME (a domain or an MX host
+                           name) with SERVFAIL, NXDOMAIN, or not at all; repeatable
     Stops on SIGTERM/SIGINT and prints the counters as JSON.
     """
 
@@ -149,6 +157,14 @@ public struct SinkOptions: Equatable, Sendable {
             case "--mx-fault":
                 guard let v = value(), !v.isEmpty else { return fail("--mx-fault needs ISP:N=blackhole[@DURATION]") }
                 o.mxFaults.append(v)
+            case "--dns-fault":
+                guard let v = value(), let eq = v.lastIndex(of: "="), eq != v.startIndex,
+                      let fault = SinkDNSFault(rawValue: String(v[v.index(after: eq)...])) else {
+                    return fail("--dns-fault needs NAME=servfail|nxdomain|timeout")
+                }
+                var name = v[..<eq].lowercased()
+                if name.hasSuffix(".") { name.removeLast() }
+                o.dnsFaults[name] = fault
             case "--dkim-key":
                 guard let v = value(), v.split(separator: ":", maxSplits: 2).count == 3 else {
                     return fail("--dkim-key needs DOMAIN:SELECTOR:PUBKEYFILE")

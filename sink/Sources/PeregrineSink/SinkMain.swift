@@ -80,10 +80,14 @@ public enum SinkMain {
             case .failure(let e): complain("--mx-fault \(text): \(e.message)"); return 2
             case .success(let f):
                 let provider = policy.providers[f.providerIndex]
-                provider.blackholeAfter[f.mx] = SinkProvider.nanos(f.afterSeconds, scale)
+                var delay = 0.0
+                if case .slow(let d) = f.kind { delay = d }
+                provider.mxFaults[f.mx] = SinkMXFaultState(kind: f.kind, afterNanos: SinkProvider.nanos(f.afterSeconds, scale),
+                                                           delayNanos: SinkProvider.nanos(delay, scale))
             }
         }
         let shared = SinkShared(policy: policy)
+        shared.dnsFaults = options.dnsFaults
         if let cert = options.tlsCert, let key = options.tlsKey {
             do { shared.tlsContext = try TLSContext.server(certificateFile: cert, keyFile: key) } catch {
                 complain("--tls-cert/--tls-key: \(error)"); return 1
@@ -98,10 +102,13 @@ public enum SinkMain {
                 complain("--dkim-key \(spec): \(error)"); return 1
             }
         }
-        if options.dkimKeys.isEmpty {
-            for p in set.profiles where p.bulkSender.isActive && !options.quiet {
+        for p in set.profiles where p.bulkSender.isActive && !options.quiet {
+            // Said either way, so a scenario's log shows whether the rules were enforced in its run.
+            if options.dkimKeys.isEmpty {
                 fputs("peregrine-sink: <isp \(p.name)>: require-dkim/-dmarc-alignment/-list-unsubscribe not enforced: "
                       + "no --dkim-key DOMAIN:SELECTOR:PUBKEYFILE to verify signatures with\n", stderr)
+            } else {
+                fputs("peregrine-sink: <isp \(p.name)>: bulk-sender rules enforced\n", stderr)
             }
         }
         if let path = options.recordIds {

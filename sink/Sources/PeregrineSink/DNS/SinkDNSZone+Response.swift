@@ -21,6 +21,10 @@ extension SinkDNSZone {
         switch answer(name: q.name, type: q.type.rawValue) {
         case .nxDomain:
             response = .response(to: query, code: .nameError)
+        case .serverFailure:
+            response = .response(to: query, code: .serverFailure)
+        case .noReply:
+            return nil
         case .noData:
             response = .response(to: query)
         case .a(let bytes):
@@ -30,7 +34,8 @@ extension SinkDNSZone {
             response = .response(to: query, answers: hosts.enumerated().map { i, h in
                 DNSResourceRecord(name: q.name, ttl: 300, data: .mx(preference: UInt16(10 * (i + 1)), exchange: h.name))
             })
-            response.additionals = hosts.map { h in
+            // No glue for a host with a --dns-fault: the MTA must ask for its address and meet the fault.
+            response.additionals = hosts.filter { faults[$0.name] == nil }.map { h in
                 DNSResourceRecord(name: h.name, ttl: 300, data: h.address.count == 4 ? .a(h.address) : .aaaa(h.address))
             }
         }

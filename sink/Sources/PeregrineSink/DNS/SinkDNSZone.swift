@@ -1,7 +1,8 @@
 /// The names the sink's DNS responder knows: every profile domain has MX
 /// records `mx1.<isp>.sink`, `mx2.<isp>.sink`, … whose A records are the
 /// profile's MX addresses. A profile with domain `*` (accept-all) catches
-/// every other domain. Anything else is NXDOMAIN.
+/// every other domain. Anything else is NXDOMAIN. `--dns-fault` names
+/// answer SERVFAIL, NXDOMAIN or nothing instead, whatever they would have had.
 public struct SinkDNSZone: Sendable {
     public struct Host: Sendable, Hashable {
         public var name: String
@@ -14,6 +15,8 @@ public struct SinkDNSZone: Sendable {
     public private(set) var wildcard: [Host]?
     /// Lower-cased host name → its address.
     public private(set) var hosts: [String: [UInt8]] = [:]
+    /// `--dns-fault`: lower-cased name (no trailing dot) → the failure it answers with.
+    public var faults: [String: SinkDNSFault] = [:]
 
     public init(profiles: [SinkISPProfile]) {
         for p in profiles {
@@ -36,12 +39,22 @@ public struct SinkDNSZone: Sendable {
         /// The name exists but has no record of that type.
         case noData
         case nxDomain
+        /// SERVFAIL (`--dns-fault NAME=servfail`).
+        case serverFailure
+        /// No reply at all (`--dns-fault NAME=timeout`): the resolver times out.
+        case noReply
     }
 
     /// qtype 15 (MX), 1 (A), 28 (AAAA); others get noData for known names.
     public func answer(name raw: String, type: UInt16) -> Answer {
         var name = raw.lowercased()
         if name.hasSuffix(".") { name.removeLast() }
+        switch faults[name] {
+        case .servfail?: return .serverFailure
+        case .nxdomain?: return .nxDomain
+        case .timeout?: return .noReply
+        case nil: break
+        }
         if let addr = hosts[name] {
             if type == 1 && addr.count == 4 { return .a(addr) }
             if type == 28 && addr.count == 16 { return .a(addr) }
@@ -84,4 +97,11 @@ public struct SinkDNSZone: Sendable {
         guard all.count == 8 else { return nil }
         return all.flatMap { [UInt8($0 >> 8), UInt8($0 & 0xff)] }
     }
+}
+
+/// `--dns-fault NAME=…`: how the sink's DNS fails for one name, so a run can
+/// check what an MTA does with a temporary (SERVFAIL, timeout) and a
+/// permanent (NXDOMAIN) resolution failure of a provider's domain or MX host.
+public enum SinkDNSFault: String, Sendable, Equatable {
+    case servfail, nxdomain, timeout
 }

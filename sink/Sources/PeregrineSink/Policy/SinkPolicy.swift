@@ -51,6 +51,11 @@ public final class SinkReputation {
     /// `bad-recipient-penalty` (a tumbling window of N recipients).
     var recipientsInWindow = 0
     var badInWindow = 0
+    /// Accepted messages and those complained about in the current window of `complaint-penalty`.
+    var messagesInWindow = 0
+    var complaintsInWindow = 0
+    /// Complaints the sender drew over the run.
+    public internal(set) var complaints: UInt64 = 0
     init() {}
 }
 
@@ -63,6 +68,10 @@ public final class SinkIPState {
     public internal(set) var counters = SinkCounters()
     public let reputation = SinkReputation()
     var connectionRate: RateLimiter?
+    /// `warm-up`: when the provider first saw this IP, the period it is in, and what it sent in it.
+    var firstSeen: UInt64?
+    var warmUpPeriod: UInt64 = 0
+    var warmUpCount = 0
     init(ip: String) { self.ip = ip }
 }
 
@@ -84,21 +93,23 @@ public final class SinkProvider {
     let mailboxInterval: UInt64
     /// Idle timeout in ns; 0 when none.
     public let idleNanos: UInt64
+    /// `warm-up`: one period, in ns.
+    let warmUpNanos: UInt64
     let scale: Double
     var mailboxes: [String: RateLimiter] = [:]
     var greylist: [String: UInt64] = [:]
     /// Reputation per envelope sender domain (lower case), for `max-domain-msg-rate`.
     public private(set) var senderDomains: [String: SinkReputation] = [:]
-    /// `--mx-fault`: MX host index → ns after the start from which it accepts
-    /// TCP and never greets.
-    public internal(set) var blackholeAfter: [Int: UInt64] = [:]
-    /// Connections a black-holed MX host accepted (never greeted).
+    /// `--mx-fault`: MX host index → its fault and when it starts.
+    var mxFaults: [Int: SinkMXFaultState] = [:]
+    /// Connections a faulty MX host accepted and never greeted (blackhole) or reset.
     public internal(set) var blackholed: UInt64 = 0
+    public internal(set) var reset: UInt64 = 0
 
-    /// Whether MX host `mx` is black-holed `sinceStart` ns into the run.
-    func isBlackholed(mx: Int, sinceStart: UInt64) -> Bool {
-        guard let after = blackholeAfter[mx] else { return false }
-        return sinceStart >= after
+    /// MX host `mx`'s fault in effect `sinceStart` ns into the run, if any.
+    func fault(mx: Int, sinceStart: UInt64) -> SinkMXFaultState? {
+        guard let f = mxFaults[mx], sinceStart >= f.afterNanos else { return nil }
+        return f
     }
 
     init(profile: SinkISPProfile, index: Int, scale: Double) {
@@ -115,6 +126,7 @@ public final class SinkProvider {
         greylistNanos = ns(profile.greylist?.seconds ?? 0)
         mailboxInterval = interval(profile.mailboxRate?.rate)
         idleNanos = ns(profile.idleTimeout ?? 0)
+        warmUpNanos = max(1, ns(profile.warmUp?.rate.seconds ?? 0))
     }
 
     static func nanos(_ seconds: Double, _ scale: Double) -> UInt64 {
@@ -171,6 +183,8 @@ public final class SinkConnection {
     /// A recipient rule that refuses this transaction at the end of DATA.
     var refuseAtData: (SinkRecipientRule, String)?
     var closed = false
+    /// `--mx-fault …=slow=DELAY`: added to every reply's latency (ns, scaled).
+    public internal(set) var extraLatency: UInt64 = 0
     /// The session completed a TLS handshake.
     public internal(set) var tls = false
     init(provider: SinkProvider, ipState: SinkIPState, mx: Int, sessionID: String) {
@@ -211,6 +225,7 @@ public final class SinkPolicy {
     /// decision is the greeting's.
     public func connect(provider: SinkProvider, ip: String, mx: Int = 0, now: UInt64) -> (SinkConnection, SinkDecision) {
         let s = provider.ipState(ip)
+        if s.firstSeen == nil { s.firstSeen = now }
         let c = SinkConnection(provider: provider, ipState: s, mx: mx, sessionID: nextSessionID())
         s.open += 1
         s.openPerMX[mx, default: 0] += 1
@@ -343,6 +358,23 @@ public final class SinkPolicy {
         rep.badInWindow = 0
     }
 
+    /// `complaint-penalty`: an accepted message of this connection's sender,
+    /// and whether a complaint about it goes back (the sink's ARF report). At
+    /// the end of each window of N messages, a complaint share at or over P%
+    /// boxes the sending IP, and the envelope domain where the profile keys on
+    /// it (so rotating IPs does not launder complaints either).
+    public func noteAccepted(_ c: SinkConnection, complained: Bool, now: UInt64) {
+        guard let (percent, window) = c.provider.profile.complaintPenalty else { return }
+        for rep in [c.ipState.reputation, c.domainReputation].compactMap({ $0 }) {
+            rep.messagesInWindow += 1
+            if complained { rep.complaintsInWindow += 1; rep.complaints &+= 1 }
+            guard rep.messagesInWindow >= window else { continue }
+            if Double(rep.complaintsInWindow) * 100 >= percent * Double(rep.messagesInWindow) { arm(rep, c.provider, now: now) }
+            rep.messagesInWindow = 0
+            rep.complaintsInWindow = 0
+        }
+    }
+
     /// Puts a sender in the provider's penalty box (unless it is in it already, or permanently refused).
     func arm(_ rep: SinkReputation, _ provider: SinkProvider, now: UInt64) {
         guard let box = provider.profile.penaltyBox, now >= rep.penaltyUntil, !rep.permanent else { return }
@@ -434,12 +466,12 @@ public final class SinkPolicy {
         }
         let seconds: Double
         switch l {
-        case .none: return 0
+        case .none: return c.extraLatency
         case .fixed(let s): seconds = s
         case .uniform(let a, let b): seconds = a + (b - a) * random.unit()
         case .exponential(let mean): seconds = -mean * Foundation.log(1 - random.unit())
         }
-        return SinkProvider.nanos(seconds, timeScale)
+        return SinkProvider.nanos(seconds, timeScale) &+ c.extraLatency
     }
 
     // MARK: Limits
@@ -465,6 +497,9 @@ public final class SinkPolicy {
         if let l = profile.maxMessagesPerConnection, l.phase == phase, c.messages >= l.value {
             return refuse(phase, .maxMessagesPerConnection, l.reply, c, rcpt: rcpt, penalty: l.penalty ? s.reputation : nil, now: now)
         }
+        if let w = profile.warmUp, w.phase == phase, !warmUpAllows(s, w, c.provider, now: now) {
+            return refuse(phase, .warmUp, w.reply, c, rcpt: rcpt, penalty: nil, now: now)
+        }
         if let r = profile.messageRate, r.phase == phase, s.reputation.rate?.tryAcquire(now: now) == false {
             return refuse(phase, .messageRate, r.reply, c, rcpt: rcpt, penalty: r.penalty ? s.reputation : nil, now: now)
         }
@@ -477,6 +512,19 @@ public final class SinkPolicy {
             }
         }
         return nil
+    }
+
+    /// `warm-up`: START << k messages in the k-th period since the IP was
+    /// first seen; counts the attempt when it fits.
+    func warmUpAllows(_ s: SinkIPState, _ w: SinkRateLimit, _ p: SinkProvider, now: UInt64) -> Bool {
+        let period = (now &- (s.firstSeen ?? now)) / p.warmUpNanos
+        if period != s.warmUpPeriod { s.warmUpPeriod = period; s.warmUpCount = 0 }
+        // After 40 doublings no sender is still warming up.
+        guard period < 40, w.rate.count <= Int.max >> Int(period) else { return true }
+        let allowance = w.rate.count << Int(period)
+        guard s.warmUpCount < allowance else { return false }
+        s.warmUpCount += 1
+        return true
     }
 
     /// The phase a domain's penalty box answers at: the box's, but not before MAIL FROM.

@@ -324,6 +324,22 @@ public struct SinkISPProfile: Hashable, Sendable {
     }
     var badRecipientPercent: Int?
     var badRecipientWindow = 0
+    /// `complaint-penalty P% of N`: when at least `percent` of the last
+    /// `window` messages a sender (its IP, and its envelope domain where the
+    /// profile keys on it) got accepted drew a complaint (the sink's own ARF
+    /// reports, `--complaint-percent`), it goes into the penalty box. Gmail
+    /// and Yahoo publish 0.3% as the spam rate not to reach.
+    public var complaintPenalty: (percent: Double, window: Int)? {
+        get { complaintPercent.map { ($0, complaintWindow) } }
+        set { complaintPercent = newValue?.percent; complaintWindow = newValue?.window ?? 0 }
+    }
+    var complaintPercent: Double?
+    var complaintWindow = 0
+    /// `warm-up START/PERIOD [PHASE] "REPLY"`: a sending IP the provider has
+    /// not seen before may send START messages in its first PERIOD, twice as
+    /// many in each following one (the warm-up curve ESPs follow), counted at
+    /// PHASE from its first connection; over the allowance it gets REPLY.
+    public var warmUp: SinkRateLimit?
     public var penaltyBox: SinkPenaltyBox?
     public var recipientRules: [SinkRecipientRule] = []
     public var mailboxRate: SinkMailboxRate?

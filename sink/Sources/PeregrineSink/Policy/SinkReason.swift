@@ -24,6 +24,8 @@ public enum SinkReason: Int, CaseIterable, Sendable {
     case dmarcAlignment
     /// `require-list-unsubscribe`: no RFC 8058 one-click unsubscribe.
     case listUnsubscribe
+    /// `warm-up`: a new sending IP over its allowance for the current period.
+    case warmUp
 
     public var name: String {
         switch self {
@@ -47,6 +49,7 @@ public enum SinkReason: Int, CaseIterable, Sendable {
         case .unauthenticated: return "require-dkim"
         case .dmarcAlignment: return "require-dmarc-alignment"
         case .listUnsubscribe: return "require-list-unsubscribe"
+        case .warmUp: return "warm-up"
         }
     }
 

@@ -193,6 +193,20 @@ public enum SinkProfileParser {
                     throw node.error("bad-recipient-penalty needs PERCENT% of N, e.g. bad-recipient-penalty 10% of 100")
                 }
                 p.badRecipientPenalty = (percent, window)
+            case "warm-up":
+                let l = try rateLimit(node, default: .mail)
+                guard !l.penalty, l.rate.burst == l.rate.count else {
+                    throw node.error("warm-up takes START/PERIOD, a phase and a reply (no burst, no penalty)")
+                }
+                p.warmUp = l
+            case "complaint-penalty":
+                // `0.3% of 1000`
+                guard args.count == 3, args[1].lowercased() == "of", args[0].hasSuffix("%"),
+                      let percent = Double(args[0].dropLast()), percent > 0, percent <= 100,
+                      let window = Int(args[2]), (1...1_000_000).contains(window) else {
+                    throw node.error("complaint-penalty needs PERCENT% of N, e.g. complaint-penalty 0.3% of 1000")
+                }
+                p.complaintPenalty = (percent, window)
             case "max-line-length":
                 p.maxLineLength = try node.value { (t: String) throws(ConfigValueError) -> Int in try ConfigValue.integer(t, in: 80...1_000_000) }
             case "penalty-box":
@@ -278,6 +292,9 @@ public enum SinkProfileParser {
         if p.domains.isEmpty { throw block.error("<isp \(name)> needs a domains line") }
         if p.badRecipientPercent != nil && p.penaltyBox == nil {
             throw block.error("<isp \(name)>: bad-recipient-penalty needs a penalty-box (what the IP is put in)")
+        }
+        if p.complaintPenalty != nil && p.penaltyBox == nil {
+            throw block.error("<isp \(name)>: complaint-penalty needs a penalty-box (what the sender is put in)")
         }
         return p
     }

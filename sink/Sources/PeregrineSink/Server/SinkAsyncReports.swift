@@ -52,8 +52,10 @@ public final class SinkAsyncReports: @unchecked Sendable {
     }
 
     /// Every message the sink accepted (from any loop): decides whether it is
-    /// bounced or complained about, and queues the report.
-    func accepted(sender: String, recipient: String, headers: [UInt8], reportingHost: String, peerIP: String) {
+    /// bounced or complained about, and queues the report. Returns whether a
+    /// complaint goes back (the provider's reputation counts it).
+    @discardableResult
+    func accepted(sender: String, recipient: String, headers: [UInt8], reportingHost: String, peerIP: String) -> Bool {
         let n: UInt64 = lock.withLock { accepted &+= 1; return accepted }
         func picked(_ percent: Int) -> Bool {
             percent > 0 && (n * UInt64(percent)) / 100 != ((n - 1) * UInt64(percent)) / 100
@@ -62,14 +64,16 @@ public final class SinkAsyncReports: @unchecked Sendable {
         if picked(options.bouncePercent), let to = options.bounceTo ?? (sender.isEmpty ? nil : sender) {
             reports.append(Report(mailFrom: "", rcpt: to, data: bounce(recipient: recipient, headers: headers, host: reportingHost)))
         }
-        if picked(options.complaintPercent), let to = options.complaintTo {
+        let complained = picked(options.complaintPercent) && options.complaintTo != nil
+        if complained, let to = options.complaintTo {
             reports.append(Report(mailFrom: "fbl@\(reportingHost)", rcpt: to,
                                   data: complaint(sender: sender, recipient: recipient, headers: headers,
                                                   host: reportingHost, peerIP: peerIP)))
         }
-        guard !reports.isEmpty else { return }
+        guard !reports.isEmpty else { return complained }
         lock.withLock { queue += reports }
         wake.signal()
+        return complained
     }
 
     /// Sends what is queued, then stops the thread (at exit; bounded by the client's timeouts).

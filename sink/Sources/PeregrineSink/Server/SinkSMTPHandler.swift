@@ -103,8 +103,11 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
             if decision == .accept && scanHeaders { shared.record(id: scanner.trimmedValue) }
             if decision == .accept, let reports = shared.asyncReports {
                 let t = session.transaction
-                reports.accepted(sender: t.mailFrom?.reversePath ?? "", recipient: t.recipients.first?.forwardPath ?? "",
-                                 headers: reportHeaders, reportingHost: conn.provider.profile.hostname, peerIP: conn.ipState.ip)
+                let complained = reports.accepted(sender: t.mailFrom?.reversePath ?? "", recipient: t.recipients.first?.forwardPath ?? "",
+                                                  headers: reportHeaders, reportingHost: conn.provider.profile.hostname, peerIP: conn.ipState.ip)
+                if c.provider.profile.complaintPenalty != nil {
+                    shared.lock.withLock { policy.noteAccepted(c, complained: complained, now: now) }
+                }
             }
             reportHeaders.removeAll(keepingCapacity: true)
         case .auth:

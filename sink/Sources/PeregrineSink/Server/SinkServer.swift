@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import PeregrineIO
 import PeregrineSMTP
 import PeregrineTransport
@@ -60,6 +63,7 @@ public final class SinkServer<Loop: EventLoop> {
             }
             listeners.append(l)
             providerByListener[l.fd] = provider
+            if let f = provider.mxFaults[mx], f.kind == .down { closeWhenDown(l, at: f.afterNanos) }
             bound.append(SinkBinding(address: l.address, providerIndex: b.providerIndex))
         }
         return bound
@@ -73,7 +77,8 @@ public final class SinkServer<Loop: EventLoop> {
     }
 
     public func serveDNS(on address: SocketAddress) throws(IOError) -> SocketAddress {
-        let zone = SinkDNSZone(profiles: shared.policy.providers.map(\.profile))
+        var zone = SinkDNSZone(profiles: shared.policy.providers.map(\.profile))
+        zone.faults = shared.dnsFaults
         let d = SinkDNSResponder(loop: loop, zone: zone)
         let a = try d.start(on: address)
         dns = d
@@ -84,16 +89,26 @@ public final class SinkServer<Loop: EventLoop> {
         guard case .success(let a) = result else { return }
         let ip = a.peer.ip
         let now = loop.now
-        let blackhole = shared.lock.withLock { () -> Bool in
-            guard provider.isBlackholed(mx: mx, sinceStart: monotonicNanoseconds() &- shared.startedAt) else { return false }
-            provider.blackholed &+= 1
-            return true
+        let fault = shared.lock.withLock { () -> SinkMXFaultState? in
+            guard let f = provider.fault(mx: mx, sinceStart: monotonicNanoseconds() &- shared.startedAt) else { return nil }
+            if f.kind == .blackhole { provider.blackholed &+= 1 }
+            if f.kind == .reset || f.kind == .down { provider.reset &+= 1 }
+            return f
         }
-        if blackhole {
+        switch fault?.kind {
+        case .blackhole?:
             // `--mx-fault …=blackhole`: the TCP handshake completed, no greeting ever comes.
             held.insert(a.socket)
             drain(a.socket)
             return
+        case .reset?, .down?:
+            // `reset` (and a connection that slipped in before a `down` host's listener closed):
+            // an RST instead of a greeting. SO_LINGER 0 makes close() send it.
+            var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+            _ = setsockopt(a.socket.fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+            loop.close(a.socket)
+            return
+        default: break
         }
         var greeting: SinkDecision = .accept
         var latency: UInt64 = 0
@@ -105,6 +120,11 @@ public final class SinkServer<Loop: EventLoop> {
             latency = shared.policy.latency(c, .greeting)
         }
         guard let conn else { loop.close(a.socket); return }
+        if let f = fault, case .slow = f.kind {
+            // `--mx-fault …=slow=DELAY`: this host answers everything late, the greeting too.
+            conn.extraLatency = f.delayNanos
+            latency &+= f.delayNanos
+        }
         let handler = SinkSMTPHandler(loop: loop, shared: shared, conn: conn, greeting: greeting, latency: latency)
         let session = SMTPServerSession(configuration: configurations[provider.index], delegate: handler)
         let connection = SMTPServerConnection(loop: loop, socket: a.socket, session: session)
@@ -116,6 +136,23 @@ public final class SinkServer<Loop: EventLoop> {
         connections[key] = connection
         connection.onClose = { [unowned self] _ in self.connections[key] = nil }
         connection.start()
+    }
+
+    /// `--mx-fault …=down`: the host's listener closes when the fault starts,
+    /// so connections to it are refused by the kernel, as a dead host's are.
+    private func closeWhenDown(_ l: Listener, at afterNanos: UInt64) {
+        let elapsed = monotonicNanoseconds() &- shared.startedAt
+        let close = { [unowned self] in
+            guard let i = self.listeners.firstIndex(where: { $0.fd == l.fd }) else { return }
+            self.listeners.remove(at: i)
+            // Linux turns a listening socket that is shut down back into a
+            // closed one at once, so the next SYN is refused even on a backend
+            // whose closeListener closes the descriptor later (Dispatch's cancel
+            // handler); then the loop lets go of it.
+            _ = Glibc.shutdown(l.fd, Int32(SHUT_RDWR))
+            self.loop.closeListener(l)
+        }
+        if elapsed >= afterNanos { close() } else { _ = loop.scheduleTimer(after: afterNanos - elapsed, close) }
     }
 
     /// Reads and drops what a black-holed peer sends until it closes.

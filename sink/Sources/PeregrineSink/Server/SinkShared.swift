@@ -16,6 +16,8 @@ public final class SinkShared: @unchecked Sendable {
     public internal(set) var tlsContext: TLSContext?
     /// `--dkim-key`: public keys by `selector._domainkey.domain` (set before the loops start, then read-only).
     public internal(set) var dkimKeys: [String: DKIMPublicKey] = [:]
+    /// `--dns-fault`: names the DNS responder fails for (set before the loops start).
+    public internal(set) var dnsFaults: [String: SinkDNSFault] = [:]
 
     // Recorded ids (behind `idLock`): a byte buffer flushed to `idFD` in large writes.
     private let idLock = Locked<Void>()
@@ -123,7 +125,8 @@ public final class SinkShared: @unchecked Sendable {
                 for (ip, s) in p.ips { ips[ip] = s.counters.jsonObject }
                 var obj = t.jsonObject
                 obj["open_connections"] = p.open
-                if !p.blackholeAfter.isEmpty { obj["sessions_blackholed"] = p.blackholed }
+                if p.mxFaults.values.contains(where: { $0.kind == .blackhole }) { obj["sessions_blackholed"] = p.blackholed }
+                if p.mxFaults.values.contains(where: { $0.kind == .reset }) { obj["sessions_reset"] = p.reset }
                 obj["ips"] = ips
                 providers[p.profile.name] = obj
             }
