@@ -38,12 +38,15 @@ extension Daemon {
         var queues: [QueueSnapshot] = []
         var spools: [SpoolSnapshot] = []
         var deliveryLatency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
+        var transactionTimes = TransactionTimes()
+        var dkimSigning = PrometheusHistogram(bounds: LatencyMetrics.dkimSigningBounds)
     }
 
     /// One spool stream's health, as `/status` and `/metrics` show it.
     struct SpoolSnapshot {
         var stream: Int, health: SpoolHealth, pendingOutcomes: Int, faults: Int, recoveries: Int, outcomesDropped: Int
         var bytesWritten: Int64 = 0, fsyncs = 0, segmentsCreated = 0, segmentsDeleted = 0
+        var fsyncLatency = SpoolLatency()
         var json: [String: Any] {
             var j: [String: Any] = ["stream": stream, "state": health.name, "pendingOutcomes": pendingOutcomes,
                                     "faults": faults, "recoveries": recoveries, "outcomesDropped": outcomesDropped]
@@ -67,6 +70,8 @@ extension Daemon {
                                        outboundConnections: w.engine.connectionCount,
                                        injectionRefusals: w.injectionRefusals, acceptFailures: w.acceptFailures)
                 s.deliveryLatency = w.deliveryLatency
+                s.transactionTimes = w.transactionTimes
+                s.dkimSigning = w.dkim.signingTime
                 for (stream, spool) in w.spools.sorted(by: { $0.key < $1.key }) {
                     s.spools.append(SpoolSnapshot(stream: stream, health: spool.health,
                                                   pendingOutcomes: spool.pendingOutcomeCount,
@@ -74,7 +79,8 @@ extension Daemon {
                                                   outcomesDropped: spool.stats.outcomesDropped,
                                                   bytesWritten: spool.stats.bytesWritten, fsyncs: spool.stats.fsyncs,
                                                   segmentsCreated: spool.stats.segmentsCreated,
-                                                  segmentsDeleted: spool.stats.segmentsDeleted))
+                                                  segmentsDeleted: spool.stats.segmentsDeleted,
+                                                  fsyncLatency: spool.stats.fsyncLatency))
                 }
                 for q in w.engine.queues.values.sorted(by: { $0.key < $1.key }) {
                     let suspended = q.suspendedUntil > now ? Double(q.suspendedUntil - now) / 1e9 : 0
@@ -267,6 +273,7 @@ extension Daemon {
         for s in snaps { latency.merge(s.deliveryLatency) }
         p.histogram("peregrine_delivery_latency_seconds",
                     help: "Injection (or spool recovery after a restart) to delivery, per delivered recipient", latency)
+        latencyMetrics(snaps, into: &p)
 
         p.gauge("peregrine_connections", help: "Open SMTP connections", value: snaps.reduce(0) { $0 + $1.openInjections },
                 labels: [("direction", "inbound")])

@@ -16,6 +16,8 @@ extension Daemon {
                 w.received = 0; w.delivered = 0; w.bounced = 0; w.deferrals = 0; w.queueDeferrals = 0
                 w.injectionConnections = 0; w.injectionRefusals = 0; w.acceptFailures = 0
                 w.deliveryLatency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
+                w.transactionTimes = TransactionTimes()
+                w.dkim.signingTime = PrometheusHistogram(bounds: LatencyMetrics.dkimSigningBounds)
                 return 1
             }) { n in respond(Self.json(["reset": true, "loops": n])) }
         case ("POST", "/jobs/delete"):

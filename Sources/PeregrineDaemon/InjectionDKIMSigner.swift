@@ -1,4 +1,5 @@
 import PeregrineIO
+import PeregrineHTTP
 import PeregrineSMTP
 import PeregrineDKIM
 import PeregrineEngine
@@ -17,6 +18,8 @@ import PeregrineEngine
 /// `dkim-required yes`.
 final class InjectionDKIMSigner {
     private let signer = DKIMSigner()
+    /// How long each signing took, all of a message's signatures together (`/metrics`).
+    var signingTime = PrometheusHistogram(bounds: LatencyMetrics.dkimSigningBounds)
     private var identities: [DKIMSigningIdentity] = []
     /// The DKIM-Signature fields of the last `sign` (reused).
     private(set) var header: [UInt8] = []
@@ -73,6 +76,8 @@ final class InjectionDKIMSigner {
         }
         if identities.isEmpty { return .unsigned }
         header.removeAll(keepingCapacity: true)
+        let started = monotonicNanoseconds()
+        defer { signingTime.observe(seconds: Double(monotonicNanoseconds() &- started) / 1e9) }
         do {
             try signer.sign(message: message, identities: identities, now: now, into: &header)
         } catch {

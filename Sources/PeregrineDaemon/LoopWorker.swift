@@ -49,6 +49,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     var acceptFailures: UInt64 = 0
     /// Injection (or spool recovery) to delivery, per delivered recipient (`/metrics`).
     var deliveryLatency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
+    /// SMTP transaction time per provider (LatencyMetrics.swift).
+    var transactionTimes = TransactionTimes()
     private var acceptFailuresUnlogged: UInt64 = 0
     private var lastAcceptFailureLog: UInt64?
     /// One accept-failure line per loop per minute: out of descriptors, the

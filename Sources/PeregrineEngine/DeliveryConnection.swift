@@ -52,6 +52,8 @@ final class DeliveryConnection<Loop: EventLoop> {
     private(set) var isIdle = false
     private var everReady = false
     var attemptInfo: DeliveryAttemptInfo?
+    /// When the current transaction's MAIL FROM went out (loop time): its duration for `/metrics`.
+    private var transactionStarted: UInt64 = 0
     /// STARTTLS for this connection (nil: plain text); see DeliveryConnection+TLS.swift.
     var tls: SMTPClientTLS?
     var host: RouteHost?
@@ -186,6 +188,7 @@ final class DeliveryConnection<Loop: EventLoop> {
                 if let item = current {
                     current = nil
                     messagesSent += 1
+                    engine.observer.transactionCompleted(currentQueue ?? queue, nanoseconds: loop.now &- transactionStarted)
                     engine.complete(item, from: currentQueue ?? queue, result: result, on: self, info: attemptInfo)
                 }
             case .closed(let reason):
@@ -303,6 +306,7 @@ final class DeliveryConnection<Loop: EventLoop> {
                                               envelopeID: message.envId,
                                               ret: message.ret == .unspecified ? nil : message.ret == .full ? .full : .headers)
             if session.send(envelope) {
+                transactionStarted = loop.now
                 pump()
             } else {
                 current = nil

@@ -45,11 +45,16 @@ public protocol DeliveryObserver: AnyObject {
     func sourceDisabled(_ queue: DeliveryQueue, until: UInt64, reason: String, movedTo: String?, recipientsMoved: Int)
     /// A queue's mode changed (backoff in or out, suspended, paused, resumed): the log file's events.
     func queueModeChanged(_ queue: DeliveryQueue, _ change: QueueModeChange)
+    /// A transaction (MAIL FROM to the last reply, after the body or after
+    /// every recipient was refused) ended `nanoseconds` after it began.
+    func transactionCompleted(_ queue: DeliveryQueue, nanoseconds: UInt64)
 }
 
 extension DeliveryObserver {
     /// Observers that keep no log ignore mode changes.
     public func queueModeChanged(_ queue: DeliveryQueue, _ change: QueueModeChange) {}
+    /// Observers that keep no metrics ignore transaction times.
+    public func transactionCompleted(_ queue: DeliveryQueue, nanoseconds: UInt64) {}
 }
 
 /// Facts about the connection a result came over (accounting's dlv* fields).

@@ -43,6 +43,8 @@ public struct SpoolWriterStats: Sendable {
     public var bytesWritten: Int64 = 0
     public var writes = 0
     public var fsyncs = 0
+    /// How long each fdatasync took (`/metrics`: peregrine_spool_fsync_duration_seconds).
+    public var fsyncLatency = SpoolLatency()
     public var commits = 0
     public var segmentsCreated = 0
     public var segmentsDeleted = 0
@@ -529,12 +531,14 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
     private func syncSegments(_ segments: ArraySlice<Segment>, cover: UInt64) {
         guard let s = segments.first else { finishCommit(cover); return }
         stats.fsyncs += 1
+        let started = io.now
         io.fdatasync(s.handle) { [self] result in
             if case .failure(let e) = result {
                 fault(.loop(path: s.path, e))
                 finishCommit(cover)
                 return
             }
+            stats.fsyncLatency.observe(nanoseconds: io.now &- started)
             if let i = commitMarks.firstIndex(where: { $0.segment === s }) { commitMarks[i].synced = true }
             syncSegments(segments.dropFirst(), cover: cover)
         }

@@ -21,11 +21,11 @@ struct DaemonDSNTests {
         var daemon: DaemonProcess?
         let kind: BackendKind
         let listenIP: String
-        init(_ tag: String, _ scenario: Int, _ kind: BackendKind) throws {
+        init(_ tag: String, _ scenario: Int, _ kind: BackendKind, file: String = #fileID) throws {
             self.kind = kind
-            listenIP = E2E.ip(scenario, kind, host: 9)
+            listenIP = E2E.ip(scenario, kind, host: 9, file: file)
             dir = try TestDirectory("\(tag)-\(kind.rawValue)")
-            receiver = try RecordingReceiver(dir, ip: E2E.ip(scenario, kind, host: 1))
+            receiver = try RecordingReceiver(dir, ip: E2E.ip(scenario, kind, host: 1, file: file))
         }
         var acctPath: String { dir.file("acct.csv") }
         /// The r/d/b/t/tq file the shared config writes, plus this suite's f/rb file.

@@ -22,9 +22,9 @@ import PeregrineAccounting
         let kind: BackendKind
         /// The daemon's listener and management address: 127.P.SCENARIO.x, its own.
         let listenIP: String
-        init(_ tag: String, _ scenario: Int, _ kind: BackendKind) throws {
+        init(_ tag: String, _ scenario: Int, _ kind: BackendKind, file: String = #fileID) throws {
             self.kind = kind
-            listenIP = E2E.ip(scenario, kind, host: 9)
+            listenIP = E2E.ip(scenario, kind, host: 9, file: file)
             dir = try TestDirectory("\(tag)-\(kind.rawValue)")
         }
         var acctPath: String { dir.file("acct.csv") }

@@ -39,6 +39,8 @@ print(json.dumps(out))
         "peregrine_queue_paused": "gauge", "peregrine_queue_oldest_ready_age_seconds": "gauge",
         "process_cpu_seconds": "counter", "process_resident_memory_bytes": "gauge", "process_virtual_memory_bytes": "gauge",
         "process_start_time_seconds": "gauge", "process_open_fds": "gauge", "process_max_fds": "gauge",
+        "peregrine_smtp_transaction_duration_seconds": "histogram", "peregrine_dkim_signing_duration_seconds": "histogram",
+        "peregrine_spool_fsync_duration_seconds": "histogram",
     ]
 
     struct Family { var name: String; var type: String; var samples: [[String: Any]] }
@@ -125,6 +127,24 @@ print(json.dumps(out))
             .filter { $0["name"] as? String == "peregrine_spool_written_bytes_total" }
             .compactMap { $0["value"] as? Double }.reduce(0, +) ?? 0
         #expect(spoolBytes > 0)
+        // Transaction time by provider: a.test and b.test each had two transactions
+        // that ended in delivery (down.test never got as far as MAIL FROM).
+        for provider in ["a.test", "b.test"] {
+            let n = value("peregrine_smtp_transaction_duration_seconds", "peregrine_smtp_transaction_duration_seconds_count",
+                          ["provider": provider])
+            #expect(n == 2, "\(provider): \(n.map(String.init(describing:)) ?? "no series")")
+        }
+        #expect(value("peregrine_smtp_transaction_duration_seconds", "peregrine_smtp_transaction_duration_seconds_count",
+                      ["provider": "down.test"]) == nil)
+        // No DKIM in this config: the family is there, with nothing observed.
+        #expect(value("peregrine_dkim_signing_duration_seconds", "peregrine_dkim_signing_duration_seconds_count") == 0)
+        // Every completed fsync is observed once: at least one per stream that took messages, at most one per fsync issued.
+        func total(_ family: String, _ sample: String) -> Double {
+            byName[family]?.samples.filter { $0["name"] as? String == sample }.compactMap { $0["value"] as? Double }.reduce(0, +) ?? 0
+        }
+        let fsyncsTimed = total("peregrine_spool_fsync_duration_seconds", "peregrine_spool_fsync_duration_seconds_count")
+        #expect(fsyncsTimed >= 1 && fsyncsTimed <= total("peregrine_spool_fsyncs", "peregrine_spool_fsyncs_total"),
+                "\(fsyncsTimed) timed of \(total("peregrine_spool_fsyncs", "peregrine_spool_fsyncs_total"))")
         #expect((value("process_open_fds") ?? 0) > 0)
         #expect((value("process_resident_memory_bytes") ?? 0) > 1_000_000)
         // down.test's two recipients wait (delayed after a refused connection, or still ready behind the backed-off host).

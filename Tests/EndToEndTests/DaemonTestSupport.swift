@@ -52,9 +52,10 @@ enum E2E {
     /// A loopback address unique to a scenario and backend (127.P.SCENARIO.BACKEND,
     /// P this test process's own: PrivateLoopback), so that scenarios and backends
     /// can run side by side, and beside another test run on the same machine.
-    static func ip(_ scenario: Int, _ kind: BackendKind, host: Int = 0) -> String {
+    /// `file` is the test file that chose the number (ScenarioNumbers).
+    static func ip(_ scenario: Int, _ kind: BackendKind, host: Int = 0, file: String = #fileID) -> String {
         let b = (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1
-        return PrivateLoopback.address(scenario, b * 10 + host)
+        return PrivateLoopback.address(scenario, b * 10 + host, file: file)
     }
 
     /// Plain HTTP GET on loopback (bounded); returns the body.

@@ -9,7 +9,7 @@ import PeregrineIO
 
 /// Input a user controls that used to trap a real executable: names in the
 /// spool directory the daemon never writes, and out-of-range loadgen flags.
-/// Loopback addresses 127.P.83.x are this suite's own (PrivateLoopback).
+/// Loopback addresses 127.P.140.x are this suite's own (PrivateLoopback).
 @Suite(.timeLimit(.minutes(10))) struct ForeignInputEndToEndTests {
     /// A segment named 4294967295.seg made the next segment number overflow, and a
     /// `loop--1` directory became stream -1, used as an index into the workers.
@@ -26,7 +26,7 @@ import PeregrineIO
         #expect(FileManager.default.createFile(atPath: stray, contents: strayBytes))
         #expect(FileManager.default.createFile(atPath: spool + "/loop--1/000001.seg", contents: Data()))
 
-        let config = try dir.write("peregrine.conf", daemonConfig(dir, listen: PrivateLoopback.address(83, 1), ""))
+        let config = try dir.write("peregrine.conf", daemonConfig(dir, listen: PrivateLoopback.address(140, 1), ""))
         let daemon = try DaemonProcess(configPath: config, backend: kind, threads: 2, logPath: dir.file("daemon.log"))
         defer { daemon.terminate() }
         #expect(daemon.process.isRunning)
@@ -51,8 +51,8 @@ import PeregrineIO
             ("--sizes", "4k=inf"),
         ]
         for (flag, value) in cases {
-            // The target is never reached: parsing fails first (127.P.83.2:9 has no listener anyway).
-            let r = E2E.run(exe, ["--target", PrivateLoopback.address(83, 2) + ":9", "--no-progress", "--count", "1", flag, value], timeout: 30)
+            // The target is never reached: parsing fails first (127.P.140.2:9 has no listener anyway).
+            let r = E2E.run(exe, ["--target", PrivateLoopback.address(140, 2) + ":9", "--no-progress", "--count", "1", flag, value], timeout: 30)
             #expect(r.status == 2, "\(flag) \(value): status \(r.status), stderr \(r.stderr)")
             #expect(r.stderr.contains(flag), "\(flag) \(value): \(r.stderr)")
         }

@@ -72,10 +72,10 @@ import PeregrineEngine
         --5C1B6C0A2F.1733400000/mx.dest.test--
         """)
 
-    @Test func rfc3464ReportGivesFailedRecipientsOnly() {
+    @Test func rfc3464ReportGivesFailedRecipientsOnly() throws {
         let b = InboundReportParser.bounces(in: Self.postfixReport)
         #expect(b.count == 1)
-        guard let first = b.first else { return }
+        let first = try #require(b.first)
         #expect(first.recipient == "bad@dest.test")
         #expect(first.originalRecipient == "rfc822;bad@dest.test")
         #expect(first.status == "5.1.1")

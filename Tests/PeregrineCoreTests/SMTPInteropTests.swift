@@ -200,7 +200,7 @@ struct SMTPInteropTests {
         try kind.requireAvailable()
         // An address of this test process's own: the port is free by construction,
         // and a connection there can only reach this smtp-sink.
-        let ip = interopAddress(150, kind), port: UInt16 = 2525
+        let ip = interopAddress(130, kind), port: UInt16 = 2525
         // smtp-sink answers every command; runs until killed.
         let sinkProcess = Process()
         sinkProcess.executableURL = URL(fileURLWithPath: sink)
@@ -223,7 +223,7 @@ struct SMTPInteropTests {
             .deletingLastPathComponent().appendingPathComponent("scripts/postfix-instance").path
         try withServer(kind, SMTPServerConfiguration(hostname: "counter.peregrine.test")) { counterPort, counters in
             let dir = NSTemporaryDirectory() + "peregrine-postfix-\(getpid())-\(kind.rawValue)"
-            let ip = interopAddress(151, kind), smtpdPort: UInt16 = 2525
+            let ip = interopAddress(131, kind), smtpdPort: UInt16 = 2525
             let (status, output) = runTool("/bin/bash", [script, "start", dir, "\(ip):\(smtpdPort)", "127.0.0.1:\(counterPort)"])
             defer {
                 _ = runTool("/bin/bash", [script, "stop", dir])
@@ -240,8 +240,8 @@ struct SMTPInteropTests {
 }
 
 /// A loopback address of this test process's own for one interop scenario and backend.
-func interopAddress(_ scenario: Int, _ kind: BackendKind) -> String {
-    PrivateLoopback.address(scenario, (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1)
+func interopAddress(_ scenario: Int, _ kind: BackendKind, file: String = #fileID) -> String {
+    PrivateLoopback.address(scenario, (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1, file: file)
 }
 
 func deliverToSink<L: EventLoop>(_ type: L.Type, ip: String, port: UInt16, connections: Int = 4, perConnection: Int = 250) throws {

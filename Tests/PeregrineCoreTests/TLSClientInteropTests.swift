@@ -167,7 +167,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, ip: String = "127.0.0.1", port: UI
             try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: files.key)
             // smtpd on an address of this test process's own (PrivateLoopback), so the
             // port is free by construction and a connection there reaches Postfix only.
-            let ip = PrivateLoopback.address(152, (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1), port: UInt16 = 2525
+            let ip = PrivateLoopback.address(132, (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1), port: UInt16 = 2525
             // The certificate goes in the child's environment, not this process's: a
             // setenv here would race other suites' Process.run() and leak into their Postfix.
             let (status, out) = runTool("/bin/bash", [script, "start", dir, "\(ip):\(port)", "127.0.0.1:\(sinkPort)"],

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Testing
 
 /// A /16 of 127.0.0.0/8 that this test process holds for its lifetime, so
 /// that the fixed ports its tests give to children (a daemon's 2525, a
@@ -29,8 +30,13 @@ public enum PrivateLoopback {
         return "127.\(candidates[start])"
     }()
 
-    /// An address of this process's own: 127.P.a.b.
-    public static func address(_ a: Int, _ b: Int) -> String { "\(prefix).\(a).\(b)" }
+    /// An address of this process's own: 127.P.a.b. `a` is a scenario number
+    /// that belongs to one test file (COMMON.md hands out the ranges); a second
+    /// file using it fails loudly, naming both (ScenarioNumbers).
+    public static func address(_ a: Int, _ b: Int, file: String = #fileID) -> String {
+        ScenarioNumbers.claim(a, by: file)
+        return "\(prefix).\(a).\(b)"
+    }
 
     nonisolated(unsafe) private static var leaseSocket: Int32 = -1
 
@@ -74,5 +80,35 @@ public enum PrivateLoopback {
             usleep(20_000)
         }
         return canConnect(ip, port)
+    }
+}
+
+/// Which test file owns each scenario number (the third octet of
+/// PrivateLoopback's addresses) in this process. Two suites on one number
+/// share addresses and ports and fail only when they happen to overlap in
+/// time, so the second file to use a number fails at once instead, with both
+/// names. Helpers take the caller's `#fileID` and pass it on, so the owner is
+/// the file that chose the number.
+public enum ScenarioNumbers {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var owners: [Int: String] = [:]
+
+    /// Records `file` as the owner of `number`, or records an issue (the
+    /// current test fails) when another file already owns it.
+    public static func claim(_ number: Int, by file: String) {
+        if let clash = register(number, by: file) {
+            let message = "scenario number \(number) is used by both \(clash) and \(file): give one of them its own number (COMMON.md lists the ranges)"
+            FileHandle.standardError.write(Data(("peregrine tests: " + message + "\n").utf8))
+            Issue.record(Comment(rawValue: message))
+        }
+    }
+
+    /// The other file that owns `number`, or nil once `file` owns it.
+    public static func register(_ number: Int, by file: String) -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        if let owner = owners[number] { return owner == file ? nil : owner }
+        owners[number] = file
+        return nil
     }
 }

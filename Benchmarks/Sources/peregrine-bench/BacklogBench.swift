@@ -119,7 +119,10 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
             if firstDelivery == nil { firstDelivery = Date() }
         }
         peakRSS = max(peakRSS, rssBytes(daemon.pid))
+        let t = Date().timeIntervalSince(drainStart)
+        BenchProgress.every2s("   backlog drain: \(Int(t)) s, \(delivered)/\(accepted) at the sink (\(Int(Double(delivered) / max(t, 1)))/s)")
         if Date().timeIntervalSince(lastSample) >= 10 {
+            BenchProgress.finish()
             lastSample = Date()
             samples.append(["t": Int(Date().timeIntervalSince(drainStart)), "delivered": delivered, "rssMB": rssBytes(daemon.pid) / 1_048_576])
             fputs("   draining: \(delivered)/\(accepted) at the sink\n", stderr)
@@ -128,6 +131,7 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
         if Date().timeIntervalSince(lastChange) > 60 { break }
         usleep(200_000)
     }
+    BenchProgress.finish()
     let drainSeconds = max(lastDelivery.timeIntervalSince(drainStart), 0.001)
     let cpu = (ProcessUsage.read(pid: daemon.pid)?.cpuSeconds ?? cpu0) - cpu0
     let finalStatus = rig.status(mgmtPort: mgmtPort) ?? [:]

@@ -179,6 +179,15 @@ enum BenchProgress {
         lastLength = line.count
     }
 
+    nonisolated(unsafe) private static var lastUpdate = Date.distantPast
+
+    /// `update`, at most every two seconds (for loops that poll faster).
+    static func every2s(_ line: @autoclosure () -> String) {
+        guard enabled, Date().timeIntervalSince(lastUpdate) >= 2 else { return }
+        lastUpdate = Date()
+        update(line())
+    }
+
     /// Ends the progress line so the next output starts on its own line.
     static func finish() {
         guard enabled, lastLength > 0 else { return }

@@ -159,12 +159,14 @@ struct CrashRound {
         while Date().timeIntervalSince(drainStart) < drainTimeout && restartError == nil {
             let recorded = (BenchNet.getJSON(ip: rig.ip, port: statsPort, path: "/stats")?["record_ids"] as? [String: Any])?["recorded"] as? Int ?? 0
             if recorded != lastRecorded { lastRecorded = recorded; lastChange = Date() }
+            BenchProgress.every2s("   crash drain: \(Int(Date().timeIntervalSince(drainStart))) s, \(recorded)/\(accepted.count) at the sink")
             let queued = rig.status(mgmtPort: mgmtPort)?["queued"] as? [String: Any]
             let waiting = (queued?["ready"] as? Int ?? 1) + (queued?["delayed"] as? Int ?? 1)
             if recorded >= accepted.count && waiting == 0 { break }
             if Date().timeIntervalSince(lastChange) > 30 { break }
             usleep(200_000)
         }
+        BenchProgress.finish()
         let drainSeconds = Date().timeIntervalSince(drainStart)
         let status = rig.status(mgmtPort: mgmtPort) ?? [:]
         daemon.stop()

@@ -182,11 +182,15 @@ struct IspMixRun {
                     samples.append(["t": Int(Date().timeIntervalSince(start)), "delivered": s["delivered"] ?? 0, "bounced": s["bounced"] ?? 0,
                                     "deferrals": s["deferrals"] ?? 0, "ready": queued?["ready"] ?? 0, "delayed": queued?["delayed"] ?? 0])
                 }
+                let t = Date().timeIntervalSince(start)
+                BenchProgress.every2s("   isp-mix: \(Int(t)) s, received \(received), settled \(settled) "
+                                      + "(\(Int(Double(settled) / max(t, 1)))/s), waiting \(waiting)")
                 if received > 0 && settled >= received && waiting == 0 { drained = true; break }
             }
             if !daemon.isRunning { break }
             usleep(250_000)
         }
+        BenchProgress.finish()
         let elapsed = Date().timeIntervalSince(start)
         let cpu = (ProcessUsage.read(pid: daemon.pid)?.cpuSeconds ?? cpu0) - cpu0
         let sinkStats = BenchNet.getJSON(ip: rig.ip, port: statsPort, path: "/stats") ?? [:]
