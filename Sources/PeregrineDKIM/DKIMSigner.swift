@@ -215,12 +215,14 @@ public final class DKIMSigner {
         signature.withUnsafeBytes { raw in
             Base64.encode(UnsafeRawBufferPointer(rebasing: raw[0..<length]), into: &encoded)
         }
-        var i = 0
-        while i < encoded.count {
-            if i > 0 { out.append(13); out.append(10); out.append(9) }
-            let end = min(i + 72, encoded.count)
-            out.append(contentsOf: encoded[i..<end])
-            i = end
+        encoded.withUnsafeBufferPointer { e in
+            var i = 0
+            while i < e.count {
+                if i > 0 { out.append(13); out.append(10); out.append(9) }
+                let end = min(i + 72, e.count)
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: e[i..<end]))
+                i = end
+            }
         }
         out.append(13)
         out.append(10)
@@ -266,7 +268,13 @@ public final class DKIMSigner {
             template.append(UInt8(ascii: "0") + UInt8(v % 10))
             v /= 10
         } while v > 0
-        template[start...].reverse()
+        // Reversed in place by index: reversing the slice `template[start...]` copies the buffer.
+        var a = start, b = template.count - 1
+        while a < b {
+            template.swapAt(a, b)
+            a += 1
+            b -= 1
+        }
     }
 
     private func lastUnused(named name: String, in message: UnsafeRawBufferPointer) -> Int? {
