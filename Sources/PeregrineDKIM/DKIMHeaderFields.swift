@@ -57,6 +57,25 @@ struct DKIMHeaderFields {
         return true
     }
 
+    /// The same for a name given as a String (the configured `h=` list),
+    /// compared in place: no byte array per name and message.
+    static func name(_ field: Field, in bytes: UnsafeRawBufferPointer, equals name: String) -> Bool {
+        var end = field.name.upperBound
+        while end > field.name.lowerBound && (bytes[end - 1] == 32 || bytes[end - 1] == 9) { end -= 1 }
+        var i = field.name.lowerBound
+        for c in name.utf8 {
+            guard i < end, lower(bytes[i]) == lower(c) else { return false }
+            i += 1
+        }
+        return i == end
+    }
+
+    /// ASCII case-insensitive equality of two names.
+    static func equalsIgnoringCase(_ a: String, _ b: String) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        return zip(a.utf8, b.utf8).allSatisfy { lower($0) == lower($1) }
+    }
+
     @inline(__always) static func lower(_ c: UInt8) -> UInt8 { (c >= 65 && c <= 90) ? c + 32 : c }
 }
 

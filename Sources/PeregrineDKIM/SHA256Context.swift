@@ -28,6 +28,14 @@ final class SHA256Context {
         bytes.withUnsafeBytes { update($0) }
     }
 
+    /// Writes the 32-byte digest into `digest`; the context is reset for the next message.
+    func finish(into digest: UnsafeMutableRawBufferPointer) {
+        precondition(digest.count >= 32)
+        var length: UInt32 = 0
+        _ = EVP_DigestFinal_ex(ctx, digest.baseAddress?.assumingMemoryBound(to: UInt8.self), &length)
+        reset()
+    }
+
     /// The 32-byte digest; the context is reset for the next message.
     func finish() -> [UInt8] {
         var digest = [UInt8](repeating: 0, count: 32)

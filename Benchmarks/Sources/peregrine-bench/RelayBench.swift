@@ -224,7 +224,13 @@ final class RelayRunner {
     private var postfixCleanUp: Int?
     /// STARTTLS on both hops (RelayBench+TLS.swift).
     let tls: Bool
-    var scenario: String { (tls ? options.scenario + "-tls" : options.scenario) + (options.dkim.map { "-dkim-" + $0 } ?? "") }
+    var scenario: String {
+        scenarioName ?? (tls ? options.scenario + "-tls" : options.scenario) + (options.dkim.map { "-dkim-" + $0 } ?? "")
+    }
+    /// A scenario that runs the relay as one of its steps names it (relay-esp).
+    var scenarioName: String?
+    /// STARTTLS on the loadgen → MTA hop; nil: as `tls` (relay-esp may want delivery TLS only).
+    var injectionTLS: Bool?
     /// The plain run of the same invocation (TLS runs of --starttls-and-plain).
     var baseline: RelayRun?
     /// The harness ceiling and Postfix figures of this invocation, by target.
@@ -386,7 +392,7 @@ final class RelayRunner {
                                    arguments: ["--target", "\(ip):\(mtaPort)", "--duration", "\(options.duration)",
                                                "--connections", "\(options.connections)", "--messages-per-connection", "0",
                                                "--size", "\(options.messageSize)", "--ids", loadIDs, "--json", loadJSON,
-                                               "--no-progress", "--backend", "epoll"] + (tls ? ["--starttls"] : []),
+                                               "--no-progress", "--backend", "epoll"] + ((injectionTLS ?? tls) ? ["--starttls"] : []),
                                    logPath: work + "/loadgen.log")
         let start = Date()
         try loadgen.start(); processes.append(loadgen)

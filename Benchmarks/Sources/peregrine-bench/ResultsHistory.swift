@@ -93,6 +93,19 @@ struct BenchMetric {
                 field("p99", "inject → deliver p99 ms", higherIsBetter: false, regression: .none, path: ["injectToDeliverMs", "p99"]),
                 field("lost", "lost messages", higherIsBetter: false, regression: .mustBeZero, path: ["lost"]),
             ]
+        case "relay-esp":
+            // Series per backend, key and thread count (the target): epoll-rsa2048-t1, epoll-rsa2048-t2, ...
+            return [
+                field("dkimRatio", "DKIM overhead ratio: (CPU/msg − TLS-only CPU/msg) ÷ in-run openssl sign time",
+                      higherIsBetter: false, regression: .noise, path: ["dkimOverheadRatio"]),
+                field("threadsSpeedup", "delivered/s ÷ the threads 1 run of the same invocation", higherIsBetter: true,
+                      regression: .none, path: ["deliveredPerSecondOverThreads1"]),
+                field("deliveredPerSecond", "delivered/s (absolute)", higherIsBetter: true, regression: .none,
+                      path: ["deliveredPerSecond"]),
+                field("cpuPer10k", "MTA CPU seconds per 10k messages", higherIsBetter: false, regression: .none,
+                      path: ["mtaCpuSecondsPer10k"]),
+                field("lost", "lost messages", higherIsBetter: false, regression: .mustBeZero, path: ["lost"]),
+            ]
         case "isp-mix":
             return [
                 field("elapsed", "seconds to inject and drain the mix", higherIsBetter: false, regression: .noise, path: ["elapsedSeconds"]),
@@ -125,7 +138,7 @@ struct BenchMetric {
         }
     }
 
-    static let scenarioOrder = ["relay", "relay-100k", "relay-tls", "isp-mix", "backlog", "crash", "echo"]
+    static let scenarioOrder = ["relay", "relay-100k", "relay-tls", "relay-esp", "isp-mix", "backlog", "crash", "echo"]
 }
 
 /// One point of a chart.

@@ -15,6 +15,8 @@ scenarios:
   sink        accept-all peregrine-sink vs Postfix's smtp-sink, fed by smtp-source -d
   relay       loadgen → MTA → sink, 4 KB, durable, per backend (and --peer postfix), side by side
   relay-100k  the same with 100 KB messages
+  relay-esp   the ESP workload: DKIM-signed, STARTTLS delivery, threads 1 and 2, vs openssl speed and the plain/TLS relay
+  dkim-sign   PeregrineDKIM's cost per signature vs openssl speed in the same run
   isp-mix     shipped ISP profiles + DNS, consumer mix with unknown/greylisted share: delivered, bounced, deferrals, lost
   backlog     sink down while N messages queue (RSS), then up (drain rate); lost = 0
   crash       SIGKILL the daemon during injection, restart on the same spool, drain; lost = 0 (--rounds)
@@ -52,6 +54,7 @@ case "summarize": status = runSummarize(arguments: rest)
 case "dashboard": status = runDashboard(arguments: rest)
 case "compare": status = runCompare(arguments: rest)
 case "dkim-sign": status = runDKIMSignBench(arguments: rest)
+case "relay-esp": status = runRelayESPBench(arguments: rest)
 default:
     fputs("peregrine-bench: unknown scenario '\(scenario)'\n\(usage)\n", stderr)
     status = 2
