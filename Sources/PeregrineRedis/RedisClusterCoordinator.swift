@@ -50,8 +50,8 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
     /// time its cluster-wide backoff ends; called on each poll that finds it
     /// new or extended.
     package var onBackoff: (String, UInt64) -> Void = { _, _ in }
-    /// Nodes whose leases were alive at the last lease call (status).
-    package private(set) var nodesSeen = 0
+    /// Nodes holding live leases on any one site, at most, as the last lease call per site saw them (status).
+    package var nodesSeen: Int { sites.values.map(\.nodesAlive).max() ?? 0 }
     /// Round trips made (status, and the per-message ratio the bench reports).
     package private(set) var roundTrips = 0
     /// Of those, the message-rate refills (round trips per message = this ÷ messages).
@@ -63,6 +63,7 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
         let connKey: [UInt8], aliveKey: [UInt8], rateKey: [UInt8]
         var limit = 0
         var held = 0
+        var nodesAlive = 0
         var tokens = 0
         var refilling = false
         var nextTokenAt: UInt64 = 0
@@ -112,6 +113,9 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
         if let t = renewTimer { loop.cancelTimer(t); renewTimer = nil }
         connection.close()
     }
+
+    /// Sites this node has asked about.
+    package var siteNames: [String] { Array(sites.keys) }
 
     /// Connections this node holds to `site` (status).
     package func held(site: String) -> Int { sites[site]?.held ?? 0 }
@@ -163,7 +167,7 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
             guard case .array(let a)? = r, a.count == 3, let g = a[0].integerValue, let nodes = a[2].integerValue else {
                 done(nil); return
             }
-            self.nodesSeen = Int(nodes)
+            site.nodesAlive = Int(nodes)
             done(Int(g))
         }
     }
@@ -330,5 +334,47 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
         let s = Site(prefix: options.prefix, name: name)
         sites[name] = s
         return s
+    }
+}
+
+/// What `ctl show cluster` and the metrics report about one node.
+package struct RedisClusterStatus: Sendable, Equatable {
+    package var node: String
+    package var nodeCount: Int
+    package var mode: String
+    package var redis: String
+    package var connected: Bool
+    package var lastError: String?
+    package var nodesSeen: Int
+    /// Connections this node holds, per site (sorted by site).
+    package var leases: [String: Int]
+    package var lastLatencyMicroseconds: UInt64
+    package var roundTrips: Int
+    package var rateRoundTrips: Int
+
+    /// The text `ctl show cluster` prints: one fact a line.
+    package var lines: [String] {
+        var out = [
+            "node: \(node) (1 of \(nodeCount) configured)",
+            "mode: \(mode)",
+            "redis: \(redis) \(connected ? "connected" : "not connected")" + (lastError.map { " (last error: \($0))" } ?? ""),
+            "nodes seen: \(nodesSeen)",
+            "redis latency: \(lastLatencyMicroseconds) us",
+            "round trips: \(roundTrips) (rate refills \(rateRoundTrips))",
+        ]
+        for site in leases.keys.sorted() { out.append("leases \(site): \(leases[site] ?? 0)") }
+        return out
+    }
+}
+
+extension RedisClusterCoordinator {
+    package var status: RedisClusterStatus {
+        var leases: [String: Int] = [:]
+        for name in siteNames where held(site: name) > 0 { leases[name] = held(site: name) }
+        return RedisClusterStatus(node: options.nodeName, nodeCount: options.nodeCount, mode: mode.rawValue,
+                                  redis: "\(connection.address)", connected: connection.isConnected,
+                                  lastError: connection.lastError, nodesSeen: nodesSeen, leases: leases,
+                                  lastLatencyMicroseconds: lastLatency / 1000, roundTrips: roundTrips,
+                                  rateRoundTrips: rateRoundTrips)
     }
 }

@@ -97,6 +97,13 @@ struct RedisClusterTests {
         #expect(a.acquire("yahoo.com", limit: 3, wanted: 9) == 3)
         let stored = redis.cli(["HGETALL", "t1:conn:gmail.com"]).split(separator: "\n").map(String.init)
         #expect(stored == ["a", "2", "b", "3"])
+        // What `ctl show cluster` would print for node a.
+        let lines = a.harness.sync { _ in a.coordinator.status.lines } ?? []
+        #expect(lines.count == 8, "\(lines)")
+        #expect(Array(lines.prefix(4)) == ["node: a (1 of 2 configured)", "mode: shared",
+                                           "redis: \(redis.ip):6379 connected", "nodes seen: 2"])
+        #expect(Array(lines.suffix(2)) == ["leases gmail.com: 2", "leases yahoo.com: 3"])
+        #expect(lines[4].hasPrefix("redis latency: ") && lines[5].hasPrefix("round trips: "))
     }
 
     /// A node that stops renewing (killed) loses its leases once their TTL
