@@ -78,7 +78,7 @@ let package = Package(
         .target(name: "PeregrineDaemon",
                 dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
                                "PeregrineHTTP", "PeregrineTransport", "PeregrineSpool", "PeregrineAccounting",
-                               "PeregrineEngine", "PeregrineDKIM"],
+                               "PeregrineEngine", "PeregrineDKIM", "PeregrineRedis"],
                 swiftSettings: loopSettings),
 
         .executableTarget(name: "Peregrine",
