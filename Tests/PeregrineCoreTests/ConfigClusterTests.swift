@@ -5,8 +5,9 @@ import PeregrineIO
 /// The cluster directives (CLUSTER.md): read, defaulted, and bad values
 /// refused with file:line.
 @Suite struct ConfigClusterTests {
-    func parse(_ text: String) -> Result<PeregrineConfig, String> {
-        do { return .success(try PeregrineConfig.parse(text, file: "c.conf")) } catch { return .failure(error.description) }
+    struct Refused: Error { let text: String }
+    func parse(_ text: String) -> Result<PeregrineConfig, Refused> {
+        do { return .success(try PeregrineConfig.parse(text, file: "c.conf")) } catch { return .failure(Refused(text: error.description)) }
     }
 
     @Test func clusterDirectivesAreRead() throws {
@@ -23,7 +24,7 @@ import PeregrineIO
 
     @Test func badValuesAreRefusedWithTheLine() {
         func error(_ text: String) -> String? {
-            if case .failure(let e) = parse(text) { return e } else { return nil }
+            if case .failure(let e) = parse(text) { return e.text } else { return nil }
         }
         #expect(error("\ncluster-redis redis.example:6379\n")?.hasPrefix("c.conf:2: cluster-redis: 'redis.example:6379' is not an IP address") == true)
         #expect(error("cluster-node-count 0\n")?.hasPrefix("c.conf:1: cluster-node-count") == true)
