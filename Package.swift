@@ -27,7 +27,7 @@ let testSettings: [SwiftSetting] = [.swiftLanguageMode(.v5)]
 
 // Module order (imports point down this list only; siblings never import each other):
 //   PeregrineIO
-//   PeregrineSMTP, PeregrineTLS, PeregrineDNS, PeregrineConfig, PeregrineHTTP
+//   PeregrineSMTP, PeregrineTLS, PeregrineDNS, PeregrineConfig, PeregrineHTTP, PeregrineRedis
 //   PeregrineTransport, PeregrineSpool, PeregrineAccounting
 //   PeregrineEngine
 //   PeregrineDaemon
@@ -60,6 +60,8 @@ let package = Package(
         .target(name: "PeregrineConfig", dependencies: ["PeregrineIO"], swiftSettings: strictSettings),
         .target(name: "PeregrineDNS", dependencies: ["PeregrineIO"], swiftSettings: strictSettings),
         .target(name: "PeregrineHTTP", dependencies: ["PeregrineIO"], swiftSettings: strictSettings),
+        // The Redis wire codec and a pipelined connection: the cluster's shared state (issue #21).
+        .target(name: "PeregrineRedis", dependencies: ["PeregrineIO"], swiftSettings: loopSettings),
         // DKIM signing and verification over bytes (the daemon signs, the sink verifies).
         .target(name: "PeregrineDKIM", dependencies: ["PeregrineIO", "COpenSSL"], swiftSettings: loopSettings),
 
@@ -76,7 +78,7 @@ let package = Package(
         .target(name: "PeregrineDaemon",
                 dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
                                "PeregrineHTTP", "PeregrineTransport", "PeregrineSpool", "PeregrineAccounting",
-                               "PeregrineEngine", "PeregrineDKIM"],
+                               "PeregrineEngine", "PeregrineDKIM", "PeregrineRedis"],
                 swiftSettings: loopSettings),
 
         .executableTarget(name: "Peregrine",
@@ -108,7 +110,8 @@ let package = Package(
         .testTarget(name: "PeregrineCoreTests",
                     dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
                                    "PeregrineHTTP", "PeregrineTransport", "PeregrineSpool", "PeregrineAccounting",
-                                   "PeregrineEngine", "PeregrineDaemon", "PeregrineDKIM", "PeregrineTestSupport"],
+                                   "PeregrineEngine", "PeregrineDaemon", "PeregrineDKIM", "PeregrineRedis",
+                                   "PeregrineTestSupport"],
                     swiftSettings: testSettings),
         .testTarget(name: "EndToEndTests",
                     dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
@@ -127,6 +130,6 @@ if Context.environment["PEREGRINE_FUZZ"] != nil {
     package.targets.append(.executableTarget(
         name: "PeregrineFuzz",
         dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineDNS", "PeregrineHTTP", "PeregrineConfig",
-                       "PeregrineSpool", "PeregrineAccounting", "PeregrineDaemon"],
+                       "PeregrineSpool", "PeregrineAccounting", "PeregrineDaemon", "PeregrineRedis"],
         path: "Tests/Fuzz/PeregrineFuzz", swiftSettings: loopSettings))
 }

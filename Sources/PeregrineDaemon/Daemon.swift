@@ -11,6 +11,7 @@ import PeregrineHTTP
 import PeregrineSpool
 import PeregrineAccounting
 import PeregrineEngine
+import PeregrineRedis
 
 /// The `peregrine run` daemon: recovers the spool, starts one worker per
 /// thread (each owning an event loop of the chosen backend), listens, delivers,
@@ -56,6 +57,8 @@ public final class Daemon<Loop: EventLoop> {
     /// Host/Origin/token checks of the management API; the token is read
     /// (or created) at start-up from `http-mgmt-token-file`. Used on worker 0's loop only.
     var managementGuard = ManagementRequestGuard(token: nil)
+    /// The cluster's shared state (cluster-redis), on worker 0's loop; nil: not a cluster (Daemon+Cluster.swift).
+    var cluster: RedisClusterCoordinator<Loop>?
     private var threads: [Thread] = []
     private var management: ManagementServer<Loop>?
     private var signalSources: [DispatchSourceSignal] = []
@@ -254,6 +257,7 @@ public final class Daemon<Loop: EventLoop> {
         for w in workers {
             w.loop.execute { [self] in self.requeueRecovered(on: w, recovered: recovered) }
         }
+        startCluster()
         installSignalHandlers()
         let addresses = workers.first?.listenerAddresses.map(\.description).joined(separator: ", ") ?? ""
         var line = "running: backend \(Loop.kind), \(workers.count) loop(s), listening on \(addresses)"

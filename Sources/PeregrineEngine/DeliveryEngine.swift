@@ -24,6 +24,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
     private var siteLookups: Set<QueueKey> = []
     /// STARTTLS for delivery: the shared client context and per-MX fallbacks (DeliveryEngine+TLS.swift).
     public let tls = DeliveryTLS()
+    /// Called when a reply puts a queue into backoff here (not when the
+    /// cluster does): the daemon publishes it to the other nodes (DeliveryEngine+Cluster.swift).
+    public var onBackoffEntered: ((DeliveryQueue) -> Void)?
     private var connections: [ObjectIdentifier: DeliveryConnection<Loop>] = [:]
     /// The same connections by the queue that opened them, so that a kick asks
     /// its own queue's (or site's) idle connections without walking every
@@ -390,6 +393,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
                 if !q.isBackoff {
                     q.enterBackoff(now: now)
                     observer.queueModeChanged(q, .enteredBackoff(reason: "reply matched a pattern list: \(reply)"))
+                    onBackoffEntered?(q)
                 }
             case .normal:
                 if q.isBackoff {

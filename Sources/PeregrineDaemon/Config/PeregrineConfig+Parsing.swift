@@ -10,7 +10,7 @@ extension PeregrineConfig {
         "smtp-server-tls-certificate", "smtp-server-tls-key", "shutdown-timeout",
         "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
         "relay-domain", "dsn-max-rate-per-sender", "total-max-smtp-out",
-    ] + SMTPAuthSettings.globalDirectiveNames + RuntimeSettings.directiveNames
+    ] + SMTPAuthSettings.globalDirectiveNames + RuntimeSettings.directiveNames + ClusterSettings.directiveNames
 
     /// Reads, parses and checks a config file; throws the first error.
     public static func load(path: String) throws(ConfigError) -> PeregrineConfig {
@@ -237,6 +237,7 @@ extension PeregrineConfig {
         default:
             if try applyAuthGlobal(node) { return }
             if try runtime.apply(node) { return }
+            if try cluster.apply(node) { return }
             if let home = ConfigContext.homes[node.name] {
                 throw node.error("\(node.name) is not allowed at the top level (it belongs in \(home))")
             }

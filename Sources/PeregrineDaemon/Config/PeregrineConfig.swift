@@ -91,6 +91,8 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var shutdownTimeout: Duration = .seconds(30)
     /// `log-file`, `log-rotate`, `run-as-user`, `run-as-group`, `run-as-root`.
     public var runtime = RuntimeSettings()
+    /// `cluster-redis`, `cluster-node-name`, `cluster-node-count` (CLUSTER.md).
+    public var cluster = ClusterSettings()
 
     /// The listeners `peregrine run` binds: `smtp-listener`s, else every IPv4 address on port 25.
     public var effectiveSMTPListeners: [SocketAddress] {

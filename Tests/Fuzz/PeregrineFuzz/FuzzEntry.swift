@@ -15,6 +15,7 @@ let fuzzTargets: [String: (UnsafePointer<UInt8>, Int) -> CInt] = [
     "FuzzConfig": fuzzConfig,
     "FuzzSpoolRecords": fuzzSpoolRecords,
     "FuzzAccountingCSV": fuzzAccountingCSV,
+    "FuzzRESPReply": fuzzRESPReply,
 ]
 
 let selectedTarget: (UnsafePointer<UInt8>, Int) -> CInt = {

@@ -1,0 +1,40 @@
+import PeregrineIO
+import PeregrineEngine
+import PeregrineRedis
+
+/// Cluster mode (cluster-redis, CLUSTER.md): one coordinator on worker 0's
+/// loop; every worker's engine reports the backoffs its replies cause, the
+/// coordinator publishes them, and the backoffs other nodes publish are
+/// handed to the worker that owns the queue.
+extension Daemon {
+    func startCluster() {
+        let settings = currentConfig.cluster
+        guard let redis = settings.redis, let first = workers.first else { return }
+        let nodeName = settings.nodeName ?? hostName
+        let backoffDuration: UInt64 = 3_600_000_000_000
+        first.loop.execute { [self] in
+            let connection = RedisConnection(loop: first.loop, address: redis)
+            let coordinator = RedisClusterCoordinator(connection: connection,
+                                                      options: .init(nodeName: nodeName, nodeCount: settings.nodeCount))
+            coordinator.log = { [self] line in self.log(line) }
+            coordinator.onBackoff = { [self] name, _ in
+                // "domain/vmta" from Redis; a name this node cannot read is skipped.
+                guard let slash = name.lastIndex(of: "/") else { return }
+                let key = QueueKey(domain: String(name[..<slash]), vmta: String(name[name.index(after: slash)...]))
+                let owner = self.owner(of: key, asking: first)
+                owner.loop.execute { owner.engine.applyClusterBackoff(key, from: "a cluster node") }
+            }
+            cluster = coordinator
+            coordinator.start()
+        }
+        for w in workers {
+            w.loop.execute { [self] in
+                w.engine.onBackoffEntered = { [self] q in
+                    let name = q.key.description
+                    let duration = q.policy.backoffToNormalAfter?.nanoseconds ?? backoffDuration
+                    first.loop.execute { [self] in self.cluster?.publishBackoff(queue: name, duration: duration) }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+import Testing
+import PeregrineIO
+@testable import PeregrineDaemon
+
+/// The cluster directives (CLUSTER.md): read, defaulted, and bad values
+/// refused with file:line.
+@Suite struct ConfigClusterTests {
+    struct Refused: Error { let text: String }
+    func parse(_ text: String) -> Result<PeregrineConfig, Refused> {
+        do { return .success(try PeregrineConfig.parse(text, file: "c.conf")) } catch { return .failure(Refused(text: error.description)) }
+    }
+
+    @Test func clusterDirectivesAreRead() throws {
+        let c = try parse("cluster-redis 127.0.0.5\ncluster-node-name mta-1\ncluster-node-count 3\n").get()
+        #expect(c.cluster.redis == (try SocketAddress(ip: "127.0.0.5", port: 6379)))
+        #expect(c.cluster.nodeName == "mta-1")
+        #expect(c.cluster.nodeCount == 3)
+        let other = try parse("cluster-redis 10.0.0.5:7000\n").get()
+        #expect(other.cluster.redis == (try SocketAddress(ip: "10.0.0.5", port: 7000)))
+        #expect(other.cluster.nodeName == nil && other.cluster.nodeCount == 1)
+        // Without cluster-redis: not a cluster.
+        #expect(try parse("").get().cluster.redis == nil)
+    }
+
+    @Test func badValuesAreRefusedWithTheLine() {
+        func error(_ text: String) -> String? {
+            if case .failure(let e) = parse(text) { return e.text } else { return nil }
+        }
+        #expect(error("\ncluster-redis redis.example:6379\n")?.hasPrefix("c.conf:2: cluster-redis: 'redis.example:6379' is not an IP address") == true)
+        #expect(error("cluster-node-count 0\n")?.hasPrefix("c.conf:1: cluster-node-count") == true)
+        #expect(error("cluster-node-count many\n")?.hasPrefix("c.conf:1: cluster-node-count") == true)
+        #expect(error("cluster-node-name \"a b\"\n") == "c.conf:1: cluster-node-name: 'a b' must be printable ASCII without spaces")
+        #expect(error("cluster-max-smtp-out 5\n")?.contains("unknown directive 'cluster-max-smtp-out'") == true)
+    }
+}

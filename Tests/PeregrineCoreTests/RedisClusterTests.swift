@@ -1,0 +1,229 @@
+import Testing
+import Foundation
+import PeregrineIO
+import PeregrineTestSupport
+@testable import PeregrineRedis
+
+/// Two cluster nodes (coordinators on two loops of their own, as two daemons
+/// would have) sharing one real redis-server, on every backend. Addresses:
+/// scenario 94 (127.P.94.(BACKEND*10 + n), PrivateLoopback), port 6379.
+@Suite("Redis cluster coordination", .timeLimit(.minutes(10)))
+struct RedisClusterTests {
+
+    /// One node: a loop, its connection and coordinator.
+    final class Node<L: EventLoop>: @unchecked Sendable {
+        let harness: CoreLoopHarness<L>
+        var coordinator: RedisClusterCoordinator<L>!
+        let logLines = Locked<[String]>([])
+        let backoffs = Locked<[String: UInt64]>([:])
+
+        init(_ type: L.Type, redis: SocketAddress, name: String, nodeCount: Int, leaseTTL: UInt64 = 10_000_000_000,
+             prefix: String) throws {
+            harness = try CoreLoopHarness(type)
+            let lines = logLines, backoffs = backoffs
+            let made: Bool? = harness.sync { [self] loop in
+                let c = RedisConnection(loop: loop, address: redis,
+                                        options: .init(commandTimeout: 2_000_000_000, initialBackoff: 20_000_000, maxBackoff: 200_000_000))
+                coordinator = RedisClusterCoordinator(connection: c, options: .init(prefix: prefix, nodeName: name, nodeCount: nodeCount,
+                                                                                    leaseTTL: leaseTTL, pollInterval: 100_000_000,
+                                                                                    rateBatch: 20))
+                coordinator.log = { line in lines.withLock { $0.append(line) } }
+                coordinator.onBackoff = { q, ends in backoffs.withLock { $0[q] = ends } }
+                coordinator.start()
+                return true
+            }
+            guard made == true else { throw RedisServerError("node \(name) did not start") }
+        }
+
+        func waitShared(_ seconds: Double = 20) -> Bool {
+            waitUntil(seconds) { harness.sync { [self] _ in coordinator.mode == .shared } == true }
+        }
+
+        func acquire(_ site: String, limit: Int, wanted: Int) -> Int? {
+            harness.await { [self] (_: L, reply: @escaping (Int) -> Void) in
+                coordinator.acquireConnections(site: site, limit: limit, wanted: wanted, reply)
+            }
+        }
+
+        /// Returns once the release is written to Redis.
+        func release(_ site: String, _ n: Int) {
+            _ = harness.await { [self] (_: L, reply: @escaping (Bool) -> Void) in
+                coordinator.releaseConnections(site: site, count: n) { reply(true) }
+            }
+        }
+
+        /// Message tokens taken for `site` until one is refused with nothing left to refill.
+        func takeMessages(_ site: String, perHour: Int, tries: Int) -> Int {
+            var taken = 0
+            for _ in 0..<tries {
+                let ok: Bool? = harness.sync { [self] _ in coordinator.acquireMessage(site: site, perHour: perHour) == nil }
+                if ok == true { taken += 1 } else { usleep(5_000) }
+            }
+            return taken
+        }
+
+        func stop() {
+            _ = harness.sync { [self] _ in coordinator.stop() }
+            harness.stop()
+        }
+    }
+
+    static func redis(_ kind: BackendKind, host: Int) throws -> RedisServerProcess {
+        let b = (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1
+        let r = RedisServerProcess(ip: PrivateLoopback.address(94, b * 10 + host))
+        try r.start()
+        return r
+    }
+
+    /// Leases: the cluster limit holds across nodes; a release frees a slot for the other node.
+    @Test(arguments: BackendKind.testable)
+    func connectionLeasesHoldTheClusterLimit(_ kind: BackendKind) throws { try leases(kind.loopType) }
+    func leases<L: EventLoop>(_ type: L.Type) throws {
+        let redis = try Self.redis(L.kind, host: 1)
+        defer { redis.kill() }
+        let address = try SocketAddress(ip: redis.ip, port: redis.port)
+        let a = try Node(type, redis: address, name: "a", nodeCount: 2, prefix: "t1")
+        defer { a.stop() }
+        let b = try Node(type, redis: address, name: "b", nodeCount: 2, prefix: "t1")
+        defer { b.stop() }
+        #expect(a.waitShared() && b.waitShared())
+        #expect(a.acquire("gmail.com", limit: 5, wanted: 4) == 4)
+        #expect(b.acquire("gmail.com", limit: 5, wanted: 4) == 1)
+        #expect(b.acquire("gmail.com", limit: 5, wanted: 1) == 0)
+        a.release("gmail.com", 2)
+        #expect(a.harness.sync { _ in a.coordinator.nodesSeen } == 2)
+        #expect(b.acquire("gmail.com", limit: 5, wanted: 4) == 2)
+        // Another site has its own limit.
+        #expect(a.acquire("yahoo.com", limit: 3, wanted: 9) == 3)
+        let stored = redis.cli(["HGETALL", "t1:conn:gmail.com"]).split(separator: "\n").map(String.init)
+        #expect(stored == ["a", "2", "b", "3"])
+        // What `ctl show cluster` would print for node a.
+        let lines = a.harness.sync { _ in a.coordinator.status.lines } ?? []
+        #expect(lines.count == 8, "\(lines)")
+        #expect(Array(lines.prefix(4)) == ["node: a (1 of 2 configured)", "mode: shared",
+                                           "redis: \(redis.ip):6379 connected", "nodes seen: 2"])
+        #expect(Array(lines.suffix(2)) == ["leases gmail.com: 2", "leases yahoo.com: 3"])
+        #expect(lines[4].hasPrefix("redis latency: ") && lines[5].hasPrefix("round trips: "))
+    }
+
+    /// A node that stops renewing (killed) loses its leases once their TTL
+    /// passes; the other node then gets the whole limit.
+    @Test(arguments: BackendKind.testable)
+    func deadNodesLeasesLapse(_ kind: BackendKind) throws { try lapse(kind.loopType) }
+    func lapse<L: EventLoop>(_ type: L.Type) throws {
+        let redis = try Self.redis(L.kind, host: 2)
+        defer { redis.kill() }
+        let address = try SocketAddress(ip: redis.ip, port: redis.port)
+        let a = try Node(type, redis: address, name: "a", nodeCount: 2, leaseTTL: 1_000_000_000, prefix: "t2")
+        let b = try Node(type, redis: address, name: "b", nodeCount: 2, leaseTTL: 1_000_000_000, prefix: "t2")
+        defer { b.stop() }
+        #expect(a.waitShared() && b.waitShared())
+        #expect(a.acquire("gmail.com", limit: 4, wanted: 4) == 4)
+        #expect(b.acquire("gmail.com", limit: 4, wanted: 1) == 0)
+        a.stop()   // no release, no more renewals: as SIGKILL leaves it
+        var got = 0
+        let lapsed = waitUntil(20) {
+            got += b.acquire("gmail.com", limit: 4, wanted: 4 - got) ?? 0
+            if got < 4 { usleep(100_000) }
+            return got == 4
+        }
+        #expect(lapsed, "b got \(got) of 4")
+        #expect(redis.cli(["HGETALL", "t2:conn:gmail.com"]).split(separator: "\n").map(String.init) == ["b", "4"])
+    }
+
+    /// A backoff published by one node reaches the other with the same end
+    /// (within the poll's granularity), within one second of publishing.
+    @Test(arguments: BackendKind.testable)
+    func backoffPublishedByOneNodeReachesTheOther(_ kind: BackendKind) throws { try backoff(kind.loopType) }
+    func backoff<L: EventLoop>(_ type: L.Type) throws {
+        let redis = try Self.redis(L.kind, host: 3)
+        defer { redis.kill() }
+        let address = try SocketAddress(ip: redis.ip, port: redis.port)
+        let a = try Node(type, redis: address, name: "a", nodeCount: 2, prefix: "t3")
+        defer { a.stop() }
+        let b = try Node(type, redis: address, name: "b", nodeCount: 2, prefix: "t3")
+        defer { b.stop() }
+        #expect(a.waitShared() && b.waitShared())
+        let published = Date()
+        _ = a.harness.sync { _ in a.coordinator.publishBackoff(queue: "gmail.com/vmta1", duration: 60_000_000_000) }
+        let seen = waitUntil(20) { b.backoffs.withLock { $0["gmail.com/vmta1"] } != nil }
+        let delay = Date().timeIntervalSince(published)
+        #expect(seen)
+        // The figure the issue asks for; printed, not asserted against a threshold
+        // (the poll interval, 100 ms here, bounds it on an idle machine).
+        print("RedisClusterTests: backoff propagation \(Int(delay * 1000)) ms on \(L.kind)")
+        let remaining: UInt64? = b.harness.sync { loop in (b.backoffs.withLock { $0["gmail.com/vmta1"] } ?? 0) &- loop.now }
+        // Same end as published: 60 s less the time it took to arrive.
+        #expect((remaining ?? 0) > 40_000_000_000 && (remaining ?? 0) <= 60_000_000_000)
+        // The publisher sees its own backoff too (it is the cluster's, not the node's).
+        #expect(waitUntil(20) { a.backoffs.withLock { $0["gmail.com/vmta1"] } != nil })
+    }
+
+    /// The cluster rate is GCRA in Redis with tokens in batches: two nodes
+    /// together get one batch (the tolerance) plus what the rate earns while
+    /// they ask, and far fewer round trips than messages.
+    @Test(arguments: BackendKind.testable)
+    func messageRateIsSharedAndBatched(_ kind: BackendKind) throws { try rate(kind.loopType) }
+    func rate<L: EventLoop>(_ type: L.Type) throws {
+        let redis = try Self.redis(L.kind, host: 4)
+        defer { redis.kill() }
+        let address = try SocketAddress(ip: redis.ip, port: redis.port)
+        let a = try Node(type, redis: address, name: "a", nodeCount: 2, prefix: "t4")
+        defer { a.stop() }
+        let b = try Node(type, redis: address, name: "b", nodeCount: 2, prefix: "t4")
+        defer { b.stop() }
+        #expect(a.waitShared() && b.waitShared())
+        let started = Date()
+        // 3,600/h = one per second, batch 20: the first batch is the burst allowance.
+        let takenA = a.takeMessages("gmail.com", perHour: 3600, tries: 60)
+        let takenB = b.takeMessages("gmail.com", perHour: 3600, tries: 60)
+        let elapsed = Date().timeIntervalSince(started)
+        let allowed = 20 + Int(elapsed.rounded(.up)) + 1
+        #expect(takenA + takenB <= allowed, "took \(takenA)+\(takenB) in \(elapsed) s, allowed \(allowed)")
+        #expect(takenA >= 20)
+        let trips = a.harness.sync { _ in a.coordinator.rateRoundTrips } ?? 0
+        print("RedisClusterTests: \(takenA) messages in \(trips) round trips on \(L.kind)")
+        #expect(trips > 0 && trips * 2 <= takenA + 10, "round trips \(trips) for \(takenA) messages")
+    }
+
+    /// Redis killed: both nodes switch to fallback (logged once each), each
+    /// keeps to limit ÷ node count; Redis back: shared again, and a node's
+    /// open connections count at once (no burst past the limit).
+    @Test(arguments: BackendKind.testable)
+    func fallbackSharesWhileRedisIsDown(_ kind: BackendKind) throws { try fallback(kind.loopType) }
+    func fallback<L: EventLoop>(_ type: L.Type) throws {
+        let redis = try Self.redis(L.kind, host: 5)
+        defer { redis.kill() }
+        let address = try SocketAddress(ip: redis.ip, port: redis.port)
+        let a = try Node(type, redis: address, name: "a", nodeCount: 3, prefix: "t5")
+        defer { a.stop() }
+        let b = try Node(type, redis: address, name: "b", nodeCount: 3, prefix: "t5")
+        defer { b.stop() }
+        #expect(a.waitShared() && b.waitShared())
+        #expect(a.acquire("gmail.com", limit: 6, wanted: 1) == 1)
+        redis.kill()
+        let down = waitUntil(20) {
+            a.harness.sync { _ in a.coordinator.mode } == .fallback && b.harness.sync { _ in b.coordinator.mode } == .fallback
+        }
+        #expect(down)
+        // Share: 6 / 3 = 2 per node; a already holds 1.
+        #expect(a.acquire("gmail.com", limit: 6, wanted: 5) == 1)
+        #expect(b.acquire("gmail.com", limit: 6, wanted: 5) == 2)
+        // Rate at 3,600/h over 3 nodes: one token now, the next 3 s later.
+        #expect(b.harness.sync { _ in b.coordinator.acquireMessage(site: "gmail.com", perHour: 3600) == nil } == true)
+        let next = b.harness.sync { loop in (b.coordinator.acquireMessage(site: "gmail.com", perHour: 3600) ?? 0) &- loop.now } ?? 0
+        #expect(next > 2_000_000_000 && next <= 3_000_000_000)
+        // Still refused while down, logged once however many calls fail.
+        #expect(a.acquire("gmail.com", limit: 6, wanted: 5) == 0)
+        try redis.start()
+        #expect(a.waitShared(30) && b.waitShared(30))
+        // Each node writes its held count on its return (before anyone is granted more).
+        #expect(waitUntil(20) { redis.cli(["HGET", "t5:conn:gmail.com", "b"]).hasPrefix("2") })
+        // a holds 2, b holds 2: shared again, only 2 more in the whole cluster.
+        #expect(a.acquire("gmail.com", limit: 6, wanted: 5) == 2)
+        #expect(b.acquire("gmail.com", limit: 6, wanted: 5) == 0)
+        let linesA = a.logLines.withLock { $0 }
+        #expect(linesA.filter { $0.contains("unreachable") }.count == 1, "\(linesA)")
+        #expect(linesA.filter { $0.contains("shared limits in force") }.count == 2, "\(linesA)")
+    }
+}
