@@ -56,6 +56,8 @@ public final class Daemon<Loop: EventLoop> {
     /// Host/Origin/token checks of the management API; the token is read
     /// (or created) at start-up from `http-mgmt-token-file`. Used on worker 0's loop only.
     var managementGuard = ManagementRequestGuard(token: nil)
+    /// The suppression list (Daemon+Suppression.swift): set once in `run()` before any loop reads it.
+    var suppression: SuppressionList?
     private var threads: [Thread] = []
     private var management: ManagementServer<Loop>?
     private var signalSources: [DispatchSourceSignal] = []
@@ -174,6 +176,7 @@ public final class Daemon<Loop: EventLoop> {
                 return 1
             }
         }
+        guard openSuppressionList() else { return 1 }
         let recovered: [SpoolStreamRecovery]
         switch SpoolRecovery.recoverAll(spoolDirectory: spoolDir, log: { [self] in log("spool: \($0)") }) {
         case .success(let r):
