@@ -187,3 +187,85 @@ struct DaemonSuppressionTests {
         #expect(noToken.status == 1 && noToken.stdout.contains("Bearer"), "\(noToken)")
     }
 }
+
+/// The list fed by inbound reports and guarding the DSN generator: an ARF
+/// complaint (`f`) and an RFC 3464 bounce report of status 5.1.1 (`rb`),
+/// sent by Python's smtplib to the processors, suppress their recipients
+/// (a 4xx-class quota report does not); and a bounce of mail from a
+/// suppressed sender makes no report, while another sender's does.
+/// Scenario 47 (RecordingReceiver: `bad…` recipients get 550 5.1.1).
+@Suite(.serialized, .timeLimit(.minutes(10)))
+struct DaemonSuppressionReportTests {
+    static let dsnScript = #"""
+    import sys, smtplib
+    host, port, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    data = ("From: Mail Delivery System <MAILER-DAEMON@mx.remote.test>\r\n"
+            "To: <%s>\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=\"B1\"\r\n\r\n"
+            "--B1\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+            "--B1\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; mx.remote.test\r\n\r\n"
+            "Final-Recipient: rfc822; gone@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+            "Diagnostic-Code: smtp; 550 5.1.1 <gone@remote.test>: user unknown\r\n"
+            "--B1--\r\n") % rcpt
+    with smtplib.SMTP(host, port, timeout=30) as s:
+        s.sendmail("", [rcpt], data.encode())
+    print("sent")
+    """#
+
+    @Test(arguments: BackendKind.testable)
+    func reportsSuppressAndSuppressedSendersGetNoDSN(_ kind: BackendKind) throws {
+        try kind.requireAvailable()
+        let s = try DaemonDSNTests.Scenario("supp-reports", 47, kind)
+        let d = try s.start("""
+            <bounce-processor>
+                <address-list>
+                    address /^bounces[+-].*@bounce\\.peregrine\\.test$/
+                </address-list>
+            </bounce-processor>
+            <feedback-loop-processor>
+                <address-list>
+                    address /^fbl@fbl\\.peregrine\\.test$/
+                </address-list>
+            </feedback-loop-processor>
+            <domain dest.test>
+                ROUTE
+            </domain>
+            """)
+        func check(_ address: String) throws -> String? {
+            let r = try d.ctl(["suppress", "check", address])
+            return r["suppressed"] as? Bool == true ? r["reason"] as? String ?? "?" : nil
+        }
+        let python = try #require(findTool("python3"), "python3 not installed")
+        let arf = try s.dir.write("send-report.py", DaemonInboundReportTests.sendScript)
+        let dsn = try s.dir.write("send-dsn.py", Self.dsnScript)
+        var r = E2E.run(python, [arf, d.listenIP, "\(d.listenPort)", "arf", "fbl@fbl.peregrine.test"], timeout: 60)
+        #expect(r.status == 0 && r.stdout.contains("sent"), "\(r.stderr)")
+        r = E2E.run(python, [arf, d.listenIP, "\(d.listenPort)", "exim", "bounces-exim@bounce.peregrine.test"], timeout: 60)
+        #expect(r.status == 0 && r.stdout.contains("sent"), "\(r.stderr)")
+        r = E2E.run(python, [dsn, d.listenIP, "\(d.listenPort)", "bounces-dsn@bounce.peregrine.test"], timeout: 60)
+        #expect(r.status == 0 && r.stdout.contains("sent"), "\(r.stderr)")
+        try #require(E2E.waitUntil(60, every: 0.2) {
+            let records = s.records
+            return records.of(.feedbackLoop).count >= 1 && records.of(.remoteBounce).count >= 2
+        }, "\(kind): \(s.diagnostics)")
+        let gone = try #require(s.records.of(.remoteBounce).first { $0.rcpt == "gone@remote.test" }, "\(s.records.of(.remoteBounce))")
+        #expect(gone.bounceCat == "bad-mailbox", "\(gone)")
+        #expect(try check("reader@isp.test") == "complaint")
+        #expect(try check("gone@remote.test") == "hard-bounce")
+        #expect(try check("full@exim.test") == nil, "a quota report suppresses nothing")
+
+        // A suppressed sender's bounce: a b record, no report; another sender's bounce (the fence) gets one.
+        #expect(try d.ctl(["suppress", "add", "quiet@senders.test"])["added"] as? Int == 1)
+        #expect(try s.inject(from: "quiet@senders.test", rcpts: [("bad-quiet@dest.test", "")], subject: "quiet") == nil)
+        try #require(E2E.waitUntil(60, every: 0.2) { s.records.contains { $0.type == .bounced && $0.rcpt == "bad-quiet@dest.test" } },
+                     "\(kind): \(s.diagnostics)")
+        #expect(try s.inject(from: DaemonDSNTests.sender, rcpts: [("bad-fence@dest.test", "")], subject: "fence") == nil)
+        try #require(E2E.waitUntil(60, every: 0.2) { !s.reports.isEmpty }, "\(kind): no fence report\n\(s.diagnostics)")
+        let reports = s.reports
+        #expect(reports.count == 1 && reports.allSatisfy { $0.rcpts == [DaemonDSNTests.sender] }, "\(reports.map(\.rcpts))")
+        // Both bounced recipients were suppressed in turn.
+        #expect(try check("bad-quiet@dest.test") == "hard-bounce")
+        #expect(try check("bad-fence@dest.test") == "hard-bounce")
+    }
+}
