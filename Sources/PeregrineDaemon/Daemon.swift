@@ -264,6 +264,8 @@ public final class Daemon<Loop: EventLoop> {
         log(line)
         exited.wait()
         accounting.close()
+        // Changes from the last bounces and reports, made durable before exit.
+        suppression?.waitUntilDurable()
         let failed = lock.withLock { loopFailed }
         log(failed ? "stopped after a loop failed (exit status 1)" : "stopped")
         return failed ? 1 : 0
