@@ -70,14 +70,25 @@ extension Daemon {
                          "<\(shown)>: recipient is suppressed (\(reason.name))")
     }
 
-    /// The `s` accounting record of a refused recipient.
-    func logSuppressed(sender: String, recipient: String, reason: SuppressionReason, reply: SMTPReply, peer: String) {
+    /// The `s` accounting record of a refused recipient (`srcType` `smtp`, or `api` for HTTP injection).
+    func logSuppressed(sender: String, recipient: String, reason: SuppressionReason, reply: SMTPReply, peer: String,
+                       srcType: String = "smtp") {
         guard accounting.accepts(.suppressed) else { return }
         accounting.log(AccountingRecord(
             type: .suppressed, timeLogged: wallClockSeconds(), orig: sender, rcpt: recipient, dsnAction: "failed",
             dsnStatus: AccountingRecord.dsnStatus(enhancedCode: "5.7.1", replyCode: 550),
             dsnDiag: "smtp;\(reply.code) \(reply.enhancedCode.map { "\($0) " } ?? "")\(reply.lines.joined(separator: " "))",
-            bounceCat: reason.name, srcType: "smtp", srcMta: peer))
+            bounceCat: reason.name, srcType: srcType, srcMta: peer))
+    }
+
+    /// For injection paths other than SMTP (the HTTP API's per-recipient
+    /// status): the refusal text for a suppressed `recipient`, with its `s`
+    /// record logged; nil when it is not suppressed.
+    func suppressionRefusal(recipient: String, sender: String, peer: String, srcType: String) -> String? {
+        guard let reason = suppression?.reason(forRecipient: recipient) else { return nil }
+        let reply = Self.suppressedReply(recipient, reason)
+        logSuppressed(sender: sender, recipient: recipient, reason: reason, reply: reply, peer: peer, srcType: srcType)
+        return reply.lines.joined(separator: " ")
     }
 
     // MARK: Management API
