@@ -185,8 +185,31 @@ struct DaemonSuppressionTests {
         let noToken = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", d.managementHost, "--port", d.managementPort,
                                                             "suppress", "add", "x@isp.test"], timeout: 30)
         #expect(noToken.status == 1 && noToken.stdout.contains("Bearer"), "\(noToken)")
+
+        // The API itself (Python's http.client): malformed or mistyped bodies get 400 and change nothing.
+        let apiScript = try s.dir.write("api.py", #"""
+            import sys, http.client, json
+            host, port, token = sys.argv[1], int(sys.argv[2]), open(sys.argv[3]).read().strip()
+            out = []
+            for method, body in [("POST", '{"entries": ["a@b.test"'), ("POST", '{"entries": 5}'), ("POST", '{"entries": [1]}'),
+                                 ("POST", '{"entries": ["ok@isp.test"], "reason": "whim"}'), ("DELETE", '{}'), ("PUT", '{}')]:
+                c = http.client.HTTPConnection(host, port, timeout=20)
+                c.request(method, "/api/v1/suppressions", body=body,
+                          headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+                r = c.getresponse()
+                out.append([r.status, json.loads(r.read() or b"{}").get("error", "")])
+            print(json.dumps(out))
+            """#)
+        let api = E2E.run(python3(), [apiScript, d.managementHost, d.managementPort, d.tokenFile], timeout: 60)
+        let answers = try JSONSerialization.jsonObject(with: Data(api.stdout.utf8)) as? [[Any]] ?? []
+        #expect(answers.map { $0[0] as? Int ?? 0 } == [400, 400, 400, 400, 400, 405], "\(api)")
+        #expect((answers.first?[1] as? String)?.contains("not a JSON object") == true, "\(answers)")
+        #expect((answers.dropFirst(3).first?[1] as? String)?.contains("operator, hard-bounce or complaint") == true, "\(answers)")
+        #expect(try !rig.isSuppressed("a@b.test") && !rig.isSuppressed("ok@isp.test"))
     }
 }
+
+private func python3() -> String { findTool("python3") ?? "/usr/bin/python3" }
 
 /// The list fed by inbound reports and guarding the DSN generator: an ARF
 /// complaint (`f`) and an RFC 3464 bounce report of status 5.1.1 (`rb`),
