@@ -212,11 +212,12 @@ import PeregrineIO
             }
             add(list, "u0@example.com", .complaint)  // back again, another reason
             list.waitUntilDurable()
-            #expect(list.compactions >= 1)
             #expect(list.count == 51)
-            // The list still takes changes after compacting.
+            // The list still takes changes after compacting. (The writer compacts
+            // after acknowledging a commit: only the next commit's wait follows it.)
             add(list, "late@example.com")
             list.waitUntilDurable()
+            #expect(list.compactions >= 1)  // two when the removals were split across commits
         }
         let (list, report) = try SuppressionList.open(path: path)
         #expect(report.entries == 52)
