@@ -4,6 +4,7 @@ import Glibc
 #endif
 import PeregrineConfig
 import PeregrineDaemon
+import PeregrineSpool
 
 /// `peregrine ctl …`: the operator's console. Talks JSON to the daemon's
 /// management port (http-mgmt-port) and prints tables, or the raw JSON with --json.
@@ -13,6 +14,7 @@ import PeregrineDaemon
 ///   ctl delete --job-id ID, ctl reset counters
 ///   ctl set-mode normal|backoff QUEUE
 ///   ctl reload
+///   ctl suppress add|remove|list|check|import (the suppression list, /api/v1/suppressions)
 /// Options: --config FILE (the daemon's: its http-mgmt-port and token file),
 /// --token-file FILE, --host ADDR (default 127.0.0.1), --port N (default 8080), --json.
 /// Every call sends `Authorization: Bearer` with the token when there is one;
@@ -28,6 +30,11 @@ enum CtlCommand {
       set-mode normal|backoff QUEUE
       reset counters                      the totals of show status and /metrics
       reload
+      suppress add|remove ENTRY... [--reason R]   addresses, or whole domains (example.com)
+      suppress list [--limit N] [--offset N]      the suppression list (1000 entries by default)
+      suppress check ADDRESS                      whether ADDRESS (or its domain) is suppressed
+      suppress import FILE [--reason R]           one entry a line (# comments); nothing is
+                                                  imported when a line is bad (FILE:LINE says which)
     QUEUE is domain/vmta and may use * (gmail.com/*); a pause also holds matching queues
     that appear later, until resumed.
     The daemon is found from its configuration: --config FILE, else $PEREGRINE_CONFIG,
@@ -44,6 +51,7 @@ enum CtlCommand {
         var host = "127.0.0.1", port: UInt16 = 8080, json = false
         var hostGiven = false, portGiven = false
         var configPath: String?, tokenPath: String?, vmta: String?, jobID: String?
+        var limit: Int?, offset: Int?, reason: String?
         var words: [String] = []
         var i = 0
         while i < arguments.count {
@@ -69,6 +77,15 @@ enum CtlCommand {
             case "--job-id":
                 guard i + 1 < arguments.count, !arguments[i + 1].isEmpty else { return fail("--job-id needs an ID") }
                 jobID = arguments[i + 1]; i += 2
+            case "--limit", "--offset":
+                guard i + 1 < arguments.count, let n = Int(arguments[i + 1]), n >= 0 else { return fail("\(a) needs a number") }
+                if a == "--limit" { limit = n } else { offset = n }
+                i += 2
+            case "--reason":
+                guard i + 1 < arguments.count, ["operator", "hard-bounce", "complaint"].contains(arguments[i + 1]) else {
+                    return fail("--reason takes operator, hard-bounce or complaint")
+                }
+                reason = arguments[i + 1]; i += 2
             case "-h", "--help":
                 print(usage); return 0
             default:
@@ -76,7 +93,17 @@ enum CtlCommand {
             }
         }
         let request: (method: String, path: String, body: String?)
+        /// More requests after `request` (an import sent in batches).
+        var more: [(method: String, path: String, body: String?)] = []
         switch words.first {
+        case "suppress":
+            switch suppressRequests(Array(words.dropFirst()), limit: limit, offset: offset, reason: reason) {
+            case .failure(let message):
+                return message.hasPrefix("usage:") ? fail(String(message.dropFirst("usage:".count))) : failPlain(message.description)
+            case .success(let list):
+                request = list[0]
+                more = Array(list.dropFirst())
+            }
         case "show" where words.count == 3 && words[1] == "domain":
             request = ("GET", "/domain?name=\(query(words[2]))" + (vmta.map { "&vmta=\(query($0))" } ?? ""), nil)
         case "show":
@@ -137,19 +164,90 @@ enum CtlCommand {
                 }
             }
         }
-        switch httpRequest(host: host, port: port, method: request.method, path: request.path, body: request.body,
-                           token: token) {
-        case .failure(let message):
-            fputs("peregrine ctl: \(message)\n", stderr)
-            return 1
-        case .success(let (status, body)):
-            if json || status >= 300 {
-                print(body)
-                return status >= 300 ? 1 : 0
+        var added = 0
+        for (n, r) in ([request] + more).enumerated() {
+            switch httpRequest(host: host, port: port, method: r.method, path: r.path, body: r.body, token: token) {
+            case .failure(let message):
+                fputs("peregrine ctl: \(message)\n", stderr)
+                if n > 0 { fputs("peregrine ctl: \(added) entries were added before the failure\n", stderr) }
+                return 1
+            case .success(let (status, body)):
+                if json || status >= 300 {
+                    print(body)
+                    if status >= 300 { return 1 }
+                    continue
+                }
+                if more.isEmpty {
+                    print(render(path: r.path, body: body))
+                } else if let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] {
+                    added += (object["added"] as? Int) ?? 0
+                    if n == more.count { print("imported: \(added) added, list now holds \(describe(object["count"])) entries") }
+                }
             }
-            print(render(path: request.path, body: body))
-            return 0
         }
+        return 0
+    }
+
+    static func failPlain(_ message: String) -> Int32 {
+        fputs("peregrine ctl: \(message)\n", stderr)
+        return 1
+    }
+
+    /// Entries an import sends per request (well inside the management server's 1 MiB body limit).
+    static let importBatch = 5000
+
+    /// The requests of `ctl suppress ...`; a failure starting with `usage:` is a usage error.
+    static func suppressRequests(_ words: [String], limit: Int?, offset: Int?, reason: String?)
+        -> Result<[(method: String, path: String, body: String?)], CtlError> {
+        let path = "/api/v1/suppressions"
+        func body(_ entries: [String]) -> String {
+            var object: [String: Any] = ["entries": entries]
+            if let reason { object["reason"] = reason }
+            return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
+                .flatMap { String(data: $0, encoding: .utf8) } ?? "{}"
+        }
+        switch words.first {
+        case "add", "remove":
+            guard words.count >= 2 else { return .failure(CtlError("usage:suppress \(words[0]) takes one or more addresses or domains")) }
+            return .success([(words[0] == "add" ? "POST" : "DELETE", path, body(Array(words.dropFirst())))])
+        case "list":
+            guard words.count == 1 else { return .failure(CtlError("usage:suppress list takes --limit N and --offset N only")) }
+            return .success([("GET", path + "?limit=\(limit ?? 1000)&offset=\(offset ?? 0)", nil)])
+        case "check":
+            guard words.count == 2 else { return .failure(CtlError("usage:suppress check takes one ADDRESS or domain")) }
+            return .success([("GET", path + "?address=\(query(words[1]))", nil)])
+        case "import":
+            guard words.count == 2 else { return .failure(CtlError("usage:suppress import takes one FILE")) }
+            let file = words[1]
+            guard let data = FileManager.default.contents(atPath: file) else { return .failure(CtlError("cannot read \(file)")) }
+            var entries: [String] = [], bad: [String] = []
+            for (i, raw) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let line = raw.trimmingCharacters(in: .whitespacesAndNewlines)
+                if line.isEmpty || line.hasPrefix("#") { continue }
+                if SuppressionKey.normalise(line) == nil {
+                    bad.append("\(file):\(i + 1): not an address or domain: \(line.prefix(80))")
+                } else {
+                    entries.append(line)
+                }
+            }
+            guard bad.isEmpty else {
+                return .failure(CtlError(bad.prefix(20).joined(separator: "\n") + (bad.count > 20 ? "\n… \(bad.count - 20) more" : "")
+                                         + "\nnothing was imported"))
+            }
+            guard !entries.isEmpty else { return .failure(CtlError("\(file) holds no entries")) }
+            return .success(stride(from: 0, to: entries.count, by: importBatch).map {
+                ("POST", path, body(Array(entries[$0..<min($0 + importBatch, entries.count)])))
+            })
+        default:
+            return .failure(CtlError("usage:suppress takes add, remove, list, check or import"))
+        }
+    }
+
+    struct CtlError: Error, CustomStringConvertible {
+        let description: String
+        init(_ d: String) { description = d }
+        func hasPrefix(_ p: String) -> Bool { description.hasPrefix(p) }
+        func dropFirst(_ k: Int) -> Substring { description.dropFirst(k) }
     }
 
     static func fail(_ message: String) -> Int32 {
@@ -222,6 +320,13 @@ enum CtlCommand {
         guard let data = body.data(using: .utf8),
               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return body }
         switch path.split(separator: "?").first.map(String.init) ?? path {
+        case "/api/v1/suppressions" where object["entries"] != nil:
+            var rows = [["ENTRY", "REASON", "SINCE"]]
+            for e in object["entries"] as? [[String: Any]] ?? [] {
+                let t = (e["time"] as? Int).map { ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval($0))) } ?? ""
+                rows.append([describe(e["entry"]), describe(e["reason"]), t])
+            }
+            return table(rows) + "\n(\(describe(object["count"])) entries on the list)"
         case "/vmtas":
             var rows = [["VMTA", "SOURCE IP", "HOST NAME", "POOLS", "CONN", "QUEUED"]]
             for v in object["vmtas"] as? [[String: Any]] ?? [] {

@@ -16,8 +16,13 @@ public enum AccountingRecordType: String, CaseIterable, Hashable, Sendable {
     case feedbackLoop = "f"
     /// Remote (asynchronous) bounce: a bounce report read by `<bounce-processor>`.
     case remoteBounce = "rb"
+    /// Suppressed: a recipient refused at injection because it is on the
+    /// suppression list (Peregrine's own type; PowerMTA has none). `dsnStatus`
+    /// is `5.7.1`, `dsnDiag` the 550 reply, `bounceCat` the list's reason
+    /// (`hard-bounce`, `complaint`, `operator`), `srcMta` the client.
+    case suppressed = "s"
 
-    /// Parses `r`, `d`, `b`, `t`, `tq`, `f`, `rb` (as in `records d,b` of `<acct-file>`).
+    /// Parses `r`, `d`, `b`, `t`, `tq`, `f`, `rb`, `s` (as in `records d,b` of `<acct-file>`).
     public init?(code: some StringProtocol) {
         self.init(rawValue: String(code).lowercased())
     }

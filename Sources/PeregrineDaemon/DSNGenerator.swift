@@ -39,6 +39,8 @@ final class DSNGenerator<Loop: EventLoop> {
         let rcpt = message.recipients[recipient]
         guard Self.isDue(action, notify: rcpt.notify, sender: message.sender, deliverLocalDSN: queue.policy.deliverLocalDSN)
         else { return false }
+        // Never a report to a suppressed sender (a complaint or a hard bounce would follow it).
+        if worker.daemon.suppression?.reason(forRecipient: message.sender) != nil { return false }
         let entry = DeliveryStatusReport.Recipient(
             finalRecipient: rcpt.address, originalRecipient: rcpt.orcpt, action: action, reply: reply,
             remoteMTA: connection?.destinationName, lastAttempt: wallClockSeconds())

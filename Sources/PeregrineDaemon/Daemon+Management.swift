@@ -205,7 +205,9 @@ extension Daemon {
                 respond(Self.json(answer))
             }
         default:
-            if !handleManagementExtras(request, respond: respond) { respond(.notFound(request.path)) }
+            if !handleManagementExtras(request, respond: respond) && !handleSuppressionAPI(request, respond: respond) {
+                respond(.notFound(request.path))
+            }
         }
     }
 

@@ -59,6 +59,8 @@ public final class Daemon<Loop: EventLoop> {
     var managementGuard = ManagementRequestGuard(token: nil)
     /// The cluster's shared state (cluster-redis), on worker 0's loop; nil: not a cluster (Daemon+Cluster.swift).
     var cluster: RedisClusterCoordinator<Loop>?
+    /// The suppression list (Daemon+Suppression.swift): set once in `run()` before any loop reads it.
+    var suppression: SuppressionList?
     private var threads: [Thread] = []
     private var management: ManagementServer<Loop>?
     private var signalSources: [DispatchSourceSignal] = []
@@ -177,6 +179,7 @@ public final class Daemon<Loop: EventLoop> {
                 return 1
             }
         }
+        guard openSuppressionList() else { return 1 }
         let recovered: [SpoolStreamRecovery]
         switch SpoolRecovery.recoverAll(spoolDirectory: spoolDir, log: { [self] in log("spool: \($0)") }) {
         case .success(let r):
@@ -265,6 +268,8 @@ public final class Daemon<Loop: EventLoop> {
         log(line)
         exited.wait()
         accounting.close()
+        // Changes from the last bounces and reports, made durable before exit.
+        suppression?.waitUntilDurable()
         let failed = lock.withLock { loopFailed }
         log(failed ? "stopped after a loop failed (exit status 1)" : "stopped")
         return failed ? 1 : 0

@@ -65,6 +65,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
                 return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
                                         "relaying denied for \(peer.ip)"))
             }
+            if let refusal = suppressionRefusal(session, rcpt.forwardPath) { return .reply(refusal) }
             return .accept
         case .endOfData:
             return finishMessage(session)
@@ -246,6 +247,16 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
 }
 
 extension InjectionHandler {
+    /// The 550 for a recipient on the suppression list (its `s` record logged), or nil.
+    fileprivate func suppressionRefusal(_ session: SMTPServerSession, _ recipient: String) -> SMTPReply? {
+        let daemon = worker.daemon
+        guard let reason = daemon.suppression?.reason(forRecipient: recipient) else { return nil }
+        let reply = Daemon<Loop>.suppressedReply(recipient, reason)
+        daemon.logSuppressed(sender: session.transaction.mailFrom?.reversePath ?? "", recipient: recipient, reason: reason,
+                             reply: reply, peer: "\(session.helo?.domain ?? peer.ip) (\(peer.ip))")
+        return reply
+    }
+
     /// The Received header this MTA adds, into `assembled`.
     fileprivate func appendReceived(_ session: SMTPServerSession, _ transaction: SMTPTransaction) {
         let received = worker.receivedHeader(peer: peer, helo: session.helo?.domain ?? peer.ip, recipient:

@@ -354,6 +354,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         }
         daemon.accounting.log(record(.bounced, message, recipient, queue, reply, connection: connection,
                                      category: category ?? "other"))
+        if let category { daemon.suppressAfterBounce(recipient: message.recipients[recipient].address, category: category) }
     }
 
     public func deferred(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,

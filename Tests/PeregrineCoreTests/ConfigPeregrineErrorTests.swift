@@ -140,7 +140,7 @@ import Testing
         #expect(error("<source 0/0>\n  require-auth no\n  require-auth no\n</source>") == "e.conf:10: require-auth is already set in this block at line 9")
 
         func inAcct(_ line: String) -> String? { error("<acct-file /tmp/a.csv>\n  \(line)\n</acct-file>") }
-        #expect(inAcct("records d,x") == "e.conf:9: records: unknown record type 'x' (expected r, d, b, t, tq, f, rb)")
+        #expect(inAcct("records d,x") == "e.conf:9: records: unknown record type 'x' (expected r, d, b, t, tq, f, rb, s)")
         #expect(inAcct("records") == "e.conf:9: records needs a value")
         #expect(inAcct("records ,") == "e.conf:9: records: no record types given (expected e.g. d,b,t)")
         #expect(inAcct("max-size big") == "e.conf:9: max-size: 'big' is not a size (expected bytes or e.g. 100k, 20M, 1G)")

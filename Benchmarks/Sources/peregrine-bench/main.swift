@@ -19,6 +19,7 @@ scenarios:
   dkim-sign   PeregrineDKIM's cost per signature vs openssl speed in the same run
   isp-mix     shipped ISP profiles + DNS, consumer mix with unknown/greylisted share: delivered, bounced, deferrals, lost
   backlog     sink down while N messages queue (RSS), then up (drain rate); lost = 0
+  suppression load a 10,000,000-entry suppression list: load time, RSS, lookups/s (targets < 30 s, < 1 GB)
   crash       SIGKILL the daemon during injection, restart on the same spool, drain; lost = 0 (--rounds)
   summarize   regenerate results/README.md from results/*.json
   dashboard   write results/dashboard.html: every run over time, ratios to in-run peers, regressions flagged
@@ -50,6 +51,7 @@ case "relay", "relay-100k":
 case "isp-mix": status = runIspMixBench(arguments: rest)
 case "backlog": status = runBacklogBench(arguments: rest)
 case "crash": status = runCrashBench(arguments: rest)
+case "suppression": status = runSuppressionBench(arguments: rest)
 case "summarize": status = runSummarize(arguments: rest)
 case "dashboard": status = runDashboard(arguments: rest)
 case "compare": status = runCompare(arguments: rest)

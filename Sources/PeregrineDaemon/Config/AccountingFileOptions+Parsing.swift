@@ -105,6 +105,7 @@ extension AccountingFileOptions {
     static let recordTypeNames: [String: AccountingRecordType] = [
         "delivery": .delivered, "bounce": .bounced, "transient": .transient, "transient-queue": .transientQueue,
         "receipt": .received, "received": .received, "feedback-loop": .feedbackLoop,
+        "suppressed": .suppressed,
     ]
 }
 
@@ -116,7 +117,7 @@ extension ConfigValue {
         for item in text.split(separator: ",") {
             let code = item.trimmingCharacters(in: .whitespaces)
             guard let type = AccountingRecordType(code: code) else {
-                throw ConfigValueError("unknown record type '\(code)' (expected r, d, b, t, tq, f, rb)")
+                throw ConfigValueError("unknown record type '\(code)' (expected r, d, b, t, tq, f, rb, s)")
             }
             types.insert(type)
         }

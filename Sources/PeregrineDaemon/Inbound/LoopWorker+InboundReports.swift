@@ -17,7 +17,10 @@ extension LoopWorker {
                                         peer: "\(helo ?? peer.ip) (\(peer.ip))", now: wallClockSeconds())
         guard outcome.processed else { return nil }
         for line in outcome.log { daemon.log(line) }
-        for record in outcome.records where daemon.accounting.accepts(record.type) { daemon.accounting.log(record) }
+        for record in outcome.records {
+            daemon.suppress(from: record)  // rb hard bounces and f complaints (Daemon+Suppression.swift)
+            if daemon.accounting.accepts(record.type) { daemon.accounting.log(record) }
+        }
         return outcome.relay
     }
 }
