@@ -53,6 +53,8 @@ public final class Daemon<Loop: EventLoop> {
     let smtpAuth = SMTPAuthenticator()
     /// `max-msg-rate` of `<source>` blocks, shared by every loop.
     let sourceRates = SourceRateLimits()
+    /// `<api-key>` max-msg-rate (HTTPInjectionServer.swift).
+    let apiKeyRates = APIKeyRateLimits()
     /// Host/Origin/token checks of the management API; the token is read
     /// (or created) at start-up from `http-mgmt-token-file`. Used on worker 0's loop only.
     var managementGuard = ManagementRequestGuard(token: nil)
@@ -307,6 +309,9 @@ public final class Daemon<Loop: EventLoop> {
         accounting.startPeriodicFlush(on: w.loop)
         let listeners = config.effectiveSMTPListeners
         try w.startListening(on: listeners, reusePort: workers.count > 1)
+        if let api = config.httpInjection.listener {
+            try w.startHTTPInjection(config.httpInjection, on: api, reusePort: workers.count > 1)
+        }
         if w.index == 0, let mgmt = config.httpManagement {
             let server = ManagementServer(loop: w.loop, options: .init(address: mgmt)) { [unowned self] request, respond in
                 self.handleManagement(request, respond: respond)
