@@ -261,6 +261,7 @@ public final class Daemon<Loop: EventLoop> {
         var line = "running: backend \(Loop.kind), \(workers.count) loop(s), listening on \(addresses)"
         if let m = management?.boundAddress { line += ", management on \(m)" }
         log(line)
+        if let api = workers.first?.httpInjection?.boundAddress { log("http injection API listening on \(api)") }
         exited.wait()
         accounting.close()
         let failed = lock.withLock { loopFailed }

@@ -113,8 +113,11 @@ public enum JSONParser {
         }
 
         mutating func literal(_ word: String) throws(JSONParseError) {
+            let start = i
             for c in word.utf8 {
-                guard i < bytes.count, bytes[i] == c else { throw fail("invalid literal (expected '\(word)')") }
+                guard i < bytes.count, bytes[i] == c else {
+                    throw JSONParseError(offset: start, reason: "invalid literal (expected '\(word)')")
+                }
                 i += 1
             }
         }
@@ -222,7 +225,7 @@ public enum JSONParser {
                     guard let u = Unicode.Scalar(scalar) else { throw fail("invalid \\u escape") }
                     out.append(contentsOf: String(u).utf8)
                 default:
-                    i -= 1
+                    i -= 2   // at the backslash
                     throw fail("invalid escape '\\\(Self.printable(e))'")
                 }
             }

@@ -163,21 +163,28 @@ public enum MIMEMessageBuilder {
     /// folded line; the text is split between Unicode scalars (never inside a
     /// UTF-8 sequence, §5 rule 3).
     static func appendEncodedWords(_ text: String, lineUsed: Int, into out: inout [UInt8]) {
-        // "=?UTF-8?B?" + 60 base64 characters (45 bytes) + "?=" = 72 ≤ 75.
-        let maxChunk = 45
-        var chunk: [UInt8] = []
+        // A continuation line: " =?UTF-8?B?" + 60 base64 characters (45 bytes) + "?=" = 73 ≤ 78,
+        // the word itself 72 ≤ 75. The first word shares its line with the field name.
+        var maxChunk = min(45, (78 - lineUsed - 13) / 4 * 3)
         var first = true
+        if maxChunk < 3 {
+            // No room after a long field name: start on a continuation line.
+            appendRaw("\r\n", into: &out)
+            maxChunk = 45
+        }
+        var chunk: [UInt8] = []
         func flush() {
             if !first { appendRaw("\r\n", into: &out) }
             appendRaw(" =?UTF-8?B?", into: &out)
             chunk.withUnsafeBytes { Base64.encode($0, into: &out) }
             appendRaw("?=", into: &out)
             first = false
+            maxChunk = 45
             chunk.removeAll(keepingCapacity: true)
         }
         for scalar in text.unicodeScalars {
             let bytes = Array(String(scalar).utf8)
-            if chunk.count + bytes.count > maxChunk { flush() }
+            if chunk.count + bytes.count > maxChunk && !chunk.isEmpty { flush() }
             chunk.append(contentsOf: bytes)
         }
         if !chunk.isEmpty || first { flush() }

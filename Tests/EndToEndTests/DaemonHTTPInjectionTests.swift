@@ -39,8 +39,10 @@ import PeregrineTestSupport
                 return r.status, dict(r.headers), json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), json.loads(e.read() or b"null")
+    seen = []
     def report(name, result):
         status, headers, body = result
+        seen.append((name, status, body))
         print(json.dumps({"case": name, "status": status, "retry_after": headers.get("Retry-After"), "body": body}), flush=True)
 
     good = {"sender": "bounce@shop.example",
@@ -100,7 +102,26 @@ import PeregrineTestSupport
     report("rate_second", post({"sender": "bounce@shop.example", "recipients": ["bad-13@api.test"],
                                 "content": {"from": "news@shop.example", "text": "x"}}, headers={"Authorization": "Bearer rated:" + secret}))
     with urllib.request.urlopen("http://%s:%d/api/v1/openapi.json" % (host, port), timeout=30) as r:
-        print(json.dumps({"case": "openapi", "status": r.status, "body": json.loads(r.read())}), flush=True)
+        doc = json.loads(r.read())
+        print(json.dumps({"case": "openapi", "status": r.status, "body": doc}), flush=True)
+    # The served document is valid OpenAPI 3, and every answer above matches its schema for that status.
+    import jsonschema, openapi_spec_validator
+    problems = []
+    try:
+        openapi_spec_validator.validate(doc)
+    except Exception as e:
+        problems.append("document: %s" % e)
+    responses = doc["paths"]["/api/v1/messages"]["post"]["responses"]
+    for name, status, body in seen:
+        spec = responses.get(str(status))
+        if spec is None:
+            problems.append("%s: status %d is not documented" % (name, status)); continue
+        schema = dict(spec["content"]["application/json"]["schema"]); schema["components"] = doc["components"]
+        try:
+            jsonschema.Draft4Validator(schema).validate(body)
+        except jsonschema.ValidationError as e:
+            problems.append("%s: %s" % (name, e.message))
+    print(json.dumps({"case": "schema", "status": 0, "body": {"problems": problems, "checked": len(seen)}}), flush=True)
     """#
 
     /// Parses every captured message with Python's `email` and prints what the test checks.
@@ -197,6 +218,9 @@ import PeregrineTestSupport
         check("rate_second", 429, "rate_limited")
         #expect(Int(results["rate_second"]?["retry_after"] as? String ?? "") ?? 0 >= 1, "\(String(describing: results["rate_second"]))")
         #expect(((results["openapi"]?["body"] as? [String: Any])?["openapi"] as? String) == "3.0.3")
+        let schema = results["schema"]?["body"] as? [String: Any]
+        #expect((schema?["problems"] as? [String])?.isEmpty == true, "\(String(describing: schema))")
+        #expect(schema?["checked"] as? Int == 18, "\(String(describing: schema))")
 
         // Per-recipient ids: two messages for the substituted pair, one shared id for the batch.
         let structured = (results["structured"]?["body"] as? [String: Any])?["recipients"] as? [[String: Any]] ?? []

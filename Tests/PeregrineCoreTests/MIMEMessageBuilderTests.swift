@@ -37,7 +37,7 @@ struct MIMEMessageBuilderTests {
 
     @Test func quotedPrintableSoftBreaksKeepLinesAt76() {
         var out: [UInt8] = []
-        let line = Array(repeating: UInt8(ascii: "é".utf8.first!), count: 1) + Array(String(repeating: "a", count: 200).utf8)
+        let line = Array("é".utf8) + Array(String(repeating: "a", count: 200).utf8)
         MIMEMessageBuilder.appendQuotedPrintableLine(line, into: &out)
         let lines = String(decoding: out, as: UTF8.self).components(separatedBy: "\r\n")
         #expect(lines.count > 2)

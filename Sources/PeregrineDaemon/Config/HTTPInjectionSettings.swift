@@ -109,8 +109,8 @@ public struct HTTPInjectionSettings: Hashable, Sendable {
     /// whole within this of the connection opening or its previous answer
     /// (a client trickling its body is closed, never holding others up).
     public var requestTimeout: Duration = .seconds(30)
-    /// `http-injection-max-connections N` per loop (default 256).
-    public var maxConnections = 256
+    /// `http-injection-max-connections N` per loop (default 64: each may hold a request of up to the max request size).
+    public var maxConnections = 64
     public var keys: [APIKeySettings] = []
 
     public init() {}
