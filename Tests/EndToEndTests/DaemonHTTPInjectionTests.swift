@@ -134,14 +134,14 @@ import PeregrineTestSupport
         print(json.dumps({"subject": str(msg["subject"]), "to": str(msg["to"]), "from": str(msg["from"]),
                           "job": msg["x-job"], "campaign": msg["x-campaign-id"], "note": str(msg["x-note"] or ""),
                           "received": str(msg["received"] or ""), "message_id": msg["message-id"],
-                          "text": body.get_content() if body else "", "attachments": atts,
+                          "text": body.get_content().replace("\r\n", "\n") if body else "", "attachments": atts,
                           "defects": [str(d) for p in msg.walk() for d in p.defects]}))
     """#
 
     @Test(arguments: BackendKind.testable)
     func pythonAndCurlInjectAndEveryBadInputIsRefused(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let python = try #require(findTool("python3"), "python3 is not installed (scripts/setup installs it)")
+        let python = try Self.python3()
         let curl = try #require(findTool("curl"), "curl is not installed (scripts/setup installs it)")
         try #require(Self.keyHash.hasPrefix("$pbkdf2-sha256$100000$"), "peregrine passwd failed: \(Self.keyHash)")
         let dir = try TestDirectory("http-api-\(kind.rawValue)")
@@ -286,6 +286,16 @@ import PeregrineTestSupport
         #expect(received.first { $0["rcpt"] == "alice@api.test" }?["jobId"] == "job-42")
         let refusedQueued = Self.records(dir.file("acct.csv")).filter { ($0["rcpt"] ?? "").hasPrefix("bad-") || $0["rcpt"] == "slow@api.test" }
         #expect(refusedQueued.isEmpty, "\(refusedQueued)")
+    }
+
+    /// A python3 with openapi-spec-validator (and its jsonschema): PATH first, as scripts/setup's pip installs there.
+    static func python3() throws -> String {
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+        for candidate in path.map({ $0 + "/python3" }) + ["/usr/local/bin/python3", "/usr/bin/python3"]
+        where FileManager.default.isExecutableFile(atPath: candidate) {
+            if runTool(candidate, ["-c", "import openapi_spec_validator, jsonschema"], seconds: 60).0 == 0 { return candidate }
+        }
+        throw SinkTestError("no python3 with openapi-spec-validator (scripts/setup installs it)")
     }
 
     static func records(_ path: String) -> [[String: String]] {
