@@ -318,3 +318,77 @@ import PeregrineTestSupport
         return String(String(decoding: reader.value, as: UTF8.self).prefix(64))
     }
 }
+
+/// The HTTP API on a full spool (scenario 21): a request whose messages
+/// cannot be made durable gets `503 spool_unavailable` with `Retry-After`,
+/// never a 200; once space returns the API takes mail again.
+@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: SpoolTmpfs.available, "needs root and mount -t tmpfs (a small file system to fill)"))
+struct DaemonHTTPInjectionSpoolFaultTests {
+    static let script = #"""
+    import json, sys, urllib.request, urllib.error
+    host, port, secret, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    for i in range(count):
+        body = json.dumps({"sender": "b@shop.example", "recipients": ["r%d@spool.test" % i],
+                           "content": {"from": "n@shop.example", "text": "x" * 2000}}).encode()
+        req = urllib.request.Request("http://%s:%d/api/v1/messages" % (host, port), data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": "Bearer shop:" + secret})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                status, retry, answer = r.status, r.headers.get("Retry-After"), json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            status, retry, answer = e.code, e.headers.get("Retry-After"), json.loads(e.read())
+        if status != 200:
+            print(json.dumps({"sent": i, "status": status, "retry_after": retry, "body": answer})); sys.exit(0)
+    print(json.dumps({"sent": count, "status": 200}))
+    """#
+
+    @Test(arguments: BackendKind.testable)
+    func fullSpoolGives503AndTheAPIRecovers(kind: BackendKind) throws {
+        try kind.requireAvailable()
+        let python = try DaemonHTTPInjectionTests.python3()
+        try #require(DaemonHTTPInjectionTests.keyHash.hasPrefix("$pbkdf2-sha256$"), "peregrine passwd failed")
+        let dir = try TestDirectory("http-api-spool-\(kind.rawValue)")
+        let spool = dir.file("spool")
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        guard SpoolTmpfs.mount(spool, kilobytes: 2048) else { Issue.record("\(kind): tmpfs mount failed"); return }
+        defer { SpoolTmpfs.unmount(spool) }
+        let ip = E2E.ip(21, kind, host: 9)
+        let config = daemonConfig(dir, listen: ip, """
+            http-injection-listener \(ip):8080
+            <api-key shop>
+                key-hash \(DaemonHTTPInjectionTests.keyHash)
+            </api-key>
+            <domain spool.test>
+                route [\(E2E.ip(21, kind, host: 8))]:9
+            </domain>
+            """)
+        let daemon = try DaemonProcess(configPath: try dir.write("peregrine.conf", config), backend: kind, threads: 1,
+                                       logPath: dir.file("daemon.log"))
+        defer { daemon.terminate() }
+        let ready = E2E.waitUntil(30) { (try? E2E.httpGet("\(ip):8080", "/api/v1/openapi.json")) != nil }
+        try #require(ready, "the API listener did not come up: \(daemon.log.suffix(2000))")
+        let first = runTool(python, ["-c", Self.script, ip, "8080", DaemonHTTPInjectionTests.secret, "1"], seconds: 60)
+        #expect(first.1.contains("\"status\": 200"), "\(kind): \(first.1)")
+
+        let filler = spool + "/filler"
+        let fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let chunk = [UInt8](repeating: 0x46, count: 65536)
+        while chunk.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
+        close(fd)
+        let full = runTool(python, ["-c", Self.script, ip, "8080", DaemonHTTPInjectionTests.secret, "200"], seconds: 300)
+        let answer = try E2E.json(Data(full.1.utf8))
+        #expect(answer["status"] as? Int == 503, "\(kind): \(full.1)")
+        #expect(Int(answer["retry_after"] as? String ?? "") ?? 0 >= 1, "\(kind): \(full.1)")
+        let error = (answer["body"] as? [String: Any])?["error"] as? [String: Any]
+        #expect(error?["code"] as? String == "spool_unavailable", "\(kind): \(full.1)")
+        let message = error?["message"] as? String ?? ""
+        let namesSpoolFiles = message.contains(spool)
+        #expect(!namesSpoolFiles, "\(kind): the answer names the spool's files: \(message)")
+
+        _ = unlink(filler)
+        let recovered = E2E.waitUntil(60, every: 0.2) {
+            runTool(python, ["-c", Self.script, ip, "8080", DaemonHTTPInjectionTests.secret, "1"], seconds: 60).1.contains("\"status\": 200")
+        }
+        #expect(recovered, "\(kind): the API did not take mail after space returned: \(daemon.log.suffix(2000))")
+    }
+}

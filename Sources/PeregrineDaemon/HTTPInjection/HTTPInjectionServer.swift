@@ -373,7 +373,13 @@ final class HTTPInjectionServer<Loop: EventLoop> {
                 worker.accept(envelope: envelope, body: body, peer: peerAddress, pool: p.pool, smtpUser: user) { result in
                     switch result {
                     case .success(let id): ids[m] = "\(id)"
-                    case .failure(let e): failure = failure ?? "\(e)"
+                    case .failure(let e):
+                        // The client learns what failed, not the spool's paths (the log and /status have those).
+                        switch e {
+                        case .invalidMessage(let why): failure = failure ?? why
+                        case .loop(_, let io): failure = failure ?? "spool: \(io)"
+                        default: failure = failure ?? "spool unavailable"
+                        }
                     }
                     remaining -= 1
                     if remaining == 0 { finish() }
