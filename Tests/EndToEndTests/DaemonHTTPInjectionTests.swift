@@ -61,7 +61,7 @@ import PeregrineTestSupport
     # http.client, keep-alive: a raw message, then a 1,000-recipient batch on the same connection.
     conn = http.client.HTTPConnection(host, port, timeout=60)
     raw = "From: news@shop.example\nTo: list@api.test\nSubject: raw one\n\nraw body\n"
-    for name, body in [("raw", {"sender": "bounce@shop.example", "recipients": ["raw@api.test"], "raw": raw}),
+    for name, body in [("raw", {"sender": "bounce@shop.example", "recipients": ["raw@api.test"], "raw": raw, "dkim": False}),
                        ("batch", {"sender": "bounce@shop.example",
                                   "recipients": ["b%04d@api.test" % i for i in range(1000)], "raw": raw.replace("raw one", "batch")})]:
         conn.request("POST", "/api/v1/messages", body=json.dumps(body), headers={"Content-Type": "application/json", "Authorization": auth})
@@ -134,6 +134,7 @@ import PeregrineTestSupport
         print(json.dumps({"subject": str(msg["subject"]), "to": str(msg["to"]), "from": str(msg["from"]),
                           "job": msg["x-job"], "campaign": msg["x-campaign-id"], "note": str(msg["x-note"] or ""),
                           "received": str(msg["received"] or ""), "message_id": msg["message-id"],
+                          "dkim": msg["dkim-signature"] is not None, "subject_raw": str(msg["subject"]),
                           "text": body.get_content().replace("\r\n", "\n") if body else "", "attachments": atts,
                           "defects": [str(d) for p in msg.walk() for d in p.defects]}))
     """#
@@ -147,6 +148,7 @@ import PeregrineTestSupport
         let dir = try TestDirectory("http-api-\(kind.rawValue)")
         let listenIP = E2E.ip(20, kind, host: 9), receiverIP = E2E.ip(20, kind, host: 1)
         let receiver = try DaemonDKIMTests.Receiver(ip: receiverIP, directory: dir.file("captured"))
+        let rsa = try DKIMExternalVerifiers.makeKey(.rsa2048, name: "api", in: dir.path)
         let config = daemonConfig(dir, listen: listenIP, """
             http-injection-listener \(listenIP):8080
             http-injection-max-request-size 2M
@@ -158,6 +160,7 @@ import PeregrineTestSupport
                 max-message-size 200K
                 allowed-sender-domain shop.example
                 max-rcpt-per-message 1000
+                domain-key api,shop.example,\(rsa.privateKeyPath)
             </api-key>
             <api-key rated>
                 key-hash \(Self.keyHash)
@@ -273,6 +276,20 @@ import PeregrineTestSupport
         #expect((alice?["attachments"] as? [[String]]) == want, "\(String(describing: alice?["attachments"]))")
         #expect((bob?["attachments"] as? [[String]]) == want)
         for m in mails { #expect((m["defects"] as? [Any])?.isEmpty == true, "\(m)") }
+
+        // DKIM at injection, as for SMTP: the key's domain-key signs its messages (dkimpy verifies
+        // them on its own); "dkim": false leaves the raw one unsigned.
+        #expect(alice?["dkim"] as? Bool == true && bob?["dkim"] as? Bool == true)
+        let rawMail = mails.first { ($0["subject_raw"] as? String) == "raw one" }
+        #expect(rawMail != nil && rawMail?["dkim"] as? Bool == false, "\(String(describing: rawMail))")
+        let signed = receiver.messages.filter { m in
+            let text = String(decoding: m.bytes, as: UTF8.self)
+            return text.contains("\r\nTo: alice@api.test\r\n") || text.contains("\r\nTo: bob@api.test\r\n")
+        }.map(\.bytes)
+        #expect(signed.count == 2)
+        let verdicts = try DKIMExternalVerifiers.dkimpy(signed, records: ["api._domainkey.shop.example": rsa.record],
+                                                        directory: dir.path)
+        #expect(verdicts == [true, true], "dkimpy: \(verdicts)")
 
         // Accounting: an r record per queued recipient, with the key as rcvSmtpUser; none for a refused request.
         let acctReady = E2E.waitUntil(30) {
