@@ -301,7 +301,7 @@ final class HTTPInjectionServer<Loop: EventLoop> {
             c.headers = extra.map { (name: $0.0, value: $0.1) } + c.headers
             let unique = Self.uniqueToken()
             return MIMEMessageBuilder.build(c, messageID: "<\(unique)@\(worker.daemon.hostName)>",
-                                            date: rfc5322Date(now), boundarySeed: unique)
+                                            date: RFC5322DateTime.format(now), boundarySeed: unique)
         }
     }
 
@@ -315,7 +315,7 @@ final class HTTPInjectionServer<Loop: EventLoop> {
         var h = "Received: from [\(peer?.ip ?? "unknown")]\r\n\tby \(worker.daemon.hostName) (Peregrine) with HTTP"
             + " (api-key \(receivedHeaderText(key.name)))"
         if let r = recipient { h += "\r\n\tfor <\(receivedHeaderText(r))>" }
-        h += "; \(rfc5322Date(now))\r\n"
+        h += "; \(RFC5322DateTime.format(now))\r\n"
         return Array(h.utf8)
     }
 
