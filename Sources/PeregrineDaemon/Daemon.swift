@@ -54,6 +54,8 @@ public final class Daemon<Loop: EventLoop> {
     let smtpAuth = SMTPAuthenticator()
     /// `max-msg-rate` of `<source>` blocks, shared by every loop.
     let sourceRates = SourceRateLimits()
+    /// `<api-key>` max-msg-rate (HTTPInjectionServer.swift).
+    let apiKeyRates = APIKeyRateLimits()
     /// Host/Origin/token checks of the management API; the token is read
     /// (or created) at start-up from `http-mgmt-token-file`. Used on worker 0's loop only.
     var managementGuard = ManagementRequestGuard(token: nil)
@@ -266,6 +268,7 @@ public final class Daemon<Loop: EventLoop> {
         var line = "running: backend \(Loop.kind), \(workers.count) loop(s), listening on \(addresses)"
         if let m = management?.boundAddress { line += ", management on \(m)" }
         log(line)
+        if let api = workers.first?.httpInjection?.boundAddress { log("http injection API listening on \(api)") }
         exited.wait()
         accounting.close()
         // Changes from the last bounces and reports, made durable before exit.
@@ -316,6 +319,9 @@ public final class Daemon<Loop: EventLoop> {
         accounting.startPeriodicFlush(on: w.loop)
         let listeners = config.effectiveSMTPListeners
         try w.startListening(on: listeners, reusePort: workers.count > 1)
+        if let api = config.httpInjection.listener {
+            try w.startHTTPInjection(config.httpInjection, on: api, reusePort: workers.count > 1)
+        }
         if w.index == 0, let mgmt = config.httpManagement {
             let server = ManagementServer(loop: w.loop, options: .init(address: mgmt)) { [unowned self] request, respond in
                 self.handleManagement(request, respond: respond)

@@ -93,6 +93,15 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     var listenerAddresses: [SocketAddress] { listeners.map(\.address) }
 
+    /// `http-injection-listener` on this loop (HTTPInjection/HTTPInjectionServer.swift).
+    private(set) var httpInjection: HTTPInjectionServer<Loop>?
+
+    func startHTTPInjection(_ settings: HTTPInjectionSettings, on address: SocketAddress, reusePort: Bool) throws(IOError) {
+        let server = HTTPInjectionServer(worker: self)
+        try server.start(settings: settings, address: address, reusePort: reusePort)
+        httpInjection = server
+    }
+
     /// The backend keeps listening and retries after a short pause (it never
     /// spins on EMFILE); here the failure is counted and logged at most once
     /// per `acceptLogInterval`, with the number of failures not logged.
@@ -113,6 +122,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     func stopListening() {
         for l in listeners { loop.closeListener(l) }
         listeners.removeAll()
+        httpInjection?.stop()
+        httpInjection = nil
     }
 
     private func accepted(_ c: AcceptedConnection, implicitTLS: Bool) {

@@ -34,11 +34,20 @@ public final class ManagementServer<Loop: EventLoop> {
         public var maxConnections: Int
         /// Serve several requests per connection (HTTP/1.1 default) or close after each.
         public var keepAlive: Bool
+        /// SO_REUSEPORT, so that one server per loop can share the address
+        /// (the HTTP injection listener runs on every loop, like SMTP's).
+        public var reusePort: Bool
+        /// The answer to a request the parser refused (bad framing, over a
+        /// limit); nil: `HTTPParseError.response`. An API with its own error
+        /// format sets it.
+        public var parseErrorResponse: (@Sendable (HTTPParseError) -> HTTPResponse)?
 
         public init(address: SocketAddress, limits: HTTPParserLimits = HTTPParserLimits(),
-                    idleTimeout: UInt64 = 10_000_000_000, maxConnections: Int = 32, keepAlive: Bool = true) {
+                    idleTimeout: UInt64 = 10_000_000_000, maxConnections: Int = 32, keepAlive: Bool = true,
+                    reusePort: Bool = false, parseErrorResponse: (@Sendable (HTTPParseError) -> HTTPResponse)? = nil) {
             self.address = address; self.limits = limits; self.idleTimeout = idleTimeout
             self.maxConnections = maxConnections; self.keepAlive = keepAlive
+            self.reusePort = reusePort; self.parseErrorResponse = parseErrorResponse
         }
 
         /// `127.0.0.1:PORT`.
@@ -78,7 +87,7 @@ public final class ManagementServer<Loop: EventLoop> {
     /// Binds and starts accepting.
     public func start() throws(IOError) {
         guard listener == nil else { return }
-        listener = try loop.listen(on: options.address, options: ListenOptions(backlog: 128)) { [weak self] result in
+        listener = try loop.listen(on: options.address, options: ListenOptions(backlog: 128, reusePort: options.reusePort)) { [weak self] result in
             guard let self else { return }
             switch result {
             case .success(let accepted):
@@ -201,7 +210,8 @@ public final class ManagementServer<Loop: EventLoop> {
             case .failure(let error)?:
                 busy = true
                 server.countError()
-                send(error.response.serialize(keepAlive: false), thenClose: true)
+                let response = server.options.parseErrorResponse?(error) ?? error.response
+                send(response.serialize(keepAlive: false), thenClose: true)
             }
         }
 

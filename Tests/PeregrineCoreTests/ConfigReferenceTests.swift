@@ -14,7 +14,7 @@ import Testing
     @Test func everyDirectiveTheParserKnowsIsDocumented() throws {
         try #require(!Self.reference.isEmpty, "CONFIGURATION.md not found next to Package.swift")
         let names = PeregrineConfig.globalDirectiveNames + DomainOverrides.directiveNames + DKIMSettings.directiveNames
-            + SMTPUserSettings.directiveNames
+            + SMTPUserSettings.directiveNames + APIKeySettings.directiveNames
         let missing = Set(names).filter { !Self.reference.contains("`\($0)") }
         #expect(missing.isEmpty, "not in CONFIGURATION.md: \(missing.sorted())")
     }

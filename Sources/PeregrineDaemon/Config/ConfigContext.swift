@@ -16,6 +16,7 @@ enum ConfigContext {
         map["reply"] = "<smtp-pattern-list>"
         for name in ["records", "max-size", "move-interval", "record-fields", "delete-after", "world-readable"] { map[name] = "<acct-file>" }
         for name in ["password", "password-hash"] { map[name] = "<smtp-user>" }
+        for name in ["key-hash", "allowed-sender-domain"] { map[name] = "<api-key>" }
         for name in PeregrineConfig.globalDirectiveNames { map[name] = "the top level" }
         return map
     }()

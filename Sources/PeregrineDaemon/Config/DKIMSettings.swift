@@ -128,7 +128,9 @@ public struct DKIMKeyRing: Hashable, Sendable {
 extension PeregrineConfig {
     /// Every scope's DKIM settings, for loading their keys.
     var allDKIMSettings: [DKIMSettings] {
-        sources.map(\.dkim) + virtualMTAs.map(\.dkim) + virtualMTAs.flatMap { $0.domains.map(\.dkim) } + domains.map(\.dkim)
+        var all: [DKIMSettings] = sources.map(\.dkim) + virtualMTAs.map(\.dkim)
+        all += virtualMTAs.flatMap { $0.domains.map(\.dkim) } + domains.map(\.dkim)
+        return all + httpInjection.keys.map(\.dkim)
     }
 
     /// Loads every domain-key file (each path once), recording each failure at its line.

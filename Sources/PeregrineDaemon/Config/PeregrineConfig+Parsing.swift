@@ -11,6 +11,7 @@ extension PeregrineConfig {
         "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
         "relay-domain", "dsn-max-rate-per-sender", "total-max-smtp-out",
     ] + SMTPAuthSettings.globalDirectiveNames + RuntimeSettings.directiveNames + ClusterSettings.directiveNames
+        + HTTPInjectionSettings.globalDirectiveNames
 
     /// Reads, parses and checks a config file; throws the first error.
     public static func load(path: String) throws(ConfigError) -> PeregrineConfig {
@@ -87,6 +88,7 @@ extension PeregrineConfig {
         checkReferences(nodes: nodes, diagnostics: &diagnostics)
         loadDKIMKeys(diagnostics: &diagnostics)
         checkAuth(nodes: nodes, diagnostics: &diagnostics)
+        checkHTTPInjection(nodes: nodes, diagnostics: &diagnostics)
         locatedWarnings = diagnostics.sortedWarnings
     }
 
@@ -236,6 +238,7 @@ extension PeregrineConfig {
             postmaster = address
         default:
             if try applyAuthGlobal(node) { return }
+            if try applyHTTPInjectionGlobal(node) { return }
             if try runtime.apply(node) { return }
             if try cluster.apply(node) { return }
             if let home = ConfigContext.homes[node.name] {
@@ -296,6 +299,8 @@ extension PeregrineConfig {
             bounceClassifier = try BounceClassifier(block: node, diagnostics: &diagnostics)
         case "smtp-user":
             try applySMTPUser(node, diagnostics: &diagnostics)
+        case "api-key":
+            try applyAPIKey(node, diagnostics: &diagnostics)
         default:
             throw node.error("unknown block <\(node.name)>")
         }

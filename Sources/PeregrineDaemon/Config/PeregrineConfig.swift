@@ -65,6 +65,8 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var sources: [SourceSettings] = []
     /// `<smtp-user>` blocks and the AUTH brute-force policy.
     public var auth = SMTPAuthSettings()
+    /// `http-injection-listener`, `<api-key>` and their settings (HTTPInjectionSettings.swift).
+    public var httpInjection = HTTPInjectionSettings()
     /// `relay-domain NAME` (repeatable, lower-cased): mail to these domains is
     /// accepted from any client with SMTP service, relay rights or not.
     public var relayDomains: [String] = []
