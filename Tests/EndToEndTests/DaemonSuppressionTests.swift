@@ -125,6 +125,70 @@ struct DaemonSuppressionTests {
         #expect(E2E.waitUntil(30, every: 0.2) { (try? rig.isSuppressed("unknown1@isp.test")) == true })
     }
 
+    /// The HTTP injection API checks the same list: a suppressed recipient is
+    /// listed as "rejected" with the list's reason (and an `s` record with
+    /// srcType `api`) while the others in the call are queued; once removed,
+    /// it is queued too. Scenario 48.
+    @Test(arguments: BackendKind.testable)
+    func theHTTPAPIRejectsASuppressedRecipient(_ kind: BackendKind) throws {
+        try kind.requireAvailable()
+        let rig = try Rig("supp-http", 48, kind)
+        let s = rig.s
+        let config = rig.config + """
+
+            http-injection-listener \(s.listenIP):8080
+            <api-key shop>
+                key-hash \(DaemonHTTPInjectionTests.keyHash)
+            </api-key>
+            """
+        s.daemon = try DaemonProcess(configPath: try s.dir.write("peregrine.conf", config), backend: kind, threads: 2,
+                                     logPath: s.dir.file("daemon.log"))
+        let added = try rig.ctl(["add", "blocked@isp.test"])
+        #expect(added["added"] as? Int == 1, "\(added)")
+        let post = try s.dir.write("post.py", #"""
+            import json, sys, time, urllib.request, urllib.error
+            host, secret = sys.argv[1], sys.argv[2]
+            body = {"sender": "news@senders.test", "recipients": ["Blocked@isp.test", "fine@isp.test"],
+                    "raw": "From: news@senders.test\nSubject: api\n\nhello\n"}
+            req = urllib.request.Request("http://%s:8080/api/v1/messages" % host, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", "Authorization": "Bearer shop:" + secret})
+            for attempt in range(100):
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        print(json.dumps({"status": r.status, "body": json.loads(r.read())}))
+                        break
+                except urllib.error.HTTPError as e:
+                    print(json.dumps({"status": e.code, "body": json.loads(e.read() or b"null")}))
+                    break
+                except OSError:
+                    time.sleep(0.1)  # the API listener is not up yet
+            """#)
+        func inject() throws -> [String: Any] {
+            let r = E2E.run(rig.python, [post, s.listenIP, DaemonHTTPInjectionTests.secret], timeout: 60)
+            let out = try E2E.json(Data(r.stdout.utf8))
+            #expect(out["status"] as? Int == 200, "\(r.stdout) \(r.stderr)")
+            return out["body"] as? [String: Any] ?? [:]
+        }
+        let first = try inject()
+        #expect(first["queued"] as? Int == 1 && first["rejected"] as? Int == 1, "\(first)")
+        let items = first["recipients"] as? [[String: Any]] ?? []
+        let blocked = try #require(items.first { $0["recipient"] as? String == "Blocked@isp.test" }, "\(first)")
+        #expect(blocked["status"] as? String == "rejected")
+        #expect(blocked["reason"] as? String == "5.7.1 <Blocked@isp.test>: recipient is suppressed (operator)"
+                || (blocked["reason"] as? String ?? "").contains("recipient is suppressed (operator)"), "\(blocked)")
+        #expect(items.first { $0["recipient"] as? String == "fine@isp.test" }?["status"] as? String == "queued", "\(first)")
+        #expect(E2E.waitUntil(30, every: 0.2) { !rig.suppressedRecords.isEmpty }, "no s record")
+        let record = try #require(rig.suppressedRecords.first)
+        #expect(record.rcpt == "Blocked@isp.test" && record.srcType == "api" && record.bounceCat == "operator", "\(record)")
+
+        #expect(try rig.ctl(["remove", "blocked@isp.test"])["removed"] as? Int == 1)
+        let second = try inject()
+        #expect(second["queued"] as? Int == 2 && second["rejected"] as? Int == 0, "\(second)")
+        #expect(E2E.waitUntil(60, every: 0.2) { s.records.contains { $0.type == .delivered && $0.rcpt == "Blocked@isp.test" } },
+                "\(s.diagnostics)")
+        #expect(rig.suppressedRecords.count == 1)
+    }
+
     /// `ctl suppress add` of a domain and `import FILE` fill the list; a file
     /// with a bad line imports nothing and names the line; the list survives
     /// a clean restart and a SIGKILL right after an acknowledged change.

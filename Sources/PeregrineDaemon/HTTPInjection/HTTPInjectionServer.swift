@@ -173,10 +173,14 @@ final class HTTPInjectionServer<Loop: EventLoop> {
         commit(pending, parsed, key: key, peer: request.remoteAddress, respond)
     }
 
-    /// Where the suppression list plugs in (issue 16): a reason to refuse
-    /// `address`, or nil to queue it. Refused recipients are listed in the
-    /// response with status "rejected" and this reason; the rest are queued.
-    func recipientRefusal(_ address: String, key: APIKeySettings) -> String? { nil }
+    /// The suppression list (issue 16): a reason to refuse `address`, or nil
+    /// to queue it. Refused recipients are listed in the response with status
+    /// "rejected" and this reason; the rest are queued. No record here: the
+    /// `s` record is written with the response, once the request succeeded.
+    func recipientRefusal(_ address: String, key: APIKeySettings) -> String? {
+        guard let reason = worker.daemon.suppression?.reason(forRecipient: address) else { return nil }
+        return Daemon<Loop>.suppressedReply(address, reason).lines.joined(separator: " ")
+    }
 
     /// Everything short of the spool: rights, message bytes, DKIM, rate. Throws the first error.
     private func prepare(_ r: HTTPInjectionRequest, key: APIKeySettings, peer: SocketAddress?) throws(APIError) -> [Pending] {
@@ -341,8 +345,9 @@ final class HTTPInjectionServer<Loop: EventLoop> {
                         item += [("status", .string("failed")), ("reason", .string(failure ?? "not queued"))]
                     }
                 } else {
-                    item += [("status", .string("rejected")),
-                             ("reason", .string(recipientRefusal(rc.address, key: key) ?? "refused"))]
+                    let reason = worker.daemon.suppressionRefusal(recipient: rc.address, sender: r.sender,
+                                                                  peer: peerAddress.ip, srcType: "api")
+                    item += [("status", .string("rejected")), ("reason", .string(reason ?? "refused"))]
                     rejected += 1
                 }
                 items.append(.object(item))
