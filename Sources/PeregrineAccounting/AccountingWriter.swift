@@ -105,6 +105,7 @@ public final class AccountingWriter: @unchecked Sendable {
         case .transientQueue: return 16
         case .feedbackLoop: return 32
         case .remoteBounce: return 64
+        case .webhookUndeliverable: return 128
         }
     }
 

@@ -26,6 +26,8 @@ public final class Daemon<Loop: EventLoop> {
     public let options: Options
     public private(set) var config: PeregrineConfig
     public let accounting: AccountingLog
+    /// `<webhook>` delivery (Webhooks/); nil without a `<webhook>` block.
+    var webhooks: WebhookService?
     /// `log-file`: every daemon line also goes there, with a timestamp; nil without one.
     /// Opened at start-up (as root, before a privilege drop); a reload keeps it.
     public let logFile: DaemonLogFile?
@@ -186,6 +188,7 @@ public final class Daemon<Loop: EventLoop> {
             log("spool recovery failed: \(e)")
             return 1
         }
+        guard startWebhooks() else { return 1 }
         let n = max(1, options.threads)
         // Loops are created on their own threads (io_uring's single-issuer rings
         // belong to the thread that runs them); each signals when it is ready.
@@ -260,6 +263,7 @@ public final class Daemon<Loop: EventLoop> {
         if let m = management?.boundAddress { line += ", management on \(m)" }
         log(line)
         exited.wait()
+        webhooks?.stop()
         accounting.close()
         let failed = lock.withLock { loopFailed }
         log(failed ? "stopped after a loop failed (exit status 1)" : "stopped")
@@ -324,6 +328,7 @@ public final class Daemon<Loop: EventLoop> {
                 let message = w.makeMessage(id: m.id, envelope: m.envelope, stream: stream, size: m.location.bodyLength,
                                             recordLength: Int(m.location.recordLength), receivedAt: w.loop.now,
                                             states: m.states)
+                reemitInjectedEvents(message, states: m.states)
                 dispatch(message, from: w)
                 count += 1
             }

@@ -105,6 +105,7 @@ extension AccountingFileOptions {
     static let recordTypeNames: [String: AccountingRecordType] = [
         "delivery": .delivered, "bounce": .bounced, "transient": .transient, "transient-queue": .transientQueue,
         "receipt": .received, "received": .received, "feedback-loop": .feedbackLoop,
+        "webhook-undeliverable": .webhookUndeliverable,
     ]
 }
 

@@ -18,6 +18,7 @@ extension LoopWorker {
         guard outcome.processed else { return nil }
         for line in outcome.log { daemon.log(line) }
         for record in outcome.records where daemon.accounting.accepts(record.type) { daemon.accounting.log(record) }
+        emitReportEvents(outcome.records)
         return outcome.relay
     }
 }
