@@ -115,7 +115,7 @@ import PeregrineIO
         var ids: [String: Set<String>] = [:]
         for e in events { ids["\(e["recipient"] as? String ?? "")|\(e["type"] as? String ?? "")", default: []].insert(e["id"] as? String ?? "") }
         #expect(ids.values.allSatisfy { $0.count == 1 }, "\(ids.filter { $0.value.count != 1 })")
-        #expect(receiver.posts.allSatisfy(\.signatureOK), "a POST with a bad signature")
+        #expect(receiver.posts.allSatisfy { $0.signatureOK }, "a POST with a bad signature")
         #expect(receiver.posts.allSatisfy { $0.events.count <= 7 }, "a batch over max-batch-events")
         let drained = E2E.waitUntil(30) { (webhookStatus(d, "app")?["backlog"] as? Int ?? -1) == 0 }
         #expect(drained, "\(String(describing: webhookStatus(d, "app")))")
@@ -172,7 +172,7 @@ import PeregrineIO
         #expect(ids.count == 3 && ids[0] == ids[1] && ids[1] == ids[2], "the same batch is retried: \(ids)")
         #expect(receiver.acknowledgedEvents.first?["type"] as? String == "delivered")
         #expect(receiver.acknowledgedEvents.first?["recipient"] as? String == "one@dest.test")
-        #expect(posts.allSatisfy(\.signatureOK))
+        #expect(posts.allSatisfy { $0.signatureOK })
         let app = try #require(webhookStatus(d, "app"))
         #expect((app["failures"] as? Int ?? 0) >= 2 && app["lastError"] as? String == "HTTP 500", "\(app)")
         let refused = E2E.waitUntil(30) {

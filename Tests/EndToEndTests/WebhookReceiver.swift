@@ -100,12 +100,13 @@ server.serve_forever()
         process.standardError = handle
         try ChildProcess.run(process)
         var bound: UInt16 = 0
+        let child = process
         E2E.waitUntil(30, every: 0.05) {
             if let text = try? String(contentsOfFile: portFile, encoding: .utf8), let p = UInt16(text) { bound = p; return true }
-            return !process.isRunning
+            return !child.isRunning
         }
         guard bound != 0 else {
-            stopProcess(process)
+            stopProcess(child)
             throw SinkTestError("webhook receiver did not start: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
         }
         self.port = bound
