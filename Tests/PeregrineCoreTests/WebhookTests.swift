@@ -79,9 +79,14 @@ import PeregrineIO
         let written = Locked(0)
         do {
             let log = try WebhookEventLog(directory: dir, segmentBytesLimit: 600, log: { _ in })
-            for n in 0..<20 { log.append(Self.event(n)) { written.withLock { $0 += 1 } } }
-            let deadline = monotonicNanoseconds() + 60_000_000_000
-            while written.withLock({ $0 }) < 20 && monotonicNanoseconds() < deadline { _ = log.waitForData(after: log.durableEnd.0, deadline: monotonicNanoseconds() + 100_000_000) }
+            // One event per group commit, so that the 600-byte segments fill and roll.
+            for n in 0..<20 {
+                log.append(Self.event(n)) { written.withLock { $0 += 1 } }
+                let deadline = monotonicNanoseconds() + 60_000_000_000
+                while written.withLock({ $0 }) <= n && monotonicNanoseconds() < deadline {
+                    _ = log.waitForData(after: log.durableEnd.0, deadline: monotonicNanoseconds() + 100_000_000)
+                }
+            }
             #expect(written.withLock { $0 } == 20)
             let records = Self.readAll(log)
             #expect(records.map(\.sequence) == Array(1...20))

@@ -105,7 +105,11 @@ public struct WebhookSettings: Hashable, Sendable {
                 }
             } catch { diagnostics.record(error) }
         }
-        guard let url else { throw block.error("<webhook \(name)> needs a url (http://… or https://…)") }
+        guard let url else {
+            // A url line that did not parse is already reported at its own line.
+            if seen["url"] != nil { self = parsed; return }
+            throw block.error("<webhook \(name)> needs a url (http://… or https://…)")
+        }
         if parsed.retryMaxDelay < parsed.retryInitialDelay { parsed.retryMaxDelay = parsed.retryInitialDelay }
         if parsed.caFile != nil, url.scheme != .https {
             diagnostics.warn(block, "<webhook \(name)>: tls-ca-file applies to https URLs only; this url is http")

@@ -78,6 +78,11 @@ final class WebhookEventLog: @unchecked Sendable {
                 if fd >= 0 { _ = ftruncate(fd, off_t(validEnd)); _ = fsync(fd); close(fd) }
             }
             lastSeq = seq
+            // The newest segment may be empty (just rolled, or started by a run that wrote nothing):
+            // the sequence goes on from the last record of an older one.
+            for older in existing.dropLast().reversed() where lastSeq == 0 {
+                lastSeq = Self.scan(path: Self.path(directory, older)).1
+            }
         }
         let next = (existing.last ?? 0) + 1
         let path = Self.path(directory, next)
