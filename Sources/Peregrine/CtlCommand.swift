@@ -9,7 +9,7 @@ import PeregrineSpool
 /// `peregrine ctl …`: the operator's console. Talks JSON to the daemon's
 /// management port (http-mgmt-port) and prints tables, or the raw JSON with --json.
 ///
-///   ctl show status|queues|topqueues|vmtas, ctl show domain NAME, ctl trace ADDRESS
+///   ctl show status|queues|topqueues|vmtas|webhooks, ctl show domain NAME, ctl trace ADDRESS
 ///   ctl pause|resume|schedule|delete QUEUE        (QUEUE may be a pattern: gmail.com/*)
 ///   ctl delete --job-id ID, ctl reset counters
 ///   ctl set-mode normal|backoff QUEUE
@@ -22,7 +22,7 @@ import PeregrineSpool
 enum CtlCommand {
     static let usage = """
     usage: peregrine ctl [--config FILE] [--token-file FILE] [--host ADDR] [--port N] [--json] COMMAND
-      show status | show queues | show topqueues | show vmtas
+      show status | show queues | show topqueues | show vmtas | show webhooks
       show domain NAME [--vmta VMTA]      the settings a queue for NAME gets, as resolved
       trace ADDRESS [--vmta VMTA]         the queue, VMTA, route, throttles and rules ADDRESS would get
       pause QUEUE | resume QUEUE | schedule QUEUE | delete QUEUE
@@ -107,8 +107,8 @@ enum CtlCommand {
         case "show" where words.count == 3 && words[1] == "domain":
             request = ("GET", "/domain?name=\(query(words[2]))" + (vmta.map { "&vmta=\(query($0))" } ?? ""), nil)
         case "show":
-            guard words.count == 2, ["status", "queues", "topqueues", "vmtas"].contains(words[1]) else {
-                return fail("show takes status, queues, topqueues, vmtas or domain NAME")
+            guard words.count == 2, ["status", "queues", "topqueues", "vmtas", "webhooks"].contains(words[1]) else {
+                return fail("show takes status, queues, topqueues, vmtas, webhooks or domain NAME")
             }
             request = ("GET", "/" + words[1], nil)
         case "trace":
@@ -327,6 +327,13 @@ enum CtlCommand {
                 rows.append([describe(e["entry"]), describe(e["reason"]), t])
             }
             return table(rows) + "\n(\(describe(object["count"])) entries on the list)"
+        case "/webhooks":
+            var rows = [["WEBHOOK", "URL", "BACKLOG", "OLDEST", "SENT", "FAILURES", "EXPIRED", "LAST ERROR"]]
+            for w in object["webhooks"] as? [[String: Any]] ?? [] {
+                rows.append([describe(w["name"]), describe(w["url"]), num(w["backlog"]), num(w["oldestPendingSeconds"]) + "s",
+                             num(w["sent"]), num(w["failures"]), num(w["expired"]), describe(w["lastError"])])
+            }
+            return table(rows)
         case "/vmtas":
             var rows = [["VMTA", "SOURCE IP", "HOST NAME", "POOLS", "CONN", "QUEUED"]]
             for v in object["vmtas"] as? [[String: Any]] ?? [] {

@@ -21,8 +21,14 @@ public enum AccountingRecordType: String, CaseIterable, Hashable, Sendable {
     /// is `5.7.1`, `dsnDiag` the 550 reply, `bounceCat` the list's reason
     /// (`hard-bounce`, `complaint`, `operator`), `srcMta` the client.
     case suppressed = "s"
+    /// Webhook event undeliverable (Peregrine's own, no PowerMTA equivalent):
+    /// an event a `<webhook>` endpoint did not acknowledge within
+    /// `webhook-max-age`. `dsnMta` holds the webhook's name, `dsnDiag` the
+    /// event type, id and the endpoint's last error, `bounceCat` "webhook-undeliverable";
+    /// `orig`/`rcpt`/`jobId`/`vmta` are the event's.
+    case webhookUndeliverable = "w"
 
-    /// Parses `r`, `d`, `b`, `t`, `tq`, `f`, `rb`, `s` (as in `records d,b` of `<acct-file>`).
+    /// Parses `r`, `d`, `b`, `t`, `tq`, `f`, `rb`, `s`, `w` (as in `records d,b` of `<acct-file>`).
     public init?(code: some StringProtocol) {
         self.init(rawValue: String(code).lowercased())
     }

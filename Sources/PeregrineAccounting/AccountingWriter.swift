@@ -63,7 +63,7 @@ public final class AccountingWriter: @unchecked Sendable {
     /// Wall-clock seconds since the epoch; injected by tests.
     private let wallClock: @Sendable () -> Int64
     private let state: Mutex<State>
-    private let filter: UInt8
+    private let filter: UInt16
 
     /// Called (on the flushing thread) when a write, rename or open fails.
     /// The bytes stay buffered and are retried on the next flush.
@@ -80,7 +80,7 @@ public final class AccountingWriter: @unchecked Sendable {
                 wallClock: @escaping @Sendable () -> Int64 = AccountingWriter.systemWallClock) throws(AccountingError) {
         self.options = options
         self.wallClock = wallClock
-        var mask: UInt8 = 0
+        var mask: UInt16 = 0
         for t in options.records ?? Set(AccountingRecordType.allCases) { mask |= AccountingWriter.bit(t) }
         self.filter = mask
         var s = State(options: options)
@@ -96,7 +96,7 @@ public final class AccountingWriter: @unchecked Sendable {
     }
 
     @inline(__always)
-    static func bit(_ t: AccountingRecordType) -> UInt8 {
+    static func bit(_ t: AccountingRecordType) -> UInt16 {
         switch t {
         case .received: return 1
         case .delivered: return 2
@@ -106,6 +106,7 @@ public final class AccountingWriter: @unchecked Sendable {
         case .feedbackLoop: return 32
         case .remoteBounce: return 64
         case .suppressed: return 128
+        case .webhookUndeliverable: return 256
         }
     }
 

@@ -337,6 +337,7 @@ extension Daemon {
             p.gauge("peregrine_queue_paused", value: rest.filter(\.paused).count, labels: labels)
             p.gauge("peregrine_queue_oldest_ready_age_seconds", value: rest.map(\.oldestReadyAgeSeconds).max() ?? 0, labels: labels)
         }
+        appendWebhookMetrics(to: &p)
         ProcessMetrics.append(to: &p)
         return p
     }

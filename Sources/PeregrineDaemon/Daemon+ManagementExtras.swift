@@ -10,6 +10,8 @@ extension Daemon {
     func handleManagementExtras(_ request: HTTPRequest, respond: @escaping (HTTPResponse) -> Void) -> Bool {
         let params = Self.parameters(request)
         switch (request.method, request.path) {
+        case ("GET", "/webhooks"):
+            respond(Self.json(webhooksJSON()))
         case ("POST", "/counters/reset"):
             // Totals and the latency histogram; per-queue counters belong to the queues and restart with them.
             broadcast({ w in

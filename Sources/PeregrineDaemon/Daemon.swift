@@ -27,6 +27,8 @@ public final class Daemon<Loop: EventLoop> {
     public let options: Options
     public private(set) var config: PeregrineConfig
     public let accounting: AccountingLog
+    /// `<webhook>` delivery (Webhooks/); nil without a `<webhook>` block.
+    var webhooks: WebhookService?
     /// `log-file`: every daemon line also goes there, with a timestamp; nil without one.
     /// Opened at start-up (as root, before a privilege drop); a reload keeps it.
     public let logFile: DaemonLogFile?
@@ -194,6 +196,7 @@ public final class Daemon<Loop: EventLoop> {
             log("spool recovery failed: \(e)")
             return 1
         }
+        guard startWebhooks() else { return 1 }
         let n = max(1, options.threads)
         // Loops are created on their own threads (io_uring's single-issuer rings
         // belong to the thread that runs them); each signals when it is ready.
@@ -270,6 +273,7 @@ public final class Daemon<Loop: EventLoop> {
         log(line)
         if let api = workers.first?.httpInjection?.boundAddress { log("http injection API listening on \(api)") }
         exited.wait()
+        webhooks?.stop()
         accounting.close()
         // Changes from the last bounces and reports, made durable before exit.
         suppression?.waitUntilDurable()
@@ -339,6 +343,7 @@ public final class Daemon<Loop: EventLoop> {
                 let message = w.makeMessage(id: m.id, envelope: m.envelope, stream: stream, size: m.location.bodyLength,
                                             recordLength: Int(m.location.recordLength), receivedAt: w.loop.now,
                                             states: m.states)
+                reemitInjectedEvents(message, states: m.states)
                 dispatch(message, from: w)
                 count += 1
             }
@@ -507,6 +512,11 @@ public final class Daemon<Loop: EventLoop> {
         } catch {
             log("reload failed, keeping the running config: \(error)")
             return .failure(error)
+        }
+        let oldWebhooks = lock.withLock { (config.webhooks, config.webhookMaxAge) }
+        if oldWebhooks.0 != newConfig.webhooks || oldWebhooks.1 != newConfig.webhookMaxAge {
+            // The senders and the event log keep their start-up settings (Webhooks/WebhookService.swift).
+            log("warning: <webhook> and webhook-max-age changes take effect at the next start, not on reload")
         }
         let oldRuntime = lock.withLock { () -> RuntimeSettings in
             let previous = config.runtime

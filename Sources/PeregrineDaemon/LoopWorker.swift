@@ -262,6 +262,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                                                recordLength: Int(location.recordLength), receivedAt: receivedAt, states: nil)
                 message.pool = pool
                 self.logReceived(message, peer: peer, smtpUser: smtpUser)
+                self.emitInjectedEvents(message)
                 self.daemon.dispatch(message, from: self)
                 done(.success(id))
             case .failure(let e):
@@ -348,9 +349,11 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         delivered += 1
         let now = loop.now
         if now >= message.receivedAt { deliveryLatency.observe(seconds: Double(now - message.receivedAt) / 1e9) }
-        if !reports.report(message, recipient: recipient, action: .relayed, state: .delivered, queue: queue, reply: reply,
-                           connection: connection) {
-            outcome(message, recipient, .delivered)
+        afterWebhookEvent(.delivered, message, recipient, reply: reply) { [unowned self] in
+            if !reports.report(message, recipient: recipient, action: .relayed, state: .delivered, queue: queue, reply: reply,
+                               connection: connection) {
+                outcome(message, recipient, .delivered)
+            }
         }
         daemon.accounting.log(record(.delivered, message, recipient, queue, reply, connection: connection, category: ""))
     }
@@ -359,9 +362,12 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                         category: String?, connection: DeliveryAttemptInfo?) {
         bounced += 1
         let state: RecipientState = category == "message-expired" ? .expired : .bounced
-        if !reports.report(message, recipient: recipient, action: .failed, state: state, queue: queue, reply: reply,
-                           connection: connection) {
-            outcome(message, recipient, state)
+        afterWebhookEvent(state == .expired ? .expired : .bounced, message, recipient, reply: reply,
+                          category: category ?? "other") { [unowned self] in
+            if !reports.report(message, recipient: recipient, action: .failed, state: state, queue: queue, reply: reply,
+                               connection: connection) {
+                outcome(message, recipient, state)
+            }
         }
         daemon.accounting.log(record(.bounced, message, recipient, queue, reply, connection: connection,
                                      category: category ?? "other"))
@@ -371,6 +377,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     public func deferred(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
                          connection: DeliveryAttemptInfo?) {
         deferrals += 1
+        emitDeferredEvent(message, recipient, reply: reply)
         daemon.accounting.log(record(.transient, message, recipient, queue, reply, connection: connection, category: ""))
     }
 

@@ -106,6 +106,7 @@ extension AccountingFileOptions {
         "delivery": .delivered, "bounce": .bounced, "transient": .transient, "transient-queue": .transientQueue,
         "receipt": .received, "received": .received, "feedback-loop": .feedbackLoop,
         "suppressed": .suppressed,
+        "webhook-undeliverable": .webhookUndeliverable,
     ]
 }
 

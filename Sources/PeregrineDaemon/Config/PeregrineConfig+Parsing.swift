@@ -224,6 +224,9 @@ extension PeregrineConfig {
             }
             guard !list.isEmpty else { throw node.error("domain-macro \(name) lists no domains") }
             domainMacros[name] = list
+        case "webhook-max-age":
+            webhookMaxAge = try node.value(ConfigValue.duration)
+            guard webhookMaxAge >= .seconds(1) else { throw node.error("webhook-max-age: at least 1s") }
         case "shutdown-timeout":
             shutdownTimeout = try node.value(ConfigValue.duration)
         case "host-name":
@@ -301,6 +304,8 @@ extension PeregrineConfig {
             try applySMTPUser(node, diagnostics: &diagnostics)
         case "api-key":
             try applyAPIKey(node, diagnostics: &diagnostics)
+        case "webhook":
+            try applyWebhook(node, diagnostics: &diagnostics)
         default:
             throw node.error("unknown block <\(node.name)>")
         }

@@ -82,6 +82,11 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var patternLists: [String: SMTPPatternList] = [:]
     /// `<acct-file PATH>` blocks.
     public var accountingFiles: [AccountingFileOptions] = []
+    /// `<webhook NAME>` blocks (Webhooks/: durable event delivery over HTTP).
+    public var webhooks: [WebhookSettings] = []
+    /// `webhook-max-age`: an event not acknowledged by then is written to
+    /// accounting as undeliverable (`w`) and skipped.
+    public var webhookMaxAge: Duration = .seconds(3 * 86_400)
     /// The built-in classifier plus `<bounce-category-patterns>`.
     public var bounceClassifier = BounceClassifier()
     /// The `domain-key` files, loaded at load (so again on reload).

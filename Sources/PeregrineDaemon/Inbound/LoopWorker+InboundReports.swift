@@ -21,6 +21,7 @@ extension LoopWorker {
             daemon.suppress(from: record)  // rb hard bounces and f complaints (Daemon+Suppression.swift)
             if daemon.accounting.accepts(record.type) { daemon.accounting.log(record) }
         }
+        emitReportEvents(outcome.records)
         return outcome.relay
     }
 }
