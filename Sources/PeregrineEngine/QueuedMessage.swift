@@ -154,7 +154,7 @@ public final class QueuedMessage {
 /// then the fields' bytes. An empty job id, envelope id or ORCPT reads as nil
 /// (the spool keeps them as empty fields too). The header is the recipient
 /// count, its top bit set for 32-bit offsets.
-final class EnvelopeText: ManagedBuffer<UInt32, UInt8>, @unchecked Sendable {
+final class EnvelopeText: ManagedBuffer<UInt32, UInt8> {
     static let senderField = 0
     static let jobField = 1
     static let envIDField = 2
