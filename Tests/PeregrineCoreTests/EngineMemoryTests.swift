@@ -112,3 +112,67 @@ import Glibc
 private func malloc_usable_size_of(_ o: AnyObject) -> Int {
     c_malloc_usable_size(Unmanaged.passUnretained(o).toOpaque())
 }
+
+/// The compact layouts keep every field: envelope text (narrow and wide
+/// offsets), recipient index runs and lists, live-set slots of messages with
+/// more than 32 recipients.
+@Suite struct CompactQueuedMessageTests {
+    static func recipients(_ n: Int, addressLength: Int) -> [QueuedMessage.Recipient] {
+        (0..<n).map { i in
+            let local = "r\(i)-" + String(repeating: "x", count: max(0, addressLength - 20))
+            return .init(address: "\(local)@Dom\(i % 3).Example", orcpt: i % 2 == 0 ? "rfc822;orig\(i)@example.org" : nil,
+                         notify: i % 4 == 0 ? [.success, .failure] : [])
+        }
+    }
+
+    @Test(arguments: [(1, 20), (40, 30), (300, 260)]) func envelopeFieldsRoundTrip(count: Int, addressLength: Int) {
+        let rcpts = Self.recipients(count, addressLength: addressLength)
+        let m = QueuedMessage(id: MessageID(hi: 7, lo: 9), sender: "bounce@example.com", recipients: rcpts, vmta: "vmta-α",
+                              jobId: "job 42", envId: "env-1", ret: .headers, receivedAtWall: 1, receivedAt: 2,
+                              bodySize: 3, recordLength: 4, stream: 5)
+        #expect(m.sender == "bounce@example.com" && m.jobId == "job 42" && m.envId == "env-1" && m.ret == .headers)
+        #expect(m.vmta == "vmta-α" && m.pool == nil && m.bodySize == 3 && m.recordLength == 4 && m.stream == 5)
+        #expect(Array(m.recipients) == rcpts)
+        for i in rcpts.indices { #expect(m.recipients.domain(i) == rcpts[i].domain) }
+        #expect(m.pendingCount == count)
+        m.pool = "pool1"
+        #expect(m.pool == "pool1")
+        let part = m.part(keeping: [count - 1])
+        #expect(part.pendingCount == 1 && part.states[count - 1] == .pending && part.pool == "pool1")
+        #expect(part.sender == m.sender && Array(part.recipients) == rcpts)
+        #expect(m.finish(recipient: 0, as: .delivered) && !m.finish(recipient: 0, as: .bounced))
+        #expect(m.pendingCount == count - 1)
+        let empty = QueuedMessage(id: MessageID(hi: 0, lo: 0), sender: "", recipients: [], vmta: "v", jobId: nil, envId: nil,
+                                  receivedAtWall: 0, receivedAt: 0, bodySize: 0, stream: 0)
+        #expect(empty.sender == "" && empty.jobId == nil && empty.recipients.isEmpty && empty.isComplete)
+    }
+
+    @Test func recipientIndexesKeepRunsAndLists() {
+        for indexes in [[0], [3, 4, 5], [], [2, 0], [1, 3, 7], [70_000, 70_001]] {
+            let r = RecipientIndexes(indexes)
+            #expect(Array(r) == indexes)
+            var item = DeliveryItem(message: QueuedMessage(id: MessageID(hi: 0, lo: 1), sender: "s@x", recipients: [],
+                                                           vmta: "v", jobId: nil, envId: nil, receivedAtWall: 0,
+                                                           receivedAt: 0, bodySize: 0, stream: 0),
+                                    recipients: indexes, attempts: 3)
+            #expect(Array(item.recipients) == indexes && item.attempts == 3)
+            item.attempts += 1
+            item.recipients = RecipientIndexes([9])
+            #expect(Array(item.recipients) == [9] && item.attempts == 4)
+        }
+    }
+
+    @Test func liveSetKeepsStatesOfLargeMessages() {
+        let live = SpoolLiveSet()
+        let big = MessageID(hi: 1, lo: 1), small = MessageID(hi: 1, lo: 2)
+        let loc = MessageLocation(segment: 3, offset: 1 << 33, recordLength: 5000, bodyOffset: 700)
+        #expect(live.place(big, at: loc, states: RecipientStates(count: 40)))
+        #expect(live.place(small, at: loc, states: RecipientStates(count: 2)))
+        #expect(live.applyOutcome(big, recipient: 35, state: .bounced, writtenIn: 3) == 39)
+        #expect(live.applyOutcome(small, recipient: 1, state: .delivered, writtenIn: 3) == 1)
+        #expect(live.entry(big)?.location == loc && live.entry(big)?.states[35] == .bounced && live.entry(big)?.states[34] == .pending)
+        #expect(live.entry(small)?.states[1] == .delivered && live.entry(small)?.states[0] == .pending)
+        for r in 0..<40 where r != 35 { live.applyOutcome(big, recipient: r, state: .delivered, writtenIn: 3) }
+        #expect(live.entry(big) == nil && live.liveMessageCount == 1)
+    }
+}
