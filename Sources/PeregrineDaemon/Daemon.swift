@@ -140,8 +140,9 @@ public final class Daemon<Loop: EventLoop> {
     /// (called on `caller`'s loop, the loop of the message's spool stream).
     func dispatch(_ message: QueuedMessage, from caller: LoopWorker<Loop>) {
         var byOwner: [Int: [Int]] = [:]
-        for (i, r) in message.recipients.enumerated() where message.states[i] == .pending {
-            let key = QueueKey(domain: r.domain, vmta: message.vmta)
+        let recipients = message.recipients
+        for i in recipients.indices where message.states[i] == .pending {
+            let key = QueueKey(domain: recipients.domain(i), vmta: message.vmta)
             byOwner[owner(of: key, asking: caller).index, default: []].append(i)
         }
         for (ownerIndex, rcpts) in byOwner {
@@ -559,18 +560,4 @@ public final class Daemon<Loop: EventLoop> {
     }
 
     var uptimeSeconds: Double { Double(monotonicNanoseconds() - startedAt) / 1e9 }
-}
-
-extension QueuedMessage {
-    /// A copy for another loop holding only `recipients` as pending (the others
-    /// belong to other loops' queues and are marked final in this copy only).
-    func part(keeping recipients: [Int]) -> QueuedMessage {
-        let keep = Set(recipients)
-        let s: [RecipientState] = (0..<self.recipients.count).map { keep.contains($0) ? states[$0] : .delivered }
-        let copy = QueuedMessage(id: id, sender: sender, recipients: self.recipients, vmta: vmta, jobId: jobId, envId: envId, ret: ret,
-                                 receivedAtWall: receivedAtWall, receivedAt: receivedAt, bodySize: bodySize,
-                                 recordLength: recordLength, stream: stream, states: s)
-        copy.pool = pool
-        return copy
-    }
 }

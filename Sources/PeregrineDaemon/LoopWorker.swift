@@ -273,21 +273,11 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     func makeMessage(id: MessageID, envelope: SpoolEnvelope, stream: Int, size: Int, recordLength: Int,
                      receivedAt: UInt64, states: RecipientStates?) -> QueuedMessage {
-        let recipients = envelope.recipients.map {
-            QueuedMessage.Recipient(address: String(decoding: $0.address, as: UTF8.self),
-                                    orcpt: $0.orcpt.isEmpty ? nil : String(decoding: $0.orcpt, as: UTF8.self),
-                                    notify: $0.notify)
-        }
-        var s: [RecipientState]? = nil
-        if let states { s = (0..<recipients.count).map { states[$0] } }
-        let vmta = String(decoding: envelope.vmta, as: UTF8.self)
-        return QueuedMessage(id: id, sender: String(decoding: envelope.sender, as: UTF8.self), recipients: recipients,
-                             vmta: vmta.isEmpty ? defaultVMTA : vmta,
-                             jobId: envelope.jobID.isEmpty ? nil : String(decoding: envelope.jobID, as: UTF8.self),
-                             envId: envelope.envID.isEmpty ? nil : String(decoding: envelope.envID, as: UTF8.self),
-                             ret: envelope.ret,
-                             receivedAtWall: envelope.receivedAt / 1000, receivedAt: receivedAt, bodySize: size,
-                             recordLength: recordLength, stream: stream, states: s)
+        // The envelope stays bytes (one buffer per message): a backlog holds a million of them.
+        QueuedMessage(id: id, envelope: envelope,
+                      vmta: envelope.vmta.isEmpty ? defaultVMTA : String(decoding: envelope.vmta, as: UTF8.self),
+                      receivedAtWall: envelope.receivedAt / 1000, receivedAt: receivedAt, bodySize: size,
+                      recordLength: recordLength, stream: stream, states: states)
     }
 
     // MARK: Spool access for any worker (runs on this loop)

@@ -65,7 +65,8 @@ public final class DeliveryEngine<Loop: EventLoop> {
     /// grouped per domain into transactions of at most max-rcpt-per-transaction.
     public func submit(_ message: QueuedMessage, recipients: [Int], vmta: String, notBefore: UInt64? = nil) {
         var byDomain: [String: [Int]] = [:]
-        for r in recipients { byDomain[message.recipients[r].domain, default: []].append(r) }
+        let list = message.recipients
+        for r in recipients { byDomain[list.domain(r), default: []].append(r) }
         for (domain, rcpts) in byDomain {
             var q = queue(for: QueueKey(domain: domain, vmta: vmta))
             if let cold = coldQueue(for: q) { q = cold }
@@ -367,7 +368,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
         if bouncedCount > 0 { q.noteBounced(bouncedCount) }
         if !retry.isEmpty {
             var again = item
-            again.recipients = retry
+            again.recipients = RecipientIndexes(retry)
             if let other = steeringTarget(from: q, for: message, now: now) {
                 // This source IP is disabled for the domain: another pool member tries at once.
                 again.attempts += 1

@@ -1,16 +1,31 @@
 /// Per-recipient states of one message, compact: up to 32 recipients packed
 /// two bits each into one word (no allocation), more spill into an array.
+/// 16 bytes: the spool's live set keeps one per queued message.
 public struct RecipientStates: Hashable, Sendable {
     @usableFromInline enum Storage: Hashable, Sendable {
         case packed(UInt64)
         case array([UInt8])
     }
     @usableFromInline var storage: Storage
-    public let count: Int
+    private let count32: UInt32
+    public var count: Int { Int(count32) }
 
     public init(count: Int) {
-        self.count = count
+        self.count32 = UInt32(clamping: count)
         storage = count <= 32 ? .packed(0) : .array([UInt8](repeating: 0, count: count))
+    }
+
+    /// States of up to 32 recipients from their packed word (nil for more).
+    init?(count: Int, packed word: UInt64) {
+        guard count <= 32 else { return nil }
+        self.count32 = UInt32(count)
+        storage = .packed(word)
+    }
+
+    /// The packed word, when the states fit one (up to 32 recipients).
+    var packedWord: UInt64? {
+        if case .packed(let w) = storage { return w }
+        return nil
     }
 
     public subscript(_ i: Int) -> RecipientState {

@@ -12,6 +12,22 @@ public final class SpoolLiveSet {
         public var states: RecipientStates
     }
 
+    /// How an entry is stored: 32 bytes per live message (a backlog keeps a
+    /// million; issue #18). States of up to 32 recipients are packed in
+    /// `word`; larger messages keep theirs in `manyStates`.
+    struct Slot {
+        var offset: Int64
+        var segment: UInt32
+        var recordLength: UInt32
+        var bodyOffset: UInt32
+        var count: UInt32
+        var word: UInt64
+
+        var location: MessageLocation {
+            MessageLocation(segment: segment, offset: offset, recordLength: recordLength, bodyOffset: bodyOffset)
+        }
+    }
+
     public struct SegmentStats: Sendable {
         /// Bytes of records written to the segment.
         public var totalBytes: Int64 = 0
@@ -23,14 +39,35 @@ public final class SpoolLiveSet {
         public var liveRatio: Double { totalBytes > 0 ? Double(liveBytes) / Double(totalBytes) : 1 }
     }
 
-    public private(set) var messages: [MessageID: Entry] = [:]
+    private var slots: [MessageID: Slot] = [:]
+    private var manyStates: [MessageID: RecipientStates] = [:]
     public private(set) var segments: [UInt32: SegmentStats] = [:]
 
     public init() {}
 
-    public var liveMessageCount: Int { messages.count }
+    public var liveMessageCount: Int { slots.count }
 
-    public func entry(_ id: MessageID) -> Entry? { messages[id] }
+    public func entry(_ id: MessageID) -> Entry? {
+        guard let s = slots[id] else { return nil }
+        return Entry(location: s.location, states: states(id, s))
+    }
+
+    private func states(_ id: MessageID, _ s: Slot) -> RecipientStates {
+        if let w = RecipientStates(count: Int(s.count), packed: s.word) { return w }
+        return manyStates[id] ?? RecipientStates(count: Int(s.count))
+    }
+
+    private func store(_ id: MessageID, _ e: Entry) {
+        let word = e.states.packedWord
+        if word == nil { manyStates[id] = e.states } else if !manyStates.isEmpty { manyStates[id] = nil }
+        slots[id] = Slot(offset: e.location.offset, segment: e.location.segment, recordLength: e.location.recordLength,
+                         bodyOffset: e.location.bodyOffset, count: UInt32(clamping: e.states.count), word: word ?? 0)
+    }
+
+    private func remove(_ id: MessageID) {
+        slots[id] = nil
+        if !manyStates.isEmpty { manyStates[id] = nil }
+    }
 
     public func addSegment(_ n: UInt32) {
         if segments[n] == nil { segments[n] = SegmentStats() }
@@ -47,15 +84,15 @@ public final class SpoolLiveSet {
     @discardableResult
     public func place(_ id: MessageID, at location: MessageLocation, states: RecipientStates) -> Bool {
         var st = states
-        if let old = messages[id] {
+        if let old = entry(id) {
             st.merge(old.states)
             unpin(old.location)
         }
         guard st.pendingCount > 0 else {
-            messages[id] = nil
+            remove(id)
             return false
         }
-        messages[id] = Entry(location: location, states: st)
+        store(id, Entry(location: location, states: st))
         segments[location.segment, default: SegmentStats()].liveMessages += 1
         segments[location.segment, default: SegmentStats()].liveBytes += Int64(location.recordLength)
         return true
@@ -64,8 +101,8 @@ public final class SpoolLiveSet {
     /// Takes a message out again if it is still at `location` (its record
     /// never became durable).
     public func forget(_ id: MessageID, at location: MessageLocation) {
-        guard let e = messages[id], e.location == location else { return }
-        messages[id] = nil
+        guard let s = slots[id], s.location == location else { return }
+        remove(id)
         unpin(location)
     }
 
@@ -80,17 +117,17 @@ public final class SpoolLiveSet {
     /// remaining pending count, or nil if the message is not live.
     @discardableResult
     public func applyOutcome(_ id: MessageID, recipient: Int, state: RecipientState, writtenIn: UInt32) -> Int? {
-        guard var e = messages[id], recipient >= 0, recipient < e.states.count else { return nil }
+        guard var e = entry(id), recipient >= 0, recipient < e.states.count else { return nil }
         if e.location.segment != writtenIn && writtenIn > e.location.segment {
             segments[writtenIn, default: SegmentStats()].dependsOn.insert(e.location.segment)
         }
         if e.states[recipient] == .pending { e.states[recipient] = state }
         let pending = e.states.pendingCount
         if pending == 0 {
-            messages[id] = nil
+            remove(id)
             unpin(e.location)
         } else {
-            messages[id] = e
+            store(id, e)
         }
         return pending
     }
@@ -120,8 +157,8 @@ public final class SpoolLiveSet {
 
     /// The live messages whose record is in segment `n`, in file order.
     public func liveMessages(inSegment n: UInt32) -> [(MessageID, Entry)] {
-        messages.filter { $0.value.location.segment == n }
-            .sorted { $0.value.location.offset < $1.value.location.offset }
-            .map { ($0.key, $0.value) }
+        slots.filter { $0.value.segment == n }
+            .sorted { $0.value.offset < $1.value.offset }
+            .map { ($0.key, Entry(location: $0.value.location, states: states($0.key, $0.value))) }
     }
 }
