@@ -23,11 +23,15 @@ import PeregrineTestSupport
 @Suite(.timeLimit(.minutes(10))) struct DaemonAllocationCountTests {
     /// Upper bounds on malloc calls per relayed message: debug build (what
     /// `swift test` runs), one recipient, 4 KB, accounting on. Measured on
-    /// 2026-12-05: io_uring 481, epoll 517, dispatch 557 (the same to ±2 over
-    /// runs); with Ed25519 signing see `signedBound`. About 8 % headroom:
-    /// lower them as the path loses allocations. (The release build: 78 per
-    /// message on epoll, results/esp-2026-12-05/README.md.)
-    static let bound: [BackendKind: Double] = [.ioUring: 520, .epoll: 560, .dispatch: 600]
+    /// 2026-12-05 on the perf-esp branch: io_uring 481, epoll 517, dispatch
+    /// 557 (the same to ±2 over runs); with Ed25519 signing see `signedBound`.
+    /// After the round's merges (compact envelopes whose Strings are made when
+    /// read, the suppression check at RCPT, per-provider transaction
+    /// histograms) the same run measured 536, 571 and 615: the bounds were
+    /// raised to those + 5 %, a step back to win again, not a new baseline.
+    /// Lower them as the path loses allocations. (The release build: 78 per
+    /// message on epoll before the merges, results/esp-2026-12-05/README.md.)
+    static let bound: [BackendKind: Double] = [.ioUring: 565, .epoll: 600, .dispatch: 645]
     /// The same with every message DKIM-signed (Ed25519) at injection.
     /// Measured on 2026-12-05: io_uring 759, epoll 796, dispatch 839. Signing
     /// adds ≈ 280 in the debug build but 38 in release (15 of them OpenSSL's):

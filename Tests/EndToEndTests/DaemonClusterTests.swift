@@ -6,7 +6,7 @@ import PeregrineTestSupport
 /// Two `peregrine run` nodes on loopback addresses of their own, sharing one
 /// real redis-server (cluster-redis) and one sink: a 4.7.28 deferral that
 /// puts a queue into backoff on one node puts the same queue into backoff on
-/// the other, which never met the deferral itself. Scenario 95.
+/// the other, which never met the deferral itself. Scenario 102.
 @Suite(.timeLimit(.minutes(10))) struct DaemonClusterTests {
 
     static func nodeConfig(_ dir: TestDirectory, name: String, listen: String, source: String,
@@ -49,23 +49,23 @@ import PeregrineTestSupport
     func backoffOnOneNodePutsTheOtherInBackoff(_ kind: BackendKind) throws {
         try kind.requireAvailable()
         let dir = try TestDirectory("cluster-backoff-\(kind.rawValue)")
-        let redis = RedisServerProcess(ip: E2E.ip(95, kind, host: 7))
+        let redis = RedisServerProcess(ip: E2E.ip(102, kind, host: 7))
         try redis.start()
         defer { redis.kill() }
-        let mx = E2E.ip(95, kind, host: 1)
+        let mx = E2E.ip(102, kind, host: 1)
         let text = "421-4.7.28 Gmail has detected an unusual rate of unsolicited email originating from your IP address."
-        let sink = try startSink(dir, serviceIP: E2E.ip(95, kind, host: 9), sinkProfile("gmail", domains: "gmail.test", mx: [mx], """
+        let sink = try startSink(dir, serviceIP: E2E.ip(102, kind, host: 9), sinkProfile("gmail", domains: "gmail.test", mx: [mx], """
                 max-msg-rate 20/s mail burst 10 penalty "\(text)"
                 penalty-box 60s mail "\(text)"
             """))
         defer { sink.terminate() }
         let (_, port) = try sink.address("gmail")
         // Each node its own source IP, as real nodes have: the sink penalises A's only.
-        let a = try DaemonProcess(configPath: dir.write("a.conf", Self.nodeConfig(dir, name: "a", listen: E2E.ip(95, kind, host: 2),
+        let a = try DaemonProcess(configPath: dir.write("a.conf", Self.nodeConfig(dir, name: "a", listen: E2E.ip(102, kind, host: 2),
                                                                                    source: "127.0.0.10", redis: redis.ip, mx: mx, port: port)),
                                   backend: kind, threads: 2, logPath: dir.file("a.log"))
         defer { a.terminate() }
-        let b = try DaemonProcess(configPath: dir.write("b.conf", Self.nodeConfig(dir, name: "b", listen: E2E.ip(95, kind, host: 3),
+        let b = try DaemonProcess(configPath: dir.write("b.conf", Self.nodeConfig(dir, name: "b", listen: E2E.ip(102, kind, host: 3),
                                                                                    source: "127.0.0.12", redis: redis.ip, mx: mx, port: port)),
                                   backend: kind, threads: 2, logPath: dir.file("b.log"))
         defer { b.terminate() }

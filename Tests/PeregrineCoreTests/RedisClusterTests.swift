@@ -6,7 +6,7 @@ import PeregrineTestSupport
 
 /// Two cluster nodes (coordinators on two loops of their own, as two daemons
 /// would have) sharing one real redis-server, on every backend. Addresses:
-/// scenario 94 (127.P.94.(BACKEND*10 + n), PrivateLoopback), port 6379.
+/// scenario 101 (127.P.101.(BACKEND*10 + n), PrivateLoopback), port 6379.
 @Suite("Redis cluster coordination", .timeLimit(.minutes(10)))
 struct RedisClusterTests {
 
@@ -70,7 +70,7 @@ struct RedisClusterTests {
 
     static func redis(_ kind: BackendKind, host: Int) throws -> RedisServerProcess {
         let b = (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1
-        let r = RedisServerProcess(ip: PrivateLoopback.address(94, b * 10 + host))
+        let r = RedisServerProcess(ip: PrivateLoopback.address(101, b * 10 + host))
         try r.start()
         return r
     }

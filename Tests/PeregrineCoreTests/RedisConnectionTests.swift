@@ -5,14 +5,14 @@ import PeregrineTestSupport
 @testable import PeregrineRedis
 
 /// RedisConnection against a real redis-server on every backend, and against
-/// a silent TCP peer for the timeout and queue bound. Addresses: scenario 93
-/// (127.P.93.(BACKEND*10 + n), PrivateLoopback), redis on port 6379.
+/// a silent TCP peer for the timeout and queue bound. Addresses: scenario 100
+/// (127.P.100.(BACKEND*10 + n), PrivateLoopback), redis on port 6379.
 @Suite("Redis connection", .timeLimit(.minutes(10)))
 struct RedisConnectionTests {
 
     static func ip(_ kind: BackendKind, host: Int) -> String {
         let b = (BackendKind.allCases.firstIndex(of: kind) ?? 0) + 1
-        return PrivateLoopback.address(93, b * 10 + host)
+        return PrivateLoopback.address(100, b * 10 + host)
     }
 
     static func startRedis(_ kind: BackendKind, host: Int) throws -> RedisServerProcess {
