@@ -112,6 +112,8 @@ import Testing
         }
         #expect(error("/x/ spammy") == "b.conf:2: unknown bounce category 'spammy' (expected one of: \(BounceCategory.allCases.map(\.rawValue).joined(separator: ", ")))")
         #expect(error("/x/") == "b.conf:2: expected one category after /x/, got ''")
+        // PowerMTA's `success`, which real configs put in this block, loads.
+        #expect(error("/^2\\.0\\.0/ success") == nil)
         #expect(error("/x/ a b") == "b.conf:2: expected one category after /x/, got 'a b'")
         #expect(error("x spam-related") == "b.conf:2: expected '/REGEX/ category' in <bounce-category-patterns>, got 'x'")
         #expect(error("/x(/ other")?.hasPrefix("b.conf:2: /x(/: /x(/ is not a valid regular expression") == true)

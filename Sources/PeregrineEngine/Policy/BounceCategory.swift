@@ -17,6 +17,10 @@ public enum BounceCategory: String, CaseIterable, Hashable, Sendable, CustomStri
     case routingErrors = "routing-errors"
     case spamRelated = "spam-related"
     case virusRelated = "virus-related"
+    /// Not a failure: PowerMTA's name for replies that mean delivery, which
+    /// operators' `<bounce-category-patterns>` use (e.g. `/^2\./ success`).
+    /// Accepted so such configs load; the built-in rules never give it.
+    case success = "success"
 
     public var description: String { rawValue }
 }
