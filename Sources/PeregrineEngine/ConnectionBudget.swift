@@ -167,7 +167,8 @@ public final class ConnectionBudgets: Sendable {
     }
 
     /// The budgets a connection of `vmta` draws from, outermost first.
-    /// Empty when nothing caps it (the common case: no lock taken per open).
+    /// Empty when nothing caps it. Takes the table lock: callers cache the
+    /// answer per VMTA until the next reload (ConfigPolicySource does).
     package func budgets(forVMTA vmta: String) -> [ConnectionBudget] {
         table.withLock { t in
             var out: [ConnectionBudget] = []
