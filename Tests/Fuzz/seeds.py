@@ -124,3 +124,55 @@ csv = {
 }
 for k, v in csv.items():
     put("FuzzAccountingCSV", k, v)
+
+# HTTP injection API: POST /api/v1/messages bodies as applications send them.
+import json
+api = {
+    "raw": {"sender": "news@example.org", "recipients": ["a@gmail.com", {"email": "b@yahoo.com"}],
+            "raw": "From: news@example.org\r\nSubject: hi\r\n\r\nbody\r\n", "job_id": "j1", "campaign": "c", "tenant": "t"},
+    "structured": {"sender": "n@example.org", "recipients": [{"email": "a@x.com", "substitutions": {"name": "Zoë", "n": 3}}],
+                   "content": {"from": {"name": "Café Ünïcode", "address": "n@example.org"}, "to": ["a@x.com"],
+                               "subject": "Hello {{name}} — ünïcode", "text": "Hi {{name}},\n" + "x" * 1200,
+                               "html": "<p>Hi {{ name }}</p>", "headers": {"List-Unsubscribe": "<https://u.example/{{n}}>"},
+                               "attachments": [{"filename": "résumé.pdf", "content_type": "application/pdf", "content": "JVBERi0xLjQK"}]},
+                   "virtual_mta": "vmta1", "dkim": False},
+    "bad_types": {"sender": 5, "recipients": "a@b.c", "raw": ["x"]},
+    "both": {"sender": "a@b.c", "recipients": ["d@e.f"], "raw": "Subject: x\n\ny", "content": {"from": "a@b.c", "subject": "s"}},
+}
+for k, v in api.items():
+    put("FuzzHTTPInjection", k, json.dumps(v, ensure_ascii=(k != "structured")).encode())
+put("FuzzHTTPInjection", "syntax", b'{"sender": "a@b.c", "recipients": [1e400, -0, "\\ud800", tru')
+put("FuzzHTTPInjection", "deep", b"[" * 300 + b"]" * 300)
+
+# Inbound reports: a DSN (RFC 3464) and an ARF complaint (RFC 5965) built
+# with Python's email package, and a plain-text bounce as old MTAs send.
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.mime.message import MIMEMessage
+from email.mime.base import MIMEBase
+from email import message_from_bytes
+original = message_from_bytes(b"Return-Path: <news@example.org>\r\nMessage-ID: <m1@example.org>\r\nX-Job: job7\r\nTo: a@b.example\r\nSubject: hi\r\n\r\nbody\r\n")
+# message/delivery-status holds field groups, which email.mime cannot build from text: written out.
+dsn = (b"From: MAILER-DAEMON@mx.b.example\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n"
+       b"--b1\r\nContent-Type: text/plain\r\n\r\nDelivery to a@b.example failed.\r\n"
+       b"--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
+       b"Reporting-MTA: dns; mx.b.example\r\nOriginal-Envelope-Id: env+2D1\r\n\r\n"
+       b"Final-Recipient: rfc822; a@b.example\r\nOriginal-Recipient: rfc822; a@b.example\r\nAction: failed\r\n"
+       b"Status: 5.1.1\r\nRemote-MTA: dns; mx.b.example\r\nDiagnostic-Code: smtp; 550 5.1.1 \"no such user\", sorry\r\n"
+       b"--b1\r\nContent-Type: text/rfc822-headers\r\n\r\n" + original.as_bytes().split(b"\n\n")[0].replace(b"\n", b"\r\n")
+       + b"\r\n--b1--\r\n")
+assert message_from_bytes(dsn).get_content_type() == "multipart/report"
+put("FuzzInboundReport", "dsn", dsn)
+arf = MIMEMultipart("report", report_type="feedback-report")
+arf["From"] = "feedback@fbl.example"
+arf.set_boundary("b2")  # fixed, so rewriting the seeds is idempotent
+arf.attach(MIMEText("This is an abuse report.\n"))
+fb = MIMEBase("message", "feedback-report")
+fb.set_payload("Feedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\nOriginal-Mail-From: <news@example.org>\r\n"
+               "Original-Rcpt-To: <a@b.example>\r\nSource-IP: 192.0.2.7\r\nReporting-MTA: dns; fbl.example\r\n")
+arf.attach(fb)
+arf.attach(MIMEMessage(original))
+put("FuzzInboundReport", "arf", arf.as_bytes().replace(b"\n", b"\r\n"))
+put("FuzzInboundReport", "plain", b"From: MAILER-DAEMON@old.example\r\nSubject: Undelivered Mail\r\n\r\n"
+    b"<a@b.example>: host mx.b.example said: 550 5.1.1 User unknown (in reply to RCPT TO command)\r\n")

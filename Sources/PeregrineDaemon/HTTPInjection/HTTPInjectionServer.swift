@@ -277,36 +277,11 @@ final class HTTPInjectionServer<Loop: EventLoop> {
         return address[address.index(after: at)...].lowercased()
     }
 
-    /// The message for one group: raw (substituted) or built MIME, with the
-    /// job, campaign and tenant headers.
+    /// The message for one group (see `HTTPInjectionRequest.message`).
     private func messageBytes(_ r: HTTPInjectionRequest, recipient: HTTPInjectionRequest.Recipient, perRecipient: Bool,
                               now: Int64) throws(APIError) -> [UInt8] {
-        var extra: [(String, String)] = []
-        if let j = r.jobID { extra.append(("X-Job", j)) }
-        if let c = r.campaign { extra.append(("X-Campaign-ID", c)) }
-        if let t = r.tenant { extra.append(("X-Tenant-ID", t)) }
-        switch r.content {
-        case .raw(let raw):
-            var body = raw
-            if !recipient.substitutions.isEmpty {
-                body = try HTTPInjectionRequest.rawMessage(recipient.substitute(String(decoding: raw, as: UTF8.self)))
-            }
-            var head: [UInt8] = []
-            for (n, v) in extra { MIMEMessageBuilder.appendUnstructuredField(n, v, into: &head) }
-            return head + body
-        case .structured(var c):
-            if perRecipient {
-                if c.to.isEmpty { c.to = [MIMEMailbox(address: recipient.address)] }
-                c.subject = recipient.substitute(c.subject)
-                c.text = c.text.map(recipient.substitute)
-                c.html = c.html.map(recipient.substitute)
-                c.headers = c.headers.map { ($0.name, recipient.substitute($0.value)) }
-            }
-            c.headers = extra.map { (name: $0.0, value: $0.1) } + c.headers
-            let unique = Self.uniqueToken()
-            return MIMEMessageBuilder.build(c, messageID: "<\(unique)@\(worker.daemon.hostName)>",
-                                            date: RFC5322DateTime.format(now), boundarySeed: unique)
-        }
+        try r.message(for: recipient, perRecipient: perRecipient, hostName: worker.daemon.hostName,
+                      date: RFC5322DateTime.format(now), token: Self.uniqueToken)
     }
 
     /// 24 hex digits from the CSPRNG (or the clock if it failed): Message-ID and boundaries.

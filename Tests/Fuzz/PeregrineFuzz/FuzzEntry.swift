@@ -16,6 +16,8 @@ let fuzzTargets: [String: (UnsafePointer<UInt8>, Int) -> CInt] = [
     "FuzzSpoolRecords": fuzzSpoolRecords,
     "FuzzAccountingCSV": fuzzAccountingCSV,
     "FuzzRESPReply": fuzzRESPReply,
+    "FuzzHTTPInjection": fuzzHTTPInjection,
+    "FuzzInboundReport": fuzzInboundReport,
 ]
 
 let selectedTarget: (UnsafePointer<UInt8>, Int) -> CInt = {
