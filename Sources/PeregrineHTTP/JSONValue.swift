@@ -256,6 +256,9 @@ public enum JSONParser {
             }
             let text = String(decoding: bytes[start..<i], as: UTF8.self)
             guard let d = Double(text) else { throw JSONParseError(offset: start, reason: "invalid number") }
+            // 1e400 is valid JSON syntax but no Double: refused (RFC 8259 §6 lets a parser limit the range)
+            // rather than kept as infinity, which has no JSON form to give back (found by FuzzHTTPInjection).
+            guard d.isFinite else { throw JSONParseError(offset: start, reason: "number out of range") }
             return .number(d, integer: integral ? Int64(text) : nil)
         }
     }

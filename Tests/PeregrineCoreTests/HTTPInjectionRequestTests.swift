@@ -21,7 +21,7 @@ struct HTTPInjectionRequestTests {
     }
 
     @Test func jsonErrorsGiveTheByteOffset() {
-        let cases: [(String, Int)] = [("{\"a\":}", 5), ("{\"a\":1,}", 7), ("[1 2]", 3), ("{\"a\":\"x", 7), ("", 0),
+        let cases: [(String, Int)] = [("{\"a\":}", 5), ("{\"a\":1,}", 7), ("[1 2]", 3), ("{\"a\":1e400}", 5), ("[0,-5e999]", 3), ("{\"a\":\"x", 7), ("", 0),
                                       ("{\"a\":1}x", 7), ("{\"a\":tru}", 5), ("{\"a\":\"\\q\"}", 6), ("{\"a\":1,\"a\":2}", 7)]
         for (text, offset) in cases {
             do {
