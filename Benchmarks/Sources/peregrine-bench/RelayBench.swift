@@ -54,15 +54,10 @@ struct RelayBenchOptions: RelayScenarioOptions {
             case "--peer":
                 guard let v = value, v == "postfix" else { return .failure(BenchUsageError("--peer takes postfix")) }
                 o.peers = ["postfix"]
-            case "--threads":
-                guard let v = value, let n = Int(v), n > 0 else { return .failure(BenchUsageError("--threads needs a number")) }
-                o.threads = n
-            case "--size":
-                guard let v = value, let n = Int(v), n > 0 else { return .failure(BenchUsageError("--size needs bytes")) }
-                o.messageSize = n
+            case "--threads": return RelayOptionParser.positive(&o, \.threads, value, { Int($0) }, "--threads needs a number")
+            case "--size": return RelayOptionParser.positive(&o, \.messageSize, value, { Int($0) }, "--size needs bytes")
             case "--drain-timeout":
-                guard let v = value, let d = Double(v), d > 0 else { return .failure(BenchUsageError("--drain-timeout needs seconds")) }
-                o.drainTimeout = d
+                return RelayOptionParser.positive(&o, \.drainTimeout, value, { Double($0) }, "--drain-timeout needs seconds")
             case "--dkim":
                 switch RelayOptionParser.dkim(value) {
                 case .success(let v): o.dkim = v

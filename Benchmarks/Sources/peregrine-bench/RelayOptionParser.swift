@@ -56,12 +56,8 @@ enum RelayOptionParser {
             case .success(let k): o.backends = [k]; return .used(2)
             case .failure(let e): return .failure(BenchUsageError("\(e)"))
             }
-        case "--duration":
-            guard let v = value, let d = Double(v), d > 0 else { return .failure(BenchUsageError("--duration needs seconds > 0")) }
-            o.duration = d
-        case "--connections":
-            guard let v = value, let n = Int(v), n > 0 else { return .failure(BenchUsageError("--connections needs a number")) }
-            o.connections = n
+        case "--duration": return positive(&o, \.duration, value, { Double($0) }, "--duration needs seconds > 0")
+        case "--connections": return positive(&o, \.connections, value, { Int($0) }, "--connections needs a number")
         case "--ip":
             guard let v = value, v.hasPrefix("127."), v.split(separator: ".").count == 4,
                   v.split(separator: ".").allSatisfy({ UInt8($0) != nil }) else {
@@ -80,6 +76,14 @@ enum RelayOptionParser {
         default:
             return .unknown
         }
+        return .used(2)
+    }
+
+    /// An option whose value must be a number above 0, stored at `key`.
+    static func positive<O, T: Numeric & Comparable>(_ o: inout O, _ key: WritableKeyPath<O, T>, _ value: String?,
+                                                     _ parse: (String) -> T?, _ message: String) -> RelayOptionStep {
+        guard let v = value, let n = parse(v), n > 0 else { return .failure(BenchUsageError(message)) }
+        o[keyPath: key] = n
         return .used(2)
     }
 
