@@ -89,7 +89,7 @@ let package = Package(
 
         .target(name: "PeregrineSink",
                 dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS", "PeregrineDNS", "PeregrineConfig",
-                               "PeregrineTransport", "PeregrineDKIM"],
+                               "PeregrineHTTP", "PeregrineTransport", "PeregrineDKIM"],
                 path: "sink/Sources/PeregrineSink", swiftSettings: loopSettings),
         .executableTarget(name: "peregrine-sink", dependencies: ["PeregrineSink"],
                           path: "sink/Sources/peregrine-sink", swiftSettings: loopSettings),

@@ -7,6 +7,8 @@ import PeregrineDaemon
 /// `threads`), then to io_uring (falling back to epoll when io_uring cannot
 /// start) and one loop per core.
 func runDaemon(arguments: [String]) -> Int32 {
+    // First, before any thread exists: every thread inherits the mask, and the daemon's signal thread takes them.
+    ProcessSignals.block(DaemonSignals.handled)
     var configPath: String?
     var backendText: String?
     var threads: Int?

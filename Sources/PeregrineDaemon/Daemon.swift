@@ -65,9 +65,8 @@ public final class Daemon<Loop: EventLoop> {
     var cluster: RedisClusterCoordinator<Loop>?
     /// The suppression list (Daemon+Suppression.swift): set once in `run()` before any loop reads it.
     var suppression: SuppressionList?
-    private var threads: [Thread] = []
+    private var loopGroup: LoopGroup<Loop>?
     private var management: ManagementServer<Loop>?
-    private var signalSources: [DispatchSourceSignal] = []
     private let startedAt = monotonicNanoseconds()
     private var shuttingDown = false
     /// A loop stopped without a shutdown (see `loopReturned`): the exit status is 1.
@@ -199,40 +198,18 @@ public final class Daemon<Loop: EventLoop> {
         }
         guard startWebhooks() else { return 1 }
         let n = max(1, options.threads)
-        // Loops are created on their own threads (io_uring's single-issuer rings
-        // belong to the thread that runs them); each signals when it is ready.
-        let ready = DispatchSemaphore(value: 0)
-        let creationErrors = Locked<[String]>([])
-        let loops = Locked([Loop?](repeating: nil, count: n))
-        for i in 0..<n {
-            let t = Thread { [self] in
-                do {
-                    let loop = try Loop()
-                    loops.withLock { $0[i] = loop }
-                    ready.signal()
-                    loop.run()
-                } catch {
-                    creationErrors.withLock { $0.append("\(error)") }
-                    ready.signal()
-                    return
-                }
-                self.loopReturned(i)
-            }
-            t.name = "peregrine-loop-\(i)"
-            threads.append(t)
-            t.start()
-        }
-        for _ in 0..<n { ready.wait() }
-        let created = loops.withLock { $0 }
-        let failures = creationErrors.withLock { $0 }
-        guard failures.isEmpty else {
-            log("cannot start the \(Loop.kind) backend: \(failures.joined(separator: "; "))")
-            for l in created { l?.stop() }
+        let group: LoopGroup<Loop>
+        do {
+            group = try LoopGroup(count: n, name: "loop") { [self] i in self.loopReturned(i) }
+        } catch {
+            log("\(error)")
             return 1
         }
+        loopGroup = group
+        let created = group.loops
         connectionBudgets.configure(config)
-        workers = created.enumerated().compactMap { i, l in l.map { LoopWorker(index: i, loop: $0, daemon: self, config: config,
-                                                                      serverTLSContext: currentServerTLSContext) } }
+        workers = created.enumerated().map { i, l in LoopWorker(index: i, loop: l, daemon: self, config: config,
+                                                                serverTLSContext: currentServerTLSContext) }
         pendingStops = workers.count
 
         // Set up each worker on its own loop, then wait for all of them.
@@ -267,7 +244,10 @@ public final class Daemon<Loop: EventLoop> {
             w.loop.execute { [self] in self.requeueRecovered(on: w, recovered: recovered) }
         }
         startCluster()
-        installSignalHandlers()
+        guard installSignalHandlers() else {
+            for w in workers { w.loop.stop() }
+            return 1
+        }
         let addresses = workers.first?.listenerAddresses.map(\.description).joined(separator: ", ") ?? ""
         var line = "running: backend \(Loop.kind), \(workers.count) loop(s), listening on \(addresses)"
         if let m = management?.boundAddress { line += ", management on \(m)" }
@@ -354,15 +334,22 @@ public final class Daemon<Loop: EventLoop> {
 
     // MARK: Shutdown and reload
 
-    private func installSignalHandlers() {
-        for sig in [SIGTERM, SIGINT, SIGHUP] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [unowned self] in
-                if sig == SIGHUP { self.reload() } else { self.shutdown(reason: sig == SIGTERM ? "SIGTERM" : "SIGINT") }
+    /// SIGTERM/SIGINT shut down, SIGHUP reloads; `DaemonSignals.handled` are
+    /// blocked since the process's first line (`runDaemon`), so one that came
+    /// during start-up is acted on now (ProcessSignals says why this model).
+    private func installSignalHandlers() -> Bool {
+        do {
+            try ProcessSignals.handle(DaemonSignals.handled, name: "signals") { [weak self] sig in
+                // Off the signal thread: a reload waits for every loop, and a second TERM must not wait for it.
+                DispatchQueue.global().async { [weak self] in
+                    guard let self else { return }
+                    if sig == SIGHUP { self.reload() } else { self.shutdown(reason: sig == SIGTERM ? "SIGTERM" : "SIGINT") }
+                }
             }
-            source.resume()
-            signalSources.append(source)
+            return true
+        } catch {
+            log("cannot start the signal thread: \(error)")
+            return false
         }
     }
 
@@ -560,4 +547,10 @@ public final class Daemon<Loop: EventLoop> {
     }
 
     var uptimeSeconds: Double { Double(monotonicNanoseconds() - startedAt) / 1e9 }
+}
+
+/// The signals the daemon acts on (SIGTERM/SIGINT: shut down; SIGHUP: reload).
+/// `peregrine run` blocks them before any thread exists (ProcessSignals).
+public enum DaemonSignals {
+    public static let handled: [Int32] = [SIGTERM, SIGINT, SIGHUP]
 }

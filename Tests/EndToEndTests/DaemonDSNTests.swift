@@ -270,16 +270,7 @@ struct DaemonInboundReportTests {
     func reportsBecomeRbAndFRecords(_ kind: BackendKind) throws {
         let s = try DaemonDSNTests.Scenario("inbound", 193, kind)
         let d = try s.start("""
-            <bounce-processor>
-                <address-list>
-                    address /^bounces[+-].*@bounce\\.peregrine\\.test$/
-                </address-list>
-            </bounce-processor>
-            <feedback-loop-processor>
-                <address-list>
-                    address /^fbl@fbl\\.peregrine\\.test$/
-                </address-list>
-            </feedback-loop-processor>
+            \(ReportProcessors.config)
             <domain dest.test>
                 ROUTE
             </domain>
@@ -353,16 +344,7 @@ struct DaemonInboundReportTests {
                                     "--complaint-to", "fbl@fbl.peregrine.test"])
         let (sinkHost, sinkPort) = try sink.address("isp")
         _ = try s.start("""
-            <bounce-processor>
-                <address-list>
-                    address /^bounces[+-].*@bounce\\.peregrine\\.test$/
-                </address-list>
-            </bounce-processor>
-            <feedback-loop-processor>
-                <address-list>
-                    address /^fbl@fbl\\.peregrine\\.test$/
-                </address-list>
-            </feedback-loop-processor>
+            \(ReportProcessors.config)
             <domain isp.test>
                 route [\(sinkHost)]:\(sinkPort)
             </domain>

@@ -305,16 +305,7 @@ struct DaemonSuppressionReportTests {
         try kind.requireAvailable()
         let s = try DaemonDSNTests.Scenario("supp-reports", 47, kind)
         let d = try s.start("""
-            <bounce-processor>
-                <address-list>
-                    address /^bounces[+-].*@bounce\\.peregrine\\.test$/
-                </address-list>
-            </bounce-processor>
-            <feedback-loop-processor>
-                <address-list>
-                    address /^fbl@fbl\\.peregrine\\.test$/
-                </address-list>
-            </feedback-loop-processor>
+            \(ReportProcessors.config)
             <domain dest.test>
                 ROUTE
             </domain>

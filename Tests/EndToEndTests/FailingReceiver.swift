@@ -38,12 +38,10 @@ final class FailingReceiver {
         var description: String { rawValue }
     }
 
-    let process = Process()
     let ip: String
-    private(set) var port: UInt16 = 0
+    var port: UInt16 { server.port }
     let countPath: String
-    private let stdoutPipe = Pipe()
-    private var finished = false
+    private let server: PythonServerProcess
 
     static let script = #"""
     import socketserver, sys, threading
@@ -153,33 +151,11 @@ final class FailingReceiver {
 
     /// Starts on `ip` (port 0: the kernel picks, and the receiver reports it).
     init(_ dir: TestDirectory, ip: String, port: UInt16 = 0, mode: Mode, tag: String = "receiver") throws {
-        let python = try #require(findTool("python3"), "python3 not installed")
         self.ip = ip
-        let scriptPath = try dir.write("\(tag).py", Self.script)
         countPath = dir.file("\(tag)-connections.txt")
         FileManager.default.createFile(atPath: countPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [scriptPath, ip, "\(port)", mode.rawValue, countPath]
-        process.standardOutput = stdoutPipe
-        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
-        try process.run()
-        // The first line is the bound port (bounded wait).
-        let fd = stdoutPipe.fileHandleForReading.fileDescriptor
-        var text = ""
-        var buffer = [UInt8](repeating: 0, count: 64)
-        let deadline = Date().addingTimeInterval(20)
-        while !text.contains("\n") && Date() < deadline && process.isRunning {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard Glibc.poll(&p, 1, 100) > 0 else { continue }
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            text += String(decoding: buffer[0..<n], as: UTF8.self)
-        }
-        guard let p = UInt16(text.trimmingCharacters(in: .whitespacesAndNewlines)), p != 0 else {
-            terminate()
-            throw SinkTestError("failing receiver did not start on \(ip):\(port): '\(text)'")
-        }
-        self.port = p
+        server = try PythonServerProcess(dir, tag: tag, script: Self.script, arguments: [ip, "\(port)", mode.rawValue, countPath],
+                                         what: "failing receiver on \(ip):\(port)")
     }
 
     /// Connections accepted so far.
@@ -188,11 +164,5 @@ final class FailingReceiver {
         return text.split(separator: "\n").count
     }
 
-    func terminate() {
-        guard !finished else { return }
-        finished = true
-        stopProcess(process, grace: 5)
-    }
-
-    deinit { terminate() }
+    func terminate() { server.terminate() }
 }

@@ -12,12 +12,10 @@ import Testing
 /// everything else 250. The DSN tests use it as both the recipients' MX and
 /// the sender's (where the bounce report arrives).
 final class RecordingReceiver {
-    let process = Process()
     let ip: String
-    private(set) var port: UInt16 = 0
+    var port: UInt16 { server.port }
     let messagesPath: String
-    private let stdoutPipe = Pipe()
-    private var finished = false
+    private let server: PythonServerProcess
 
     static let script = #"""
     import socketserver, sys, threading, json
@@ -106,32 +104,11 @@ final class RecordingReceiver {
     }
 
     init(_ dir: TestDirectory, ip: String, tag: String = "recording") throws {
-        let python = try #require(findTool("python3"), "python3 not installed")
         self.ip = ip
-        let scriptPath = try dir.write("\(tag).py", Self.script)
         messagesPath = dir.file("\(tag)-messages.jsonl")
         FileManager.default.createFile(atPath: messagesPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [scriptPath, ip, "0", messagesPath]
-        process.standardOutput = stdoutPipe
-        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
-        try process.run()
-        let fd = stdoutPipe.fileHandleForReading.fileDescriptor
-        var text = ""
-        var buffer = [UInt8](repeating: 0, count: 64)
-        let deadline = Date().addingTimeInterval(20)
-        while !text.contains("\n") && Date() < deadline && process.isRunning {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard Glibc.poll(&p, 1, 100) > 0 else { continue }
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            text += String(decoding: buffer[0..<n], as: UTF8.self)
-        }
-        guard let p = UInt16(text.trimmingCharacters(in: .whitespacesAndNewlines)), p != 0 else {
-            terminate()
-            throw SinkTestError("recording receiver did not start on \(ip): '\(text)'")
-        }
-        port = p
+        server = try PythonServerProcess(dir, tag: tag, script: Self.script, arguments: [ip, "0", messagesPath],
+                                         what: "recording receiver on \(ip)")
     }
 
     /// Every message kept so far.
@@ -145,13 +122,7 @@ final class RecordingReceiver {
         }
     }
 
-    func terminate() {
-        guard !finished else { return }
-        finished = true
-        stopProcess(process, grace: 5)
-    }
-
-    deinit { terminate() }
+    func terminate() { server.terminate() }
 }
 
 /// Parses a delivery status notification with Python's `email` package (an

@@ -470,6 +470,14 @@ import PeregrineIO
         let totals = try #require(json["totals"] as? [String: Any])
         #expect(totals["messages_accepted"] as? Int == 15)
         #expect(totals["sessions"] as? Int == 3)
+        // Anything else gets its HTTP error (PeregrineHTTP's server answers for the sink).
+        for (request, status) in [("POST /stats HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "405"),
+                                  ("GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n", "404")] {
+            let other = try SinkTestClient(String(statsAddr[..<colon]), UInt16(statsAddr[statsAddr.index(after: colon)...]) ?? 0)
+            try other.send(request)
+            let statusLine = try #require(try other.reply()?.lines.first)
+            #expect(statusLine.hasPrefix("HTTP/1.1 \(status) "), "\(request): \(statusLine)")
+        }
 
         // SIGTERM: the counters are printed and the ids flushed.
         let out = sink.terminate()

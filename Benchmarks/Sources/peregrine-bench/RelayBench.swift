@@ -11,7 +11,7 @@ import PeregrineIO
 /// Reconciliation: every id the MTA accepted (loadgen's list) must show up at
 /// the sink (the sink's list); lost = accepted but never delivered,
 /// duplicates = delivered more than once.
-struct RelayBenchOptions {
+struct RelayBenchOptions: RelayScenarioOptions {
     var scenario = "relay"
     var backends: [BackendKind] = BackendKind.allCases
     var peers: [String] = []
@@ -49,70 +49,35 @@ struct RelayBenchOptions {
         var o = RelayBenchOptions()
         o.scenario = scenario
         if scenario == "relay-100k" { o.messageSize = 100 * 1024 }
-        var i = 0
-        func value() -> String? { i + 1 < args.count ? args[i + 1] : nil }
-        while i < args.count {
-            let a = args[i]
-            switch a {
-            case "--backend":
-                guard let v = value() else { return .failure(BenchUsageError("--backend needs a value")) }
-                if v == "all" { o.backends = BackendKind.allCases }
-                else if v == "none" { o.backends = [] }
-                else {
-                    switch BackendKind.parse(v) {
-                    case .success(let k): o.backends = [k]
-                    case .failure(let e): return .failure(BenchUsageError("\(e)"))
-                    }
-                }
+        let error = RelayOptionParser.parse(args, into: &o) { o, option, value in
+            switch option {
             case "--peer":
-                guard let v = value(), v == "postfix" else { return .failure(BenchUsageError("--peer takes postfix")) }
+                guard let v = value, v == "postfix" else { return .failure(BenchUsageError("--peer takes postfix")) }
                 o.peers = ["postfix"]
-            case "--duration":
-                guard let v = value(), let d = Double(v), d > 0 else { return .failure(BenchUsageError("--duration needs seconds > 0")) }
-                o.duration = d
-            case "--connections":
-                guard let v = value(), let n = Int(v), n > 0 else { return .failure(BenchUsageError("--connections needs a number")) }
-                o.connections = n
-            case "--threads":
-                guard let v = value(), let n = Int(v), n > 0 else { return .failure(BenchUsageError("--threads needs a number")) }
-                o.threads = n
-            case "--size":
-                guard let v = value(), let n = Int(v), n > 0 else { return .failure(BenchUsageError("--size needs bytes")) }
-                o.messageSize = n
+            case "--threads": return RelayOptionParser.positive(&o, \.threads, value, { Int($0) }, "--threads needs a number")
+            case "--size": return RelayOptionParser.positive(&o, \.messageSize, value, { Int($0) }, "--size needs bytes")
             case "--drain-timeout":
-                guard let v = value(), let d = Double(v), d > 0 else { return .failure(BenchUsageError("--drain-timeout needs seconds")) }
-                o.drainTimeout = d
-            case "--ip":
-                guard let v = value(), v.hasPrefix("127."), v.split(separator: ".").count == 4,
-                      v.split(separator: ".").allSatisfy({ UInt8($0) != nil }) else {
-                    return .failure(BenchUsageError("--ip needs a loopback address 127.X.Y.Z"))
-                }
-                o.ip = v
+                return RelayOptionParser.positive(&o, \.drainTimeout, value, { Double($0) }, "--drain-timeout needs seconds")
             case "--dkim":
-                guard let v = value(), ["rsa2048", "ed25519", "dual"].contains(v) else {
-                    return .failure(BenchUsageError("--dkim takes rsa2048, ed25519 or dual"))
+                switch RelayOptionParser.dkim(value) {
+                case .success(let v): o.dkim = v
+                case .failure(let e): return .failure(e)
                 }
-                o.dkim = v
-            case "--output-dir":
-                guard let v = value() else { return .failure(BenchUsageError("--output-dir needs a directory")) }
-                o.outputDir = v
-            case "--no-results":
-                o.writeResults = false; i += 1; continue
             case "--no-ceiling":
-                o.ceiling = false; i += 1; continue
-            case "-h", "--help":
-                print(usage)
-                exit(0)
+                o.ceiling = false
+                return .used(1)
             case "--starttls":
-                o.tlsModes = [true]; i += 1; continue
+                o.tlsModes = [true]
+                return .used(1)
             case "--starttls-and-plain":
-                o.tlsModes = [false, true]; i += 1; continue
+                o.tlsModes = [false, true]
+                return .used(1)
             default:
-                return .failure(BenchUsageError("unknown option '\(a)'\n\(usage)"))
+                return .unknown
             }
-            i += 2
+            return .used(2)
         }
-        return .success(o)
+        return error.map { .failure($0) } ?? .success(o)
     }
 }
 

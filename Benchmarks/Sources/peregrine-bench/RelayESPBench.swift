@@ -19,7 +19,7 @@ import Glibc
 /// costs exactly OpenSSL's raw signature. The literal form, minus the
 /// plain relay's CPU, is recorded too (`dkimOverheadRatioOverPlain`): it also
 /// counts TLS.
-struct RelayESPOptions {
+struct RelayESPOptions: RelayScenarioOptions {
     var backends: [BackendKind] = [.epoll]
     var duration = 20.0
     var connections = 32
@@ -40,53 +40,29 @@ struct RelayESPOptions {
 
     static func parse(_ args: [String]) -> Result<RelayESPOptions, BenchUsageError> {
         var o = RelayESPOptions()
-        var i = 0
-        func value() -> String? { i + 1 < args.count ? args[i + 1] : nil }
-        while i < args.count {
-            switch args[i] {
-            case "--backend":
-                guard let v = value() else { return .failure(BenchUsageError("--backend needs a value")) }
-                if v == "all" { o.backends = BackendKind.allCases } else {
-                    switch BackendKind.parse(v) {
-                    case .success(let k): o.backends = [k]
-                    case .failure(let e): return .failure(BenchUsageError("\(e)"))
-                    }
-                }
-            case "--duration":
-                guard let v = value(), let d = Double(v), d > 0 else { return .failure(BenchUsageError("--duration needs seconds > 0")) }
-                o.duration = d
-            case "--connections":
-                guard let v = value(), let n = Int(v), n > 0 else { return .failure(BenchUsageError("--connections needs a number")) }
-                o.connections = n
+        let error = RelayOptionParser.parse(args, into: &o) { o, option, value in
+            switch option {
             case "--dkim":
-                guard let v = value(), ["rsa2048", "ed25519", "dual"].contains(v) else {
-                    return .failure(BenchUsageError("--dkim takes rsa2048, ed25519 or dual"))
+                switch RelayOptionParser.dkim(value) {
+                case .success(let v): o.dkim = v
+                case .failure(let e): return .failure(e)
                 }
-                o.dkim = v
             case "--threads":
-                guard let v = value() else { return .failure(BenchUsageError("--threads needs a list like 1,2")) }
+                guard let v = value else { return .failure(BenchUsageError("--threads needs a list like 1,2")) }
                 let list = v.split(separator: ",").compactMap { Int($0) }
                 guard !list.isEmpty, list.count == v.split(separator: ",").count, list.allSatisfy({ $0 > 0 }) else {
                     return .failure(BenchUsageError("--threads needs a list of counts like 1,2"))
                 }
                 o.threads = list
-            case "--ip":
-                guard let v = value(), v.hasPrefix("127."), v.split(separator: ".").count == 4,
-                      v.split(separator: ".").allSatisfy({ UInt8($0) != nil }) else {
-                    return .failure(BenchUsageError("--ip needs a loopback address 127.X.Y.Z"))
-                }
-                o.ip = v
-            case "--output-dir":
-                guard let v = value() else { return .failure(BenchUsageError("--output-dir needs a directory")) }
-                o.outputDir = v
-            case "--injection-tls": o.injectionTLS = true; i += 1; continue
-            case "--no-results": o.writeResults = false; i += 1; continue
-            case "-h", "--help": print(usage); exit(0)
-            default: return .failure(BenchUsageError("unknown option '\(args[i])'\n\(usage)"))
+            case "--injection-tls":
+                o.injectionTLS = true
+                return .used(1)
+            default:
+                return .unknown
             }
-            i += 2
+            return .used(2)
         }
-        return .success(o)
+        return error.map { .failure($0) } ?? .success(o)
     }
 
     /// The relay options of one of the runs.

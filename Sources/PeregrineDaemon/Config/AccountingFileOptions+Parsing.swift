@@ -14,13 +14,9 @@ extension AccountingFileOptions {
     public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) throws(ConfigError) {
         let path = try block.arguments(count: 1...1, usage: "one file path, as in <acct-file /var/log/peregrine/acct.csv>")[0]
         self.init(path: path)
-        var seen: [String: Int] = [:]
+        var seen = ConfigDirectiveLines(repeatable: ["record-fields"])
         for node in block.directivesOnly(diagnostics: &diagnostics) {
-            if let line = seen[node.name] {
-                diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
-                continue
-            }
-            if node.name != "record-fields" { seen[node.name] = node.location.line }
+            guard seen.firstOccurrence(node, diagnostics: &diagnostics) else { continue }
             do { try apply(node, in: block, diagnostics: &diagnostics) } catch { diagnostics.record(error) }
         }
         if pipeProgram != nil {

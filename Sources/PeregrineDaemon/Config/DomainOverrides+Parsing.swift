@@ -33,14 +33,10 @@ extension DomainOverrides {
     /// As `init(block:)`, recording each directive's error and going on.
     public init(block: ConfigNode, diagnostics: inout ConfigDiagnostics) {
         self.init()
-        var seen: [String: Int] = [:]
+        var seen = ConfigDirectiveLines(repeatable: DKIMSettings.repeatableDirectives)
         for node in block.directivesOnly(diagnostics: &diagnostics) {
             if NotApplicableDirectives.handled(node, in: .domain, diagnostics: &diagnostics) { continue }
-            if !DKIMSettings.repeatableDirectives.contains(node.name), let line = seen[node.name] {
-                diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
-                continue
-            }
-            seen[node.name] = node.location.line
+            guard seen.firstOccurrence(node, diagnostics: &diagnostics) else { continue }
             do { try apply(node, in: block) } catch { diagnostics.record(error) }
         }
     }

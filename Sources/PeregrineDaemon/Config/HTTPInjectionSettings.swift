@@ -48,14 +48,9 @@ public struct APIKeySettings: Hashable, Sendable {
         }
         var key = APIKeySettings(name: name, secret: PasswordHash(iterations: 0, salt: [], hash: []))
         var hasSecret = false
-        var seen: [String: Int] = [:]
+        var seen = ConfigDirectiveLines(repeatable: DKIMSettings.repeatableDirectives.union(["allowed-sender-domain"]))
         for node in block.directivesOnly(diagnostics: &diagnostics) {
-            if let line = seen[node.name], !DKIMSettings.repeatableDirectives.contains(node.name),
-               node.name != "allowed-sender-domain" {
-                diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
-                continue
-            }
-            seen[node.name] = node.location.line
+            guard seen.firstOccurrence(node, diagnostics: &diagnostics) else { continue }
             do throws(ConfigError) {
                 if try key.dkim.apply(node) { continue }
                 switch node.name {
@@ -89,7 +84,7 @@ public struct APIKeySettings: Hashable, Sendable {
             }
         }
         guard hasSecret else {
-            if seen["key-hash"] == nil {
+            if !seen.contains("key-hash") {
                 throw block.error("\(block.displayName) needs key-hash (the output of 'peregrine passwd' for the key's secret)")
             }
             return nil

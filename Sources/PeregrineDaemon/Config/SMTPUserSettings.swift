@@ -50,13 +50,9 @@ public struct SMTPUserSettings: Hashable, Sendable {
         let name = try block.arguments(count: 1...1, usage: "one user name, as in <smtp-user alice>")[0]
         var secret: Secret?
         var source: String?
-        var seen: [String: Int] = [:]
+        var seen = ConfigDirectiveLines()
         for node in block.directivesOnly(diagnostics: &diagnostics) {
-            if let line = seen[node.name] {
-                diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
-                continue
-            }
-            seen[node.name] = node.location.line
+            guard seen.firstOccurrence(node, diagnostics: &diagnostics) else { continue }
             do throws(ConfigError) {
                 switch node.name {
                 case "password", "password-hash":
@@ -79,7 +75,7 @@ public struct SMTPUserSettings: Hashable, Sendable {
         }
         guard let secret else {
             // A password line that was wrong has its own error already.
-            if seen["password"] == nil && seen["password-hash"] == nil {
+            if !seen.contains("password") && !seen.contains("password-hash") {
                 throw block.error("\(block.displayName) needs password-hash (see 'peregrine passwd') or password")
             }
             return nil

@@ -104,14 +104,10 @@ extension SourceSettings {
             self.init(network: try block.parse(cidr, ConfigValue.network))
         }
         location = block.location
-        var seen: [String: Int] = [:]
+        var seen = ConfigDirectiveLines(repeatable: DKIMSettings.repeatableDirectives)
         for node in block.directivesOnly(diagnostics: &diagnostics) {
             if NotApplicableDirectives.handled(node, in: .source, diagnostics: &diagnostics) { continue }
-            if !DKIMSettings.repeatableDirectives.contains(node.name), let line = seen[node.name] {
-                diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
-                continue
-            }
-            seen[node.name] = node.location.line
+            guard seen.firstOccurrence(node, diagnostics: &diagnostics) else { continue }
             do { try apply(node, in: block) } catch { diagnostics.record(error) }
         }
     }

@@ -61,14 +61,10 @@ public struct WebhookSettings: Hashable, Sendable {
             throw block.error("<webhook \(name)>: the name may hold letters, digits, '-', '_' and '.' (at most 64)")
         }
         var url: WebhookURL?
-        var seen: [String: Int] = [:]
+        var seen = ConfigDirectiveLines()
         var parsed = WebhookSettings(name: name, url: WebhookURL(scheme: .http, host: "", port: 80, path: "/"))
         for node in try block.directivesOnly() {
-            if let line = seen[node.name] {
-                diagnostics.record(node.error("\(node.name) is already set in this block at line \(line)"))
-                continue
-            }
-            seen[node.name] = node.location.line
+            guard seen.firstOccurrence(node, diagnostics: &diagnostics) else { continue }
             do throws(ConfigError) {
                 switch node.name {
                 case "url": url = try node.value(WebhookURL.parse)
@@ -107,7 +103,7 @@ public struct WebhookSettings: Hashable, Sendable {
         }
         guard let url else {
             // A url line that did not parse is already reported at its own line.
-            if seen["url"] != nil { self = parsed; return }
+            if seen.contains("url") { self = parsed; return }
             throw block.error("<webhook \(name)> needs a url (http://… or https://…)")
         }
         if parsed.retryMaxDelay < parsed.retryInitialDelay { parsed.retryMaxDelay = parsed.retryInitialDelay }

@@ -21,14 +21,9 @@ public enum SinkMain {
 
     /// Runs until SIGTERM/SIGINT; returns the exit status.
     public static func run(arguments: [String]) -> Int32 {
-        // Block SIGTERM/SIGINT before any thread exists, so that every thread
-        // inherits the mask and the runner's sigwait is the only receiver.
-        // (An ignored signal never reaches a Dispatch signal source on Linux.)
-        var stopSignals = sigset_t()
-        sigemptyset(&stopSignals)
-        sigaddset(&stopSignals, SIGTERM)
-        sigaddset(&stopSignals, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+        // Before any thread exists, so that every thread inherits the mask and
+        // the runner's wait is the only receiver (ProcessSignals).
+        ProcessSignals.block(stopSignals)
         let options: SinkOptions
         switch SinkOptions.parse(arguments) {
         case .failure(let e): complain(e.message); return 2
@@ -119,23 +114,20 @@ public enum SinkMain {
         return open(options.backend.loopType, options: options, shared: shared, bindings: bindings)
     }
 
+    /// SIGTERM/SIGINT stop the sink (it prints its counters first).
+    static let stopSignals: [Int32] = [SIGTERM, SIGINT]
+
     static func open<L: EventLoop>(_ type: L.Type, options: SinkOptions, shared: SinkShared, bindings: [SinkBinding]) -> Int32 {
         SinkRunner<L>(options: options, shared: shared, bindings: bindings).run()
     }
 }
 
-/// Starts the loops on their threads, waits for a signal, stops, reports.
+/// Starts the loops (a LoopGroup), sets each up in turn, waits for a signal, stops, reports.
 final class SinkRunner<L: EventLoop>: @unchecked Sendable {
     let options: SinkOptions
     let shared: SinkShared
     var bindings: [SinkBinding]
-    private let lock = Locked<Void>()
-    private var loops: [L] = []
     private var servers: [SinkServer<L>] = []
-    private var startupError: String?
-    private var startupNotes: [String] = []
-    private let started = DispatchSemaphore(value: 0)
-    private let finished = DispatchSemaphore(value: 0)
 
     init(options: SinkOptions, shared: SinkShared, bindings: [SinkBinding]) {
         self.options = options
@@ -145,35 +137,39 @@ final class SinkRunner<L: EventLoop>: @unchecked Sendable {
 
     func run() -> Int32 {
         // SIGTERM/SIGINT are blocked in every thread (see SinkMain.run): a
-        // TERM during start-up stays pending and is taken by sigwait below.
-        // Loop 0 binds first: with --port 0 its ports are what the others reuse.
-        var threadsStarted = 0
-        for i in 0..<options.threads {
-            startThread(index: i)
-            threadsStarted += 1
-            started.wait()
-            if lock.withLock({ startupError }) != nil { break }
-        }
-        if let e = lock.withLock({ startupError }) {
-            SinkMain.complain(e)
-            stopAll()
-            for _ in 0..<threadsStarted { finished.wait() }
+        // TERM during start-up stays pending and is taken by the wait below.
+        let group: LoopGroup<L>
+        do { group = try LoopGroup(count: options.threads, name: "sink-loop") } catch {
+            SinkMain.complain("\(error)")
             return 1
         }
+        // Loop 0 binds first: with --port 0 its ports are what the others reuse.
+        var notes: [String] = []
+        for (index, loop) in group.loops.enumerated() {
+            let setUp = DispatchSemaphore(value: 0)
+            let outcome = Locked<(notes: [String], error: String?)>(([], nil))
+            loop.execute { [self] in
+                let r = listen(on: loop, index: index)
+                outcome.withLock { $0 = r }
+                setUp.signal()
+            }
+            setUp.wait()
+            let result = outcome.withLock { $0 }
+            notes += result.notes
+            if let e = result.error {
+                SinkMain.complain(e)
+                stopAll(group)
+                return 1
+            }
+        }
         if !options.quiet {
-            for note in lock.withLock({ startupNotes }) { SinkMain.say(note) }
+            for note in notes { SinkMain.say(note) }
         }
         SinkMain.say("peregrine-sink: ready (backend \(L.kind), \(options.threads) thread\(options.threads == 1 ? "" : "s"), time-scale \(shared.policy.timeScale))")
         fflush(stdout)
 
-        var stopSignals = sigset_t()
-        sigemptyset(&stopSignals)
-        sigaddset(&stopSignals, SIGTERM)
-        sigaddset(&stopSignals, SIGINT)
-        var received: Int32 = 0
-        while sigwait(&stopSignals, &received) != 0 {}
-        stopAll()
-        for _ in 0..<threadsStarted { finished.wait() }
+        _ = ProcessSignals.wait(SinkMain.stopSignals)
+        stopAll(group)
         shared.finishIds()
         shared.asyncReports?.finish()
         SinkMain.say(String(decoding: shared.statsJSON(pretty: true), as: UTF8.self))
@@ -181,59 +177,45 @@ final class SinkRunner<L: EventLoop>: @unchecked Sendable {
         return 0
     }
 
-    private func startThread(index: Int) {
-        let t = Thread { [self] in
-            let loop: L
-            do { loop = try L() } catch {
-                lock.withLock { startupError = "backend \(L.kind): \(error)" }
-                started.signal(); finished.signal()
-                return
-            }
-            let server = SinkServer(loop: loop, shared: shared)
-            do {
-                let bound = try server.listen(bindings, reusePort: options.threads > 1)
-                var notes: [String] = []
-                if index == 0 {
-                    bindings = bound   // concrete ports for the other loops
-                    for b in bound {
-                        notes.append("peregrine-sink: listening \(shared.policy.providers[b.providerIndex].profile.name) \(b.address)")
-                    }
-                    if let s = options.stats {
-                        let a = try server.serveStats(on: try SocketAddress(parsing: s))
-                        notes.append("peregrine-sink: stats http://\(a)/stats")
-                    }
-                    if let d = options.dns {
-                        let a = try server.serveDNS(on: try SocketAddress(parsing: d))
-                        notes.append("peregrine-sink: dns \(a)")
-                    }
+    /// On `loop`'s thread: its listeners (and on loop 0 the stats and DNS
+    /// ports); the start-up lines to print, or why it could not.
+    private func listen(on loop: L, index: Int) -> (notes: [String], error: String?) {
+        let server = SinkServer(loop: loop, shared: shared)
+        var notes: [String] = []
+        do {
+            let bound = try server.listen(bindings, reusePort: options.threads > 1)
+            if index == 0 {
+                bindings = bound   // concrete ports for the other loops
+                for b in bound {
+                    notes.append("peregrine-sink: listening \(shared.policy.providers[b.providerIndex].profile.name) \(b.address)")
                 }
-                lock.withLock {
-                    loops.append(loop)
-                    servers.append(server)
-                    startupNotes += notes
+                if let s = options.stats {
+                    let a = try server.serveStats(on: try SocketAddress(parsing: s))
+                    notes.append("peregrine-sink: stats http://\(a)/stats")
                 }
-            } catch {
-                lock.withLock { startupError = "listen: \(error)" }
-                server.shutdown()
-                started.signal(); finished.signal()
-                return
+                if let d = options.dns {
+                    let a = try server.serveDNS(on: try SocketAddress(parsing: d))
+                    notes.append("peregrine-sink: dns \(a)")
+                }
             }
-            started.signal()
-            loop.run()
-            finished.signal()
+        } catch {
+            server.shutdown()
+            return ([], "listen: \(error)")
         }
-        t.stackSize = 8 << 20
-        t.name = "sink-loop-\(index)"
-        t.start()
+        servers.append(server)
+        return (notes, nil)
     }
 
-    private func stopAll() {
-        let pairs = lock.withLock { Array(zip(loops, servers)) }
-        for (loop, server) in pairs {
+    /// Closes every server on its loop, stops the loops and waits for their threads.
+    private func stopAll(_ group: LoopGroup<L>) {
+        for (loop, server) in zip(group.loops, servers) {
             loop.execute {
                 server.shutdown()
                 loop.stop()
             }
         }
+        // Loops set up no server (a failed start-up): nothing to close there.
+        for loop in group.loops.dropFirst(servers.count) { loop.stop() }
+        group.join()
     }
 }

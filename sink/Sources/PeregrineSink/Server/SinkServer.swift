@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import PeregrineIO
+import PeregrineHTTP
 import PeregrineSMTP
 import PeregrineTransport
 
@@ -29,7 +30,7 @@ public final class SinkServer<Loop: EventLoop> {
     private var held: Set<Socket> = []
     /// One discard buffer for every held socket (its contents are never looked at).
     private let discard = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 16)
-    private var stats: SinkStatsHTTP<Loop>?
+    private var stats: ManagementServer<Loop>?
     private var dns: SinkDNSResponder<Loop>?
 
     deinit { discard.deallocate() }
@@ -70,10 +71,12 @@ public final class SinkServer<Loop: EventLoop> {
     }
 
     public func serveStats(on address: SocketAddress) throws(IOError) -> SocketAddress {
-        let s = SinkStatsHTTP(loop: loop, shared: shared)
-        let a = try s.listen(on: address)
-        stats = s
-        return a
+        let server = ManagementServer(loop: loop, options: .init(address: address, keepAlive: false)) { [shared] request in
+            SinkStatsHTTP.respond(to: request, shared: shared)
+        }
+        try server.start()
+        stats = server
+        return server.boundAddress ?? address
     }
 
     public func serveDNS(on address: SocketAddress) throws(IOError) -> SocketAddress {
@@ -175,7 +178,7 @@ public final class SinkServer<Loop: EventLoop> {
         for c in Array(connections.values) { c.close() }
         for s in held { loop.close(s) }
         held.removeAll()
-        stats?.shutdown()
+        stats?.stop()
         dns?.shutdown()
     }
 
