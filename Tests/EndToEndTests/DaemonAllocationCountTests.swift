@@ -31,19 +31,21 @@ import PeregrineTestSupport
     /// `lastIndex(of:)` allocated per byte in debug), the sender, address, job
     /// and envelope ids made into Strings for the `r` and `d` lines (16) and
     /// for the DSN check of every delivery (4), and the segment path built per
-    /// body read (4). With those gone the same run measures io_uring 468.8,
-    /// epoll 507.2, dispatch 545.3 (2026-12-05, branch perf): the bounds are
-    /// those + 5 %. Of the rest, 309 per message on epoll are three generic
-    /// byte scans unspecialised in debug (HeaderSection.init 180,
-    /// SMTPReplyParser's line search 87, SMTPCommandParser.parsePath 42);
-    /// release allocates 78 per message in all (results/esp-2026-12-05/README.md).
-    static let bound: [BackendKind: Double] = [.ioUring: 493, .epoll: 533, .dispatch: 573]
+    /// body read (4): without them io_uring 468.8, epoll 507.2, dispatch 545.3.
+    /// Then HeaderSection.init scans contiguous bytes without generics (its
+    /// generic loop, unspecialised in debug, allocated per header byte: 176
+    /// per message): io_uring 292.5, epoll 331.4, dispatch 368.8 (2026-12-05,
+    /// branch perf). The bounds are those + 5 %. The next two of the same kind
+    /// are SMTPReplyParser's line search (87 per message on epoll) and
+    /// SMTPCommandParser.parsePath (42); release allocates 78 per message in
+    /// all (results/esp-2026-12-05/README.md).
+    static let bound: [BackendKind: Double] = [.ioUring: 308, .epoll: 348, .dispatch: 388]
     /// The same with every message DKIM-signed (Ed25519) at injection.
     /// Measured on 2026-12-05 (branch perf, after the changes above): io_uring
-    /// 746.8, epoll 783.1, dispatch 824.8; bounds are those + 5 %. Signing adds
+    /// 571.0, epoll 609.3, dispatch 645.6; bounds are those + 5 %. Signing adds
     /// ≈ 280 in the debug build but 38 in release (15 of them OpenSSL's): the
     /// rest is InjectionDKIMSigner's scope lists, unoptimised.
-    static let signedBound: [BackendKind: Double] = [.ioUring: 785, .epoll: 823, .dispatch: 867]
+    static let signedBound: [BackendKind: Double] = [.ioUring: 600, .epoll: 640, .dispatch: 678]
     static let warmUp = 20
     static let measured = 200
 
