@@ -34,18 +34,19 @@ import PeregrineTestSupport
     /// body read (4): without them io_uring 468.8, epoll 507.2, dispatch 545.3.
     /// Then HeaderSection.init scans contiguous bytes without generics (its
     /// generic loop, unspecialised in debug, allocated per header byte: 176
-    /// per message): io_uring 292.5, epoll 331.4, dispatch 368.8 (2026-12-05,
-    /// branch perf). The bounds are those + 5 %. The next two of the same kind
-    /// are SMTPReplyParser's line search (87 per message on epoll) and
-    /// SMTPCommandParser.parsePath (42); release allocates 78 per message in
-    /// all (results/esp-2026-12-05/README.md).
-    static let bound: [BackendKind: Double] = [.ioUring: 308, .epoll: 348, .dispatch: 388]
+    /// per message): 292.5 / 331.4 / 368.8; then SMTPReplyParser finds a line
+    /// end with an index loop instead of `firstIndex(of:)` (87 of the same
+    /// kind): io_uring 206.3, epoll 241.3, dispatch 280.4 (2026-12-05, branch
+    /// perf). The bounds are those + 5 %. Next of the same kind:
+    /// SMTPCommandParser.parsePath (42 per message on epoll). Release
+    /// allocates 78 per message in all (results/esp-2026-12-05/README.md).
+    static let bound: [BackendKind: Double] = [.ioUring: 217, .epoll: 254, .dispatch: 295]
     /// The same with every message DKIM-signed (Ed25519) at injection.
     /// Measured on 2026-12-05 (branch perf, after the changes above): io_uring
-    /// 571.0, epoll 609.3, dispatch 645.6; bounds are those + 5 %. Signing adds
+    /// 483.9, epoll 520.4, dispatch 560.1; bounds are those + 5 %. Signing adds
     /// ≈ 280 in the debug build but 38 in release (15 of them OpenSSL's): the
     /// rest is InjectionDKIMSigner's scope lists, unoptimised.
-    static let signedBound: [BackendKind: Double] = [.ioUring: 600, .epoll: 640, .dispatch: 678]
+    static let signedBound: [BackendKind: Double] = [.ioUring: 509, .epoll: 547, .dispatch: 589]
     static let warmUp = 20
     static let measured = 200
 
