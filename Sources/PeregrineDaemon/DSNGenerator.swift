@@ -36,6 +36,9 @@ final class DSNGenerator<Loop: EventLoop> {
     /// spooled (true), otherwise the caller records it now (false).
     func report(_ message: QueuedMessage, recipient: Int, action: DeliveryStatusReport.Action, state: RecipientState,
                 queue: DeliveryQueue, reply: SMTPReply, connection: DeliveryAttemptInfo?) -> Bool {
+        // Most outcomes want no report (a delivery without NOTIFY=SUCCESS): that is
+        // decided from the NOTIFY byte, before the sender or the address becomes a String.
+        guard Self.notifyAsks(action, notify: message.recipients.notify(recipient)) else { return false }
         let rcpt = message.recipients[recipient]
         guard Self.isDue(action, notify: rcpt.notify, sender: message.sender, deliverLocalDSN: queue.policy.deliverLocalDSN)
         else { return false }
@@ -63,6 +66,11 @@ final class DSNGenerator<Loop: EventLoop> {
     /// SUCCESS asked) returns at the cost of one bit test.
     static func isDue(_ action: DeliveryStatusReport.Action, notify: NotifyFlags, sender: String,
                       deliverLocalDSN: Bool) -> Bool {
+        notifyAsks(action, notify: notify) && deliverLocalDSN && canReceiveReports(sender)
+    }
+
+    /// Whether the recipient's NOTIFY asks for a report of `action`.
+    static func notifyAsks(_ action: DeliveryStatusReport.Action, notify: NotifyFlags) -> Bool {
         switch action {
         case .failed, .delayed:
             // RFC 3461 §4.1: no NOTIFY means FAILURE,DELAY; NEVER excludes the others.
@@ -72,7 +80,7 @@ final class DSNGenerator<Loop: EventLoop> {
             // The next hop never gets NOTIFY, so SUCCESS is answered here (RFC 3461 §5.2.2: "relayed").
             guard notify.contains(.success) else { return false }
         }
-        return deliverLocalDSN && canReceiveReports(sender)
+        return true
     }
 
     /// Null sender: never bounce a bounce. No domain: nowhere to send it.

@@ -17,13 +17,25 @@ public struct HeaderSection {
     public private(set) var bodyStart: Int
 
     public init<C: RandomAccessCollection>(_ bytes: C) where C.Element == UInt8, C.Index == Int {
-        var i = bytes.startIndex
-        let end = bytes.endIndex
-        bodyStart = end
+        // Every caller passes contiguous bytes: they are scanned by a non-generic
+        // loop (the generic one, unspecialised in debug builds, allocated per byte).
+        let base = bytes.startIndex
+        if let s = bytes.withContiguousStorageIfAvailable({ HeaderSection(contiguous: $0, base: base) }) {
+            self = s
+        } else {
+            self = Array(bytes).withUnsafeBufferPointer { HeaderSection(contiguous: $0, base: base) }
+        }
+    }
+
+    /// Scans `bytes`; every offset stored is `base` + an index into `bytes`.
+    private init(contiguous bytes: UnsafeBufferPointer<UInt8>, base: Int) {
+        var i = 0
+        let end = bytes.count
+        bodyStart = base + end
         while i < end {
             // Empty line: end of the header section.
-            if bytes[i] == 13, i + 1 < end, bytes[i + 1] == 10 { bodyStart = i + 2; return }
-            if bytes[i] == 10 { bodyStart = i + 1; return }
+            if bytes[i] == 13, i + 1 < end, bytes[i + 1] == 10 { bodyStart = base + i + 2; return }
+            if bytes[i] == 10 { bodyStart = base + i + 1; return }
             let lineStart = i
             var colon = -1
             var j = i
@@ -36,18 +48,19 @@ public struct HeaderSection {
                 }
                 j += 1
             }
-            let fieldEnd = min(j + 1, end)
+            let fieldEnd = j + 1 < end ? j + 1 : end
             if colon > lineStart {
                 var v = colon + 1
                 while v < fieldEnd && (bytes[v] == 32 || bytes[v] == 9) { v += 1 }
                 var ve = fieldEnd
                 if ve > v && bytes[ve - 1] == 10 { ve -= 1 }
                 if ve > v && bytes[ve - 1] == 13 { ve -= 1 }
-                fields.append(Field(range: lineStart..<fieldEnd, name: lineStart..<colon, value: v..<max(v, ve)))
+                fields.append(Field(range: base + lineStart ..< base + fieldEnd, name: base + lineStart ..< base + colon,
+                                    value: base + v ..< base + (ve > v ? ve : v)))
             } else {
                 // Not a header line (no colon): the header section is malformed; treat
                 // what follows as body, as most MTAs do.
-                bodyStart = lineStart
+                bodyStart = base + lineStart
                 return
             }
             i = fieldEnd

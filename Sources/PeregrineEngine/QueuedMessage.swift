@@ -1,4 +1,5 @@
 import PeregrineIO
+import PeregrineAccounting
 import PeregrineSpool
 
 /// A message as the scheduler holds it while any recipient is still pending:
@@ -144,6 +145,8 @@ public final class QueuedMessage {
         }
         /// Recipient `i`'s domain, lowercased, without decoding the whole recipient.
         public func domain(_ i: Int) -> String { envelope.domain(ofField: EnvelopeText.addressField(i)) }
+        /// Recipient `i`'s NOTIFY, without decoding its address or ORCPT.
+        public func notify(_ i: Int) -> NotifyFlags { envelope.notify(i) }
     }
 }
 
@@ -216,10 +219,40 @@ final class EnvelopeText: ManagedBuffer<UInt32, UInt8> {
     }
 
     /// The part after the last "@", lowercased (as QueuedMessage.Recipient.domain).
+    /// Runs twice per message (dispatch, submit): an ASCII domain is lowered
+    /// byte by byte into the String's own storage (one allocation past 15
+    /// bytes, none below), not decoded and then copied by `lowercased()`.
+    /// Plain index loops: the generic `lastIndex(of:)`/`allSatisfy` allocated
+    /// per byte in the debug build the allocation test runs.
     func domain(ofField field: Int) -> String {
         withField(field) { b in
-            guard let at = b.lastIndex(of: UInt8(ascii: "@")) else { return "" }
-            return String(decoding: UnsafeBufferPointer(rebasing: b[(at + 1)...]), as: UTF8.self).lowercased()
+            var at = b.count - 1
+            while at >= 0 && b[at] != UInt8(ascii: "@") { at -= 1 }
+            guard at >= 0 else { return "" }
+            let start = at + 1, count = b.count - start
+            var ascii = true
+            for i in start..<b.count where b[i] >= 0x80 { ascii = false; break }
+            guard ascii else {
+                return String(decoding: UnsafeBufferPointer(rebasing: b[start...]), as: UTF8.self).lowercased()
+            }
+            return String(unsafeUninitializedCapacity: count) { out in
+                for i in 0..<count {
+                    let c = b[start + i]
+                    out[i] = c >= UInt8(ascii: "A") && c <= UInt8(ascii: "Z") ? c | 0x20 : c
+                }
+                return count
+            }
+        }
+    }
+
+    /// Appends a field's bytes to an accounting line as one CSV field (quoted
+    /// as `field(_: String)` would): no String is made for the sender, an
+    /// address or an id on the way to the accounting file.
+    func appendField(_ field: Int, to line: inout AccountingLineEncoder) {
+        withField(field) { b in
+            let start = line.beginField()
+            for i in 0..<b.count { line.raw(b[i]) }
+            line.endField(start)
         }
     }
 }

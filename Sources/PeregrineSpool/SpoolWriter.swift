@@ -758,9 +758,12 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
                          _ done: @escaping (Result<UnsafeRawBufferPointer, SpoolError>) -> Void) {
         let need = Int(loc.recordLength)
         guard buffer.count >= need else { deferCall { done(.failure(.bufferTooSmall(needed: need))) }; return }
-        let path = SpoolRecovery.segmentPath(directory: directory, number: loc.segment)
+        // The path is only built to open a segment or name it in an error, not per read.
+        let directory = directory
+        func path() -> String { SpoolRecovery.segmentPath(directory: directory, number: loc.segment) }
         let handle: FileHandle
         if let h = files[loc.segment] { handle = h } else {
+            let path = path()
             do { handle = try io.openFile(path, create: false, truncate: false) } catch {
                 deferCall { done(.failure(.loop(path: path, error))) }
                 return
@@ -770,7 +773,7 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         let target = UnsafeMutableRawBufferPointer(rebasing: buffer[0 ..< need])
         io.read(handle, into: target, at: loc.offset) { result in
             switch result {
-            case .failure(let e): done(.failure(.loop(path: path, e)))
+            case .failure(let e): done(.failure(.loop(path: path(), e)))
             case .success(let n):
                 let raw = UnsafeRawBufferPointer(rebasing: buffer[0 ..< min(n, need)])
                 guard n == need, case .record(.message, _) = SpoolRecordFormat.frame(raw),

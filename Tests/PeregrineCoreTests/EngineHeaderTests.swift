@@ -27,4 +27,22 @@ import Testing
         let h = HeaderSection(msg)
         #expect(h.fields.count == 1 && h.bodyStart == msg.count)
     }
+
+    /// Offsets are indexes of the collection given: a slice that does not start
+    /// at 0, a raw buffer (injection's case) and a non-contiguous collection
+    /// (copied first) give the same fields as the array.
+    @Test func offsetsFollowTheCollectionsIndexes() {
+        let text = Array("From: a@b\r\nSubject: hello\r\n  world\r\n\r\nbody\r\n".utf8)
+        let whole = HeaderSection(text)
+        let padded = Array("junk".utf8) + text
+        let slice = padded[4...]
+        let h = HeaderSection(slice)
+        #expect(h.fields.map(\.range) == whole.fields.map { ($0.range.lowerBound + 4)..<($0.range.upperBound + 4) })
+        #expect(h.bodyStart == whole.bodyStart + 4)
+        #expect(h.first(named: "subject", in: slice).map { HeaderSection.string($0.value, in: slice) } == "hello  world")
+        let raw = text.withUnsafeBytes { HeaderSection($0) }
+        #expect(raw.fields.map(\.value) == whole.fields.map(\.value) && raw.bodyStart == whole.bodyStart)
+        let lazy = HeaderSection(text.lazy.map { $0 })
+        #expect(lazy.fields.map(\.name) == whole.fields.map(\.name) && lazy.bodyStart == whole.bodyStart)
+    }
 }

@@ -147,6 +147,20 @@ private func malloc_usable_size_of(_ o: AnyObject) -> Int {
         #expect(empty.sender == "" && empty.jobId == nil && empty.recipients.isEmpty && empty.isComplete)
     }
 
+    /// The queue domain is lowered byte by byte for ASCII (no `lowercased()` copy);
+    /// it must give what `Recipient.domain` gives, short, long and non-ASCII.
+    @Test func recipientDomainsAreLoweredLikeTheStringForm() {
+        let rcpts: [QueuedMessage.Recipient] = [.init(address: "A@Example.NET"),
+                                                .init(address: "b@MAIL.A-Very-Long-Subdomain.Example.ORG"),
+                                                .init(address: "c@Exämple.DE"), .init(address: "\"x@y\"@Z.[192.0.2.1]"),
+                                                .init(address: "no-at-sign"), .init(address: "d@")]
+        let m = QueuedMessage(id: MessageID(hi: 1, lo: 2), sender: "s@example.com", recipients: rcpts, vmta: "v",
+                              jobId: nil, envId: nil, receivedAtWall: 1, receivedAt: 2, bodySize: 3, stream: 0)
+        #expect((0..<rcpts.count).map { m.recipients.domain($0) }
+                == ["example.net", "mail.a-very-long-subdomain.example.org", "exämple.de", "z.[192.0.2.1]", "", ""])
+        for i in rcpts.indices { #expect(m.recipients.domain(i) == rcpts[i].domain) }
+    }
+
     @Test func recipientIndexesKeepRunsAndLists() {
         for indexes in [[0], [3, 4, 5], [], [2, 0], [1, 3, 7], [70_000, 70_001]] {
             let r = RecipientIndexes(indexes)

@@ -37,13 +37,13 @@ public struct AccountingOutcomeRecord: AccountingRecordEncodable {
 
     public func encodeCSV(into line: inout AccountingLineEncoder) {
         let m = message
-        let rcpt = m.recipients[recipient]
+        let e = m.envelope
         line.field(type.rawValue); line.comma()
         line.timestamp(timeLogged); line.comma()
         line.timestamp(m.receivedAtWall); line.comma()
-        line.field(m.sender); line.comma()
-        line.field(rcpt.address); line.comma()
-        line.field(rcpt.orcpt); line.comma()
+        e.appendField(EnvelopeText.senderField, to: &line); line.comma()
+        e.appendField(EnvelopeText.addressField(recipient), to: &line); line.comma()
+        e.appendField(EnvelopeText.orcptField(recipient), to: &line); line.comma()
         line.raw(dsnAction); line.comma()
         line.dsnStatus(reply); line.comma()
         line.dsnDiag(reply); line.comma()
@@ -62,8 +62,8 @@ public struct AccountingOutcomeRecord: AccountingRecordEncodable {
         if let c = connection { line.raw(c.esmtp ? "yes" : "no") }; line.comma()
         line.integer(Int64(m.bodySize)); line.comma()
         line.field(queue.vmta); line.comma()
-        line.field(m.jobId); line.comma()
-        line.field(m.envId); line.comma()
+        e.appendField(EnvelopeText.jobField, to: &line); line.comma()
+        e.appendField(EnvelopeText.envIDField, to: &line); line.comma()
         line.timestamp(m.firstAttemptWall == 0 ? nil : m.firstAttemptWall); line.comma()
         line.integer(max(0, timeLogged - m.receivedAtWall)); line.comma()
         let start = line.beginField()

@@ -23,21 +23,21 @@ public struct AccountingReceivedRecord: AccountingRecordEncodable {
 
     public func encodeCSV(into line: inout AccountingLineEncoder) {
         let m = message
-        let rcpt = m.recipients[recipient]
+        let e = m.envelope
         line.raw("r,")
         line.timestamp(timeLogged); line.comma()
         line.timestamp(timeLogged); line.comma()                 // timeQueued: now
-        line.field(m.sender); line.comma()
-        line.field(rcpt.address); line.comma()
-        line.field(rcpt.orcpt); line.comma()
+        e.appendField(EnvelopeText.senderField, to: &line); line.comma()
+        e.appendField(EnvelopeText.addressField(recipient), to: &line); line.comma()
+        e.appendField(EnvelopeText.orcptField(recipient), to: &line); line.comma()
         line.raw(",,,,")                                         // dsnAction, dsnStatus, dsnDiag, dsnMta
         line.raw(",smtp,")                                       // bounceCat, srcType
         line.rawIP(peer); line.comma()                           // srcMta
         line.raw(",,,,")                                         // dlvType, dlvSourceIp, dlvDestinationIp, dlvEsmtpAvailable
         line.integer(Int64(m.bodySize)); line.comma()
         line.field(m.vmta); line.comma()
-        line.field(m.jobId); line.comma()
-        line.field(m.envId); line.comma()
+        e.appendField(EnvelopeText.jobField, to: &line); line.comma()
+        e.appendField(EnvelopeText.envIDField, to: &line); line.comma()
         line.raw(",,,,,")                                        // timeFirstAttempt, totalSecondsQueued, queue, dlvTlsProtocol, dlvTlsCipher
         line.field(smtpUser); line.comma()                       // rcvSmtpUser
         line.field(m.pool)
