@@ -18,6 +18,7 @@ scenarios:
   relay-esp   the ESP workload: DKIM-signed, STARTTLS delivery, threads 1 and 2, vs openssl speed and the plain/TLS relay
   dkim-sign   PeregrineDKIM's cost per signature vs openssl speed in the same run
   isp-mix     shipped ISP profiles + DNS, consumer mix with unknown/greylisted share: delivered, bounced, deferrals, lost
+  tune        search one provider profile's best <domain> settings (rate, connections, per connection, backoff); writes examples/presets/
   backlog     sink down while N messages queue (RSS), then up (drain rate); lost = 0
   suppression load a 10,000,000-entry suppression list: load time, RSS, lookups/s (targets < 30 s, < 1 GB)
   crash       SIGKILL the daemon during injection, restart on the same spool, drain; lost = 0 (--rounds)
@@ -49,6 +50,7 @@ case "sink", "sink-vs-smtp-sink":
 case "relay", "relay-100k":
     status = runRelayBench(arguments: rest, scenario: scenario)
 case "isp-mix": status = runIspMixBench(arguments: rest)
+case "tune": status = runTuneBench(arguments: rest)
 case "backlog": status = runBacklogBench(arguments: rest)
 case "crash": status = runCrashBench(arguments: rest)
 case "suppression": status = runSuppressionBench(arguments: rest)

@@ -1,0 +1,592 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import PeregrineAccounting
+
+/// `peregrine-bench tune --isp NAME` (issue 19): searches the per-domain
+/// settings that deliver the most per hour to one provider profile of the
+/// sink with no avoidable deferrals, by running Peregrine against a fresh sink
+/// many times with short runs, and writes the `<domain>` block it chose.
+///
+/// Every trial is a new sink (that provider's profile only, so no limit or
+/// penalty carries over) and a new daemon whose queue for the provider's
+/// domains is routed to the sink's first MX host; loadgen queues `--count`
+/// messages faster than any provider takes them, and the trial ends when the
+/// queue has drained. The sink's `/stats` says why it deferred what it
+/// deferred; `random-failure` is the only reason the sender cannot avoid.
+///
+/// The search, one setting at a time over ladders of round values (binary
+/// search: a setting that causes its kind of deferral fails, and so does
+/// every larger value):
+///  1. `max-msg-rate` with 3 connections of 10 messages: highest without
+///     rate deferrals (`max-msg-rate`, `penalty-box`, `max-domain-msg-rate`,
+///     `escalated`, `warm-up`);
+///  2. `max-smtp-out` at that rate: highest without connection refusals;
+///  3. `max-msg-per-connection` on one connection (so one connection carries
+///     the whole run): highest without per-connection deferrals;
+///  4. the three together, run to the end: its delivered rate and deferral
+///     count are the figures of the preset; a deferral steps its setting down
+///     and the check runs again;
+///  5. backoff: the rate one step above the chosen one, with the deferral text
+///     phase 1 saw as a `mode=backoff` pattern, for each `backoff-retry-after`
+///     on a ladder until the refusals retried inside a penalty stop growing.
+/// A failing trial stops as soon as its kind of deferral shows, which keeps
+/// runs short (and a provider's penalty from escalating).
+///
+/// The sink runs at `--time-scale` (0.01: an hour is 36 s); the daemon's
+/// rates and durations are scaled the same way, and the preset is written
+/// in real units (50 messages a second at 0.01 is 1800/h).
+func runTuneBench(arguments: [String]) -> Int32 {
+    let usage = """
+    usage: peregrine-bench tune --isp NAME | --isps all|NAME,NAME… [--backend epoll|io_uring|dispatch]
+                                [--count N] [--time-scale X] [--trial-deadline S] [--seed N]
+                                [--output-dir DIR] [--presets-dir DIR] [--no-presets] [--no-backoff]
+      --isp NAME         one provider profile of the sink (gmail, yahoo, outlook, icloud, comcast, gmx, orange)
+      --isps LIST        several, one after the other (all: every shipped profile)
+      --count N          messages per trial (default 1000: well past every profile's burst)
+      --time-scale X     the sink's time scale (default 0.01); the daemon's rates and times follow it
+      --trial-deadline S seconds a trial may take before it counts as failed (default 150)
+      --presets-dir DIR  where the <domain> blocks go, one DIR/NAME.conf per provider (default examples/presets)
+      --no-presets       write results only
+      --no-backoff       skip phase 5 (the backoff-retry-after search)
+    """
+    let defaults = ["isp": "", "isps": "", "backend": "epoll", "count": "1000", "time-scale": "0.01",
+                    "trial-deadline": "150", "seed": "1", "output-dir": "results", "presets-dir": "examples/presets"]
+    let options: ScenarioOptions
+    switch ScenarioOptions.parse(arguments, defaults: defaults, flags: ["no-presets", "no-backoff"], usage: usage) {
+    case .success(let o): options = o
+    case .failure(let e): fputs("peregrine-bench tune: \(e.message)\n", stderr); return 2
+    }
+    let providers: [IspMixProvider]
+    let settings: TuneRun.Settings
+    do {
+        let isp = options.string("isp"), isps = options.string("isps")
+        guard isp.isEmpty != isps.isEmpty else { throw BenchUsageError("give --isp NAME or --isps LIST (not both)\n\(usage)") }
+        providers = try IspMixProvider.select(isp.isEmpty ? isps : isp)
+        let backends = try options.backends()
+        guard backends.count == 1 else { throw BenchUsageError("--backend: tune runs one backend") }
+        let scale = try options.double("time-scale")
+        guard scale > 0, scale <= 1 else { throw BenchUsageError("--time-scale needs a number in (0, 1]") }
+        let count = try options.int("count")
+        guard count >= 100 else { throw BenchUsageError("--count needs at least 100 (the profiles allow bursts of 100)") }
+        settings = TuneRun.Settings(backend: backends[0], count: count, timeScale: scale,
+                                    trialDeadline: try options.double("trial-deadline"), seed: options.string("seed"),
+                                    outputDir: options.string("output-dir"),
+                                    presetsDir: options.flags.contains("no-presets") ? nil : options.string("presets-dir"),
+                                    backoff: !options.flags.contains("no-backoff"))
+    } catch let e as BenchUsageError {
+        fputs("peregrine-bench tune: \(e.message)\n", stderr)
+        return 2
+    } catch {
+        fputs("peregrine-bench tune: \(error)\n", stderr)
+        return 2
+    }
+    var rows: [[String]] = []
+    var failed = false
+    for provider in providers {
+        do {
+            let outcome = try TuneRun(provider: provider, settings: settings).run()
+            rows.append(outcome.row)
+            if !outcome.ok { failed = true }
+        } catch {
+            fputs("peregrine-bench tune \(provider.name): \(error)\n", stderr)
+            rows.append([provider.name, "-", "-", "-", "-", "-", "-", "error"])
+            failed = true
+        }
+    }
+    printBenchTable(title: "tune: the settings that deliver most without avoidable deferrals (sink time-scale \(settings.timeScale), real units)",
+                    header: ["provider", "max-smtp-out", "max-msg-per-connection", "max-msg-rate", "backoff-retry-after",
+                             "delivered/h", "avoidable deferrals", "result"], rows: rows)
+    return failed ? 1 : 0
+}
+
+/// The kinds of sink deferral the search tells apart (by the sink's reason names).
+enum TuneDeferralKind: String, CaseIterable {
+    case rate, connections, perConnection = "per-connection", other, unavoidable
+
+    init(sinkReason: String) {
+        switch sinkReason {
+        case "max-msg-rate", "penalty-box", "max-domain-msg-rate", "escalated", "warm-up": self = .rate
+        case "max-connections", "max-connection-rate": self = .connections
+        case "max-msg-per-connection": self = .perConnection
+        // The sink fails this share of transactions whatever the sender does.
+        case "random-failure": self = .unavoidable
+        default: self = .other
+        }
+    }
+}
+
+/// One provider's search.
+struct TuneRun {
+    struct Settings {
+        var backend: String
+        var count: Int
+        var timeScale: Double
+        var trialDeadline: Double
+        var seed: String
+        var outputDir: String
+        var presetsDir: String?
+        var backoff: Bool
+    }
+
+    /// What a trial configures for the provider's queue (real units).
+    struct Candidate: Equatable {
+        var maxSMTPOut: Int
+        var maxMsgPerConnection: Int
+        /// Messages per real hour; 0 = no max-msg-rate.
+        var ratePerHour: Int
+        /// The backoff rule: pattern (regex) → mode=backoff, retried after this many real seconds; nil = none.
+        var backoffPattern: String? = nil
+        var backoffRetryAfterSeconds: Int = 0
+        /// backoff-max-msg-rate, messages per real hour (the rate found safe).
+        var backoffRatePerHour: Int = 0
+
+        var json: [String: Any] {
+            var j: [String: Any] = ["max-smtp-out": maxSMTPOut, "max-msg-per-connection": maxMsgPerConnection,
+                                    "max-msg-rate": ratePerHour == 0 ? "unlimited" : "\(ratePerHour)/h"]
+            if let p = backoffPattern {
+                j["backoff-pattern"] = p
+                j["backoff-retry-after"] = TuneRun.durationText(backoffRetryAfterSeconds)
+                j["backoff-max-msg-rate"] = "\(backoffRatePerHour)/h"
+            }
+            return j
+        }
+    }
+
+    /// The ladders the search climbs (round values an operator would write).
+    static let rateLadder = [300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200, 10_800, 14_400, 21_600, 36_000]
+    static let connectionLadder = [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50]
+    static let perConnectionLadder = [5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 200, 500]
+    /// backoff-retry-after candidates, real seconds (1 min … 4 h).
+    static let retryLadder = [60, 300, 900, 1800, 3600, 7200, 14_400]
+
+    let provider: IspMixProvider
+    let settings: Settings
+
+    struct Outcome { var row: [String]; var ok: Bool }
+
+    func run() throws -> Outcome {
+        // One rig for the run's clock and results file; each trial has its own.
+        let rig = try ScenarioRig(scenario: "tune")
+        defer { rig.cleanUp() }
+        fputs("== tune \(provider.name) on \(settings.backend): \(settings.count) messages a trial, time-scale \(settings.timeScale)\n", stderr)
+        var trials: [TuneTrial.Result] = []
+        func trial(_ phase: String, _ c: Candidate, stopOn: Set<TuneDeferralKind>) throws -> TuneTrial.Result {
+            let r = try TuneTrial(provider: provider, settings: settings, candidate: c, phase: phase, stopOn: stopOn).run()
+            trials.append(r)
+            fputs("   \(phase): \(Self.describe(c)) → \(r.summaryLine)\n", stderr)
+            return r
+        }
+
+        // 1. Rate.
+        var rateTexts: [String] = []
+        let rate = try Self.highestPassing(Self.rateLadder) { r in
+            let t = try trial("rate", Candidate(maxSMTPOut: 3, maxMsgPerConnection: 10, ratePerHour: r), stopOn: [.rate])
+            rateTexts += t.texts[.rate] ?? []
+            return t.count(.rate) == 0
+        }
+        // No rate deferral even at the top of the ladder: the provider sets no rate limit we could find.
+        let chosenRate = rate.map { $0 == Self.rateLadder.last ? 0 : $0 } ?? Self.rateLadder[0]
+        // 2. Connections, at that rate.
+        let connections = try Self.highestPassing(Self.connectionLadder) { n in
+            try trial("connections", Candidate(maxSMTPOut: n, maxMsgPerConnection: 10, ratePerHour: chosenRate),
+                      stopOn: [.connections]).count(.connections) == 0
+        } ?? 1
+        // 3. Messages per connection, one connection carrying the run.
+        let perConnection = try Self.highestPassing(Self.perConnectionLadder) { m in
+            try trial("per-connection", Candidate(maxSMTPOut: 1, maxMsgPerConnection: m, ratePerHour: chosenRate),
+                      stopOn: [.perConnection]).count(.perConnection) == 0
+        } ?? Self.perConnectionLadder[0]
+
+        // 4. Together, to the end; a deferral steps its own setting down.
+        var chosen = Candidate(maxSMTPOut: connections, maxMsgPerConnection: perConnection, ratePerHour: chosenRate)
+        var check = try trial("check", chosen, stopOn: [])
+        for _ in 0..<3 where check.avoidable > 0 {
+            var next = chosen
+            if check.count(.connections) > 0 { next.maxSMTPOut = Self.stepDown(Self.connectionLadder, from: next.maxSMTPOut) }
+            if check.count(.perConnection) > 0 { next.maxMsgPerConnection = Self.stepDown(Self.perConnectionLadder, from: next.maxMsgPerConnection) }
+            if check.count(.rate) > 0 {
+                next.ratePerHour = next.ratePerHour == 0 ? Self.rateLadder[Self.rateLadder.count - 2] : Self.stepDown(Self.rateLadder, from: next.ratePerHour)
+            }
+            if next == chosen { break }   // only deferrals no setting here can avoid
+            chosen = next
+            check = try trial("check", chosen, stopOn: [])
+        }
+
+        // 5. Backoff: what to do when the rate limit trips anyway.
+        var backoffNote = "not searched"
+        if settings.backoff, chosen.ratePerHour > 0, let pattern = Self.pattern(from: rateTexts) {
+            let over = Self.stepUp(Self.rateLadder, from: chosen.ratePerHour)
+            var best: (seconds: Int, refusals: Int)? = nil
+            for seconds in Self.retryLadder {
+                var c = chosen
+                c.ratePerHour = over
+                c.backoffPattern = pattern
+                c.backoffRetryAfterSeconds = seconds
+                // After a penalty, back to the rate phase 4 found safe.
+                c.backoffRatePerHour = chosen.ratePerHour
+                let t = try trial("backoff", c, stopOn: [])
+                // Refused attempts beyond the one that tripped the box: each retried too soon.
+                let refusals = t.count(.rate)
+                if !t.drained || t.deferrals["escalated", default: 0] > 0 {
+                    continue
+                }
+                if let b = best, refusals >= b.refusals { break }   // longer waits no longer help
+                best = (seconds, refusals)
+                if refusals <= 1 { break }
+            }
+            if let b = best {
+                chosen.backoffPattern = pattern
+                chosen.backoffRetryAfterSeconds = b.seconds
+                chosen.backoffRatePerHour = chosen.ratePerHour
+                backoffNote = "\(Self.durationText(b.seconds)) (\(b.refusals) rate refusals in the provoked run)"
+            } else {
+                backoffNote = "no retry interval on the ladder drained without escalation"
+            }
+        } else if settings.backoff {
+            backoffNote = chosen.ratePerHour == 0 ? "no rate limit found" : "no rate deferral text seen"
+        }
+
+        let ok = check.avoidable == 0 && check.drained
+        let realPerHour = check.realPerHour
+        var figures: [String: Any] = [
+            "provider": provider.name,
+            "domains": provider.domains,
+            "sinkProfile": "sink/profiles/\(provider.name).conf",
+            "timeScale": settings.timeScale,
+            "backend": settings.backend,
+            "messagesPerTrial": settings.count,
+            "objective": "most delivered per hour with no avoidable deferrals (every sink deferral but random-failure)",
+            "chosen": chosen.json,
+            "deliveredPerHour": Int(realPerHour.rounded()),
+            "avoidableDeferrals": check.avoidable,
+            "unavoidableDeferrals": check.count(.unavoidable),
+            "checkTrial": check.json,
+            "backoff": backoffNote,
+            "rateDeferralTexts": Array(Set(rateTexts)).sorted().prefix(4).map { $0 },
+            "trials": trials.map(\.json),
+            "ok": ok,
+            "summary": [["max-smtp-out", "\(chosen.maxSMTPOut)"], ["max-msg-per-connection", "\(chosen.maxMsgPerConnection)"],
+                        ["max-msg-rate", chosen.ratePerHour == 0 ? "unlimited" : "\(chosen.ratePerHour)/h"],
+                        ["backoff", backoffNote], ["delivered/h", "\(Int(realPerHour.rounded()))"],
+                        ["avoidable deferrals", "\(check.avoidable)"], ["trials", "\(trials.count)"], ["result", ok ? "ok" : "FAIL"]],
+        ]
+        let resultPath = BenchEnvironment.runResultPath(directory: settings.outputDir, scenario: "tune", target: provider.name,
+                                                        startedAt: rig.clock.startedAt)
+        if let dir = settings.presetsDir, ok {
+            let preset = Self.preset(provider: provider, chosen: chosen, resultsFile: "results/" + (resultPath as NSString).lastPathComponent,
+                                     realPerHour: realPerHour, check: check, timeScale: settings.timeScale)
+            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let presetPath = dir + "/\(provider.name).conf"
+            try preset.write(toFile: presetPath, atomically: true, encoding: .utf8)
+            figures["preset"] = presetPath
+            fputs("   wrote \(presetPath)\n", stderr)
+            print(preset)
+        }
+        rig.writeResult(target: provider.name, figures: figures, outputDir: settings.outputDir)
+        return Outcome(row: [provider.name, "\(chosen.maxSMTPOut)", "\(chosen.maxMsgPerConnection)",
+                             chosen.ratePerHour == 0 ? "unlimited" : "\(chosen.ratePerHour)/h",
+                             chosen.backoffPattern == nil ? "-" : Self.durationText(chosen.backoffRetryAfterSeconds),
+                             "\(Int(realPerHour.rounded()))", "\(check.avoidable)", ok ? "ok" : "FAIL"], ok: ok)
+    }
+
+    /// The highest ladder value for which `passes` holds, assuming that once a
+    /// value fails every larger one does (binary search); nil when the first fails.
+    static func highestPassing(_ ladder: [Int], _ passes: (Int) throws -> Bool) rethrows -> Int? {
+        var lo = -1, hi = ladder.count
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2
+            if try passes(ladder[mid]) { lo = mid } else { hi = mid }
+        }
+        return lo >= 0 ? ladder[lo] : nil
+    }
+
+    static func stepDown(_ ladder: [Int], from v: Int) -> Int { ladder.last { $0 < v } ?? ladder[0] }
+    static func stepUp(_ ladder: [Int], from v: Int) -> Int { ladder.first { $0 > v } ?? v * 2 }
+
+    /// A regex for the rate deferrals seen: the provider's own tag when the
+    /// texts carry one (`[TSS04]`, `(S775)`), else their enhanced status code.
+    static func pattern(from texts: [String]) -> String? {
+        guard let text = texts.first else { return nil }
+        let escape: (Substring) -> String = { s in
+            s.map { "\\^$.|?*+()[]{}".contains($0) ? "\\\($0)" : String($0) }.joined()
+        }
+        // A bracketed tag of letters and digits, e.g. [TSS04] or (S775).
+        if let r = text.range(of: #"[\[(][A-Z]{1,4}[0-9]{2,6}[\])]"#, options: .regularExpression) { return escape(text[r]) }
+        if let r = text.range(of: #"[245]\.[0-9]{1,3}\.[0-9]{1,3}"#, options: .regularExpression) { return escape(text[r]) }
+        return nil
+    }
+
+    static func durationText(_ seconds: Int) -> String {
+        if seconds % 3600 == 0 { return "\(seconds / 3600)h" }
+        if seconds % 60 == 0 { return "\(seconds / 60)m" }
+        return "\(seconds)s"
+    }
+
+    static func describe(_ c: Candidate) -> String {
+        "max-smtp-out \(c.maxSMTPOut), max-msg-per-connection \(c.maxMsgPerConnection), max-msg-rate "
+            + (c.ratePerHour == 0 ? "unlimited" : "\(c.ratePerHour)/h")
+            + (c.backoffPattern.map { ", /\($0)/ mode=backoff, backoff-retry-after \(durationText(c.backoffRetryAfterSeconds))" } ?? "")
+    }
+
+    /// The macro name a preset defines (its own, so presets can be included side by side).
+    static func macro(_ provider: IspMixProvider) -> String { "preset-" + provider.name }
+
+    /// The shipped preset: a PowerMTA-syntax block in real units, naming its results file.
+    static func preset(provider: IspMixProvider, chosen: Candidate, resultsFile: String, realPerHour: Double,
+                       check: TuneTrial.Result, timeScale: Double) -> String {
+        var lines = [
+            "# \(provider.name): per-domain settings from `peregrine-bench tune --isp \(provider.name)`",
+            "# against peregrine-sink's sink/profiles/\(provider.name).conf at time-scale \(timeScale).",
+            "# Results: \(resultsFile)",
+            "# Measured with these settings: \(Int(realPerHour.rounded())) delivered per hour, \(check.avoidable) avoidable deferrals.",
+            "# The sink's limits are partly operator folklore (see the profile): a starting point, not a promise.",
+            "# Use: include presets/\(provider.name).conf (from the main config). Generated: re-run tune rather than edit.",
+            "domain-macro \(macro(provider)) \(provider.domains.joined(separator: ","))",
+        ]
+        if let p = chosen.backoffPattern {
+            lines += ["<smtp-pattern-list \(macro(provider))>",
+                      "    reply /\(p)/ mode=backoff",
+                      "</smtp-pattern-list>"]
+        }
+        lines.append("<domain $\(macro(provider))>")
+        // The provider's domains share its MX hosts and its limits: one connection budget for all of them.
+        if provider.domains.count > 1 { lines.append("    mx-rollup yes") }
+        lines.append("    max-smtp-out \(chosen.maxSMTPOut)")
+        lines.append("    max-msg-per-connection \(chosen.maxMsgPerConnection)")
+        if chosen.ratePerHour > 0 { lines.append("    max-msg-rate \(chosen.ratePerHour)/h") }
+        if chosen.backoffPattern != nil {
+            lines.append("    smtp-pattern-list \(macro(provider))")
+            lines.append("    backoff-retry-after \(durationText(chosen.backoffRetryAfterSeconds))")
+            lines.append("    backoff-max-msg-rate \(chosen.backoffRatePerHour)/h")
+        }
+        lines.append("</domain>")
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+/// One run of the sink and the daemon with one candidate.
+struct TuneTrial {
+    let provider: IspMixProvider
+    let settings: TuneRun.Settings
+    let candidate: TuneRun.Candidate
+    let phase: String
+    /// Deferral kinds that end the trial at once (it has failed).
+    let stopOn: Set<TuneDeferralKind>
+
+    struct Result {
+        var phase: String
+        var candidate: TuneRun.Candidate
+        var deferrals: [String: Int]
+        var texts: [TuneDeferralKind: [String]]
+        var delivered: Int
+        var injected: Int
+        var drained: Bool
+        var stoppedEarly: Bool
+        var scaledSeconds: Double
+        /// Delivered per real hour: first to last arrival at the sink, scaled back.
+        var realPerHour: Double
+        var transientRecords: Int
+        var peakConnections: Int
+        var maxOnOneConnection: Int
+
+        func count(_ kind: TuneDeferralKind) -> Int {
+            deferrals.reduce(0) { $0 + (TuneDeferralKind(sinkReason: $1.key) == kind ? $1.value : 0) }
+        }
+        var avoidable: Int { deferrals.reduce(0) { $0 + (TuneDeferralKind(sinkReason: $1.key) == .unavoidable ? 0 : $1.value) } }
+
+        var summaryLine: String {
+            (stoppedEarly ? "stopped at the first \(deferrals.keys.sorted().joined(separator: "/")) deferral" : drained ? "drained" : "NOT drained")
+                + ", \(delivered)/\(injected) delivered, \(Int(realPerHour.rounded()))/h, deferrals "
+                + (deferrals.isEmpty ? "0" : deferrals.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
+                + ", peak \(peakConnections) connections, \(maxOnOneConnection) on one"
+        }
+
+        var json: [String: Any] {
+            ["phase": phase, "settings": candidate.json, "deferrals": deferrals, "avoidable": avoidable,
+             "delivered": delivered, "injected": injected, "drained": drained, "stoppedEarly": stoppedEarly,
+             "seconds": scaledSeconds, "deliveredPerHour": Int(realPerHour.rounded()), "transientRecords": transientRecords,
+             "peakConnections": peakConnections, "maxMessagesOnOneConnection": maxOnOneConnection,
+             "deferralTexts": Dictionary(uniqueKeysWithValues: texts.map { ($0.key.rawValue, Array($0.value.prefix(2))) })]
+        }
+    }
+
+    func run() throws -> Result {
+        let rig = try ScenarioRig(scenario: "tune")
+        defer { rig.cleanUp() }
+        let root = packageRoot()
+        let statsPort = rig.ports.stats, mtaPort = rig.ports.mta, mgmtPort = rig.ports.mgmt
+        let sinkIDs = rig.work + "/sink-ids.txt"
+        let cert = try BenchCertificate.make(in: rig.work, commonName: "mx.sink")
+        // Only this provider's profile; every MX address on a port of the kernel's choosing.
+        let sink = try rig.startSink(["--profile", root + "/sink/profiles/\(provider.name).conf", "--port", "0",
+                                      "--stats-port", "\(rig.ip):\(statsPort)", "--record-ids", sinkIDs,
+                                      "--time-scale", "\(settings.timeScale)", "--seed", settings.seed, "--backend", "epoll"]
+                                     + cert.sinkArguments)
+        guard let mx = Self.firstListener(log: (try? String(contentsOfFile: sink.logPath, encoding: .utf8)) ?? "", provider: provider.name) else {
+            throw ScenarioRig.Failure(description: "the sink named no listener for \(provider.name): \(sink.logTail)")
+        }
+        let acct = rig.work + "/acct.csv"
+        let config = config(ip: rig.ip, mtaPort: mtaPort, mgmtPort: mgmtPort, spool: rig.work + "/spool", acct: acct, mx: mx)
+        let configPath = rig.work + "/peregrine.conf"
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        let daemon = try rig.startDaemon(configPath: configPath, backend: settings.backend, smtpPort: mtaPort)
+
+        let start = Date()
+        let loadIDs = rig.work + "/loadgen-ids.txt"
+        let mix = provider.mix.map { "\($0.domain)=\($0.weight)" }.joined(separator: ",")
+        // Faster than any profile takes mail, so the daemon's queue, not injection, sets the pace.
+        let loadgen = try rig.start("loadgen", "peregrine-loadgen",
+                                    ["--target", "\(rig.ip):\(mtaPort)", "--count", "\(settings.count)", "--rate", "2000/s",
+                                     "--connections", "4", "--ids", loadIDs, "--seed", settings.seed, "--backend", "epoll",
+                                     "--from", "news@peregrine.test", "--list-unsubscribe", "--domains", mix,
+                                     "--json", rig.work + "/loadgen.json", "--no-progress"])
+        var drained = false, stoppedEarly = false
+        var stats: [String: Any] = [:]
+        while Date().timeIntervalSince(start) < settings.trialDeadline {
+            if let s = BenchNet.getJSON(ip: rig.ip, port: statsPort, path: "/stats") {
+                stats = s
+                if !stopOn.isEmpty, Self.deferrals(s).contains(where: { stopOn.contains(TuneDeferralKind(sinkReason: $0.key)) }) {
+                    stoppedEarly = true
+                    break
+                }
+            }
+            if !loadgen.isRunning, let s = rig.status(mgmtPort: mgmtPort) {
+                let received = s["received"] as? Int ?? 0
+                let settled = (s["delivered"] as? Int ?? 0) + (s["bounced"] as? Int ?? 0)
+                let queued = s["queued"] as? [String: Any]
+                let waiting = (queued?["ready"] as? Int ?? 0) + (queued?["delayed"] as? Int ?? 0)
+                if received > 0 && settled >= received && waiting == 0 { drained = true; break }
+            }
+            if !daemon.isRunning { break }
+            usleep(100_000)
+        }
+        let seconds = Date().timeIntervalSince(start)
+        if let s = BenchNet.getJSON(ip: rig.ip, port: statsPort, path: "/stats") { stats = s }
+        loadgen.stop()
+        daemon.stop()
+        sink.stop()   // flushes the id file
+
+        let deferrals = Self.deferrals(stats)
+        let provStats = (stats["providers"] as? [String: Any])?[provider.name] as? [String: Any] ?? [:]
+        let arrivals = Self.arrivals(sinkIDs)
+        var realPerHour = 0.0
+        if arrivals.count >= 2, let first = arrivals.first, let last = arrivals.last, last > first {
+            // Messages per scaled second, back to real time: an hour at scale X lasts 3600·X seconds.
+            realPerHour = Double(arrivals.count - 1) / (Double(last - first) / 1e9) * 3600 * settings.timeScale
+        }
+        var texts: [TuneDeferralKind: [String]] = [:]
+        var transient = 0
+        if let rows = try? AccountingCSVReader.read(path: acct) {
+            for row in rows where row["type"] == "t" || row["type"] == "tq" {
+                transient += 1
+                let diag = row["dsnDiag"] ?? ""
+                let kind = Self.kind(ofText: diag, deferralsSeen: deferrals)
+                if texts[kind, default: []].count < 4, !texts[kind, default: []].contains(diag) { texts[kind, default: []].append(diag) }
+            }
+        }
+        let injected = ScenarioRig.ids(loadIDs).count
+        return Result(phase: phase, candidate: candidate, deferrals: deferrals, texts: texts, delivered: arrivals.count,
+                      injected: injected, drained: drained, stoppedEarly: stoppedEarly, scaledSeconds: seconds,
+                      realPerHour: realPerHour, transientRecords: transient,
+                      peakConnections: Self.int(provStats["peak_concurrent_connections"]),
+                      maxOnOneConnection: Self.int(provStats["max_messages_on_one_connection"]))
+    }
+
+    /// The trial's daemon: the candidate for the provider's domains (rates and times scaled), routed to the sink.
+    func config(ip: String, mtaPort: UInt16, mgmtPort: UInt16, spool: String, acct: String, mx: String) -> String {
+        let scale = settings.timeScale
+        let c = candidate
+        let macro = TuneRun.macro(provider)
+        // Durations at the time scale, in milliseconds (10 min → 6 s at 0.01).
+        func scaled(_ seconds: Int) -> String { "\(max(1, Int((Double(seconds) * 1000 * scale).rounded())))ms" }
+        var domain = [
+            "    route [\(mx.split(separator: ":").dropLast().joined(separator: ":"))]:\(mx.split(separator: ":").last ?? "25")",
+            provider.domains.count > 1 ? "    mx-rollup yes" : "",
+            "    max-smtp-out \(c.maxSMTPOut)",
+            "    max-msg-per-connection \(c.maxMsgPerConnection)",
+        ]
+        // Messages per real hour at the time scale, as a count per scaled hour (1800/h at 0.01 → 180000/h).
+        if c.ratePerHour > 0 { domain.append("    max-msg-rate \(Int((Double(c.ratePerHour) / scale).rounded()))/h") }
+        var patterns = ""
+        if let p = c.backoffPattern {
+            patterns = "<smtp-pattern-list \(macro)>\n    reply /\(p)/ mode=backoff\n</smtp-pattern-list>\n"
+            domain += ["    smtp-pattern-list \(macro)", "    backoff-retry-after \(scaled(c.backoffRetryAfterSeconds))",
+                       "    backoff-max-msg-rate \(Int((Double(c.backoffRatePerHour) / scale).rounded()))/h",
+                       // The default (1h) at the time scale, as the preset leaves it.
+                       "    backoff-to-normal-after \(scaled(3600))"]
+        }
+        return """
+        smtp-listener \(ip):\(mtaPort)
+        http-mgmt-port \(ip):\(mgmtPort)
+        spool \(spool)
+        host-name mta.peregrine.test
+        domain-macro \(macro) \(provider.domains.joined(separator: ","))
+        <source 127.0.0.0/8>
+            always-allow-relaying yes
+            process-x-virtual-mta yes
+            process-x-job yes
+        </source>
+        <acct-file \(acct)>
+            records d,b,t,tq
+        </acct-file>
+        \(patterns)<domain *>
+            use-starttls yes
+            # PowerMTA's default retry-after (10m), scaled like the sink.
+            retry-after \(scaled(600))
+            bounce-after 30m
+            deliver-local-dsn no
+        </domain>
+        <domain $\(macro)>
+        \(domain.filter { !$0.isEmpty }.joined(separator: "\n"))
+        </domain>
+
+        """
+    }
+
+    /// "peregrine-sink: listening gmail 127.0.1.1:40123" → "127.0.1.1:40123" (the provider's first MX).
+    static func firstListener(log: String, provider: String) -> String? {
+        let prefix = "peregrine-sink: listening \(provider) "
+        for line in log.split(separator: "\n") where line.hasPrefix(prefix) {
+            return String(line.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces)
+        }
+        return nil
+    }
+
+    /// The sink's deferrals (sessions refused, messages and recipients deferred, messages rejected) by reason.
+    static func deferrals(_ stats: [String: Any]) -> [String: Int] {
+        let totals = stats["totals"] as? [String: Any] ?? [:]
+        var out: [String: Int] = [:]
+        for key in ["sessions_refused", "messages_deferred", "recipients_deferred", "messages_rejected", "recipients_rejected"] {
+            for (reason, n) in (totals[key] as? [String: Any]) ?? [:] { out[reason, default: 0] += int(n) }
+        }
+        return out
+    }
+
+    /// Arrival times (ns) at the sink, sorted.
+    static func arrivals(_ path: String) -> [UInt64] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) }
+        }.sorted()
+    }
+
+    /// Which kind a daemon-side deferral text belongs to: when the sink deferred
+    /// for one kind only, every text is that kind; else by the texts of the profiles.
+    static func kind(ofText text: String, deferralsSeen: [String: Int]) -> TuneDeferralKind {
+        let kinds = Set(deferralsSeen.keys.map(TuneDeferralKind.init(sinkReason:)))
+        if kinds.count == 1, let only = kinds.first { return only }
+        let lower = text.lowercased()
+        if lower.contains("rate") || lower.contains("tss04") || lower.contains("volume") { return .rate }
+        if lower.contains("connections") || lower.contains("sessions") { return .connections }
+        return .other
+    }
+
+    static func int(_ v: Any?) -> Int {
+        if let i = v as? Int { return i }
+        if let n = v as? NSNumber { return n.intValue }
+        if let u = v as? UInt64 { return Int(clamping: u) }
+        return 0
+    }
+}
