@@ -486,7 +486,8 @@ struct TuneTrial {
                 if texts[kind, default: []].count < 4, !texts[kind, default: []].contains(diag) { texts[kind, default: []].append(diag) }
             }
         }
-        let injected = ScenarioRig.ids(loadIDs).count
+        // A trial stopped early may end before loadgen flushed its id file.
+        let injected = max(ScenarioRig.ids(loadIDs).count, arrivals.count)
         return Result(phase: phase, candidate: candidate, deferrals: deferrals, texts: texts, delivered: arrivals.count,
                       injected: injected, drained: drained, stoppedEarly: stoppedEarly, scaledSeconds: seconds,
                       realPerHour: realPerHour, transientRecords: transient,
