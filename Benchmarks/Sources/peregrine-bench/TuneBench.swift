@@ -229,7 +229,8 @@ struct TuneRun {
         // 5. Backoff: what to do when the rate limit trips anyway.
         var backoffNote = "not searched"
         if settings.backoff, chosen.ratePerHour > 0, let pattern = Self.pattern(from: rateTexts) {
-            let over = Self.stepUp(Self.rateLadder, from: chosen.ratePerHour)
+            // Two rungs over the safe rate, so the provoked run trips the limit even on a loaded machine.
+            let over = Self.stepUp(Self.rateLadder, from: Self.stepUp(Self.rateLadder, from: chosen.ratePerHour))
             var best: (seconds: Int, refusals: Int)? = nil
             for seconds in Self.retryLadder {
                 var c = chosen
@@ -241,7 +242,9 @@ struct TuneRun {
                 let t = try trial("backoff", c, stopOn: [])
                 // Refused attempts beyond the one that tripped the box: each retried too soon.
                 let refusals = t.count(.rate)
-                if !t.drained || t.deferrals["escalated", default: 0] > 0 {
+                // A run that never tripped the limit says nothing about the retry interval;
+                // one that escalated to a permanent refusal, or never drained, retried too soon.
+                if refusals == 0 || !t.drained || t.deferrals["escalated", default: 0] > 0 {
                     continue
                 }
                 if let b = best, refusals >= b.refusals { break }   // longer waits no longer help
