@@ -29,9 +29,10 @@ import PeregrineAccounting
 ///  4. the three together, run to the end: its delivered rate and deferral
 ///     count are the figures of the preset; a deferral steps its setting down
 ///     and the check runs again;
-///  5. backoff: the rate one step above the chosen one, with the deferral text
+///  5. backoff: phase 1's shape at two rungs above the chosen rate, with the deferral text
 ///     phase 1 saw as a `mode=backoff` pattern, for each `backoff-retry-after`
-///     on a ladder until the refusals retried inside a penalty stop growing.
+///     on a ladder until the refused retries stop falling; none is written when
+///     even the best leaves more than 10 (the knob is then another one).
 /// A failing trial stops as soon as its kind of deferral shows, which keeps
 /// runs short (and a provider's penalty from escalating).
 ///
@@ -163,6 +164,9 @@ struct TuneRun {
     static let retryLadder = [60, 300, 900, 1800, 3600, 7200, 14_400]
     /// The share of a trial's max-msg-rate it must deliver for a rate to count as safe.
     static let reachedShare = 0.8
+    /// Refused attempts a provoked run may show with the chosen retry interval
+    /// (the tripping transactions of every open connection, and a few retries).
+    static let acceptableBackoffRefusals = 10
 
     let provider: IspMixProvider
     let settings: Settings
@@ -233,8 +237,9 @@ struct TuneRun {
             let over = Self.stepUp(Self.rateLadder, from: Self.stepUp(Self.rateLadder, from: chosen.ratePerHour))
             var best: (seconds: Int, refusals: Int)? = nil
             for seconds in Self.retryLadder {
-                var c = chosen
-                c.ratePerHour = over
+                // Phase 1's shape (3 connections of 10), which reached its rates and tripped them;
+                // the retry interval answers the box's length, not the connection count.
+                var c = Candidate(maxSMTPOut: 3, maxMsgPerConnection: 10, ratePerHour: over)
                 c.backoffPattern = pattern
                 c.backoffRetryAfterSeconds = seconds
                 // After a penalty, back to the rate phase 4 found safe.
@@ -251,7 +256,12 @@ struct TuneRun {
                 best = (seconds, refusals)
                 if refusals <= 1 { break }
             }
-            if let b = best {
+            // A rule whose best retry interval still leaves many refused retries is
+            // not the knob this provider needs (Outlook's trickle box refuses at any
+            // interval; backoff-max-msg-rate would be, and is not searched): none is written.
+            if let b = best, b.refusals > Self.acceptableBackoffRefusals {
+                backoffNote = "none written: \(b.refusals) refused retries even at \(Self.durationText(b.seconds)) (backoff-max-msg-rate not searched)"
+            } else if let b = best {
                 chosen.backoffPattern = pattern
                 chosen.backoffRetryAfterSeconds = b.seconds
                 chosen.backoffRatePerHour = chosen.ratePerHour
