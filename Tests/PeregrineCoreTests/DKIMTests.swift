@@ -132,7 +132,7 @@ func canonicalHeaders(_ headers: String, _ c: DKIMCanonicalization) -> String {
     }
 }
 
-@Suite struct DKIMKeyTests {
+@Suite(.blockingIO) struct DKIMKeyTests {
     @Test func missingAndBadKeyFiles() throws {
         let dir = try DKIMTestKeys.scratch("keys")
         #expect(throws: DKIMError.self) { try DKIMPrivateKey.load(path: dir + "/absent.pem") }
@@ -181,7 +181,7 @@ func canonicalHeaders(_ headers: String, _ c: DKIMCanonicalization) -> String {
 
 /// Signing with this module, verified by dkimpy and opendkim-testmsg (and by
 /// this module's verifier, which must agree with them).
-@Suite struct DKIMSignatureTests {
+@Suite(.blockingIO) struct DKIMSignatureTests {
     static let canonicalizations = ["relaxed/relaxed", "simple/simple", "relaxed/simple", "simple/relaxed"]
 
     struct Signed {

@@ -60,7 +60,7 @@ func makeURingLoop() throws -> URingLoop {
 struct URingUnchecked<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
 
 @Suite("io_uring specifics", .enabled(if: BackendKind.testable.contains(.ioUring), "the io_uring backend cannot start here (see BackendAvailabilityTests)"),
-       .timeLimit(.minutes(10)))
+       .timeLimit(.minutes(10)), .blockingIO)
 struct URingSpecificTests {
     @Test func setupUsesDeferTaskrunOnThisKernel() throws {
         // DEFER_TASKRUN needs Linux 6.1: an older kernel is a skip with the reason, not a failure.
