@@ -143,7 +143,12 @@ public final class BlockingTestExecutor: TaskExecutor, @unchecked Sendable {
         thread.start()
     }
 
+    /// Whether the calling thread is one of this executor's.
+    public static var isCurrentThread: Bool { Thread.current.threadDictionary[threadKey] != nil }
+    private static let threadKey = "peregrine.blocking-test-thread"
+
     private func work() {
+        Thread.current.threadDictionary[Self.threadKey] = true
         while true {
             condition.lock()
             while jobs.isEmpty {
@@ -156,4 +161,30 @@ public final class BlockingTestExecutor: TaskExecutor, @unchecked Sendable {
             job.runSynchronously(on: asUnownedTaskExecutor())
         }
     }
+}
+
+extension BlockingSuites {
+    /// Says once per test, on stderr, when a test blocks a thread of the
+    /// cooperative pool (it runs in a task that is not on BlockingTestExecutor):
+    /// its suite lacks `.blockingIO`. Called where the support code blocks
+    /// (starting a child process). A warning, not a failure: the test still
+    /// works, it only holds back every other test while it waits.
+    static func noteBlockingCall(_ what: String) {
+        guard enabled, !BlockingTestExecutor.isCurrentThread, withUnsafeCurrentTask(body: { $0 != nil }),
+              let test = Test.current else { return }
+        let name = "\(test.id)"
+        let first = warned.withLock { $0.insert(name).inserted }
+        if first {
+            FileHandle.standardError.write(Data(
+                "warning: \(name) \(what) on a cooperative-pool thread: add .blockingIO to its @Suite (BlockingTestExecutor.swift)\n".utf8))
+        }
+    }
+
+    private static let warned = LockedSet()
+}
+
+final class LockedSet: @unchecked Sendable {
+    private let lock = NSLock()
+    private var names = Set<String>()
+    func withLock<T>(_ body: (inout Set<String>) -> T) -> T { lock.lock(); defer { lock.unlock() }; return body(&names) }
 }
