@@ -343,7 +343,7 @@ func canonicalHeaders(_ headers: String, _ c: DKIMCanonicalization) -> String {
     }
 }
 
-@Suite struct DKIMConfigTests {
+@Suite(.blockingIO) struct DKIMConfigTests {
     static func config(_ body: String) -> String {
         "smtp-listener 127.0.0.1:2525\n<virtual-mta vmta1>\n    smtp-source-host 127.0.0.10 vmta1.test\n</virtual-mta>\n" + body
     }
