@@ -9,7 +9,7 @@ import PeregrineIO
 /// Short versions of the `crash` and `backlog` benchmarks and of `summarize`
 /// (issue 7). They assert only that nothing accepted was lost and that the
 /// summary is written — no timing figure is checked (those live in results/).
-@Suite(.serialized, .timeLimit(.minutes(10))) struct BenchScenarioSmokeTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct BenchScenarioSmokeTests {
     static var benchExecutable: String { E2E.executable("peregrine-bench") }
 
     /// Runs peregrine-bench with a deadline; returns exit status and both outputs.

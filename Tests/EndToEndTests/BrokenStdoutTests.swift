@@ -9,7 +9,7 @@ import PeregrineIO
 /// A tool whose reader has gone away (the bench or a shell pipe closed
 /// stdout) must still shut down cleanly: Foundation's FileHandle.write traps
 /// on EPIPE, which once turned the sink's SIGTERM summary into a SIGILL.
-@Suite(.timeLimit(.minutes(10))) struct BrokenStdoutTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct BrokenStdoutTests {
     @Test func sinkShutsDownCleanlyWhenItsStdoutReaderIsGone() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: E2E.executable("peregrine-sink"))

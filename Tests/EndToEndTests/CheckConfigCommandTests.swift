@@ -9,7 +9,7 @@ import Testing
 /// migration: every error in one run, errors before warnings, exit 0 with
 /// warnings only, `--strict`, `--json`, and why a file cannot be read.
 /// Scenario 171: 127.P.171.x.
-@Suite(.timeLimit(.minutes(10))) struct CheckConfigCommandTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct CheckConfigCommandTests {
     let exe = E2E.executable("peregrine")
 
     @Test func everyErrorInOneRunAndRunRefusesWithTheSameList() throws {

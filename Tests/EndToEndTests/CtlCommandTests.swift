@@ -11,7 +11,7 @@ import PeregrineIO
 /// exists holds the queue when it appears; show queues as a table and JSON;
 /// delete --job-id, reset counters, show vmtas, show domain, trace; and
 /// `--version` and `--help` on every executable and subcommand. Scenario 219: 127.P.219.x.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct CtlCommandTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct CtlCommandTests {
     static var peregrine: String { E2E.executable("peregrine") }
 
     @Test func versionNamesTheCommitAndBuildDate() throws {

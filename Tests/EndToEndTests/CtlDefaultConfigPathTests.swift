@@ -11,7 +11,7 @@ import PeregrineIO
 /// test gives ctl its own mount namespace (`unshare -m`) in which /etc is an
 /// overlay on a tmpfs and the test's directory is bound over /etc/peregrine,
 /// so the machine's real /etc is never touched. Scenario 139: 127.P.139.x.
-@Suite(.timeLimit(.minutes(10))) struct CtlDefaultConfigPathTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct CtlDefaultConfigPathTests {
     /// Runs `peregrine ctl ARGS…` in a private mount namespace where
     /// /etc/peregrine is `confDir`. Exit status and output.
     static func ctlViaDefaultPath(_ confDir: String, _ scratch: String, _ args: [String]) throws -> (Int32, String) {

@@ -10,7 +10,7 @@ import PeregrineAccounting
 /// pool a message was injected for (empty when it named a VMTA), and an
 /// `<acct-file |program>` with `record-fields` feeds a program the chosen
 /// columns, header first.
-@Suite(.timeLimit(.minutes(10))) struct DaemonAccountingOptionsTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonAccountingOptionsTests {
     @Test(arguments: BackendKind.testable)
     func vmtaPoolAndAPipeWithChosenFields(_ kind: BackendKind) throws {
         try kind.requireAvailable()

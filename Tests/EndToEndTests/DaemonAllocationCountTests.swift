@@ -20,7 +20,7 @@ import PeregrineTestSupport
 /// mallinfo2: valgrind runs the daemon 20-50 times slower and cannot follow
 /// io_uring; mallinfo2 gives bytes in use, not calls. Counts are
 /// deterministic up to timer wake-ups, which do not scale with N.
-@Suite(.timeLimit(.minutes(10))) struct DaemonAllocationCountTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonAllocationCountTests {
     /// Upper bounds on malloc calls per relayed message: debug build (what
     /// `swift test` runs), one recipient, 4 KB, accounting on.
     /// History: 481/517/557 (io_uring/epoll/dispatch) on the perf-esp branch;

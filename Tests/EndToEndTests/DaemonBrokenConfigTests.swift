@@ -10,7 +10,7 @@ import PeregrineIO
 /// Broken configuration files against the real executable: `check-config`
 /// and `run` both exit 1 with `FILE:LINE: …` naming the directive, and `run`
 /// starts nothing (no spool directory, no listener). Scenario 62: 127.P.62.x.
-@Suite(.timeLimit(.minutes(10))) struct DaemonBrokenConfigTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonBrokenConfigTests {
     struct Broken: Sendable, CustomStringConvertible {
         let name: String
         /// The config body; `LISTEN` and `SPOOL` are filled in.

@@ -7,7 +7,7 @@ import PeregrineTestSupport
 /// real redis-server (cluster-redis) and one sink: a 4.7.28 deferral that
 /// puts a queue into backoff on one node puts the same queue into backoff on
 /// the other, which never met the deferral itself. Scenario 102.
-@Suite(.timeLimit(.minutes(10))) struct DaemonClusterTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonClusterTests {
 
     static func nodeConfig(_ dir: TestDirectory, name: String, listen: String, source: String,
                            redis: String, mx: String, port: UInt16) -> String {

@@ -10,7 +10,7 @@ import PeregrineAccounting
 /// `<virtual-mta>`'s `max-smtp-out`), `queue-priority` when those slots are
 /// scarce, and `smtp-553-means-invalid-mailbox`, judged by the sink's
 /// counts and the accounting file. Scenarios 12-15 (127.P.12-15.x).
-@Suite(.timeLimit(.minutes(10))) struct DaemonConnectionBudgetTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonConnectionBudgetTests {
     typealias Scenario = DaemonEndToEndTests.Scenario
     static let domains = ["one.test", "two.test", "three.test", "four.test"]
 

@@ -13,7 +13,7 @@ import PeregrineTestSupport
 /// one Subject letter changed fail both. Four recipient domains, one per
 /// canonicalisation pair, each dual-signed (RSA-2048 and Ed25519 for the From
 /// domain) plus the ESP's own RSA signature (`dkim-also-sign-as`).
-@Suite(.timeLimit(.minutes(10))) struct DaemonDKIMTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonDKIMTests {
     static let canonicalizations = ["relaxed/relaxed", "simple/simple", "relaxed/simple", "simple/relaxed"]
 
     /// Stores every message it receives, byte for byte as it came off the wire

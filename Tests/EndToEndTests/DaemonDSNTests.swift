@@ -11,7 +11,7 @@ import PeregrineAccounting
 /// receiver that refuses some recipients, and the report arrives at the
 /// sender's domain's MX (the same recording receiver), where Python's `email`
 /// package reads it and its fields are compared with the `b` records.
-@Suite(.serialized, .timeLimit(.minutes(10)))
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO)
 struct DaemonDSNTests {
     static let sender = "sender@senders.test"
 
@@ -227,7 +227,7 @@ struct DaemonDSNTests {
 /// Python's `email` package, an Exim bounce) and Peregrine's own bounce
 /// report, routed back to its own listener, become `rb` and `f` records;
 /// the processors' recipients are not relayed, the others are.
-@Suite(.serialized, .timeLimit(.minutes(10)))
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO)
 struct DaemonInboundReportTests {
     static let sendScript = #"""
     import sys, smtplib, email

@@ -12,7 +12,7 @@ import PeregrineAccounting
 /// Every scenario has its own loopback addresses (127.P.SCENARIO.x), sink,
 /// daemon, spool and accounting file; bounds are on counts, and the time
 /// limits are only deadlines against hanging.
-@Suite(.timeLimit(.minutes(10))) struct DaemonEndToEndTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonEndToEndTests {
 
     /// Sink + daemon for one scenario; torn down in reverse order.
     final class Scenario {

@@ -12,7 +12,7 @@ import PeregrineIO
 /// waiting for it get `t` records with the real reason, and a healthy second
 /// MX of the same domain still gets the mail. Counts, not timings: retry-after
 /// is an hour, so any second wave of connections is a storm.
-@Suite(.timeLimit(.minutes(10))) struct DaemonFailingReceiverTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonFailingReceiverTests {
     static let maxSMTPOut = 2
 
     /// What the `t` records must say for each way of failing.

@@ -11,7 +11,7 @@ import PeregrineIO
 /// gets the waiting mail bounced with its reply when the domain says so, and
 /// only deferred (a failed host: next MX, then retry) when it does not.
 /// Scenario 174: 127.P.174.x.
-@Suite(.timeLimit(.minutes(10))) struct DaemonGreetingBounceTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonGreetingBounceTests {
     @Test(arguments: BackendKind.testable)
     func a5xxGreetingBouncesOnlyWhereConfigured(_ kind: BackendKind) throws {
         try kind.requireAvailable()

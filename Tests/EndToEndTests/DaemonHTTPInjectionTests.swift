@@ -14,7 +14,7 @@ import PeregrineTestSupport
 /// status and code and queues nothing (checked in the accounting file); a
 /// client trickling its body is closed while others are served.
 /// Scenario numbers 20-29 (this suite uses 20).
-@Suite(.timeLimit(.minutes(10))) struct DaemonHTTPInjectionTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonHTTPInjectionTests {
     static let secret = "s3cret-key"
     /// The key's hash as `peregrine passwd` prints it (lowest accepted cost).
     static let keyHash: String = {
@@ -339,7 +339,7 @@ import PeregrineTestSupport
 /// The HTTP API on a full spool (scenario 21): a request whose messages
 /// cannot be made durable gets `503 spool_unavailable` with `Retry-After`,
 /// never a 200; once space returns the API takes mail again.
-@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: SpoolTmpfs.available, "needs root and mount -t tmpfs (a small file system to fill)"))
+@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: SpoolTmpfs.available, "needs root and mount -t tmpfs (a small file system to fill)"), .blockingIO)
 struct DaemonHTTPInjectionSpoolFaultTests {
     static let script = #"""
     import json, sys, urllib.request, urllib.error

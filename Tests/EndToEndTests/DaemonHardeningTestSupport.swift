@@ -31,7 +31,6 @@ final class RawSMTPClient {
         if let source {
             let local = try SocketAddress(ip: source, port: 0)
             guard local.withSockAddr({ bind(fd, $0, $1) }) == 0 else {
-                Glibc.close(fd)
                 throw SinkTestError("bind \(source) failed: errno \(errno)")
             }
         }
@@ -45,10 +44,14 @@ final class RawSMTPClient {
             var len = socklen_t(MemoryLayout<Int32>.size)
             r = n == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0 ? 0 : -1
         }
-        guard r == 0 else { Glibc.close(fd); throw SinkTestError("connect \(ip):\(port) failed: errno \(errno)") }
+        guard r == 0 else { throw SinkTestError("connect \(ip):\(port) failed: errno \(errno)") }
     }
 
-    deinit { Glibc.close(fd) }
+    // The only close. A class whose init throws (or returns nil) after its
+    // stored properties are set still runs deinit, so a close in init too
+    // closed the number twice: by then, under parallel suites, it could be
+    // another test's socket.
+    deinit { if fd >= 0 { Glibc.close(fd) } }
 
     /// Sends all of `bytes` (blocking); false when the peer is gone.
     @discardableResult

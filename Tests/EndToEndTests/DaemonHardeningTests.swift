@@ -13,7 +13,7 @@ import PeregrineIO
 /// too many errors, running out of descriptors, the management API's
 /// authentication and cross-site defences, and header injection through EHLO.
 /// Addresses 127.P.91-99.x (this process's private prefix) are this suite's own.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonHardeningTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonHardeningTests {
     func start(_ tag: String, _ scenario: Int, _ kind: BackendKind, threads: Int = 1,
                _ rest: String = "") throws -> (TestDirectory, DaemonProcess) {
         let dir = try TestDirectory("\(tag)-\(kind.rawValue)")

@@ -10,7 +10,7 @@ import PeregrineAccounting
 /// Python receiver got: `add-message-id-header`, `add-date-header` (only
 /// when missing), `remove-received-headers` (the application's hops gone,
 /// Peregrine's own Received kept), `retain-x-virtual-mta`. Scenario 17.
-@Suite(.timeLimit(.minutes(10))) struct DaemonInjectionHeaderTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonInjectionHeaderTests {
     @Test(arguments: BackendKind.testable)
     func sourceAddsMissingHeadersAndDropsTheInjectorsHops(_ kind: BackendKind) throws {
         try kind.requireAvailable()

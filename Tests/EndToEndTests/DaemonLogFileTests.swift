@@ -12,7 +12,7 @@ import PeregrineTestSupport
 /// (backoff-to-normal-after-delivery), a `ctl reload` and a reload that
 /// failed, the stop; with `log-connections` and `log-commands`, the
 /// injection connection and its commands.
-@Suite(.timeLimit(.minutes(10))) struct DaemonLogFileTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonLogFileTests {
     static let timestamp = try! Regex(#"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z "#)
 
     static func lines(_ path: String) -> [String] {

@@ -13,7 +13,7 @@ import PeregrineIO
 /// it, delete bounces it and the sink never sees it, set-mode is visible;
 /// `http-access` gives monitor read-only and none 403; `/metrics` totals equal
 /// the accounting file as Python's csv module reads it. Scenario 61: 127.P.61.x.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonManagementTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonManagementTests {
     static let httpScript = #"""
 import http.client, sys
 method, host, port, path, src, body, token = sys.argv[1:8]

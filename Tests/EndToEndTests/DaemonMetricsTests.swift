@@ -12,7 +12,7 @@ import PeregrineIO
 /// each once (samples of a family scattered through the text come out as
 /// several families of one name), with values that agree with `/status`.
 /// Scenario 217: 127.P.217.x.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonMetricsTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonMetricsTests {
     /// Families as prometheus_client parses them, one JSON object per family in text order.
     static let parseScript = #"""
 import json, sys

@@ -11,7 +11,7 @@ import PeregrineIO
 /// envelope sender or header, with smtplib injecting: the `r` records name
 /// the chosen VMTA; `//` catches the rest; an `X-Virtual-MTA:` header still
 /// wins. Scenario 175: 127.P.175.x.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonPatternListTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonPatternListTests {
     static let script = #"""
 import smtplib, sys
 ip, port, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]

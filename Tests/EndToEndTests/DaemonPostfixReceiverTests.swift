@@ -14,7 +14,7 @@ import PeregrineIO
 /// records (TEST-AUDIT §5 item 5). Postfix relays nowhere (its relayhost is a
 /// closed port): what it accepted stays in its queue, and its log names each
 /// queue id, which the daemon's `d` records must quote. Scenario 183 (and 184).
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonPostfixReceiverTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonPostfixReceiverTests {
     static var script: String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("scripts/postfix-instance").path

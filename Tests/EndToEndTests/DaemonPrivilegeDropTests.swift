@@ -14,7 +14,7 @@ import PeregrineAccounting
 /// delivers mail, its spool takes new messages, the accounting file rotates
 /// by size and the new file is written, and a reload (which re-reads the
 /// config as the user) changes nothing of that.
-@Suite(.timeLimit(.minutes(10))) struct DaemonPrivilegeDropTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonPrivilegeDropTests {
     static let nobody: (uid: uid_t, gid: gid_t)? = {
         guard let pw = getpwnam("nobody"), let gr = getgrnam("nogroup") else { return nil }
         return (pw.pointee.pw_uid, gr.pointee.gr_gid)

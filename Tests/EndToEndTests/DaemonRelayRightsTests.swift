@@ -11,7 +11,7 @@ import PeregrineIO
 /// revokes always-allow-relaying refuses the next transaction of a
 /// connection opened before it; and a daemon started without smtp-listener
 /// says what it will listen on.
-@Suite(.timeLimit(.minutes(10))) struct DaemonRelayRightsTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonRelayRightsTests {
     @Test(arguments: BackendKind.testable)
     func aReloadRevokingRelayingAppliesToOpenConnections(_ kind: BackendKind) throws {
         try kind.requireAvailable()

@@ -13,7 +13,7 @@ import PeregrineAccounting
 /// gets 530; AUTH is neither offered nor accepted in clear text; per-user
 /// rights (`source {NAME}`); brute force is slowed, then locked out; and
 /// Postfix's smtp client relays through Peregrine with SASL.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonSMTPAuthTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonSMTPAuthTests {
     static let backends = BackendKind.testable.map(\.rawValue)
     /// alice's password as `peregrine passwd` stores it (lowest accepted cost: the tests hash often).
     static let aliceHash: String = {

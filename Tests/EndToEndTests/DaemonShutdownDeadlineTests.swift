@@ -14,7 +14,7 @@ import PeregrineIO
 /// stops at once, the message in flight is still spooled for the next start,
 /// and every injection client whose message was committed gets its 250.
 /// Outer bounds are generous deadlines against hanging, not timing claims.
-@Suite(.timeLimit(.minutes(10))) struct DaemonShutdownDeadlineTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonShutdownDeadlineTests {
     /// Waits (bounded) for the daemon process to exit.
     static func waitForExit(_ d: DaemonProcess, _ seconds: Double) -> Bool {
         E2E.waitUntil(seconds, every: 0.05) { !d.process.isRunning }

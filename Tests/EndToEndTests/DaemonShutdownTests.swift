@@ -11,7 +11,7 @@ import PeregrineSpool
 /// SIGTERM while the loadgen injects and the daemon delivers: the daemon exits
 /// 0, a restart on the same spool delivers the rest, and the sink sees every
 /// message the loadgen saw accepted exactly once. Scenario 63: 127.P.63.x.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonShutdownTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonShutdownTests {
     @Test(arguments: BackendKind.testable)
     func sigtermWithTrafficInFlightLosesAndDuplicatesNothing(_ kind: BackendKind) throws {
         try kind.requireAvailable()

@@ -9,7 +9,7 @@ import PeregrineIO
 /// MX rollup end to end: four domains whose MX (answered by a DNS sink) is
 /// one receiver allowing 3 connections per source IP. Scenarios 40 and 41
 /// (127.P.40.x, 127.P.41.x); the receiver listens on its address's port 25.
-@Suite(.timeLimit(.minutes(10))) struct DaemonSiteTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonSiteTests {
     typealias Scenario = DaemonEndToEndTests.Scenario
     static let domains = ["hot.test", "out.test", "live.test", "msn.test"]
 

@@ -14,7 +14,7 @@ import PeregrineIO
 /// removes the named headers. Judged from the `r` accounting records and
 /// from the spooled bytes (the messages stay queued: their route is refused).
 /// Scenario 172: 127.P.172.x.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonSourceHeaderTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonSourceHeaderTests {
     static let script = #"""
 import smtplib, sys
 ip, port, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]

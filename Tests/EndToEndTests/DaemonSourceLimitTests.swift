@@ -12,7 +12,7 @@ import PeregrineIO
 /// other sources keep the top-level max-smtp-in-errors), `max-rcpt-per-message`
 /// (452 4.5.3 past N), `allow-starttls no` (STARTTLS not offered to that
 /// source while others see it). Scenario 173: 127.P.173.x.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonSourceLimitTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonSourceLimitTests {
     static let script = #"""
 import smtplib, sys
 ip, port = sys.argv[1], int(sys.argv[2])

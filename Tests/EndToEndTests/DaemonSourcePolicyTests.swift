@@ -14,7 +14,7 @@ import PeregrineIO
 /// Nothing refused reaches the spool. (`require-auth yes` is refused at config
 /// load until SMTP AUTH exists: ConfigPeregrineErrorTests.)
 /// Scenario 60: 127.P.60.x.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonSourcePolicyTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonSourcePolicyTests {
     static let script = #"""
 import smtplib, sys
 ip, port = sys.argv[1], int(sys.argv[2])

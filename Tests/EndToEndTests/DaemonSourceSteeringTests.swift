@@ -10,7 +10,7 @@ import PeregrineIO
 /// vmta2 = 127.0.0.11): the receiver puts a source IP in its penalty box,
 /// the pattern list disables that source for the domain, and the pool's
 /// other member carries the mail. Scenarios 42 and 43 (127.P.42.x, 127.P.43.x).
-@Suite(.timeLimit(.minutes(10))) struct DaemonSourceSteeringTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonSourceSteeringTests {
     typealias Scenario = DaemonEndToEndTests.Scenario
     static let boxed = "421 4.7.650 The mail server [{ip}] has been temporarily rate limited due to IP reputation. (S775)"
 

@@ -28,7 +28,7 @@ enum SpoolTmpfs {
 /// spool write fails with ENOSPC gets `451 4.3.0`, never 250; `/status` and
 /// `/metrics` say the spool is degraded and why; once space returns the
 /// daemon takes mail again on its own, on the same connection.
-@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: SpoolTmpfs.available, "needs root and mount -t tmpfs (a small file system to fill)"))
+@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: SpoolTmpfs.available, "needs root and mount -t tmpfs (a small file system to fill)"), .blockingIO)
 struct DaemonSpoolFaultTests {
     @Test(arguments: BackendKind.testable)
     func spoolWriteErrorGives451AndTheDaemonKeepsServing(kind: BackendKind) throws {
@@ -104,7 +104,7 @@ struct DaemonSpoolFaultTests {
 /// A damaged older segment found at daemon start: reported in the log,
 /// copied whole to the quarantine directory (never cut or deleted), every
 /// intact record re-queued; `spool-check` keeps reporting the quarantined copy.
-@Suite struct DaemonSpoolRecoveryReportTests {
+@Suite(.blockingIO) struct DaemonSpoolRecoveryReportTests {
     @Test(arguments: BackendKind.testable)
     func damagedOlderSegmentIsReportedAtStartAndQuarantined(kind: BackendKind) throws {
         let dir = try TestDirectory("spool-damaged-\(kind.rawValue)")

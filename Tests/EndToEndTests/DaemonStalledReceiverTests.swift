@@ -16,7 +16,7 @@ import PeregrineIO
 /// Counts and records, not timings: the retry interval is an hour and the
 /// data-termination timeout ten minutes, so only data-send-timeout can
 /// produce the `t` record within the test's bound. Scenario 181: 127.P.181.x.
-@Suite(.timeLimit(.minutes(10))) struct DaemonStalledReceiverTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonStalledReceiverTests {
     static let bodyBytes = 8 << 20   // far more than the receiver's window and the kernel's send buffer
 
     /// Injects one message of about `bodyBytes` (lines of 998 characters).

@@ -13,7 +13,7 @@ import PeregrineAccounting
 /// smtplib), `ctl suppress remove` lets it through, `ctl suppress import`
 /// and `add` fill the list, and the list survives a restart and a SIGKILL
 /// right after an acknowledged add. Scenarios 45-47.
-@Suite(.serialized, .timeLimit(.minutes(10)))
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO)
 struct DaemonSuppressionTests {
     typealias Scenario = DaemonEndToEndTests.Scenario
 
@@ -281,7 +281,7 @@ private func python3() -> String { findTool("python3") ?? "/usr/bin/python3" }
 /// (a 4xx-class quota report does not); and a bounce of mail from a
 /// suppressed sender makes no report, while another sender's does.
 /// Scenario 47 (RecordingReceiver: `bad…` recipients get 550 5.1.1).
-@Suite(.serialized, .timeLimit(.minutes(10)))
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO)
 struct DaemonSuppressionReportTests {
     static let dsnScript = #"""
     import sys, smtplib

@@ -14,7 +14,7 @@ import PeregrineIO
 /// message over its session with A. A broken key then makes the reload fail
 /// as a whole, reported with the key directive's file:line, and B stays in
 /// service.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonTLSReloadTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonTLSReloadTests {
     enum ReloadPath: String { case ctl, sighup }
 
     @Test(arguments: BackendKind.testable)

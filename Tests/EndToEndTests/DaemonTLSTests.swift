@@ -12,7 +12,7 @@ import PeregrineIO
 /// protocol and cipher), Gmail's require-tls, and a sink whose TLS is broken
 /// or refused: opportunistic falls back to plain, required defers with the
 /// diagnostic in the `t` record.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonTLSTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonTLSTests {
     static let backends = BackendKind.testable.map(\.rawValue)
 
     func certificates() throws -> E2ETLSCertificates.Files {

@@ -15,7 +15,7 @@ import PeregrineIO
 /// (a deferral, nothing delivered), and without verification the same wrong
 /// certificate is accepted, so the refusal is the hostname check's doing.
 /// Scenario 185.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonTLSVerifyHostnameTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonTLSVerifyHostnameTests {
     struct TestCA {
         let ca: String, caKey: String
         /// A certificate for `subject` with the given subjectAltName, signed by the CA: (certificate, key).

@@ -11,7 +11,7 @@ import PeregrineIO
 /// receiver checks every POST's HMAC signature and records the events by id.
 /// Scenarios 30 (outage + SIGKILL), 31 (https, 500 then 200, untrusted CA),
 /// 32 (webhook-max-age). Addresses 127.P.3x.y.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DaemonWebhookTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonWebhookTests {
     static let secret = "whsec-test-0123"
 
     func webhookConfig(_ dir: TestDirectory, listen: String, mx: String, mxPort: UInt16, _ hooks: String,

@@ -8,7 +8,7 @@ import Testing
 /// `peregrine-bench dashboard` (issue 17) rendered in headless Chromium: the
 /// assertions read the DOM the browser built and the figures its one script
 /// measured after layout (charts and points actually drawn), never the HTML text.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct DashboardBrowserTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DashboardBrowserTests {
     static var bench: String { E2E.executable("peregrine-bench") }
     static var repo: String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path

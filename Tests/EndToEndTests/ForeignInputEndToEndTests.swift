@@ -10,7 +10,7 @@ import PeregrineIO
 /// Input a user controls that used to trap a real executable: names in the
 /// spool directory the daemon never writes, and out-of-range loadgen flags.
 /// Loopback addresses 127.P.140.x are this suite's own (PrivateLoopback).
-@Suite(.timeLimit(.minutes(10))) struct ForeignInputEndToEndTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct ForeignInputEndToEndTests {
     /// A segment named 4294967295.seg made the next segment number overflow, and a
     /// `loop--1` directory became stream -1, used as an index into the workers.
     @Test func daemonStartsBesideSpoolNamesItNeverWrites() throws {

@@ -6,7 +6,7 @@ import Testing
 /// without overlaps, targets with refId and expr, the data source variable it
 /// refers to) and against what the daemon exposes: every metric a query names
 /// is a family the /metrics test finds (DaemonMetricsTests.expectedFamilies).
-@Suite(.timeLimit(.minutes(10))) struct GrafanaDashboardTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct GrafanaDashboardTests {
     static var path: String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("examples/grafana/peregrine-dashboard.json").path

@@ -5,7 +5,7 @@ import Testing
 /// Gmail's require-tls with a throwaway certificate, the daemon delivers with
 /// opportunistic STARTTLS. Yahoo (72 s suspension) and Outlook (54 s backoff)
 /// are left out of the mix so the run stays short; nothing about time is asserted.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct IspMixTLSSmokeTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct IspMixTLSSmokeTests {
     @Test func gmailGetsEverythingOverTLSAndNothingIsLost() throws {
         let dir = BenchScenarioSmokeTests.scratch()
         defer { try? FileManager.default.removeItem(atPath: dir) }

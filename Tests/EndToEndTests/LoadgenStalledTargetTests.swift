@@ -13,7 +13,7 @@ import PeregrineIO
 /// connection must close although the send never completes: the loadgen
 /// then finishes on its own. It used to wait for that send forever, so the
 /// run never ended. Every backend of the loadgen. Scenario 182: 127.P.182.x.
-@Suite(.timeLimit(.minutes(10))) struct LoadgenStalledTargetTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct LoadgenStalledTargetTests {
     @Test(arguments: BackendKind.testable)
     func aTargetThatStopsReadingTimesTheLoadgenOutAndItFinishes(_ kind: BackendKind) throws {
         try kind.requireAvailable()

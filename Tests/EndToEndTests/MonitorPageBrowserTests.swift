@@ -13,7 +13,7 @@ import PeregrineIO
 /// says so) through the authenticated API. Chromium is driven over the DevTools
 /// protocol on a pipe (--remote-debugging-pipe: NUL-terminated JSON on fds 3
 /// and 4), from Python's standard library. Scenario 218: 127.P.218.x.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct MonitorPageBrowserTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct MonitorPageBrowserTests {
     static let driver = #"""
 import fcntl, json, os, subprocess, sys, time, urllib.request
 chromium, page, api, queue, profile = sys.argv[1:6]

@@ -10,7 +10,7 @@ import PeregrineIO
 /// accept-all sink on loopback with a durable spool, per backend. It asserts
 /// only that nothing accepted was lost or duplicated and that mail flowed —
 /// no timing figure is checked here (those live in results/).
-@Suite(.serialized, .timeLimit(.minutes(10))) struct RelaySmokeTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct RelaySmokeTests {
     static var benchExecutable: String { E2E.executable("peregrine-bench") }
 
     @Test(arguments: BackendKind.testable)

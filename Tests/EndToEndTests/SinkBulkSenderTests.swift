@@ -13,7 +13,7 @@ import PeregrineTestSupport
 /// PeregrineDKIM against the keys given with `--dkim-key`, answered with the
 /// providers' texts at the end of DATA. (That verifier agrees with dkimpy on
 /// a signed and tampered corpus: DKIMSignatureTests.verifierAgreesWithDkimpy.)
-@Suite(.timeLimit(.minutes(10))) struct SinkBulkSenderTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct SinkBulkSenderTests {
     static func sign(_ message: [UInt8], keyPath: String, selector: String, domain: String) throws -> [UInt8] {
         let identity = DKIMSigningIdentity(domain: domain, selector: selector, key: try DKIMPrivateKey.load(path: keyPath))
         var out: [UInt8] = []

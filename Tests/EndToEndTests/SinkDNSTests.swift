@@ -3,7 +3,7 @@ import Testing
 import PeregrineDNS
 
 /// The sink's DNS zone and replies, through PeregrineDNS's codec, without sockets.
-@Suite(.timeLimit(.minutes(10))) struct SinkDNSTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct SinkDNSTests {
     static func zone() throws -> SinkDNSZone {
         let set = try SinkProfileParser.load(path: SinkProfileTests.profilesDir + "/all.conf")
         return SinkDNSZone(profiles: set.profiles)

@@ -9,7 +9,7 @@ import PeregrineIO
 /// The real `peregrine-sink` driven over loopback by a scripted SMTP client,
 /// one shipped profile after another: each provider's reply arrives at the
 /// phase DOMAIN.md says, with the provider's text.
-@Suite(.timeLimit(.minutes(10))) struct SinkEndToEndTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct SinkEndToEndTests {
     static let providers = ["gmail", "yahoo", "outlook", "icloud", "comcast", "gmx", "orange"]
 
     /// The shipped profiles without their random failures and drops, so that

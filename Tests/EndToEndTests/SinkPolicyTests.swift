@@ -2,7 +2,7 @@ import Testing
 @testable import PeregrineSink
 
 /// The ISP policy engine, driven with byte-free calls and a hand-held clock.
-@Suite(.timeLimit(.minutes(10))) struct SinkPolicyTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct SinkPolicyTests {
     static let s: UInt64 = 1_000_000_000
 
     static func reply(_ text: String) -> SinkReplyTemplate {

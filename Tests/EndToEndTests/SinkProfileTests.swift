@@ -3,7 +3,7 @@ import Testing
 @testable import PeregrineSink
 
 /// The profile syntax and the shipped profiles.
-@Suite(.timeLimit(.minutes(10))) struct SinkProfileTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct SinkProfileTests {
     static var profilesDir: String {
         // Tests/EndToEndTests/SinkProfileTests.swift → repository root.
         let here = URL(fileURLWithPath: #filePath)

@@ -5,7 +5,7 @@ import PeregrineIO
 
 /// `--record-ids`: an accepted message's id is in the file while the sink
 /// still runs (it used to stay in a 64 KB buffer until the sink stopped).
-@Suite(.timeLimit(.minutes(10)))
+@Suite(.timeLimit(.minutes(10)), .blockingIO)
 struct SinkRecordIdsTests {
     @Test func idsReachTheFileWhileTheSinkRuns() throws {
         let dir = try TestDirectory("record-ids")

@@ -2,7 +2,7 @@ import Testing
 @testable import PeregrineSink
 
 /// The sink's `require-tls` and `starttls` profile settings.
-@Suite(.timeLimit(.minutes(10))) struct SinkTLSPolicyTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct SinkTLSPolicyTests {
     @Test func requireTLSAnswersLikeGmailUntilTLS() throws {
         let set = try SinkProfileParser.parse("""
             <isp gmail>

@@ -136,7 +136,7 @@ final class SinkTestClient {
             let b = withUnsafePointer(to: &local) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
-            guard b == 0 else { let e = errno; Glibc.close(fd); throw SinkTestError("bind \(source) failed: errno \(e)") }
+            guard b == 0 else { let e = errno; throw SinkTestError("bind \(source) failed: errno \(e)") }
         }
         var tv = timeval(tv_sec: 15, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -157,13 +157,16 @@ final class SinkTestClient {
             var n: Int32
             repeat { n = poll(&p, 1, 15_000) } while n < 0 && errno == EINTR
             if n == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0 { return }
-            Glibc.close(fd)
             throw SinkTestError("connect \(ip):\(port) failed after EINTR: \(n == 1 ? "errno \(err)" : "timed out")")
         }
-        guard r == 0 else { Glibc.close(fd); throw SinkTestError("connect \(ip):\(port) failed: errno \(errno)") }
+        guard r == 0 else { throw SinkTestError("connect \(ip):\(port) failed: errno \(errno)") }
     }
 
-    deinit { Glibc.close(fd) }
+    // The only close. A class whose init throws (or returns nil) after its
+    // stored properties are set still runs deinit, so a close in init too
+    // closed the number twice: by then, under parallel suites, it could be
+    // another test's socket (SinkMXFaultTests failed with recv errno 9).
+    deinit { if fd >= 0 { Glibc.close(fd) } }
 
     func send(_ text: String) throws {
         let bytes = Array(text.utf8)

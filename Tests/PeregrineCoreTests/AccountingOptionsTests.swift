@@ -6,7 +6,7 @@ import Foundation
 
 /// Issue 14, Accounting: `record-fields` (PowerMTA's layout), `delete-after`,
 /// `<acct-file |program>` and the `vmtaPool` field.
-@Suite("Accounting options", .timeLimit(.minutes(10)))
+@Suite("Accounting options", .timeLimit(.minutes(10)), .blockingIO)
 struct AccountingOptionsTests {
     func options(_ block: String) throws -> AccountingFileOptions {
         let c = try PeregrineConfig.parse(block, file: "a.conf")

@@ -10,7 +10,7 @@ import Testing
 
 /// `smtp-server-tls-certificate` / `smtp-server-tls-key`, `smtp-listener … tls=yes`,
 /// and the delivery TLS directives.
-@Suite struct ConfigServerTLSTests {
+@Suite(.blockingIO) struct ConfigServerTLSTests {
     func parse(_ text: String) throws(ConfigError) -> PeregrineConfig {
         try PeregrineConfig.parse(text, file: "t.conf")
     }

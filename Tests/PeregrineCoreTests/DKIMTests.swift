@@ -132,7 +132,7 @@ func canonicalHeaders(_ headers: String, _ c: DKIMCanonicalization) -> String {
     }
 }
 
-@Suite struct DKIMKeyTests {
+@Suite(.blockingIO) struct DKIMKeyTests {
     @Test func missingAndBadKeyFiles() throws {
         let dir = try DKIMTestKeys.scratch("keys")
         #expect(throws: DKIMError.self) { try DKIMPrivateKey.load(path: dir + "/absent.pem") }
@@ -181,7 +181,7 @@ func canonicalHeaders(_ headers: String, _ c: DKIMCanonicalization) -> String {
 
 /// Signing with this module, verified by dkimpy and opendkim-testmsg (and by
 /// this module's verifier, which must agree with them).
-@Suite struct DKIMSignatureTests {
+@Suite(.blockingIO) struct DKIMSignatureTests {
     static let canonicalizations = ["relaxed/relaxed", "simple/simple", "relaxed/simple", "simple/relaxed"]
 
     struct Signed {
@@ -313,19 +313,23 @@ func canonicalHeaders(_ headers: String, _ c: DKIMCanonicalization) -> String {
     @Test func verifierAgreesWithDkimpy() throws {
         let keys = try DKIMTestKeys.get()
         let dir = try DKIMTestKeys.scratch("agree")
-        var corpus: [Signed] = []
+        var jobs: [DKIMExternalVerifiers.SignJob] = []
+        var labels: [String] = []
         for (n, message) in DKIMTestCorpus.messages().enumerated() {
             for c in Self.canonicalizations {
                 for (selector, path, ed) in [("rsa", keys.rsa.privateKeyPath, false), ("ed", keys.ed25519.privateKeyPath, true)] {
-                    let byDkimpy = try DKIMExternalVerifiers.dkimpySign(message.bytes, selector: selector, domain: "example.com",
-                                                                        keyPath: path, canonicalization: c, ed25519: ed,
-                                                                        directory: dir, name: "m\(n)-\(selector)-\(c.replacingOccurrences(of: "/", with: "-"))")
-                    let label = "\(message.name) \(selector) \(c) signed by dkimpy"
-                    corpus.append(Signed(label: label, message: byDkimpy))
-                    corpus.append(Signed(label: label + ", body tampered", message: DKIMTestCorpus.tamperedBody(byDkimpy)))
-                    corpus.append(Signed(label: label + ", header tampered", message: DKIMTestCorpus.tamperedHeader(byDkimpy)))
+                    jobs.append(.init(message: message.bytes, selector: selector, domain: "example.com",
+                                      keyPath: path, canonicalization: c, ed25519: ed,
+                                      name: "m\(n)-\(selector)-\(c.replacingOccurrences(of: "/", with: "-"))"))
+                    labels.append("\(message.name) \(selector) \(c) signed by dkimpy")
                 }
             }
+        }
+        var corpus: [Signed] = []
+        for (label, byDkimpy) in zip(labels, try DKIMExternalVerifiers.dkimpySignAll(jobs, directory: dir)) {
+            corpus.append(Signed(label: label, message: byDkimpy))
+            corpus.append(Signed(label: label + ", body tampered", message: DKIMTestCorpus.tamperedBody(byDkimpy)))
+            corpus.append(Signed(label: label + ", header tampered", message: DKIMTestCorpus.tamperedHeader(byDkimpy)))
         }
         let py = try DKIMExternalVerifiers.dkimpy(corpus.map(\.message), records: Self.records(keys), directory: dir)
         var passes = 0
@@ -339,7 +343,7 @@ func canonicalHeaders(_ headers: String, _ c: DKIMCanonicalization) -> String {
     }
 }
 
-@Suite struct DKIMConfigTests {
+@Suite(.blockingIO) struct DKIMConfigTests {
     static func config(_ body: String) -> String {
         "smtp-listener 127.0.0.1:2525\n<virtual-mta vmta1>\n    smtp-source-host 127.0.0.10 vmta1.test\n</virtual-mta>\n" + body
     }

@@ -100,7 +100,7 @@ private func summary(_ r: Result<[MXHost], DNSResolutionError>?) -> String {
     }
 }
 
-@Suite("DNS resolver", .timeLimit(.minutes(10)))
+@Suite("DNS resolver", .timeLimit(.minutes(10)), .blockingIO)
 struct DNSResolverTests {
 
     @Test(arguments: BackendKind.testable)

@@ -10,7 +10,7 @@ import PeregrineConfig
 
 /// The bounce report (RFC 3464) as bytes, read back by Python's `email`
 /// package, and the rules that decide whether one is sent at all.
-@Suite struct DSNReportTests {
+@Suite(.blockingIO) struct DSNReportTests {
     static let original = "Received: from a ([127.0.0.1])\r\n\tby b; Sat, 5 Dec 2026 12:00:00 +0000\r\n"
         + "From: <sender@senders.test>\r\nSubject: the original\r\nMessage-ID: <o1@senders.test>\r\n\r\n"
         + "Line one of the body.\r\n..a line that was dot-stuffed\r\n"

@@ -193,7 +193,7 @@ extension HTTPResponse {
     var bodyText: String { String(decoding: body, as: UTF8.self) }
 }
 
-@Suite("HTTP management server", .timeLimit(.minutes(10)))
+@Suite("HTTP management server", .timeLimit(.minutes(10)), .blockingIO)
 struct HTTPServerTests {
     @Test(arguments: BackendKind.testable)
     func roundTripWithCurlAndPython(_ kind: BackendKind) throws {
@@ -275,7 +275,7 @@ struct HTTPServerTests {
     }
 }
 
-@Suite("HTTP management server, deferred answers", .timeLimit(.minutes(10)))
+@Suite("HTTP management server, deferred answers", .timeLimit(.minutes(10)), .blockingIO)
 struct HTTPDeferredServerTests {
     @Test(arguments: BackendKind.testable)
     func deferredHandlerAnswersLater(_ kind: BackendKind) throws { try deferred(kind.loopType) }

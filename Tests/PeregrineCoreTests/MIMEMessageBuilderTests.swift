@@ -8,7 +8,7 @@ import PeregrineTLS
 /// The MIME builder of the HTTP injection API: exact bytes for small cases,
 /// then bigger messages read back by Python's `email` package (an
 /// independent parser) for structure, decoded headers and intact attachments.
-@Suite("MIMEMessageBuilder", .timeLimit(.minutes(10)))
+@Suite("MIMEMessageBuilder", .timeLimit(.minutes(10)), .blockingIO)
 struct MIMEMessageBuilderTests {
     static let date = "Sat, 5 Dec 2026 15:00:00 +0000"
 

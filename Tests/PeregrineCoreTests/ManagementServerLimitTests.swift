@@ -9,7 +9,7 @@ import Testing
 // stall fill the server, yet a complete request still gets its answer (the
 // longest-waiting stalled one is evicted), and a client trickling bytes is
 // closed once its request deadline passes.
-@Suite("HTTP management server limits", .serialized, .timeLimit(.minutes(10)))
+@Suite("HTTP management server limits", .serialized, .timeLimit(.minutes(10)), .blockingIO)
 struct ManagementServerLimitTests {
     /// A connected blocking socket to 127.0.0.1:port with a 10 s receive timeout.
     static func connect(_ port: UInt16) -> Int32? {

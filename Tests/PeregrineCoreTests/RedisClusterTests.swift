@@ -7,7 +7,7 @@ import PeregrineTestSupport
 /// Two cluster nodes (coordinators on two loops of their own, as two daemons
 /// would have) sharing one real redis-server, on every backend. Addresses:
 /// scenario 101 (127.P.101.(BACKEND*10 + n), PrivateLoopback), port 6379.
-@Suite("Redis cluster coordination", .timeLimit(.minutes(10)))
+@Suite("Redis cluster coordination", .timeLimit(.minutes(10)), .blockingIO)
 struct RedisClusterTests {
 
     /// One node: a loop, its connection and coordinator.

@@ -7,7 +7,7 @@ import PeregrineTestSupport
 /// RedisConnection against a real redis-server on every backend, and against
 /// a silent TCP peer for the timeout and queue bound. Addresses: scenario 100
 /// (127.P.100.(BACKEND*10 + n), PrivateLoopback), redis on port 6379.
-@Suite("Redis connection", .timeLimit(.minutes(10)))
+@Suite("Redis connection", .timeLimit(.minutes(10)), .blockingIO)
 struct RedisConnectionTests {
 
     static func ip(_ kind: BackendKind, host: Int) -> String {

@@ -136,7 +136,7 @@ n += 2
 print("SENT", n)
 """#
 
-@Suite("SMTP interop", .serialized, .timeLimit(.minutes(10)))
+@Suite("SMTP interop", .serialized, .timeLimit(.minutes(10)), .blockingIO)
 struct SMTPInteropTests {
     @Test(arguments: BackendKind.testable)
     func pythonSmtplibAgainstPeregrineServer(kind: BackendKind) throws {

@@ -35,7 +35,7 @@ final class DrainAtMailPolicy<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPS
 /// `SMTPServerConnection.drain` over real sockets on every backend: the
 /// shutdown of the daemon answers a client mid-transaction with 421 4.3.2
 /// (at its next command, or at the drain deadline), never a bare EOF.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct SMTPServerConnectionDrainTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct SMTPServerConnectionDrainTests {
     func withDrainServer(_ kind: BackendKind, deadline: UInt64, _ body: (UInt16, DrainRecord) throws -> Void) throws {
         let record = DrainRecord()
         func open<L: EventLoop>(_ type: L.Type) throws {

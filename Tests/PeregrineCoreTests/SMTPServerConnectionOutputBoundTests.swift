@@ -55,7 +55,7 @@ extension SMTPServerConnectionTests {
 /// The same over TLS (implicit, port-465 style), from Python's ssl module:
 /// replies are encrypted only once OpenSSL's ciphertext is down to one send,
 /// so the BIO cannot grow behind the session's back.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct SMTPServerConnectionTLSOutputBoundTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct SMTPServerConnectionTLSOutputBoundTests {
     static let client = """
     import socket, ssl, sys, time, select
     port = int(sys.argv[1])

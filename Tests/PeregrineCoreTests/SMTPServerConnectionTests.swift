@@ -62,7 +62,7 @@ final class HookPolicy<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPServerCo
     }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(10))) struct SMTPServerConnectionTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct SMTPServerConnectionTests {
     /// Runs `body` against a test server whose connections use `mode` (a backend that cannot start here is skipped).
     func withHookServer(_ kind: BackendKind, _ mode: HookMode, idleTimeout: UInt64? = nil,
                         _ body: (UInt16, ConnectionHookRecord) throws -> Void) throws {

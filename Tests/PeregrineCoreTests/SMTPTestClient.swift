@@ -13,13 +13,17 @@ final class SMTPTestClient {
         guard fd >= 0 else { return nil }
         var tv = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        guard let addr = try? SocketAddress(ip: "127.0.0.1", port: port) else { close(fd); return nil }
+        guard let addr = try? SocketAddress(ip: "127.0.0.1", port: port) else { return nil }
         var rc: Int32
         repeat { rc = addr.withSockAddr { Glibc.connect(fd, $0, $1) } } while rc < 0 && errno == EINTR
-        guard rc == 0 else { close(fd); return nil }
+        guard rc == 0 else { return nil }
     }
 
-    deinit { close(fd) }
+    // The only close. A class whose init throws (or returns nil) after its
+    // stored properties are set still runs deinit, so a close in init too
+    // closed the number twice: by then, under parallel suites, it could be
+    // another test's socket.
+    deinit { if fd >= 0 { close(fd) } }
 
     func send(_ text: String) {
         let bytes = Array(text.utf8)

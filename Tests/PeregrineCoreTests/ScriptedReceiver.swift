@@ -38,9 +38,8 @@ final class ScriptedReceiver: @unchecked Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listenFD, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard bound == 0, Glibc.listen(listenFD, 64) == 0 else {
-            let e = errno
-            Glibc.close(listenFD)
-            throw ReceiverError("bind/listen \(ip): errno \(e)")
+            // deinit closes it (it runs: every stored property is set by now).
+            throw ReceiverError("bind/listen \(ip): errno \(errno)")
         }
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &sa) {
@@ -64,7 +63,7 @@ final class ScriptedReceiver: @unchecked Sendable {
         shutdown(listenFD, Int32(SHUT_RDWR))
     }
 
-    deinit { Glibc.close(listenFD) }
+    deinit { if listenFD >= 0 { Glibc.close(listenFD) } }
 
     private func acceptLoop() {
         while true {

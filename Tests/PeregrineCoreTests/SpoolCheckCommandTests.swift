@@ -4,7 +4,7 @@ import Testing
 @testable import PeregrineSpool
 
 /// Runs the built `peregrine spool-check` against a spool with known content.
-@Suite(.timeLimit(.minutes(10))) struct SpoolCheckCommandTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct SpoolCheckCommandTests {
     static func run(_ args: [String]) throws -> (Int32, String, String) {
         guard let exe = SpoolCrashTests.peregrinePath() else {
             Issue.record("peregrine executable not found next to the test bundle")

@@ -11,7 +11,7 @@ import PeregrineIO
 /// random (seeded, logged) moment, recovers its spool, and checks that every
 /// id it printed — printed only after its fsync completed — is there, whole,
 /// with its recipients. Repeated per backend.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct SpoolCrashTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct SpoolCrashTests {
     static let runsPerBackend = 10
 
     /// The built `peregrine` executable: next to the test bundle (the products directory).

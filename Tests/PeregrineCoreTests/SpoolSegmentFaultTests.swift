@@ -8,7 +8,7 @@ import PeregrineIO
 /// Segments that go missing, are emptied or damaged (issue #12 item 6):
 /// recovery and `spool-check` report each, keep every intact record, and move
 /// damaged files aside instead of cutting or deleting them.
-@Suite struct SpoolSegmentFaultTests {
+@Suite(.blockingIO) struct SpoolSegmentFaultTests {
     /// Writes `count` messages over several small segments; returns ids by segment.
     static func writeSegments(_ dir: String, count: Int = 60) throws -> [UInt32: [MessageID]] {
         let written = try SpoolRecoveryTests.writeMessages(dir, count: count, bodySize: 300, segmentSize: 4_000)

@@ -5,7 +5,7 @@ import Testing
 import PeregrineIO
 @testable import PeregrineSpool
 
-@Suite(.serialized, .timeLimit(.minutes(10))) struct SpoolWriterTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct SpoolWriterTests {
     /// Appends `count` messages on each backend, records outcomes, and checks that
     /// recovery finds exactly the live ones, bodies intact.
     @Test(arguments: BackendKind.testable) func appendRecordOutcomesAndRecover(_ kind: BackendKind) throws {

@@ -70,7 +70,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, ip: String = "127.0.0.1", port: UI
 }
 
 /// Peregrine's client side of STARTTLS against Peregrine's server and a real Postfix smtpd.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct TLSClientInteropTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct TLSClientInteropTests {
     @Test(arguments: BackendKind.testable)
     func clientStartTLSToPeregrineServerAndResumes(kind: BackendKind) throws {
         let client = try TLSContext.client()

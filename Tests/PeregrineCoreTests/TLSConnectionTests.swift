@@ -4,7 +4,7 @@ import Testing
 import PeregrineTLS
 
 /// Server and client `TLSConnection`s talking through byte buffers only.
-@Suite struct TLSConnectionTests {
+@Suite(.blockingIO) struct TLSConnectionTests {
     @Test(arguments: [TLSVersion.tls12, .tls13])
     func handshakeAndDataBothWays(version: TLSVersion) throws {
         let server = try TLSTestCertificates.serverContext(maximumVersion: version)

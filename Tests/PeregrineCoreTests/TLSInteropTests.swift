@@ -134,7 +134,7 @@ assert first.startswith("250-"), "first reply after the handshake is not the EHL
 print("DONE")
 """#
 
-@Suite(.serialized, .timeLimit(.minutes(10))) struct TLSInteropTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct TLSInteropTests {
     @Test(arguments: BackendKind.testable)
     func opensslSClientStartTLS(kind: BackendKind) throws {
         let openssl = try #require(findTool("openssl"), "openssl is not installed (scripts/setup installs it)")

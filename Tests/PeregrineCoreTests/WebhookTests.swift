@@ -10,7 +10,7 @@ import PeregrineIO
 /// `<webhook>` parsing, the event log's group commit and crash repair, the
 /// HMAC against a known vector, and the HTTP client against endpoints that
 /// misbehave (no HTTP, never answering, an endless header).
-@Suite(.timeLimit(.minutes(10))) struct WebhookTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct WebhookTests {
     static func parse(_ text: String) throws -> PeregrineConfig { try PeregrineConfig.parse(text, file: "w.conf") }
     static func error(_ text: String) -> String? {
         do { _ = try parse(text); return nil } catch { return "\(error)" }

@@ -10,7 +10,7 @@ import Glibc
 /// Each test takes a `BackendKind` (so the test name carries the backend) and
 /// opens the generic implementation through `kind.loopType`.
 /// Everything runs on 127.0.0.0/8 with kernel-chosen ports, bounded in time.
-@Suite("ConformanceTests", .timeLimit(.minutes(10)))
+@Suite("ConformanceTests", .timeLimit(.minutes(10)), .blockingIO)
 struct ConformanceTests {
     @Test(arguments: conformanceBackends)
     func echoOneByte(_ kind: BackendKind) throws { try kind.requireAvailable(); checkEcho(kind.loopType, size: 1) }

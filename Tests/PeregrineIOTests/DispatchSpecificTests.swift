@@ -49,7 +49,7 @@ final class ResultBox<T>: @unchecked Sendable {
 struct UncheckedBox<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
 
 @Suite("dispatch specifics", .enabled(if: BackendKind.testable.contains(.dispatch), "the dispatch backend cannot start here (see BackendAvailabilityTests)"),
-       .timeLimit(.minutes(10)))
+       .timeLimit(.minutes(10)), .blockingIO)
 struct DispatchSpecificTests {
     @Test func timersFireInOrderAndCancelledNeverFire() throws {
         let h = try DispatchHarness()

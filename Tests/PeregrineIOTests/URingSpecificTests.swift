@@ -60,7 +60,7 @@ func makeURingLoop() throws -> URingLoop {
 struct URingUnchecked<T>: @unchecked Sendable { let value: T; init(_ v: T) { value = v } }
 
 @Suite("io_uring specifics", .enabled(if: BackendKind.testable.contains(.ioUring), "the io_uring backend cannot start here (see BackendAvailabilityTests)"),
-       .timeLimit(.minutes(10)))
+       .timeLimit(.minutes(10)), .blockingIO)
 struct URingSpecificTests {
     @Test func setupUsesDeferTaskrunOnThisKernel() throws {
         // DEFER_TASKRUN needs Linux 6.1: an older kernel is a skip with the reason, not a failure.
@@ -147,13 +147,19 @@ struct URingSpecificTests {
                             finishTest = {
                                 finishTest = nil
                                 var calls = 0
+                                // The verdict waits for the cancelled receive's callback (a loaded
+                                // machine delivered it after the fixed 20 ms the test used to wait),
+                                // then 20 ms more for a second call; 10 s without one reports calls 0.
                                 loop.receive(c, into: sbuf) { r in
                                     calls += 1
                                     if case .failure(let e) = r, e.isCancelled {} else { calls += 100 }
+                                    if calls == 1 || calls == 101 {
+                                        loop.scheduleTimer(after: 20_000_000) { reply("same \(same) sent \(sent) calls \(calls)") }
+                                    }
                                 }
                                 loop.close(c)
                                 loop.closeListener(l)
-                                loop.scheduleTimer(after: 20_000_000) { reply("same \(same) sent \(sent) calls \(calls)") }
+                                loop.scheduleTimer(after: 10_000_000_000) { reply("same \(same) sent \(sent) calls \(calls)") }
                             }
                             if sent { finishTest?() }
                         }

@@ -19,6 +19,7 @@ import Foundation
 public enum ChildProcess {
     /// Runs `process` (configured, not started) as a child that dies with the test process.
     public static func run(_ process: Process) throws {
+        BlockingSuites.noteBlockingCall("starts a child process")
         if let setpriv, let exe = process.executableURL?.path {
             process.executableURL = URL(fileURLWithPath: setpriv)
             process.arguments = ["--pdeathsig", "KILL", "--", exe] + (process.arguments ?? [])
