@@ -111,6 +111,16 @@ import PeregrineTestSupport
         #expect(rx.peak("free") == 9, "without the cluster cap: \(rx.peak("free"))")
         // Every lease goes back as the connections close (idle timeout, QUIT).
         #expect(E2E.waitUntil(30) { leases("capped.test") == 0 }, "leases still held: \(leases("capped.test"))")
+        // The cluster's metrics: promtool-clean, and they say what ctl says.
+        if let promtool = findTool("promtool") {
+            let text = String(decoding: try E2E.httpGet(nodes[0].management, "/metrics"), as: UTF8.self)
+            let (status, lint) = runTool(promtool, ["check", "metrics"], stdin: text, seconds: 60)
+            #expect(status == 0 && lint.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "promtool: \(lint)\n\(text)")
+            #expect(text.contains("\nperegrine_cluster_shared 1\n"), "\(text)")
+            #expect(text.contains("peregrine_cluster_leases{site=\"capped.test\"} 0"), "\(text)")
+        } else {
+            Issue.record("promtool is not installed (scripts/setup installs it): cluster metrics not linted")
+        }
 
         // 2. Rate: 30/s for the whole cluster, tokens in batches of 20 (one
         // second of the rate at most). In any window of the receiver's log,
