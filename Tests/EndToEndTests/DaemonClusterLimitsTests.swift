@@ -77,6 +77,9 @@ import PeregrineTestSupport
         }
         #expect(E2E.waitUntil(30) { nodes.allSatisfy { $0.log.contains("shared limits in force") } },
                 "\(nodes.map(\.log).joined(separator: "\n---\n"))")
+        let started = Date()
+        var phases: [String] = []
+        func phase(_ name: String) { phases.append("\(name) \(String(format: "%.1f", Date().timeIntervalSince(started))) s") }
 
         func inject(_ domain: String, perNode: Int) throws {
             for (i, node) in nodes.enumerated() {
@@ -111,6 +114,7 @@ import PeregrineTestSupport
         #expect(rx.peak("free") == 9, "without the cluster cap: \(rx.peak("free"))")
         // Every lease goes back as the connections close (idle timeout, QUIT).
         #expect(E2E.waitUntil(30) { leases("capped.test") == 0 }, "leases still held: \(leases("capped.test"))")
+        phase("leases")
         // The cluster's metrics: promtool-clean, and they say what ctl says.
         if let promtool = findTool("promtool") {
             let text = String(decoding: try E2E.httpGet(nodes[0].management, "/metrics"), as: UTF8.self)
@@ -122,6 +126,7 @@ import PeregrineTestSupport
             Issue.record("promtool is not installed (scripts/setup installs it): cluster metrics not linted")
         }
 
+        phase("metrics")
         // 2. Rate: 30/s for the whole cluster, tokens in batches of 20 (one
         // second of the rate at most). In any window of the receiver's log,
         // count ≤ rate × (window + transit) + 2 batches + 1 (ClusterMessageGate):
@@ -144,6 +149,7 @@ import PeregrineTestSupport
         print("DaemonClusterLimitsTests: 90 messages at 30/s over \(String(format: "%.2f", span)) s on \(kind), "
               + "\(trips) rate round trips (\(String(format: "%.2f", Double(trips) / 90)) per message)")
 
+        phase("rate")
         // 3. Redis dies while connections are held (shared: 6 leases across the
         // nodes); in fallback each node keeps to 6 / 3 = 2 connections: no
         // connection a node opens after the switch takes it past 2, and every
@@ -153,9 +159,11 @@ import PeregrineTestSupport
         redis.kill()
         #expect(E2E.waitUntil(30) { nodes.allSatisfy { cluster($0)["mode"] as? String == "fallback" } },
                 "\(nodes.map(\.log).joined(separator: "\n---\n"))")
+        phase("fallback seen")
         let switched = ClusterReceiver.monotonicNow()
         rx.release("fb")
         #expect(E2E.waitUntil(60) { rx.messages("fb") == 24 }, "fb: \(rx.messages("fb")) of 24")
+        phase("fallback delivered")
         let over = rx.opensOverShare("fb", after: switched, share: 2)
         #expect(over.isEmpty, "opens past the fallback share of 2: \(over)")
         for (i, name) in names.enumerated() {
@@ -163,6 +171,8 @@ import PeregrineTestSupport
             #expect(E2E.waitUntil(30) { accounting(dir.file("acct-\(name).csv")).of(.delivered).count == 6 + 6 + 30 + 8 },
                     "\(name) delivered \(delivered):\n\(nodes[i].log)")
         }
+        phase("accounted")
+        print("DaemonClusterLimitsTests on \(kind): " + phases.joined(separator: ", "))
     }
 }
 
