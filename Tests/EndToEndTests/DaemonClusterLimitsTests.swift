@@ -57,6 +57,7 @@ import PeregrineTestSupport
     @Test(arguments: BackendKind.testable)
     func leasesRateAndFallbackHoldAcrossThreeNodes(_ kind: BackendKind) throws {
         try kind.requireAvailable()
+        let begun = Date()
         let dir = try TestDirectory("cluster-limits-\(kind.rawValue)")
         let redis = RedisServerProcess(ip: E2E.ip(103, kind, host: 8))
         try redis.start()
@@ -78,7 +79,7 @@ import PeregrineTestSupport
         #expect(E2E.waitUntil(30) { nodes.allSatisfy { $0.log.contains("shared limits in force") } },
                 "\(nodes.map(\.log).joined(separator: "\n---\n"))")
         let started = Date()
-        var phases: [String] = []
+        var phases = ["setup \(String(format: "%.1f", started.timeIntervalSince(begun))) s"]
         func phase(_ name: String) { phases.append("\(name) \(String(format: "%.1f", Date().timeIntervalSince(started))) s") }
 
         func inject(_ domain: String, perNode: Int) throws {
@@ -106,6 +107,12 @@ import PeregrineTestSupport
         #expect(E2E.waitUntil(30) { rx.openNow("free") == 9 && rx.openNow("capped") == 3 },
                 "free \(rx.openNow("free")), capped \(rx.openNow("capped"))")
         #expect(E2E.waitUntil(10) { leases("capped.test") == 3 }, "leases held: \(leases("capped.test"))")
+        // What the operator reads: the mode, Redis, and this node's leases per site.
+        let shown = E2E.run(E2E.executable("peregrine"), ["ctl", "--host", nodes[0].managementHost, "--port", nodes[0].managementPort,
+                                                          "--token-file", nodes[0].tokenFile, "show", "cluster"], timeout: 20)
+        #expect(shown.status == 0 && shown.stdout.contains("node: n1 (1 of 3 configured)") && shown.stdout.contains("mode: shared")
+                && shown.stdout.contains("redis: \(redis.ip):6379 connected") && shown.stdout.contains("capped.test"),
+                "\(shown.stdout)\(shown.stderr)")
         rx.release("capped")
         rx.release("free")
         #expect(E2E.waitUntil(60) { rx.messages("capped") == 18 && rx.messages("free") == 18 },
@@ -172,7 +179,12 @@ import PeregrineTestSupport
                     "\(name) delivered \(delivered):\n\(nodes[i].log)")
         }
         phase("accounted")
-        print("DaemonClusterLimitsTests on \(kind): " + phases.joined(separator: ", "))
+        for n in nodes { n.terminate() }
+        phase("stopped")
+        rx.terminate()
+        redis.kill()
+        phase("receiver stopped")
+        print("DaemonClusterLimitsTests on \(kind) (from \(begun)): " + phases.joined(separator: ", "))
     }
 }
 
@@ -186,7 +198,10 @@ import PeregrineTestSupport
 /// only then).
 final class ClusterReceiver {
     static let script = #"""
-    import socketserver, sys, threading, json, os, time
+    import socketserver, sys, threading, json, os, time, signal
+    # The test process may ignore or block SIGTERM, and both survive exec: stop on it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
     out, gatedir = sys.argv[1], sys.argv[2]
     lock = threading.Lock()
     log = open(out, "a")
