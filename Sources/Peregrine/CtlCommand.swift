@@ -9,7 +9,7 @@ import PeregrineSpool
 /// `peregrine ctl …`: the operator's console. Talks JSON to the daemon's
 /// management port (http-mgmt-port) and prints tables, or the raw JSON with --json.
 ///
-///   ctl show status|queues|topqueues|vmtas|webhooks, ctl show domain NAME, ctl trace ADDRESS
+///   ctl show status|queues|topqueues|vmtas|webhooks|cluster, ctl show domain NAME, ctl trace ADDRESS
 ///   ctl pause|resume|schedule|delete QUEUE        (QUEUE may be a pattern: gmail.com/*)
 ///   ctl delete --job-id ID, ctl reset counters
 ///   ctl set-mode normal|backoff QUEUE
@@ -22,7 +22,7 @@ import PeregrineSpool
 enum CtlCommand {
     static let usage = """
     usage: peregrine ctl [--config FILE] [--token-file FILE] [--host ADDR] [--port N] [--json] COMMAND
-      show status | show queues | show topqueues | show vmtas | show webhooks
+      show status | show queues | show topqueues | show vmtas | show webhooks | show cluster
       show domain NAME [--vmta VMTA]      the settings a queue for NAME gets, as resolved
       trace ADDRESS [--vmta VMTA]         the queue, VMTA, route, throttles and rules ADDRESS would get
       pause QUEUE | resume QUEUE | schedule QUEUE | delete QUEUE
@@ -107,8 +107,8 @@ enum CtlCommand {
         case "show" where words.count == 3 && words[1] == "domain":
             request = ("GET", "/domain?name=\(query(words[2]))" + (vmta.map { "&vmta=\(query($0))" } ?? ""), nil)
         case "show":
-            guard words.count == 2, ["status", "queues", "topqueues", "vmtas", "webhooks"].contains(words[1]) else {
-                return fail("show takes status, queues, topqueues, vmtas, webhooks or domain NAME")
+            guard words.count == 2, ["status", "queues", "topqueues", "vmtas", "webhooks", "cluster"].contains(words[1]) else {
+                return fail("show takes status, queues, topqueues, vmtas, webhooks, cluster or domain NAME")
             }
             request = ("GET", "/" + words[1], nil)
         case "trace":
@@ -334,6 +334,23 @@ enum CtlCommand {
                              num(w["sent"]), num(w["failures"]), num(w["expired"]), describe(w["lastError"])])
             }
             return table(rows)
+        case "/cluster":
+            guard object["enabled"] as? Bool == true else { return "not a cluster (no cluster-redis)" }
+            var lines = [
+                "node: \(describe(object["node"])) (1 of \(num(object["nodeCount"])) configured)",
+                "mode: \(describe(object["mode"]))",
+                "redis: \(describe(object["redis"])) \(object["connected"] as? Bool == true ? "connected" : "not connected")"
+                    + ((object["lastError"] as? String).flatMap { $0.isEmpty ? nil : " (last error: \($0))" } ?? ""),
+                "redis latency: \(num(object["latencyMicroseconds"])) us",
+                "nodes seen: \(num(object["nodesSeen"]))",
+                "round trips: \(num(object["roundTrips"])) (rate refills \(num(object["rateRoundTrips"])))",
+            ]
+            var rows = [["SITE", "LEASES", "TOKENS"]]
+            for site in object["sites"] as? [[String: Any]] ?? [] {
+                rows.append([describe(site["site"]), num(site["leases"]), num(site["tokensGranted"])])
+            }
+            if rows.count > 1 { lines.append(table(rows)) }
+            return lines.joined(separator: "\n")
         case "/vmtas":
             var rows = [["VMTA", "SOURCE IP", "HOST NAME", "POOLS", "CONN", "QUEUED"]]
             for v in object["vmtas"] as? [[String: Any]] ?? [] {

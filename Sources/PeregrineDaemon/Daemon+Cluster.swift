@@ -5,7 +5,9 @@ import PeregrineRedis
 /// Cluster mode (cluster-redis, CLUSTER.md): one coordinator on worker 0's
 /// loop; every worker's engine reports the backoffs its replies cause, the
 /// coordinator publishes them, and the backoffs other nodes publish are
-/// handed to the worker that owns the queue.
+/// handed to the worker that owns the queue. Each engine asks the
+/// coordinator for connection leases and message tokens through its
+/// WorkerClusterLimits (Daemon+ClusterLimits.swift).
 extension Daemon {
     func startCluster() {
         let settings = currentConfig.cluster
@@ -28,7 +30,10 @@ extension Daemon {
             coordinator.start()
         }
         for w in workers {
+            let limits = WorkerClusterLimits(engineLoop: w.loop, coordinatorLoop: first.loop) { [self] in self.cluster }
+            let limitsBox = LoopConfined(limits)
             w.loop.execute { [self] in
+                w.engine.clusterLimits = limitsBox.value
                 w.engine.onBackoffEntered = { [self] q in
                     let name = q.key.description
                     let duration = q.policy.backoffToNormalAfter?.nanoseconds ?? backoffDuration

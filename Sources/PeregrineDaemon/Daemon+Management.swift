@@ -276,6 +276,7 @@ extension Daemon {
         p.histogram("peregrine_delivery_latency_seconds",
                     help: "Injection (or spool recovery after a restart) to delivery, per delivered recipient", latency)
         latencyMetrics(snaps, into: &p)
+        clusterMetrics(into: &p)
 
         p.gauge("peregrine_connections", help: "Open SMTP connections", value: snaps.reduce(0) { $0 + $1.openInjections },
                 labels: [("direction", "inbound")])

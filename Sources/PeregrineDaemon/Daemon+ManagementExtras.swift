@@ -28,6 +28,8 @@ extension Daemon {
                 return true
             }
             broadcast({ $0.engine.delete(jobId: job) }) { n in respond(Self.json(["job": job, "action": "delete", "recipients": n])) }
+        case ("GET", "/cluster"):
+            respond(Self.json(clusterJSON()))
         case ("GET", "/vmtas"):
             let config = currentConfig
             gather { snaps in

@@ -239,11 +239,13 @@ public final class Daemon<Loop: EventLoop> {
             for w in workers { w.loop.stop() }
             return 1
         }
+        // Cluster limits first: each loop runs the hand-offs in order, so the
+        // recovered mail's first connections already ask for leases.
+        startCluster()
         // Re-queue what the spool still holds, now that every engine exists.
         for w in workers {
             w.loop.execute { [self] in self.requeueRecovered(on: w, recovered: recovered) }
         }
-        startCluster()
         guard installSignalHandlers() else {
             for w in workers { w.loop.stop() }
             return 1

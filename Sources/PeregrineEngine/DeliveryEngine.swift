@@ -27,6 +27,9 @@ public final class DeliveryEngine<Loop: EventLoop> {
     /// Called when a reply puts a queue into backoff here (not when the
     /// cluster does): the daemon publishes it to the other nodes (DeliveryEngine+Cluster.swift).
     public var onBackoffEntered: ((DeliveryQueue) -> Void)?
+    /// cluster-max-smtp-out and cluster-max-msg-rate, when the daemon is in a cluster (DeliveryEngine+ClusterLimits.swift).
+    public var clusterLimits: ClusterLimits?
+    var cluster = EngineClusterState()
     private var connections: [ObjectIdentifier: DeliveryConnection<Loop>] = [:]
     /// The same connections by the queue that opened them, so that a kick asks
     /// its own queue's (or site's) idle connections without walking every
@@ -235,6 +238,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
     }
 
     private func open(_ wanted: Int, for q: DeliveryQueue) {
+        guard mayAskCluster(q) else { return }
         guard let vmta = policies.virtualMTA(named: q.key.vmta) else {
             // A queue for an unknown VMTA cannot be delivered; hold it and say why.
             q.lastReply = "no virtual-mta named \(q.key.vmta)"
@@ -249,6 +253,13 @@ public final class DeliveryEngine<Loop: EventLoop> {
             return
         }
         q.connections += count
+        // cluster-max-smtp-out: a connection opens only once its lease is granted.
+        acquireClusterLeases(count, for: q) { [unowned self] count, leaseSite in
+            self.connect(count, for: q, vmta: vmta, leaseSite: leaseSite)
+        }
+    }
+
+    private func connect(_ count: Int, for q: DeliveryQueue, vmta: VirtualMTA, leaseSite: String?) {
         let slotVMTA = q.key.vmta
         router.hosts(for: q.key) { [unowned self] result in
             switch result {
@@ -257,6 +268,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
                     // Every MX host failed lately (for another queue of this VMTA): wait like it.
                     q.connections -= count
                     self.giveConnectionSlots(count, vmta: slotVMTA)
+                    self.releaseClusterLeases(count, site: leaseSite)
                     let why = hosts.lazy.compactMap { self.backoffReason($0, vmta: vmta.name) }.first ?? "MX hosts backed off"
                     self.deferDestination(q, hosts: hosts, vmta: vmta.name, reply: Self.failureReply(why), info: nil)
                     return
@@ -267,19 +279,23 @@ public final class DeliveryEngine<Loop: EventLoop> {
                                                configuration: config)
                     self.connections[ObjectIdentifier(c)] = c
                     self.connectionsByQueue[ObjectIdentifier(q), default: []].append(c)
+                    self.noteClusterLease(c, site: leaseSite)
                     c.start()
                 }
             case .success:
                 q.connections -= count
                 self.giveConnectionSlots(count, vmta: slotVMTA)
+                self.releaseClusterLeases(count, site: leaseSite)
                 self.noMailHost(q, reason: "no mail host for \(q.key.domain)")
             case .failure(.noMailHost(let why)):
                 q.connections -= count
                 self.giveConnectionSlots(count, vmta: slotVMTA)
+                self.releaseClusterLeases(count, site: leaseSite)
                 self.noMailHost(q, reason: why)
             case .failure(.temporary(let why)):
                 q.connections -= count
                 self.giveConnectionSlots(count, vmta: slotVMTA)
+                self.releaseClusterLeases(count, site: leaseSite)
                 self.deferQueue(q, reason: "DNS: \(why)")
             }
         }
@@ -425,6 +441,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
         let q = c.queue
         q.connections -= 1
         giveConnectionSlots(1, vmta: q.key.vmta)
+        connectionLeaseEnded(c)
         let now = loop.now
         if stopping { checkStopped(); return }
         if let failure = connectFailure {

@@ -91,6 +91,8 @@ public final class DeliverySite {
             s.backoffMaxConnectRate = slower(s.maxConnectRate(inBackoff: true), p.maxConnectRate(inBackoff: true))
             s.maxMsgRate = slower(s.maxMsgRate, p.maxMsgRate)
             s.maxConnectRate = slower(s.maxConnectRate, p.maxConnectRate)
+            if let c = p.clusterMaxSMTPOut { s.clusterMaxSMTPOut = min(s.clusterMaxSMTPOut ?? c, c) }
+            s.clusterMaxMsgRate = slower(s.clusterMaxMsgRate, p.clusterMaxMsgRate)
             switch (s.backoffToNormalAfter, p.backoffToNormalAfter) {
             case (.some(let a), .some(let b)): s.backoffToNormalAfter = max(a, b)
             default: s.backoffToNormalAfter = nil

@@ -71,9 +71,16 @@ public final class DeliveryThrottle {
         return cap > 0 && messagesOnConnection >= cap
     }
 
-    /// Charges the message pacer for one message; nil when allowed, else when to ask again.
+    /// `cluster-max-msg-rate`: tokens from the cluster (DeliveryEngine+ClusterLimits.swift); nil = no cluster rate.
+    var clusterGate: ClusterMessageGate?
+
+    /// Charges the message pacer (and the cluster's rate) for one message; nil when allowed, else when to ask again.
     func acquireMessage(now: UInt64) -> UInt64? {
-        messagePacer.tryAcquire(now: now) ? nil : messagePacer.nextAllowed(now: now)
+        // The cluster token is looked at first and taken last, so neither limit is charged for a message the other holds back.
+        if let gate = clusterGate, let until = gate.check(now: now) { return until }
+        guard messagePacer.tryAcquire(now: now) else { return messagePacer.nextAllowed(now: now) }
+        clusterGate?.take()
+        return nil
     }
 
     func noteDelivered(now: UInt64) {

@@ -68,6 +68,9 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
         var refilling = false
         var nextTokenAt: UInt64 = 0
         var fallbackTAT: UInt64 = 0
+        var tokensGranted = 0
+        var leaseCalls: [(wanted: Int, done: (Int?) -> Void)] = []
+        var leaseInFlight = false
         init(prefix: String, name: String) {
             connKey = Array("\(prefix):conn:\(name)".utf8)
             aliveKey = Array("\(prefix):alive:\(name)".utf8)
@@ -158,17 +161,33 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
 
     /// One acquire script call: writes this node's held count, renews its
     /// leases, grants up to `wanted` (nil: no answer from Redis).
+    ///
+    /// A site's calls go one at a time: each writes the node's held count,
+    /// so a second call sent before the first's grant is counted would
+    /// overwrite it with a stale number (and Redis would grant the same slot
+    /// twice, or forget a connection).
     private func leaseCall(_ site: Site, wanted: Int, _ done: @escaping (Int?) -> Void) {
+        site.leaseCalls.append((wanted, done))
+        if !site.leaseInFlight { sendLeaseCall(site) }
+    }
+
+    private func sendLeaseCall(_ site: Site) {
+        guard !site.leaseCalls.isEmpty else { return }
+        let (wanted, done) = site.leaseCalls.removeFirst()
+        site.leaseInFlight = true
         let ttlMs = Int(options.leaseTTL / 1_000_000)
         let held = site.held, limit = site.limit
         eval(0, keys: [site.connKey, site.aliveKey],
              args: { w in w.argument(self.node); w.argument(limit); w.argument(wanted); w.argument(held); w.argument(ttlMs) },
              argCount: 5) { [unowned self] r in
-            guard case .array(let a)? = r, a.count == 3, let g = a[0].integerValue, let nodes = a[2].integerValue else {
-                done(nil); return
+            site.leaseInFlight = false
+            if case .array(let a)? = r, a.count == 3, let g = a[0].integerValue, let nodes = a[2].integerValue {
+                site.nodesAlive = Int(nodes)
+                done(Int(g))   // counts the grant in `held` before the next call writes it
+            } else {
+                done(nil)
             }
-            site.nodesAlive = Int(nodes)
-            done(Int(g))
+            self.sendLeaseCall(site)
         }
     }
 
@@ -228,6 +247,49 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
             site.nextTokenAt = self.loop.now + UInt64(max(0, wait)) * 1000
         }
     }
+
+    /// Takes up to `wanted` message tokens for `site`, one per
+    /// `intervalMicros` across the cluster with a burst of at most `wanted`
+    /// (the caller's batch), never fewer than half of it;
+    /// `done(granted, ns until asking again can grant)`. One round trip per call. In fallback (or when Redis fails under the
+    /// call): a local GCRA at this node's share of the rate, one token at a
+    /// time, no burst. May call `done` before returning.
+    package func takeMessageTokens(site name: String, intervalMicros: Int, wanted: Int, _ done: @escaping (Int, UInt64) -> Void) {
+        let site = self.site(name)
+        let interval = max(1, intervalMicros), batch = max(1, wanted)
+        guard mode == .shared else { done(fallbackToken(site, intervalMicros: interval), fallbackWait(site, intervalMicros: interval)); return }
+        // At least half a batch per grant: gates refused wait for it rather than take tokens one round trip each.
+        let minimum = (batch + 1) / 2
+        eval(1, keys: [site.rateKey], args: { w in w.argument(interval); w.argument(interval * batch); w.argument(batch); w.argument(minimum) },
+             argCount: 4) { [unowned self] r in
+            self.rateRoundTrips += 1
+            guard case .array(let a)? = r, a.count == 2, let g = a[0].integerValue, let wait = a[1].integerValue else {
+                done(self.fallbackToken(site, intervalMicros: interval), self.fallbackWait(site, intervalMicros: interval))
+                return
+            }
+            site.tokensGranted += Int(g)
+            done(Int(g), UInt64(max(0, wait)) * 1000)
+        }
+    }
+
+    /// One token of this node's share of the rate if it is due (1), else 0.
+    private func fallbackToken(_ site: Site, intervalMicros: Int) -> Int {
+        let share = UInt64(intervalMicros) * 1000 * UInt64(options.nodeCount)
+        let now = loop.now
+        let tat = max(site.fallbackTAT, now)
+        guard tat <= now else { return 0 }
+        site.fallbackTAT = tat + share
+        site.tokensGranted += 1
+        return 1
+    }
+
+    private func fallbackWait(_ site: Site, intervalMicros: Int) -> UInt64 {
+        let now = loop.now
+        return site.fallbackTAT > now ? site.fallbackTAT - now : 0
+    }
+
+    /// Message tokens this node has been granted for `site` (status).
+    package func tokensGranted(site: String) -> Int { sites[site]?.tokensGranted ?? 0 }
 
     // MARK: Backoff
 

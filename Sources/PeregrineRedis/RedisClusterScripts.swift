@@ -36,21 +36,25 @@ enum RedisClusterScripts {
     return {granted, total + granted, redis.call('ZCARD', KEYS[2])}
     """
 
-    /// KEYS: rate key. ARGV: emission interval µs (1/rate), burst tolerance µs, tokens wanted.
+    /// KEYS: rate key. ARGV: emission interval µs (1/rate), burst tolerance µs, tokens wanted,
+    /// and optionally the fewest worth granting (default 1).
     /// GCRA: grants k ≤ wanted tokens such that the theoretical arrival time
-    /// stays within the tolerance of now. Returns {granted, µs until the next token}.
+    /// stays within the tolerance of now, or none while fewer than the minimum
+    /// are due (so nodes sharing a slow rate do not make a round trip per
+    /// token). Returns {granted, µs until the minimum is due}.
     static let gcra = """
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
     local interval, tolerance, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+    local minimum = tonumber(ARGV[4] or '1')
     local tat = tonumber(redis.call('GET', KEYS[1]) or now)
     if tat < now then tat = now end
     local granted = math.floor((now + tolerance - tat) / interval)
     if granted > wanted then granted = wanted end
-    if granted < 0 then granted = 0 end
+    if granted < minimum then granted = 0 end
     tat = tat + granted * interval
     redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
-    local wait = tat + interval - tolerance - now
+    local wait = tat + minimum * interval - tolerance - now
     if wait < 0 then wait = 0 end
     return {granted, wait}
     """

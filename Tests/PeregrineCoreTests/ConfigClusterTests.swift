@@ -30,6 +30,40 @@ import PeregrineIO
         #expect(error("cluster-node-count 0\n")?.hasPrefix("c.conf:1: cluster-node-count") == true)
         #expect(error("cluster-node-count many\n")?.hasPrefix("c.conf:1: cluster-node-count") == true)
         #expect(error("cluster-node-name \"a b\"\n") == "c.conf:1: cluster-node-name: 'a b' must be printable ASCII without spaces")
-        #expect(error("cluster-max-smtp-out 5\n")?.contains("unknown directive 'cluster-max-smtp-out'") == true)
+        // A per-domain cap at the top level says where it belongs.
+        #expect(error("cluster-max-smtp-out 5\n") == "c.conf:1: cluster-max-smtp-out is not allowed at the top level (it belongs in <domain>)")
+    }
+
+    @Test func perDomainClusterCapsAreReadAndInherited() throws {
+        let c = try parse("""
+            cluster-redis 127.0.0.5
+            <domain *>
+                cluster-max-msg-rate 3600/h
+            </domain>
+            <domain gmail.test>
+                cluster-max-smtp-out 40
+                cluster-max-msg-rate 100000/h
+            </domain>
+
+            """).get()
+        let gmail = c.settings(forDomain: "gmail.test")
+        #expect(gmail.clusterMaxSMTPOut == 40)
+        #expect(gmail.clusterMaxMsgRate == .limited(count: 100_000, per: .seconds(3600)))
+        // The wildcard's rate applies to every other domain, each its own cap; no connection cap there.
+        let other = c.settings(forDomain: "other.test")
+        #expect(other.clusterMaxSMTPOut == nil)
+        #expect(other.clusterMaxMsgRate == .limited(count: 3600, per: .seconds(3600)))
+    }
+
+    @Test func perDomainClusterCapsNeedClusterRedis() {
+        func error(_ text: String) -> String? {
+            if case .failure(let e) = parse(text) { return e.text } else { return nil }
+        }
+        // Refused at the directive's line, not parsed and ignored.
+        #expect(error("<domain gmail.test>\n    max-smtp-out 5\n    cluster-max-smtp-out 40\n</domain>\n")
+                == "c.conf:3: cluster-max-smtp-out needs cluster-redis (the cluster's shared limits live in Redis; CLUSTER.md)")
+        #expect(error("<domain *>\n    cluster-max-msg-rate 100/h\n</domain>\n")?.hasPrefix("c.conf:2: cluster-max-msg-rate needs cluster-redis") == true)
+        #expect(error("cluster-redis 127.0.0.5\n<domain a.test>\n    cluster-max-smtp-out 0\n</domain>\n")?.hasPrefix("c.conf:3: cluster-max-smtp-out") == true)
+        #expect(error("cluster-redis 127.0.0.5\n<domain a.test>\n    cluster-max-msg-rate fast\n</domain>\n")?.hasPrefix("c.conf:3: cluster-max-msg-rate") == true)
     }
 }

@@ -106,6 +106,76 @@ struct RedisClusterTests {
         #expect(lines[4].hasPrefix("redis latency: ") && lines[5].hasPrefix("round trips: "))
     }
 
+    /// One node's lease calls in flight together (two queues, two loops of
+    /// one daemon) count each other: each writes the node's held count, so
+    /// before they went one at a time the second overwrote the first's
+    /// grant and Redis granted 4 of a limit of 3.
+    @Test(arguments: BackendKind.testable)
+    func leaseCallsInFlightTogetherCountEachOther(_ kind: BackendKind) throws { try pipelinedLeases(kind.loopType) }
+    func pipelinedLeases<L: EventLoop>(_ type: L.Type) throws {
+        let redis = try Self.redis(L.kind, host: 6)
+        defer { redis.kill() }
+        let address = try SocketAddress(ip: redis.ip, port: redis.port)
+        let a = try Node(type, redis: address, name: "a", nodeCount: 3, prefix: "t6")
+        defer { a.stop() }
+        #expect(a.waitShared())
+        // Both asked in one loop turn: pipelined on the one connection.
+        let both: [Int]? = a.harness.await { (_: L, reply: @escaping ([Int]) -> Void) in
+            var got: [Int] = []
+            for _ in 0..<2 {
+                a.coordinator.acquireConnections(site: "gmail.com", limit: 3, wanted: 2) { g in
+                    got.append(g)
+                    if got.count == 2 { reply(got) }
+                }
+            }
+        }
+        #expect(both?.reduce(0, +) == 3, "granted \(both ?? [])")
+        #expect(a.harness.sync { _ in a.coordinator.held(site: "gmail.com") } == 3)
+        #expect(redis.cli(["HGET", "t6:conn:gmail.com", "a"]).trimmingCharacters(in: .whitespacesAndNewlines) == "3")
+        // A release and an acquire in flight together: the count stays right.
+        let after: Int? = a.harness.await { (_: L, reply: @escaping (Int) -> Void) in
+            a.coordinator.releaseConnections(site: "gmail.com", count: 1)
+            a.coordinator.acquireConnections(site: "gmail.com", limit: 3, wanted: 2, reply)
+        }
+        #expect(after == 1)
+        #expect(redis.cli(["HGET", "t6:conn:gmail.com", "a"]).trimmingCharacters(in: .whitespacesAndNewlines) == "3")
+    }
+
+    /// The engine's batched tokens (takeMessageTokens): a batch per round
+    /// trip, at most one batch of burst for the cluster, and in fallback
+    /// this node's share one token at a time.
+    @Test(arguments: BackendKind.testable)
+    func messageTokensComeInBatches(_ kind: BackendKind) throws { try tokenBatches(kind.loopType) }
+    func tokenBatches<L: EventLoop>(_ type: L.Type) throws {
+        let redis = try Self.redis(L.kind, host: 7)
+        defer { redis.kill() }
+        let address = try SocketAddress(ip: redis.ip, port: redis.port)
+        let a = try Node(type, redis: address, name: "a", nodeCount: 2, prefix: "t7")
+        defer { a.stop() }
+        let b = try Node(type, redis: address, name: "b", nodeCount: 2, prefix: "t7")
+        defer { b.stop() }
+        #expect(a.waitShared() && b.waitShared())
+        func take(_ n: Node<L>, wanted: Int) -> (Int, UInt64)? {
+            n.harness.await { (_: L, reply: @escaping ((Int, UInt64)) -> Void) in
+                // 1 token a minute: nothing new comes due during the test.
+                n.coordinator.takeMessageTokens(site: "gmail.com", intervalMicros: 60_000_000, wanted: wanted) { reply(($0, $1)) }
+            }
+        }
+        let first = take(a, wanted: 10)
+        #expect(first?.0 == 10)
+        // The burst (one batch) is spent for the whole cluster: b gets nothing, and is told to wait about a minute.
+        let second = take(b, wanted: 10)
+        #expect(second?.0 == 0)
+        #expect((second?.1 ?? 0) > 30_000_000_000)
+        #expect(a.harness.sync { _ in a.coordinator.tokensGranted(site: "gmail.com") } == 10)
+        // Redis gone: fallback, this node's share (1 per 2 minutes here), one token then a wait.
+        redis.kill()
+        #expect(waitUntil(20) { a.harness.sync { _ in a.coordinator.mode == .fallback } == true })
+        #expect(take(a, wanted: 10)?.0 == 1)
+        let refused = take(a, wanted: 10)
+        #expect(refused?.0 == 0 && (refused?.1 ?? 0) > 60_000_000_000)
+    }
+
     /// A node that stops renewing (killed) loses its leases once their TTL
     /// passes; the other node then gets the whole limit.
     @Test(arguments: BackendKind.testable)

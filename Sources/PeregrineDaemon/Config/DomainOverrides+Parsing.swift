@@ -10,7 +10,7 @@ extension DomainOverrides {
         "backoff-to-normal-after-delivery", "queue-priority", "connect-timeout",
         "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
         "mx-rollup", "bounce-upon-5xx-greeting", "deliver-local-dsn", "allow-priority-interruption",
-        "smtp-553-means-invalid-mailbox", "max-cold-virtual-mta-msg",
+        "smtp-553-means-invalid-mailbox", "max-cold-virtual-mta-msg", "cluster-max-smtp-out", "cluster-max-msg-rate",
     ] + timeoutDirectives.map(\.name)
 
     /// The SMTP client timeouts besides connect-timeout, smtp-greeting-timeout
@@ -73,6 +73,9 @@ extension DomainOverrides {
         case "max-smtp-out": maxSMTPOut = try node.integer(in: 1...100_000)
         case "max-msg-per-connection": maxMsgPerConnection = try node.integer(in: 0...100_000_000)
         case "max-msg-rate": maxMsgRate = try node.value(ConfigValue.rate)
+        // Cluster-wide caps (CLUSTER.md); refused at validation without cluster-redis.
+        case "cluster-max-smtp-out": clusterMaxSMTPOut = try node.integer(in: 1...100_000)
+        case "cluster-max-msg-rate": clusterMaxMsgRate = try node.value(ConfigValue.rate)
         case "max-connect-rate": maxConnectRate = try node.value(ConfigValue.rate)
         case "max-rcpt-per-transaction": maxRcptPerTransaction = try node.integer(in: 1...100_000)
         case "retry-after": retryAfter = try node.parse(node.arguments.joined(separator: ","), ConfigValue.retrySchedule)

@@ -8,6 +8,8 @@ public struct DomainOverrides: Hashable, Sendable {
     public var maxMsgPerConnection: Int?
     public var maxMsgRate: Rate?
     public var maxConnectRate: Rate?
+    public var clusterMaxSMTPOut: Int?
+    public var clusterMaxMsgRate: Rate?
     public var maxRcptPerTransaction: Int?
     public var retryAfter: RetrySchedule?
     public var bounceAfter: Duration?
@@ -51,6 +53,8 @@ public struct DomainOverrides: Hashable, Sendable {
         if let v = maxMsgPerConnection { s.maxMsgPerConnection = v }
         if let v = maxMsgRate { s.maxMsgRate = v }
         if let v = maxConnectRate { s.maxConnectRate = v }
+        if let v = clusterMaxSMTPOut { s.clusterMaxSMTPOut = v }
+        if let v = clusterMaxMsgRate { s.clusterMaxMsgRate = v }
         if let v = maxRcptPerTransaction { s.maxRcptPerTransaction = v }
         if let v = retryAfter { s.retryAfter = v }
         if let v = bounceAfter { s.bounceAfter = v }

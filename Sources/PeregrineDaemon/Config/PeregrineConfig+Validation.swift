@@ -53,6 +53,15 @@ extension PeregrineConfig {
             if case .macro(let macro) = domain.pattern, domainMacros[macro] == nil {
                 diagnostics.record(ConfigError(domain.location ?? unknown, "<domain $\(macro)>: domain-macro '\(macro)' is not defined"))
             }
+            if cluster.redis == nil {
+                // A cluster cap without the cluster would be parsed and ignored: refuse it.
+                let caps = [("cluster-max-smtp-out", domain.overrides.clusterMaxSMTPOut != nil),
+                            ("cluster-max-msg-rate", domain.overrides.clusterMaxMsgRate != nil)]
+                for (name, isSet) in caps where isSet {
+                    let at = domain.location.flatMap { blocksByLocation[$0]?.children.first { $0.name == name }?.location ?? $0 } ?? unknown
+                    diagnostics.record(ConfigError(at, "\(name) needs cluster-redis (the cluster's shared limits live in Redis; CLUSTER.md)"))
+                }
+            }
             if let list = domain.overrides.smtpPatternList, patternLists[list.lowercased()] == nil {
                 diagnostics.record(ConfigError(line(domain.location, "smtp-pattern-list", list),
                                   "smtp-pattern-list '\(list)' is not defined"))

@@ -13,6 +13,12 @@ public struct DomainSettings: Hashable, Sendable {
     public var maxMsgRate: Rate = .unlimited
     /// `max-connect-rate`: new connections per interval.
     public var maxConnectRate: Rate = .unlimited
+    /// `cluster-max-smtp-out`: connections to this domain from every node of
+    /// the cluster together (leases in Redis, CLUSTER.md); nil = no cluster cap.
+    public var clusterMaxSMTPOut: Int?
+    /// `cluster-max-msg-rate`: messages to this domain from every node together
+    /// (a GCRA in Redis, tokens taken in batches); unlimited = no cluster cap.
+    public var clusterMaxMsgRate: Rate = .unlimited
     /// `max-rcpt-per-transaction`.
     public var maxRcptPerTransaction = 1000
     /// `max-cold-virtual-mta-msg N/d`: the first N messages a day for this

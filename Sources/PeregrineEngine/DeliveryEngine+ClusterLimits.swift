@@ -1,0 +1,193 @@
+import PeregrineIO
+import PeregrineConfig
+
+/// The cluster's shared limits as one engine sees them (issue #21,
+/// CLUSTER.md). The daemon implements it around its Redis coordinator, so the
+/// engine knows nothing of Redis. Called on the engine's loop; every answer
+/// comes back on that loop, later (never before the call returns).
+public protocol ClusterLimits: AnyObject {
+    /// Up to `wanted` connection leases to `site` within the cluster-wide
+    /// `limit`; `done` gets how many were granted (0: try again later).
+    func acquireConnections(site: String, limit: Int, wanted: Int, _ done: @escaping (Int) -> Void)
+    /// Gives back `count` leases (connections closed, or granted and never opened).
+    func releaseConnections(site: String, count: Int)
+    /// Up to `wanted` message tokens to `site` at the cluster-wide `rate`,
+    /// with a burst of at most `wanted`; `done(granted, retryAt)`: retryAt is
+    /// the monotonic time when asking again can grant more.
+    func takeMessageTokens(site: String, rate: Rate, wanted: Int, _ done: @escaping (Int, UInt64) -> Void)
+}
+
+/// The engine's cluster state: which connections hold a lease, and which
+/// queues wait to ask for one again.
+struct EngineClusterState {
+    /// Connections opened under a lease, and the site it is for.
+    var leases: [ObjectIdentifier: String] = [:]
+    /// Queues refused a lease: they ask again when the timer fires, not on every kick.
+    var waiting: Set<QueueKey> = []
+}
+
+extension DeliveryEngine {
+    /// How long a queue refused a lease waits before asking Redis again.
+    /// Short, since leases free on other nodes without telling this one; a
+    /// lease freed on this loop kicks the waiting queues at once.
+    static var clusterLeaseRetry: UInt64 { 100_000_000 }
+
+    /// The name the cluster counts a queue's connections and messages under:
+    /// its domain (every VMTA's queue to it, on every node, together).
+    static func clusterSite(_ q: DeliveryQueue) -> String { q.key.domain }
+
+    /// Whether `q` may ask for connections now: not while it waits to ask the cluster again.
+    func mayAskCluster(_ q: DeliveryQueue) -> Bool { !cluster.waiting.contains(q.key) }
+
+    /// Leases for `count` connections of `q` (their local slots already
+    /// taken and counted in `q.connections`). Without a cluster cap `done`
+    /// runs at once with `count`; with one, when Redis (or the fallback
+    /// share) answers. Connections refused a lease are uncounted and their
+    /// slots given back here; `done` gets the number leased and the lease site.
+    func acquireClusterLeases(_ count: Int, for q: DeliveryQueue, _ done: @escaping (Int, String?) -> Void) {
+        updateClusterGate(q)
+        guard let limits = clusterLimits, let limit = q.policy.clusterMaxSMTPOut else { done(count, nil); return }
+        let site = Self.clusterSite(q)
+        limits.acquireConnections(site: site, limit: limit, wanted: count) { [unowned self] granted in
+            let leased = min(granted, count)
+            if self.isStopping {
+                limits.releaseConnections(site: site, count: leased)
+                self.giveBack(count, of: q)
+                return
+            }
+            if leased < count {
+                self.giveBack(count - leased, of: q)
+                q.lastReply = "waiting for a cluster connection lease (cluster-max-smtp-out \(limit))"
+                self.waitForLease(q)
+            }
+            if leased > 0 { done(leased, site) }
+        }
+    }
+
+    private func giveBack(_ count: Int, of q: DeliveryQueue) {
+        guard count > 0 else { return }
+        q.connections -= count
+        giveConnectionSlots(count, vmta: q.key.vmta)
+    }
+
+    private func waitForLease(_ q: DeliveryQueue) {
+        let key = q.key
+        guard cluster.waiting.insert(key).inserted else { return }
+        // Jitter, so nodes refused together do not ask again together.
+        let delay = Self.clusterLeaseRetry / 2 + UInt64.random(in: 0...Self.clusterLeaseRetry)
+        loop.scheduleTimer(after: delay) { [unowned self] in
+            guard self.cluster.waiting.remove(key) != nil, let q = self.queues[key] else { return }
+            self.kick(q)
+        }
+    }
+
+    /// Records that connection `c` holds a lease to `site`.
+    func noteClusterLease(_ c: DeliveryConnection<Loop>, site: String?) {
+        if let site { cluster.leases[ObjectIdentifier(c)] = site }
+    }
+
+    /// Gives back leases of connections that were granted and never opened.
+    func releaseClusterLeases(_ count: Int, site: String?) {
+        guard let site, count > 0 else { return }
+        clusterLimits?.releaseConnections(site: site, count: count)
+        wakeLeaseWaiters(site: site)
+    }
+
+    /// A connection closed: its lease (if any) goes back, and queues of this
+    /// loop waiting for one to the same site ask again at once.
+    func connectionLeaseEnded(_ c: DeliveryConnection<Loop>) {
+        guard let site = cluster.leases.removeValue(forKey: ObjectIdentifier(c)) else { return }
+        clusterLimits?.releaseConnections(site: site, count: 1)
+        wakeLeaseWaiters(site: site)
+    }
+
+    private func wakeLeaseWaiters(site: String) {
+        guard !isStopping else { return }
+        let ready = cluster.waiting.filter { $0.domain == site }
+        for key in ready {
+            cluster.waiting.remove(key)
+            if let q = queues[key] { kick(q) }
+        }
+    }
+
+    /// Puts a cluster message gate on the throttle `q` sends under when its
+    /// policy sets `cluster-max-msg-rate` (and removes it when not): checked
+    /// when connections open, so a reload takes effect with the new connections.
+    func updateClusterGate(_ q: DeliveryQueue) {
+        let throttle = q.site?.throttle ?? q.throttle
+        let rate = q.policy.clusterMaxMsgRate
+        guard let limits = clusterLimits, rate != .unlimited else { throttle.clusterGate = nil; return }
+        if let gate = throttle.clusterGate, gate.rate == rate { return }
+        let key = q.key
+        throttle.clusterGate = ClusterMessageGate(site: Self.clusterSite(q), rate: rate, limits: limits, loop: loop) {
+            [unowned self] in if let q = self.queues[key] { self.kick(q) }
+        }
+    }
+}
+
+/// `cluster-max-msg-rate` on one throttle: message tokens taken from the
+/// cluster's GCRA a batch at a time (one Redis round trip per batch, not per
+/// message). A connection finding no token waits until the next is due (a
+/// timer), and the answer to a refill kicks the queue.
+///
+/// The batch is at most one second of the rate (and at most 20), and a batch
+/// is spent within its own span (batch ÷ rate) or dropped, so in any window
+/// the cluster sends at most rate × window + 2 batches + 1: the GCRA grants
+/// at most rate × span + one batch + 1 in any span, and what is sent in a
+/// window was granted in it or at most one batch span before it.
+public final class ClusterMessageGate {
+    let site: String
+    let rate: Rate
+    let batch: Int
+    private let interval: UInt64
+    private unowned let limits: ClusterLimits
+    private let now: () -> UInt64
+    private let onTokens: () -> Void
+    private var tokens = 0
+    private var validUntil: UInt64 = 0
+    private var retryAt: UInt64 = 0
+    private var refilling = false
+
+    init<Loop: EventLoop>(site: String, rate: Rate, limits: ClusterLimits, loop: Loop, onTokens: @escaping () -> Void) {
+        self.site = site
+        self.rate = rate
+        self.limits = limits
+        let interval = rate.emissionIntervalNanos ?? 1
+        self.interval = interval
+        batch = Int(max(1, min(20, 1_000_000_000 / interval)))
+        self.now = { [unowned loop] in loop.now }
+        self.onTokens = onTokens
+    }
+
+    /// nil when a token is there (not taken yet: `take` does), else when to look again.
+    func check(now: UInt64) -> UInt64? {
+        if tokens > 0 && now > validUntil { tokens = 0 }
+        if tokens > 0 { return nil }
+        if now >= retryAt { refill() }
+        // A refill in flight kicks the queue when it lands; this is only its backstop.
+        return refilling ? now + 50_000_000 : max(retryAt, now + 1_000_000)
+    }
+
+    func take() { tokens -= 1 }
+
+    /// Tokens held now (status).
+    public var available: Int { tokens }
+
+    /// Asked only when the tokens are spent, and the new batch replaces
+    /// nothing: every token held at a time t was granted after t - validity,
+    /// which is what bounds a window's count (above).
+    private func refill() {
+        guard !refilling else { return }
+        refilling = true
+        limits.takeMessageTokens(site: site, rate: rate, wanted: batch) { [weak self] granted, retryAt in
+            guard let self else { return }
+            self.refilling = false
+            self.retryAt = retryAt
+            guard granted > 0 else { return }
+            let t = self.now()
+            self.tokens = granted
+            self.validUntil = t + UInt64(self.batch) * self.interval
+            self.onTokens()
+        }
+    }
+}
