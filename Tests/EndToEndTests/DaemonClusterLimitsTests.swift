@@ -14,7 +14,7 @@ import PeregrineTestSupport
 /// cluster-max-msg-rate holds in every window, and with Redis killed
 /// mid-run each node keeps to its share and every accepted message is
 /// delivered. Scenario 103.
-@Suite(.timeLimit(.minutes(10))) struct DaemonClusterLimitsTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonClusterLimitsTests {
 
     static func nodeConfig(_ dir: TestDirectory, name: String, ip: String, redis: String,
                            routes: [String: String]) -> String {

@@ -2,6 +2,7 @@ import Foundation
 import PeregrineConfig
 import PeregrineDaemon
 import PeregrineEngine
+import PeregrineTestSupport
 import Testing
 
 /// The ISP presets in examples/presets come from `peregrine-bench tune`
@@ -9,7 +10,7 @@ import Testing
 /// config, names the results file it came from, that file is the provider's
 /// latest tune result, and every setting the result chose is what the preset
 /// sets for each of the provider's domains. Needs no network.
-@Suite(.timeLimit(.minutes(2))) struct TunePresetTests {
+@Suite(.timeLimit(.minutes(2)), .blockingIO) struct TunePresetTests {
     static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
     /// The providers issue 19 requires presets for.
     static let required = ["gmail", "yahoo", "outlook"]

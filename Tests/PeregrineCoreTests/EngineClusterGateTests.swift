@@ -8,7 +8,7 @@ import PeregrineTestSupport
 /// ClusterLimits that answers when told: a batch per round trip, asked only
 /// when the tokens are spent, never twice at once, not again before the time
 /// the cluster gave, and a batch not spent within its span is dropped.
-@Suite struct EngineClusterGateTests {
+@Suite(.blockingIO) struct EngineClusterGateTests {
     final class ScriptedLimits: ClusterLimits {
         var tokenCalls: [(wanted: Int, done: (Int, UInt64) -> Void)] = []
         func acquireConnections(site: String, limit: Int, wanted: Int, _ done: @escaping (Int) -> Void) {}

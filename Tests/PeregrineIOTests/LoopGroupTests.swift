@@ -10,7 +10,7 @@ import Glibc
 /// LoopGroup, on every backend: the loops exist and run when `init`
 /// returns, each on its own named thread; `stop` ends them, each reports its
 /// return, and `join` waits for the threads.
-@Suite("LoopGroupTests", .timeLimit(.minutes(2)))
+@Suite("LoopGroupTests", .timeLimit(.minutes(2)), .blockingIO)
 struct LoopGroupTests {
     @Test(arguments: conformanceBackends)
     func startsRunsStopsAndJoins(_ kind: BackendKind) throws {
