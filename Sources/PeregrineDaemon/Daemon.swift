@@ -141,7 +141,9 @@ public final class Daemon<Loop: EventLoop> {
         var byOwner: [Int: [Int]] = [:]
         let recipients = message.recipients
         for i in recipients.indices where message.states[i] == .pending {
-            let key = QueueKey(domain: recipients.domain(i), vmta: message.vmta)
+            // queue-to: the loop that owns the queue the recipient goes to (DeliveryEngine.submit maps it the same way).
+            let key = QueueKey(domain: caller.policies.queueDomain(for: recipients.domain(i), vmta: message.vmta),
+                               vmta: message.vmta)
             byOwner[owner(of: key, asking: caller).index, default: []].append(i)
         }
         for (ownerIndex, rcpts) in byOwner {
@@ -306,6 +308,7 @@ public final class Daemon<Loop: EventLoop> {
         accounting.startPeriodicFlush(on: w.loop)
         let listeners = config.effectiveSMTPListeners
         try w.startListening(on: listeners, reusePort: workers.count > 1)
+        if let dummy = config.dummySMTPListener { try w.startDummyListener(on: dummy, reusePort: workers.count > 1) }
         if let api = config.httpInjection.listener {
             try w.startHTTPInjection(config.httpInjection, on: api, reusePort: workers.count > 1)
         }

@@ -167,6 +167,12 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         if source.addDateHeader && headers.first(named: "Date", in: bytes) == nil {
             added += Array("Date: \(RFC5322DateTime.format(wallClockSeconds()))\r\n".utf8)
         }
+        // rewrite-list (InjectionHandler+Rewrite.swift): From: is replaced inside what DKIM signs.
+        let rewrite = InjectionRewrite(list: source.rewriteList.flatMap { worker.policies.config.rewriteLists[$0] })
+        if let from = rewrite.fromHeader(headers, in: bytes) {
+            drop.append(from.drop)
+            added += from.line
+        }
         guard let vmta = worker.pickVMTA(vmtaName) else {
             body.clear()
             return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
@@ -213,15 +219,15 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         }
 
         let envelope = SpoolEnvelope(
-            sender: Array(mail.reversePath.utf8),
+            sender: Array(rewrite.sender(mail.reversePath).utf8),
             recipients: relayed.map { transaction.recipients[$0] }.map {
-                SpoolRecipient(address: Array($0.forwardPath.utf8),
+                SpoolRecipient(address: Array(rewrite.recipient($0.forwardPath).utf8),
                                orcpt: Array(($0.originalRecipient.map { "\($0.addressType);\($0.address)" } ?? "").utf8),
                                notify: NotifyFlags(rawValue: $0.notify?.rawValue ?? 0))
             },
             vmta: Array(vmta.utf8), jobID: Array(jobID.utf8), envID: Array(envID.utf8),
             ret: mail.ret.map { $0 == .full ? DSNReturn.full : .headers } ?? .unspecified,
-            receivedAt: wallClockMilliseconds())
+            receivedAt: wallClockMilliseconds(), verp: mail.xverp || source.verpDefault)
         let size = assembled.count
         let pool = worker.policies.config.pool(named: vmtaName)?.name
         worker.accept(envelope: envelope, body: assembled.bytes, peer: peer, pool: pool, smtpUser: session.authenticatedUser) { [weak self] result in

@@ -28,6 +28,9 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     /// left from a run with more threads).
     var spools: [Int: SpoolWriter<Loop>] = [:]
     private var listeners: [Listener] = []
+    /// `dummy-smtp-port` (LoopWorker+DummyListener.swift): its listener and open sessions.
+    var dummyListener: Listener?
+    var dummyConnections: [ObjectIdentifier: AnyObject] = [:]
     private var injections: [ObjectIdentifier: SMTPServerConnection<Loop>] = [:]
     private var poolCursor: [String: Int] = [:]
     let defaultVMTA: String
@@ -122,6 +125,8 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     func stopListening() {
         for l in listeners { loop.closeListener(l) }
         listeners.removeAll()
+        if let l = dummyListener { loop.closeListener(l) }
+        dummyListener = nil
         httpInjection?.stop()
         httpInjection = nil
     }

@@ -302,7 +302,10 @@ final class DeliveryConnection<Loop: EventLoop> {
         case .success(let body):
             self.body = body
             let rcpts = item.recipients.map { message.recipients[$0].address }
-            let envelope = SMTPClientEnvelope(mailFrom: message.sender, recipients: rcpts, size: message.bodySize,
+            // A VERP item holds one recipient (DeliveryEngine.submit).
+            let mailFrom = message.verp && rcpts.count == 1
+                ? VERP.returnPath(sender: message.sender, recipient: rcpts[0]) : message.sender
+            let envelope = SMTPClientEnvelope(mailFrom: mailFrom, recipients: rcpts, size: message.bodySize,
                                               envelopeID: message.envId,
                                               ret: message.ret == .unspecified ? nil : message.ret == .full ? .full : .headers)
             if session.send(envelope) {

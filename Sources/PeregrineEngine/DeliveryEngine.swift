@@ -71,11 +71,12 @@ public final class DeliveryEngine<Loop: EventLoop> {
         let list = message.recipients
         for r in recipients { byDomain[list.domain(r), default: []].append(r) }
         for (domain, rcpts) in byDomain {
-            var q = queue(for: QueueKey(domain: domain, vmta: vmta))
+            var q = queue(for: QueueKey(domain: policies.queueDomain(for: domain, vmta: vmta), vmta: vmta))
             if let cold = coldQueue(for: q) { q = cold }
             // A pool's disabled member is skipped for this domain.
             if let other = steeringTarget(from: q, for: message, now: loop.now) { q = other }
-            let maxRcpt = max(1, q.policy.maxRcptPerTransaction)
+            // VERP: each recipient has its own return path, so its own transaction.
+            let maxRcpt = message.verp ? 1 : max(1, q.policy.maxRcptPerTransaction)
             var start = 0
             while start < rcpts.count {
                 let slice = Array(rcpts[start..<min(start + maxRcpt, rcpts.count)])

@@ -105,12 +105,20 @@ public protocol DeliveryPolicySource: AnyObject {
     func connectionBudgets(forVMTA name: String) -> [ConnectionBudget]
     /// The shared daily counts of `max-cold-virtual-mta-msg`.
     var coldVMTAQuota: ColdVMTAQuota? { get }
+    /// The domain whose queue holds `domain`'s recipients from `vmta`: its
+    /// `queue-to`, else itself.
+    func queueDomain(for domain: String, vmta: String) -> String
 }
 
 extension DeliveryPolicySource {
     /// No shared caps unless the source has them.
     public func connectionBudgets(forVMTA name: String) -> [ConnectionBudget] { [] }
     public var coldVMTAQuota: ColdVMTAQuota? { nil }
+
+    /// `queue-to` of the domain's settings, one hop (a queue-to target's own queue-to is not followed).
+    public func queueDomain(for domain: String, vmta: String) -> String {
+        policy(for: QueueKey(domain: domain, vmta: vmta)).queueTo ?? domain
+    }
 
     /// Conservative default: ask for every reply.
     public func patternsSeePositiveReplies(queue: QueueKey) -> Bool { true }

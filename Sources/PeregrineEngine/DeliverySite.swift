@@ -52,8 +52,14 @@ public final class DeliverySite {
     /// Ready items of members that may send (not paused).
     public var readyItems: Int {
         var n = 0
-        for q in members where !q.isPaused { n += q.readyItems }
+        for q in members where mayTake(from: q) { n += q.readyItems }
         return n
+    }
+
+    /// A member gives work unless paused or its own `max-msg-rate` is 0
+    /// (which holds that domain only, not the others sharing its MX).
+    private func mayTake(from q: DeliveryQueue) -> Bool {
+        !q.isPaused && !q.policy.holdsDelivery(inBackoff: throttle.isBackoff)
     }
 
     func connectionsToOpen(now: UInt64) -> Int {
@@ -69,7 +75,7 @@ public final class DeliverySite {
         let n = members.count
         for step in 0..<n {
             let q = members[(cursor + step) % n]
-            guard !q.isPaused, let item = q.popReady() else { continue }
+            guard mayTake(from: q), let item = q.popReady() else { continue }
             cursor = (cursor + step + 1) % n
             return (.item(item), q)
         }
@@ -99,6 +105,9 @@ public final class DeliverySite {
             }
             s.backoffToNormalAfterDelivery = s.backoffToNormalAfterDelivery && p.backoffToNormalAfterDelivery
         }
+        // A member's rate 0 holds that member (DeliverySite.mayTake), not the site.
+        s.maxMsgRateIsZero = false
+        s.backoffMaxMsgRateIsZero = false
         return s
     }
 

@@ -38,7 +38,8 @@ public final class DeliveryThrottle {
         applyRates(now: now)
     }
 
-    func isOpen(now: UInt64) -> Bool { now >= suspendedUntil }
+    /// Not suspended, and the message rate in force is not 0 (`max-msg-rate 0`).
+    func isOpen(now: UInt64) -> Bool { now >= suspendedUntil && !policy.holdsDelivery(inBackoff: isBackoff) }
 
     /// max-smtp-out (backoff-max-smtp-out in backoff), lowered while a learned receiver limit is in force.
     func maxConnections(now: UInt64) -> Int {

@@ -38,6 +38,9 @@ public final class QueuedMessage {
     private let vmtaIndex: UInt32
     private var poolIndex: UInt32 = 0
     private let stream16: UInt16
+    /// VERP: delivered one recipient per transaction, each with a return
+    /// path that encodes it (`VERP.returnPath`). Kept in the spool record.
+    public private(set) var verp = false
     public let ret: DSNReturn
     /// Wall-clock seconds since 1970 (accounting's timeQueued).
     public let receivedAtWall: Int64
@@ -68,7 +71,8 @@ public final class QueuedMessage {
 
     public convenience init(id: MessageID, sender: String, recipients: [Recipient], vmta: String, jobId: String?,
                             envId: String?, ret: DSNReturn = .unspecified, receivedAtWall: Int64, receivedAt: UInt64,
-                            bodySize: Int, recordLength: Int? = nil, stream: Int, states: [RecipientState]? = nil) {
+                            bodySize: Int, recordLength: Int? = nil, stream: Int, states: [RecipientState]? = nil,
+                            verp: Bool = false) {
         let text = EnvelopeText.make(sender: Array(sender.utf8), jobID: Array((jobId ?? "").utf8), envID: Array((envId ?? "").utf8),
                                 recipients: recipients.map { SpoolRecipient(address: Array($0.address.utf8),
                                                                             orcpt: Array(($0.orcpt ?? "").utf8), notify: $0.notify) })
@@ -76,6 +80,7 @@ public final class QueuedMessage {
         if let states { for (i, s) in states.enumerated() where i < recipients.count { packed[i] = s } }
         self.init(id: id, envelope: text, vmta: vmta, ret: ret, receivedAtWall: receivedAtWall, receivedAt: receivedAt,
                   bodySize: bodySize, recordLength: recordLength ?? bodySize, stream: stream, states: packed)
+        self.verp = verp
     }
 
     /// From a spooled envelope's bytes, without decoding them.
@@ -85,6 +90,7 @@ public final class QueuedMessage {
                                                  recipients: envelope.recipients),
                   vmta: vmta, ret: envelope.ret, receivedAtWall: receivedAtWall, receivedAt: receivedAt, bodySize: bodySize,
                   recordLength: recordLength, stream: stream, states: states ?? RecipientStates(count: envelope.recipients.count))
+        self.verp = envelope.verp
     }
 
     convenience init(id: MessageID, envelope: EnvelopeText, vmta: String, ret: DSNReturn, receivedAtWall: Int64,
@@ -119,6 +125,7 @@ public final class QueuedMessage {
                                  receivedAt: receivedAt, bodySize: bodySize, recordLength: recordLength, stream: stream,
                                  states: s)
         copy.poolIndex = poolIndex
+        copy.verp = verp
         return copy
     }
 

@@ -243,6 +243,13 @@ public enum SMTPCommandParser {
             } else if uppercased(key, equals: "AUTH") {
                 guard let v = value else { return Replies.badParameterValue }
                 mail.auth = String(decoding: v, as: UTF8.self)
+            } else if uppercased(key, equals: "XVERP") {
+                // Bare XVERP, or XVERP=+= (Postfix's default delimiters, the
+                // only ones Peregrine writes: the bounce processor decodes them).
+                if let v = value, !(v.count == 2 && v[0] == UInt8(ascii: "+") && v[1] == UInt8(ascii: "=")) {
+                    return Replies.badParameterValue
+                }
+                mail.xverp = true
             } else {
                 return Replies.unsupportedParameter
             }

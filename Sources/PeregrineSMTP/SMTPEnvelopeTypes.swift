@@ -30,6 +30,9 @@ public struct SMTPMailFrom: Sendable, Hashable {
     public var ret: SMTPDSNReturn?
     /// AUTH= (RFC 4954), kept verbatim.
     public var auth: String?
+    /// XVERP (Postfix's and PowerMTA's extension): deliver one recipient per
+    /// transaction with the recipient encoded in the return path.
+    public var xverp = false
 
     public init(reversePath: String, size: Int? = nil, body: SMTPBodyType? = nil,
                 envelopeID: String? = nil, ret: SMTPDSNReturn? = nil, auth: String? = nil) {

@@ -4,14 +4,16 @@
 /// header (16 bytes, little-endian)
 ///   0  magic     UInt32  0x31475250 ("PRG1")
 ///   4  kind      UInt8   1 = message, 2 = outcome, 3 = segment start, 4 = segment deleted, 5 = padding
-///   5  version   UInt8   0; 1 only for a message record whose envelope has a RET byte
+///   5  version   UInt8   0; for a message record, 1 when its envelope has a RET
+///                        byte, 2 when it has a RET byte (0 = none) and a flags byte
 ///   6  reserved  UInt16  0
 ///   8  length    UInt32  payload length
 ///  12  crc       UInt32  CRC32C of header bytes 4..<12, then the payload
 /// payload
 ///   message: id.hi u64, id.lo u64, receivedAt i64,
 ///            sender, vmta, jobID, envID (each varint length + bytes),
-///            [version 1 only: RET u8 (1 FULL, 2 HDRS)],
+///            [version 1: RET u8 (1 FULL, 2 HDRS)],
+///            [version 2: RET u8 (0 none, 1 FULL, 2 HDRS), flags u8 (bit 0: VERP)],
 ///            recipient count varint, per recipient: address, orcpt
 ///            (varint length + bytes), notify u8, state u8; then the body
 ///            (the rest of the payload).
@@ -24,7 +26,8 @@
 /// ```
 /// A message without RET is written as version 0, byte for byte the format
 /// spools written before RET was kept, so old spools recover unchanged and
-/// the hot path pays nothing for it.
+/// the hot path pays nothing for it; likewise a message without flags (VERP)
+/// is written as version 0 or 1, and only a flagged one as version 2.
 /// The catalogue and the deletion records let recovery tell a segment the
 /// writer removed from one that went missing (deleted by hand, lost).
 /// A reader accepts a record only if the magic, kind, length bound and
@@ -64,10 +67,23 @@ public enum SpoolRecordFormat {
     /// Payload bytes of a message record before the body.
     public static func envelopeSize(_ env: SpoolEnvelope) -> Int {
         var n = 24 + fieldSize(env.sender) + fieldSize(env.vmta) + fieldSize(env.jobID) + fieldSize(env.envID)
-        if env.ret != .unspecified { n += 1 }
+        n += optionBytes(env)
         n += varintSize(env.recipients.count)
         for r in env.recipients { n += fieldSize(r.address) + fieldSize(r.orcpt) + 2 }
         return n
+    }
+
+    /// Bit 0 of a version-2 message record's flags byte.
+    static let verpFlag: UInt8 = 1
+
+    /// The header version of a message record: 0 (no options), 1 (RET), 2 (RET and flags).
+    static func messageVersion(_ env: SpoolEnvelope) -> UInt8 {
+        env.verp ? 2 : env.ret != .unspecified ? 1 : 0
+    }
+
+    /// Bytes between envID and the recipient count.
+    static func optionBytes(_ env: SpoolEnvelope) -> Int {
+        switch messageVersion(env) { case 2: return 2; case 1: return 1; default: return 0 }
     }
 
     // MARK: Encoding
@@ -94,7 +110,9 @@ public enum SpoolRecordFormat {
         var w = ByteWriter(out + headerSize)
         w.u64(id.hi); w.u64(id.lo); w.u64(UInt64(bitPattern: env.receivedAt))
         w.field(env.sender); w.field(env.vmta); w.field(env.jobID); w.field(env.envID)
-        if env.ret != .unspecified { w.u8(env.ret.rawValue) }
+        let version = messageVersion(env)
+        if version >= 1 { w.u8(env.ret.rawValue) }
+        if version == 2 { w.u8(env.verp ? verpFlag : 0) }
         w.varint(env.recipients.count)
         for (i, r) in env.recipients.enumerated() {
             w.field(r.address); w.field(r.orcpt); w.u8(r.notify.rawValue)
@@ -102,7 +120,7 @@ public enum SpoolRecordFormat {
         }
         body(&w)
         let payload = w.position
-        finishHeader(kind: .message, payloadLength: payload, at: out, version: env.ret != .unspecified ? 1 : 0)
+        finishHeader(kind: .message, payloadLength: payload, at: out, version: version)
         return headerSize + payload
     }
 
@@ -166,7 +184,7 @@ public enum SpoolRecordFormat {
         guard base.loadUnaligned(as: UInt32.self).littleEndian == magic,
               let kind = Kind(rawValue: base.load(fromByteOffset: 4, as: UInt8.self)),
               base.load(fromByteOffset: 5, as: UInt8.self) == 0
-                || (kind == .message && base.load(fromByteOffset: 5, as: UInt8.self) == 1),
+                || (kind == .message && base.load(fromByteOffset: 5, as: UInt8.self) <= 2),
               base.loadUnaligned(fromByteOffset: 6, as: UInt16.self) == 0 else { return .invalid }
         let length = Int(base.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian)
         guard length <= maxPayload else { return .invalid }
@@ -204,9 +222,15 @@ public enum SpoolRecordFormat {
         guard let hi = r.u64(), let lo = r.u64(), let t = r.u64(),
               let sender = r.field(), let vmta = r.field(), let job = r.field(), let envid = r.field() else { return nil }
         var ret = DSNReturn.unspecified
+        var verp = false
         if version == 1 {
             guard let b = r.u8(), let v = DSNReturn(rawValue: b), v != .unspecified else { return nil }
             ret = v
+        } else if version == 2 {
+            // Unknown flag bits are refused: they would mean a newer writer's option this reader would drop.
+            guard let b = r.u8(), let v = DSNReturn(rawValue: b), let flags = r.u8(), flags & ~verpFlag == 0 else { return nil }
+            ret = v
+            verp = flags & verpFlag != 0
         }
         guard let count = r.varint(), count <= payload.count else { return nil }
         var rcpts: [SpoolRecipient] = []
@@ -219,7 +243,7 @@ public enum SpoolRecordFormat {
             if st != .pending { states[i] = st }
         }
         let env = SpoolEnvelope(sender: sender, recipients: rcpts, vmta: vmta, jobID: job, envID: envid, ret: ret,
-                                receivedAt: Int64(bitPattern: t))
+                                receivedAt: Int64(bitPattern: t), verp: verp)
         return DecodedMessage(id: MessageID(hi: hi, lo: lo), envelope: env, states: states,
                               bodyOffset: headerSize + r.position)
     }

@@ -88,11 +88,14 @@ public struct SpoolEnvelope: Hashable, Sendable {
     public var ret: DSNReturn
     /// Reception time, milliseconds since the Unix epoch.
     public var receivedAt: Int64
+    /// VERP (`verp-default`, XVERP): one recipient per transaction, each
+    /// with its own return path encoding it.
+    public var verp: Bool
 
     public init(sender: [UInt8], recipients: [SpoolRecipient], vmta: [UInt8] = [], jobID: [UInt8] = [],
-                envID: [UInt8] = [], ret: DSNReturn = .unspecified, receivedAt: Int64) {
+                envID: [UInt8] = [], ret: DSNReturn = .unspecified, receivedAt: Int64, verp: Bool = false) {
         self.sender = sender; self.recipients = recipients; self.vmta = vmta
-        self.jobID = jobID; self.envID = envID; self.ret = ret; self.receivedAt = receivedAt
+        self.jobID = jobID; self.envID = envID; self.ret = ret; self.receivedAt = receivedAt; self.verp = verp
     }
 }
 

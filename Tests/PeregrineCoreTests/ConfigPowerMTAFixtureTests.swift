@@ -57,6 +57,14 @@ import Testing
         // `//` is the catch-all: it matches any reply.
         let recover = try #require(config.patternLists["recover"])
         #expect(recover.rules[1].pattern.matches("451 4.3.0 anything at all"))
+        // Routing as ESP configs write it: verp-default, queue-to, smtp-hosts, max-msg-rate 0.
+        #expect(config.source(forIP: "127.0.0.1").verpDefault)
+        #expect(config.settings(forDomain: "outlook.com").queueTo == "microsoft.queue")
+        let microsoft = config.settings(forDomain: "microsoft.queue")
+        #expect(microsoft.smtpHosts == [HostPort(host: "hotmail.com")] && microsoft.maxSMTPOut == 10)
+        #expect(config.settings(forDomain: "seeds.example.net").smtpHosts.map(\.description)
+                == ["[127.0.0.50]:2525", "[127.0.0.51]:2525"])
+        #expect(config.settings(forDomain: "spamcop.net").holdsDelivery(inBackoff: false))
     }
 
     @Test func splitConfigLoadsWithIncludes() throws {
@@ -145,9 +153,10 @@ import Testing
         #expect(vmta.errors.map(\.description) == ["m.conf:3: <virtual-mta v> is already defined at line 1"])
     }
 
-    /// Directives that would change delivery and are not implemented are refused
-    /// by name, with what to use instead, never accepted and ignored.
-    @Test func unimplementedDeliveryDirectivesAreRefusedByName() {
+    /// Issue #14's refused list (verp-default, queue-to, smtp-hosts,
+    /// <rewrite-list>, dummy-smtp-port) all load now; what Peregrine still
+    /// cannot do inside them (LMTP) is refused by name, never ignored.
+    @Test func formerlyRefusedDirectivesLoadAndLMTPIsRefused() {
         var d = ConfigDiagnostics()
         _ = PeregrineConfig.parse("""
             <virtual-mta v>
@@ -156,21 +165,26 @@ import Testing
             </virtual-mta>
             <source 0/0>
                 verp-default yes
+                rewrite-list r
             </source>
             <domain *>
                 queue-to other.test
             </domain>
             total-max-smtp-out 500
+            dummy-smtp-port 2526
             <rewrite-list r>
                 mail-from *@old.test *@new.test
             </rewrite-list>
+            <domain lmtp.test>
+                smtp-hosts lmtp:[127.0.0.1]:24
+            </domain>
             """, file: "u.conf", diagnostics: &d)
         let lines = d.sortedErrors.map(\.description)
-        #expect(lines.count == 3, "\(lines)")
-        #expect(lines.first == "u.conf:6: verp-default is not supported by Peregrine yet (VERP return paths); "
-                + "it changes delivery, so it is refused rather than ignored")
-        #expect(lines.dropFirst().map { String($0.prefix(while: { $0 != " " })) } == ["u.conf:9:", "u.conf:12:"])
+        #expect(lines.count == 1, "\(lines)")
+        #expect(lines.first?.hasPrefix("u.conf:18: smtp-hosts: 'lmtp:[127.0.0.1]:24': LMTP delivery is not supported") == true,
+                "\(lines)")
         #expect(d.warnings.isEmpty)
+        #expect(NotApplicableDirectives.unsupported.isEmpty)
     }
 
     /// Shared connection caps and the directives that order and read them.

@@ -26,7 +26,9 @@ enum SpoolFixtures {
                       envID: i % 2 == 0 ? Array("env\(i)".utf8) : [],
                       // Both record versions (RET or not) go through every spool test.
                       ret: [DSNReturn.unspecified, .full, .headers][i % 3],
-                      receivedAt: 1_700_000_000_000 + Int64(i))
+                      receivedAt: 1_700_000_000_000 + Int64(i),
+                      // And the VERP flag (record version 2) on some.
+                      verp: i % 5 == 4)
     }
 
     static func id(_ i: Int) -> MessageID { MessageID(hi: 0xABCD, lo: UInt64(i)) }

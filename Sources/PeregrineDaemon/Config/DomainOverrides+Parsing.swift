@@ -11,6 +11,7 @@ extension DomainOverrides {
         "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
         "mx-rollup", "bounce-upon-5xx-greeting", "deliver-local-dsn", "allow-priority-interruption",
         "smtp-553-means-invalid-mailbox", "max-cold-virtual-mta-msg", "cluster-max-smtp-out", "cluster-max-msg-rate",
+        "smtp-hosts", "queue-to",
     ] + timeoutDirectives.map(\.name)
 
     /// The SMTP client timeouts besides connect-timeout, smtp-greeting-timeout
@@ -72,7 +73,10 @@ extension DomainOverrides {
         switch node.name {
         case "max-smtp-out": maxSMTPOut = try node.integer(in: 1...100_000)
         case "max-msg-per-connection": maxMsgPerConnection = try node.integer(in: 0...100_000_000)
-        case "max-msg-rate": maxMsgRate = try node.value(ConfigValue.rate)
+        case "max-msg-rate":
+            let rate = try Self.rateOrZero(node)
+            maxMsgRate = rate
+            maxMsgRateIsZero = rate == nil
         // Cluster-wide caps (CLUSTER.md); refused at validation without cluster-redis.
         case "cluster-max-smtp-out": clusterMaxSMTPOut = try node.integer(in: 1...100_000)
         case "cluster-max-msg-rate": clusterMaxMsgRate = try node.value(ConfigValue.rate)
@@ -81,11 +85,16 @@ extension DomainOverrides {
         case "retry-after": retryAfter = try node.parse(node.arguments.joined(separator: ","), ConfigValue.retrySchedule)
         case "bounce-after": bounceAfter = try node.value(ConfigValue.duration)
         case "route": route = try node.value(ConfigValue.hostPort)
+        case "smtp-hosts": smtpHosts = try Self.smtpHosts(node)
+        case "queue-to": queueTo = try Self.queueTo(node)
         case "use-starttls": useStartTLS = try node.value(ConfigValue.bool)
         case "require-starttls": requireStartTLS = try node.value(ConfigValue.bool)
         case "tls-verify-hostname": tlsVerifyHostname = try node.value(ConfigValue.bool)
         case "smtp-pattern-list": smtpPatternList = try node.singleArgument()
-        case "backoff-max-msg-rate": backoffMaxMsgRate = try node.value(ConfigValue.rate)
+        case "backoff-max-msg-rate":
+            let rate = try Self.rateOrZero(node)
+            backoffMaxMsgRate = rate
+            backoffMaxMsgRateIsZero = rate == nil
         case "backoff-max-smtp-out": backoffMaxSMTPOut = try node.integer(in: 1...100_000)
         case "backoff-max-connect-rate": backoffMaxConnectRate = try node.value(ConfigValue.rate)
         case "backoff-retry-after":

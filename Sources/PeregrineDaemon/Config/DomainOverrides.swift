@@ -14,6 +14,12 @@ public struct DomainOverrides: Hashable, Sendable {
     public var retryAfter: RetrySchedule?
     public var bounceAfter: Duration?
     public var route: HostPort?
+    public var smtpHosts: [HostPort]?
+    public var queueTo: String?
+    /// `max-msg-rate 0` (true), or a rate (false).
+    public var maxMsgRateIsZero: Bool?
+    /// `backoff-max-msg-rate 0` (true), or a rate (false).
+    public var backoffMaxMsgRateIsZero: Bool?
     public var useStartTLS: Bool?
     public var requireStartTLS: Bool?
     public var tlsVerifyHostname: Bool?
@@ -59,6 +65,10 @@ public struct DomainOverrides: Hashable, Sendable {
         if let v = retryAfter { s.retryAfter = v }
         if let v = bounceAfter { s.bounceAfter = v }
         if let v = route { s.route = v }
+        if let v = smtpHosts { s.smtpHosts = v }
+        if let v = queueTo { s.queueTo = v }
+        if let v = maxMsgRateIsZero { s.maxMsgRateIsZero = v }
+        if let v = backoffMaxMsgRateIsZero { s.backoffMaxMsgRateIsZero = v }
         if let v = useStartTLS { s.useStartTLS = v }
         if let v = requireStartTLS { s.requireStartTLS = v }
         if let v = tlsVerifyHostname { s.tlsVerifyHostname = v }

@@ -55,18 +55,7 @@ enum NotApplicableDirectives {
     /// than "unknown", so a migration knows what it is giving up. (Never
     /// accepted: each would silently change delivery.) Remove a name here when
     /// it is implemented.
-    static let unsupported: [Context: [String: String]] = [
-        .global: [
-            "dummy-smtp-port": "a discard listener",
-        ],
-        .domain: [
-            "queue-to": "redirecting a queue to another domain's queue",
-            "smtp-hosts": "a fixed MX list; use route [HOST]:PORT for one host",
-        ],
-        .source: [
-            "verp-default": "VERP return paths",
-        ],
-    ]
+    static let unsupported: [Context: [String: String]] = [:]
 
     /// The refusal for a directive Peregrine does not implement yet, if `node` is one here.
     static func refusal(_ node: ConfigNode, in context: Context) -> ConfigError? {

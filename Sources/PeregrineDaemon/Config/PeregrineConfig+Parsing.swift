@@ -9,7 +9,7 @@ extension PeregrineConfig {
         "dns-server", "domain-macro", "host-name", "postmaster",
         "smtp-server-tls-certificate", "smtp-server-tls-key", "shutdown-timeout",
         "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
-        "relay-domain", "dsn-max-rate-per-sender", "total-max-smtp-out",
+        "relay-domain", "dsn-max-rate-per-sender", "total-max-smtp-out", "dummy-smtp-port",
     ] + SMTPAuthSettings.globalDirectiveNames + RuntimeSettings.directiveNames + ClusterSettings.directiveNames
         + HTTPInjectionSettings.globalDirectiveNames
 
@@ -128,6 +128,15 @@ extension PeregrineConfig {
 
     private mutating func applyGlobal(_ node: ConfigNode) throws(ConfigError) {
         switch node.name {
+        case "dummy-smtp-port":
+            // PowerMTA takes a port; an address may be given too. Loopback by
+            // default: a listener that answers 250 to anything is for tests, not the world.
+            let text = try node.singleArgument()
+            let target = try node.parse(text.allSatisfy(\.isNumber) ? "127.0.0.1:" + text : text, ConfigValue.hostPort)
+            guard let port = target.port, port > 0 else { throw node.error("dummy-smtp-port: '\(text)' has no port") }
+            dummySMTPListener = try node.parse(text) { (_: String) throws(ConfigValueError) -> SocketAddress in
+                try target.socketAddress(defaultPort: port)
+            }
         case "smtp-listener":
             let args = node.arguments.isEmpty ? [try node.singleArgument()]
                 : try node.arguments(count: 1...2, usage: "ADDRESS:PORT [tls=yes|no]")
@@ -287,8 +296,8 @@ extension PeregrineConfig {
             let list = try SMTPPatternList(block: node, diagnostics: &diagnostics)
             patternLists[list.name.lowercased()] = list
         case "rewrite-list":
-            throw node.error("<rewrite-list> is not supported by Peregrine yet (address rewriting); "
-                             + "it changes delivery, so it is refused rather than ignored")
+            let list = try RewriteList(block: node, diagnostics: &diagnostics)
+            rewriteLists[list.name] = list
         case "pattern-list":
             let list = try VMTAPatternList(block: node, diagnostics: &diagnostics)
             vmtaPatternLists[list.name] = list

@@ -39,6 +39,9 @@ extension PeregrineConfig {
             if let list = source.patternList, vmtaPatternLists[list] == nil {
                 diagnostics.record(ConfigError(line(source.location, "pattern-list", list), "pattern-list '\(list)' is not defined"))
             }
+            if let list = source.rewriteList, rewriteLists[list] == nil {
+                diagnostics.record(ConfigError(line(source.location, "rewrite-list", list), "rewrite-list '\(list)' is not defined"))
+            }
             if let name = source.defaultVirtualMTA, virtualMTANames(for: name).isEmpty {
                 diagnostics.record(ConfigError(line(source.location, "default-virtual-mta", name),
                                   "default-virtual-mta '\(name)' is not a defined virtual-mta or virtual-mta-pool"))

@@ -11,6 +11,9 @@ import PeregrineEngine
 public struct PeregrineConfig: Hashable, Sendable {
     /// `smtp-listener ADDR:PORT` (repeatable); `0/0:25` is every IPv4 address.
     public var smtpListeners: [SocketAddress] = []
+    /// `dummy-smtp-port [ADDR:]PORT`: a listener that accepts and discards
+    /// every message (127.0.0.1 unless an address is given).
+    public var dummySMTPListener: SocketAddress?
     /// `smtp-listener ADDR:PORT tls=yes`: listeners (also in `smtpListeners`) that
     /// start TLS before the greeting (port 465 style, RFC 8314).
     public var implicitTLSListeners: [SocketAddress] = []
@@ -78,6 +81,8 @@ public struct PeregrineConfig: Hashable, Sendable {
     public var domains: [DomainBlock] = []
     /// `<pattern-list NAME>` by name (lower-cased): virtual-mta choice at injection.
     public var vmtaPatternLists: [String: VMTAPatternList] = [:]
+    /// `<rewrite-list NAME>` blocks by lower-cased name (RewriteList.swift).
+    public var rewriteLists: [String: RewriteList] = [:]
     /// `<smtp-pattern-list NAME>` by name.
     public var patternLists: [String: SMTPPatternList] = [:]
     /// `<acct-file PATH>` blocks.

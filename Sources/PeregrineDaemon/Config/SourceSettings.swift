@@ -64,8 +64,13 @@ public struct SourceSettings: Hashable, Sendable {
     public var maxRcptPerMessage: Int?
     /// `allow-starttls`: offer STARTTLS to these clients (when a certificate is set).
     public var allowStartTLS = true
+    /// `verp-default`: messages from these clients are VERPed (one recipient
+    /// per transaction, the recipient in the return path) as if MAIL FROM had XVERP.
+    public var verpDefault = false
     /// `pattern-list NAME`: the `<pattern-list>` choosing these clients' virtual-mta.
     public var patternList: String?
+    /// `rewrite-list NAME`: the `<rewrite-list>` applied to these clients' mail at injection.
+    public var rewriteList: String?
     /// The header the job id comes from, if any.
     public var jobHeaderName: String? { jobIDHeader ?? (processXJob ? "X-Job" : nil) }
     public static let defaultMaxSMTPIn = 100
@@ -157,6 +162,8 @@ extension SourceSettings {
             case "log-connections": logConnections = try node.value(ConfigValue.bool)
             case "log-commands": logCommands = try node.value(ConfigValue.bool)
             case "log-data": logData = try node.value(ConfigValue.bool)
+            case "verp-default": verpDefault = try node.value(ConfigValue.bool)
+            case "rewrite-list": rewriteList = try node.singleArgument().lowercased()
             default:
                 if try dkim.apply(node) { return }
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")

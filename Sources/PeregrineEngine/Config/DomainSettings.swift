@@ -31,6 +31,19 @@ public struct DomainSettings: Hashable, Sendable {
     public var bounceAfter: Duration = .seconds(4 * 86400 + 12 * 3600)
     /// `route`: bypass MX lookup; `[host]` connects to the host itself, `host` uses its MX.
     public var route: HostPort?
+    /// `smtp-hosts`: the hosts to deliver to instead of the domain's MX, in
+    /// order; `[host]` is connected to itself, a bare `host` is looked up by
+    /// MX (A fallback); a port replaces 25. Empty: not set.
+    public var smtpHosts: [HostPort] = []
+    /// `queue-to DOMAIN`: this domain's recipients wait in (and are delivered
+    /// with the settings and routing of) DOMAIN's queue; the addresses are unchanged.
+    public var queueTo: String?
+    /// `max-msg-rate 0`: deliver nothing (the queue holds its mail until
+    /// bounce-after or until the rate is raised by a reload).
+    public var maxMsgRateIsZero = false
+    /// `backoff-max-msg-rate 0`: deliver nothing while in backoff; nil = as `maxMsgRateIsZero`
+    /// unless `backoffMaxMsgRate` sets a rate.
+    public var backoffMaxMsgRateIsZero: Bool?
     /// `use-starttls`: try STARTTLS when offered.
     public var useStartTLS = true
     /// `require-starttls`: do not deliver without TLS.
@@ -115,6 +128,13 @@ public struct DomainSettings: Hashable, Sendable {
     /// Message rate in the given mode.
     public func maxMsgRate(inBackoff backoff: Bool) -> Rate {
         backoff ? (backoffMaxMsgRate ?? maxMsgRate) : maxMsgRate
+    }
+
+    /// Whether the message rate in the given mode is 0: nothing is delivered.
+    public func holdsDelivery(inBackoff backoff: Bool) -> Bool {
+        guard backoff else { return maxMsgRateIsZero }
+        if let zero = backoffMaxMsgRateIsZero { return zero }
+        return backoffMaxMsgRate == nil ? maxMsgRateIsZero : false
     }
 
     /// Connect rate in the given mode.

@@ -98,7 +98,8 @@ public enum InboundReportParser {
     public static func verpRecipient(_ address: String) -> String? {
         guard let at = address.lastIndex(of: "@") else { return nil }
         let local = address[..<at]
-        guard let sep = local.firstIndex(where: { $0 == "+" || $0 == "-" }) else { return nil }
+        // '+' first (what VERP.returnPath writes): a sender like bounces-list+u=d keeps its '-'.
+        guard let sep = local.firstIndex(of: "+") ?? local.firstIndex(of: "-") else { return nil }
         let tagged = local[local.index(after: sep)...]
         guard let eq = tagged.lastIndex(of: "="), eq != tagged.startIndex, tagged.index(after: eq) < tagged.endIndex else { return nil }
         return "\(tagged[..<eq])@\(tagged[tagged.index(after: eq)...])"
