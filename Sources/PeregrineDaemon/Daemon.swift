@@ -508,8 +508,7 @@ public final class Daemon<Loop: EventLoop> {
         }
         let oldWebhooks = lock.withLock { (config.webhooks, config.webhookMaxAge) }
         if oldWebhooks.0 != newConfig.webhooks || oldWebhooks.1 != newConfig.webhookMaxAge {
-            // The senders and the event log keep their start-up settings (Webhooks/WebhookService.swift).
-            log("warning: <webhook> and webhook-max-age changes take effect at the next start, not on reload")
+            reloadWebhooks(newConfig)
         }
         let oldRuntime = lock.withLock { () -> RuntimeSettings in
             let previous = config.runtime

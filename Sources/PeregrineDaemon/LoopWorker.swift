@@ -122,13 +122,13 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                    + "next report in \(Self.acceptLogInterval / 1_000_000_000)s at the earliest")
     }
 
+    /// The SMTP listeners; the API listener closes in `finishInjections` (its requests drain there).
     func stopListening() {
         for l in listeners { loop.closeListener(l) }
         listeners.removeAll()
         if let l = dummyListener { loop.closeListener(l) }
         dummyListener = nil
-        httpInjection?.stop()
-        httpInjection = nil
+        // The API listener is not closed here: it drains in finishInjections.
     }
 
     private func accepted(_ c: AcceptedConnection, implicitTLS: Bool) {
@@ -204,8 +204,19 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                               "\(daemon.hostName) service shutting down, closing connection")
         let deadline = min(Self.injectionDrainDeadline, policies.config.shutdownTimeout.nanoseconds)
         for c in Array(injections.values) { c.drain(reply, deadline: deadline) }
+        if let api = httpInjection {
+            // The API's requests drain the same way (HTTPInjectionServer.drain).
+            apiDraining = true
+            api.drain(deadline: deadline) { [unowned self] in
+                self.httpInjection = nil
+                self.apiDraining = false
+                self.checkInjectionsDrained()
+            }
+        }
         checkInjectionsDrained()
     }
+
+    private var apiDraining = false
 
     /// How long a draining injection client has to send its next command
     /// before it gets the 421 anyway (at most `shutdown-timeout`): short, so
@@ -213,7 +224,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     static var injectionDrainDeadline: UInt64 { 2_000_000_000 }
 
     private func checkInjectionsDrained() {
-        guard injections.isEmpty, let done = injectionsDrained else { return }
+        guard injections.isEmpty, !apiDraining, let done = injectionsDrained else { return }
         injectionsDrained = nil
         done()
     }

@@ -98,6 +98,43 @@ public final class ManagementServer<Loop: EventLoop> {
         }
     }
 
+    private var draining = false
+    private var onDrained: (() -> Void)?
+    private var drainTimer: TimerHandle?
+
+    /// True once `drain` was called: responses close their connection.
+    public var isDraining: Bool { draining }
+
+    /// Graceful stop (daemon shutdown): stops accepting; a request with the
+    /// handler gets its response, sent with `Connection: close`; a connection
+    /// between requests stays open until its next request is answered (the
+    /// handler knows the server is draining) or `deadline` nanoseconds pass,
+    /// then closes. `done` runs once no connection is left.
+    public func drain(deadline: UInt64, _ done: @escaping () -> Void) {
+        if let l = listener {
+            loop.closeListener(l)
+            listener = nil
+        }
+        draining = true
+        onDrained = done
+        if !connections.isEmpty {
+            drainTimer = loop.scheduleTimer(after: deadline) { [weak self] in
+                guard let self else { return }
+                self.drainTimer = nil
+                // A connection still busy closes after its response is sent.
+                for c in Array(self.connections.values) where !c.busy { c.close() }
+            }
+        }
+        checkDrained()
+    }
+
+    private func checkDrained() {
+        guard draining, connections.isEmpty, let done = onDrained else { return }
+        onDrained = nil
+        if let t = drainTimer { loop.cancelTimer(t); drainTimer = nil }
+        done()
+    }
+
     /// Stops accepting and closes every connection (in-flight responses are dropped).
     public func stop() {
         if let l = listener {
@@ -129,6 +166,7 @@ public final class ManagementServer<Loop: EventLoop> {
 
     fileprivate func connectionClosed(_ c: Connection) {
         if connections[c.socket.fd] === c { connections[c.socket.fd] = nil }
+        checkDrained()
     }
 
     fileprivate func dispatch(_ request: HTTPRequest, _ respond: @escaping (HTTPResponse) -> Void) {
@@ -205,7 +243,9 @@ public final class ManagementServer<Loop: EventLoop> {
                 server.dispatch(request) { [weak self] response in
                     guard let self, !answered else { return }
                     answered = true
-                    self.send(response.serialize(keepAlive: keepAlive, includeBody: !isHead), thenClose: !keepAlive)
+                    // Draining (shutdown): the answer is the connection's last.
+                    let keep = keepAlive && !self.server.draining
+                    self.send(response.serialize(keepAlive: keep, includeBody: !isHead), thenClose: !keep)
                 }
             case .failure(let error)?:
                 busy = true

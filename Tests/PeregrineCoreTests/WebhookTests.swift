@@ -110,6 +110,56 @@ import PeregrineIO
         #expect(WebhookEventLog.segmentNumbers(in: dir).first == newest)
     }
 
+    /// While the disk keeps failing (a full 64 KiB tmpfs), the log's hand-over
+    /// queue holds at most `maxPendingWhileFailing` events: the rest are
+    /// refused and counted, and their `then` (which records the outcome)
+    /// never runs. Once space returns, exactly the queued events are written
+    /// and exactly their `then` runs: no outcome without its event.
+    @Test(.enabled(if: geteuid() == 0, "needs root to mount a small tmpfs"))
+    func eventLogQueueIsBoundedWhileTheDiskFails() throws {
+        let dir = NSTemporaryDirectory() + "webhook-full-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        guard system("mount -t tmpfs -o size=64k tmpfs '\(dir)' 2>/dev/null") == 0 else { Issue.record("tmpfs mount failed"); return }
+        defer { _ = system("umount '\(dir)' 2>/dev/null") }
+        let log = try WebhookEventLog(directory: dir + "/events", maxPendingWhileFailing: 5, log: { _ in })
+        defer { log.stop() }
+        // Fill the file system.
+        let filler = dir + "/filler"
+        let fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let block = [UInt8](repeating: 0x55, count: 4096)
+        while block.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
+        close(fd)
+        let recorded = Locked<Set<String>>([])
+        let total = 20
+        log.append(Self.event(0)) { recorded.withLock { _ = $0.insert("m.0.delivered") } }
+        let failed = waitFor(60) { log.status.errors >= 1 }
+        try #require(failed, "the write to a full tmpfs did not fail")
+        for n in 1..<total {
+            let id = "m.\(n).delivered"
+            log.append(Self.event(n)) { recorded.withLock { _ = $0.insert(id) } }
+            #expect(log.backlog.pending <= 5, "the queue grew past its bound")
+        }
+        let refused = Int(log.backlog.refused)
+        #expect(refused >= 1 && refused < total, "refused \(refused)")
+        #expect(recorded.withLock { $0 }.isEmpty, "an outcome was recorded before its event was durable")
+        unlink(filler)
+        let written = waitFor(60) { recorded.withLock { $0.count } == total - refused }
+        #expect(written, "\(recorded.withLock { $0.count }) of \(total - refused) recorded after space returned")
+        let ids = Self.readAll(log).compactMap { (try? JSONSerialization.jsonObject(with: Data($0.json)) as? [String: Any])?["id"] as? String }
+        #expect(Set(ids) == recorded.withLock { $0 } && ids.count == total - refused, "written \(ids) vs recorded")
+    }
+
+    /// Polls `condition` every 10 ms until it holds or `seconds` pass.
+    func waitFor(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+        while monotonicNanoseconds() < deadline {
+            if condition() { return true }
+            usleep(10_000)
+        }
+        return condition()
+    }
+
     /// Endpoints that misbehave cost one timeout and a closed connection.
     @Test func httpClientBoundsMisbehavingEndpoints() throws {
         for mode in ["garbage", "silent", "endless-header", "ok"] {

@@ -106,6 +106,17 @@ struct BenchMetric {
                       path: ["mtaCpuSecondsPer10k"]),
                 field("lost", "lost messages", higherIsBetter: false, regression: .mustBeZero, path: ["lost"]),
             ]
+        case "http-relay":
+            // Series per backend and recipients per call (the target): epoll-r1, epoll-r100, ...
+            return [
+                field("overSMTP", "API recipients delivered/s ÷ the SMTP relay's delivered/s in the same run",
+                      higherIsBetter: true, regression: .noise, path: ["recipientsDeliveredPerSecondOverSMTP"]),
+                field("recipientsDeliveredPerSecond", "recipients delivered/s (absolute)", higherIsBetter: true,
+                      regression: .none, path: ["recipientsDeliveredPerSecond"]),
+                field("cpuPerRecipient", "MTA CPU µs per recipient", higherIsBetter: false, regression: .none,
+                      path: ["mtaCpuMicrosecondsPerRecipient"]),
+                field("lost", "lost messages", higherIsBetter: false, regression: .mustBeZero, path: ["lost"]),
+            ]
         case "isp-mix":
             return [
                 field("elapsed", "seconds to inject and drain the mix", higherIsBetter: false, regression: .noise, path: ["elapsedSeconds"]),
@@ -142,7 +153,7 @@ struct BenchMetric {
         }
     }
 
-    static let scenarioOrder = ["relay", "relay-100k", "relay-tls", "relay-esp", "isp-mix", "backlog", "crash", "echo"]
+    static let scenarioOrder = ["relay", "relay-100k", "relay-tls", "relay-esp", "http-relay", "isp-mix", "backlog", "crash", "echo"]
 }
 
 /// One point of a chart.

@@ -15,6 +15,7 @@ scenarios:
   sink        accept-all peregrine-sink vs Postfix's smtp-sink, fed by smtp-source -d
   relay       loadgen → MTA → sink, 4 KB, durable, per backend (and --peer postfix), side by side
   relay-100k  the same with 100 KB messages
+  http-relay  HTTP API clients → MTA → sink, 1/10/100 recipients per call, beside the SMTP relay in the same run
   relay-esp   the ESP workload: DKIM-signed, STARTTLS delivery, threads 1 and 2, vs openssl speed and the plain/TLS relay
   dkim-sign   PeregrineDKIM's cost per signature vs openssl speed in the same run
   isp-mix     shipped ISP profiles + DNS, consumer mix with unknown/greylisted share: delivered, bounced, deferrals, lost
@@ -59,6 +60,7 @@ case "dashboard": status = runDashboard(arguments: rest)
 case "compare": status = runCompare(arguments: rest)
 case "dkim-sign": status = runDKIMSignBench(arguments: rest)
 case "relay-esp": status = runRelayESPBench(arguments: rest)
+case "http-relay": status = runHTTPRelayBench(arguments: rest)
 default:
     fputs("peregrine-bench: unknown scenario '\(scenario)'\n\(usage)\n", stderr)
     status = 2

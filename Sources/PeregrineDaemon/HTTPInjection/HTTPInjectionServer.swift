@@ -56,6 +56,18 @@ final class HTTPInjectionServer<Loop: EventLoop> {
         server = nil
     }
 
+    /// Shutdown: no new connection; a request being committed gets its
+    /// answer; a request arriving meanwhile gets 503 `shutting_down` with
+    /// Retry-After (`prepare`: the worker is shutting down); idle keep-alive
+    /// connections close at `deadline`. `done` once no connection is left.
+    func drain(deadline: UInt64, _ done: @escaping () -> Void) {
+        guard let server else { done(); return }
+        server.drain(deadline: deadline) { [weak self] in
+            self?.server = nil
+            done()
+        }
+    }
+
     // MARK: Routing
 
     func handle(_ request: HTTPRequest, _ respond: @escaping (HTTPResponse) -> Void) {

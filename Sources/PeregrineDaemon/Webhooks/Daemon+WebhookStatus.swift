@@ -7,6 +7,7 @@ extension Daemon {
         guard let hooks = webhooks else { return ["webhooks": [Any]()] }
         let log = hooks.log.status
         let disk = hooks.log.diskUsage
+        let queue = hooks.log.backlog
         return [
             "webhooks": hooks.status().map { s -> [String: Any] in
                 var o: [String: Any] = ["name": s.name, "url": s.url, "backlog": s.backlog,
@@ -17,7 +18,8 @@ extension Daemon {
                 return o
             },
             "eventLog": ["eventsWritten": log.written, "writeErrors": log.errors, "lastError": log.lastError ?? "",
-                         "segments": disk.segments, "bytes": disk.bytes],
+                         "segments": disk.segments, "bytes": disk.bytes, "pending": queue.pending,
+                         "eventsRefused": queue.refused],
         ]
     }
 
@@ -43,6 +45,9 @@ extension Daemon {
         let log = hooks.log.status
         p.counter("peregrine_webhook_log_events_written_total", help: "Events written durably to the webhook event log", value: log.written)
         p.counter("peregrine_webhook_log_write_errors_total", help: "Failed writes or fdatasyncs of the webhook event log", value: log.errors)
+        p.counter("peregrine_webhook_log_events_refused_total",
+                  help: "Events refused with the log's queue full while its disk failed (their outcomes are delivered again after a restart)",
+                  value: hooks.log.backlog.refused)
         p.gauge("peregrine_webhook_log_bytes", help: "Bytes of webhook event log segments on disk", value: hooks.log.diskUsage.bytes)
     }
 }

@@ -79,6 +79,18 @@ extension Daemon {
         }
     }
 
+    /// `ctl reload` with changed `<webhook>` blocks or webhook-max-age
+    /// (WebhookService.reconfigure). A daemon started without any webhook has
+    /// no event log, and the loops read `webhooks` without a lock: adding the
+    /// first one takes a restart, and says so.
+    func reloadWebhooks(_ newConfig: PeregrineConfig) {
+        if let webhooks {
+            webhooks.reconfigure(newConfig)
+        } else {
+            log("warning: <webhook> blocks added to a daemon started without any take effect at the next start, not on reload")
+        }
+    }
+
     /// At start-up, `injected` again for a spooled message none of whose
     /// recipients is final: its first `injected` may have been lost in the
     /// crash (the spool append is durable before the event). Same ids: a

@@ -57,14 +57,23 @@ final class WebhookEventLog: @unchecked Sendable {
     private(set) var writeErrors: UInt64 = 0
     private(set) var eventsWritten: UInt64 = 0
     private var lastError: String?
+    /// True from a failed write until the next one succeeds.
+    private var failing = false
+    /// Events refused because the queue was full while the disk failed.
+    private(set) var eventsRefused: UInt64 = 0
+    private var refusedSinceLog: UInt64 = 0
+    /// While writes fail, at most this many events wait in memory (see `append`).
+    let maxPendingWhileFailing: Int
     // Log thread only:
     private var activeFD: Int32
     private let log: @Sendable (String) -> Void
 
     /// Opens (creating) the directory, repairs the newest segment and starts a new one.
-    init(directory: String, segmentBytesLimit: UInt64 = 16 << 20, log: @escaping @Sendable (String) -> Void) throws {
+    init(directory: String, segmentBytesLimit: UInt64 = 16 << 20, maxPendingWhileFailing: Int = 100_000,
+         log: @escaping @Sendable (String) -> Void) throws {
         self.directory = directory
         self.segmentBytesLimit = segmentBytesLimit
+        self.maxPendingWhileFailing = maxPendingWhileFailing
         self.log = log
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let existing = Self.segmentNumbers(in: directory)
@@ -167,6 +176,15 @@ final class WebhookEventLog: @unchecked Sendable {
     // MARK: Appending (any thread)
 
     /// Hands `event` to the log thread; `then` runs on that thread once it is durable.
+    ///
+    /// While the disk keeps failing the hand-over queue is bounded
+    /// (`maxPendingWhileFailing`, about 300 bytes an event): an event over it
+    /// is refused and its `then` never runs. The producer, a delivery loop,
+    /// is never blocked; the refused outcome is simply not recorded in the
+    /// spool, exactly as at a shutdown with the disk failing: the recipient
+    /// stays pending there and is delivered again after the next start (a
+    /// duplicate, never an outcome without its event). Refusals are counted
+    /// (`status`, /metrics) and logged once a minute, never silent.
     func append(_ event: WebhookEvent, then: (@Sendable () -> Void)? = nil) {
         var payload: [UInt8] = []
         let json = event.json
@@ -179,6 +197,12 @@ final class WebhookEventLog: @unchecked Sendable {
         if stopped {
             cond.unlock()
             log("webhook event log: stopped; event \(event.id) not written (its outcome is not recorded either)")
+            return
+        }
+        if failing && pending.count >= maxPendingWhileFailing {
+            eventsRefused += 1
+            refusedSinceLog += 1
+            cond.unlock()
             return
         }
         pending.append((payload, then))
@@ -201,6 +225,12 @@ final class WebhookEventLog: @unchecked Sendable {
     var status: (written: UInt64, errors: UInt64, lastError: String?) {
         cond.lock(); defer { cond.unlock() }
         return (eventsWritten, writeErrors, lastError)
+    }
+
+    /// Events waiting to be written, and events refused so far (queue full while the disk failed).
+    var backlog: (pending: Int, refused: UInt64) {
+        cond.lock(); defer { cond.unlock() }
+        return (pending.count, eventsRefused)
     }
 
     /// Blocks until the durable end passes `position` or `deadline` (monotonic ns) comes; returns the durable end.
@@ -269,13 +299,18 @@ final class WebhookEventLog: @unchecked Sendable {
                 cond.lock()
                 writeErrors += 1
                 lastError = "\(error)"
+                failing = true
                 pending.insert(contentsOf: batch, at: 0)
                 let stop = stopping
+                let refused = refusedSinceLog
                 cond.unlock()
                 let now = monotonicNanoseconds()
                 if now >= nextRetryLog {
                     log("webhook event log: writing \(batch.count) event(s) to \(Self.path(directory, position.segment)) failed: "
-                        + "\(error); retrying every second (their outcomes are recorded once written)")
+                        + "\(error); retrying every second (their outcomes are recorded once written)"
+                        + (refused > 0 ? "; \(refused) event(s) refused with the queue full at \(maxPendingWhileFailing): "
+                           + "their outcomes are not recorded, so those recipients are delivered again after a restart" : ""))
+                    cond.lock(); refusedSinceLog -= refused; cond.unlock()
                     nextRetryLog = now + 60_000_000_000
                 }
                 if stop {
@@ -288,6 +323,7 @@ final class WebhookEventLog: @unchecked Sendable {
             }
             position.offset += UInt64(bytes.count)
             cond.lock()
+            failing = false
             lastSequence = seq
             durable = position
             eventsWritten += UInt64(batch.lazy.filter { !$0.bytes.isEmpty }.count)

@@ -51,8 +51,11 @@ final class WebhookSender: @unchecked Sendable {
     private var stopping = false  // guarded by sleeper
     private let finished = DispatchSemaphore(value: 0)
 
+    /// `startAtEnd`: without a saved cursor, begin at the log's durable end
+    /// (a webhook added on reload) rather than its oldest segment (start-up).
     init(settings: WebhookSettings, log: WebhookEventLog, maxAge: Duration, accounting: AccountingLog,
-         daemonLog: @escaping @Sendable (String) -> Void, cursorMoved: @escaping @Sendable () -> Void) throws {
+         daemonLog: @escaping @Sendable (String) -> Void, startAtEnd: Bool = false,
+         cursorMoved: @escaping @Sendable () -> Void) throws {
         self.settings = settings
         self.log = log
         self.maxAgeMillis = maxAge.components.seconds * 1000 + maxAge.components.attoseconds / 1_000_000_000_000_000
@@ -66,8 +69,14 @@ final class WebhookSender: @unchecked Sendable {
         }
         client = WebhookHTTPClient(url: settings.url, tlsContext: tlsContext)
         let saved = Self.readCursor(cursorPath)
-        stats = Locked(Stats(cursor: saved?.0 ?? WebhookEventLog.Position(segment: log.oldestSegment, offset: 0),
-                             cursorSequence: saved?.1 ?? 0))
+        if saved == nil && startAtEnd {
+            let (end, sequence) = log.durableEnd
+            stats = Locked(Stats(cursor: end, cursorSequence: sequence))
+            writeCursor(end, sequence: sequence)
+        } else {
+            stats = Locked(Stats(cursor: saved?.0 ?? WebhookEventLog.Position(segment: log.oldestSegment, offset: 0),
+                                 cursorSequence: saved?.1 ?? 0))
+        }
     }
 
     func start() {
