@@ -170,6 +170,45 @@ public final class AccountingWriter: @unchecked Sendable {
         return err
     }
 
+    /// Writes the buffered bytes and fsyncs the file (and, once per file, its
+    /// directory, so a file this writer created is found after a power
+    /// loss): when it returns nil, every record appended before the call is
+    /// durable. For what must survive a power loss before a peer hears 250
+    /// (an inbound report that exists nowhere else); blocking, so callers run
+    /// it off the event loops. The fsync runs on a duplicate of the descriptor
+    /// outside the lock: loops appending records never wait for the disk.
+    /// A `|PROGRAM` file has nothing to sync (the program owns durability).
+    @discardableResult
+    public func sync() -> AccountingError? {
+        let now = wallClock()
+        let (fd, syncDirectory, err): (Int32, Bool, AccountingError?) = state.withLock { s in
+            if let e = s.rotateIfDue(now: now, adding: 0) ?? s.writeBuffer() { return (-1, false, e) }
+            guard s.pipe == nil, s.fd >= 0 else { return (-1, false, nil) }
+            let first = !s.directorySynced
+            s.directorySynced = true
+            return (dup(s.fd), first, nil)
+        }
+        if let err { onError?(err); return err }
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var failure: AccountingError?
+        if Glibc.fsync(fd) != 0 {
+            failure = .io(path: options.path, operation: "fsync", errno: errno)
+        } else if syncDirectory {
+            let dir = options.path.lastIndex(of: "/").map { String(options.path[..<$0]) } ?? "."
+            let dfd = open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if dfd < 0 || Glibc.fsync(dfd) != 0 {
+                failure = .io(path: dir, operation: "fsync (directory)", errno: errno)
+            }
+            if dfd >= 0 { Glibc.close(dfd) }
+        }
+        if let failure {
+            state.withLock { s in s.directorySynced = false }
+            onError?(failure)
+        }
+        return failure
+    }
+
     /// Rotates now, whatever the size and interval (for `reload` or an operator action).
     @discardableResult
     public func rotate() -> AccountingError? {
@@ -241,6 +280,8 @@ public final class AccountingWriter: @unchecked Sendable {
         var rotated: [String] = []
         var closed = false
         var dropped: Int64 = 0
+        /// Whether the current file's directory entry was fsynced (`sync()`); a rotation makes a new one.
+        var directorySynced = false
         /// Cap on bytes kept while the disk refuses writes (then the oldest are dropped and counted).
         static let maxBuffered = 64 << 20
         /// The file's columns (`record-fields`), and scratch for projecting a line onto them.
@@ -260,6 +301,7 @@ public final class AccountingWriter: @unchecked Sendable {
         mutating func openCurrent(now: Int64) throws(AccountingError) {
             if pipe != nil { return try openPipe(now: now) }
             (fd, fileSize) = try RotatedFiles.openForAppend(options.path, worldReadable: options.worldReadable)
+            directorySynced = false
             if fileSize == 0 {
                 let header = columns.header
                 if let e = writeAll(header) { throw e }
@@ -370,6 +412,12 @@ public final class AccountingLog: @unchecked Sendable {
     /// Flushes every writer; returns the errors (empty when all went well).
     @discardableResult
     public func flush() -> [AccountingError] { writers.compactMap { $0.flush() } }
+
+    /// Makes every record of these types appended so far durable (`AccountingWriter.sync()`
+    /// on each file that takes one of them); blocking. Returns the errors.
+    public func sync(_ types: [AccountingRecordType]) -> [AccountingError] {
+        writers.filter { w in types.contains { w.accepts($0) } }.compactMap { $0.sync() }
+    }
 
     /// Flushes and closes every writer (shutdown).
     @discardableResult

@@ -18,7 +18,8 @@ final class DSNGenerator<Loop: EventLoop> {
     unowned let worker: LoopWorker<Loop>
     private struct Pending {
         var message: QueuedMessage
-        var entries: [(index: Int, state: RecipientState, report: DeliveryStatusReport.Recipient)]
+        /// `state` nil: a delay notice (the recipient stays pending; nothing to record).
+        var entries: [(index: Int, state: RecipientState?, report: DeliveryStatusReport.Recipient)]
     }
     private var pending: [ObjectIdentifier: Pending] = [:]
     private var order: [ObjectIdentifier] = []
@@ -28,6 +29,10 @@ final class DSNGenerator<Loop: EventLoop> {
     /// Reports made, and reports not made because a sender was over the rate.
     private(set) var generated: UInt64 = 0
     private(set) var rateLimited: UInt64 = 0
+    /// Recipients that were sent their one delay notice, until their message completes.
+    private struct DelayKey: Hashable { var id: MessageID; var recipient: Int }
+    private var delayNotified: Set<DelayKey> = []
+    private(set) var delayNotices: UInt64 = 0
 
     init(worker: LoopWorker<Loop>) { self.worker = worker }
 
@@ -47,6 +52,43 @@ final class DSNGenerator<Loop: EventLoop> {
         let entry = DeliveryStatusReport.Recipient(
             finalRecipient: rcpt.address, originalRecipient: rcpt.orcpt, action: action, reply: reply,
             remoteMTA: connection?.destinationName, lastAttempt: wallClockSeconds())
+        enqueue(message, recipient, state, entry)
+        return true
+    }
+
+    /// A deferral: once the recipient has waited `notify-of-delay-every`
+    /// since queueing, its one delay notice (RFC 3464 `Action: delayed`) if
+    /// NOTIFY allows DELAY (RFC 3461: no NOTIFY means FAILURE,DELAY), never to
+    /// the null sender. Remembered in memory only (the spool keeps no record
+    /// per notice): after a restart a recipient still deferred may get a
+    /// second one.
+    func delayed(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
+                 connection: DeliveryAttemptInfo?) {
+        guard let after = queue.policy.notifyOfDelayEvery else { return }
+        let now = wallClockSeconds()
+        guard now - message.receivedAtWall >= after.components.seconds else { return }
+        let key = DelayKey(id: message.id, recipient: recipient)
+        guard !delayNotified.contains(key) else { return }
+        let rcpt = message.recipients[recipient]
+        guard Self.isDue(.delayed, notify: rcpt.notify, sender: message.sender, deliverLocalDSN: queue.policy.deliverLocalDSN)
+        else { return }
+        if worker.daemon.suppression?.reason(forRecipient: message.sender) != nil { return }
+        delayNotified.insert(key)
+        delayNotices += 1
+        let entry = DeliveryStatusReport.Recipient(
+            finalRecipient: rcpt.address, originalRecipient: rcpt.orcpt, action: .delayed, reply: reply,
+            remoteMTA: connection?.destinationName, lastAttempt: now)
+        enqueue(message, recipient, nil, entry)
+    }
+
+    /// The message is done (every recipient final): forget its delay notices.
+    func completed(_ message: QueuedMessage) {
+        guard !delayNotified.isEmpty else { return }
+        for r in message.recipients.indices { delayNotified.remove(DelayKey(id: message.id, recipient: r)) }
+    }
+
+    private func enqueue(_ message: QueuedMessage, _ recipient: Int, _ state: RecipientState?,
+                         _ entry: DeliveryStatusReport.Recipient) {
         let key = ObjectIdentifier(message)
         if pending[key] == nil {
             pending[key] = Pending(message: message, entries: [])
@@ -58,7 +100,6 @@ final class DSNGenerator<Loop: EventLoop> {
             flushScheduled = true
             worker.loop.execute { [unowned self] in self.flush() }
         }
-        return true
     }
 
     /// Whether a report with `action` is due for a recipient with `notify`
@@ -116,7 +157,7 @@ final class DSNGenerator<Loop: EventLoop> {
     }
 
     private func recordOutcomes(_ batch: Pending) {
-        for e in batch.entries { worker.outcome(batch.message, e.index, e.state) }
+        for e in batch.entries { if let state = e.state { worker.outcome(batch.message, e.index, state) } }
     }
 
     private func make(_ batch: Pending) {

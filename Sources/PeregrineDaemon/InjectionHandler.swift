@@ -6,6 +6,7 @@ import PeregrineSMTP
 import PeregrineTransport
 import PeregrineSpool
 import PeregrineEngine
+import PeregrineAccounting
 
 /// The policy side of one injection connection: relay control by `<source>`,
 /// the body collected into an owned buffer, header processing
@@ -118,12 +119,23 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         logData(bytes)  // log-data (InjectionHandler+Logging.swift)
         // <bounce-processor>/<feedback-loop-processor>: their recipients' mail is read, not relayed.
         var relayed = Array(transaction.recipients.indices)
+        var reportTypes: [AccountingRecordType] = []  // rb/f records the 250 waits for (durable first)
         if let inbound = worker.inboundReports(for: bytes, recipients: transaction.recipients.map(\.forwardPath),
                                                peer: peer, helo: session.helo?.domain) {
-            relayed = inbound
+            relayed = inbound.relay
+            reportTypes = inbound.loggedTypes
             if relayed.isEmpty {
                 body.clear()
-                return .reply(SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(2, 0, 0), "OK report processed"))
+                // The report exists nowhere but in its records: 250 once they are on disk, else
+                // 451 so the reporter retries (a duplicate record at worst, never a lost one).
+                worker.syncAccounting(reportTypes) { [weak self] durable in
+                    guard let self, let connection = self.connection else { return }
+                    connection.completeMessage(self.loggedResult(durable
+                        ? SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(2, 0, 0), "OK report processed")
+                        : SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 3, 0),
+                                    "local error in processing: accounting file not written")))
+                }
+                return .pending
             }
         }
         let headers = HeaderSection(bytes)
@@ -234,8 +246,18 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             guard let self, let connection = self.connection else { return }
             switch result {
             case .success(let id):
-                connection.completeMessage(self.loggedResult(SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(2, 0, 0),
-                                                     "OK id=\(id) size=\(size)")))
+                let ok = SMTPReply(code: 250, enhancedCode: EnhancedStatusCode(2, 0, 0), "OK id=\(id) size=\(size)")
+                if reportTypes.isEmpty {
+                    connection.completeMessage(self.loggedResult(ok))
+                } else {
+                    // A report also relayed (deliver-matched-email): its records durable too before the 250. The
+                    // message is spooled by now, so a failed sync (logged by the writer) still gets 250: a 451
+                    // would have the peer send the relayed message twice.
+                    self.worker.syncAccounting(reportTypes) { [weak self] _ in
+                        guard let self, let connection = self.connection else { return }
+                        connection.completeMessage(self.loggedResult(ok))
+                    }
+                }
             case .failure(let error):
                 // The peer learns what failed, not the spool's paths (the log and /status have those).
                 let why: String

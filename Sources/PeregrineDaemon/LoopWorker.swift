@@ -385,6 +385,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         deferrals += 1
         emitDeferredEvent(message, recipient, reply: reply)
         daemon.accounting.log(record(.transient, message, recipient, queue, reply, connection: connection, category: ""))
+        reports.delayed(message, recipient: recipient, queue: queue, reply: reply, connection: connection)
     }
 
     public func queueDeferred(_ queue: DeliveryQueue, reason: String) {
@@ -396,7 +397,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                                                vmta: queue.key.vmta, queue: queue.key.description))
     }
 
-    public func messageCompleted(_ message: QueuedMessage) {}
+    public func messageCompleted(_ message: QueuedMessage) { reports.completed(message) }
 
     public func queueModeChanged(_ queue: DeliveryQueue, _ change: QueueModeChange) {
         daemon.log("queue \(queue.key): \(change.logText)")

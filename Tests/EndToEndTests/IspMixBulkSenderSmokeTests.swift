@@ -9,6 +9,8 @@ import Testing
 /// 550-5.7.26 at end of DATA, so the enforcement is not vacuous. CI-sized:
 /// gmail, yahoo and icloud (Yahoo's profile has the rules too; no message
 /// reaches its 72 s suspension at this count); nothing about time is asserted.
+/// The signed run also has the sink bounce 2% and complain about 1% of what
+/// it accepted: every report must come back as an `rb` or `f` record.
 /// In IspMixTLSSmokeTests' serialized suite: every isp-mix run needs the
 /// profile addresses' port 25, so two must never run at once.
 extension IspMixTLSSmokeTests {
@@ -26,7 +28,8 @@ extension IspMixTLSSmokeTests {
     }
 
     @Test func signedMailPassesTheEnforcedRulesAndNothingIsLost() throws {
-        let r = try Self.runBulkSender([])
+        // 1% complaints (not the default 0.1%) so 200 messages draw some; 200 stay below the profiles' 1000-message window.
+        let r = try Self.runBulkSender(["--bounce-percent", "2", "--complaint-percent", "1"])
         #expect(r.status == 0, "exit \(r.status)\n\(r.log)")
         let rules = try #require(r.doc["bulkSenderRules"] as? [String: Any])
         #expect(rules["enforced"] as? Bool == true, "\(rules)")
@@ -36,6 +39,13 @@ extension IspMixTLSSmokeTests {
         #expect((rules["bouncesByStatus"] as? [String: Int])?["5.7.26"] == nil, "\(rules)")
         #expect(r.doc["lost"] as? Int == 0, "\(r.doc["lostSample"] ?? "")")
         #expect(r.doc["ok"] as? Bool == true, "\(r.doc["failures"] ?? "")")
+        // The sink's asynchronous bounces and complaints came back as rb and f records, every one (issue 15).
+        let reports = try #require(r.doc["asyncReports"] as? [String: Any])
+        let sentBounces = reports["asyncBouncesSent"] as? Int ?? 0, sentComplaints = reports["complaintsSent"] as? Int ?? 0
+        #expect(sentBounces > 0 && sentComplaints > 0, "\(reports)")
+        #expect(reports["rbRecords"] as? Int == sentBounces && reports["fRecords"] as? Int == sentComplaints, "\(reports)")
+        #expect(reports["lost"] as? Int == 0 && reports["match"] as? Bool == true, "\(reports)")
+        #expect((r.doc["accountingRecords"] as? [String: Int])?["rb"] == sentBounces, "\(r.doc["accountingRecords"] ?? "")")
         // Gmail and Yahoo took real shares of the signed mail.
         let byProvider = try #require(r.doc["deliveriesByProvider"] as? [String: Any])
         for name in ["gmail", "yahoo"] {

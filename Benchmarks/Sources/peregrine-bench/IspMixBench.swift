@@ -28,6 +28,14 @@ import Glibc
 /// (loadgen `--list-unsubscribe`). `--no-dkim` switches signing off (the sink
 /// still enforces): the run then shows Gmail's 5.7.26 and Yahoo's 5.7.9 refusals.
 ///
+/// Asynchronous bounces and complaints: the sink bounces `--bounce-percent`
+/// (default 2) and complains about `--complaint-percent` (default 0.1, below
+/// Gmail's and Yahoo's 0.3% complaint-penalty) of what it accepted, reporting
+/// over SMTP to Peregrine's listener, where `<bounce-processor>` and
+/// `<feedback-loop-processor>` read them into `rb` and `f` records. The run
+/// waits for the sink's report queue to empty, then matches per provider the
+/// reports the sink sent against the records: any difference fails the run.
+///
 /// The sink's profiles say `time-scale 0.01`; the daemon's time constants are
 /// scaled the same way by hand (Yahoo's 2 h suspension → 72 s, Outlook's 90 min
 /// of 1/min → 54 s of 100/min).
@@ -36,15 +44,19 @@ func runIspMixBench(arguments: [String]) -> Int32 {
     usage: peregrine-bench isp-mix [--backend epoll|io_uring|dispatch|all] [--count N] [--rate N/s]
                                    [--special-percent P] [--deadline S] [--seed N] [--output-dir DIR]
                                    [--isps all|gmail,yahoo,outlook,icloud,comcast,gmx,orange] [--no-tls] [--no-dkim]
+                                   [--bounce-percent P] [--complaint-percent P]
       --isps LIST   only these providers' domains (loadgen mix and special recipients; default all)
       --no-tls      plain text: no certificate, the sink's require-tls off (default: STARTTLS, Gmail requires it)
       --no-dkim     Peregrine does not sign; the sink still enforces the bulk-sender rules (shows the refusals)
+      --bounce-percent P     the sink bounces P% of accepted messages asynchronously (default 2; 0: none)
+      --complaint-percent P  the sink sends ARF complaints for P% (default 0.1; 0: none)
       --mx-fault SPEC[,SPEC]  the sink's --mx-fault (e.g. gmail:2=blackhole@30s): one MX host fails while
                     the others work; the daemon's connect and greeting timeouts are then scaled × 0.01 like
                     every other time constant (3 s), so a dead host costs CI-sized time
     """
     let defaults = ["backend": "epoll", "count": "5000", "rate": "500/s", "special-percent": "2", "deadline": "600",
-                    "seed": "1", "output-dir": "results", "connections": "8", "isps": "all", "mx-fault": ""]
+                    "seed": "1", "output-dir": "results", "connections": "8", "isps": "all", "mx-fault": "",
+                    "bounce-percent": "2", "complaint-percent": "0.1"]
     let options: ScenarioOptions
     switch ScenarioOptions.parse(arguments, defaults: defaults, flags: ["no-tls", "no-dkim"], usage: usage) {
     case .success(let o): options = o
@@ -90,7 +102,7 @@ struct IspMixRun {
     let backend: String
 
     static let header = ["backend", "injected", "delivered", "bounced", "deferrals@sink", "t records", "lost", "dup",
-                         "unexpected bounces", "gmail TLS", "all TLS", "protocols", "DKIM", "bulk-sender refusals", "elapsed s", "drained", "result"]
+                         "unexpected bounces", "rb/async bounces", "f/complaints", "gmail TLS", "all TLS", "protocols", "DKIM", "bulk-sender refusals", "elapsed s", "drained", "result"]
 
     struct Outcome { var row: [String]; var ok: Bool }
 
@@ -119,14 +131,20 @@ struct IspMixRun {
         let sign = !options.flags.contains("no-dkim")
         let dkim = try IspMixDKIM.make(in: rig.work)
         let mxFaults = options.string("mx-fault").split(separator: ",").map(String.init)
-        let sink = try rig.startSink(["--profile", root + "/sink/profiles/all.conf", "--port", "25",
-                                      "--dns", "\(rig.ip):\(dnsPort)", "--stats-port", "\(rig.ip):\(statsPort)",
-                                      "--record-ids", sinkIDs, "--seed", options.string("seed"), "--backend", "epoll"] + sinkTLS + dkim.sinkArguments
-                                      + mxFaults.flatMap { ["--mx-fault", $0] })
+        let reports = try IspMixAsyncReports(bouncePercent: options.double("bounce-percent"),
+                                             complaintPercent: options.double("complaint-percent"))
+        var sinkArguments = ["--profile", root + "/sink/profiles/all.conf", "--port", "25",
+                             "--dns", "\(rig.ip):\(dnsPort)", "--stats-port", "\(rig.ip):\(statsPort)",
+                             "--record-ids", sinkIDs, "--seed", options.string("seed"), "--backend", "epoll"]
+        sinkArguments += sinkTLS + dkim.sinkArguments
+        sinkArguments += mxFaults.flatMap { ["--mx-fault", $0] }
+        sinkArguments += reports.sinkArguments(via: "\(rig.ip):\(mtaPort)")
+        let sink = try rig.startSink(sinkArguments)
         let acct = rig.work + "/acct.csv"
         let config = Self.config(ip: rig.ip, mtaPort: mtaPort, mgmtPort: mgmtPort, dnsPort: dnsPort,
                                  spool: rig.work + "/spool", acct: acct, startTLS: tls,
-                                 dkimLines: sign ? dkim.configLines : "", scaledTimeouts: !mxFaults.isEmpty)
+                                 dkimLines: sign ? dkim.configLines : "", scaledTimeouts: !mxFaults.isEmpty,
+                                 processorLines: reports.configLines)
         let configPath = rig.work + "/peregrine.conf"
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         let daemon = try rig.startDaemon(configPath: configPath, backend: backend, smtpPort: mtaPort)
@@ -191,6 +209,8 @@ struct IspMixRun {
             usleep(250_000)
         }
         BenchProgress.finish()
+        // The sink reports bounces and complaints after accepting: wait until it has sent (or failed) them all.
+        let reportsSettled = reports.waitForSink(ip: rig.ip, statsPort: statsPort, deadline: Date().addingTimeInterval(60))
         let elapsed = Date().timeIntervalSince(start)
         let cpu = (ProcessUsage.read(pid: daemon.pid)?.cpuSeconds ?? cpu0) - cpu0
         let sinkStats = BenchNet.getJSON(ip: rig.ip, port: statsPort, path: "/stats") ?? [:]
@@ -242,6 +262,9 @@ struct IspMixRun {
         if tls && tally.gmail.plain > 0 { failures.append("gmail-plain=\(tally.gmail.plain)") }
         if !drained { failures.append("not-drained") }
         if !missingBounces.isEmpty { failures.append("missing-bounces=\(missingBounces.count)") }
+        let reportTally = reports.reconcile(sinkStats: sinkStats, acct: acct, providers: providers)
+        if !reportsSettled { failures.append("sink-reports-not-sent") }
+        failures += reportTally.failures
         // Signed, aligned mail with one-click unsubscribe must pass every provider's bulk-sender rules.
         let bulkSenderRefusals = IspMixDKIM.refusals(totals)
         let bulkSenderRefusalTotal = bulkSenderRefusals.values.reduce(0, +)
@@ -286,6 +309,7 @@ struct IspMixRun {
             "transientRecords": tRecords,
             "transientRecordsByStatus": acctCounts.transientByStatus,
             "accountingRecords": acctCounts.byType,
+            "asyncReports": reportTally.json,
             "sinkProviders": perProvider,
             "daemonStatus": lastStatus,
             "daemonQueuesAtEnd": queues ?? [:],
@@ -301,7 +325,9 @@ struct IspMixRun {
             "loadgen": summary,
             "summary": [["injected", "\(injected)"], ["delivered", "\(delivered)"], ["bounced", "\(bounced)"],
                         ["deferrals@sink", "\(deferralsAtSink.values.reduce(0, +))"], ["t records", "\(tRecords)"],
-                        ["lost", "\(lostCount)"], ["dup", "\(rec.duplicates)"], ["TLS", tls ? "on" : "off"],
+                        ["lost", "\(lostCount)"], ["dup", "\(rec.duplicates)"],
+                        ["rb records / async bounces sent", reportTally.bounceRatio], ["f records / complaints sent", reportTally.complaintRatio],
+                        ["TLS", tls ? "on" : "off"],
                         ["gmail over TLS", IspMixTLSTally.ratio(tally.gmail)], ["over TLS", IspMixTLSTally.ratio(tally.overall)],
                         ["protocols", tally.overall.protocolList],
                         ["bulk-sender rules", enforcing.isEmpty ? "not enforced" : "enforced (\(enforcing.joined(separator: ",")))"],
@@ -311,9 +337,10 @@ struct IspMixRun {
         rig.writeResult(target: backend, figures: figures, outputDir: options.string("output-dir"))
         let row = [backend, "\(injected)", "\(delivered)", "\(bounced) " + Self.categories(acctCounts.bouncesByCategory),
                    "\(deferralsAtSink.values.reduce(0, +))", "\(tRecords)", "\(lostCount)", "\(rec.duplicates)",
-                   "\(unexpectedBounceRecords)", IspMixTLSTally.ratio(tally.gmail), IspMixTLSTally.ratio(tally.overall),
+                   "\(unexpectedBounceRecords)", reportTally.bounceRatio, reportTally.complaintRatio, IspMixTLSTally.ratio(tally.gmail), IspMixTLSTally.ratio(tally.overall),
                    tally.overall.protocolList, sign ? "signed" : "off", "\(bulkSenderRefusalTotal)", fmt(elapsed), drained ? "yes" : "no (\(daemonAlive))", verdict]
         for line in tally.lines { fputs("   \(line)\n", stderr) }
+        for line in reportTally.lines { fputs("   \(line)\n", stderr) }
         if !deferralsAtSink.isEmpty {
             fputs("   deferrals at the sink by reason: " + deferralsAtSink.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + "\n", stderr)
         }
@@ -329,7 +356,7 @@ struct IspMixRun {
 
     /// The daemon's config: shaping from DOMAIN.md, time constants × 0.01 like the sink's profiles.
     static func config(ip: String, mtaPort: UInt16, mgmtPort: UInt16, dnsPort: UInt16, spool: String, acct: String,
-                       startTLS: Bool, dkimLines: String = "", scaledTimeouts: Bool = false) -> String {
+                       startTLS: Bool, dkimLines: String = "", scaledTimeouts: Bool = false, processorLines: String = "") -> String {
         """
         smtp-listener \(ip):\(mtaPort)
         http-mgmt-port \(ip):\(mgmtPort)
@@ -343,8 +370,9 @@ struct IspMixRun {
             process-x-job yes
         \(dkimLines)</source>
         <acct-file \(acct)>
-            records d,b,t,tq
+            records d,b,t,tq,rb,f
         </acct-file>
+        \(processorLines)
         # The receivers' real deferral texts (DOMAIN.md); durations × 0.01 like the sink's profiles.
         <smtp-pattern-list receivers>
             reply /4\\.7\\.28/ mode=backoff

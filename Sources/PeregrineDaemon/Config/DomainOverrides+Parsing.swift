@@ -11,7 +11,7 @@ extension DomainOverrides {
         "smtp-greeting-timeout", "data-send-timeout", "bounce-upon-no-mx", "smtp-421-means-mx-unavailable",
         "mx-rollup", "bounce-upon-5xx-greeting", "deliver-local-dsn", "allow-priority-interruption",
         "smtp-553-means-invalid-mailbox", "max-cold-virtual-mta-msg", "cluster-max-smtp-out", "cluster-max-msg-rate",
-        "smtp-hosts", "queue-to",
+        "smtp-hosts", "queue-to", "notify-of-delay-every",
     ] + timeoutDirectives.map(\.name)
 
     /// The SMTP client timeouts besides connect-timeout, smtp-greeting-timeout
@@ -113,6 +113,7 @@ extension DomainOverrides {
         case "mx-rollup": mxRollup = try node.value(ConfigValue.bool)
         case "bounce-upon-5xx-greeting": bounceUpon5xxGreeting = try node.value(ConfigValue.bool)
         case "deliver-local-dsn": deliverLocalDSN = try node.value(ConfigValue.bool)
+        case "notify-of-delay-every": notifyOfDelayEvery = .some(try node.value(ConfigValue.durationOrNever))
         default:
             guard let timeout = Self.timeoutDirectives.first(where: { $0.name == node.name }) else {
                 throw node.error("unknown directive '\(node.name)' in \(block.displayName)")

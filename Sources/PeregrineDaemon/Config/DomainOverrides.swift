@@ -51,6 +51,7 @@ public struct DomainOverrides: Hashable, Sendable {
     public var smtp421MeansMXUnavailable: Bool?
     public var mxRollup: Bool?
     public var deliverLocalDSN: Bool?
+    public var notifyOfDelayEvery: Duration??
 
     public init() {}
 
@@ -99,5 +100,6 @@ public struct DomainOverrides: Hashable, Sendable {
         if let v = smtp421MeansMXUnavailable { s.smtp421MeansMXUnavailable = v }
         if let v = mxRollup { s.mxRollup = v }
         if let v = deliverLocalDSN { s.deliverLocalDSN = v }
+        if let v = notifyOfDelayEvery { s.notifyOfDelayEvery = v }
     }
 }

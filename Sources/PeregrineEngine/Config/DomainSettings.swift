@@ -117,6 +117,11 @@ public struct DomainSettings: Hashable, Sendable {
     /// when this queue's recipients bounce; ESPs often turn it off and read
     /// the accounting file instead. The `b` record is written either way.
     public var deliverLocalDSN = true
+    /// `notify-of-delay-every` (PowerMTA's name): a recipient still deferred
+    /// this long after queueing gets one delay report (RFC 3464 `Action:
+    /// delayed`) when its NOTIFY allows DELAY; nil (`never`) sends none.
+    /// PowerMTA's default, 4 h.
+    public var notifyOfDelayEvery: Duration? = .seconds(4 * 3600)
 
     public init() {}
 

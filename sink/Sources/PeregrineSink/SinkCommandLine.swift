@@ -14,7 +14,7 @@ public struct SinkOptions: Equatable, Sendable {
     public var recordIds: String?
     /// `--reports-via` and friends: asynchronous bounces and complaints (SinkAsyncReports).
     public var asyncReports: SinkAsyncReports.Options?
-    var bouncePercent = 0, complaintPercent = 0, bounceTo: String?, complaintTo: String?
+    var bouncePercent = 0.0, complaintPercent = 0.0, bounceTo: String?, complaintTo: String?
     /// `--tls-cert FILE --tls-key FILE`: STARTTLS on every listener.
     public var tlsCert: String?
     public var tlsKey: String?
@@ -56,7 +56,8 @@ public struct SinkOptions: Equatable, Sendable {
                            listener (Peregrine's injection listener)
       --bounce-percent P   bounce P% of accepted messages after accepting them (RFC 3464 report to
                            the envelope sender, or --bounce-to ADDRESS)
-      --complaint-percent P  complain about P% of them (RFC 5965 report to --complaint-to ADDRESS)
+      --complaint-percent P  complain about P% of them (RFC 5965 report to --complaint-to ADDRESS);
+                           P may be a fraction (0.1: below Gmail's and Yahoo's 0.3% complaint-penalty)
       --time-scale X       multiply every time constant by X (profiles may set time-scale; 1 = real)
       --seed N             seed for the random choices (latency, random failures)
       --tls-cert FILE      PEM certificate (chain) for STARTTLS on every listener; needs --tls-key
@@ -136,7 +137,9 @@ public struct SinkOptions: Equatable, Sendable {
                 }
             case "--bounce-percent", "--complaint-percent":
                 let name = args[i]
-                guard let v = value(), let n = Int(v), (0...100).contains(n) else { return fail("\(name) needs a number 0-100") }
+                guard let v = value(), let n = Double(v), n.isFinite, (0...100).contains(n) else {
+                    return fail("\(name) needs a number 0-100 (fractions allowed: 0.1)")
+                }
                 if name == "--bounce-percent" { o.bouncePercent = n } else { o.complaintPercent = n }
             case "--bounce-to", "--complaint-to":
                 let name = args[i]

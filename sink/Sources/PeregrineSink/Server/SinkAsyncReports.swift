@@ -10,16 +10,19 @@ import PeregrineIO
 /// `--bounce-to`) and an RFC 5965 complaint (to `--complaint-to`) over SMTP
 /// to `--reports-via HOST:PORT` (Peregrine's injection listener), so the
 /// daemon's `<bounce-processor>` and `<feedback-loop-processor>` see real
-/// traffic. Which messages is deterministic (every 100/P-th), so a run's
-/// counts are exact: reports sent + failed = messages picked.
+/// traffic. Which messages is deterministic (every 100/P-th; P may be a
+/// fraction such as 0.1, below a provider's complaint-penalty threshold), so
+/// a run's counts are exact: reports sent + failed = messages picked, and
+/// the stats count them per provider for a bench to match against the
+/// daemon's `rb` and `f` records.
 ///
 /// Reports go out from one thread of their own with a blocking client: they
 /// are rare, and a slow listener must never hold up a loop.
 public final class SinkAsyncReports: @unchecked Sendable {
     public struct Options: Equatable, Sendable {
         public var via: SocketAddress
-        public var bouncePercent: Int = 0
-        public var complaintPercent: Int = 0
+        public var bouncePercent: Double = 0
+        public var complaintPercent: Double = 0
         public var bounceTo: String?
         public var complaintTo: String?
         public init(via: SocketAddress) { self.via = via }
@@ -29,7 +32,12 @@ public final class SinkAsyncReports: @unchecked Sendable {
         var mailFrom: String
         var rcpt: String
         var data: [UInt8]
+        /// The profile whose MX accepted the original (stats per provider).
+        var provider: String = ""
     }
+
+    /// Reports one provider sent (or failed to send).
+    struct ProviderCounts { var bounces: UInt64 = 0, complaints: UInt64 = 0, failed: UInt64 = 0 }
 
     let options: Options
     private let lock = Locked<Void>()
@@ -38,6 +46,9 @@ public final class SinkAsyncReports: @unchecked Sendable {
     private(set) var bouncesSent: UInt64 = 0
     private(set) var complaintsSent: UInt64 = 0
     private(set) var failed: UInt64 = 0
+    private var byProvider: [String: ProviderCounts] = [:]
+    /// A report taken off the queue and not yet answered (a reader waiting for the sink to go quiet needs it).
+    private var inFlight = 0
     private var lastError: String?
     private var stopping = false
     private let wake = DispatchSemaphore(value: 0)
@@ -55,25 +66,32 @@ public final class SinkAsyncReports: @unchecked Sendable {
     /// bounced or complained about, and queues the report. Returns whether a
     /// complaint goes back (the provider's reputation counts it).
     @discardableResult
-    func accepted(sender: String, recipient: String, headers: [UInt8], reportingHost: String, peerIP: String) -> Bool {
+    func accepted(sender: String, recipient: String, headers: [UInt8], reportingHost: String, peerIP: String,
+                  provider: String = "") -> Bool {
         let n: UInt64 = lock.withLock { accepted &+= 1; return accepted }
-        func picked(_ percent: Int) -> Bool {
-            percent > 0 && (n * UInt64(percent)) / 100 != ((n - 1) * UInt64(percent)) / 100
-        }
         var reports: [Report] = []
-        if picked(options.bouncePercent), let to = options.bounceTo ?? (sender.isEmpty ? nil : sender) {
-            reports.append(Report(mailFrom: "", rcpt: to, data: bounce(recipient: recipient, headers: headers, host: reportingHost)))
+        if Self.picked(n, percent: options.bouncePercent), let to = options.bounceTo ?? (sender.isEmpty ? nil : sender) {
+            reports.append(Report(mailFrom: "", rcpt: to, data: bounce(recipient: recipient, headers: headers, host: reportingHost),
+                                  provider: provider))
         }
-        let complained = picked(options.complaintPercent) && options.complaintTo != nil
+        let complained = Self.picked(n, percent: options.complaintPercent) && options.complaintTo != nil
         if complained, let to = options.complaintTo {
             reports.append(Report(mailFrom: "fbl@\(reportingHost)", rcpt: to,
                                   data: complaint(sender: sender, recipient: recipient, headers: headers,
-                                                  host: reportingHost, peerIP: peerIP)))
+                                                  host: reportingHost, peerIP: peerIP),
+                                  provider: provider))
         }
         guard !reports.isEmpty else { return complained }
         lock.withLock { queue += reports }
         wake.signal()
         return complained
+    }
+
+    /// Whether the `n`th accepted message (from 1) is picked at `percent`:
+    /// when floor(n·P/100) steps, so exactly floor(N·P/100) of N are picked.
+    static func picked(_ n: UInt64, percent: Double) -> Bool {
+        guard percent > 0, n > 0 else { return false }
+        return (Double(n) * percent / 100).rounded(.down) != (Double(n - 1) * percent / 100).rounded(.down)
     }
 
     /// Sends what is queued, then stops the thread (at exit; bounded by the client's timeouts).
@@ -86,8 +104,13 @@ public final class SinkAsyncReports: @unchecked Sendable {
     public var statsObject: [String: Any] {
         lock.withLock {
             var o: [String: Any] = ["bounces_sent": bouncesSent, "complaints_sent": complaintsSent, "failed": failed,
-                                    "queued": queue.count]
+                                    "queued": queue.count, "in_flight": inFlight]
             if let e = lastError { o["last_error"] = e }
+            var providers: [String: Any] = [:]
+            for (name, c) in byProvider where !name.isEmpty {
+                providers[name] = ["bounces_sent": c.bounces, "complaints_sent": c.complaints, "failed": c.failed]
+            }
+            o["providers"] = providers
             return o
         }
     }
@@ -96,12 +119,18 @@ public final class SinkAsyncReports: @unchecked Sendable {
         while true {
             wake.wait()
             while true {
-                let next: Report? = lock.withLock { queue.isEmpty ? nil : queue.removeFirst() }
+                let next: Report? = lock.withLock {
+                    guard !queue.isEmpty else { return nil }
+                    inFlight = 1
+                    return queue.removeFirst()
+                }
                 guard let report = next else { break }
                 let error = Self.send(report, to: options.via)
                 lock.withLock {
-                    if let error { failed &+= 1; lastError = error }
-                    else if report.mailFrom.isEmpty { bouncesSent &+= 1 } else { complaintsSent &+= 1 }
+                    inFlight = 0
+                    if let error { failed &+= 1; lastError = error; byProvider[report.provider, default: .init()].failed &+= 1 }
+                    else if report.mailFrom.isEmpty { bouncesSent &+= 1; byProvider[report.provider, default: .init()].bounces &+= 1 }
+                    else { complaintsSent &+= 1; byProvider[report.provider, default: .init()].complaints &+= 1 }
                 }
             }
             if lock.withLock({ stopping && queue.isEmpty }) { done.signal(); return }

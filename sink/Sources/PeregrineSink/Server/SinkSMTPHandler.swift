@@ -104,7 +104,8 @@ final class SinkSMTPHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSer
             if decision == .accept, let reports = shared.asyncReports {
                 let t = session.transaction
                 let complained = reports.accepted(sender: t.mailFrom?.reversePath ?? "", recipient: t.recipients.first?.forwardPath ?? "",
-                                                  headers: reportHeaders, reportingHost: conn.provider.profile.hostname, peerIP: conn.ipState.ip)
+                                                  headers: reportHeaders, reportingHost: conn.provider.profile.hostname, peerIP: conn.ipState.ip,
+                                                  provider: conn.provider.profile.name)
                 if c.provider.profile.complaintPenalty != nil {
                     shared.lock.withLock { policy.noteAccepted(c, complained: complained, now: now) }
                 }
