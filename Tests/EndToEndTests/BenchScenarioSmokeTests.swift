@@ -76,6 +76,43 @@ import PeregrineIO
         #expect(Int(row[1]) ?? 0 > 0, "nothing accepted: \(row)")
         #expect(row[8] == "0", "lost messages: \(row)")
         #expect(FileManager.default.fileExists(atPath: dir + "/README.md"), "the run did not regenerate the summary")
+        // stderr is a file here, as in CI: no progress line (issue 17).
+        #expect(!r.stderr.contains("backlog drain:"), "progress written to a file:\n\(r.stderr)")
+    }
+
+    /// On a terminal the same scenario shows its progress (elapsed, delivered
+    /// so far, rate), one line rewritten with CR (issue 17). util-linux's
+    /// `script` (Debian bsdutils, essential) gives the bench a pseudo-terminal.
+    @Test func progressShowsOnATerminal() throws {
+        let script = try #require(findTool("script"), "util-linux script not found (Debian bsdutils)")
+        let dir = Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let command = [Self.benchExecutable, "backlog", "--backend", "epoll", "--count", "300", "--connections", "4",
+                       "--drain-timeout", "60", "--output-dir", dir].map { "'\($0)'" }.joined(separator: " ")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: script)
+        p.arguments = ["-qefc", command, "/dev/null"]
+        var environment = ProcessInfo.processInfo.environment
+        environment["CI"] = nil
+        environment["PEREGRINE_BENCH_QUIET"] = nil
+        p.environment = environment
+        _ = FileManager.default.createFile(atPath: dir + "/tty", contents: nil)
+        p.standardOutput = FileHandle(forWritingAtPath: dir + "/tty")
+        p.standardError = FileHandle(forWritingAtPath: dir + "/tty")
+        p.standardInput = FileHandle.nullDevice
+        try ChildProcess.run(p)
+        let deadline = Date().addingTimeInterval(240)
+        while p.isRunning && Date() < deadline { usleep(50_000) }
+        if p.isRunning {
+            Issue.record("peregrine-bench backlog under script did not finish within 240 s")
+            stopProcess(p, grace: 30)
+        }
+        p.waitUntilExit()
+        let tty = (try? String(contentsOfFile: dir + "/tty", encoding: .utf8)) ?? ""
+        #expect(p.terminationStatus == 0, "exit \(p.terminationStatus)\n\(tty)")
+        #expect(tty.contains("\r   backlog drain: "), "no progress line on the terminal:\n\(tty)")
+        #expect(tty.range(of: #"backlog drain: \d+ s, \d+/\d+ at the sink \(\d+/s\)"#, options: .regularExpression) != nil,
+                "the progress line lacks elapsed time, counts or rate:\n\(tty)")
     }
 
     @Test func summarizeWritesTheLatestRunPerTarget() throws {
