@@ -15,6 +15,11 @@ public struct DKIMSigningIdentity: Sendable {
     public var bodyLengthLimit: Bool
     /// `x=` = `t=` + this many seconds; nil: no `x=`.
     public var expireAfterSeconds: Int64?
+    /// `i=`, the agent or user identifier (`user@domain` or `@domain`, its
+    /// domain `domain` or a subdomain, RFC 6376 §3.5); nil: no `i=`
+    /// (verifiers then take `@d`). Only atext characters, so it needs no
+    /// quoted-printable encoding.
+    public var agentIdentifier: String?
 
     public init(domain: String, selector: String, key: DKIMPrivateKey,
                 canonicalization: DKIMCanonicalizations = DKIMCanonicalizations(),
@@ -27,6 +32,13 @@ public struct DKIMSigningIdentity: Sendable {
         self.headers = headers
         self.bodyLengthLimit = bodyLengthLimit
         self.expireAfterSeconds = expireAfterSeconds
+    }
+
+    /// This identity with `i=` set.
+    public func with(agentIdentifier: String?) -> DKIMSigningIdentity {
+        var copy = self
+        copy.agentIdentifier = agentIdentifier
+        return copy
     }
 
     /// RFC 6376 §5.4.1's list, plus the RFC 8058 fields (Gmail and Yahoo honour
@@ -187,6 +199,11 @@ public final class DKIMSigner {
         if identity.bodyLengthLimit {
             append(" l=")
             appendDecimal(Int64(body.length))
+            template.append(UInt8(ascii: ";"))
+        }
+        if let auid = identity.agentIdentifier {
+            append("\r\n\ti=")
+            append(auid)
             template.append(UInt8(ascii: ";"))
         }
         append("\r\n\th=")

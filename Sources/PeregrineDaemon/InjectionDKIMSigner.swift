@@ -13,9 +13,11 @@ import PeregrineEngine
 /// the top-level `<domain>` for it, then `<domain *>`. A setting comes from
 /// the first scope that sets it; the `domain-key`s of all scopes are candidates.
 /// Keys whose domain is the From domain or a parent of it (DMARC relaxed
-/// alignment) sign; so do the keys of `dkim-also-sign-as`. With no aligned
-/// key the message goes out unsigned by the From domain, or is refused when
-/// `dkim-required yes`.
+/// alignment) sign; so do the keys of `dkim-also-sign-as`. `dkim-identity`
+/// names another identity to sign as (third-party signing, with `i=`), and
+/// `dkim-identity-fallback` one for messages whose identity has no key. With
+/// no key for either the message goes out unsigned by them, or is refused
+/// when `dkim-required yes`.
 final class InjectionDKIMSigner {
     private let signer = DKIMSigner()
     /// How long each signing took, all of a message's signatures together (`/metrics`).
@@ -55,15 +57,27 @@ final class InjectionDKIMSigner {
         let bodyLengthLimit = first(\.bodyLengthLimit) ?? false
         let expire = (first(\.expireAfter) ?? nil).map { Int64($0.components.seconds) }
         var seen: Set<String> = []
-        func add(_ k: DKIMDomainKey) {
+        func add(_ k: DKIMDomainKey, auid: String? = nil) {
             guard seen.insert("\(k.selector)\u{0}\(k.domain)\u{0}\(k.keyPath)").inserted,
                   let key = config.dkimKeys[k.keyPath] else { return }
-            identities.append(DKIMSigningIdentity(domain: k.domain, selector: k.selector, key: key,
-                                                  canonicalization: canonicalization, headers: headers,
-                                                  bodyLengthLimit: bodyLengthLimit, expireAfterSeconds: expire))
+            var identity = DKIMSigningIdentity(domain: k.domain, selector: k.selector, key: key,
+                                               canonicalization: canonicalization, headers: headers,
+                                               bodyLengthLimit: bodyLengthLimit, expireAfterSeconds: expire)
+            identity.agentIdentifier = auid
+            identities.append(identity)
         }
-        if let fromDomain {
-            for k in keys where Self.aligned(fromDomain, k.domain) { add(k) }
+        // dkim-identity: the From domain's keys (default), or a named identity's
+        // keys with its i= (its domain must be d= or under it, RFC 6376 §3.5).
+        switch first(\.identity) ?? .senderOrFrom {
+        case .senderOrFrom:
+            if let fromDomain {
+                for k in keys where Self.aligned(fromDomain, k.domain) { add(k) }
+            }
+        case .fixed(let id):
+            for k in keys where Self.aligned(id.domain, k.domain) { add(k, auid: id.auid) }
+        }
+        if identities.isEmpty, let fallback = first(\.identityFallback) {
+            for k in keys where Self.aligned(fallback.domain, k.domain) { add(k, auid: fallback.auid) }
         }
         let aligned = !identities.isEmpty
         if let esp = first(\.alsoSignAs) {

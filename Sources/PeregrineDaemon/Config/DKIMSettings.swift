@@ -9,6 +9,25 @@ public struct DKIMDomainKey: Hashable, Sendable {
     public var location: ConfigLocation
 }
 
+/// A DKIM signing identity named in the config (`dkim-identity`,
+/// `dkim-identity-fallback`): the keys of `domain` or a parent of it sign,
+/// with `i=auid`.
+public struct DKIMAgentIdentity: Hashable, Sendable {
+    /// `user@domain` or `@domain`.
+    public var auid: String
+    public var domain: String
+}
+
+/// `dkim-identity` (PowerMTA's; default `sender-or-from`): whose keys sign.
+public enum DKIMIdentityRule: Hashable, Sendable {
+    /// The keys aligned with the message's From domain, no `i=`. Peregrine
+    /// reads From only (not Sender): DMARC aligns with From.
+    case senderOrFrom
+    /// The keys of this identity's domain (or a parent), with its `i=`,
+    /// whatever the From domain (third-party signing).
+    case fixed(DKIMAgentIdentity)
+}
+
 /// The DKIM directives of one scope (`<source>`, `<virtual-mta>`, `<domain>`;
 /// PowerMTA's names plus `dkim-canonicalization` and
 /// `dkim-also-sign-as`). Unset values (nil) fall through to the next scope:
@@ -31,12 +50,17 @@ public struct DKIMSettings: Hashable, Sendable {
     /// `dkim-also-sign-as DOMAIN`: also sign with this domain's keys whatever
     /// the From domain (the ESP's own signature beside the customer's).
     public var alsoSignAs: String?
+    /// `dkim-identity {ADDRESS|DOMAIN|sender-or-from}`.
+    public var identity: DKIMIdentityRule?
+    /// `dkim-identity-fallback {ADDRESS|DOMAIN}`: signs when `dkim-identity`'s
+    /// identity has no key (e.g. a customer's From domain without one).
+    public var identityFallback: DKIMAgentIdentity?
 
     public init() {}
 
     public static let directiveNames = [
         "domain-key", "dkim-sign", "dkim-headers", "dkim-body-length-limit", "dkim-expire-after",
-        "dkim-canonicalization", "dkim-required", "dkim-also-sign-as",
+        "dkim-canonicalization", "dkim-required", "dkim-also-sign-as", "dkim-identity", "dkim-identity-fallback",
     ]
 
     /// Repeatable in one block (the block's "already set" check skips them).
@@ -79,9 +103,37 @@ public struct DKIMSettings: Hashable, Sendable {
             canonicalization = c
         case "dkim-required": required = try node.value(ConfigValue.bool)
         case "dkim-also-sign-as": alsoSignAs = try node.value(ConfigValue.domainName)
+        case "dkim-identity":
+            let text = try node.singleArgument()
+            identity = text.lowercased() == "sender-or-from" ? .senderOrFrom : .fixed(try Self.agentIdentity(node, text))
+        case "dkim-identity-fallback":
+            let text = try node.singleArgument()
+            guard text.lowercased() != "sender-or-from" else {
+                throw node.error("dkim-identity-fallback names an identity (ADDRESS or DOMAIN); sender-or-from is dkim-identity's default")
+            }
+            identityFallback = try Self.agentIdentity(node, text)
         default: return false
         }
         return true
+    }
+}
+
+extension DKIMSettings {
+    /// `user@domain`, `@domain` or `domain` as an `i=` identity. The local
+    /// part is limited to atext without `=` (and dots between atoms), so `i=`
+    /// needs no dkim-quoted-printable encoding.
+    static func agentIdentity(_ node: ConfigNode, _ text: String) throws(ConfigError) -> DKIMAgentIdentity {
+        let at = text.lastIndex(of: "@")
+        let local = at.map { String(text[..<$0]) } ?? ""
+        let domain = try node.parse(at.map { String(text[text.index(after: $0)...]) } ?? text, ConfigValue.domainName)
+        let allowed = Set("!#$%&'*+-/?^_`{|}~.".utf8)
+        let atoms = local.split(separator: ".", omittingEmptySubsequences: false)
+        guard local.utf8.count <= 64,
+              local.isEmpty || atoms.allSatisfy({ !$0.isEmpty }),
+              local.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 | 0x20 >= 97 && $0 | 0x20 <= 122) || allowed.contains($0) }) else {
+            throw node.error("\(node.name): '\(local)' is not a local part DKIM's i= can carry (letters, digits, dots and !#$%&'*+-/?^_`{|}~)")
+        }
+        return DKIMAgentIdentity(auid: local + "@" + domain, domain: domain)
     }
 }
 
