@@ -84,17 +84,26 @@ enum BenchNet {
     }
 
     static func canConnect(ip: String, port: UInt16) -> Bool {
+        guard let fd = connectedSocket(ip: ip, port: port) else { return false }
+        close(fd)
+        return true
+    }
+
+    /// A blocking TCP socket connected to ip:port (`configure` runs before
+    /// the connect, e.g. for socket options); nil when it cannot connect.
+    static func connectedSocket(ip: String, port: UInt16, configure: (Int32) -> Void = { _ in }) -> Int32? {
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
         inet_pton(AF_INET, ip, &addr.sin_addr)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
+        guard fd >= 0 else { return nil }
+        configure(fd)
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        return rc == 0
+        if rc != 0 { close(fd); return nil }
+        return fd
     }
 
     /// A loopback address of this bench process's own, 127.128-191.x.y made
@@ -160,6 +169,8 @@ struct BenchPorts {
     var stats: UInt16 { base + 2 }
     var mgmt: UInt16 { base + 3 }
     var dns: UInt16 { base + 4 }
+    /// The MTA's SMTP listener when `mta` is another of its listeners (http-relay's API).
+    var mtaSMTP: UInt16 { base + 5 }
 }
 
 /// Every child the bench starts: killed by the kernel when the bench dies

@@ -220,6 +220,7 @@ final class HTTPRelayRunner {
         let apiPort = ports.mta
         let confText = """
             http-injection-listener \(ip):\(apiPort)
+            smtp-listener \(ip):\(ports.mtaSMTP)
             http-injection-max-connections \(max(64, options.relay.connections * 2))
             http-mgmt-port \(ip):\(ports.mgmt)
             spool \(work)/spool
@@ -415,21 +416,12 @@ final class HTTPRelayClients: @unchecked Sendable {
     private struct ClientResult { var calls = 0; var ids: [String] = []; var latencies: [Double] = []; var error: String? }
 
     private func connect() -> Int32? {
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = port.bigEndian
-        inet_pton(AF_INET, ip, &addr.sin_addr)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return nil }
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        var timeout = timeval(tv_sec: 60, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        BenchNet.connectedSocket(ip: ip, port: port) { fd in
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            var timeout = timeval(tv_sec: 60, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         }
-        if rc != 0 { close(fd); return nil }
-        return fd
     }
 
     private func client(number: Int) -> ClientResult {
