@@ -110,6 +110,38 @@ import PeregrineIO
         #expect(WebhookEventLog.segmentNumbers(in: dir).first == newest)
     }
 
+    /// Senders block in `waitForData` on the log's condition while the log
+    /// thread waits on it for work. An append that woke one sender instead of
+    /// the log thread left its event pending, and its outcome unrecorded,
+    /// until the next append. With eight senders waiting, each of 200 appends
+    /// is made alone and must become durable on its own (bounded wait; before
+    /// the fix an event was stranded within a few appends).
+    @Test func everyAppendWakesTheLogThreadWhileSendersWait() throws {
+        let dir = NSTemporaryDirectory() + "webhook-wake-\(getpid())-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let log = try WebhookEventLog(directory: dir, log: { _ in })
+        defer { log.stop() }
+        let stop = Locked(false)
+        let waiters = (0..<8).map { _ in
+            Thread {
+                while !stop.withLock({ $0 }) {
+                    _ = log.waitForData(after: log.durableEnd.0, deadline: monotonicNanoseconds() + 30_000_000_000)
+                }
+            }
+        }
+        for t in waiters { t.start() }
+        defer { stop.withLock { $0 = true }; log.wakeAll() }
+        let written = Locked(0)
+        var stranded: Int?
+        for n in 0..<200 {
+            let done = DispatchSemaphore(value: 0)
+            log.append(Self.event(n)) { written.withLock { $0 += 1 }; done.signal() }
+            if done.wait(timeout: .now() + 20) == .timedOut { stranded = n; break }
+        }
+        #expect(stranded == nil, "event \(stranded ?? -1) was not written while no other append followed it")
+        #expect(written.withLock { $0 } == (stranded ?? 200))
+    }
+
     /// While the disk keeps failing (a full 64 KiB tmpfs), the log's hand-over
     /// queue holds at most `maxPendingWhileFailing` events: the rest are
     /// refused and counted, and their `then` (which records the outcome)

@@ -206,7 +206,11 @@ final class WebhookEventLog: @unchecked Sendable {
             return
         }
         pending.append((payload, then))
-        cond.signal()
+        // broadcast, not signal: senders wait on this condition too (waitForData), and a
+        // signal that woke one of them instead of the log thread left the event pending
+        // until the next append — its delivery's outcome waited with it (seen as webhook
+        // tests that got no event for a minute).
+        cond.broadcast()
         cond.unlock()
     }
 
@@ -215,7 +219,7 @@ final class WebhookEventLog: @unchecked Sendable {
         cond.lock()
         if stopped { cond.unlock(); return }
         pending.append(([], then))
-        cond.signal()
+        cond.broadcast()  // as in append: the log thread must be the one woken
         cond.unlock()
     }
 
