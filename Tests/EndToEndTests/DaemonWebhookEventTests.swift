@@ -37,16 +37,7 @@ struct DaemonWebhookEventTests {
                 max-batch-delay 50ms
                 retry-initial-delay 100ms
             </webhook>
-            <bounce-processor>
-                <address-list>
-                    address /^bounces[+-].*@bounce\\.peregrine\\.test$/
-                </address-list>
-            </bounce-processor>
-            <feedback-loop-processor>
-                <address-list>
-                    address /^fbl@fbl\\.peregrine\\.test$/
-                </address-list>
-            </feedback-loop-processor>
+            \(ReportProcessors.config)
             <domain dest.test>
                 ROUTE
                 retry-after 1s
