@@ -14,9 +14,17 @@ import PeregrineIO
 
     /// Runs peregrine-bench with a deadline; returns exit status and both outputs.
     static func bench(_ arguments: [String], timeout: Double) throws -> (status: Int32, stdout: String, stderr: String) {
+        try run(benchExecutable, arguments, timeout: timeout)
+    }
+
+    /// Runs a program with a deadline (`environment` nil: the test's own);
+    /// returns its exit status and both outputs.
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+                    timeout: Double) throws -> (status: Int32, stdout: String, stderr: String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: benchExecutable)
+        p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = arguments
+        if let environment { p.environment = environment }
         // Output to files (no pipe to drain concurrently while the child runs).
         let dir = scratch()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -24,11 +32,12 @@ import PeregrineIO
         _ = FileManager.default.createFile(atPath: dir + "/err", contents: nil)
         p.standardOutput = FileHandle(forWritingAtPath: dir + "/out")
         p.standardError = FileHandle(forWritingAtPath: dir + "/err")
+        p.standardInput = FileHandle.nullDevice
         try ChildProcess.run(p)
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(50_000) }
         if p.isRunning {
-            Issue.record("peregrine-bench \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s")
+            Issue.record("\(executable) \(arguments.joined(separator: " ")) did not finish within \(Int(timeout)) s")
             // SIGTERM: the bench stops its children; SIGKILL after the grace (they then die by their death signal).
             stopProcess(p, grace: 30)
         }
@@ -89,27 +98,13 @@ import PeregrineIO
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let command = [Self.benchExecutable, "backlog", "--backend", "epoll", "--count", "300", "--connections", "4",
                        "--drain-timeout", "60", "--output-dir", dir].map { "'\($0)'" }.joined(separator: " ")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: script)
-        p.arguments = ["-qefc", command, "/dev/null"]
         var environment = ProcessInfo.processInfo.environment
         environment["CI"] = nil
         environment["PEREGRINE_BENCH_QUIET"] = nil
-        p.environment = environment
-        _ = FileManager.default.createFile(atPath: dir + "/tty", contents: nil)
-        p.standardOutput = FileHandle(forWritingAtPath: dir + "/tty")
-        p.standardError = FileHandle(forWritingAtPath: dir + "/tty")
-        p.standardInput = FileHandle.nullDevice
-        try ChildProcess.run(p)
-        let deadline = Date().addingTimeInterval(240)
-        while p.isRunning && Date() < deadline { usleep(50_000) }
-        if p.isRunning {
-            Issue.record("peregrine-bench backlog under script did not finish within 240 s")
-            stopProcess(p, grace: 30)
-        }
-        p.waitUntilExit()
-        let tty = (try? String(contentsOfFile: dir + "/tty", encoding: .utf8)) ?? ""
-        #expect(p.terminationStatus == 0, "exit \(p.terminationStatus)\n\(tty)")
+        // script copies the terminal's output (the bench's stdout and stderr) to its stdout.
+        let r = try Self.run(script, ["-qefc", command, "/dev/null"], environment: environment, timeout: 240)
+        let tty = r.stdout
+        #expect(r.status == 0, "exit \(r.status)\n\(tty)\n\(r.stderr)")
         #expect(tty.contains("\r   backlog drain: "), "no progress line on the terminal:\n\(tty)")
         #expect(tty.range(of: #"backlog drain: \d+ s, \d+/\d+ at the sink \(\d+/s\)"#, options: .regularExpression) != nil,
                 "the progress line lacks elapsed time, counts or rate:\n\(tty)")
