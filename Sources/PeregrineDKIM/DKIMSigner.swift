@@ -34,13 +34,6 @@ public struct DKIMSigningIdentity: Sendable {
         self.expireAfterSeconds = expireAfterSeconds
     }
 
-    /// This identity with `i=` set.
-    public func with(agentIdentifier: String?) -> DKIMSigningIdentity {
-        var copy = self
-        copy.agentIdentifier = agentIdentifier
-        return copy
-    }
-
     /// RFC 6376 §5.4.1's list, plus the RFC 8058 fields (Gmail and Yahoo honour
     /// one-click unsubscribe only when the signature covers them).
     public static let defaultHeaders = [
