@@ -69,6 +69,10 @@ public final class Daemon<Loop: EventLoop> {
     private var management: ManagementServer<Loop>?
     private let startedAt = monotonicNanoseconds()
     private var shuttingDown = false
+    /// Shutdown has begun: set before "shutting down" is logged, while each loop
+    /// learns it later (`LoopWorker.isShuttingDown`), so the API can refuse a
+    /// request that arrives in between. Thread-safe.
+    var isShuttingDown: Bool { lock.withLock { shuttingDown } }
     /// A loop stopped without a shutdown (see `loopReturned`): the exit status is 1.
     private var loopFailed = false
     /// The shutdown deadline passed or a second signal came: deliveries are abandoned.

@@ -6,6 +6,8 @@ public struct HTTPResponse: Sendable {
     /// defaults are added by `serialize`; don't set `Content-Length` yourself.
     public var headers: [(name: String, value: String)]
     public var body: [UInt8]
+    /// The connection's last answer (`Connection: close`), e.g. a refusal during shutdown.
+    public var closesConnection = false
 
     public init(status: Int, reason: String? = nil, headers: [(name: String, value: String)] = [], body: [UInt8] = []) {
         self.status = status

@@ -244,7 +244,7 @@ public final class ManagementServer<Loop: EventLoop> {
                     guard let self, !answered else { return }
                     answered = true
                     // Draining (shutdown): the answer is the connection's last.
-                    let keep = keepAlive && !self.server.draining
+                    let keep = keepAlive && !self.server.draining && !response.closesConnection
                     self.send(response.serialize(keepAlive: keep, includeBody: !isHead), thenClose: !keep)
                 }
             case .failure(let error)?:

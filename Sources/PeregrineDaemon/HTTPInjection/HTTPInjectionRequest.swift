@@ -27,6 +27,8 @@ struct APIError: Error, Equatable {
         var r = HTTPResponse.json(JSONValue.object([("error", .object(members))]).serialized, status: status)
         if let retryAfter { r.headers.append(("Retry-After", String(retryAfter))) }
         if status == 401 { r.headers.append(("WWW-Authenticate", "Bearer realm=\"peregrine-api\"")) }
+        // Shutting down: this loop may not be draining yet (the daemon decided first), so say it here.
+        r.closesConnection = code == "shutting_down"
         return r
     }
 

@@ -197,7 +197,7 @@ final class HTTPInjectionServer<Loop: EventLoop> {
     /// Everything short of the spool: rights, message bytes, DKIM, rate. Throws the first error.
     private func prepare(_ r: HTTPInjectionRequest, key: APIKeySettings, peer: SocketAddress?) throws(APIError) -> [Pending] {
         let config = worker.policies.config
-        if worker.isShuttingDown {
+        if worker.isShuttingDown || worker.daemon.isShuttingDown {
             throw APIError(503, "shutting_down", "the server is shutting down; try again later", retryAfter: 5)
         }
         guard let spool = worker.primarySpool, spool.health.isOK else {
