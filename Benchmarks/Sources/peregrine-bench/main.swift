@@ -23,6 +23,7 @@ scenarios:
   backlog     sink down while N messages queue (RSS), then up (drain rate); lost = 0
   suppression load a 10,000,000-entry suppression list: load time, RSS, lookups/s (targets < 30 s, < 1 GB)
   crash       SIGKILL the daemon during injection, restart on the same spool, drain; lost = 0 (--rounds)
+  cluster     3 nodes + Redis + sink: shared connection/rate limits held, lost = 0, Redis round trips, backoff propagation (--kill node|redis)
   summarize   regenerate results/README.md from results/*.json
   dashboard   write results/dashboard.html: every run over time, ratios to in-run peers, regressions flagged
   compare A B the dashboard's figures for two result sets (directories, run files or commits) side by side
@@ -54,6 +55,7 @@ case "isp-mix": status = runIspMixBench(arguments: rest)
 case "tune": status = runTuneBench(arguments: rest)
 case "backlog": status = runBacklogBench(arguments: rest)
 case "crash": status = runCrashBench(arguments: rest)
+case "cluster": status = runClusterBench(arguments: rest)
 case "suppression": status = runSuppressionBench(arguments: rest)
 case "summarize": status = runSummarize(arguments: rest)
 case "dashboard": status = runDashboard(arguments: rest)
