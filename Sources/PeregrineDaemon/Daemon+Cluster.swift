@@ -1,4 +1,5 @@
 import PeregrineIO
+import PeregrineConfig
 import PeregrineEngine
 import PeregrineRedis
 
@@ -17,7 +18,8 @@ extension Daemon {
         first.loop.execute { [self] in
             let connection = RedisConnection(loop: first.loop, address: redis)
             let coordinator = RedisClusterCoordinator(connection: connection,
-                                                      options: .init(nodeName: nodeName, nodeCount: settings.nodeCount))
+                                                      options: .init(nodeName: nodeName, nodeCount: settings.nodeCount,
+                                                                     leaseTTL: settings.leaseTTL.nanoseconds))
             coordinator.log = { [self] line in self.log(line) }
             coordinator.onBackoff = { [self] name, _ in
                 // "domain/vmta" from Redis; a name this node cannot read is skipped.
@@ -27,6 +29,12 @@ extension Daemon {
                 owner.loop.execute { owner.engine.applyClusterBackoff(key, from: "a cluster node") }
             }
             cluster = coordinator
+            if suppression != nil {
+                let feed = RedisSuppressionSync(coordinator: coordinator)
+                feed.onEntry = { [self] op, entry, reason, time in self.applyClusterSuppression(op, entry, reason, time) }
+                coordinator.suppressionSync = feed
+                feed.start()
+            }
             coordinator.start()
         }
         for w in workers {

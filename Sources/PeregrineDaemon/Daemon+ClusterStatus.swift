@@ -14,7 +14,8 @@ extension Daemon {
         return ["enabled": true, "node": s.node, "nodeCount": s.nodeCount, "mode": s.mode, "redis": s.redis,
                 "connected": s.connected, "lastError": s.lastError ?? "", "nodesSeen": s.nodesSeen,
                 "latencyMicroseconds": Int(s.lastLatencyMicroseconds), "roundTrips": s.roundTrips,
-                "rateRoundTrips": s.rateRoundTrips, "sites": sites]
+                "rateRoundTrips": s.rateRoundTrips, "leaseRequests": s.leaseRequests, "sites": sites,
+                "suppressionPublished": c.suppressionSync?.published ?? 0, "suppressionApplied": c.suppressionSync?.applied ?? 0]
     }
 
     func clusterMetrics(into p: inout PrometheusText) {

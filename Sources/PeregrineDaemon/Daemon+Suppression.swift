@@ -48,7 +48,8 @@ extension Daemon {
     /// Adds `address` if it is one (records carry what peers sent).
     func suppress(_ address: String, reason: SuppressionReason) {
         guard let list = suppression, let text = SuppressionKey.normalise(address), !SuppressionKey.isDomain(text) else { return }
-        list.apply(.add, normalised: text, reason: reason, time: wallClockSeconds())
+        let now = wallClockSeconds()
+        if list.apply(.add, normalised: text, reason: reason, time: now) { publishSuppression(.add, text, reason, now) }
     }
 
     /// The list's records from inbound reports: `rb` hard bounces and `f` complaints.
@@ -161,6 +162,7 @@ extension Daemon {
             let now = wallClockSeconds()
             for text in valid where list.apply(adding ? .add : .remove, normalised: text, reason: parsed.reason, time: now) {
                 changed += 1
+                publishSuppression(adding ? .add : .remove, text, parsed.reason, now)
             }
             let unchanged = valid.count - changed
             list.sync { error in

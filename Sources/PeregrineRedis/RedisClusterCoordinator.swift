@@ -58,6 +58,16 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
     package private(set) var rateRoundTrips = 0
     /// Latency of the last answered round trip, ns.
     package private(set) var lastLatency: UInt64 = 0
+    /// Connection lease requests the engine made (status: a test waits on
+    /// these to know a queue asked, granted or not).
+    package private(set) var leaseRequests = 0
+    /// Until this monotonic time no new connection is granted: Redis came
+    /// back (it may have restarted empty) and the other nodes have not all
+    /// written their held counts yet (see setMode).
+    private var resumeGraceUntil: UInt64 = 0
+    /// The shared suppression list's feed, when the daemon has a list (RedisSuppressionSync).
+    package var suppressionSync: RedisSuppressionSync<Loop>?
+    private var everShared = false
 
     final class Site {
         let connKey: [UInt8], aliveKey: [UInt8], rateKey: [UInt8]
@@ -112,6 +122,7 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
 
     package func stop() {
         stopped = true
+        suppressionSync?.stop()
         if let t = pollTimer { loop.cancelTimer(t); pollTimer = nil }
         if let t = renewTimer { loop.cancelTimer(t); renewTimer = nil }
         connection.close()
@@ -131,6 +142,19 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
     package func acquireConnections(site name: String, limit: Int, wanted: Int, _ done: @escaping (Int) -> Void) {
         let site = self.site(name)
         site.limit = limit
+        leaseRequests += 1
+        if loop.now < resumeGraceUntil {
+            // Still writing this node's count; grant nothing until every node has.
+            loop.scheduleTimer(after: 0) { done(0) }
+            return
+        }
+        if mode == .fallback && connection.connects == 0 && connection.lastError == nil {
+            // Starting, the first connect not answered yet: a node restarted on
+            // its spool would add its fallback share to what the others hold in
+            // Redis. Wait for the answer (the queue asks again shortly).
+            loop.scheduleTimer(after: 0) { done(0) }
+            return
+        }
         guard mode == .shared else {
             let granted = max(0, min(wanted, fallbackShare(limit) - site.held))
             site.held += granted
@@ -341,6 +365,14 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
         switch m {
         case .shared:
             log("cluster: \(why); shared limits in force")
+            // Back after an outage: Redis may have restarted empty, and a node
+            // that reconnects first would be granted the connections the others
+            // still hold (the burst). No new lease for one lease TTL: every live
+            // node reconnects (reconnect delay ≤ 5 s) and writes its held count
+            // (on resume, then every TTL/3) within it. Not on the first connect:
+            // then the others' counts are in Redis already.
+            if everShared { resumeGraceUntil = loop.now + options.leaseTTL }
+            everShared = true
             // Count this node's open connections in Redis before anyone is granted more.
             for site in sites.values where site.held > 0 { leaseCall(site, wanted: 0) { _ in } }
         case .fallback: log("cluster: \(why); each node keeps to 1/\(options.nodeCount) of every cluster limit")
@@ -413,6 +445,7 @@ package struct RedisClusterStatus: Sendable, Equatable {
     package var lastLatencyMicroseconds: UInt64
     package var roundTrips: Int
     package var rateRoundTrips: Int
+    package var leaseRequests: Int = 0
 
     /// The text `ctl show cluster` prints: one fact a line.
     package var lines: [String] {
@@ -437,6 +470,6 @@ extension RedisClusterCoordinator {
                                   redis: "\(connection.address)", connected: connection.isConnected,
                                   lastError: connection.lastError, nodesSeen: nodesSeen, leases: leases,
                                   lastLatencyMicroseconds: lastLatency / 1000, roundTrips: roundTrips,
-                                  rateRoundTrips: rateRoundTrips)
+                                  rateRoundTrips: rateRoundTrips, leaseRequests: leaseRequests)
     }
 }

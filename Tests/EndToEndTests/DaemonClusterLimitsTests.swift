@@ -198,7 +198,7 @@ import PeregrineTestSupport
 /// only then).
 final class ClusterReceiver {
     static let script = #"""
-    import socketserver, sys, threading, json, os, time, signal
+    import socketserver, sys, threading, json, os, time, signal, select, socket
     # The test process may ignore or block SIGTERM, and both survive exec: stop on it.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
@@ -221,7 +221,10 @@ final class ClusterReceiver {
                 closed = False
                 try:
                     while gated and not os.path.exists(os.path.join(gatedir, name)):
-                        time.sleep(0.02)
+                        # A sender sends nothing before the greeting: readable means
+                        # it closed (or died), which counts as the close it is.
+                        if select.select([s], [], [], 0.02)[0] and s.recv(1, socket.MSG_PEEK) == b"":
+                            return
                     s.sendall(b"220 cluster.test ESMTP\r\n")
                     pending, in_data = b"", False
                     while True:
@@ -278,38 +281,21 @@ final class ClusterReceiver {
         var source: String
     }
 
-    let process = Process()
     let eventsPath: String
     let gateDir: String
     private(set) var addresses: [String: (ip: String, port: UInt16)] = [:]
-    private let stdoutPipe = Pipe()
-    private var finished = false
+    private let server: PythonServerProcess
 
     init(_ dir: TestDirectory, listeners: [String: String], gated: Set<String>) throws {
-        let python = try #require(findTool("python3"), "python3 not installed")
-        let scriptPath = try dir.write("cluster-receiver.py", Self.script)
         eventsPath = dir.file("cluster-receiver.jsonl")
         gateDir = dir.file("gates")
         try FileManager.default.createDirectory(atPath: gateDir, withIntermediateDirectories: true)
         FileManager.default.createFile(atPath: eventsPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [scriptPath, eventsPath, gateDir]
-            + listeners.keys.sorted().map { "\($0),\(listeners[$0] ?? ""),\(gated.contains($0) ? 1 : 0)" }
-        process.standardOutput = stdoutPipe
-        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
-        try process.run()
-        let fd = stdoutPipe.fileHandleForReading.fileDescriptor
-        var text = ""
-        var buffer = [UInt8](repeating: 0, count: 256)
-        let deadline = Date().addingTimeInterval(20)
-        while !text.contains("ready\n") && Date() < deadline && process.isRunning {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard Glibc.poll(&p, 1, 100) > 0 else { continue }
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            text += String(decoding: buffer[0..<n], as: UTF8.self)
-        }
-        for line in text.split(separator: "\n") {
+        server = try PythonServerProcess(dir, tag: "cluster-receiver", script: Self.script,
+                                         arguments: [eventsPath, gateDir]
+                                             + listeners.keys.sorted().map { "\($0),\(listeners[$0] ?? ""),\(gated.contains($0) ? 1 : 0)" },
+                                         what: "cluster receiver", until: "ready")
+        for line in server.startupOutput.split(separator: "\n") {
             let parts = line.split(separator: " ")
             if parts.count == 2, let port = UInt16(parts[1]), let ip = listeners[String(parts[0])] {
                 addresses[String(parts[0])] = (ip, port)
@@ -317,7 +303,7 @@ final class ClusterReceiver {
         }
         guard addresses.count == listeners.count else {
             terminate()
-            throw SinkTestError("cluster receiver did not start: '\(text)'")
+            throw SinkTestError("cluster receiver did not report every listener: '\(server.startupOutput)'")
         }
     }
 
@@ -376,11 +362,25 @@ final class ClusterReceiver {
         return over
     }
 
-    func terminate() {
-        guard !finished else { return }
-        finished = true
-        stopProcess(process, grace: 5)
+    /// Connections opened after `time` that took the listener past `cap` open at once (every source together).
+    func opensOverCap(_ listener: String, after time: Double, cap: Int) -> [String] {
+        var open = 0
+        var over: [String] = []
+        for e in events where e.listener == listener {
+            if e.kind == "open" {
+                open += 1
+                if e.time > time, open > cap { over.append("\(e.source): \(open) open at \(e.time)") }
+            } else if e.kind == "close" {
+                open -= 1
+            }
+        }
+        return over
     }
 
-    deinit { terminate() }
+    /// CLOCK_MONOTONIC times of the connections `source` opened to `listener`.
+    func opens(_ listener: String, from source: String) -> [Double] {
+        events.filter { $0.listener == listener && $0.kind == "open" && $0.source == source }.map(\.time)
+    }
+
+    func terminate() { server.terminate() }
 }

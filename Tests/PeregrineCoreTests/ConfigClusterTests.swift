@@ -18,6 +18,8 @@ import PeregrineIO
         let other = try parse("cluster-redis 10.0.0.5:7000\n").get()
         #expect(other.cluster.redis == (try SocketAddress(ip: "10.0.0.5", port: 7000)))
         #expect(other.cluster.nodeName == nil && other.cluster.nodeCount == 1)
+        #expect(other.cluster.leaseTTL == .seconds(10))
+        #expect(try parse("cluster-redis 127.0.0.5\ncluster-lease-ttl 2s\n").get().cluster.leaseTTL == .seconds(2))
         // Without cluster-redis: not a cluster.
         #expect(try parse("").get().cluster.redis == nil)
     }
@@ -29,6 +31,9 @@ import PeregrineIO
         #expect(error("\ncluster-redis redis.example:6379\n")?.hasPrefix("c.conf:2: cluster-redis: 'redis.example:6379' is not an IP address") == true)
         #expect(error("cluster-node-count 0\n")?.hasPrefix("c.conf:1: cluster-node-count") == true)
         #expect(error("cluster-node-count many\n")?.hasPrefix("c.conf:1: cluster-node-count") == true)
+        #expect(error("cluster-lease-ttl 500ms\n") == "c.conf:1: cluster-lease-ttl: between 1s and 10m")
+        #expect(error("cluster-lease-ttl 1h\n") == "c.conf:1: cluster-lease-ttl: between 1s and 10m")
+        #expect(error("cluster-lease-ttl soon\n")?.hasPrefix("c.conf:1: cluster-lease-ttl") == true)
         #expect(error("cluster-node-name \"a b\"\n") == "c.conf:1: cluster-node-name: 'a b' must be printable ASCII without spaces")
         // A per-domain cap at the top level says where it belongs.
         #expect(error("cluster-max-smtp-out 5\n") == "c.conf:1: cluster-max-smtp-out is not allowed at the top level (it belongs in <domain>)")
