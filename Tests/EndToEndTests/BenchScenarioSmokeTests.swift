@@ -71,6 +71,29 @@ import PeregrineIO
         #expect(row[5] == "0", "lost messages: \(row)")
     }
 
+    /// The cluster scenario, small: three nodes, Redis, the sink, node 2
+    /// SIGKILLed and restarted mid-run; nothing lost, the connection cap held.
+    @Test func clusterRunWithANodeKilledLosesNothing() throws {
+        guard RedisServerProcess.path != nil else {
+            Issue.record("redis-server is not installed (scripts/setup installs it): cluster scenario not run")
+            return
+        }
+        let dir = Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try Self.bench(["cluster", "--count", "600", "--connections", "2", "--cluster-connections", "6",
+                                "--max-smtp-out", "4", "--cluster-rate", "400/s", "--kill", "node",
+                                "--drain-timeout", "120", "--output-dir", dir], timeout: 300)
+        #expect(r.status == 0, "exit \(r.status)\n\(r.stdout)\n\(r.stderr)")
+        // backend kill accepted delivered lost dup peak cap busiest rate …
+        guard let row = Self.row(r.stdout, "epoll"), row.count >= 10 else {
+            Issue.record("no result row:\n\(r.stdout)\n\(r.stderr)")
+            return
+        }
+        #expect(Int(row[2]) ?? 0 > 0, "nothing accepted: \(row)")
+        #expect(row[4] == "0", "lost messages: \(row)")
+        #expect(Int(row[6]) ?? 99 <= 6, "peak connections past the cluster cap: \(row)")
+    }
+
     @Test func backlogDrainsEverything() throws {
         let dir = Self.scratch()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -203,17 +203,18 @@ final class ClusterRun {
         }
 
         // Phase 1: every node injected at once, all to the capped provider.
-        let perNode = count / 3
+        // The count split exactly: node k injects count/3, the first count%3 nodes one more.
+        let perNode = (0..<3).map { count / 3 + ($0 < count % 3 ? 1 : 0) }
         var loadgens: [BenchProcess] = []
         let injectStart = Date()
         for k in 0..<3 {
             loadgens.append(try rig.start("loadgen-\(nodeNames[k])", "peregrine-loadgen", [
-                "--target", "\(nodeIPs[k]):2525", "--count", "\(perNode)", "--connections", options.string("connections"),
+                "--target", "\(nodeIPs[k]):2525", "--count", "\(perNode[k])", "--connections", options.string("connections"),
                 "--messages-per-connection", "0", "--domains", "capped.test", "--size", "2k", "--ids", file("ids-\(nodeNames[k]).txt"),
                 "--json", file("loadgen-\(nodeNames[k]).json"), "--no-progress", "--seed", "\(k + 1)", "--backend", "epoll"]))
         }
         var killed: [String: Any]? = nil
-        let killAt = perNode * 3 * 2 / 5
+        let killAt = count * 2 / 5
         var peakOpenSampled = 0
         while loadgens.contains(where: { $0.isRunning }) {
             usleep(100_000)
@@ -258,6 +259,23 @@ final class ClusterRun {
         let roundTrips = clusterViews.reduce(0) { $0 + ($1["roundTrips"] as? Int ?? 0) }
         let rateRoundTrips = clusterViews.reduce(0) { $0 + ($1["rateRoundTrips"] as? Int ?? 0) }
 
+        let ratePerSecond = Double(options.string("cluster-rate").split(separator: "/").first.flatMap { Int($0) } ?? 0)
+        // ClusterMessageGate's bound for one second: rate + 2 batches (20) per node + 1 (CLUSTER.md).
+        let capConnections = try options.int("cluster-connections")
+        let peak = capped["peak_concurrent_connections"] as? Int ?? -1
+        let sinkAccepted = capped["messages_accepted"] as? Int ?? -1
+
+        // Phase 2: 4.7.28 on n1, backoff on n2 and n3.
+        let propagation = try measureBackoffPropagation()
+
+        for n in nodes { n.stop() }
+        let spoolChecks = (0..<3).map { k in
+            BenchEnvironment.commandOutput(rig.bin + "/peregrine", ["spool-check", file("spool-\(nodeNames[k])")])?
+                .split(separator: "\n").last.map(String.init) ?? "spool-check failed"
+        }
+        redis?.stop()
+        // Stopped first: the sink writes its id list in batches, the last on exit.
+        sink.stop()
         // Reconcile by id, and the sink's busiest second (arrival times of the accepted ids).
         let seenLines = (try? String(contentsOfFile: sinkIDs, encoding: .utf8)) ?? ""
         var seen: [String] = []
@@ -277,23 +295,8 @@ final class ClusterRun {
             busiest = max(busiest, hi - lo + 1)
         }
         let deliverySpan = arrivals.count > 1 ? Double(arrivals.last! - arrivals.first!) / 1e9 : 0
-        let ratePerSecond = Double(options.string("cluster-rate").split(separator: "/").first.flatMap { Int($0) } ?? 0)
-        // ClusterMessageGate's bound for one second: rate + 2 batches (20) per node + 1 (CLUSTER.md).
+
         let rateBound = Int(ratePerSecond) + 3 * 2 * 20 + 1
-        let capConnections = try options.int("cluster-connections")
-        let peak = capped["peak_concurrent_connections"] as? Int ?? -1
-
-        // Phase 2: 4.7.28 on n1, backoff on n2 and n3.
-        let propagation = try measureBackoffPropagation()
-
-        for n in nodes { n.stop() }
-        let spoolChecks = (0..<3).map { k in
-            BenchEnvironment.commandOutput(rig.bin + "/peregrine", ["spool-check", file("spool-\(nodeNames[k])")])?
-                .split(separator: "\n").last.map(String.init) ?? "spool-check failed"
-        }
-        redis?.stop()
-        sink.stop()
-
         let limitsHeld = peak <= capConnections && busiest <= rateBound
         let ok = rec.lost.isEmpty && accepted.count > 0 && limitsHeld && (propagation["allInBackoff"] as? Bool ?? false)
         let figures: [String: Any] = [
@@ -311,6 +314,7 @@ final class ClusterRun {
             "deliverySpanSeconds": deliverySpan,
             "deliveredPerSecond": deliverySpan > 0 ? Double(rec.unique) / deliverySpan : 0,
             "sinkPeakConcurrentConnections": peak,
+            "sinkMessagesAccepted": sinkAccepted,
             "sinkOpenConnectionsPeakSampled": peakOpenSampled,
             "clusterMaxSmtpOut": capConnections,
             "sinkBusiestSecond": busiest,
