@@ -367,11 +367,14 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
             log("cluster: \(why); shared limits in force")
             // Back after an outage: Redis may have restarted empty, and a node
             // that reconnects first would be granted the connections the others
-            // still hold (the burst). No new lease for one lease TTL: every live
-            // node reconnects (reconnect delay ≤ 5 s) and writes its held count
-            // (on resume, then every TTL/3) within it. Not on the first connect:
-            // then the others' counts are in Redis already.
-            if everShared { resumeGraceUntil = loop.now + options.leaseTTL }
+            // still hold (the burst). No new lease until every live node has
+            // reconnected (its next attempt comes within the reconnect cap) and
+            // written its held count (at once on resume, then every TTL/3): the
+            // longer of one lease TTL and the reconnect cap + 1 s. Not on the
+            // first connect: then the others' counts are in Redis already.
+            if everShared {
+                resumeGraceUntil = loop.now + max(options.leaseTTL, connection.options.maxBackoff + 1_000_000_000)
+            }
             everShared = true
             // Count this node's open connections in Redis before anyone is granted more.
             for site in sites.values where site.held > 0 { leaseCall(site, wanted: 0) { _ in } }
