@@ -143,7 +143,7 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
         let site = self.site(name)
         site.limit = limit
         leaseRequests += 1
-        if loop.now < resumeGraceUntil {
+        if mode == .shared && loop.now < resumeGraceUntil {
             // Still writing this node's count; grant nothing until every node has.
             loop.scheduleTimer(after: 0) { done(0) }
             return
@@ -378,7 +378,9 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
             everShared = true
             // Count this node's open connections in Redis before anyone is granted more.
             for site in sites.values where site.held > 0 { leaseCall(site, wanted: 0) { _ in } }
-        case .fallback: log("cluster: \(why); each node keeps to 1/\(options.nodeCount) of every cluster limit")
+        case .fallback:
+            resumeGraceUntil = 0   // the fallback share applies now, not the pause
+            log("cluster: \(why); each node keeps to 1/\(options.nodeCount) of every cluster limit")
         }
     }
 
