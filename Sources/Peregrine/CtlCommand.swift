@@ -33,6 +33,8 @@ enum CtlCommand {
       suppress add|remove ENTRY... [--reason R]   addresses, or whole domains (example.com)
       suppress list [--limit N] [--offset N]      the suppression list (1000 entries by default)
       suppress check ADDRESS                      whether ADDRESS (or its domain) is suppressed
+      suppress ... --tenant NAME                  add, remove, list or check in one tenant's
+                                                  scope (its own entries; the global ones apply to it too)
       suppress import FILE [--reason R]           one entry a line (# comments); nothing is
                                                   imported when a line is bad (FILE:LINE says which)
     QUEUE is domain/vmta and may use * (gmail.com/*); a pause also holds matching queues
@@ -51,7 +53,7 @@ enum CtlCommand {
         var host = "127.0.0.1", port: UInt16 = 8080, json = false
         var hostGiven = false, portGiven = false
         var configPath: String?, tokenPath: String?, vmta: String?, jobID: String?
-        var limit: Int?, offset: Int?, reason: String?
+        var limit: Int?, offset: Int?, reason: String?, tenant: String?
         var words: [String] = []
         var i = 0
         while i < arguments.count {
@@ -86,6 +88,11 @@ enum CtlCommand {
                     return fail("--reason takes operator, hard-bounce or complaint")
                 }
                 reason = arguments[i + 1]; i += 2
+            case "--tenant":
+                guard i + 1 < arguments.count, SuppressionKey.normaliseTenant(arguments[i + 1]) != nil else {
+                    return fail("--tenant needs a tenant name (printable ASCII without spaces)")
+                }
+                tenant = arguments[i + 1]; i += 2
             case "-h", "--help":
                 print(usage); return 0
             default:
@@ -97,7 +104,7 @@ enum CtlCommand {
         var more: [(method: String, path: String, body: String?)] = []
         switch words.first {
         case "suppress":
-            switch suppressRequests(Array(words.dropFirst()), limit: limit, offset: offset, reason: reason) {
+            switch suppressRequests(Array(words.dropFirst()), limit: limit, offset: offset, reason: reason, tenant: tenant) {
             case .failure(let message):
                 return message.hasPrefix("usage:") ? fail(String(message.dropFirst("usage:".count))) : failPlain(message.description)
             case .success(let list):
@@ -197,12 +204,14 @@ enum CtlCommand {
     static let importBatch = 5000
 
     /// The requests of `ctl suppress ...`; a failure starting with `usage:` is a usage error.
-    static func suppressRequests(_ words: [String], limit: Int?, offset: Int?, reason: String?)
+    static func suppressRequests(_ words: [String], limit: Int?, offset: Int?, reason: String?, tenant: String? = nil)
         -> Result<[(method: String, path: String, body: String?)], CtlError> {
         let path = "/api/v1/suppressions"
+        let tenantQuery = tenant.map { "&tenant=\(query($0))" } ?? ""
         func body(_ entries: [String]) -> String {
             var object: [String: Any] = ["entries": entries]
             if let reason { object["reason"] = reason }
+            if let tenant { object["tenant"] = tenant }
             return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
                 .flatMap { String(data: $0, encoding: .utf8) } ?? "{}"
         }
@@ -212,10 +221,10 @@ enum CtlCommand {
             return .success([(words[0] == "add" ? "POST" : "DELETE", path, body(Array(words.dropFirst())))])
         case "list":
             guard words.count == 1 else { return .failure(CtlError("usage:suppress list takes --limit N and --offset N only")) }
-            return .success([("GET", path + "?limit=\(limit ?? 1000)&offset=\(offset ?? 0)", nil)])
+            return .success([("GET", path + "?limit=\(limit ?? 1000)&offset=\(offset ?? 0)" + tenantQuery, nil)])
         case "check":
             guard words.count == 2 else { return .failure(CtlError("usage:suppress check takes one ADDRESS or domain")) }
-            return .success([("GET", path + "?address=\(query(words[1]))", nil)])
+            return .success([("GET", path + "?address=\(query(words[1]))" + tenantQuery, nil)])
         case "import":
             guard words.count == 2 else { return .failure(CtlError("usage:suppress import takes one FILE")) }
             let file = words[1]
@@ -321,10 +330,10 @@ enum CtlCommand {
               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return body }
         switch path.split(separator: "?").first.map(String.init) ?? path {
         case "/api/v1/suppressions" where object["entries"] != nil:
-            var rows = [["ENTRY", "REASON", "SINCE"]]
+            var rows = [["ENTRY", "TENANT", "REASON", "SINCE"]]
             for e in object["entries"] as? [[String: Any]] ?? [] {
                 let t = (e["time"] as? Int).map { ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval($0))) } ?? ""
-                rows.append([describe(e["entry"]), describe(e["reason"]), t])
+                rows.append([describe(e["entry"]), (e["tenant"] as? String) ?? "(global)", describe(e["reason"]), t])
             }
             return table(rows) + "\n(\(describe(object["count"])) entries on the list)"
         case "/webhooks":

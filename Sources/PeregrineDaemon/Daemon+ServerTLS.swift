@@ -9,7 +9,7 @@ extension Daemon {
     /// answer its TLS clients in plain text.
     func makeServerTLSContext(for config: PeregrineConfig) throws(ConfigError) -> TLSContext? {
         guard let settings = config.serverTLS else {
-            if let listener = implicitTLSListeners.first {
+            if let listener = implicitTLSListeners.first ?? httpInjectionTLSListener {
                 throw ConfigError(ConfigLocation(file: options.configPath, line: 0),
                                   "smtp-server-tls-certificate and smtp-server-tls-key are gone, but listener \(listener) "
                                   + "runs with tls=yes until a restart; put them back or restart to turn TLS off")

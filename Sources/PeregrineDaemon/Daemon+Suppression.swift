@@ -64,11 +64,11 @@ extension Daemon {
     /// The 550 a suppressed recipient gets at RCPT. Bytes a peer could use to
     /// break the reply line are never in `address` (the SMTP parser refuses them);
     /// anything non-printable is replaced anyway.
-    static func suppressedReply(_ address: String, _ reason: SuppressionReason) -> SMTPReply {
+    static func suppressedReply(_ address: String, _ reason: SuppressionReason, tenant: String? = nil) -> SMTPReply {
         let shown = String(decoding: address.utf8.prefix(SuppressionKey.maxLength).map { $0 < 0x20 || $0 == 0x7f ? UInt8(ascii: "?") : $0 },
                            as: UTF8.self)
         return SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
-                         "<\(shown)>: recipient is suppressed (\(reason.name))")
+                         "<\(shown)>: recipient is suppressed (\(reason.name)\(tenant.map { ", tenant \($0)" } ?? ""))")
     }
 
     /// The `s` accounting record of a refused recipient (`srcType` `smtp`, or `api` for HTTP injection).
@@ -85,10 +85,12 @@ extension Daemon {
     /// For injection paths other than SMTP (the HTTP API's per-recipient
     /// status): the refusal text for a suppressed `recipient`, with its `s`
     /// record logged; nil when it is not suppressed.
-    func suppressionRefusal(recipient: String, sender: String, peer: String, srcType: String) -> String? {
-        guard let reason = suppression?.reason(forRecipient: recipient) else { return nil }
-        let reply = Self.suppressedReply(recipient, reason)
-        logSuppressed(sender: sender, recipient: recipient, reason: reason, reply: reply, peer: peer, srcType: srcType)
+    func suppressionRefusal(recipient: String, sender: String, peer: String, srcType: String, tenant: String? = nil) -> String? {
+        guard let match = suppression?.match(recipient: recipient, tenant: tenant.flatMap { SuppressionKey.normaliseTenant($0) }) else {
+            return nil
+        }
+        let reply = Self.suppressedReply(recipient, match.reason, tenant: match.scoped ? tenant : nil)
+        logSuppressed(sender: sender, recipient: recipient, reason: match.reason, reply: reply, peer: peer, srcType: srcType)
         return reply.lines.joined(separator: " ")
     }
 
@@ -110,14 +112,25 @@ extension Daemon {
         let answer: (HTTPResponse) -> Void = { response in home.loop.execute { reply.value(response) } }
         switch request.method {
         case "GET", "HEAD":
+            let tenantName = request.queryParameter("tenant")
+            let tenant = tenantName.flatMap { SuppressionKey.normaliseTenant($0) }
+            if let tenantName, tenant == nil {
+                respond(.error(400, "'tenant' is not a tenant name (1-128 printable ASCII characters without spaces): \(tenantName)"))
+                return true
+            }
             if let address = request.queryParameter("address") {
                 guard SuppressionKey.normalise(address) != nil else {
                     respond(.error(400, "'address' is not an address or domain: \(address)"))
                     return true
                 }
-                let reason = list.reason(forRecipient: address.contains("@") ? address : "@" + address)
-                var body: [String: Any] = ["address": address, "suppressed": reason != nil]
-                if let reason { body["reason"] = reason.name }
+                // As the tenant's mail sees it: its own entries, then the global ones.
+                let match = list.match(recipient: address.contains("@") ? address : "@" + address, tenant: tenant)
+                var body: [String: Any] = ["address": address, "suppressed": match != nil]
+                if let match {
+                    body["reason"] = match.reason.name
+                    body["scope"] = match.scoped ? "tenant" : "global"
+                }
+                if let tenantName { body["tenant"] = tenantName }
                 respond(Self.json(body))
                 return true
             }
@@ -128,18 +141,26 @@ extension Daemon {
                 return true
             }
             let total = list.count
-            list.entries(offset: offset, limit: limit) { result in
+            // ?tenant=NAME: that tenant's own entries only; else every entry, scoped ones with their tenant.
+            let prefix = tenant.map { $0 + [0x20] }
+            let including: ((UnsafeRawBufferPointer) -> Bool)? = prefix.map { p in { $0.starts(with: p) } }
+            list.entries(offset: offset, limit: limit, including: including) { result in
                 switch result {
                 case .success(let entries):
                     answer(Self.json(["count": total, "offset": offset,
-                                      "entries": entries.map { ["entry": $0.text, "reason": $0.reason.name, "time": $0.time] as [String: Any] }]))
+                                      "entries": entries.map { e -> [String: Any] in
+                                          let (t, entry) = SuppressionKey.split(Array(e.text.utf8))
+                                          var o: [String: Any] = ["entry": entry, "reason": e.reason.name, "time": e.time]
+                                          if let t { o["tenant"] = t }
+                                          return o
+                                      }]))
                 case .failure(let e):
                     answer(.error(500, "cannot read the suppression list: \(e)"))
                 }
             }
         case "POST", "DELETE":
             let adding = request.method == "POST"
-            let parsed: (entries: [String], reason: SuppressionReason)
+            let parsed: (entries: [String], reason: SuppressionReason, tenant: [UInt8]?)
             switch Self.suppressionEntries(request) {
             case .failure(let problem):
                 respond(.error(400, problem.description))
@@ -150,7 +171,11 @@ extension Daemon {
             var invalid: [String] = []
             var valid: [[UInt8]] = []
             for e in parsed.entries {
-                if let text = SuppressionKey.normalise(e) { valid.append(text) } else { invalid.append(e) }
+                if let text = SuppressionKey.normalise(e) {
+                    valid.append(SuppressionKey.scoped(text, tenant: parsed.tenant))
+                } else {
+                    invalid.append(e)
+                }
             }
             guard invalid.isEmpty else {
                 // Nothing changes when any entry is bad: the caller fixes the list and sends it again.
@@ -182,9 +207,11 @@ extension Daemon {
     /// The entries of a POST or DELETE: a JSON body `{"entries": [...]}` or
     /// `{"address": "..."}`, else the `address` query or form parameter;
     /// `reason` (operator, hard-bounce, complaint) defaults to operator.
-    static func suppressionEntries(_ request: HTTPRequest) -> Result<(entries: [String], reason: SuppressionReason), SuppressionRequestError> {
+    static func suppressionEntries(_ request: HTTPRequest)
+        -> Result<(entries: [String], reason: SuppressionReason, tenant: [UInt8]?), SuppressionRequestError> {
         var entries: [String] = []
         var reasonName = request.queryParameter("reason")
+        var tenantName = request.queryParameter("tenant")
         if !request.body.isEmpty && ManagementRequestGuard.mediaType(request.header("Content-Type")) == "application/json" {
             guard let object = try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any] else {
                 return .failure(SuppressionRequestError("the body is not a JSON object"))
@@ -201,16 +228,28 @@ extension Daemon {
                 guard let s = r as? String else { return .failure(SuppressionRequestError("'reason' must be a string")) }
                 reasonName = s
             }
+            if let t = object["tenant"] {
+                guard let s = t as? String else { return .failure(SuppressionRequestError("'tenant' must be a string")) }
+                tenantName = s
+            }
         } else {
             let params = parameters(request)
             if let a = params["address"] { entries.append(a) }
             if let r = params["reason"] { reasonName = r }
+            if let t = params["tenant"] { tenantName = t }
+        }
+        var tenant: [UInt8]?
+        if let tenantName {
+            guard let t = SuppressionKey.normaliseTenant(tenantName) else {
+                return .failure(SuppressionRequestError("'tenant' is not a tenant name (1-128 printable ASCII characters without spaces)"))
+            }
+            tenant = t
         }
         guard !entries.isEmpty else { return .failure(SuppressionRequestError("no entries given ('entries' or 'address')")) }
         guard let reason = reasonName.map({ SuppressionReason(name: $0) }) ?? .manual else {
             return .failure(SuppressionRequestError("'reason' must be operator, hard-bounce or complaint"))
         }
-        return .success((entries, reason))
+        return .success((entries, reason, tenant))
     }
 }
 

@@ -43,6 +43,8 @@ public final class Daemon<Loop: EventLoop> {
     private var currentServerTLSContext: TLSContext?
     /// The `tls=yes` listeners started with (listeners keep their start-up values).
     let implicitTLSListeners: [SocketAddress]
+    /// `http-injection-listener … tls=yes` as started (HTTPInjection/HTTPInjectionTLS.swift).
+    let httpInjectionTLSListener: SocketAddress?
     /// STARTTLS on delivery: one client context for every loop (session resumption per MX).
     public let clientTLSContext: TLSContext?
     /// total-max-smtp-out and VMTA max-smtp-out, shared by every loop (ConnectionBudget.swift).
@@ -92,6 +94,7 @@ public final class Daemon<Loop: EventLoop> {
         self.hostName = config.hostName ?? ConfigPolicySource.systemHostName()
         self.currentServerTLSContext = try config.serverTLS?.makeContext()
         self.implicitTLSListeners = config.implicitTLSListeners
+        self.httpInjectionTLSListener = config.httpInjection.tls ? config.httpInjection.listener : nil
         // System CAs so `tls-verify-hostname yes` can verify; without them, no verification.
         self.clientTLSContext = (try? TLSContext.client(trustStore: .system)) ?? (try? TLSContext.client())
         var writers: [AccountingWriter] = []

@@ -145,6 +145,10 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         sessionConfig.authEnabled = config.authEnabled
         sessionConfig.allowUnencryptedAuth = source.allowUnencryptedPlainAuth
         sessionConfig.requireAuth = source.requireAuth
+        // XVERP is for the applications that inject outbound mail: the
+        // clients whose <source> may relay or VERPs by default (as Postfix
+        // offers it to smtpd_authorized_verp_clients only).
+        sessionConfig.advertiseXVERP = source.alwaysAllowRelaying || source.verpDefault
         let ip = c.peer.ip
         let admission = daemon.inboundLimits.admit(ip: ip, perAddress: source.maxSMTPIn, total: config.maxSMTPIn)
         let handler = InjectionHandler(worker: self, peer: c.peer, source: source)

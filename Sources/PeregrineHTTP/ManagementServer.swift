@@ -41,6 +41,9 @@ public final class ManagementServer<Loop: EventLoop> {
         /// limit); nil: `HTTPParseError.response`. An API with its own error
         /// format sets it.
         public var parseErrorResponse: (@Sendable (HTTPParseError) -> HTTPResponse)?
+        /// TLS from the first byte: called on the loop for each accepted
+        /// connection (nil from it: the connection is closed at once). nil: plain HTTP.
+        public var makeSecurity: (() -> HTTPConnectionSecurity?)?
 
         public init(address: SocketAddress, limits: HTTPParserLimits = HTTPParserLimits(),
                     idleTimeout: UInt64 = 10_000_000_000, maxConnections: Int = 32, keepAlive: Bool = true,
@@ -159,7 +162,16 @@ public final class ManagementServer<Loop: EventLoop> {
             }
             victim.close()
         }
-        let c = Connection(server: self, socket: accepted.socket, peer: accepted.peer, local: accepted.local)
+        var security: HTTPConnectionSecurity?
+        if let make = options.makeSecurity {
+            guard let s = make() else {
+                loop.close(accepted.socket)
+                return
+            }
+            security = s
+        }
+        let c = Connection(server: self, socket: accepted.socket, peer: accepted.peer, local: accepted.local,
+                           security: security)
         connections[accepted.socket.fd] = c
         c.begin()
     }
@@ -187,6 +199,8 @@ public final class ManagementServer<Loop: EventLoop> {
         var loop: Loop { server.loop }
         let receiveBuffer: UnsafeMutableRawBufferPointer
         var parser: HTTPRequestParser
+        /// TLS (`Options.makeSecurity`): received bytes go through it to the parser, responses are sealed by it.
+        let security: HTTPConnectionSecurity?
         /// Operations the loop still owns (receive, send); the buffer is freed at 0 after close.
         var outstanding = 0
         var receiving = false
@@ -196,8 +210,10 @@ public final class ManagementServer<Loop: EventLoop> {
         var idleTimer: TimerHandle?
         var lastActivity: UInt64 = 0
 
-        init(server: ManagementServer, socket: Socket, peer: SocketAddress, local: SocketAddress) {
+        init(server: ManagementServer, socket: Socket, peer: SocketAddress, local: SocketAddress,
+             security: HTTPConnectionSecurity?) {
             self.server = server
+            self.security = security
             self.socket = socket
             self.peer = peer
             self.local = local
@@ -245,13 +261,13 @@ public final class ManagementServer<Loop: EventLoop> {
                     answered = true
                     // Draining (shutdown): the answer is the connection's last.
                     let keep = keepAlive && !self.server.draining && !response.closesConnection
-                    self.send(response.serialize(keepAlive: keep, includeBody: !isHead), thenClose: !keep)
+                    self.respond(response.serialize(keepAlive: keep, includeBody: !isHead), thenClose: !keep)
                 }
             case .failure(let error)?:
                 busy = true
                 server.countError()
                 let response = server.options.parseErrorResponse?(error) ?? error.response
-                send(response.serialize(keepAlive: false), thenClose: true)
+                respond(response.serialize(keepAlive: false), thenClose: true)
             }
         }
 
@@ -270,9 +286,24 @@ public final class ManagementServer<Loop: EventLoop> {
                     processNext()
                 case .success(let n):
                     // No `lastActivity` update: the request must be complete
-                    // within idleTimeout, however slowly its bytes come.
-                    parser.feed(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]))
-                    processNext()
+                    // within idleTimeout, however slowly its bytes come (a
+                    // stalled TLS handshake included).
+                    let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
+                    guard let security else {
+                        parser.feed(bytes)
+                        processNext()
+                        return
+                    }
+                    let ok = security.receive(bytes) { parser.feed($0) }
+                    if security.peerClosed { peerClosed = true }
+                    let out = security.takeOutgoing()
+                    if !ok {
+                        // Nothing is answered in HTTP (a plaintext client cannot read it): the alert, then close.
+                        if out.isEmpty { close() } else { write(out) { [self] _ in close() } }
+                        return
+                    }
+                    if out.isEmpty { processNext(); return }
+                    write(out) { [self] sent in if sent { processNext() } else { close() } }
                 case .failure(let error):
                     if !error.isCancelled { server.onError?(error) }
                     close()
@@ -280,7 +311,24 @@ public final class ManagementServer<Loop: EventLoop> {
             }
         }
 
-        func send(_ bytes: [UInt8], thenClose: Bool) {
+        /// Sends a response (sealed first with TLS), then serves the next request or closes.
+        func respond(_ plaintext: [UInt8], thenClose: Bool) {
+            guard !closed else { return }
+            var bytes = plaintext
+            if let security {
+                guard let sealed = security.seal(plaintext, closing: thenClose) else { close(); return }
+                bytes = sealed
+            }
+            write(bytes) { [self] sent in
+                busy = false
+                lastActivity = loop.now
+                if sent && !thenClose { processNext() } else { close() }
+            }
+        }
+
+        /// Sends `bytes` whole; `done(true)` once sent, `done(false)` when the send failed
+        /// (not called when the connection closed meanwhile).
+        func write(_ bytes: [UInt8], _ done: @escaping (Bool) -> Void) {
             guard !closed else { return }
             let out = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
             bytes.withUnsafeBytes { out.copyMemory(from: $0) }
@@ -289,14 +337,12 @@ public final class ManagementServer<Loop: EventLoop> {
                 out.deallocate()
                 outstanding -= 1
                 if closed { releaseIfDone(); return }
-                busy = false
-                lastActivity = loop.now
                 switch result {
                 case .success:
-                    if thenClose { close() } else { processNext() }
+                    done(true)
                 case .failure(let error):
                     if !error.isCancelled { server.onError?(error) }
-                    close()
+                    done(false)
                 }
             }
         }

@@ -53,6 +53,9 @@ public struct SMTPServerConfiguration: Sendable {
     public var requireAuth: Bool = false
     /// Advertise and accept STARTTLS (the owner runs the handshake).
     public var startTLSEnabled: Bool = false
+    /// Advertise XVERP in the EHLO reply (Postfix's extension; MAIL FROM's
+    /// XVERP parameter is parsed either way, the owner decides what it may do).
+    public var advertiseXVERP: Bool = false
 
     public init(hostname: String = "localhost") {
         self.hostname = hostname

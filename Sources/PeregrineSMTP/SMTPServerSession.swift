@@ -391,6 +391,7 @@ public final class SMTPServerSession {
                      "ENHANCEDSTATUSCODES", "DSN"]
         if isAuthOffered { lines.append("AUTH PLAIN LOGIN") }
         if configuration.startTLSEnabled && !isTLSActive { lines.append("STARTTLS") }
+        if configuration.advertiseXVERP { lines.append("XVERP") }
         return SMTPReply(code: 250, lines: lines)
     }
 

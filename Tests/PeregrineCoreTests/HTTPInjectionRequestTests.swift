@@ -147,7 +147,10 @@ struct HTTPInjectionRequestTests {
             ("<api-key a>\nkey-hash nope\n</api-key>\n", "t.conf:2: "),
             ("<api-key a>\nkey-hash \(hash)\ndefault-virtual-mta nowhere\n</api-key>\n", "t.conf:3: "),
             ("<api-key a>\nkey-hash \(hash)\nmax-msg-rate fast\n</api-key>\n", "t.conf:3: "),
+            // TLS uses the injection listeners' certificate: without one, tls=yes cannot start.
             ("http-injection-listener 127.0.0.1:8025 tls=yes\n", "t.conf:1: "),
+            ("http-injection-listener 127.0.0.1:8025 tls=maybe\n", "t.conf:1: "),
+            ("http-injection-listener 127.0.0.1:8025 ssl=yes\n", "t.conf:1: "),
             ("http-injection-listener 127.0.0.1\n", "t.conf:1: "),
         ]
         for (text, prefix) in bad {

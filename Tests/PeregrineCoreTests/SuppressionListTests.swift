@@ -87,6 +87,52 @@ import PeregrineIO
         list.apply(.add, normalised: SuppressionKey.normalise(s)!, reason: r, time: 1_700_000_000)
     }
 
+    /// A tenant's recipient digests are the digests of the stored scoped
+    /// texts (`tenant SP entry`), and scopes never collide with each other or
+    /// with the global entry.
+    @Test func tenantDigestsMatchTheScopedTexts() {
+        func digest(_ bytes: [UInt8]) -> UInt64 { bytes.withUnsafeBytes { SuppressionKey.digest($0) } }
+        let acme = SuppressionKey.normaliseTenant("ACME")!
+        #expect(acme == Array("acme".utf8))
+        for bad in ["", "a b", "x\u{01}", "é", String(repeating: "t", count: 129)] {
+            #expect(SuppressionKey.normaliseTenant(bad) == nil, "\(bad.prefix(10)) was accepted")
+        }
+        for (rcpt, address, domain) in [("John@Example.COM", "john@example.com", "example.com"),
+                                        ("<x@y.example.>", "x@y.example", "y.example")] {
+            var r = rcpt
+            let scoped = r.withUTF8 { raw in acme.withUnsafeBytes { SuppressionKey.recipientDigests(UnsafeRawBufferPointer(raw), tenant: $0) } }
+            let global = r.withUTF8 { SuppressionKey.recipientDigests(UnsafeRawBufferPointer($0)) }
+            #expect(scoped?.address == digest(SuppressionKey.scoped(SuppressionKey.normalise(address)!, tenant: acme)))
+            #expect(scoped?.domain == digest(SuppressionKey.scoped(SuppressionKey.normalise(domain)!, tenant: acme)))
+            #expect(scoped?.address != global?.address && scoped?.domain != global?.domain)
+        }
+        let split = SuppressionKey.split(SuppressionKey.scoped(Array("a@b.example".utf8), tenant: acme))
+        #expect(split.tenant == "acme" && split.entry == "a@b.example")
+        #expect(SuppressionKey.split(Array("@b.example".utf8)).tenant == nil)
+    }
+
+    @Test func tenantEntriesMatchTheirScopeThenTheGlobalOnes() throws {
+        let path = tempLog("tenant")
+        let acme = SuppressionKey.normaliseTenant("acme")!, globex = SuppressionKey.normaliseTenant("globex")!
+        do {
+            let (list, _) = try SuppressionList.open(path: path)
+            list.apply(.add, normalised: SuppressionKey.scoped(SuppressionKey.normalise("a@x.example")!, tenant: acme), reason: .manual, time: 1)
+            list.apply(.add, normalised: SuppressionKey.scoped(SuppressionKey.normalise("blocked.example")!, tenant: globex),
+                       reason: .complaint, time: 1)
+            list.apply(.add, normalised: SuppressionKey.normalise("g@x.example")!, reason: .bounce, time: 1)
+            list.waitUntilDurable()
+        }
+        let (list, report) = try SuppressionList.open(path: path)
+        #expect(report.entries == 3)
+        #expect(list.match(recipient: "A@x.example", tenant: acme).map { "\($0.reason) \($0.scoped)" } == "manual true")
+        #expect(list.match(recipient: "a@x.example", tenant: globex) == nil)
+        #expect(list.match(recipient: "a@x.example", tenant: nil) == nil)
+        #expect(list.match(recipient: "g@x.example", tenant: acme).map { "\($0.reason) \($0.scoped)" } == "bounce false")
+        #expect(list.match(recipient: "q@Blocked.example", tenant: globex)?.reason == .complaint)
+        #expect(list.match(recipient: "q@blocked.example", tenant: acme) == nil)
+        #expect(list.reason(forRecipient: "a@x.example") == nil)
+    }
+
     @Test func changesSurviveReopening() throws {
         let path = tempLog("reopen")
         do {

@@ -17,6 +17,18 @@ import PeregrineSMTP
         #expect(h.send("HELO x\r\n") == "250 mx.test\r\n")
     }
 
+    /// XVERP is in the EHLO reply only when the owner offers it (Postfix's
+    /// smtpd_authorized_verp_clients; the daemon: sources that relay or VERP by default).
+    @Test func xverpIsAdvertisedOnlyWhenOffered() {
+        var c = SMTPServerConfiguration(hostname: "mx.test")
+        c.maxMessageSize = 1000
+        #expect(!ServerHarness(c).send("EHLO a\r\n").contains("XVERP"))
+        c.advertiseXVERP = true
+        let h = ServerHarness(c)
+        #expect(h.send("EHLO a\r\n") == "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 XVERP\r\n")
+        #expect(h.send("HELO a\r\n") == "250 mx.test\r\n")
+    }
+
     @Test func greetingPolicyCanRefuse() {
         let h421 = ServerHarness(decide: { r in r == .connection ? .reply(SMTPReply(421, "4.7.0", "Too many connections")) : .accept })
         #expect(h421.greeting == "421 4.7.0 Too many connections\r\n")

@@ -1,6 +1,7 @@
 import PeregrineIO
 import PeregrineConfig
 import PeregrineTLS
+import PeregrineSpool
 
 /// `<api-key NAME>`: a credential for the HTTP injection API and the rights it grants.
 ///
@@ -11,6 +12,8 @@ import PeregrineTLS
 ///         allowed-sender-domain shop.example, news.shop.example
 ///         max-msg-rate 1000/m                        # messages (one per recipient message)
 ///         max-rcpt-per-message 1000                  # recipients in one call
+///         verp-default yes                           # VERP every message, as in <source>
+///         tenant shop                                # its requests' tenant (suppression scope)
 ///         domain-key sel,shop.example,/etc/peregrine/shop.pem   # DKIM directives as in <source>
 ///     </api-key>
 ///
@@ -26,12 +29,20 @@ public struct APIKeySettings: Hashable, Sendable {
     public var allowedSenderDomains: [String] = []
     public var maxMsgRate: Rate = .unlimited
     public var maxRecipients = 1000
+    /// `verp-default yes`: every message this key injects is VERPed (one
+    /// recipient per transaction, the recipient in the return path), as
+    /// `verp-default` in a `<source>` does for SMTP clients.
+    public var verpDefault = false
+    /// `tenant NAME`: the tenant every request of this key is for (its
+    /// suppression scope, and X-Tenant-ID); a request naming another gets 403.
+    /// nil: the request's own `tenant` field, if any.
+    public var tenant: String?
     /// DKIM directives of this key's scope (first in the signer's scope list, as a `<source>`'s are).
     public var dkim = DKIMSettings()
     public var location: ConfigLocation?
 
     static let directiveNames = ["key-hash", "default-virtual-mta", "max-message-size", "allowed-sender-domain",
-                                 "max-msg-rate", "max-rcpt-per-message"] + DKIMSettings.directiveNames
+                                 "max-msg-rate", "max-rcpt-per-message", "verp-default", "tenant"] + DKIMSettings.directiveNames
 
     public init(name: String, secret: PasswordHash) { self.name = name; self.secret = secret }
 
@@ -76,6 +87,14 @@ public struct APIKeySettings: Hashable, Sendable {
                     key.maxMsgRate = try node.value(ConfigValue.rate)
                 case "max-rcpt-per-message":
                     key.maxRecipients = try node.integer(in: 1...100_000)
+                case "verp-default":
+                    key.verpDefault = try node.value(ConfigValue.bool)
+                case "tenant":
+                    let name = try node.singleArgument()
+                    guard SuppressionKey.normaliseTenant(name) != nil else {
+                        throw node.error("tenant: '\(name)' is not a tenant name (1-128 printable ASCII characters without spaces)")
+                    }
+                    key.tenant = name
                 default:
                     throw node.error("unknown directive '\(node.name)' in \(block.displayName)")
                 }
@@ -98,6 +117,9 @@ public struct APIKeySettings: Hashable, Sendable {
 public struct HTTPInjectionSettings: Hashable, Sendable {
     /// `http-injection-listener ADDRESS:PORT`: nil, no API.
     public var listener: SocketAddress?
+    /// `http-injection-listener ADDRESS:PORT tls=yes`: TLS from the first byte,
+    /// with `smtp-server-tls-certificate`/`-key` (the injection listeners' certificate).
+    public var tls = false
     /// `http-injection-max-request-size SIZE` (default 32M): a larger body gets 413 before it is read.
     public var maxRequestSize = 32 << 20
     /// `http-injection-timeout DURATION` (default 30s): a request must arrive
@@ -121,15 +143,18 @@ extension PeregrineConfig {
     mutating func applyHTTPInjectionGlobal(_ node: ConfigNode) throws(ConfigError) -> Bool {
         switch node.name {
         case "http-injection-listener":
-            let args = try node.arguments(count: 1...2, usage: "ADDRESS:PORT")
+            let args = try node.arguments(count: 1...2, usage: "ADDRESS:PORT [tls=yes|no]")
             let target = try node.parse(args[0], ConfigValue.hostPort)
             guard target.port != nil else {
                 throw node.error("http-injection-listener: expected ADDRESS:PORT, got '\(args[0])'")
             }
+            httpInjection.tls = false
             if args.count == 2 {
-                // Refused rather than accepted and served in clear text.
-                throw node.error("http-injection-listener: '\(args[1])' is not supported yet (the API listener "
-                                 + "serves plain HTTP; bind it to loopback or a private network, or put a TLS proxy in front)")
+                let option = args[1].lowercased()
+                guard option.hasPrefix("tls=") else {
+                    throw node.error("http-injection-listener: unknown option '\(args[1])' (expected tls=yes or tls=no)")
+                }
+                httpInjection.tls = try node.parse(String(option.dropFirst(4)), ConfigValue.bool)
             }
             httpInjection.listener = try node.parse(args[0]) { (_: String) throws(ConfigValueError) -> SocketAddress in
                 try target.socketAddress(defaultPort: 0)
@@ -163,6 +188,11 @@ extension PeregrineConfig {
 
     /// Cross-checks once the whole file is read: default-virtual-mta names a VMTA or pool.
     func checkHTTPInjection(nodes: [ConfigNode], diagnostics: inout ConfigDiagnostics) {
+        if httpInjection.tls, serverTLS == nil,
+           let node = nodes.last(where: { !$0.isBlock && $0.name == "http-injection-listener" }) {
+            // The same certificate as the SMTP listeners' STARTTLS: one place to renew it.
+            diagnostics.record(node.error("http-injection-listener tls=yes needs smtp-server-tls-certificate and smtp-server-tls-key"))
+        }
         for key in httpInjection.keys {
             guard let name = key.defaultVirtualMTA else { continue }
             if virtualMTA(named: name) == nil && pool(named: name) == nil {

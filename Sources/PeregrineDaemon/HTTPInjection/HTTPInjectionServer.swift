@@ -28,7 +28,7 @@ final class HTTPInjectionServer<Loop: EventLoop> {
 
     func start(settings: HTTPInjectionSettings, address: SocketAddress, reusePort: Bool) throws(IOError) {
         let limits = HTTPParserLimits(maxBodyBytes: settings.maxRequestSize)
-        let options = ManagementServer<Loop>.Options(
+        var options = ManagementServer<Loop>.Options(
             address: address, limits: limits, idleTimeout: settings.requestTimeout.nanoseconds,
             maxConnections: settings.maxConnections, keepAlive: true, reusePort: reusePort,
             parseErrorResponse: { error in
@@ -43,6 +43,13 @@ final class HTTPInjectionServer<Loop: EventLoop> {
                 }
                 return APIError(error.status, code, error.reason).response
             })
+        if settings.tls {
+            // The worker's context, swapped by a reload: new connections use renewed files.
+            options.makeSecurity = { [unowned self] in
+                guard let context = self.worker.serverTLSContext else { return nil }
+                return HTTPInjectionTLS(context: context)
+            }
+        }
         let s = ManagementServer(loop: worker.loop, options: options) { [unowned self] request, respond in
             self.handle(request, respond)
         }
@@ -175,7 +182,15 @@ final class HTTPInjectionServer<Loop: EventLoop> {
             guard ManagementRequestGuard.mediaType(request.header("Content-Type")) == "application/json" else {
                 throw APIError(415, "unsupported_media_type", "the body must be application/json")
             }
-            parsed = try HTTPInjectionRequest.parse(body: request.body, maxRecipients: key.maxRecipients)
+            var r = try HTTPInjectionRequest.parse(body: request.body, maxRecipients: key.maxRecipients)
+            // The key's tenant is the request's: its suppression scope and X-Tenant-ID.
+            if let keyTenant = key.tenant {
+                if let asked = r.tenant, asked.lowercased() != keyTenant.lowercased() {
+                    throw APIError(403, "tenant_not_allowed", "this key sends for tenant '\(keyTenant)' only", field: "tenant")
+                }
+                r.tenant = keyTenant
+            }
+            parsed = r
             result = .success(try prepare(parsed, key: key, peer: request.remoteAddress))
         } catch {
             respond(error.response)
@@ -189,9 +204,10 @@ final class HTTPInjectionServer<Loop: EventLoop> {
     /// to queue it. Refused recipients are listed in the response with status
     /// "rejected" and this reason; the rest are queued. No record here: the
     /// `s` record is written with the response, once the request succeeded.
-    func recipientRefusal(_ address: String, key: APIKeySettings) -> String? {
-        guard let reason = worker.daemon.suppression?.reason(forRecipient: address) else { return nil }
-        return Daemon<Loop>.suppressedReply(address, reason).lines.joined(separator: " ")
+    func recipientRefusal(_ address: String, tenant: String?) -> String? {
+        let scope = tenant.flatMap { SuppressionKey.normaliseTenant($0) }
+        guard let match = worker.daemon.suppression?.match(recipient: address, tenant: scope) else { return nil }
+        return Daemon<Loop>.suppressedReply(address, match.reason, tenant: match.scoped ? tenant : nil).lines.joined(separator: " ")
     }
 
     /// Everything short of the spool: rights, message bytes, DKIM, rate. Throws the first error.
@@ -219,7 +235,7 @@ final class HTTPInjectionServer<Loop: EventLoop> {
                            field: r.virtualMTA == nil ? nil : "virtual_mta")
         }
         // Which recipients are queued, and how they group into messages.
-        let accepted = r.recipients.indices.filter { recipientRefusal(r.recipients[$0].address, key: key) == nil }
+        let accepted = r.recipients.indices.filter { recipientRefusal(r.recipients[$0].address, tenant: r.tenant) == nil }
         var groups: [[Int]]
         var perRecipient = r.hasSubstitutions
         if case .structured(let c) = r.content, c.to.isEmpty { perRecipient = true }  // To: is each recipient
@@ -333,7 +349,7 @@ final class HTTPInjectionServer<Loop: EventLoop> {
                     }
                 } else {
                     let reason = worker.daemon.suppressionRefusal(recipient: rc.address, sender: r.sender,
-                                                                  peer: peerAddress.ip, srcType: "api")
+                                                                  peer: peerAddress.ip, srcType: "api", tenant: r.tenant)
                     item += [("status", .string("rejected")), ("reason", .string(reason ?? "refused"))]
                     rejected += 1
                 }
@@ -360,7 +376,7 @@ final class HTTPInjectionServer<Loop: EventLoop> {
                 sender: Array(r.sender.utf8),
                 recipients: p.recipients.map { SpoolRecipient(address: Array(r.recipients[$0].address.utf8)) },
                 vmta: Array(p.vmta.utf8), jobID: Array((r.jobID ?? "").utf8), envID: [], ret: .unspecified,
-                receivedAt: wallClockMilliseconds())
+                receivedAt: wallClockMilliseconds(), verp: key.verpDefault)
             p.body.withUnsafeBytes { body in
                 worker.accept(envelope: envelope, body: body, peer: peerAddress, pool: p.pool, smtpUser: user) { result in
                     switch result {

@@ -75,7 +75,7 @@ enum OpenAPIDocument {
           "content": {"$ref": "#/components/schemas/Content"},
           "job_id": {"type": "string", "maxLength": 128, "description": "Goes into the X-Job header and the accounting records' jobId."},
           "campaign": {"type": "string", "maxLength": 128, "description": "Added as X-Campaign-ID."},
-          "tenant": {"type": "string", "maxLength": 128, "description": "Added as X-Tenant-ID."},
+          "tenant": {"type": "string", "maxLength": 128, "description": "Added as X-Tenant-ID; the suppression scope (the tenant's entries, then the global ones). A key with its own tenant sets it; naming another gets 403 tenant_not_allowed."},
           "virtual_mta": {"type": "string", "description": "A <virtual-mta> or <virtual-mta-pool>; default the key's default-virtual-mta."},
           "dkim": {"type": "boolean", "description": "false: do not DKIM-sign. Default: sign as configured."}
         }

@@ -111,6 +111,23 @@ package final class SuppressionList: @unchecked Sendable {
         return a.withUTF8 { reason(forRecipient: UnsafeRawBufferPointer($0)) }
     }
 
+    /// For mail of `tenant` (a `SuppressionKey.normaliseTenant` form; nil:
+    /// no tenant): the tenant's own entries first (`scoped` true), then the
+    /// global ones. Four digests, one lock: still O(1) per recipient.
+    package func match(recipient address: String, tenant: [UInt8]?) -> (reason: SuppressionReason, scoped: Bool)? {
+        var a = address
+        return a.withUTF8 { raw -> (reason: SuppressionReason, scoped: Bool)? in
+            let bytes = UnsafeRawBufferPointer(raw)
+            guard let g = SuppressionKey.recipientDigests(bytes) else { return nil }
+            let t = tenant.flatMap { t in t.withUnsafeBytes { SuppressionKey.recipientDigests(bytes, tenant: $0) } }
+            return lock.withLock { () -> (reason: SuppressionReason, scoped: Bool)? in
+                if let t, let r = table.reason(t.address) ?? table.reason(t.domain) { return (r, true) }
+                if let r = table.reason(g.address) ?? table.reason(g.domain) { return (r, false) }
+                return nil
+            }
+        }
+    }
+
     /// Adds (`.add`) or removes (`.remove`) a normalised entry (see
     /// `SuppressionKey.normalise`). The table changes now; `durable` runs
     /// on the writer thread once the record is fsynced (or with the error).
@@ -238,7 +255,7 @@ package final class SuppressionList: @unchecked Sendable {
     /// The entries in the order they were first added, read back from the
     /// log (memory holds digests only); at most `limit`, skipping the first
     /// `offset`. Runs on the writer thread after pending changes are written.
-    package func entries(offset: Int = 0, limit: Int,
+    package func entries(offset: Int = 0, limit: Int, including: ((UnsafeRawBufferPointer) -> Bool)? = nil,
                          _ done: @escaping (Result<[(text: String, reason: SuppressionReason, time: Int64)], IOError>) -> Void) {
         sync { [self] _ in
             // On the writer queue: the file does not change under the scan.
@@ -247,7 +264,7 @@ package final class SuppressionList: @unchecked Sendable {
             let emitted = SuppressionTable()
             do {
                 _ = try SuppressionLog.scan(fd: fd) { record in
-                    guard record.op == .add, out.count < limit else { return }
+                    guard record.op == .add, out.count < limit, including?(record.text) ?? true else { return }
                     let digest = SuppressionKey.digest(record.text)
                     guard !emitted.contains(digest), let reason = lock.withLock({ table.reason(digest) }) else { return }
                     emitted.insert(digest, reason: reason)
