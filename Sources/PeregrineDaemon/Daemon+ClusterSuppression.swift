@@ -16,7 +16,7 @@ extension Daemon {
     /// An entry read from the cluster's stream (worker 0's loop). The list's
     /// writer makes it durable like any other change.
     func applyClusterSuppression(_ op: RedisSuppressionSync<Loop>.Op, _ text: [UInt8], _ reason: UInt8, _ time: Int64) {
-        guard let list = suppression, SuppressionKey.normalise(String(decoding: text, as: UTF8.self)) == text else { return }
+        guard let list = suppression, SuppressionKey.isStoredForm(text) else { return }
         list.apply(op == .add ? .add : .remove, normalised: text, reason: SuppressionReason(rawValue: reason) ?? .manual, time: time)
     }
 }

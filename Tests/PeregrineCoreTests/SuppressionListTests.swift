@@ -109,6 +109,11 @@ import PeregrineIO
         let split = SuppressionKey.split(SuppressionKey.scoped(Array("a@b.example".utf8), tenant: acme))
         #expect(split.tenant == "acme" && split.entry == "a@b.example")
         #expect(SuppressionKey.split(Array("@b.example".utf8)).tenant == nil)
+        // What a cluster node accepts from another: stored forms only.
+        #expect(SuppressionKey.isStoredForm(Array("acme a@b.example".utf8)) && SuppressionKey.isStoredForm(Array("@b.example".utf8)))
+        for bad in ["ACME a@b.example", "acme A@b.example", "acme  a@b.example", " a@b.example", "acme ", "a b c@d.example"] {
+            #expect(!SuppressionKey.isStoredForm(Array(bad.utf8)), "\(bad) was accepted")
+        }
     }
 
     @Test func tenantEntriesMatchTheirScopeThenTheGlobalOnes() throws {

@@ -30,6 +30,15 @@ extension SuppressionKey {
         return tenant + [0x20] + entry
     }
 
+    /// Whether `text` is a stored entry as this node would write it: a normal
+    /// form, or a tenant's normal form, a space and a normal form (a text
+    /// from another cluster node is checked before it is applied).
+    package static func isStoredForm(_ text: [UInt8]) -> Bool {
+        guard let space = text.firstIndex(of: 0x20) else { return normalise(String(decoding: text, as: UTF8.self)) == text }
+        let tenant = String(decoding: text[..<space], as: UTF8.self), entry = Array(text[(space + 1)...])
+        return normaliseTenant(tenant) == Array(text[..<space]) && normalise(String(decoding: entry, as: UTF8.self)) == entry
+    }
+
     /// A stored text split into its tenant (nil: global) and its entry.
     package static func split(_ text: some Collection<UInt8>) -> (tenant: String?, entry: String) {
         let bytes = Array(text)
