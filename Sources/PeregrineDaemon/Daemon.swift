@@ -81,8 +81,18 @@ public final class Daemon<Loop: EventLoop> {
     private var forcing = false
     private let exited = DispatchSemaphore(value: 0)
     private var pendingStops = 0
-    /// Loops still draining (shutdown phase 1); the spools are flushed when it reaches 0.
-    private var pendingDrains = 0
+    /// Loops that finished shutdown phase 1 (see `shutdown`); the spools are
+    /// flushed once every loop is here or in `deadLoops`.
+    private var drainedLoops: Set<Int> = []
+    /// Phase 2 (flush and stop) was posted.
+    private var flushPosted = false
+    /// Loops whose `run()` returned without being asked (`loopReturned`): they
+    /// run no more work, so shutdown neither waits for their drain nor posts
+    /// them a flush (which would never run and hold the exit until the
+    /// forced-stop `_exit`, with the live loops' spools unflushed).
+    private var deadLoops: Set<Int> = []
+    /// Loops the daemon asked to stop (their return is expected).
+    private var stopsAsked: Set<Int> = []
     private let lock = Locked<Void>()
     /// One reload at a time (SIGHUP and POST /reload may race), so every loop
     /// receives the reloads in the same order.
@@ -174,6 +184,11 @@ public final class Daemon<Loop: EventLoop> {
         log("starting (pid \(getpid()), config \(options.configPath))")
         defer { logFile?.close() }
         for warning in config.warnings { log("warning: \(warning)") }
+        let testFault: DaemonTestFault?
+        switch DaemonTestFault.fromEnvironment() {
+        case .success(let f): testFault = f
+        case .failure(let unknown): log("\(unknown)"); return 1
+        }
         guard case .success(let privileges) = planPrivileges() else { return 1 }
         let spoolDir = config.spoolPath
         do {
@@ -240,12 +255,12 @@ public final class Daemon<Loop: EventLoop> {
         let setupFailures = setupErrors.withLock { $0 }
         if !setupFailures.isEmpty {
             for e in setupFailures { log(e) }
-            for w in workers { w.loop.stop() }
+            stopLoops()
             return 1
         }
         // Listeners bound and files open as root: now run-as-user (Daemon+Privileges.swift).
         if let privileges, !dropPrivileges(privileges) {
-            for w in workers { w.loop.stop() }
+            stopLoops()
             return 1
         }
         // Cluster limits first: each loop runs the hand-offs in order, so the
@@ -256,7 +271,7 @@ public final class Daemon<Loop: EventLoop> {
             w.loop.execute { [self] in self.requeueRecovered(on: w, recovered: recovered) }
         }
         guard installSignalHandlers() else {
-            for w in workers { w.loop.stop() }
+            stopLoops()
             return 1
         }
         let addresses = workers.first?.listenerAddresses.map(\.description).joined(separator: ", ") ?? ""
@@ -264,6 +279,7 @@ public final class Daemon<Loop: EventLoop> {
         if let m = management?.boundAddress { line += ", management on \(m)" }
         log(line)
         if let api = workers.first?.httpInjection?.boundAddress { log("http injection API listening on \(api)") }
+        if let testFault { inject(testFault) }
         exited.wait()
         webhooks?.stop()
         accounting.close()
@@ -280,14 +296,23 @@ public final class Daemon<Loop: EventLoop> {
     /// it says so and shuts down (bounded by `shutdown-timeout`), exiting 1,
     /// rather than running on half-dead or vanishing without a word.
     private func loopReturned(_ index: Int) {
-        let unexpected = lock.withLock { () -> Bool in
-            if shuttingDown { return false }
+        // nil: asked to stop; else whether shutdown had begun already.
+        let unexpected = lock.withLock { () -> Bool? in
+            if stopsAsked.contains(index) { return nil }
             loopFailed = true
-            return true
+            deadLoops.insert(index)
+            return shuttingDown
         }
-        if unexpected {
+        switch unexpected {
+        case false?:
             log("loop \(index) stopped without a shutdown (its \(Loop.kind) backend returned from run()); shutting down")
             DispatchQueue.global().async { [self] in shutdown(reason: "loop \(index) failed") }
+        case true?:
+            // Mid-shutdown: the others need not wait for its drain any more.
+            log("loop \(index) stopped during the shutdown without being asked (its \(Loop.kind) backend returned from run())")
+            postFlushIfDrained()
+        case nil:
+            break
         }
         loopExited()
     }
@@ -403,20 +428,22 @@ public final class Daemon<Loop: EventLoop> {
         // Phase 2 is posted with `execute` after every phase-1 post (the drain
         // count is taken under `lock`), and a loop runs posted work in submission
         // order, so the flush covers every outcome.
-        lock.withLock { pendingDrains = workers.count }
-        for w in workers {
+        let live = lock.withLock { workers.filter { !deadLoops.contains($0.index) } }
+        for w in live {
             w.loop.execute { [self] in
                 w.stopListening()
                 if w.index == 0 { management?.stop() }
                 let remaining = LoopConfined(2)
                 let step = {
                     remaining.value -= 1
-                    if remaining.value == 0 { self.loopDrained() }
+                    if remaining.value == 0 { self.loopDrained(w.index) }
                 }
                 w.finishInjections(step)
                 w.engine.shutdown(step)
             }
         }
+        // Every loop dead already: nothing will report a drain.
+        postFlushIfDrained()
         let nanoseconds = UInt64(max(0, deadline.components.seconds)) * 1_000_000_000
             + UInt64(max(0, deadline.components.attoseconds / 1_000_000_000))
         DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanoseconds, UInt64(Int.max))))) { [self] in
@@ -454,20 +481,38 @@ public final class Daemon<Loop: EventLoop> {
 
     /// Phase 1 of shutdown is over on one loop (no injection, no delivery left
     /// on it); the last one starts phase 2 on every loop.
-    private func loopDrained() {
-        let last = lock.withLock { () -> Bool in
-            pendingDrains -= 1
-            return pendingDrains == 0
+    private func loopDrained(_ index: Int) {
+        lock.withLock { _ = drainedLoops.insert(index) }
+        postFlushIfDrained()
+    }
+
+    /// Starts phase 2 once every loop has drained or died (a dead loop, see
+    /// `deadLoops`, never reports a drain); once.
+    private func postFlushIfDrained() {
+        let live = lock.withLock { () -> [LoopWorker<Loop>]? in
+            guard shuttingDown, !flushPosted,
+                  workers.allSatisfy({ drainedLoops.contains($0.index) || deadLoops.contains($0.index) }) else { return nil }
+            flushPosted = true
+            return workers.filter { !deadLoops.contains($0.index) }
         }
-        guard last else { return }
-        for w in workers {
+        for w in live ?? [] {
             w.loop.execute { [self] in flushAndStop(w) }
         }
     }
 
+    /// Stops every loop (start-up failed after they were created): their return is expected.
+    private func stopLoops() {
+        for w in workers { stop(w) }
+    }
+
+    private func stop(_ w: LoopWorker<Loop>) {
+        lock.withLock { _ = stopsAsked.insert(w.index) }
+        w.loop.stop()
+    }
+
     private func flushAndStop(_ w: LoopWorker<Loop>) {
         var remaining = w.spools.count
-        if remaining == 0 { w.loop.stop(); return }
+        if remaining == 0 { stop(w); return }
         for spool in w.spools.values {
             spool.flush { [self] result in
                 if case .failure(let e) = result, spool.pendingOutcomeCount > 0 {
@@ -476,7 +521,7 @@ public final class Daemon<Loop: EventLoop> {
                         + "(\(e)); their recipients will be delivered again after a restart")
                 }
                 remaining -= 1
-                if remaining == 0 { w.loop.stop() }
+                if remaining == 0 { stop(w) }
             }
         }
     }
