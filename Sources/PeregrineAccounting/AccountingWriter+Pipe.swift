@@ -42,40 +42,18 @@ final class AccountingPipe {
         _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
         _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
         _ = fcntl(writeEnd, F_SETFL, fcntl(writeEnd, F_GETFL) | O_NONBLOCK)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, readEnd, 0)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        // The daemon ignores SIGPIPE and handles SIGTERM/SIGHUP/SIGINT itself: the program gets the defaults.
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for sig in [SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGCHLD] { sigaddset(&defaults, sig) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-        let argv: [UnsafeMutablePointer<CChar>?] = [strdup(program), nil]
-        defer { for a in argv { free(a) } }
-        var child: pid_t = 0
-        var rc = posix_spawn(&child, program, &actions, &attr, argv, environ)
-        // ETXTBSY: the program file is still open for writing somewhere (just
-        // installed, or inherited by a child forked meanwhile); it passes quickly.
-        var retries = 0
-        while rc == ETXTBSY && retries < 25 {
-            usleep(20_000)
-            retries += 1
-            rc = posix_spawn(&child, program, &actions, &attr, argv, environ)
-        }
+        // Posix.spawn gives the program an empty signal mask and default dispositions.
+        let spawned = Posix.spawn(program, stdin: readEnd)
         Glibc.close(readEnd)
         lastStart = monotonicNanoseconds()
         starts += 1
-        guard rc == 0 else {
+        let child: pid_t
+        switch spawned {
+        case .success(let p): child = p
+        case .failure(let e):
             Glibc.close(writeEnd)
-            return rc
+            if case .errno(let code) = e.kind { return code }
+            return EINVAL
         }
         fd = writeEnd
         pid = child

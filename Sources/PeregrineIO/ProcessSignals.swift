@@ -13,8 +13,8 @@ import Glibc
 /// once it runs, instead of killing it with the default action before the
 /// handlers exist; and the handler is ordinary code on a known thread, not
 /// something that must be async-signal-safe. Children must not inherit the
-/// mask: whoever spawns one resets it (the accounting pipe does, with
-/// `posix_spawnattr_setsigmask`).
+/// mask: every program is started with `Posix.spawn`, which resets it (and
+/// the dispositions) in the child.
 public enum ProcessSignals {
     /// Blocks `signals` in the calling thread (and every thread it starts later).
     public static func block(_ signals: [Int32]) {
