@@ -61,11 +61,8 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
                                         "recipient address must have a domain"))
             }
             // A login's rights are in `source` (see InjectionHandler+Auth); relay-domain is open to every client.
-            if !source.alwaysAllowRelaying
-                && !worker.policies.config.isRelayDomain(rcpt.forwardPath[rcpt.forwardPath.index(after: at)...]) {
-                return .reply(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1),
-                                        "relaying denied for \(peer.ip)"))
-            }
+            // Judged on the address the mail will go to: after the source's rcpt-to rewriting.
+            if !source.alwaysAllowRelaying, let refusal = relayRefusal(rcpt.forwardPath) { return .reply(refusal) }
             if let refusal = suppressionRefusal(session, rcpt.forwardPath) { return .reply(refusal) }
             return .accept
         case .endOfData:
