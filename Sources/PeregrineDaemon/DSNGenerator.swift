@@ -29,9 +29,6 @@ final class DSNGenerator<Loop: EventLoop> {
     /// Reports made, and reports not made because a sender was over the rate.
     private(set) var generated: UInt64 = 0
     private(set) var rateLimited: UInt64 = 0
-    /// Recipients that were sent their one delay notice, until their message completes.
-    private struct DelayKey: Hashable { var id: MessageID; var recipient: Int }
-    private var delayNotified: Set<DelayKey> = []
     private(set) var delayNotices: UInt64 = 0
 
     init(worker: LoopWorker<Loop>) { self.worker = worker }
@@ -59,21 +56,20 @@ final class DSNGenerator<Loop: EventLoop> {
     /// A deferral: once the recipient has waited `notify-of-delay-every`
     /// since queueing, its one delay notice (RFC 3464 `Action: delayed`) if
     /// NOTIFY allows DELAY (RFC 3461: no NOTIFY means FAILURE,DELAY), never to
-    /// the null sender. Remembered in memory only (the spool keeps no record
-    /// per notice): after a restart a recipient still deferred may get a
-    /// second one.
+    /// the null sender. Remembered across restarts (`Daemon.delayNoticeMarks`,
+    /// the spool's `delay-notices` file): a restart sends no second one.
     func delayed(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
                  connection: DeliveryAttemptInfo?) {
         guard let after = queue.policy.notifyOfDelayEvery else { return }
         let now = wallClockSeconds()
         guard now - message.receivedAtWall >= after.components.seconds else { return }
-        let key = DelayKey(id: message.id, recipient: recipient)
-        guard !delayNotified.contains(key) else { return }
+        let marks = worker.daemon.delayNoticeMarks
+        guard !marks.contains(message.id, recipient: recipient) else { return }
         let rcpt = message.recipients[recipient]
         guard Self.isDue(.delayed, notify: rcpt.notify, sender: message.sender, deliverLocalDSN: queue.policy.deliverLocalDSN)
         else { return }
         if worker.daemon.suppression?.reason(forRecipient: message.sender) != nil { return }
-        delayNotified.insert(key)
+        marks.mark(message.id, recipient: recipient)
         delayNotices += 1
         let entry = DeliveryStatusReport.Recipient(
             finalRecipient: rcpt.address, originalRecipient: rcpt.orcpt, action: .delayed, reply: reply,
@@ -83,8 +79,7 @@ final class DSNGenerator<Loop: EventLoop> {
 
     /// The message is done (every recipient final): forget its delay notices.
     func completed(_ message: QueuedMessage) {
-        guard !delayNotified.isEmpty else { return }
-        for r in message.recipients.indices { delayNotified.remove(DelayKey(id: message.id, recipient: r)) }
+        worker.daemon.delayNoticeMarks.forget(message.id, recipients: message.recipients.count)
     }
 
     private func enqueue(_ message: QueuedMessage, _ recipient: Int, _ state: RecipientState?,
@@ -157,7 +152,15 @@ final class DSNGenerator<Loop: EventLoop> {
     }
 
     private func recordOutcomes(_ batch: Pending) {
-        for e in batch.entries { if let state = e.state { worker.outcome(batch.message, e.index, state) } }
+        for e in batch.entries {
+            if let state = e.state {
+                worker.outcome(batch.message, e.index, state)
+            } else {
+                // A delay notice, spooled (or given up): the mark goes to disk only now, so a
+                // crash before the report was durable makes it again rather than never.
+                worker.daemon.delayNoticeMarks.persist(batch.message.id, recipient: e.index)
+            }
+        }
     }
 
     private func make(_ batch: Pending) {

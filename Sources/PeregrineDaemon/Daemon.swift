@@ -65,6 +65,9 @@ public final class Daemon<Loop: EventLoop> {
     var managementGuard = ManagementRequestGuard(token: nil)
     /// The cluster's shared state (cluster-redis), on worker 0's loop; nil: not a cluster (Daemon+Cluster.swift).
     var cluster: RedisClusterCoordinator<Loop>?
+    /// Recipients sent their delay notice (DelayNoticeMarks.swift): loaded from the
+    /// spool in `run()` before any loop reads it.
+    private(set) var delayNoticeMarks = DelayNoticeMarks()
     /// The suppression list (Daemon+Suppression.swift): set once in `run()` before any loop reads it.
     var suppression: SuppressionList?
     private var loopGroup: LoopGroup<Loop>?
@@ -220,6 +223,8 @@ public final class Daemon<Loop: EventLoop> {
             log("spool recovery failed: \(e)")
             return 1
         }
+        delayNoticeMarks = DelayNoticeMarks(spoolDirectory: spoolDir, live: Set(recovered.flatMap { $0.messages.map(\.id) }),
+                                            report: { [self] in log($0) })
         guard startWebhooks() else { return 1 }
         let n = max(1, options.threads)
         let group: LoopGroup<Loop>
