@@ -184,6 +184,8 @@ public final class Daemon<Loop: EventLoop> {
     /// Runs until SIGTERM/SIGINT; returns the exit status.
     public func run() -> Int32 {
         Posix.ignoreSIGPIPE()
+        // Before any connection can use up the descriptors libdispatch needs (DispatchWarmUp says why).
+        DispatchWarmUp.now()
         log("starting (pid \(getpid()), config \(options.configPath))")
         defer { logFile?.close() }
         for warning in config.warnings { log("warning: \(warning)") }
