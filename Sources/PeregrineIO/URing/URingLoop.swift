@@ -84,7 +84,13 @@ public final class URingLoop: EventLoop {
     static let ringEntries: UInt32 = 4096
     static let cqEntries: UInt32 = 16384
 
-    public init() throws(IOError) {
+    public convenience init() throws(IOError) {
+        try self.init(ringEntries: Self.ringEntries, cqEntries: Self.cqEntries)
+    }
+
+    /// A loop with rings of the given sizes (tests drive a full SQ and CQ
+    /// overflow with tiny ones; the kernel clamps what it cannot give).
+    init(ringEntries: UInt32, cqEntries: UInt32) throws(IOError) {
         Posix.ignoreSIGPIPE()
         let ring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
         ring.initialize(to: io_uring())
@@ -99,8 +105,8 @@ public final class URingLoop: EventLoop {
             var params = io_uring_params()
             params.flags = extra | PEREGRINE_IORING_SETUP_R_DISABLED | PEREGRINE_IORING_SETUP_CQSIZE
                 | PEREGRINE_IORING_SETUP_CLAMP
-            params.cq_entries = Self.cqEntries
-            let rc = io_uring_queue_init_params(Self.ringEntries, ring, &params)
+            params.cq_entries = max(cqEntries, ringEntries)
+            let rc = io_uring_queue_init_params(ringEntries, ring, &params)
             if rc == 0 { accepted = params.flags; break }
             lastError = -rc
             if lastError != EINVAL { break }   // only a flag refusal is worth another try
@@ -228,7 +234,15 @@ public final class URingLoop: EventLoop {
 
     private func armWakeRead() {
         let index = slots.allocate(.wake, fd: wakeFD, completion: .none)
-        guard let sqe = nextSQE() else { _ = slots.release(index); return }
+        guard let sqe = nextSQE() else {
+            _ = slots.release(index)
+            // SQ full and the kernel refused the flush (CQ overflow: EBUSY): without
+            // the read, execute() and stop() from other threads would go unnoticed
+            // until some other completion or timer came (never, on an idle loop).
+            // Retried next turn, which does not wait while `deferred` is non-empty.
+            deferred.append { [unowned self] in armWakeRead() }
+            return
+        }
         io_uring_prep_read(sqe, wakeFD, wakeBuffer, UInt32(MemoryLayout<UInt64>.size), 0)
         sqe.pointee.user_data = slots.userData(index)
     }
