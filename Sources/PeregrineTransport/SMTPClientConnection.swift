@@ -23,9 +23,12 @@ import PeregrineSMTP
 /// - unsent output (`unsentOutputBytes`): the send buffer holds at most one
 ///   transaction (its commands, at most max-rcpt-per-transaction RCPTs, and
 ///   its body dot-stuffed, which the handler bounds by the message size);
-///   behind a send in flight the session's output may grow only to
-///   `maxPendingOutput`: beyond it reading stops until the send completes,
-///   so no reply produces more. A receiver that stops reading stalls the
+///   behind a send in flight, once the session's output passes
+///   `maxPendingOutput`, reading stops until the send completes. Not yet
+///   bounded: the replies of one receive (16 KiB) that a receiver sent early
+///   for pipelined transactions it never read can complete several messages
+///   whose bodies all queue behind that send (branch `transport-bound` holds
+///   the fix in progress). A receiver that stops reading stalls the
 ///   send; the session's timers (`data-send-timeout` for the body until the
 ///   socket took it, the reply timeouts otherwise) end the session, and a
 ///   session that timed out closes the socket with that send still in
