@@ -1,6 +1,7 @@
-// PeregrineTransport: SMTP over an EventLoop. The server connection drives
-// an `SMTPServerSession` and asks its handler for policy; the client TLS glue
-// drives STARTTLS for any `SMTPClientSession` owner. Connections own the socket,
-// buffers, timers, TLS and limits; handlers hold policy.
+// PeregrineTransport: SMTP over an EventLoop, as a connection + handler pair
+// on both sides. `SMTPServerConnection` drives an `SMTPServerSession` (the
+// daemon's injection, the sink); `SMTPClientConnection` drives an
+// `SMTPClientSession` (the engine's deliveries, the loadgen, the tests).
+// Connections own the socket, buffers, timers, TLS and limits; handlers hold policy.
 // Imports: PeregrineIO, PeregrineSMTP, PeregrineTLS. Never touches: the spool,
 // queues, accounting.

@@ -1,172 +1,364 @@
 import PeregrineIO
 import PeregrineSMTP
 
-/// One message for `SMTPClientConnection`: the envelope and the body bytes
-/// (any line ends; the session CRLF-normalises and dot-stuffs them).
-public struct SMTPOutgoingMessage: Sendable {
-    public var envelope: SMTPClientEnvelope
-    public var body: [UInt8]
-    public init(envelope: SMTPClientEnvelope, body: [UInt8]) { self.envelope = envelope; self.body = body }
-}
-
-/// Connects (optionally from a source IP) and drives an `SMTPClientSession`:
-/// asks `nextMessage` for each message while the connection is usable,
-/// reports every result through `onResult`, QUITs when `nextMessage`
-/// returns nil, and reports the end through `onClose`. Per-phase timeouts
-/// are armed on the loop's timers as the session asks.
-public final class SMTPClientConnection<Loop: EventLoop> {
+/// Drives an `SMTPClientSession` over a socket: the one client glue of the
+/// engine's delivery connections, the loadgen and the tests. It connects
+/// (optionally from a source IP), receives into one owned buffer, writes the
+/// session's commands and the body from one owned send buffer, arms the
+/// session's per-phase timers on the loop, runs the STARTTLS steps of `tls`,
+/// and closes. The `handler` decides: which message, which body, what a
+/// result or a close means (`SMTPClientConnectionHandler`).
+///
+/// Ownership: the handler owns the connection and outlives it
+/// (`handler` is `unowned(unsafe)`, no reference counting per event); the
+/// handler keeps it until `clientConnectionDidFinish`, after which no
+/// callback of the loop refers to it. Completion closures are created once.
+///
+/// Memory ceiling (principle 8), whatever the receiver does:
+/// - fixed: the receive buffer (16 KiB); with TLS two buffers of
+///   `SMTPClientTLS` (16 + 64 KiB) plus OpenSSL's record buffers;
+/// - input: the reply parser holds at most one over-long line before the
+///   session calls it a protocol error; a reply nobody asked for is one too,
+///   so a receiver flooding replies gains nothing;
+/// - unsent output (`unsentOutputBytes`): the send buffer holds at most one
+///   transaction (its commands, at most max-rcpt-per-transaction RCPTs, and
+///   its body dot-stuffed, which the handler bounds by the message size);
+///   behind a send in flight, once the session's output passes
+///   `maxPendingOutput`, reading stops until the send completes. Not yet
+///   bounded: the replies of one receive (16 KiB) that a receiver sent early
+///   for pipelined transactions it never read can complete several messages
+///   whose bodies all queue behind that send (branch `transport-bound` holds
+///   the fix in progress). A receiver that stops reading stalls the
+///   send; the session's timers (`data-send-timeout` for the body until the
+///   socket took it, the reply timeouts otherwise) end the session, and a
+///   session that timed out closes the socket with that send still in
+///   flight (it would never complete).
+public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConnectionHandler> {
     public let loop: Loop
-    public let session: SMTPClientSession
-    public private(set) var socket: Socket?
-    /// The next message to send, or nil to QUIT.
-    public var nextMessage: () -> SMTPOutgoingMessage? = { nil }
-    public var onResult: (SMTPMessageResult) -> Void = { _ in }
-    /// Called once at the end (connect failures become `.connectionLost`).
-    public var onClose: (SMTPClientCloseReason) -> Void = { _ in }
-    /// STARTTLS policy and state (nil: plain text only). Set before `connect`.
+    public unowned(unsafe) let handler: Handler
+    public private(set) var session: SMTPClientSession
+    /// STARTTLS policy and state (nil: plain text only). Set before the
+    /// session starts (at the latest in `clientConnectionDidConnect`).
     public var tls: SMTPClientTLS?
-    /// Called once the TLS handshake has completed.
-    public var onTLSEstablished: ((SMTPClientConnection<Loop>) -> Void)?
+    /// No session timer is armed for longer than this (ns): the loadgen's `--timeout`.
+    public var timeoutCeiling: UInt64 = .max
+    /// Session output allowed to wait behind a send in flight before reading pauses.
+    public var maxPendingOutput = 64 * 1024
+    /// The socket while connected (the handler reads it for logs only).
+    public private(set) var socket: Socket?
+    /// The session's end, once it ended.
+    public private(set) var closeReason: SMTPClientCloseReason?
+    /// The socket is closed (or the connect was cancelled); `renew()` reopens.
+    public private(set) var isClosed = false
+    /// The highest `unsentOutputBytes` seen (checked after every receive).
+    public private(set) var peakUnsentOutputBytes = 0
 
     private let receiveBuffer: UnsafeMutableRawBufferPointer
-    private var sendBuffer = ByteBuffer(capacity: 4096)
-    private var currentBody: [UInt8] = []
+    /// Bytes for the socket: the session's commands and, written straight in
+    /// by the session (no copy through its output), the dot-stuffed body.
+    /// Not empty while `!sending` only between a body write and the `flush`
+    /// that follows it in the same `pump`; cleared when a send completes.
+    private let sendBuffer = OwnedBuffer(capacity: 4096)
+    /// Takes the session's output (by swap: no allocation) before it is copied after the body.
+    private var pendingOutput = ByteBuffer(capacity: 1024)
+    /// The body of the current `.sendBody` goes through `session.output`
+    /// (over TLS, or while a send is in flight: the send buffer is the loop's).
+    private var bodyThroughOutput = false
+    private var connecting = false
     private var receiving = false
     private var sending = false
-    private var closed = false
-    private var reported = false
+    /// The session ended; the socket closes once the last send completed.
+    private var closing = false
+    /// `quit()`/`abandon(_:)` while connecting: close as soon as the connect completes.
+    private var cancelConnect = false
+    private var finished = false
+    /// Nesting of entry points, so that `clientConnectionDidFinish` comes only
+    /// once the outermost one returns (the handler may renew the connection there).
+    private var depth = 0
     private var timer: TimerHandle?
-    private var reason: SMTPClientCloseReason?
+    private var onConnect: ((Result<Socket, IOError>) -> Void)!
     private var onReceive: ((Result<Int, IOError>) -> Void)!
-    private var onSend: ((Result<Void, IOError>) -> Void)!
+    private var onSent: ((Result<Void, IOError>) -> Void)!
     private var onTimer: (() -> Void)!
-    private var keepAlive: SMTPClientConnection<Loop>?
+    private var onLingerOver: (() -> Void)!
 
-    public init(loop: Loop, configuration: SMTPClientConfiguration, receiveBufferSize: Int = 16384) {
+    public init(loop: Loop, configuration: SMTPClientConfiguration, handler: Handler, receiveBufferSize: Int = 16384) {
         self.loop = loop
+        self.handler = handler
         self.session = SMTPClientSession(configuration: configuration)
         receiveBuffer = .allocate(byteCount: receiveBufferSize, alignment: 16)
+        onConnect = { [unowned self] r in self.connected(r) }
         onReceive = { [unowned self] r in self.received(r) }
-        onSend = { [unowned self] r in self.sent(r) }
-        onTimer = { [unowned self] in self.timer = nil; self.session.timedOut(); self.pump() }
+        onSent = { [unowned self] r in self.sent(r) }
+        onTimer = { [unowned self] in
+            self.enter(); defer { self.leave() }
+            self.timer = nil
+            self.session.timedOut()
+            self.pump()
+        }
+        onLingerOver = { [unowned self] in
+            self.enter(); defer { self.leave() }
+            self.timer = nil
+            self.closeSocket()
+        }
     }
 
     deinit { receiveBuffer.deallocate() }
 
+    /// Operations whose callbacks are still to come (the handler must keep the connection until none is).
+    public var hasOperationsInFlight: Bool { connecting || receiving || sending }
+
+    /// Reply bytes produced but not yet handed to the socket.
+    public var unsentOutputBytes: Int {
+        sendBuffer.count + session.output.readableBytes + (tls?.connection?.pendingCiphertextBytes ?? 0)
+    }
+
+    // MARK: Handler calls
+
+    /// Connects to `address` (from `source`, port 0, when given); then
+    /// `clientConnectionDidConnect` or `clientConnectionDidFailToConnect`.
     public func connect(to address: SocketAddress, from source: SocketAddress? = nil, timeout: UInt64 = 120_000_000_000) {
-        keepAlive = self
-        loop.connect(to: address, from: source, timeout: timeout) { [unowned self] result in
-            switch result {
-            case .failure:
-                self.closed = true
-                self.report(.connectionLost)
-            case .success(let s):
-                self.socket = s
-                self.session.start()
-                self.pump()
-                self.readIfWanted()
+        guard !connecting, socket == nil, !isClosed else { return }
+        connecting = true
+        loop.connect(to: address, from: source, timeout: timeout, onConnect)
+    }
+
+    /// After `clientConnectionDidFinish` (or a failed connect): a fresh
+    /// session (same configuration) for the next `connect`.
+    public func renew() {
+        guard socket == nil, !hasOperationsInFlight else { return }
+        session = SMTPClientSession(configuration: session.configuration)
+        tls = nil
+        closeReason = nil
+        isClosed = false
+        closing = false
+        cancelConnect = false
+        finished = false
+        bodyThroughOutput = false
+        sendBuffer.clear()
+    }
+
+    /// Starts a message; false when the session is not ready (nothing sent).
+    @discardableResult
+    public func send(_ envelope: SMTPClientEnvelope) -> Bool {
+        guard !isClosed, session.send(envelope) else { return false }
+        enter(); defer { leave() }
+        pump()
+        return true
+    }
+
+    /// From `clientConnectionWillSendBody`: a chunk of the body (any line
+    /// ends; it is CRLF-normalised and dot-stuffed on its way).
+    public func writeBody(_ chunk: UnsafeRawBufferPointer) {
+        if bodyThroughOutput { session.appendBody(chunk); return }
+        let start = sendBuffer.count
+        sendBuffer.reserve(start + session.writeBodyCapacity(forChunk: chunk.count))
+        let room = UnsafeMutableRawBufferPointer(rebasing: sendBuffer.memory[start...])
+        sendBuffer.setCount(start + session.writeBody(chunk, last: false, into: room))
+    }
+
+    public func writeBody(_ chunk: [UInt8]) { chunk.withUnsafeBytes { writeBody($0) } }
+
+    /// Ends the session politely (QUIT); while connecting, closes when connected.
+    public func quit() {
+        guard !isClosed else { return }
+        if socket == nil { if connecting { cancelConnect = true }; return }
+        enter(); defer { leave() }
+        session.quit()
+        pump()
+    }
+
+    /// Ends the connection now (a shutdown deadline): the message in flight
+    /// completes as a transient failure with `why`, and the socket closes
+    /// without waiting for the peer or a send in flight.
+    public func abandon(_ why: String) {
+        guard !isClosed else { return }
+        if socket == nil { if connecting { cancelConnect = true }; return }
+        enter(); defer { leave() }
+        session.abandon(why)
+        pump()
+        closeSocket()
+    }
+
+    // MARK: Loop callbacks
+
+    private func connected(_ result: Result<Socket, IOError>) {
+        enter(); defer { leave() }
+        connecting = false
+        switch result {
+        case .success(let s):
+            if cancelConnect {
+                loop.close(s)
+                isClosed = true
+                handler.clientConnectionDidClose(nil)
+                return
             }
+            socket = s
+            handler.clientConnectionDidConnect(localAddress: loop.localAddress(of: s))
+            session.start()
+            receiveIfWanted()
+            pump()
+        case .failure(let e):
+            if cancelConnect {
+                isClosed = true
+                handler.clientConnectionDidClose(nil)
+                return
+            }
+            handler.clientConnectionDidFailToConnect(e)
         }
     }
 
-    private func readIfWanted() {
-        guard !closed, !receiving, let s = socket else { return }
+    private func receiveIfWanted() {
+        // Over the output bound: no reply is read (none can add output) until the send completes.
+        guard let s = socket, !receiving, !isClosed, !session.isClosed,
+              session.output.readableBytes <= maxPendingOutput else { return }
         receiving = true
         loop.receive(s, into: receiveBuffer, onReceive)
     }
 
-    private func received(_ r: Result<Int, IOError>) {
+    private func received(_ result: Result<Int, IOError>) {
+        enter(); defer { leave() }
         receiving = false
-        guard !closed else { finishIfIdle(); return }
-        switch r {
-        case .success(0), .failure:
-            session.connectionClosed()
-        case .success(let n):
+        guard !isClosed else { return }
+        switch result {
+        case .success(let n) where n > 0:
             let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
             if let tls, tls.isActive {
-                if tls.receive(bytes, session: session) { onTLSEstablished?(self) }
+                if tls.receive(bytes, session: session) { handler.clientConnectionDidEstablishTLS(tls) }
             } else {
                 session.receive(bytes)
             }
+            pump()
+            let unsent = unsentOutputBytes
+            if unsent > peakUnsentOutputBytes { peakUnsentOutputBytes = unsent }
+            receiveIfWanted()
+        default:
+            session.connectionClosed()
+            pump()
         }
-        pump()
-        readIfWanted()
     }
 
-    /// Handles every pending session event, then writes what the session produced.
+    /// Handles the session's events, then writes what it produced.
     private func pump() {
-        while let e = session.nextEvent() {
-            switch e {
+        while let event = session.nextEvent() {
+            switch event {
             case .setTimer(_, let ns):
                 if let t = timer { loop.cancelTimer(t) }
-                timer = loop.scheduleTimer(after: ns, onTimer)
+                timer = loop.scheduleTimer(after: min(ns, timeoutCeiling), onTimer)
             case .cancelTimer:
                 if let t = timer { loop.cancelTimer(t); timer = nil }
             case .ready(let ext):
-                if let tls, tls.ready(ext, session: session) { break }
-                if let m = nextMessage() {
-                    currentBody = m.body
-                    session.send(m.envelope)
-                } else {
-                    session.quit()
+                handler.clientConnectionDidNegotiate(ext)
+                if let tls, tls.ready(ext, session: session) {
+                    // STARTTLS was sent; with a failure, the session QUITs for want of TLS.
+                    if tls.failure != nil { handler.clientConnectionTLSFailed(tls, handshake: false) }
+                    break
                 }
-            case .sendBody:
-                session.appendBody(currentBody)
-                currentBody = []
-                session.finishBody()
+                handler.clientConnectionIsReady(ext)
             case .startTLS(let reply):
                 tls?.startTLSReplied(reply, session: session)
-            case .messageCompleted(let r):
-                onResult(r)
-            case .closed(let why):
-                reason = why
+            case .sendBody:
+                sendBody()
+            case .messageCompleted(let result):
+                handler.clientConnectionDidComplete(result)
+            case .closed(let reason):
+                if let tls, let c = tls.connection, !c.isHandshakeComplete {
+                    handler.clientConnectionTLSFailed(tls, handshake: true)
+                }
+                flush()
+                closeAfterFlush(reason)
             }
         }
         flush()
-        if reason != nil && !sending { closeSocket() }
+    }
+
+    /// The body after 354: dot-stuffed by the session straight into
+    /// `sendBuffer`, after whatever is already queued there. Over TLS, or
+    /// while a send is in flight (the buffer belongs to the loop then), it
+    /// goes through the session's output.
+    private func sendBody() {
+        bodyThroughOutput = sending || tls?.isActive == true
+        handler.clientConnectionWillSendBody()
+        if bodyThroughOutput {
+            session.finishBody()
+        } else {
+            let start = sendBuffer.count
+            sendBuffer.reserve(start + session.writeBodyCapacity(forChunk: 0))
+            let room = UnsafeMutableRawBufferPointer(rebasing: sendBuffer.memory[start...])
+            sendBuffer.setCount(start + session.writeBody(UnsafeRawBufferPointer(start: nil, count: 0), last: true, into: room))
+        }
+        bodyThroughOutput = false
+        // Timed by data-send-timeout until the socket has taken it (`sent`).
+        session.bodyAwaitsSocket()
     }
 
     private func flush() {
+        guard !sending, !isClosed, let s = socket else { return }
         if let tls, tls.isActive {
-            guard !sending, !closed, let s = socket,
-                  let cipher = tls.nextCiphertext(session: session, closing: reason != nil) else { return }
+            guard let cipher = tls.nextCiphertext(session: session, closing: session.isClosed) else { return }
             sending = true
-            loop.send(s, cipher, onSend)
+            loop.send(s, cipher, onSent)
             return
         }
-        guard !sending, !closed, let s = socket, !session.output.isEmpty else { return }
-        session.swapOutput(&sendBuffer)
+        if !session.output.isEmpty {
+            session.swapOutput(&pendingOutput)
+            pendingOutput.withUnsafeReadableBytes { sendBuffer.append($0) }
+        }
+        guard !sendBuffer.isEmpty else { return }
         sending = true
-        sendBuffer.withUnsafeReadableBytes { loop.send(s, $0, onSend) }
+        loop.send(s, sendBuffer.bytes, onSent)
     }
 
-    private func sent(_ r: Result<Void, IOError>) {
+    private func sent(_ result: Result<Void, IOError>) {
+        enter(); defer { leave() }
         sending = false
-        guard !closed else { finishIfIdle(); return }
-        if case .failure = r { session.connectionClosed() }
-        pump()
+        sendBuffer.clear()
+        guard !isClosed else { return }
+        switch result {
+        case .success:
+            if closing { closeSocket(); return }
+            flush()
+            if !sending && session.isBodyAwaitingSocket {
+                session.bodyHandedToSocket()  // the body is out: now the wait for its reply
+                pump()
+            }
+            receiveIfWanted()
+        case .failure:
+            session.connectionClosed()
+            pump()
+            if closing { closeSocket() }
+        }
+    }
+
+    private func closeAfterFlush(_ reason: SMTPClientCloseReason) {
+        closeReason = reason
+        closing = true
+        guard sending else { closeSocket(); return }
+        // A timeout: the send in flight is (or waits behind) what stalled;
+        // it would never complete. Otherwise (a QUIT going out) wait for it,
+        // but not beyond the QUIT timeout.
+        if case .timedOut = reason { closeSocket(); return }
+        if let t = timer { loop.cancelTimer(t) }
+        timer = loop.scheduleTimer(after: min(session.configuration.timeouts.quit, timeoutCeiling), onLingerOver)
     }
 
     private func closeSocket() {
-        guard !closed else { return }
-        closed = true
+        guard !isClosed else { return }
+        isClosed = true
+        closing = true
         if let t = timer { loop.cancelTimer(t); timer = nil }
+        // With a send or receive in flight the close cancels it; its callback still comes.
         if let s = socket { loop.close(s) }
-        finishIfIdle()
+        socket = nil
+        handler.clientConnectionDidClose(closeReason)
     }
 
-    private func finishIfIdle() {
-        guard closed, !receiving, !sending else { return }
-        report(reason ?? .connectionLost)
-    }
+    @inline(__always) private func enter() { depth += 1 }
 
-    private func report(_ why: SMTPClientCloseReason) {
-        guard !reported else { return }
-        reported = true
-        onClose(why)
-        nextMessage = { nil }
-        onResult = { _ in }
-        onClose = { _ in }
-        keepAlive = nil
+    private func leave() {
+        depth -= 1
+        guard depth == 0, isClosed, !finished, !hasOperationsInFlight else { return }
+        finished = true
+        handler.clientConnectionDidFinish()
     }
 }

@@ -15,10 +15,9 @@ public enum SMTPClientTLSPolicy: Sendable, Equatable {
     case required
 }
 
-/// STARTTLS for the owner of an `SMTPClientSession` and a socket (the
-/// delivery connection, `SMTPClientConnection`, loadgen): the policy
-/// decision, the TLS handshake after the 220, and the byte transform after
-/// it. The owner adds four calls to its existing glue:
+/// STARTTLS for an `SMTPClientConnection` (its `tls`): the policy decision,
+/// the TLS handshake after the 220, and the byte transform after it. The
+/// connection makes the four calls:
 ///
 /// - on `.ready(ext)`: `if tls.ready(ext, session:) { break }` (STARTTLS was
 ///   sent, or QUIT for want of TLS: don't start a message);

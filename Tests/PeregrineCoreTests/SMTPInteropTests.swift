@@ -261,7 +261,7 @@ func deliverToSink<L: EventLoop>(_ type: L.Type, ip: String, port: UInt16, conne
                 let loop = box.value
                 var open = connections
                 for c in 0..<connections {
-                    let conn = SMTPClientConnection(loop: loop, configuration: SMTPClientConfiguration(heloName: "client\(c).peregrine.test"))
+                    let conn = SMTPMessageListClient(loop: loop, configuration: SMTPClientConfiguration(heloName: "client\(c).peregrine.test"))
                     var left = perConnection
                     conn.nextMessage = {
                         guard left > 0 else { return nil }

@@ -42,7 +42,7 @@ func tlsDeliver<L: EventLoop>(_ type: L.Type, ip: String = "127.0.0.1", port: UI
     let address = try SocketAddress(ip: ip, port: port)
     let loopBox = Unchecked(loop)
     loop.execute {
-        let conn = SMTPClientConnection(loop: loopBox.value, configuration: SMTPClientConfiguration(heloName: "peregrine.test"))
+        let conn = SMTPMessageListClient(loop: loopBox.value, configuration: SMTPClientConfiguration(heloName: "peregrine.test"))
         conn.tls = SMTPClientTLS(policy: policy, context: ctx.value, serverName: serverName)
         var sent = 0
         conn.nextMessage = {
