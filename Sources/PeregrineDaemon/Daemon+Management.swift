@@ -35,6 +35,8 @@ extension Daemon {
         var queueDeferrals: UInt64 = 0, injectionConnections: UInt64 = 0, openInjections = 0
         var outboundConnections = 0
         var injectionRefusals: UInt64 = 0, acceptFailures: UInt64 = 0
+        /// max-queued-in-memory: messages on disk only now, and paged out / in so far.
+        var queuedOnDisk = 0, pagedOut: UInt64 = 0, pagedIn: UInt64 = 0
         var queues: [QueueSnapshot] = []
         var spools: [SpoolSnapshot] = []
         var deliveryLatency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
@@ -70,6 +72,9 @@ extension Daemon {
                                        outboundConnections: w.engine.connectionCount,
                                        injectionRefusals: w.injectionRefusals, acceptFailures: w.acceptFailures)
                 s.deliveryLatency = w.deliveryLatency
+                s.queuedOnDisk = w.queuedOnDisk
+                s.pagedOut = w.pagedOut
+                s.pagedIn = w.pagedIn
                 s.transactionTimes = w.transactionTimes
                 s.dkimSigning = w.dkim.signingTime
                 for (stream, spool) in w.spools.sorted(by: { $0.key < $1.key }) {
@@ -241,6 +246,11 @@ extension Daemon {
                             "acceptFailures": sum(\.acceptFailures)],
             "queued": ["queues": queues.count, "ready": queues.reduce(0) { $0 + $1.ready },
                        "delayed": queues.reduce(0) { $0 + $1.delayed }],
+            // max-queued-in-memory: messages kept on disk only, and the recipients the scheduler holds.
+            "queuedOnDisk": snaps.reduce(0) { $0 + $1.queuedOnDisk },
+            "pagedOut": sum(\.pagedOut),
+            "pagedIn": sum(\.pagedIn),
+            "queuedInMemoryRecipients": paging.residentRecipients,
             // total-max-smtp-out and VMTA max-smtp-out: slots in use and queues waiting for one.
             "connectionBudgets": connectionBudgets.all.map { b -> [String: Any] in
                 let s = b.snapshot
@@ -270,6 +280,10 @@ extension Daemon {
         p.counter("peregrine_deferrals_total", help: "Transient failures", value: sum(\.deferrals))
         p.counter("peregrine_queue_deferrals_total", help: "Whole-queue deferrals (every MX failed)", value: sum(\.queueDeferrals))
         p.gauge("peregrine_uptime_seconds", help: "Seconds since the daemon started", value: uptimeSeconds)
+        p.gauge("peregrine_queued_on_disk_messages", help: "Messages kept on disk only (max-queued-in-memory)",
+                value: snaps.reduce(0) { $0 + $1.queuedOnDisk })
+        p.counter("peregrine_paged_in_total", help: "Messages read back from the spool into the scheduler (max-queued-in-memory)",
+                  value: sum(\.pagedIn))
 
         var latency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
         for s in snaps { latency.merge(s.deliveryLatency) }

@@ -51,6 +51,8 @@ public final class Daemon<Loop: EventLoop> {
     let connectionBudgets = ConnectionBudgets()
     /// Today's `max-cold-virtual-mta-msg` counts, shared by every loop.
     let coldVMTAQuota = ColdVMTAQuota()
+    /// `max-queued-in-memory`: recipients held by the engines, shared by every loop.
+    let paging = QueuePaging()
     public private(set) var workers: [LoopWorker<Loop>] = []
     /// Inbound SMTP connection counts shared by every loop (`max-smtp-in`).
     let inboundLimits = InboundConnectionLimits()
@@ -104,6 +106,7 @@ public final class Daemon<Loop: EventLoop> {
     public init(config: PeregrineConfig, options: Options) throws {
         self.config = config
         self.options = options
+        paging.setLimit(config.maxQueuedInMemory)
         self.hostName = config.hostName ?? ConfigPolicySource.systemHostName()
         self.currentServerTLSContext = try config.serverTLS?.makeContext()
         self.implicitTLSListeners = config.implicitTLSListeners
@@ -159,6 +162,7 @@ public final class Daemon<Loop: EventLoop> {
     /// (called on `caller`'s loop, the loop of the message's spool stream).
     func dispatch(_ message: QueuedMessage, from caller: LoopWorker<Loop>) {
         var byOwner: [Int: [Int]] = [:]
+        paging.dispatched(message.pendingCount)
         let recipients = message.recipients
         for i in recipients.indices where message.states[i] == .pending {
             // queue-to: the loop that owns the queue the recipient goes to (DeliveryEngine.submit maps it the same way).
@@ -369,7 +373,7 @@ public final class Daemon<Loop: EventLoop> {
                                             recordLength: Int(m.location.recordLength), receivedAt: w.loop.now,
                                             states: m.states)
                 reemitInjectedEvents(message, states: m.states)
-                dispatch(message, from: w)
+                w.dispatchOrPageOut(message)
                 count += 1
             }
         }
@@ -572,6 +576,7 @@ public final class Daemon<Loop: EventLoop> {
         let oldRuntime = lock.withLock { () -> RuntimeSettings in
             let previous = config.runtime
             config = newConfig
+            paging.setLimit(newConfig.maxQueuedInMemory)
             currentServerTLSContext = newTLS
             return previous
         }

@@ -50,6 +50,11 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     var authFailures: UInt64 = 0
     /// Accepts that failed (EMFILE, ENFILE, …); logged at most once per `acceptLogInterval`.
     var acceptFailures: UInt64 = 0
+    /// `max-queued-in-memory` (LoopWorker+QueuePaging.swift): messages left on
+    /// disk only and read back; whether the page-in timer is armed.
+    var pagedOut: UInt64 = 0
+    var pagedIn: UInt64 = 0
+    var pageInArmed = false
     /// Injection (or spool recovery) to delivery, per delivered recipient (`/metrics`).
     var deliveryLatency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
     /// SMTP transaction time per provider (LatencyMetrics.swift).
@@ -283,7 +288,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                 message.pool = pool
                 self.logReceived(message, peer: peer, smtpUser: smtpUser)
                 self.emitInjectedEvents(message)
-                self.daemon.dispatch(message, from: self)
+                self.dispatchOrPageOut(message)
                 done(.success(id))
             case .failure(let e):
                 done(.failure(e))
@@ -357,6 +362,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     public func delivered(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
                           connection: DeliveryAttemptInfo) {
         delivered += 1
+        daemon.paging.finished(1)
         let now = loop.now
         if now >= message.receivedAt { deliveryLatency.observe(seconds: Double(now - message.receivedAt) / 1e9) }
         afterWebhookEvent(.delivered, message, recipient, reply: reply) { [unowned self] in
@@ -371,6 +377,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     public func bounced(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
                         category: String?, connection: DeliveryAttemptInfo?) {
         bounced += 1
+        daemon.paging.finished(1)
         let state: RecipientState = category == "message-expired" ? .expired : .bounced
         afterWebhookEvent(state == .expired ? .expired : .bounced, message, recipient, reply: reply,
                           category: category ?? "other") { [unowned self] in

@@ -12,22 +12,6 @@ public final class SpoolLiveSet {
         public var states: RecipientStates
     }
 
-    /// How an entry is stored: 32 bytes per live message (a backlog keeps a
-    /// million; issue #18). States of up to 32 recipients are packed in
-    /// `word`; larger messages keep theirs in `manyStates`.
-    struct Slot {
-        var offset: Int64
-        var segment: UInt32
-        var recordLength: UInt32
-        var bodyOffset: UInt32
-        var count: UInt32
-        var word: UInt64
-
-        var location: MessageLocation {
-            MessageLocation(segment: segment, offset: offset, recordLength: recordLength, bodyOffset: bodyOffset)
-        }
-    }
-
     public struct SegmentStats: Sendable {
         /// Bytes of records written to the segment.
         public var totalBytes: Int64 = 0
@@ -39,7 +23,10 @@ public final class SpoolLiveSet {
         public var liveRatio: Double { totalBytes > 0 ? Double(liveBytes) / Double(totalBytes) : 1 }
     }
 
-    private var slots: [MessageID: Slot] = [:]
+    /// Live messages in a `LiveMessageTable`: 40 bytes per message plus a
+    /// 4-byte index slot, no growth transient (a backlog keeps a million;
+    /// issue #18). States of more than 32 recipients spill into `manyStates`.
+    private var slots = LiveMessageTable()
     private var manyStates: [MessageID: RecipientStates] = [:]
     public private(set) var segments: [UInt32: SegmentStats] = [:]
 
@@ -47,21 +34,37 @@ public final class SpoolLiveSet {
 
     public var liveMessageCount: Int { slots.count }
 
+    /// Live messages the scheduler does not hold (`max-queued-in-memory`):
+    /// their envelopes are read back from the spool when room frees up.
+    public var onDiskMessageCount: Int { slots.onDiskCount }
+
+    /// Marks a live message as kept on disk only; false if it is not live
+    /// (or one of the rare ids the table keeps outside it: it stays in memory).
+    @discardableResult
+    public func pageOut(_ id: MessageID) -> Bool { slots.pageOut(id) }
+
+    /// The oldest message kept on disk only, now counted as in memory again.
+    public func pageIn() -> MessageID? { slots.pageIn() }
+
+    public func isOnDisk(_ id: MessageID) -> Bool { slots.isOnDisk(id) }
+
     public func entry(_ id: MessageID) -> Entry? {
         guard let s = slots[id] else { return nil }
         return Entry(location: s.location, states: states(id, s))
     }
 
-    private func states(_ id: MessageID, _ s: Slot) -> RecipientStates {
-        if let w = RecipientStates(count: Int(s.count), packed: s.word) { return w }
-        return manyStates[id] ?? RecipientStates(count: Int(s.count))
+    private func states(_ id: MessageID, _ s: LiveMessageTable.Slot) -> RecipientStates {
+        if s.count != LiveMessageTable.Slot.spilled, let w = RecipientStates(count: Int(s.count), packed: s.word) { return w }
+        return manyStates[id] ?? RecipientStates(count: 0)
     }
 
     private func store(_ id: MessageID, _ e: Entry) {
         let word = e.states.packedWord
         if word == nil { manyStates[id] = e.states } else if !manyStates.isEmpty { manyStates[id] = nil }
-        slots[id] = Slot(offset: e.location.offset, segment: e.location.segment, recordLength: e.location.recordLength,
-                         bodyOffset: e.location.bodyOffset, count: UInt32(clamping: e.states.count), word: word ?? 0)
+        slots[id] = LiveMessageTable.Slot(offset: e.location.offset, segment: e.location.segment,
+                                          recordLength: e.location.recordLength, bodyOffset: e.location.bodyOffset,
+                                          count: word == nil ? LiveMessageTable.Slot.spilled : UInt16(e.states.count),
+                                          word: word ?? 0)
     }
 
     private func remove(_ id: MessageID) {
@@ -157,8 +160,9 @@ public final class SpoolLiveSet {
 
     /// The live messages whose record is in segment `n`, in file order.
     public func liveMessages(inSegment n: UInt32) -> [(MessageID, Entry)] {
-        slots.filter { $0.value.segment == n }
-            .sorted { $0.value.offset < $1.value.offset }
-            .map { ($0.key, Entry(location: $0.value.location, states: states($0.key, $0.value))) }
+        var found: [(MessageID, LiveMessageTable.Slot)] = []
+        slots.forEach { id, s in if s.segment == n { found.append((id, s)) } }
+        return found.sorted { $0.1.offset < $1.1.offset }
+            .map { ($0.0, Entry(location: $0.1.location, states: states($0.0, $0.1))) }
     }
 }

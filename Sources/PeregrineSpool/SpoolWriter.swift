@@ -750,6 +750,27 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         readBody(at: loc, id: id, into: buffer, done)
     }
 
+    /// Reads a live message's envelope back from its record, with its current
+    /// location and states (a message kept on disk only, paged in).
+    public func readMessage(_ id: MessageID,
+                            _ done: @escaping (Result<(envelope: SpoolEnvelope, entry: SpoolLiveSet.Entry), SpoolError>) -> Void) {
+        guard let entry = liveSet.entry(id) else { deferCall { done(.failure(.unknownMessage(id))) }; return }
+        let loc = entry.location
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(loc.recordLength), alignment: 16)
+        readBody(at: loc, id: id, into: buf) { [self] result in
+            defer { buf.deallocate() }
+            switch result {
+            case .failure(let e): done(.failure(e))
+            case .success:
+                guard let m = SpoolRecordFormat.decodeMessage(record: UnsafeRawBufferPointer(buf)) else {
+                    done(.failure(.badLocation(loc))); return
+                }
+                // Outcomes may have landed (or compaction moved it) while the read was in flight.
+                done(.success((m.envelope, liveSet.entry(id) ?? entry)))
+            }
+        }
+    }
+
     /// The current location of a live message (it changes when compaction moves it).
     public func location(of id: MessageID) -> MessageLocation? { liveSet.entry(id)?.location }
 

@@ -103,11 +103,13 @@ final class RecordingReceiver {
         var data: String
     }
 
-    init(_ dir: TestDirectory, ip: String, tag: String = "recording") throws {
+    /// `port` 0: the kernel picks one (read back as `port`); a fixed port
+    /// only on an address of the test's own (PrivateLoopback).
+    init(_ dir: TestDirectory, ip: String, port: UInt16 = 0, tag: String = "recording") throws {
         self.ip = ip
         messagesPath = dir.file("\(tag)-messages.jsonl")
         FileManager.default.createFile(atPath: messagesPath, contents: nil)
-        server = try PythonServerProcess(dir, tag: tag, script: Self.script, arguments: [ip, "0", messagesPath],
+        server = try PythonServerProcess(dir, tag: tag, script: Self.script, arguments: [ip, "\(port)", messagesPath],
                                          what: "recording receiver on \(ip)")
     }
 

@@ -12,9 +12,10 @@ func runBacklogBench(arguments: [String]) -> Int32 {
     let usage = """
     usage: peregrine-bench backlog [--backend epoll|io_uring|dispatch|all] [--count N] [--size BYTES]
                                    [--connections N] [--drain-timeout S] [--output-dir DIR]
+                                   [--max-queued-in-memory N]   (0: unlimited, the default)
     """
     let defaults = ["backend": "epoll", "count": "1000000", "size": "4096", "connections": "32",
-                    "drain-timeout": "3600", "output-dir": "results"]
+                    "drain-timeout": "3600", "output-dir": "results", "max-queued-in-memory": "0"]
     let options: ScenarioOptions
     switch ScenarioOptions.parse(arguments, defaults: defaults, usage: usage) {
     case .success(let o): options = o
@@ -44,6 +45,8 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
     let count = try options.int("count")
     let size = try options.int("size")
     let drainTimeout = try options.double("drain-timeout")
+    // Beyond this many recipients the queue stays on disk only (issue 18); 0 keeps everything in memory.
+    let inMemory = try options.int("max-queued-in-memory")
     fputs("== backlog on \(backend): \(count) × \(size) bytes, sink down; scratch \(rig.work)\n", stderr)
     let sinkPort = rig.ports.sink, statsPort = rig.ports.stats, mtaPort = rig.ports.mta, mgmtPort = rig.ports.mgmt
     let config = """
@@ -51,6 +54,7 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
     http-mgmt-port \(rig.ip):\(mgmtPort)
     spool \(rig.work)/spool
     host-name mta.peregrine.test
+    max-queued-in-memory \(inMemory > 0 ? String(inMemory) : "unlimited")
     <source 127.0.0.0/8>
         always-allow-relaying yes
     </source>
@@ -140,7 +144,8 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
     let rec = ScenarioRig.reconcile(accepted: ScenarioRig.ids(loadIDs), seen: ScenarioRig.ids(sinkIDs))
     let drainRate = Double(rec.unique) / drainSeconds
     let figures: [String: Any] = [
-        "config": ["mta": "peregrine", "backend": backend, "config": config, "count": count],
+        "config": ["mta": "peregrine", "backend": backend, "config": config, "count": count,
+                   "maxQueuedInMemory": inMemory],
         "messageSize": size,
         "accepted": accepted,
         "injectSeconds": injectSeconds,

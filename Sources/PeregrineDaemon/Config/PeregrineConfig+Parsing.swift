@@ -9,7 +9,7 @@ extension PeregrineConfig {
         "dns-server", "domain-macro", "host-name", "postmaster",
         "smtp-server-tls-certificate", "smtp-server-tls-key", "shutdown-timeout",
         "http-mgmt-token-file", "max-smtp-in", "max-smtp-in-errors", "smtp-idle-timeout", "smtp-session-timeout",
-        "relay-domain", "dsn-max-rate-per-sender", "total-max-smtp-out", "dummy-smtp-port",
+        "relay-domain", "dsn-max-rate-per-sender", "total-max-smtp-out", "dummy-smtp-port", "max-queued-in-memory",
     ] + SMTPAuthSettings.globalDirectiveNames + RuntimeSettings.directiveNames + ClusterSettings.directiveNames
         + HTTPInjectionSettings.globalDirectiveNames
 
@@ -183,6 +183,10 @@ extension PeregrineConfig {
             maxSMTPIn = try node.integer(in: 1...1_000_000)
         case "total-max-smtp-out":
             totalMaxSMTPOut = try node.integer(in: 1...1_000_000)
+        case "max-queued-in-memory":
+            // Recipients the scheduler holds; the rest of the queue stays in the spool (QueuePaging.swift).
+            maxQueuedInMemory = try node.singleArgument().lowercased() == "unlimited"
+                ? nil : try node.integer(in: 1...1_000_000_000)
         case "smtp-server-tls-allow-tlsv1", "smtp-server-tls-allow-tlsv1.1":
             // Injection TLS is 1.2 and later (TLSContext.server); 'no' states exactly that.
             if try node.value(ConfigValue.bool) {

@@ -33,6 +33,9 @@ public struct PeregrineConfig: Hashable, Sendable {
     /// `max-smtp-in N`: inbound SMTP connections open at once, over every
     /// listener and loop; one more is answered 421 4.7.0 and closed.
     public var maxSMTPIn = 1000
+    /// `max-queued-in-memory`: pending recipients whose messages the
+    /// scheduler holds in memory; nil = no limit (every queued message).
+    public var maxQueuedInMemory: Int?
     /// `total-max-smtp-out`: outbound connections of every queue together;
     /// nil = no cap beyond each queue's max-smtp-out.
     public var totalMaxSMTPOut: Int?
