@@ -104,7 +104,7 @@ struct DaemonSpoolFaultTests {
 /// A damaged older segment found at daemon start: reported in the log,
 /// copied whole to the quarantine directory (never cut or deleted), every
 /// intact record re-queued; `spool-check` keeps reporting the quarantined copy.
-@Suite(.blockingIO) struct DaemonSpoolRecoveryReportTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct DaemonSpoolRecoveryReportTests {
     @Test(arguments: BackendKind.testable)
     func damagedOlderSegmentIsReportedAtStartAndQuarantined(kind: BackendKind) throws {
         let dir = try TestDirectory("spool-damaged-\(kind.rawValue)")

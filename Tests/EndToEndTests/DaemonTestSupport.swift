@@ -60,12 +60,18 @@ enum E2E {
 
     /// Plain HTTP GET on loopback (bounded); returns the body.
     static func httpGet(_ address: String, _ path: String) throws -> Data {
+        try http("GET", address, path)
+    }
+
+    /// One plain HTTP request without a body on loopback (bounded); returns the body.
+    static func http(_ method: String, _ address: String, _ path: String) throws -> Data {
         guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
             throw SinkTestError("bad address \(address)")
         }
         let client = try SinkTestClient(String(address[..<colon]), port)
         // Host names the address: the management API refuses other hosts (DNS rebinding).
-        try client.send("GET \(path) HTTP/1.1\r\nHost: \(address)\r\nConnection: close\r\n\r\n")
+        let length = method == "POST" ? "Content-Length: 0\r\n" : ""
+        try client.send("\(method) \(path) HTTP/1.1\r\nHost: \(address)\r\n\(length)Connection: close\r\n\r\n")
         var bytes: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -172,6 +178,16 @@ extension SinkProcess {
         let providers = try stats()["providers"] as? [String: Any]
         let p = providers?[provider] as? [String: Any]
         return (p?["ips"] as? [String: Any])?[ip] as? [String: Any] ?? [:]
+    }
+
+    /// POST /penalty-box/lift: ends every penalty box now; returns how many were on.
+    @discardableResult
+    func liftPenaltyBoxes() throws -> Int {
+        guard let a = statsAddress else { throw SinkTestError("sink has no stats port") }
+        guard let n = try E2E.json(try E2E.http("POST", a, "/penalty-box/lift"))["lifted"] as? Int else {
+            throw SinkTestError("no count in the sink's answer to POST /penalty-box/lift")
+        }
+        return n
     }
 
     func providerStats(_ provider: String) throws -> [String: Any] {

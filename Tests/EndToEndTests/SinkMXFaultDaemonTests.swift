@@ -11,7 +11,7 @@ import PeregrineIO
 /// comes. Scenario 44 (127.P.44.x); the sink listens on port 25 of both MX
 /// addresses and answers the DNS, so the daemon finds both hosts as it would
 /// find a real provider's.
-@Suite(.blockingIO) struct SinkMXFaultDaemonTests {
+@Suite(.timeLimit(.minutes(10)), .blockingIO) struct SinkMXFaultDaemonTests {
     typealias Scenario = DaemonEndToEndTests.Scenario
 
     @Test(.enabled(if: E2E.mayBindPort25, "binding port 25 needs root or net.ipv4.ip_unprivileged_port_start <= 25"),

@@ -140,6 +140,22 @@ import Testing
         #expect(send(policy, c, at: Self.s) == nil)
     }
 
+    /// POST /penalty-box/lift's policy side: the box ends at once (the test
+    /// that waits for the daemon's backoff lifts it on that event).
+    @Test func liftingEndsTheBoxAtOnce() {
+        var p = Self.gmailLike()
+        p.maxMessagesPerConnection = nil
+        let (policy, gmail) = policy(p)
+        let (c, _) = policy.connect(provider: gmail, ip: "10.0.0.9", now: 0)
+        for _ in 0..<5 { _ = send(policy, c, at: 0) }
+        #expect(send(policy, c, at: 0)?.reason == .messageRate)
+        #expect(send(policy, c, at: 20 * Self.s)?.reason == .penaltyBox)
+        #expect(policy.liftPenaltyBoxes(now: 20 * Self.s) == 1)
+        #expect(send(policy, c, at: 20 * Self.s) == nil)
+        // Nothing was on any more.
+        #expect(policy.liftPenaltyBoxes(now: 20 * Self.s) == 0)
+    }
+
     @Test func penaltyBoxWithAnAllowanceLetsATrickleThrough() {
         var p = Self.gmailLike()
         p.maxMessagesPerConnection = nil

@@ -406,15 +406,28 @@ func checkTimerOrder<L: EventLoop>(_: L.Type) {
         // Cancelling from inside a callback: a later timer of the same tick, and a far one.
         var sameTick = TimerHandle(id: 0)
         var later = TimerHandle(id: 0)
+        // The run ends when both the 80 ms timer (after every other deadline)
+        // and "rescheduled" have fired. Ending at 80 ms alone lost "rescheduled"
+        // on a loaded machine: a loop that wakes late runs the canceller, the
+        // rest and the 80 ms timer in one batch, and a timer armed inside a
+        // batch waits for the next turn, which never came.
+        var endTimerFired = false, rescheduledFired = false
         loop.scheduleTimer(after: 15 * milliseconds) {
             record("canceller", 15 * milliseconds)
             loop.cancelTimer(sameTick)
             loop.cancelTimer(later)
-            loop.scheduleTimer(after: 5 * milliseconds) { record("rescheduled", 20 * milliseconds) }
+            loop.scheduleTimer(after: 5 * milliseconds) {
+                record("rescheduled", 20 * milliseconds)
+                rescheduledFired = true
+                if endTimerFired { finish() }
+            }
         }
         sameTick = loop.scheduleTimer(after: 15 * milliseconds) { record("sameTick", 15 * milliseconds) }
         later = loop.scheduleTimer(after: 35 * milliseconds) { record("later", 35 * milliseconds) }
-        loop.scheduleTimer(after: 80 * milliseconds) { finish() }
+        loop.scheduleTimer(after: 80 * milliseconds) {
+            endTimerFired = true
+            if rescheduledFired { finish() }
+        }
     }
     // "rescheduled" is due ~5 ms after the canceller ran; where it lands among
     // the others depends on how late that was, so only its presence is checked.
@@ -660,16 +673,19 @@ func checkCloseCancelsReceive<L: EventLoop>(_: L.Type) {
                 case .failure(let e) where e.isCancelled: results.value.append("cancelled")
                 default: results.value.append("\(r)")
                 }
-            }
-            // Let the receive park, close, and give a duplicate callback time to show up.
-            loop.scheduleTimer(after: 20 * milliseconds) {
-                loop.close(socket)
+                // The first callback is waited for (the harness bounds the run);
+                // then 50 ms of loop time for a duplicate to show up. A fixed
+                // 50 ms after the close could end the run before a loaded
+                // machine delivered the cancellation at all.
+                guard results.value.count == 1 else { return }
                 loop.scheduleTimer(after: 50 * milliseconds) {
                     if let server { loop.close(server) }
                     loop.closeListener(listener)
                     finish()
                 }
             }
+            // Let the receive park, then close.
+            loop.scheduleTimer(after: 20 * milliseconds) { loop.close(socket) }
         }
     }
     #expect(failures.messages == [])

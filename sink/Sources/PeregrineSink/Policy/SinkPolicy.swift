@@ -375,6 +375,23 @@ public final class SinkPolicy {
         }
     }
 
+    /// Ends every penalty box (escalated ones too) at every provider, as if
+    /// each had run out; the senders' rates and counters stay. Returns how many were on.
+    public func liftPenaltyBoxes(now: UInt64) -> Int {
+        var lifted = 0
+        for p in providers {
+            for rep in p.ips.values.map(\.reputation) + Array(p.senderDomains.values)
+            where rep.permanent || now < rep.penaltyUntil {
+                lifted += 1
+                rep.penaltyUntil = 0
+                rep.penaltyAllow = nil
+                rep.refusedInBox = 0
+                rep.permanent = false
+            }
+        }
+        return lifted
+    }
+
     /// Puts a sender in the provider's penalty box (unless it is in it already, or permanently refused).
     func arm(_ rep: SinkReputation, _ provider: SinkProvider, now: UInt64) {
         guard let box = provider.profile.penaltyBox, now >= rep.penaltyUntil, !rep.permanent else { return }

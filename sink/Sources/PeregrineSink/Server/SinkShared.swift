@@ -109,6 +109,12 @@ public final class SinkShared: @unchecked Sendable {
         }
     }
 
+    /// Ends every penalty box at every provider (POST /penalty-box/lift); returns how many were on.
+    func liftPenaltyBoxes() -> Int {
+        let now = monotonicNanoseconds()
+        return lock.withLock { policy.liftPenaltyBoxes(now: now) }
+    }
+
     // MARK: Stats
 
     /// Everything counted so far, as a JSON-ready object.
