@@ -478,7 +478,7 @@ struct TuneTrial {
         var drained: Bool
         var stoppedEarly: Bool
         var scaledSeconds: Double
-        /// Delivered per real hour: first to last arrival at the sink, scaled back.
+        /// Delivered per real hour: first to last first-attempt arrival at the sink, scaled back.
         var realPerHour: Double
         var transientRecords: Int
         var peakConnections: Int
@@ -597,11 +597,6 @@ struct TuneTrial {
         let finalRate = deferrals.reduce(0) { $0 + (TuneDeferralKind(sinkReason: $1.key) == .rate ? $1.value : 0) }
         let provStats = (stats["providers"] as? [String: Any])?[provider.name] as? [String: Any] ?? [:]
         let arrivals = Self.arrivals(sinkIDs)
-        var realPerHour = 0.0
-        if arrivals.count >= 2, let first = arrivals.first, let last = arrivals.last, last > first {
-            // Messages per scaled second, back to real time: an hour at scale X lasts 3600·X seconds.
-            realPerHour = Double(arrivals.count - 1) / (Double(last - first) / 1e9) * 3600 * settings.timeScale
-        }
         var texts: [TuneDeferralKind: [String]] = [:]
         var transient = 0
         if let rows = try? AccountingCSVReader.read(path: acct) {
@@ -612,6 +607,7 @@ struct TuneTrial {
                 if texts[kind, default: []].count < 4, !texts[kind, default: []].contains(diag) { texts[kind, default: []].append(diag) }
             }
         }
+        let realPerHour = Self.realPerHour(arrivals: arrivals, retried: drained ? transient : 0, timeScale: settings.timeScale)
         // A trial stopped early may end before loadgen flushed its id file.
         let injected = max(ScenarioRig.ids(loadIDs).count, arrivals.count)
         return Result(phase: phase, candidate: reloadTo ?? candidate, provokedWith: reloadTo == nil ? nil : candidate, deferrals: deferrals, texts: texts, delivered: arrivals.count,
@@ -673,6 +669,18 @@ struct TuneTrial {
         </domain>
 
         """
+    }
+
+    /// Messages per real hour from sorted arrival times (ns). A drained run's
+    /// `retried` messages (one per deferral record) came back after retry-after,
+    /// 6 s at time-scale 0.01: one random failure in a 20 s run would cut the
+    /// rate by a quarter, so the last `retried` arrivals are left out and the
+    /// figure is the pace of first attempts, which is what max-msg-rate sets.
+    static func realPerHour(arrivals: [UInt64], retried: Int, timeScale: Double) -> Double {
+        let n = retried > 0 && arrivals.count - retried >= 2 ? arrivals.count - retried : arrivals.count
+        guard n >= 2, arrivals[n - 1] > arrivals[0] else { return 0 }
+        // Messages per scaled second, back to real time: an hour at scale X lasts 3600·X seconds.
+        return Double(n - 1) / (Double(arrivals[n - 1] - arrivals[0]) / 1e9) * 3600 * timeScale
     }
 
     /// Waits (bounded) for a line containing `text` in a log file.
