@@ -22,14 +22,16 @@ import PeregrineAccounting
 ///  1. `max-msg-rate` with 3 connections of 10 messages: highest without
 ///     rate deferrals (`max-msg-rate`, `penalty-box`, `max-domain-msg-rate`,
 ///     `escalated`, `warm-up`), and only if the daemon delivered at least 80%
-///     of the rate (a rate a loaded machine never reached proves nothing);
+///     of the rate (a rate a loaded machine never reached proves nothing; a
+///     trial short of it runs again with 5 connections);
 ///  2. `max-smtp-out` at that rate: highest without connection refusals;
 ///  3. `max-msg-per-connection` on one connection (so one connection carries
 ///     the whole run): highest without per-connection deferrals;
 ///  4. the three together, run to the end: its delivered rate and deferral
 ///     count are the figures of the preset; a deferral steps its setting down
 ///     and the check runs again;
-///  5. backoff, with the deferral text phase 1 saw as a `mode=backoff` pattern:
+///  5. backoff, with the deferral text phase 1 saw as a `mode=backoff` pattern
+///     (or an unpaced run provokes, when phase 1 never tripped the limit):
 ///     each trial trips the limit once, then runs phase 4's settings with the
 ///     rule; first how long to hold (`backoff-max-msg-rate 0`; retries and the
 ///     way back to normal after that long), then the highest trickle
@@ -205,8 +207,10 @@ struct TuneRun {
         // run once more, then counts as failed.
         let rate = try Self.highestPassing(Self.rateLadder) { r in
             for attempt in 1...2 {
-                let t = try trial(attempt == 1 ? "rate" : "rate (again: short of the rate)",
-                                  Candidate(maxSMTPOut: 3, maxMsgPerConnection: 10, ratePerHour: r), stopOn: [.rate])
+                // Again with 5 connections: on a loaded machine a transaction takes tens of
+                // milliseconds and 3 connections cannot carry 100 messages a (scaled) second.
+                let t = try trial(attempt == 1 ? "rate" : "rate (again with 5 connections: short of the rate)",
+                                  Candidate(maxSMTPOut: attempt == 1 ? 3 : 5, maxMsgPerConnection: 10, ratePerHour: r), stopOn: [.rate])
                 rateTexts += t.texts[.rate] ?? []
                 if t.count(.rate) > 0 { return false }
                 if t.realPerHour >= Double(r) * Self.reachedShare { return true }
@@ -244,6 +248,13 @@ struct TuneRun {
         // 5. Backoff: what to do when the rate limit trips anyway.
         var backoffNote = "not searched"
         var backoffEvidence: [[String: Any]] = []
+        if settings.backoff, chosen.ratePerHour > 0, rateTexts.isEmpty {
+            // Phase 1 never tripped the limit (every rate it reached was under it): trip it
+            // once, unpaced, for the provider's text, which the rule's pattern is made from.
+            let t = try trial("provoke (for the rate deferral's text)",
+                              Candidate(maxSMTPOut: min(5, chosen.maxSMTPOut), maxMsgPerConnection: 10, ratePerHour: 0), stopOn: [.rate])
+            rateTexts += t.texts[.rate] ?? []
+        }
         if settings.backoff, chosen.ratePerHour > 0, let pattern = Self.pattern(from: rateTexts) {
             let result = try searchBackoff(pattern: pattern, chosen: chosen) { phase, c, stopOn, reloadTo, late, deadline in
                 try trial(phase, c, stopOn: stopOn, reloadTo: reloadTo, stopAfterLateRefusals: late, deadline: deadline)
@@ -284,7 +295,7 @@ struct TuneRun {
                                                         startedAt: rig.clock.startedAt)
         if let dir = settings.presetsDir, ok {
             let preset = Self.preset(provider: provider, chosen: chosen, resultsFile: "results/" + (resultPath as NSString).lastPathComponent,
-                                     realPerHour: realPerHour, check: check, timeScale: settings.timeScale)
+                                     realPerHour: realPerHour, check: check, timeScale: settings.timeScale, backoffNote: backoffNote)
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let presetPath = dir + "/\(provider.name).conf"
             try preset.write(toFile: presetPath, atomically: true, encoding: .utf8)
@@ -300,8 +311,8 @@ struct TuneRun {
                              "\(Int(realPerHour.rounded()))", "\(check.avoidable)", ok ? "ok" : "FAIL"], ok: ok)
     }
 
-    /// Phase 5. Each trial provokes the limit once (phase 1's shape, two rungs
-    /// over the safe rate) with the rule under test in force, then reloads the
+    /// Phase 5. Each trial provokes the limit once (up to 5 connections, no
+    /// max-msg-rate) with the rule under test in force, then reloads the
     /// daemon with the settings phase 4 chose plus that rule, so a trial shows
     /// what the rule does after a trip: how many refusals it draws once the
     /// trip has settled, whether the provider escalates, whether all drains.
@@ -316,7 +327,6 @@ struct TuneRun {
     func searchBackoff(pattern: String, chosen: Candidate,
                        trial: (String, Candidate, Set<TuneDeferralKind>, Candidate?, Int?, Double?) throws -> TuneTrial.Result)
         throws -> (rule: Candidate?, note: String, evidence: [[String: Any]]) {
-        let over = Self.stepUp(Self.rateLadder, from: Self.stepUp(Self.rateLadder, from: chosen.ratePerHour))
         let drainSeconds = Double(settings.count) * 3600 / Double(chosen.ratePerHour) * settings.timeScale
         var evidence: [[String: Any]] = []
         func run(_ phase: String, seconds: Int, rate: Int) throws -> TuneTrial.Result {
@@ -324,14 +334,14 @@ struct TuneRun {
             rule.backoffPattern = pattern
             rule.backoffSeconds = seconds
             rule.backoffRatePerHour = rate
-            // Phase 1's shape, which reached its rates and tripped them, with the rule already in force.
+            // Unpaced (a paced run may never reach the limit on a loaded machine), with the rule already in force.
             var provoke = rule
-            provoke.maxSMTPOut = 3
+            provoke.maxSMTPOut = min(5, chosen.maxSMTPOut)
             provoke.maxMsgPerConnection = 10
-            provoke.ratePerHour = over
+            provoke.ratePerHour = 0
             let deadline = 20 + Double(seconds) * settings.timeScale + 3 * drainSeconds
             var t = try trial(phase, provoke, [], rule, Self.acceptableLateRefusals, deadline)
-            // A loaded machine may never reach the over-rate: such a run says nothing about the rule.
+            // A run that never tripped the limit says nothing about the rule.
             if t.tripRefusals == 0 { t = try trial(phase + " (again: never tripped)", provoke, [], rule, Self.acceptableLateRefusals, deadline) }
             evidence.append(["backoff": Self.durationText(seconds), "backoff-max-msg-rate": Self.backoffRateText(rate),
                              "tripRefusals": t.tripRefusals, "lateRefusals": t.lateRefusals,
@@ -415,7 +425,7 @@ struct TuneRun {
 
     /// The shipped preset: a PowerMTA-syntax block in real units, naming its results file.
     static func preset(provider: IspMixProvider, chosen: Candidate, resultsFile: String, realPerHour: Double,
-                       check: TuneTrial.Result, timeScale: Double) -> String {
+                       check: TuneTrial.Result, timeScale: Double, backoffNote: String) -> String {
         var lines = [
             "# \(provider.name): per-domain settings from `peregrine-bench tune --isp \(provider.name)`",
             "# against peregrine-sink's sink/profiles/\(provider.name).conf at time-scale \(timeScale).",
@@ -423,6 +433,8 @@ struct TuneRun {
             "# Measured with these settings: \(Int(realPerHour.rounded())) delivered per hour, \(check.avoidable) avoidable deferrals.",
             "# The sink's limits are partly operator folklore (see the profile): a starting point, not a promise.",
             "# Use: include presets/\(provider.name).conf (from the main config). Generated: re-run tune rather than edit.",
+            // What phase 5 found, rule or none, with its evidence (the results file lists every trial).
+            "# Backoff: \(backoffNote).",
             "domain-macro \(macro(provider)) \(provider.domains.joined(separator: ","))",
         ]
         if let p = chosen.backoffPattern {
@@ -469,7 +481,7 @@ struct TuneTrial {
         var phase: String
         /// The settings under test (a provoked run's after its reload).
         var candidate: TuneRun.Candidate
-        /// A provoked run's settings before the reload (the over-rate that trips the limit).
+        /// A provoked run's settings before the reload (unpaced, to trip the limit).
         var provokedWith: TuneRun.Candidate?
         var deferrals: [String: Int]
         var texts: [TuneDeferralKind: [String]]
