@@ -11,12 +11,16 @@
 /// `nextAllowed` and wakes a little late (a 1 ms timer tick, a busy loop):
 /// charging from the late wake-up would lose that lateness at every event,
 /// and the rate sent would fall short of the rate configured (by 10% at
-/// 100/s with 1 ms of lateness). So a pacer asked less than one interval
-/// after its slot takes that slot, and the next one follows it.
+/// 100/s with 1 ms of lateness). So a pacer asked a scheduling hiccup
+/// after its slot (less than one interval, at most `scheduleSlack`) takes
+/// that slot, and the next one follows it; later than that it was idle, and
+/// starts afresh (so a slow rate never sends two close together).
 public struct RateLimiter: Hashable, Sendable {
     public private(set) var rate: Rate
     public private(set) var burst: Int
     public let keepsSchedule: Bool
+    /// The most a pacer's caller may be late and still take its slot (ns).
+    public static let scheduleSlack: UInt64 = 100_000_000
     /// T: nanoseconds per event; 0 when unlimited.
     private var emissionInterval: UInt64
     /// τ = (burst - 1) · T.
@@ -42,8 +46,10 @@ public struct RateLimiter: Hashable, Sendable {
         guard !isUnlimited else { return true }
         guard conforms(now: now, cost: cost) else { return false }
         var start = max(theoreticalArrival, now)
-        // Late by less than one interval: the slot was this caller's (an idle pacer starts afresh).
-        if keepsSchedule, theoreticalArrival < now, now - theoreticalArrival < emissionInterval { start = theoreticalArrival }
+        // Late by a hiccup: the slot was this caller's (an idle pacer starts afresh).
+        if keepsSchedule, theoreticalArrival < now, now - theoreticalArrival < min(emissionInterval, Self.scheduleSlack) {
+            start = theoreticalArrival
+        }
         theoreticalArrival = Self.sum(start, Self.product(emissionInterval, UInt64(max(1, cost))))
         return true
     }
