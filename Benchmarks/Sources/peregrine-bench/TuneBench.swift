@@ -321,7 +321,7 @@ struct TuneRun {
     ///     `acceptableLateRefusals` late refusals and drains is the box's length.
     ///  b. What to send meanwhile: a trickle on a ladder of low rates for that
     ///     length; the highest that draws no more late refusals than the hold
-    ///     did (+1) is written (a provider whose box lets a trickle through,
+    ///     did is written (a provider whose box lets a trickle through,
     ///     Outlook's, gets one; a hard box, Yahoo's or Gmail's, gets the hold).
     /// Each trial has time for its box plus three times the drain at the safe rate.
     func searchBackoff(pattern: String, chosen: Candidate,
@@ -366,7 +366,8 @@ struct TuneRun {
         var trickle = 0
         for rate in Self.trickleLadder {
             let t = try run("backoff (trickle)", seconds: hold.seconds, rate: rate)
-            guard passes(t, lateAllowed: hold.late + 1) else { break }
+            // No more refusals than the hold drew: a hard box refuses every trickle.
+            guard passes(t, lateAllowed: hold.late) else { break }
             trickle = rate
         }
         var rule = chosen
