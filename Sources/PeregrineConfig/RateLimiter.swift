@@ -5,9 +5,22 @@
 ///
 /// `burst` is how many events may go back to back after an idle period;
 /// `burst: 1` spaces events evenly (`1000/h` → one every 3.6 s).
+///
+/// A policer (the default) charges from the moment of the request, as GCRA
+/// does. A pacer (`keepsSchedule`) is asked by a caller that sleeps until
+/// `nextAllowed` and wakes a little late (a 1 ms timer tick, a busy loop):
+/// charging from the late wake-up would lose that lateness at every event,
+/// and the rate sent would fall short of the rate configured (by 10% at
+/// 100/s with 1 ms of lateness). So a pacer asked a scheduling hiccup
+/// after its slot (less than one interval, at most `scheduleSlack`) takes
+/// that slot, and the next one follows it; later than that it was idle, and
+/// starts afresh (so a slow rate never sends two close together).
 public struct RateLimiter: Hashable, Sendable {
     public private(set) var rate: Rate
     public private(set) var burst: Int
+    public let keepsSchedule: Bool
+    /// The most a pacer's caller may be late and still take its slot (ns).
+    public static let scheduleSlack: UInt64 = 100_000_000
     /// T: nanoseconds per event; 0 when unlimited.
     private var emissionInterval: UInt64
     /// τ = (burst - 1) · T.
@@ -15,9 +28,10 @@ public struct RateLimiter: Hashable, Sendable {
     /// TAT: when the next event would be due at an even pace.
     private var theoreticalArrival: UInt64 = 0
 
-    public init(rate: Rate, burst: Int = 1) {
+    public init(rate: Rate, burst: Int = 1, keepsSchedule: Bool = false) {
         self.rate = rate
         self.burst = max(1, burst)
+        self.keepsSchedule = keepsSchedule
         self.emissionInterval = rate.emissionIntervalNanos ?? 0
         self.tolerance = 0
         self.tolerance = Self.product(emissionInterval, UInt64(self.burst - 1))
@@ -31,7 +45,11 @@ public struct RateLimiter: Hashable, Sendable {
     public mutating func tryAcquire(now: UInt64, cost: Int = 1) -> Bool {
         guard !isUnlimited else { return true }
         guard conforms(now: now, cost: cost) else { return false }
-        let start = max(theoreticalArrival, now)
+        var start = max(theoreticalArrival, now)
+        // Late by a hiccup: the slot was this caller's (an idle pacer starts afresh).
+        if keepsSchedule, theoreticalArrival < now, now - theoreticalArrival < min(emissionInterval, Self.scheduleSlack) {
+            start = theoreticalArrival
+        }
         theoreticalArrival = Self.sum(start, Self.product(emissionInterval, UInt64(max(1, cost))))
         return true
     }

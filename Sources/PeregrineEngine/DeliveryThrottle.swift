@@ -27,8 +27,9 @@ public final class DeliveryThrottle {
 
     init(policy: DomainSettings) {
         self.policy = policy
-        messagePacer = RateLimiter(rate: policy.maxMsgRate)
-        connectPacer = RateLimiter(rate: policy.maxConnectRate)
+        // Pacers: connections wake on timers, a tick late; the rate is kept on average.
+        messagePacer = RateLimiter(rate: policy.maxMsgRate, keepsSchedule: true)
+        connectPacer = RateLimiter(rate: policy.maxConnectRate, keepsSchedule: true)
     }
 
     var isBackoff: Bool { mode == .backoff }

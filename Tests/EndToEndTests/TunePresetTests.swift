@@ -64,8 +64,16 @@ import Testing
             #expect(s.mxRollup == (domains.count > 1), "\(domain) mx-rollup")
             if let retry = chosen["backoff-retry-after"] as? String {
                 #expect(s.backoffRetryAfter == (try ConfigValue.retrySchedule(retry)), "\(domain) backoff-retry-after")
-                #expect(s.backoffMaxMsgRate == (try ConfigValue.rate(try #require(chosen["backoff-max-msg-rate"] as? String))),
-                        "\(domain) backoff-max-msg-rate")
+                // "0" holds the queue while in backoff; anything else is a rate.
+                let backoffRate = try #require(chosen["backoff-max-msg-rate"] as? String)
+                if backoffRate == "0" {
+                    #expect(s.backoffMaxMsgRateIsZero == true, "\(domain) backoff-max-msg-rate 0")
+                } else {
+                    #expect(s.backoffMaxMsgRate == (try ConfigValue.rate(backoffRate)), "\(domain) backoff-max-msg-rate")
+                }
+                if let toNormal = chosen["backoff-to-normal-after"] as? String {
+                    #expect(s.backoffToNormalAfter == (try ConfigValue.durationOrNever(toNormal)), "\(domain) backoff-to-normal-after")
+                }
                 let list = try #require(s.smtpPatternList, "\(domain) has no smtp-pattern-list")
                 let pattern = try #require(chosen["backoff-pattern"] as? String)
                 #expect(text.contains("<smtp-pattern-list \(list)>\n    reply /\(pattern)/ mode=backoff\n"), "\(file): the backoff rule is not /\(pattern)/")

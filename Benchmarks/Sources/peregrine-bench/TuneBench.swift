@@ -11,7 +11,7 @@ import PeregrineAccounting
 ///
 /// Every trial is a new sink (that provider's profile only, so no limit or
 /// penalty carries over) and a new daemon whose queue for the provider's
-/// domains is routed to the sink's first MX host; loadgen queues `--count`
+/// domains goes to the sink's MX hosts (`smtp-hosts`, in the profile's MX order); loadgen queues `--count`
 /// messages faster than any provider takes them, and the trial ends when the
 /// queue has drained. The sink's `/stats` says why it deferred what it
 /// deferred; `random-failure` is the only reason the sender cannot avoid.
@@ -22,17 +22,21 @@ import PeregrineAccounting
 ///  1. `max-msg-rate` with 3 connections of 10 messages: highest without
 ///     rate deferrals (`max-msg-rate`, `penalty-box`, `max-domain-msg-rate`,
 ///     `escalated`, `warm-up`), and only if the daemon delivered at least 80%
-///     of the rate (a rate a loaded machine never reached proves nothing);
+///     of the rate (a rate a loaded machine never reached proves nothing; a
+///     trial short of it runs again with 5 connections);
 ///  2. `max-smtp-out` at that rate: highest without connection refusals;
 ///  3. `max-msg-per-connection` on one connection (so one connection carries
 ///     the whole run): highest without per-connection deferrals;
 ///  4. the three together, run to the end: its delivered rate and deferral
 ///     count are the figures of the preset; a deferral steps its setting down
 ///     and the check runs again;
-///  5. backoff: phase 1's shape at two rungs above the chosen rate, with the deferral text
-///     phase 1 saw as a `mode=backoff` pattern, for each `backoff-retry-after`
-///     on a ladder until the refused retries stop falling; none is written when
-///     even the best leaves more than 10 (the knob is then another one).
+///  5. backoff, with the deferral text phase 1 saw as a `mode=backoff` pattern
+///     (or an unpaced run provokes, when phase 1 never tripped the limit):
+///     each trial trips the limit once, then runs phase 4's settings with the
+///     rule; first how long to hold (`backoff-max-msg-rate 0`; retries and the
+///     way back to normal after that long), then the highest trickle
+///     (`backoff-max-msg-rate`) the box lets through without more refusals
+///     (`searchBackoff`). None is written when no hold up to 4 h recovers.
 /// A failing trial stops as soon as its kind of deferral shows, which keeps
 /// runs short (and a provider's penalty from escalating).
 ///
@@ -51,7 +55,7 @@ func runTuneBench(arguments: [String]) -> Int32 {
       --trial-deadline S seconds a trial may take before it counts as failed (default 150)
       --presets-dir DIR  where the <domain> blocks go, one DIR/NAME.conf per provider (default examples/presets)
       --no-presets       write results only
-      --no-backoff       skip phase 5 (the backoff-retry-after search)
+      --no-backoff       skip phase 5 (the backoff rule: how long, and at what backoff-max-msg-rate)
     """
     let defaults = ["isp": "", "isps": "", "backend": "epoll", "count": "1000", "time-scale": "0.01",
                     "trial-deadline": "150", "seed": "1", "output-dir": "results", "presets-dir": "examples/presets"]
@@ -98,7 +102,7 @@ func runTuneBench(arguments: [String]) -> Int32 {
         }
     }
     printBenchTable(title: "tune: the settings that deliver most without avoidable deferrals (sink time-scale \(settings.timeScale), real units)",
-                    header: ["provider", "max-smtp-out", "max-msg-per-connection", "max-msg-rate", "backoff-retry-after",
+                    header: ["provider", "max-smtp-out", "max-msg-per-connection", "max-msg-rate", "backoff (length, rate)",
                              "delivered/h", "avoidable deferrals", "result"], rows: rows)
     return failed ? 1 : 0
 }
@@ -138,10 +142,11 @@ struct TuneRun {
         var maxMsgPerConnection: Int
         /// Messages per real hour; 0 = no max-msg-rate.
         var ratePerHour: Int
-        /// The backoff rule: pattern (regex) → mode=backoff, retried after this many real seconds; nil = none.
+        /// The backoff rule: pattern (regex) → mode=backoff; nil = none.
         var backoffPattern: String? = nil
-        var backoffRetryAfterSeconds: Int = 0
-        /// backoff-max-msg-rate, messages per real hour (the rate found safe).
+        /// backoff-retry-after and backoff-to-normal-after, real seconds: how long backoff lasts.
+        var backoffSeconds: Int = 0
+        /// backoff-max-msg-rate, messages per real hour; 0 = hold (`backoff-max-msg-rate 0`).
         var backoffRatePerHour: Int = 0
 
         var json: [String: Any] {
@@ -149,8 +154,9 @@ struct TuneRun {
                                     "max-msg-rate": ratePerHour == 0 ? "unlimited" : "\(ratePerHour)/h"]
             if let p = backoffPattern {
                 j["backoff-pattern"] = p
-                j["backoff-retry-after"] = TuneRun.durationText(backoffRetryAfterSeconds)
-                j["backoff-max-msg-rate"] = "\(backoffRatePerHour)/h"
+                j["backoff-retry-after"] = TuneRun.durationText(backoffSeconds)
+                j["backoff-to-normal-after"] = TuneRun.durationText(backoffSeconds)
+                j["backoff-max-msg-rate"] = TuneRun.backoffRateText(backoffRatePerHour)
             }
             return j
         }
@@ -160,13 +166,17 @@ struct TuneRun {
     static let rateLadder = [300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200, 10_800, 14_400, 21_600, 36_000]
     static let connectionLadder = [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50]
     static let perConnectionLadder = [5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 200, 500]
-    /// backoff-retry-after candidates, real seconds (1 min … 4 h).
-    static let retryLadder = [60, 300, 900, 1800, 3600, 7200, 14_400]
+    /// How long backoff lasts (backoff-retry-after = backoff-to-normal-after), real seconds (15 min … 4 h).
+    static let backoffLadder = [900, 1800, 3600, 5400, 7200, 14_400]
+    /// backoff-max-msg-rate candidates, messages per real hour (a trickle: one every 5 min … 10 a minute).
+    static let trickleLadder = [12, 30, 60, 120, 300, 600]
     /// The share of a trial's max-msg-rate it must deliver for a rate to count as safe.
     static let reachedShare = 0.8
-    /// Refused attempts a provoked run may show with the chosen retry interval
-    /// (the tripping transactions of every open connection, and a few retries).
-    static let acceptableBackoffRefusals = 10
+    /// Rate refusals a provoked run may show after the trip settled (the refusals
+    /// in the second after the first one are the trip's: every open connection's
+    /// transaction in flight). A rule that waits the box out draws none; one
+    /// that comes back early draws a refusal per open connection each time.
+    static let acceptableLateRefusals = 2
 
     let provider: IspMixProvider
     let settings: Settings
@@ -179,10 +189,13 @@ struct TuneRun {
         defer { rig.cleanUp() }
         fputs("== tune \(provider.name) on \(settings.backend): \(settings.count) messages a trial, time-scale \(settings.timeScale)\n", stderr)
         var trials: [TuneTrial.Result] = []
-        func trial(_ phase: String, _ c: Candidate, stopOn: Set<TuneDeferralKind>) throws -> TuneTrial.Result {
-            let r = try TuneTrial(provider: provider, settings: settings, candidate: c, phase: phase, stopOn: stopOn).run()
+        func trial(_ phase: String, _ c: Candidate, stopOn: Set<TuneDeferralKind>, reloadTo: Candidate? = nil,
+                   stopAfterLateRefusals: Int? = nil, deadline: Double? = nil) throws -> TuneTrial.Result {
+            let r = try TuneTrial(provider: provider, settings: settings, candidate: c, phase: phase, stopOn: stopOn,
+                                  reloadTo: reloadTo, stopAfterLateRefusals: stopAfterLateRefusals, deadline: deadline).run()
             trials.append(r)
-            fputs("   \(phase): \(Self.describe(c)) → \(r.summaryLine)\n", stderr)
+            fputs("   \(phase): \(Self.describe(reloadTo ?? c)) → \(r.summaryLine)"
+                  + (reloadTo == nil ? "" : ", refusals \(r.tripRefusals) at the trip + \(r.lateRefusals) late\(r.reloaded ? "" : ", NOT reloaded")") + "\n", stderr)
             return r
         }
 
@@ -194,8 +207,10 @@ struct TuneRun {
         // run once more, then counts as failed.
         let rate = try Self.highestPassing(Self.rateLadder) { r in
             for attempt in 1...2 {
-                let t = try trial(attempt == 1 ? "rate" : "rate (again: short of the rate)",
-                                  Candidate(maxSMTPOut: 3, maxMsgPerConnection: 10, ratePerHour: r), stopOn: [.rate])
+                // Again with 5 connections: on a loaded machine a transaction takes tens of
+                // milliseconds and 3 connections cannot carry 100 messages a (scaled) second.
+                let t = try trial(attempt == 1 ? "rate" : "rate (again with 5 connections: short of the rate)",
+                                  Candidate(maxSMTPOut: attempt == 1 ? 3 : 5, maxMsgPerConnection: 10, ratePerHour: r), stopOn: [.rate])
                 rateTexts += t.texts[.rate] ?? []
                 if t.count(.rate) > 0 { return false }
                 if t.realPerHour >= Double(r) * Self.reachedShare { return true }
@@ -232,43 +247,21 @@ struct TuneRun {
 
         // 5. Backoff: what to do when the rate limit trips anyway.
         var backoffNote = "not searched"
+        var backoffEvidence: [[String: Any]] = []
+        if settings.backoff, chosen.ratePerHour > 0, rateTexts.isEmpty {
+            // Phase 1 never tripped the limit (every rate it reached was under it): trip it
+            // once, unpaced, for the provider's text, which the rule's pattern is made from.
+            let t = try trial("provoke (for the rate deferral's text)",
+                              Candidate(maxSMTPOut: min(5, chosen.maxSMTPOut), maxMsgPerConnection: 10, ratePerHour: 0), stopOn: [.rate])
+            rateTexts += t.texts[.rate] ?? []
+        }
         if settings.backoff, chosen.ratePerHour > 0, let pattern = Self.pattern(from: rateTexts) {
-            // Two rungs over the safe rate, so the provoked run trips the limit even on a loaded machine.
-            let over = Self.stepUp(Self.rateLadder, from: Self.stepUp(Self.rateLadder, from: chosen.ratePerHour))
-            var best: (seconds: Int, refusals: Int)? = nil
-            for seconds in Self.retryLadder {
-                // Phase 1's shape (3 connections of 10), which reached its rates and tripped them;
-                // the retry interval answers the box's length, not the connection count.
-                var c = Candidate(maxSMTPOut: 3, maxMsgPerConnection: 10, ratePerHour: over)
-                c.backoffPattern = pattern
-                c.backoffRetryAfterSeconds = seconds
-                // After a penalty, back to the rate phase 4 found safe.
-                c.backoffRatePerHour = chosen.ratePerHour
-                let t = try trial("backoff", c, stopOn: [])
-                // Refused attempts beyond the one that tripped the box: each retried too soon.
-                let refusals = t.count(.rate)
-                // A run that never tripped the limit says nothing about the retry interval;
-                // one that escalated to a permanent refusal, or never drained, retried too soon.
-                if refusals == 0 || !t.drained || t.deferrals["escalated", default: 0] > 0 {
-                    continue
-                }
-                if let b = best, refusals >= b.refusals { break }   // longer waits no longer help
-                best = (seconds, refusals)
-                if refusals <= 1 { break }
+            let result = try searchBackoff(pattern: pattern, chosen: chosen) { phase, c, stopOn, reloadTo, late, deadline in
+                try trial(phase, c, stopOn: stopOn, reloadTo: reloadTo, stopAfterLateRefusals: late, deadline: deadline)
             }
-            // A rule whose best retry interval still leaves many refused retries is
-            // not the knob this provider needs (Outlook's trickle box refuses at any
-            // interval; backoff-max-msg-rate would be, and is not searched): none is written.
-            if let b = best, b.refusals > Self.acceptableBackoffRefusals {
-                backoffNote = "none written: \(b.refusals) refused retries even at \(Self.durationText(b.seconds)) (backoff-max-msg-rate not searched)"
-            } else if let b = best {
-                chosen.backoffPattern = pattern
-                chosen.backoffRetryAfterSeconds = b.seconds
-                chosen.backoffRatePerHour = chosen.ratePerHour
-                backoffNote = "\(Self.durationText(b.seconds)) (\(b.refusals) rate refusals in the provoked run)"
-            } else {
-                backoffNote = "no retry interval on the ladder drained without escalation"
-            }
+            backoffNote = result.note
+            backoffEvidence = result.evidence
+            if let rule = result.rule { chosen = rule }
         } else if settings.backoff {
             backoffNote = chosen.ratePerHour == 0 ? "no rate limit found" : "no rate deferral text seen"
         }
@@ -289,6 +282,7 @@ struct TuneRun {
             "unavoidableDeferrals": check.count(.unavoidable),
             "checkTrial": check.json,
             "backoff": backoffNote,
+            "backoffTrials": backoffEvidence,
             "rateDeferralTexts": Array(Set(rateTexts)).sorted().prefix(4).map { $0 },
             "trials": trials.map(\.json),
             "ok": ok,
@@ -301,7 +295,7 @@ struct TuneRun {
                                                         startedAt: rig.clock.startedAt)
         if let dir = settings.presetsDir, ok {
             let preset = Self.preset(provider: provider, chosen: chosen, resultsFile: "results/" + (resultPath as NSString).lastPathComponent,
-                                     realPerHour: realPerHour, check: check, timeScale: settings.timeScale)
+                                     realPerHour: realPerHour, check: check, timeScale: settings.timeScale, backoffNote: backoffNote)
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let presetPath = dir + "/\(provider.name).conf"
             try preset.write(toFile: presetPath, atomically: true, encoding: .utf8)
@@ -312,8 +306,77 @@ struct TuneRun {
         rig.writeResult(target: provider.name, figures: figures, outputDir: settings.outputDir)
         return Outcome(row: [provider.name, "\(chosen.maxSMTPOut)", "\(chosen.maxMsgPerConnection)",
                              chosen.ratePerHour == 0 ? "unlimited" : "\(chosen.ratePerHour)/h",
-                             chosen.backoffPattern == nil ? "-" : Self.durationText(chosen.backoffRetryAfterSeconds),
+                             chosen.backoffPattern == nil ? "-" : Self.durationText(chosen.backoffSeconds)
+                                + ", " + Self.backoffRateText(chosen.backoffRatePerHour),
                              "\(Int(realPerHour.rounded()))", "\(check.avoidable)", ok ? "ok" : "FAIL"], ok: ok)
+    }
+
+    /// Phase 5. Each trial provokes the limit once (up to 5 connections, no
+    /// max-msg-rate) with the rule under test in force, then reloads the
+    /// daemon with the settings phase 4 chose plus that rule, so a trial shows
+    /// what the rule does after a trip: how many refusals it draws once the
+    /// trip has settled, whether the provider escalates, whether all drains.
+    ///  a. How long to back off: hold (`backoff-max-msg-rate 0`) for each
+    ///     length on a ladder; the shortest that draws no more than
+    ///     `acceptableLateRefusals` late refusals and drains is the box's length.
+    ///  b. What to send meanwhile: a trickle on a ladder of low rates for that
+    ///     length; the highest that draws no more late refusals than the hold
+    ///     did is written (a provider whose box lets a trickle through,
+    ///     Outlook's, gets one; a hard box, Yahoo's or Gmail's, gets the hold).
+    /// Each trial has time for its box plus three times the drain at the safe rate.
+    func searchBackoff(pattern: String, chosen: Candidate,
+                       trial: (String, Candidate, Set<TuneDeferralKind>, Candidate?, Int?, Double?) throws -> TuneTrial.Result)
+        throws -> (rule: Candidate?, note: String, evidence: [[String: Any]]) {
+        let drainSeconds = Double(settings.count) * 3600 / Double(chosen.ratePerHour) * settings.timeScale
+        var evidence: [[String: Any]] = []
+        func run(_ phase: String, seconds: Int, rate: Int) throws -> TuneTrial.Result {
+            var rule = chosen
+            rule.backoffPattern = pattern
+            rule.backoffSeconds = seconds
+            rule.backoffRatePerHour = rate
+            // Unpaced (a paced run may never reach the limit on a loaded machine), with the rule already in force.
+            var provoke = rule
+            provoke.maxSMTPOut = min(5, chosen.maxSMTPOut)
+            provoke.maxMsgPerConnection = 10
+            provoke.ratePerHour = 0
+            let deadline = 20 + Double(seconds) * settings.timeScale + 3 * drainSeconds
+            var t = try trial(phase, provoke, [], rule, Self.acceptableLateRefusals, deadline)
+            // A run that never tripped the limit says nothing about the rule.
+            if t.tripRefusals == 0 { t = try trial(phase + " (again: never tripped)", provoke, [], rule, Self.acceptableLateRefusals, deadline) }
+            evidence.append(["backoff": Self.durationText(seconds), "backoff-max-msg-rate": Self.backoffRateText(rate),
+                             "tripRefusals": t.tripRefusals, "lateRefusals": t.lateRefusals,
+                             "escalated": t.deferrals["escalated", default: 0], "drained": t.drained,
+                             "reloaded": t.reloaded, "seconds": t.scaledSeconds])
+            return t
+        }
+        func passes(_ t: TuneTrial.Result, lateAllowed: Int) -> Bool {
+            t.reloaded && t.tripRefusals > 0 && t.drained && t.deferrals["escalated", default: 0] == 0 && t.lateRefusals <= lateAllowed
+        }
+        // a. The hold.
+        var hold: (seconds: Int, late: Int)? = nil
+        for seconds in Self.backoffLadder {
+            let t = try run("backoff (hold)", seconds: seconds, rate: 0)
+            if passes(t, lateAllowed: Self.acceptableLateRefusals) { hold = (seconds, t.lateRefusals); break }
+        }
+        guard let hold else {
+            return (nil, "none written: no hold up to \(Self.durationText(Self.backoffLadder.last ?? 0)) recovered without escalation "
+                    + "or more than \(Self.acceptableLateRefusals) late refusals (see backoffTrials)", evidence)
+        }
+        // b. The trickle.
+        var trickle = 0
+        for rate in Self.trickleLadder {
+            let t = try run("backoff (trickle)", seconds: hold.seconds, rate: rate)
+            // No more refusals than the hold drew: a hard box refuses every trickle.
+            guard passes(t, lateAllowed: hold.late) else { break }
+            trickle = rate
+        }
+        var rule = chosen
+        rule.backoffPattern = pattern
+        rule.backoffSeconds = hold.seconds
+        rule.backoffRatePerHour = trickle
+        let note = "\(Self.durationText(hold.seconds)) at " + (trickle == 0 ? "0 (hold: the box refuses even the slowest trickle)" : "\(trickle)/h")
+            + " (\(hold.late) late refusals with the hold)"
+        return (rule, note, evidence)
     }
 
     /// The highest ladder value for which `passes` holds, assuming that once a
@@ -343,6 +406,9 @@ struct TuneRun {
         return nil
     }
 
+    /// `0` (hold) or a rate per hour.
+    static func backoffRateText(_ perHour: Int) -> String { perHour == 0 ? "0" : "\(perHour)/h" }
+
     static func durationText(_ seconds: Int) -> String {
         if seconds % 3600 == 0 { return "\(seconds / 3600)h" }
         if seconds % 60 == 0 { return "\(seconds / 60)m" }
@@ -352,7 +418,7 @@ struct TuneRun {
     static func describe(_ c: Candidate) -> String {
         "max-smtp-out \(c.maxSMTPOut), max-msg-per-connection \(c.maxMsgPerConnection), max-msg-rate "
             + (c.ratePerHour == 0 ? "unlimited" : "\(c.ratePerHour)/h")
-            + (c.backoffPattern.map { ", /\($0)/ mode=backoff, backoff-retry-after \(durationText(c.backoffRetryAfterSeconds))" } ?? "")
+            + (c.backoffPattern.map { ", /\($0)/ mode=backoff for \(durationText(c.backoffSeconds)) at \(backoffRateText(c.backoffRatePerHour))" } ?? "")
     }
 
     /// The macro name a preset defines (its own, so presets can be included side by side).
@@ -360,7 +426,7 @@ struct TuneRun {
 
     /// The shipped preset: a PowerMTA-syntax block in real units, naming its results file.
     static func preset(provider: IspMixProvider, chosen: Candidate, resultsFile: String, realPerHour: Double,
-                       check: TuneTrial.Result, timeScale: Double) -> String {
+                       check: TuneTrial.Result, timeScale: Double, backoffNote: String) -> String {
         var lines = [
             "# \(provider.name): per-domain settings from `peregrine-bench tune --isp \(provider.name)`",
             "# against peregrine-sink's sink/profiles/\(provider.name).conf at time-scale \(timeScale).",
@@ -368,6 +434,8 @@ struct TuneRun {
             "# Measured with these settings: \(Int(realPerHour.rounded())) delivered per hour, \(check.avoidable) avoidable deferrals.",
             "# The sink's limits are partly operator folklore (see the profile): a starting point, not a promise.",
             "# Use: include presets/\(provider.name).conf (from the main config). Generated: re-run tune rather than edit.",
+            // What phase 5 found, rule or none, with its evidence (the results file lists every trial).
+            "# Backoff: \(backoffNote).",
             "domain-macro \(macro(provider)) \(provider.domains.joined(separator: ","))",
         ]
         if let p = chosen.backoffPattern {
@@ -383,8 +451,9 @@ struct TuneRun {
         if chosen.ratePerHour > 0 { lines.append("    max-msg-rate \(chosen.ratePerHour)/h") }
         if chosen.backoffPattern != nil {
             lines.append("    smtp-pattern-list \(macro(provider))")
-            lines.append("    backoff-retry-after \(durationText(chosen.backoffRetryAfterSeconds))")
-            lines.append("    backoff-max-msg-rate \(chosen.backoffRatePerHour)/h")
+            lines.append("    backoff-retry-after \(durationText(chosen.backoffSeconds))")
+            lines.append("    backoff-to-normal-after \(durationText(chosen.backoffSeconds))")
+            lines.append("    backoff-max-msg-rate \(backoffRateText(chosen.backoffRatePerHour))")
         }
         lines.append("</domain>")
         return lines.joined(separator: "\n") + "\n"
@@ -399,10 +468,22 @@ struct TuneTrial {
     let phase: String
     /// Deferral kinds that end the trial at once (it has failed).
     let stopOn: Set<TuneDeferralKind>
+    /// A provoked run (phase 5): at the first rate deferral the daemon is
+    /// reloaded with these settings (the safe rate, the rule under test), so
+    /// the trip is provoked once and what follows is the rule's doing.
+    var reloadTo: TuneRun.Candidate? = nil
+    /// Ends the trial (failed) once this many rate refusals came after the trip
+    /// settled, or at the first escalation to a permanent refusal.
+    var stopAfterLateRefusals: Int? = nil
+    /// Seconds the trial may take; nil = the run's --trial-deadline.
+    var deadline: Double? = nil
 
     struct Result {
         var phase: String
+        /// The settings under test (a provoked run's after its reload).
         var candidate: TuneRun.Candidate
+        /// A provoked run's settings before the reload (unpaced, to trip the limit).
+        var provokedWith: TuneRun.Candidate?
         var deferrals: [String: Int]
         var texts: [TuneDeferralKind: [String]]
         var delivered: Int
@@ -410,11 +491,16 @@ struct TuneTrial {
         var drained: Bool
         var stoppedEarly: Bool
         var scaledSeconds: Double
-        /// Delivered per real hour: first to last arrival at the sink, scaled back.
+        /// Delivered per real hour: first to last first-attempt arrival at the sink, scaled back.
         var realPerHour: Double
         var transientRecords: Int
         var peakConnections: Int
         var maxOnOneConnection: Int
+        /// Provoked runs: rate refusals in the second after the first one (the
+        /// trip's), the ones after it (the rule's), and whether the reload took.
+        var tripRefusals = 0
+        var lateRefusals = 0
+        var reloaded = false
 
         func count(_ kind: TuneDeferralKind) -> Int {
             deferrals.reduce(0) { $0 + (TuneDeferralKind(sinkReason: $1.key) == kind ? $1.value : 0) }
@@ -433,6 +519,8 @@ struct TuneTrial {
              "delivered": delivered, "injected": injected, "drained": drained, "stoppedEarly": stoppedEarly,
              "seconds": scaledSeconds, "deliveredPerHour": Int(realPerHour.rounded()), "transientRecords": transientRecords,
              "peakConnections": peakConnections, "maxMessagesOnOneConnection": maxOnOneConnection,
+             "tripRefusals": tripRefusals, "lateRefusals": lateRefusals, "reloaded": reloaded,
+             "provokedWith": provokedWith?.json ?? [:],
              "deferralTexts": Dictionary(uniqueKeysWithValues: texts.map { ($0.key.rawValue, Array($0.value.prefix(2))) })]
         }
     }
@@ -449,13 +537,17 @@ struct TuneTrial {
                                       "--stats-port", "\(rig.ip):\(statsPort)", "--record-ids", sinkIDs,
                                       "--time-scale", "\(settings.timeScale)", "--seed", settings.seed, "--backend", "epoll"]
                                      + cert.sinkArguments)
-        guard let mx = Self.firstListener(log: (try? String(contentsOfFile: sink.logPath, encoding: .utf8)) ?? "", provider: provider.name) else {
+        let mx = Self.listeners(log: (try? String(contentsOfFile: sink.logPath, encoding: .utf8)) ?? "", provider: provider.name)
+        guard !mx.isEmpty else {
             throw ScenarioRig.Failure(description: "the sink named no listener for \(provider.name): \(sink.logTail)")
         }
         let acct = rig.work + "/acct.csv"
-        let config = config(ip: rig.ip, mtaPort: mtaPort, mgmtPort: mgmtPort, spool: rig.work + "/spool", acct: acct, mx: mx)
         let configPath = rig.work + "/peregrine.conf"
-        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        func writeConfig(_ c: TuneRun.Candidate) throws {
+            try config(c, ip: rig.ip, mtaPort: mtaPort, mgmtPort: mgmtPort, spool: rig.work + "/spool", acct: acct, mx: mx)
+                .write(toFile: configPath, atomically: true, encoding: .utf8)
+        }
+        try writeConfig(candidate)
         let daemon = try rig.startDaemon(configPath: configPath, backend: settings.backend, smtpPort: mtaPort)
 
         let start = Date()
@@ -467,12 +559,33 @@ struct TuneTrial {
                                      "--connections", "4", "--ids", loadIDs, "--seed", settings.seed, "--backend", "epoll",
                                      "--from", "news@peregrine.test", "--list-unsubscribe", "--domains", mix,
                                      "--json", rig.work + "/loadgen.json", "--no-progress"])
-        var drained = false, stoppedEarly = false
+        var drained = false, stoppedEarly = false, reloaded = false
         var stats: [String: Any] = [:]
-        while Date().timeIntervalSince(start) < settings.trialDeadline {
+        var trippedAt: Date? = nil
+        var tripRefusals: Int? = nil, rateRefusals = 0
+        let trialDeadline = self.deadline ?? settings.trialDeadline
+        while Date().timeIntervalSince(start) < trialDeadline {
             if let s = BenchNet.getJSON(ip: rig.ip, port: statsPort, path: "/stats") {
                 stats = s
-                if !stopOn.isEmpty, Self.deferrals(s).contains(where: { stopOn.contains(TuneDeferralKind(sinkReason: $0.key)) }) {
+                let deferrals = Self.deferrals(s)
+                if !stopOn.isEmpty, deferrals.contains(where: { stopOn.contains(TuneDeferralKind(sinkReason: $0.key)) }) {
+                    stoppedEarly = true
+                    break
+                }
+                rateRefusals = deferrals.reduce(0) { $0 + (TuneDeferralKind(sinkReason: $1.key) == .rate ? $1.value : 0) }
+                if trippedAt == nil, rateRefusals > 0 {
+                    trippedAt = Date()
+                    if let next = reloadTo {
+                        // The rule is in force already (the trip put the queue in backoff); from
+                        // now on the normal rate is the safe one, so leaving backoff does not trip again.
+                        try writeConfig(next)
+                        kill(daemon.pid, SIGHUP)
+                        reloaded = Self.waitForLine("reloaded ", in: daemon.logPath, timeout: 10)
+                    }
+                }
+                if let t = trippedAt, tripRefusals == nil, Date().timeIntervalSince(t) >= 1 { tripRefusals = rateRefusals }
+                if let limit = stopAfterLateRefusals,
+                   deferrals["escalated", default: 0] > 0 || rateRefusals - (tripRefusals ?? rateRefusals) > limit {
                     stoppedEarly = true
                     break
                 }
@@ -494,13 +607,9 @@ struct TuneTrial {
         sink.stop()   // flushes the id file
 
         let deferrals = Self.deferrals(stats)
+        let finalRate = deferrals.reduce(0) { $0 + (TuneDeferralKind(sinkReason: $1.key) == .rate ? $1.value : 0) }
         let provStats = (stats["providers"] as? [String: Any])?[provider.name] as? [String: Any] ?? [:]
         let arrivals = Self.arrivals(sinkIDs)
-        var realPerHour = 0.0
-        if arrivals.count >= 2, let first = arrivals.first, let last = arrivals.last, last > first {
-            // Messages per scaled second, back to real time: an hour at scale X lasts 3600·X seconds.
-            realPerHour = Double(arrivals.count - 1) / (Double(last - first) / 1e9) * 3600 * settings.timeScale
-        }
         var texts: [TuneDeferralKind: [String]] = [:]
         var transient = 0
         if let rows = try? AccountingCSVReader.read(path: acct) {
@@ -511,24 +620,28 @@ struct TuneTrial {
                 if texts[kind, default: []].count < 4, !texts[kind, default: []].contains(diag) { texts[kind, default: []].append(diag) }
             }
         }
+        let realPerHour = Self.realPerHour(arrivals: arrivals, retried: drained ? transient : 0, timeScale: settings.timeScale)
         // A trial stopped early may end before loadgen flushed its id file.
         let injected = max(ScenarioRig.ids(loadIDs).count, arrivals.count)
-        return Result(phase: phase, candidate: candidate, deferrals: deferrals, texts: texts, delivered: arrivals.count,
+        return Result(phase: phase, candidate: reloadTo ?? candidate, provokedWith: reloadTo == nil ? nil : candidate, deferrals: deferrals, texts: texts, delivered: arrivals.count,
                       injected: injected, drained: drained, stoppedEarly: stoppedEarly, scaledSeconds: seconds,
                       realPerHour: realPerHour, transientRecords: transient,
                       peakConnections: Self.int(provStats["peak_concurrent_connections"]),
-                      maxOnOneConnection: Self.int(provStats["max_messages_on_one_connection"]))
+                      maxOnOneConnection: Self.int(provStats["max_messages_on_one_connection"]),
+                      tripRefusals: min(tripRefusals ?? finalRate, finalRate), lateRefusals: finalRate - min(tripRefusals ?? finalRate, finalRate),
+                      reloaded: reloaded)
     }
 
     /// The trial's daemon: the candidate for the provider's domains (rates and times scaled), routed to the sink.
-    func config(ip: String, mtaPort: UInt16, mgmtPort: UInt16, spool: String, acct: String, mx: String) -> String {
+    func config(_ c: TuneRun.Candidate, ip: String, mtaPort: UInt16, mgmtPort: UInt16, spool: String, acct: String, mx: [String]) -> String {
         let scale = settings.timeScale
-        let c = candidate
         let macro = TuneRun.macro(provider)
         // Durations at the time scale, in milliseconds (10 min → 6 s at 0.01).
         func scaled(_ seconds: Int) -> String { "\(max(1, Int((Double(seconds) * 1000 * scale).rounded())))ms" }
         var domain = [
-            "    route [\(mx.split(separator: ":").dropLast().joined(separator: ":"))]:\(mx.split(separator: ":").last ?? "25")",
+            // Every MX host of the profile, in its MX order, as DNS would give them (their ports are the kernel's).
+            "    smtp-hosts " + mx.map { "[\($0.split(separator: ":").dropLast().joined(separator: ":"))]:\($0.split(separator: ":").last ?? "25")" }
+                .joined(separator: ", "),
             provider.domains.count > 1 ? "    mx-rollup yes" : "",
             "    max-smtp-out \(c.maxSMTPOut)",
             "    max-msg-per-connection \(c.maxMsgPerConnection)",
@@ -538,10 +651,10 @@ struct TuneTrial {
         var patterns = ""
         if let p = c.backoffPattern {
             patterns = "<smtp-pattern-list \(macro)>\n    reply /\(p)/ mode=backoff\n</smtp-pattern-list>\n"
-            domain += ["    smtp-pattern-list \(macro)", "    backoff-retry-after \(scaled(c.backoffRetryAfterSeconds))",
-                       "    backoff-max-msg-rate \(Int((Double(c.backoffRatePerHour) / scale).rounded()))/h",
-                       // The default (1h) at the time scale, as the preset leaves it.
-                       "    backoff-to-normal-after \(scaled(3600))"]
+            // As the preset writes them: retries and the way back to normal both after the backoff's length.
+            domain += ["    smtp-pattern-list \(macro)", "    backoff-retry-after \(scaled(c.backoffSeconds))",
+                       "    backoff-to-normal-after \(scaled(c.backoffSeconds))",
+                       "    backoff-max-msg-rate " + (c.backoffRatePerHour == 0 ? "0" : "\(Int((Double(c.backoffRatePerHour) / scale).rounded()))/h")]
         }
         return """
         smtp-listener \(ip):\(mtaPort)
@@ -571,13 +684,33 @@ struct TuneTrial {
         """
     }
 
-    /// "peregrine-sink: listening gmail 127.0.1.1:40123" → "127.0.1.1:40123" (the provider's first MX).
-    static func firstListener(log: String, provider: String) -> String? {
-        let prefix = "peregrine-sink: listening \(provider) "
-        for line in log.split(separator: "\n") where line.hasPrefix(prefix) {
-            return String(line.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces)
+    /// Messages per real hour from sorted arrival times (ns). A drained run's
+    /// `retried` messages (one per deferral record) came back after retry-after,
+    /// 6 s at time-scale 0.01: one random failure in a 20 s run would cut the
+    /// rate by a quarter, so the last `retried` arrivals are left out and the
+    /// figure is the pace of first attempts, which is what max-msg-rate sets.
+    static func realPerHour(arrivals: [UInt64], retried: Int, timeScale: Double) -> Double {
+        let n = retried > 0 && arrivals.count - retried >= 2 ? arrivals.count - retried : arrivals.count
+        guard n >= 2, arrivals[n - 1] > arrivals[0] else { return 0 }
+        // Messages per scaled second, back to real time: an hour at scale X lasts 3600·X seconds.
+        return Double(n - 1) / (Double(arrivals[n - 1] - arrivals[0]) / 1e9) * 3600 * timeScale
+    }
+
+    /// Waits (bounded) for a line containing `text` in a log file.
+    static func waitForLine(_ text: String, in path: String, timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let log = try? String(contentsOfFile: path, encoding: .utf8), log.contains(text) { return true }
+            usleep(20_000)
         }
-        return nil
+        return false
+    }
+
+    /// "peregrine-sink: listening gmail 127.0.1.1:40123" lines → ["127.0.1.1:40123", …] (the provider's MX hosts, in order).
+    static func listeners(log: String, provider: String) -> [String] {
+        let prefix = "peregrine-sink: listening \(provider) "
+        return log.split(separator: "\n").filter { $0.hasPrefix(prefix) }
+            .map { String($0.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces) }
     }
 
     /// The sink's deferrals (sessions refused, messages and recipients deferred, messages rejected) by reason.
