@@ -35,7 +35,12 @@
 //   epochs: writes join the current epoch, `fdatasync` closes it and its
 //   IORING_OP_FSYNC (DATASYNC) SQE is held back until no write of an epoch up
 //   to its own is still in flight. Unlike IOSQE_IO_DRAIN this does not stall
-//   the sockets sharing the ring, and later writes are not delayed.
+//   the sockets sharing the ring, and later writes are not delayed. When the
+//   only such write is the SQE just prepared (the spool's group commit: one
+//   buffer written, then synced), the fsync is linked behind it
+//   (IOSQE_IO_LINK) and goes to the kernel in the same submission instead of
+//   a loop turn after the write's completion. A linked fsync cancelled
+//   because its write failed or was short waits again like any other.
 // - Timers: the shared TimerWheel (advance(to:due:) + takeDue, so a timer
 //   cancelled by an earlier callback of the same turn never fires); wait
 //   timeout = next tick. Wake-ups from
@@ -57,6 +62,19 @@ public final class URingLoop: EventLoop {
     public let setupFlags: UInt32
     /// False once the kernel refused multishot accept; single-shot is re-armed then.
     var multishotAccept = true
+    /// The last file write prepared: its fd and the SQ tail right after its
+    /// SQE. While that SQE is still unsubmitted and last in the queue, an
+    /// fdatasync it alone blocks is linked behind it (URingLoop+Files.swift).
+    var lastFileWrite: (fd: Int32, tail: UInt32) = (-1, 0)
+    /// fdatasyncs submitted linked behind their write (tests, diagnostics).
+    public internal(set) var linkedFsyncs = 0
+    /// Off with PEREGRINE_URING_FSYNC_LINK=0 in the environment: the bench
+    /// compares both ways with one binary (results/esp-*/uring-fsync-link.md).
+    var linksFsyncToWrite = URingLoop.fsyncLinkEnabled
+    static let fsyncLinkEnabled: Bool = {
+        guard let v = getenv("PEREGRINE_URING_FSYNC_LINK") else { return true }
+        return String(cString: v) != "0"
+    }()
 
     private let wakeFD: Int32
     private let wakeBuffer: UnsafeMutablePointer<UInt64>
