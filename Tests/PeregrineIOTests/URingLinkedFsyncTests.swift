@@ -22,6 +22,7 @@ struct URingLinkedFsyncTests {
         defer { unlink(path) }
         let result: String? = h.await { loop, reply in
             do {
+                loop.linksFsyncToWrite = true // off by default (PEREGRINE_URING_FSYNC_LINK=1)
                 let f = try loop.openFile(path, create: true, truncate: true)
                 let block = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 4096)
                 for i in 0..<8192 { block[i] = UInt8(truncatingIfNeeded: i &* 7) }
@@ -60,6 +61,7 @@ struct URingLinkedFsyncTests {
         defer { unlink(path) }
         let result: String? = h.await { loop, reply in
             do {
+                loop.linksFsyncToWrite = true
                 let f = try loop.openFile(path, create: true, truncate: true)
                 let block = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
                 block.initializeMemory(as: UInt8.self, repeating: 1)

@@ -39,7 +39,8 @@
 //   only such write is the SQE just prepared (the spool's group commit: one
 //   buffer written, then synced), the fsync is linked behind it
 //   (IOSQE_IO_LINK) and goes to the kernel in the same submission instead of
-//   a loop turn after the write's completion. A linked fsync cancelled
+//   a loop turn after the write's completion (off by default: not measured
+//   better here; PEREGRINE_URING_FSYNC_LINK=1). A linked fsync cancelled
 //   because its write failed or was short waits again like any other.
 // - Timers: the shared TimerWheel (advance(to:due:) + takeDue, so a timer
 //   cancelled by an earlier callback of the same turn never fires); wait
@@ -68,12 +69,14 @@ public final class URingLoop: EventLoop {
     var lastFileWrite: (fd: Int32, tail: UInt32) = (-1, 0)
     /// fdatasyncs submitted linked behind their write (tests, diagnostics).
     public internal(set) var linkedFsyncs = 0
-    /// Off with PEREGRINE_URING_FSYNC_LINK=0 in the environment: the bench
-    /// compares both ways with one binary (results/esp-*/uring-fsync-link.md).
+    /// Off unless PEREGRINE_URING_FSYNC_LINK=1 is in the environment: on this
+    /// machine it did not measure better than waiting for the write's
+    /// completion (results/esp-2026-12-05b/README.md §3), so it is kept only
+    /// as an option to measure again on a quiet machine, one binary both ways.
     var linksFsyncToWrite = URingLoop.fsyncLinkEnabled
     static let fsyncLinkEnabled: Bool = {
-        guard let v = getenv("PEREGRINE_URING_FSYNC_LINK") else { return true }
-        return String(cString: v) != "0"
+        guard let v = getenv("PEREGRINE_URING_FSYNC_LINK") else { return false }
+        return String(cString: v) == "1"
     }()
 
     private let wakeFD: Int32
