@@ -2,27 +2,67 @@
 /// field with its continuation lines and final line end; the body starts
 /// after the first empty line. Reused per message (`parse` clears it), so
 /// finding fields allocates nothing once the array has grown.
-struct DKIMHeaderFields {
-    struct Field {
+///
+/// A caller that has already scanned the message's header section (the
+/// daemon's HeaderSection at injection) builds this from its ranges with
+/// `appendField` instead of scanning again: one parse per message.
+public struct DKIMHeaderFields {
+    public struct Field {
         /// The whole field, continuation lines and final CRLF included.
-        var range: Range<Int>
+        public var range: Range<Int>
         /// The name, before the colon.
-        var name: Range<Int>
+        public var name: Range<Int>
         /// After the colon, up to the end of the field (final CRLF excluded).
-        var value: Range<Int>
+        public var value: Range<Int>
     }
 
-    var fields: [Field] = []
-    var bodyStart = 0
+    public private(set) var fields: [Field] = []
+    /// Offset of the first body byte (after the empty line), or the end if none.
+    public var bodyStart = 0
 
-    mutating func parse(_ bytes: UnsafeRawBufferPointer) {
+    public init() {}
+
+    /// Scans the header section of `bytes` (clears what was there).
+    public mutating func parse(_ bytes: UnsafeRawBufferPointer) {
         fields.removeAll(keepingCapacity: true)
+        bodyStart = scan(bytes, from: 0)
+    }
+
+    /// Empties the list, keeping its storage.
+    public mutating func removeAll() {
+        fields.removeAll(keepingCapacity: true)
+        bodyStart = 0
+    }
+
+    /// Appends the whole fields found in `bytes[range]` (header lines, no
+    /// empty line: e.g. fields an MTA puts above a message); offsets are
+    /// indices into `bytes`. Returns false when the range holds anything but
+    /// whole fields.
+    public mutating func appendFields(scanning range: Range<Int>, of bytes: UnsafeRawBufferPointer) -> Bool {
+        let fieldsBefore = fields.count
+        let end = scan(UnsafeRawBufferPointer(rebasing: bytes[0..<range.upperBound]), from: range.lowerBound)
+        if end != range.upperBound { fields.removeSubrange(fieldsBefore...); return false }
+        return true
+    }
+
+    /// Appends one field already delimited by another scan (its whole
+    /// range, final line end included, and its colon), as `parse` would
+    /// have found it in `bytes`.
+    public mutating func appendField(range: Range<Int>, colon: Int, in bytes: UnsafeRawBufferPointer) {
+        var valueEnd = range.upperBound
+        if valueEnd > colon + 1 && bytes[valueEnd - 1] == 10 { valueEnd -= 1 }
+        if valueEnd > colon + 1 && bytes[valueEnd - 1] == 13 { valueEnd -= 1 }
+        fields.append(Field(range: range, name: range.lowerBound..<colon, value: colon + 1..<valueEnd))
+    }
+
+    /// Appends the fields from `start`; returns where the body starts (the end when the
+    /// header section does not end).
+    private mutating func scan(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int {
         let end = bytes.count
-        bodyStart = end
-        var i = 0
+        var i = start
         while i < end {
-            if bytes[i] == 13, i + 1 < end, bytes[i + 1] == 10 { bodyStart = i + 2; return }
-            if bytes[i] == 10 { bodyStart = i + 1; return }
+            if bytes[i] == 13, i + 1 < end, bytes[i + 1] == 10 { return i + 2 }
+            if bytes[i] == 10 { return i + 1 }
             let start = i
             var colon = -1
             var j = i
@@ -35,13 +75,11 @@ struct DKIMHeaderFields {
                 j += 1
             }
             let fieldEnd = min(j + 1, end)
-            guard colon > start else { bodyStart = start; return } // not a field: the rest is body
-            var valueEnd = fieldEnd
-            if valueEnd > colon + 1 && bytes[valueEnd - 1] == 10 { valueEnd -= 1 }
-            if valueEnd > colon + 1 && bytes[valueEnd - 1] == 13 { valueEnd -= 1 }
-            fields.append(Field(range: start..<fieldEnd, name: start..<colon, value: colon + 1..<valueEnd))
+            guard colon > start else { return start } // not a field: the rest is body
+            appendField(range: start..<fieldEnd, colon: colon, in: bytes)
             i = fieldEnd
         }
+        return end
     }
 
     /// Whether the field's name (trailing blanks ignored) equals `name`, ASCII case-insensitively.
@@ -59,7 +97,7 @@ struct DKIMHeaderFields {
 
     /// The same for a name given as a String (the configured `h=` list),
     /// compared in place: no byte array per name and message.
-    static func name(_ field: Field, in bytes: UnsafeRawBufferPointer, equals name: String) -> Bool {
+    public static func name(_ field: Field, in bytes: UnsafeRawBufferPointer, equals name: String) -> Bool {
         var end = field.name.upperBound
         while end > field.name.lowerBound && (bytes[end - 1] == 32 || bytes[end - 1] == 9) { end -= 1 }
         var i = field.name.lowerBound

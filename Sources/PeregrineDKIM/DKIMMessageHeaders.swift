@@ -31,6 +31,45 @@ public enum DKIMMessageHeaders {
         return domain.isEmpty ? nil : String(decoding: domain, as: UTF8.self)
     }
 
+    /// The same from fields already scanned (`fields` describes `message`):
+    /// no scan and, for a domain of up to 15 bytes, no allocation.
+    public static func fromDomain(_ message: UnsafeRawBufferPointer, fields: DKIMHeaderFields) -> String? {
+        guard let f = fields.fields.first(where: { DKIMHeaderFields.name($0, in: message, equals: "from") }) else { return nil }
+        // As above on the unfolded value: CR and LF are skipped where they matter, and
+        // the first '<', the first '>' after it and the last '@' are found the same way.
+        var start = f.value.lowerBound, end = f.value.upperBound
+        var open = -1
+        for i in start..<end where message[i] == UInt8(ascii: "<") { open = i; break }
+        if open >= 0 {
+            var close = -1
+            for i in open..<end where message[i] == UInt8(ascii: ">") { close = i; break }
+            if close >= 0 { start = open + 1; end = close }
+        }
+        var at = -1
+        var i = end
+        while i > start { i -= 1; if message[i] == UInt8(ascii: "@") { at = i; break } }
+        guard at >= 0 else { return nil }
+        var domainEnd = at + 1
+        var k = at + 1
+        while k < end {
+            let c = message[k]
+            if c == 13 || c == 10 { k += 1; continue }
+            if c == 32 || c == 9 || c == UInt8(ascii: ",") || c == UInt8(ascii: ")") || c == UInt8(ascii: ">") || c == UInt8(ascii: ";") { break }
+            k += 1
+            domainEnd = k
+        }
+        // Trailing dots go (domainEnd is past a kept byte, never a CR or LF).
+        while domainEnd > at + 1 && message[domainEnd - 1] == UInt8(ascii: ".") { domainEnd -= 1 }
+        guard domainEnd > at + 1 else { return nil }
+        let raw = UnsafeRawBufferPointer(rebasing: message[(at + 1)..<domainEnd])
+        if !raw.contains(where: { $0 == 13 || $0 == 10 || ($0 >= 65 && $0 <= 90) }) {
+            return String(decoding: raw, as: UTF8.self)
+        }
+        var lowered: [UInt8] = []
+        for c in raw where c != 13 && c != 10 { lowered.append(DKIMHeaderFields.lower(c)) }
+        return String(decoding: lowered, as: UTF8.self)
+    }
+
     /// DMARC relaxed alignment without the public-suffix list: the same
     /// domain, or `fromDomain` is a subdomain of `signingDomain`.
     public static func aligned(_ fromDomain: String, _ signingDomain: String) -> Bool {

@@ -128,6 +128,22 @@ public final class DKIMSigner {
     public func sign(message: UnsafeRawBufferPointer, identities: [DKIMSigningIdentity], now: Int64,
                      into out: inout [UInt8]) throws(DKIMError) {
         fields.parse(message)
+        try signParsed(message, identities: identities, now: now, into: &out)
+    }
+
+    /// The same for a message whose header section the caller has already
+    /// scanned (`fields` describes `message`): nothing is scanned twice.
+    public func sign(message: UnsafeRawBufferPointer, fields given: DKIMHeaderFields, identities: [DKIMSigningIdentity],
+                     now: Int64, into out: inout [UInt8]) throws(DKIMError) {
+        let own = fields
+        fields = given
+        // Hand the caller's storage back unshared, or its next edit would copy it.
+        defer { fields = own }
+        try signParsed(message, identities: identities, now: now, into: &out)
+    }
+
+    private func signParsed(_ message: UnsafeRawBufferPointer, identities: [DKIMSigningIdentity], now: Int64,
+                            into out: inout [UInt8]) throws(DKIMError) {
         relaxedBody.valid = false
         simpleBody.valid = false
         for identity in identities {

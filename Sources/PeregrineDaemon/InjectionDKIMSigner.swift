@@ -34,54 +34,77 @@ final class InjectionDKIMSigner {
         case refused(SMTPReply)
     }
 
+    /// The scopes of the current message, most specific first (reused).
+    private var scopes: [DKIMSettings] = []
+    /// The header fields of the message being signed (reused).
+    var fields = DKIMHeaderFields()
+    /// Dropped ranges, merged (reused; InjectionDKIMSigner+Fields.swift).
+    var mergedDrops: [Range<Int>] = []
+
+    /// Signs `message` (the HTTP API's: its header section is scanned here).
     func sign(_ message: UnsafeRawBufferPointer, config: PeregrineConfig, source: SourceSettings, vmta: String,
               recipientDomain: String, now: Int64) -> Outcome {
-        var scopes: [DKIMSettings] = [source.dkim]
+        fields.parse(message)
+        return signDescribed(message, config: config, source: source, vmta: vmta, recipientDomain: recipientDomain, now: now)
+    }
+
+    /// Signs `message`, whose header section `fields` describes.
+    func signDescribed(_ message: UnsafeRawBufferPointer, config: PeregrineConfig, source: SourceSettings,
+                               vmta: String, recipientDomain: String, now: Int64) -> Outcome {
+        // Built in a reused array, without filter/map/flatMap copies: this runs per message.
+        scopes.removeAll(keepingCapacity: true)
+        if !source.dkim.isEmpty { scopes.append(source.dkim) }
         if let v = config.virtualMTA(named: vmta) {
-            scopes.append(v.dkim)
-            scopes.append(contentsOf: v.domains.filter { Self.matches($0.pattern, recipientDomain, config) && $0.pattern != .any }.map(\.dkim))
-            scopes.append(contentsOf: v.domains.filter { $0.pattern == .any }.map(\.dkim))
+            if !v.dkim.isEmpty { scopes.append(v.dkim) }
+            for d in v.domains where d.pattern != .any && !d.dkim.isEmpty && Self.matches(d.pattern, recipientDomain, config) {
+                scopes.append(d.dkim)
+            }
+            for d in v.domains where d.pattern == .any && !d.dkim.isEmpty { scopes.append(d.dkim) }
         }
-        scopes.append(contentsOf: config.domains.filter { Self.matches($0.pattern, recipientDomain, config) && $0.pattern != .any }.map(\.dkim))
-        scopes.append(contentsOf: config.domains.filter { $0.pattern == .any }.map(\.dkim))
-        scopes.removeAll { $0.isEmpty }
+        for d in config.domains where d.pattern != .any && !d.dkim.isEmpty && Self.matches(d.pattern, recipientDomain, config) {
+            scopes.append(d.dkim)
+        }
+        for d in config.domains where d.pattern == .any && !d.dkim.isEmpty { scopes.append(d.dkim) }
         if scopes.isEmpty { return .unsigned }
-        func first<T>(_ field: KeyPath<DKIMSettings, T?>) -> T? { scopes.lazy.compactMap { $0[keyPath: field] }.first }
-        let keys = scopes.flatMap(\.keys)
+        func first<T>(_ field: KeyPath<DKIMSettings, T?>) -> T? {
+            for s in scopes { if let v = s[keyPath: field] { return v } }
+            return nil
+        }
         if let sign = first(\.sign), !sign { return .unsigned }
         let required = first(\.required) ?? false
-        let fromDomain = Self.fromDomain(message)
+        let fromDomain = DKIMMessageHeaders.fromDomain(message, fields: fields)
         identities.removeAll(keepingCapacity: true)
         let canonicalization = first(\.canonicalization) ?? DKIMCanonicalizations()
         let headers = first(\.headers) ?? DKIMSigningIdentity.defaultHeaders
         let bodyLengthLimit = first(\.bodyLengthLimit) ?? false
         let expire = (first(\.expireAfter) ?? nil).map { Int64($0.components.seconds) }
-        var seen: Set<String> = []
+        // Every key of every scope is a candidate; one identity per (selector, domain, key file).
         func add(_ k: DKIMDomainKey, auid: String? = nil) {
-            guard seen.insert("\(k.selector)\u{0}\(k.domain)\u{0}\(k.keyPath)").inserted,
-                  let key = config.dkimKeys[k.keyPath] else { return }
+            guard let key = config.dkimKeys[k.keyPath],
+                  !identities.contains(where: { $0.key === key && $0.selector == k.selector && $0.domain == k.domain }) else { return }
             var identity = DKIMSigningIdentity(domain: k.domain, selector: k.selector, key: key,
                                                canonicalization: canonicalization, headers: headers,
                                                bodyLengthLimit: bodyLengthLimit, expireAfterSeconds: expire)
             identity.agentIdentifier = auid
             identities.append(identity)
         }
+        func addKeys(alignedWith domain: String, auid: String? = nil) {
+            for s in scopes { for k in s.keys where Self.aligned(domain, k.domain) { add(k, auid: auid) } }
+        }
         // dkim-identity: the From domain's keys (default), or a named identity's
         // keys with its i= (its domain must be d= or under it, RFC 6376 §3.5).
         switch first(\.identity) ?? .senderOrFrom {
         case .senderOrFrom:
-            if let fromDomain {
-                for k in keys where Self.aligned(fromDomain, k.domain) { add(k) }
-            }
+            if let fromDomain { addKeys(alignedWith: fromDomain) }
         case .fixed(let id):
-            for k in keys where Self.aligned(id.domain, k.domain) { add(k, auid: id.auid) }
+            addKeys(alignedWith: id.domain, auid: id.auid)
         }
         if identities.isEmpty, let fallback = first(\.identityFallback) {
-            for k in keys where Self.aligned(fallback.domain, k.domain) { add(k, auid: fallback.auid) }
+            addKeys(alignedWith: fallback.domain, auid: fallback.auid)
         }
         let aligned = !identities.isEmpty
         if let esp = first(\.alsoSignAs) {
-            for k in keys where k.domain == esp { add(k) }
+            for s in scopes { for k in s.keys where k.domain == esp { add(k) } }
         }
         if !aligned && required {
             let what = fromDomain.map { "From domain \($0)" } ?? "a message without a From domain"
@@ -93,7 +116,7 @@ final class InjectionDKIMSigner {
         let started = monotonicNanoseconds()
         defer { signingTime.observe(seconds: Double(monotonicNanoseconds() &- started) / 1e9) }
         do {
-            try signer.sign(message: message, identities: identities, now: now, into: &header)
+            try signer.sign(message: message, fields: fields, identities: identities, now: now, into: &header)
         } catch {
             if required {
                 return .refused(SMTPReply(code: 550, enhancedCode: EnhancedStatusCode(5, 7, 1), "cannot DKIM-sign: \(error)"))

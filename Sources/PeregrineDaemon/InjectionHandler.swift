@@ -202,7 +202,9 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             body.clear()
             let rcpt = transaction.recipients[0].forwardPath
             let domain = rcpt.lastIndex(of: "@").map { rcpt[rcpt.index(after: $0)...].lowercased() } ?? ""
-            let outcome = worker.dkim.sign(unsigned.bytes, config: config, source: source, vmta: vmta,
+            // The signer reuses `headers` (this scan of the received message): one header parse per message.
+            let outcome = worker.dkim.sign(unsigned.bytes, prefixLength: added.count, original: headers, dropped: drop,
+                                           config: config, source: source, vmta: vmta,
                                            recipientDomain: domain, now: wallClockSeconds())
             if case .refused(let reply) = outcome {
                 unsigned.clear()

@@ -34,6 +34,9 @@ struct RelayBenchOptions: RelayScenarioOptions {
     /// `--dkim rsa2048|ed25519|dual`: Peregrine signs every message at injection
     /// (a key made for the run; `dkim-also-sign-as` so every From is signed).
     var dkim: String?
+    /// Open-loop injection rate (messages/s) given to the loadgen; nil: as fast as accepted.
+    /// relay-esp's `--rate`: its runs then compare CPU per message at the same rate.
+    var rate: Double?
 
     static let usage = """
     usage: peregrine-bench relay|relay-100k [--backend all|io_uring|epoll|dispatch] [--peer postfix]
@@ -357,7 +360,8 @@ final class RelayRunner {
                                    arguments: ["--target", "\(ip):\(mtaPort)", "--duration", "\(options.duration)",
                                                "--connections", "\(options.connections)", "--messages-per-connection", "0",
                                                "--size", "\(options.messageSize)", "--ids", loadIDs, "--json", loadJSON,
-                                               "--no-progress", "--backend", "epoll"] + ((injectionTLS ?? tls) ? ["--starttls"] : []),
+                                               "--no-progress", "--backend", "epoll"] + ((injectionTLS ?? tls) ? ["--starttls"] : [])
+                                              + (options.rate.map { ["--rate", "\($0)/s"] } ?? []),
                                    logPath: work + "/loadgen.log")
         let start = Date()
         try loadgen.start(); processes.append(loadgen)
@@ -405,6 +409,7 @@ final class RelayRunner {
         // reported with how it ended (its log has the crash report, if any).
         let mtaExit = mta?.exitDescription
         let mta1 = mtaUsage()
+        let signing = options.dkim != nil && target != "postfix" ? DaemonSigningTime.read(ip: ip, port: mgmtPort) : nil
         let sink1 = ProcessUsage.read(pid: sink.pid)?.cpuSeconds ?? sink0
         peakRSS = max(peakRSS, mta1.peakRSSBytes, mta1.rssBytes)
         let tlsStats = tls ? tlsFigures(statsPort: statsPort) : nil
@@ -453,6 +458,7 @@ final class RelayRunner {
             figures["dkim"] = options.dkim
             // The reference measured in this run (after the load: the same machine state).
             if let speed = OpenSSLSpeed.measure() { figures["opensslSpeed"] = speed.json }
+            if let signing { figures["daemonSigning"] = signing.json }
         }
         if !latencies.isEmpty {
             figures["injectToDeliverMs"] = ["p50": pct(50), "p90": pct(90), "p99": pct(99), "max": latencies.last ?? 0]

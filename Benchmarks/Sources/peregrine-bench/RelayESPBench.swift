@@ -18,7 +18,9 @@ import Glibc
 /// the in-run raw sign time (for dual: RSA + Ed25519). 1.0 means signing
 /// costs exactly OpenSSL's raw signature. The issue's literal form, minus the
 /// plain relay's CPU, is recorded too (`dkimOverheadRatioOverPlain`): it also
-/// counts TLS.
+/// counts TLS. The sign path ratio = the daemon's own signing time per
+/// message (its /metrics histogram) ÷ the raw sign time: the signing code
+/// alone, whatever the rest of the relay does at that rate.
 struct RelayESPOptions: RelayScenarioOptions {
     var backends: [BackendKind] = [.epoll]
     var duration = 20.0
@@ -26,6 +28,10 @@ struct RelayESPOptions: RelayScenarioOptions {
     var dkim = "rsa2048"
     var threads: [Int] = [1, 2]
     var injectionTLS = false
+    /// `--rate N`: every run of the invocation injects at N messages/s (open loop), so
+    /// the DKIM run's CPU per message is compared with the TLS-only run's at the same
+    /// rate, not at the TLS-only run's higher one (per-message CPU depends on the rate).
+    var rate: Double?
     var outputDir = "results"
     var writeResults = true
     var ip = BenchNet.runAddress
@@ -33,7 +39,7 @@ struct RelayESPOptions: RelayScenarioOptions {
     static let usage = """
     usage: peregrine-bench relay-esp [--backend all|io_uring|epoll|dispatch] [--duration S] [--connections N]
                                      [--dkim rsa2048|ed25519|dual] [--threads 1,2] [--injection-tls]
-                                     [--ip 127.X.Y.Z] [--output-dir DIR] [--no-results]
+                                     [--rate MSG_PER_S] [--ip 127.X.Y.Z] [--output-dir DIR] [--no-results]
     Per backend, in one run: plain relay, relay with the same STARTTLS and no DKIM, then
     the ESP run (DKIM + STARTTLS on delivery) at each thread count; openssl speed after each ESP run.
     """
@@ -57,6 +63,11 @@ struct RelayESPOptions: RelayScenarioOptions {
             case "--injection-tls":
                 o.injectionTLS = true
                 return .used(1)
+            case "--rate":
+                guard let v = value.flatMap({ Double($0) }), v > 0, v.isFinite else {
+                    return .failure(BenchUsageError("--rate needs messages per second > 0"))
+                }
+                o.rate = v
             default:
                 return .unknown
             }
@@ -73,6 +84,7 @@ struct RelayESPOptions: RelayScenarioOptions {
         r.connections = connections
         r.threads = threads
         r.dkim = dkim
+        r.rate = rate
         r.ip = ip
         r.outputDir = outputDir
         r.writeResults = false // relay-esp writes its own files, with the references in them
@@ -90,7 +102,7 @@ func runRelayESPBench(arguments: [String]) -> Int32 {
         return 2
     }
     var failed = false
-    var table: [[String]] = [["run", "threads", "delivered/s", "CPU µs/msg", "sign µs", "DKIM ratio", "lost"]]
+    var table: [[String]] = [["run", "threads", "delivered/s", "CPU µs/msg", "sign µs", "DKIM ratio", "in-daemon sign µs", "sign path ratio", "lost"]]
     for kind in options.backends {
         let clock = RunClock()
         func run(_ label: String, threads: Int, dkim: String?, tls: Bool) -> RelayRun {
@@ -109,8 +121,8 @@ func runRelayESPBench(arguments: [String]) -> Int32 {
         func cpuPerMessage(_ r: RelayRun) -> Double? { (r.figures["mtaCpuSecondsPer10k"] as? Double).map { $0 * 100 } }
         func delivered(_ r: RelayRun) -> Double? { r.figures["deliveredPerSecond"] as? Double }
         let single = esp.first { $0.0 == 1 }?.1 ?? esp.first?.1
-        table.append([kind.rawValue + " plain", "1", fmt(delivered(plain)), fmt(cpuPerMessage(plain), 1), "-", "-", "\(plain.lost)"])
-        table.append([kind.rawValue + " tls", "1", fmt(delivered(tlsOnly)), fmt(cpuPerMessage(tlsOnly), 1), "-", "-", "\(tlsOnly.lost)"])
+        table.append([kind.rawValue + " plain", "1", fmt(delivered(plain)), fmt(cpuPerMessage(plain), 1), "-", "-", "-", "-", "\(plain.lost)"])
+        table.append([kind.rawValue + " tls", "1", fmt(delivered(tlsOnly)), fmt(cpuPerMessage(tlsOnly), 1), "-", "-", "-", "-", "\(tlsOnly.lost)"])
         for (threads, r) in esp {
             var doc = r.figures
             let speed = r.figures["opensslSpeed"] as? [String: Any]
@@ -128,6 +140,12 @@ func runRelayESPBench(arguments: [String]) -> Int32 {
                 doc["signMicroseconds"] = sign
                 doc["mtaCpuMicrosecondsPerMessage"] = mine
             }
+            // The signing call as the daemon timed it, over the raw sign: what Peregrine's
+            // signing path adds (body hash, canonicalisation, field text), without the rest of the relay.
+            let inDaemon = (r.figures["daemonSigning"] as? [String: Any])?["microsecondsPerMessage"] as? Double
+            var signPath: Double?
+            if let inDaemon, let sign, sign > 0 { signPath = inDaemon / sign; doc["signPathRatio"] = signPath }
+            if let rate = options.rate { doc["offeredRatePerSecond"] = rate }
             if let one = single.flatMap(delivered), one > 0, let d = delivered(r) { doc["deliveredPerSecondOverThreads1"] = d / one }
             doc["scenario"] = "relay-esp"
             doc["target"] = "\(kind.rawValue)-\(options.dkim)-t\(threads)"
@@ -144,10 +162,11 @@ func runRelayESPBench(arguments: [String]) -> Int32 {
             doc["summary"] = [["delivered/s", fmt(delivered(r))], ["MTA CPU µs/msg", fmt(mine, 1)],
                               ["TLS-only CPU µs/msg", fmt(cpuPerMessage(tlsOnly), 1)], ["plain CPU µs/msg", fmt(cpuPerMessage(plain), 1)],
                               ["in-run sign µs", fmt(sign, 1)], ["DKIM overhead ratio", fmt(ratio, 2)],
+                              ["in-daemon signing µs/msg", fmt(inDaemon, 1)], ["sign path ratio", fmt(signPath, 2)],
                               ["delivered/s ÷ threads 1", fmt(doc["deliveredPerSecondOverThreads1"] as? Double, 2)],
                               ["lost", "\(r.lost)"]]
             table.append([kind.rawValue + " esp " + options.dkim, "\(threads)", fmt(delivered(r)), fmt(mine, 1), fmt(sign, 1),
-                          fmt(ratio, 2), "\(r.lost)"])
+                          fmt(ratio, 2), fmt(inDaemon, 1), fmt(signPath, 2), "\(r.lost)"])
             guard options.writeResults, r.error == nil else { continue }
             let path = BenchEnvironment.runResultPath(directory: options.outputDir, scenario: "relay-esp",
                                                       target: "\(kind.rawValue)-\(options.dkim)-t\(threads)", startedAt: clock.startedAt)
@@ -155,7 +174,7 @@ func runRelayESPBench(arguments: [String]) -> Int32 {
         }
     }
     print("\nrelay-esp: 4 KB, \(options.connections) injecting connections, \(Int(options.duration)) s per run, durable spool, "
-          + "STARTTLS on delivery\(options.injectionTLS ? " and injection" : ""), DKIM \(options.dkim); load average \(BenchEnvironment.loadAverage())")
+          + "STARTTLS on delivery\(options.injectionTLS ? " and injection" : ""), DKIM \(options.dkim)\(options.rate.map { ", offered \(Int($0)) msg/s" } ?? ""); load average \(BenchEnvironment.loadAverage())")
     var widths = Array(repeating: 0, count: table[0].count)
     for row in table { for (i, c) in row.enumerated() { widths[i] = max(widths[i], c.count) } }
     for row in table {

@@ -29,6 +29,7 @@ extension URingLoop {
         guard submitFileIO(index, write: true) else {
             fail(slots.release(index), Self.noSQE("write")); return
         }
+        lastFileWrite = (fd, ring.pointee.sq.sqe_tail)
         fds[Int(fd)].pending += 1
         fds[Int(fd)].addWrite(epoch: epoch)
     }
@@ -125,12 +126,34 @@ extension URingLoop {
         let index = slots.allocate(.fsync, fd: fd, completion: .void(done))
         slots.slots[Int(index)].epoch = covers
         fds[Int(fd)].pending += 1
-        if let oldest = fds[Int(fd)].oldestWriteEpoch, oldest <= covers {
+        if let sqe = sqeLinkedBehindLastWrite(fd) {
+            io_uring_prep_fsync(sqe, fd, PEREGRINE_IORING_FSYNC_DATASYNC)
+            sqe.pointee.user_data = slots.userData(index)
+            slots.slots[Int(index)].linked = true
+            linkedFsyncs += 1
+        } else if let oldest = fds[Int(fd)].oldestWriteEpoch, oldest <= covers {
             fds[Int(fd)].waitingFsyncs.append(index)
         } else if !submitFsync(index) {
             fds[Int(fd)].pending -= 1
             fail(slots.release(index), Self.noSQE("fdatasync"))
         }
+    }
+
+    /// The next SQE, linked behind the last prepared one (IOSQE_IO_LINK),
+    /// when that is this file's only write in flight and still unsubmitted;
+    /// nil otherwise. Only an SQE taken without a flush may follow it: a
+    /// flush in between would submit the write alone and cut the link.
+    private func sqeLinkedBehindLastWrite(_ fd: Int32) -> UnsafeMutablePointer<io_uring_sqe>? {
+        let epochs = fds[Int(fd)].writeEpochs
+        guard linksFsyncToWrite, epochs.count == 1, epochs[0].count == 1, fds[Int(fd)].waitingFsyncs.isEmpty,
+              lastFileWrite.fd == fd else { return nil }
+        let sq = ring.pointee.sq
+        let tail = sq.sqe_tail
+        guard tail == lastFileWrite.tail, sq.sqe_head != tail, io_uring_sq_space_left(ring) >= 1,
+              let next = io_uring_get_sqe(ring) else { return nil }
+        let write = sq.sqes + Int((tail &- 1) & sq.ring_mask)
+        write.pointee.flags |= UInt8(PEREGRINE_IOSQE_IO_LINK)
+        return next
     }
 
     private func submitFsync(_ index: Int32) -> Bool {
@@ -154,6 +177,21 @@ extension URingLoop {
 
     func completeFsync(_ index: Int32, res: Int32) {
         let fd = slots.slots[Int(index)].fd
+        if slots.slots[Int(index)].linked && -res == ECANCELED && !fds[Int(fd)].closing {
+            // Its write failed or was short (the rest is being written): the link
+            // cancelled it, not a close. It waits for the file's writes like an unlinked one.
+            slots.slots[Int(index)].linked = false
+            let epoch = slots.slots[Int(index)].epoch
+            if let oldest = fds[Int(fd)].oldestWriteEpoch, oldest <= epoch {
+                let at = fds[Int(fd)].waitingFsyncs.firstIndex { slots.slots[Int($0)].epoch > epoch }
+                fds[Int(fd)].waitingFsyncs.insert(index, at: at ?? fds[Int(fd)].waitingFsyncs.endIndex)
+                return
+            }
+            if submitFsync(index) { return }
+            fds[Int(fd)].pending -= 1
+            fail(slots.release(index), Self.noSQE("fdatasync"))
+            return
+        }
         let completion = slots.release(index)
         fds[Int(fd)].pending -= 1
         finishCloseIfIdle(fd)

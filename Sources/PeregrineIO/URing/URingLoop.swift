@@ -35,7 +35,13 @@
 //   epochs: writes join the current epoch, `fdatasync` closes it and its
 //   IORING_OP_FSYNC (DATASYNC) SQE is held back until no write of an epoch up
 //   to its own is still in flight. Unlike IOSQE_IO_DRAIN this does not stall
-//   the sockets sharing the ring, and later writes are not delayed.
+//   the sockets sharing the ring, and later writes are not delayed. When the
+//   only such write is the SQE just prepared (the spool's group commit: one
+//   buffer written, then synced), the fsync is linked behind it
+//   (IOSQE_IO_LINK) and goes to the kernel in the same submission instead of
+//   a loop turn after the write's completion (off by default: not measured
+//   better here; PEREGRINE_URING_FSYNC_LINK=1). A linked fsync cancelled
+//   because its write failed or was short waits again like any other.
 // - Timers: the shared TimerWheel (advance(to:due:) + takeDue, so a timer
 //   cancelled by an earlier callback of the same turn never fires); wait
 //   timeout = next tick. Wake-ups from
@@ -57,6 +63,21 @@ public final class URingLoop: EventLoop {
     public let setupFlags: UInt32
     /// False once the kernel refused multishot accept; single-shot is re-armed then.
     var multishotAccept = true
+    /// The last file write prepared: its fd and the SQ tail right after its
+    /// SQE. While that SQE is still unsubmitted and last in the queue, an
+    /// fdatasync it alone blocks is linked behind it (URingLoop+Files.swift).
+    var lastFileWrite: (fd: Int32, tail: UInt32) = (-1, 0)
+    /// fdatasyncs submitted linked behind their write (tests, diagnostics).
+    public internal(set) var linkedFsyncs = 0
+    /// Off unless PEREGRINE_URING_FSYNC_LINK=1 is in the environment: on this
+    /// machine it did not measure better than waiting for the write's
+    /// completion (results/esp-2026-12-05b/README.md §3), so it is kept only
+    /// as an option to measure again on a quiet machine, one binary both ways.
+    var linksFsyncToWrite = URingLoop.fsyncLinkEnabled
+    static let fsyncLinkEnabled: Bool = {
+        guard let v = getenv("PEREGRINE_URING_FSYNC_LINK") else { return false }
+        return String(cString: v) == "1"
+    }()
 
     private let wakeFD: Int32
     private let wakeBuffer: UnsafeMutablePointer<UInt64>

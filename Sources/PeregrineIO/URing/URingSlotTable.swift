@@ -84,6 +84,8 @@ struct URingSlot {
     var offset: Int64 = 0
     /// File writes: the fdatasync epoch the write belongs to; fsync: the epoch it covers.
     var epoch: UInt64 = 0
+    /// fsync: submitted linked (IOSQE_IO_LINK) behind its epoch's last write.
+    var linked = false
     var aux: URingSlotAux? = nil
 }
 
@@ -126,6 +128,7 @@ struct URingSlotTable {
         slots[i].progress = 0
         slots[i].offset = 0
         slots[i].epoch = 0
+        slots[i].linked = false
         return index
     }
 
