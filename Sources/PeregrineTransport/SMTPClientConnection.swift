@@ -20,12 +20,16 @@ import PeregrineSMTP
 /// - input: the reply parser holds at most one over-long line before the
 ///   session calls it a protocol error; a reply nobody asked for is one too,
 ///   so a receiver flooding replies gains nothing;
-/// - unsent output (`unsentOutputBytes`): the send buffer holds at most one
-///   transaction (its commands, at most max-rcpt-per-transaction RCPTs, and
-///   its body dot-stuffed, which the handler bounds by the message size);
-///   behind a send in flight the session's output may grow only to
-///   `maxPendingOutput`: beyond it reading stops until the send completes,
-///   so no reply produces more. A receiver that stops reading stalls the
+/// - unsent output (`unsentOutputBytes`): the send in flight, plus what the
+///   session wrote behind it. Behind a send in flight the session's output
+///   may pass `maxPendingOutput` by one message at most: beyond it reading
+///   stops, and a session that becomes ready is not offered to the handler
+///   (`clientConnectionIsReady` waits) until the send completes. A receiver
+///   that answers everything without reading (early replies, pipelined)
+///   cannot make the client queue message after message. So unsent output
+///   stays under about 2 × (`maxPendingOutput` + the largest message,
+///   dot-stuffed), the message size being the handler's bound (the engine's
+///   max-message-size, the loadgen's largest size). A receiver that stops reading stalls the
 ///   send; the session's timers (`data-send-timeout` for the body until the
 ///   socket took it, the reply timeouts otherwise) end the session, and a
 ///   session that timed out closes the socket with that send still in
@@ -66,6 +70,8 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
     private var sending = false
     /// The session ended; the socket closes once the last send completed.
     private var closing = false
+    /// The session became ready while over the output bound: the handler hears of it once the send completes.
+    private var readyDeferred = false
     /// `quit()`/`abandon(_:)` while connecting: close as soon as the connect completes.
     private var cancelConnect = false
     private var finished = false
@@ -102,6 +108,12 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
 
     deinit { receiveBuffer.deallocate() }
 
+    /// Over the output bound with a send in flight: a ready session waits
+    /// for the handler, and no reply is read, until the send completes.
+    public var isHoldingBack: Bool {
+        readyDeferred || (sending && session.output.readableBytes > maxPendingOutput)
+    }
+
     /// Operations whose callbacks are still to come (the handler must keep the connection until none is).
     public var hasOperationsInFlight: Bool { connecting || receiving || sending }
 
@@ -132,6 +144,7 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
         cancelConnect = false
         finished = false
         bodyThroughOutput = false
+        readyDeferred = false
         sendBuffer.clear()
     }
 
@@ -251,6 +264,7 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
                     if tls.failure != nil { handler.clientConnectionTLSFailed(tls, handshake: false) }
                     break
                 }
+                if sending && session.output.readableBytes > maxPendingOutput { readyDeferred = true; break }
                 handler.clientConnectionIsReady(ext)
             case .startTLS(let reply):
                 tls?.startTLSReplied(reply, session: session)
@@ -318,6 +332,10 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
             if !sending && session.isBodyAwaitingSocket {
                 session.bodyHandedToSocket()  // the body is out: now the wait for its reply
                 pump()
+            }
+            if readyDeferred && session.output.readableBytes <= maxPendingOutput {
+                readyDeferred = false
+                if session.isReady { handler.clientConnectionIsReady(session.extensions) }
             }
             receiveIfWanted()
         case .failure:
