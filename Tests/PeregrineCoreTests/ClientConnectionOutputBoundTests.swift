@@ -56,11 +56,6 @@ private final class EagerNonReadingReceiver: @unchecked Sendable {
     }
 }
 
-private struct ReceiverError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
-}
-
 /// What the client connection held, read on its loop.
 private final class BoundProbe: @unchecked Sendable {
     let lock = NSLock()
