@@ -20,20 +20,23 @@ import PeregrineSMTP
 /// - input: the reply parser holds at most one over-long line before the
 ///   session calls it a protocol error; a reply nobody asked for is one too,
 ///   so a receiver flooding replies gains nothing;
-/// - unsent output (`unsentOutputBytes`): the send in flight, plus what the
-///   session wrote behind it. Behind a send in flight the session's output
-///   may pass `maxPendingOutput` by one message at most: beyond it reading
-///   stops, and a session that becomes ready is not offered to the handler
-///   (`clientConnectionIsReady` waits) until the send completes. A receiver
-///   that answers everything without reading (early replies, pipelined)
-///   cannot make the client queue message after message. So unsent output
-///   stays under about 2 × (`maxPendingOutput` + the largest message,
-///   dot-stuffed), the message size being the handler's bound (the engine's
-///   max-message-size, the loadgen's largest size). A receiver that stops reading stalls the
-///   send; the session's timers (`data-send-timeout` for the body until the
-///   socket took it, the reply timeouts otherwise) end the session, and a
-///   session that timed out closes the socket with that send still in
-///   flight (it would never complete).
+/// - unsent output (`unsentOutputBytes`): the send in flight plus the
+///   session's output behind it. A receive is started only while that
+///   output is at most `maxPendingOutput`, and one receive completes at most
+///   one transaction and writes at most one body: the session handles every
+///   reply of a receive before the handler hears of any, so a reply that
+///   comes after a 354 (the session waits for the body then) or after a
+///   final reply (it is idle) is unexpected, a protocol error that ends the
+///   session. Early replies (a receiver answering pipelined transactions
+///   before reading them) therefore cannot queue body after body. So unsent
+///   output stays under 2 × (`maxPendingOutput` + one transaction's commands
+///   + the largest body, dot-stuffed), the body being the handler's bound
+///   (the engine's max-message-size, the loadgen's largest size). A receiver
+///   that stops reading stalls the send; the session's timers
+///   (`data-send-timeout` for the body until the socket took it, the reply
+///   timeouts otherwise) end the session, and a session that timed out
+///   closes the socket with that send still in flight (it would never
+///   complete).
 public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConnectionHandler> {
     public let loop: Loop
     public unowned(unsafe) let handler: Handler
@@ -70,8 +73,6 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
     private var sending = false
     /// The session ended; the socket closes once the last send completed.
     private var closing = false
-    /// The session became ready while over the output bound: the handler hears of it once the send completes.
-    private var readyDeferred = false
     /// `quit()`/`abandon(_:)` while connecting: close as soon as the connect completes.
     private var cancelConnect = false
     private var finished = false
@@ -108,12 +109,6 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
 
     deinit { receiveBuffer.deallocate() }
 
-    /// Over the output bound with a send in flight: a ready session waits
-    /// for the handler, and no reply is read, until the send completes.
-    public var isHoldingBack: Bool {
-        readyDeferred || (sending && session.output.readableBytes > maxPendingOutput)
-    }
-
     /// Operations whose callbacks are still to come (the handler must keep the connection until none is).
     public var hasOperationsInFlight: Bool { connecting || receiving || sending }
 
@@ -144,7 +139,6 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
         cancelConnect = false
         finished = false
         bodyThroughOutput = false
-        readyDeferred = false
         sendBuffer.clear()
     }
 
@@ -264,7 +258,6 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
                     if tls.failure != nil { handler.clientConnectionTLSFailed(tls, handshake: false) }
                     break
                 }
-                if sending && session.output.readableBytes > maxPendingOutput { readyDeferred = true; break }
                 handler.clientConnectionIsReady(ext)
             case .startTLS(let reply):
                 tls?.startTLSReplied(reply, session: session)
@@ -332,10 +325,6 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
             if !sending && session.isBodyAwaitingSocket {
                 session.bodyHandedToSocket()  // the body is out: now the wait for its reply
                 pump()
-            }
-            if readyDeferred && session.output.readableBytes <= maxPendingOutput {
-                readyDeferred = false
-                if session.isReady { handler.clientConnectionIsReady(session.extensions) }
             }
             receiveIfWanted()
         case .failure:
