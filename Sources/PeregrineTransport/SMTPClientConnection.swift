@@ -20,19 +20,23 @@ import PeregrineSMTP
 /// - input: the reply parser holds at most one over-long line before the
 ///   session calls it a protocol error; a reply nobody asked for is one too,
 ///   so a receiver flooding replies gains nothing;
-/// - unsent output (`unsentOutputBytes`): the send buffer holds at most one
-///   transaction (its commands, at most max-rcpt-per-transaction RCPTs, and
-///   its body dot-stuffed, which the handler bounds by the message size);
-///   behind a send in flight, once the session's output passes
-///   `maxPendingOutput`, reading stops until the send completes. Not yet
-///   bounded: the replies of one receive (16 KiB) that a receiver sent early
-///   for pipelined transactions it never read can complete several messages
-///   whose bodies all queue behind that send (branch `transport-bound` holds
-///   the fix in progress). A receiver that stops reading stalls the
-///   send; the session's timers (`data-send-timeout` for the body until the
-///   socket took it, the reply timeouts otherwise) end the session, and a
-///   session that timed out closes the socket with that send still in
-///   flight (it would never complete).
+/// - unsent output (`unsentOutputBytes`): the send in flight plus the
+///   session's output behind it. A receive is started only while that
+///   output is at most `maxPendingOutput`, and one receive completes at most
+///   one transaction and writes at most one body: the session handles every
+///   reply of a receive before the handler hears of any, so a reply that
+///   comes after a 354 (the session waits for the body then) or after a
+///   final reply (it is idle) is unexpected, a protocol error that ends the
+///   session. Early replies (a receiver answering pipelined transactions
+///   before reading them) therefore cannot queue body after body. So unsent
+///   output stays under 2 × (`maxPendingOutput` + one transaction's commands
+///   + the largest body, dot-stuffed), the body being the handler's bound
+///   (the engine's max-message-size, the loadgen's largest size). A receiver
+///   that stops reading stalls the send; the session's timers
+///   (`data-send-timeout` for the body until the socket took it, the reply
+///   timeouts otherwise) end the session, and a session that timed out
+///   closes the socket with that send still in flight (it would never
+///   complete).
 public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConnectionHandler> {
     public let loop: Loop
     public unowned(unsafe) let handler: Handler
