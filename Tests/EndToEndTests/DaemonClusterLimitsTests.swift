@@ -135,10 +135,12 @@ import PeregrineTestSupport
 
         phase("metrics")
         // 2. Rate: 30/s for the whole cluster, tokens in batches of 20 (one
-        // second of the rate at most). In any window of the receiver's log,
-        // count ≤ rate × (window + transit) + 2 batches + 1 (ClusterMessageGate):
-        // transit, 0.5 s, is a message's time from its token to the receiver's
-        // 250 under a loaded machine. Load only slows delivery, never adds to it.
+        // second of the rate at most), each spent no earlier than its slot on
+        // the cluster's timeline. In any window of the receiver's log,
+        // count ≤ rate × (window + transit) + 1 (ClusterMessageGate): transit,
+        // 0.5 s, is a message's time from its token's slot to the receiver's
+        // 250 under a loaded machine, the gate's lateness (167 ms) included.
+        // Load only slows delivery, never adds to it.
         try inject("rate.test", perNode: 30)
         #expect(E2E.waitUntil(60) { rx.messages("rate") == 90 }, "rate: \(rx.messages("rate")) of 90")
         let times = rx.messageTimes("rate")
@@ -146,7 +148,7 @@ import PeregrineTestSupport
         for i in times.indices {
             for j in i..<times.count {
                 let window = times[j] - times[i], count = j - i + 1
-                let excess = Double(count) - (30 * (window + 0.5) + 41)
+                let excess = Double(count) - (30 * (window + 0.5) + 1)
                 if excess > worst.excess { worst = (excess, count, window) }
             }
         }
