@@ -102,6 +102,24 @@ extension DeliveryEngine {
         wakeLeaseWaiters(site: site)
     }
 
+    /// The node went into fallback holding more connections to `site` than
+    /// its share: up to `count` of this engine's leased connections to it
+    /// quit after their current transaction (idle ones at once) and start no
+    /// new one. Leased connections already quitting count. Returns how many
+    /// of the `count` this engine covers (the daemon asks the next worker
+    /// for the rest).
+    public func shedClusterConnections(site: String, count: Int) -> Int {
+        guard count > 0 else { return 0 }
+        let leased = openConnections.filter { !$0.closed && cluster.leases[ObjectIdentifier($0)] == site }
+        let quitting = leased.filter(\.isRetired).count
+        guard count > quitting else { return count }
+        // Idle first (nothing to finish), then those mid-transaction.
+        let candidates = leased.filter { !$0.isRetired }.sorted { $0.isIdle && !$1.isIdle }
+        let shed = candidates.prefix(count - quitting)
+        for c in shed { c.retire() }
+        return quitting + shed.count
+    }
+
     private func wakeLeaseWaiters(site: String) {
         guard !isStopping else { return }
         let ready = cluster.waiting.filter { $0.domain == site }

@@ -50,6 +50,11 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
     /// time its cluster-wide backoff ends; called on each poll that finds it
     /// new or extended.
     package var onBackoff: (String, UInt64) -> Void = { _, _ in }
+    /// Fallback began while this node held more connections to a site than
+    /// its share: (site, how many over). The daemon has that many of them
+    /// quit after their current transaction (no new one on them), so the
+    /// node comes down to its share instead of keeping the excess.
+    package var onOverShare: (String, Int) -> Void = { _, _ in }
     /// Nodes holding live leases on any one site, at most, as the last lease call per site saw them (status).
     package var nodesSeen: Int { sites.values.map(\.nodesAlive).max() ?? 0 }
     /// Round trips made (status, and the per-message ratio the bench reports).
@@ -389,6 +394,16 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
         case .fallback:
             resumeGraceUntil = 0   // the fallback share applies now, not the pause
             log("cluster: \(why); each node keeps to 1/\(options.nodeCount) of every cluster limit")
+            // Held in shared mode beyond the share: shed after the current
+            // transaction. Until they close, `held` stays over the share and
+            // nothing new is granted (acquireConnections).
+            for (name, site) in sites.sorted(by: { $0.key < $1.key }) where site.limit > 0 {
+                let excess = site.held - fallbackShare(site.limit)
+                guard excess > 0 else { continue }
+                log("cluster: \(name): holding \(site.held) connections, \(excess) over the fallback share of "
+                    + "\(fallbackShare(site.limit)); closing \(excess) after their current message")
+                onOverShare(name, excess)
+            }
         }
     }
 
