@@ -28,6 +28,7 @@ extension Daemon {
                 let owner = self.owner(of: key, asking: first)
                 owner.loop.execute { owner.engine.applyClusterBackoff(key, from: "a cluster node") }
             }
+            coordinator.onOverShare = { [self] site, excess in self.shedClusterConnections(site: site, count: excess, worker: 0) }
             cluster = coordinator
             if suppression != nil {
                 let feed = RedisSuppressionSync(coordinator: coordinator)
@@ -48,6 +49,18 @@ extension Daemon {
                     first.loop.execute { [self] in self.cluster?.publishBackoff(queue: name, duration: duration) }
                 }
             }
+        }
+    }
+
+    /// Has `count` of the node's leased connections to `site` quit after
+    /// their current transaction, worker by worker from `worker` (each says
+    /// how many it covers), on the coordinator's loop in between.
+    private func shedClusterConnections(site: String, count: Int, worker index: Int) {
+        guard count > 0, index < workers.count, let first = workers.first else { return }
+        let w = workers[index]
+        w.loop.execute { [self] in
+            let covered = w.engine.shedClusterConnections(site: site, count: count)
+            first.loop.execute { [self] in self.shedClusterConnections(site: site, count: count - covered, worker: index + 1) }
         }
     }
 }

@@ -36,17 +36,22 @@ final class WorkerClusterLimits<Loop: EventLoop>: ClusterLimits {
         coordinatorLoop.execute { coordinator()?.releaseConnections(site: site, count: count) }
     }
 
-    func takeMessageTokens(site: String, rate: Rate, wanted: Int, _ done: @escaping (Int, UInt64) -> Void) {
+    func takeMessageTokens(site: String, rate: Rate, wanted: Int, _ done: @escaping (Int, UInt64, UInt64) -> Void) {
         let back = LoopConfined(done), engineLoop = engineLoop, coordinator = coordinator
-        let intervalMicros = Int(min(UInt64(Int.max), (rate.emissionIntervalNanos ?? 1_000) / 1_000))
+        let intervalMicros = Int(min(UInt64(Int.max), ClusterMessageGate.clusterInterval(rate) / 1_000))
         coordinatorLoop.execute {
             guard let c = coordinator() else {
-                engineLoop.value.execute { back.value(0, engineLoop.value.now + 100_000_000) }
+                engineLoop.value.execute { let now = engineLoop.value.now; back.value(0, now + 100_000_000, now) }
                 return
             }
-            c.takeMessageTokens(site: site, intervalMicros: intervalMicros, wanted: wanted) { granted, wait in
-                // Both loops read the same monotonic clock.
-                engineLoop.value.execute { back.value(granted, engineLoop.value.now + wait) }
+            c.takeMessageTokens(site: site, intervalMicros: intervalMicros, wanted: wanted) { granted, wait, start in
+                // Both loops read the same monotonic clock. Times taken from
+                // the answer's arrival here, after Redis read its clock: the
+                // slots land no earlier than the cluster's.
+                engineLoop.value.execute {
+                    let now = engineLoop.value.now
+                    back.value(granted, now + wait, now + start)
+                }
             }
         }
     }

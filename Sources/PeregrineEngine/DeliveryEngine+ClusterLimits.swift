@@ -11,10 +11,11 @@ public protocol ClusterLimits: AnyObject {
     func acquireConnections(site: String, limit: Int, wanted: Int, _ done: @escaping (Int) -> Void)
     /// Gives back `count` leases (connections closed, or granted and never opened).
     func releaseConnections(site: String, count: Int)
-    /// Up to `wanted` message tokens to `site` at the cluster-wide `rate`,
-    /// with a burst of at most `wanted`; `done(granted, retryAt)`: retryAt is
-    /// the monotonic time when asking again can grant more.
-    func takeMessageTokens(site: String, rate: Rate, wanted: Int, _ done: @escaping (Int, UInt64) -> Void)
+    /// Up to `wanted` message tokens to `site` at the cluster-wide `rate`;
+    /// `done(granted, retryAt, firstSlot)`: retryAt is the monotonic time when
+    /// asking again can grant more, and token k (from 0) of the grant owns the
+    /// cluster's slot firstSlot + k ÷ rate (never earlier than the real one).
+    func takeMessageTokens(site: String, rate: Rate, wanted: Int, _ done: @escaping (Int, UInt64, UInt64) -> Void)
 }
 
 /// The engine's cluster state: which connections hold a lease, and which
@@ -101,6 +102,24 @@ extension DeliveryEngine {
         wakeLeaseWaiters(site: site)
     }
 
+    /// The node went into fallback holding more connections to `site` than
+    /// its share: up to `count` of this engine's leased connections to it
+    /// quit after their current transaction (idle ones at once) and start no
+    /// new one. Leased connections already quitting count. Returns how many
+    /// of the `count` this engine covers (the daemon asks the next worker
+    /// for the rest).
+    public func shedClusterConnections(site: String, count: Int) -> Int {
+        guard count > 0 else { return 0 }
+        let leased = openConnections.filter { !$0.closed && cluster.leases[ObjectIdentifier($0)] == site }
+        let quitting = leased.filter(\.isRetired).count
+        guard count > quitting else { return count }
+        // Idle first (nothing to finish), then those mid-transaction.
+        let candidates = leased.filter { !$0.isRetired }.sorted { $0.isIdle && !$1.isIdle }
+        let shed = candidates.prefix(count - quitting)
+        for c in shed { c.retire() }
+        return quitting + shed.count
+    }
+
     private func wakeLeaseWaiters(site: String) {
         guard !isStopping else { return }
         let ready = cluster.waiting.filter { $0.domain == site }
@@ -119,7 +138,7 @@ extension DeliveryEngine {
         guard let limits = clusterLimits, rate != .unlimited else { throttle.clusterGate = nil; return }
         if let gate = throttle.clusterGate, gate.rate == rate { return }
         let key = q.key
-        throttle.clusterGate = ClusterMessageGate(site: Self.clusterSite(q), rate: rate, limits: limits, loop: loop) {
+        throttle.clusterGate = ClusterMessageGate(site: Self.clusterSite(q), rate: rate, limits: limits) {
             [unowned self] in if let q = self.queues[key] { self.kick(q) }
         }
     }
@@ -127,66 +146,93 @@ extension DeliveryEngine {
 
 /// `cluster-max-msg-rate` on one throttle: message tokens taken from the
 /// cluster's GCRA a batch at a time (one Redis round trip per batch, not per
-/// message). A connection finding no token waits until the next is due (a
-/// timer), and the answer to a refill kicks the queue.
+/// message). Each token of a batch owns one slot on the cluster's timeline,
+/// one interval (1 ÷ rate) after the one before, and is spent no earlier
+/// than its slot: a connection finding the next token not yet due waits for
+/// its slot (a timer), and the answer to a refill kicks the queue.
 ///
-/// The batch is at most one second of the rate (and at most 20), and a batch
-/// is spent within its own span (batch ÷ rate) or dropped, so in any window
-/// the cluster sends at most rate × window + 2 batches + 1: the GCRA grants
-/// at most rate × span + one batch + 1 in any span, and what is sent in a
-/// window was granted in it or at most one batch span before it.
+/// Bound: slots are disjoint across the cluster, so tokens spent on time
+/// make at most rate × window + 1 in any window. A token is spent at most
+/// `lateness` after its slot or dropped (no connection was free for it), so
+/// the cluster sends at most rate × (window + lateness) + 1 in any window,
+/// lateness being a quarter of a batch's span (at most 5 tokens' worth):
+/// late tokens of a node whose connections were all busy cannot pile up
+/// into a burst, while a node a little behind its slots (timers fire late
+/// on a loaded machine) does not throw its batch away.
+///
+/// The batch is at most one second of the rate (and at most 20).
 public final class ClusterMessageGate {
     let site: String
     let rate: Rate
     let batch: Int
     private let interval: UInt64
+    /// How long after its slot a token may still be spent.
+    let lateness: UInt64
     private unowned let limits: ClusterLimits
-    private let now: () -> UInt64
     private let onTokens: () -> Void
     private var tokens = 0
-    private var validUntil: UInt64 = 0
+    /// The slot of the next token held.
+    private var nextSlot: UInt64 = 0
     private var retryAt: UInt64 = 0
     private var refilling = false
+    /// Tokens dropped unspent past their slot's lateness (status, tests).
+    public private(set) var dropped = 0
 
-    init<Loop: EventLoop>(site: String, rate: Rate, limits: ClusterLimits, loop: Loop, onTokens: @escaping () -> Void) {
+    init(site: String, rate: Rate, limits: ClusterLimits, onTokens: @escaping () -> Void) {
         self.site = site
         self.rate = rate
         self.limits = limits
-        let interval = rate.emissionIntervalNanos ?? 1
+        // Whole µs, rounded up, as Redis keeps the timeline (WorkerClusterLimits):
+        // a slot computed here is never before the cluster's.
+        let interval = Self.clusterInterval(rate)
         self.interval = interval
         batch = Int(max(1, min(20, 1_000_000_000 / interval)))
-        self.now = { [unowned loop] in loop.now }
+        lateness = max(interval, UInt64(batch) * interval / 4)
         self.onTokens = onTokens
     }
 
-    /// nil when a token is there (not taken yet: `take` does), else when to look again.
+    /// The cluster's interval between tokens at `rate`: 1 ÷ rate in whole µs,
+    /// rounded up (never a faster rate than configured).
+    public static func clusterInterval(_ rate: Rate) -> UInt64 {
+        let nanos = rate.emissionIntervalNanos ?? 1_000
+        return max(1, (nanos + 999) / 1000) * 1000
+    }
+
+    /// nil when a token is due (not taken yet: `take` does), else when to look again.
     func check(now: UInt64) -> UInt64? {
-        if tokens > 0 && now > validUntil { tokens = 0 }
-        if tokens > 0 { return nil }
+        if tokens > 0 && now > nextSlot + lateness {
+            // Past their slots: spending them now would crowd the slots after.
+            let stale = min(UInt64(tokens), (now - nextSlot - lateness - 1) / interval + 1)
+            tokens -= Int(stale)
+            dropped += Int(stale)
+            nextSlot += stale * interval
+        }
+        if tokens > 0 { return now >= nextSlot ? nil : nextSlot }
         if now >= retryAt { refill() }
         // A refill in flight kicks the queue when it lands; this is only its backstop.
         return refilling ? now + 50_000_000 : max(retryAt, now + 1_000_000)
     }
 
-    func take() { tokens -= 1 }
+    func take() {
+        tokens -= 1
+        nextSlot += interval
+    }
 
-    /// Tokens held now (status).
+    /// Tokens held now, due or not (status).
     public var available: Int { tokens }
 
-    /// Asked only when the tokens are spent, and the new batch replaces
-    /// nothing: every token held at a time t was granted after t - validity,
-    /// which is what bounds a window's count (above).
+    /// Asked only when the tokens are spent (or dropped), so a grant
+    /// replaces nothing and its slots follow on from the last ones.
     private func refill() {
         guard !refilling else { return }
         refilling = true
-        limits.takeMessageTokens(site: site, rate: rate, wanted: batch) { [weak self] granted, retryAt in
+        limits.takeMessageTokens(site: site, rate: rate, wanted: batch) { [weak self] granted, retryAt, firstSlot in
             guard let self else { return }
             self.refilling = false
             self.retryAt = retryAt
             guard granted > 0 else { return }
-            let t = self.now()
             self.tokens = granted
-            self.validUntil = t + UInt64(self.batch) * self.interval
+            self.nextSlot = firstSlot
             self.onTokens()
         }
     }

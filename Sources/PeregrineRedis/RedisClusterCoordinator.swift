@@ -50,6 +50,11 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
     /// time its cluster-wide backoff ends; called on each poll that finds it
     /// new or extended.
     package var onBackoff: (String, UInt64) -> Void = { _, _ in }
+    /// Fallback began while this node held more connections to a site than
+    /// its share: (site, how many over). The daemon has that many of them
+    /// quit after their current transaction (no new one on them), so the
+    /// node comes down to its share instead of keeping the excess.
+    package var onOverShare: (String, Int) -> Void = { _, _ in }
     /// Nodes holding live leases on any one site, at most, as the last lease call per site saw them (status).
     package var nodesSeen: Int { sites.values.map(\.nodesAlive).max() ?? 0 }
     /// Round trips made (status, and the per-message ratio the bench reports).
@@ -265,7 +270,7 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
              argCount: 3) { [unowned self] r in
             site.refilling = false
             self.rateRoundTrips += 1
-            guard case .array(let a)? = r, a.count == 2, let g = a[0].integerValue, let wait = a[1].integerValue else { return }
+            guard case .array(let a)? = r, a.count >= 2, let g = a[0].integerValue, let wait = a[1].integerValue else { return }
             guard self.mode == .shared else { return }
             site.tokens += Int(g)
             site.nextTokenAt = self.loop.now + UInt64(max(0, wait)) * 1000
@@ -275,24 +280,32 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
     /// Takes up to `wanted` message tokens for `site`, one per
     /// `intervalMicros` across the cluster with a burst of at most `wanted`
     /// (the caller's batch), never fewer than half of it;
-    /// `done(granted, ns until asking again can grant)`. One round trip per call. In fallback (or when Redis fails under the
-    /// call): a local GCRA at this node's share of the rate, one token at a
-    /// time, no burst. May call `done` before returning.
-    package func takeMessageTokens(site name: String, intervalMicros: Int, wanted: Int, _ done: @escaping (Int, UInt64) -> Void) {
+    /// `done(granted, ns until asking again can grant, ns until the first
+    /// token's slot)`: token k may be spent from that slot + k × interval,
+    /// not before (RedisClusterScripts.gcra). One round trip per call. In
+    /// fallback (or when Redis fails under the call): a local GCRA at this
+    /// node's share of the rate, one token at a time, due now, no burst.
+    /// May call `done` before returning.
+    package func takeMessageTokens(site name: String, intervalMicros: Int, wanted: Int,
+                                   _ done: @escaping (Int, UInt64, UInt64) -> Void) {
         let site = self.site(name)
         let interval = max(1, intervalMicros), batch = max(1, wanted)
-        guard mode == .shared else { done(fallbackToken(site, intervalMicros: interval), fallbackWait(site, intervalMicros: interval)); return }
+        guard mode == .shared else {
+            done(fallbackToken(site, intervalMicros: interval), fallbackWait(site, intervalMicros: interval), 0)
+            return
+        }
         // At least half a batch per grant: gates refused wait for it rather than take tokens one round trip each.
         let minimum = (batch + 1) / 2
         eval(1, keys: [site.rateKey], args: { w in w.argument(interval); w.argument(interval * batch); w.argument(batch); w.argument(minimum) },
              argCount: 4) { [unowned self] r in
             self.rateRoundTrips += 1
-            guard case .array(let a)? = r, a.count == 2, let g = a[0].integerValue, let wait = a[1].integerValue else {
-                done(self.fallbackToken(site, intervalMicros: interval), self.fallbackWait(site, intervalMicros: interval))
+            guard case .array(let a)? = r, a.count == 3, let g = a[0].integerValue, let wait = a[1].integerValue,
+                  let start = a[2].integerValue else {
+                done(self.fallbackToken(site, intervalMicros: interval), self.fallbackWait(site, intervalMicros: interval), 0)
                 return
             }
             site.tokensGranted += Int(g)
-            done(Int(g), UInt64(max(0, wait)) * 1000)
+            done(Int(g), UInt64(max(0, wait)) * 1000, UInt64(max(0, start)) * 1000)
         }
     }
 
@@ -381,6 +394,16 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
         case .fallback:
             resumeGraceUntil = 0   // the fallback share applies now, not the pause
             log("cluster: \(why); each node keeps to 1/\(options.nodeCount) of every cluster limit")
+            // Held in shared mode beyond the share: shed after the current
+            // transaction. Until they close, `held` stays over the share and
+            // nothing new is granted (acquireConnections).
+            for (name, site) in sites.sorted(by: { $0.key < $1.key }) where site.limit > 0 {
+                let excess = site.held - fallbackShare(site.limit)
+                guard excess > 0 else { continue }
+                log("cluster: \(name): holding \(site.held) connections, \(excess) over the fallback share of "
+                    + "\(fallbackShare(site.limit)); closing \(excess) after their current message")
+                onOverShare(name, excess)
+            }
         }
     }
 

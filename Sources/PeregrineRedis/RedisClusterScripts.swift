@@ -41,7 +41,11 @@ enum RedisClusterScripts {
     /// GCRA: grants k ≤ wanted tokens such that the theoretical arrival time
     /// stays within the tolerance of now, or none while fewer than the minimum
     /// are due (so nodes sharing a slow rate do not make a round trip per
-    /// token). Returns {granted, µs until the minimum is due}.
+    /// token). The k-th token granted (from 0) owns the slot start + k × interval
+    /// on the cluster's timeline, start being the theoretical arrival time
+    /// before the grant: a node spends it no earlier than that, so the
+    /// cluster's tokens are spent one interval apart, never as a burst.
+    /// Returns {granted, µs until the minimum is due, µs from now to start}.
     static let gcra = """
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -49,6 +53,7 @@ enum RedisClusterScripts {
     local minimum = tonumber(ARGV[4] or '1')
     local tat = tonumber(redis.call('GET', KEYS[1]) or now)
     if tat < now then tat = now end
+    local start = tat
     local granted = math.floor((now + tolerance - tat) / interval)
     if granted > wanted then granted = wanted end
     if granted < minimum then granted = 0 end
@@ -56,7 +61,7 @@ enum RedisClusterScripts {
     redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
     local wait = tat + minimum * interval - tolerance - now
     if wait < 0 then wait = 0 end
-    return {granted, wait}
+    return {granted, wait, start - now}
     """
 
     /// KEYS: backoff zset. ARGV: queue, duration ms. Extends, never shortens.

@@ -110,10 +110,15 @@ import PeregrineTestSupport
         try Self.inject(nodes[2], "capped.test", count: 6, tag: "n3")
         #expect(E2E.waitUntil(30) { rx.openNow("capped") == 6 }, "open: \(rx.openNow("capped"))")
 
-        // 3. Redis unreachable from every node: each keeps to 2 (n3, holding 1,
-        // opens its second: the transition is not capped, CLUSTER.md).
+        // 3. Redis unreachable from every node: each keeps to 2. n2, holding 3,
+        // sheds one: it quits after its current transaction (here, once the
+        // held greeting comes) and carries no message. n3, holding 1, opens its
+        // second meanwhile: 7 open until n2's third closes (the residual:
+        // one transaction on the excess, CLUSTER.md).
+        let lost = ClusterReceiver.monotonicNow()
         for p in proxies { p.cut() }
         #expect(E2E.waitUntil(30) { nodes.allSatisfy { Self.mode($0) == "fallback" } }, "\(nodes.map(\.log).joined(separator: "\n---\n"))")
+        #expect(nodes[1].log.contains("closing 1 after their current message"), "\(nodes[1].log)")
         #expect(E2E.waitUntil(30) { rx.openNow("capped") == 7 }, "open: \(rx.openNow("capped"))")
         // 4. Redis restarts empty; n3 reaches it first and alone.
         redis.kill()
@@ -135,6 +140,14 @@ import PeregrineTestSupport
         #expect(E2E.waitUntil(60) { rx.messages("capped") == 15 }, "delivered \(rx.messages("capped")) of 15")
         let over = rx.opensOverCap("capped", after: returned, cap: 6)
         #expect(over.isEmpty, "opens past cluster-max-smtp-out 6 after Redis came back: \(over)")
+        // After the loss each node carried messages on at most its share (2)
+        // of the connections it held: n2's third closed without one.
+        let n2 = rx.connections("capped", from: E2E.ip(104, kind, host: 6), openedBefore: lost)
+        #expect(n2.carried <= 2 && n2.closedEmpty == 1, "n2's connections held at the loss: \(n2)")
+        for (i, name) in names.enumerated() where i != 1 {
+            let held = rx.connections("capped", from: E2E.ip(104, kind, host: 5 + i), openedBefore: lost)
+            #expect(held.carried <= 2, "\(name)'s connections held at the loss: \(held)")
+        }
         // Logged once per change: n1 lost Redis twice (partition, outage), the others once.
         for (i, node) in nodes.enumerated() {
             let outages = i == 0 ? 2 : 1
@@ -142,7 +155,7 @@ import PeregrineTestSupport
                     "\(names[i]):\n\(node.log)")
         }
         print("DaemonClusterFailoverTests.partitionAndRedisReturnKeepTheCap on \(kind): \(String(format: "%.1f", Date().timeIntervalSince(begun))) s, "
-              + "peak \(rx.peak("capped")) open (7 in the uncapped fallback transition)")
+              + "peak \(rx.peak("capped")) open (7 while n2's excess waits to close)")
     }
 
     /// Two nodes, cap 4, lease TTL 2 s. n1 holds all 4 leases (its connections

@@ -135,10 +135,12 @@ import PeregrineTestSupport
 
         phase("metrics")
         // 2. Rate: 30/s for the whole cluster, tokens in batches of 20 (one
-        // second of the rate at most). In any window of the receiver's log,
-        // count ≤ rate × (window + transit) + 2 batches + 1 (ClusterMessageGate):
-        // transit, 0.5 s, is a message's time from its token to the receiver's
-        // 250 under a loaded machine. Load only slows delivery, never adds to it.
+        // second of the rate at most), each spent no earlier than its slot on
+        // the cluster's timeline. In any window of the receiver's log,
+        // count ≤ rate × (window + transit) + 1 (ClusterMessageGate): transit,
+        // 0.5 s, is a message's time from its token's slot to the receiver's
+        // 250 under a loaded machine, the gate's lateness (167 ms) included.
+        // Load only slows delivery, never adds to it.
         try inject("rate.test", perNode: 30)
         #expect(E2E.waitUntil(60) { rx.messages("rate") == 90 }, "rate: \(rx.messages("rate")) of 90")
         let times = rx.messageTimes("rate")
@@ -146,7 +148,7 @@ import PeregrineTestSupport
         for i in times.indices {
             for j in i..<times.count {
                 let window = times[j] - times[i], count = j - i + 1
-                let excess = Double(count) - (30 * (window + 0.5) + 41)
+                let excess = Double(count) - (30 * (window + 0.5) + 1)
                 if excess > worst.excess { worst = (excess, count, window) }
             }
         }
@@ -208,14 +210,14 @@ final class ClusterReceiver {
 
     def event(name, ev, peer, **kw):
         with lock:
-            kw.update({"l": name, "ev": ev, "t": time.monotonic(), "src": peer})
+            kw.update({"l": name, "ev": ev, "t": time.monotonic(), "src": peer[0], "port": peer[1]})
             log.write(json.dumps(kw) + "\n")
             log.flush()
 
     def handler(name, gated):
         class Handler(socketserver.BaseRequestHandler):
             def handle(self):
-                s, peer = self.request, self.client_address[0]
+                s, peer = self.request, self.client_address[:2]
                 s.settimeout(120)
                 event(name, "open", peer)
                 closed = False
@@ -279,6 +281,8 @@ final class ClusterReceiver {
         var kind: String
         var time: Double
         var source: String
+        /// The sender's port: which of its connections.
+        var port: Int
     }
 
     let eventsPath: String
@@ -320,7 +324,7 @@ final class ClusterReceiver {
             guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                   let l = o["l"] as? String, let ev = o["ev"] as? String, let t = o["t"] as? Double,
                   let src = o["src"] as? String else { return nil }
-            return Event(listener: l, kind: ev, time: t, source: src)
+            return Event(listener: l, kind: ev, time: t, source: src, port: o["port"] as? Int ?? 0)
         }
     }
 
@@ -375,6 +379,16 @@ final class ClusterReceiver {
             }
         }
         return over
+    }
+
+    /// Of the connections `source` opened to `listener` before `time`: how
+    /// many carried a message (at any time), and how many closed without one.
+    func connections(_ listener: String, from source: String, openedBefore time: Double) -> (carried: Int, closedEmpty: Int) {
+        let mine = events.filter { $0.listener == listener && $0.source == source }
+        let early = Set(mine.filter { $0.kind == "open" && $0.time < time }.map(\.port))
+        let carried = Set(mine.filter { $0.kind == "msg" && early.contains($0.port) }.map(\.port))
+        let closed = Set(mine.filter { $0.kind == "close" && early.contains($0.port) }.map(\.port))
+        return (carried.count, closed.subtracting(carried).count)
     }
 
     /// CLOCK_MONOTONIC times of the connections `source` opened to `listener`.

@@ -155,18 +155,25 @@ struct RedisClusterTests {
         let b = try Node(type, redis: address, name: "b", nodeCount: 2, prefix: "t7")
         defer { b.stop() }
         #expect(a.waitShared() && b.waitShared())
-        func take(_ n: Node<L>, wanted: Int) -> (Int, UInt64)? {
-            n.harness.await { (_: L, reply: @escaping ((Int, UInt64)) -> Void) in
+        func take(_ n: Node<L>, wanted: Int) -> (Int, UInt64, UInt64)? {
+            n.harness.await { (_: L, reply: @escaping ((Int, UInt64, UInt64)) -> Void) in
                 // 1 token a minute: nothing new comes due during the test.
-                n.coordinator.takeMessageTokens(site: "gmail.com", intervalMicros: 60_000_000, wanted: wanted) { reply(($0, $1)) }
+                n.coordinator.takeMessageTokens(site: "gmail.com", intervalMicros: 60_000_000, wanted: wanted) { reply(($0, $1, $2)) }
             }
         }
         let first = take(a, wanted: 10)
         #expect(first?.0 == 10)
+        // The first grant's slots start now (the timeline was empty).
+        #expect((first?.2 ?? .max) < 1_000_000_000)
         // The burst (one batch) is spent for the whole cluster: b gets nothing, and is told to wait about a minute.
         let second = take(b, wanted: 10)
         #expect(second?.0 == 0)
         #expect((second?.1 ?? 0) > 30_000_000_000)
+        // A larger batch (more tolerance) from b: its slots follow a's ten on
+        // the cluster's timeline, ten minutes on, not now.
+        let third = take(b, wanted: 20)
+        #expect(third?.0 == 10)
+        #expect((third?.2 ?? 0) > 590_000_000_000 && (third?.2 ?? 0) <= 600_000_000_000, "\(String(describing: third))")
         #expect(a.harness.sync { _ in a.coordinator.tokensGranted(site: "gmail.com") } == 10)
         // Redis gone: fallback, this node's share (1 per 2 minutes here), one token then a wait.
         redis.kill()
