@@ -128,6 +128,17 @@ enum BenchNet {
 
     /// GET a small JSON document over HTTP/1.0 (the sink's /stats).
     static func getJSON(ip: String, port: UInt16, path: String) -> [String: Any]? {
+        guard let body = getBody(ip: ip, port: port, path: path) else { return nil }
+        return (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any]
+    }
+
+    /// GET a small text document over HTTP/1.0 (the daemon's /metrics); its body, or nil.
+    static func getText(ip: String, port: UInt16, path: String) -> String? {
+        getBody(ip: ip, port: port, path: path).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The body of an HTTP/1.0 GET, read until the peer closes (5 s receive timeout).
+    private static func getBody(ip: String, port: UInt16, path: String) -> ArraySlice<UInt8>? {
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
@@ -141,7 +152,7 @@ enum BenchNet {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard rc == 0 else { return nil }
-        let req = Array("GET \(path) HTTP/1.0\r\nHost: \(ip)\r\n\r\n".utf8)
+        let req = Array("GET \(path) HTTP/1.0\r\nHost: \(ip)\r\nConnection: close\r\n\r\n".utf8)
         _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var data = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 65536)
@@ -151,7 +162,7 @@ enum BenchNet {
             data.append(contentsOf: buf[0..<n])
         }
         guard let start = findBody(data) else { return nil }
-        return (try? JSONSerialization.jsonObject(with: Data(data[start...]))) as? [String: Any]
+        return data[start...]
     }
 
     private static func findBody(_ d: [UInt8]) -> Int? {
