@@ -82,9 +82,12 @@ import PeregrineAccounting
         func records() -> [AccountingRecord] { (try? AccountingCSVReader.readRecords(path: acct)) ?? [] }
         #expect(E2E.waitUntil(60) { records().filter { $0.type == .delivered }.count == Self.domains.count * Self.messages },
                 "not delivered after descriptors came back: \(diagnostics())")
-        let ended = d.log.split(separator: "\n").filter { $0.contains("connections open again, after") }
-        #expect(ended.count == 1, "\(ended) \(diagnostics())")
-        #expect(d.log.split(separator: "\n").filter { $0.contains(began) }.count == 1, "\(diagnostics())")
+        // Each episode is told twice, at its start and at its end. While the daemon takes
+        // back the freed descriptors, a second short episode may come; never a line per failure.
+        let lines = d.log.split(separator: "\n")
+        let ended = lines.filter { $0.contains("connections open again, after") }
+        #expect(!ended.isEmpty && ended.count == lines.filter { $0.contains(began) }.count, "\(ended) \(diagnostics())")
+        #expect(!lines.contains { $0.contains("every host failed") }, "\(diagnostics())")
         // No tq record blames the host, no t record per recipient per wave: the mail waited, it was not attempted.
         let transient = records().filter { $0.type == .transientQueue || $0.type == .transient }
         #expect(transient.isEmpty, "\(transient.map(\.dsnDiag))")
