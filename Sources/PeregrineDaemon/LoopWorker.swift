@@ -410,6 +410,16 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     public func messageCompleted(_ message: QueuedMessage) { reports.completed(message) }
 
+    public func localShortageBegan(reason: String) {
+        daemon.log("delivery: connections fail for lack of local resources (\(reason)); "
+                   + "each queue waits its retry time, the MX hosts are not blamed; logged again when a connection opens")
+    }
+
+    public func localShortageEnded(failedConnects: Int, nanoseconds: UInt64) {
+        daemon.log("delivery: connections open again, after \(failedConnects) connect(s) failed for lack of local resources "
+                   + "over \(nanoseconds / 1_000_000_000).\(nanoseconds / 100_000_000 % 10) s")
+    }
+
     public func queueModeChanged(_ queue: DeliveryQueue, _ change: QueueModeChange) {
         daemon.log("queue \(queue.key): \(change.logText)")
     }

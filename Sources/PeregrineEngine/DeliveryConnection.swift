@@ -93,13 +93,23 @@ final class DeliveryConnection<Loop: EventLoop>: SMTPClientConnectionHandler {
     func clientConnectionDidConnect(localAddress: SocketAddress?) {
         guard let host = connectingTo else { return }
         self.host = host
+        engine.connectSucceeded()
         client.tls = engine.tls.client(for: host, policy: queue.policy, now: loop.now)
         attemptInfo = DeliveryAttemptInfo(sourceAddress: localAddress, destination: host.address,
                                           destinationName: host.name, esmtp: false)
     }
 
+    /// The connect failed here, not at the host (DeliveryEngine+LocalShortage.swift).
+    private(set) var failedLocally = false
+
     func clientConnectionDidFailToConnect(_ e: IOError) {
         guard let host = connectingTo else { return }
+        if DeliveryEngine<Loop>.isLocalShortage(e) {
+            // Not the host's failure, and every other host would fail the same way.
+            failedLocally = true
+            finishClosed(connectFailure: "local: cannot open a connection to \(host.name) (\(host.address)): \(e)")
+            return
+        }
         let why = "\(host.name) (\(host.address)): \(e)"
         let isNew = engine.hostFailed(host, vmta: vmta.name, queue: queue, reason: why)
         let now = loop.now

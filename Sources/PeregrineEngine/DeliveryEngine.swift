@@ -41,6 +41,8 @@ public final class DeliveryEngine<Loop: EventLoop> {
     /// MX hosts whose sessions failed, per VMTA (DeliveryEngine+HostBackoff.swift).
     var mxBackoff: [MXHostKey: MXHostBackoff] = [:]
     private var expiredScratch: [DeliveryItem] = []
+    /// Connects failing for lack of local resources, while they do (DeliveryEngine+LocalShortage.swift).
+    var localShortage: LocalShortage?
     /// Connection slots a shared budget reserved for a queue, not yet used (DeliveryEngine+ConnectionBudget.swift).
     var reservedSlots: [ReservedSlotKey: Int] = [:]
     private var stopping = false
@@ -446,6 +448,7 @@ public final class DeliveryEngine<Loop: EventLoop> {
         let now = loop.now
         if stopping { checkStopped(); return }
         if let failure = connectFailure {
+            if c.failedLocally { connectFailedLocally(q, reason: failure); return }
             // No host took the connection (each one tried is backed off already).
             q.lastReply = failure
             if hasUsableHost(c.hosts, vmta: c.vmta.name) { kick(q); return }

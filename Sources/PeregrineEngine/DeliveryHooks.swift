@@ -48,6 +48,10 @@ public protocol DeliveryObserver: AnyObject {
     /// A transaction (MAIL FROM to the last reply, after the body or after
     /// every recipient was refused) ended `nanoseconds` after it began.
     func transactionCompleted(_ queue: DeliveryQueue, nanoseconds: UInt64)
+    /// Connects began to fail for lack of local resources (descriptors, memory): once per episode.
+    func localShortageBegan(reason: String)
+    /// A connection opened again after `failedConnects` connects failed locally over `nanoseconds`.
+    func localShortageEnded(failedConnects: Int, nanoseconds: UInt64)
 }
 
 extension DeliveryObserver {
@@ -55,6 +59,9 @@ extension DeliveryObserver {
     public func queueModeChanged(_ queue: DeliveryQueue, _ change: QueueModeChange) {}
     /// Observers that keep no metrics ignore transaction times.
     public func transactionCompleted(_ queue: DeliveryQueue, nanoseconds: UInt64) {}
+    /// Observers that keep no log ignore local shortages (the queues wait either way).
+    public func localShortageBegan(reason: String) {}
+    public func localShortageEnded(failedConnects: Int, nanoseconds: UInt64) {}
 }
 
 /// Facts about the connection a result came over (accounting's dlv* fields).

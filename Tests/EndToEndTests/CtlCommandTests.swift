@@ -28,7 +28,7 @@ import PeregrineIO
             ("peregrine", ["ctl", "--help"]), ("peregrine", ["spool-check", "--help"]),
             ("peregrine-sink", ["--help"]), ("peregrine-loadgen", ["--help"]), ("peregrine-bench", ["--help"]),
         ] + ["echo", "spool", "smtp-parser", "sink", "relay", "relay-100k", "isp-mix", "backlog", "crash", "summarize",
-             "dashboard", "compare"].map { ("peregrine-bench", [$0, "--help"]) }
+             "dashboard", "compare", "tune"].map { ("peregrine-bench", [$0, "--help"]) }
         for (exe, args) in runs {
             let r = E2E.run(E2E.executable(exe), args, timeout: 30)
             #expect(r.status == 0, "\(exe) \(args.joined(separator: " ")) exited \(r.status): \(r.stderr)")

@@ -511,6 +511,8 @@ import PeregrineIO
                 "\(r6.stderr)")
         let r7 = SinkProcess.runToExit(["--help"])
         #expect(r7.status == 0 && r7.stdout.contains("usage: peregrine-sink"))
+        // Every HTTP endpoint is named, the test-only lift too (tests and scripts look for it here).
+        #expect(r7.stdout.contains("GET /stats") && r7.stdout.contains("POST /penalty-box/lift"), "\(r7.stdout)")
         // The shipped Gmail profile requires TLS: without a certificate the sink names the line instead of deferring forever.
         let gmail = SinkProfileTests.profilesDir + "/gmail.conf"
         let line = try #require(try String(contentsOfFile: gmail, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)

@@ -205,9 +205,9 @@ final class VirtualWorld<Inner: EventLoop>: DeliveryPolicySource, DeliveryRouter
         self.loop = loop; self.receiver = receiver; self.settings = settings; self.actionsFor = actions
     }
 
-    func submit(_ id: UInt64) {
+    func submit(_ id: UInt64, domain: String = "example.net") {
         let m = QueuedMessage(id: MessageID(hi: 0, lo: id), sender: "s@example.com",
-                              recipients: [.init(address: "r\(id)@example.net")], vmta: "v", jobId: nil, envId: nil,
+                              recipients: [.init(address: "r\(id)@\(domain)")], vmta: "v", jobId: nil, envId: nil,
                               receivedAtWall: 0, receivedAt: loop.now, bodySize: body.count, stream: 0)
         engine.submit(m, recipients: [0], vmta: "v")
     }

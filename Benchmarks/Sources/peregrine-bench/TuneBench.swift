@@ -48,6 +48,7 @@ func runTuneBench(arguments: [String]) -> Int32 {
     usage: peregrine-bench tune --isp NAME | --isps all|NAME,NAME… [--backend epoll|io_uring|dispatch]
                                 [--count N] [--time-scale X] [--trial-deadline S] [--seed N]
                                 [--output-dir DIR] [--presets-dir DIR] [--no-presets] [--no-backoff]
+           peregrine-bench tune --isp NAME --backoff-trial LENGTH[@RATE] --chosen OUT,PER-CONNECTION,RATE --pattern REGEX
       --isp NAME         one provider profile of the sink (gmail, yahoo, outlook, icloud, comcast, gmx, orange)
       --isps LIST        several, one after the other (all: every shipped profile)
       --count N          messages per trial (default 1000: well past every profile's burst)
@@ -56,9 +57,15 @@ func runTuneBench(arguments: [String]) -> Int32 {
       --presets-dir DIR  where the <domain> blocks go, one DIR/NAME.conf per provider (default examples/presets)
       --no-presets       write results only
       --no-backoff       skip phase 5 (the backoff rule: how long, and at what backoff-max-msg-rate)
+      --backoff-trial L[@R]  run only one phase-5 trial: backoff for L (e.g. 90m) at backoff-max-msg-rate R
+                         (e.g. 12/h; default 0, the hold), after settings --chosen (max-smtp-out,
+                         max-msg-per-connection, max-msg-rate per hour, e.g. 20,20,3600) and the rule
+                         --pattern (e.g. '\\[TSS04\\]'); prints the trial, writes nothing
+                         (PEREGRINE_BENCH_KEEP=1 keeps its logs)
     """
     let defaults = ["isp": "", "isps": "", "backend": "epoll", "count": "1000", "time-scale": "0.01",
-                    "trial-deadline": "150", "seed": "1", "output-dir": "results", "presets-dir": "examples/presets"]
+                    "trial-deadline": "150", "seed": "1", "output-dir": "results", "presets-dir": "examples/presets",
+                    "backoff-trial": "", "chosen": "", "pattern": ""]
     let options: ScenarioOptions
     switch ScenarioOptions.parse(arguments, defaults: defaults, flags: ["no-presets", "no-backoff"], usage: usage) {
     case .success(let o): options = o
@@ -88,6 +95,9 @@ func runTuneBench(arguments: [String]) -> Int32 {
         fputs("peregrine-bench tune: \(error)\n", stderr)
         return 2
     }
+    if !options.string("backoff-trial").isEmpty {
+        return runOneBackoffTrial(providers: providers, settings: settings, options: options)
+    }
     var rows: [[String]] = []
     var failed = false
     for provider in providers {
@@ -105,6 +115,39 @@ func runTuneBench(arguments: [String]) -> Int32 {
                     header: ["provider", "max-smtp-out", "max-msg-per-connection", "max-msg-rate", "backoff (length, rate)",
                              "delivered/h", "avoidable deferrals", "result"], rows: rows)
     return failed ? 1 : 0
+}
+
+/// `--backoff-trial`: one provoked backoff trial, as phase 5 runs it, to
+/// look at one rule without the whole search (about a minute instead of an hour).
+func runOneBackoffTrial(providers: [IspMixProvider], settings: TuneRun.Settings, options: ScenarioOptions) -> Int32 {
+    let spec = options.string("backoff-trial").split(separator: "@", maxSplits: 1).map(String.init)
+    let chosen = options.string("chosen").split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "/h", with: "")) }
+    let rate = spec.count > 1 ? Int(spec[1].replacingOccurrences(of: "/h", with: "")) : 0
+    guard providers.count == 1, let seconds = TuneRun.seconds(fromDuration: spec[0]), let rate,
+          chosen.count == 3, let out = chosen[0], let perConnection = chosen[1], let perHour = chosen[2], perHour > 0,
+          !options.string("pattern").isEmpty else {
+        fputs("peregrine-bench tune: --backoff-trial L[@R] needs one --isp, --chosen OUT,PER-CONNECTION,RATE (rate > 0) and --pattern REGEX\n", stderr)
+        return 2
+    }
+    do {
+        let run = TuneRun(provider: providers[0], settings: settings)
+        let t = try run.backoffTrial("backoff (one trial)", pattern: options.string("pattern"),
+                                     chosen: TuneRun.Candidate(maxSMTPOut: out, maxMsgPerConnection: perConnection, ratePerHour: perHour),
+                                     seconds: seconds, rate: rate) { phase, c, stopOn, reloadTo, late, deadline in
+            try TuneTrial(provider: providers[0], settings: settings, candidate: c, phase: phase, stopOn: stopOn,
+                          reloadTo: reloadTo, stopAfterLateRefusals: late, deadline: deadline).run()
+        }
+        fputs("   \(t.phase): \(TuneRun.describe(t.candidate)) → \(t.summaryLine), refusals \(t.tripRefusals) at the trip"
+              + (t.trippedAfter.map { " (\(Int($0.rounded())) s in)" } ?? "") + " + "
+              + "\(t.lateRefusals) late\(t.reloaded ? "" : ", NOT reloaded"), \(String(format: "%.1f", t.scaledSeconds)) s\n", stderr)
+        if let data = try? JSONSerialization.data(withJSONObject: t.json, options: [.sortedKeys]) {
+            print(String(decoding: data, as: UTF8.self))
+        }
+        return t.drained ? 0 : 1
+    } catch {
+        fputs("peregrine-bench tune: \(error)\n", stderr)
+        return 1
+    }
 }
 
 /// The kinds of sink deferral the search tells apart (by the sink's reason names).
@@ -195,7 +238,9 @@ struct TuneRun {
                                   reloadTo: reloadTo, stopAfterLateRefusals: stopAfterLateRefusals, deadline: deadline).run()
             trials.append(r)
             fputs("   \(phase): \(Self.describe(reloadTo ?? c)) → \(r.summaryLine)"
-                  + (reloadTo == nil ? "" : ", refusals \(r.tripRefusals) at the trip + \(r.lateRefusals) late\(r.reloaded ? "" : ", NOT reloaded")") + "\n", stderr)
+                  + (reloadTo == nil ? "" : ", refusals \(r.tripRefusals) at the trip"
+                     + (r.trippedAfter.map { " (\(Int($0.rounded())) s in)" } ?? "")
+                     + " + \(r.lateRefusals) late\(r.reloaded ? "" : ", NOT reloaded")") + "\n", stderr)
             return r
         }
 
@@ -323,30 +368,18 @@ struct TuneRun {
     ///     length; the highest that draws no more late refusals than the hold
     ///     did is written (a provider whose box lets a trickle through,
     ///     Outlook's, gets one; a hard box, Yahoo's or Gmail's, gets the hold).
-    /// Each trial has time for its box plus three times the drain at the safe rate.
+    /// Each trial has time for its box plus three times the drain at the safe
+    /// rate, counted from the trip (TuneTrial.deadline says why).
     func searchBackoff(pattern: String, chosen: Candidate,
                        trial: (String, Candidate, Set<TuneDeferralKind>, Candidate?, Int?, Double?) throws -> TuneTrial.Result)
         throws -> (rule: Candidate?, note: String, evidence: [[String: Any]]) {
-        let drainSeconds = Double(settings.count) * 3600 / Double(chosen.ratePerHour) * settings.timeScale
         var evidence: [[String: Any]] = []
         func run(_ phase: String, seconds: Int, rate: Int) throws -> TuneTrial.Result {
-            var rule = chosen
-            rule.backoffPattern = pattern
-            rule.backoffSeconds = seconds
-            rule.backoffRatePerHour = rate
-            // Unpaced (a paced run may never reach the limit on a loaded machine), with the rule already in force.
-            var provoke = rule
-            provoke.maxSMTPOut = min(5, chosen.maxSMTPOut)
-            provoke.maxMsgPerConnection = 10
-            provoke.ratePerHour = 0
-            let deadline = 20 + Double(seconds) * settings.timeScale + 3 * drainSeconds
-            var t = try trial(phase, provoke, [], rule, Self.acceptableLateRefusals, deadline)
-            // A run that never tripped the limit says nothing about the rule.
-            if t.tripRefusals == 0 { t = try trial(phase + " (again: never tripped)", provoke, [], rule, Self.acceptableLateRefusals, deadline) }
+            let t = try backoffTrial(phase, pattern: pattern, chosen: chosen, seconds: seconds, rate: rate, trial: trial)
             evidence.append(["backoff": Self.durationText(seconds), "backoff-max-msg-rate": Self.backoffRateText(rate),
                              "tripRefusals": t.tripRefusals, "lateRefusals": t.lateRefusals,
                              "escalated": t.deferrals["escalated", default: 0], "drained": t.drained,
-                             "reloaded": t.reloaded, "seconds": t.scaledSeconds])
+                             "reloaded": t.reloaded, "seconds": t.scaledSeconds, "trippedAfter": t.trippedAfter ?? -1])
             return t
         }
         func passes(_ t: TuneTrial.Result, lateAllowed: Int) -> Bool {
@@ -377,6 +410,35 @@ struct TuneRun {
         let note = "\(Self.durationText(hold.seconds)) at " + (trickle == 0 ? "0 (hold: the box refuses even the slowest trickle)" : "\(trickle)/h")
             + " (\(hold.late) late refusals with the hold)"
         return (rule, note, evidence)
+    }
+
+    /// One provoked trial of a rule: backoff for `seconds` at `rate` per hour after `chosen`.
+    func backoffTrial(_ phase: String, pattern: String, chosen: Candidate, seconds: Int, rate: Int,
+                      trial: (String, Candidate, Set<TuneDeferralKind>, Candidate?, Int?, Double?) throws -> TuneTrial.Result)
+        throws -> TuneTrial.Result {
+        let drainSeconds = Double(settings.count) * 3600 / Double(chosen.ratePerHour) * settings.timeScale
+        var rule = chosen
+        rule.backoffPattern = pattern
+        rule.backoffSeconds = seconds
+        rule.backoffRatePerHour = rate
+        // Unpaced (a paced run may never reach the limit on a loaded machine), with the rule already in force.
+        var provoke = rule
+        provoke.maxSMTPOut = min(5, chosen.maxSMTPOut)
+        provoke.maxMsgPerConnection = 10
+        provoke.ratePerHour = 0
+        let deadline = 20 + Double(seconds) * settings.timeScale + 3 * drainSeconds
+        let t = try trial(phase, provoke, [], rule, Self.acceptableLateRefusals, deadline)
+        // A run that never tripped the limit says nothing about the rule.
+        if t.tripRefusals == 0 { return try trial(phase + " (again: never tripped)", provoke, [], rule, Self.acceptableLateRefusals, deadline) }
+        return t
+    }
+
+    /// `90m`, `2h`, `900s`, `900` as seconds.
+    static func seconds(fromDuration text: String) -> Int? {
+        let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        guard let last = text.last else { return nil }
+        if let u = units[last] { return Int(text.dropLast()).map { $0 * u } }
+        return Int(text)
     }
 
     /// The highest ladder value for which `passes` holds, assuming that once a
@@ -475,7 +537,15 @@ struct TuneTrial {
     /// Ends the trial (failed) once this many rate refusals came after the trip
     /// settled, or at the first escalation to a permanent refusal.
     var stopAfterLateRefusals: Int? = nil
-    /// Seconds the trial may take; nil = the run's --trial-deadline.
+    /// Seconds the trial may take; nil = the run's --trial-deadline. A
+    /// provoked run's are counted from the trip once it came: what follows the
+    /// trip is what is measured, and the trip may come late. The sink's
+    /// random failures carry the provider's rate text (Yahoo's [TSS04]), so
+    /// one before the trip puts the daemon in backoff under the rule already
+    /// in force, and the trip comes only after that hold. Counted from the
+    /// start, a 90m hold (54 s) then left no time for the trip's own hold and
+    /// the drain: 0 late refusals, peak 5 connections, "NOT drained" (the
+    /// yahoo run of 2026-12-05, reproduced with --backoff-trial 90m).
     var deadline: Double? = nil
 
     struct Result {
@@ -501,6 +571,8 @@ struct TuneTrial {
         var tripRefusals = 0
         var lateRefusals = 0
         var reloaded = false
+        /// Seconds from the trial's start to the trip (provoked runs; nil: never tripped).
+        var trippedAfter: Double? = nil
 
         func count(_ kind: TuneDeferralKind) -> Int {
             deferrals.reduce(0) { $0 + (TuneDeferralKind(sinkReason: $1.key) == kind ? $1.value : 0) }
@@ -520,6 +592,7 @@ struct TuneTrial {
              "seconds": scaledSeconds, "deliveredPerHour": Int(realPerHour.rounded()), "transientRecords": transientRecords,
              "peakConnections": peakConnections, "maxMessagesOnOneConnection": maxOnOneConnection,
              "tripRefusals": tripRefusals, "lateRefusals": lateRefusals, "reloaded": reloaded,
+             "trippedAfter": trippedAfter ?? -1,
              "provokedWith": provokedWith?.json ?? [:],
              "deferralTexts": Dictionary(uniqueKeysWithValues: texts.map { ($0.key.rawValue, Array($0.value.prefix(2))) })]
         }
@@ -564,7 +637,7 @@ struct TuneTrial {
         var trippedAt: Date? = nil
         var tripRefusals: Int? = nil, rateRefusals = 0
         let trialDeadline = self.deadline ?? settings.trialDeadline
-        while Date().timeIntervalSince(start) < trialDeadline {
+        while Date().timeIntervalSince(reloadTo == nil ? start : trippedAt ?? start) < trialDeadline {
             if let s = BenchNet.getJSON(ip: rig.ip, port: statsPort, path: "/stats") {
                 stats = s
                 let deferrals = Self.deferrals(s)
@@ -629,7 +702,7 @@ struct TuneTrial {
                       peakConnections: Self.int(provStats["peak_concurrent_connections"]),
                       maxOnOneConnection: Self.int(provStats["max_messages_on_one_connection"]),
                       tripRefusals: min(tripRefusals ?? finalRate, finalRate), lateRefusals: finalRate - min(tripRefusals ?? finalRate, finalRate),
-                      reloaded: reloaded)
+                      reloaded: reloaded, trippedAfter: trippedAt.map { $0.timeIntervalSince(start) })
     }
 
     /// The trial's daemon: the candidate for the provider's domains (rates and times scaled), routed to the sink.

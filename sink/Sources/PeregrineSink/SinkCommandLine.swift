@@ -48,7 +48,8 @@ public struct SinkOptions: Equatable, Sendable {
       --port N             listen on port N for every profile MX address instead of the profile's (0: any free port)
       --backend B          I/O backend (default epoll)
       --threads N          event loops, each with its own SO_REUSEPORT listeners (default 1)
-      --stats-port P       serve GET /stats as JSON on 127.0.0.1:P (or ADDR:P)
+      --stats-port P       serve GET /stats as JSON on 127.0.0.1:P (or ADDR:P), and
+                           POST /penalty-box/lift there: ends every penalty box at once
       --dns ADDR:PORT      answer MX/A queries for every profile domain over UDP
       --record-ids FILE    write "X-Loadgen-Id ARRIVAL-UNIX-NS" for every accepted message, one a line
                            (flushed at least every half second)
