@@ -80,6 +80,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     func setUp(router: DeliveryRouter) {
         engine = DeliveryEngine(loop: loop, policies: policies, router: router, bodySource: self, observer: self)
         engine.tls.context = daemon.clientTLSContext
+        if let min = DeliveryBodyRange.minimumSizeFromEnvironment { engine.fileBodyMinimumSize = min }
     }
 
     var primarySpool: SpoolWriter<Loop>? { spools[index] }
@@ -325,6 +326,22 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                     let reply = LoopConfined(result)
                     me.loop.execute { request.value.1(reply.value) }
                 }
+            }
+        }
+    }
+
+    /// Only for a message of this loop's own streams: another loop's would
+    /// need its writer's descriptor across threads (it takes the copying path).
+    public func readBodyRange(of message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
+                              _ done: @escaping (Result<DeliveryBodyRange?, IOError>) -> Void) {
+        guard daemon.worker(forStream: message.stream) === self, let spool = spools[message.stream] else {
+            done(.success(nil)); return
+        }
+        spool.bodyRange(message.id, prefix: buffer) { result in
+            switch result {
+            case .success(let range):
+                done(.success(range.map { DeliveryBodyRange(file: $0.file, offset: $0.offset, count: $0.count) }))
+            case .failure(let e): done(.failure(IOError(.invalidArgument("\(e)"), "readBody")))
             }
         }
     }
