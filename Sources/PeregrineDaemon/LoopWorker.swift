@@ -330,13 +330,30 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         }
     }
 
-    /// Only for a message of this loop's own streams: another loop's would
-    /// need its writer's descriptor across threads (it takes the copying path).
+    /// Like `readBody`: asked on the stream's own loop, the answer handed
+    /// back. The range's descriptor is a dup made there, so it stays valid on
+    /// this loop whatever that writer closes meanwhile.
     public func readBodyRange(of message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
                               _ done: @escaping (Result<DeliveryBodyRange?, IOError>) -> Void) {
-        guard daemon.worker(forStream: message.stream) === self, let spool = spools[message.stream] else {
-            done(.success(nil)); return
+        let owner = daemon.worker(forStream: message.stream)
+        if owner === self {
+            readRangeLocal(message, into: buffer, done)
+        } else {
+            // The buffer belongs to the asking connection until `done` runs back on its loop.
+            let me = self
+            let request = LoopConfined((buffer, done))
+            owner.loop.execute {
+                owner.readRangeLocal(message, into: request.value.0) { result in
+                    let reply = LoopConfined(result)
+                    me.loop.execute { request.value.1(reply.value) }
+                }
+            }
         }
+    }
+
+    func readRangeLocal(_ message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
+                        _ done: @escaping (Result<DeliveryBodyRange?, IOError>) -> Void) {
+        guard let spool = spools[message.stream] else { done(.success(nil)); return }
         spool.bodyRange(message.id, prefix: buffer) { result in
             switch result {
             case .success(let range):

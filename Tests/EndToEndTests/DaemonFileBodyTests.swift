@@ -15,8 +15,8 @@ import PeregrineIO
 /// sent with sendfile/splice from the segment; everything else is copied
 /// and dot-stuffed as before. Either way a real peer (the Python recording
 /// receiver) must get the bytes the injector sent, and `/metrics` says
-/// which went from the file. Scenarios 55 (bytes) and 56 (receiver closing
-/// mid-body): 127.P.55.x, 127.P.56.x.
+/// which went from the file, on the stream's own loop or another's.
+/// Scenarios 55 (bytes) and 56 (receiver closing mid-body): 127.P.55.x, 127.P.56.x.
 @Suite(.serialized, .timeLimit(.minutes(10)), .blockingIO) struct DaemonFileBodyTests {
     static let threshold = DeliveryBodyRange.defaultMinimumSize
 
@@ -88,10 +88,10 @@ import PeregrineIO
         }
     }
 
-    /// Injects `content` to `rcpt`; nil when accepted.
-    static func inject(_ c: SinkTestClient, _ rcpt: String, _ content: [UInt8], mailParams: String = "") throws -> String? {
+    /// Injects `content` to `rcpts`; nil when accepted.
+    static func inject(_ c: SinkTestClient, _ rcpts: [String], _ content: [UInt8], mailParams: String = "") throws -> String? {
         guard try c.command("MAIL FROM:<files@peregrine.test>\(mailParams)")?.code == 250 else { return "MAIL refused" }
-        guard try c.command("RCPT TO:<\(rcpt)>")?.code == 250 else { return "RCPT refused" }
+        for rcpt in rcpts { guard try c.command("RCPT TO:<\(rcpt)>")?.code == 250 else { return "RCPT \(rcpt) refused" } }
         guard try c.command("DATA")?.code == 354 else { return "DATA refused" }
         try sendRaw(c, wire(content))
         let r = try c.reply()
@@ -105,10 +105,24 @@ import PeregrineIO
             .flatMap { Double($0.split(separator: " ").last ?? "").map { Int($0) } }
     }
 
+    /// The loop that owns a queue (`Daemon.owner(of:asking:)`: FNV-1a of "domain/vmta", modulo the loops).
+    static func ownerLoop(_ queue: String, loops: Int) -> Int {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in queue.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return Int(h % UInt64(loops))
+    }
+
+    /// Two loops, and every message goes to two domains whose queues live on
+    /// different loops: whichever loop took the injection (its spool stream),
+    /// one of the two deliveries reads the body across loops (the range is
+    /// made on the stream's loop and its descriptor handed back).
     @Test(arguments: BackendKind.testable)
     func everyBodyArrivesByteForByteAndWireFormOnesGoFromTheFile(_ kind: BackendKind) throws {
         try kind.requireAvailable()
         let scenario = 55
+        let domains = ["files.test", "other.test"]
+        try #require(Self.ownerLoop("files.test/vmta1", loops: 2) != Self.ownerLoop("other.test/vmta1", loops: 2),
+                     "the two domains' queues must be on different loops")
         let s = try DaemonEndToEndTests.Scenario("file-body", scenario, kind)
         let receiver = try RecordingReceiver(s.dir, ip: E2E.ip(scenario, kind, host: 1))
         defer { receiver.terminate() }
@@ -124,43 +138,47 @@ import PeregrineIO
             <domain files.test>
                 route [\(receiver.ip)]:\(receiver.port)
             </domain>
-            """), threads: 1)
+            <domain other.test>
+                route [\(receiver.ip)]:\(receiver.port)
+            </domain>
+            """), threads: 2)
         let big = 100 * 1024
         let eightBit = "caf\u{e9} na\u{ef}ve \u{fc}ber \u{f1} "
-        let bodies: [(rcpt: String, content: [UInt8], params: String, fromFile: Bool)] = [
-            ("plain@files.test", Self.lines(big) { "line \($0) of a plain body, nothing to stuff here at all" }, "", true),
-            ("dots@files.test", Self.lines(big) { $0 % 3 == 0 ? ".\($0) a leading dot" : $0 % 3 == 1 ? "..two" : "." }, "", false),
-            ("barelf@files.test", Self.bareLineFeeds(Self.lines(big) { "bare \($0)" }), "", false),
-            ("eightbit@files.test", Self.lines(big) { "\($0) \(eightBit)" }, " BODY=8BITMIME", true),
-            ("exact@files.test", Self.lines(Self.threshold) { "exactly at the threshold \($0)" }, "", true),
-            ("under@files.test", Self.lines(Self.threshold - 1) { "one byte under the threshold \($0)" }, "", false),
-            ("empty@files.test", [], "", false),
+        let bodies: [(local: String, content: [UInt8], params: String, fromFile: Bool)] = [
+            ("plain", Self.lines(big) { "line \($0) of a plain body, nothing to stuff here at all" }, "", true),
+            ("dots", Self.lines(big) { $0 % 3 == 0 ? ".\($0) a leading dot" : $0 % 3 == 1 ? "..two" : "." }, "", false),
+            ("barelf", Self.bareLineFeeds(Self.lines(big) { "bare \($0)" }), "", false),
+            ("eightbit", Self.lines(big) { "\($0) \(eightBit)" }, " BODY=8BITMIME", true),
+            ("exact", Self.lines(Self.threshold) { "exactly at the threshold \($0)" }, "", true),
+            ("under", Self.lines(Self.threshold - 1) { "one byte under the threshold \($0)" }, "", false),
+            ("empty", [], "", false),
         ]
-        for b in bodies {
-            let (rcpt, content, params, _) = b
-            #expect(content.count == (rcpt.hasPrefix("exact") ? Self.threshold : rcpt.hasPrefix("under") ? Self.threshold - 1
-                                     : rcpt.hasPrefix("empty") ? 0 : big), "\(rcpt): \(content.count) bytes")
-        }
+        let sizes = ["exact": Self.threshold, "under": Self.threshold - 1, "empty": 0]
+        for b in bodies { #expect(b.content.count == sizes[b.local] ?? big, "\(b.local): \(b.content.count) bytes") }
         let c = try SinkTestClient(d.listenIP, d.listenPort, from: client)
         try #require(try c.start()?.code == 220)
         try #require(try c.command("EHLO files-client.test")?.code == 250)
         for b in bodies {
-            #expect(try Self.inject(c, b.rcpt, b.content, mailParams: b.params) == nil, "\(b.rcpt)")
+            #expect(try Self.inject(c, domains.map { "\(b.local)@\($0)" }, b.content, mailParams: b.params) == nil, "\(b.local)")
         }
         _ = try? c.command("QUIT")
-        let arrived = E2E.waitUntil(60, every: 0.2) { receiver.messages.count == bodies.count }
-        try #require(arrived, "\(receiver.messages.count) of \(bodies.count) arrived\n\(s.diagnostics)")
+        let expected = bodies.count * domains.count
+        let arrived = E2E.waitUntil(60, every: 0.2) { receiver.messages.count == expected }
+        try #require(arrived, "\(receiver.messages.count) of \(expected) arrived\n\(s.diagnostics)")
         let byRcpt = Dictionary(receiver.messages.map { ($0.rcpts.first ?? "", $0) }, uniquingKeysWith: { a, _ in a })
         for b in bodies {
-            guard let m = byRcpt[b.rcpt] else { Issue.record("\(b.rcpt) did not arrive"); continue }
-            let got = m.data.unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) }   // the receiver wrote ISO 8859-1
-            let want = Self.normalised(b.content)
-            #expect(got == want, "\(b.rcpt): \(got.count) bytes arrived, \(want.count) expected; first difference at \(zip(got, want).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(got.count, want.count))")
+            for domain in domains {
+                let rcpt = "\(b.local)@\(domain)"
+                guard let m = byRcpt[rcpt] else { Issue.record("\(rcpt) did not arrive"); continue }
+                let got = m.data.unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) }   // the receiver wrote ISO 8859-1
+                let want = Self.normalised(b.content)
+                #expect(got == want, "\(rcpt): \(got.count) bytes arrived, \(want.count) expected; first difference at \(zip(got, want).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(got.count, want.count))")
+            }
         }
-        let fromFile = bodies.filter(\.fromFile).count
+        let fromFile = bodies.filter(\.fromFile).count * domains.count
         #expect(Self.metric(d, "peregrine_bodies_sent_from_file_total") == fromFile,
                 "\(String(describing: Self.metric(d, "peregrine_bodies_sent_from_file_total"))) bodies from the file, \(fromFile) expected")
-        #expect(s.records.of(.delivered).count == bodies.count, "\(s.diagnostics)")
+        #expect(s.records.of(.delivered).count == expected, "\(s.diagnostics)")
     }
 
     /// A receiver that reads 8 KB of a 100 KB body sent from the file and
@@ -189,7 +207,7 @@ import PeregrineIO
         try #require(try c.start()?.code == 220)
         try #require(try c.command("EHLO files-client.test")?.code == 250)
         let content = Self.lines(100 * 1024) { "a body the receiver stops reading \($0)" }
-        #expect(try Self.inject(c, "gone@closing.test", content) == nil)
+        #expect(try Self.inject(c, ["gone@closing.test"], content) == nil)
         _ = try? c.command("QUIT")
         let deferred = E2E.waitUntil(60, every: 0.2) { s.records.of(.transient).contains { $0.rcpt == "gone@closing.test" } }
         #expect(deferred, "no t record: connections \(receiver.connections)\n\(s.diagnostics)")
