@@ -92,8 +92,9 @@ public protocol EventLoop: AnyObject {
     /// epoll and Dispatch, IORING_OP_SPLICE through a pipe on io_uring);
     /// partial sends are handled internally. A file that ends before
     /// `offset + count` fails the send (EIO): the caller's bytes are not there.
-    /// Queued in order with `send`/`sendv` on the same socket. The caller
-    /// keeps `file` open until `done` runs.
+    /// Start it once the socket's previous send has completed (as
+    /// SMTPClientConnection does): io_uring does not order sends in flight
+    /// together. The caller keeps `file` open until `done` runs.
     func sendFile(_ socket: Socket, _ file: FileHandle, offset: Int64, count: Int,
                   _ done: @escaping (Result<Void, IOError>) -> Void)
 
