@@ -37,6 +37,8 @@ extension Daemon {
         var injectionRefusals: UInt64 = 0, acceptFailures: UInt64 = 0
         /// max-queued-in-memory: messages on disk only now, and paged out / in so far.
         var queuedOnDisk = 0, pagedOut: UInt64 = 0, pagedIn: UInt64 = 0
+        /// Bodies sent straight from the spool file (wire form, plain connection).
+        var bodiesSentFromFile: UInt64 = 0
         var queues: [QueueSnapshot] = []
         var spools: [SpoolSnapshot] = []
         var deliveryLatency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
@@ -75,6 +77,7 @@ extension Daemon {
                 s.queuedOnDisk = w.queuedOnDisk
                 s.pagedOut = w.pagedOut
                 s.pagedIn = w.pagedIn
+                s.bodiesSentFromFile = w.engine.bodiesSentFromFile
                 s.transactionTimes = w.transactionTimes
                 s.dkimSigning = w.dkim.signingTime
                 for (stream, spool) in w.spools.sorted(by: { $0.key < $1.key }) {
@@ -284,6 +287,9 @@ extension Daemon {
                 value: snaps.reduce(0) { $0 + $1.queuedOnDisk })
         p.counter("peregrine_paged_in_total", help: "Messages read back from the spool into the scheduler (max-queued-in-memory)",
                   value: sum(\.pagedIn))
+
+        p.counter("peregrine_bodies_sent_from_file_total",
+                  help: "Message bodies sent straight from the spool file (sendfile/splice), not copied", value: sum(\.bodiesSentFromFile))
 
         var latency = PrometheusHistogram(bounds: PrometheusHistogram.deliveryLatencyBounds)
         for s in snaps { latency.merge(s.deliveryLatency) }

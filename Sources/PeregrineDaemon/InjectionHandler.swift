@@ -65,8 +65,8 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             if !source.alwaysAllowRelaying, let refusal = relayRefusal(rcpt.forwardPath) { return .reply(refusal) }
             if let refusal = suppressionRefusal(session, rcpt.forwardPath) { return .reply(refusal) }
             return .accept
-        case .endOfData:
-            return finishMessage(session)
+        case .endOfData(let info):
+            return finishMessage(session, bodyIsWireForm: info.isWireForm)
         case .auth(let credentials):
             return authenticate(session, credentials)
         case .startTLS:
@@ -102,7 +102,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
     static var shuttingDown: SMTPReply { SMTPReply(code: 421, enhancedCode: EnhancedStatusCode(4, 3, 2),
                                         "service shutting down, message not accepted; try again later") }
 
-    private func finishMessage(_ session: SMTPServerSession) -> SMTPServerDecision {
+    private func finishMessage(_ session: SMTPServerSession, bodyIsWireForm: Bool) -> SMTPServerDecision {
         if worker.isShuttingDown {
             body.clear()
             return .reply(Self.shuttingDown)
@@ -190,6 +190,8 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         // With DKIM configured, the message without the dropped fields is built
         // first and signed; the Received header (not signed) goes above the signatures.
         let config = worker.policies.config
+        // Where the lines this MTA adds (Received, DKIM-Signature, added fields) end in `assembled`.
+        var addedEnd = 0
         if config.dkimConfigured {
             unsigned.clear()
             if !added.isEmpty { added.withUnsafeBytes { unsigned.append($0) } }
@@ -213,6 +215,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             assembled.clear()
             if source.addReceivedHeader { appendReceived(session, transaction) }
             if case .signed = outcome { worker.dkim.header.withUnsafeBytes { assembled.append($0) } }
+            addedEnd = assembled.count + added.count
             assembled.append(unsigned.bytes)
             unsigned.clear()
         } else {
@@ -220,6 +223,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         assembled.clear()
         if source.addReceivedHeader { appendReceived(session, transaction) }
         if !added.isEmpty { added.withUnsafeBytes { assembled.append($0) } }
+        addedEnd = assembled.count
         var cursor = 0
         for r in drop.sorted(by: { $0.lowerBound < $1.lowerBound }) {
             if r.lowerBound > cursor { assembled.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<r.lowerBound])) }
@@ -238,7 +242,11 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             },
             vmta: Array(vmta.utf8), jobID: Array(jobID.utf8), envID: Array(envID.utf8),
             ret: mail.ret.map { $0 == .full ? DSNReturn.full : .headers } ?? .unspecified,
-            receivedAt: wallClockMilliseconds(), verp: mail.xverp || source.verpDefault)
+            receivedAt: wallClockMilliseconds(), verp: mail.xverp || source.verpDefault,
+            // The received part was its own wire form and whole fields only were dropped from it;
+            // the lines added above it are checked here (a few hundred bytes).
+            wireForm: bodyIsWireForm
+                && DotStuffer.isOwnWireForm(UnsafeRawBufferPointer(rebasing: assembled.bytes[0 ..< addedEnd])))
         let size = assembled.count
         let pool = worker.policies.config.pool(named: vmtaName)?.name
         worker.accept(envelope: envelope, body: assembled.bytes, peer: peer, pool: pool, smtpUser: session.authenticatedUser) { [weak self] result in

@@ -80,6 +80,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     func setUp(router: DeliveryRouter) {
         engine = DeliveryEngine(loop: loop, policies: policies, router: router, bodySource: self, observer: self)
         engine.tls.context = daemon.clientTLSContext
+        if let min = DeliveryBodyRange.minimumSizeFromEnvironment { engine.fileBodyMinimumSize = min }
     }
 
     var primarySpool: SpoolWriter<Loop>? { spools[index] }
@@ -325,6 +326,39 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
                     let reply = LoopConfined(result)
                     me.loop.execute { request.value.1(reply.value) }
                 }
+            }
+        }
+    }
+
+    /// Like `readBody`: asked on the stream's own loop, the answer handed
+    /// back. The range's descriptor is a dup made there, so it stays valid on
+    /// this loop whatever that writer closes meanwhile.
+    public func readBodyRange(of message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
+                              _ done: @escaping (Result<DeliveryBodyRange?, IOError>) -> Void) {
+        let owner = daemon.worker(forStream: message.stream)
+        if owner === self {
+            readRangeLocal(message, into: buffer, done)
+        } else {
+            // The buffer belongs to the asking connection until `done` runs back on its loop.
+            let me = self
+            let request = LoopConfined((buffer, done))
+            owner.loop.execute {
+                owner.readRangeLocal(message, into: request.value.0) { result in
+                    let reply = LoopConfined(result)
+                    me.loop.execute { request.value.1(reply.value) }
+                }
+            }
+        }
+    }
+
+    func readRangeLocal(_ message: QueuedMessage, into buffer: UnsafeMutableRawBufferPointer,
+                        _ done: @escaping (Result<DeliveryBodyRange?, IOError>) -> Void) {
+        guard let spool = spools[message.stream] else { done(.success(nil)); return }
+        spool.bodyRange(message.id, prefix: buffer) { result in
+            switch result {
+            case .success(let range):
+                done(.success(range.map { DeliveryBodyRange(file: $0.file, offset: $0.offset, count: $0.count) }))
+            case .failure(let e): done(.failure(IOError(.invalidArgument("\(e)"), "readBody")))
             }
         }
     }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import PeregrineIO
 import PeregrineSMTP
 import PeregrineTransport
@@ -26,6 +29,8 @@ final class DeliveryConnection<Loop: EventLoop>: SMTPClientConnectionHandler {
     var session: SMTPClientSession { client.session }
     private let bodyBuffer = OwnedBuffer(capacity: 8192)
     private var body = UnsafeRawBufferPointer(start: nil, count: 0)
+    /// The current body as a spool file range (sent without copying), when it is stored in wire form.
+    private var bodyRange: DeliveryBodyRange?
     private var closing = false
     private(set) var closed = false
     private var idleTimer: TimerHandle?
@@ -54,6 +59,7 @@ final class DeliveryConnection<Loop: EventLoop>: SMTPClientConnectionHandler {
     private var onIdleTimeout: (() -> Void)!
     private var onWaitOver: (() -> Void)!
     private var onBodyRead: ((Result<UnsafeRawBufferPointer, IOError>) -> Void)!
+    private var onBodyRangeRead: ((Result<DeliveryBodyRange?, IOError>) -> Void)!
 
     init(engine: DeliveryEngine<Loop>, loop: Loop, queue: DeliveryQueue, vmta: VirtualMTA, hosts: [RouteHost],
          configuration: SMTPClientConfiguration) {
@@ -70,6 +76,7 @@ final class DeliveryConnection<Loop: EventLoop>: SMTPClientConnectionHandler {
         }
         onWaitOver = { [unowned self] in self.idleTimer = nil; self.askForWork() }
         onBodyRead = { [unowned self] result in self.bodyRead(result) }
+        onBodyRangeRead = { [unowned self] result in self.bodyRangeRead(result) }
     }
 
     // MARK: Connecting
@@ -129,11 +136,21 @@ final class DeliveryConnection<Loop: EventLoop>: SMTPClientConnectionHandler {
     func clientConnectionIsReady(_ extensions: SMTPExtensions) { askForWork() }
 
     func clientConnectionWillSendBody() {
+        if let range = bodyRange {
+            bodyRange = nil
+            if client.writeBody(file: range.file, offset: range.offset, count: range.count) {
+                engine.bodiesSentFromFile &+= 1
+                return
+            }
+            copyBody(from: range)
+            return
+        }
         client.writeBody(body)
         body = UnsafeRawBufferPointer(start: nil, count: 0)
     }
 
     func clientConnectionDidComplete(_ result: SMTPMessageResult) {
+        dropBodyRange()   // refused before its body went out
         guard let item = current else { return }
         current = nil
         messagesSent += 1
@@ -182,7 +199,11 @@ final class DeliveryConnection<Loop: EventLoop>: SMTPClientConnectionHandler {
         bodyBuffer.clear()
         bodyBuffer.reserve(message.recordLength)
         readingBody = true
-        engine.bodySource.readBody(of: message, into: bodyBuffer.memory, onBodyRead)
+        if message.bodySize >= engine.fileBodyMinimumSize && client.canSendBodyFromFile {
+            engine.bodySource.readBodyRange(of: message, into: bodyBuffer.memory, onBodyRangeRead)
+        } else {
+            engine.bodySource.readBody(of: message, into: bodyBuffer.memory, onBodyRead)
+        }
     }
 
     /// The spooled message of `current` was read (or not): start the transaction.
@@ -194,25 +215,76 @@ final class DeliveryConnection<Loop: EventLoop>: SMTPClientConnectionHandler {
         switch result {
         case .success(let body):
             self.body = body
-            let rcpts = item.recipients.map { message.recipients[$0].address }
-            // A VERP item holds one recipient (DeliveryEngine.submit).
-            let mailFrom = message.verp && rcpts.count == 1
-                ? VERP.returnPath(sender: message.sender, recipient: rcpts[0]) : message.sender
-            let envelope = SMTPClientEnvelope(mailFrom: mailFrom, recipients: rcpts, size: message.bodySize,
-                                              envelopeID: message.envId,
-                                              ret: message.ret == .unspecified ? nil : message.ret == .full ? .full : .headers)
-            transactionStarted = loop.now
-            if !client.send(envelope) {
-                current = nil
-                (currentQueue ?? queue).putBack(item)
-                quit()
-            }
+            startTransaction(item)
         case .failure(let e):
             // The body cannot be read: a local problem, not the receiver's.
             current = nil
             engine.bodyUnreadable(item, from: currentQueue ?? queue, error: e)
             askForWork()
         }
+    }
+
+    /// MAIL FROM, RCPT TO…, DATA for `item`, whose body is ready (`body` or `bodyRange`).
+    private func startTransaction(_ item: DeliveryItem) {
+        let message = item.message
+        let rcpts = item.recipients.map { message.recipients[$0].address }
+        // A VERP item holds one recipient (DeliveryEngine.submit).
+        let mailFrom = message.verp && rcpts.count == 1
+            ? VERP.returnPath(sender: message.sender, recipient: rcpts[0]) : message.sender
+        let envelope = SMTPClientEnvelope(mailFrom: mailFrom, recipients: rcpts, size: message.bodySize,
+                                          envelopeID: message.envId,
+                                          ret: message.ret == .unspecified ? nil : message.ret == .full ? .full : .headers)
+        transactionStarted = loop.now
+        if !client.send(envelope) {
+            dropBodyRange()
+            current = nil
+            (currentQueue ?? queue).putBack(item)
+            quit()
+        }
+    }
+
+    /// The spool said whether `current`'s body is stored in wire form (a file range) or not.
+    private func bodyRangeRead(_ result: Result<DeliveryBodyRange?, IOError>) {
+        readingBody = false
+        guard !closed, let item = current else {
+            if case .success(let range?) = result { _ = Glibc.close(range.file.fd) }
+            releaseIfDone()
+            return
+        }
+        switch result {
+        case .success(let range?):
+            bodyRange = range
+            startTransaction(item)
+        case .success(nil):
+            // Not in wire form (dot-stuffing changes it): read and copy it.
+            readingBody = true
+            engine.bodySource.readBody(of: item.message, into: bodyBuffer.memory, onBodyRead)
+        case .failure(let e):
+            current = nil
+            engine.bodyUnreadable(item, from: currentQueue ?? queue, error: e)
+            askForWork()
+        }
+    }
+
+    /// The connection could not take the file (a rare race: output queued
+    /// before the body): the range is read here and copied like any body.
+    private func copyBody(from range: DeliveryBodyRange) {
+        defer { _ = Glibc.close(range.file.fd) }
+        bodyBuffer.reserve(range.count)
+        let target = UnsafeMutableRawBufferPointer(rebasing: bodyBuffer.memory[0 ..< range.count])
+        // The pages were just read for the prefix or written and synced: a page-cache copy.
+        if (try? Posix.preadFull(range.file.fd, target, at: range.offset)) == range.count {
+            client.writeBody(UnsafeRawBufferPointer(target))
+        } else {
+            // Cannot happen short of a truncated segment; the session then times the body out (deferred).
+            client.abandon("spool body unreadable")
+        }
+    }
+
+    private func dropBodyRange() {
+        guard let range = bodyRange else { return }
+        bodyRange = nil
+        _ = Glibc.close(range.file.fd)
     }
 
     private var retired = false
@@ -249,6 +321,7 @@ final class DeliveryConnection<Loop: EventLoop>: SMTPClientConnectionHandler {
         closing = true
         if let t = idleTimer { loop.cancelTimer(t); idleTimer = nil }
         if isIdle { isIdle = false; queue.idleConnections -= 1 }
+        dropBodyRange()
         if let item = current {
             // Should not happen (the session completes the message before closing), but never lose it.
             current = nil

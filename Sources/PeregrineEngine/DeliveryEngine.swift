@@ -62,6 +62,11 @@ public final class DeliveryEngine<Loop: EventLoop> {
     var isStopping: Bool { stopping }
     /// How long a connection with nothing to send stays open for new work before QUIT.
     public var idleTimeout: UInt64 = 2_000_000_000
+    /// Bodies of at least this many bytes stored in wire form go out of a
+    /// plain connection straight from the spool file (DeliveryConnection.bodyRangeRead).
+    public var fileBodyMinimumSize = DeliveryBodyRange.defaultMinimumSize
+    /// Bodies handed to the socket as a file range so far (`/metrics`).
+    public internal(set) var bodiesSentFromFile: UInt64 = 0
 
     // MARK: Work in
 

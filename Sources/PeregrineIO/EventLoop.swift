@@ -87,6 +87,17 @@ public protocol EventLoop: AnyObject {
     func sendv(_ socket: Socket, _ buffers: [UnsafeRawBufferPointer],
                _ done: @escaping (Result<Void, IOError>) -> Void)
 
+    /// Sends `count` bytes of `file` starting at `offset`, from the page
+    /// cache to the socket without passing through user memory (sendfile on
+    /// epoll and Dispatch, IORING_OP_SPLICE through a pipe on io_uring);
+    /// partial sends are handled internally. A file that ends before
+    /// `offset + count` fails the send (EIO): the caller's bytes are not there.
+    /// Start it once the socket's previous send has completed (as
+    /// SMTPClientConnection does): io_uring does not order sends in flight
+    /// together. The caller keeps `file` open until `done` runs.
+    func sendFile(_ socket: Socket, _ file: FileHandle, offset: Int64, count: Int,
+                  _ done: @escaping (Result<Void, IOError>) -> Void)
+
     /// Half-close: no more sends (FIN); receiving continues.
     func shutdownWrite(_ socket: Socket)
     /// Closes the socket and cancels its outstanding operations.

@@ -27,6 +27,30 @@ public struct DotStuffer: Sendable {
     /// plus the CRLF of a CR held back from the previous chunk.
     public static func maxStuffedCount(_ count: Int) -> Int { 2 * count + 2 }
 
+    /// True when `bytes` dot-stuff to themselves and leave the stuffer at a
+    /// line start: whole CRLF lines only, none starting with a dot, no bare
+    /// CR or LF (empty is true). For the few header lines an MTA adds above
+    /// a body that is already its own wire form.
+    public static func isOwnWireForm(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var atLineStart = true
+        var i = 0
+        let n = bytes.count
+        while i < n {
+            let b = bytes[i]
+            if atLineStart && b == UInt8(ascii: ".") { return false }
+            atLineStart = false
+            if b == 13 {
+                guard i + 1 < n, bytes[i + 1] == 10 else { return false }
+                i += 2
+                atLineStart = true
+                continue
+            }
+            if b == 10 { return false }
+            i += 1
+        }
+        return atLineStart
+    }
+
     /// The most bytes `finish` can write: a held-back or missing CRLF and ".\r\n".
     public static let maxFinishCount = 5
 

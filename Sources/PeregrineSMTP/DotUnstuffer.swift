@@ -24,6 +24,14 @@ public struct DotUnstuffer: Sendable {
     public private(set) var sawOverlongLine = false
     /// A LF not preceded by CR was seen.
     public private(set) var sawBareLineFeed = false
+    /// A CR not followed by LF was seen.
+    public private(set) var sawBareCarriageReturn = false
+    /// A line's leading (stuffing) dot was removed.
+    public private(set) var removedDot = false
+    /// The content handed on is its own wire form: it dot-stuffs to itself
+    /// (no line starts with a dot, every line ends with CRLF, none is bare),
+    /// so it can be sent again as it is, followed by ".\r\n".
+    public var contentIsWireForm: Bool { !sawBareLineFeed && !sawBareCarriageReturn && !removedDot }
 
     public enum Progress: Equatable, Sendable {
         /// All input consumed; the terminator was not seen yet.
@@ -40,6 +48,7 @@ public struct DotUnstuffer: Sendable {
     public mutating func reset() {
         state = .lineStart; lastWasCR = false; lineLength = 0
         sawOverlongLine = false; sawBareLineFeed = false
+        sawBareCarriageReturn = false; removedDot = false
     }
 
     /// Consumes `input`, calling `emit` with each run of message content.
@@ -74,6 +83,7 @@ public struct DotUnstuffer: Sendable {
                     state = .dotCR
                 } else {
                     lastWasCR = false
+                    removedDot = true
                     state = .inLine          // the stuffing dot stays dropped
                 }
             case .dotCR:
@@ -83,14 +93,22 @@ public struct DotUnstuffer: Sendable {
                 }
                 var cr: UInt8 = 13
                 withUnsafeBytes(of: &cr) { emit($0) }
+                removedDot = true
+                sawBareCarriageReturn = true   // "." CR and not LF
                 lastWasCR = true
                 state = .inLine
             case .inLine:
                 let rest = n - i
+                // A CR held from the previous input that is not followed by LF here is bare.
+                if lastWasCR && input[i] != 10 { sawBareCarriageReturn = true }
                 if let p = memchr(base + i, 10, rest) {
                     let j = base.distance(to: UnsafeRawPointer(p))
                     lineLength += j - i + 1
                     let crBefore = j > i ? input[j - 1] == 13 : lastWasCR
+                    // Any other CR in the line is bare (searched only while none was seen yet).
+                    if !sawBareCarriageReturn, j - 1 > i, memchr(base + i, 13, j - 1 - i) != nil {
+                        sawBareCarriageReturn = true
+                    }
                     i = j + 1
                     lastWasCR = false
                     if crBefore {
@@ -101,6 +119,9 @@ public struct DotUnstuffer: Sendable {
                     }
                 } else {
                     lineLength += rest
+                    if !sawBareCarriageReturn, rest > 1, memchr(base + i, 13, rest - 1) != nil {
+                        sawBareCarriageReturn = true
+                    }
                     lastWasCR = input[n - 1] == 13
                     i = n
                     if lineLength > maxLineLength { sawOverlongLine = true }

@@ -68,8 +68,11 @@ public struct SMTPMessageInfo: Sendable, Hashable {
     public var size: Int
     public var sawBareLineFeed: Bool
     public var sawOverlongLine: Bool
-    public init(size: Int, sawBareLineFeed: Bool = false, sawOverlongLine: Bool = false) {
+    /// The body handed over is its own wire form (`DotUnstuffer.contentIsWireForm`).
+    public var isWireForm: Bool
+    public init(size: Int, sawBareLineFeed: Bool = false, sawOverlongLine: Bool = false, isWireForm: Bool = false) {
         self.size = size; self.sawBareLineFeed = sawBareLineFeed; self.sawOverlongLine = sawOverlongLine
+        self.isWireForm = isWireForm
     }
 }
 

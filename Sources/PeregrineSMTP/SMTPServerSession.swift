@@ -427,7 +427,8 @@ public final class SMTPServerSession {
 
     func finishData() {
         let info = SMTPMessageInfo(size: bodySize, sawBareLineFeed: unstuffer.sawBareLineFeed,
-                                   sawOverlongLine: unstuffer.sawOverlongLine)
+                                   sawOverlongLine: unstuffer.sawOverlongLine,
+                                   isWireForm: unstuffer.contentIsWireForm && !bodyOverflow)
         let refusal: SMTPReply?
         if bodyOverflow {
             refusal = Replies.messageTooBig

@@ -13,7 +13,8 @@
 ///   message: id.hi u64, id.lo u64, receivedAt i64,
 ///            sender, vmta, jobID, envID (each varint length + bytes),
 ///            [version 1: RET u8 (1 FULL, 2 HDRS)],
-///            [version 2: RET u8 (0 none, 1 FULL, 2 HDRS), flags u8 (bit 0: VERP)],
+///            [version 2: RET u8 (0 none, 1 FULL, 2 HDRS), flags u8 (bit 0: VERP,
+///             bit 1: the body is its own SMTP wire form, `SpoolEnvelope.wireForm`)],
 ///            recipient count varint, per recipient: address, orcpt
 ///            (varint length + bytes), notify u8, state u8; then the body
 ///            (the rest of the payload).
@@ -28,6 +29,10 @@
 /// spools written before RET was kept, so old spools recover unchanged and
 /// the hot path pays nothing for it; likewise a message without flags (VERP)
 /// is written as version 0 or 1, and only a flagged one as version 2.
+/// The wire-form bit (bit 1) was added after VERP: a writer before it never
+/// sets it, so its spools recover unchanged; a reader before it refuses a
+/// record with the bit (unknown flag), so a spool written with it cannot be
+/// read by an older Peregrine.
 /// The catalogue and the deletion records let recovery tell a segment the
 /// writer removed from one that went missing (deleted by hand, lost).
 /// A reader accepts a record only if the magic, kind, length bound and
@@ -75,10 +80,12 @@ public enum SpoolRecordFormat {
 
     /// Bit 0 of a version-2 message record's flags byte.
     static let verpFlag: UInt8 = 1
+    /// Bit 1: the body is its own wire form (`SpoolEnvelope.wireForm`).
+    static let wireFormFlag: UInt8 = 2
 
     /// The header version of a message record: 0 (no options), 1 (RET), 2 (RET and flags).
     static func messageVersion(_ env: SpoolEnvelope) -> UInt8 {
-        env.verp ? 2 : env.ret != .unspecified ? 1 : 0
+        env.verp || env.wireForm ? 2 : env.ret != .unspecified ? 1 : 0
     }
 
     /// Bytes between envID and the recipient count.
@@ -112,7 +119,7 @@ public enum SpoolRecordFormat {
         w.field(env.sender); w.field(env.vmta); w.field(env.jobID); w.field(env.envID)
         let version = messageVersion(env)
         if version >= 1 { w.u8(env.ret.rawValue) }
-        if version == 2 { w.u8(env.verp ? verpFlag : 0) }
+        if version == 2 { w.u8((env.verp ? verpFlag : 0) | (env.wireForm ? wireFormFlag : 0)) }
         w.varint(env.recipients.count)
         for (i, r) in env.recipients.enumerated() {
             w.field(r.address); w.field(r.orcpt); w.u8(r.notify.rawValue)
@@ -223,14 +230,17 @@ public enum SpoolRecordFormat {
               let sender = r.field(), let vmta = r.field(), let job = r.field(), let envid = r.field() else { return nil }
         var ret = DSNReturn.unspecified
         var verp = false
+        var wireForm = false
         if version == 1 {
             guard let b = r.u8(), let v = DSNReturn(rawValue: b), v != .unspecified else { return nil }
             ret = v
         } else if version == 2 {
             // Unknown flag bits are refused: they would mean a newer writer's option this reader would drop.
-            guard let b = r.u8(), let v = DSNReturn(rawValue: b), let flags = r.u8(), flags & ~verpFlag == 0 else { return nil }
+            guard let b = r.u8(), let v = DSNReturn(rawValue: b), let flags = r.u8(),
+                  flags & ~(verpFlag | wireFormFlag) == 0 else { return nil }
             ret = v
             verp = flags & verpFlag != 0
+            wireForm = flags & wireFormFlag != 0
         }
         guard let count = r.varint(), count <= payload.count else { return nil }
         var rcpts: [SpoolRecipient] = []
@@ -243,9 +253,26 @@ public enum SpoolRecordFormat {
             if st != .pending { states[i] = st }
         }
         let env = SpoolEnvelope(sender: sender, recipients: rcpts, vmta: vmta, jobID: job, envID: envid, ret: ret,
-                                receivedAt: Int64(bitPattern: t), verp: verp)
+                                receivedAt: Int64(bitPattern: t), verp: verp, wireForm: wireForm)
         return DecodedMessage(id: MessageID(hi: hi, lo: lo), envelope: env, states: states,
                               bodyOffset: headerSize + r.position)
+    }
+
+    /// Whether the message record starting at `prefix[0]` (its header and
+    /// envelope, at least) is message `id` with the wire-form flag: read from
+    /// the record's first bytes only, without decoding the envelope. False
+    /// for anything else (another record, a torn or foreign one).
+    public static func isWireFormMessage(prefix: UnsafeRawBufferPointer, id: MessageID) -> Bool {
+        guard prefix.count >= headerSize + 24, prefix.loadUnaligned(as: UInt32.self).littleEndian == magic,
+              prefix[4] == Kind.message.rawValue, prefix[5] == 2,
+              messageID(payload: UnsafeRawBufferPointer(rebasing: prefix[headerSize...])) == id else { return false }
+        var r = ByteReader(UnsafeRawBufferPointer(rebasing: prefix[(headerSize + 24)...]))
+        for _ in 0 ..< 4 {   // sender, vmta, jobID, envID
+            guard let n = r.varint(), n <= r.remaining else { return false }
+            r.position += n
+        }
+        guard r.u8() != nil, let flags = r.u8() else { return false }   // RET, flags
+        return flags & wireFormFlag != 0
     }
 
     /// Reads only the id of a message payload (no allocation).

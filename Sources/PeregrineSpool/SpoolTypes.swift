@@ -91,12 +91,29 @@ public struct SpoolEnvelope: Hashable, Sendable {
     /// VERP (`verp-default`, XVERP): one recipient per transaction, each
     /// with its own return path encoding it.
     public var verp: Bool
+    /// The body is its own SMTP wire form: CRLF line ends only (no bare CR
+    /// or LF), no line starting with a dot, ending with CRLF (or empty). Such
+    /// a body dot-stuffs to itself, so delivery can send the record's bytes
+    /// straight from the spool file (sendfile) followed by ".\r\n"; every
+    /// other reader sees the same bytes as without the flag.
+    public var wireForm: Bool
 
     public init(sender: [UInt8], recipients: [SpoolRecipient], vmta: [UInt8] = [], jobID: [UInt8] = [],
-                envID: [UInt8] = [], ret: DSNReturn = .unspecified, receivedAt: Int64, verp: Bool = false) {
+                envID: [UInt8] = [], ret: DSNReturn = .unspecified, receivedAt: Int64, verp: Bool = false,
+                wireForm: Bool = false) {
         self.sender = sender; self.recipients = recipients; self.vmta = vmta
         self.jobID = jobID; self.envID = envID; self.ret = ret; self.receivedAt = receivedAt; self.verp = verp
+        self.wireForm = wireForm
     }
+}
+
+/// A message body as a range of a spool segment, with a descriptor of its
+/// own (`SpoolStreamWriter.bodyRange`): whoever receives it closes `file`.
+public struct SpoolBodyRange: Sendable {
+    public var file: FileHandle
+    public var offset: Int64
+    public var count: Int
+    public init(file: FileHandle, offset: Int64, count: Int) { self.file = file; self.offset = offset; self.count = count }
 }
 
 /// Where a message record lives on disk: enough to read its body back.

@@ -750,6 +750,50 @@ public final class SpoolStreamWriter<IO: SpoolIO> {
         readBody(at: loc, id: id, into: buffer, done)
     }
 
+    /// For a message whose record has the wire-form flag: its body as a file
+    /// range to send straight from the segment (`EventLoop.sendFile`), with
+    /// its own descriptor (a `dup` of the segment's: compaction may close and
+    /// unlink the segment meanwhile; the caller closes it). Reads only the
+    /// record's header and envelope (`prefix`, at least `location.bodyOffset`
+    /// bytes) to check the flag and the id; `nil` when the flag is not set
+    /// (read the body with `readBody` then). The body's checksum is not
+    /// verified on this path (that would mean reading it): recovery verifies
+    /// every record, and the bytes are the ones this writer wrote and synced.
+    public func bodyRange(_ id: MessageID, prefix: UnsafeMutableRawBufferPointer,
+                          _ done: @escaping (Result<SpoolBodyRange?, SpoolError>) -> Void) {
+        guard let loc = liveSet.entry(id)?.location else { deferCall { done(.failure(.unknownMessage(id))) }; return }
+        let need = Int(loc.bodyOffset)
+        guard prefix.count >= need else { deferCall { done(.failure(.bufferTooSmall(needed: need))) }; return }
+        let handle: FileHandle
+        if let h = files[loc.segment] { handle = h } else {
+            let path = SpoolRecovery.segmentPath(directory: directory, number: loc.segment)
+            do { handle = try io.openFile(path, create: false, truncate: false) } catch {
+                deferCall { done(.failure(.loop(path: path, error))) }
+                return
+            }
+            files[loc.segment] = handle
+        }
+        let target = UnsafeMutableRawBufferPointer(rebasing: prefix[0 ..< need])
+        io.read(handle, into: target, at: loc.offset) { [self] result in
+            switch result {
+            case .failure(let e):
+                done(.failure(.loop(path: SpoolRecovery.segmentPath(directory: directory, number: loc.segment), e)))
+            case .success(let n):
+                guard n == need, SpoolRecordFormat.isWireFormMessage(prefix: UnsafeRawBufferPointer(target), id: id) else {
+                    done(.success(nil)); return
+                }
+                // The message may have moved (compaction) while the read was in flight: its old
+                // copy is intact while the segment is open here, and the dup outlives its unlink.
+                // A segment closed meanwhile: its descriptor number may already be another file's.
+                guard files[loc.segment] == handle else { done(.success(nil)); return }
+                let copy = fcntl(handle.fd, F_DUPFD_CLOEXEC, 0)
+                guard copy >= 0 else { done(.success(nil)); return }
+                done(.success(SpoolBodyRange(file: FileHandle(fd: copy), offset: loc.offset + Int64(loc.bodyOffset),
+                                             count: loc.bodyLength)))
+            }
+        }
+    }
+
     /// Reads a live message's envelope back from its record, with its current
     /// location and states (a message kept on disk only, paged in).
     public func readMessage(_ id: MessageID,

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import PeregrineIO
 import PeregrineSMTP
 
@@ -68,6 +71,14 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
     /// The body of the current `.sendBody` goes through `session.output`
     /// (over TLS, or while a send is in flight: the send buffer is the loop's).
     private var bodyThroughOutput = false
+    /// A body the handler gave as a file range (`writeBody(file:offset:count:)`):
+    /// sent with `loop.sendFile` once the bytes queued before it are out,
+    /// then `fileBodyTail` (the end marker) and whatever the session wrote since.
+    /// The connection owns `file` and closes it when the send is over.
+    private var fileBody: (file: FileHandle, offset: Int64, count: Int)?
+    private var fileBodyInFlight = false
+    private var fileBodyTail = OwnedBuffer(capacity: 8)
+    private var onFileSent: ((Result<Void, IOError>) -> Void)!
     private var connecting = false
     private var receiving = false
     private var sending = false
@@ -94,6 +105,7 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
         onConnect = { [unowned self] r in self.connected(r) }
         onReceive = { [unowned self] r in self.received(r) }
         onSent = { [unowned self] r in self.sent(r) }
+        onFileSent = { [unowned self] r in self.fileSent(r) }
         onTimer = { [unowned self] in
             self.enter(); defer { self.leave() }
             self.timer = nil
@@ -140,6 +152,7 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
         finished = false
         bodyThroughOutput = false
         sendBuffer.clear()
+        fileBodyTail.clear()
     }
 
     /// Starts a message; false when the session is not ready (nothing sent).
@@ -162,6 +175,26 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
     }
 
     public func writeBody(_ chunk: [UInt8]) { chunk.withUnsafeBytes { writeBody($0) } }
+
+    /// True while a body given now as a file range would be taken: a plain
+    /// (not TLS) connection whose session has nothing queued before the body
+    /// (a send in flight is fine: the file follows it). Over TLS the bytes
+    /// must pass through OpenSSL: the handler copies them.
+    public var canSendBodyFromFile: Bool {
+        !isClosed && tls?.isActive != true && session.output.isEmpty && fileBody == nil
+    }
+
+    /// From `clientConnectionWillSendBody`, instead of `writeBody(_:)`: the
+    /// whole body as `count` bytes of `file` at `offset`, already in wire form
+    /// (CRLF lines, dot-stuffed, ending with CRLF or empty), sent with
+    /// `loop.sendFile` and followed by ".\r\n". Returns false (nothing
+    /// taken, the handler keeps `file`) when `canSendBodyFromFile` is false;
+    /// on true the connection owns `file` and closes it once sent or failed.
+    public func writeBody(file: FileHandle, offset: Int64, count: Int) -> Bool {
+        guard canSendBodyFromFile else { return false }
+        fileBody = (file, offset, count)
+        return true
+    }
 
     /// Ends the session politely (QUIT); while connecting, closes when connected.
     public func quit() {
@@ -283,7 +316,13 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
     private func sendBody() {
         bodyThroughOutput = sending || tls?.isActive == true
         handler.clientConnectionWillSendBody()
-        if bodyThroughOutput {
+        if fileBody != nil {
+            // The end marker waits in its own buffer: it goes after the file (see `flush`).
+            fileBodyTail.clear()
+            fileBodyTail.reserve(session.writeBodyCapacity(forChunk: 0))
+            fileBodyTail.setCount(session.writeBody(UnsafeRawBufferPointer(start: nil, count: 0), last: true,
+                                                    into: fileBodyTail.memory))
+        } else if bodyThroughOutput {
             session.finishBody()
         } else {
             let start = sendBuffer.count
@@ -304,6 +343,21 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
             loop.send(s, cipher, onSent)
             return
         }
+        if let body = fileBody {
+            // What was queued before the body goes first; the session's later output waits for the tail.
+            sending = true
+            if sendBuffer.isEmpty {
+                fileBodyInFlight = true
+                loop.sendFile(s, body.file, offset: body.offset, count: body.count, onFileSent)
+            } else {
+                loop.send(s, sendBuffer.bytes, onSent)
+            }
+            return
+        }
+        if !fileBodyTail.isEmpty {
+            sendBuffer.append(fileBodyTail.bytes)
+            fileBodyTail.clear()
+        }
         if !session.output.isEmpty {
             session.swapOutput(&pendingOutput)
             pendingOutput.withUnsafeReadableBytes { sendBuffer.append($0) }
@@ -311,6 +365,21 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
         guard !sendBuffer.isEmpty else { return }
         sending = true
         loop.send(s, sendBuffer.bytes, onSent)
+    }
+
+    /// The file body's send completed (or failed): its descriptor is closed,
+    /// then it is handled as any send (the tail follows in `flush`).
+    private func fileSent(_ result: Result<Void, IOError>) {
+        fileBodyInFlight = false
+        dropFileBody()
+        if case .failure = result { fileBodyTail.clear() }
+        sent(result)
+    }
+
+    private func dropFileBody() {
+        guard let body = fileBody, !fileBodyInFlight else { return }
+        fileBody = nil
+        _ = Glibc.close(body.file.fd)
     }
 
     private func sent(_ result: Result<Void, IOError>) {
@@ -353,6 +422,8 @@ public final class SMTPClientConnection<Loop: EventLoop, Handler: SMTPClientConn
         if let t = timer { loop.cancelTimer(t); timer = nil }
         // With a send or receive in flight the close cancels it; its callback still comes.
         if let s = socket { loop.close(s) }
+        dropFileBody()   // never started (a file send in flight drops it when it completes)
+        fileBodyTail.clear()
         socket = nil
         handler.clientConnectionDidClose(closeReason)
     }

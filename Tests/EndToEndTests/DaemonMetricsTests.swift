@@ -29,6 +29,7 @@ print(json.dumps(out))
         "peregrine_received": "counter", "peregrine_delivered": "counter", "peregrine_bounced": "counter",
         "peregrine_deferrals": "counter", "peregrine_queue_deferrals": "counter", "peregrine_uptime_seconds": "gauge",
         "peregrine_queued_on_disk_messages": "gauge", "peregrine_paged_in": "counter",
+        "peregrine_bodies_sent_from_file": "counter",
         "peregrine_delivery_latency_seconds": "histogram", "peregrine_connections": "gauge",
         "peregrine_inbound_connections": "counter", "peregrine_inbound_refusals": "counter", "peregrine_accept_failures": "counter",
         "peregrine_spool_healthy": "gauge", "peregrine_spool_pending_outcomes": "gauge", "peregrine_spool_faults": "counter",

@@ -26,7 +26,7 @@ final class FailingReceiver {
         case refuseMail = "refuse-mail"
         /// Not a failure mode of its own: accepts one message per connection,
         /// then answers the next MAIL with 421 (smtp-421-means-mx-unavailable).
-        static var failing: [Mode] { allCases.filter { $0 != .acceptOne && $0 != .stopReading && $0 != .greet554 } }
+        static var failing: [Mode] { allCases.filter { $0 != .acceptOne && $0 != .stopReading && $0 != .greet554 && $0 != .closeInBody } }
         case acceptOne = "accept-one"
         /// Not a failure mode of its own either: greets, accepts the envelope,
         /// answers DATA with 354, then never reads again (its receive buffer is
@@ -35,6 +35,9 @@ final class FailingReceiver {
         case stopReading = "stop-reading"
         /// Greets with 554 5.7.1 (a receiver refusing service; bounce-upon-5xx-greeting).
         case greet554 = "greet-554"
+        /// Not a failure mode of its own: answers DATA with 354, reads 8 KB
+        /// of the body and closes (a receiver dying mid-body).
+        case closeInBody = "close-in-body"
         var description: String { rawValue }
     }
 
@@ -111,6 +114,31 @@ final class FailingReceiver {
                             elif verb == b"DATA":
                                 s.sendall(b"354 go ahead\r\n")
                                 threading.Event().wait()   # never reads again
+                            else:
+                                s.sendall(b"250 ok\r\n")
+                elif mode == "close-in-body":
+                    s.sendall(b"220 failing.test ESMTP\r\n")
+                    pending = b""
+                    while True:
+                        data = s.recv(4096)
+                        if not data:
+                            return
+                        pending += data
+                        while b"\r\n" in pending:
+                            line, pending = pending.split(b"\r\n", 1)
+                            verb = line[:4].upper()
+                            if verb in (b"EHLO", b"HELO"):
+                                s.sendall(b"250 failing.test\r\n")
+                            elif verb == b"DATA":
+                                s.sendall(b"354 go ahead\r\n")
+                                got = len(pending)
+                                while got < 8192:
+                                    more = s.recv(8192 - got)
+                                    if not more:
+                                        return
+                                    got += len(more)
+                                s.close()
+                                return
                             else:
                                 s.sendall(b"250 ok\r\n")
                 elif mode == "refuse-mail":

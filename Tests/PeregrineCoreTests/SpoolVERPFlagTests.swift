@@ -57,7 +57,8 @@ import Testing
         var offset = 24
         for _ in 0..<4 { offset += 1 + Int(payload[offset]) }
         #expect(payload[offset] == 0 && payload[offset + 1] == 1, "RET 0 then flags 1")
-        record[SpoolRecordFormat.headerSize + offset + 1] = 3
+        // Bit 1 is the wire-form flag (SpoolWireFormFlagTests); bit 2 is nothing yet.
+        record[SpoolRecordFormat.headerSize + offset + 1] = 5
         record.withUnsafeBytes { raw in
             #expect(SpoolRecordFormat.decodeMessage(record: raw) == nil)
         }

@@ -126,6 +126,15 @@ final class VirtualTimeLoop<Inner: EventLoop>: EventLoop {
         }
     }
 
+    func sendFile(_ socket: Socket, _ file: FileHandle, offset: Int64, count: Int,
+                  _ done: @escaping (Result<Void, IOError>) -> Void) {
+        let finish = counted(done)
+        inner.sendFile(socket, file, offset: offset, count: count) { [self] result in
+            if case .success = result { connections[socket.fd]?.sent += count }
+            finish(result)
+        }
+    }
+
     func shutdownWrite(_ socket: Socket) { inner.shutdownWrite(socket) }
     func close(_ socket: Socket) {
         connections[socket.fd]?.closed = true

@@ -256,6 +256,13 @@ extension DispatchLoop {
         enqueueSend(socket, op, "sendv")
     }
 
+    public func sendFile(_ socket: Socket, _ file: FileHandle, offset: Int64, count: Int,
+                         _ done: @escaping (Result<Void, IOError>) -> Void) {
+        enqueueSend(socket, DispatchSocket.Send(single: UnsafeRawBufferPointer(start: nil, count: 0), multi: nil, to: nil,
+                                                done: done, file: file.fd, fileOffset: offset, fileRemaining: count),
+                    "sendFile")
+    }
+
     public func sendDatagram(_ socket: Socket, to address: SocketAddress, _ buffer: UnsafeRawBufferPointer,
                              _ done: @escaping (Result<Void, IOError>) -> Void) {
         guard let s = lookup(socket.fd), s.role == .datagram else {
@@ -301,6 +308,23 @@ extension DispatchLoop {
                 if DispatchLoop.isWouldBlock(e) { return .wouldBlock }
                 return .finished(.failure(IOError(.errno(e), "sendDatagram \(to)")))
             }
+        }
+        if op.file >= 0 {
+            while op.fileRemaining > 0 {
+                var offset = off_t(op.fileOffset)
+                let n = Glibc.sendfile(s.fd, op.file, &offset, op.fileRemaining)
+                if n < 0 {
+                    let e = errno
+                    if e == EINTR { continue }
+                    if DispatchLoop.isWouldBlock(e) { return .wouldBlock }
+                    return .finished(.failure(IOError(.errno(e), "sendFile")))
+                }
+                // 0 with bytes still owed: the file ends early (truncated under us).
+                if n == 0 { return .finished(.failure(IOError(.errno(EIO), "sendFile: file shorter than the range"))) }
+                op.fileRemaining -= n
+                op.fileOffset += Int64(n)
+            }
+            return .finished(.success(()))
         }
         if let multi = op.multi {
             while op.index < multi.count {

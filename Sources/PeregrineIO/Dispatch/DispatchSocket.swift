@@ -23,6 +23,10 @@ final class DispatchSocket {
         var offset = 0         // bytes of the current buffer already written
         var to: SocketAddress? // datagram destination
         let done: (Result<Void, IOError>) -> Void
+        /// A file range (sendFile): the file, its next byte, and the bytes still to send.
+        var file: Int32 = -1
+        var fileOffset: Int64 = 0
+        var fileRemaining = 0
     }
 
     let fd: Int32

@@ -223,6 +223,13 @@ extension EpollLoop {
                      operation: "sendv")
     }
 
+    public func sendFile(_ socket: Socket, _ file: FileHandle, offset: Int64, count: Int,
+                         _ done: @escaping (Result<Void, IOError>) -> Void) {
+        enqueueWrite(socket, EpollWrite(kind: .file, base: nil, remaining: count, vector: [], vectorIndex: 0,
+                                        vectorOffset: 0, target: nil, done: done, file: file.fd, fileOffset: offset),
+                     operation: "sendFile")
+    }
+
     func enqueueWrite(_ socket: Socket, _ write: EpollWrite, operation: StaticString) {
         guard let s = openSlot(socket.fd), s.kind == .stream || s.kind == .datagram else {
             complete(.void(write.done, .failure(IOError(.errno(EBADF), "\(operation)"))))
@@ -275,6 +282,22 @@ extension EpollLoop {
                 }
                 w.remaining -= n
                 w.base = w.base.map { $0 + n }
+            }
+            return .finished(.success(()))
+        case .file:
+            while w.remaining > 0 {
+                var offset = off_t(w.fileOffset)
+                let n = Glibc.sendfile(fd, w.file, &offset, w.remaining)
+                if n < 0 {
+                    let e = errno
+                    if e == EINTR { continue }
+                    if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+                    return .finished(.failure(IOError(.errno(e), "sendFile")))
+                }
+                // 0 with bytes still owed: the file ends early (truncated under us).
+                if n == 0 { return .finished(.failure(IOError(.errno(EIO), "sendFile: file shorter than the range"))) }
+                w.remaining -= n
+                w.fileOffset += Int64(n)
             }
             return .finished(.success(()))
         case .vector:

@@ -61,9 +61,9 @@ final class EpollSlot {
     }
 }
 
-/// One queued write: plain bytes, a gather list, or a datagram.
+/// One queued write: plain bytes, a gather list, a datagram, or a file range (sendfile).
 struct EpollWrite {
-    enum Kind { case bytes, vector, datagram }
+    enum Kind { case bytes, vector, datagram, file }
     var kind: Kind
     var base: UnsafeRawPointer?
     var remaining: Int
@@ -72,6 +72,9 @@ struct EpollWrite {
     var vectorOffset: Int
     var target: SocketAddress?
     var done: (Result<Void, IOError>) -> Void
+    /// `.file`: the file and where its next byte is (`remaining` bytes to go).
+    var file: Int32 = -1
+    var fileOffset: Int64 = 0
 }
 
 /// A callback with its result, queued to run later in the turn.

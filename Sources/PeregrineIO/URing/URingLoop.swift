@@ -59,6 +59,8 @@ public final class URingLoop: EventLoop {
     let ring: UnsafeMutablePointer<io_uring>
     var slots = URingSlotTable(capacity: 1024)
     var fds: [URingFDState] = Array(repeating: URingFDState(), count: 1024)
+    /// Pipes for sendFile's splices, kept empty between uses (URingLoop+SendFile.swift).
+    var splicePipes: [URingSplicePipe] = []
     /// Setup flags the kernel accepted (for diagnostics and tests).
     public let setupFlags: UInt32
     /// False once the kernel refused multishot accept; single-shot is re-armed then.
@@ -166,6 +168,7 @@ public final class URingLoop: EventLoop {
         // Descriptors whose close was waiting for in-flight operations.
         for fd in fds.indices where fds[fd].closing { Glibc.close(Int32(fd)) }
         Glibc.close(wakeFD)
+        for p in splicePipes { p.close() }
         ring.deallocate()
         wakeBuffer.deallocate()
         cqeBatch.deallocate()
@@ -455,6 +458,7 @@ public final class URingLoop: EventLoop {
         case .fileWrite: completeFileWrite(index, res: res)
         case .fileRead: completeFileRead(index, res: res)
         case .fsync: completeFsync(index, res: res)
+        case .sendFile: completeSendFile(index, res: res)
         }
     }
 

@@ -18,6 +18,7 @@ enum URingOp: UInt8 {
     case fileWrite
     case fileRead
     case fsync
+    case sendFile      // file → pipe → socket, two IORING_OP_SPLICEs per round (URingLoop+SendFile.swift)
 }
 
 /// The caller's completion, stored in the slot until the operation's final CQE.
@@ -87,6 +88,10 @@ struct URingSlot {
     /// fsync: submitted linked (IOSQE_IO_LINK) behind its epoch's last write.
     var linked = false
     var aux: URingSlotAux? = nil
+    /// sendFile: the file, the pipe its bytes go through, and how many are in that pipe now.
+    var spliceFile: Int32 = -1
+    var splicePipe = URingSplicePipe()
+    var inPipe = 0
 }
 
 /// Preallocated table of completion slots indexed by `user_data`. Freed
@@ -129,6 +134,7 @@ struct URingSlotTable {
         slots[i].offset = 0
         slots[i].epoch = 0
         slots[i].linked = false
+        slots[i].inPipe = 0
         return index
     }
 
