@@ -46,12 +46,13 @@ final class WorkerClusterLimits<Loop: EventLoop>: ClusterLimits {
             }
             c.takeMessageTokens(site: site, intervalMicros: intervalMicros, wanted: wanted) { granted, wait, start in
                 // Both loops read the same monotonic clock. Times taken from
-                // the answer's arrival here, after Redis read its clock: the
-                // slots land no earlier than the cluster's.
-                engineLoop.value.execute {
-                    let now = engineLoop.value.now
-                    back.value(granted, now + wait, now + start)
-                }
+                // the answer's arrival, after Redis read its clock: the slots
+                // land no earlier than the cluster's. Read here, where the
+                // reply is parsed, not after the hop to the engine's loop: the
+                // hop's delay would shift this batch's slots onto the next
+                // batch's (the mapping error is part of the rate's jitter budget).
+                let arrival = c.loop.now
+                engineLoop.value.execute { back.value(granted, arrival + wait, arrival + start) }
             }
         }
     }

@@ -297,6 +297,25 @@ final class DeliveryConnection<Loop: EventLoop>: SMTPClientConnectionHandler {
         if isIdle || current == nil && session.isReady { quit() }
     }
 
+    /// Closed at once by `shedUnstarted`: not a failure of the host.
+    private(set) var shedBeforeTransaction = false
+    /// A message is being read or sent on this connection.
+    var inTransaction: Bool { current != nil || readingBody }
+
+    /// Over the cluster's fallback share (DeliveryEngine.shedClusterConnections):
+    /// quits after the current transaction like `retire`, but one not in a
+    /// transaction yet (connecting, waiting on the greeting, EHLO, STARTTLS)
+    /// has nothing to finish and closes at once: held at a slow greeting it
+    /// would count against the cluster's cap for as long as the receiver
+    /// makes it wait.
+    func shed() {
+        retired = true
+        if isIdle || current == nil && session.isReady { quit(); return }
+        guard current == nil, !readingBody, messagesSent == 0, !closing else { return }
+        shedBeforeTransaction = true
+        abandon("closed before its first transaction: over the cluster's fallback share")
+    }
+
     /// Ends the connection now (the daemon's shutdown deadline): the message
     /// in flight completes as a transient failure with `why` (it stays
     /// spooled) and the socket closes without waiting for the peer.

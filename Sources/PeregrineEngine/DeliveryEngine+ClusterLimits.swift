@@ -104,19 +104,22 @@ extension DeliveryEngine {
 
     /// The node went into fallback holding more connections to `site` than
     /// its share: up to `count` of this engine's leased connections to it
-    /// quit after their current transaction (idle ones at once) and start no
-    /// new one. Leased connections already quitting count. Returns how many
+    /// quit after their current transaction and start no new one; idle ones
+    /// quit at once, and those not in a transaction yet (connecting, at the
+    /// greeting, EHLO) close at once (DeliveryConnection.shed). Leased connections already quitting count. Returns how many
     /// of the `count` this engine covers (the daemon asks the next worker
     /// for the rest).
     public func shedClusterConnections(site: String, count: Int) -> Int {
         guard count > 0 else { return 0 }
         let leased = openConnections.filter { !$0.closed && cluster.leases[ObjectIdentifier($0)] == site }
         let quitting = leased.filter(\.isRetired).count
+        // Already quitting (a reload) but still at the greeting: close those now too.
+        for c in leased where c.isRetired && !c.inTransaction { c.shed() }
         guard count > quitting else { return count }
-        // Idle first (nothing to finish), then those mid-transaction.
-        let candidates = leased.filter { !$0.isRetired }.sorted { $0.isIdle && !$1.isIdle }
+        // Nothing to finish first (idle, or no transaction yet), then those mid-transaction.
+        let candidates = leased.filter { !$0.isRetired }.sorted { !$0.inTransaction && $1.inTransaction }
         let shed = candidates.prefix(count - quitting)
-        for c in shed { c.retire() }
+        for c in shed { c.shed() }
         return quitting + shed.count
     }
 
@@ -147,21 +150,30 @@ extension DeliveryEngine {
 /// `cluster-max-msg-rate` on one throttle: message tokens taken from the
 /// cluster's GCRA a batch at a time (one Redis round trip per batch, not per
 /// message). Each token of a batch owns one slot on the cluster's timeline,
-/// one interval (1 ÷ rate) after the one before, and is spent no earlier
-/// than its slot: a connection finding the next token not yet due waits for
-/// its slot (a timer), and the answer to a refill kicks the queue.
+/// one interval after the one before, and is spent no earlier than its slot:
+/// a connection finding the next token not yet due waits for its slot (a
+/// timer), and the answer to a refill kicks the queue.
 ///
-/// Bound: slots are disjoint across the cluster, so tokens spent on time
-/// make at most rate × window + 1 in any window. A token is spent at most
-/// `lateness` after its slot or dropped (no connection was free for it), so
-/// the cluster sends at most rate × (window + lateness) + 1 in any window,
-/// lateness being a quarter of a batch's span (at most 5 tokens' worth):
-/// late tokens of a node whose connections were all busy cannot pile up
-/// into a burst, while a node a little behind its slots (timers fire late
-/// on a loaded machine) does not throw its batch away.
+/// Bound (CLUSTER.md, "Rate"): the timeline runs at the rate less
+/// `headroomPercent` (1 %): interval = 1 ÷ (0.99 × rate), whole µs rounded up.
+/// Slots are disjoint across the cluster; a token is spent between its slot
+/// and `lateness` after it (else dropped: no connection was free for it),
+/// and never less than one interval after this gate's previous token (a late
+/// token pushes the next, so late tokens are never bunched). If every message
+/// reaches the receiver within E of its slot (E = lateness + the slot's
+/// mapping error + the delivery's jitter), any window W holds at most
+/// ⌊(W + E) ÷ interval⌋ + 1 messages at the receiver; for W = 1 s that is at
+/// most the configured rate for any E < 1 ÷ 0.99 − 1 s = 10.1 ms, at every
+/// rate. `lateness` takes at most `maxLateness` (3 ms) of that budget; the
+/// rest (7 ms) is for the delivery's jitter.
 ///
 /// The batch is at most one second of the rate (and at most 20).
 public final class ClusterMessageGate {
+    /// The share of the configured rate the cluster's timeline leaves unused:
+    /// the jitter budget that keeps every second at the receiver within the rate.
+    public static let headroomPercent: UInt64 = 1
+    /// The most a token may be spent after its slot: part of the jitter budget.
+    public static let maxLateness: UInt64 = 3_000_000
     let site: String
     let rate: Rate
     let batch: Int
@@ -173,6 +185,8 @@ public final class ClusterMessageGate {
     private var tokens = 0
     /// The slot of the next token held.
     private var nextSlot: UInt64 = 0
+    /// When this gate last spent a token (0: never).
+    private var lastSpent: UInt64 = 0
     private var retryAt: UInt64 = 0
     private var refilling = false
     /// Tokens dropped unspent past their slot's lateness (status, tests).
@@ -187,35 +201,44 @@ public final class ClusterMessageGate {
         let interval = Self.clusterInterval(rate)
         self.interval = interval
         batch = Int(max(1, min(20, 1_000_000_000 / interval)))
-        lateness = max(interval, UInt64(batch) * interval / 4)
+        lateness = min(Self.maxLateness, max(interval, UInt64(batch) * interval / 4))
         self.onTokens = onTokens
     }
 
-    /// The cluster's interval between tokens at `rate`: 1 ÷ rate in whole µs,
-    /// rounded up (never a faster rate than configured).
+    /// The cluster's interval between tokens at `rate`: 1 ÷ (rate less the
+    /// headroom) in whole µs, rounded up (never a faster rate than configured).
     public static func clusterInterval(_ rate: Rate) -> UInt64 {
         let nanos = rate.emissionIntervalNanos ?? 1_000
-        return max(1, (nanos + 999) / 1000) * 1000
+        let paced = (nanos.multipliedReportingOverflow(by: 100).partialValue + (99 - headroomPercent))
+            / (100 - headroomPercent)
+        return max(1, (paced + 999) / 1000) * 1000
     }
 
     /// nil when a token is due (not taken yet: `take` does), else when to look again.
     func check(now: UInt64) -> UInt64? {
-        if tokens > 0 && now > nextSlot + lateness {
-            // Past their slots: spending them now would crowd the slots after.
-            let stale = min(UInt64(tokens), (now - nextSlot - lateness - 1) / interval + 1)
-            tokens -= Int(stale)
-            dropped += Int(stale)
-            nextSlot += stale * interval
+        while tokens > 0 {
+            // Not before its slot, nor within one interval of the last token spent.
+            let due = max(nextSlot, lastSpent == 0 ? 0 : lastSpent + interval)
+            if due > nextSlot + lateness || now > nextSlot + lateness {
+                // Past its slot's lateness (or pushed past it by a late token
+                // before it): spent now it would crowd the slots after it.
+                tokens -= 1
+                dropped += 1
+                nextSlot += interval
+                continue
+            }
+            return now >= due ? nil : due
         }
-        if tokens > 0 { return now >= nextSlot ? nil : nextSlot }
         if now >= retryAt { refill() }
         // A refill in flight kicks the queue when it lands; this is only its backstop.
         return refilling ? now + 50_000_000 : max(retryAt, now + 1_000_000)
     }
 
-    func take() {
+    /// Spends the token `check` found due at `now`.
+    func take(now: UInt64) {
         tokens -= 1
         nextSlot += interval
+        lastSpent = now
     }
 
     /// Tokens held now, due or not (status).

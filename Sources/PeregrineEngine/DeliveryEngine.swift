@@ -508,6 +508,8 @@ public final class DeliveryEngine<Loop: EventLoop> {
         }
         // An opportunistic TLS handshake failure is handled by its plain-text fallback.
         if c.tlsFailed { failure = nil }
+        // Closed by this node (over its cluster share), not by the host.
+        if c.shedBeforeTransaction { failure = nil }
         guard let failure, let host = c.host else { kick(q); return }
         let text = failure.lines.joined(separator: " ")
         q.lastReply = failure.description

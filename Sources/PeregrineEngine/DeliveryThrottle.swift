@@ -81,7 +81,7 @@ public final class DeliveryThrottle {
         // The cluster token is looked at first and taken last, so neither limit is charged for a message the other holds back.
         if let gate = clusterGate, let until = gate.check(now: now) { return until }
         guard messagePacer.tryAcquire(now: now) else { return messagePacer.nextAllowed(now: now) }
-        clusterGate?.take()
+        clusterGate?.take(now: now)
         return nil
     }
 

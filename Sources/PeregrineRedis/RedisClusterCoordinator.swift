@@ -70,6 +70,14 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
     /// back (it may have restarted empty) and the other nodes have not all
     /// written their held counts yet (see setMode).
     private var resumeGraceUntil: UInt64 = 0
+    /// Until this monotonic time no new connection is granted in fallback:
+    /// the other nodes lose Redis at the same moment (a dead Redis closes
+    /// every node's socket) and those over their share close their excess
+    /// not yet in a transaction at once (onOverShare); opening this node's
+    /// share before they have would take the receiver past the cap.
+    private var fallbackPauseUntil: UInt64 = 0
+    /// The pause above: a node's shed takes a loop hop or two, far less.
+    package static var fallbackEntryPause: UInt64 { 250_000_000 }
     /// The shared suppression list's feed, when the daemon has a list (RedisSuppressionSync).
     package var suppressionSync: RedisSuppressionSync<Loop>?
     private var everShared = false
@@ -160,6 +168,10 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
             loop.scheduleTimer(after: 0) { done(0) }
             return
         }
+        if mode == .fallback && loop.now < fallbackPauseUntil {
+            loop.scheduleTimer(after: 0) { done(0) }
+            return
+        }
         guard mode == .shared else {
             let granted = max(0, min(wanted, fallbackShare(limit) - site.held))
             site.held += granted
@@ -170,8 +182,8 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
             if let granted {
                 site.held += granted
                 done(granted)
-            } else {   // Redis failed under us: this node's share instead
-                let g = max(0, min(wanted, self.fallbackShare(limit) - site.held))
+            } else {   // Redis failed under us: this node's share instead (after the pause)
+                let g = self.loop.now < self.fallbackPauseUntil ? 0 : max(0, min(wanted, self.fallbackShare(limit) - site.held))
                 site.held += g
                 done(g)
             }
@@ -393,6 +405,7 @@ package final class RedisClusterCoordinator<Loop: EventLoop> {
             for site in sites.values where site.held > 0 { leaseCall(site, wanted: 0) { _ in } }
         case .fallback:
             resumeGraceUntil = 0   // the fallback share applies now, not the pause
+            fallbackPauseUntil = loop.now + Self.fallbackEntryPause
             log("cluster: \(why); each node keeps to 1/\(options.nodeCount) of every cluster limit")
             // Held in shared mode beyond the share: shed after the current
             // transaction. Until they close, `held` stays over the share and

@@ -66,7 +66,10 @@ package struct RedisConnectionOptions: Sendable {
 ///
 /// Loop-confined: every method must be called on the loop's thread.
 package final class RedisConnection<Loop: EventLoop> {
-    package enum State: Equatable, Sendable { case idle, connecting, connected, closing, waitingToReconnect, closed }
+    /// `handshaking`: the socket is open and the first command (PING) not
+    /// answered yet; only an answer makes the connection `connected` (a bare
+    /// TCP accept, a proxy with no Redis behind it, is not Redis).
+    package enum State: Equatable, Sendable { case idle, connecting, handshaking, connected, closing, waitingToReconnect, closed }
 
     package let loop: Loop
     package let address: SocketAddress
@@ -74,7 +77,7 @@ package final class RedisConnection<Loop: EventLoop> {
     package private(set) var state: State = .idle
     /// Called on every change between connected and not (not on each failed retry).
     package var onConnectedChange: (Bool) -> Void = { _ in }
-    /// Completed connects (the first one included).
+    /// Connects Redis answered (the first one included).
     package private(set) var connects = 0
     /// Failed connect attempts since the last success.
     package private(set) var failedAttempts = 0
@@ -138,7 +141,7 @@ package final class RedisConnection<Loop: EventLoop> {
     /// or why there is none. Never runs `reply` before returning.
     package func send(argumentCount: Int, _ write: (inout RESPCommandWriter) -> Void, reply: @escaping Reply) {
         switch state {
-        case .connected, .connecting:
+        case .connected, .connecting, .handshaking:
             break
         case .idle:
             failSoon(reply, .unavailable("not started")); return
@@ -156,7 +159,7 @@ package final class RedisConnection<Loop: EventLoop> {
         }
         replies.append(reply)
         deadlines.append(loop.now &+ options.commandTimeout)
-        if state == .connected {
+        if socketOpen {
             if timer == nil { armCommandTimer() }
             flush()
         }
@@ -190,13 +193,10 @@ package final class RedisConnection<Loop: EventLoop> {
             case .success(let s):
                 guard self.state == .connecting else { self.loop.close(s); self.releaseIfIdle(); return }
                 self.socket = s
-                self.state = .connected
-                self.connects += 1
-                self.failedAttempts = 0
+                self.state = .handshaking
                 self.parser.reset()
-                self.onConnectedChange(true)
-                guard self.state == .connected else { return }   // closed from the callback
-                if self.outstanding > 0 { self.armCommandTimer() }
+                self.startHandshake()
+                self.armCommandTimer()
                 self.flush()
                 self.readIfWanted()
             case .failure(let e):
@@ -206,10 +206,44 @@ package final class RedisConnection<Loop: EventLoop> {
         }
     }
 
+    /// Puts a PING ahead of the commands queued while connecting: its answer
+    /// (within `commandTimeout`, like any command) makes the connection
+    /// `connected`. Until then nothing is reported and the attempt counts as
+    /// failed if the peer closes or stays silent, so the reconnect backs off
+    /// instead of flapping between connected and not.
+    private func startHandshake() {
+        var first = ByteBuffer(capacity: max(64, output.readableBytes + 16))
+        first.appendRedisCommand(argumentCount: 1) { w in w.argument("PING".utf8) }
+        output.withUnsafeReadableBytes { first.append($0) }
+        output = first
+        replies.insert({ [unowned self] r in self.handshakeAnswered(r) }, at: head)
+        deadlines.insert(loop.now &+ options.commandTimeout, at: head)
+    }
+
+    private func handshakeAnswered(_ r: Result<RESPValue, RedisError>) {
+        guard state == .handshaking else { return }
+        switch r {
+        case .success(.error(let e)):
+            // -LOADING, -NOAUTH, ...: Redis is there but cannot serve.
+            let why = "Redis answered PING with \(String(decoding: e, as: UTF8.self))"
+            fail(why, with: .unavailable(why))
+        case .success:
+            state = .connected
+            connects += 1
+            failedAttempts = 0
+            onConnectedChange(true)
+        case .failure:
+            break   // the connection's failure path reports it
+        }
+    }
+
+    /// The socket is open (handshaking or connected): commands go out, replies come in.
+    private var socketOpen: Bool { state == .connected || state == .handshaking }
+
     /// Drops the connection (or the attempt): fails what is outstanding, then
     /// once the socket's operations have come back, waits and reconnects.
     private func fail(_ why: String, with error: RedisError) {
-        guard state == .connected || state == .connecting else { return }
+        guard socketOpen || state == .connecting else { return }
         let wasConnected = state == .connected
         lastError = why
         state = .closing
@@ -249,14 +283,14 @@ package final class RedisConnection<Loop: EventLoop> {
     // MARK: I/O
 
     private func readIfWanted() {
-        guard state == .connected, !receiving, let s = socket else { return }
+        guard socketOpen, !receiving, let s = socket else { return }
         receiving = true
         loop.receive(s, into: receiveBuffer, onReceive)
     }
 
     private func received(_ r: Result<Int, IOError>) {
         receiving = false
-        guard state == .connected else { afterIO(); return }
+        guard socketOpen else { afterIO(); return }
         switch r {
         case .success(0):
             fail("Redis closed the connection", with: .connectionLost("Redis closed the connection"))
@@ -276,7 +310,7 @@ package final class RedisConnection<Loop: EventLoop> {
                     replies[head] = nil
                     head += 1
                     reply?(.success(v))
-                    guard state == .connected else { return }   // the callback closed us
+                    guard socketOpen else { return }   // the callback closed us
                 }
             } catch {
                 fail("\(error)", with: .connectionLost("\(error)"))
@@ -288,7 +322,7 @@ package final class RedisConnection<Loop: EventLoop> {
     }
 
     private func flush() {
-        guard state == .connected, !sending, let s = socket, !output.isEmpty else { return }
+        guard socketOpen, !sending, let s = socket, !output.isEmpty else { return }
         swap(&output, &sendBuffer)
         output.clear()
         sending = true
@@ -298,7 +332,7 @@ package final class RedisConnection<Loop: EventLoop> {
     private func sent(_ r: Result<Void, IOError>) {
         sending = false
         sendBuffer.clear()
-        guard state == .connected else { afterIO(); return }
+        guard socketOpen else { afterIO(); return }
         if case .failure(let e) = r { fail("send: \(e)", with: .connectionLost("send: \(e)")); return }
         flush()
     }
@@ -317,7 +351,7 @@ package final class RedisConnection<Loop: EventLoop> {
     }
 
     private func checkDeadline() {
-        guard state == .connected, head < deadlines.count else { return }
+        guard socketOpen, head < deadlines.count else { return }
         if deadlines[head] <= loop.now {
             fail("no reply within \(options.commandTimeout / 1_000_000) ms", with: .timedOut)
         } else {

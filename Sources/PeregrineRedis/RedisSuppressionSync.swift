@@ -15,6 +15,9 @@ import PeregrineIO
 /// The stream lives only as long as Redis keeps it: a Redis without
 /// persistence that restarts forgets it, and a node that starts later
 /// cannot catch up with what it held (each node's own list keeps its own).
+/// It is trimmed as it grows (XADD MAXLEN ~ `maxStreamLength`, Redis
+/// cutting whole nodes of ~100 entries): a node that falls further behind
+/// than that (down while a million changes were made) misses the oldest.
 ///
 /// Loop-confined, like the coordinator.
 package final class RedisSuppressionSync<Loop: EventLoop> {
@@ -36,13 +39,16 @@ package final class RedisSuppressionSync<Loop: EventLoop> {
     private var droppedLogged = false
     static var readBatch: Int { 1000 }
     static var maxOutbox: Int { 1_000_000 }
+    /// The stream's length kept (about: Redis trims whole nodes).
+    package let maxStreamLength: Int
 
     /// Entries appended to the stream and applied from it (status, tests).
     package private(set) var published = 0
     package private(set) var applied = 0
 
-    package init(coordinator: RedisClusterCoordinator<Loop>) {
+    package init(coordinator: RedisClusterCoordinator<Loop>, maxStreamLength: Int = 1_000_000) {
         self.coordinator = coordinator
+        self.maxStreamLength = max(1, maxStreamLength)
         key = Array("\(coordinator.options.prefix):suppression".utf8)
         node = Array(coordinator.options.nodeName.utf8)
     }
@@ -89,8 +95,10 @@ package final class RedisSuppressionSync<Loop: EventLoop> {
         var answered = 0, acknowledged = 0
         let count = batch.count
         for e in batch {
-            coordinator.connection.send(argumentCount: 13, { w in
-                w.argument("XADD".utf8); w.argument(self.key); w.argument("*".utf8)
+            coordinator.connection.send(argumentCount: 16, { w in
+                w.argument("XADD".utf8); w.argument(self.key)
+                w.argument("MAXLEN".utf8); w.argument("~".utf8); w.argument(self.maxStreamLength)
+                w.argument("*".utf8)
                 w.argument("n".utf8); w.argument(self.node)
                 w.argument("o".utf8); w.argument(Int(e.op.rawValue))
                 w.argument("e".utf8); w.argument(e.entry)

@@ -82,6 +82,7 @@ import PeregrineIO
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let r = try Self.bench(["cluster", "--count", "600", "--connections", "2", "--cluster-connections", "6",
                                 "--max-smtp-out", "4", "--cluster-rate", "400/s", "--kill", "node",
+                                "--throughput-count", "300",   // the 1-vs-3-node phase, small (its default is 20,000)
                                 "--drain-timeout", "120", "--output-dir", dir], timeout: 300)
         #expect(r.status == 0, "exit \(r.status)\n\(r.stdout)\n\(r.stderr)")
         // backend kill accepted delivered lost dup peak cap busiest rate …

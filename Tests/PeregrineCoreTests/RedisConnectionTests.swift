@@ -193,6 +193,82 @@ struct RedisConnectionTests {
         #expect(Set(draws).count > 10)
     }
 
+    /// "Connected" means Redis answered: a peer that accepts and closes at
+    /// once (a proxy with no Redis behind it) is never reported connected, and
+    /// its attempts count as failures, so the reconnects back off.
+    @Test(arguments: BackendKind.testable)
+    func peerThatAcceptsAndClosesIsNeverConnected(_ kind: BackendKind) throws { try acceptsAndCloses(kind.loopType) }
+    func acceptsAndCloses<L: EventLoop>(_ type: L.Type) throws {
+        let h = try CoreLoopHarness(type)
+        defer { h.stop() }
+        let listenAddress = try SocketAddress(ip: Self.ip(L.kind, host: 5), port: 0)
+        let accepted = Locked(0), changes = Locked<[Bool]>([])
+        let slot = Locked<(RedisConnection<L>, Listener)?>(nil)
+        let started: Bool? = h.sync { loop in
+            guard let listener = try? loop.listen(on: listenAddress, onAccept: { r in
+                if case .success(let a) = r { accepted.withLock { $0 += 1 }; loop.close(a.socket) }
+            }) else { return false }
+            let c = RedisConnection(loop: loop, address: listener.address,
+                                    options: .init(commandTimeout: 2_000_000_000, initialBackoff: 20_000_000, maxBackoff: 100_000_000))
+            c.onConnectedChange = { up in changes.withLock { $0.append(up) } }
+            c.start()
+            slot.withLock { $0 = (c, listener) }
+            return true
+        }
+        #expect(started == true)
+        var everConnected = false
+        #expect(waitUntil(20) {
+            let up: Bool? = h.sync { _ in slot.withLock { $0 }?.0.isConnected ?? false }
+            everConnected = everConnected || up == true
+            return accepted.withLock { $0 } >= 3
+        })
+        let summary: String? = h.sync { loop in
+            guard let (c, listener) = slot.withLock({ $0 }) else { return "no connection" }
+            defer { c.close(); loop.closeListener(listener) }
+            return "connects \(c.connects) backing off \(c.failedAttempts >= 2) error \(c.lastError != nil)"
+        }
+        // The error is the close (EOF) or a reset, as the peer's close lands.
+        #expect(summary == "connects 0 backing off true error true")
+        #expect(!everConnected)
+        #expect(changes.withLock { $0 }.isEmpty)
+    }
+
+    /// A peer that accepts and never answers: the handshake's PING meets its
+    /// deadline; never connected, nothing reported, the command queued
+    /// meanwhile fails as timed out.
+    @Test(arguments: BackendKind.testable)
+    func peerThatNeverAnswersIsNeverConnected(_ kind: BackendKind) throws { try neverAnswers(kind.loopType) }
+    func neverAnswers<L: EventLoop>(_ type: L.Type) throws {
+        let h = try CoreLoopHarness(type)
+        defer { h.stop() }
+        let listenAddress = try SocketAddress(ip: Self.ip(L.kind, host: 6), port: 0)
+        let changes = Locked<[Bool]>([])
+        let out: String? = h.await(30) { loop, reply in
+            var held: [Socket] = []
+            guard let listener = try? loop.listen(on: listenAddress, onAccept: { r in
+                if case .success(let a) = r { held.append(a.socket) }
+            }) else { reply("listen failed"); return }
+            let c = RedisConnection(loop: loop, address: listener.address,
+                                    options: .init(commandTimeout: 300_000_000, initialBackoff: 10_000_000_000, maxBackoff: 10_000_000_000))
+            c.onConnectedChange = { up in changes.withLock { $0.append(up) } }
+            c.start()
+            var seen: [String] = []
+            // Sampled while the PING waits: open, not connected.
+            _ = loop.scheduleTimer(after: 150_000_000) { seen.append("at 150 ms: \(c.state) connected \(c.isConnected)") }
+            c.send(["GET", "k"]) { r in
+                seen.append("GET: \(r)")
+                seen.append("connects \(c.connects) state \(c.state) lastError \(c.lastError ?? "-")")
+                c.close()
+                for s in held { loop.close(s) }
+                loop.closeListener(listener)
+                reply(seen.joined(separator: "; "))
+            }
+        }
+        #expect(out == "at 150 ms: handshaking connected false; GET: failure(Redis command timed out); "
+                + "connects 0 state closing lastError no reply within 300 ms")
+        #expect(changes.withLock { $0 }.isEmpty)
+    }
+
     @Test(arguments: BackendKind.testable)
     func nothingListeningFailsAsUnavailable(_ kind: BackendKind) throws { try refused(kind.loopType) }
     func refused<L: EventLoop>(_ type: L.Type) throws {
