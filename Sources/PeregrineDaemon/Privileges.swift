@@ -25,17 +25,7 @@ struct PrivilegeDrop: Sendable, Equatable {
         case call(String, errno: Int32)
         case regained(String)
 
-        /// The `Uid:` and `Gid:` lines of /proc/self/status (real, effective, saved, filesystem).
-    static func processIDs() -> (uids: [UInt32], gids: [UInt32]) {
-        let text = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-        func ids(_ key: String) -> [UInt32] {
-            guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(key + ":") }) else { return [] }
-            return line.dropFirst(key.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt32($0) }
-        }
-        return (ids("Uid"), ids("Gid"))
-    }
-
-    var description: String {
+        var description: String {
             switch self {
             case .unknownUser(let u): return "run-as-user: no such user '\(u)'"
             case .unknownGroup(let g): return "run-as-group: no such group '\(g)'"

@@ -101,17 +101,9 @@ public struct HTTPRequest: Hashable, Sendable {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(text.utf8.count)
         var it = text.utf8.makeIterator()
-        func hex(_ c: UInt8) -> UInt8? {
-            switch c {
-            case 48...57: return c - 48
-            case 65...70: return c - 55
-            case 97...102: return c - 87
-            default: return nil
-            }
-        }
         while let c = it.next() {
             if c == UInt8(ascii: "%") {
-                guard let h = it.next(), let l = it.next(), let hv = hex(h), let lv = hex(l) else { return nil }
+                guard let h = it.next(), let l = it.next(), let hv = h.hexDigitValue, let lv = l.hexDigitValue else { return nil }
                 bytes.append(hv << 4 | lv)
             } else if plusAsSpace && c == UInt8(ascii: "+") {
                 bytes.append(32)

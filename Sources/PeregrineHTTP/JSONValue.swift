@@ -1,3 +1,5 @@
+import PeregrineIO
+
 /// A parsed JSON document (RFC 8259), for API request bodies.
 ///
 /// Its own parser rather than Foundation's: a client sending bad JSON is told
@@ -169,15 +171,8 @@ public enum JSONParser {
             guard i + 4 <= bytes.count else { throw fail("truncated \\u escape") }
             var v: UInt32 = 0
             for _ in 0..<4 {
-                let c = bytes[i]
-                let d: UInt32
-                switch c {
-                case 48...57: d = UInt32(c - 48)
-                case 65...70: d = UInt32(c - 55)
-                case 97...102: d = UInt32(c - 87)
-                default: throw fail("invalid hex digit in a \\u escape")
-                }
-                v = v << 4 | d
+                guard let d = bytes[i].hexDigitValue else { throw fail("invalid hex digit in a \\u escape") }
+                v = v << 4 | UInt32(d)
                 i += 1
             }
             return v

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PeregrineTestSupport
 import Testing
 import PeregrineDaemon
 import PeregrineAccounting
@@ -219,9 +220,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.testable)
     func runningOutOfDescriptorsLogsOnceAndRecovers(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let paths: [String] = ["/usr/bin/prlimit", "/bin/prlimit"]
-        let prlimit = try #require(paths.first { FileManager.default.isExecutableFile(atPath: $0) },
-                                   "prlimit (util-linux) is missing")
+        let prlimit: String = try #require(findTool("prlimit"), "prlimit (util-linux) is missing")
         let dir = try TestDirectory("emfile-\(kind.rawValue)")
         let config = try dir.write("peregrine.conf", daemonConfig(dir, listen: hardeningIP(5, kind, host: 9), ""))
         let d = try DaemonProcess(configPath: config, backend: kind, threads: 1, logPath: dir.file("daemon.log"),

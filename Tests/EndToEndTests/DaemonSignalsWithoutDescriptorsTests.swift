@@ -18,9 +18,7 @@ import PeregrineIO
     @Test(arguments: BackendKind.testable)
     func reloadAndShutdownWorkWithEveryDescriptorTaken(_ kind: BackendKind) throws {
         try kind.requireAvailable()
-        let paths: [String] = ["/usr/bin/prlimit", "/bin/prlimit"]
-        let prlimit = try #require(paths.first { FileManager.default.isExecutableFile(atPath: $0) },
-                                   "prlimit (util-linux) is missing")
+        let prlimit: String = try #require(findTool("prlimit"), "prlimit (util-linux) is missing")
         let dir = try TestDirectory("signals-emfile-\(kind.rawValue)")
         let config = try dir.write("peregrine.conf", daemonConfig(dir, listen: E2E.ip(73, kind, host: 9), ""))
         let d = try DaemonProcess(configPath: config, backend: kind, threads: 1, logPath: dir.file("daemon.log"),

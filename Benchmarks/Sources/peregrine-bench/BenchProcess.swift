@@ -139,19 +139,11 @@ enum BenchNet {
 
     /// The body of an HTTP/1.0 GET, read until the peer closes (5 s receive timeout).
     private static func getBody(ip: String, port: UInt16, path: String) -> ArraySlice<UInt8>? {
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = port.bigEndian
-        inet_pton(AF_INET, ip, &addr.sin_addr)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return nil }
+        guard let fd = connectedSocket(ip: ip, port: port, configure: { fd in
+            var tv = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }) else { return nil }
         defer { close(fd) }
-        var tv = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else { return nil }
         let req = Array("GET \(path) HTTP/1.0\r\nHost: \(ip)\r\nConnection: close\r\n\r\n".utf8)
         _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var data = [UInt8]()

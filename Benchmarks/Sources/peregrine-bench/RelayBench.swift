@@ -19,6 +19,9 @@ struct RelayBenchOptions: RelayScenarioOptions {
     /// (`--no-ceiling` leaves it out), so every MTA figure can be read against it.
     var ceiling = true
     var duration = 60.0
+    /// `--count N`: the loadgen stops after N messages (`--duration` still bounds it), so
+    /// runs compared side by side (old build vs new) do the same work.
+    var count: Int?
     var messageSize = 4096
     var connections = 32
     var threads = 1
@@ -40,7 +43,7 @@ struct RelayBenchOptions: RelayScenarioOptions {
 
     static let usage = """
     usage: peregrine-bench relay|relay-100k [--backend all|io_uring|epoll|dispatch] [--peer postfix]
-                                 [--duration S] [--connections N] [--threads N] [--size BYTES]
+                                 [--duration S] [--count N] [--connections N] [--threads N] [--size BYTES]
                                  [--drain-timeout S] [--output-dir DIR] [--no-results]
                                  [--starttls | --starttls-and-plain] [--ip 127.X.Y.Z] [--no-ceiling]
                                  [--dkim rsa2048|ed25519|dual]
@@ -57,6 +60,9 @@ struct RelayBenchOptions: RelayScenarioOptions {
             case "--peer":
                 guard let v = value, v == "postfix" else { return .failure(BenchUsageError("--peer takes postfix")) }
                 o.peers = ["postfix"]
+            case "--count":
+                guard let v = value, let n = Int(v), n > 0 else { return .failure(BenchUsageError("--count needs a number of messages > 0")) }
+                o.count = n
             case "--threads": return RelayOptionParser.positive(&o, \.threads, value, { Int($0) }, "--threads needs a number")
             case "--size": return RelayOptionParser.positive(&o, \.messageSize, value, { Int($0) }, "--size needs bytes")
             case "--drain-timeout":
@@ -361,6 +367,7 @@ final class RelayRunner {
                                                "--connections", "\(options.connections)", "--messages-per-connection", "0",
                                                "--size", "\(options.messageSize)", "--ids", loadIDs, "--json", loadJSON,
                                                "--no-progress", "--backend", "epoll"] + ((injectionTLS ?? tls) ? ["--starttls"] : [])
+                                              + (options.count.map { ["--count", "\($0)"] } ?? [])
                                               + (options.rate.map { ["--rate", "\($0)/s"] } ?? []),
                                    logPath: work + "/loadgen.log")
         let start = Date()
@@ -439,6 +446,7 @@ final class RelayRunner {
         var figures: [String: Any] = [
             "config": config,
             "durationSeconds": options.duration,
+            "count": options.count ?? NSNull(),
             "messageSize": options.messageSize,
             "connections": options.connections,
             "accepted": accepted,

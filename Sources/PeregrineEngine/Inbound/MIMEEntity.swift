@@ -1,3 +1,5 @@
+import PeregrineIO
+
 /// Just enough MIME (RFC 2045/2046) to read the reports that come back to a
 /// sender: header fields (unfolded), Content-Type with its parameters, and
 /// multipart bodies split at their boundary. Reports are small and rare, so
@@ -121,21 +123,13 @@ public struct MIMEEntity: Sendable {
             var out: [UInt8] = []
             var i = 0
             let b = body
-            func hex(_ c: UInt8) -> UInt8? {
-                switch c {
-                case 48...57: return c - 48
-                case 65...70: return c - 55
-                case 97...102: return c - 87
-                default: return nil
-                }
-            }
             while i < b.count {
                 if b[i] == 61, i + 1 < b.count {
                     if b[i + 1] == 13 || b[i + 1] == 10 {
                         i += b[i + 1] == 13 && i + 2 < b.count && b[i + 2] == 10 ? 3 : 2
                         continue
                     }
-                    if i + 2 < b.count, let h = hex(b[i + 1]), let l = hex(b[i + 2]) { out.append(h << 4 | l); i += 3; continue }
+                    if i + 2 < b.count, let h = b[i + 1].hexDigitValue, let l = b[i + 2].hexDigitValue { out.append(h << 4 | l); i += 3; continue }
                 }
                 out.append(b[i]); i += 1
             }
