@@ -332,3 +332,28 @@ public final class DKIMSigner {
         return length
     }
 }
+
+// MARK: - The parts of a signature, one at a time (`peregrine-bench dkim-sign`)
+
+extension DKIMSigner {
+    /// The private-key operation alone, exactly as `sign` performs it (the
+    /// same per-key context, copied per call for Ed25519), over a 32-byte
+    /// digest: the in-process reference for `openssl speed`. Returns the
+    /// signature's length.
+    public func rawSignature(ofDigest digest: [UInt8], with key: DKIMPrivateKey) throws(DKIMError) -> Int {
+        precondition(digest.count == 32)
+        headerDigest.withUnsafeMutableBytes { $0.copyBytes(from: digest) }
+        return try rawSign(with: key)
+    }
+
+    /// The body hash alone (`bh=`, canonicalisation and SHA-256) of the body of
+    /// `message`, as `sign` computes it; the digest is written to `digest` (32 bytes).
+    public func bodyHash(message: UnsafeRawBufferPointer, _ c: DKIMCanonicalization,
+                         into digest: UnsafeMutableRawBufferPointer) {
+        fields.parse(message)
+        relaxedBody.valid = false
+        simpleBody.valid = false
+        hashBody(message, c)
+        (c == .relaxed ? relaxedBody : simpleBody).digest.withUnsafeBytes { digest.copyMemory(from: $0) }
+    }
+}
