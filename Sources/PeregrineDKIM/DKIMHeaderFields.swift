@@ -100,6 +100,8 @@ public struct DKIMHeaderFields {
     public static func name(_ field: Field, in bytes: UnsafeRawBufferPointer, equals name: String) -> Bool {
         var end = field.name.upperBound
         while end > field.name.lowerBound && (bytes[end - 1] == 32 || bytes[end - 1] == 9) { end -= 1 }
+        // Lengths first (O(1) for a native String): most names of the signed list differ in length.
+        guard name.utf8.count == end - field.name.lowerBound else { return false }
         var i = field.name.lowerBound
         for c in name.utf8 {
             guard i < end, lower(bytes[i]) == lower(c) else { return false }
@@ -138,13 +140,23 @@ enum DKIMHeaderCanonicalizer {
             out.append(UInt8(ascii: ":"))
             var pendingSpace = false
             var started = false
-            for i in value {
+            var i = value.lowerBound
+            let end = value.upperBound
+            while i < end {
                 let c = bytes[i]
-                if c == 13 || c == 10 { continue } // unfold
-                if c == 32 || c == 9 { pendingSpace = started; continue }
+                if c == 13 || c == 10 { i += 1; continue } // unfold
+                if c == 32 || c == 9 { pendingSpace = started; i += 1; continue }
                 if pendingSpace { out.append(32); pendingSpace = false }
-                out.append(c)
+                // A run of other bytes is copied as it is, in one append (not one per byte).
+                var j = i + 1
+                while j < end {
+                    let d = bytes[j]
+                    if d == 13 || d == 10 || d == 32 || d == 9 { break }
+                    j += 1
+                }
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[i..<j]))
                 started = true
+                i = j
             }
             if includeLineEnd { out.append(13); out.append(10) }
         }
