@@ -31,6 +31,7 @@ public struct DeadlineHeap<Element> {
         guard !nodes.isEmpty else { return nil }
         let top = nodes[0]
         let last = nodes.removeLast()
+        shrinkIfSparse()
         if !nodes.isEmpty {
             nodes[0] = last
             var i = 0
@@ -45,6 +46,17 @@ public struct DeadlineHeap<Element> {
             }
         }
         return (top.deadline, top.element)
+    }
+
+    /// Halves the array's capacity once it is under a quarter used: a queue's
+    /// delayed set that drained (all due at once, or `schedule`) gives its
+    /// largest size back instead of keeping it beside the ready list (issue #18).
+    private mutating func shrinkIfSparse() {
+        guard nodes.capacity > 64 && nodes.count < nodes.capacity / 4 else { return }
+        var smaller: [Node] = []
+        smaller.reserveCapacity(nodes.capacity / 2)
+        smaller.append(contentsOf: nodes)
+        nodes = smaller
     }
 
     /// Empties the heap, returning everything (used by `schedule`: retry now).

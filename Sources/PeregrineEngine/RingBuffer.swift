@@ -32,8 +32,18 @@ public struct RingBuffer<Element> {
         storage[head] = nil
         head = (head + 1) % storage.count
         count -= 1
+        if count < storage.count / 4 && storage.count > Self.shrinkFloor { resize(to: storage.count / 2) }
         return e
     }
+
+    /// Capacity kept however empty the buffer gets. Above it a buffer a quarter
+    /// full halves: a queue's ready list that held a backlog for a moment
+    /// (every item moving to the delayed heap after a failed connection)
+    /// does not keep its largest size beside the heap (issue #18).
+    static var shrinkFloor: Int { 64 }
+
+    /// Slots allocated (for the tests).
+    var capacity: Int { storage.count }
 
     public var first: Element? { count > 0 ? storage[head] : nil }
 
@@ -47,10 +57,12 @@ public struct RingBuffer<Element> {
         return removed
     }
 
-    private mutating func grow() {
-        var bigger = [Element?](repeating: nil, count: storage.count * 2)
-        for i in 0..<count { bigger[i] = storage[(head + i) % storage.count] }
-        storage = bigger
+    private mutating func grow() { resize(to: storage.count * 2) }
+
+    private mutating func resize(to slots: Int) {
+        var resized = [Element?](repeating: nil, count: slots)
+        for i in 0..<count { resized[i] = storage[(head + i) % storage.count] }
+        storage = resized
         head = 0
     }
 }

@@ -13,9 +13,11 @@ func runBacklogBench(arguments: [String]) -> Int32 {
     usage: peregrine-bench backlog [--backend epoll|io_uring|dispatch|all] [--count N] [--size BYTES]
                                    [--connections N] [--drain-timeout S] [--output-dir DIR]
                                    [--max-queued-in-memory N]   (0: unlimited, the default)
+                                   [--retry-after DURATION]     (default 5s)
     """
     let defaults = ["backend": "epoll", "count": "1000000", "size": "4096", "connections": "32",
-                    "drain-timeout": "3600", "output-dir": "results", "max-queued-in-memory": "0"]
+                    "drain-timeout": "3600", "output-dir": "results", "max-queued-in-memory": "0",
+                    "retry-after": "5s"]
     let options: ScenarioOptions
     switch ScenarioOptions.parse(arguments, defaults: defaults, usage: usage) {
     case .success(let o): options = o
@@ -47,6 +49,10 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
     let drainTimeout = try options.double("drain-timeout")
     // Beyond this many recipients the queue stays on disk only (issue 18); 0 keeps everything in memory.
     let inMemory = try options.int("max-queued-in-memory")
+    // With the sink down every queued message is retried (and deferred again)
+    // each retry-after: at 5s a loaded machine spends the injection re-deferring
+    // the backlog. A longer one measures the same queue with the queues suspended.
+    let retryAfter = options.string("retry-after")
     fputs("== backlog on \(backend): \(count) × \(size) bytes, sink down; scratch \(rig.work)\n", stderr)
     let sinkPort = rig.ports.sink, statsPort = rig.ports.stats, mtaPort = rig.ports.mta, mgmtPort = rig.ports.mgmt
     let config = """
@@ -61,7 +67,7 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
     <domain *>
         route [\(rig.ip)]:\(sinkPort)
         max-smtp-out 32
-        retry-after 5s
+        retry-after \(retryAfter)
         connect-timeout 5s
     </domain>
 
@@ -145,7 +151,7 @@ private func backlogRun(options: ScenarioOptions, backend: String) throws -> (ro
     let drainRate = Double(rec.unique) / drainSeconds
     let figures: [String: Any] = [
         "config": ["mta": "peregrine", "backend": backend, "config": config, "count": count,
-                   "maxQueuedInMemory": inMemory],
+                   "maxQueuedInMemory": inMemory, "retryAfter": retryAfter],
         "messageSize": size,
         "accepted": accepted,
         "injectSeconds": injectSeconds,
