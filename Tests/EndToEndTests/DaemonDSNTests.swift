@@ -354,9 +354,13 @@ struct DaemonInboundReportTests {
             #expect(try s.inject(from: "news@senders.test", rcpts: [("reader\(i)@isp.test", "")], subject: "issue \(i)",
                                  headers: "X-Job: issue\(i)\r\n") == nil)
         }
+        // Every record is waited for: the `rb` and `f` records go to
+        // reports.csv and the `d` records to the main accounting file, each
+        // written on its own schedule (a run beside stress-ng read 2 of 4 `d`).
         try #require(E2E.waitUntil(90, every: 0.2) {
             let r = s.records
             return r.of(.remoteBounce).count >= 2 && r.of(.feedbackLoop).count >= 2
+                && r.of(.delivered).filter { $0.rcpt.hasSuffix("@isp.test") }.count >= 4
         }, "\(kind): \(s.diagnostics)\nsink: \((try? sink.stats())?["async_reports"] ?? "-")")
         let records = s.records
         #expect(records.of(.delivered).filter { $0.rcpt.hasSuffix("@isp.test") }.count == 4)

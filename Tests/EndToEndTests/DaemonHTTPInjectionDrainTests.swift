@@ -71,14 +71,26 @@ struct DaemonHTTPInjectionDrainTests {
                        "content": {"from": "n@shop.example", "subject": "drain {{n}}", "text": "message {{n}}\n" * 50}}).encode()
     big.sendall(request(body))
     os.kill(pid, signal.SIGTERM)
+    signalled = time.time()
     deadline = time.time() + 60
     while time.time() < deadline:
         with open(log_path, errors="replace") as f:
             if "shutting down" in f.read():
                 break
         time.sleep(0.005)
-    partial.sendall(request(late)[-1:])
-    print(json.dumps({"warm": warmed, "big": answer(big), "late": answer(partial)}))
+    logged = time.time()
+    try:
+        partial.sendall(request(late)[-1:])
+        late_sent = True
+    except OSError as e:  # reset before the last byte: the answer below says so
+        late_sent = repr(e)
+    big_answer = answer(big)
+    big_answered = time.time()
+    late_answer = answer(partial)
+    # Seconds from the SIGTERM: when this script saw "shutting down", and when each answer (or reset) came.
+    timing = {"logged": round(logged - signalled, 3), "big": round(big_answered - signalled, 3),
+              "late": round(time.time() - signalled, 3), "late_sent": late_sent}
+    print(json.dumps({"warm": warmed, "big": big_answer, "late": late_answer, "timing": timing}))
     """#
 
     @Test(arguments: BackendKind.testable)
@@ -114,14 +126,16 @@ struct DaemonHTTPInjectionDrainTests {
         let warm = out["warm"] as? [String: Any] ?? [:]
         #expect(warm["status"] as? Int == 200, "\(warm)")
 
+        // A reset or EOF: the timing and the daemon's log say when and why.
+        let context = "timing \(out["timing"] ?? "none"); daemon log:\n\(d.log.suffix(1500))"
         let late = out["late"] as? [String: Any] ?? [:]
-        #expect(late["eof"] == nil, "the late request saw EOF instead of an answer: \(late)")
+        #expect(late["eof"] == nil, "the late request saw EOF instead of an answer: \(late); \(context)")
         #expect(late["status"] as? Int == 503 && late["retry_after"] as? String != nil, "\(late)")
         #expect(((late["body"] as? [String: Any])?["error"] as? [String: Any])?["code"] as? String == "shutting_down", "\(late)")
         #expect((late["connection"] as? String)?.lowercased() == "close", "\(late)")
 
         let big = out["big"] as? [String: Any] ?? [:]
-        #expect(big["eof"] == nil, "the request in flight saw EOF instead of an answer: \(big)")
+        #expect(big["eof"] == nil, "the request in flight saw EOF instead of an answer: \(big); \(context)")
         let status = big["status"] as? Int
         let queued = (big["body"] as? [String: Any])?["queued"] as? Int ?? 0
         #expect(status == 200 && queued == n || status == 503 && queued == 0, "\(status.map(String.init) ?? "no status") queued \(queued)")
