@@ -157,9 +157,12 @@ extension DeliveryEngine {
 /// Bound (CLUSTER.md, "Rate"): the timeline runs at the rate less
 /// `headroomPercent` (1 %): interval = 1 ÷ (0.99 × rate), whole µs rounded up.
 /// Slots are disjoint across the cluster; a token is spent between its slot
-/// and `lateness` after it (else dropped: no connection was free for it),
-/// and never less than one interval after this gate's previous token (a late
-/// token pushes the next, so late tokens are never bunched). If every message
+/// and `lateness` after it (else dropped: no connection was free for it).
+/// A late token does not move the next one: its slot stays where the cluster
+/// put it, so a token spent late may go out just before the next (on time);
+/// the bound below does not depend on spacing, only on each spend lying in
+/// [slot, slot + lateness] (moving later tokens made late timers cascade into
+/// dropped tokens, EngineClusterGateTests.lateTimersDropNoTokens). If every message
 /// reaches the receiver within E of its slot (E = lateness + the slot's
 /// mapping error + the delivery's jitter), any window W holds at most
 /// ⌊(W + E) ÷ interval⌋ + 1 messages at the receiver; for W = 1 s that is at
@@ -185,8 +188,6 @@ public final class ClusterMessageGate {
     private var tokens = 0
     /// The slot of the next token held.
     private var nextSlot: UInt64 = 0
-    /// When this gate last spent a token (0: never).
-    private var lastSpent: UInt64 = 0
     private var retryAt: UInt64 = 0
     private var refilling = false
     /// Tokens dropped unspent past their slot's lateness (status, tests).
@@ -217,17 +218,15 @@ public final class ClusterMessageGate {
     /// nil when a token is due (not taken yet: `take` does), else when to look again.
     func check(now: UInt64) -> UInt64? {
         while tokens > 0 {
-            // Not before its slot, nor within one interval of the last token spent.
-            let due = max(nextSlot, lastSpent == 0 ? 0 : lastSpent + interval)
-            if due > nextSlot + lateness || now > nextSlot + lateness {
-                // Past its slot's lateness (or pushed past it by a late token
-                // before it): spent now it would crowd the slots after it.
+            if now > nextSlot + lateness {
+                // Past its slot's lateness: spent now it would crowd the slots after it.
                 tokens -= 1
                 dropped += 1
                 nextSlot += interval
                 continue
             }
-            return now >= due ? nil : due
+            // Not before its slot.
+            return now >= nextSlot ? nil : nextSlot
         }
         if now >= retryAt { refill() }
         // A refill in flight kicks the queue when it lands; this is only its backstop.
@@ -238,7 +237,6 @@ public final class ClusterMessageGate {
     func take(now: UInt64) {
         tokens -= 1
         nextSlot += interval
-        lastSpent = now
     }
 
     /// Tokens held now, due or not (status).
