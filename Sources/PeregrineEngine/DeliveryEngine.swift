@@ -613,8 +613,15 @@ public final class DeliveryEngine<Loop: EventLoop> {
         return qs.count
     }
 
+    /// `schedule` (retry now). The MX hosts a matched queue's VMTA backed off
+    /// are forgiven too: otherwise the queue would find every host still backed
+    /// off, defer what it just took and suspend again until the old time.
     public func schedule(_ pattern: String) -> Int {
         let qs = queues(matching: pattern)
+        if !qs.isEmpty && !mxBackoff.isEmpty {
+            let vmtas = Set(qs.map(\.key.vmta))
+            mxBackoff = mxBackoff.filter { !vmtas.contains($0.key.vmta) }
+        }
         for q in qs { q.retryNow(); kick(q) }
         return qs.count
     }

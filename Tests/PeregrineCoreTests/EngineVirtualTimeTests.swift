@@ -39,9 +39,10 @@ import PeregrineTestSupport
     /// `horizon` seconds of virtual time.
     static func run(_ kind: BackendKind, scenario: Int, messages: Int, settings: DomainSettings, horizon: UInt64,
                     actions: @escaping @Sendable (SMTPReply) -> [SMTPPatternAction] = { _ in [] },
+                    scheduleAt: UInt64? = nil,
                     rcptReply: @escaping @Sendable (Int) -> String) throws -> Outcome {
         struct Visit: SpoolLoopVisitor {
-            let scenario: Int, messages: Int, settings: DomainSettings, horizon: UInt64
+            let scenario: Int, messages: Int, settings: DomainSettings, horizon: UInt64, scheduleAt: UInt64?
             let actions: @Sendable (SMTPReply) -> [SMTPPatternAction]
             let rcptReply: @Sendable (Int) -> String
             let result: ResultBox
@@ -58,6 +59,10 @@ import PeregrineTestSupport
                 let world = VirtualWorld(loop: loop, receiver: receiver, settings: settings, actions: actions)
                 let start = loop.now
                 for i in 1...messages { world.submit(UInt64(i)) }
+                // The operator's `schedule *` (retry now) at `scheduleAt` virtual seconds.
+                if let at = scheduleAt {
+                    _ = loop.scheduleTimer(after: at * EngineVirtualTimeTests.second) { _ = world.engine.schedule("*") }
+                }
                 let finished = world.drive(until: start + horizon * EngineVirtualTimeTests.second)
                 #expect(finished, "\(kind): the virtual run did not settle within its real-time deadline; events: \(world.events)")
                 result.outcome = Outcome(start: start, events: world.events, connectTimes: loop.connectTimes,
@@ -67,7 +72,7 @@ import PeregrineTestSupport
         }
         let box = ResultBox()
         try SpoolLoops.forBackend(kind, Visit(scenario: scenario, messages: messages, settings: settings, horizon: horizon,
-                                              actions: actions, rcptReply: rcptReply, result: box))
+                                              scheduleAt: scheduleAt, actions: actions, rcptReply: rcptReply, result: box))
         return try #require(box.outcome)
     }
 
@@ -162,6 +167,26 @@ import PeregrineTestSupport
         #expect(o.times("d") == [300, 300, 300], "\(o.events)")
         let between = o.connectTimes.map { ($0 - o.start) / Self.second }.filter { $0 > 0 && $0 < 300 }
         #expect(between.isEmpty, "connections during the suspension at \(between) s")
+    }
+
+    // MARK: schedule (retry now)
+
+    @Test(arguments: BackendKind.testable)
+    func scheduleRetriesABackedOffHostNow(kind: BackendKind) throws {
+        // The only MX host fails the session (421, read as MX unavailable): the
+        // message is deferred and the host backed off for retry-after, 600 s.
+        // The operator's `schedule` at 100 s retries now: the message goes at
+        // 100 s, not at 600 s, and no further deferral is written.
+        let s = Self.settings {
+            $0.retryAfter = RetrySchedule([.seconds(600)])
+            $0.smtp421MeansMXUnavailable = true
+        }
+        let o = try Self.run(kind, scenario: 57, messages: 1, settings: s, horizon: 3600, scheduleAt: 100) { n in
+            n == 1 ? "421 4.3.2 mx.virtual.test closing" : "250 2.1.5 ok"
+        }
+        #expect(o.times("t") == [0], "\(o.events)")
+        #expect(o.times("d") == [100], "\(o.events)")
+        #expect(o.rcptsSeen == 2)
     }
 
     // MARK: disable-source-ip
