@@ -63,8 +63,8 @@ import PeregrineIO
         // The child from start-up (main thread), then the one a loop thread starts after it died.
         for round in 1...2 {
             #expect(E2E.waitUntil(20) { children().count >= round }, "round \(round): \(children())\n\(s.diagnostics)")
-            guard children().count >= round else { return }
-            let child = children()[round - 1]
+            let started = children()
+            let child = try #require(started.count >= round ? started[round - 1] : nil, "round \(round): \(started)")
             // cat is running once the file holds lines it copied (the header at least).
             #expect(E2E.waitUntil(20) { Self.signalMasks(child).map { !$0.state.hasPrefix("Z") } ?? false
                                         && ((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").contains("type,") })
