@@ -189,10 +189,10 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
         }
         // With DKIM configured, the message without the dropped fields is built
         // first and signed; the Received header (not signed) goes above the signatures.
-        let config = worker.policies.config
         // Where the lines this MTA adds (Received, DKIM-Signature, added fields) end in `assembled`.
         var addedEnd = 0
-        if config.dkimConfigured {
+        if worker.policies.config.dkimConfigured {
+            let config = worker.policies.config
             unsigned.clear()
             if !added.isEmpty { added.withUnsafeBytes { unsigned.append($0) } }
             var cursor = 0
@@ -305,20 +305,25 @@ extension InjectionHandler {
 /// non-ASCII byte written as `\xHH`: what a peer sent can sit in a
 /// header field but never end it or open a comment.
 func receivedHeaderText(_ text: String) -> String {
-    var out = ""
-    out.unicodeScalars.reserveCapacity(text.utf8.count)
-    let hex = Array("0123456789ABCDEF".unicodeScalars)
+    var out: [UInt8] = []
+    appendReceivedHeaderText(text, to: &out)
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// `receivedHeaderText`, appended as bytes (the injection path builds its Received header per message).
+func appendReceivedHeaderText(_ text: String, to out: inout [UInt8]) {
+    out.reserveCapacity(out.count + text.utf8.count)
     for b in text.utf8 {
         switch b {
         case 0...0x20, 0x7f...0xff, UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "<"), UInt8(ascii: ">"),
              UInt8(ascii: "\\"):
-            out.unicodeScalars.append("\\")
-            out.unicodeScalars.append("x")
-            out.unicodeScalars.append(hex[Int(b >> 4)])
-            out.unicodeScalars.append(hex[Int(b & 15)])
+            let hex: StaticString = "0123456789ABCDEF"
+            out.append(UInt8(ascii: "\\"))
+            out.append(UInt8(ascii: "x"))
+            out.append(hex.utf8Start[Int(b >> 4)])
+            out.append(hex.utf8Start[Int(b & 15)])
         default:
-            out.unicodeScalars.append(Unicode.Scalar(b))
+            out.append(b)
         }
     }
-    return out
 }

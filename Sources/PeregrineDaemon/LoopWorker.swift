@@ -241,15 +241,15 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     /// Picks the VMTA for a message: a pool rotates through its members per message.
     func pickVMTA(_ name: String) -> String? {
-        let config = policies.config
+        // `policies.config` read in place: a local copy would retain every field of the config per message.
         let key = name.lowercased()
-        if let pool = config.pool(named: key), !pool.members.isEmpty {
+        if let pool = policies.config.pool(named: key), !pool.members.isEmpty {
             let i = poolCursor[key, default: 0]
             poolCursor[key] = i &+ 1
             return pool.members[i % pool.members.count]
         }
-        if config.virtualMTA(named: key) != nil { return key }
-        if key == ConfigPolicySource.defaultVMTAName && config.virtualMTAs.isEmpty { return key }
+        if policies.config.virtualMTA(named: key) != nil { return key }
+        if key == ConfigPolicySource.defaultVMTAName && policies.config.virtualMTAs.isEmpty { return key }
         return nil
     }
 
@@ -266,11 +266,33 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         // the recipient come from the peer: the session has checked them, and
         // they are escaped here again so that no byte of theirs can end the
         // header line (a bare CR becomes a line end on the way out).
-        var h = "Received: from \(receivedHeaderText(helo)) ([\(peer.ip)])\r\n\tby \(daemon.hostName) (Peregrine) with ESMTP\(tls ? "S" : "")\(authenticated ? "A" : "")"
-        if let r = recipient { h += "\r\n\tfor <\(receivedHeaderText(r))>" }
-        h += "; \(RFC5322DateTime.format(wallClockSeconds()))\r\n"
-        return Array(h.utf8)
+        // Built as bytes: it is written once per injected message.
+        var h: [UInt8] = []
+        h.reserveCapacity(128 + helo.utf8.count + daemon.hostName.utf8.count + (recipient?.utf8.count ?? 0))
+        h += "Received: from ".utf8
+        appendReceivedHeaderText(helo, to: &h)
+        h += " ([".utf8
+        h += peer.ip.utf8
+        h += "])\r\n\tby ".utf8
+        h += daemon.hostName.utf8
+        h += " (Peregrine) with ESMTP".utf8
+        if tls { h.append(UInt8(ascii: "S")) }
+        if authenticated { h.append(UInt8(ascii: "A")) }
+        if let r = recipient {
+            h += "\r\n\tfor <".utf8
+            appendReceivedHeaderText(r, to: &h)
+            h.append(UInt8(ascii: ">"))
+        }
+        h += "; ".utf8
+        let now = wallClockSeconds()
+        if now != receivedDate.seconds { receivedDate = (now, Array(RFC5322DateTime.format(now).utf8)) }
+        h += receivedDate.text
+        h += "\r\n".utf8
+        return h
     }
+
+    /// The last second's date as the Received header writes it: formatted once per second per loop.
+    private var receivedDate: (seconds: Int64, text: [UInt8]) = (-1, [])
 
     /// Spools an injected message; `done` runs once it is durable (the 250) or failed.
     func accept(envelope: SpoolEnvelope, body: UnsafeRawBufferPointer, peer: SocketAddress, pool: String? = nil,
