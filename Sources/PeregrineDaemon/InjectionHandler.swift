@@ -195,12 +195,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             let config = worker.policies.config
             unsigned.clear()
             if !added.isEmpty { added.withUnsafeBytes { unsigned.append($0) } }
-            var cursor = 0
-            for r in drop.sorted(by: { $0.lowerBound < $1.lowerBound }) {
-                if r.lowerBound > cursor { unsigned.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<r.lowerBound])) }
-                cursor = max(cursor, r.upperBound)
-            }
-            if cursor < bytes.count { unsigned.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<bytes.count])) }
+            Self.append(bytes, without: drop, to: unsigned)
             body.clear()
             let rcpt = transaction.recipients[0].forwardPath
             let domain = rcpt.lastIndex(of: "@").map { rcpt[rcpt.index(after: $0)...].lowercased() } ?? ""
@@ -219,18 +214,13 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             assembled.append(unsigned.bytes)
             unsigned.clear()
         } else {
-        // Final body: Received header, then the message without the dropped fields.
-        assembled.clear()
-        if source.addReceivedHeader { appendReceived(session, transaction) }
-        if !added.isEmpty { added.withUnsafeBytes { assembled.append($0) } }
-        addedEnd = assembled.count
-        var cursor = 0
-        for r in drop.sorted(by: { $0.lowerBound < $1.lowerBound }) {
-            if r.lowerBound > cursor { assembled.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<r.lowerBound])) }
-            cursor = max(cursor, r.upperBound)
-        }
-        if cursor < bytes.count { assembled.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<bytes.count])) }
-        body.clear()
+            // Final body: Received header, then the message without the dropped fields.
+            assembled.clear()
+            if source.addReceivedHeader { appendReceived(session, transaction) }
+            if !added.isEmpty { added.withUnsafeBytes { assembled.append($0) } }
+            addedEnd = assembled.count
+            Self.append(bytes, without: drop, to: assembled)
+            body.clear()
         }
 
         let envelope = SpoolEnvelope(
@@ -290,6 +280,16 @@ extension InjectionHandler {
         daemon.logSuppressed(sender: session.transaction.mailFrom?.reversePath ?? "", recipient: recipient, reason: reason,
                              reply: reply, peer: "\(session.helo?.domain ?? peer.ip) (\(peer.ip))")
         return reply
+    }
+
+    /// `bytes` without the `drop` ranges (whole header fields; they may overlap), onto `out`.
+    fileprivate static func append(_ bytes: UnsafeRawBufferPointer, without drop: [Range<Int>], to out: OwnedBuffer) {
+        var cursor = 0
+        for r in drop.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if r.lowerBound > cursor { out.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<r.lowerBound])) }
+            cursor = max(cursor, r.upperBound)
+        }
+        if cursor < bytes.count { out.append(UnsafeRawBufferPointer(rebasing: bytes[cursor..<bytes.count])) }
     }
 
     /// The Received header this MTA adds, into `assembled`.
