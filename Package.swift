@@ -59,6 +59,8 @@ let package = Package(
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         // DKIM's relaxed body scan, sixteen bytes per step with SSE2 (a static inline function: no library).
         .systemLibrary(name: "CDKIMScan", path: "Sources/CDKIMScan"),
+        // CRC32C with SSE4.2's crc32 instruction (a static inline function, checked against the CPU at run time).
+        .systemLibrary(name: "CCRC32C", path: "Sources/CCRC32C"),
 
         // Loops, sockets, files, ByteBuffer, locks, clocks.
         .target(name: "PeregrineIO", dependencies: ["CURing", "CLinux"], swiftSettings: loopSettings),
@@ -77,7 +79,7 @@ let package = Package(
         // SMTP over a loop; the spool; the accounting file format and writer.
         .target(name: "PeregrineTransport", dependencies: ["PeregrineIO", "PeregrineSMTP", "PeregrineTLS"],
                 swiftSettings: strictSettings),
-        .target(name: "PeregrineSpool", dependencies: ["PeregrineIO"], swiftSettings: loopSettings),
+        .target(name: "PeregrineSpool", dependencies: ["PeregrineIO", "CCRC32C"], swiftSettings: loopSettings),
         .target(name: "PeregrineAccounting", dependencies: ["PeregrineIO", "PeregrineSMTP"], swiftSettings: loopSettings),
 
         .target(name: "PeregrineEngine",

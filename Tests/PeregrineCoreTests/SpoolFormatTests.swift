@@ -16,6 +16,38 @@ import Testing
         }
     }
 
+    /// RFC 3720 B.4's CRC32C vectors (iSCSI, a source independent of this code), through the table version
+    /// and through `checksum` (the crc32 instruction where the CPU has it).
+    @Test func crc32cRFC3720VectorsOnBothPaths() {
+        let vectors: [([UInt8], UInt32)] = [
+            ([UInt8](repeating: 0, count: 32), 0x8A91_36AA),
+            ([UInt8](repeating: 0xFF, count: 32), 0x62A8_AB43),
+            ((0..<32).map { UInt8($0) }, 0x46DD_794E),
+            ((0..<32).map { UInt8(31 - $0) }, 0x113F_DB5C),
+        ]
+        for (bytes, crc) in vectors {
+            #expect(bytes.withUnsafeBytes { CRC32C.softwareChecksum($0) } == crc)
+            #expect(CRC32C.checksum(bytes) == crc)
+        }
+    }
+
+    /// The hardware path equals the table version at every alignment and length across its 8-byte steps.
+    @Test func crc32cHardwareMatchesTheTables() {
+        var rng = SystemRandomNumberGenerator()
+        let data = (0..<4200).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        if !CRC32C.usesHardware { Issue.record("this CPU has no SSE4.2 crc32: only the table version ran") }
+        data.withUnsafeBytes { all in
+            for offset in 0..<8 {
+                for length in Array(0..<70) + [511, 4096, 4192 - offset] {
+                    let slice = UnsafeRawBufferPointer(rebasing: all[offset ..< offset + length])
+                    let seed = UInt32(truncatingIfNeeded: length &* 2_654_435_761)
+                    #expect(CRC32C.checksum(slice, continuing: seed) == CRC32C.softwareChecksum(slice, continuing: seed),
+                            "offset \(offset), length \(length)")
+                }
+            }
+        }
+    }
+
     @Test func messageRecordRoundTrip() {
         let env = SpoolFixtures.envelope(42, recipients: 40)
         let id = MessageID(hi: 1, lo: 2)
