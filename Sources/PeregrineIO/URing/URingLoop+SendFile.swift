@@ -137,14 +137,6 @@ extension URingLoop {
         slots.slots[Int(index)].splicePipe = URingSplicePipe()
         slots.slots[Int(index)].spliceFile = -1
         if pipeEmpty { splicePipes.append(pipe) } else { pipe.close() }
-        let completion = slots.release(index)
-        fds[Int(fd)].pending -= 1
-        fds[Int(fd)].pendingSends -= 1
-        if fds[Int(fd)].pendingSends == 0 && fds[Int(fd)].shutdownAfterSends && !fds[Int(fd)].closing {
-            fds[Int(fd)].shutdownAfterSends = false
-            _ = Glibc.shutdown(fd, Int32(SHUT_WR))
-        }
-        finishCloseIfIdle(fd)
-        if case .void(let done) = completion { done(result) }
+        finishSend(index, fd: fd, result)
     }
 }

@@ -239,7 +239,8 @@ extension URingLoop {
         }
     }
 
-    private func finishSend(_ index: Int32, fd: Int32, _ result: Result<Void, IOError>) {
+    /// Releases a send's slot and completes it (also the end of `sendFile`'s splices).
+    func finishSend(_ index: Int32, fd: Int32, _ result: Result<Void, IOError>) {
         let completion = slots.release(index)
         fds[Int(fd)].pending -= 1
         fds[Int(fd)].pendingSends -= 1
