@@ -13,6 +13,7 @@ public final class ConfigPolicySource: DeliveryPolicySource {
     private var settingsCache: [QueueKey: DomainSettings] = [:]
     private var vmtaCache: [String: VirtualMTA] = [:]
     private var poolCache: [String: (name: String, members: [String])?] = [:]
+    private var injectionTargetCache: [String: InjectionTarget] = [:]
     /// The daemon's shared connection caps (one object for every loop, kept across reloads).
     var connectionBudgetTable: ConnectionBudgets?
     /// The daemon's shared `max-cold-virtual-mta-msg` counts.
@@ -30,7 +31,32 @@ public final class ConfigPolicySource: DeliveryPolicySource {
         settingsCache.removeAll()
         vmtaCache.removeAll()
         poolCache.removeAll()
+        injectionTargetCache.removeAll()
         budgetCache.removeAll()
+    }
+
+    /// What a VMTA or pool name given at injection stands for.
+    public struct InjectionTarget {
+        /// The pool of that name, if there is one (recorded with the message even when it has no members).
+        public var poolName: String?
+        /// The pool's members, rotated per message; empty when the name is not a pool with members.
+        public var members: [String]
+        /// The name is a VMTA (or the implicit default VMTA of a config that defines none).
+        public var isVirtualMTA: Bool
+    }
+
+    /// `name`'s injection target, cached per name until the next reload: asked per injected message, and
+    /// reading it from `config` copied the whole config (every field retained) each time.
+    public func injectionTarget(named name: String) -> InjectionTarget {
+        if let cached = injectionTargetCache[name] { return cached }
+        let key = name.lowercased()
+        let pool = config.pool(named: key)
+        let target = InjectionTarget(
+            poolName: pool?.name, members: pool?.members ?? [],
+            isVirtualMTA: config.virtualMTA(named: key) != nil
+                || (key == Self.defaultVMTAName && config.virtualMTAs.isEmpty))
+        injectionTargetCache[name] = target
+        return target
     }
 
     public func connectionBudgets(forVMTA name: String) -> [ConnectionBudget] {

@@ -238,7 +238,7 @@ final class InjectionHandler<Loop: EventLoop>: SMTPServerSessionDelegate, SMTPSe
             wireForm: bodyIsWireForm
                 && DotStuffer.isOwnWireForm(UnsafeRawBufferPointer(rebasing: assembled.bytes[0 ..< addedEnd])))
         let size = assembled.count
-        let pool = worker.policies.config.pool(named: vmtaName)?.name
+        let pool = worker.policies.injectionTarget(named: vmtaName).poolName
         worker.accept(envelope: envelope, body: assembled.bytes, peer: peer, pool: pool, smtpUser: session.authenticatedUser) { [weak self] result in
             guard let self, let connection = self.connection else { return }
             switch result {

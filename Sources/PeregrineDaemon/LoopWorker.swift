@@ -241,16 +241,14 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
 
     /// Picks the VMTA for a message: a pool rotates through its members per message.
     func pickVMTA(_ name: String) -> String? {
-        // `policies.config` read in place: a local copy would retain every field of the config per message.
+        let target = policies.injectionTarget(named: name)
         let key = name.lowercased()
-        if let pool = policies.config.pool(named: key), !pool.members.isEmpty {
+        if !target.members.isEmpty {
             let i = poolCursor[key, default: 0]
             poolCursor[key] = i &+ 1
-            return pool.members[i % pool.members.count]
+            return target.members[i % target.members.count]
         }
-        if policies.config.virtualMTA(named: key) != nil { return key }
-        if key == ConfigPolicySource.defaultVMTAName && policies.config.virtualMTAs.isEmpty { return key }
-        return nil
+        return target.isVirtualMTA ? key : nil
     }
 
     /// A Message-ID local part unique to this host: the time in
