@@ -22,8 +22,12 @@ func fuzzHTTPRequest(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         while !failed, let result = parser.next() {
             switch result {
             case .request(let request):
-                if let length = request.headers.first(where: { $0.name.lowercased() == "content-length" }) {
-                    precondition(Int(length.value.trimmingCharacters(in: .whitespaces)) == request.body.count,
+                let lengths = request.headers.filter { $0.name.lowercased() == "content-length" }
+                if !lengths.isEmpty {
+                    // RFC 9110 section 8.6: a list of identical values ("4, 4", or the field
+                    // twice) counts as one, so every element must name the body's length.
+                    let elements = lengths.flatMap { $0.value.split(separator: ",", omittingEmptySubsequences: false) }
+                    precondition(elements.allSatisfy { Int($0.trimmingCharacters(in: .whitespaces)) == request.body.count },
                                  "body length differs from Content-Length")
                 } else {
                     precondition(request.body.isEmpty, "body without Content-Length")
