@@ -453,6 +453,11 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
         reports.delayed(message, recipient: recipient, queue: queue, reply: reply, connection: connection)
     }
 
+    public func stillWaiting(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
+                             connection: DeliveryAttemptInfo?) {
+        reports.delayed(message, recipient: recipient, queue: queue, reply: reply, connection: connection)
+    }
+
     public func queueDeferred(_ queue: DeliveryQueue, reason: String) {
         queueDeferrals += 1
         daemon.log("queue \(queue.key): every host failed, the queue waits for its retry time (\(reason))")

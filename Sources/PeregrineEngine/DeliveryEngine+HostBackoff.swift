@@ -24,12 +24,17 @@ struct MXHostBackoff {
 ///   further failure (a successful transaction resets it); connections
 ///   already open when it failed count as the same failure;
 /// - the queue's other MX hosts still get its mail;
-/// - when no MX host of the queue is left, the messages waiting for it are
-///   deferred (`t` records with the real reason, their own retry schedule)
-///   and the queue waits until the first host may be tried again (one `tq`);
-///   mail arriving meanwhile waits too.
+/// - when no MX host of the queue is left, the queue goes into retry mode:
+///   it waits until the first host may be tried again (a `tq` record), and
+///   its mail waits in place. A message gets one `t` record, with the real
+///   reason, the first time it waits this way; later failed waves touch no
+///   message (a `tq` each), except to hand the DSN generator the ones old
+///   enough for a delay notice. Mail arriving meanwhile waits too.
 /// So a receiver that fails every session sees at most max-smtp-out
-/// connections per retry interval.
+/// connections per retry interval, and a dead destination costs one pass
+/// over its waiting mail per interval, not a deferral of each message: with
+/// a 1M backlog and retry-after 5s, deferring every message each wave kept
+/// the daemon busy re-deferring 200k messages a second (issue #18).
 extension DeliveryEngine {
     func isUsable(_ host: RouteHost, vmta: String, now: UInt64) -> Bool {
         guard let b = mxBackoff[MXHostKey(vmta: vmta, address: host.address)] else { return true }
@@ -100,9 +105,35 @@ extension DeliveryEngine {
         }
     }
 
-    /// Every MX host of `q` is backed off: defer the recipients waiting in
-    /// the queue (or in every member of its site) with `reply`, and suspend
-    /// the queue until its first host may be tried again.
+    /// The ready mail of `q` (of each member of its site) waits in place
+    /// for the destination: a `t` record per recipient of an item never
+    /// tried or held before (its attempt count becomes 1), and for the rest
+    /// a delay-notice check once they are old enough. One pass, nothing moved.
+    func holdReadyMail(of q: DeliveryQueue, reply: SMTPReply, info: DeliveryAttemptInfo?) {
+        let wall = wallClockSeconds()
+        for m in q.site?.members ?? [q] {
+            m.lastReply = reply.description
+            let noticeAge = m.policy.notifyOfDelayEvery.map { $0.components.seconds } ?? .max
+            m.updateEachReady { item in
+                let message = item.message
+                if item.attempts == 0 {
+                    item.attempts = 1
+                    if message.firstAttemptWall == 0 { message.firstAttemptWall = wall }
+                    for r in item.recipients {
+                        observer.deferred(message, recipient: r, queue: m, reply: reply, connection: info)
+                    }
+                } else if wall - message.receivedAtWall >= noticeAge {
+                    for r in item.recipients {
+                        observer.stillWaiting(message, recipient: r, queue: m, reply: reply, connection: info)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every MX host of `q` is backed off: the queue (with every member of
+    /// its site) waits until its first host may be tried again, its mail in
+    /// place (see the type's comment).
     func deferDestination(_ q: DeliveryQueue, hosts: [RouteHost], vmta: String, reply: SMTPReply, info: DeliveryAttemptInfo?) {
         let now = loop.now
         var until: UInt64 = .max
@@ -110,7 +141,8 @@ extension DeliveryEngine {
             if let b = mxBackoff[MXHostKey(vmta: vmta, address: h.address)], b.until > now { until = min(until, b.until) }
         }
         if until == .max { until = now &+ q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds }
-        deferReadyMail(of: q, reply: reply, info: info, now: now)
+        // The other connections of a failed wave end here too: the wave's mail was seen once.
+        if q.suspendedUntil <= now { holdReadyMail(of: q, reply: reply, info: info) }
         q.suspend(until: until, reason: reply.description)
         observer.queueDeferred(q, reason: reply.description)
         kick(q)

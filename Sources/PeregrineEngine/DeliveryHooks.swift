@@ -41,6 +41,10 @@ public protocol DeliveryObserver: AnyObject {
     func deferred(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply, connection: DeliveryAttemptInfo?)
     /// The whole queue could not be reached (every MX failed): one `tq` record, not one per recipient.
     func queueDeferred(_ queue: DeliveryQueue, reason: String)
+    /// A recipient already deferred once still waits in a queue whose every
+    /// MX host failed again, and has waited at least the policy's
+    /// notify-of-delay-every: a delay notice may be due. No record is written.
+    func stillWaiting(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply, connection: DeliveryAttemptInfo?)
     /// A message has no pending recipient left anywhere: its spool space may be reclaimed.
     func messageCompleted(_ message: QueuedMessage)
     /// A pattern list disabled a queue's source IP for its domain until `until`
@@ -60,6 +64,9 @@ public protocol DeliveryObserver: AnyObject {
 extension DeliveryObserver {
     /// Observers that keep no log ignore mode changes.
     public func queueModeChanged(_ queue: DeliveryQueue, _ change: QueueModeChange) {}
+    /// Observers that send no delay notices ignore recipients still waiting.
+    public func stillWaiting(_ message: QueuedMessage, recipient: Int, queue: DeliveryQueue, reply: SMTPReply,
+                             connection: DeliveryAttemptInfo?) {}
     /// Observers that keep no metrics ignore transaction times.
     public func transactionCompleted(_ queue: DeliveryQueue, nanoseconds: UInt64) {}
     /// Observers that keep no log ignore local shortages (the queues wait either way).

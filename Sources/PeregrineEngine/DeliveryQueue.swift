@@ -190,6 +190,9 @@ public final class DeliveryQueue {
         return all
     }
 
+    /// Visits every ready item in order, in place, leaving it ready.
+    public func updateEachReady(_ body: (inout DeliveryItem) -> Void) { ready.updateEach(body) }
+
     /// Removes items whose message matches (`delete --jobId`).
     public func remove(where predicate: (QueuedMessage) -> Bool) -> [DeliveryItem] {
         let fromReady = ready.removeAll { predicate($0.message) }
@@ -248,11 +251,16 @@ public final class DeliveryQueue {
     }
 
     /// The earliest time something in this queue changes by itself: a delayed
-    /// item comes due, or a suspension ends.
+    /// item comes due, a suspension ends, or, while suspended, the oldest
+    /// ready message expires (mail waiting out a dead destination bounces at
+    /// its bounce-after, not at the next retry).
     public func nextWakeup(now: UInt64) -> UInt64? {
         var t = delayed.nextDeadline
         let suspendedUntil = throttle.suspendedUntil
-        if suspendedUntil > now { t = min(t ?? .max, suspendedUntil) }
+        if suspendedUntil > now {
+            t = min(t ?? .max, suspendedUntil)
+            if let head = ready.first { t = min(t ?? .max, max(expiryTime(of: head.message), now)) }
+        }
         return t
     }
 

@@ -47,6 +47,16 @@ public struct RingBuffer<Element> {
 
     public var first: Element? { count > 0 ? storage[head] : nil }
 
+    /// Visits every element front to back, in place, removing none.
+    public mutating func updateEach(_ body: (inout Element) throws -> Void) rethrows {
+        var slot = head
+        for _ in 0..<count {
+            if storage[slot] != nil { try body(&storage[slot]!) }
+            slot += 1
+            if slot == storage.count { slot = 0 }
+        }
+    }
+
     /// Removes every element matching `predicate`, keeping order; returns them.
     public mutating func removeAll(where predicate: (Element) -> Bool) -> [Element] {
         var kept: [Element] = [], removed: [Element] = []

@@ -77,4 +77,39 @@ struct DaemonDelayDSNTests {
         // Still queued, not bounced: a delay notice is no final state.
         #expect(!records.contains { $0.type == .bounced }, "\(kind): \(records.of(.bounced))")
     }
+    /// Mail waiting for a dead destination (nothing listens at its route, so
+    /// every connection is refused) is deferred once, at the first failed
+    /// wave, and then waits in place while the queue retries; it still gets
+    /// its delay notice once it has waited notify-of-delay-every, from a
+    /// later wave that writes no `t` record for it. Scenario 143.
+    @Test(arguments: BackendKind.testable)
+    func mailHeldForADeadDestinationGetsItsDelayNotice(_ kind: BackendKind) throws {
+        try kind.requireAvailable()
+        let s = try DaemonDSNTests.Scenario("dsn-delay-dead", 143, kind)
+        let nobody = E2E.ip(143, kind, host: 3)
+        _ = try s.start("""
+            <domain dead.test>
+                route [\(nobody)]:2525
+                retry-after 1s
+                bounce-after 1h
+                notify-of-delay-every 3s
+            </domain>
+            """)
+        #expect(try s.inject(from: DaemonDSNTests.sender, rcpts: [("held@dead.test", " NOTIFY=DELAY")], subject: "held") == nil)
+        try #require(E2E.waitUntil(60, every: 0.2) { !s.reports.isEmpty }, "\(kind): no delay notice\n\(s.diagnostics)")
+        let records = s.records
+        #expect(records.filter { $0.type == .transient && $0.rcpt == "held@dead.test" }.count == 1,
+                "\(kind): deferred once, then held: \(records.of(.transient).map(\.dsnDiag))")
+        #expect(records.of(.transientQueue).count >= 2, "\(kind): the notice came from a later wave")
+        let dsn = try parseDSNWithPython(s.dir, try #require(s.reports.first).data)
+        let perRecipient = dsn["per_recipient"] as? [[String: String]] ?? []
+        #expect(perRecipient.map { $0["Final-Recipient"] } == ["rfc822; held@dead.test"], "\(perRecipient)")
+        #expect(perRecipient.first?["Action"] == "delayed", "\(perRecipient)")
+        // Two more failed waves after the notice: no second notice, no second t.
+        let waves = records.of(.transientQueue).count
+        #expect(E2E.waitUntil(60, every: 0.2) { s.records.of(.transientQueue).count >= waves + 2 }, "\(s.diagnostics)")
+        #expect(s.reports.count == 1, "\(kind): one notice however many waves")
+        #expect(s.records.filter { $0.type == .transient }.count == 1)
+        #expect(!s.records.contains { $0.type == .bounced })
+    }
 }

@@ -189,6 +189,48 @@ import PeregrineTestSupport
         #expect(o.rcptsSeen == 2)
     }
 
+    // MARK: retry mode (every MX host failed)
+
+    @Test(arguments: BackendKind.testable)
+    func aDeadDestinationHoldsItsMailWithoutDeferringItAgain(kind: BackendKind) throws {
+        // The only MX host fails three sessions in a row (421 to the first RCPT,
+        // read as MX unavailable), retry-after 100 s: one connection per wave at
+        // 0, 100 and 200 s. The message in each session is deferred as tried
+        // (t at 0, 100, 200); the mail waiting behind it gets one t, at its first
+        // wave, and is not deferred again by the later waves (one tq each).
+        // At 300 s the host works and takes all three.
+        let s = Self.settings {
+            $0.retryAfter = RetrySchedule([.seconds(100)])
+            $0.smtp421MeansMXUnavailable = true
+        }
+        let o = try Self.run(kind, scenario: 58, messages: 3, settings: s, horizon: 3600) { n in
+            n <= 3 ? "421 4.3.2 mx.virtual.test closing" : "250 2.1.5 ok"
+        }
+        #expect(o.times("t") == [0, 0, 0, 100, 200], "\(o.events)")
+        #expect(o.times("tq") == [0, 100, 200], "\(o.events)")
+        #expect(o.times("d") == [300, 300, 300], "\(o.events)")
+        #expect(o.connectTimes.map { ($0 - o.start) / Self.second } == [0, 100, 200, 300])
+    }
+
+    @Test(arguments: BackendKind.testable)
+    func mailWaitingForADeadDestinationBouncesAtItsBounceAfter(kind: BackendKind) throws {
+        // The host fails every session, retry-after 100 s, bounce-after 250 s:
+        // both messages (the one tried and deferred, the one held behind it)
+        // bounce at 250 s, not at the next wave (300 s), and no connection is
+        // made for them after they expired.
+        let s = Self.settings {
+            $0.retryAfter = RetrySchedule([.seconds(100)])
+            $0.bounceAfter = .seconds(250)
+            $0.smtp421MeansMXUnavailable = true
+        }
+        let o = try Self.run(kind, scenario: 59, messages: 2, settings: s, horizon: 3600) { _ in
+            "421 4.3.2 mx.virtual.test closing"
+        }
+        #expect(o.times("b") == [250, 250], "\(o.events)")
+        #expect(o.messages("b").sorted() == [1, 2], "\(o.events)")
+        #expect(o.connectTimes.map { ($0 - o.start) / Self.second } == [0, 100, 200])
+    }
+
     // MARK: disable-source-ip
 
     @Test(arguments: BackendKind.testable)
