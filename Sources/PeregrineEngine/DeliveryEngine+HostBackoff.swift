@@ -87,24 +87,6 @@ extension DeliveryEngine {
         return hosts.contains { isUsable($0, vmta: vmta, now: now) }
     }
 
-    /// Defers every ready message of `q` (of each member of its site: a site's
-    /// connection carries all their mail) with `reply`: a `t` record per
-    /// recipient, then back to the delayed set. Used when no connection can be
-    /// made (every MX host backed off, TLS required but not offered).
-    func deferReadyMail(of q: DeliveryQueue, reply: SMTPReply, info: DeliveryAttemptInfo?, now: UInt64) {
-        for m in q.site?.members ?? [q] {
-            m.lastReply = reply.description
-            for item in m.takeAllReady() {
-                let message = item.message
-                if message.firstAttemptWall == 0 { message.firstAttemptWall = wallClockSeconds() }
-                for r in item.recipients {
-                    observer.deferred(message, recipient: r, queue: m, reply: reply, connection: info)
-                }
-                m.deferItem(item, now: now)
-            }
-        }
-    }
-
     /// The ready mail of `q` (of each member of its site) waits in place
     /// for the destination: a `t` record per recipient of an item never
     /// tried or held before (its attempt count becomes 1), and for the rest

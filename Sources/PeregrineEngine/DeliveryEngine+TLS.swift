@@ -57,8 +57,9 @@ extension DeliveryEngine {
     /// the handshake (else STARTTLS was not offered or was refused).
     /// Opportunistic: a failed handshake sends this MX plain text for a while
     /// (the next connection, opened as the queue is kicked, uses it).
-    /// Required: every ready item of the queue is deferred with the reason
-    /// (`t` records), and the queue waits its retry interval.
+    /// Required: the queue waits its retry interval in retry mode, its mail
+    /// in place (a `t` record with the reason for each item not held before;
+    /// see `holdReadyMail`).
     func tlsFailed(on c: DeliveryConnection<Loop>, host: RouteHost, required: Bool, handshake: Bool, why: String,
                    info: DeliveryAttemptInfo?) {
         let q = c.queue
@@ -73,7 +74,8 @@ extension DeliveryEngine {
         let reply = SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 7, 10),
                               "TLS required but not available from \(host.name) (\(why))")
         // A site's connection carries every member's mail (same TLS settings by the site key).
-        deferReadyMail(of: q, reply: reply, info: info, now: now)
+        // The other connections of the wave find the queue waiting already.
+        if q.suspendedUntil <= now { holdReadyMail(of: q, reply: reply, info: info) }
         let delay = q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds
         q.suspend(until: now &+ delay, reason: reply.description)
     }

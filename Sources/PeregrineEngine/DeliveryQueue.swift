@@ -181,15 +181,6 @@ public final class DeliveryQueue {
         return all
     }
 
-    /// Removes every ready item (not the delayed ones), e.g. to defer them all
-    /// when the destination cannot be used (TLS required but unavailable).
-    public func takeAllReady() -> [DeliveryItem] {
-        var all: [DeliveryItem] = []
-        while let i = ready.popFirst() { all.append(i) }
-        readyRecipients = 0
-        return all
-    }
-
     /// Visits every ready item in order, in place, leaving it ready.
     public func updateEachReady(_ body: (inout DeliveryItem) -> Void) { ready.updateEach(body) }
 
