@@ -18,25 +18,8 @@ import PeregrineTestSupport
 
     static func nodeConfig(_ dir: TestDirectory, name: String, ip: String, redis: String, nodeCount: Int,
                            domain: String, route: String, cap: Int, perNode: Int) -> String {
-        """
-        smtp-listener \(ip):2525
-        http-mgmt-port \(ip):8125
-        spool \(dir.file("spool-\(name)"))
-        cluster-redis \(redis):6379
-        cluster-node-name \(name)
-        cluster-node-count \(nodeCount)
-        cluster-lease-ttl 2s
-        <source 127.0.0.0/8>
-            always-allow-relaying yes
-            process-x-virtual-mta yes
-            default-virtual-mta vmta1
-        </source>
-        <virtual-mta vmta1>
-            smtp-source-host \(ip) \(name).test
-        </virtual-mta>
-        <acct-file \(dir.file("acct-\(name).csv"))>
-            records d,b,t
-        </acct-file>
+        clusterNodeConfig(dir, name: name, listen: ip, source: ip, sourceHost: "\(name).test", redis: redis,
+                          nodeCount: nodeCount, leaseTTL: "2s") + """
         <domain \(domain)>
             route \(route)
             max-smtp-out \(perNode)

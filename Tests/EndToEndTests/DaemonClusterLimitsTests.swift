@@ -18,26 +18,8 @@ import PeregrineTestSupport
 
     static func nodeConfig(_ dir: TestDirectory, name: String, ip: String, redis: String,
                            routes: [String: String]) -> String {
-        var text = """
-        smtp-listener \(ip):2525
-        http-mgmt-port \(ip):8125
-        spool \(dir.file("spool-\(name)"))
-        cluster-redis \(redis):6379
-        cluster-node-name \(name)
-        cluster-node-count 3
-        <source 127.0.0.0/8>
-            always-allow-relaying yes
-            process-x-virtual-mta yes
-            default-virtual-mta vmta1
-        </source>
-        <virtual-mta vmta1>
-            smtp-source-host \(ip) \(name).test
-        </virtual-mta>
-        <acct-file \(dir.file("acct-\(name).csv"))>
-            records d,b,t
-        </acct-file>
-
-        """
+        var text = clusterNodeConfig(dir, name: name, listen: ip, source: ip, sourceHost: "\(name).test", redis: redis,
+                                     nodeCount: 3)
         let caps = ["capped.test": "cluster-max-smtp-out 3", "free.test": "",
                     "rate.test": "cluster-max-msg-rate 30/s", "fb.test": "cluster-max-smtp-out 6"]
         for domain in caps.keys.sorted() {

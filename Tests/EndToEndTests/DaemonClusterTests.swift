@@ -11,24 +11,8 @@ import PeregrineTestSupport
 
     static func nodeConfig(_ dir: TestDirectory, name: String, listen: String, source: String,
                            redis: String, mx: String, port: UInt16) -> String {
-        """
-        smtp-listener \(listen):2525
-        http-mgmt-port \(listen):8125
-        spool \(dir.file("spool-\(name)"))
-        cluster-redis \(redis):6379
-        cluster-node-name \(name)
-        cluster-node-count 2
-        <source 127.0.0.0/8>
-            always-allow-relaying yes
-            process-x-virtual-mta yes
-            default-virtual-mta vmta1
-        </source>
-        <virtual-mta vmta1>
-            smtp-source-host \(source) vmta1.test
-        </virtual-mta>
-        <acct-file \(dir.file("acct-\(name).csv"))>
-            records r,d,b,t,tq
-        </acct-file>
+        clusterNodeConfig(dir, name: name, listen: listen, source: source, sourceHost: "vmta1.test", redis: redis,
+                          nodeCount: 2, records: "r,d,b,t,tq") + """
         <smtp-pattern-list gmail>
             reply /4\\.7\\.28/ mode=backoff
         </smtp-pattern-list>

@@ -371,6 +371,35 @@ final class DaemonInjector {
     func quit() { _ = try? client.command("QUIT") }
 }
 
+/// The part of a cluster node's config every cluster test shares: listener and
+/// management port on `listen`, the node's own spool and accounting file, the
+/// Redis it coordinates through, and vmta1 sending from `source` as `sourceHost`.
+/// The test appends its domains (and anything else) after it.
+func clusterNodeConfig(_ dir: TestDirectory, name: String, listen: String, source: String, sourceHost: String,
+                       redis: String, nodeCount: Int, records: String = "d,b,t", leaseTTL: String? = nil) -> String {
+    """
+    smtp-listener \(listen):2525
+    http-mgmt-port \(listen):8125
+    spool \(dir.file("spool-\(name)"))
+    cluster-redis \(redis):6379
+    cluster-node-name \(name)
+    cluster-node-count \(nodeCount)
+    \(leaseTTL.map { "cluster-lease-ttl \($0)" } ?? "")
+    <source 127.0.0.0/8>
+        always-allow-relaying yes
+        process-x-virtual-mta yes
+        default-virtual-mta vmta1
+    </source>
+    <virtual-mta vmta1>
+        smtp-source-host \(source) \(sourceHost)
+    </virtual-mta>
+    <acct-file \(dir.file("acct-\(name).csv"))>
+        records \(records)
+    </acct-file>
+
+    """
+}
+
 /// Trips a sink's per-IP message rate from `source` (the VMTA's address) by
 /// pipelining MAIL/RSET pairs, so that its penalty box is on before the
 /// daemon sends anything; returns the refusal it got (nil if none).
