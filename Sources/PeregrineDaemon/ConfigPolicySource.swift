@@ -37,6 +37,8 @@ public final class ConfigPolicySource: DeliveryPolicySource {
 
     /// What a VMTA or pool name given at injection stands for.
     public struct InjectionTarget {
+        /// The name as configured names are compared (lower case): the VMTA name, the pool's cursor key.
+        public var key: String
         /// The pool of that name, if there is one (recorded with the message even when it has no members).
         public var poolName: String?
         /// The pool's members, rotated per message; empty when the name is not a pool with members.
@@ -52,7 +54,7 @@ public final class ConfigPolicySource: DeliveryPolicySource {
         let key = name.lowercased()
         let pool = config.pool(named: key)
         let target = InjectionTarget(
-            poolName: pool?.name, members: pool?.members ?? [],
+            key: key, poolName: pool?.name, members: pool?.members ?? [],
             isVirtualMTA: config.virtualMTA(named: key) != nil
                 || (key == Self.defaultVMTAName && config.virtualMTAs.isEmpty))
         injectionTargetCache[name] = target

@@ -242,7 +242,7 @@ public final class LoopWorker<Loop: EventLoop>: DeliveryObserver, DeliveryBodySo
     /// Picks the VMTA for a message: a pool rotates through its members per message.
     func pickVMTA(_ name: String) -> String? {
         let target = policies.injectionTarget(named: name)
-        let key = name.lowercased()
+        let key = target.key
         if !target.members.isEmpty {
             let i = poolCursor[key, default: 0]
             poolCursor[key] = i &+ 1

@@ -91,7 +91,10 @@ extension DeliveryEngine {
     /// for the destination: a `t` record per recipient of an item never
     /// tried or held before (its attempt count becomes 1), and for the rest
     /// a delay-notice check once they are old enough. One pass, nothing moved.
-    func holdReadyMail(of q: DeliveryQueue, reply: SMTPReply, info: DeliveryAttemptInfo?) {
+    /// A queue already waiting (`now` inside its suspension) was passed over by
+    /// this wave already: the wave's other connections end here too.
+    func holdReadyMail(of q: DeliveryQueue, reply: SMTPReply, info: DeliveryAttemptInfo?, now: UInt64) {
+        guard q.suspendedUntil <= now else { return }
         let wall = wallClockSeconds()
         for m in q.site?.members ?? [q] {
             m.lastReply = reply.description
@@ -123,8 +126,7 @@ extension DeliveryEngine {
             if let b = mxBackoff[MXHostKey(vmta: vmta, address: h.address)], b.until > now { until = min(until, b.until) }
         }
         if until == .max { until = now &+ q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds }
-        // The other connections of a failed wave end here too: the wave's mail was seen once.
-        if q.suspendedUntil <= now { holdReadyMail(of: q, reply: reply, info: info) }
+        holdReadyMail(of: q, reply: reply, info: info, now: now)
         q.suspend(until: until, reason: reply.description)
         observer.queueDeferred(q, reason: reply.description)
         kick(q)

@@ -74,8 +74,7 @@ extension DeliveryEngine {
         let reply = SMTPReply(code: 451, enhancedCode: EnhancedStatusCode(4, 7, 10),
                               "TLS required but not available from \(host.name) (\(why))")
         // A site's connection carries every member's mail (same TLS settings by the site key).
-        // The other connections of the wave find the queue waiting already.
-        if q.suspendedUntil <= now { holdReadyMail(of: q, reply: reply, info: info) }
+        holdReadyMail(of: q, reply: reply, info: info, now: now)
         let delay = q.policy.retryAfter(inBackoff: q.isBackoff).delay(afterFailures: 1).nanoseconds
         q.suspend(until: now &+ delay, reason: reply.description)
     }
